@@ -1,0 +1,46 @@
+"""Capture, encode and restore the complete state of a wasmtime workload.
+
+    prepared = snapshot.prepare(wasm)            # once per module
+    snap = snapshot.capture(store, instance)     # any time between calls
+    data = snap.to_bytes(key=optional_key)
+    snapshot.restore(snapshot.Snapshot.from_bytes(data), store2, fresh_instance)
+"""
+
+from ._capture import CaptureBuffers, capture, capture_pages, restore, state_id
+from ._errors import (
+    AuthenticationError,
+    BaseMismatchError,
+    CorruptSnapshotError,
+    DirtyTrackingError,
+    IncompatibleSnapshotError,
+    InvalidModuleError,
+    LocalSnapshotError,
+    ModuleMismatchError,
+    OversizedSnapshotError,
+    RemoteSnapshotError,
+    SnapshotError,
+    TruncatedSnapshotError,
+    UnrepresentableStateError,
+    UnsupportedVersionError,
+)
+from ._prepare import Manifest, first_boot, manifest, module_digest, prepare
+from ._state import (
+    PAGE_BYTES,
+    WASM_PAGE_BYTES,
+    GlobalState,
+    MemoryState,
+    PageRun,
+    Snapshot,
+    TableState,
+    apply_delta,
+)
+
+__all__ = [
+    "AuthenticationError", "BaseMismatchError", "CaptureBuffers", "CorruptSnapshotError",
+    "DirtyTrackingError", "GlobalState", "IncompatibleSnapshotError", "InvalidModuleError",
+    "LocalSnapshotError", "Manifest", "MemoryState", "ModuleMismatchError", "OversizedSnapshotError",
+    "PAGE_BYTES", "PageRun", "RemoteSnapshotError", "Snapshot", "SnapshotError", "TableState",
+    "TruncatedSnapshotError", "UnrepresentableStateError", "UnsupportedVersionError", "WASM_PAGE_BYTES",
+    "apply_delta", "capture", "capture_pages", "first_boot", "manifest", "module_digest", "prepare",
+    "restore", "state_id",
+]

@@ -1,0 +1,416 @@
+"""A minimal reader and writer for the WebAssembly binary format.
+
+Only what module preparation needs: LEB128, the section list, and the
+sections whose entries we append to or rewrite (types, imports, functions,
+tables, memories, globals, exports, start, elements, code).  Everything else
+is carried through as opaque bytes, so custom sections (``name``, DWARF) and
+sections we do not touch survive byte for byte.
+
+No Python library writes wasm binaries (see ../shared/NOTES.md), so this is
+ours.  Every decoding error becomes ``InvalidModuleError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._errors import InvalidModuleError
+
+MAGIC = b"\0asm"
+MODULE_VERSION = b"\x01\0\0\0"
+
+# Section ids, in the order the spec requires them.  Tag (13, exception
+# handling) sits between memory and global; data count (12) before code.
+CUSTOM, TYPE, IMPORT, FUNCTION, TABLE, MEMORY, GLOBAL, EXPORT, START, ELEMENT, CODE, DATA, DATACOUNT, TAG = (
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+)
+SECTION_RANK = {TYPE: 1, IMPORT: 2, FUNCTION: 3, TABLE: 4, MEMORY: 5, TAG: 6, GLOBAL: 7,
+                EXPORT: 8, START: 9, ELEMENT: 10, DATACOUNT: 11, CODE: 12, DATA: 13}
+
+# Export / import kinds.
+KIND_FUNC, KIND_TABLE, KIND_MEMORY, KIND_GLOBAL, KIND_TAG = 0, 1, 2, 3, 4
+
+# Value types we understand.  GC reference types are refused.
+VALTYPES = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128",
+            0x70: "funcref", 0x6F: "externref"}
+VALTYPE_CODES = {name: code for code, name in VALTYPES.items()}
+
+
+# --- LEB128 ----------------------------------------------------------------
+
+def read_u(data: bytes, pos: int, bits: int = 32) -> tuple[int, int]:
+    """Decode an unsigned LEB128 integer at ``pos``; return (value, new_pos).
+
+    Raises InvalidModuleError on truncation or an over-long encoding.
+    """
+    result = shift = 0
+    max_bytes = (bits + 6) // 7
+    for i in range(max_bytes):
+        if pos >= len(data):
+            raise InvalidModuleError("unexpected end of module inside an integer")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            if result >> bits:
+                raise InvalidModuleError("integer too large")
+            return result, pos
+    raise InvalidModuleError("integer representation too long")
+
+
+def read_s(data: bytes, pos: int, bits: int) -> tuple[int, int]:
+    """Decode a signed LEB128 integer at ``pos``; return (value, new_pos)."""
+    result = shift = 0
+    max_bytes = (bits + 6) // 7
+    for _ in range(max_bytes):
+        if pos >= len(data):
+            raise InvalidModuleError("unexpected end of module inside an integer")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            if byte & 0x40:
+                result -= 1 << shift
+            return result, pos
+    raise InvalidModuleError("integer representation too long")
+
+
+def write_u(value: int) -> bytes:
+    """Encode a non-negative integer as minimal unsigned LEB128."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def write_s(value: int) -> bytes:
+    """Encode an integer as minimal signed LEB128."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if (value == 0 and not byte & 0x40) or (value == -1 and byte & 0x40):
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
+def write_s64_padded(value: int) -> bytes:
+    """Encode an i64 as signed LEB128 padded to exactly 10 bytes.
+
+    A fixed width lets us patch the value in place after hashing the module
+    with it zeroed (see ``_prepare.module_digest``).
+    """
+    value &= (1 << 64) - 1
+    out = bytearray()
+    for i in range(9):
+        out.append(((value >> (7 * i)) & 0x7F) | 0x80)
+    top = value >> 63  # bits 63..69 must all equal the sign bit
+    out.append(0x7F if top else 0x00)
+    return bytes(out)
+
+
+def write_name(name: str) -> bytes:
+    raw = name.encode("utf-8")
+    return write_u(len(raw)) + raw
+
+
+def read_name(data: bytes, pos: int) -> tuple[str, int]:
+    length, pos = read_u(data, pos)
+    end = pos + length
+    if end > len(data):
+        raise InvalidModuleError("unexpected end of module inside a name")
+    try:
+        return bytes(data[pos:end]).decode("utf-8"), end
+    except UnicodeDecodeError as exc:
+        raise InvalidModuleError("a name is not valid UTF-8") from exc
+
+
+def write_vec(items: list[bytes]) -> bytes:
+    return write_u(len(items)) + b"".join(items)
+
+
+# --- module structure ------------------------------------------------------
+
+@dataclass
+class Section:
+    id: int
+    payload: bytes
+    offset: int = -1  # payload offset in the source file, -1 if synthesised
+
+
+@dataclass(frozen=True)
+class Limits:
+    minimum: int
+    maximum: int | None
+    shared: bool = False
+    is64: bool = False
+
+
+@dataclass(frozen=True)
+class GlobalDef:
+    valtype: str
+    mutable: bool
+    init_offset: int  # offset of the init expression inside the GLOBAL payload
+    init_end: int
+
+
+@dataclass(frozen=True)
+class Export:
+    name: str
+    kind: int
+    index: int
+
+
+@dataclass
+class ModuleInfo:
+    """The parts of a module that preparation reasons about."""
+
+    sections: list[Section]
+    types: list[tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=list)
+    imported_funcs: int = 0
+    imported_tables: int = 0
+    imported_memories: int = 0
+    imported_globals: int = 0
+    defined_funcs: int = 0
+    tables: list[tuple[str, Limits]] = field(default_factory=list)
+    memories: list[Limits] = field(default_factory=list)
+    globals: list[GlobalDef] = field(default_factory=list)
+    exports: list[Export] = field(default_factory=list)
+    start: int | None = None
+    element_count: int = 0
+    code_count: int = 0
+
+    def section(self, section_id: int) -> Section | None:
+        for s in self.sections:
+            if s.id == section_id:
+                return s
+        return None
+
+
+def _read_valtype(data: bytes, pos: int) -> tuple[str, int]:
+    if pos >= len(data):
+        raise InvalidModuleError("unexpected end of module inside a value type")
+    code = data[pos]
+    if code not in VALTYPES:
+        raise InvalidModuleError(
+            f"value type 0x{code:02x} is not supported (GC and typed function references are not)")
+    return VALTYPES[code], pos + 1
+
+
+def _read_limits(data: bytes, pos: int) -> tuple[Limits, int]:
+    if pos >= len(data):
+        raise InvalidModuleError("unexpected end of module inside limits")
+    flags = data[pos]
+    pos += 1
+    if flags > 0x07:
+        raise InvalidModuleError(f"unknown limits flags 0x{flags:02x}")
+    is64 = bool(flags & 0x04)
+    bits = 64 if is64 else 32
+    minimum, pos = read_u(data, pos, bits)
+    maximum = None
+    if flags & 0x01:
+        maximum, pos = read_u(data, pos, bits)
+    return Limits(minimum, maximum, bool(flags & 0x02), is64), pos
+
+
+def skip_const_expr(data: bytes, pos: int) -> int:
+    """Return the offset just past a constant expression's ``end``.
+
+    Accepts the constant instructions of wasm 2.0 plus extended-const.
+    Raises InvalidModuleError on anything else.
+    """
+    while True:
+        if pos >= len(data):
+            raise InvalidModuleError("unexpected end of module inside a constant expression")
+        op = data[pos]
+        pos += 1
+        if op == 0x0B:  # end
+            return pos
+        if op == 0x41:
+            _, pos = read_s(data, pos, 32)
+        elif op == 0x42:
+            _, pos = read_s(data, pos, 64)
+        elif op == 0x43:
+            pos += 4
+        elif op == 0x44:
+            pos += 8
+        elif op == 0x23 or op == 0xD2:  # global.get, ref.func
+            _, pos = read_u(data, pos)
+        elif op == 0xD0:  # ref.null heaptype
+            pos += 1
+        elif op in (0x6A, 0x6B, 0x6C, 0x7C, 0x7D, 0x7E):  # extended-const add/sub/mul
+            pass
+        elif op == 0xFD:  # v128.const
+            sub, pos = read_u(data, pos)
+            if sub != 12:
+                raise InvalidModuleError(f"unsupported SIMD op {sub} in a constant expression")
+            pos += 16
+        else:
+            raise InvalidModuleError(f"unsupported opcode 0x{op:02x} in a constant expression")
+
+
+def parse_module(data: bytes) -> ModuleInfo:
+    """Split a core module into sections and decode the ones preparation needs.
+
+    Raises InvalidModuleError for components, non-wasm bytes, truncation,
+    section misordering and features we cannot rewrite (GC types).
+    """
+    data = bytes(data)
+    if len(data) < 8 or data[:4] != MAGIC:
+        raise InvalidModuleError("not a WebAssembly binary (bad magic number)")
+    if data[4:8] != MODULE_VERSION:
+        if data[6:8] == b"\x01\x00":
+            raise InvalidModuleError("this is a WebAssembly component, not a core module; "
+                                     "components are not supported")
+        raise InvalidModuleError(f"unsupported WebAssembly binary version {data[4:8].hex()}")
+    sections: list[Section] = []
+    pos = 8
+    last_rank = 0
+    while pos < len(data):
+        sid = data[pos]
+        size, payload_at = read_u(data, pos + 1)
+        end = payload_at + size
+        if end > len(data):
+            raise InvalidModuleError(f"section {sid} runs past the end of the module")
+        if sid != CUSTOM:
+            rank = SECTION_RANK.get(sid)
+            if rank is None:
+                raise InvalidModuleError(f"unknown section id {sid}")
+            if rank <= last_rank:
+                raise InvalidModuleError(f"section {sid} is out of order or repeated")
+            last_rank = rank
+        sections.append(Section(sid, data[payload_at:end], payload_at))
+        pos = end
+    info = ModuleInfo(sections)
+    for s in sections:
+        _decode_section(info, s)
+    return info
+
+
+def _decode_section(info: ModuleInfo, s: Section) -> None:
+    p = s.payload
+    if s.id == TYPE:
+        count, pos = read_u(p, 0)
+        for _ in range(count):
+            if pos >= len(p) or p[pos] != 0x60:
+                raise InvalidModuleError("only plain function types are supported (no GC rec groups)")
+            pos += 1
+            params, results = [], []
+            for out in (params, results):
+                n, pos = read_u(p, pos)
+                for _ in range(n):
+                    vt, pos = _read_valtype(p, pos)
+                    out.append(vt)
+            info.types.append((tuple(params), tuple(results)))
+    elif s.id == IMPORT:
+        count, pos = read_u(p, 0)
+        for _ in range(count):
+            _, pos = read_name(p, pos)
+            _, pos = read_name(p, pos)
+            if pos >= len(p):
+                raise InvalidModuleError("truncated import")
+            kind = p[pos]
+            pos += 1
+            if kind == KIND_FUNC:
+                _, pos = read_u(p, pos)
+                info.imported_funcs += 1
+            elif kind == KIND_TABLE:
+                _, pos = _read_valtype(p, pos)
+                _, pos = _read_limits(p, pos)
+                info.imported_tables += 1
+            elif kind == KIND_MEMORY:
+                _, pos = _read_limits(p, pos)
+                info.imported_memories += 1
+            elif kind == KIND_GLOBAL:
+                _, pos = _read_valtype(p, pos)
+                pos += 1
+                info.imported_globals += 1
+            elif kind == KIND_TAG:
+                pos += 1
+                _, pos = read_u(p, pos)
+            else:
+                raise InvalidModuleError(f"unknown import kind {kind}")
+    elif s.id == FUNCTION:
+        info.defined_funcs, _ = read_u(p, 0)
+    elif s.id == TABLE:
+        count, pos = read_u(p, 0)
+        for _ in range(count):
+            if pos < len(p) and p[pos] == 0x40:
+                raise InvalidModuleError("tables with initialiser expressions are not supported")
+            reftype, pos = _read_valtype(p, pos)
+            limits, pos = _read_limits(p, pos)
+            info.tables.append((reftype, limits))
+    elif s.id == MEMORY:
+        count, pos = read_u(p, 0)
+        for _ in range(count):
+            limits, pos = _read_limits(p, pos)
+            info.memories.append(limits)
+    elif s.id == GLOBAL:
+        count, pos = read_u(p, 0)
+        for _ in range(count):
+            vt, pos = _read_valtype(p, pos)
+            if pos >= len(p) or p[pos] > 1:
+                raise InvalidModuleError("bad global mutability flag")
+            mutable = p[pos] == 1
+            pos += 1
+            init_at = pos
+            pos = skip_const_expr(p, pos)
+            info.globals.append(GlobalDef(vt, mutable, init_at, pos))
+    elif s.id == EXPORT:
+        count, pos = read_u(p, 0)
+        for _ in range(count):
+            name, pos = read_name(p, pos)
+            if pos >= len(p):
+                raise InvalidModuleError("truncated export")
+            kind = p[pos]
+            idx, pos = read_u(p, pos + 1)
+            info.exports.append(Export(name, kind, idx))
+    elif s.id == START:
+        info.start, _ = read_u(p, 0)
+    elif s.id == ELEMENT:
+        info.element_count, _ = read_u(p, 0)
+    elif s.id == CODE:
+        info.code_count, _ = read_u(p, 0)
+
+
+def encode_section(section_id: int, payload: bytes) -> bytes:
+    return bytes([section_id]) + write_u(len(payload)) + payload
+
+
+def append_to_vector(payload: bytes | None, items: list[bytes]) -> bytes:
+    """Return a vector section payload with ``items`` appended to its entries."""
+    if payload is None:
+        return write_vec(items)
+    count, pos = read_u(payload, 0)
+    return write_u(count + len(items)) + payload[pos:] + b"".join(items)
+
+
+def encode_module(sections: list[Section]) -> bytes:
+    return MAGIC + MODULE_VERSION + b"".join(encode_section(s.id, s.payload) for s in sections)
+
+
+def set_section(sections: list[Section], section_id: int, payload: bytes | None) -> None:
+    """Replace, insert (at its canonical place) or, with None, drop a section."""
+    for i, s in enumerate(sections):
+        if s.id == section_id:
+            if payload is None:
+                del sections[i]
+            else:
+                sections[i] = Section(section_id, payload)
+            return
+    if payload is None:
+        return
+    rank = SECTION_RANK[section_id]
+    for i, s in enumerate(sections):
+        if s.id != CUSTOM and SECTION_RANK[s.id] > rank:
+            sections.insert(i, Section(section_id, payload))
+            return
+    sections.append(Section(section_id, payload))
