@@ -1,0 +1,503 @@
+"""Dirty-page tracking for a wasmtime linear memory.
+
+A tracker answers the question a pre-copy round asks: which 4 KiB pages of
+the memory were written since the last round?  ``collect`` returns their
+indices (counted from the memory's base) and starts the next epoch in the
+same step, like QEMU's dirty-log sync.  Two backends share one interface:
+
+* ``UffdDirtyTracker`` reads the kernel's write-protect bits: userfaultfd in
+  async write-protect mode, read and re-armed by the ``PAGEMAP_SCAN`` ioctl
+  (Linux 6.7 and later).  It reports exactly the pages *written*, even with
+  the bytes they already held.  Its cost follows the written pages, not the
+  memory size: 0.6 ms a round for 655 of 65,536 pages (shared/NOTES.md).
+* ``CompareDirtyTracker`` keeps a shadow copy and compares it with memcmp,
+  using only the standard library.  It reports exactly the pages whose bytes
+  *changed*.  Every round reads the whole memory, and the shadow doubles the
+  memory it needs.
+
+What both promise: every page whose bytes differ from the previous epoch is
+reported.  Pages that ``memory.grow`` (from the guest or the host) added are
+new state, so both report them once, in the next ``collect``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import functools
+import logging
+import mmap
+import os
+import platform
+import sys
+import weakref
+from array import array
+from bisect import bisect_left
+from dataclasses import dataclass
+from typing import Protocol, Self
+
+import wasmtime
+
+from ._errors import DirtyTrackingError
+
+__all__ = [
+    "PAGE_SIZE",
+    "CompareDirtyTracker",
+    "DirtyTracker",
+    "UffdDirtyTracker",
+    "open_tracker",
+    "uffd_available",
+]
+
+logger = logging.getLogger(__name__)
+
+PAGE_SIZE = 4096
+_PAGE_SHIFT = 12
+
+# --- kernel ABI ---------------------------------------------------------
+# Numbers from include/uapi/linux/userfaultfd.h and include/uapi/linux/fs.h;
+# structs as laid out in Documentation/admin-guide/mm/userfaultfd.rst and
+# pagemap.rst.
+
+# arch/x86/entry/syscalls/syscall_64.tbl.  Other architectures are left to
+# the compare backend until someone tests them.
+_SYS_USERFAULTFD = {"x86_64": 323}
+_UFFD_USER_MODE_ONLY = 1
+_UFFD_API = 0xAA
+_UFFD_FEATURE_WP_UNPOPULATED = 1 << 13
+_UFFD_FEATURE_WP_ASYNC = 1 << 15
+_UFFDIO_REGISTER_MODE_WP = 1 << 1
+_UFFDIO_WRITEPROTECT_MODE_WP = 1 << 0
+_PM_SCAN_WP_MATCHING = 1 << 0
+_PM_SCAN_CHECK_WPASYNC = 1 << 1
+_PAGE_IS_WRITTEN = 1 << 1
+
+
+class _UffdioApi(ctypes.Structure):
+    _fields_ = [("api", ctypes.c_uint64), ("features", ctypes.c_uint64),
+                ("ioctls", ctypes.c_uint64)]
+
+
+class _UffdioRange(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _UffdioRegister(ctypes.Structure):
+    _fields_ = [("range", _UffdioRange), ("mode", ctypes.c_uint64),
+                ("ioctls", ctypes.c_uint64)]
+
+
+class _UffdioWriteprotect(ctypes.Structure):
+    _fields_ = [("range", _UffdioRange), ("mode", ctypes.c_uint64)]
+
+
+class _PmScanArg(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "size", "flags", "start", "end", "walk_end", "vec", "vec_len",
+        "max_pages", "category_inverted", "category_mask",
+        "category_anyof_mask", "return_mask")]
+
+
+# struct page_region is three u64s: start, end (exclusive), categories.
+_PAGE_REGION_WORDS = 3
+
+
+def _iowr(kind: int, number: int, size: int) -> int:
+    """Encode ``_IOWR(kind, number, size)`` (include/uapi/asm-generic/ioctl.h)."""
+    return (3 << 30) | (size << 16) | (kind << 8) | number
+
+
+_UFFDIO_API = _iowr(0xAA, 0x3F, ctypes.sizeof(_UffdioApi))
+_UFFDIO_REGISTER = _iowr(0xAA, 0x00, ctypes.sizeof(_UffdioRegister))
+_UFFDIO_WRITEPROTECT = _iowr(0xAA, 0x06, ctypes.sizeof(_UffdioWriteprotect))
+_PAGEMAP_SCAN = _iowr(ord("f"), 16, ctypes.sizeof(_PmScanArg))  # 96 bytes
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _WriteWatch:
+    """A userfaultfd in async write-protect mode, and the pagemap fd that reads it.
+
+    No thread serves faults: in async mode the kernel lifts the protection on
+    the first write itself and clears the page's uffd-wp bit, which
+    ``PAGEMAP_SCAN`` then reports as PAGE_IS_WRITTEN.
+    Every method raises ``OSError`` when the kernel refuses.
+    """
+
+    def __init__(self, *, regions_per_scan: int) -> None:
+        """Open the userfaultfd and /proc/self/pagemap.
+
+        Raises OSError if the kernel lacks userfaultfd, async write-protect
+        or a syscall number for this machine.
+        """
+        number = _SYS_USERFAULTFD.get(platform.machine())
+        if number is None:
+            raise OSError(errno.ENOSYS, f"no userfaultfd syscall number for {platform.machine()}")
+        fd = _libc.syscall(number, os.O_CLOEXEC | os.O_NONBLOCK | _UFFD_USER_MODE_ONLY)
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"userfaultfd: {os.strerror(code)}")
+        self._uffd = fd
+        self._close_uffd = weakref.finalize(self, os.close, fd)
+        self._close_pagemap = None
+        try:
+            features = _UFFD_FEATURE_WP_ASYNC | _UFFD_FEATURE_WP_UNPOPULATED
+            fcntl.ioctl(fd, _UFFDIO_API, _UffdioApi(api=_UFFD_API, features=features))
+            self._pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            self.close()
+            raise
+        self._close_pagemap = weakref.finalize(self, os.close, self._pagemap)
+        # The kernel writes page_regions straight into this array's buffer.
+        self._vector = array("Q", bytes(8 * _PAGE_REGION_WORDS * regions_per_scan))
+        self._scan = _PmScanArg(
+            size=ctypes.sizeof(_PmScanArg),
+            flags=_PM_SCAN_WP_MATCHING | _PM_SCAN_CHECK_WPASYNC,
+            vec=self._vector.buffer_info()[0],
+            vec_len=regions_per_scan,
+            category_mask=_PAGE_IS_WRITTEN,
+            return_mask=_PAGE_IS_WRITTEN,
+        )
+
+    def protect(self, start: int, length: int) -> None:
+        """Register ``[start, start+length)`` for write-protect and arm it.
+
+        Raises OSError, e.g. EBUSY when another userfaultfd watches the range.
+        """
+        if length == 0:
+            return
+        span = _UffdioRange(start=start, len=length)
+        fcntl.ioctl(self._uffd, _UFFDIO_REGISTER,
+                    _UffdioRegister(range=span, mode=_UFFDIO_REGISTER_MODE_WP))
+        fcntl.ioctl(self._uffd, _UFFDIO_WRITEPROTECT,
+                    _UffdioWriteprotect(range=span, mode=_UFFDIO_WRITEPROTECT_MODE_WP))
+
+    def take_written(self, start: int, end: int) -> array:
+        """Return the pages of ``[start, end)`` written since the last call, and re-arm them.
+
+        Page indices count from ``start``.  Reading and re-arming happen in
+        one ioctl per page-table walk, so no write falls between them.
+        Raises OSError: EPERM if part of the range is not armed (the scan
+        then has re-armed some pages it could not report, so the caller has
+        lost track).
+        """
+        pages = array("Q")
+        if end <= start:
+            return pages
+        scan = self._scan
+        scan.start, scan.end = start, end
+        while True:
+            count = fcntl.ioctl(self._pagemap, _PAGEMAP_SCAN, scan)
+            words = self._vector[: _PAGE_REGION_WORDS * count]
+            for first, last in zip(words[0::3], words[1::3]):
+                pages.extend(range((first - start) >> _PAGE_SHIFT, (last - start) >> _PAGE_SHIFT))
+            if scan.walk_end >= end:
+                return pages
+            if scan.walk_end <= scan.start:
+                raise OSError(errno.EIO, f"PAGEMAP_SCAN stopped at {scan.walk_end:#x}")
+            # The vector filled up: continue where the walk stopped.
+            scan.start = scan.walk_end
+
+    def close(self) -> None:
+        """Close both fds; the kernel drops the registrations with the userfaultfd."""
+        self._close_uffd()
+        if self._close_pagemap is not None:
+            self._close_pagemap()
+
+
+@functools.cache
+def _uffd_unusable_reason() -> str | None:
+    """Run the whole recipe on two scratch pages; return why it failed, or None."""
+    if sys.platform != "linux":
+        return f"userfaultfd is Linux-only, this is {sys.platform}"
+    if mmap.PAGESIZE != PAGE_SIZE:
+        return f"host pages are {mmap.PAGESIZE} bytes, not {PAGE_SIZE}"
+    scratch = mmap.mmap(-1, 2 * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        base = ctypes.addressof(ctypes.c_char.from_buffer(scratch))
+        watch = _WriteWatch(regions_per_scan=4)
+        try:
+            watch.protect(base, 2 * PAGE_SIZE)
+            ctypes.memmove(base + PAGE_SIZE, b"\x01", 1)
+            written = watch.take_written(base, base + 2 * PAGE_SIZE).tolist()
+        finally:
+            watch.close()
+    except OSError as exc:
+        return f"userfaultfd async write-protect or PAGEMAP_SCAN failed: {exc}"
+    finally:
+        scratch.close()
+    if written != [1]:
+        return f"PAGEMAP_SCAN reported pages {written} after a write to page 1 only"
+    return None
+
+
+def uffd_available() -> bool:
+    """Tell whether the userfaultfd backend works in this process (probed once)."""
+    reason = _uffd_unusable_reason()
+    if reason is not None:
+        logger.info("userfaultfd dirty tracking unavailable: %s", reason)
+    return reason is None
+
+
+# --- the trackers -------------------------------------------------------
+
+class DirtyTracker(Protocol):
+    """What both backends provide; also a context manager that closes it."""
+
+    page_size: int
+
+    def reset(self, store: wasmtime.Storelike) -> None: ...
+
+    def collect(self, store: wasmtime.Storelike) -> array: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> DirtyTracker: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Extent:
+    """Where a linear memory lies at one moment."""
+
+    base: int
+    length_bytes: int
+
+    @classmethod
+    def of(cls, memory: wasmtime.Memory, store: wasmtime.Storelike) -> _Extent:
+        """Read the memory's base address and length now."""
+        base = ctypes.addressof(memory.data_ptr(store).contents)
+        return cls(base, memory.data_len(store))
+
+    @property
+    def pages(self) -> int:
+        """4 KiB pages, counting a partial last one (custom page sizes allow it)."""
+        return -(-self.length_bytes // PAGE_SIZE)
+
+    @property
+    def page_bytes(self) -> int:
+        """Bytes from the base to the end of the last page."""
+        return self.pages * PAGE_SIZE
+
+    def view(self) -> memoryview:
+        """Return a byte view of the memory; valid only while it neither moves nor is freed."""
+        raw = (ctypes.c_ubyte * self.length_bytes).from_address(self.base)
+        return memoryview(raw).cast("B")
+
+
+def _grown_pages(old: _Extent, new: _Extent) -> range:
+    """Pages that hold bytes added by growth from ``old`` to ``new``."""
+    if new.length_bytes == old.length_bytes:
+        return range(0)
+    return range(old.length_bytes // PAGE_SIZE, new.pages)
+
+
+def _with_grown(pages: array, grown: range) -> array:
+    """Append the grown pages to sorted ``pages``, keeping it sorted and duplicate-free."""
+    if grown:
+        del pages[bisect_left(pages, grown.start):]
+        pages.extend(grown)
+    return pages
+
+
+class _Tracker:
+    """What both backends share: epochs, growth bookkeeping, closing."""
+
+    page_size = PAGE_SIZE
+
+    def __init__(self, store: wasmtime.Storelike, memory: wasmtime.Memory) -> None:
+        self._memory = memory
+        self._extent = _Extent.of(memory, store)
+        self._closed = False
+
+    def collect(self, store: wasmtime.Storelike) -> array:
+        """Return the sorted indices of pages dirtied since the last epoch, and start a new one.
+
+        Pages added by a grow since the last epoch are included.
+        Raises DirtyTrackingError if the tracker is closed, if the memory
+        shrank (so it is not the memory this tracker watches) or if the
+        backend failed; after a backend failure the next ``collect``
+        reports every page.
+        """
+        if self._closed:
+            raise DirtyTrackingError("the dirty tracker is closed")
+        new = _Extent.of(self._memory, store)
+        old = self._extent
+        if new.length_bytes < old.length_bytes:
+            raise DirtyTrackingError(
+                f"memory shrank from {old.length_bytes} to {new.length_bytes} bytes; "
+                "wasm memories never shrink")
+        pages = self._collect(old, new)
+        self._extent = new
+        return pages
+
+    def reset(self, store: wasmtime.Storelike) -> None:
+        """Start a new epoch, forgetting every write made so far.
+
+        Raises DirtyTrackingError as ``collect`` does.
+        """
+        self.collect(store)
+
+    def _collect(self, old: _Extent, new: _Extent) -> array:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the backend's resources; closing twice is harmless."""
+        self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class UffdDirtyTracker(_Tracker):
+    """Reports the pages written, from the kernel's write-protect bits (Linux 6.7+, x86-64)."""
+
+    def __init__(self, store: wasmtime.Storelike, memory: wasmtime.Memory, *,
+                 regions_per_scan: int = 1024) -> None:
+        """Write-protect the whole memory; writes from now on are tracked.
+
+        ``regions_per_scan`` sizes the reusable page_region vector (24 bytes
+        each): 1024 covers 1% of 65,536 pages written at random in one
+        ioctl; more regions just take more ioctls.
+        Raises DirtyTrackingError if the backend does not work here or the
+        memory cannot be registered (e.g. another tracker already watches it).
+        """
+        reason = _uffd_unusable_reason()
+        if reason is not None:
+            raise DirtyTrackingError(reason)
+        if regions_per_scan < 1:
+            raise DirtyTrackingError(f"regions_per_scan must be at least 1, not {regions_per_scan}")
+        super().__init__(store, memory)
+        self._regions_per_scan = regions_per_scan
+        self._watch: _WriteWatch | None = None
+        self._watch_all(self._extent)
+
+    def _watch_all(self, extent: _Extent) -> None:
+        """Replace the watch with a fresh userfaultfd armed over the whole extent."""
+        self._drop_watch()
+        try:
+            watch = _WriteWatch(regions_per_scan=self._regions_per_scan)
+        except OSError as exc:
+            raise DirtyTrackingError(f"cannot open a userfaultfd: {exc}") from exc
+        try:
+            watch.protect(extent.base, extent.page_bytes)
+        except OSError as exc:
+            watch.close()
+            raise DirtyTrackingError(
+                f"cannot write-protect {extent.page_bytes} bytes at {extent.base:#x}: {exc}") from exc
+        self._watch = watch
+        logger.debug("write-protected %d pages at %#x", extent.pages, extent.base)
+
+    def _drop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+    def _collect(self, old: _Extent, new: _Extent) -> array:
+        if self._watch is None or new.base != old.base:
+            # The memory moved (wasmtime copied it elsewhere) or an earlier
+            # scan failed: the old bits say nothing, so re-arm and report all.
+            if self._watch is None:
+                logger.warning("re-arming dirty tracking after a failed scan; reporting all pages")
+            else:
+                logger.info("memory moved from %#x to %#x; reporting all pages", old.base, new.base)
+            self._watch_all(new)
+            return array("Q", range(new.pages))
+        try:
+            # Arm the grown range before scanning: a scan over an unarmed
+            # range fails with EPERM and loses dirty bits (shared/NOTES.md).
+            self._watch.protect(new.base + old.page_bytes, new.page_bytes - old.page_bytes)
+            written = self._watch.take_written(new.base, new.base + old.page_bytes)
+        except OSError as exc:
+            self._drop_watch()
+            raise DirtyTrackingError(
+                f"lost track of writes to the memory at {new.base:#x}: {exc}; "
+                "the next collect reports every page") from exc
+        return _with_grown(written, _grown_pages(old, new))
+
+    def close(self) -> None:
+        """Close the userfaultfd and pagemap fds; the kernel drops the protection."""
+        self._drop_watch()
+        super().close()
+
+
+# 64 KiB, one wasm page, is the first-level compare unit.  On a 256 MiB
+# memory a clean round cost 18 ms with 64 KiB to 1 MiB blocks (bound by
+# memory bandwidth) and 26 ms with 16 KiB blocks (per-block overhead).
+_BLOCK_BYTES = 65536
+
+
+class CompareDirtyTracker(_Tracker):
+    """Reports the pages whose bytes changed, by comparing with a shadow copy (stdlib only).
+
+    ``bytearray == buffer`` runs memcmp (Objects/bytearrayobject.c), while
+    ``memoryview == memoryview`` compares item by item, so the shadow is a
+    list of 64 KiB bytearrays compared against zero-copy slices of the
+    memory.  Inside a differing block, 4 KiB slices of the block are compared
+    the same way: 5.7 us per block, against 14 us for libc memcmp through
+    ctypes or 'Q'-cast memoryviews (measured here).
+    If the memory moves, its bytes moved with it, so comparing stays exact
+    and, unlike the uffd backend, this one need not report every page.
+    """
+
+    def __init__(self, store: wasmtime.Storelike, memory: wasmtime.Memory) -> None:
+        """Copy the memory into the shadow; changes from now on are tracked."""
+        super().__init__(store, memory)
+        self._blocks: list[bytearray] = []
+        self._extend_shadow(self._extent.view(), 0)
+
+    def _extend_shadow(self, view: memoryview, old_length: int) -> None:
+        """Copy the bytes past ``old_length`` into the shadow, filling a partial last block first."""
+        if self._blocks and len(self._blocks[-1]) < _BLOCK_BYTES:
+            self._blocks[-1] += view[old_length: len(self._blocks) * _BLOCK_BYTES]
+        for start in range(len(self._blocks) * _BLOCK_BYTES, len(view), _BLOCK_BYTES):
+            self._blocks.append(bytearray(view[start: start + _BLOCK_BYTES]))
+
+    def _collect(self, old: _Extent, new: _Extent) -> array:
+        view = new.view()
+        changed = array("Q")
+        for index, block in enumerate(self._blocks):
+            start = index * _BLOCK_BYTES
+            if block == view[start: start + len(block)]:
+                continue
+            for offset in range(0, len(block), PAGE_SIZE):
+                now = view[start + offset: start + offset + PAGE_SIZE]
+                if block[offset: offset + PAGE_SIZE] != now:
+                    block[offset: offset + PAGE_SIZE] = now
+                    changed.append((start + offset) >> _PAGE_SHIFT)
+        self._extend_shadow(view, old.length_bytes)
+        return _with_grown(changed, _grown_pages(old, new))
+
+    def close(self) -> None:
+        """Free the shadow copy."""
+        self._blocks = []
+        super().close()
+
+
+def open_tracker(store: wasmtime.Storelike, memory: wasmtime.Memory, *,
+                 backend: str = "auto") -> DirtyTracker:
+    """Start tracking the dirty pages of ``memory``; writes from now on are reported.
+
+    ``backend`` is "uffd", "compare", or "auto": uffd if it works here (and
+    on this memory), otherwise compare.
+    Raises DirtyTrackingError for an unknown backend or when the chosen
+    backend cannot be set up.
+    """
+    if backend == "uffd":
+        return UffdDirtyTracker(store, memory)
+    if backend == "compare":
+        return CompareDirtyTracker(store, memory)
+    if backend != "auto":
+        raise DirtyTrackingError(f"unknown backend {backend!r}; use 'auto', 'uffd' or 'compare'")
+    if uffd_available():
+        try:
+            return UffdDirtyTracker(store, memory)
+        except DirtyTrackingError as exc:
+            logger.warning("falling back to the compare backend: %s", exc)
+    return CompareDirtyTracker(store, memory)
