@@ -7,6 +7,7 @@
 """
 
 from ._capture import CaptureBuffers, capture, capture_pages, restore, state_id
+from ._dirty import CompareDirtyTracker, DirtyTracker, UffdDirtyTracker, open_tracker, uffd_available
 from ._errors import (
     AuthenticationError,
     BaseMismatchError,
@@ -23,6 +24,7 @@ from ._errors import (
     UnrepresentableStateError,
     UnsupportedVersionError,
 )
+from ._format import DecodeLimits, End, Meta, PageBatch, SnapshotDecoder, SnapshotEncoder, generate_key
 from ._prepare import Manifest, first_boot, manifest, module_digest, prepare
 from ._state import (
     PAGE_BYTES,
@@ -34,8 +36,12 @@ from ._state import (
     TableState,
     apply_delta,
 )
+from ._session import StateTracker
 
 __all__ = [
+    "CompareDirtyTracker", "DecodeLimits", "DirtyTracker", "End", "Meta", "PageBatch",
+    "SnapshotDecoder", "SnapshotEncoder", "StateTracker", "UffdDirtyTracker", "generate_key",
+    "open_tracker", "uffd_available",
     "AuthenticationError", "BaseMismatchError", "CaptureBuffers", "CorruptSnapshotError",
     "DirtyTrackingError", "GlobalState", "IncompatibleSnapshotError", "InvalidModuleError",
     "LocalSnapshotError", "Manifest", "MemoryState", "ModuleMismatchError", "OversizedSnapshotError",

@@ -301,7 +301,7 @@ def _decode_section(info: ModuleInfo, s: Section) -> None:
         count, pos = read_u(p, 0)
         for _ in range(count):
             if pos >= len(p) or p[pos] != 0x60:
-                raise InvalidModuleError("only plain function types are supported (no GC rec groups)")
+                raise InvalidModuleError("GC type definitions (rec groups, structs, arrays) are not supported")
             pos += 1
             params, results = [], []
             for out in (params, results):
@@ -347,6 +347,10 @@ def _decode_section(info: ModuleInfo, s: Section) -> None:
                 raise InvalidModuleError("tables with initialiser expressions are not supported")
             reftype, pos = _read_valtype(p, pos)
             limits, pos = _read_limits(p, pos)
+            if limits.is64:
+                # wasmtime-py 50's TableType.limits aborts the whole process
+                # (a Rust panic in the C API) on a table64 above 2**32.
+                raise InvalidModuleError("64-bit tables (memory64 proposal) are not supported")
             info.tables.append((reftype, limits))
     elif s.id == MEMORY:
         count, pos = read_u(p, 0)
