@@ -639,3 +639,30 @@ def test_thirdparty_quickjs_survives_memory_copy(engine, qjs_module):
     moved.eval("m.set('new', 1)")
     assert moved.eval("m.size") == "1001"
     assert js.eval("m.size") == "1000"  # the original is untouched
+
+
+class _FakeDist:
+    def __init__(self, version, root):
+        self.version, self._root = version, root
+
+    def locate_file(self, rel):
+        return self._root / rel
+
+
+@pytest.mark.parametrize("version,found", [("0.15.1.1", True), ("0.15.0.1", True),
+                                           ("0.16.2", False), ("0.17.0", False)])
+def test_find_thirdparty_accepts_only_015(monkeypatch, tmp_path, version, found):
+    wasm = tmp_path / "qjs-wasi-reactor" / "qjs-wasi-reactor.wasm"
+    wasm.parent.mkdir()
+    wasm.write_bytes(b"\0asm\1\0\0\0")
+    monkeypatch.setattr(thirdparty.importlib.metadata, "distribution",
+                        lambda name: _FakeDist(version, tmp_path))
+    assert thirdparty.find_thirdparty() == (wasm if found else None)
+
+
+def test_find_thirdparty_absent(monkeypatch):
+    def missing(name):
+        raise thirdparty.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(thirdparty.importlib.metadata, "distribution", missing)
+    assert thirdparty.find_thirdparty() is None
