@@ -48,7 +48,7 @@ names=()
 for arg in "$@"; do
     case "$arg" in
         --check) check=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$here/build.sh"; exit 0 ;;
         -*) echo "build.sh: unknown option $arg" >&2; exit 2 ;;
         *) names+=("$arg") ;;
     esac
