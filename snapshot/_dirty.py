@@ -9,15 +9,19 @@ same step, like QEMU's dirty-log sync.  Two backends share one interface:
   async write-protect mode, read and re-armed by the ``PAGEMAP_SCAN`` ioctl
   (Linux 6.7 and later).  It reports exactly the pages *written*, even with
   the bytes they already held.  Its cost follows the written pages, not the
-  memory size: 0.6 ms a round for 655 of 65,536 pages (shared/NOTES.md).
+  memory size: 0.4 ms a round for 655 of 65,536 pages written
+  (benchmarks/bench_dirty.py; a memcpy of those 256 MiB takes 17 ms).
 * ``CompareDirtyTracker`` keeps a shadow copy and compares it with memcmp,
   using only the standard library.  It reports exactly the pages whose bytes
-  *changed*.  Every round reads the whole memory, and the shadow doubles the
-  memory it needs.
+  *changed*.  Every round reads the whole memory (24 ms for 256 MiB), and
+  the shadow doubles the memory it needs.
 
 What both promise: every page whose bytes differ from the previous epoch is
 reported.  Pages that ``memory.grow`` (from the guest or the host) added are
 new state, so both report them once, in the next ``collect``.
+
+Call a tracker between calls into the guest, from the thread that uses the
+store (a wasmtime Store is used by one thread at a time).
 """
 
 from __future__ import annotations
@@ -207,8 +211,7 @@ class _WriteWatch:
             self._close_pagemap()
 
 
-@functools.cache
-def _uffd_unusable_reason() -> str | None:
+def _probe_uffd() -> str | None:
     """Run the whole recipe on two scratch pages; return why it failed, or None."""
     if sys.platform != "linux":
         return f"userfaultfd is Linux-only, this is {sys.platform}"
@@ -233,12 +236,18 @@ def _uffd_unusable_reason() -> str | None:
     return None
 
 
-def uffd_available() -> bool:
-    """Tell whether the userfaultfd backend works in this process (probed once)."""
-    reason = _uffd_unusable_reason()
+@functools.cache
+def _uffd_unusable_reason() -> str | None:
+    """Return why the userfaultfd backend does not work here, or None; probed once."""
+    reason = _probe_uffd()
     if reason is not None:
         logger.info("userfaultfd dirty tracking unavailable: %s", reason)
-    return reason is None
+    return reason
+
+
+def uffd_available() -> bool:
+    """Tell whether the userfaultfd backend works in this process (probed once)."""
+    return _uffd_unusable_reason() is None
 
 
 # --- the trackers -------------------------------------------------------
@@ -246,13 +255,16 @@ def uffd_available() -> bool:
 class DirtyTracker(Protocol):
     """What both backends provide; also a context manager that closes it."""
 
-    page_size: int
+    page_size: int  # 4096: page indices count pages of this size from the memory's base
 
-    def reset(self, store: wasmtime.Storelike) -> None: ...
+    def reset(self, store: wasmtime.Storelike) -> None:
+        """Start a new epoch, forgetting every write made so far."""
 
-    def collect(self, store: wasmtime.Storelike) -> array: ...
+    def collect(self, store: wasmtime.Storelike) -> array:
+        """Return sorted page indices dirtied since the last epoch (array 'Q') and start a new one."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release file descriptors, registrations and shadow copies."""
 
     def __enter__(self) -> DirtyTracker: ...
 
@@ -427,56 +439,50 @@ class UffdDirtyTracker(_Tracker):
         super().close()
 
 
-# 64 KiB, one wasm page, is the first-level compare unit.  On a 256 MiB
-# memory a clean round cost 18 ms with 64 KiB to 1 MiB blocks (bound by
-# memory bandwidth) and 26 ms with 16 KiB blocks (per-block overhead).
+# 64 KiB, one wasm page, is the first-level compare unit.  A clean round
+# over 256 MiB took 18 to 24 ms with 64 KiB or 256 KiB blocks, as long as
+# one memcmp of the whole memory (17 to 21 ms): bound by memory bandwidth.
 _BLOCK_BYTES = 65536
 
 
 class CompareDirtyTracker(_Tracker):
     """Reports the pages whose bytes changed, by comparing with a shadow copy (stdlib only).
 
-    ``bytearray == buffer`` runs memcmp (Objects/bytearrayobject.c), while
-    ``memoryview == memoryview`` compares item by item, so the shadow is a
-    list of 64 KiB bytearrays compared against zero-copy slices of the
-    memory.  Inside a differing block, 4 KiB slices of the block are compared
-    the same way: 5.7 us per block, against 14 us for libc memcmp through
-    ctypes or 'Q'-cast memoryviews (measured here).
+    ``shadow.startswith(view_slice, offset)`` runs memcmp on the memory in
+    place (Objects/bytes_methods.c, tailmatch), whereas ``memoryview ==
+    memoryview`` compares item by item and slicing the bytearray copies.
+    Blocks of 64 KiB are compared first, then the 4 KiB pages of a block
+    that differs: 4.9 us per such block, against 11.6 us when the shadow
+    side is sliced (a copy) and 14 us for libc memcmp through ctypes.
     If the memory moves, its bytes moved with it, so comparing stays exact
     and, unlike the uffd backend, this one need not report every page.
+    The shadow costs as much memory as the tracked memory.
     """
 
     def __init__(self, store: wasmtime.Storelike, memory: wasmtime.Memory) -> None:
         """Copy the memory into the shadow; changes from now on are tracked."""
         super().__init__(store, memory)
-        self._blocks: list[bytearray] = []
-        self._extend_shadow(self._extent.view(), 0)
-
-    def _extend_shadow(self, view: memoryview, old_length: int) -> None:
-        """Copy the bytes past ``old_length`` into the shadow, filling a partial last block first."""
-        if self._blocks and len(self._blocks[-1]) < _BLOCK_BYTES:
-            self._blocks[-1] += view[old_length: len(self._blocks) * _BLOCK_BYTES]
-        for start in range(len(self._blocks) * _BLOCK_BYTES, len(view), _BLOCK_BYTES):
-            self._blocks.append(bytearray(view[start: start + _BLOCK_BYTES]))
+        self._shadow = bytearray(self._extent.view())
 
     def _collect(self, old: _Extent, new: _Extent) -> array:
+        shadow, matches = self._shadow, self._shadow.startswith
         view = new.view()
+        known = view[: old.length_bytes]  # the bytes the shadow has a copy of
         changed = array("Q")
-        for index, block in enumerate(self._blocks):
-            start = index * _BLOCK_BYTES
-            if block == view[start: start + len(block)]:
+        for block in range(0, old.length_bytes, _BLOCK_BYTES):
+            if matches(known[block: block + _BLOCK_BYTES], block):
                 continue
-            for offset in range(0, len(block), PAGE_SIZE):
-                now = view[start + offset: start + offset + PAGE_SIZE]
-                if block[offset: offset + PAGE_SIZE] != now:
-                    block[offset: offset + PAGE_SIZE] = now
-                    changed.append((start + offset) >> _PAGE_SHIFT)
-        self._extend_shadow(view, old.length_bytes)
+            for offset in range(block, min(block + _BLOCK_BYTES, old.length_bytes), PAGE_SIZE):
+                now = known[offset: offset + PAGE_SIZE]
+                if not matches(now, offset):
+                    shadow[offset: offset + len(now)] = now
+                    changed.append(offset >> _PAGE_SHIFT)
+        shadow += view[old.length_bytes:]
         return _with_grown(changed, _grown_pages(old, new))
 
     def close(self) -> None:
         """Free the shadow copy."""
-        self._blocks = []
+        self._shadow = bytearray()
         super().close()
 
 

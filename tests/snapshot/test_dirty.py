@@ -303,6 +303,10 @@ def test_close_releases_and_forbids_use(guest: Guest, backend: str) -> None:
         tracker.collect(guest.store)
     with pytest.raises(DirtyTrackingError, match="closed"):
         tracker.reset(guest.store)
+    guest.call("store", 2 * PAGE_SIZE, 1)  # the memory works unwatched
+    with open_tracker(guest.store, guest.memory, backend=backend) as again:  # and can be watched again
+        guest.call("store", 3 * PAGE_SIZE, 1)
+        assert collect(again, guest) == [3]
 
 
 def test_custom_page_size_partial_last_page(backend: str) -> None:
@@ -399,7 +403,7 @@ def _run(guest: Guest, tracker, model: _Model, backend: str, operation: tuple) -
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=_operations)
 def test_random_operations_match_the_model(engine, module, backend: str, operations) -> None:
     guest = Guest.start(engine, module)
