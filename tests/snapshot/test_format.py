@@ -1,0 +1,255 @@
+"""The encoded format: round trips, streaming, and refusal of bad input."""
+
+import random
+import struct
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import snapshot
+from snapshot import (
+    AuthenticationError,
+    CorruptSnapshotError,
+    DecodeLimits,
+    OversizedSnapshotError,
+    PageRun,
+    RemoteSnapshotError,
+    Snapshot,
+    SnapshotDecoder,
+    SnapshotEncoder,
+    TruncatedSnapshotError,
+    UnsupportedVersionError,
+)
+from snapshot._state import GlobalState, MemoryState, TableState
+
+PAGE = snapshot.PAGE_BYTES
+
+_VALUES = {
+    "i32": st.integers(-(2**31), 2**31 - 1),
+    "i64": st.integers(-(2**63), 2**63 - 1),
+    "f32": st.integers(0, 2**32 - 1),
+    "f64": st.integers(0, 2**64 - 1),
+    "v128": st.integers(0, 2**128 - 1),
+    "funcref": st.one_of(st.none(), st.integers(0, 1000)),
+    "externref": st.none(),
+}
+
+
+@st.composite
+def page_data(draw):
+    kind = draw(st.sampled_from(["zero", "byte", "random", "text"]))
+    if kind == "zero":
+        return bytes(PAGE)
+    if kind == "byte":
+        return bytes([draw(st.integers(1, 255))]) * PAGE
+    if kind == "random":
+        return random.Random(draw(st.integers())).randbytes(PAGE)
+    return ((b"int %d ptr 0x%x " % (draw(st.integers()), draw(st.integers(0, 2**32)))) * 100 + bytes(PAGE))[:PAGE]
+
+
+@st.composite
+def snapshots(draw, delta=None):
+    is_delta = draw(st.booleans()) if delta is None else delta
+    memories = []
+    for index in range(draw(st.integers(0, 3))):
+        size_pages = draw(st.integers(0, 6)) * 16
+        pages = sorted(draw(st.sets(st.integers(0, max(size_pages - 1, 0)), max_size=min(size_pages, 40))))
+        chunks = []
+        for p in pages:
+            data = draw(page_data())
+            if not is_delta and data == bytes(PAGE):
+                continue  # full snapshots hold only non-zero pages
+            chunks.append((p, data))
+        runs = snapshot._state.merge_runs(chunks)
+        memories.append(MemoryState(index * 2, size_pages * PAGE, runs))
+    globals_ = []
+    for i in range(draw(st.integers(0, 8))):
+        vt = draw(st.sampled_from(sorted(_VALUES)))
+        globals_.append(GlobalState(i * 3, vt, draw(_VALUES[vt])))
+    tables = []
+    for i in range(draw(st.integers(0, 2))):
+        rt = draw(st.sampled_from(["funcref", "externref"]))
+        tables.append(TableState(i, rt, tuple(draw(st.lists(_VALUES[rt], max_size=30)))))
+    return Snapshot(
+        module_sha256=draw(st.binary(min_size=32, max_size=32)).hex(),
+        state_id=draw(st.binary(min_size=16, max_size=16)),
+        base_id=draw(st.binary(min_size=16, max_size=16)) if is_delta else None,
+        memories=tuple(memories), globals=tuple(globals_), tables=tuple(tables))
+
+
+KEY = bytes(range(32))
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(snapshots(), st.booleans(), st.integers(1, 5))
+def test_any_snapshot_round_trips(snap, encrypt, batch_pages):
+    key = KEY if encrypt else None
+    data = b"".join(SnapshotEncoder(key=key, batch_pages=batch_pages).encode(snap))
+    assert Snapshot.from_bytes(data, key=key) == snap
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(snapshots(), st.integers(1, 50))
+def test_streaming_decoder_accepts_any_fragmentation(snap, piece):
+    data = snap.to_bytes()
+    dec = SnapshotDecoder()
+    events = []
+    for i in range(0, len(data), piece):
+        dec.feed(data[i:i + piece])
+        while (e := dec.next_event()) is not None:
+            events.append(e)
+    dec.close()
+    assert isinstance(events[0], snapshot.Meta) and isinstance(events[-1], snapshot.End)
+    pages = sum(r.page_count for e in events if isinstance(e, snapshot.PageBatch) for r in e.runs)
+    assert pages == snap.page_count
+
+
+def _sample():
+    rng = random.Random(7)
+    runs = (PageRun(0, rng.randbytes(PAGE) + bytes(100) * 40 + bytes(96)), PageRun(5, b"\x01" * PAGE * 3))
+    return Snapshot(
+        module_sha256="ab" * 32, state_id=b"s" * 16,
+        memories=(MemoryState(0, 65536, runs),),
+        globals=(GlobalState(0, "i32", 5), GlobalState(1, "v128", 2**127 + 3), GlobalState(2, "f32", 0x7FA00001)),
+        tables=(TableState(0, "funcref", (None, 1, 2)),))
+
+
+def test_fuzzed_encodings_are_rejected_or_decode_exactly():
+    """Thousands of mutated encodings: each is refused with a
+    RemoteSnapshotError or decodes to exactly the original."""
+    snap = _sample()
+    rng = random.Random(1234)
+    for key in (None, KEY):
+        good = SnapshotEncoder(key=key, batch_pages=2).encode(snap)
+        good = b"".join(good)
+        outcomes = {"rejected": 0, "same": 0}
+        for _ in range(2500):
+            data = bytearray(good)
+            op = rng.randrange(6)
+            at = rng.randrange(len(data))
+            if op == 0:
+                data[at] ^= 1 << rng.randrange(8)
+            elif op == 1:
+                data[at] = rng.randrange(256)
+            elif op == 2:
+                del data[at:at + rng.randrange(1, 64)]
+            elif op == 3:
+                data[at:at] = rng.randbytes(rng.randrange(1, 16))
+            elif op == 4:
+                data = data[:at]
+            else:
+                span = rng.randrange(1, 32)
+                data[at:at] = data[at:at + span]  # duplicate a slice
+            try:
+                decoded = Snapshot.from_bytes(bytes(data), key=key)
+            except RemoteSnapshotError:
+                outcomes["rejected"] += 1
+                continue
+            assert decoded == snap
+            outcomes["same"] += 1
+        assert outcomes["rejected"] > 2000, outcomes
+
+
+def test_every_truncation_is_reported_as_truncated_or_corrupt():
+    data = _sample().to_bytes()
+    for n in range(len(data)):
+        with pytest.raises((TruncatedSnapshotError, CorruptSnapshotError)):
+            Snapshot.from_bytes(data[:n])
+
+
+def test_wrong_version_is_refused():
+    data = bytearray(_sample().to_bytes())
+    data[6] = 9
+    with pytest.raises(UnsupportedVersionError, match="version 9"):
+        Snapshot.from_bytes(bytes(data))
+
+
+def test_wrong_key_missing_key_and_unexpected_plaintext_are_refused():
+    enc = _sample().to_bytes(key=KEY)
+    with pytest.raises(AuthenticationError, match="wrong key"):
+        Snapshot.from_bytes(enc, key=bytes(32))
+    with pytest.raises(AuthenticationError, match="key is required"):
+        Snapshot.from_bytes(enc)
+    with pytest.raises(AuthenticationError, match="not encrypted"):
+        Snapshot.from_bytes(_sample().to_bytes(), key=KEY)
+
+
+def _frames(data: bytes):
+    pos, out = 16, []
+    while pos < len(data):
+        ftype, length = struct.unpack_from(">BI", data, pos)
+        out.append((pos, ftype, length))
+        pos += 5 + length + 4
+    return out
+
+
+def _rewrite_crc(data: bytearray, pos: int, length: int) -> None:
+    end = pos + 5 + length
+    struct.pack_into(">I", data, end, zlib.crc32(bytes(data[pos:end])))
+
+
+def test_tampering_with_a_valid_checksum_is_caught_by_authentication():
+    data = bytearray(_sample().to_bytes(key=KEY))
+    pos, _, length = _frames(bytes(data))[1]
+    data[pos + 10] ^= 0x40
+    _rewrite_crc(data, pos, length)
+    with pytest.raises(AuthenticationError, match="tampered"):
+        Snapshot.from_bytes(bytes(data), key=KEY)
+
+
+def test_dropping_or_reordering_encrypted_frames_is_caught():
+    data = _sample().to_bytes(key=KEY)
+    (h, *frames) = [data[:16]] + [data[p:p + 9 + n] for p, _, n in _frames(data)]
+    swapped = h + frames[0] + frames[2] + frames[1] + b"".join(frames[3:])
+    dropped = h + frames[0] + b"".join(frames[2:])
+    for bad in (swapped, dropped):
+        with pytest.raises(AuthenticationError):
+            Snapshot.from_bytes(bad, key=KEY)
+
+
+def test_dropping_a_plaintext_frame_is_caught_by_the_end_frame():
+    data = SnapshotEncoder(batch_pages=1).encode(_sample())
+    data = b"".join(data)
+    frames = [data[p:p + 9 + n] for p, _, n in _frames(data)]
+    with pytest.raises(CorruptSnapshotError, match="lost"):
+        Snapshot.from_bytes(data[:16] + frames[0] + b"".join(frames[2:]))
+
+
+def test_oversized_frames_and_memories_are_refused_before_allocation():
+    data = _sample().to_bytes()
+    with pytest.raises(OversizedSnapshotError, match="frame"):
+        Snapshot.from_bytes(data, limits=DecodeLimits(max_frame_bytes=64))
+    with pytest.raises(OversizedSnapshotError, match="memory 0"):
+        Snapshot.from_bytes(data, limits=DecodeLimits(max_memory_bytes=1024))
+    # A forged header claiming a 4 GiB frame is refused without waiting for it.
+    forged = data[:16] + struct.pack(">BI", 1, 2**32 - 1)
+    dec = SnapshotDecoder()
+    dec.feed(forged)
+    with pytest.raises(OversizedSnapshotError):
+        dec.next_event()
+
+
+def test_trailing_bytes_are_refused():
+    with pytest.raises(CorruptSnapshotError, match="trailing"):
+        Snapshot.from_bytes(_sample().to_bytes() + b"\0")
+
+
+def test_a_broken_decoder_stays_broken():
+    dec = SnapshotDecoder()
+    dec.feed(b"NOTSNAP" + bytes(20))
+    with pytest.raises(CorruptSnapshotError):
+        dec.next_event()
+    with pytest.raises(CorruptSnapshotError):
+        dec.feed(b"more")
+
+
+@pytest.mark.parametrize("key", [b"short", "a string", bytes(33)])
+def test_bad_keys_are_a_local_error(key):
+    with pytest.raises(snapshot.LocalSnapshotError, match="16, 24 or 32"):
+        _sample().to_bytes(key=key)
+
+
+def test_non_bytes_input_is_refused():
+    with pytest.raises(CorruptSnapshotError):
+        Snapshot.from_bytes("not bytes")

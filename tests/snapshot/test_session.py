@@ -1,0 +1,101 @@
+"""Deltas: a full capture followed by deltas reproduces the state exactly."""
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import snapshot
+import workloads
+
+WAT = r"""
+(module
+  (memory $m 1 64)
+  (memory $n 1 8)
+  (global $g (mut i64) (i64.const 0))
+  (global $f (mut f64) (f64.const 0))
+  (func (export "poke") (param i32 i32) (i32.store8 $m (local.get 0) (local.get 1))
+    (global.set $g (i64.add (global.get $g) (i64.const 1))))
+  (func (export "poke_n") (param i32 i32) (i32.store8 $n (local.get 0) (local.get 1)))
+  (func (export "grow") (param i32) (result i32) (memory.grow $m (local.get 0)))
+  (func (export "setf") (param f64) (global.set $f (local.get 0)))
+)
+"""
+
+BACKENDS = ["compare"] + (["uffd"] if snapshot.uffd_available() else [])
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("poke"), st.integers(0, 4 * 65536 - 1), st.integers(0, 255)),
+    st.tuples(st.just("poke_n"), st.integers(0, 65535), st.integers(0, 255)),
+    st.tuples(st.just("grow"), st.integers(0, 2)),
+    st.tuples(st.just("setf"), st.floats(allow_nan=False)),
+    st.tuples(st.just("delta")),
+), max_size=40)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=ops)
+def test_delta_chains_reproduce_the_state(live, backend, script):
+    src = live(WAT)
+    target = src.fresh()
+    with snapshot.StateTracker(src.store, src.instance, backend=backend) as tracker:
+        full = tracker.capture(src.store)
+        target.restore(full)
+        current = full
+        for op in script + [("delta",)]:
+            if op[0] == "delta":
+                delta = tracker.capture_delta(src.store)
+                assert delta.base_id == current.state_id
+                current = snapshot.apply_delta(current, delta)
+                # Encoded and decoded on the way, as over the network.
+                target.restore(snapshot.Snapshot.from_bytes(delta.to_bytes()))
+                truth = src.capture()
+                assert (current.memories, current.globals) == (truth.memories, truth.globals)
+                assert target.memory(0) == src.memory(0) and target.memory(1) == src.memory(1)
+            elif op[0] == "poke":
+                size = src.exports["__wm_memory_0"].data_len(src.store)
+                src("poke", op[1] % size, op[2])
+            else:
+                src(*op)
+
+
+def test_delta_on_the_wrong_base_is_refused(live):
+    src = live(WAT)
+    with snapshot.StateTracker(src.store, src.instance) as tracker:
+        full = tracker.capture(src.store)
+        src("poke", 5, 1)
+        d1 = tracker.capture_delta(src.store)
+        src("poke", 6, 1)
+        d2 = tracker.capture_delta(src.store)
+    target = src.fresh()
+    target.restore(full)
+    before = target.memory(0)
+    with pytest.raises(snapshot.BaseMismatchError):
+        target.restore(d2)  # skipped d1
+    assert target.memory(0) == before
+    with pytest.raises(snapshot.BaseMismatchError):
+        snapshot.apply_delta(full, d2)
+    target.restore(d1)
+    target.restore(d2)
+    assert target.memory(0) == src.memory(0)
+
+
+def test_delta_needs_a_full_capture_first(live):
+    src = live(WAT)
+    with snapshot.StateTracker(src.store, src.instance) as tracker:
+        with pytest.raises(snapshot.LocalSnapshotError, match="full capture"):
+            tracker.capture_delta(src.store)
+
+
+def test_deltas_of_a_growing_c_workload_are_small_and_exact(live):
+    src = live(workloads.load("dirtier"))
+    src("dt_init", 8)
+    target = src.fresh()
+    with snapshot.StateTracker(src.store, src.instance) as tracker:
+        target.restore(tracker.capture(src.store))
+        for seed in range(1, 6):
+            src("dt_dirty", 20, seed)
+            delta = tracker.capture_delta(src.store)
+            assert delta.page_count <= 20 + 8  # the pages written, plus stack and bookkeeping
+            target.restore(delta)
+        assert target("dt_checksum") == src("dt_checksum")
+        assert target.memory() == src.memory()
