@@ -1,0 +1,242 @@
+"""An async client of one node, for the CLI, applications and the migration coordinator.
+
+    async with await NodeClient.connect("127.0.0.1:7400", tls=Path("tls/app")) as node:
+        workload = await node.deploy(workloads.load("counter"))
+        await node.call(workload.workload_id, "incr", 1)
+
+The client starts no background task.  Whichever caller is waiting for a
+reply reads the connection and hands other callers their replies, so many
+tasks can share one client and their requests are pipelined on the wire.
+Errors the node reports come back as the class the node's host raised
+(``WorkloadTrap``, ``UnknownWorkload``, ...) or ``RemoteNodeError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from ._config import Address, parse_address
+from ._error_codes import exception_for
+from ._errors import ConfigError, ConnectionFailed, RemoteProtocolError
+from ._messages import (
+    Call,
+    Deploy,
+    ErrorCode,
+    ErrorReply,
+    HasModule,
+    ListWorkloads,
+    NodeSummary,
+    Output,
+    PeerSummary,
+    Peers,
+    Ping,
+    PutModule,
+    ReadMemory,
+    Remove,
+    Reply,
+    Request,
+    Status,
+    StatusReport,
+    WorkloadSummary,
+    WriteMemory,
+)
+from ._protocol import ConnectionClosed
+from ._tls import client_context, is_loopback
+from ._transport import Channel, open_channel
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Reply)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    done: trio.Event
+    reply: Reply | None = None
+    error: BaseException | None = None
+
+
+def tls_context(tls: ssl.SSLContext | Path | str | None, address: Address) -> ssl.SSLContext | None:
+    """Turn the ``tls`` argument of ``connect`` into a client context.
+
+    A path is a TLS dir; None means plain TCP, which only a loopback address may use.
+    Raises ConfigError.
+    """
+    if tls is None:
+        if not is_loopback(address.host):
+            raise ConfigError(f"refusing to talk to {address} without TLS: "
+                              "plain connections are only for loopback")
+        return None
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    return client_context(Path(tls))
+
+
+class NodeClient:
+    """A connection to one node, with one method per request."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._ids = itertools.count(1)
+        self._waiters: dict[int, _Waiter] = {}
+        self._read_lock = trio.Lock()
+        self._failure: BaseException | None = None
+
+    @classmethod
+    async def connect(cls, address: Address | str, *, tls: ssl.SSLContext | Path | str | None,
+                      name: str = "app", role: str = "app", capabilities: tuple[str, ...] = (),
+                      advertise: str | None = None, max_frame_bytes: int | None = None) -> NodeClient:
+        """Connect to the node at ``address`` and exchange Hellos.
+
+        ``tls`` is a TLS dir, an SSLContext, or None for plain TCP (loopback
+        only).  A node calling a peer passes its own ``name``, ``role`` and
+        listen address (``advertise``) so the peer can call back.
+        Raises ConfigError, ConnectionFailed or RemoteProtocolError.
+        """
+        address = parse_address(address) if isinstance(address, str) else address
+        channel = await open_channel(
+            address, ssl_context=tls_context(tls, address), max_frame_bytes=max_frame_bytes,
+            hello={"name": name, "role": role, "capabilities": capabilities, "address": advertise})
+        return cls(channel)
+
+    # --- connection -------------------------------------------------------
+
+    @property
+    def node(self) -> str:
+        """The connected node's name, from its Hello."""
+        return self._channel.peer.name
+
+    @property
+    def hello(self):
+        """The connected node's Hello: name, role, capabilities, address."""
+        return self._channel.peer
+
+    async def aclose(self) -> None:
+        """Close the connection; pending requests fail with ConnectionFailed."""
+        self._fail(ConnectionFailed("the client was closed"))
+        await self._channel.aclose()
+
+    async def __aenter__(self) -> NodeClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+        for waiter in self._waiters.values():
+            if waiter.reply is None and waiter.error is None:
+                waiter.error = error
+                waiter.done.set()
+
+    # --- requests ---------------------------------------------------------
+
+    async def request(self, kind: type[Request], **fields: Any) -> Reply:
+        """Send a ``kind`` request (its id is chosen here) and return the reply.
+
+        This is how other packages send messages they registered.  An
+        ErrorReply is raised as the matching exception.
+        Raises ConnectionFailed, RemoteProtocolError, a HostError or RemoteNodeError.
+        """
+        if self._failure is not None:
+            raise ConnectionFailed(f"connection to {self._channel.remote} is unusable: {self._failure}")
+        request_id = next(self._ids)
+        waiter = self._waiters[request_id] = _Waiter(trio.Event())
+        try:
+            await self._channel.send(kind(id=request_id, **fields))
+            while not waiter.done.is_set():
+                async with self._read_lock:
+                    if waiter.done.is_set():
+                        break
+                    await self._read_one()
+        finally:
+            del self._waiters[request_id]
+        if waiter.error is not None:
+            raise waiter.error
+        reply = waiter.reply
+        if isinstance(reply, ErrorReply):
+            raise exception_for(reply)
+        return reply
+
+    async def _read_one(self) -> None:
+        """Read one event and hand it to whoever waits for it."""
+        try:
+            event = await self._channel.receive()
+        except (ConnectionFailed, RemoteProtocolError) as exc:
+            self._fail(exc)
+            return
+        if isinstance(event, ConnectionClosed):
+            why = f": {event.reason}" if event.reason else ""
+            self._fail(ConnectionFailed(f"{self._channel.remote} closed the connection{why}"))
+        elif isinstance(event, Request):  # clients serve nothing
+            await self._channel.send(ErrorReply(id=event.id, code=ErrorCode.UNSUPPORTED,
+                                                message="this party serves no requests"))
+        else:
+            waiter = self._waiters.get(event.id)
+            if waiter is not None:  # else its caller was cancelled; drop the reply
+                waiter.reply = event
+                waiter.done.set()
+
+    # --- modules and workloads ---------------------------------------------
+
+    async def ensure_module(self, wasm: bytes) -> str:
+        """Make sure the node holds ``wasm``, sending it only if the node lacks it; return its sha256."""
+        sha256 = hashlib.sha256(wasm).hexdigest()
+        if not (await self.request(HasModule, sha256=sha256)).present:
+            stored = await self.request(PutModule, wasm=bytes(wasm))
+            if stored.sha256 != sha256:
+                raise ConnectionFailed(f"{self.node} stored the module as {stored.sha256}, not {sha256}")
+        return sha256
+
+    async def deploy(self, module: bytes | str, *, workload_id: str | None = None, app: str = "default",
+                     args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> WorkloadSummary:
+        """Start a workload from module bytes or the sha256 of a module the node holds."""
+        sha256 = module if isinstance(module, str) else await self.ensure_module(module)
+        reply = await self.request(Deploy, sha256=sha256, workload_id=workload_id, app=app,
+                                   args=tuple(args), env=env)
+        return reply.workload
+
+    async def call(self, workload: str, export: str, *args: int | float) -> None | int | float | tuple:
+        """Call an export; return None, one value, or a tuple of values (as the host does)."""
+        values = (await self.request(Call, workload=workload, export=export, args=args)).values
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else values
+
+    async def read_memory(self, workload: str, offset: int, length: int) -> bytes:
+        return (await self.request(ReadMemory, workload=workload, offset=offset, length=length)).data
+
+    async def write_memory(self, workload: str, offset: int, data: bytes) -> None:
+        await self.request(WriteMemory, workload=workload, offset=offset, data=bytes(data))
+
+    async def output(self, workload: str) -> tuple[bytes, bytes]:
+        """Return the workload's captured (stdout, stderr)."""
+        reply = await self.request(Output, workload=workload)
+        return reply.stdout, reply.stderr
+
+    async def remove(self, workload: str) -> None:
+        await self.request(Remove, workload=workload)
+
+    async def workloads(self) -> tuple[WorkloadSummary, ...]:
+        return (await self.request(ListWorkloads)).workloads
+
+    async def peers(self) -> tuple[PeerSummary, ...]:
+        return (await self.request(Peers)).peers
+
+    async def status(self) -> StatusReport:
+        return await self.request(Status)
+
+    async def ping(self) -> tuple[float, NodeSummary]:
+        """Return the round-trip time in seconds and the node's current summary."""
+        start = trio.current_time()
+        reply = await self.request(Ping)
+        return trio.current_time() - start, reply.node

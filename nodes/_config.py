@@ -1,0 +1,247 @@
+"""A node's settings: one frozen NodeConfig, resolved from flags, environment, a TOML file and defaults.
+
+Every setting is declared once in ``SETTINGS``, which gives its flag
+(``--call-timeout-s``), its environment variable
+(``MIGRATE_NODE_CALL_TIMEOUT_S``) and its config-file key
+(``call_timeout_s``).  ``resolve_config`` takes the first of flag,
+environment, file and default that sets each one.  The config file is named
+by ``--config`` or ``MIGRATE_NODE_CONFIG``; relative paths inside it are
+relative to the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._errors import ConfigError
+from ._limits import Limits
+from ._protocol import DEFAULT_MAX_FRAME_BYTES
+from ._tls import is_loopback
+
+ENV_PREFIX = "MIGRATE_NODE_"
+NODE_ROLES = ("client", "edge", "cloud")
+DEFAULT_PORT = 7400
+
+
+@dataclass(frozen=True, order=True)
+class Address:
+    """A TCP endpoint, written ``HOST:PORT`` (``[::1]:PORT`` for IPv6)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """Parse ``HOST:PORT``; raise ConfigError if it is not one."""
+    text = text.strip()
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{text!r} is not HOST:PORT")
+    return Address(host, int(port))
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{text!r} is not a boolean (use true or false)")
+
+
+def _parse_number(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    return parse
+
+
+def _default_data_dir(name: str) -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "migrate-node" / name
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    """Everything ``serve`` needs.  Raises ConfigError at construction if a value is unusable."""
+
+    name: str
+    role: str = "edge"
+    listen: Address = Address("127.0.0.1", DEFAULT_PORT)
+    data_dir: Path | None = None     # None: $XDG_DATA_HOME/migrate-node/NAME
+    join: tuple[Address, ...] = ()
+    tls_dir: Path | None = None      # None: DATA_DIR/tls
+    insecure: bool = False
+    # workload limits (nodes._limits.Limits)
+    workload_memory_bytes: int = Limits.memory_bytes
+    call_timeout_s: float = Limits.call_timeout_s
+    max_workloads: int = Limits.max_workloads
+    max_workloads_per_app: int = Limits.max_workloads_per_app
+    # connections
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_in_flight: int = 16          # requests handled at once per connection
+    peer_refresh_s: float = 2.0
+    shutdown_grace_s: float = 10.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "._-" for c in self.name):
+            raise ConfigError(f"node name {self.name!r} must be letters, digits, '.', '_' or '-'")
+        if self.role not in NODE_ROLES:
+            raise ConfigError(f"role must be one of {', '.join(NODE_ROLES)}, got {self.role!r}")
+        for field in ("workload_memory_bytes", "call_timeout_s", "max_workloads",
+                      "max_workloads_per_app", "max_frame_bytes", "max_in_flight",
+                      "peer_refresh_s", "shutdown_grace_s"):
+            if not getattr(self, field) > 0:
+                raise ConfigError(f"{field} must be positive, got {getattr(self, field)!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        if self.insecure:
+            outside = [a for a in (self.listen, *self.join) if not is_loopback(a.host)]
+            if outside:
+                raise ConfigError(
+                    f"--insecure is allowed only on loopback (127.0.0.1, ::1, localhost), "
+                    f"not {', '.join(map(str, outside))}: without TLS anyone who can reach "
+                    "the node could run code on it")
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir if self.data_dir is not None else _default_data_dir(self.name)
+
+    @property
+    def tls_path(self) -> Path:
+        return self.tls_dir if self.tls_dir is not None else self.data_path / "tls"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.data_path / "checkpoints"
+
+    def limits(self) -> Limits:
+        return Limits(memory_bytes=self.workload_memory_bytes, call_timeout_s=self.call_timeout_s,
+                      max_workloads=self.max_workloads, max_workloads_per_app=self.max_workloads_per_app)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One NodeConfig field as flags, environment and config files spell it."""
+
+    name: str
+    parse: Callable[[str], Any]   # from a flag or environment string
+    help: str
+    repeated: bool = False        # a flag given several times; comma-separated in the environment
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("name", str, "this node's name, unique in the cluster"),
+    Setting("role", str, "client, edge or cloud"),
+    Setting("listen", parse_address, "HOST:PORT to listen on (port 0 picks one)"),
+    Setting("data_dir", Path, "modules, workload output and checkpoints"),
+    Setting("join", parse_address, "HOST:PORT of a peer to know (repeatable)", repeated=True),
+    Setting("tls_dir", Path, "cert.pem, key.pem and ca.pem (default DATA_DIR/tls)"),
+    Setting("insecure", _parse_bool, "no TLS; only on loopback, for development"),
+    Setting("workload_memory_bytes", _parse_number(int), "linear memory cap per workload"),
+    Setting("call_timeout_s", _parse_number(float), "time one call may run"),
+    Setting("max_workloads", _parse_number(int), "workloads on this node"),
+    Setting("max_workloads_per_app", _parse_number(int), "workloads per application"),
+    Setting("max_frame_bytes", _parse_number(int), "largest frame accepted"),
+    Setting("max_in_flight", _parse_number(int), "requests handled at once per connection"),
+    Setting("peer_refresh_s", _parse_number(float), "how often peers are pinged"),
+    Setting("shutdown_grace_s", _parse_number(float), "time allowed to checkpoint on SIGTERM"),
+    Setting("log_level", str, "debug, info, warning or error"),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+assert set(_BY_NAME) == {f.name for f in dataclasses.fields(NodeConfig)}
+
+
+def _from_env(setting: Setting, text: str) -> Any:
+    if setting.repeated:
+        return tuple(setting.parse(part) for part in text.split(",") if part.strip())
+    return setting.parse(text)
+
+
+def _from_file(setting: Setting, value: Any, base: Path) -> Any:
+    """Check a TOML value's type and convert it like a flag would be."""
+    if setting.repeated:
+        if not isinstance(value, list):
+            raise ConfigError(f"{setting.name} must be a list")
+        return tuple(_from_file(dataclasses.replace(setting, repeated=False), v, base) for v in value)
+    if setting.parse is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{setting.name} must be a string")
+        return base / Path(value).expanduser()
+    if setting.parse is _parse_bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{setting.name} must be true or false")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{setting.name} must be a string or a number")
+    if setting.parse in (str, parse_address) and not isinstance(value, str):
+        raise ConfigError(f"{setting.name} must be a string")
+    return setting.parse(str(value))
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML config file into setting values; raise ConfigError if it is unusable."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    values = {}
+    for key, value in raw.items():
+        setting = _BY_NAME.get(key.replace("-", "_"))
+        if setting is None:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+        try:
+            values[setting.name] = _from_file(setting, value, Path(path).parent)
+        except ConfigError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    return values
+
+
+def resolve_config(flags: Mapping[str, Any], env: Mapping[str, str] = os.environ,
+                   config_file: Path | None = None) -> NodeConfig:
+    """Merge flags (None means not given) over environment over config file over defaults.
+
+    ``config_file`` defaults to ``MIGRATE_NODE_CONFIG`` from ``env``.
+    Raises ConfigError naming the offending source.
+    """
+    if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(env[ENV_PREFIX + "CONFIG"])
+    values = load_config_file(config_file) if config_file is not None else {}
+    for setting in SETTINGS:
+        text = env.get(setting.env)
+        if text is not None:
+            try:
+                values[setting.name] = _from_env(setting, text)
+            except ConfigError as exc:
+                raise ConfigError(f"{setting.env}: {exc}") from None
+    for name, value in flags.items():
+        if name in _BY_NAME and value is not None and value != [] and value != ():
+            values[name] = tuple(value) if _BY_NAME[name].repeated else value
+    if "name" not in values:
+        raise ConfigError("a node needs a name: --name NAME, MIGRATE_NODE_NAME or name = ... in the config file")
+    return NodeConfig(**values)

@@ -1,0 +1,74 @@
+"""Errors across the wire: a raised exception becomes an ErrorReply, and back.
+
+The hosting layer's ``HostError`` classes map one-to-one onto ``ErrorCode``
+values, so a client raises the very class the node's ``Host`` raised, with
+the same message and attributes (``workload_id``, ``trap_code``, ``limit``,
+``requested``...).  Codes that name no host error become
+``RemoteNodeError`` with the code attached.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _host_errors as he
+from ._errors import RemoteNodeError
+from ._messages import ErrorCode, ErrorReply
+from ._wire import FieldError, check_plain
+
+_CLASS_FOR_CODE: dict[ErrorCode, type[Exception]] = {
+    ErrorCode.HOST_ERROR: he.HostError,
+    ErrorCode.HOST_CLOSED: he.HostClosed,
+    ErrorCode.BAD_REQUEST: he.RequestError,
+    ErrorCode.UNKNOWN_MODULE: he.UnknownModule,
+    ErrorCode.UNKNOWN_WORKLOAD: he.UnknownWorkload,
+    ErrorCode.UNKNOWN_EXPORT: he.UnknownExport,
+    ErrorCode.BAD_ARGUMENTS: he.BadArguments,
+    ErrorCode.WORKLOAD_EXISTS: he.WorkloadExists,
+    ErrorCode.INVALID_MODULE: he.InvalidModule,
+    ErrorCode.UNSUPPORTED_IMPORTS: he.UnsupportedImports,
+    ErrorCode.RESOURCE_LIMIT: he.ResourceLimitExceeded,
+    ErrorCode.WORKLOAD_ERROR: he.WorkloadError,
+    ErrorCode.WORKLOAD_TRAP: he.WorkloadTrap,
+    ErrorCode.WORKLOAD_TIMEOUT: he.WorkloadTimeout,
+    ErrorCode.WORKLOAD_EXITED: he.WorkloadExited,
+    ErrorCode.SNAPSHOT_FAILED: he.SnapshotFailed,
+}
+_CODE_FOR_CLASS = {cls: code for code, cls in _CLASS_FOR_CODE.items()}
+
+
+def code_for(exc: BaseException) -> ErrorCode:
+    """Return the wire code of a HostError (its most specific mapped class), else INTERNAL."""
+    for cls in type(exc).__mro__:
+        code = _CODE_FOR_CLASS.get(cls)
+        if code is not None:
+            return code
+    return ErrorCode.INTERNAL
+
+
+def error_reply(request_id: int, exc: BaseException) -> ErrorReply:
+    """Return the ErrorReply that carries ``exc`` (its code, message and plain attributes)."""
+    details: dict[str, Any] = {}
+    for name, value in vars(exc).items():
+        try:
+            details[name] = check_plain(value)
+        except FieldError:
+            continue  # not representable on the wire; the message still says it
+    return ErrorReply(id=request_id, code=code_for(exc), message=str(exc), details=details or None)
+
+
+def exception_for(reply: ErrorReply) -> Exception:
+    """Return the exception a client raises for ``reply``.
+
+    Host errors come back as their own class, built without calling its
+    ``__init__`` (whose signature varies) but with the node's message and
+    attributes, so ``str(exc)`` and ``exc.workload_id`` match the node's.
+    """
+    cls = _CLASS_FOR_CODE.get(reply.code)
+    if cls is None:
+        return RemoteNodeError(reply.code, reply.message)
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, reply.message)
+    for name, value in (reply.details or {}).items():
+        setattr(exc, name, value)
+    return exc

@@ -1,0 +1,48 @@
+"""The nodes package's error vocabulary.
+
+One base class, ``NodeError``, so callers can catch everything the daemon,
+its protocol and its client raise with one clause.  Following h11, protocol
+errors are split by whose fault they are: ``LocalProtocolError`` when this
+side misused the API (sent a reply to a request it never received, a frame
+larger than the peer accepts), ``RemoteProtocolError`` when the peer sent
+something the protocol forbids (garbage, an unknown message, an oversized
+frame, no common version).
+
+Workload failures (traps, limits, unknown workloads) keep the hosting
+layer's own ``HostError`` classes; the wire carries them as an
+``ErrorCode`` and the client raises the same class again, so code that
+calls a workload locally or through a node catches the same exceptions.
+"""
+
+from __future__ import annotations
+
+
+class NodeError(Exception):
+    """Base class of every error the nodes package raises (hosting aside)."""
+
+
+class LocalProtocolError(NodeError):
+    """This side asked the protocol to do something it forbids."""
+
+
+class RemoteProtocolError(NodeError):
+    """The peer violated the protocol; the connection cannot be used further."""
+
+
+class ConfigError(NodeError):
+    """Settings, flags, a config file or TLS material are unusable."""
+
+
+class ConnectionFailed(NodeError):
+    """A node could not be reached, refused us, or the connection broke."""
+
+
+class RemoteNodeError(NodeError):
+    """A node answered a request with an error that has no more specific class.
+
+    ``code`` is the wire ``ErrorCode``; ``str(exc)`` is the node's message.
+    """
+
+    def __init__(self, code: object, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,372 @@
+"""The messages nodes and clients exchange, and the registry that names them.
+
+Every message is a frozen, keyword-only dataclass registered under a short
+``kind`` string, which is what travels on the wire.  Three families:
+
+* ``Hello`` and ``Goodbye`` open and close a connection;
+* ``Request`` subclasses carry an ``id`` chosen by the sender, unique among
+  its requests still awaiting a reply on that connection;
+* ``Reply`` subclasses answer one request by ``id``.  Each request class
+  names the reply class that answers it; ``ErrorReply`` may answer any.
+
+Other packages (the migration coordinator) add their own messages with the
+same ``register`` decorator; the protocol needs no change to carry them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from ._errors import LocalProtocolError
+from ._wire import schema_for
+
+#: Versions of this protocol that this code speaks, oldest first.  Each side
+#: offers its list in Hello and both use the highest version in common.
+PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
+
+#: Roles a Hello may name: the node roles of the issue, and "app" for an
+#: application or the CLI, which connects but does not host workloads.
+ROLES = ("client", "edge", "cloud", "app")
+
+
+class ErrorCode(enum.StrEnum):
+    """Why a request failed, as carried by ErrorReply and Goodbye."""
+
+    # the connection or the node
+    PROTOCOL_ERROR = "protocol_error"
+    UNSUPPORTED = "unsupported"        # a known request this node does not serve
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"              # a bug on the node; it is logged there
+    # the hosting layer's HostError family (nodes._host_errors), one code per class
+    HOST_ERROR = "host_error"
+    HOST_CLOSED = "host_closed"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_MODULE = "unknown_module"
+    UNKNOWN_WORKLOAD = "unknown_workload"
+    UNKNOWN_EXPORT = "unknown_export"
+    BAD_ARGUMENTS = "bad_arguments"
+    WORKLOAD_EXISTS = "workload_exists"
+    INVALID_MODULE = "invalid_module"
+    UNSUPPORTED_IMPORTS = "unsupported_imports"
+    RESOURCE_LIMIT = "resource_limit"
+    WORKLOAD_ERROR = "workload_error"
+    WORKLOAD_TRAP = "workload_trap"
+    WORKLOAD_TIMEOUT = "workload_timeout"
+    WORKLOAD_EXITED = "workload_exited"
+    SNAPSHOT_FAILED = "snapshot_failed"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Message:
+    """Base of everything that travels in a frame."""
+
+    kind: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Reply(Message):
+    """Base of the answers to requests; ``id`` is the answered request's."""
+
+    id: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Request(Message):
+    """Base of requests; ``id`` matches the reply to the request."""
+
+    reply: ClassVar[type[Reply]] = Reply
+    id: int
+
+
+_REGISTRY: dict[str, type[Message]] = {}
+
+M = TypeVar("M", bound=type[Message])
+
+
+def register(kind: str, *, reply: type[Reply] | None = None):
+    """Register a message class under ``kind`` (and, for requests, its reply class).
+
+    Raises LocalProtocolError if ``kind`` is taken or the class is not a Message.
+    """
+    def decorate(cls: M) -> M:
+        if kind in _REGISTRY:
+            raise LocalProtocolError(f"message kind {kind!r} is already registered")
+        if not issubclass(cls, Message):
+            raise LocalProtocolError(f"{cls.__name__} is not a Message")
+        if issubclass(cls, Request) != (reply is not None):
+            raise LocalProtocolError("requests, and only requests, name a reply class")
+        schema_for(cls)  # fail now, not on first use, if a field has no wire form
+        cls.kind = kind
+        if reply is not None:
+            cls.reply = reply
+        _REGISTRY[kind] = cls
+        return cls
+    return decorate
+
+
+def message_class(kind: str) -> type[Message] | None:
+    """Return the class registered under ``kind``, or None."""
+    return _REGISTRY.get(kind)
+
+
+def registered_kinds() -> tuple[str, ...]:
+    """Return every registered kind (for tests and diagnostics)."""
+    return tuple(_REGISTRY)
+
+
+# --- connection lifecycle ------------------------------------------------
+
+@register("hello")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Hello(Message):
+    """First message each way: who we are and what we speak."""
+
+    versions: tuple[int, ...]
+    name: str
+    role: str
+    max_frame_bytes: int
+    capabilities: tuple[str, ...] = ()
+    address: str | None = None  # where a node listens, so peers can call back
+
+
+@register("goodbye")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Goodbye(Message):
+    """Last message: the sender closes the connection, optionally saying why."""
+
+    code: ErrorCode | None = None
+    reason: str = ""
+
+
+# --- records nested in replies ------------------------------------------
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeSummary:
+    """A node's identity and capacity, as of the moment it answered."""
+
+    name: str
+    role: str
+    address: str | None
+    cores: int
+    memory_total_bytes: int
+    memory_free_bytes: int
+    load_1m: float
+    workloads: int
+    capabilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkloadSummary:
+    """One hosted workload (the wire form of the host's WorkloadInfo)."""
+
+    workload_id: str
+    module_sha256: str
+    app: str
+    state: str
+    memory_bytes: int
+    memory_limit_bytes: int
+    calls: int
+    traps: int
+    timeouts: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PeerSummary:
+    """What a node knows about one peer; None where it has not heard yet."""
+
+    address: str
+    connected: bool
+    name: str | None = None
+    role: str | None = None
+    cores: int | None = None
+    memory_free_bytes: int | None = None
+    load_1m: float | None = None
+    workloads: int | None = None
+    rtt_s: float | None = None
+    last_seen_s_ago: float | None = None
+
+
+# --- replies --------------------------------------------------------------
+
+@register("error")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ErrorReply(Reply):
+    """The request failed; ``code`` says how.
+
+    ``details`` carries the error's attributes (``workload_id``,
+    ``trap_code``, ``limit``...) so the client can raise the same class.
+    """
+
+    code: ErrorCode
+    message: str = ""
+    details: dict[str, Any] | None = None
+
+
+@register("done")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Done(Reply):
+    """The request succeeded and has nothing to return."""
+
+
+@register("module_status")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModuleStatus(Reply):
+    present: bool
+
+
+@register("module_stored")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModuleStored(Reply):
+    sha256: str
+
+
+@register("deployed")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Deployed(Reply):
+    workload: WorkloadSummary
+
+
+@register("call_result")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CallResult(Reply):
+    values: tuple[int | float, ...]
+
+
+@register("memory_data")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MemoryData(Reply):
+    data: bytes
+
+
+@register("output_data")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutputData(Reply):
+    stdout: bytes
+    stderr: bytes
+
+
+@register("workload_list")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkloadList(Reply):
+    workloads: tuple[WorkloadSummary, ...]
+
+
+@register("peer_list")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PeerList(Reply):
+    peers: tuple[PeerSummary, ...]
+
+
+@register("pong")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Pong(Reply):
+    node: NodeSummary
+
+
+@register("status_report")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StatusReport(Reply):
+    """Everything ``migrate-node status`` shows."""
+
+    node: NodeSummary
+    workloads: tuple[WorkloadSummary, ...]
+    peers: tuple[PeerSummary, ...]
+    host: dict[str, Any]
+    counters: dict[str, int]
+    migrations: tuple[Any, ...] = ()  # filled in by the migration coordinator
+
+
+# --- requests -------------------------------------------------------------
+
+@register("has_module", reply=ModuleStatus)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HasModule(Request):
+    """Does the node hold the module with this sha256 (hex)?"""
+
+    sha256: str
+
+
+@register("put_module", reply=ModuleStored)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PutModule(Request):
+    """Store (and compile) a module; the reply names its sha256."""
+
+    wasm: bytes
+
+
+@register("deploy", reply=Deployed)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Deploy(Request):
+    """Instantiate a stored module as a new workload."""
+
+    sha256: str
+    workload_id: str | None = None
+    app: str = "default"
+    args: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
+
+
+@register("call", reply=CallResult)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Call(Request):
+    """Call an export of a workload with numeric arguments."""
+
+    workload: str
+    export: str
+    args: tuple[int | float, ...] = ()
+
+
+@register("read_memory", reply=MemoryData)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReadMemory(Request):
+    workload: str
+    offset: int
+    length: int
+
+
+@register("write_memory", reply=Done)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WriteMemory(Request):
+    workload: str
+    offset: int
+    data: bytes
+
+
+@register("output", reply=OutputData)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Output(Request):
+    """The workload's captured stdout and stderr so far."""
+
+    workload: str
+
+
+@register("remove", reply=Done)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Remove(Request):
+    workload: str
+
+
+@register("list_workloads", reply=WorkloadList)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListWorkloads(Request):
+    pass
+
+
+@register("peers", reply=PeerList)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Peers(Request):
+    pass
+
+
+@register("status", reply=StatusReport)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Status(Request):
+    pass
+
+
+@register("ping", reply=Pong)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Ping(Request):
+    """Liveness and round-trip probe; the reply carries the node's current summary."""

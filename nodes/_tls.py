@@ -1,0 +1,236 @@
+"""The cluster's TLS material: a CA, node and client certificates, and SSL contexts.
+
+A cluster has one CA (``migrate-node ca init``).  Every node and every
+application gets a key and a certificate signed by it (``migrate-node cert
+issue``), written into a *TLS dir* that holds three files:
+
+    cert.pem   this party's certificate
+    key.pem    its private key (mode 0600)
+    ca.pem     the cluster CA's certificate, the only trust anchor
+
+Keys are EC P-256.  Node certificates carry both the server and the client
+extended key usage (a node serves, and calls its peers); client
+certificates carry only the client one, so an application's certificate
+cannot impersonate a node.  Subject alternative names cover the name given,
+``localhost``, 127.0.0.1 and ::1, plus any ``extra_names``.
+
+Both sides require a certificate signed by the cluster CA (mutual TLS,
+``CERT_REQUIRED``), so a party the CA did not sign fails the TLS handshake,
+before the node reads a single frame from it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ._errors import ConfigError
+
+CERT_FILE = "cert.pem"
+KEY_FILE = "key.pem"
+CA_FILE = "ca.pem"
+CA_KEY_FILE = "ca-key.pem"
+
+CERT_ROLES = ("node", "client")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}\Z")
+_ORGANIZATION = "wasm-migrate"
+_CA_VALID_DAYS = 3650
+#: 825 days is the longest validity browsers accept for a leaf certificate.
+_LEAF_VALID_DAYS = 825
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def init_ca(directory: Path, *, common_name: str = "wasm-migrate cluster CA") -> Path:
+    """Create a cluster CA (``ca.pem``, ``ca-key.pem``) in ``directory``; return the certificate's path.
+
+    Raises ConfigError if the directory already holds a CA.
+    """
+    directory = Path(directory)
+    if (directory / CA_KEY_FILE).exists() or (directory / CA_FILE).exists():
+        raise ConfigError(f"{directory} already holds a CA; refusing to overwrite it")
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
+                         x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=_CA_VALID_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(directory / CA_KEY_FILE, _key_pem(key))
+    (directory / CA_FILE).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return directory / CA_FILE
+
+
+def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate((ca_dir / CA_FILE).read_bytes())
+        key = serialization.load_pem_private_key((ca_dir / CA_KEY_FILE).read_bytes(), password=None)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no CA in {ca_dir} ({exc.filename} is missing); "
+                          f"create one with `migrate-node ca init --dir {ca_dir}`") from None
+    except ValueError as exc:
+        raise ConfigError(f"the CA in {ca_dir} is unreadable: {exc}") from None
+    return cert, key
+
+
+def _alt_names(names: list[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for name in dict.fromkeys(names):  # keep order, drop repeats
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            out.append(x509.DNSName(name))
+    return out
+
+
+def issue_cert(ca_dir: Path, *, name: str, role: str, out_dir: Path,
+               extra_names: tuple[str, ...] = ()) -> Path:
+    """Issue a key and certificate for ``name`` into ``out_dir`` (a TLS dir); return its path.
+
+    ``role`` is "node" (server and client use) or "client" (client use only).
+    Raises ConfigError for a bad name or role, a missing CA, or an ``out_dir``
+    that already holds a key.
+    """
+    if role not in CERT_ROLES:
+        raise ConfigError(f"role must be one of {', '.join(CERT_ROLES)}, got {role!r}")
+    for candidate in (name, *extra_names):
+        if not _NAME.match(candidate) and not _is_ip(candidate):
+            raise ConfigError(f"{candidate!r} is not a usable certificate name "
+                              "(letters, digits, '.' and '-', or an IP address)")
+    ca_dir, out_dir = Path(ca_dir), Path(out_dir)
+    ca_cert, ca_key = _load_ca(ca_dir)
+    if (out_dir / KEY_FILE).exists():
+        raise ConfigError(f"{out_dir / KEY_FILE} exists; refusing to overwrite a key")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if role == "node":
+        usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=_LEAF_VALID_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(
+            _alt_names([name, *extra_names, "localhost", "127.0.0.1", "::1"])), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_private(out_dir / KEY_FILE, _key_pem(key))
+    (out_dir / CERT_FILE).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out_dir / CA_FILE).write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    return out_dir / CERT_FILE
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _context(purpose: ssl.Purpose, tls_dir: Path) -> ssl.SSLContext:
+    tls_dir = Path(tls_dir)
+    missing = [f for f in (CERT_FILE, KEY_FILE, CA_FILE) if not (tls_dir / f).is_file()]
+    if missing:
+        raise ConfigError(f"TLS dir {tls_dir} lacks {', '.join(missing)}; create it with "
+                          "`migrate-node cert issue --ca CA_DIR --name NAME --role node|client "
+                          f"--out {tls_dir}`")
+    ctx = ssl.create_default_context(purpose)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        ctx.load_cert_chain(tls_dir / CERT_FILE, tls_dir / KEY_FILE)
+        ctx.load_verify_locations(cafile=tls_dir / CA_FILE)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"TLS material in {tls_dir} is unusable: {exc}") from None
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def server_context(tls_dir: Path) -> ssl.SSLContext:
+    """Return the context a node listens with: it requires a CA-signed client certificate.
+
+    Raises ConfigError if the TLS dir is incomplete or unreadable.
+    """
+    return _context(ssl.Purpose.CLIENT_AUTH, tls_dir)
+
+
+def client_context(tls_dir: Path) -> ssl.SSLContext:
+    """Return the context to connect with: it presents our certificate and checks the node's.
+
+    The node's certificate must be CA-signed and name the host we dial.
+    Raises ConfigError if the TLS dir is incomplete or unreadable.
+    """
+    ctx = _context(ssl.Purpose.SERVER_AUTH, tls_dir)
+    ctx.check_hostname = True
+    return ctx
+
+
+def peer_common_name(cert: dict | None) -> str | None:
+    """Return the common name in a certificate as ``SSLSocket.getpeercert()`` gives it."""
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether ``host`` (a name or an address) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,207 @@
+"""Moving protocol bytes over trio streams: TLS, framing and back-pressure.
+
+``Channel`` wraps one trio stream (a ``trio.SSLStream`` over TCP, or plain
+TCP on loopback with ``--insecure``) and drives a sans-IO ``Connection``:
+it only moves bytes.  ``open_channel`` dials and ``accept_channel`` answers;
+both finish the TLS handshake and the Hello exchange before returning, so
+a party the cluster CA did not sign never gets a frame read.
+
+Back-pressure comes from reading only when asked: ``receive`` pulls bytes
+from the socket only when the Connection has no complete frame buffered, so
+a caller that stops calling ``receive`` (the daemon does, while its
+per-connection request slots are full) leaves the peer's frames in the
+kernel buffer, and TCP flow control stops the peer.  What we buffer is at
+most one frame plus one read.  ``send`` waits for the kernel to take the
+bytes, so a peer that does not read stalls only the tasks sending to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import trio
+
+from ._config import Address
+from ._errors import ConnectionFailed, RemoteProtocolError
+from ._messages import ErrorCode, Goodbye, Hello, Message
+from ._protocol import NEED_DATA, Connection, ConnectionClosed, State
+from ._tls import peer_common_name
+
+logger = logging.getLogger(__name__)
+
+#: Bytes asked of the socket per read: large enough that a 64 MiB page batch
+#: takes a few hundred reads, small enough that a read never holds much more
+#: than one frame's worth of someone else's data.
+RECEIVE_BYTES = 256 << 10
+#: How long a parting Goodbye may take to leave: it is a courtesy to the peer
+#: and must not hold up closing a connection whose peer stopped reading.
+_GOODBYE_TIMEOUT_S = 1.0
+
+_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
+
+
+class Channel:
+    """A connection's sans-IO protocol state plus the stream it runs on.
+
+    One task may receive at a time; sends from many tasks are serialised.
+    Raises ConnectionFailed when the stream breaks and RemoteProtocolError
+    when the peer breaks the protocol (after telling it so with a Goodbye).
+    """
+
+    def __init__(self, stream: trio.abc.Stream, connection: Connection, *, remote: str) -> None:
+        self.stream = stream
+        self.connection = connection
+        self.remote = remote  # "host:port" of the other end, for logs
+        self._send_lock = trio.Lock()
+        self._broken: str | None = None
+
+    @property
+    def peer(self) -> Hello:
+        """The peer's Hello (set once the handshake is done)."""
+        assert self.connection.their_hello is not None, "handshake not done"
+        return self.connection.their_hello
+
+    @property
+    def peer_certificate_name(self) -> str | None:
+        """The common name in the peer's TLS certificate, or None without TLS."""
+        if isinstance(self.stream, trio.SSLStream):
+            return peer_common_name(self.stream.getpeercert())
+        return None
+
+    async def send(self, message: Message) -> None:
+        """Send one message.  Raises LocalProtocolError or ConnectionFailed."""
+        data = self.connection.send(message)
+        async with self._send_lock:
+            if self._broken:
+                raise ConnectionFailed(self._broken)
+            try:
+                await self.stream.send_all(data)
+            except _BROKEN as exc:
+                self._broken = f"connection to {self.remote} broke: {exc or type(exc).__name__}"
+                raise ConnectionFailed(self._broken) from exc
+            except BaseException:
+                # cancelled part-way: the peer may hold half a frame, so the stream is unusable
+                self._broken = f"a send to {self.remote} was cancelled mid-frame"
+                raise
+
+    async def receive(self) -> Any:
+        """Return the next Hello, Request, Reply or ConnectionClosed from the peer.
+
+        Raises RemoteProtocolError or ConnectionFailed.
+        """
+        conn = self.connection
+        while True:
+            try:
+                event = conn.next_event()
+            except RemoteProtocolError as exc:
+                await self._goodbye(ErrorCode.PROTOCOL_ERROR, str(exc))
+                raise
+            if event is not NEED_DATA:
+                return event
+            try:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            except _BROKEN as exc:
+                raise ConnectionFailed(f"connection to {self.remote} broke: "
+                                       f"{exc or type(exc).__name__}") from exc
+            conn.receive_data(data)
+
+    async def handshake(self, hello: Hello) -> Hello:
+        """Send our Hello, wait for theirs, and return it.
+
+        Raises RemoteProtocolError (no common version, anything but a Hello
+        first) or ConnectionFailed (the peer closed or said Goodbye).
+        """
+        await self.send(hello)
+        event = await self.receive()
+        if isinstance(event, ConnectionClosed):
+            raise ConnectionFailed(f"{self.remote} closed the connection during the handshake"
+                                   + (f": {event.reason}" if event.reason else ""))
+        return event  # the Connection lets nothing but a Hello through here
+
+    async def _goodbye(self, code: ErrorCode | None, reason: str) -> None:
+        """Tell the peer why we close, if it is still listening; never raises."""
+        with trio.move_on_after(_GOODBYE_TIMEOUT_S):
+            try:
+                await self.send(Goodbye(code=code, reason=reason[:400]))
+            except Exception:
+                pass
+
+    async def aclose(self, *, reason: str = "", code: ErrorCode | None = None) -> None:
+        """Say Goodbye (when the connection is still open) and close the stream."""
+        if self.connection.state not in (State.CLOSED, State.ERROR) and not self._broken:
+            await self._goodbye(code, reason)
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)
+
+
+def _connection(max_frame_bytes: int | None) -> Connection:
+    return Connection() if max_frame_bytes is None else Connection(max_frame_bytes=max_frame_bytes)
+
+
+async def open_channel(address: Address, *, ssl_context: ssl.SSLContext | None, hello: dict,
+                       max_frame_bytes: int | None = None) -> Channel:
+    """Connect to a node, finish TLS and the Hello exchange; return the Channel.
+
+    ``hello`` holds the Hello fields other than versions and frame limit
+    (name, role, capabilities, address).  Without ``ssl_context`` the
+    connection is plain TCP.  Raises ConnectionFailed or RemoteProtocolError.
+    """
+    remote = str(address)
+    try:
+        tcp = await trio.open_tcp_stream(address.host, address.port)
+    except OSError as exc:
+        # trio wraps the per-address failures; the first one says why (refused, unreachable)
+        why = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        raise ConnectionFailed(f"cannot connect to {remote}: {why.strerror or why}") from exc
+    stream: trio.abc.Stream = tcp
+    try:
+        if ssl_context is not None:
+            stream = trio.SSLStream(tcp, ssl_context, server_hostname=address.host,
+                                    https_compatible=False)
+            await stream.do_handshake()
+        channel = Channel(stream, _connection(max_frame_bytes), remote=remote)
+        await channel.handshake(channel.connection.hello(**hello))
+    except _BROKEN as exc:
+        await trio.aclose_forcefully(stream)
+        raise ConnectionFailed(f"TLS with {remote} failed: {_ssl_reason(exc)}") from exc
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return channel
+
+
+async def accept_channel(tcp: trio.SocketStream, *, ssl_context: ssl.SSLContext | None,
+                         hello: dict, max_frame_bytes: int | None = None) -> Channel:
+    """Answer a connection a listener accepted: TLS, then the Hello exchange.
+
+    The caller bounds the time this may take and closes ``tcp`` on error.
+    Raises ConnectionFailed (TLS refused, e.g. a certificate the CA did not
+    sign) or RemoteProtocolError.
+    """
+    try:
+        host, port = tcp.socket.getpeername()[:2]
+        remote = str(Address(host, port))
+    except OSError:
+        remote = "unknown"
+    stream: trio.abc.Stream = tcp
+    if ssl_context is not None:
+        stream = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=False)
+        try:
+            await stream.do_handshake()
+        except _BROKEN as exc:
+            raise ConnectionFailed(f"TLS handshake with {remote} failed: {_ssl_reason(exc)}") from exc
+    channel = Channel(stream, _connection(max_frame_bytes), remote=remote)
+    await channel.handshake(channel.connection.hello(**hello))
+    return channel
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    """The most telling message in an SSL failure's chain."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return cause.reason or str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return str(exc) or "the connection was closed"

@@ -1,0 +1,337 @@
+"""``migrate-node``: run a node, look at one, and manage the cluster's certificates.
+
+    migrate-node serve --name edge-1 --role edge --listen 127.0.0.1:7401 --tls-dir tls/edge-1
+    migrate-node status --node 127.0.0.1:7401 --tls-dir tls/app
+    migrate-node list | deploy MODULE | call WORKLOAD EXPORT [ARG...]
+    migrate-node ca init --dir ca
+    migrate-node cert issue --ca ca --name edge-1 --role node --out tls/edge-1
+
+Each command is one entry in ``COMMANDS``: a function that adds its
+subparser and the function that runs it.  The migration package adds
+``migrate`` and ``drain`` the same way.  User errors print one line and
+exit with status 2 (bad usage or settings) or 1 (the operation failed);
+there are no tracebacks for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import _host_errors as he
+from ._client import NodeClient
+from ._config import DEFAULT_PORT, SETTINGS, NodeConfig, parse_address, resolve_config
+from ._errors import ConfigError, NodeError
+from ._logging import configure_logging
+from ._messages import StatusReport
+from ._tls import CERT_ROLES, init_ca, issue_cert
+
+logger = logging.getLogger("nodes.cli")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+_CLIENT_ENV = "MIGRATE_NODE_ADDRESS"
+
+
+class UsageError(Exception):
+    """Bad command-line usage (exit status 2)."""
+
+
+# --- serve ------------------------------------------------------------------
+
+def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("serve", help="run a node",
+                       description="Run a node. Settings come from flags, then MIGRATE_NODE_* "
+                                   "environment variables, then --config, then defaults.")
+    p.add_argument("--config", type=Path, help="a TOML file of settings (MIGRATE_NODE_CONFIG)")
+    for setting in SETTINGS:
+        if setting.parse is bool or setting.name == "insecure":
+            p.add_argument(setting.flag, action="store_const", const=True, default=None,
+                           help=setting.help)
+        elif setting.repeated:
+            p.add_argument(setting.flag, type=_flag(setting.parse), action="append", default=None,
+                           metavar="HOST:PORT", help=setting.help)
+        else:
+            p.add_argument(setting.flag, type=_flag(setting.parse), default=None, help=setting.help)
+    return p
+
+
+def _flag(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Wrap a setting parser so argparse reports its ConfigError as a usage error."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+async def _serve_until_signalled(config: NodeConfig) -> None:
+    from ._daemon import serve  # imports wasmtime; the other commands do not need it
+
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            async def on_signal() -> None:
+                async for signum in signals:
+                    logger.info("stopping on %s", signal.Signals(signum).name)
+                    stop.set()
+                    return
+
+            nursery.start_soon(on_signal)
+            await serve(config, stop=stop)
+            nursery.cancel_scope.cancel()
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    config = resolve_config(vars(args), os.environ, args.config)
+    configure_logging(config.name, config.log_level)
+    try:
+        trio.run(_serve_until_signalled, config)
+    except OSError as exc:  # cannot listen: address in use, permission
+        raise NodeError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+    logger.info("stopped")
+    return 0
+
+
+# --- client commands -----------------------------------------------------------
+
+def _add_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", type=_flag(parse_address), default=None, metavar="HOST:PORT",
+                   help=f"the node to ask (default ${_CLIENT_ENV} or 127.0.0.1:{DEFAULT_PORT})")
+    p.add_argument("--tls-dir", type=Path, default=None,
+                   help="this client's cert.pem, key.pem and ca.pem (default $MIGRATE_NODE_TLS_DIR)")
+    p.add_argument("--insecure", action="store_true", help="plain TCP (loopback only)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+async def _connect(args: argparse.Namespace) -> NodeClient:
+    address = args.node or parse_address(os.environ.get(_CLIENT_ENV, f"127.0.0.1:{DEFAULT_PORT}"))
+    tls = None
+    if not args.insecure:
+        tls = args.tls_dir or os.environ.get("MIGRATE_NODE_TLS_DIR")
+        if not tls:
+            raise UsageError("say which TLS dir to use (--tls-dir or MIGRATE_NODE_TLS_DIR), "
+                             "or --insecure for a loopback node")
+    with trio.fail_after(30):
+        return await NodeClient.connect(address, tls=tls, name="migrate-node-cli")
+
+
+def _client_command(run: Callable[[NodeClient, argparse.Namespace], Any]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        async def main() -> Any:
+            async with await _connect(args) as client:
+                return await run(client, args)
+        result = trio.run(main)
+        if args.json:
+            print(json.dumps(result, default=_jsonable, indent=2))
+        elif result is not None:
+            print(_text(result))
+        return 0
+    return command
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return str(value)
+
+
+def _text(result: Any) -> str:
+    if isinstance(result, StatusReport):
+        return _status_text(result)
+    if isinstance(result, tuple) and all(hasattr(w, "workload_id") for w in result):
+        return _workloads_text(result) if result else "no workloads"
+    if hasattr(result, "__dataclass_fields__"):
+        return json.dumps(asdict(result), default=_jsonable, indent=2)
+    return str(result)
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def _workloads_text(workloads: Sequence) -> str:
+    rows = [f"{'WORKLOAD':<20} {'APP':<12} {'STATE':<6} {'MEMORY':>10} {'CALLS':>8} {'TRAPS':>6}  MODULE"]
+    for w in workloads:
+        rows.append(f"{w.workload_id:<20} {w.app:<12} {w.state:<6} {_mib(w.memory_bytes):>10} "
+                    f"{w.calls:>8} {w.traps + w.timeouts:>6}  {w.module_sha256[:12]}")
+    return "\n".join(rows)
+
+
+def _status_text(s: StatusReport) -> str:
+    n = s.node
+    lines = [
+        f"node {n.name} ({n.role}) at {n.address}",
+        f"  capacity: {n.cores} cores, {_mib(n.memory_free_bytes)} free of {_mib(n.memory_total_bytes)}, "
+        f"load {n.load_1m}",
+        f"  modules: {s.host.get('modules')} loaded, {s.host.get('compiles')} compiled, "
+        f"{s.host.get('cache_hits')} cache hits",
+        "",
+        _workloads_text(s.workloads) if s.workloads else "no workloads",
+        "",
+    ]
+    if s.peers:
+        lines.append(f"{'PEER':<16} {'ROLE':<7} {'ADDRESS':<22} {'UP':<4} {'RTT':>9} {'LOAD':>6} {'FREE':>12}")
+        for p in s.peers:
+            rtt = "-" if p.rtt_s is None else f"{p.rtt_s * 1e3:.2f} ms"
+            lines.append(f"{p.name or '?':<16} {p.role or '?':<7} {p.address:<22} "
+                         f"{'yes' if p.connected else 'no':<4} {rtt:>9} {p.load_1m if p.load_1m is not None else '-':>6} "
+                         f"{_mib(p.memory_free_bytes):>12}")
+    else:
+        lines.append("no peers")
+    lines.append("")
+    lines.append("migrations: " + (", ".join(map(str, s.migrations)) if s.migrations else "none"))
+    return "\n".join(lines)
+
+
+async def _status(client: NodeClient, args: argparse.Namespace) -> Any:
+    return await client.status()
+
+
+async def _list(client: NodeClient, args: argparse.Namespace) -> Any:
+    return await client.workloads()
+
+
+async def _deploy(client: NodeClient, args: argparse.Namespace) -> Any:
+    try:
+        wasm = Path(args.module).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.module}: {exc.strerror}") from None
+    return await client.deploy(wasm, workload_id=args.id, app=args.app)
+
+
+async def _call(client: NodeClient, args: argparse.Namespace) -> Any:
+    return await client.call(args.workload, args.export, *args.args)
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text, 0)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _add_status(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("status", help="a node's role, capacity, workloads, peers and migrations")
+    _add_client_options(p)
+    return p
+
+
+def _add_list(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("list", help="a node's workloads")
+    _add_client_options(p)
+    return p
+
+
+def _add_deploy(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("deploy", help="start a workload from a .wasm file")
+    p.add_argument("module", help="path of a .wasm module")
+    p.add_argument("--id", default=None, help="workload id (default: generated)")
+    p.add_argument("--app", default="default", help="application the workload belongs to")
+    _add_client_options(p)
+    return p
+
+
+def _add_call(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("call", help="call a workload's export with numbers")
+    p.add_argument("workload")
+    p.add_argument("export")
+    p.add_argument("args", nargs="*", type=_number)
+    _add_client_options(p)
+    return p
+
+
+# --- certificates -------------------------------------------------------------------
+
+def _add_ca(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("ca", help="the cluster's certificate authority")
+    ca_sub = p.add_subparsers(dest="ca_command", required=True, metavar="init")
+    init = ca_sub.add_parser("init", help="create a cluster CA")
+    init.add_argument("--dir", type=Path, required=True, help="where to write ca.pem and ca-key.pem")
+    return p
+
+
+def _run_ca(args: argparse.Namespace) -> int:
+    path = init_ca(args.dir)
+    print(f"created cluster CA {path} (keep {args.dir / 'ca-key.pem'} private)")
+    return 0
+
+
+def _add_cert(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("cert", help="node and client certificates")
+    cert_sub = p.add_subparsers(dest="cert_command", required=True, metavar="issue")
+    issue = cert_sub.add_parser("issue", help="issue a key and certificate signed by the cluster CA")
+    issue.add_argument("--ca", type=Path, required=True, help="the CA dir from `ca init`")
+    issue.add_argument("--name", required=True, help="node or client name (the certificate's CN)")
+    issue.add_argument("--role", required=True, choices=CERT_ROLES)
+    issue.add_argument("--out", type=Path, required=True, help="TLS dir to write cert.pem, key.pem, ca.pem")
+    issue.add_argument("--san", action="append", default=[], metavar="NAME_OR_IP",
+                       help="another DNS name or IP address the node is reached by (repeatable)")
+    return p
+
+
+def _run_cert(args: argparse.Namespace) -> int:
+    path = issue_cert(args.ca, name=args.name, role=args.role, out_dir=args.out, extra_names=tuple(args.san))
+    print(f"issued {args.role} certificate {path} for {args.name}")
+    return 0
+
+
+# --- the command table ------------------------------------------------------------
+
+Command = tuple[Callable[[argparse._SubParsersAction], argparse.ArgumentParser],
+                Callable[[argparse.Namespace], int]]
+
+COMMANDS: dict[str, Command] = {
+    "serve": (_add_serve, _run_serve),
+    "status": (_add_status, _client_command(_status)),
+    "list": (_add_list, _client_command(_list)),
+    "deploy": (_add_deploy, _client_command(_deploy)),
+    "call": (_add_call, _client_command(_call)),
+    "ca": (_add_ca, _run_ca),
+    "cert": (_add_cert, _run_cert),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="migrate-node", description="Run and manage wasm-migrate nodes.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add, run) in COMMANDS.items():
+        add(sub).set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, UsageError) as exc:
+        print(f"migrate-node {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (NodeError, he.HostError, trio.TooSlowError) as exc:
+        print(f"migrate-node {args.command}: {exc or 'timed out'}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
