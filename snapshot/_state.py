@@ -149,19 +149,22 @@ def merge_runs(pages: list[tuple[int, bytes | memoryview]]) -> tuple[PageRun, ..
     return tuple(runs)
 
 
-def nonzero_runs(buf: bytes | bytearray, first_page: int = 0) -> list[tuple[int, int]]:
+def nonzero_runs(buf, first_page: int = 0) -> list[tuple[int, int]]:
     """Return [start, end) page ranges of the non-zero 4 KiB pages of ``buf``.
 
-    ``bytes.startswith`` against a zero block compares with memcmp and does
-    not copy: about 13 GB/s here, as fast as a numpy comparison.
+    ``buf`` is any buffer (bytes, bytearray, memoryview, a ctypes array over
+    wasm memory).  Comparing with ``bytes.startswith`` against a zero block
+    runs memcmp without copying: about 13 GB/s here, as fast as numpy.
     """
+    view = memoryview(buf).cast("B")
     out: list[tuple[int, int]] = []
-    n = len(buf)
+    n = len(view)
     run_start = -1
     off = 0
-    startswith = buf.startswith
+    zero_block = _ZERO_BLOCK.startswith
+    zero_page = ZERO_PAGE.startswith
     while off < n:
-        if off + WASM_PAGE_BYTES <= n and startswith(_ZERO_BLOCK, off):
+        if off + WASM_PAGE_BYTES <= n and zero_block(view[off:off + WASM_PAGE_BYTES]):
             if run_start >= 0:
                 out.append((run_start, off // PAGE_BYTES))
                 run_start = -1
@@ -169,7 +172,7 @@ def nonzero_runs(buf: bytes | bytearray, first_page: int = 0) -> list[tuple[int,
             continue
         end = min(off + WASM_PAGE_BYTES, n)
         while off < end:
-            if startswith(ZERO_PAGE, off):
+            if zero_page(view[off:off + PAGE_BYTES]):
                 if run_start >= 0:
                     out.append((run_start, off // PAGE_BYTES))
                     run_start = -1

@@ -279,3 +279,24 @@ def test_round_trip_across_processes(live):
         _kv_put(w, b"key%d" % i, b"value%d" % (i * i))
     assert [int(x) for x in restored] == [200, w("kv_checksum")]
     assert snapshot.Snapshot.from_bytes(captured, key=bytes(32)).memories == w.capture().memories
+
+
+def test_third_party_quickjs_session_survives_capture_and_restore(live):
+    """A 1.5 MB interpreter built by others (QuickJS-NG's WASI reactor,
+    installed as a test dependency) keeps its JS heap across a restore."""
+    from workloads.thirdparty import QuickJS, find_thirdparty
+
+    path = find_thirdparty()
+    if path is None:
+        pytest.skip("qjs-wasi-reactor.wasm 0.15 is not installed (pip install -e '.[test]')")
+    w = live(path.read_bytes(), boot=False)
+    js = QuickJS(w.store, w.instance)
+    js.start()
+    js.eval("globalThis.m = new Map(); for (let i = 0; i < 500; i++) m.set('k' + i, i * i);"
+            "var counter = 0; function tick() { return ++counter; }")
+    assert js.eval("tick()") == "1"
+    data = w.capture().to_bytes(key=bytes(32))
+    target = w.fresh()
+    target.restore(snapshot.Snapshot.from_bytes(data, key=bytes(32)))
+    probe = "tick() + ':' + m.get('k7') + ':' + m.size"
+    assert QuickJS(target.store, target.instance).eval(probe) == js.eval(probe) == "2:49:500"
