@@ -168,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of 20")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results files")
     args = parser.parse_args(argv)
     result = run(rounds=3 if args.quick else 20, seed=args.seed)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dirty.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "dirty-quick" if args.quick else "dirty"
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
-    (RESULTS / "dirty.md").write_text(table)
+    (args.out / f"{name}.md").write_text(table)
     print(table)
     return 0
 

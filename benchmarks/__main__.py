@@ -1,0 +1,57 @@
+"""Run every benchmark: ``python -m benchmarks [--quick] [--out DIR]``.
+
+Each benchmark writes NAME.json and NAME.md (NAME-quick.* in quick mode)
+and reports ratios measured in the same run.  Afterwards the JSON files are
+checked for the fields readers rely on; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# (module, fields every result file must carry)
+SUITE = [
+    ("benchmarks.bench_snapshot", "snapshot", ["results"]),
+    ("benchmarks.bench_dirty", "dirty", []),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the smoke-test sizes CI uses")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", action="append", help="run only these benchmarks (by name)")
+    args = parser.parse_args(argv)
+    failures = []
+    for module_name, name, fields in SUITE:
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name} ==", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        module = importlib.import_module(module_name)
+        argv_ = (["--quick"] if args.quick else []) + ["--out", str(args.out)]
+        module.main(argv_)
+        stem = f"{name}-quick" if args.quick else name
+        try:
+            data = json.loads((args.out / f"{stem}.json").read_text())
+            if not (args.out / f"{stem}.md").read_text().startswith("#"):
+                raise ValueError("markdown table missing its heading")
+            missing = [f for f in fields if f not in data]
+            if missing:
+                raise ValueError(f"missing fields {missing}")
+        except (OSError, ValueError) as exc:
+            failures.append(f"{name}: {exc}")
+        print(f"== {name} done in {time.perf_counter() - t0:.1f} s ==", file=sys.stderr, flush=True)
+    for f in failures:
+        print(f"malformed benchmark output: {f}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
