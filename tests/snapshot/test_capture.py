@@ -300,3 +300,30 @@ def test_third_party_quickjs_session_survives_capture_and_restore(live):
     target.restore(snapshot.Snapshot.from_bytes(data, key=bytes(32)))
     probe = "tick() + ':' + m.get('k7') + ':' + m.size"
     assert QuickJS(target.store, target.instance).eval(probe) == js.eval(probe) == "2:49:500"
+
+
+EDGE_CHILD = textwrap.dedent("""
+    import sys, wasmtime, snapshot
+    sys.path.insert(0, sys.argv[1])
+    import conftest, test_capture
+    w = conftest.Live(wasmtime.Engine(), snapshot.prepare(wasmtime.wat2wasm(test_capture.EDGE)))
+    test_capture._mutate(w)
+    sys.stdout.buffer.write(w.capture().to_bytes())
+""")
+
+
+def test_every_edge_case_round_trips_across_processes(live):
+    """Grown memories, several memories, internal globals, NaN payloads,
+    v128, funcref globals and modified tables, captured in another process."""
+    import os
+
+    here = os.path.dirname(__file__)
+    data = subprocess.run([sys.executable, "-c", EDGE_CHILD, here], capture_output=True, check=True).stdout
+    w = live(EDGE)
+    _mutate(w)
+    target = w.fresh()
+    target.restore(snapshot.Snapshot.from_bytes(data))
+    assert _state(target.capture()) == _state(w.capture())
+    assert target("f32bits") & 0xFFFFFFFF == 0x7FA00001
+    assert target("call", 2) == 11 and target("callfr") == 33
+    assert (target.memory(0), target.memory(1)) == (w.memory(0), w.memory(1))

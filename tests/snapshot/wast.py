@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def testsuite_dir() -> Path | None:
-    """The WebAssembly spec test suite, from $WASM_TESTSUITE or ../shared/."""
-    for candidate in (os.environ.get("WASM_TESTSUITE"), ROOT.parent / "shared" / "wasm-testsuite"):
+    """The WebAssembly spec test suite, from $WASM_TESTSUITE or the workplace's shared/ folder."""
+    for candidate in (os.environ.get("WASM_TESTSUITE"), ROOT.parent / "shared" / "wasm-testsuite",
+                      Path("/work/shared/wasm-testsuite")):
         if candidate and Path(candidate, "address.wast").exists():
             return Path(candidate)
     return None
