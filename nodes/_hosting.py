@@ -352,8 +352,12 @@ class _ModuleCache:
         return _CachedModule.build(sha256, module, pre)
 
 
-def _write_atomically(path: Path, data: bytes | bytearray) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old or the new file."""
+def _write_atomically(path: Path, data: bytes | bytearray, *, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old or the new file.
+
+    The rename is durable once the directory is synced: here, or by the
+    caller after a batch (``sync_dir=False``).
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -363,7 +367,8 @@ def _write_atomically(path: Path, data: bytes | bytearray) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -595,11 +600,11 @@ class Host:
                 raise ResourceLimitExceeded("memory_bytes", largest, w.memory_limit_bytes,
                                             "the snapshot's memory")
             self._restore_state(w, snap)
+            w.calls = calls
 
         w = self._create(module_sha256, workload_id=workload_id, app=app, args=args, env=env,
                          preopen=preopen, memory_limit_bytes=memory_limit_bytes,
                          init=init, fresh_output=False)
-        w.calls = calls
         logger.info("restored workload", extra=w.log_extra())
         return w.info()
 
@@ -626,6 +631,7 @@ class Host:
 
     def _create(self, module_sha256, *, workload_id, app, args, env, preopen, memory_limit_bytes,
                 init, fresh_output) -> _Workload:
+        self._check_open()
         _check_name("workload_id", workload_id)
         _check_name("app", app)
         if not isinstance(args, Sequence) or isinstance(args, str):
@@ -852,19 +858,23 @@ class Host:
         for w in workloads:
             try:
                 with self._using(w):
-                    data = self._capture(w).to_bytes(key=key)
+                    snap = self._capture(w)
                     entry = {"id": w.workload_id, "module_sha256": w.module.sha256, "app": w.app,
                              "calls": w.calls, "args": list(w.args), "env": w.env,
                              "preopen": w.preopen, "memory_limit_bytes": w.memory_limit_bytes}
+                data = snap.to_bytes(key=key)  # compress outside the lock: the workload runs on
+            except UnknownWorkload:
+                continue  # removed meanwhile
             except (HostError, snapshot.SnapshotError) as exc:
                 logger.error("checkpoint failed: %s", exc, extra=w.log_extra())
                 failed.append((w.workload_id, str(exc)))
                 continue
-            _write_atomically(directory / _snapshot_file(w.workload_id, generation), data)
+            _write_atomically(directory / _snapshot_file(w.workload_id, generation), data, sync_dir=False)
             entries.append(entry)
             done.append(w.workload_id)
         manifest = {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION,
                     "generation": generation, "workloads": entries}
+        _fsync_dir(directory)  # every snapshot is in place before the manifest names it
         _write_atomically(directory / _MANIFEST, msgpack.packb(manifest))
         keep = {_snapshot_file(e["id"], generation) for e in entries}
         for stale in directory.glob("*.snap"):

@@ -197,13 +197,14 @@ def _poll_oneoff(caller: wasmtime.Caller, subs_ptr: int, events_ptr: int, nsubs:
     memory = caller.get("memory")
     if not isinstance(memory, wasmtime.Memory):
         return _ERRNO_NOTSUP
-    nsubs &= 0xFFFFFFFF
+    # wasm passes i32s; pointers and counts are unsigned
+    subs_ptr, events_ptr, nsubs, nevents_ptr = (v & 0xFFFFFFFF for v in (subs_ptr, events_ptr, nsubs, nevents_ptr))
     if nsubs == 0:
         return _ERRNO_INVAL
     size = memory.data_len(caller)
     for ptr, length in ((subs_ptr, nsubs * _SUBSCRIPTION.size), (events_ptr, nsubs * _EVENT.size),
                         (nevents_ptr, _NEVENTS.size)):
-        if ptr < 0 or ptr + length > size:
+        if ptr + length > size:
             return _ERRNO_FAULT
     raw = memory.read(caller, subs_ptr, subs_ptr + nsubs * _SUBSCRIPTION.size)
     budget: CallBudget | None = getattr(_current, "budget", None)
