@@ -31,6 +31,7 @@ from ._state import (
     PageRun,
     Snapshot,
     TableState,
+    nonzero_blocks,
     nonzero_runs,
 )
 
@@ -228,18 +229,17 @@ def capture(store: wasmtime.Store, instance: wasmtime.Instance, *,
     memories = []
     for index, memory in lay.memories:
         ptr, size = _memory_view(store, memory)
-        # Find the non-zero pages in place, then copy only those: one read
-        # of the whole memory plus a copy of the pages that hold data, which
-        # beats copying everything and scanning the copy.
-        ranges = nonzero_runs((ctypes.c_char * size).from_address(ptr)) if size else []
         if buffers is not None:
+            # Warm buffer: one memcpy, then scan the copy by offset.
             buf = buffers.get(index, size)
+            if size:
+                ctypes.memmove((ctypes.c_char * size).from_buffer(buf), ptr, size)
             view = memoryview(buf)
-            dst = ctypes.addressof((ctypes.c_char * size).from_buffer(buf)) if size else 0
-            for a, b in ranges:
-                ctypes.memmove(dst + a * PAGE_BYTES, ptr + a * PAGE_BYTES, (b - a) * PAGE_BYTES)
-            runs = tuple(PageRun(a, view[a * PAGE_BYTES:b * PAGE_BYTES]) for a, b in ranges)
+            runs = tuple(PageRun(a, view[a * PAGE_BYTES:b * PAGE_BYTES]) for a, b in nonzero_blocks(buf))
         else:
+            # No buffer: find the non-zero blocks in place and copy only those,
+            # rather than filling a cold allocation the size of the memory.
+            ranges = nonzero_blocks((ctypes.c_char * size).from_address(ptr)) if size else []
             runs = tuple(PageRun(a, ctypes.string_at(ptr + a * PAGE_BYTES, (b - a) * PAGE_BYTES))
                          for a, b in ranges)
         memories.append(MemoryState(index, size, runs))
@@ -405,7 +405,16 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
             if old:
                 _clear(ptr, 0, old)
         for r in ms.runs:
-            ctypes.memmove(ptr + r.first_page * PAGE_BYTES, _source(r.data), len(r.data))
+            base = ptr + r.first_page * PAGE_BYTES
+            if snapshot.is_delta:
+                ctypes.memmove(base, _source(r.data), len(r.data))
+                continue
+            # Zero pages of a full snapshot are already zero in the target
+            # (cleared above or fresh); writing them would fault in pages.
+            data = r.data if isinstance(r.data, (bytes, bytearray)) else bytes(r.data)
+            src = _address(data)
+            for a, b in nonzero_runs(data):
+                ctypes.memmove(base + a * PAGE_BYTES, src + a * PAGE_BYTES, (b - a) * PAGE_BYTES)
     _, funcs = _func_tables(store, lay)
     for gs, slot in zip(snapshot.globals, lay.globals):
         _write_global(store, slot, gs, funcs)
@@ -425,6 +434,13 @@ def _clear(ptr: int, start: int, end: int) -> None:
     view = (ctypes.c_char * (end - start)).from_address(ptr + start)
     for a, b in nonzero_runs(view):
         ctypes.memset(ptr + start + a * PAGE_BYTES, 0, (b - a) * PAGE_BYTES)
+
+
+def _address(data: bytes | bytearray) -> int:
+    """The address of a bytes or bytearray's buffer (the caller keeps it alive)."""
+    if isinstance(data, bytes):
+        return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+    return ctypes.addressof((ctypes.c_char * len(data)).from_buffer(data)) if data else 0
 
 
 def _source(data):

@@ -39,7 +39,7 @@ from ._errors import (
     TruncatedSnapshotError,
     UnsupportedVersionError,
 )
-from ._state import PAGE_BYTES, ZERO_PAGE, GlobalState, MemoryState, PageRun, Snapshot, TableState
+from ._state import PAGE_BYTES, GlobalState, MemoryState, PageRun, Snapshot, TableState, nonzero_runs
 
 MAGIC = b"WMSNAP"
 VERSION = 1
@@ -86,7 +86,11 @@ def _encode_value(valtype: str, value):
 
 
 def _page_batches(index: int, runs, batch_pages: int) -> Iterator[tuple[list, list, list]]:
-    """Split runs into batches of at most ``batch_pages`` pages."""
+    """Split runs into batches of at most ``batch_pages`` pages.
+
+    Yields (ranges, zero ranges, non-zero page chunks).  Zero pages inside
+    the runs are named in the zero ranges and never sent.
+    """
     ranges, zeros, chunks = [], [], []
     count = 0
     for run in runs:
@@ -98,18 +102,15 @@ def _page_batches(index: int, runs, batch_pages: int) -> Iterator[tuple[list, li
             ranges.append([page, take])
             off = (page - run.first_page) * PAGE_BYTES
             piece = view[off:off + take * PAGE_BYTES]
-            # Elide zero pages inside the piece (deltas carry zeroed pages).
             buf = piece if isinstance(piece, bytes) else bytes(piece)
-            if buf.count(0) == len(buf):
-                zeros.extend(range(page, page + take))
-            elif ZERO_PAGE in buf:
-                for k in range(take):
-                    if buf.startswith(ZERO_PAGE, k * PAGE_BYTES):
-                        zeros.append(page + k)
-                    else:
-                        chunks.append(buf[k * PAGE_BYTES:(k + 1) * PAGE_BYTES])
-            else:
-                chunks.append(buf)
+            cursor = 0
+            for a, b in nonzero_runs(buf):
+                if a > cursor:
+                    zeros.append([page + cursor, a - cursor])
+                chunks.append(buf if (a, b) == (0, take) else buf[a * PAGE_BYTES:b * PAGE_BYTES])
+                cursor = b
+            if cursor < take:
+                zeros.append([page + cursor, take - cursor])
             count += take
             page += take
             if count == batch_pages:
@@ -430,11 +431,13 @@ class SnapshotDecoder:
             cursor = r[0] + r[1]
             _want(cursor * PAGE_BYTES <= size, f"page {cursor - 1} lies outside memory {index}")
             npages += r[1]
-        _want(all(_is_int(z) for z in zeros), "bad zero-page list")
-        zero_set = set(zeros)
-        _want(len(zero_set) == len(zeros), "duplicate zero pages")
-        nonzero = npages - len(zeros)
-        _want(raw == nonzero * PAGE_BYTES, "raw length does not match the page runs")
+        zero_pages = 0
+        for z in zeros:
+            _want(isinstance(z, list) and len(z) == 2 and _is_int(z[0]) and _is_int(z[1]) and z[1] > 0,
+                  "bad zero-page range")
+            zero_pages += z[1]
+        nonzero = npages - zero_pages
+        _want(nonzero >= 0 and raw == nonzero * PAGE_BYTES, "raw length does not match the page runs")
         if raw > self._limits.max_frame_bytes:
             raise OversizedSnapshotError(f"batch of {raw} raw bytes exceeds the limit")
         self._pages += npages
@@ -448,28 +451,37 @@ class SnapshotDecoder:
         else:
             _want(data == b"", "zero-only batch carries data")
             plain = b""
-        pieces: list[list] = []  # [first_page, [chunks]]
-        pos = 0
-        seen_zero = 0
+        # A delta's zero pages overwrite, so they become zero bytes; a full
+        # snapshot's zero pages are simply absent.
+        fill_zeros = self._meta.base_id is not None
+        pieces: list[list] = []  # [first_page, end_page, [chunks]]
+
+        def add(first: int, count: int, chunk: bytes) -> None:
+            if pieces and pieces[-1][1] == first:
+                pieces[-1][1] += count
+                pieces[-1][2].append(chunk)
+            else:
+                pieces.append([first, first + count, [chunk]])
+
+        zi = pos = 0
         for first, count in ranges:
-            if not zero_set:
-                parts = [plain[pos:pos + count * PAGE_BYTES]]
-                pos += count * PAGE_BYTES
-            else:
-                parts = []
-                for page in range(first, first + count):
-                    if page in zero_set:
-                        parts.append(ZERO_PAGE)
-                        seen_zero += 1
-                    else:
-                        parts.append(plain[pos:pos + PAGE_BYTES])
-                        pos += PAGE_BYTES
-            if pieces and pieces[-1][0] + sum(len(c) for c in pieces[-1][1]) // PAGE_BYTES == first:
-                pieces[-1][1].extend(parts)
-            else:
-                pieces.append([first, parts])
-        runs = [PageRun(first, parts[0] if len(parts) == 1 else b"".join(parts)) for first, parts in pieces]
-        _want(seen_zero == len(zeros), "zero pages lie outside the batch's runs")
+            p, end = first, first + count
+            while p < end:
+                if zi < len(zeros) and zeros[zi][0] == p:
+                    z_count = zeros[zi][1]
+                    _want(p + z_count <= end, "zero range crosses a run boundary")
+                    if fill_zeros:
+                        add(p, z_count, bytes(z_count * PAGE_BYTES))
+                    p += z_count
+                    zi += 1
+                else:
+                    nxt = zeros[zi][0] if zi < len(zeros) and zeros[zi][0] < end else end
+                    _want(nxt > p, "zero ranges overlap or are out of order")
+                    add(p, nxt - p, plain[pos:pos + (nxt - p) * PAGE_BYTES])
+                    pos += (nxt - p) * PAGE_BYTES
+                    p = nxt
+        _want(zi == len(zeros), "zero ranges lie outside the batch's runs")
+        runs = [PageRun(first, chunks[0] if len(chunks) == 1 else b"".join(chunks)) for first, _, chunks in pieces]
         self._next_page[index] = cursor
         return PageBatch(index, tuple(runs))
 

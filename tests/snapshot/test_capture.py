@@ -60,17 +60,13 @@ def _mutate(w):
     t.grow(w.store, 4, None)
 
 
-def _state(s: snapshot.Snapshot):
-    return s.memories, s.globals, s.tables
-
-
 def test_every_value_type_and_edge_case_round_trips(live):
     w = live(EDGE)
     _mutate(w)
     snap = w.capture()
     target = w.fresh()
     target.restore(snap)
-    assert _state(target.capture()) == _state(snap)
+    assert target.capture().same_state(snap)
     assert target.memory(0) == w.memory(0) and target.memory(1) == w.memory(1)
     assert target("f32bits") & 0xFFFFFFFF == 0x7FA00001
     assert target("f64bits") & (2**64 - 1) == 0xFFF4000000000001
@@ -79,7 +75,7 @@ def test_every_value_type_and_edge_case_round_trips(live):
     assert target("callfr") == 33  # funcref global came across as a function index
     # Encoded and decoded, the state is still exact.
     again = snapshot.Snapshot.from_bytes(snap.to_bytes())
-    assert _state(again) == _state(snap)
+    assert again.same_state(snap)
 
 
 def test_snapshot_values_are_raw_bits(live):
@@ -97,13 +93,26 @@ def test_snapshot_values_are_raw_bits(live):
 
 
 def test_zero_pages_are_elided(live):
+    """Capture leaves out zero wasm pages; the encoding leaves out zero 4 KiB pages."""
+    import msgpack
+
     w = live(EDGE)
     w("grow0", 50)
     w("poke", 40 * 65536, 1)
     snap = w.capture()
     m0 = snap.memories[0]
     assert m0.size_bytes == 51 * 65536
-    assert [(r.first_page, r.page_count) for r in m0.runs] == [(0, 1), (640, 1)]
+    assert [(r.first_page, r.page_count) for r in m0.runs] == [(0, 16), (640, 16)]
+    data = snap.to_bytes()
+    pos, sent = 16, []
+    while pos < len(data):
+        ftype, length = struct.unpack_from(">BI", data, pos)
+        body = msgpack.unpackb(data[pos + 5:pos + 5 + length])
+        if ftype == 2 and body["m"] == 0:
+            sent.append((body["raw"] // 4096, sum(count for _, count in body["zero"])))
+        pos += 9 + length
+    assert sent == [(2, 30)]  # pages 0 and 640 travel; 30 zero pages are named, not sent
+    assert snapshot.Snapshot.from_bytes(data) == snap
 
 
 def test_host_externref_is_refused_clearly(live):
@@ -128,7 +137,7 @@ def test_wrong_module_is_refused_and_target_untouched(live):
     before = b.capture()
     with pytest.raises(snapshot.ModuleMismatchError):
         b.restore(snap)
-    assert _state(b.capture()) == _state(before)
+    assert b.capture().same_state(before)
 
 
 def test_unprepared_instance_is_refused(engine):
@@ -154,7 +163,7 @@ def test_invalid_memory_is_refused_before_anything_is_written(live, damage, mess
     before = target.capture()
     with pytest.raises(snapshot.IncompatibleSnapshotError, match=message):
         target.restore(bad)
-    assert _state(target.capture()) == _state(before)
+    assert target.capture().same_state(before)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -174,7 +183,7 @@ def test_invalid_globals_and_tables_are_refused_before_anything_is_written(live,
     before = target.capture()
     with pytest.raises(snapshot.IncompatibleSnapshotError, match=message):
         target.restore(bad)
-    assert _state(target.capture()) == _state(before)
+    assert target.capture().same_state(before)
 
 
 def test_store_memory_limit_refusal_writes_no_contents(live, engine):
@@ -278,7 +287,7 @@ def test_round_trip_across_processes(live):
     for i in range(200):
         _kv_put(w, b"key%d" % i, b"value%d" % (i * i))
     assert [int(x) for x in restored] == [200, w("kv_checksum")]
-    assert snapshot.Snapshot.from_bytes(captured, key=bytes(32)).memories == w.capture().memories
+    assert snapshot.Snapshot.from_bytes(captured, key=bytes(32)).same_state(w.capture())
 
 
 def test_third_party_quickjs_session_survives_capture_and_restore(live):
@@ -323,7 +332,7 @@ def test_every_edge_case_round_trips_across_processes(live):
     _mutate(w)
     target = w.fresh()
     target.restore(snapshot.Snapshot.from_bytes(data))
-    assert _state(target.capture()) == _state(w.capture())
+    assert target.capture().same_state(w.capture())
     assert target("f32bits") & 0xFFFFFFFF == 0x7FA00001
     assert target("call", 2) == 11 and target("callfr") == 33
     assert (target.memory(0), target.memory(1)) == (w.memory(0), w.memory(1))

@@ -253,3 +253,20 @@ def test_bad_keys_are_a_local_error(key):
 def test_non_bytes_input_is_refused():
     with pytest.raises(CorruptSnapshotError):
         Snapshot.from_bytes("not bytes")
+
+
+def test_equality_compares_contents_not_layout():
+    snap = _sample()
+    m = snap.memories[0]
+    # The same bytes split differently, zero pages spelled out: same state.
+    import dataclasses
+
+    spelled = dataclasses.replace(snap, memories=(MemoryState(0, m.size_bytes, (
+        PageRun(0, bytes(m.runs[0].data) + bytes(3 * PAGE) + bytes(m.runs[1].data)),)),))
+    assert spelled == snap and spelled.same_state(snap)
+    changed = bytearray(bytes(m.runs[1].data))
+    changed[100] ^= 1
+    other = dataclasses.replace(snap, memories=(MemoryState(0, m.size_bytes, (m.runs[0], PageRun(5, bytes(changed)))),))
+    assert other != snap and not other.same_state(snap)
+    assert dataclasses.replace(snap, state_id=b"x" * 16) != snap
+    assert dataclasses.replace(snap, state_id=b"x" * 16).same_state(snap)
