@@ -173,3 +173,37 @@ def test_spec_testsuite_corpus_prepares_captures_and_restores(engine):
             assert again.same_state(snap), path.name
             seen["round-tripped"] += 1
     assert seen["prepared"] > 1500 and seen["round-tripped"] > 500, seen
+
+
+def test_fuzzed_modules_are_refused_cleanly_or_prepared_validly():
+    """Thousands of mutated modules: prepare raises InvalidModuleError (never
+    another exception, never its own-bug message) or returns a module that is
+    valid, idempotent and carries its digest."""
+    import random
+
+    rng = random.Random(99)
+    seeds = [wasmtime.wat2wasm(WAT), workloads.load("counter")]
+    outcomes = collections.Counter()
+    for i in range(2500):
+        data = bytearray(seeds[i % 2])
+        for _ in range(rng.randrange(1, 4)):
+            at = rng.randrange(len(data))
+            op = rng.randrange(4)
+            if op == 0:
+                data[at] ^= 1 << rng.randrange(8)
+            elif op == 1:
+                data[at] = rng.randrange(256)
+            elif op == 2:
+                del data[at:at + rng.randrange(1, 8)]
+            else:
+                data[at:at] = rng.randbytes(rng.randrange(1, 8))
+        try:
+            prepared = snapshot.prepare(bytes(data))
+        except InvalidModuleError as exc:
+            assert "wasm-migrate bug" not in str(exc), exc
+            outcomes["refused"] += 1
+            continue
+        assert snapshot.prepare(prepared) == prepared
+        snapshot.module_digest(prepared)
+        outcomes["prepared"] += 1
+    assert outcomes["refused"] > 500 and outcomes["prepared"] > 100, outcomes
