@@ -190,8 +190,9 @@ def _poll_oneoff(caller: wasmtime.Caller, subs_ptr: int, events_ptr: int, nsubs:
     """wasi_snapshot_preview1.poll_oneoff, refusing to sleep past the budget.
 
     A sandboxed guest's descriptors (stdin without data, stdout, stderr,
-    preopened files) never block, so fd subscriptions are ready at once;
-    clock subscriptions sleep until the earliest one expires.
+    preopened files) never block, so fd subscriptions are ready at once (a
+    bad descriptor too: the guest's read or write then gets EBADF); clock
+    subscriptions sleep until the earliest one expires.
     Raises a trap (the call then times out) for a sleep past the deadline.
     """
     memory = caller.get("memory")

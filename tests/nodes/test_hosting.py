@@ -64,6 +64,12 @@ WASI_PROBE = wasmtime.wat2wasm(r"""
     (i64.store (i32.const 96) (i64.const 0))
     (i32.store16 (i32.const 104) (i32.const 0))
     (call $poll (i32.const 64) (i32.const 128) (i32.const 1) (i32.const 8)))
+  ;; one fd_write subscription (userdata 78) on stdout, or none at all
+  (func (export "poll_stdout") (param $nsubs i32) (result i32)
+    (i64.store (i32.const 64) (i64.const 78))
+    (i32.store8 (i32.const 72) (i32.const 2))
+    (i32.store (i32.const 80) (i32.const 1))
+    (call $poll (i32.const 64) (i32.const 128) (local.get $nsubs) (i32.const 8)))
   (func (export "exit") (param i32) (call $exit (local.get 0)))
   (func $deep (export "deep") (param i32) (result i32)
     (i32.add (i32.const 1) (call $deep (local.get 0))))
@@ -431,6 +437,16 @@ def test_a_short_sleep_works(host):
     assert struct.unpack("<I", host.read_memory(wid, 8, 4)) == (1,)  # one event
     userdata, errno, kind = struct.unpack("<QHB", host.read_memory(wid, 128, 11))
     assert (userdata, errno, kind) == (77, 0, 0)
+
+
+def test_polling_stdout_is_ready_at_once_and_empty_polls_are_refused(host):
+    wid = host.deploy(host.add_module(WASI_PROBE)).workload_id
+    assert host.call(wid, "poll_stdout", [1]) == 0
+    assert struct.unpack("<I", host.read_memory(wid, 8, 4)) == (1,)
+    userdata, errno, kind = struct.unpack("<QHB", host.read_memory(wid, 128, 11))
+    assert (userdata, errno, kind) == (78, 0, 2)  # fd_write ready
+    assert host.call(wid, "poll_stdout", [0]) == 28  # EINVAL
+    assert host.call(wid, "poll_stdout", [100_000_000]) == 21  # EFAULT: past the end of memory
 
 
 def test_a_sleep_past_the_budget_times_out_instead_of_holding_the_thread(host):
