@@ -1,9 +1,12 @@
-"""Nodes: the migrate-node daemon, its wire protocol, transport and client.
+"""Nodes: the migrate-node daemon, its wire protocol, transport, client and workload hosting.
 
 Public names are re-exported here from the private modules that define them;
 ``tests/nodes/test_exports.py`` guards this list.
 """
 
+from ._client import NodeClient
+from ._config import Address, NodeConfig, parse_address, resolve_config
+from ._daemon import Node, register_handler, serve
 from ._errors import (
     ConfigError,
     ConnectionFailed,
@@ -12,12 +15,93 @@ from ._errors import (
     RemoteNodeError,
     RemoteProtocolError,
 )
+from ._host_errors import (
+    BadArguments,
+    HostClosed,
+    HostError,
+    InvalidModule,
+    RequestError,
+    ResourceLimitExceeded,
+    SnapshotFailed,
+    UnknownExport,
+    UnknownModule,
+    UnknownWorkload,
+    UnsupportedImports,
+    WorkloadError,
+    WorkloadExists,
+    WorkloadExited,
+    WorkloadTimeout,
+    WorkloadTrap,
+)
+from ._hosting import Host, HostStats, WorkloadInfo
+from ._limits import Limits
+from ._messages import (
+    PROTOCOL_VERSIONS,
+    ErrorCode,
+    Hello,
+    Message,
+    NodeSummary,
+    PeerSummary,
+    Reply,
+    Request,
+    StatusReport,
+    WorkloadSummary,
+    register,
+)
+from ._protocol import Connection, ConnectionClosed, State
+from ._tls import client_context, init_ca, issue_cert, server_context
 
 __all__ = [
+    "PROTOCOL_VERSIONS",
+    "Address",
+    "BadArguments",
     "ConfigError",
+    "Connection",
+    "ConnectionClosed",
     "ConnectionFailed",
+    "ErrorCode",
+    "Hello",
+    "Host",
+    "HostClosed",
+    "HostError",
+    "HostStats",
+    "InvalidModule",
+    "Limits",
     "LocalProtocolError",
+    "Message",
+    "Node",
+    "NodeClient",
+    "NodeConfig",
     "NodeError",
+    "NodeSummary",
+    "PeerSummary",
     "RemoteNodeError",
     "RemoteProtocolError",
+    "Reply",
+    "Request",
+    "RequestError",
+    "ResourceLimitExceeded",
+    "SnapshotFailed",
+    "State",
+    "StatusReport",
+    "UnknownExport",
+    "UnknownModule",
+    "UnknownWorkload",
+    "UnsupportedImports",
+    "WorkloadError",
+    "WorkloadExists",
+    "WorkloadExited",
+    "WorkloadInfo",
+    "WorkloadSummary",
+    "WorkloadTimeout",
+    "WorkloadTrap",
+    "client_context",
+    "init_ca",
+    "issue_cert",
+    "parse_address",
+    "register",
+    "register_handler",
+    "resolve_config",
+    "serve",
+    "server_context",
 ]

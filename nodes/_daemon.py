@@ -222,7 +222,8 @@ class Node:
         logger.info("connection closed", extra={"peer": hello.name, "reason": reason})
 
     async def _read_requests(self, session: Session) -> None:
-        slots = trio.Semaphore(self.config.max_in_flight)
+        limit = self.config.max_in_flight
+        slots = trio.Semaphore(limit)
         async with trio.open_nursery() as nursery:
             while True:
                 await slots.acquire()  # back-pressure: no free slot, no read
@@ -232,6 +233,9 @@ class Node:
                 # The protocol lets only Requests through here: we never send
                 # requests on an accepted connection, so any Reply is refused.
                 self._in_flight += 1
+                in_flight = limit - slots.value
+                if in_flight > self.counters["peak_requests_in_flight"]:
+                    self.counters["peak_requests_in_flight"] = in_flight
                 nursery.start_soon(self._serve_request, session, event, slots)
 
     async def _serve_request(self, session: Session, request: Request, slots: trio.Semaphore) -> None:

@@ -1,0 +1,58 @@
+"""The migrate-node command line: user errors give one clear line and a nonzero status, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from nodes.cli import COMMANDS, build_parser
+from nodeproc import run_cli
+
+
+def test_commands_leave_room_for_migration():
+    assert {"serve", "status", "list", "ca", "cert"} <= set(COMMANDS)
+    assert build_parser().parse_args(["status", "--node", "127.0.0.1:1"]).node.port == 1
+
+
+@pytest.mark.parametrize("args, status, message", [
+    (["serve", "--name", "n", "--insecure", "--listen", "0.0.0.0:0"], 2, "only on loopback"),
+    (["serve", "--role", "edge"], 2, "needs a name"),
+    (["serve", "--name", "n", "--tls-dir", "/nonexistent/tls"], 2, "lacks cert.pem"),
+    (["serve", "--name", "n", "--listen", "nowhere"], 2, "is not HOST:PORT"),
+    (["status", "--insecure", "--node", "127.0.0.1:1"], 1, "cannot connect to 127.0.0.1:1"),
+    (["status", "--node", "127.0.0.1:1"], 2, "TLS dir"),
+    (["cert", "issue", "--ca", "/nonexistent", "--name", "n", "--role", "node", "--out", "/tmp/x"], 2, "no CA in"),
+])
+def test_user_errors(args, status, message):
+    done = run_cli(*args, check=False)
+    assert done.returncode == status, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_ca_init_refuses_to_overwrite(tmp_path):
+    assert "created cluster CA" in run_cli("ca", "init", "--dir", str(tmp_path / "ca")).stdout
+    done = run_cli("ca", "init", "--dir", str(tmp_path / "ca"), check=False)
+    assert done.returncode == 2 and "already holds a CA" in done.stderr
+
+
+async def test_status_list_deploy_and_call_against_a_real_node(node_procs, cluster_tls, tmp_path):
+    import trio
+    import workloads
+
+    node = node_procs.start("edge-1", "edge")
+    module = tmp_path / "counter.wasm"
+    module.write_bytes(workloads.load("counter"))
+    client = ["--node", str(node.address), "--tls-dir", str(cluster_tls.app)]
+
+    def cli(*args):
+        return run_cli(*args, *client, check=False)
+
+    done = await trio.to_thread.run_sync(cli, "deploy", str(module), "--id", "c1")
+    assert done.returncode == 0, done.stderr
+    assert (await trio.to_thread.run_sync(cli, "call", "c1", "incr", "41")).stdout.strip() == "41"
+    listing = (await trio.to_thread.run_sync(cli, "list")).stdout
+    assert "c1" in listing and "WORKLOAD" in listing
+    status = (await trio.to_thread.run_sync(cli, "status")).stdout
+    assert "node edge-1 (edge)" in status and "c1" in status
+    failed = await trio.to_thread.run_sync(cli, "call", "c1", "nope")
+    assert failed.returncode == 1 and "no callable export 'nope'" in failed.stderr

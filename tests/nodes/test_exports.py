@@ -1,0 +1,25 @@
+"""The nodes package's public names: re-exported from private modules, and nothing missing."""
+
+import nodes
+
+
+def test_all_names_exist_and_nothing_public_is_left_out():
+    for name in nodes.__all__:
+        assert hasattr(nodes, name), name
+    public = {n for n in vars(nodes) if not n.startswith("_")} - {"annotations"}
+    modules = {n for n in public if type(getattr(nodes, n)).__name__ == "module"}
+    assert public - modules == set(nodes.__all__)
+
+
+def test_export_list_is_stable():
+    assert sorted(nodes.__all__) == sorted([
+        "PROTOCOL_VERSIONS", "Address", "BadArguments", "ConfigError", "Connection", "ConnectionClosed",
+        "ConnectionFailed", "ErrorCode", "Hello", "Host", "HostClosed", "HostError", "HostStats",
+        "InvalidModule", "Limits", "LocalProtocolError", "Message", "Node", "NodeClient", "NodeConfig",
+        "NodeError", "NodeSummary", "PeerSummary", "RemoteNodeError", "RemoteProtocolError", "Reply",
+        "Request", "RequestError", "ResourceLimitExceeded", "SnapshotFailed", "State", "StatusReport",
+        "UnknownExport", "UnknownModule", "UnknownWorkload", "UnsupportedImports", "WorkloadError",
+        "WorkloadExists", "WorkloadExited", "WorkloadInfo", "WorkloadSummary", "WorkloadTimeout",
+        "WorkloadTrap", "client_context", "init_ca", "issue_cert", "parse_address", "register",
+        "register_handler", "resolve_config", "serve", "server_context",
+    ])
