@@ -154,10 +154,15 @@ class NodeClient:
         try:
             await self._channel.send(kind(id=request_id, **fields))
             while not waiter.done.is_set():
-                async with self._read_lock:
-                    if waiter.done.is_set():
-                        break
-                    await self._read_one()
+                try:  # uncontended in the common case; skip the scheduler round trip of acquire()
+                    self._read_lock.acquire_nowait()
+                except trio.WouldBlock:
+                    await self._read_lock.acquire()
+                try:
+                    if not waiter.done.is_set():
+                        await self._read_one()
+                finally:
+                    self._read_lock.release()
         finally:
             del self._waiters[request_id]
         if waiter.error is not None:

@@ -226,7 +226,10 @@ class Node:
         slots = trio.Semaphore(limit)
         async with trio.open_nursery() as nursery:
             while True:
-                await slots.acquire()  # back-pressure: no free slot, no read
+                try:  # back-pressure: no free slot, no read
+                    slots.acquire_nowait()  # the common case, without a trip through the scheduler
+                except trio.WouldBlock:
+                    await slots.acquire()
                 event = await session.channel.receive()
                 if isinstance(event, ConnectionClosed):
                     return

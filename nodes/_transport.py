@@ -73,18 +73,23 @@ class Channel:
     async def send(self, message: Message) -> None:
         """Send one message.  Raises LocalProtocolError or ConnectionFailed."""
         data = self.connection.send(message)
-        async with self._send_lock:
+        try:  # uncontended in the common case; skip the scheduler round trip of acquire()
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             if self._broken:
                 raise ConnectionFailed(self._broken)
-            try:
-                await self.stream.send_all(data)
-            except _BROKEN as exc:
-                self._broken = f"connection to {self.remote} broke: {exc or type(exc).__name__}"
-                raise ConnectionFailed(self._broken) from exc
-            except BaseException:
-                # cancelled part-way: the peer may hold half a frame, so the stream is unusable
-                self._broken = f"a send to {self.remote} was cancelled mid-frame"
-                raise
+            await self.stream.send_all(data)
+        except _BROKEN as exc:
+            self._broken = f"connection to {self.remote} broke: {exc or type(exc).__name__}"
+            raise ConnectionFailed(self._broken) from exc
+        except BaseException:
+            # cancelled part-way: the peer may hold half a frame, so the stream is unusable
+            self._broken = self._broken or f"a send to {self.remote} was cancelled mid-frame"
+            raise
+        finally:
+            self._send_lock.release()
 
     async def receive(self) -> Any:
         """Return the next Hello, Request, Reply or ConnectionClosed from the peer.
