@@ -152,6 +152,11 @@ class Setting:
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
 
+    @property
+    def is_switch(self) -> bool:
+        """A boolean: a flag without a value on the command line."""
+        return self.parse is _parse_bool
+
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("name", str, "this node's name, unique in the cluster"),

@@ -16,6 +16,7 @@ there are no tracebacks for them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -55,7 +56,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "environment variables, then --config, then defaults.")
     p.add_argument("--config", type=Path, help="a TOML file of settings (MIGRATE_NODE_CONFIG)")
     for setting in SETTINGS:
-        if setting.parse is bool or setting.name == "insecure":
+        if setting.is_switch:
             p.add_argument(setting.flag, action="store_const", const=True, default=None,
                            help=setting.help)
         elif setting.repeated:
@@ -77,8 +78,27 @@ def _flag(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
+#: Modules that add request handlers to the daemon (``nodes.register_handler``)
+#: when imported.  The command line is where the packages are put together,
+#: so the daemon itself depends on none of them.
+SERVE_EXTENSIONS = ("migrate._service",)
+
+
+def _load_extensions() -> None:
+    for name in SERVE_EXTENSIONS:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise  # the extension exists but something it imports does not
+            logger.debug("no %s; serving without it", name)
+
+
 async def _serve_until_signalled(config: NodeConfig) -> None:
     from ._daemon import serve  # imports wasmtime; the other commands do not need it
+
+    _load_extensions()
+    import migrate._service  # noqa: F401  (registers the live-migration handlers)
 
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
