@@ -36,7 +36,7 @@ from . import _host_errors as he
 from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
 from ._error_codes import error_reply
-from ._errors import ConfigError, ConnectionFailed, NodeError, RemoteProtocolError
+from ._errors import ConfigError, ConnectionFailed, LocalProtocolError, NodeError, RemoteProtocolError
 from ._hosting import Host, WorkloadInfo
 from ._messages import (
     Call,
@@ -199,10 +199,13 @@ class Node:
             await trio.aclose_forcefully(tcp)
             return
         hello = channel.peer
+        certificate = channel.peer_certificate
         logger.info("connection open", extra={"peer": hello.name, "peer_role": hello.role,
-                                              "certificate": channel.peer_certificate_name,
+                                              "certificate": certificate and certificate.get("commonName"),
                                               "remote": channel.remote})
-        if hello.address and hello.role in NODE_ROLES:
+        # Only a holder of a node certificate may make us dial an address it names.
+        may_be_peer = certificate is None or certificate.get("organizationalUnitName") == "node"
+        if hello.address and hello.role in NODE_ROLES and may_be_peer:
             try:
                 self.learn_peer(parse_address(hello.address))
             except ConfigError:
@@ -245,7 +248,15 @@ class Node:
         try:
             reply = await self._answer(session, request)
             try:
-                await session.channel.send(reply)
+                try:
+                    await session.channel.send(reply)
+                except LocalProtocolError as exc:
+                    # A handler answered with the wrong reply class: a bug on
+                    # this node, which must cost one request, not the node.
+                    self.counters["internal_errors"] += 1
+                    logger.error("bad reply to %s: %s", request.kind, exc, extra={"peer": session.peer.name})
+                    await session.channel.send(ErrorReply(id=request.id, code=ErrorCode.INTERNAL,
+                                                          message=f"internal error on {self.config.name}"))
             except ConnectionFailed:
                 pass  # the reader sees the broken connection and ends it
         finally:

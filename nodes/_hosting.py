@@ -407,6 +407,7 @@ class _Workload:
     memory_bytes: int = 0
     busy: bool = False
     removed: bool = False
+    tracker: snapshot.StateTracker | None = None
 
     def info(self) -> WorkloadInfo:
         return WorkloadInfo(
@@ -430,6 +431,9 @@ class _Workload:
     def release(self) -> None:
         """Drop the Store, freeing its memory now rather than at the next GC."""
         self.removed = True
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
         self.funcs.clear()
         self.memory = None
         self.store.close()
@@ -838,6 +842,70 @@ class Host:
                 return snapshot.capture(w.store, w.instance)
         except (snapshot.SnapshotError, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise SnapshotFailed(w.workload_id, f"cannot capture: {exc}") from exc
+
+    # --- live migration -----------------------------------------------------
+
+    def start_tracking(self, workload_id: str, *, backend: str = "auto") -> snapshot.Snapshot:
+        """Capture the workload fully and start tracking the pages it writes.
+
+        Later ``capture_delta`` calls return what changed since the previous
+        capture.  Raises ``UnknownWorkload`` or ``SnapshotFailed``.
+        """
+        w = self._get(workload_id)
+        with self._using(w):
+            self._drop_tracker(w)
+            try:
+                w.tracker = snapshot.StateTracker(w.store, w.instance, backend=backend)
+                with self._running(w.store, w.budget):
+                    return w.tracker.capture(w.store)
+            except (snapshot.SnapshotError, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                self._drop_tracker(w)
+                raise SnapshotFailed(w.workload_id, f"cannot start tracking: {exc}") from exc
+
+    def capture_delta(self, workload_id: str) -> snapshot.Snapshot:
+        """Return the pages, globals and tables changed since the previous capture.
+
+        Raises ``UnknownWorkload`` or ``SnapshotFailed`` (also when tracking
+        was not started).
+        """
+        w = self._get(workload_id)
+        with self._using(w):
+            if w.tracker is None:
+                raise SnapshotFailed(w.workload_id, "dirty tracking was not started")
+            try:
+                with self._running(w.store, w.budget):
+                    return w.tracker.capture_delta(w.store)
+            except (snapshot.SnapshotError, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                raise SnapshotFailed(w.workload_id, f"cannot capture a delta: {exc}") from exc
+
+    def stop_tracking(self, workload_id: str) -> None:
+        """Stop tracking dirty pages (a migration ended); unknown ids are ignored."""
+        with self._lock:
+            w = self._workloads.get(workload_id)
+        if w is not None:
+            with self._using(w):
+                self._drop_tracker(w)
+
+    @staticmethod
+    def _drop_tracker(w: _Workload) -> None:
+        if w.tracker is not None:
+            w.tracker.close()
+            w.tracker = None
+
+    def apply_snapshot(self, workload_id: str, snap: snapshot.Snapshot) -> None:
+        """Load a delta (or a full snapshot) into an existing workload.
+
+        Used while a migration streams rounds in.  The delta must have been
+        taken against the state the workload holds.  Raises
+        ``UnknownWorkload``, ``ResourceLimitExceeded`` or ``SnapshotFailed``.
+        """
+        w = self._get(workload_id)
+        largest = max((m.size_bytes for m in snap.memories), default=0)
+        if largest > w.memory_limit_bytes:
+            raise ResourceLimitExceeded("memory_bytes", largest, w.memory_limit_bytes, "the snapshot's memory")
+        with self._using(w):
+            self._restore_state(w, snap)
+            w.refresh_memory_bytes()
 
     def checkpoint_all(self, directory: Path, *, key: bytes | None = None) -> BulkReport:
         """Write every workload's snapshot and a manifest into ``directory``.

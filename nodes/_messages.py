@@ -56,6 +56,10 @@ class ErrorCode(enum.StrEnum):
     WORKLOAD_TIMEOUT = "workload_timeout"
     WORKLOAD_EXITED = "workload_exited"
     SNAPSHOT_FAILED = "snapshot_failed"
+    # live migration (the migrate package)
+    MIGRATION_FAILED = "migration_failed"   # aborted; the workload stayed at the source
+    MIGRATION_BUSY = "migration_busy"       # the workload is already moving
+    NOT_OWNER = "not_owner"                 # this node does not own the workload
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

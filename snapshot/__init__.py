@@ -24,7 +24,16 @@ from ._errors import (
     UnrepresentableStateError,
     UnsupportedVersionError,
 )
-from ._format import DecodeLimits, End, Meta, PageBatch, SnapshotDecoder, SnapshotEncoder, generate_key
+from ._format import (
+    DecodeLimits,
+    End,
+    Meta,
+    PageBatch,
+    SnapshotAssembler,
+    SnapshotDecoder,
+    SnapshotEncoder,
+    generate_key,
+)
 from ._prepare import Manifest, first_boot, manifest, module_digest, prepare
 from ._state import (
     PAGE_BYTES,
@@ -40,7 +49,7 @@ from ._session import StateTracker
 
 __all__ = [
     "CompareDirtyTracker", "DecodeLimits", "DirtyTracker", "End", "Meta", "PageBatch",
-    "SnapshotDecoder", "SnapshotEncoder", "StateTracker", "UffdDirtyTracker", "generate_key",
+    "SnapshotAssembler", "SnapshotDecoder", "SnapshotEncoder", "StateTracker", "UffdDirtyTracker", "generate_key",
     "open_tracker", "uffd_available",
     "AuthenticationError", "BaseMismatchError", "CaptureBuffers", "CorruptSnapshotError",
     "DirtyTrackingError", "GlobalState", "IncompatibleSnapshotError", "InvalidModuleError",

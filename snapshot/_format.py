@@ -504,6 +504,50 @@ class SnapshotDecoder:
             self._fail(TruncatedSnapshotError("snapshot ends before its END frame (truncated)"))
 
 
+class SnapshotAssembler:
+    """Collect decoder events into a Snapshot (what ``decode`` does, streamed).
+
+    ``add(event)`` takes the events of one encoded snapshot in order;
+    ``snapshot()`` returns it once the END event was added.
+    """
+
+    def __init__(self) -> None:
+        self._meta: Meta | None = None
+        self._runs: dict[int, list[list]] = {}  # memory -> [[first_page, end_page, [chunks]]]
+        self._ended = False
+
+    def add(self, event) -> None:
+        if isinstance(event, Meta):
+            self._meta = event
+            self._runs = {i: [] for i, _, _ in event.memories}
+        elif isinstance(event, PageBatch):
+            bucket = self._runs[event.memory_index]
+            for r in event.runs:
+                if bucket and bucket[-1][1] == r.first_page:
+                    bucket[-1][1] = r.end_page
+                    bucket[-1][2].append(r.data)
+                else:
+                    bucket.append([r.first_page, r.end_page, [r.data]])
+        elif isinstance(event, End):
+            self._ended = True
+
+    @property
+    def complete(self) -> bool:
+        return self._ended
+
+    def snapshot(self) -> Snapshot:
+        """The assembled snapshot; raises TruncatedSnapshotError before END."""
+        if not self._ended or self._meta is None:
+            raise TruncatedSnapshotError("snapshot ends before its END frame (truncated)")
+        meta = self._meta
+        memories = tuple(
+            MemoryState(i, size, tuple(PageRun(first, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                                       for first, _, chunks in self._runs[i]))
+            for i, size, _ in meta.memories)
+        return Snapshot(module_sha256=meta.module_sha256, state_id=meta.state_id, base_id=meta.base_id,
+                        memories=memories, globals=meta.globals, tables=meta.tables)
+
+
 def decode(data: bytes, *, key: bytes | None = None, limits: DecodeLimits | None = None) -> Snapshot:
     """Decode one encoded snapshot completely.
 
@@ -514,24 +558,8 @@ def decode(data: bytes, *, key: bytes | None = None, limits: DecodeLimits | None
         raise CorruptSnapshotError(f"expected bytes, got {type(data).__name__}")
     dec = SnapshotDecoder(key=key, limits=limits)
     dec.feed(bytes(data))
-    meta = None
-    runs: dict[int, list[list]] = {}  # memory -> [[first_page, end_page, [chunks]]]
+    assembler = SnapshotAssembler()
     while (event := dec.next_event()) is not None:
-        if isinstance(event, Meta):
-            meta = event
-            runs = {i: [] for i, _, _ in meta.memories}
-        elif isinstance(event, PageBatch):
-            bucket = runs[event.memory_index]
-            for r in event.runs:
-                if bucket and bucket[-1][1] == r.first_page:
-                    bucket[-1][1] = r.end_page
-                    bucket[-1][2].append(r.data)
-                else:
-                    bucket.append([r.first_page, r.end_page, [r.data]])
+        assembler.add(event)
     dec.close()
-    memories = tuple(
-        MemoryState(i, size, tuple(PageRun(first, chunks[0] if len(chunks) == 1 else b"".join(chunks))
-                                   for first, _, chunks in runs[i]))
-        for i, size, _ in meta.memories)
-    return Snapshot(module_sha256=meta.module_sha256, state_id=meta.state_id, base_id=meta.base_id,
-                    memories=memories, globals=meta.globals, tables=meta.tables)
+    return assembler.snapshot()

@@ -1,0 +1,25 @@
+"""Migratable handles and live migration between client, edge and cloud nodes.
+
+    import migrate
+
+    async with migrate.connect("127.0.0.1:7401", "127.0.0.1:7402", tls="tls/app") as cluster:
+        h = await cluster.spawn(module, on="edge-1")
+        await h.call("incr", 1)
+        report = await h.migrate("cloud-1", strategy="precopy")
+        h.node            # "cloud-1"
+        await cluster.nodes()
+
+Public names are re-exported here; ``tests/migrate/test_exports.py`` guards the list.
+"""
+
+from ._cluster import LOCAL, Cluster, NodeInfo, connect
+from ._errors import MigrateError, MigrationFailed, UnknownNode, WorkloadUnavailable
+from ._handle import Handle, MigrationReport
+from ._ledger import CallLedger, Outcome
+from ._precopy import Action, Decision, PrecopyConfig, PrecopyPlanner
+
+__all__ = [
+    "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Handle", "MigrateError", "MigrationFailed",
+    "MigrationReport", "NodeInfo", "Outcome", "PrecopyConfig", "PrecopyPlanner", "UnknownNode",
+    "WorkloadUnavailable", "connect",
+]

@@ -1,0 +1,224 @@
+"""The application's view of the nodes it may use, and its own client node.
+
+``connect(*addresses, tls=...)`` opens a cluster: it starts the *local*
+node -- a real node, role "client", embedded in the application's process
+and listening on loopback -- and connects to the given nodes.  Workloads
+spawned ``on="local"`` run in the application's process and move out to
+the edge and cloud, and back, by the same node-to-node protocol as any
+other move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from nodes import ConnectionFailed, NodeClient, NodeConfig, NodeError, parse_address
+from nodes._config import Address
+from nodes._daemon import serve
+
+from . import _service  # noqa: F401  (registers the migration handlers for the local node)
+from ._errors import UnknownNode
+from ._handle import Handle, module_bytes
+from ._messages import MLocate, MSpawn
+
+logger = logging.getLogger(__name__)
+
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node the application can use, as of the moment it answered."""
+
+    name: str
+    role: str
+    address: str
+    cores: int
+    memory_free_bytes: int
+    load_1m: float
+    workloads: int
+    rtt_s: float
+
+
+class Cluster:
+    """The nodes an application uses; made by ``connect``."""
+
+    def __init__(self, *, tls: Path | str | None, nursery: trio.Nursery) -> None:
+        self._tls = tls
+        self._nursery = nursery
+        self._clients: dict[str, NodeClient] = {}
+        self._connecting: dict[str, trio.Lock] = {}
+        self._names: dict[str, str] = {}  # node name -> address
+        self._seen: list[str] = []        # addresses, in the order we learned them
+
+    # --- addresses and connections ----------------------------------------
+
+    def learn(self, name: str, address: str) -> None:
+        self._names[name] = address
+        if address not in self._seen:
+            self._seen.append(address)
+
+    def address_of(self, node: str) -> str:
+        """The address of node ``node`` (a name, or an address); raises UnknownNode."""
+        if node in self._names:
+            return self._names[node]
+        if node in self._seen:
+            return node
+        known = ", ".join(sorted(self._names)) or "none"
+        raise UnknownNode(f"unknown node {node!r}; known nodes: {known}")
+
+    def name_of(self, address: str) -> str:
+        for name, addr in self._names.items():
+            if addr == address:
+                return name
+        return address
+
+    async def client(self, address: str) -> NodeClient:
+        """A connected client for ``address``, reused while it works.
+
+        Raises ConnectionFailed.
+        """
+        client = self._clients.get(address)
+        if client is not None and client._failure is None:
+            return client
+        lock = self._connecting.setdefault(address, trio.Lock())
+        async with lock:
+            client = self._clients.get(address)
+            if client is not None and client._failure is None:
+                return client
+            try:
+                client = await NodeClient.connect(address, tls=self._tls)
+            except (OSError, NodeError) as exc:
+                raise ConnectionFailed(f"cannot reach {address}: {exc}") from None
+            self._clients[address] = client
+            self.learn(client.node, address)
+            return client
+
+    def forget(self, address: str) -> None:
+        client = self._clients.pop(address, None)
+        if client is not None:
+            self._nursery.start_soon(_close_quietly, client)
+
+    async def aclose(self) -> None:
+        for client in list(self._clients.values()):
+            await _close_quietly(client)
+        self._clients.clear()
+
+    # --- what applications call -------------------------------------------
+
+    async def nodes(self) -> list[NodeInfo]:
+        """The nodes the application can use, with fresh metadata (R3).
+
+        Nodes that do not answer are left out.
+        """
+        out = []
+        for address in list(self._seen):
+            try:
+                client = await self.client(address)
+                with trio.fail_after(5):
+                    rtt, summary = await client.ping()
+            except (NodeError, trio.TooSlowError):
+                self.forget(address)
+                continue
+            out.append(NodeInfo(name=summary.name, role=summary.role, address=address, cores=summary.cores,
+                                memory_free_bytes=summary.memory_free_bytes, load_1m=summary.load_1m,
+                                workloads=summary.workloads, rtt_s=rtt))
+        return out
+
+    async def spawn(self, module: bytes | str | Path, *, on: str = LOCAL, app: str = "default",
+                    workload: str | None = None) -> Handle:
+        """Start a workload from ``module`` (bytes or a path) on node ``on``.
+
+        Module bytes cross the network only if the node lacks them.
+        Raises UnknownNode, ConnectionFailed and the node's errors
+        (``InvalidModule``, ``ResourceLimitExceeded``...).
+        """
+        address = self.address_of(on)
+        client = await self.client(address)
+        sha256 = await client.ensure_module(module_bytes(module))
+        reply = await client.request(MSpawn, module_sha256=sha256, workload=workload, app=app)
+        return Handle(self, reply.workload, node=client.node, address=address, epoch=reply.epoch)
+
+    async def attach(self, workload: str) -> Handle:
+        """A new handle (a new caller) to an existing workload, found by id.
+
+        Raises WorkloadUnavailable if no known node owns it.
+        """
+        found = await self.locate(workload)
+        if found is None:
+            from ._errors import WorkloadUnavailable
+
+            raise WorkloadUnavailable(f"no known node owns workload {workload!r}", ran=False)
+        name, address, epoch = found
+        return Handle(self, workload, node=name, address=address, epoch=epoch)
+
+    async def locate(self, workload: str) -> tuple[str, str, int] | None:
+        """Ask every known node about ``workload``; return its owner (name, address, epoch).
+
+        The owner with the highest epoch wins: a fenced-off former owner
+        never outranks the current one.
+        """
+        best: tuple[str, str, int] | None = None
+        pending = list(self._seen)
+        asked: set[str] = set()
+        while pending:
+            address = pending.pop(0)
+            if address in asked:
+                continue
+            asked.add(address)
+            try:
+                client = await self.client(address)
+                with trio.fail_after(2):
+                    where = await client.request(MLocate, workload=workload)
+            except (NodeError, trio.TooSlowError):
+                self.forget(address)
+                continue
+            if where.status == "owner" and (best is None or where.epoch > best[2]):
+                best = (client.node, address, where.epoch)
+            elif where.status == "moved" and where.to_address:
+                self.learn(where.to_name or where.to_address, where.to_address)
+                pending.append(where.to_address)
+        return best
+
+
+async def _close_quietly(client: NodeClient) -> None:
+    with contextlib.suppress(Exception):
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def connect(*addresses: str, tls: Path | str | None = None, local: bool = True,
+                  data_dir: Path | str | None = None) -> AsyncIterator[Cluster]:
+    """Open a cluster: start the local node and connect to ``addresses``.
+
+    ``tls`` is a TLS directory (``migrate-node cert issue --role node``)
+    used both to reach the nodes and for the local node's own listener;
+    None means plain TCP, allowed on loopback only.  Raises ConfigError,
+    ConnectionFailed.
+    """
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(tls=tls, nursery=nursery)
+        with contextlib.ExitStack() as stack:
+            if local:
+                directory = Path(data_dir) if data_dir else Path(
+                    stack.enter_context(tempfile.TemporaryDirectory(prefix="wm-local-")))
+                config = NodeConfig(name=LOCAL, role="client", listen=Address("127.0.0.1", 0),
+                                    data_dir=directory, tls_dir=Path(tls) if tls else None, insecure=tls is None,
+                                    join=tuple(parse_address(a) for a in addresses))
+                bound = await nursery.start(serve, config)
+                cluster.learn(LOCAL, str(bound))
+            for address in addresses:
+                await cluster.client(str(parse_address(address)))
+            try:
+                yield cluster
+            finally:
+                await cluster.aclose()
+                nursery.cancel_scope.cancel()

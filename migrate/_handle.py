@@ -1,0 +1,244 @@
+"""Handles: an application's reference to a workload that may move.
+
+A handle sends every operation to the node it believes owns the workload,
+with the handle's id and a fresh sequence number.  When the node says the
+workload moved, or cannot be reached, the handle finds the owner and sends
+the *same* sequence number again; the owner's call ledger turns a repeat
+into the recorded outcome.  So a call is never lost and never runs twice,
+and the application never sees the move.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from nodes import ConnectionFailed, RemoteNodeError
+from nodes._messages import ErrorCode
+
+from ._errors import MigrationFailed, WorkloadUnavailable
+from ._messages import MCall, MMigrate, MReport, MResult
+
+logger = logging.getLogger(__name__)
+
+#: How long a handle keeps looking for its workload before giving up on a call.
+DEFAULT_RETRY_S = 20.0
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """What a move cost, modelled on QEMU's query-migrate.
+
+    ``blackout_s`` is how long the source held calls (the longest any call
+    waited at the source); ``rounds`` counts snapshot rounds sent, the
+    final stop-and-copy round included.
+    """
+
+    workload: str
+    strategy: str
+    source: str
+    target: str
+    total_s: float
+    blackout_s: float
+    rounds: int
+    bytes_sent: int
+    pages_sent: int
+    dirty_pages_per_s: float
+    throttle: float
+    epoch: int
+    notes: tuple[str, ...] = ()
+
+
+class Handle:
+    """A migratable workload, wherever it runs.  Created by ``Cluster.spawn``."""
+
+    def __init__(self, cluster, workload: str, *, node: str, address: str, epoch: int) -> None:
+        self._cluster = cluster
+        self.workload = workload
+        self._node = node
+        self._address = address
+        self.epoch = epoch
+        self._caller = uuid.uuid4().hex
+        self._next_seq = 0
+        self._done: set[int] = set()
+        self._ack = -1  # every seq <= _ack has been answered
+        self.retry_s = DEFAULT_RETRY_S
+        self._moving = trio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Handle {self.workload} on {self._node} epoch {self.epoch}>"
+
+    @property
+    def node(self) -> str:
+        """The name of the node the workload runs on now."""
+        return self._node
+
+    # --- operations ---------------------------------------------------------
+
+    async def call(self, export: str, *args: int | float) -> None | int | float | tuple:
+        """Call an export with numbers; return None, one value or a tuple.
+
+        Raises the workload's errors (``nodes.WorkloadTrap``,
+        ``WorkloadTimeout``, ``UnknownExport``, ``BadArguments``...) and
+        ``WorkloadUnavailable`` when no node can serve the call.
+        """
+        reply = await self._invoke(op="call", export=export, args=tuple(args))
+        values = reply.values
+        return None if not values else values[0] if len(values) == 1 else tuple(values)
+
+    async def read_memory(self, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes of the workload's memory 0 at ``offset``."""
+        return (await self._invoke(op="read", offset=offset, length=length)).data
+
+    async def write_memory(self, offset: int, data: bytes) -> None:
+        """Write ``data`` into the workload's memory 0 at ``offset``."""
+        await self._invoke(op="write", offset=offset, data=bytes(data))
+
+    # --- bytes in and out (the wm_alloc convention of workloads/src/wm.h) --
+
+    async def put_bytes(self, data: bytes) -> int:
+        """Copy ``data`` into a guest buffer from ``wm_alloc``; return its address.
+
+        Free it with ``call("wm_free", ptr)``.  Raises MemoryError if the
+        guest could not allocate.
+        """
+        ptr = await self.call("wm_alloc", len(data))
+        if not ptr:
+            raise MemoryError(f"workload {self.workload} could not allocate {len(data)} bytes")
+        await self.write_memory(ptr, data)
+        return ptr
+
+    async def call_with_bytes(self, export: str, *blobs: bytes, extra: tuple = ()) -> None | int | float | tuple:
+        """Call ``export(ptr1, len1, ptr2, len2, ..., *extra)`` with each blob in guest memory."""
+        ptrs = []
+        try:
+            for blob in blobs:
+                ptrs.append(await self.put_bytes(blob))
+            flat = [v for ptr, blob in zip(ptrs, blobs) for v in (ptr, len(blob))]
+            return await self.call(export, *flat, *extra)
+        finally:
+            for ptr in ptrs:
+                await self.call("wm_free", ptr)
+
+    async def read_prefixed(self, ptr: int) -> bytes | None:
+        """Read a u32-length-prefixed result buffer at ``ptr`` (None for a null pointer)."""
+        if not ptr:
+            return None
+        (length,) = struct.unpack("<I", await self.read_memory(ptr, 4))
+        return await self.read_memory(ptr + 4, length)
+
+    # --- moving -------------------------------------------------------------
+
+    async def migrate(self, to: str, *, strategy: str = "precopy", downtime_budget_s: float = 0.03,
+                      max_rounds: int = 20) -> MigrationReport:
+        """Move the workload to node ``to`` (a name, or "local") and return the report.
+
+        Calls keep working throughout.  Raises ``UnknownNode``,
+        ``MigrationFailed`` (the workload stayed where it was) or
+        ``WorkloadUnavailable``.
+        """
+        target = self._cluster.address_of(to)
+        async with self._moving:
+            deadline = trio.current_time() + self.retry_s
+            while True:
+                try:
+                    client = await self._cluster.client(self._address)
+                    reply: MReport = await client.request(
+                        MMigrate, workload=self.workload, target=target, strategy=strategy,
+                        downtime_budget_s=downtime_budget_s, max_rounds=max_rounds)
+                    break
+                except RemoteNodeError as exc:
+                    if exc.code == ErrorCode.NOT_OWNER:
+                        await self._relocate(deadline)
+                        continue
+                    if exc.code in (ErrorCode.MIGRATION_FAILED, ErrorCode.MIGRATION_BUSY):
+                        raise MigrationFailed(str(exc)) from None
+                    raise
+                except ConnectionFailed:
+                    await self._relocate(deadline)
+            r = reply.report
+            report = MigrationReport(
+                workload=r.workload, strategy=r.strategy, source=r.source, target=r.target, total_s=r.total_s,
+                blackout_s=r.blackout_s, rounds=r.rounds, bytes_sent=r.bytes_sent, pages_sent=r.pages_sent,
+                dirty_pages_per_s=r.dirty_pages_per_s, throttle=r.throttle, epoch=r.epoch, notes=r.notes)
+            self._moved_to(r.target, target, r.epoch)
+            return report
+
+    # --- plumbing -------------------------------------------------------------
+
+    def _moved_to(self, name: str, address: str, epoch: int) -> None:
+        if epoch >= self.epoch:
+            self._node, self._address, self.epoch = name, address, epoch
+            self._cluster.learn(name, address)
+
+    def _finish(self, seq: int) -> None:
+        self._done.add(seq)
+        while self._ack + 1 in self._done:
+            self._ack += 1
+            self._done.discard(self._ack)
+
+    async def _invoke(self, **fields):
+        seq = self._next_seq
+        self._next_seq += 1
+        deadline = trio.current_time() + self.retry_s
+        maybe_ran = False
+        while True:
+            try:
+                client = await self._cluster.client(self._address)
+            except ConnectionFailed:
+                await self._relocate(deadline, ran=True if maybe_ran else False)
+                continue
+            try:
+                maybe_ran = True
+                reply = await client.request(MCall, workload=self.workload, caller=self._caller, seq=seq,
+                                             ack=self._ack, **fields)
+            except ConnectionFailed:
+                self._cluster.forget(self._address)
+                await self._relocate(deadline, ran=None)
+                continue
+            except RemoteNodeError as exc:
+                if exc.code == ErrorCode.NOT_OWNER:
+                    await self._relocate(deadline, ran=None)
+                    continue
+                self._finish(seq)
+                raise
+            except Exception:
+                self._finish(seq)  # the workload's own error: the call ran (or was refused) once
+                raise
+            if reply.moved_to is not None:
+                self._moved_to(reply.moved_to, reply.moved_address, reply.epoch)
+                continue
+            self._finish(seq)
+            self.epoch = max(self.epoch, reply.epoch)
+            return reply
+
+    async def _relocate(self, deadline: float, *, ran: bool | None = None) -> None:
+        """Find the workload's owner, waiting and asking again until ``deadline``.
+
+        Raises WorkloadUnavailable when the deadline passes.
+        """
+        delay = 0.02
+        while True:
+            found = await self._cluster.locate(self.workload)
+            if found is not None:
+                name, address, epoch = found
+                if epoch >= self.epoch:
+                    self._node, self._address, self.epoch = name, address, epoch
+                    return
+            if trio.current_time() + delay > deadline:
+                raise WorkloadUnavailable(
+                    f"no node can serve workload {self.workload} (last seen on {self._node})", ran=ran)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def module_bytes(module: bytes | str | Path) -> bytes:
+    """Module bytes from bytes or a path."""
+    if isinstance(module, (bytes, bytearray, memoryview)):
+        return bytes(module)
+    return Path(module).read_bytes()

@@ -1,0 +1,184 @@
+"""Wire messages of live migration, registered with the node protocol.
+
+Three conversations use them:
+
+* handle -> owner node: ``MSpawn``, ``MCall`` (calls and memory access,
+  each with the caller's id and sequence number), ``MLocate``;
+* handle or operator -> source node: ``MMigrate``;
+* source node -> target node: ``MIncoming``, ``MChunk`` (snapshot stream
+  bytes; page data goes node to node, never through the client),
+  ``MCommit``, ``MAbort``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nodes import Reply, Request, register
+from nodes._messages import Done
+
+
+@register("m_spawned")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MSpawned(Reply):
+    workload: str
+    epoch: int
+
+
+@register("m_spawn", reply=MSpawned)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MSpawn(Request):
+    """Start a migratable workload from a module the node already holds."""
+
+    module_sha256: str
+    workload: str | None = None
+    app: str = "default"
+
+
+@register("m_result")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MResult(Reply):
+    """A call's outcome: its values (or read bytes); ``replayed`` if it ran before.
+
+    If ``moved_to`` is set the call did not run here: the workload lives on
+    that node now (at ``moved_address``, ``epoch``); retry there with the
+    same seq.
+    """
+
+    values: tuple[int | float, ...] = ()
+    data: bytes = b""
+    epoch: int = 0
+    replayed: bool = False
+    moved_to: str | None = None
+    moved_address: str | None = None
+
+
+@register("m_call", reply=MResult)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MCall(Request):
+    """One operation on a workload, exactly once per (caller, seq).
+
+    ``op`` is "call" (``export`` with ``args``), "read" (``offset``,
+    ``length``) or "write" (``offset``, ``data``).  ``ack`` tells the owner
+    that every seq up to it has been answered, so it may forget them.
+    """
+
+    workload: str
+    op: str
+    caller: str
+    seq: int
+    ack: int = -1
+    export: str = ""
+    args: tuple[int | float, ...] = ()
+    offset: int = 0
+    length: int = 0
+    data: bytes = b""
+
+
+@register("m_where")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MWhere(Reply):
+    """What a node knows of a workload: "owner", "moved", "incoming" or "unknown"."""
+
+    status: str
+    epoch: int = 0
+    to_name: str | None = None
+    to_address: str | None = None
+
+
+@register("m_locate", reply=MWhere)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MLocate(Request):
+    workload: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReportRecord:
+    """The wire form of ``MigrationReport``."""
+
+    workload: str
+    strategy: str
+    source: str
+    target: str
+    total_s: float
+    blackout_s: float
+    rounds: int
+    bytes_sent: int
+    pages_sent: int
+    dirty_pages_per_s: float
+    throttle: float
+    epoch: int
+    notes: tuple[str, ...] = ()
+
+
+@register("m_report")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MReport(Reply):
+    report: ReportRecord
+
+
+@register("m_migrate", reply=MReport)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MMigrate(Request):
+    """Move a workload from the receiving node to ``target`` (an address)."""
+
+    workload: str
+    target: str
+    strategy: str = "precopy"
+    downtime_budget_s: float = 0.03
+    max_rounds: int = 20
+
+
+@register("m_incoming", reply=Done)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MIncoming(Request):
+    """Source to target: get ready to receive ``workload`` at ``epoch``."""
+
+    workload: str
+    module_sha256: str
+    app: str
+    epoch: int
+    source: str
+
+
+@register("m_chunk", reply=Done)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MChunk(Request):
+    """Source to target: bytes of the current round's encoded snapshot.
+
+    A round ends with its snapshot's END frame; the target then applies it.
+    """
+
+    workload: str
+    epoch: int
+    data: bytes
+
+
+@register("m_committed")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MCommitted(Reply):
+    epoch: int
+
+
+@register("m_commit", reply=MCommitted)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MCommit(Request):
+    """Source to target: the state is complete; own the workload from now on.
+
+    Carries the call ledger (see ``_ledger``) and the call count.
+    """
+
+    workload: str
+    epoch: int
+    ledger: Any
+    calls: int
+
+
+@register("m_abort", reply=Done)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MAbort(Request):
+    """Source to target: forget the incoming workload; it stays at the source."""
+
+    workload: str
+    epoch: int
