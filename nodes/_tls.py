@@ -217,13 +217,13 @@ def client_context(tls_dir: Path) -> ssl.SSLContext:
     return ctx
 
 
-def peer_common_name(cert: dict | None) -> str | None:
-    """Return the common name in a certificate as ``SSLSocket.getpeercert()`` gives it."""
-    for rdn in (cert or {}).get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return value
-    return None
+def certificate_subject(cert: dict | None) -> dict[str, str]:
+    """Return the subject of a certificate as ``SSLSocket.getpeercert()`` gives it, by attribute.
+
+    Our certificates carry ``commonName`` (the holder's name) and
+    ``organizationalUnitName`` (its role: "node" or "client").
+    """
+    return {key: value for rdn in (cert or {}).get("subject", ()) for key, value in rdn}
 
 
 def is_loopback(host: str) -> bool:

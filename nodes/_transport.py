@@ -27,7 +27,7 @@ from ._config import Address
 from ._errors import ConnectionFailed, RemoteProtocolError
 from ._messages import ErrorCode, Goodbye, Hello, Message
 from ._protocol import NEED_DATA, Connection, ConnectionClosed, State
-from ._tls import peer_common_name
+from ._tls import certificate_subject
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +64,10 @@ class Channel:
         return self.connection.their_hello
 
     @property
-    def peer_certificate_name(self) -> str | None:
-        """The common name in the peer's TLS certificate, or None without TLS."""
+    def peer_certificate(self) -> dict[str, str] | None:
+        """The subject of the peer's TLS certificate (commonName, organizationalUnitName...), None without TLS."""
         if isinstance(self.stream, trio.SSLStream):
-            return peer_common_name(self.stream.getpeercert())
+            return certificate_subject(self.stream.getpeercert())
         return None
 
     async def send(self, message: Message) -> None:

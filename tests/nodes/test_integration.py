@@ -299,7 +299,12 @@ async def test_peers_know_each_other(node_procs, cluster_tls):
     for peer in (seen_by_cloud, seen_by_edge):
         assert peer.cores >= 1 and peer.memory_free_bytes > 0 and peer.load_1m >= 0 and peer.rtt_s > 0
 
+    # an application's certificate cannot make a node dial an address of its choosing
+    async with await edge.client(cluster_tls.app, role="edge", advertise="127.0.0.1:9") as client:
+        assert "127.0.0.1:9" not in [p.address for p in await client.peers()]
+
     edge.kill()
+
     async def edge_gone():
         async with await cloud.client(cluster_tls.app) as client:
             return not any(p.connected for p in await client.peers())

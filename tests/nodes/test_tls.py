@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from nodes import ConfigError, client_context, init_ca, issue_cert, server_context
-from nodes._tls import is_loopback, peer_common_name
+from nodes._tls import certificate_subject, is_loopback
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_loopback_detection():
 
 
 async def handshake(server_dir: Path, client_dir: Path, *, server_hostname: str = "127.0.0.1"):
-    """Run one TLS handshake; return (server outcome, client outcome): a peer CN or an exception."""
+    """Run one TLS handshake; return (server outcome, client outcome): the peer's subject or an exception."""
     outcomes: dict[str, object] = {}
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
@@ -100,7 +100,7 @@ async def handshake(server_dir: Path, client_dir: Path, *, server_hostname: str 
         try:
             await stream.do_handshake()
             await stream.send_all(b"ok")  # TLS 1.3 clients learn of refusal on their first read
-            outcomes["server"] = peer_common_name(stream.getpeercert())
+            outcomes["server"] = certificate_subject(stream.getpeercert())
         except trio.BrokenResourceError as exc:
             outcomes["server"] = exc
         await trio.aclose_forcefully(stream)
@@ -111,7 +111,7 @@ async def handshake(server_dir: Path, client_dir: Path, *, server_hostname: str 
         try:
             await stream.do_handshake()
             assert await stream.receive_some(2) == b"ok"
-            outcomes["client"] = peer_common_name(stream.getpeercert())
+            outcomes["client"] = certificate_subject(stream.getpeercert())
         except (trio.BrokenResourceError, AssertionError) as exc:
             outcomes["client"] = exc
         await trio.aclose_forcefully(stream)
@@ -137,7 +137,10 @@ def cluster(tmp_path: Path) -> dict[str, Path]:
 
 
 async def test_mutual_tls_between_parties_of_one_cluster(cluster):
-    assert await handshake(cluster["edge-1"], cluster["app"]) == ("app", "edge-1")
+    server_saw, client_saw = await handshake(cluster["edge-1"], cluster["app"])
+    assert server_saw == {"organizationName": "wasm-migrate", "organizationalUnitName": "client",
+                          "commonName": "app"}
+    assert (client_saw["commonName"], client_saw["organizationalUnitName"]) == ("edge-1", "node")
 
 
 async def test_node_refuses_a_client_certificate_another_ca_signed(cluster, tmp_path):
