@@ -144,7 +144,8 @@ class Handle:
         """
         target = self._cluster.address_of(to)
         async with self._moving:
-            deadline = trio.current_time() + self.retry_s
+            started = trio.current_time()
+            deadline = started + self.retry_s
             while True:
                 try:
                     client = await self._cluster.client(self._address)
@@ -160,7 +161,16 @@ class Handle:
                         raise MigrationFailed(str(exc)) from None
                     raise
                 except ConnectionFailed:
+                    self._cluster.forget(self._address)
                     await self._relocate(deadline)
+                    if self._address == target:
+                        # The source was lost after the target committed: the
+                        # move happened, but its figures went down with it.
+                        return MigrationReport(
+                            workload=self.workload, strategy=strategy, source="?", target=self._node,
+                            total_s=trio.current_time() - started, blackout_s=0.0, rounds=0, bytes_sent=0,
+                            pages_sent=0, dirty_pages_per_s=0.0, throttle=0.0, epoch=self.epoch,
+                            notes=("the source node was lost after the commit; its figures are unavailable",))
             r = reply.report
             report = MigrationReport(
                 workload=r.workload, strategy=r.strategy, source=r.source, target=r.target, total_s=r.total_s,

@@ -22,6 +22,7 @@ commit and no call can run on both sides.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -60,6 +61,18 @@ logger = logging.getLogger(__name__)
 #: enough that per-message overhead is noise.
 CHUNK_BYTES = 4 * 2**20
 STRATEGIES = ("precopy", "stop-copy")
+
+#: Crash testing: a node started with MIGRATE_NODE_CRASH_AT=<phase> dies at
+#: once, as SIGKILL would kill it, when a migration reaches <phase>.  The
+#: failure tests use it to kill real nodes at each phase of a move.
+CRASH_PHASES = ("target:chunk", "target:before-commit", "target:after-commit",
+                "source:frozen", "source:after-commit")
+
+
+def _crash_point(phase: str) -> None:
+    if os.environ.get("MIGRATE_NODE_CRASH_AT") == phase:
+        logger.critical("crashing at %s (MIGRATE_NODE_CRASH_AT)", phase)
+        os._exit(137)
 
 
 @dataclass
@@ -259,6 +272,7 @@ async def on_chunk(node, session, req: MChunk) -> Done:
     if inc is None or inc.epoch != req.epoch:
         return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
                           message=f"no incoming move of {req.workload} at epoch {req.epoch}")
+    _crash_point("target:chunk")
     async with inc.lock:
         try:
             inc.decoder.feed(req.data)
@@ -293,10 +307,12 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         ledger = CallLedger.from_wire(req.ledger)
     except ValueError as exc:
         return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
+    _crash_point("target:before-commit")
     async with inc.lock:
         del svc.incoming[req.workload]
         svc.moved.pop(req.workload, None)
         svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=ledger)
+    _crash_point("target:after-commit")
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})
     return MCommitted(id=req.id, epoch=req.epoch)
 
@@ -450,6 +466,7 @@ class Migration:
         aborts) if the target refuses or cannot be reached before it commits.
         """
         owned = self.owned
+        _crash_point("source:frozen")
         info = await self.node.run_host(self.node.host.info, self.workload)
         try:
             await client.request(MCommit, workload=self.workload, epoch=self.epoch,
@@ -459,6 +476,7 @@ class Migration:
             if not await self._target_owns():
                 raise
             self.notes.append("commit confirmed after the link broke")
+        _crash_point("source:after-commit")
         stone = Tombstone(target_name, str(self.target), self.epoch)
         owned.moved = stone
         self.svc.moved[self.workload] = stone
