@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
@@ -51,10 +50,6 @@ from ._messages import (
 from ._protocol import ConnectionClosed
 from ._tls import client_context, is_loopback
 from ._transport import Channel, open_channel
-
-logger = logging.getLogger(__name__)
-
-R = TypeVar("R", bound=Reply)
 
 
 @dataclass(eq=False)

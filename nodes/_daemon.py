@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
@@ -96,7 +96,6 @@ class Session:
         return self.channel.peer
 
 
-RequestT = TypeVar("RequestT", bound=Request)
 Handler = Callable[["Node", Session, Any], Awaitable[Reply]]
 _HANDLERS: dict[type[Request], Handler] = {}
 
@@ -111,7 +110,7 @@ def register_handler(kind: type[Request], handler: Handler) -> None:
     _HANDLERS[kind] = handler
 
 
-def _handles(kind: type[RequestT]):
+def _handles(kind: type[Request]):
     def decorate(func):
         register_handler(kind, func)
         return func

@@ -17,7 +17,6 @@ bytes, so a peer that does not read stalls only the tasks sending to it.
 
 from __future__ import annotations
 
-import logging
 import ssl
 from typing import Any
 
@@ -28,8 +27,6 @@ from ._errors import ConnectionFailed, RemoteProtocolError
 from ._messages import ErrorCode, Goodbye, Hello, Message
 from ._protocol import NEED_DATA, Connection, ConnectionClosed, State
 from ._tls import certificate_subject
-
-logger = logging.getLogger(__name__)
 
 #: Bytes asked of the socket per read: large enough that a 64 MiB page batch
 #: takes a few hundred reads, small enough that a read never holds much more

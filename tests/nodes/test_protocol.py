@@ -8,7 +8,6 @@ import random
 import struct
 import types
 import typing
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
