@@ -19,6 +19,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SUITE = [
     ("benchmarks.bench_snapshot", "snapshot", ["results"]),
     ("benchmarks.bench_dirty", "dirty", []),
+    ("benchmarks.bench_hosting", "hosting", ["results"]),
+    ("benchmarks.bench_node", "node", ["latency"]),
+    ("benchmarks.bench_migrate", "migrate", ["results"]),
 ]
 
 

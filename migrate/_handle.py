@@ -99,6 +99,10 @@ class Handle:
         """Write ``data`` into the workload's memory 0 at ``offset``."""
         await self._invoke(op="write", offset=offset, data=bytes(data))
 
+    async def remove(self) -> None:
+        """Stop the workload and free it on its node; the handle is unusable afterwards."""
+        await self._invoke(op="remove")
+
     # --- bytes in and out (the wm_alloc convention of workloads/src/wm.h) --
 
     async def put_bytes(self, data: bytes) -> int:

@@ -198,6 +198,8 @@ async def on_call(node, session, req: MCall):
         started = time.perf_counter()
         outcome = await _run(node, req)
         ledger.record(req.caller, req.seq, outcome)
+        if req.op == "remove" and outcome.ok:
+            svc.owned.pop(req.workload, None)
         if owned.throttle:
             # Auto-converge: hold the workload idle for a share of its time.
             took = time.perf_counter() - started
@@ -217,6 +219,9 @@ async def _run(node, req: MCall) -> Outcome:
             return Outcome(True, ([], data))
         if req.op == "write":
             await node.run_host(host.write_memory, req.workload, req.offset, req.data)
+            return Outcome(True, ([], b""))
+        if req.op == "remove":
+            await node.run_host(host.remove, req.workload)
             return Outcome(True, ([], b""))
         raise he.BadArguments(f"unknown operation {req.op!r}")
     except he.HostError as exc:
@@ -257,6 +262,10 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
         await node.run_host(_remove_quietly, node.host, req.workload)
     svc.incoming[req.workload] = Incoming(req.workload, req.module_sha256, req.app, req.epoch, req.source)
     return Done(id=req.id)
+
+
+def _thaw(host, workload: str) -> None:
+    host.thaw(workload)
 
 
 def _remove_quietly(host, workload: str) -> None:
@@ -377,22 +386,19 @@ class Migration:
         except (ConnectionFailed, OSError) as exc:
             raise MigrationError(f"cannot reach {self.target}: {exc}") from None
         target_name = client.node
-        committed = False
         try:
             info = await node.run_host(host.info, self.workload)
             await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
             await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
                                  app=info.app, epoch=self.epoch, source=node.config.name)
             if self.req.strategy == "stop-copy":
-                committed = await self._stop_and_copy(client, target_name)
+                await self._stop_and_copy(client, target_name)
             else:
-                committed = await self._precopy(client, target_name)
+                await self._precopy(client, target_name)
         except (NodeError, he.HostError, OSError) as exc:
             await self._abort(client, f"{type(exc).__name__}: {exc}")
         finally:
             await node.run_host(host.stop_tracking, self.workload)
-            if committed:
-                await node.run_host(_remove_quietly, host, self.workload)
             await client.aclose()
         return ReportRecord(
             workload=self.workload, strategy=self.req.strategy, source=node.config.name, target=target_name,
@@ -441,22 +447,32 @@ class Migration:
         await self._send(client, delta)
         async with self.owned.lock:
             frozen = time.perf_counter()
+            await node.run_host(host.freeze, self.workload)  # holds raw (non-handle) calls too
+            committed = False
             try:
                 final = await node.run_host(host.capture_delta, self.workload)
                 await self._send(client, final)
-                return await self._commit(client, target_name)
+                committed = await self._commit(client, target_name)
+                return committed
             finally:
+                # Committed: remove at once, so no held call runs on the old copy.
+                await node.run_host(_remove_quietly if committed else _thaw, host, self.workload)
                 self.blackout_s = time.perf_counter() - frozen
 
     async def _stop_and_copy(self, client, target_name: str) -> bool:
         node, host = self.node, self.node.host
         async with self.owned.lock:
             frozen = time.perf_counter()
+            await node.run_host(host.freeze, self.workload)
+            committed = False
             try:
                 snap = await node.run_host(host.checkpoint, self.workload)
                 await self._send(client, snap)
-                return await self._commit(client, target_name)
+                committed = await self._commit(client, target_name)
+                return committed
             finally:
+                # Committed: remove at once, so no held call runs on the old copy.
+                await node.run_host(_remove_quietly if committed else _thaw, host, self.workload)
                 self.blackout_s = time.perf_counter() - frozen
 
     async def _commit(self, client, target_name: str) -> bool:

@@ -408,6 +408,7 @@ class _Workload:
     busy: bool = False
     removed: bool = False
     tracker: snapshot.StateTracker | None = None
+    thawed: threading.Event = field(default_factory=lambda: _set_event())
 
     def info(self) -> WorkloadInfo:
         return WorkloadInfo(
@@ -431,6 +432,7 @@ class _Workload:
     def release(self) -> None:
         """Drop the Store, freeing its memory now rather than at the next GC."""
         self.removed = True
+        self.thawed.set()  # wake calls waiting out a freeze: they find the workload gone
         if self.tracker is not None:
             self.tracker.close()
             self.tracker = None
@@ -752,7 +754,7 @@ class Host:
         if signature is None:
             raise UnknownExport(f"workload {workload_id} has no callable export {export!r}")
         params = _convert_args(export, signature, args)
-        with self._using(w):
+        with self._using(w, guest=True):
             func = w.funcs.get(export)
             if func is None:
                 func = w.funcs[export] = w.instance.exports(w.store)[export]
@@ -779,7 +781,7 @@ class Host:
         module has no memory).
         """
         w = self._get(workload_id)
-        with self._using(w):
+        with self._using(w, guest=True):
             address = self._span(w, offset, length)
             buf = bytearray(length)
             if length:
@@ -795,7 +797,7 @@ class Host:
             raise BadArguments(f"data must be bytes, got {type(data).__name__}")
         data = bytes(data)
         w = self._get(workload_id)
-        with self._using(w):
+        with self._using(w, guest=True):
             address = self._span(w, offset, len(data))
             if data:
                 ctypes.memmove(address, data, len(data))
@@ -891,6 +893,24 @@ class Host:
         if w.tracker is not None:
             w.tracker.close()
             w.tracker = None
+
+    def freeze(self, workload_id: str) -> None:
+        """Hold every call and memory access to the workload until ``thaw``.
+
+        Captures still work.  A migration freezes the workload for its final
+        round, so nothing runs between the last capture and the commit.
+        Raises ``UnknownWorkload``.
+        """
+        w = self._get(workload_id)
+        with self._using(w):
+            w.thawed.clear()
+
+    def thaw(self, workload_id: str) -> None:
+        """Let held calls run again; unknown ids are ignored (a moved workload is gone)."""
+        with self._lock:
+            w = self._workloads.get(workload_id)
+        if w is not None:
+            w.thawed.set()
 
     def apply_snapshot(self, workload_id: str, snap: snapshot.Snapshot) -> None:
         """Load a delta (or a full snapshot) into an existing workload.
@@ -1018,8 +1038,8 @@ class Host:
             raise UnknownWorkload(f"no workload {workload_id!r} on this host")
         return w
 
-    def _using(self, w: _Workload) -> _InUse:
-        return _InUse(self, w)
+    def _using(self, w: _Workload, *, guest: bool = False) -> _InUse:
+        return _InUse(self, w, guest)
 
     @contextmanager
     def _running(self, store: wasmtime.Store, budget: CallBudget) -> Iterator[None]:
@@ -1042,16 +1062,32 @@ class Host:
         return WorkloadTrap(workload_id, _last_line(str(exc)))
 
 
-class _InUse:
-    """Holds a workload's lock and marks it busy; refuses a removed one."""
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
 
-    def __init__(self, host: Host, w: _Workload) -> None:
+
+class _InUse:
+    """Holds a workload's lock and marks it busy; refuses a removed one.
+
+    With ``guest=True`` (calls and memory access) it also waits out a
+    freeze, checking under the lock, so nothing runs between a migration's
+    final capture and the commit.
+    """
+
+    def __init__(self, host: Host, w: _Workload, guest: bool = False) -> None:
         self._host = host
         self._w = w
+        self._guest = guest
 
     def __enter__(self) -> _Workload:
         w = self._w
         w.lock.acquire()
+        while self._guest and not w.thawed.is_set() and not w.removed:
+            w.lock.release()
+            w.thawed.wait()
+            w.lock.acquire()
         if w.removed:
             w.lock.release()
             self._host._check_open()

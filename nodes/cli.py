@@ -278,6 +278,35 @@ def _add_call(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+# --- live migration (the migrate package) -----------------------------------------
+
+def _add_migrate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("migrate", help="move one workload to another node, live")
+    p.add_argument("workload")
+    p.add_argument("--to", required=True, metavar="NODE", help="target node name (a peer) or HOST:PORT")
+    p.add_argument("--strategy", choices=("precopy", "stop-copy"), default="precopy")
+    _add_client_options(p)
+    return p
+
+
+def _add_drain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("drain", help="move every workload off a node, showing progress")
+    p.add_argument("--to", required=True, metavar="NODE", help="target node name (a peer) or HOST:PORT")
+    p.add_argument("--strategy", choices=("precopy", "stop-copy"), default="precopy")
+    _add_client_options(p)
+    return p
+
+
+async def _migrate(client: NodeClient, args: argparse.Namespace) -> Any:
+    from migrate._operator import migrate_command
+    return await migrate_command(client, args)
+
+
+async def _drain(client: NodeClient, args: argparse.Namespace) -> Any:
+    from migrate._operator import drain_command
+    return await drain_command(client, args)
+
+
 # --- certificates -------------------------------------------------------------------
 
 def _add_ca(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -324,6 +353,8 @@ COMMANDS: dict[str, Command] = {
     "list": (_add_list, _client_command(_list)),
     "deploy": (_add_deploy, _client_command(_deploy)),
     "call": (_add_call, _client_command(_call)),
+    "migrate": (_add_migrate, _client_command(_migrate)),
+    "drain": (_add_drain, _client_command(_drain)),
     "ca": (_add_ca, _run_ca),
     "cert": (_add_cert, _run_cert),
 }
@@ -337,6 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _migrate_errors() -> type[Exception]:
+    """The migrate package's error base, if it is installed (it is, with this project)."""
+    try:
+        from migrate._errors import MigrateError
+    except ImportError:  # pragma: no cover
+        return NodeError
+    return MigrateError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
@@ -346,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"migrate-node {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (NodeError, he.HostError, trio.TooSlowError) as exc:
+    except (NodeError, he.HostError, trio.TooSlowError, _migrate_errors()) as exc:
         print(f"migrate-node {args.command}: {exc or 'timed out'}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

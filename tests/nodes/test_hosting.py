@@ -671,3 +671,37 @@ def test_a_caller_engine_with_epoch_interruption_works(tmp_path):
         wid = deploy(host, "trap")
         with pytest.raises(WorkloadTimeout):
             host.call(wid, "spin", [-1])
+
+
+def test_freeze_holds_guest_calls_until_thaw_and_remove_releases_them(tmp_path):
+    """A migration's final round: calls wait out a freeze; captures do not."""
+    import threading
+
+    with Host(tmp_path / "h") as host:
+        sha = host.add_module(workloads.load("counter"))
+        host.deploy(sha, workload_id="w")
+        host.freeze("w")
+        results = []
+        t = threading.Thread(target=lambda: results.append(host.call("w", "incr", [1])))
+        t.start()
+        t.join(0.2)
+        assert t.is_alive() and results == []          # held
+        host.checkpoint("w")                            # captures still run
+        host.thaw("w")
+        t.join(5)
+        assert results == [1]
+        host.freeze("w")
+        errors = []
+
+        def blocked():
+            try:
+                host.call("w", "incr", [1])
+            except UnknownWorkload as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=blocked)
+        t.start()
+        t.join(0.2)
+        host.remove("w")                                # the workload moved away
+        t.join(5)
+        assert len(errors) == 1                         # the held call never ran here
