@@ -21,6 +21,7 @@ commit and no call can run on both sides.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 import trio
 
 import snapshot
-from nodes import ConnectionFailed, NodeError, RemoteNodeError, register_handler
+from nodes import ConnectionFailed, NodeError, RemoteNodeError, register_handler, register_status
 from nodes import _host_errors as he
 from nodes._config import parse_address
 from nodes._error_codes import code_for, error_reply
@@ -123,6 +124,17 @@ class MigrationService:
         self.owned: dict[str, Owned] = {}
         self.moved: dict[str, Tombstone] = {}
         self.incoming: dict[str, Incoming] = {}
+        self.active: dict[str, "Migration"] = {}
+        self.recent: collections.deque[dict] = collections.deque(maxlen=20)
+
+    def status(self) -> tuple[dict, ...]:
+        """Moves under way, incoming and the most recent finished ones, for ``status``."""
+        out = [{"workload": m.workload, "state": "outgoing", "target": str(m.target),
+                "strategy": m.req.strategy, "rounds": m.rounds, "bytes_sent": m.bytes_sent}
+               for m in self.active.values()]
+        out += [{"workload": i.workload, "state": "incoming", "source": i.source, "rounds": i.rounds}
+                for i in self.incoming.values()]
+        return tuple(out) + tuple(self.recent)
 
     def owner_of(self, workload: str) -> Owned | None:
         owned = self.owned.get(workload)
@@ -353,13 +365,21 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
         return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
                           message=f"workload {req.workload} is already on {node.config.name}")
     owned.migrating = True
+    migration = svc.active[req.workload] = Migration(node, svc, owned, target, req)
     try:
-        report = await Migration(node, svc, owned, target, req).run()
+        report = await migration.run()
     except MigrationError as exc:
+        svc.recent.append({"workload": req.workload, "state": "aborted", "target": req.target,
+                           "strategy": req.strategy, "reason": str(exc)})
         return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
     finally:
+        svc.active.pop(req.workload, None)
         owned.migrating = False
         owned.throttle = 0.0
+    svc.recent.append({"workload": report.workload, "state": "done", "target": report.target,
+                       "strategy": report.strategy, "rounds": report.rounds,
+                       "blackout_ms": round(report.blackout_s * 1e3, 3), "total_ms": round(report.total_s * 1e3, 1)})
+    node.counters["migrations_out"] += 1
     return MReport(id=req.id, report=report)
 
 
@@ -529,6 +549,8 @@ class Migration:
         raise MigrationError(f"migration of {self.workload} to {self.target} aborted ({why}); "
                              f"it keeps running on {self.node.config.name}")
 
+
+register_status(lambda node: service(node).status())
 
 for _kind, _handler in ((MSpawn, on_spawn), (MCall, on_call), (MLocate, on_locate), (MIncoming, on_incoming),
                         (MChunk, on_chunk), (MCommit, on_commit), (MAbort, on_abort), (MMigrate, on_migrate)):

@@ -6,7 +6,7 @@ Public names are re-exported here from the private modules that define them;
 
 from ._client import NodeClient
 from ._config import Address, NodeConfig, parse_address, resolve_config
-from ._daemon import Node, register_handler, serve
+from ._daemon import Node, register_handler, register_status, serve
 from ._errors import (
     ConfigError,
     ConnectionFailed,
@@ -101,6 +101,7 @@ __all__ = [
     "parse_address",
     "register",
     "register_handler",
+    "register_status",
     "resolve_config",
     "serve",
     "server_context",

@@ -110,6 +110,15 @@ def register_handler(kind: type[Request], handler: Handler) -> None:
     _HANDLERS[kind] = handler
 
 
+StatusProvider = Callable[["Node"], tuple]
+_STATUS_PROVIDERS: list[StatusProvider] = []
+
+
+def register_status(provider: StatusProvider) -> None:
+    """Add ``provider(node) -> tuple of plain records`` to the migrations ``status`` shows."""
+    _STATUS_PROVIDERS.append(provider)
+
+
 def _handles(kind: type[Request]):
     def decorate(func):
         register_handler(kind, func)
@@ -470,4 +479,5 @@ async def _status(node: Node, session: Session, req: Status) -> Reply:
     return StatusReport(id=req.id, node=node.summary(),
                         workloads=tuple(map(_summary, node.host.workloads())),
                         peers=node.peers.summaries(), host=dataclasses.asdict(node.host.stats()),
-                        counters=dict(node.counters))
+                        counters=dict(node.counters),
+                        migrations=tuple(item for provider in _STATUS_PROVIDERS for item in provider(node)))

@@ -214,7 +214,15 @@ def _status_text(s: StatusReport) -> str:
     else:
         lines.append("no peers")
     lines.append("")
-    lines.append("migrations: " + (", ".join(map(str, s.migrations)) if s.migrations else "none"))
+    if not s.migrations:
+        lines.append("no migrations")
+    for m in s.migrations:
+        if not isinstance(m, dict):
+            lines.append(f"migration {m}")
+            continue
+        where = m.get("target") or m.get("source") or "?"
+        detail = ", ".join(f"{k} {m[k]}" for k in ("strategy", "rounds", "blackout_ms", "total_ms", "reason") if k in m)
+        lines.append(f"migration {m.get('workload')} {m.get('state')} {'->' if 'target' in m else '<-'} {where}: {detail}")
     return "\n".join(lines)
 
 

@@ -71,3 +71,15 @@ def test_unknown_target_is_a_clear_error(pair, cluster_tls):
     cli("deploy", str(module), "--id", "c1", "--node", str(edge.address), tls=tls)
     done = cli("migrate", "c1", "--to", "mars-1", "--node", str(edge.address), tls=tls)
     assert done.returncode == 1 and "no node named 'mars-1'" in done.stderr
+
+
+def test_status_lists_finished_migrations(pair, cluster_tls):
+    edge, cloud, module = pair
+    tls = cluster_tls.issue("ops", "client")
+    cli("deploy", str(module), "--id", "c1", "--node", str(edge.address), tls=tls)
+    assert cli("migrate", "c1", "--to", str(cloud.address), "--node", str(edge.address), tls=tls).returncode == 0
+    status = json.loads(cli("status", "--node", str(edge.address), "--json", tls=tls).stdout)
+    [done] = status["migrations"]
+    assert done["workload"] == "c1" and done["state"] == "done" and done["strategy"] == "precopy"
+    text = cli("status", "--node", str(edge.address), tls=tls).stdout
+    assert "migration c1 done -> cloud-1" in text

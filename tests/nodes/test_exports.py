@@ -21,5 +21,5 @@ def test_export_list_is_stable():
         "UnknownExport", "UnknownModule", "UnknownWorkload", "UnsupportedImports", "WorkloadError",
         "WorkloadExists", "WorkloadExited", "WorkloadInfo", "WorkloadSummary", "WorkloadTimeout",
         "WorkloadTrap", "client_context", "init_ca", "issue_cert", "parse_address", "register",
-        "register_handler", "resolve_config", "serve", "server_context",
+        "register_handler", "register_status", "resolve_config", "serve", "server_context",
     ])

@@ -1,0 +1,13 @@
+"""The migrate package's public names: a change here is an API change."""
+
+import migrate
+
+
+def test_export_list_is_stable():
+    assert sorted(migrate.__all__) == sorted([
+        "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Handle", "MigrateError", "MigrationFailed",
+        "MigrationReport", "NodeInfo", "Outcome", "PrecopyConfig", "PrecopyPlanner", "UnknownNode",
+        "WorkloadUnavailable", "connect",
+    ])
+    for name in migrate.__all__:
+        assert getattr(migrate, name) is not None
