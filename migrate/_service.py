@@ -296,9 +296,8 @@ async def on_chunk(node, session, req: MChunk) -> Done:
     _crash_point("target:chunk")
     async with inc.lock:
         try:
-            inc.decoder.feed(req.data)
-            while (event := inc.decoder.next_event()) is not None:
-                inc.assembler.add(event)
+            # Decompressing is CPU work: keep it off the event loop.
+            await trio.to_thread.run_sync(_decode_into, inc, req.data)
         except snapshot.SnapshotError as exc:
             svc.incoming.pop(req.workload, None)
             if inc.created:
@@ -316,6 +315,12 @@ async def on_chunk(node, session, req: MChunk) -> Done:
                 await node.run_host(node.host.apply_snapshot, inc.workload, snap)
             inc.rounds += 1
     return Done(id=req.id)
+
+
+def _decode_into(inc: Incoming, data: bytes) -> None:
+    inc.decoder.feed(data)
+    while (event := inc.decoder.next_event()) is not None:
+        inc.assembler.add(event)
 
 
 async def on_commit(node, session, req: MCommit) -> MCommitted:
@@ -383,6 +388,20 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
     return MReport(id=req.id, report=report)
 
 
+def _encode_chunks(snap: snapshot.Snapshot) -> tuple[list[bytes], int]:
+    """Encode a snapshot into MChunk-sized pieces; return them and the byte count."""
+    encoder = snapshot.SnapshotEncoder()
+    chunks, pending = [], bytearray()
+    for piece in encoder.encode(snap):
+        pending += piece
+        if len(pending) >= CHUNK_BYTES:
+            chunks.append(bytes(pending))
+            pending.clear()
+    if pending:
+        chunks.append(bytes(pending))
+    return chunks, encoder.wire_bytes
+
+
 class Migration:
     """One outgoing move, driven from the source node."""
 
@@ -428,18 +447,16 @@ class Migration:
             epoch=self.epoch, notes=tuple(self.notes))
 
     async def _send(self, client, snap: snapshot.Snapshot) -> float:
-        """Stream one snapshot to the target as a round; return the seconds it took."""
+        """Stream one snapshot to the target as a round; return the seconds it took.
+
+        Encoding (zstd) runs in a worker thread, so the node keeps answering
+        calls meanwhile.
+        """
         t0 = time.perf_counter()
-        encoder = snapshot.SnapshotEncoder()
-        pending = bytearray()
-        for piece in encoder.encode(snap):
-            pending += piece
-            if len(pending) >= CHUNK_BYTES:
-                await client.request(MChunk, workload=self.workload, epoch=self.epoch, data=bytes(pending))
-                pending.clear()
-        if pending:
-            await client.request(MChunk, workload=self.workload, epoch=self.epoch, data=bytes(pending))
-        self.bytes_sent += encoder.wire_bytes
+        chunks, wire_bytes = await trio.to_thread.run_sync(_encode_chunks, snap)
+        for chunk in chunks:
+            await client.request(MChunk, workload=self.workload, epoch=self.epoch, data=chunk)
+        self.bytes_sent += wire_bytes
         self.pages_sent += snap.page_count
         self.rounds += 1
         return time.perf_counter() - t0

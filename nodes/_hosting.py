@@ -848,10 +848,13 @@ class Host:
     # --- live migration -----------------------------------------------------
 
     def start_tracking(self, workload_id: str, *, backend: str = "auto") -> snapshot.Snapshot:
-        """Capture the workload fully and start tracking the pages it writes.
+        """Copy the workload's state and start tracking the pages it writes.
 
-        Later ``capture_delta`` calls return what changed since the previous
-        capture.  Raises ``UnknownWorkload`` or ``SnapshotFailed``.
+        Only arming the tracker and reading globals and tables hold the
+        workload; the memory copy runs while calls go on, and whatever they
+        write is dirty, so the next ``capture_delta`` sends it again.  The
+        result is a base for deltas, not a consistent snapshot on its own.
+        Raises ``UnknownWorkload`` or ``SnapshotFailed``.
         """
         w = self._get(workload_id)
         with self._using(w):
@@ -859,10 +862,11 @@ class Host:
             try:
                 w.tracker = snapshot.StateTracker(w.store, w.instance, backend=backend)
                 with self._running(w.store, w.budget):
-                    return w.tracker.capture(w.store)
+                    pending = w.tracker.begin_capture(w.store)
             except (snapshot.SnapshotError, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
                 self._drop_tracker(w)
                 raise SnapshotFailed(w.workload_id, f"cannot start tracking: {exc}") from exc
+        return pending.finish()
 
     def capture_delta(self, workload_id: str) -> snapshot.Snapshot:
         """Return the pages, globals and tables changed since the previous capture.

@@ -99,3 +99,20 @@ def test_deltas_of_a_growing_c_workload_are_small_and_exact(live):
             target.restore(delta)
         assert target("dt_checksum") == src("dt_checksum")
         assert target.memory() == src.memory()
+
+
+def test_a_live_first_round_plus_deltas_is_exact_even_with_writes_during_the_copy(live):
+    """begin_capture/finish with writes between them (a call running during
+    the copy): the next delta carries those pages, so the chain is exact."""
+    src = live(WAT)
+    src("poke", 10, 1)
+    target = src.fresh()
+    with snapshot.StateTracker(src.store, src.instance) as tracker:
+        pending = tracker.begin_capture(src.store)
+        src("poke", 20, 2)          # lands during the "copy"
+        src("grow", 1)
+        src("poke", 70000, 3)
+        first = pending.finish()
+        target.restore(first)
+        target.restore(tracker.capture_delta(src.store))
+    assert target.memory(0) == src.memory(0) and target.capture().same_state(src.capture())
