@@ -58,9 +58,10 @@ from ._precopy import Action, PrecopyConfig, PrecopyPlanner
 
 logger = logging.getLogger(__name__)
 
-#: Bytes of encoded snapshot per MChunk: well under the frame limit, large
-#: enough that per-message overhead is noise.
-CHUNK_BYTES = 4 * 2**20
+#: Bytes of encoded snapshot per MChunk.  Framing and TLS encryption of a
+#: chunk run on the node's event loop; 1 MiB keeps each such step to about a
+#: millisecond, so calls keep flowing while a round is sent.
+CHUNK_BYTES = 1 * 2**20
 STRATEGIES = ("precopy", "stop-copy")
 
 #: Crash testing: a node started with MIGRATE_NODE_CRASH_AT=<phase> dies at
@@ -425,19 +426,23 @@ class Migration:
         except (ConnectionFailed, OSError) as exc:
             raise MigrationError(f"cannot reach {self.target}: {exc}") from None
         target_name = client.node
+        committed = False
         try:
             info = await node.run_host(host.info, self.workload)
             await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
             await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
                                  app=info.app, epoch=self.epoch, source=node.config.name)
             if self.req.strategy == "stop-copy":
-                await self._stop_and_copy(client, target_name)
+                committed = await self._stop_and_copy(client, target_name)
             else:
-                await self._precopy(client, target_name)
+                committed = await self._precopy(client, target_name)
         except (NodeError, he.HostError, OSError) as exc:
             await self._abort(client, f"{type(exc).__name__}: {exc}")
         finally:
-            await node.run_host(host.stop_tracking, self.workload)
+            if committed:
+                await node.run_host(_remove_quietly, host, self.workload)
+            else:
+                await node.run_host(host.stop_tracking, self.workload)
             await client.aclose()
         return ReportRecord(
             workload=self.workload, strategy=self.req.strategy, source=node.config.name, target=target_name,
@@ -492,9 +497,11 @@ class Migration:
                 committed = await self._commit(client, target_name)
                 return committed
             finally:
-                # Committed: remove at once, so no held call runs on the old copy.
-                await node.run_host(_remove_quietly if committed else _thaw, host, self.workload)
                 self.blackout_s = time.perf_counter() - frozen
+                if not committed:
+                    await node.run_host(_thaw, host, self.workload)
+                # Committed: the old copy stays frozen until run() removes it,
+                # after the queued handle calls have been redirected.
 
     async def _stop_and_copy(self, client, target_name: str) -> bool:
         node, host = self.node, self.node.host
@@ -508,9 +515,11 @@ class Migration:
                 committed = await self._commit(client, target_name)
                 return committed
             finally:
-                # Committed: remove at once, so no held call runs on the old copy.
-                await node.run_host(_remove_quietly if committed else _thaw, host, self.workload)
                 self.blackout_s = time.perf_counter() - frozen
+                if not committed:
+                    await node.run_host(_thaw, host, self.workload)
+                # Committed: the old copy stays frozen until run() removes it,
+                # after the queued handle calls have been redirected.
 
     async def _commit(self, client, target_name: str) -> bool:
         """Hand ownership over; called with the workload frozen.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import os
 import weakref
 from dataclasses import dataclass
@@ -194,6 +195,29 @@ class CaptureBuffers:
         return buf
 
 
+#: Copies larger than this go into an anonymous mmap rather than a bytearray.
+_MMAP_COPY_BYTES = 1 << 20
+
+
+def copy_out(address: int, length: int) -> bytearray | memoryview:
+    """Copy ``length`` bytes from ``address`` into new memory; return a buffer.
+
+    Large copies must not hold the GIL: ``bytearray(n)`` zeroes its memory
+    with the GIL held and ``ctypes.string_at`` copies with it held, either of
+    which stalls every other thread (a node's event loop among them) for
+    about 150 ms per 256 MiB.  An anonymous mmap is zero-filled lazily by
+    the kernel, and ctypes.memmove releases the GIL while it copies.
+    """
+    if length < _MMAP_COPY_BYTES:
+        out = bytearray(length)
+        if length:
+            ctypes.memmove((ctypes.c_char * length).from_buffer(out), address, length)
+        return out
+    region = mmap.mmap(-1, length)
+    ctypes.memmove((ctypes.c_char * length).from_buffer(region), address, length)
+    return memoryview(region)
+
+
 def _memory_view(store, memory: wasmtime.Memory) -> tuple[int, int]:
     return ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store)
 
@@ -240,7 +264,7 @@ def capture(store: wasmtime.Store, instance: wasmtime.Instance, *,
             # No buffer: find the non-zero blocks in place and copy only those,
             # rather than filling a cold allocation the size of the memory.
             ranges = nonzero_blocks((ctypes.c_char * size).from_address(ptr)) if size else []
-            runs = tuple(PageRun(a, ctypes.string_at(ptr + a * PAGE_BYTES, (b - a) * PAGE_BYTES))
+            runs = tuple(PageRun(a, copy_out(ptr + a * PAGE_BYTES, (b - a) * PAGE_BYTES))
                          for a, b in ranges)
         memories.append(MemoryState(index, size, runs))
     snap = Snapshot(
@@ -282,10 +306,10 @@ def capture_pages(store: wasmtime.Store, instance: wasmtime.Instance,
                 prev = page
                 continue
             if start is not None:
-                runs.append(PageRun(start, ctypes.string_at(ptr + start * PAGE_BYTES, (prev + 1 - start) * PAGE_BYTES)))
+                runs.append(PageRun(start, copy_out(ptr + start * PAGE_BYTES, (prev + 1 - start) * PAGE_BYTES)))
             start = prev = page
         if start is not None:
-            runs.append(PageRun(start, ctypes.string_at(ptr + start * PAGE_BYTES, (prev + 1 - start) * PAGE_BYTES)))
+            runs.append(PageRun(start, copy_out(ptr + start * PAGE_BYTES, (prev + 1 - start) * PAGE_BYTES)))
         memories.append(MemoryState(index, size, tuple(runs)))
     snap = Snapshot(
         module_sha256=lay.digest,
