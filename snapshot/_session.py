@@ -18,6 +18,7 @@ from ._capture import (
     _state_ids,
     capture,
     capture_pages,
+    copy_out,
     layout,
 )
 from ._dirty import DirtyTracker, open_tracker
@@ -124,7 +125,7 @@ class PendingCapture:
         memories = []
         for index, ptr, size in self.regions:
             ranges = nonzero_blocks((ctypes.c_char * size).from_address(ptr)) if size else []
-            runs = tuple(PageRun(a, ctypes.string_at(ptr + a * PAGE_BYTES, (b - a) * PAGE_BYTES)) for a, b in ranges)
+            runs = tuple(PageRun(a, copy_out(ptr + a * PAGE_BYTES, (b - a) * PAGE_BYTES)) for a, b in ranges)
             memories.append(MemoryState(index, size, runs))
         return Snapshot(module_sha256=self.module_sha256, state_id=self.state_id, memories=tuple(memories),
                         globals=self.globals, tables=self.tables)
