@@ -63,6 +63,7 @@ from ._host_errors import (
     WorkloadTrap,
 )
 from ._limits import Limits
+from ._replay import CallInputs, InputGate, ReplayDivergence, ReplayMode, ReplayUnsupported, state_hash
 from ._wasi import CallBudget, OutputSink, check_imports, make_linker, wasi_config
 
 __all__ = ["Host", "WorkloadInfo", "HostStats", "BulkReport", "EPOCH_TICK_S"]
@@ -588,11 +589,17 @@ class Host:
         preopen: Mapping[str, Path] | None = None,
         memory_limit_bytes: int | None = None,
         calls: int = 0,
+        monotonic_ns: int | None = None,
     ) -> WorkloadInfo:
         """Start a workload in the state ``snap`` captured, without first boot.
 
         ``calls`` carries the call count over from where the snapshot was
-        taken.  Output files already in the workload's directory are kept.
+        taken (a replayed call must have the index it had at the leader).
+        ``monotonic_ns`` is the guest's monotonic clock when the snapshot was
+        taken (``clock_state`` at the source): the restored guest's clock
+        goes on from there.  Without it the clock starts near 0, as for a
+        new workload, and a guest may see it go backwards.
+        Output files already in the workload's directory are kept.
         Raises what ``deploy`` raises (``ResourceLimitExceeded`` if the
         snapshot's memory is over the cap), and ``SnapshotFailed`` when the
         snapshot does not fit the module.
@@ -605,6 +612,8 @@ class Host:
             if largest > w.memory_limit_bytes:
                 raise ResourceLimitExceeded("memory_bytes", largest, w.memory_limit_bytes,
                                             "the snapshot's memory")
+            if monotonic_ns is not None:
+                w.budget.inputs.continue_from(monotonic_ns)
             self._restore_state(w, snap)
             w.calls = calls
 
@@ -663,7 +672,7 @@ class Host:
             store.set_limits(memory_size=cap, table_elements=self._limits.table_elements)
             store.set_wasi(wasi_config(argv=[workload_id, *args], env=env, preopen=preopen,
                                        stdout=stdout, stderr=stderr))
-            budget = CallBudget()
+            budget = CallBudget(InputGate(workload_id))
             try:
                 with self._running(store, budget):
                     instance = module.pre.instantiate(store)
@@ -738,16 +747,21 @@ class Host:
 
     # --- using a workload -------------------------------------------------
 
-    def call(self, workload_id: str, export: str, args: Sequence[int | float] = ()) -> None | int | float | tuple:
+    def call(self, workload_id: str, export: str, args: Sequence[int | float] = (), *,
+             inputs: CallInputs | None = None) -> None | int | float | tuple:
         """Call an exported function and return its result.
 
         Returns None, one value, or a tuple for several results.  Blocks
         while another call into the same workload runs; calls into different
         workloads run in parallel.  The call is interrupted after
         ``Limits.call_timeout_s``; the workload stays usable after a trap.
+        In replay mode (``set_replay_mode``) every call takes ``inputs``, the
+        ``CallInputs`` the leader recorded for it, and the guest's clock,
+        random and poll requests are answered from them.
         Raises ``UnknownWorkload``, ``UnknownExport``, ``BadArguments``,
-        ``WorkloadTimeout``, ``WorkloadExited``, ``WorkloadTrap`` or
-        ``HostClosed``.
+        ``WorkloadTimeout``, ``WorkloadExited``, ``WorkloadTrap``,
+        ``ReplayDivergence`` (replay only; it takes precedence over the
+        others) or ``HostClosed``.
         """
         w = self._get(workload_id)
         signature = w.module.signatures.get(export) if isinstance(export, str) else None
@@ -758,20 +772,26 @@ class Host:
             func = w.funcs.get(export)
             if func is None:
                 func = w.funcs[export] = w.instance.exports(w.store)[export]
+            gate = w.budget.inputs
+            gate.begin_call(w.calls, export, params, inputs)
             try:
                 with self._running(w.store, w.budget):
                     result = func(w.store, *params)
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                error = self._guest_error(workload_id, exc, w.budget)
+                error = gate.end_call() or self._guest_error(workload_id, exc, w.budget)
                 if isinstance(error, WorkloadTimeout):
                     w.timeouts += 1
-                else:
+                elif not isinstance(error, ReplayDivergence):
                     w.traps += 1
                 logger.info("call failed: %s", error, extra={**w.log_extra(), "export": export})
                 raise error from exc
             finally:
                 w.calls += 1
                 w.refresh_memory_bytes()
+            divergence = gate.end_call()
+            if divergence is not None:
+                logger.info("replay diverged: %s", divergence, extra={**w.log_extra(), "export": export})
+                raise divergence
         return tuple(result) if isinstance(result, list) else result
 
     def read_memory(self, workload_id: str, offset: int, length: int) -> bytes:
@@ -916,20 +936,86 @@ class Host:
         if w is not None:
             w.thawed.set()
 
-    def apply_snapshot(self, workload_id: str, snap: snapshot.Snapshot) -> None:
+    def apply_snapshot(self, workload_id: str, snap: snapshot.Snapshot, *, monotonic_ns: int | None = None) -> None:
         """Load a delta (or a full snapshot) into an existing workload.
 
         Used while a migration streams rounds in.  The delta must have been
-        taken against the state the workload holds.  Raises
-        ``UnknownWorkload``, ``ResourceLimitExceeded`` or ``SnapshotFailed``.
+        taken against the state the workload holds.  ``monotonic_ns`` is as
+        for ``restore``: give the source's ``clock_state`` with the final
+        round.  Raises ``UnknownWorkload``, ``ResourceLimitExceeded``,
+        ``BadArguments`` or ``SnapshotFailed``.
         """
         w = self._get(workload_id)
         largest = max((m.size_bytes for m in snap.memories), default=0)
         if largest > w.memory_limit_bytes:
             raise ResourceLimitExceeded("memory_bytes", largest, w.memory_limit_bytes, "the snapshot's memory")
         with self._using(w):
+            if monotonic_ns is not None:
+                w.budget.inputs.continue_from(monotonic_ns)
             self._restore_state(w, snap)
             w.refresh_memory_bytes()
+
+    # --- deterministic replay ---------------------------------------------
+
+    def set_replay_mode(self, workload_id: str, mode: str) -> None:
+        """Set how the workload's nondeterministic inputs are handled: "off", "record" or "replay".
+
+        ``record``: each call's inputs are kept for ``last_inputs``.
+        ``replay``: every call must pass the ``inputs`` recorded for it, and
+        the guest's output is dropped (its leader already wrote it).
+        Setting a mode forgets the last record and any divergence.  Waits
+        for a running call.  Raises ``UnknownWorkload``, ``BadArguments``
+        (an unknown mode) or ``ReplayUnsupported`` (record or replay of a
+        workload with preopened directories: files are inputs and outputs
+        that are not recorded).
+        """
+        w = self._get(workload_id)
+        if mode != ReplayMode.OFF and w.preopen:
+            raise ReplayUnsupported(f"workload {workload_id} has preopened directories; "
+                                    "file contents are not recorded, so it cannot be replayed")
+        with self._using(w):
+            w.budget.inputs.set_mode(mode)
+            w.stdout.muted = w.stderr.muted = w.budget.inputs.mode is ReplayMode.REPLAY
+
+    def last_inputs(self, workload_id: str) -> CallInputs:
+        """Return the inputs recorded by the workload's last call (record mode).
+
+        Pair them with the call by ``CallInputs.call_index``: another caller
+        may have run a call in between.  Raises ``UnknownWorkload`` or
+        ``BadArguments`` (no call recorded since record mode was set).
+        """
+        w = self._get(workload_id)
+        with self._using(w):
+            inputs = w.budget.inputs.last
+        if inputs is None:
+            raise BadArguments(f"workload {workload_id} has recorded no call "
+                               f"({w.budget.inputs.mode.value} mode)")
+        return inputs
+
+    def state_hash(self, workload_id: str) -> str:
+        """Return a hex digest of the workload's state (memories, globals, tables).
+
+        Equal states give equal digests on any host.  Works while frozen,
+        like a capture.  Raises ``UnknownWorkload`` or ``SnapshotFailed``.
+        """
+        w = self._get(workload_id)
+        with self._using(w):
+            try:
+                with self._running(w.store, w.budget):  # reading globals may run accessor functions
+                    return state_hash(w.store, w.instance)
+            except (snapshot.SnapshotError, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                raise SnapshotFailed(w.workload_id, f"cannot hash state: {exc}") from exc
+
+    def clock_state(self, workload_id: str) -> int:
+        """Return the guest's monotonic clock now, in ns, to carry to a restore.
+
+        Read it with the snapshot (after the final capture, while frozen)
+        and pass it as ``monotonic_ns`` to ``restore`` or ``apply_snapshot``.
+        Raises ``UnknownWorkload``.
+        """
+        w = self._get(workload_id)
+        with self._using(w):
+            return w.budget.inputs.monotonic_ns()
 
     def checkpoint_all(self, directory: Path, *, key: bytes | None = None) -> BulkReport:
         """Write every workload's snapshot and a manifest into ``directory``.
@@ -953,7 +1039,8 @@ class Host:
                     snap = self._capture(w)
                     entry = {"id": w.workload_id, "module_sha256": w.module.sha256, "app": w.app,
                              "calls": w.calls, "args": list(w.args), "env": w.env,
-                             "preopen": w.preopen, "memory_limit_bytes": w.memory_limit_bytes}
+                             "preopen": w.preopen, "memory_limit_bytes": w.memory_limit_bytes,
+                             "monotonic_ns": w.budget.inputs.monotonic_ns()}
                 data = snap.to_bytes(key=key)  # compress outside the lock: the workload runs on
             except UnknownWorkload:
                 continue  # removed meanwhile
@@ -996,7 +1083,8 @@ class Host:
                 self.restore(entry["module_sha256"], snap, workload_id=workload_id,
                              app=entry["app"], args=entry["args"], env=entry["env"],
                              preopen={g: Path(h) for g, h in entry["preopen"].items()},
-                             memory_limit_bytes=entry["memory_limit_bytes"], calls=entry["calls"])
+                             memory_limit_bytes=entry["memory_limit_bytes"], calls=entry["calls"],
+                             monotonic_ns=entry.get("monotonic_ns"))  # absent before replay existed
             except (HostError, snapshot.SnapshotError, OSError, KeyError, TypeError) as exc:
                 logger.error("restore failed: %s", exc, extra={"workload": workload_id})
                 failed.append((workload_id, f"{type(exc).__name__}: {exc}"))
