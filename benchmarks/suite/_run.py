@@ -1,0 +1,307 @@
+"""Run the suite: for each link, start edge-1 and cloud-1, then move every workload with every strategy.
+
+Each move: spawn the workload on edge-1 and set its state up; stream calls
+from the client for ``steady_s``; move it to cloud-1 while the stream goes
+on; keep streaming for ``tail_s``; check its state; remove it.  The client
+runs in this process (in the client namespace on emulated links) and
+keeps the time of every call.
+
+Setting up and tearing down processes and namespaces is synchronous and
+happens outside trio; each link's moves run in one ``trio.run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+import migrate
+import nodes
+import workloads
+from benchmarks import netem
+from nodes.launcher import LocalCluster
+
+from ._config import SuiteConfig, WorkloadSpec, spec_params
+from ._drivers import driver_for
+from ._links import LinkFigures, link_figures
+from ._metrics import (CallSample, ClientBlackout, Floor, LatencyStats, calls_during, client_blackout,
+                       latency_stats, physical_floor, ratio)
+
+logger = logging.getLogger(__name__)
+
+SOURCE, TARGET = "edge-1", "cloud-1"
+#: Errors that mean a move (or a probe) failed rather than the suite.
+MOVE_ERRORS = (nodes.NodeError, nodes.HostError, migrate.MigrateError, MemoryError, trio.TooSlowError)
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """One move of one workload with one strategy over one link: a row of the results."""
+
+    link: str
+    workload: str
+    label: str
+    params: dict
+    strategy: str
+    raw_memory_bytes: int | None = None
+    total_s: float | None = None
+    node_blackout_s: float | None = None
+    rounds: int | None = None
+    bytes_sent: int | None = None
+    pages_sent: int | None = None
+    throttle: float | None = None
+    notes: tuple[str, ...] = ()
+    calls: int = 0
+    client: ClientBlackout | None = None
+    latency_steady: LatencyStats | None = None
+    latency_during: LatencyStats | None = None
+    dirty_bytes_per_s: float | None = None
+    floor: Floor | None = None
+    blackout_to_floor: float | None = None
+    state_ok: bool | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """edge-1 and cloud-1 running for one link, and how the client reaches them."""
+
+    profile: netem.LinkProfile
+    edge: str
+    cloud: str
+    tls: Path
+    client_namespace: str | None
+
+
+@contextlib.contextmanager
+def deploy(profile: netem.LinkProfile, root: Path, memory_limit_bytes: int) -> Iterator[Deployment]:
+    """Start edge-1 and cloud-1 for ``profile``; stop them (and delete any namespaces) on exit.
+
+    Raises NetemError or NodeError when they cannot start.
+    """
+    args = ["--workload-memory-bytes", str(memory_limit_bytes)]
+    if profile.emulated:
+        with netem.EmulatedSites(profile, root / profile.name) as sites:
+            edge = sites.start_node(SOURCE, "edge", args=args)
+            cloud = sites.start_node(TARGET, "cloud", args=args)
+            yield Deployment(profile, edge, cloud, sites.tls_for("bench"), sites.namespace("client"))
+    else:
+        with LocalCluster(root / profile.name) as lc:
+            edge = lc.start(SOURCE, "edge", args=args)
+            cloud = lc.start(TARGET, "cloud", args=args)
+            yield Deployment(profile, edge.address, cloud.address, lc.tls_for("bench", "node"), None)
+
+
+def _client_side(deployment: Deployment):
+    if deployment.client_namespace is None:
+        return contextlib.nullcontext()
+    return netem.entered(deployment.client_namespace)
+
+
+async def _remove_quietly(h) -> None:
+    with trio.move_on_after(30) as scope:
+        scope.shield = True
+        with contextlib.suppress(*MOVE_ERRORS):
+            await h.remove()
+
+
+async def probe_strategy(cluster, strategy: str) -> str | None:
+    """Move a 1 MiB workload with ``strategy``; None if it worked, else why not."""
+    h = await cluster.spawn(workloads.load("dirtier"), on=SOURCE)
+    try:
+        await h.call("dt_init", 1)
+        with trio.fail_after(60):
+            await h.migrate(TARGET, strategy=strategy)
+        return None
+    except MOVE_ERRORS as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        await _remove_quietly(h)
+
+
+async def _raw_memory_bytes(cluster, h) -> int | None:
+    client = await cluster.client(cluster.address_of(h.node))
+    for w in await client.workloads():
+        if w.workload_id == h.workload:
+            return w.memory_bytes
+    return None
+
+
+async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadSpec, strategy: str,
+                       cfg: SuiteConfig) -> MoveResult:
+    """Move one workload from edge-1 to cloud-1 under a steady stream of calls; return its row."""
+    driver = driver_for(spec)
+    row = MoveResult(link=link, workload=spec.kind, label=spec.label, params=spec_params(spec), strategy=strategy)
+    h = await cluster.spawn(workloads.load(driver.workload), on=SOURCE)
+    calls: list[CallSample] = []
+    dirtied: list[int] = []
+    errors: list[str] = []  # caught inside the nursery, so no exception group has to be taken apart
+    stop = trio.Event()
+
+    async def stream(t0: float) -> None:
+        next_at = t0
+        try:
+            while not stop.is_set():
+                started = trio.current_time()
+                dirtied.append(await driver.tick(h, started - t0))
+                finished = trio.current_time()
+                calls.append(CallSample(started, finished))
+                next_at = max(next_at + cfg.call_interval_s, finished)
+                await trio.sleep_until(next_at)
+        except MOVE_ERRORS as exc:
+            errors.append(f"a call failed: {type(exc).__name__}: {exc}")
+
+    try:
+        await driver.setup(h)
+        row = dataclasses.replace(row, raw_memory_bytes=await _raw_memory_bytes(cluster, h))
+        async with trio.open_nursery() as nursery:
+            t0 = trio.current_time()
+            nursery.start_soon(stream, t0)
+            await trio.sleep(cfg.steady_s)
+            began = trio.current_time()
+            try:
+                with trio.fail_after(cfg.move_timeout_s):
+                    report = await h.migrate(TARGET, strategy=strategy, downtime_budget_s=cfg.downtime_budget_s,
+                                             max_rounds=cfg.max_rounds)
+            except MOVE_ERRORS as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+            ended = trio.current_time()
+            if not errors:
+                await trio.sleep(cfg.tail_s)
+            stop.set()
+        state_ok = None if errors else await driver.state_ok(h)
+    except MOVE_ERRORS as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        await _remove_quietly(h)
+    if errors:
+        logger.warning("move failed: %s", errors[0])
+        return dataclasses.replace(row, error="; ".join(errors), calls=len(calls))
+
+    steady = [c for c in calls if c.finished_s < began][1:]  # the first call pays for warming up
+    dirty_rate = sum(d for c, d in zip(calls, dirtied) if c.finished_s < began) / (began - t0)
+    client = client_blackout(calls, began, ended)
+    floor = physical_floor(dirty_bytes_per_s=dirty_rate, rtt_s=figures.rtt_s,
+                           bandwidth_bytes_per_s=figures.bandwidth_bytes_per_s)
+    return dataclasses.replace(
+        row, total_s=report.total_s, node_blackout_s=report.blackout_s, rounds=report.rounds,
+        bytes_sent=report.bytes_sent, pages_sent=report.pages_sent, throttle=report.throttle,
+        notes=tuple(report.notes), calls=len(calls), client=client,
+        latency_steady=latency_stats([c.latency_s for c in steady]),
+        latency_during=latency_stats([c.latency_s for c in calls_during(calls, began, ended)]),
+        dirty_bytes_per_s=dirty_rate, floor=floor, blackout_to_floor=ratio(client.blackout_s, floor.floor_s),
+        state_ok=state_ok)
+
+
+@dataclass
+class Progress:
+    """Progress lines on stderr: which move, how far, how long so far."""
+
+    total: int
+    done: int = 0
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    write: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+
+    def say(self, text: str) -> None:
+        elapsed = time.monotonic() - self.started
+        self.write(f"[suite {self.done}/{self.total} {elapsed:5.0f} s] {text}")
+
+    def finished(self, row: MoveResult) -> None:
+        self.done += 1
+        if row.error:
+            self.say(f"{row.link} {row.label} {row.strategy}: FAILED {row.error}")
+            return
+        self.say(f"{row.link} {row.label} {row.strategy}: client blackout {row.client.blackout_s * 1e3:.1f} ms "
+                 f"(node {row.node_blackout_s * 1e3:.1f} ms, {row.blackout_to_floor:.1f}x floor), "
+                 f"total {row.total_s:.2f} s, {row.rounds} rounds")
+
+
+async def _measure_link(deployment: Deployment, cfg: SuiteConfig, strategies: list[str] | None,
+                        unavailable: dict[str, str], figures: LinkFigures, progress: Progress) -> list[MoveResult]:
+    rows = []
+    name = deployment.profile.name
+    async with migrate.connect(deployment.edge, deployment.cloud, tls=deployment.tls, local=False) as cluster:
+        if strategies is None:  # the first link probes every strategy once
+            strategies = []
+            for strategy in cfg.strategies:
+                why = await probe_strategy(cluster, strategy)
+                if why is None:
+                    strategies.append(strategy)
+                else:
+                    unavailable[strategy] = why
+                    progress.say(f"{strategy}: not available ({why})")
+            progress.total = progress.total * len(strategies) // len(cfg.strategies)
+        for spec in cfg.workloads():
+            for strategy in strategies:
+                progress.say(f"{name} {spec.label} {strategy} ...")
+                row = await measure_move(cluster, name, figures, spec, strategy, cfg)
+                progress.finished(row)
+                rows.append(row)
+    return rows
+
+
+def run_suite(cfg: SuiteConfig, root: Path, *, progress: Progress | None = None) -> dict:
+    """Run every link, workload and strategy of ``cfg``; return the results as JSON-ready data.
+
+    Links that cannot be emulated here are skipped and said to be; at least
+    loopback always runs.  Nodes and namespaces are gone when this returns
+    or raises.
+    """
+    progress = progress or Progress(total=len(cfg.links) * len(cfg.workloads()) * len(cfg.strategies))
+    removed = netem.remove_stale_namespaces()
+    if removed:
+        progress.say(f"deleted namespaces of dead runs: {', '.join(removed)}")
+    why_not = netem.unavailable_reason()
+    links, skipped = [], {}
+    for profile in cfg.links:
+        if profile.emulated and why_not:
+            skipped[profile.name] = why_not
+        else:
+            links.append(profile)
+    if not any(not p.emulated for p in links):
+        links.insert(0, netem.LOOPBACK)
+    progress.total = len(links) * len(cfg.workloads()) * len(cfg.strategies)
+    for name, why in skipped.items():
+        progress.say(f"link {name} skipped, loopback only: {why}")
+    rows: list[MoveResult] = []
+    strategies: list[str] | None = None
+    unavailable: dict[str, str] = {}
+    link_info = []
+    for profile in links:
+        figures = link_figures(profile)
+        try:
+            with deploy(profile, root, cfg.node_memory_limit_bytes()) as deployment, _client_side(deployment):
+                progress.say(f"link {profile.name}: edge-1 {deployment.edge}, cloud-1 {deployment.cloud}")
+                got = trio.run(_measure_link, deployment, cfg, strategies, unavailable, figures, progress)
+        except netem.NetemError as exc:
+            skipped[profile.name] = str(exc)
+            progress.say(f"link {profile.name} skipped: {exc}")
+            continue
+        rows += got
+        if strategies is None:
+            strategies = [s for s in cfg.strategies if s not in unavailable]
+        link_info.append({"profile": dataclasses.asdict(profile), "figures": dataclasses.asdict(figures),
+                          "namespaces": profile.emulated})
+    return {
+        "suite": "handover", "config": cfg.to_json(),
+        "environment": {"python": platform.python_version(), "machine": platform.machine(),
+                        "kernel": platform.release(), "cpus": _cpus(),
+                        "emulation": "namespaces" if not why_not else f"unavailable: {why_not}"},
+        "links": link_info, "skipped_links": skipped,
+        "strategies": strategies or [], "unavailable_strategies": unavailable,
+        "results": [dataclasses.asdict(r) for r in rows],
+    }
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
