@@ -1006,6 +1006,33 @@ class Host:
             except (snapshot.SnapshotError, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
                 raise SnapshotFailed(w.workload_id, f"cannot hash state: {exc}") from exc
 
+    def set_call_count(self, workload_id: str, calls: int) -> None:
+        """Set the workload's call counter, e.g. to the leader's before replaying its calls.
+
+        A replayed call must run at the index it had at the leader (its
+        ``CallInputs.call_index``); ``restore(calls=...)`` sets the same
+        counter at creation.  Raises ``UnknownWorkload`` or ``BadArguments``.
+        """
+        if not isinstance(calls, int) or isinstance(calls, bool) or calls < 0:
+            raise BadArguments(f"calls must be a non-negative int, got {calls!r}")
+        w = self._get(workload_id)
+        with self._using(w):
+            w.calls = calls
+
+    def pages_digest(self, workload_id: str, pages: Mapping[int, Sequence[int]]) -> str:
+        """Digest the given 4 KiB pages of each memory, with memory sizes and globals.
+
+        ``snapshot.pages_digest``: replicas compare what was written since
+        they last agreed.  Raises ``UnknownWorkload`` or ``SnapshotFailed``.
+        """
+        w = self._get(workload_id)
+        with self._using(w):
+            try:
+                with self._running(w.store, w.budget):  # reading globals may run accessor functions
+                    return snapshot.pages_digest(w.store, w.instance, {i: list(p) for i, p in pages.items()})
+            except (snapshot.SnapshotError, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                raise SnapshotFailed(w.workload_id, f"cannot digest pages: {exc}") from exc
+
     def clock_state(self, workload_id: str) -> int:
         """Return the guest's monotonic clock now, in ns, to carry to a restore.
 
