@@ -227,7 +227,6 @@ def test_a_follower_restored_without_the_call_count_is_aligned_before_replaying(
     pair.follower.set_call_count(pair.wid, pair.calls)
     pair.replay()
     assert pair.same_state()
-    assert pair.follower.pages_digest(pair.wid, {0: [0, 1, 2]}) == pair.leader.pages_digest(pair.wid, {0: [0, 1, 2]})
     with pytest.raises(BadArguments):
         pair.follower.set_call_count(pair.wid, -1)
 
