@@ -2,11 +2,12 @@
 
 ``Host`` keeps a content-addressed cache of compiled modules and runs
 workloads, each in its own wasmtime Store with its own WASI sandbox
-(``nodes._wasi``) and limits (``nodes._limits``).  Every method blocks; the
-daemon calls them through ``trio.to_thread.run_sync``.  Calls into one
-workload are serialised by that workload's lock (a Store is used by one
-thread at a time); different workloads run in parallel, since wasmtime-py's
-ctypes calls release the GIL.
+(``nodes._wasi``), limits (``nodes._limits``) and input gate
+(``nodes._replay``: clocks, random and poll outcomes, recorded or replayed
+on demand).  Every method blocks; the daemon calls them through
+``trio.to_thread.run_sync``.  Calls into one workload are serialised by that
+workload's lock (a Store is used by one thread at a time); different
+workloads run in parallel, since wasmtime-py's ctypes calls release the GIL.
 
 Layout of ``data_dir``::
 

@@ -191,13 +191,14 @@ class CallBudget:
 # wasmtime-py's Linker.define_func boxes every argument and result as a Val:
 # about 10 us per call, against 0.1 us for wasmtime's own clock_time_get.
 # The unchecked C entry point hands over raw values instead; with guest
-# memory reached through two direct C calls, a Python clock_time_get costs
-# about 2.4 us (measured with wasmtime-py 50, which pyproject pins: these
-# use its private ffi module).
+# memory reached through direct C calls, each Python WASI call costs about
+# 2 us: clockrand's sample() (four of them) went from 19 to 28 us a call
+# through Host.call.  Measured with wasmtime-py 50, which pyproject pins:
+# this uses its private ffi module.
 
 _MASK32 = 0xFFFFFFFF
 _LE_U64 = ctypes.c_uint64.__ctype_le__  # wasm memory is little-endian
-_CLOCK_REALTIME, _CLOCK_MONOTONIC, _CLOCK_PROCESS, _CLOCK_THREAD = 0, 1, 2, 3
+_CLOCK_REALTIME, _CLOCK_MONOTONIC, _CLOCK_THREAD = 0, 1, 3  # 2 is the process CPU-time clock
 _ERRNO_BADF, _ERRNO_FAULT, _ERRNO_INVAL, _ERRNO_NOTSUP = 8, 21, 28, 58
 _MEMORY_NAME = b"memory"
 _EXTERN_MEMORY = ffi.WASMTIME_EXTERN_MEMORY.value
@@ -275,9 +276,7 @@ def _wasi_function(name: str, params: Sequence[wasmtime.ValType]):
             try:
                 vals[0].i32 = impl(budget, caller, vals)
                 return 0
-            except _Trap as exc:
-                return _trap_pointer(str(exc))
-            except ReplayDivergence as exc:
+            except (_Trap, ReplayDivergence) as exc:
                 return _trap_pointer(str(exc))
             except BaseException as exc:  # noqa: BLE001 - see the docstring
                 logger.exception("WASI %s failed", name)
