@@ -107,7 +107,11 @@ class ReplayDivergence(WorkloadError):
 
 
 class ReplayUnsupported(RequestError):
-    """The workload cannot be recorded or replayed (see ``InputGate.check_eligible``)."""
+    """The workload cannot be recorded or replayed: it has preopened directories.
+
+    Files are inputs the gate does not record, and a follower's writes would
+    land twice.
+    """
 
 
 Entry = tuple[int, int, "int | bytes"]  # (Request, arg, answer)
@@ -226,8 +230,9 @@ class InputGate:
 
         In replay mode ``inputs`` must be the record of this very call.
         Raises ``BadArguments`` (inputs missing, or given outside replay
-        mode) or ``ReplayDivergence`` (the record is of another call, or the
-        workload diverged before), before any guest code runs.
+        mode) or ``ReplayDivergence`` (the record is of another call, which
+        leaves the state intact, or the workload diverged before), before
+        any guest code runs.
         """
         if self.mode is not ReplayMode.REPLAY:
             if inputs is not None:
@@ -244,10 +249,9 @@ class InputGate:
                                    f"{self.divergence.call_index}", call_index=call_index, position=-1)
         expected = (inputs.call_index, inputs.export)
         if expected != (call_index, export) or not _same_args(inputs.args, args):
-            self.divergence = ReplayDivergence(
+            raise ReplayDivergence(
                 self.workload_id, f"the record is of call {inputs.call_index} {inputs.export}{tuple(inputs.args)}, "
                 f"not of {export}{tuple(args)}", call_index=call_index, position=-1)
-            raise self.divergence
         self._call = (call_index, export, tuple(args))
         self._replaying = inputs.entries
         self._position = 0
