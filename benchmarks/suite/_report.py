@@ -79,6 +79,10 @@ def markdown(data: dict) -> str:
     out = [f"# Handover benchmark suite ({cfg['mode']})", ""]
     out.append(f"{env['cpus']} CPUs, {env['machine']}, Linux {env['kernel']}, Python {env['python']}. "
                f"Link emulation: {env['emulation']}.")
+    if env.get("commit"):
+        dirty = env.get("uncommitted") or []
+        out.append(f"Measured at commit {env['commit']}"
+                   + (f", with uncommitted changes to {', '.join(dirty)}." if dirty else "."))
     for name, why in data["skipped_links"].items():
         out.append(f"- Link **{name}** was not run: {why}. The loopback rows stand in for it.")
     for name, why in data["unavailable_strategies"].items():
@@ -110,7 +114,10 @@ def markdown(data: dict) -> str:
             "workload dirties in one edge-cloud round trip (its measured dirty rate × RTT), divided by the "
             "bandwidth, plus that RTT. **× floor** is the client blackout over it. A strategy that never "
             "stops the source for a transfer (dual) can go below 1.",
-            "- **Calls during** are those in flight at any time during the move; **steady** those before it.",
+            "- **Calls during** are those in flight at any time during the move; **steady** those before it. "
+            "A kvstore call is one put: two requests (write the pair into guest memory, call `kv_put`), or "
+            "one `kv_count` when no put is due. The dirtier's call is `dt_dirty` with the pages owed at its "
+            "rate; the grower's is `grow_mb` with the MiB owed, or `pages`.",
             "- **Total**: the node's migration time. **Rounds** and **MiB sent**: snapshot rounds and bytes on "
             "the wire (compressed). **State exact**: after the move the workload's own counters match every "
             "call the client made, exactly once.",
@@ -146,35 +153,50 @@ def snapshot_sizes(data: dict) -> list[dict]:
     return out
 
 
-def _sweep(data: dict, link: str, strategy: str, fixed: str, value: float, x: str) -> tuple[list, list]:
-    pts = sorted((r["params"][x], r["client"]["blackout_s"] * 1e3) for r in data["results"]
-                 if r["link"] == link and r["strategy"] == strategy and not r["error"]
-                 and r["params"]["kind"] == "dirtier" and r["params"][fixed] == value)
-    return [p[0] for p in pts], [p[1] for p in pts]
+def _sweep(data: dict, link: str, strategy: str | None, fixed: str, value: float, x: str) -> tuple[list, list]:
+    """The dirtier rows of one sweep as (x, client blackout ms); ``strategy`` None gives the floor instead."""
+    pts = {}
+    for r in data["results"]:
+        if (r["link"] == link and not r["error"] and r["params"]["kind"] == "dirtier"
+                and r["params"][fixed] == value and strategy in (None, r["strategy"])):
+            y = r["floor"]["floor_s"] if strategy is None else r["client"]["blackout_s"]
+            pts[r["params"][x]] = min(y, pts.get(r["params"][x], math.inf))
+    xs = sorted(pts)
+    return xs, [pts[k] * 1e3 for k in xs]
 
 
 def plot(data: dict, out_dir: Path, prefix: str) -> list[str] | str:
-    """Draw blackout against memory size and against dirty rate; return the files, or why there are none."""
+    """Draw blackout against memory size and against dirty rate; return the files, or why there are none.
+
+    One panel per link, one line per strategy, and the physical floor dashed.
+    """
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         return "matplotlib is not installed (pip install '.[bench]')"
     cfg = data["config"]
     links = [link["profile"]["name"] for link in data["links"]]
     files = []
-    for name, x, fixed, value, xlabel, xscale in (
-            ("blackout-vs-memory", "memory_mib", "dirty_pages_per_s", cfg["sweep_rate"], "memory (MiB)", "log"),
-            ("blackout-vs-rate", "dirty_pages_per_s", "memory_mib", cfg["sweep_memory_mib"], "dirty pages/s",
-             "symlog")):
+    for name, x, fixed, value, xlabel in (
+            ("blackout-vs-memory", "memory_mib", "dirty_pages_per_s", cfg["sweep_rate"], "memory (MiB)"),
+            ("blackout-vs-rate", "dirty_pages_per_s", "memory_mib", cfg["sweep_memory_mib"], "dirty pages/s")):
         fig, axes = plt.subplots(1, len(links), figsize=(5 * len(links), 4), squeeze=False, sharey=True)
         for ax, link in zip(axes[0], links):
             for strategy in data["strategies"]:
                 xs, ys = _sweep(data, link, strategy, fixed, value, x)
                 if xs:
+                    # A log axis cannot show 0: a blackout below 1 us is drawn at 1 us.
                     ax.plot(xs, [max(y, 1e-3) for y in ys], marker="o", label=strategy)
-            ax.set_xscale(xscale, **({"linthresh": 100} if xscale == "symlog" else {}))
+            xs, ys = _sweep(data, link, None, fixed, value, x)
+            ax.plot(xs, ys, linestyle="--", color="grey", label="floor")
+            if x == "memory_mib":
+                ax.set_xscale("log", base=2)
+            else:
+                ax.set_xscale("symlog", linthresh=100)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.set_yscale("log")
             ax.set_xlabel(xlabel)
             ax.set_title(link)
@@ -182,7 +204,7 @@ def plot(data: dict, out_dir: Path, prefix: str) -> list[str] | str:
         axes[0][0].set_ylabel("client-observed blackout (ms)")
         axes[0][0].legend()
         what = f"at {value:g} pages/s" if fixed == "dirty_pages_per_s" else f"at {value:g} MiB"
-        fig.suptitle(f"dirtier: blackout against {xlabel.split(' (')[0]}, {what}")
+        fig.suptitle(f"dirtier, edge-1 to cloud-1: blackout against {xlabel.split(' (')[0]}, {what}")
         fig.tight_layout()
         path = out_dir / f"{prefix}-{name}.png"
         fig.savefig(path, dpi=110)

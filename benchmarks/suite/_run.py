@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -295,12 +296,26 @@ def run_suite(cfg: SuiteConfig, root: Path, *, progress: Progress | None = None)
     return {
         "suite": "handover", "config": cfg.to_json(),
         "environment": {"python": platform.python_version(), "machine": platform.machine(),
-                        "kernel": platform.release(), "cpus": _cpus(),
+                        "kernel": platform.release(), "cpus": _cpus(), **_checkout(),
                         "emulation": "namespaces" if not why_not else f"unavailable: {why_not}"},
         "links": link_info, "skipped_links": skipped,
         "strategies": strategies or [], "unavailable_strategies": unavailable,
         "results": [dataclasses.asdict(r) for r in rows],
     }
+
+
+def _checkout() -> dict:
+    """The commit measured, and the files outside benchmarks/ that differed from it (others may be editing)."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "uncommitted": []}
+    changed = [line[3:] for line in status.splitlines() if not line[3:].startswith(("benchmarks/", "tests/"))]
+    return {"commit": head, "uncommitted": changed}
 
 
 def _cpus() -> int:
