@@ -40,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory for the results (default benchmarks/results/suite, or suite-quick)")
     parser.add_argument("--links", help=f"comma-separated subset of {','.join(PROFILES)}")
     parser.add_argument("--strategies", help=f"comma-separated subset of {','.join(STRATEGIES)}")
+    parser.add_argument("--move-timeout", type=float, metavar="SECONDS",
+                        help="give up on a move (and its strategy on that link) after this long (default 180)")
     args = parser.parse_args(argv)
     cfg = PRESETS[args.mode or "full"]
+    if args.move_timeout:
+        cfg = dataclasses.replace(cfg, move_timeout_s=args.move_timeout)
     if args.links:
         cfg = dataclasses.replace(cfg, links=tuple(PROFILES[name] for name in args.links.split(",")))
     if args.strategies:

@@ -102,7 +102,8 @@ class SuiteConfig:
     # 30 ms: the migrate package's default, near Google's 50 ms median blackout.
     downtime_budget_s: float = 0.03
     max_rounds: int = 20
-    move_timeout_s: float = 900.0
+    #: A move (or a workload's set-up) taking longer is given up; its strategy is not run again on that link.
+    move_timeout_s: float = 180.0
 
     def workloads(self) -> tuple[WorkloadSpec, ...]:
         """Every workload setting, sweeps merged, each once."""

@@ -19,7 +19,7 @@ from ._run import MoveResult
 logger = logging.getLogger(__name__)
 
 TOP_FIELDS = ("suite", "config", "environment", "links", "skipped_links", "strategies", "unavailable_strategies",
-              "results", "plots")
+              "abandoned_strategies", "results", "plots")
 ROW_FIELDS = tuple(f.name for f in dataclasses.fields(MoveResult))
 #: Issue 4's goal setting (256 MiB dirtying 1,000 pages/s); smaller runs take their largest size.
 HEADLINE_MAX_MIB = 256
@@ -58,7 +58,8 @@ def headline_label(data: dict) -> str | None:
 
 def _row_cells(r: dict) -> list[str]:
     if r["error"]:
-        return [f"failed: {r['error']}"] + [""] * 9
+        text = " ".join(r["error"].replace("|", "/").split())
+        return [text if text.startswith("not run") else f"failed: {text}"] + [""] * 9
     during, steady, client = r["latency_during"], r["latency_steady"], r["client"]
     return [
         _ms(client["blackout_s"]), _ms(r["floor"]["floor_s"], 2), _x(r["blackout_to_floor"]),
@@ -84,9 +85,12 @@ def markdown(data: dict) -> str:
         out.append(f"Measured at commit {env['commit']}"
                    + (f", with uncommitted changes to {', '.join(dirty)}." if dirty else "."))
     for name, why in data["skipped_links"].items():
-        out.append(f"- Link **{name}** was not run: {why}. The loopback rows stand in for it.")
+        out.append(f"- Link **{name}** was not run: {why}.")
     for name, why in data["unavailable_strategies"].items():
         out.append(f"- Strategy **{name}**: not available ({why}).")
+    for link, gave_up in data["abandoned_strategies"].items():
+        for name, why in gave_up.items():
+            out.append(f"- Strategy **{name}** on {link}: later moves on this link not run, because {why}.")
     out += ["", "| link | bandwidth (floor) | RTT client-edge / edge-cloud / client-cloud | floor figures |",
             "|---|---|---|---|"]
     for link in data["links"]:

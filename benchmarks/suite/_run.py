@@ -41,6 +41,8 @@ from ._metrics import (CallSample, ClientBlackout, Floor, LatencyStats, calls_du
 logger = logging.getLogger(__name__)
 
 SOURCE, TARGET = "edge-1", "cloud-1"
+#: How long the call stream may take to stop after a move, and a state check to answer.
+STREAM_GRACE_S = 30.0
 #: Errors that mean a move (or a probe) failed rather than the suite.
 MOVE_ERRORS = (nodes.NodeError, nodes.HostError, migrate.MigrateError, MemoryError, trio.TooSlowError)
 
@@ -143,7 +145,11 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
     """Move one workload from edge-1 to cloud-1 under a steady stream of calls; return its row."""
     driver = driver_for(spec)
     row = MoveResult(link=link, workload=spec.kind, label=spec.label, params=spec_params(spec), strategy=strategy)
-    h = await cluster.spawn(workloads.load(driver.workload), on=SOURCE)
+    try:
+        with trio.fail_after(STREAM_GRACE_S):
+            h = await cluster.spawn(workloads.load(driver.workload), on=SOURCE)
+    except MOVE_ERRORS as exc:
+        return dataclasses.replace(row, error=f"{type(exc).__name__}: {exc}")
     calls: list[CallSample] = []
     dirtied: list[int] = []
     errors: list[str] = []  # caught inside the nursery, so no exception group has to be taken apart
@@ -163,8 +169,9 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
             errors.append(f"a call failed: {type(exc).__name__}: {exc}")
 
     try:
-        await driver.setup(h)
-        row = dataclasses.replace(row, raw_memory_bytes=await _raw_memory_bytes(cluster, h))
+        with trio.fail_after(cfg.move_timeout_s):
+            await driver.setup(h)
+            row = dataclasses.replace(row, raw_memory_bytes=await _raw_memory_bytes(cluster, h))
         async with trio.open_nursery() as nursery:
             t0 = trio.current_time()
             nursery.start_soon(stream, t0)
@@ -174,13 +181,21 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
                 with trio.fail_after(cfg.move_timeout_s):
                     report = await h.migrate(TARGET, strategy=strategy, downtime_budget_s=cfg.downtime_budget_s,
                                              max_rounds=cfg.max_rounds)
+            except trio.TooSlowError:
+                errors.append(f"TooSlowError: the move took longer than {cfg.move_timeout_s:g} s")
             except MOVE_ERRORS as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
             ended = trio.current_time()
             if not errors:
                 await trio.sleep(cfg.tail_s)
             stop.set()
-        state_ok = None if errors else await driver.state_ok(h)
+            # A call held by a broken move would keep the stream, and the suite, waiting.
+            nursery.cancel_scope.deadline = trio.current_time() + STREAM_GRACE_S
+        if nursery.cancel_scope.cancelled_caught:
+            errors.append(f"TooSlowError: a call was still waiting {STREAM_GRACE_S:g} s after the move")
+        if not errors:
+            with trio.fail_after(STREAM_GRACE_S):
+                state_ok = await driver.state_ok(h)
     except MOVE_ERRORS as exc:
         errors.append(f"{type(exc).__name__}: {exc}")
     finally:
@@ -228,7 +243,14 @@ class Progress:
 
 
 async def _measure_link(deployment: Deployment, cfg: SuiteConfig, strategies: list[str] | None,
-                        unavailable: dict[str, str], figures: LinkFigures, progress: Progress) -> list[MoveResult]:
+                        unavailable: dict[str, str], abandoned: dict[str, str], figures: LinkFigures,
+                        progress: Progress) -> list[MoveResult]:
+    """Probe the strategies (first link only), then make every move over one deployed link.
+
+    ``unavailable`` collects strategies the probe refused; ``abandoned``
+    those that hung on this link, whose later moves on it are recorded as
+    not run.
+    """
     rows = []
     name = deployment.profile.name
     async with migrate.connect(deployment.edge, deployment.cloud, tls=deployment.tls, local=False) as cluster:
@@ -244,8 +266,15 @@ async def _measure_link(deployment: Deployment, cfg: SuiteConfig, strategies: li
             progress.total = progress.total * len(strategies) // len(cfg.strategies)
         for spec in cfg.workloads():
             for strategy in strategies:
-                progress.say(f"{name} {spec.label} {strategy} ...")
-                row = await measure_move(cluster, name, figures, spec, strategy, cfg)
+                if strategy in abandoned:
+                    row = MoveResult(link=name, workload=spec.kind, label=spec.label, params=spec_params(spec),
+                                     strategy=strategy, error=f"not run: {abandoned[strategy]}")
+                else:
+                    progress.say(f"{name} {spec.label} {strategy} ...")
+                    row = await measure_move(cluster, name, figures, spec, strategy, cfg)
+                    if row.error and row.error.startswith("TooSlowError"):
+                        # One hung move costs minutes; the next ones on this link would most likely hang too.
+                        abandoned[strategy] = f"it hung on {spec.label}"
                 progress.finished(row)
                 rows.append(row)
     return rows
@@ -258,7 +287,7 @@ def run_suite(cfg: SuiteConfig, root: Path, *, progress: Progress | None = None)
     loopback always runs.  Nodes and namespaces are gone when this returns
     or raises.
     """
-    progress = progress or Progress(total=len(cfg.links) * len(cfg.workloads()) * len(cfg.strategies))
+    progress = progress or Progress(total=0)
     removed = netem.remove_stale_namespaces()
     if removed:
         progress.say(f"deleted namespaces of dead runs: {', '.join(removed)}")
@@ -269,21 +298,24 @@ def run_suite(cfg: SuiteConfig, root: Path, *, progress: Progress | None = None)
             skipped[profile.name] = why_not
         else:
             links.append(profile)
-    if not any(not p.emulated for p in links):
-        links.insert(0, netem.LOOPBACK)
-    progress.total = len(links) * len(cfg.workloads()) * len(cfg.strategies)
     for name, why in skipped.items():
-        progress.say(f"link {name} skipped, loopback only: {why}")
+        progress.say(f"link {name} skipped: {why}")
+    if not links:
+        progress.say("falling back to loopback")
+        links = [netem.LOOPBACK]
+    progress.total = len(links) * len(cfg.workloads()) * len(cfg.strategies)
     rows: list[MoveResult] = []
     strategies: list[str] | None = None
     unavailable: dict[str, str] = {}
+    abandoned: dict[str, dict[str, str]] = {}
     link_info = []
     for profile in links:
         figures = link_figures(profile)
         try:
             with deploy(profile, root, cfg.node_memory_limit_bytes()) as deployment, _client_side(deployment):
                 progress.say(f"link {profile.name}: edge-1 {deployment.edge}, cloud-1 {deployment.cloud}")
-                got = trio.run(_measure_link, deployment, cfg, strategies, unavailable, figures, progress)
+                got = trio.run(_measure_link, deployment, cfg, strategies, unavailable,
+                               abandoned.setdefault(profile.name, {}), figures, progress)
         except netem.NetemError as exc:
             skipped[profile.name] = str(exc)
             progress.say(f"link {profile.name} skipped: {exc}")
@@ -299,7 +331,7 @@ def run_suite(cfg: SuiteConfig, root: Path, *, progress: Progress | None = None)
                         "kernel": platform.release(), "cpus": _cpus(), **_checkout(),
                         "emulation": "namespaces" if not why_not else f"unavailable: {why_not}"},
         "links": link_info, "skipped_links": skipped,
-        "strategies": strategies or [], "unavailable_strategies": unavailable,
+        "strategies": strategies or [], "unavailable_strategies": unavailable, "abandoned_strategies": {k: v for k, v in abandoned.items() if v},
         "results": [dataclasses.asdict(r) for r in rows],
     }
 

@@ -21,7 +21,9 @@ from benchmarks.suite._report import ROW_FIELDS, markdown
 TINY = dataclasses.replace(
     QUICK, memory_sweep_mib=(1,), rate_sweep=(0, 1000), sweep_memory_mib=1,
     kvstore=KvstoreSpec(keys=64, puts_per_s=200), grower=GrowerSpec(start_mib=1, grow_mib_per_s=2),
-    steady_s=0.15, tail_s=0.15)
+    steady_s=0.15, tail_s=0.15, move_timeout_s=10)
+#: Strategies whose moves must succeed here; others (dual while it is built) may fail, and say so.
+ESTABLISHED = ("stop-copy", "precopy")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,10 @@ def test_every_ratio_is_computed_from_the_numbers_beside_it(tiny_run):
     figures = {link["profile"]["name"]: link["figures"] for link in data["links"]}
     for r in data["results"]:
         assert set(ROW_FIELDS) <= set(r)
-        assert r["error"] is None, r["error"]
+        if r["strategy"] in ESTABLISHED:
+            assert r["error"] is None, r["error"]
+        if r["error"]:
+            continue
         f, c = r["floor"], r["client"]
         link = figures[r["link"]]
         assert f["bandwidth_bytes_per_s"] == link["bandwidth_bytes_per_s"] and f["rtt_s"] == link["rtt_s"]
@@ -95,9 +100,10 @@ def test_every_ratio_is_computed_from_the_numbers_beside_it(tiny_run):
 
 def test_the_check_catches_a_ratio_that_does_not_add_up(tiny_run):
     data = copy.deepcopy(tiny_run[0])
-    data["results"][0]["blackout_to_floor"] *= 2
-    data["results"][-1]["client"]["steady_gap_s"] += 1
-    del data["results"][1]["rounds"]
+    ok = [r for r in data["results"] if not r["error"]]
+    ok[0]["blackout_to_floor"] *= 2
+    ok[-1]["client"]["steady_gap_s"] += 1
+    del ok[1]["rounds"]
     problems = check_results(data)
     assert any("ratio to the floor" in p for p in problems)
     assert any("largest gap minus steady gap" in p for p in problems)
@@ -117,3 +123,16 @@ def test_the_command_runs_loopback_only_and_writes_where_told(tmp_path, capsys):
     assert [link["profile"]["name"] for link in data["links"]] == ["loopback"]
     assert check_results(data) == []
     assert "# Handover benchmark suite (quick)" in capsys.readouterr().out
+
+
+def test_failed_moves_are_reported_not_hidden(tiny_run):
+    data = copy.deepcopy(tiny_run[0])
+    victim = data["results"][0]
+    victim["error"] = "TooSlowError: the move took longer than 20 s"
+    data["results"][1]["error"] = "not run: it hung | twice"
+    data["abandoned_strategies"] = {victim["link"]: {victim["strategy"]: f"it hung on {victim['label']}"}}
+    assert check_results(data) == []
+    md = markdown(data)
+    assert "| failed: TooSlowError: the move took longer than 20 s |" in md
+    assert "| not run: it hung / twice |" in md
+    assert f"Strategy **{victim['strategy']}** on {victim['link']}: later moves on this link not run" in md
