@@ -288,6 +288,7 @@ def run_suite(cfg: SuiteConfig, root: Path, *, progress: Progress | None = None)
     or raises.
     """
     progress = progress or Progress(total=0)
+    checkout = _checkout()  # before the nodes start from this checkout
     removed = netem.remove_stale_namespaces()
     if removed:
         progress.say(f"deleted namespaces of dead runs: {', '.join(removed)}")
@@ -328,7 +329,7 @@ def run_suite(cfg: SuiteConfig, root: Path, *, progress: Progress | None = None)
     return {
         "suite": "handover", "config": cfg.to_json(),
         "environment": {"python": platform.python_version(), "machine": platform.machine(),
-                        "kernel": platform.release(), "cpus": _cpus(), **_checkout(),
+                        "kernel": platform.release(), "cpus": _cpus(), **checkout,
                         "emulation": "namespaces" if not why_not else f"unavailable: {why_not}"},
         "links": link_info, "skipped_links": skipped,
         "strategies": strategies or [], "unavailable_strategies": unavailable, "abandoned_strategies": {k: v for k, v in abandoned.items() if v},
