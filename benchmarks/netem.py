@@ -463,16 +463,30 @@ async def relay(source: trio.abc.ReceiveStream, sink: trio.abc.HalfCloseableStre
         await sink.send_eof()
 
 
+_BROKEN = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
 async def _proxy_connection(client: trio.SocketStream, upstream: tuple[str, int], delays: Mapping[str, float]) -> None:
+    """Relay one accepted connection; a side that breaks ends both directions, never the proxy."""
     peer = client.socket.getpeername()[0]
     delay_s = delays.get(peer, 0.0)
-    try:
-        async with client, await trio.open_tcp_stream(*upstream) as server:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(relay, client, server, delay_s)
-                nursery.start_soon(relay, server, client, delay_s)
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        logger.debug("connection from %s ended: %s", peer, exc)
+    async with client:
+        try:
+            server = await trio.open_tcp_stream(*upstream)
+        except OSError as exc:
+            logger.warning("cannot reach %s:%d: %s", *upstream, exc)
+            return
+        async with server, trio.open_nursery() as nursery:
+
+            async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+                # Both directions may break at once: except* takes the group apart.
+                try:
+                    await relay(source, sink, delay_s)
+                except* _BROKEN:
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(pump, client, server)
+            nursery.start_soon(pump, server, client)
 
 
 async def serve_delay_proxy(listen: tuple[str, int], upstream: tuple[str, int], delays: Mapping[str, float], *,

@@ -1,5 +1,8 @@
 """The link emulation: address plan, delays, stale-namespace detection, the delaying proxy, real namespaces."""
 
+import contextlib
+import socket
+import struct
 import subprocess
 from functools import partial
 
@@ -106,3 +109,25 @@ def test_a_topology_is_made_capped_and_deleted(tmp_path):
         assert "cc-client" in route
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(ns in listed for ns in namespaces)
+
+
+async def test_a_connection_that_breaks_does_not_stop_the_proxy():
+    async def flood(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            async with stream:
+                await stream.receive_some(10)
+                while True:
+                    await stream.send_all(b"x" * 65536)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, flood, 0, host="127.0.0.1"))
+        bound = await nursery.start(netem.serve_delay_proxy, ("127.0.0.1", 0),
+                                    listeners[0].socket.getsockname()[:2], {"127.0.0.1": 0.001})
+        for _ in range(3):
+            client = await trio.open_tcp_stream(*bound)
+            await client.send_all(b"go")
+            assert await client.receive_some(10)
+            # Reset instead of a clean close: both directions break under the proxy.
+            client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await client.aclose()
+        nursery.cancel_scope.cancel()
