@@ -28,6 +28,7 @@ from . import _service  # noqa: F401  (registers the migration handlers for the 
 from ._errors import UnknownNode
 from ._handle import Handle, module_bytes
 from ._messages import MLocate, MSpawn
+from ._protect import Event, FailoverFailed, Protection, Protector
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ class Cluster:
         self._connecting: dict[str, trio.Lock] = {}
         self._names: dict[str, str] = {}  # node name -> address
         self._seen: list[str] = []        # addresses, in the order we learned them
+        self._modules: dict[str, bytes] = {}  # workload -> module bytes, for failover
+        self._protectors: dict[str, Protector] = {}
+        self._protect_scopes: dict[str, trio.CancelScope] = {}
+        self._event_send, self._event_receive = trio.open_memory_channel(1000)
 
     # --- addresses and connections ----------------------------------------
 
@@ -145,7 +150,71 @@ class Cluster:
         client = await self.client(address)
         sha256 = await client.ensure_module(module_bytes(module))
         reply = await client.request(MSpawn, module_sha256=sha256, workload=workload, app=app)
+        self._modules[reply.workload] = module_bytes(module)
         return Handle(self, reply.workload, node=client.node, address=address, epoch=reply.epoch)
+
+    # --- protection and events --------------------------------------------
+
+    def events(self) -> trio.MemoryReceiveChannel:
+        """A channel of ``Event``: workloads moved, failed over or diverged.
+
+        Each call returns a new receiver; events are dropped, not buffered
+        without bound, for receivers that fall 1,000 behind.
+        """
+        return self._event_receive.clone()
+
+    def publish(self, kind: str, workload: str, node: str, detail: str = "") -> None:
+        try:
+            self._event_send.send_nowait(Event(kind, workload, node, detail))
+        except trio.WouldBlock:
+            logger.warning("event dropped: %s %s", kind, workload)
+
+    async def protect(self, handle: Handle, protection: Protection) -> None:
+        workload = handle.workload
+        scope = self._protect_scopes.pop(workload, None)
+        if scope is not None:
+            scope.cancel()
+        if protection.mode == "off":
+            self._protectors.pop(workload, None)
+            return
+        self.address_of(protection.to)  # raises UnknownNode now, not at failover
+        module = self._modules.get(workload)
+        if module is None:
+            raise ValueError(f"workload {workload} was not spawned by this cluster; its module is unknown")
+        protector = Protector(self, workload, module, protection)
+        await protector.start(handle)
+        self._protectors[workload] = protector
+        self._protect_scopes[workload] = scope = trio.CancelScope()
+
+        async def loop() -> None:
+            with scope:
+                await protector.run(handle)
+
+        self._nursery.start_soon(loop)
+
+    def log_operation(self, workload: str, entry: dict) -> None:
+        protector = self._protectors.get(workload)
+        if protector is not None:
+            protector.record(entry)
+
+    async def recover(self, workload: str, epoch: int) -> tuple[str, str, int] | None:
+        """Fail a protected workload over when no node owns it; None if unprotected.
+
+        Raises FailoverFailed.
+        """
+        protector = self._protectors.get(workload)
+        if protector is None:
+            return None
+        try:
+            name, address, new_epoch, rebuilt = await protector.failover(epoch)
+        except FailoverFailed as exc:
+            self.publish("diverged" if "diverged" in str(exc) else "failover_failed", workload, "", str(exc))
+            raise
+        if not rebuilt:
+            return name, address, new_epoch
+        self.publish("failed_over", workload, name, f"rebuilt at epoch {new_epoch} from checkpoint and log")
+        self._nursery.start_soon(_refresh_checkpoint, protector, self, workload)
+        return name, address, new_epoch
 
     async def attach(self, workload: str) -> Handle:
         """A new handle (a new caller) to an existing workload, found by id.
@@ -187,6 +256,15 @@ class Cluster:
                 self.learn(where.to_name or where.to_address, where.to_address)
                 pending.append(where.to_address)
         return best
+
+
+async def _refresh_checkpoint(protector: Protector, cluster: Cluster, workload: str) -> None:
+    """Take a checkpoint at the new owner at once, so a second loss is survivable too."""
+    found = await cluster.locate(workload)
+    if found is not None:
+        name, address, epoch = found
+        with contextlib.suppress(NodeError):
+            await protector.take_checkpoint(Handle(cluster, workload, node=name, address=address, epoch=epoch))
 
 
 async def _close_quietly(client: NodeClient) -> None:

@@ -23,6 +23,7 @@ from nodes._messages import ErrorCode
 
 from ._errors import MigrationFailed, WorkloadUnavailable
 from ._messages import MCall, MMigrate, MReport, MResult
+from ._protect import Protection
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,17 @@ class Handle:
     async def write_memory(self, offset: int, data: bytes) -> None:
         """Write ``data`` into the workload's memory 0 at ``offset``."""
         await self._invoke(op="write", offset=offset, data=bytes(data))
+
+    async def protect(self, mode: str = "checkpoint", *, interval_s: float = 1.0, to: str = "local") -> None:
+        """Protect the workload against losing its node, or stop (``mode="off"``).
+
+        With "checkpoint", the application fetches a checkpoint every
+        ``interval_s`` and logs every operation made through its handles;
+        if the owner becomes unreachable, the workload is rebuilt on node
+        ``to`` from the checkpoint and the log, and calls carry on there.
+        Raises UnknownNode, ValueError for a bad mode, and node errors.
+        """
+        await self._cluster.protect(self, Protection(mode=mode, interval_s=interval_s, to=to))
 
     async def remove(self) -> None:
         """Stop the workload and free it on its node; the handle is unusable afterwards."""
@@ -181,6 +193,7 @@ class Handle:
                 blackout_s=r.blackout_s, rounds=r.rounds, bytes_sent=r.bytes_sent, pages_sent=r.pages_sent,
                 dirty_pages_per_s=r.dirty_pages_per_s, throttle=r.throttle, epoch=r.epoch, notes=r.notes)
             self._moved_to(r.target, target, r.epoch)
+            self._cluster.publish("moved", self.workload, r.target, f"{r.strategy} from {r.source}")
             return report
 
     # --- plumbing -------------------------------------------------------------
@@ -221,14 +234,24 @@ class Handle:
                     continue
                 self._finish(seq)
                 raise
-            except Exception:
+            except Exception as exc:
                 self._finish(seq)  # the workload's own error: the call ran (or was refused) once
+                index = getattr(exc, "op_index", 0)
+                if index:
+                    self._cluster.log_operation(self.workload, dict(
+                        fields, caller=self._caller, seq=seq, index=index, ok=False,
+                        code=str(getattr(exc, "code", "")) or _code_of(exc), message=str(exc),
+                        inputs=getattr(exc, "op_inputs", None)))
                 raise
             if reply.moved_to is not None:
                 self._moved_to(reply.moved_to, reply.moved_address, reply.epoch)
                 continue
             self._finish(seq)
             self.epoch = max(self.epoch, reply.epoch)
+            if reply.index:
+                self._cluster.log_operation(self.workload, dict(
+                    fields, caller=self._caller, seq=seq, index=reply.index, ok=True, values=list(reply.values),
+                    data=reply.data, inputs=reply.inputs))
             return reply
 
     async def _relocate(self, deadline: float, *, ran: bool | None = None) -> None:
@@ -239,6 +262,8 @@ class Handle:
         delay = 0.02
         while True:
             found = await self._cluster.locate(self.workload)
+            if found is None:
+                found = await self._cluster.recover(self.workload, self.epoch)
             if found is not None:
                 name, address, epoch = found
                 if epoch >= self.epoch:
@@ -249,6 +274,12 @@ class Handle:
                     f"no node can serve workload {self.workload} (last seen on {self._node})", ran=ran)
             await trio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+def _code_of(exc: Exception) -> str:
+    from nodes._error_codes import code_for
+
+    return str(code_for(exc))
 
 
 def module_bytes(module: bytes | str | Path) -> bytes:

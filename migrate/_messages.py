@@ -52,6 +52,11 @@ class MResult(Reply):
     replayed: bool = False
     moved_to: str | None = None
     moved_address: str | None = None
+    #: position of this call in the workload's order of state-changing
+    #: operations (0 for reads), and the nondeterministic inputs it consumed
+    #: when the workload is recorded (protected, or followed by a replica)
+    index: int = 0
+    inputs: Any = None
 
 
 @register("m_call", reply=MResult)
@@ -140,6 +145,9 @@ class MIncoming(Request):
     app: str
     epoch: int
     source: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
+    memory_limit_bytes: int | None = None
 
 
 @register("m_chunk", reply=Done)
@@ -173,6 +181,14 @@ class MCommit(Request):
     epoch: int
     ledger: Any
     calls: int
+    index: int = 0
+    record: bool = False
+    #: dual handover: the pages written since the cut, and the source's digest
+    #: of them (``snapshot.pages_digest``); the target refuses on a mismatch
+    pages: Any = None
+    digest: str | None = None
+    #: the guest's monotonic clock at the source, so time never runs backwards
+    monotonic_ns: int | None = None
 
 
 @register("m_abort", reply=Done)
@@ -182,3 +198,67 @@ class MAbort(Request):
 
     workload: str
     epoch: int
+
+
+@register("m_protect", reply=Done)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MProtect(Request):
+    """Turn recording of nondeterministic inputs on or off for a workload."""
+
+    workload: str
+    record: bool
+
+
+@register("m_checkpoint_data")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MCheckpointData(Reply):
+    """A consistent snapshot (encoded) taken after operation ``index``."""
+
+    data: bytes
+    index: int
+    epoch: int
+    ledger: Any
+    calls: int
+    module_sha256: str
+    app: str
+    monotonic_ns: int
+    settings: Any = None
+
+
+@register("m_checkpoint", reply=MCheckpointData)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MCheckpoint(Request):
+    """Owner: return a consistent checkpoint of the workload, with its ledger."""
+
+    workload: str
+
+
+@register("m_replay", reply=Done)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MReplay(Request):
+    """Re-run logged operations on an incoming workload, in order.
+
+    Each entry is a map: op, export, args, offset, data, inputs, caller,
+    seq, index and the outcome the original run gave ("ok", "values",
+    "data", "code").  A different outcome is a divergence: the request fails
+    and the incoming copy is dropped.
+    """
+
+    workload: str
+    epoch: int
+    entries: tuple[Any, ...]
+
+
+@register("m_align", reply=Done)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MAlign(Request):
+    """Dual handover: the incoming copy now holds the state at the cut.
+
+    ``calls`` is the workload's call counter there (recorded inputs name
+    it) and ``index`` its operation index; replay follows from there.
+    """
+
+    workload: str
+    epoch: int
+    calls: int
+    index: int

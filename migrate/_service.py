@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import time
 import uuid
@@ -36,16 +37,22 @@ from nodes import _host_errors as he
 from nodes._config import parse_address
 from nodes._error_codes import code_for, error_reply
 from nodes._messages import Done, ErrorCode, ErrorReply
+from nodes._replay import CallInputs
 
 from ._ledger import CallLedger, Outcome
 from ._messages import (
     MAbort,
+    MAlign,
     MCall,
     MChunk,
     MCommit,
     MCommitted,
+    MCheckpoint,
+    MCheckpointData,
     MIncoming,
     MLocate,
+    MProtect,
+    MReplay,
     MMigrate,
     MReport,
     MResult,
@@ -62,7 +69,7 @@ logger = logging.getLogger(__name__)
 #: chunk run on the node's event loop; 1 MiB keeps each such step to about a
 #: millisecond, so calls keep flowing while a round is sent.
 CHUNK_BYTES = 1 * 2**20
-STRATEGIES = ("precopy", "stop-copy")
+STRATEGIES = ("precopy", "stop-copy", "dual")
 
 #: Crash testing: a node started with MIGRATE_NODE_CRASH_AT=<phase> dies at
 #: once, as SIGKILL would kill it, when a migration reaches <phase>.  The
@@ -88,6 +95,9 @@ class Owned:
     throttle: float = 0.0
     migrating: bool = False
     moved: "Tombstone | None" = None
+    index: int = 0        # state-changing operations run so far, in order
+    record: bool = False  # record nondeterministic inputs (protected or followed)
+    follow: "trio.MemorySendChannel | None" = None  # dual execution: entries for the follower
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,8 @@ class Incoming:
     rounds: int = 0
     created: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
+    index: int = 0  # last operation replayed into it
+    settings: dict = field(default_factory=dict)  # args, env, memory cap
 
 
 class MigrationError(NodeError):
@@ -183,8 +195,9 @@ def _result(request_id: int, outcome: Outcome, epoch: int, replayed: bool):
     if not outcome.ok:
         return ErrorReply(id=request_id, code=ErrorCode(outcome.code), message=outcome.message,
                           details=outcome.value or None)
-    values, data = outcome.value
-    return MResult(id=request_id, values=tuple(values), data=data, epoch=epoch, replayed=replayed)
+    values, data, index, inputs = outcome.value
+    return MResult(id=request_id, values=tuple(values), data=data, epoch=epoch, replayed=replayed,
+                   index=index, inputs=inputs)
 
 
 async def on_call(node, session, req: MCall):
@@ -209,8 +222,12 @@ async def on_call(node, session, req: MCall):
             return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
                               message=f"call {req.caller}:{req.seq} was already answered and acknowledged")
         started = time.perf_counter()
-        outcome = await _run(node, req)
+        outcome = await _run(node, req, owned)
         ledger.record(req.caller, req.seq, outcome)
+        if owned.follow is not None:
+            entry = log_entry(req, outcome)
+            if entry is not None:
+                owned.follow.send_nowait(entry)
         if req.op == "remove" and outcome.ok:
             svc.owned.pop(req.workload, None)
         if owned.throttle:
@@ -220,26 +237,68 @@ async def on_call(node, session, req: MCall):
         return _result(req.id, outcome, owned.epoch, replayed=False)
 
 
-async def _run(node, req: MCall) -> Outcome:
+def log_entry(req: MCall, outcome: Outcome) -> dict | None:
+    """The log entry of a state-changing operation, as MReplay takes it; None for others."""
+    if outcome.ok:
+        values, data, index, inputs = outcome.value
+        if not index:
+            return None
+        return {"op": req.op, "export": req.export, "args": list(req.args), "offset": req.offset,
+                "data": req.data if req.op == "write" else data, "caller": req.caller, "seq": req.seq,
+                "index": index, "ok": True, "values": list(values), "inputs": inputs}
+    details = outcome.value or {}
+    if not details.get("op_index"):
+        return None
+    return {"op": req.op, "export": req.export, "args": list(req.args), "offset": req.offset,
+            "data": req.data, "caller": req.caller, "seq": req.seq, "index": details["op_index"], "ok": False,
+            "code": outcome.code, "inputs": details.get("op_inputs")}
+
+
+async def _run(node, req: MCall, owned: Owned, inputs=None) -> Outcome:
+    """Run one operation; a state-changing one takes the next index.
+
+    ``inputs`` replays recorded nondeterministic inputs (a follower or a
+    failover replay); otherwise, if the workload is recorded, the inputs the
+    call consumed come back in the outcome.
+    """
     host = node.host
+    mutating = req.op in ("call", "write")
     try:
         if req.op == "call":
-            result = await node.run_host(host.call, req.workload, req.export, req.args)
-            values = () if result is None else (result if isinstance(result, tuple) else (result,))
-            return Outcome(True, (list(values), b""))
-        if req.op == "read":
-            data = await node.run_host(host.read_memory, req.workload, req.offset, req.length)
-            return Outcome(True, ([], data))
-        if req.op == "write":
+            if inputs is not None:
+                result = await node.run_host(host.call, req.workload, req.export, req.args,
+                                             inputs=CallInputs.from_wire(inputs))
+            else:
+                result = await node.run_host(host.call, req.workload, req.export, req.args)
+            values = [] if result is None else list(result) if isinstance(result, tuple) else [result]
+            data = b""
+        elif req.op == "read":
+            values, data = [], await node.run_host(host.read_memory, req.workload, req.offset, req.length)
+        elif req.op == "write":
             await node.run_host(host.write_memory, req.workload, req.offset, req.data)
-            return Outcome(True, ([], b""))
-        if req.op == "remove":
+            values, data = [], b""
+        elif req.op == "remove":
             await node.run_host(host.remove, req.workload)
-            return Outcome(True, ([], b""))
-        raise he.BadArguments(f"unknown operation {req.op!r}")
+            values, data = [], b""
+        else:
+            raise he.BadArguments(f"unknown operation {req.op!r}")
     except he.HostError as exc:
         reply = error_reply(0, exc)
-        return Outcome(False, reply.details, str(code_for(exc)), reply.message)
+        details = dict(reply.details or {})
+        if mutating and not isinstance(exc, he.RequestError):
+            # The call ran and trapped: it may have changed state, so it is
+            # part of the order a replay must follow.
+            owned.index += 1
+            details["op_index"] = owned.index
+            if owned.record and req.op == "call" and inputs is None:
+                details["op_inputs"] = (await node.run_host(host.last_inputs, req.workload)).to_wire()
+        return Outcome(False, details or None, str(code_for(exc)), reply.message)
+    recorded = None
+    if mutating:
+        owned.index += 1
+        if owned.record and req.op == "call" and inputs is None:
+            recorded = (await node.run_host(host.last_inputs, req.workload)).to_wire()
+    return Outcome(True, (values, data, owned.index if mutating else 0, recorded))
 
 
 async def on_locate(node, session, req: MLocate) -> MWhere:
@@ -255,6 +314,36 @@ async def on_locate(node, session, req: MLocate) -> MWhere:
     if incoming is not None:
         return MWhere(id=req.id, status="incoming", epoch=incoming.epoch)
     return MWhere(id=req.id, status="unknown")
+
+
+async def on_protect(node, session, req: MProtect) -> Done:
+    owned = service(node).owner_of(req.workload)
+    if owned is None or owned.moved is not None:
+        return _not_owner(req.id, node, req.workload)
+    async with owned.lock:
+        await node.run_host(node.host.set_replay_mode, req.workload, "record" if req.record else "off")
+        owned.record = req.record
+    return Done(id=req.id)
+
+
+async def on_checkpoint(node, session, req: MCheckpoint) -> MCheckpointData:
+    owned = service(node).owner_of(req.workload)
+    if owned is None or owned.moved is not None:
+        return _not_owner(req.id, node, req.workload)
+    async with owned.lock:  # between calls: consistent with index and ledger
+        snap = await node.run_host(node.host.checkpoint, req.workload)
+        info = await node.run_host(node.host.info, req.workload)
+        clock = await node.run_host(node.host.clock_state, req.workload)
+        settings = await node.run_host(node.host.launch_settings, req.workload)
+        index, ledger, epoch = owned.index, owned.ledger.to_wire(), owned.epoch
+    data = await trio.to_thread.run_sync(lambda: snap.to_bytes())
+    if len(data) > node.config.max_frame_bytes - 4096:
+        raise he.ResourceLimitExceeded("checkpoint_bytes", len(data), node.config.max_frame_bytes - 4096,
+                                       "the checkpoint does not fit one frame")
+    return MCheckpointData(id=req.id, data=data, index=index, epoch=epoch, ledger=ledger, calls=info.calls,
+                           module_sha256=info.module_sha256, app=info.app, monotonic_ns=clock,
+                           settings={"args": list(settings["args"]), "env": settings["env"],
+                                     "memory_limit_bytes": settings["memory_limit_bytes"]})
 
 
 # --- target side --------------------------------------------------------
@@ -273,7 +362,9 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
     if owned is not None:  # an older epoch here: a fenced-off leftover
         svc.owned.pop(req.workload, None)
         await node.run_host(_remove_quietly, node.host, req.workload)
-    svc.incoming[req.workload] = Incoming(req.workload, req.module_sha256, req.app, req.epoch, req.source)
+    svc.incoming[req.workload] = Incoming(
+        req.workload, req.module_sha256, req.app, req.epoch, req.source,
+        settings={"args": tuple(req.args), "env": dict(req.env or {}), "memory_limit_bytes": req.memory_limit_bytes})
     return Done(id=req.id)
 
 
@@ -310,7 +401,7 @@ async def on_chunk(node, session, req: MChunk) -> Done:
             inc.assembler = snapshot.SnapshotAssembler()
             if not inc.created:
                 await node.run_host(node.host.restore, inc.module_sha256, snap, workload_id=inc.workload,
-                                    app=inc.app)
+                                    app=inc.app, **inc.settings)
                 inc.created = True
             else:
                 await node.run_host(node.host.apply_snapshot, inc.workload, snap)
@@ -324,6 +415,62 @@ def _decode_into(inc: Incoming, data: bytes) -> None:
         inc.assembler.add(event)
 
 
+async def on_replay(node, session, req: MReplay) -> Done:
+    """Re-run logged operations on an incoming workload; refuse on divergence."""
+    svc = service(node)
+    inc = svc.incoming.get(req.workload)
+    if inc is None or inc.epoch != req.epoch or not inc.created:
+        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+                          message=f"no restored incoming copy of {req.workload} at epoch {req.epoch}")
+    async with inc.lock:
+        shadow = Owned(req.workload, epoch=req.epoch, index=inc.index)
+        for entry in req.entries:
+            try:
+                op = MCall(id=0, workload=req.workload, op=entry["op"], caller=entry["caller"], seq=entry["seq"],
+                           export=entry.get("export", ""), args=tuple(entry.get("args", ())),
+                           offset=entry.get("offset", 0), data=entry.get("data", b""))
+                if entry["index"] != shadow.index + 1:
+                    raise ValueError(f"log has a gap before operation {entry['index']} (at {shadow.index})")
+                got = await _run(node, op, shadow, inputs=entry.get("inputs"))
+            except (KeyError, TypeError, ValueError) as exc:
+                why = f"bad log entry: {exc}"
+            else:
+                why = _divergence(entry, got)
+            if why is not None:
+                svc.incoming.pop(req.workload, None)
+                await node.run_host(_remove_quietly, node.host, req.workload)
+                logger.warning("replay diverged: %s", why, extra={"workload": req.workload})
+                return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+                                  message=f"replay of {req.workload} diverged: {why}")
+        inc.index = shadow.index
+    return Done(id=req.id)
+
+
+def _divergence(entry: dict, got: Outcome) -> str | None:
+    """Why a replayed outcome differs from the logged one, or None."""
+    if bool(entry["ok"]) != got.ok:
+        return f"operation {entry['index']} {'succeeded' if got.ok else 'failed'} on replay, not originally"
+    if not got.ok:
+        return None if entry.get("code") == got.code else f"operation {entry['index']} failed differently"
+    values, data, _, _ = got.value
+    if list(entry.get("values", ())) != list(values) or entry.get("data", b"") != data:
+        return f"operation {entry['index']} returned {values!r}, originally {list(entry.get('values', ()))!r}"
+    return None
+
+
+async def on_align(node, session, req: MAlign) -> Done:
+    svc = service(node)
+    inc = svc.incoming.get(req.workload)
+    if inc is None or inc.epoch != req.epoch or not inc.created:
+        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+                          message=f"no restored incoming copy of {req.workload} at epoch {req.epoch}")
+    async with inc.lock:
+        await node.run_host(node.host.set_call_count, req.workload, req.calls)
+        await node.run_host(node.host.set_replay_mode, req.workload, "replay")
+        inc.index = req.index
+    return Done(id=req.id)
+
+
 async def on_commit(node, session, req: MCommit) -> MCommitted:
     svc = service(node)
     inc = svc.incoming.get(req.workload)
@@ -335,10 +482,27 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
     except ValueError as exc:
         return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
     _crash_point("target:before-commit")
+    if req.digest is not None:
+        try:
+            pages = {int(k): [int(p) for p in v] for k, v in dict(req.pages or {}).items()}
+        except (TypeError, ValueError):
+            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message="malformed page list")
+        ours = await node.run_host(node.host.pages_digest, req.workload, pages)
+        if ours != req.digest:
+            svc.incoming.pop(req.workload, None)
+            await node.run_host(_remove_quietly, node.host, req.workload)
+            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+                              message=f"replay of {req.workload} diverged: the state written since the cut "
+                                      "differs from the source's")
     async with inc.lock:
         del svc.incoming[req.workload]
         svc.moved.pop(req.workload, None)
-        svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=ledger)
+        svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=ledger,
+                                        index=max(req.index, inc.index), record=req.record)
+        await node.run_host(node.host.set_replay_mode, req.workload, "record" if req.record else "off")
+        await node.run_host(node.host.set_call_count, req.workload, req.calls)
+        if req.monotonic_ns is not None:
+            await node.run_host(node.host.continue_clock, req.workload, req.monotonic_ns)
     _crash_point("target:after-commit")
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})
     return MCommitted(id=req.id, epoch=req.epoch)
@@ -389,6 +553,15 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
     return MReport(id=req.id, report=report)
 
 
+def _drain(receive: trio.MemoryReceiveChannel) -> list[dict]:
+    batch = []
+    while True:
+        try:
+            batch.append(receive.receive_nowait())
+        except trio.WouldBlock:
+            return batch
+
+
 def _encode_chunks(snap: snapshot.Snapshot) -> tuple[list[bytes], int]:
     """Encode a snapshot into MChunk-sized pieces; return them and the byte count."""
     encoder = snapshot.SnapshotEncoder()
@@ -415,6 +588,8 @@ class Migration:
         self.rounds = 0
         self.blackout_s = 0.0
         self.notes: list[str] = []
+        self.cut_s = 0.0
+        self.diverged = ""
         self.planner = PrecopyPlanner(PrecopyConfig(downtime_budget_s=req.downtime_budget_s,
                                                     max_rounds=max(1, req.max_rounds)))
 
@@ -431,9 +606,12 @@ class Migration:
             info = await node.run_host(host.info, self.workload)
             await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
             await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
-                                 app=info.app, epoch=self.epoch, source=node.config.name)
+                                 app=info.app, epoch=self.epoch, source=node.config.name,
+                                 **await node.run_host(host.launch_settings, self.workload))
             if self.req.strategy == "stop-copy":
                 committed = await self._stop_and_copy(client, target_name)
+            elif self.req.strategy == "dual":
+                committed = await self._dual(client, target_name, info)
             else:
                 committed = await self._precopy(client, target_name)
         except (NodeError, he.HostError, OSError) as exc:
@@ -466,7 +644,12 @@ class Migration:
         self.rounds += 1
         return time.perf_counter() - t0
 
-    async def _precopy(self, client, target_name: str) -> bool:
+    async def _rounds(self, client) -> None:
+        """Send pre-copy rounds until the planner says the rest fits the budget.
+
+        The last delta, captured while running, is sent too; what changed
+        after it is left for the caller's final, frozen round.
+        """
         node, host = self.node, self.node.host
         self.planner.start(time.perf_counter())
         full = await node.run_host(host.start_tracking, self.workload)
@@ -484,9 +667,12 @@ class Migration:
             sent_before = self.bytes_sent
             took = await self._send(client, delta)
             last_pages, last_bytes = delta.page_count, self.bytes_sent - sent_before
-        # The remaining delta fits the budget: send it while still running,
-        # then freeze and send what changed meanwhile.
         await self._send(client, delta)
+        self.owned.throttle = 0.0
+
+    async def _precopy(self, client, target_name: str) -> bool:
+        node, host = self.node, self.node.host
+        await self._rounds(client)
         async with self.owned.lock:
             frozen = time.perf_counter()
             await node.run_host(host.freeze, self.workload)  # holds raw (non-handle) calls too
@@ -521,7 +707,88 @@ class Migration:
                 # Committed: the old copy stays frozen until run() removes it,
                 # after the queued handle calls have been redirected.
 
-    async def _commit(self, client, target_name: str) -> bool:
+    async def _dual(self, client, target_name: str, info) -> bool:
+        """Hand over without freezing for a page transfer (issue 5's "dual").
+
+        1. Pre-copy rounds while the workload runs.
+        2. The cut: hold calls only for a local copy of the pages dirtied
+           since the last round, and start recording every call's
+           nondeterministic inputs.
+        3. The source keeps serving; each call after the cut is logged and
+           forwarded, and the target replays it with the recorded inputs and
+           compares its outcome (dual execution), while the cut travels.
+        4. The switch: once the target has caught up, hold calls, hand over
+           the last log entries, compare digests of the pages written since
+           the cut, and commit.  The blackout is a routing switch.
+        A divergence aborts the dual handover and falls back to pre-copy.
+        """
+        node, host, owned = self.node, self.node.host, self.owned
+        await self._rounds(client)
+        was_record = owned.record
+        send, receive = trio.open_memory_channel(math.inf)
+        async with owned.lock:
+            t0 = time.perf_counter()
+            await node.run_host(host.set_replay_mode, self.workload, "record")
+            cut = await node.run_host(host.capture_delta, self.workload)
+            calls_at_cut = (await node.run_host(host.info, self.workload)).calls
+            index_at_cut = owned.index
+            owned.record, owned.follow = True, send
+            self.cut_s = time.perf_counter() - t0
+        try:
+            await self._send(client, cut)
+            await client.request(MAlign, workload=self.workload, epoch=self.epoch, calls=calls_at_cut,
+                                 index=index_at_cut)
+            forwarded = 0
+            while True:  # dual execution: the target follows the log
+                batch = _drain(receive)
+                if batch:
+                    await client.request(MReplay, workload=self.workload, epoch=self.epoch, entries=tuple(batch))
+                    forwarded += len(batch)
+                    continue
+                async with owned.lock:  # the switch
+                    frozen = time.perf_counter()
+                    await node.run_host(host.freeze, self.workload)
+                    committed = False
+                    try:
+                        batch = _drain(receive)
+                        if batch:
+                            await client.request(MReplay, workload=self.workload, epoch=self.epoch,
+                                                 entries=tuple(batch))
+                            forwarded += len(batch)
+                        since_cut = await node.run_host(host.capture_delta, self.workload)
+                        pages = {m.index: [p for r in m.runs for p in range(r.first_page, r.end_page)]
+                                 for m in since_cut.memories}
+                        digest = await node.run_host(host.pages_digest, self.workload, pages)
+                        owned.record, owned.follow = was_record, None
+                        if not was_record:
+                            await node.run_host(host.set_replay_mode, self.workload, "off")
+                        committed = await self._commit(client, target_name, digest=(pages, digest))
+                        self.notes.append(f"target replayed {forwarded} calls after the cut")
+                        return committed
+                    finally:
+                        # Calls were held twice: at the cut and at the switch.
+                        self.blackout_s = max(self.cut_s, time.perf_counter() - frozen)
+                        if not committed:
+                            await node.run_host(_thaw, host, self.workload)
+        except RemoteNodeError as exc:
+            owned.record, owned.follow = was_record, None
+            if "diverged" not in str(exc):
+                raise
+            # Fall back: the target dropped its copy; send it again, pre-copy.
+            if not was_record:
+                await node.run_host(host.set_replay_mode, self.workload, "off")
+            self.diverged = str(exc)
+            self.notes.append(f"diverged ({exc}); fell back to precopy")
+            logger.warning("dual handover diverged, falling back to pre-copy: %s", exc,
+                           extra={"workload": self.workload})
+            await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
+                                 app=info.app, epoch=self.epoch, source=node.config.name,
+                                 **await node.run_host(host.launch_settings, self.workload))
+            return await self._precopy(client, target_name)
+        finally:
+            owned.follow = None
+
+    async def _commit(self, client, target_name: str, *, digest=None) -> bool:
         """Hand ownership over; called with the workload frozen.
 
         Returns True once the target owns the workload.  Raises (and so
@@ -530,9 +797,13 @@ class Migration:
         owned = self.owned
         _crash_point("source:frozen")
         info = await self.node.run_host(self.node.host.info, self.workload)
+        clock = await self.node.run_host(self.node.host.clock_state, self.workload)
         try:
             await client.request(MCommit, workload=self.workload, epoch=self.epoch,
-                                 ledger=owned.ledger.to_wire(), calls=info.calls)
+                                 ledger=owned.ledger.to_wire(), calls=info.calls, index=owned.index,
+                                 record=owned.record,
+                                 pages={str(k): v for k, v in digest[0].items()} if digest else None,
+                                 digest=digest[1] if digest else None, monotonic_ns=clock)
         except ConnectionFailed:
             # In doubt: the commit may have landed before the link broke.
             if not await self._target_owns():
@@ -579,7 +850,9 @@ class Migration:
 register_status(lambda node: service(node).status())
 
 for _kind, _handler in ((MSpawn, on_spawn), (MCall, on_call), (MLocate, on_locate), (MIncoming, on_incoming),
-                        (MChunk, on_chunk), (MCommit, on_commit), (MAbort, on_abort), (MMigrate, on_migrate)):
+                        (MChunk, on_chunk), (MCommit, on_commit), (MAbort, on_abort), (MMigrate, on_migrate),
+                        (MProtect, on_protect), (MCheckpoint, on_checkpoint), (MReplay, on_replay),
+                        (MAlign, on_align)):
     register_handler(_kind, _handler)
 
 __all__ = ["MigrationError", "MigrationService", "service", "RemoteNodeError"]

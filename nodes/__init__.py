@@ -49,9 +49,13 @@ from ._messages import (
     register,
 )
 from ._protocol import Connection, ConnectionClosed, State
+from ._replay import CallInputs, ReplayDivergence, ReplayUnsupported
 from ._tls import client_context, init_ca, issue_cert, server_context
 
 __all__ = [
+    "CallInputs",
+    "ReplayDivergence",
+    "ReplayUnsupported",
     "PROTOCOL_VERSIONS",
     "Address",
     "BadArguments",

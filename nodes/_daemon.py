@@ -70,7 +70,7 @@ from ._messages import (
     WriteMemory,
 )
 from ._peers import PeerTable, watch_peer
-from ._protocol import ConnectionClosed
+from ._protocol import ConnectionClosed, State
 from ._tls import client_context, server_context
 from ._transport import Channel, accept_channel
 
@@ -259,6 +259,8 @@ class Node:
                 try:
                     await session.channel.send(reply)
                 except LocalProtocolError as exc:
+                    if session.channel.connection.state is not State.READY:
+                        return  # the connection closed while the request ran: nobody to answer
                     # A handler answered with the wrong reply class: a bug on
                     # this node, which must cost one request, not the node.
                     self.counters["internal_errors"] += 1

@@ -14,6 +14,7 @@ from typing import Any
 from . import _host_errors as he
 from ._errors import RemoteNodeError
 from ._messages import ErrorCode, ErrorReply
+from ._replay import ReplayDivergence, ReplayUnsupported
 from ._wire import FieldError, check_plain
 
 _CLASS_FOR_CODE: dict[ErrorCode, type[Exception]] = {
@@ -33,6 +34,8 @@ _CLASS_FOR_CODE: dict[ErrorCode, type[Exception]] = {
     ErrorCode.WORKLOAD_TIMEOUT: he.WorkloadTimeout,
     ErrorCode.WORKLOAD_EXITED: he.WorkloadExited,
     ErrorCode.SNAPSHOT_FAILED: he.SnapshotFailed,
+    ErrorCode.REPLAY_DIVERGED: ReplayDivergence,
+    ErrorCode.REPLAY_UNSUPPORTED: ReplayUnsupported,
 }
 _CODE_FOR_CLASS = {cls: code for code, cls in _CLASS_FOR_CODE.items()}
 

@@ -25,6 +25,8 @@ so ``data_dir`` must be writable by the node operator only.
 
 from __future__ import annotations
 
+from typing import Any
+
 import ctypes
 import hashlib
 import importlib.metadata
@@ -1130,6 +1132,24 @@ class Host:
     def info(self, workload_id: str) -> WorkloadInfo:
         """Describe one workload.  Raises ``UnknownWorkload``."""
         return self._get(workload_id).info()
+
+    def launch_settings(self, workload_id: str) -> dict[str, Any]:
+        """The settings a copy of the workload must start with elsewhere: args, env, memory cap.
+
+        (Preopened directories are local to this host and do not travel.)
+        Raises ``UnknownWorkload``.
+        """
+        w = self._get(workload_id)
+        return {"args": tuple(w.args), "env": dict(w.env), "memory_limit_bytes": w.memory_limit_bytes}
+
+    def continue_clock(self, workload_id: str, monotonic_ns: int) -> None:
+        """Make the guest's monotonic clock carry on from ``monotonic_ns`` (after a move).
+
+        Raises ``UnknownWorkload``.
+        """
+        w = self._get(workload_id)
+        with self._using(w):
+            w.budget.inputs.continue_from(monotonic_ns)
 
     def stats(self) -> HostStats:
         """Return the host's counters."""

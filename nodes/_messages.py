@@ -56,6 +56,8 @@ class ErrorCode(enum.StrEnum):
     WORKLOAD_TIMEOUT = "workload_timeout"
     WORKLOAD_EXITED = "workload_exited"
     SNAPSHOT_FAILED = "snapshot_failed"
+    REPLAY_DIVERGED = "replay_diverged"
+    REPLAY_UNSUPPORTED = "replay_unsupported"
     # live migration (the migrate package)
     MIGRATION_FAILED = "migration_failed"   # aborted; the workload stayed at the source
     MIGRATION_BUSY = "migration_busy"       # the workload is already moving

@@ -6,7 +6,7 @@
     snapshot.restore(snapshot.Snapshot.from_bytes(data), store2, fresh_instance)
 """
 
-from ._capture import CaptureBuffers, capture, capture_pages, restore, state_id
+from ._capture import CaptureBuffers, capture, capture_pages, pages_digest, restore, state_id
 from ._dirty import CompareDirtyTracker, DirtyTracker, UffdDirtyTracker, open_tracker, uffd_available
 from ._errors import (
     AuthenticationError,
@@ -50,7 +50,7 @@ from ._session import StateTracker
 __all__ = [
     "CompareDirtyTracker", "DecodeLimits", "DirtyTracker", "End", "Meta", "PageBatch",
     "SnapshotAssembler", "SnapshotDecoder", "SnapshotEncoder", "StateTracker", "UffdDirtyTracker", "generate_key",
-    "open_tracker", "uffd_available",
+    "open_tracker", "pages_digest", "uffd_available",
     "AuthenticationError", "BaseMismatchError", "CaptureBuffers", "CorruptSnapshotError",
     "DirtyTrackingError", "GlobalState", "IncompatibleSnapshotError", "InvalidModuleError",
     "LocalSnapshotError", "Manifest", "MemoryState", "ModuleMismatchError", "OversizedSnapshotError",

@@ -499,3 +499,29 @@ def _signed(value: int, bits: int) -> int:
 def state_id(instance: wasmtime.Instance) -> bytes | None:
     """Return the id of the state an instance held at its last capture or restore."""
     return _state_ids.get(instance)
+
+
+def pages_digest(store: wasmtime.Store, instance: wasmtime.Instance, pages: dict[int, list[int]]) -> str:
+    """Digest the given 4 KiB pages of each memory, plus memory sizes and globals.
+
+    Two replicas that should be identical compare the pages one of them
+    wrote since they last agreed (a delta's pages): far cheaper than hashing
+    whole memories, and it catches every divergence in what was written.
+    Pages past a memory's end are digested as absent.
+    """
+    import hashlib
+
+    lay = layout(store, instance)
+    h = hashlib.blake2b(digest_size=16)
+    for index, memory in lay.memories:
+        ptr, size = _memory_view(store, memory)
+        h.update(b"M%d:%d;" % (index, size))
+        limit = size // PAGE_BYTES
+        for page in pages.get(index, ()):
+            if page < limit:
+                h.update(page.to_bytes(8, "little"))
+                h.update(ctypes.string_at(ptr + page * PAGE_BYTES, PAGE_BYTES))
+    for slot in lay.globals:
+        g = _read_global(store, lay, slot)
+        h.update(b"G%d:%s;" % (g.index, repr(g.value).encode()))
+    return h.hexdigest()

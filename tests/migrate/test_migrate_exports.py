@@ -5,7 +5,8 @@ import migrate
 
 def test_export_list_is_stable():
     assert sorted(migrate.__all__) == sorted([
-        "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Handle", "MigrateError", "MigrationFailed",
+        "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Event", "FailoverFailed", "Handle",
+        "MigrateError", "MigrationFailed", "Protection",
         "MigrationReport", "NodeInfo", "Outcome", "PrecopyConfig", "PrecopyPlanner", "UnknownNode",
         "WorkloadUnavailable", "connect",
     ])

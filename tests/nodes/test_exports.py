@@ -13,7 +13,8 @@ def test_all_names_exist_and_nothing_public_is_left_out():
 
 def test_export_list_is_stable():
     assert sorted(nodes.__all__) == sorted([
-        "PROTOCOL_VERSIONS", "Address", "BadArguments", "ConfigError", "Connection", "ConnectionClosed",
+        "PROTOCOL_VERSIONS", "Address", "BadArguments", "CallInputs", "ConfigError", "Connection", "ConnectionClosed",
+        "ReplayDivergence", "ReplayUnsupported",
         "ConnectionFailed", "ErrorCode", "Hello", "Host", "HostClosed", "HostError", "HostStats",
         "InvalidModule", "Limits", "LocalProtocolError", "Message", "Node", "NodeClient", "NodeConfig",
         "NodeError", "NodeSummary", "PeerSummary", "RemoteNodeError", "RemoteProtocolError", "Reply",

@@ -9,6 +9,10 @@
  *   int32 hog(int32 mb)  mallocs mb MiB and keeps it; 1 on success, 0 on
  *                        failure (including mb outside 0..4095)
  *   int32 hog_mb()       MiB successfully hogged so far
+ *   int64 grind()        counts in memory until the host interrupts it: how
+ *                        far it gets depends on timing, so its effect is
+ *                        deliberately nondeterministic (replay cannot repeat it)
+ *   int64 ground()       how far grind() got, in total
  */
 #include "wm.h"
 
@@ -27,6 +31,17 @@ WM_EXPORT(spin) int32_t spin(int32_t n) {
     while (i < n)
         i++;
     return i;
+}
+
+static volatile int64_t ground_total;
+
+WM_EXPORT(grind) int64_t grind(void) {
+    for (;;)
+        ground_total++;
+}
+
+WM_EXPORT(ground) int64_t ground(void) {
+    return ground_total;
 }
 
 WM_EXPORT(hog) int32_t hog(int32_t mb) {

@@ -1,0 +1,58 @@
+"""Protection and failover back to the client, with real nodes killed with SIGKILL."""
+
+import pytest
+import trio
+
+import migrate
+import workloads
+
+
+async def test_kill_9_of_the_edge_mid_stream_fails_over_to_the_client_with_exact_state(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge")
+    async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as cluster:
+        events = cluster.events()
+        h = await cluster.spawn(workloads.load("counter"), on="edge-1")
+        await h.protect("checkpoint", interval_s=0.1, to="local")
+        others = [await cluster.attach(h.workload) for _ in range(2)]
+        results: list[int] = []
+        killed = trio.Event()
+
+        async def hammer(handle, n):
+            for _ in range(n):
+                results.append(await handle.call("incr", 1))
+                if len(results) == 150 and not killed.is_set():
+                    edge.kill()  # SIGKILL, mid-stream
+                    killed.set()
+
+        async with trio.open_nursery() as nursery:
+            for handle in (h, *others):
+                nursery.start_soon(hammer, handle, 120)
+        assert killed.is_set()
+        assert len(results) == 360
+        assert len(results) == len(set(results)), "an acknowledged call was applied twice"
+        assert sorted(results) == list(range(1, 361)), "an acknowledged call was lost"
+        assert await h.call("get") == 360
+        assert h.node == "local"
+        event = events.receive_nowait()
+        while event.kind != "failed_over":
+            event = events.receive_nowait()
+        assert event.workload == h.workload and event.node == "local"
+
+
+async def test_unprotected_workload_on_a_dead_node_is_a_typed_error(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge")
+    async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as cluster:
+        h = await cluster.spawn(workloads.load("counter"), on="edge-1")
+        h.retry_s = 0.5
+        assert await h.call("incr", 1) == 1
+        edge.kill()
+        with pytest.raises(migrate.WorkloadUnavailable) as info:
+            await h.call("incr", 1)
+        assert info.value.ran is not True
+
+
+def test_protection_settings_are_checked():
+    with pytest.raises(ValueError, match="mode"):
+        migrate.Protection(mode="sometimes")
+    with pytest.raises(ValueError, match="interval"):
+        migrate.Protection(interval_s=0)
