@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / stem(cfg.mode)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    # A shell starts background jobs with SIGINT ignored; then neither Ctrl-C
+    # nor the SIGTERM above would reach trio.  Clean-up needs them to.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with tempfile.TemporaryDirectory(prefix="wm-suite-") as tmp:
             data = run_suite(cfg, Path(tmp))
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     data = write(data, out)
     print((out / f"{stem(cfg.mode)}.md").read_text())
     problems = check_results(data)

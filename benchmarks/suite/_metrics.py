@@ -37,11 +37,15 @@ class ClientBlackout:
     larger of the median gaps before and after the move (after a move the
     path may be longer, and a slower steady stream is not a blackout);
     ``blackout_s`` the difference, never below zero.
+    ``largest_gap_started_s`` is when the largest gap began, from the
+    start of the move (negative if before it; None without such a gap):
+    it tells a freeze at the end of a move from a stall at its start.
     """
 
     largest_gap_s: float
     steady_gap_s: float
     blackout_s: float
+    largest_gap_started_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,18 +98,19 @@ def client_blackout(calls: Sequence[CallSample], move_started_s: float, move_end
     if move_ended_s < move_started_s:
         raise ValueError(f"move ends ({move_ended_s}) before it starts ({move_started_s})")
     done = sorted(c.finished_s for c in calls)
-    before, during, after = [], [], []
+    before, after = [], []
+    largest, largest_at = 0.0, None
     for prev, cur in zip(done, done[1:]):
         gap = cur - prev
         if cur < move_started_s:
             before.append(gap)
         elif prev > move_ended_s:
             after.append(gap)
-        else:
-            during.append(gap)
+        elif largest_at is None or gap > largest:
+            largest, largest_at = gap, prev - move_started_s
     steady = max((statistics.median(g) for g in (before, after) if g), default=0.0)
-    largest = max(during, default=0.0)
-    return ClientBlackout(largest_gap_s=largest, steady_gap_s=steady, blackout_s=max(0.0, largest - steady))
+    return ClientBlackout(largest_gap_s=largest, steady_gap_s=steady, blackout_s=max(0.0, largest - steady),
+                          largest_gap_started_s=largest_at)
 
 
 def calls_during(calls: Sequence[CallSample], move_started_s: float, move_ended_s: float) -> list[CallSample]:

@@ -29,6 +29,7 @@ def test_a_hole_in_the_stream_is_the_blackout():
     got = client_blackout(stream(0.002, 500, missing=range(200, 250)), 0.39, 0.41)
     assert got.largest_gap_s == pytest.approx(51 * 0.002)
     assert got.blackout_s == pytest.approx(50 * 0.002)
+    assert got.largest_gap_started_s == pytest.approx(199 * 0.002 - 0.39)  # before the move began
 
 
 def test_a_slower_stream_after_the_move_is_not_blackout():
@@ -47,6 +48,7 @@ def test_gaps_are_counted_only_when_they_overlap_the_move():
 
 def test_no_calls_around_the_move_means_no_gap():
     assert client_blackout([], 1.0, 2.0).largest_gap_s == 0.0
+    assert client_blackout([], 1.0, 2.0).largest_gap_started_s is None
     assert client_blackout(stream(0.01, 10), 5.0, 6.0).blackout_s == 0.0
 
 
