@@ -25,7 +25,7 @@ from nodes._config import Address
 from nodes._daemon import serve
 
 from . import _service  # noqa: F401  (registers the migration handlers for the local node)
-from ._errors import UnknownNode
+from ._errors import MigrateError, UnknownNode
 from ._handle import Handle, module_bytes
 from ._messages import MLocate, MSpawn
 from ._protect import Event, FailoverFailed, Protection, Protector
@@ -191,6 +191,15 @@ class Cluster:
                 await protector.run(handle)
 
         self._nursery.start_soon(loop)
+
+    async def after_move(self, handle: Handle) -> None:
+        """Re-establish a hot standby at the workload's new owner."""
+        protector = self._protectors.get(handle.workload)
+        if protector is not None and protector.protection.mode == "standby":
+            try:
+                await protector.follow(handle)
+            except (NodeError, MigrateError) as exc:
+                self.publish("standby_lost", handle.workload, protector.protection.to, str(exc))
 
     def log_operation(self, workload: str, entry: dict) -> None:
         protector = self._protectors.get(workload)

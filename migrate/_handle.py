@@ -194,6 +194,7 @@ class Handle:
                 dirty_pages_per_s=r.dirty_pages_per_s, throttle=r.throttle, epoch=r.epoch, notes=r.notes)
             self._moved_to(r.target, target, r.epoch)
             self._cluster.publish("moved", self.workload, r.target, f"{r.strategy} from {r.source}")
+            await self._cluster.after_move(self)
             return report
 
     # --- plumbing -------------------------------------------------------------

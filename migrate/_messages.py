@@ -90,6 +90,7 @@ class MWhere(Reply):
     epoch: int = 0
     to_name: str | None = None
     to_address: str | None = None
+    index: int = 0  # the last operation the owner ran, or an incoming copy replayed
 
 
 @register("m_locate", reply=MWhere)
@@ -148,6 +149,7 @@ class MIncoming(Request):
     args: tuple[str, ...] = ()
     env: dict[str, str] | None = None
     memory_limit_bytes: int | None = None
+    standby: bool = False  # a hot standby: never committed, promoted if the owner dies
 
 
 @register("m_chunk", reply=Done)
@@ -262,3 +264,27 @@ class MAlign(Request):
     epoch: int
     calls: int
     index: int
+    ledger: Any = None  # a standby's starting ledger
+    monotonic_ns: int | None = None
+
+
+@register("m_follow", reply=Done)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MFollow(Request):
+    """Owner: keep a hot standby copy on ``standby`` (an address); "" stops it.
+
+    The owner sends the standby a consistent copy, then every state-changing
+    call with its recorded inputs, which the standby replays as it comes.
+    """
+
+    workload: str
+    standby: str
+
+
+@register("m_promote", reply=MCommitted)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MPromote(Request):
+    """Standby: the owner is gone; take the workload over at ``epoch``."""
+
+    workload: str
+    epoch: int

@@ -31,20 +31,34 @@ from nodes import NodeError
 
 from ._errors import MigrateError
 from ._ledger import CallLedger, Outcome
-from ._messages import MAlign, MCheckpoint, MCheckpointData, MChunk, MCommit, MIncoming, MProtect, MReplay
+from ._messages import (
+    MAlign,
+    MCheckpoint,
+    MCheckpointData,
+    MChunk,
+    MCommit,
+    MFollow,
+    MIncoming,
+    MLocate,
+    MPromote,
+    MProtect,
+    MReplay,
+)
 
 logger = logging.getLogger(__name__)
 
-MODES = ("off", "checkpoint")
+MODES = ("off", "checkpoint", "standby")
 
 
 @dataclass(frozen=True)
 class Protection:
     """How a workload is protected against losing its node.
 
-    ``mode`` is "off" or "checkpoint"; ``interval_s`` is how often a
-    checkpoint is fetched; ``to`` is the node that takes over ("local": the
-    application's own node).
+    ``mode`` is "off", "checkpoint" (``interval_s`` says how often a
+    checkpoint is fetched; ``to`` is the node that rebuilds the workload,
+    "local" being the application's own node) or "standby" (the owner keeps
+    a hot replica on node ``to``, which replays every call as it happens
+    and takes over at once).
     """
 
     mode: str = "checkpoint"
@@ -83,17 +97,35 @@ class Protector:
     checkpoint: MCheckpointData | None = None
     log: dict[int, dict] = field(default_factory=dict)
     failovers: int = 0
+    _trimmed: int = 0
     _lock: trio.Lock = field(default_factory=trio.Lock)
 
     def record(self, entry: dict) -> None:
         """Log a state-changing operation's outcome (index > 0)."""
-        if entry["index"] > (self.checkpoint.index if self.checkpoint else 0):
+        if entry["index"] > (self.checkpoint.index if self.checkpoint else self._trimmed):
             self.log[entry["index"]] = entry
+
+    def trim(self, upto: int) -> None:
+        """Forget logged operations up to ``upto``: a checkpoint or the standby has them."""
+        self._trimmed = max(self._trimmed, upto)
+        for index in [i for i in self.log if i <= upto]:
+            del self.log[index]
 
     async def start(self, handle) -> None:
         client = await self.cluster.client(handle._address)
+        if self.protection.mode == "standby":
+            await self.follow(handle)
+            return
         await client.request(MProtect, workload=self.workload, record=True)
         await self.take_checkpoint(handle)
+
+    async def follow(self, handle) -> None:
+        """Ask the current owner to keep a hot standby on ``to`` (again, after a move)."""
+        standby = self.cluster.address_of(self.protection.to)
+        if standby == handle._address:
+            return  # the workload runs on the standby node itself: nothing to follow from
+        client = await self.cluster.client(handle._address)
+        await client.request(MFollow, workload=self.workload, standby=standby)
 
     async def take_checkpoint(self, handle) -> None:
         """Fetch a checkpoint from the current owner and trim the log it covers."""
@@ -101,11 +133,20 @@ class Protector:
             client = await self.cluster.client(handle._address)
             ckpt = await client.request(MCheckpoint, workload=self.workload)
             self.checkpoint = ckpt
-            for index in [i for i in self.log if i <= ckpt.index]:
-                del self.log[index]
+            self.trim(ckpt.index)
 
     async def run(self, handle) -> None:
-        """Fetch checkpoints every ``interval_s`` until cancelled."""
+        """Fetch checkpoints (or, for a standby, its progress) every ``interval_s`` until cancelled."""
+        if self.protection.mode == "standby":
+            while True:
+                await trio.sleep(self.protection.interval_s)
+                try:
+                    client = await self.cluster.client(self.cluster.address_of(self.protection.to))
+                    where = await client.request(MLocate, workload=self.workload)
+                except (NodeError, MigrateError) as exc:
+                    logger.info("standby of %s not reachable: %s", self.workload, exc)
+                    continue
+                self.trim(where.index)
         while True:
             await trio.sleep(self.protection.interval_s)
             try:
@@ -123,6 +164,8 @@ class Protector:
             found = await self.cluster.locate(self.workload)
             if found is not None:  # another handle of ours failed it over meanwhile
                 return (*found, False)
+            if self.protection.mode == "standby":
+                return await self._promote(epoch)
             if self.checkpoint is None:
                 raise FailoverFailed(f"workload {self.workload} has no checkpoint to fail over from")
             ckpt = self.checkpoint
@@ -162,6 +205,42 @@ class Protector:
             self.checkpoint = None  # the old one belongs to the old epoch; the next loop fetches anew
             self.log.clear()
             return client.node, address, new_epoch, True
+
+
+async def _promote_standby(self, epoch: int) -> tuple[str, str, int, bool]:
+    """Promote the standby, first replaying the operations it had not received yet.
+
+    The owner forwards operations to its standby without waiting, so the
+    last few answered before it died may be missing there; this
+    application's log has them, with their recorded inputs.
+    """
+    address = self.cluster.address_of(self.protection.to)
+    try:
+        client = await self.cluster.client(address)
+        where = await client.request(MLocate, workload=self.workload)
+        if where.status != "incoming":
+            raise FailoverFailed(f"{self.protection.to} holds no standby of {self.workload} ({where.status})")
+        missing = [self.log[i] for i in sorted(self.log) if i > where.index]
+        expected = where.index + 1
+        for e in missing:
+            if e["index"] != expected:
+                raise FailoverFailed(
+                    f"the standby of {self.workload} lacks operation {expected}, which did not reach "
+                    "this application either")
+            expected += 1
+        if missing:
+            await client.request(MReplay, workload=self.workload, epoch=where.epoch,
+                                 entries=tuple(_wire(e) for e in missing))
+        new_epoch = max(epoch + 1, where.epoch)
+        await client.request(MPromote, workload=self.workload, epoch=new_epoch)
+    except NodeError as exc:
+        raise FailoverFailed(f"cannot promote the standby of {self.workload} on {self.protection.to}: {exc}") from None
+    self.failovers += 1
+    self.log.clear()
+    return client.node, address, new_epoch, True
+
+
+Protector._promote = _promote_standby
 
 
 def _wire(entry: dict) -> dict:

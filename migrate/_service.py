@@ -22,6 +22,7 @@ commit and no call can run on both sides.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -49,8 +50,10 @@ from ._messages import (
     MCommitted,
     MCheckpoint,
     MCheckpointData,
+    MFollow,
     MIncoming,
     MLocate,
+    MPromote,
     MProtect,
     MReplay,
     MMigrate,
@@ -98,6 +101,8 @@ class Owned:
     index: int = 0        # state-changing operations run so far, in order
     record: bool = False  # record nondeterministic inputs (protected or followed)
     follow: "trio.MemorySendChannel | None" = None  # dual execution: entries for the follower
+    standby: "trio.MemorySendChannel | None" = None  # hot standby: entries for the replica
+    standby_scope: "trio.CancelScope | None" = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,8 @@ class Incoming:
     lock: trio.Lock = field(default_factory=trio.Lock)
     index: int = 0  # last operation replayed into it
     settings: dict = field(default_factory=dict)  # args, env, memory cap
+    ledger: CallLedger | None = None  # a standby's: the owner's at the copy, plus replayed outcomes
+    calls: int = 0
 
 
 class MigrationError(NodeError):
@@ -224,10 +231,12 @@ async def on_call(node, session, req: MCall):
         started = time.perf_counter()
         outcome = await _run(node, req, owned)
         ledger.record(req.caller, req.seq, outcome)
-        if owned.follow is not None:
+        if owned.follow is not None or owned.standby is not None:
             entry = log_entry(req, outcome)
             if entry is not None:
-                owned.follow.send_nowait(entry)
+                for channel in (owned.follow, owned.standby):
+                    if channel is not None:
+                        channel.send_nowait(entry)
         if req.op == "remove" and outcome.ok:
             svc.owned.pop(req.workload, None)
         if owned.throttle:
@@ -309,10 +318,10 @@ async def on_locate(node, session, req: MLocate) -> MWhere:
                       to_address=stone.to_address)
     owned = svc.owner_of(req.workload)
     if owned is not None:
-        return MWhere(id=req.id, status="owner", epoch=owned.epoch)
+        return MWhere(id=req.id, status="owner", epoch=owned.epoch, index=owned.index)
     incoming = svc.incoming.get(req.workload)
     if incoming is not None:
-        return MWhere(id=req.id, status="incoming", epoch=incoming.epoch)
+        return MWhere(id=req.id, status="incoming", epoch=incoming.epoch, index=incoming.index)
     return MWhere(id=req.id, status="unknown")
 
 
@@ -344,6 +353,91 @@ async def on_checkpoint(node, session, req: MCheckpoint) -> MCheckpointData:
                            module_sha256=info.module_sha256, app=info.app, monotonic_ns=clock,
                            settings={"args": list(settings["args"]), "env": settings["env"],
                                      "memory_limit_bytes": settings["memory_limit_bytes"]})
+
+
+async def on_follow(node, session, req: MFollow) -> Done:
+    """Start (or stop) a hot standby replica of a workload this node owns."""
+    owned = service(node).owner_of(req.workload)
+    if owned is None or owned.moved is not None:
+        return _not_owner(req.id, node, req.workload)
+    if owned.standby_scope is not None:
+        owned.standby_scope.cancel()
+        owned.standby_scope, owned.standby = None, None
+    if req.standby:
+        target = parse_address(req.standby)
+        ready = trio.Event()
+        failure: list[str] = []
+        node._nursery.start_soon(_follow, node, owned, target, ready, failure)
+        await ready.wait()
+        if failure:
+            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=failure[0])
+    return Done(id=req.id)
+
+
+async def _follow(node, owned: Owned, target, ready: trio.Event, failure: list[str]) -> None:
+    """Feed a standby: a consistent copy, then every logged operation, until cancelled."""
+    host, workload = node.host, owned.workload
+    send, receive = trio.open_memory_channel(math.inf)
+    with trio.CancelScope() as scope:
+        owned.standby_scope = scope
+        try:
+            client = await node.connect_peer(target)
+            info = await node.run_host(host.info, workload)
+            await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
+            async with owned.lock:  # a consistent cut: the copy plus everything after it
+                if not owned.record:
+                    await node.run_host(host.set_replay_mode, workload, "record")
+                    owned.record = True
+                snap = await node.run_host(host.checkpoint, workload)
+                calls = (await node.run_host(host.info, workload)).calls
+                clock = await node.run_host(host.clock_state, workload)
+                ledger, index = owned.ledger.to_wire(), owned.index
+                owned.standby = send
+            await client.request(MIncoming, workload=workload, module_sha256=info.module_sha256, app=info.app,
+                                 epoch=owned.epoch + 1, source=node.config.name, standby=True,
+                                 **await node.run_host(host.launch_settings, workload))
+            chunks, _ = await trio.to_thread.run_sync(_encode_chunks, snap)
+            for chunk in chunks:
+                await client.request(MChunk, workload=workload, epoch=owned.epoch + 1, data=chunk)
+            await client.request(MAlign, workload=workload, epoch=owned.epoch + 1, calls=calls, index=index,
+                                 ledger=ledger, monotonic_ns=clock)
+        except (NodeError, he.HostError, OSError) as exc:
+            failure.append(f"cannot start a standby on {target}: {exc}")
+            owned.standby = None
+            ready.set()
+            return
+        ready.set()
+        logger.info("standby following", extra={"workload": workload, "peer": client.node})
+        try:
+            async for first in receive:
+                batch = [first, *_drain(receive)]
+                await client.request(MReplay, workload=workload, epoch=owned.epoch + 1, entries=tuple(batch))
+        except (NodeError, he.HostError, OSError) as exc:
+            logger.warning("standby lost: %s", exc, extra={"workload": workload})
+        finally:
+            owned.standby = None
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                if scope.cancel_called:  # stopped on purpose (moved, or protection off): drop the copy
+                    with contextlib.suppress(NodeError, he.HostError, OSError):
+                        await client.request(MAbort, workload=workload, epoch=owned.epoch + 1)
+                await client.aclose()
+
+
+async def on_promote(node, session, req: MPromote) -> MCommitted:
+    """Make a standby the owner (its owner is gone)."""
+    svc = service(node)
+    inc = svc.incoming.get(req.workload)
+    if inc is None or inc.ledger is None or not inc.created or req.epoch < inc.epoch:
+        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+                          message=f"{node.config.name} holds no standby of {req.workload}")
+    async with inc.lock:
+        del svc.incoming[req.workload]
+        svc.moved.pop(req.workload, None)
+        svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=inc.ledger, index=inc.index,
+                                        record=True)
+        await node.run_host(node.host.set_replay_mode, req.workload, "record")
+    logger.info("standby promoted", extra={"workload": req.workload, "epoch": req.epoch})
+    return MCommitted(id=req.id, epoch=req.epoch)
 
 
 # --- target side --------------------------------------------------------
@@ -436,6 +530,9 @@ async def on_replay(node, session, req: MReplay) -> Done:
                 why = f"bad log entry: {exc}"
             else:
                 why = _divergence(entry, got)
+                if why is None and inc.ledger is not None:
+                    inc.ledger.record(entry["caller"], entry["seq"], got)
+                    inc.calls += entry["op"] == "call"
             if why is not None:
                 svc.incoming.pop(req.workload, None)
                 await node.run_host(_remove_quietly, node.host, req.workload)
@@ -467,7 +564,14 @@ async def on_align(node, session, req: MAlign) -> Done:
     async with inc.lock:
         await node.run_host(node.host.set_call_count, req.workload, req.calls)
         await node.run_host(node.host.set_replay_mode, req.workload, "replay")
+        if req.monotonic_ns is not None:
+            await node.run_host(node.host.continue_clock, req.workload, req.monotonic_ns)
         inc.index = req.index
+        if req.ledger is not None:
+            try:
+                inc.ledger = CallLedger.from_wire(req.ledger)
+            except ValueError as exc:
+                return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
     return Done(id=req.id)
 
 
@@ -811,6 +915,8 @@ class Migration:
             self.notes.append("commit confirmed after the link broke")
         _crash_point("source:after-commit")
         stone = Tombstone(target_name, str(self.target), self.epoch)
+        if owned.standby_scope is not None:
+            owned.standby_scope.cancel()  # the new owner gets its own standby
         owned.moved = stone
         self.svc.moved[self.workload] = stone
         self.svc.owned.pop(self.workload, None)
@@ -852,7 +958,7 @@ register_status(lambda node: service(node).status())
 for _kind, _handler in ((MSpawn, on_spawn), (MCall, on_call), (MLocate, on_locate), (MIncoming, on_incoming),
                         (MChunk, on_chunk), (MCommit, on_commit), (MAbort, on_abort), (MMigrate, on_migrate),
                         (MProtect, on_protect), (MCheckpoint, on_checkpoint), (MReplay, on_replay),
-                        (MAlign, on_align)):
+                        (MAlign, on_align), (MFollow, on_follow), (MPromote, on_promote)):
     register_handler(_kind, _handler)
 
 __all__ = ["MigrationError", "MigrationService", "service", "RemoteNodeError"]

@@ -56,3 +56,48 @@ def test_protection_settings_are_checked():
         migrate.Protection(mode="sometimes")
     with pytest.raises(ValueError, match="interval"):
         migrate.Protection(interval_s=0)
+
+
+async def test_hot_standby_takes_over_when_the_owner_is_killed(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge")
+    cloud = node_procs.start("cloud-1", "cloud")
+    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+        events = c.events()
+        h = await c.spawn(workloads.load("clockrand"), on="edge-1")
+        await h.call("sample")
+        await h.protect("standby", to="cloud-1")
+        samples: list[int] = []
+        for _ in range(40):
+            samples.append(await h.call("sample"))
+        edge.kill()
+        for _ in range(40):
+            samples.append(await h.call("sample"))
+        assert h.node == "cloud-1"
+        # The standby replayed the owner's clock and random inputs call by call:
+        # after the takeover the state continues exactly from the last sample.
+        assert await h.call("samples") == 81
+        assert len(set(samples)) == 80
+        kinds = []
+        while True:
+            try:
+                kinds.append(events.receive_nowait())
+            except trio.WouldBlock:
+                break
+        assert any(e.kind == "failed_over" and e.node == "cloud-1" for e in kinds)
+
+
+async def test_a_standby_follows_the_workload_through_a_move(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge")
+    edge2 = node_procs.start("edge-2", "edge")
+    cloud = node_procs.start("cloud-1", "cloud")
+    addresses = [str(n.address) for n in (edge, edge2, cloud)]
+    async with migrate.connect(*addresses, tls=cluster_tls.issue("app-1", "node")) as c:
+        h = await c.spawn(workloads.load("counter"), on="edge-1")
+        await h.protect("standby", to="cloud-1")
+        assert await h.call("incr", 5) == 5
+        await h.migrate("edge-2", strategy="precopy")  # the new owner starts its own standby
+        for _ in range(20):
+            await h.call("incr", 1)
+        edge2.kill()
+        assert await h.call("incr", 1) == 26
+        assert h.node == "cloud-1"
