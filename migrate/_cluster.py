@@ -291,21 +291,28 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
     None means plain TCP, allowed on loopback only.  Raises ConfigError,
     ConnectionFailed.
     """
-    async with trio.open_nursery() as nursery:
-        cluster = Cluster(tls=tls, nursery=nursery)
-        with contextlib.ExitStack() as stack:
-            if local:
-                directory = Path(data_dir) if data_dir else Path(
-                    stack.enter_context(tempfile.TemporaryDirectory(prefix="wm-local-")))
-                config = NodeConfig(name=LOCAL, role="client", listen=Address("127.0.0.1", 0),
-                                    data_dir=directory, tls_dir=Path(tls) if tls else None, insecure=tls is None,
-                                    join=tuple(parse_address(a) for a in addresses))
-                bound = await nursery.start(serve, config)
-                cluster.learn(LOCAL, str(bound))
-            for address in addresses:
-                await cluster.client(str(parse_address(address)))
-            try:
-                yield cluster
-            finally:
-                await cluster.aclose()
-                nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            cluster = Cluster(tls=tls, nursery=nursery)
+            with contextlib.ExitStack() as stack:
+                if local:
+                    directory = Path(data_dir) if data_dir else Path(
+                        stack.enter_context(tempfile.TemporaryDirectory(prefix="wm-local-")))
+                    config = NodeConfig(name=LOCAL, role="client", listen=Address("127.0.0.1", 0),
+                                        data_dir=directory, tls_dir=Path(tls) if tls else None,
+                                        insecure=tls is None, join=tuple(parse_address(a) for a in addresses))
+                    bound = await nursery.start(serve, config)
+                    cluster.learn(LOCAL, str(bound))
+                for address in addresses:
+                    await cluster.client(str(parse_address(address)))
+                try:
+                    yield cluster
+                finally:
+                    await cluster.aclose()
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # trio 0.25+ wraps whatever leaves a nursery in a group; the
+        # application's own exception should reach it as itself.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

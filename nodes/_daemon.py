@@ -235,15 +235,23 @@ class Node:
     async def _read_requests(self, session: Session) -> None:
         limit = self.config.max_in_flight
         slots = trio.Semaphore(limit)
+        # Receive errors leave the nursery as themselves, not wrapped in an
+        # ExceptionGroup (trio 0.25+ wraps what the nursery body raises), so
+        # handle_connection's except clauses see them.
+        failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             while True:
                 try:  # back-pressure: no free slot, no read
                     slots.acquire_nowait()  # the common case, without a trip through the scheduler
                 except trio.WouldBlock:
                     await slots.acquire()
-                event = await session.channel.receive()
+                try:
+                    event = await session.channel.receive()
+                except (ConnectionFailed, RemoteProtocolError) as exc:
+                    failure = exc
+                    break
                 if isinstance(event, ConnectionClosed):
-                    return
+                    break
                 # The protocol lets only Requests through here: we never send
                 # requests on an accepted connection, so any Reply is refused.
                 self._in_flight += 1
@@ -251,6 +259,8 @@ class Node:
                 if in_flight > self.counters["peak_requests_in_flight"]:
                     self.counters["peak_requests_in_flight"] = in_flight
                 nursery.start_soon(self._serve_request, session, event, slots)
+        if failure is not None:
+            raise failure
 
     async def _serve_request(self, session: Session, request: Request, slots: trio.Semaphore) -> None:
         try:

@@ -94,3 +94,10 @@ async def test_concurrent_callers_through_twenty_moves_exactly_once(three_nodes,
         assert sorted(results) == list(range(1, len(results) + 1)), "a call was lost"
         assert await mover.call("get") == len(results)
         assert all(h.node == "local" for h in callers[:1])
+
+
+async def test_an_exception_leaves_connect_as_itself(three_nodes, cluster_tls):
+    _, edge, _ = three_nodes
+    with pytest.raises(KeyError, match="mine"):
+        async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")):
+            raise KeyError("mine")
