@@ -116,8 +116,9 @@ def markdown(data: dict) -> str:
             "cloud-1 may be longer). **Node blackout**: how long the source held calls (the node's report).",
             "- **Floor**: the least blackout the link allows a move that stops the source: the bytes the "
             "workload dirties in one edge-cloud round trip (its measured dirty rate × RTT), divided by the "
-            "bandwidth, plus that RTT. **× floor** is the client blackout over it. A strategy that never "
-            "stops the source for a transfer (dual) can go below 1.",
+            "bandwidth, plus that RTT. **× floor** is the client blackout over it. The floor counts raw 4 KiB "
+            "pages at the unthrottled rate, so compression, throttling (pre-copy's auto-converge) or a "
+            "strategy that never stops the source for a transfer (dual) can go below 1.",
             "- **Calls during** are those in flight at any time during the move; **steady** those before it. "
             "A kvstore call is one put: two requests (write the pair into guest memory, call `kv_put`), or "
             "one `kv_count` when no put is due. The dirtier's call is `dt_dirty` with the pages owed at its "
