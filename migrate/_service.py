@@ -73,6 +73,9 @@ logger = logging.getLogger(__name__)
 #: millisecond, so calls keep flowing while a round is sent.
 CHUNK_BYTES = 1 * 2**20
 STRATEGIES = ("precopy", "stop-copy", "dual")
+#: Dual handover: switch once at most this many logged calls wait to be
+#: replayed; the switch replays them (one round trip) while calls are held.
+SWITCH_BACKLOG = 32
 
 #: Crash testing: a node started with MIGRATE_NODE_CRASH_AT=<phase> dies at
 #: once, as SIGKILL would kill it, when a migration reaches <phase>.  The
@@ -845,16 +848,19 @@ class Migration:
             forwarded = 0
             while True:  # dual execution: the target follows the log
                 batch = _drain(receive)
-                if batch:
+                if len(batch) > SWITCH_BACKLOG:
                     await client.request(MReplay, workload=self.workload, epoch=self.epoch, entries=tuple(batch))
                     forwarded += len(batch)
                     continue
+                # Caught up to a small backlog.  Waiting for an empty log would
+                # never end on a slow link: a call arrives during every round
+                # trip.  The switch replays the rest while calls are held.
                 async with owned.lock:  # the switch
                     frozen = time.perf_counter()
                     await node.run_host(host.freeze, self.workload)
                     committed = False
                     try:
-                        batch = _drain(receive)
+                        batch += _drain(receive)
                         if batch:
                             await client.request(MReplay, workload=self.workload, epoch=self.epoch,
                                                  entries=tuple(batch))
