@@ -778,33 +778,21 @@ class Migration:
         self.owned.throttle = 0.0
 
     async def _precopy(self, client, target_name: str) -> bool:
-        node, host = self.node, self.node.host
         await self._rounds(client)
+        return await self._final_round(client, target_name, self.node.host.capture_delta)
+
+    async def _stop_and_copy(self, client, target_name: str) -> bool:
+        return await self._final_round(client, target_name, self.node.host.checkpoint)
+
+    async def _final_round(self, client, target_name: str, capture) -> bool:
+        """Freeze, send ``capture(workload)`` and commit; the frozen time is the blackout."""
+        node, host = self.node, self.node.host
         async with self.owned.lock:
             frozen = time.perf_counter()
             await node.run_host(host.freeze, self.workload)  # holds raw (non-handle) calls too
             committed = False
             try:
-                final = await node.run_host(host.capture_delta, self.workload)
-                await self._send(client, final)
-                committed = await self._commit(client, target_name)
-                return committed
-            finally:
-                self.blackout_s = time.perf_counter() - frozen
-                if not committed:
-                    await node.run_host(_thaw, host, self.workload)
-                # Committed: the old copy stays frozen until run() removes it,
-                # after the queued handle calls have been redirected.
-
-    async def _stop_and_copy(self, client, target_name: str) -> bool:
-        node, host = self.node, self.node.host
-        async with self.owned.lock:
-            frozen = time.perf_counter()
-            await node.run_host(host.freeze, self.workload)
-            committed = False
-            try:
-                snap = await node.run_host(host.checkpoint, self.workload)
-                await self._send(client, snap)
+                await self._send(client, await node.run_host(capture, self.workload))
                 committed = await self._commit(client, target_name)
                 return committed
             finally:
