@@ -417,6 +417,8 @@ async def _follow(node, owned: Owned, target, ready: trio.Event, failure: list[s
                 await client.request(MReplay, workload=workload, epoch=owned.epoch + 1, entries=tuple(batch))
         except (NodeError, he.HostError, OSError) as exc:
             logger.warning("standby lost: %s", exc, extra={"workload": workload})
+        except Exception:  # a bug in this background task must not take the node down
+            logger.exception("standby feed failed", extra={"workload": workload})
         finally:
             owned.standby = None
             with trio.CancelScope(shield=True), trio.move_on_after(2):
