@@ -201,6 +201,10 @@ class Cluster:
             except (NodeError, MigrateError) as exc:
                 self.publish("standby_lost", handle.workload, protector.protection.to, str(exc))
 
+    def protects(self, workload: str) -> bool:
+        """True if this application logs the workload's operations for failover."""
+        return workload in self._protectors
+
     def log_operation(self, workload: str, entry: dict) -> None:
         protector = self._protectors.get(workload)
         if protector is not None:

@@ -10,6 +10,7 @@ and the application never sees the move.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 import uuid
@@ -188,10 +189,7 @@ class Handle:
                             pages_sent=0, dirty_pages_per_s=0.0, throttle=0.0, epoch=self.epoch,
                             notes=("the source node was lost after the commit; its figures are unavailable",))
             r = reply.report
-            report = MigrationReport(
-                workload=r.workload, strategy=r.strategy, source=r.source, target=r.target, total_s=r.total_s,
-                blackout_s=r.blackout_s, rounds=r.rounds, bytes_sent=r.bytes_sent, pages_sent=r.pages_sent,
-                dirty_pages_per_s=r.dirty_pages_per_s, throttle=r.throttle, epoch=r.epoch, notes=r.notes)
+            report = MigrationReport(**dataclasses.asdict(r))
             self._moved_to(r.target, target, r.epoch)
             self._cluster.publish("moved", self.workload, r.target, f"{r.strategy} from {r.source}")
             await self._cluster.after_move(self)
@@ -238,7 +236,7 @@ class Handle:
             except Exception as exc:
                 self._finish(seq)  # the workload's own error: the call ran (or was refused) once
                 index = getattr(exc, "op_index", 0)
-                if index:
+                if index and self._cluster.protects(self.workload):
                     self._cluster.log_operation(self.workload, dict(
                         fields, caller=self._caller, seq=seq, index=index, ok=False,
                         code=str(getattr(exc, "code", "")) or _code_of(exc), message=str(exc),
@@ -249,7 +247,7 @@ class Handle:
                 continue
             self._finish(seq)
             self.epoch = max(self.epoch, reply.epoch)
-            if reply.index:
+            if reply.index and self._cluster.protects(self.workload):
                 self._cluster.log_operation(self.workload, dict(
                     fields, caller=self._caller, seq=seq, index=reply.index, ok=True, values=list(reply.values),
                     data=reply.data, inputs=reply.inputs))

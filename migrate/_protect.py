@@ -170,14 +170,8 @@ class Protector:
                 raise FailoverFailed(f"workload {self.workload} has no checkpoint to fail over from")
             ckpt = self.checkpoint
             address = self.cluster.address_of(self.protection.to)
-            entries = [self.log[i] for i in sorted(self.log)]
-            expected = ckpt.index + 1
-            for e in entries:
-                if e["index"] != expected:
-                    raise FailoverFailed(
-                        f"the log of {self.workload} has a gap before operation {e['index']}: an operation "
-                        "answered by the lost node never reached this application")
-                expected += 1
+            entries = self._entries_after(ckpt.index)
+            expected = ckpt.index + len(entries) + 1
             new_epoch = max(epoch, ckpt.epoch) + 1
             try:
                 client = await self.cluster.client(address)
@@ -206,41 +200,44 @@ class Protector:
             self.log.clear()
             return client.node, address, new_epoch, True
 
+    def _entries_after(self, index: int) -> list[dict]:
+        """The logged operations after ``index``, in order; FailoverFailed on a gap.
 
-async def _promote_standby(self, epoch: int) -> tuple[str, str, int, bool]:
-    """Promote the standby, first replaying the operations it had not received yet.
-
-    The owner forwards operations to its standby without waiting, so the
-    last few answered before it died may be missing there; this
-    application's log has them, with their recorded inputs.
-    """
-    address = self.cluster.address_of(self.protection.to)
-    try:
-        client = await self.cluster.client(address)
-        where = await client.request(MLocate, workload=self.workload)
-        if where.status != "incoming":
-            raise FailoverFailed(f"{self.protection.to} holds no standby of {self.workload} ({where.status})")
-        missing = [self.log[i] for i in sorted(self.log) if i > where.index]
-        expected = where.index + 1
-        for e in missing:
-            if e["index"] != expected:
+        A gap is an operation the lost node answered whose outcome never
+        reached this application: the state after it cannot be rebuilt.
+        """
+        entries = [self.log[i] for i in sorted(self.log) if i > index]
+        for expected, entry in enumerate(entries, index + 1):
+            if entry["index"] != expected:
                 raise FailoverFailed(
-                    f"the standby of {self.workload} lacks operation {expected}, which did not reach "
-                    "this application either")
-            expected += 1
-        if missing:
-            await client.request(MReplay, workload=self.workload, epoch=where.epoch,
-                                 entries=tuple(_wire(e) for e in missing))
-        new_epoch = max(epoch + 1, where.epoch)
-        await client.request(MPromote, workload=self.workload, epoch=new_epoch)
-    except NodeError as exc:
-        raise FailoverFailed(f"cannot promote the standby of {self.workload} on {self.protection.to}: {exc}") from None
-    self.failovers += 1
-    self.log.clear()
-    return client.node, address, new_epoch, True
+                    f"the log of {self.workload} has a gap before operation {entry['index']}: operation "
+                    f"{expected} was answered by the lost node but never reached this application")
+        return entries
 
+    async def _promote(self, epoch: int) -> tuple[str, str, int, bool]:
+        """Promote the standby, first replaying the operations it had not received yet.
 
-Protector._promote = _promote_standby
+        The owner forwards operations to its standby without waiting, so the
+        last few answered before it died may be missing there; this
+        application's log has them, with their recorded inputs.
+        """
+        address = self.cluster.address_of(self.protection.to)
+        try:
+            client = await self.cluster.client(address)
+            where = await client.request(MLocate, workload=self.workload)
+            if where.status != "incoming":
+                raise FailoverFailed(f"{self.protection.to} holds no standby of {self.workload} ({where.status})")
+            missing = self._entries_after(where.index)
+            if missing:
+                await client.request(MReplay, workload=self.workload, epoch=where.epoch,
+                                     entries=tuple(_wire(e) for e in missing))
+            new_epoch = max(epoch + 1, where.epoch)
+            await client.request(MPromote, workload=self.workload, epoch=new_epoch)
+        except NodeError as exc:
+            raise FailoverFailed(f"cannot promote the standby of {self.workload} on {self.protection.to}: {exc}") from None
+        self.failovers += 1
+        self.log.clear()
+        return client.node, address, new_epoch, True
 
 
 def _wire(entry: dict) -> dict:

@@ -132,7 +132,6 @@ class Incoming:
     index: int = 0  # last operation replayed into it
     settings: dict = field(default_factory=dict)  # args, env, memory cap
     ledger: CallLedger | None = None  # a standby's: the owner's at the copy, plus replayed outcomes
-    calls: int = 0
 
 
 class MigrationError(NodeError):
@@ -537,7 +536,6 @@ async def on_replay(node, session, req: MReplay) -> Done:
                 why = _divergence(entry, got)
                 if why is None and inc.ledger is not None:
                     inc.ledger.record(entry["caller"], entry["seq"], got)
-                    inc.calls += entry["op"] == "call"
             if why is not None:
                 svc.incoming.pop(req.workload, None)
                 await node.run_host(_remove_quietly, node.host, req.workload)
@@ -698,7 +696,6 @@ class Migration:
         self.blackout_s = 0.0
         self.notes: list[str] = []
         self.cut_s = 0.0
-        self.diverged = ""
         self.planner = PrecopyPlanner(PrecopyConfig(downtime_budget_s=req.downtime_budget_s,
                                                     max_rounds=max(1, req.max_rounds)))
 
@@ -877,7 +874,6 @@ class Migration:
             # Fall back: the target dropped its copy; send it again, pre-copy.
             if not was_record:
                 await node.run_host(host.set_replay_mode, self.workload, "off")
-            self.diverged = str(exc)
             self.notes.append(f"diverged ({exc}); fell back to precopy")
             logger.warning("dual handover diverged, falling back to pre-copy: %s", exc,
                            extra={"workload": self.workload})

@@ -26,6 +26,7 @@ store (a wasmtime Store is used by one thread at a time).
 
 from __future__ import annotations
 
+import abc
 import ctypes
 import errno
 import fcntl
@@ -315,7 +316,7 @@ def _with_grown(pages: array, grown: range) -> array:
     return pages
 
 
-class _Tracker:
+class _Tracker(abc.ABC):
     """What both backends share: epochs, growth bookkeeping, closing."""
 
     page_size = PAGE_SIZE
@@ -353,8 +354,9 @@ class _Tracker:
         """
         self.collect(store)
 
+    @abc.abstractmethod
     def _collect(self, old: _Extent, new: _Extent) -> array:
-        raise NotImplementedError
+        """Return the pages written in ``old`` plus those ``new`` adds (each backend's own way)."""
 
     def close(self) -> None:
         """Release the backend's resources; closing twice is harmless."""
