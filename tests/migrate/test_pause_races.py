@@ -1,0 +1,53 @@
+"""Races found by pausing real nodes at a phase of a move (MIGRATE_NODE_PAUSE_AT)."""
+
+import pytest
+import trio
+
+import migrate
+import workloads
+from migrate._messages import MCheckpoint
+from nodes import RemoteNodeError
+from nodes._messages import ErrorCode
+
+pytestmark = pytest.mark.trio
+
+
+async def test_a_checkpoint_request_queued_behind_a_commit_is_told_the_workload_moved(node_procs, cluster_tls):
+    """The request waits for the frozen final round; by the time it runs the workload has left.
+
+    The node must answer NOT_OWNER (a handle then looks for the new owner),
+    not UnknownWorkload from checkpointing a workload it already removed.
+    """
+    edge = node_procs.start("edge-1", "edge", env={"MIGRATE_NODE_PAUSE_AT": "source:frozen",
+                                                    "MIGRATE_NODE_PAUSE_S": "1"})
+    cloud = node_procs.start("cloud-1", "cloud")
+    tls = cluster_tls.issue("app-1", "node")
+    async with migrate.connect(str(edge.address), str(cloud.address), tls=tls) as c:
+        h = await c.spawn(workloads.load("counter"), on="edge-1")
+        assert await h.call("incr", 1) == 1
+        client = await edge.client(tls)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(h.migrate, "cloud-1")
+                await edge.wait_for_log("paused at source:frozen")
+                with pytest.raises(RemoteNodeError) as info:
+                    await client.request(MCheckpoint, workload=h.workload)
+            assert info.value.code == ErrorCode.NOT_OWNER
+        finally:
+            await client.aclose()
+        assert h.node == "cloud-1"
+        assert await h.call("incr", 1) == 2
+
+
+async def test_a_checkpoint_that_fails_on_the_node_does_not_end_the_application(node_procs, cluster_tls):
+    """Protection fetches checkpoints in the background; one refused must not take the cluster down."""
+    edge = node_procs.start("edge-1", "edge", env={"MIGRATE_NODE_PAUSE_AT": "source:frozen",
+                                                    "MIGRATE_NODE_PAUSE_S": "1"})
+    cloud = node_procs.start("cloud-1", "cloud")
+    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+        h = await c.spawn(workloads.load("counter"), on="edge-1")
+        await h.protect("checkpoint", interval_s=0.05, to="local")
+        assert await h.call("incr", 1) == 1
+        await h.migrate("cloud-1")  # the protector's checkpoint requests queue behind the paused final round
+        await trio.sleep(0.3)  # and more of them run at the new owner
+        assert await h.call("incr", 1) == 2
