@@ -35,8 +35,6 @@ from benchmarks.loads import CounterLoad, MemoryLoad
 from migrate._messages import MLocate
 from migrate._service import CRASH_PHASES
 
-pytestmark = pytest.mark.trio
-
 SOURCE, TARGET = "edge-1", "cloud-1"
 BUFFER_BYTES = 2 * 2**20
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM}

@@ -1,4 +1,4 @@
-"""Races found by pausing real nodes at a phase of a move (MIGRATE_NODE_PAUSE_AT)."""
+"""Bugs the crash matrix found, each pinned down on its own with real nodes."""
 
 import pytest
 import trio
@@ -51,3 +51,16 @@ async def test_a_checkpoint_that_fails_on_the_node_does_not_end_the_application(
         await h.migrate("cloud-1")  # the protector's checkpoint requests queue behind the paused final round
         await trio.sleep(0.3)  # and more of them run at the new owner
         assert await h.call("incr", 1) == 2
+
+
+async def test_memory_writes_since_the_last_checkpoint_survive_a_failover(node_procs, cluster_tls):
+    """A failover replays the logged operations; a logged write must carry the bytes it wrote."""
+    edge = node_procs.start("edge-1", "edge")
+    async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as c:
+        h = await c.spawn(workloads.load("counter"), on="edge-1")
+        await h.protect("checkpoint", interval_s=3600, to="local")  # only the first checkpoint
+        ptr = await h.call("wm_alloc", 64)
+        await h.write_memory(ptr, b"written after the checkpoint")
+        edge.kill()
+        assert await h.read_memory(ptr, 28) == b"written after the checkpoint"
+        assert h.node == "local"
