@@ -64,3 +64,19 @@ async def test_memory_writes_since_the_last_checkpoint_survive_a_failover(node_p
         edge.kill()
         assert await h.read_memory(ptr, 28) == b"written after the checkpoint"
         assert h.node == "local"
+
+
+async def test_a_hot_standby_follows_memory_writes_and_takes_over_with_them(node_procs, cluster_tls):
+    """The standby replays each logged write; the write's bytes are not its result, so no divergence."""
+    edge = node_procs.start("edge-1", "edge")
+    async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as c:
+        h = await c.spawn(workloads.load("counter"), on="edge-1")
+        await h.protect("standby", interval_s=0.05, to="local")
+        ptr = await h.call("wm_alloc", 64)
+        await h.write_memory(ptr, b"followed by the standby")
+        assert await h.call("incr", 1) == 1
+        await trio.sleep(0.3)  # the owner forwards without waiting; let the standby catch up
+        edge.kill()
+        assert await h.read_memory(ptr, 23) == b"followed by the standby"
+        assert await h.call("incr", 1) == 2
+        assert h.node == "local"
