@@ -11,7 +11,7 @@ protected by checkpoints to the local node, workload "b" by a hot standby
 on the local node, so a killed owner's workload fails over there.
 
 * A mover per workload moves it again and again to a random other node
-  with a random strategy (pre-copy, stop-copy, dual) until the moves done
+  that is up, with a random strategy (pre-copy, stop-copy, dual) until the moves done
   reach the target.
 * Each node has a chaos task: after a random time it SIGKILLs the node (or
   now and then SIGTERMs it), waits a moment and restarts it on its address
@@ -55,13 +55,12 @@ from benchmarks.loads import CounterLoad, MemoryLoad  # noqa: E402
 from benchmarks.suite import client_blackout, percentile  # noqa: E402
 from migrate._service import CRASH_PHASES  # noqa: E402
 from nodes import NodeError  # noqa: E402
+from nodes._logging import configure_logging  # noqa: E402
 from nodes.launcher import LocalCluster, NodeProcess  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NODES = (("edge-1", "edge"), ("edge-2", "edge"), ("cloud-1", "cloud"))
 STRATEGIES = ("precopy", "stop-copy", "dual")
-#: How a workload is protected: "a" by checkpoints, "b" by a hot standby, both on the local node.
-PROTECTION = {"a": "checkpoint", "b": "standby"}
 
 
 @dataclass(frozen=True)
@@ -78,9 +77,11 @@ class SoakConfig:
     buffer_bytes: int = 256 * 1024
     checkpoint_interval_s: float = 0.5
     call_pause_s: float = 0.002  # between one caller's calls
+    protections: tuple[str, ...] = ("checkpoint", "standby")  # one workload each, both to the local node
+    deadline_s: float = 3600.0   # a run that has not done its moves by then stops and fails
 
 
-QUICK = SoakConfig(moves=50, kill_every_s=6.0)
+QUICK = SoakConfig(moves=50, kill_every_s=6.0, deadline_s=90.0)
 
 
 @dataclass
@@ -147,29 +148,34 @@ class Fleet:
 class Mover:
     """Moves one workload to random other nodes until the run has its moves."""
 
-    def __init__(self, cluster, handle, load: CounterLoad, fleet: Fleet, config: SoakConfig, tally: Tally,
-                 rng: random.Random, progress) -> None:
-        self.cluster, self.handle, self.load, self.fleet = cluster, handle, load, fleet
-        self.config, self.tally, self.rng, self.progress = config, tally, rng, progress
+    def __init__(self, handle, fleet: Fleet, config: SoakConfig, tally: Tally, rng: random.Random) -> None:
+        self.handle, self.fleet, self.config, self.tally, self.rng = handle, fleet, config, tally, rng
 
     async def run(self) -> None:
+        failed_in_a_row = 0
         while self.tally.done < self.config.moves:
             here = self.handle.node
-            target = self.rng.choice([name for name, _ in NODES if name != here])
+            # Like an operator, pick among the nodes that are up; one may still die on the way.
+            targets = [name for name, _ in NODES if name != here and self.fleet.alive(name)]
+            if not targets:
+                await trio.sleep(0.1)
+                continue
+            target = self.rng.choice(targets)
             strategy = self.rng.choice(STRATEGIES)
             record = {"workload": self.handle.workload, "from": here, "to": target, "strategy": strategy}
             started = time.perf_counter()
             try:
                 report = await self.handle.migrate(target, strategy=strategy)
                 record.update(outcome="done", node_blackout_s=report.blackout_s)
+                failed_in_a_row = 0
             except (migrate.MigrateError, NodeError) as exc:
                 record.update(outcome="aborted", reason=_reason(exc))
-                await trio.sleep(0.05)  # the target may be down: let the chaos restart it
+                failed_in_a_row += 1
             ended = time.perf_counter()
             record.update(took_s=ended - started, started_s=started, ended_s=ended)
             self.tally.moves.append(record)
-            self.progress()
-            await trio.sleep(self.rng.uniform(0, 0.02))
+            # Back off while moves keep failing (a node on the way down or up): 20 ms to 1 s.
+            await trio.sleep(min(1.0, 0.02 * 2 ** failed_in_a_row) * self.rng.uniform(0.5, 1.0))
 
 
 def _reason(exc: Exception) -> str:
@@ -206,22 +212,12 @@ async def soak(config: SoakConfig, root: Path) -> dict:
     """Run the soak; return its figures and verdicts."""
     tally = Tally()
     rng = random.Random(config.seed)
-    wall = time.perf_counter()
-    last_print = [0.0]
-
-    def progress() -> None:
-        now = time.perf_counter()
-        if now - last_print[0] >= 5.0 or tally.done >= config.moves:
-            last_print[0] = now
-            aborted = len(tally.moves) - tally.done
-            calls = sum(len(load.results) for load in loads.values())
-            print(f"[soak] {now - wall:6.1f} s  {tally.done}/{config.moves} moves done, {aborted} aborted, "
-                  f"{sum(tally.kills.values())} kills, {tally.events['failed_over']} failovers, "
-                  f"{tally.restarts} restarts, {calls} calls", file=sys.stderr, flush=True)
-
+    started = time.perf_counter()
     loads: dict[str, CounterLoad] = {}
     memories: dict[str, MemoryLoad] = {}
     handles: dict[str, object] = {}
+    verdict_errors: list[str] = []
+    stalled = False
     with LocalCluster(root) as lc:
         fleet = Fleet(lc, config, tally)
         fleet.start()
@@ -229,9 +225,9 @@ async def soak(config: SoakConfig, root: Path) -> dict:
         async with migrate.connect(*addresses, tls=lc.tls_for("soak-app", "node")) as cluster:
             events = cluster.events()
             counter = workloads.load("counter")
-            per_workload = [config.callers // len(PROTECTION) + (i < config.callers % len(PROTECTION))
-                            for i in range(len(PROTECTION))]
-            for (key, mode), callers in zip(PROTECTION.items(), per_workload):
+            per_workload = [config.callers // len(config.protections) + (i < config.callers % len(config.protections))
+                            for i in range(len(config.protections))]
+            for key, (mode, callers) in enumerate(zip(config.protections, per_workload)):
                 h = handles[key] = await _spawn_somewhere(cluster, counter, fleet, rng)
                 await h.protect(mode, interval_s=config.checkpoint_interval_s, to=migrate.LOCAL)
                 memories[key] = MemoryLoad(await cluster.attach(h.workload), config.buffer_bytes,
@@ -242,25 +238,46 @@ async def soak(config: SoakConfig, root: Path) -> dict:
             stop_loads, stop_chaos = trio.Event(), trio.Event()
             async with trio.open_nursery() as outer:
                 outer.start_soon(_count_events, events, tally)
+                outer.start_soon(_print_progress, config, tally, loads, started)
                 async with trio.open_nursery() as nursery:
                     for key in handles:
                         nursery.start_soon(loads[key].run, stop_loads)
                         nursery.start_soon(memories[key].run, stop_loads)
                     for name, _ in NODES:
                         nursery.start_soon(fleet.chaos, name, stop_chaos)
-                    async with trio.open_nursery() as movers:
-                        for key, h in handles.items():
-                            mover = Mover(cluster, h, loads[key], fleet, config, tally,
-                                          random.Random(rng.randrange(2**32)), progress)
-                            movers.start_soon(mover.run)
+                    with trio.move_on_after(config.deadline_s) as deadline:
+                        async with trio.open_nursery() as movers:
+                            for h in handles.values():
+                                movers.start_soon(Mover(h, fleet, config, tally, random.Random(rng.randrange(2**32))).run)
+                    stalled = deadline.cancelled_caught
                     stop_chaos.set()
                     await trio.sleep(0.5)  # calls flow once more after the last kill and restart
                     stop_loads.set()
-                checks = {key: await loads[key].check(handles[key]) for key in handles}
-                memory_checks = {key: await memories[key].check() for key in handles}
+                checks, memory_checks = {}, {}
+                for key in handles:
+                    try:
+                        checks[key] = await loads[key].check(handles[key])
+                        memory_checks[key] = await memories[key].check()
+                    except Exception as exc:  # the verdict itself could not be read: a failure to report
+                        verdict_errors.append(f"workload {key}: {type(exc).__name__}: {exc}")
                 outer.cancel_scope.cancel()
-    wall_s = time.perf_counter() - wall
-    return _figures(config, tally, loads, memories, handles, checks, memory_checks, wall_s)
+    wall_s = time.perf_counter() - started
+    result = _figures(config, tally, loads, memories, checks, memory_checks, wall_s, handles)
+    result["stalled"] = stalled
+    result["verdict_errors"] = verdict_errors
+    result["ok"] = result["ok"] and not stalled and not verdict_errors
+    return result
+
+
+async def _print_progress(config: SoakConfig, tally: Tally, loads: dict[str, CounterLoad], started: float) -> None:
+    while True:
+        await trio.sleep(5.0)
+        aborted = len(tally.moves) - tally.done
+        calls = sum(len(load.results) for load in loads.values())
+        errors = sum(len(load.errors) for load in loads.values())
+        print(f"[soak] {time.perf_counter() - started:6.1f} s  {tally.done}/{config.moves} moves done, "
+              f"{aborted} aborted, {sum(tally.kills.values())} kills, {tally.events['failed_over']} failovers, "
+              f"{tally.restarts} restarts, {calls} calls, {errors} failed", file=sys.stderr, flush=True)
 
 
 async def _spawn_somewhere(cluster, module: bytes, fleet: Fleet, rng: random.Random):
@@ -278,7 +295,7 @@ async def _count_events(events, tally: Tally) -> None:
         tally.events[event.kind] += 1
 
 
-def _figures(config, tally, loads, memories, handles, checks, memory_checks, wall_s) -> dict:
+def _figures(config, tally, loads, memories, checks, memory_checks, wall_s, handles) -> dict:
     done = [m for m in tally.moves if m["outcome"] == "done"]
     latencies = [m["took_s"] for m in done]
     blackouts = _blackouts(tally, loads, handles)
@@ -315,11 +332,12 @@ def _figures(config, tally, loads, memories, handles, checks, memory_checks, wal
     return {
         "config": dataclasses.asdict(config),
         "figures": figures,
-        "workloads": {key: {"protection": PROTECTION[key], "counter": dataclasses.asdict(checks[key]),
-                            "memory": dataclasses.asdict(memory_checks[key]),
-                            "first_errors": (loads[key].errors + memories[key].errors)[:5]}
-                      for key in handles},
-        "ok": lost == 0 and duplicated == 0 and mismatched == 0,
+        "workloads": [{"protection": config.protections[key],
+                       "counter": dataclasses.asdict(checks[key]) if key in checks else None,
+                       "memory": dataclasses.asdict(memory_checks[key]) if key in memory_checks else None,
+                       "first_errors": (loads[key].errors + memories[key].errors)[:5]}
+                      for key in handles],
+        "ok": lost == 0 and duplicated == 0 and mismatched == 0 and len(checks) == len(handles),
     }
 
 
@@ -346,9 +364,10 @@ def markdown(result: dict) -> str:
         "# Soak: moves under calls while nodes are killed and restarted",
         "",
         f"Seed {c['seed']}; edge-1, edge-2 and cloud-1 (real migrate-node processes, mutual TLS) and the "
-        "application's local node. Two counter workloads, one protected by checkpoints and one by a hot "
-        f"standby (both on the local node), with {c['callers']} incr callers and a memory writer each "
-        f"into a {c['buffer_bytes'] // 1024} KiB buffer; moves to random nodes with random strategies; every "
+        f"application's local node. {len(c['protections'])} counter workloads, protected by "
+        f"{' and '.join(c['protections'])} on the local node, with {c['callers']} incr callers in all and a "
+        f"memory writer each into a {c['buffer_bytes'] // 1024} KiB buffer; moves to random nodes with random "
+        "strategies; every "
         f"node is killed about every {c['kill_every_s']} s (SIGKILL, {int(c['sigterm_share'] * 100)}% SIGTERM) "
         f"and restarted on its data dir, {int(c['phase_share'] * 100)}% of restarts armed to crash at a random "
         "phase of a move. Lost and duplicated are checked from the counter values and the buffer bytes "
@@ -359,6 +378,8 @@ def markdown(result: dict) -> str:
         *(f"| {name} | {value} |" for name, value in rows),
         "",
         f"Verdict: {'nothing lost, nothing duplicated, state exact' if result['ok'] else 'FAILED'}.",
+        *(["", f"Stopped at the {c['deadline_s']} s deadline before the moves were done."] if result["stalled"] else []),
+        *(f"\n{error}" for error in result["verdict_errors"]),
     ]
     return "\n".join(lines) + "\n"
 
@@ -368,14 +389,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK.moves} moves, kills every {QUICK.kill_every_s} s")
     parser.add_argument("--moves", type=int, help="moves done before the run ends")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--protection", help="modes of the workloads' protection, comma-separated "
+                        "(checkpoint, standby; one workload each)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--keep", type=Path, help="run in this directory and keep the node and application logs")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else SoakConfig()
     config = dataclasses.replace(config, seed=args.seed, **({"moves": args.moves} if args.moves else {}))
+    if args.protection:
+        modes = tuple(args.protection.split(","))
+        if not set(modes) <= {"checkpoint", "standby"}:
+            parser.error(f"--protection takes checkpoint and standby, not {args.protection!r}")
+        config = dataclasses.replace(config, protections=modes)
     if config.moves < 1:
         parser.error("--moves must be at least 1")
-    with tempfile.TemporaryDirectory(prefix="wm-soak-") as tmp:
-        result = trio.run(soak, config, Path(tmp))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        with open(args.keep / "app.log", "w") as log:
+            configure_logging("app", "info", stream=log)
+            result = trio.run(soak, config, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="wm-soak-") as tmp:
+            result = trio.run(soak, config, Path(tmp))
     args.out.mkdir(parents=True, exist_ok=True)
     name = "soak-quick" if args.quick else "soak"
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
