@@ -80,3 +80,18 @@ async def test_a_hot_standby_follows_memory_writes_and_takes_over_with_them(node
         assert await h.read_memory(ptr, 23) == b"followed by the standby"
         assert await h.call("incr", 1) == 2
         assert h.node == "local"
+
+
+async def test_a_standby_on_a_node_the_workload_once_left_can_be_promoted(node_procs, cluster_tls):
+    """The node keeps a tombstone of the workload that left it; a standby placed there later must win over it."""
+    edge = node_procs.start("edge-1", "edge")
+    async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as c:
+        h = await c.spawn(workloads.load("counter"), on="local")
+        await h.protect("standby", interval_s=0.05, to="local")
+        assert await h.call("incr", 1) == 1
+        await h.migrate("edge-1")  # local keeps a tombstone; edge-1 now feeds a standby on local
+        assert await h.call("incr", 1) == 2
+        await trio.sleep(0.3)
+        edge.kill()
+        assert await h.call("incr", 1) == 3
+        assert h.node == "local"
