@@ -53,8 +53,8 @@ import migrate  # noqa: E402
 import workloads  # noqa: E402
 from benchmarks.loads import CounterLoad, MemoryLoad  # noqa: E402
 from benchmarks.suite import client_blackout, percentile  # noqa: E402
-from migrate._service import CRASH_PHASES  # noqa: E402
 from nodes import NodeError  # noqa: E402
+from nodes._crash import MIGRATION_PHASES  # noqa: E402
 from nodes._logging import configure_logging  # noqa: E402
 from nodes.launcher import LocalCluster, NodeProcess  # noqa: E402
 
@@ -115,7 +115,7 @@ class Fleet:
     def _arm(self, name: str) -> dict[str, str]:
         rng = self.rngs[name]
         if rng.random() < self.config.phase_share:
-            return {"MIGRATE_NODE_CRASH_AT": rng.choice(CRASH_PHASES)}
+            return {"MIGRATE_NODE_CRASH_AT": rng.choice(MIGRATION_PHASES)}
         return {}
 
     def alive(self, name: str) -> bool:

@@ -33,9 +33,9 @@ import trio
 
 import snapshot
 from nodes import ConnectionFailed, NodeError, RemoteNodeError, register_handler, register_status
-from nodes import _faults as faults
 from nodes import _host_errors as he
 from nodes._config import parse_address
+from nodes._crash import crash_point_async
 from nodes._error_codes import code_for, error_reply
 from nodes._messages import Done, ErrorCode, ErrorReply
 from nodes._replay import CallInputs
@@ -76,16 +76,6 @@ STRATEGIES = ("precopy", "stop-copy", "dual")
 #: Dual handover: switch once at most this many logged calls wait to be
 #: replayed; the switch replays them (one round trip) while calls are held.
 SWITCH_BACKLOG = 32
-
-#: Crash testing (``nodes._faults``): a node started with
-#: MIGRATE_NODE_CRASH_AT=<phase> dies at once, as SIGKILL would kill it, when
-#: a migration reaches <phase>; with MIGRATE_NODE_PAUSE_AT=<phase> it holds
-#: there until signalled.  The crash tests kill and stop real nodes at each.
-CRASH_PHASES = ("source:before-incoming", "source:after-round", "source:frozen", "source:after-commit",
-                "target:incoming", "target:chunk", "target:after-round", "target:before-commit",
-                "target:after-commit")
-faults.register(*CRASH_PHASES)
-_crash_point = faults.point
 
 
 @dataclass
@@ -461,7 +451,7 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
     svc.incoming[req.workload] = Incoming(
         req.workload, req.module_sha256, req.app, req.epoch, req.source,
         settings={"args": tuple(req.args), "env": dict(req.env or {}), "memory_limit_bytes": req.memory_limit_bytes})
-    await _crash_point("target:incoming")
+    await crash_point_async("target:incoming")
     return Done(id=req.id)
 
 
@@ -482,7 +472,7 @@ async def on_chunk(node, session, req: MChunk) -> Done:
     if inc is None or inc.epoch != req.epoch:
         return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
                           message=f"no incoming move of {req.workload} at epoch {req.epoch}")
-    await _crash_point("target:chunk")
+    await crash_point_async("target:chunk")
     async with inc.lock:
         try:
             # Decompressing is CPU work: keep it off the event loop.
@@ -503,7 +493,7 @@ async def on_chunk(node, session, req: MChunk) -> Done:
             else:
                 await node.run_host(node.host.apply_snapshot, inc.workload, snap)
             inc.rounds += 1
-            await _crash_point("target:after-round")
+            await crash_point_async("target:after-round")
     return Done(id=req.id)
 
 
@@ -588,7 +578,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         ledger = CallLedger.from_wire(req.ledger)
     except ValueError as exc:
         return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
-    await _crash_point("target:before-commit")
+    await crash_point_async("target:before-commit")
     if req.digest is not None:
         try:
             pages = {int(k): [int(p) for p in v] for k, v in dict(req.pages or {}).items()}
@@ -610,7 +600,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         await node.run_host(node.host.set_call_count, req.workload, req.calls)
         if req.monotonic_ns is not None:
             await node.run_host(node.host.continue_clock, req.workload, req.monotonic_ns)
-    await _crash_point("target:after-commit")
+    await crash_point_async("target:after-commit")
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})
     return MCommitted(id=req.id, epoch=req.epoch)
 
@@ -711,7 +701,7 @@ class Migration:
         try:
             info = await node.run_host(host.info, self.workload)
             await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
-            await _crash_point("source:before-incoming")
+            await crash_point_async("source:before-incoming")
             await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
                                  app=info.app, epoch=self.epoch, source=node.config.name,
                                  **await node.run_host(host.launch_settings, self.workload))
@@ -762,7 +752,7 @@ class Migration:
         full = await node.run_host(host.start_tracking, self.workload)
         sent_before = self.bytes_sent
         took = await self._send(client, full)
-        await _crash_point("source:after-round")
+        await crash_point_async("source:after-round")
         last_pages, last_bytes = full.page_count, self.bytes_sent - sent_before
         while True:
             delta = await node.run_host(host.capture_delta, self.workload)
@@ -893,7 +883,7 @@ class Migration:
         aborts) if the target refuses or cannot be reached before it commits.
         """
         owned = self.owned
-        await _crash_point("source:frozen")
+        await crash_point_async("source:frozen")
         info = await self.node.run_host(self.node.host.info, self.workload)
         clock = await self.node.run_host(self.node.host.clock_state, self.workload)
         try:
@@ -907,7 +897,7 @@ class Migration:
             if not await self._target_owns():
                 raise
             self.notes.append("commit confirmed after the link broke")
-        await _crash_point("source:after-commit")
+        await crash_point_async("source:after-commit")
         stone = Tombstone(target_name, str(self.target), self.epoch)
         if owned.standby_scope is not None:
             owned.standby_scope.cancel()  # the new owner gets its own standby

@@ -33,7 +33,7 @@ import migrate
 import workloads
 from benchmarks.loads import CounterLoad, MemoryLoad
 from migrate._messages import MLocate
-from migrate._service import CRASH_PHASES
+from nodes._crash import MIGRATION_PHASES
 
 SOURCE, TARGET = "edge-1", "cloud-1"
 BUFFER_BYTES = 2 * 2**20
@@ -72,7 +72,7 @@ EXPECTED_OWNER = {
 
 
 def test_the_matrix_covers_every_migration_phase():
-    assert {phase for phase, _ in EXPECTED_OWNER} == set(CRASH_PHASES) | {CHECKPOINT_WRITE}
+    assert {phase for phase, _ in EXPECTED_OWNER} == set(MIGRATION_PHASES) | {CHECKPOINT_WRITE}
 
 
 class Scenario:
@@ -190,7 +190,7 @@ async def _move(h) -> str:
 
 
 @pytest.mark.parametrize("signal_name", list(SIGNALS))
-@pytest.mark.parametrize("phase", CRASH_PHASES)
+@pytest.mark.parametrize("phase", MIGRATION_PHASES)
 async def test_a_node_signalled_at_a_phase_of_a_move_loses_and_repeats_nothing(
         node_procs, cluster_tls, phase, signal_name):
     s = Scenario(node_procs, cluster_tls, phase, signal_name)
