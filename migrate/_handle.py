@@ -5,7 +5,9 @@ with the handle's id and a fresh sequence number.  When the node says the
 workload moved, or cannot be reached, the handle finds the owner and sends
 the *same* sequence number again; the owner's call ledger turns a repeat
 into the recorded outcome.  So a call is never lost and never runs twice,
-and the application never sees the move.
+and the application never sees the move.  A node restarted with SIGTERM
+keeps its workloads and ledgers; a call waits up to ``reconnect_timeout_s``
+for its owner to come back.
 """
 
 from __future__ import annotations
@@ -230,19 +232,14 @@ class Handle:
                                              ack=self._ack, **fields)
             except ConnectionFailed as exc:
                 self._cluster.forget(self._address)
-                if isinstance(exc, NodeShuttingDown):
-                    self._cluster.shutting_down(self._address, self.reconnect_timeout_s)
-                deadline.owner_unreachable()
-                await self._relocate(deadline.at, ran=None)
+                await self._wait_for_owner(deadline, shutting_down=isinstance(exc, NodeShuttingDown))
                 continue
             except RemoteNodeError as exc:
                 if exc.code == ErrorCode.NOT_OWNER:
                     await self._relocate(deadline.at, ran=None)
                     continue
-                if exc.code == ErrorCode.SHUTTING_DOWN:  # refused, not run: wait for the restart
-                    self._cluster.shutting_down(self._address, self.reconnect_timeout_s)
-                    deadline.owner_unreachable()
-                    await self._relocate(deadline.at, ran=None)
+                if exc.code == ErrorCode.SHUTTING_DOWN:  # refused, not run
+                    await self._wait_for_owner(deadline, shutting_down=True)
                     continue
                 self._finish(seq)
                 raise
@@ -265,6 +262,16 @@ class Handle:
                     fields, caller=self._caller, seq=seq, index=reply.index, ok=True, values=list(reply.values),
                     data=reply.data, inputs=reply.inputs))
             return reply
+
+    async def _wait_for_owner(self, deadline: _Deadline, *, shutting_down: bool) -> None:
+        """The owner is unreachable (or stopping): give it ``reconnect_timeout_s`` to come back.
+
+        Raises WorkloadUnavailable when the deadline passes.
+        """
+        if shutting_down:
+            self._cluster.shutting_down(self._address, self.reconnect_timeout_s)
+        deadline.owner_unreachable()
+        await self._relocate(deadline.at, ran=None)
 
     async def _relocate(self, deadline: float, *, ran: bool | None = None) -> None:
         """Find the workload's owner, waiting and asking again until ``deadline``.

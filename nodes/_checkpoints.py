@@ -374,12 +374,9 @@ def retire(saved: Saved) -> None:
 def discard(data_dir: Path, damage: DamagedState) -> tuple[tuple[Path, Path], ...]:
     """Set every unrestored checkpoint directory aside (``--discard-state``); return (from, to) pairs.
 
-    Nothing is deleted.  Raises ``damage`` itself when the data directory
-    cannot be read (nothing can be set aside), and DamagedState when a
-    directory cannot be renamed.
+    Nothing is deleted.  Raises DamagedState when a directory cannot be
+    renamed.
     """
-    if Path(damage.path) == data_dir:
-        raise damage
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     moved = []
     for name in (NEW, CURRENT, OLD):

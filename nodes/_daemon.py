@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -443,6 +444,8 @@ def _open_node(config: NodeConfig) -> tuple[Node, checkpoints.Saved]:
             node.host.close()
             raise
     except DamagedState as exc:
+        if Path(exc.path) == data_dir:
+            raise  # nothing in it can be read, so nothing can be set aside
         if not config.discard_state:
             raise DamagedState(exc.path, f"{exc}; repair it, or start with --discard-state to set the "
                                          "saved state aside and start empty") from exc

@@ -14,6 +14,7 @@ Layout of ``data_dir``::
     modules/<sha256>.wasm             module bytes as given (what peers ask for)
     modules/<sha256>.<engine>.cwasm   Module.serialize() of the prepared module
     workloads/<id>/stdout, stderr     captured guest output
+    checkpoints*/                     the daemon's shutdown checkpoint (``nodes._checkpoints``)
 
 ``<engine>`` fingerprints the wasmtime version, the CPU architecture and the
 engine settings, so a cwasm compiled under another configuration is
