@@ -52,7 +52,6 @@ import snapshot
 from ._host_errors import (
     BadArguments,
     HostClosed,
-    HostError,
     InvalidModule,
     ResourceLimitExceeded,
     SnapshotFailed,

@@ -270,7 +270,9 @@ async def test_a_failed_save_keeps_the_previous_checkpoint_and_says_which_file(n
     with contextlib.ExitStack() as stack:
         if how == "full filesystem":
             stack.enter_context(small_filesystem(data, 32 * MiB))
-        node = NodeProcess("edge-1", "edge", data_dir=data, tls_dir=cluster_tls.issue("edge-1")).start()
+        node = NodeProcess("edge-1", "edge", data_dir=data, tls_dir=cluster_tls.issue("edge-1"))
+        node_procs.nodes.append(node)  # killed at teardown if the test fails
+        node.start()
         async with await node.client(cluster_tls.app) as client:
             await client.deploy(DIRTIER, workload_id="big")
             await client.call("big", "dt_init", 64)  # a snapshot of about 7 MiB
