@@ -46,7 +46,6 @@ from ._errors import (
     ConnectionFailed,
     DamagedState,
     LocalProtocolError,
-    NodeError,
     RemoteProtocolError,
 )
 from ._hosting import BulkReport, Host, WorkloadInfo
@@ -495,8 +494,8 @@ def _load_records(node: Node, restored: checkpoints.Restored) -> None:
 async def _listen(config: NodeConfig) -> list[trio.SocketListener]:
     try:
         return await trio.open_tcp_listeners(config.listen.port, host=config.listen.host)
-    except OSError as exc:  # the address is in use, or not ours
-        raise NodeError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+    except OSError as exc:  # the address is in use, or not ours: a setting to fix
+        raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
 
 
 def _advertised(bound: Address) -> Address:
@@ -513,9 +512,9 @@ async def serve(config: NodeConfig, *, stop: trio.Event | None = None,
     port 0).  When ``stop`` is set the node stops accepting, lets running
     requests finish, checkpoints its workloads into ``DATA_DIR/checkpoints``
     and returns; cancellation stops it without a checkpoint.
-    Raises ConfigError for unusable settings or TLS material, DamagedState
-    (a ConfigError) for saved state it will not start from, NodeError if it
-    cannot listen, and CheckpointFailed if the shutdown checkpoint failed.
+    Raises ConfigError for unusable settings or TLS material or a busy
+    address, DamagedState (a ConfigError) for saved state it will not start
+    from, and CheckpointFailed if the shutdown checkpoint failed.
     """
     if not config.insecure:
         server_context(config.tls_path)  # fail before touching the data dir

@@ -120,8 +120,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     configure_logging(config.name, config.log_level)
     try:
         trio.run(_serve_until_signalled, config)
-    except OSError as exc:  # cannot listen: address in use, permission
-        raise NodeError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+    except OSError as exc:  # an unusable setting: a busy port, an unwritable data dir
+        if exc.filename:
+            raise ConfigError(f"cannot use {exc.filename}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
     logger.info("stopped")
     return 0
 
