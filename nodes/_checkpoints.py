@@ -316,8 +316,9 @@ def restore(host: Host, saved: Saved, *, key: bytes | None = None) -> Restored:
         return Restored()
     directory, manifest = saved.checkpoint, saved.manifest
     generation = manifest["generation"]
-    for workload_id, why in manifest.get("failed", []):
-        logger.warning("workload was not saved at the last shutdown: %s", why, extra={"workload": workload_id})
+    for item in manifest.get("failed") or []:
+        if isinstance(item, list) and len(item) == 2:
+            logger.warning("workload was not saved at the last shutdown: %s", item[1], extra={"workload": item[0]})
     records = {}
     for entry in manifest["workloads"]:
         workload_id = entry["id"]
