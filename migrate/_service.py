@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 import trio
 
 import snapshot
-from nodes import ConnectionFailed, NodeError, RemoteNodeError, register_handler, register_status
+from nodes import (
+    ConnectionFailed,
+    NodeError,
+    RemoteNodeError,
+    register_checkpoint_extension,
+    register_handler,
+    register_status,
+)
 from nodes import _host_errors as he
 from nodes._config import parse_address
 from nodes._crash import crash_point_async
@@ -76,6 +83,7 @@ STRATEGIES = ("precopy", "stop-copy", "dual")
 #: Dual handover: switch once at most this many logged calls wait to be
 #: replayed; the switch replays them (one round trip) while calls are held.
 SWITCH_BACKLOG = 32
+
 
 
 @dataclass
@@ -149,8 +157,11 @@ class MigrationService:
     def owner_of(self, workload: str) -> Owned | None:
         owned = self.owned.get(workload)
         if owned is None and workload not in self.moved and workload not in self.incoming:
-            # Restored from a checkpoint after a restart: adopt it.  The
-            # ledger did not survive the restart (see the README's limits).
+            # A workload deployed with plain `migrate-node deploy` and never
+            # used through a handle: adopt it at epoch 1, with an empty
+            # ledger (no handle call ran on it).  Workloads this node owned
+            # before a restart come back with their own epoch and ledger
+            # (_save_record below), so they never reach this line.
             try:
                 self.node.host.info(workload)
             except he.HostError:
@@ -937,6 +948,62 @@ class Migration:
                              f"it keeps running on {self.node.config.name}")
 
 
+# --- surviving a restart ----------------------------------------------------
+
+def _save_record(node, workload: str) -> dict | None:
+    """What SIGTERM's checkpoint keeps of a workload's ownership: epoch, operation index, call ledger.
+
+    Workloads this node holds without owning them -- a standby copy, a move
+    being received, a moved-away copy not yet removed -- are left out
+    (None): bringing them back as owned would give them two owners.
+    """
+    svc = service(node)
+    owned = svc.owned.get(workload)
+    if owned is None:
+        return None if workload in svc.incoming or workload in svc.moved else {}
+    if owned.moved is not None:
+        return None
+    return {"epoch": owned.epoch, "index": owned.index, "record": owned.record, "ledger": owned.ledger.to_wire()}
+
+
+def _load_record(node, workload: str, record: dict) -> None:
+    """Make this node the workload's owner again, as it was at shutdown.  Raises ValueError."""
+    epoch, index = record.get("epoch"), record.get("index")
+    if not _is_count(epoch) or epoch < 1 or not _is_count(index):
+        raise ValueError(f"epoch {epoch!r} and index {index!r} must be counts")
+    owned = Owned(workload, epoch=epoch, ledger=CallLedger.from_wire(record.get("ledger")), index=index,
+                  record=bool(record.get("record")))
+    if owned.record:  # a protected workload: calls report the inputs they consumed
+        node.host.set_replay_mode(workload, "record")
+    svc = service(node)
+    svc.moved.pop(workload, None)
+    svc.owned[workload] = owned
+
+
+def _save_tombstones(node) -> dict:
+    return {"moved": {w: [t.to_name, t.to_address, t.epoch] for w, t in service(node).moved.items()}}
+
+
+def _load_tombstones(node, record: dict) -> None:
+    """Remember where workloads went, so late calls are still redirected.  Raises ValueError."""
+    moved = record.get("moved")
+    if not isinstance(moved, dict):
+        raise ValueError("no map of moved workloads")
+    svc = service(node)
+    for workload, stone in moved.items():
+        if not (isinstance(stone, list) and len(stone) == 3 and isinstance(stone[0], str)
+                and isinstance(stone[1], str) and _is_count(stone[2])):
+            raise ValueError(f"tombstone of {workload!r} is {stone!r}")
+        if workload not in svc.owned:
+            svc.moved[str(workload)] = Tombstone(*stone)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+register_checkpoint_extension("migrate", save=_save_record, load=_load_record,
+                              save_node=_save_tombstones, load_node=_load_tombstones)
 register_status(lambda node: service(node).status())
 
 for _kind, _handler in ((MSpawn, on_spawn), (MCall, on_call), (MLocate, on_locate), (MIncoming, on_incoming),
