@@ -142,7 +142,10 @@ class Scenario:
         await trio.to_thread.run_sync(self.victim.restart)
 
     async def owner_of(self, h) -> tuple[str, int]:
-        found = await self.cluster.locate(h.workload)
+        """Where ``h``'s workload runs, once it runs somewhere: a failover may still be under way."""
+        with trio.move_on_after(60):
+            while (found := await self.cluster.locate(h.workload)) is None:
+                await trio.sleep(0.05)
         assert found is not None, f"no node owns {h.workload}"
         name, _, epoch = found
         return name, epoch
