@@ -324,7 +324,7 @@ class Node:
                 self._idle = trio.Event()
                 await self._idle.wait()
             report = await trio.to_thread.run_sync(self.host.checkpoint_all, self.config.checkpoint_path,
-                                                   cancellable=True)
+                                                   abandon_on_cancel=True)
         if grace.cancelled_caught:
             logger.error("checkpoint did not finish within the %s s grace period", grace_s)
             return False
