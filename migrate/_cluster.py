@@ -21,6 +21,7 @@ from pathlib import Path
 import trio
 
 from nodes import ConnectionFailed, NodeClient, NodeConfig, NodeError, parse_address
+from nodes import _host_errors as he
 from nodes._config import Address
 from nodes._daemon import serve
 
@@ -171,41 +172,47 @@ class Cluster:
 
     async def protect(self, handle: Handle, protection: Protection) -> None:
         workload = handle.workload
+        if protection.mode != "off":
+            self.address_of(protection.to)  # raises UnknownNode now, not at failover
+            if workload not in self._modules:
+                raise ValueError(f"workload {workload} was not spawned by this cluster; its module is unknown")
         scope = self._protect_scopes.pop(workload, None)
         if scope is not None:
             scope.cancel()
+        previous = self._protectors.pop(workload, None)
+        if previous is not None:
+            await previous.stop()
         if protection.mode == "off":
-            self._protectors.pop(workload, None)
             return
-        self.address_of(protection.to)  # raises UnknownNode now, not at failover
-        module = self._modules.get(workload)
-        if module is None:
-            raise ValueError(f"workload {workload} was not spawned by this cluster; its module is unknown")
-        protector = Protector(self, workload, module, protection)
+        protector = Protector(self, workload, self._modules[workload], protection)
         await protector.start(handle)
         self._protectors[workload] = protector
         self._protect_scopes[workload] = scope = trio.CancelScope()
 
         async def loop() -> None:
             with scope:
-                await protector.run(handle)
+                await protector.run()
 
         self._nursery.start_soon(loop)
 
     async def after_move(self, handle: Handle) -> None:
-        """Re-establish a hot standby at the workload's new owner."""
+        """Tell the workload's protector where it went, and make sure the new owner feeds its standby."""
         protector = self._protectors.get(handle.workload)
-        if protector is not None and protector.protection.mode == "standby":
+        if protector is None:
+            return
+        protector.seen(handle._address, handle.epoch)
+        if protector.protection.mode == "standby":
             try:
-                await protector.follow(handle)
-            except (NodeError, MigrateError) as exc:
+                await protector.follow(handle._address)
+            except (NodeError, he.HostError, MigrateError) as exc:
                 self.publish("standby_lost", handle.workload, protector.protection.to, str(exc))
 
     def protects(self, workload: str) -> bool:
         """True if this application logs the workload's operations for failover."""
         return workload in self._protectors
 
-    def log_operation(self, workload: str, entry: dict) -> None:
+    def log_operation(self, workload: str, entry: dict | None) -> None:
+        """Add an operation's log entry (``_oplog.log_entry``) to the workload's protector."""
         protector = self._protectors.get(workload)
         if protector is not None:
             protector.record(entry)
@@ -225,8 +232,9 @@ class Cluster:
             raise
         if not rebuilt:
             return name, address, new_epoch
-        self.publish("failed_over", workload, name, f"rebuilt at epoch {new_epoch} from checkpoint and log")
-        self._nursery.start_soon(_refresh_checkpoint, protector, self, workload)
+        how = "standby promoted" if protector.protection.mode == "standby" else "rebuilt from checkpoint and log"
+        self.publish("failed_over", workload, name, f"{how} at epoch {new_epoch}")
+        protector.wake()  # a fresh checkpoint (or standby) at once, so a second loss is survivable too
         return name, address, new_epoch
 
     async def attach(self, workload: str) -> Handle:
@@ -265,19 +273,10 @@ class Cluster:
                 continue
             if where.status == "owner" and (best is None or where.epoch > best[2]):
                 best = (client.node, address, where.epoch)
-            elif where.status == "moved" and where.to_address:
+            if where.to_address:  # a tombstone: ask where it points too
                 self.learn(where.to_name or where.to_address, where.to_address)
                 pending.append(where.to_address)
         return best
-
-
-async def _refresh_checkpoint(protector: Protector, cluster: Cluster, workload: str) -> None:
-    """Take a checkpoint at the new owner at once, so a second loss is survivable too."""
-    found = await cluster.locate(workload)
-    if found is not None:
-        name, address, epoch = found
-        with contextlib.suppress(NodeError):
-            await protector.take_checkpoint(Handle(cluster, workload, node=name, address=address, epoch=epoch))
 
 
 async def _close_quietly(client: NodeClient) -> None:
