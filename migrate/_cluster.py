@@ -29,7 +29,7 @@ from . import _service  # noqa: F401  (registers the migration handlers for the 
 from ._errors import MigrateError, UnknownNode
 from ._handle import Handle, module_bytes
 from ._messages import MLocate, MSpawn
-from ._protect import Event, FailoverFailed, Protection, Protector
+from ._protect import Event, FailoverFailed, Protection, ProtectionStatus, Protector
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +206,11 @@ class Cluster:
                 await protector.follow(handle._address)
             except (NodeError, he.HostError, MigrateError) as exc:
                 self.publish("standby_lost", handle.workload, protector.protection.to, str(exc))
+
+    def protection(self, workload: str) -> ProtectionStatus | None:
+        """How this application protects ``workload`` now; None if it does not."""
+        protector = self._protectors.get(workload)
+        return protector.status() if protector is not None else None
 
     def protects(self, workload: str) -> bool:
         """True if this application logs the workload's operations for failover."""

@@ -106,6 +106,26 @@ class Event:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class ProtectionStatus:
+    """How a workload is protected right now, as its application sees it.
+
+    ``checkpoint_index`` is the last operation the held checkpoint
+    includes (None: no checkpoint held); ``log_entries`` and ``log_bytes``
+    count the logged operations after it (or after what the standby
+    reported it has replayed).
+    """
+
+    mode: str
+    to: str
+    checkpoint_index: int | None
+    checkpoint_bytes: int
+    checkpoint_parts: int
+    log_entries: int
+    log_bytes: int
+    failovers: int
+
+
 class FailoverFailed(MigrateError):
     """The workload could not be rebuilt from its checkpoint and log."""
 
@@ -176,6 +196,13 @@ class Protector:
         """The workload was found at ``address`` with ``epoch``."""
         if epoch >= self.epoch:
             self.owner, self.epoch = address, epoch
+
+    def status(self) -> ProtectionStatus:
+        ckpt = self.checkpoint
+        return ProtectionStatus(
+            mode=self.protection.mode, to=self.protection.to, checkpoint_index=ckpt.index if ckpt else None,
+            checkpoint_bytes=ckpt.size_bytes if ckpt else 0, checkpoint_parts=len(ckpt.parts) if ckpt else 0,
+            log_entries=len(self.log), log_bytes=self.log_bytes, failovers=self.failovers)
 
     def wake(self) -> None:
         """Run the next round now rather than at the next ``interval_s``."""
