@@ -36,7 +36,7 @@ import trio
 import snapshot
 from nodes import ConnectionFailed, NodeError, RemoteNodeError, register_handler, register_status
 from nodes import _host_errors as he
-from nodes._config import parse_address
+from nodes._config import Address, parse_address
 from nodes._error_codes import code_for, error_reply
 from nodes._messages import Done, ErrorCode, ErrorReply
 from nodes._replay import CallInputs
@@ -84,6 +84,9 @@ MAX_PENDING_CHECKPOINTS = 2
 #: Operations waiting to be forwarded to a hot standby at most; a standby
 #: that falls further behind is dropped (the application starts a new one).
 STANDBY_BACKLOG = 4096
+#: A move onto the standby's node waits this long, with calls held, for the
+#: standby to replay what is queued for it; then the move aborts instead.
+HANDOVER_FLUSH_S = 10.0
 
 #: Crash testing: a node started with MIGRATE_NODE_CRASH_AT=<phase> dies at
 #: once, as SIGKILL would kill it, when a migration reaches <phase>.  The
@@ -142,7 +145,7 @@ class Standby:
     go there.  ``done`` is set when the feed has ended.
     """
 
-    target: object
+    target: Address
     epoch: int
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
@@ -855,10 +858,11 @@ class Migration:
             raise MigrationError(f"cannot reach {self.target}: {exc}") from None
         target_name = client.node
         committed = False
-        feed = self.owned.standby
-        onto_standby = feed is not None and feed.target == self.target
+        onto_standby = False
         try:
             async with self.owned.standby_lock:  # no standby starts or stops meanwhile
+                feed = self.owned.standby
+                onto_standby = feed is not None and feed.target == self.target
                 try:
                     if onto_standby and feed.send is not None:
                         committed = await self._standby_handover(client, target_name, feed)
@@ -913,7 +917,12 @@ class Migration:
             try:
                 feed.send.close()  # the feed drains what is queued, then ends
                 feed.send = None
-                await feed.done.wait()
+                with trio.move_on_after(HANDOVER_FLUSH_S):
+                    await feed.done.wait()
+                if not feed.done.is_set():
+                    feed.scope.cancel()
+                    raise MigrationError(f"the standby on {target_name} did not take the last "
+                                         f"operations within {HANDOVER_FLUSH_S} s")
                 if not feed.flushed:
                     raise MigrationError(f"the standby on {target_name} was lost before the handover")
                 committed = await self._commit(client, target_name, from_standby=True)

@@ -43,7 +43,7 @@ class Bench:
         scratch = await kv.call("wm_alloc", SCRATCH_BYTES)
         await kv.write_memory(scratch, bytes(SCRATCH_BYTES))
         for h in (kv, counter):
-            await h.protect(mode, interval_s=0.05, to=to)
+            await h.protect(mode, interval_s=0.2, to=to)
         return cls(cluster, kv, counter, scratch)
 
     async def steps(self, n: int) -> None:
