@@ -291,13 +291,16 @@ async def _close_quietly(client: NodeClient) -> None:
 
 @contextlib.asynccontextmanager
 async def connect(*addresses: str, tls: Path | str | None = None, local: bool = True,
-                  data_dir: Path | str | None = None) -> AsyncIterator[Cluster]:
+                  data_dir: Path | str | None = None,
+                  local_memory_bytes: int | None = None) -> AsyncIterator[Cluster]:
     """Open a cluster: start the local node and connect to ``addresses``.
 
     ``tls`` is a TLS directory (``migrate-node cert issue --role node``)
     used both to reach the nodes and for the local node's own listener;
-    None means plain TCP, allowed on loopback only.  Raises ConfigError,
-    ConnectionFailed.
+    None means plain TCP, allowed on loopback only.
+    ``local_memory_bytes`` caps each workload's memory on the local node
+    (the node default otherwise); a workload that fails over or moves to
+    "local" must fit it.  Raises ConfigError, ConnectionFailed.
     """
     try:
         async with trio.open_nursery() as nursery:
@@ -306,9 +309,11 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
                 if local:
                     directory = Path(data_dir) if data_dir else Path(
                         stack.enter_context(tempfile.TemporaryDirectory(prefix="wm-local-")))
+                    limits = {"workload_memory_bytes": local_memory_bytes} if local_memory_bytes is not None else {}
                     config = NodeConfig(name=LOCAL, role="client", listen=Address("127.0.0.1", 0),
                                         data_dir=directory, tls_dir=Path(tls) if tls else None,
-                                        insecure=tls is None, join=tuple(parse_address(a) for a in addresses))
+                                        insecure=tls is None, join=tuple(parse_address(a) for a in addresses),
+                                        **limits)
                     bound = await nursery.start(serve, config)
                     cluster.learn(LOCAL, str(bound))
                 for address in addresses:

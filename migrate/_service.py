@@ -68,7 +68,7 @@ from ._messages import (
     MWhere,
     ReportRecord,
 )
-from ._oplog import batches, divergence, log_entry, replayed_call
+from ._oplog import batches, divergence, entry_bytes, log_entry, replayed_call
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
 
 logger = logging.getLogger(__name__)
@@ -81,9 +81,10 @@ SWITCH_BACKLOG = 32
 #: drops the oldest.  Each holds a copy of the workload's state until its
 #: last part is fetched.
 MAX_PENDING_CHECKPOINTS = 2
-#: Operations waiting to be forwarded to a hot standby at most; a standby
-#: that falls further behind is dropped (the application starts a new one).
-STANDBY_BACKLOG = 4096
+#: Bytes of operations (payloads included) waiting to be forwarded to a hot
+#: standby at most; a standby that falls further behind is dropped (the
+#: application asks for a new one).
+STANDBY_BACKLOG_BYTES = 256 * 2**20
 #: A move onto the standby's node waits this long, with calls held, for the
 #: standby to replay what is queued for it; then the move aborts instead.
 HANDOVER_FLUSH_S = 10.0
@@ -128,13 +129,14 @@ class Owned:
             self.follow.send_nowait(entry)
         standby = self.standby
         if standby is not None and standby.send is not None:
-            try:
-                standby.send.send_nowait(entry)
-            except trio.WouldBlock:
-                logger.warning("standby fell %d operations behind; dropping it", STANDBY_BACKLOG,
+            standby.queued_bytes += entry_bytes(entry)
+            if standby.queued_bytes > STANDBY_BACKLOG_BYTES:
+                logger.warning("standby fell %d bytes behind; dropping it", STANDBY_BACKLOG_BYTES,
                                extra={"workload": self.workload})
                 standby.send = None
                 standby.scope.cancel()
+            else:
+                standby.send.send_nowait(entry)
 
 
 @dataclass
@@ -150,6 +152,7 @@ class Standby:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
     send: "trio.MemorySendChannel | None" = None
+    queued_bytes: int = 0  # of the entries sent to ``send`` and not yet forwarded
     flushed: bool = False  # ended because its channel was closed, after forwarding everything
 
 
@@ -498,8 +501,9 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
     """
     host, workload = node.host, owned.workload
     feed = owned.standby = Standby(target, owned.epoch + 1)
-    send, receive = trio.open_memory_channel(STANDBY_BACKLOG)
+    send, receive = trio.open_memory_channel(math.inf)  # bounded by STANDBY_BACKLOG_BYTES in forward()
     client = None
+    started = False
     try:
         with feed.scope:
             try:
@@ -527,6 +531,7 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
             except (NodeError, he.HostError, OSError) as exc:
                 raise MigrationError(f"cannot start a standby of {workload} on {target}: {exc}") from None
             task_status.started()
+            started = True
             logger.info("standby following", extra={"workload": workload, "peer": client.node})
             room = client.peer_max_frame_bytes - _chunks.FRAME_OVERHEAD_BYTES
             try:
@@ -534,6 +539,7 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
                     for batch in batches([first, *_drain(receive)], room):
                         await client.request(MReplay, workload=workload, epoch=feed.epoch, entries=batch,
                                              standby=True)
+                        feed.queued_bytes -= sum(entry_bytes(e) for e in batch)
                 feed.flushed = True
             except (NodeError, he.HostError, OSError) as exc:
                 logger.warning("standby lost: %s", exc, extra={"workload": workload})
@@ -550,6 +556,8 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
                         await client.request(MAbort, workload=workload, epoch=feed.epoch, standby=True)
                 await client.aclose()
         feed.done.set()
+    if not started:  # stopped (the workload moved or was removed) before the copy was complete
+        raise MigrationError(f"the standby of {workload} on {target} was stopped before it was ready")
 
 
 async def on_promote(node, session, req: MPromote) -> MCommitted:

@@ -37,13 +37,13 @@ class Bench:
         self.rng = random.Random(11)
 
     @classmethod
-    async def start(cls, cluster, *, on: str, mode: str, to: str) -> Bench:
+    async def start(cls, cluster, *, on: str, mode: str, to: str, interval_s: float = 0.2) -> Bench:
         kv = await cluster.spawn(workloads.load("kvstore"), on=on)
         counter = await cluster.spawn(workloads.load("counter"), on=on)
         scratch = await kv.call("wm_alloc", SCRATCH_BYTES)
         await kv.write_memory(scratch, bytes(SCRATCH_BYTES))
         for h in (kv, counter):
-            await h.protect(mode, interval_s=0.2, to=to)
+            await h.protect(mode, interval_s=interval_s, to=to)
         return cls(cluster, kv, counter, scratch)
 
     async def steps(self, n: int) -> None:
@@ -120,9 +120,12 @@ async def test_new_owner_killed_right_after_a_move(node_procs, cluster_tls, mode
     (edge1, edge2, *_), to = _nodes(node_procs, mode)
     async with migrate.connect(*(str(n.address) for n in node_procs.nodes),
                                tls=cluster_tls.issue("app-1", "node")) as c:
-        bench = await Bench.start(c, on="edge-1", mode=mode, to=to)
+        # Few checkpoints: the failover replays operations from before the
+        # move (run on edge-1) and after it (on edge-2) from one log.
+        bench = await Bench.start(c, on="edge-1", mode=mode, to=to, interval_s=30.0)
         await bench.steps(20)
         await bench.migrate("edge-2")
+        await bench.steps(3)
         edge2.kill()
         await bench.steps(20)
         assert bench.kv.node == to
