@@ -445,7 +445,8 @@ async def relay(source: trio.abc.ReceiveStream, sink: trio.abc.HalfCloseableStre
 
     Reading goes on while earlier chunks wait, so the delay adds latency
     without limiting throughput (up to ``PROXY_MAX_CHUNKS`` in flight).
-    Raises trio.BrokenResourceError or ClosedResourceError if a side breaks.
+    Raises an ExceptionGroup of trio.BrokenResourceError, ClosedResourceError
+    or OSError if a side breaks: reading and sending may both break at once.
     """
     send, receive = trio.open_memory_channel(PROXY_MAX_CHUNKS)
 
@@ -528,14 +529,16 @@ def main(argv: list[str] | None = None) -> int:
     delays = {peer: float(s) for peer, _, s in (d.partition("=") for d in args.delay)}
 
     async def run() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        # Ctrl-C arrives as a signal too: a KeyboardInterrupt raised inside
+        # the nursery would leave it in an exception group.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 host, port = await nursery.start(serve_delay_proxy, args.listen, args.upstream, delays)
                 print(json.dumps({"msg": "listening", "address": f"{host}:{port}", "delays": delays}), flush=True)
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
 
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt):  # one before the receiver is in place
         trio.run(run)
     return 0
 

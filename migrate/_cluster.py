@@ -24,6 +24,7 @@ from nodes import ConnectionFailed, NodeClient, NodeConfig, NodeError, parse_add
 from nodes import _host_errors as he
 from nodes._config import Address
 from nodes._daemon import serve
+from nodes._groups import unwrap_group
 
 from . import _service  # noqa: F401  (registers the migration handlers for the local node)
 from ._errors import MigrateError, UnknownNode
@@ -302,7 +303,8 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
     (the node default otherwise); a workload that fails over or moves to
     "local" must fit it.  Raises ConfigError, ConnectionFailed.
     """
-    try:
+    # The application's own exception reaches it as itself, not in a group.
+    with unwrap_group():
         async with trio.open_nursery() as nursery:
             cluster = Cluster(tls=tls, nursery=nursery)
             with contextlib.ExitStack() as stack:
@@ -323,9 +325,3 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
                 finally:
                     await cluster.aclose()
                     nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # trio 0.25+ wraps whatever leaves a nursery in a group; the
-        # application's own exception should reach it as itself.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise

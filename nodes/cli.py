@@ -33,6 +33,7 @@ from . import _host_errors as he
 from ._client import NodeClient
 from ._config import DEFAULT_PORT, SETTINGS, NodeConfig, parse_address, resolve_config
 from ._errors import ConfigError, NodeError
+from ._groups import unwrap_group
 from ._logging import configure_logging
 from ._messages import StatusReport
 from ._tls import CERT_ROLES, init_ca, issue_cert
@@ -101,7 +102,7 @@ async def _serve_until_signalled(config: NodeConfig) -> None:
     import migrate._service  # noqa: F401  (registers the live-migration handlers)
 
     stop = trio.Event()
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, unwrap_group():
         async with trio.open_nursery() as nursery:
             async def on_signal() -> None:
                 async for signum in signals:
@@ -119,8 +120,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     configure_logging(config.name, config.log_level)
     try:
         trio.run(_serve_until_signalled, config)
-    except OSError as exc:  # cannot listen: address in use, permission
-        raise NodeError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+    except OSError as exc:  # an unusable setting: a busy port, an unwritable data dir
+        if exc.filename:
+            raise ConfigError(f"cannot use {exc.filename}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
     logger.info("stopped")
     return 0
 

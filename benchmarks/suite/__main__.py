@@ -17,6 +17,7 @@ if __package__ in (None, ""):
 from benchmarks.netem import PROFILES  # noqa: E402
 from benchmarks.suite import PRESETS, STRATEGIES, check_results, run_suite, write  # noqa: E402
 from benchmarks.suite._report import stem  # noqa: E402
+from nodes._groups import unwrap_group  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     # nor the SIGTERM above would reach trio.  Clean-up needs them to.
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with tempfile.TemporaryDirectory(prefix="wm-suite-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="wm-suite-") as tmp, unwrap_group():
             data = run_suite(cfg, Path(tmp))
     except KeyboardInterrupt:
         print("interrupted; nodes, proxies and namespaces are cleaned up", file=sys.stderr)

@@ -13,6 +13,8 @@ import logging
 
 import trio
 
+from nodes._groups import unwrap_group
+
 from ._config import PAGE_BYTES, DirtierSpec, GrowerSpec, KvstoreSpec, WorkloadSpec
 
 logger = logging.getLogger(__name__)
@@ -87,9 +89,10 @@ class KvstoreDriver:
             for i in range(worker, self.spec.keys, FILL_CALLERS):
                 await self._put(h, buffers[worker], *self._pair(i, 0))
 
-        async with trio.open_nursery() as nursery:
-            for worker in range(FILL_CALLERS):
-                nursery.start_soon(fill, worker)
+        with unwrap_group():  # the caller catches a failed put by its class
+            async with trio.open_nursery() as nursery:
+                for worker in range(FILL_CALLERS):
+                    nursery.start_soon(fill, worker)
         for ptr in buffers[1:]:
             await h.call("wm_free", ptr)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from nodes.cli import COMMANDS, build_parser
@@ -27,6 +29,21 @@ def test_user_errors(args, status, message):
     assert done.returncode == status, done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+    # The error is one line (argparse's own errors come after the usage text).
+    assert message in done.stderr.splitlines()[-1], done.stderr
+
+
+def test_serve_on_a_busy_port_is_one_line_with_status_2(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli("serve", "--name", "n", "--insecure", "--listen", f"127.0.0.1:{port}",
+                       "--data-dir", str(tmp_path / "data"), check=False)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"migrate-node serve: cannot listen on 127.0.0.1:{port}: "), done.stderr
+    assert "Traceback" not in done.stderr and "ExceptionGroup" not in done.stderr
 
 
 def test_ca_init_refuses_to_overwrite(tmp_path):
