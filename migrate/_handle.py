@@ -109,7 +109,10 @@ class Handle:
         ``interval_s`` and logs every operation made through its handles;
         if the owner becomes unreachable, the workload is rebuilt on node
         ``to`` from the checkpoint and the log, and calls carry on there.
-        Raises UnknownNode, ValueError for a bad mode, and node errors.
+        With "standby", the owner keeps a hot copy on node ``to``, which is
+        promoted if the owner becomes unreachable.  Protection follows the
+        workload through moves.  Raises UnknownNode, ValueError for a bad
+        mode, and node errors.
         """
         await self._cluster.protect(self, Protection(mode=mode, interval_s=interval_s, to=to))
 
