@@ -22,6 +22,7 @@ import trio
 
 import migrate
 import workloads
+from migrate._messages import MLocate
 
 SCRATCH_BYTES = 64 * 1024
 
@@ -277,3 +278,35 @@ async def test_a_checkpoint_larger_than_a_frame_is_streamed_in_parts(node_procs,
         edge2.kill()
         assert await read_all() == b"after" + blob[5:]
         assert h.node == "local"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_sigkill_of_the_source_while_a_move_streams_pages(node_procs, cluster_tls, mode):
+    (edge1, edge2, *_), to = _nodes(node_procs, mode)
+    async with migrate.connect(*(str(n.address) for n in node_procs.nodes),
+                               tls=cluster_tls.issue("app-1", "node")) as c:
+        bench = await Bench.start(c, on="edge-1", mode=mode, to=to, interval_s=30.0)
+        # 24 MiB of random bytes: the move takes long enough to be caught mid-stream.
+        big = os.urandom(24 * 2**20)
+        ptr = await bench.kv.call("wm_alloc", len(big))
+        for off in range(0, len(big), 4 * 2**20):
+            await bench.kv.write_memory(ptr + off, big[off:off + 4 * 2**20])
+        await bench.steps(10)
+        target = await c.client(str(edge2.address))
+
+        async def move():
+            try:
+                await bench.kv.migrate("edge-2", strategy="precopy")
+            except (migrate.MigrationFailed, migrate.WorkloadUnavailable):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(move)
+            with trio.fail_after(30):
+                while (await target.request(MLocate, workload=bench.kv.workload)).status != "incoming":
+                    await trio.sleep(0.002)
+            edge1.kill()  # SIGKILL while edge-2 receives pages
+        await bench.steps(10)
+        await bench.verify()
+        assert b"".join([await bench.kv.read_memory(ptr + off, 4 * 2**20)
+                         for off in range(0, len(big), 4 * 2**20)]) == big
