@@ -28,7 +28,7 @@ from nodes._groups import unwrap_group
 
 from . import _service  # noqa: F401  (registers the migration handlers for the local node)
 from ._errors import MigrateError, UnknownNode
-from ._handle import Handle, module_bytes
+from ._handle import DEFAULT_RECONNECT_TIMEOUT_S, Handle, module_bytes
 from ._messages import MLocate, MSpawn
 from ._protect import Event, FailoverFailed, Protection, ProtectionStatus, Protector
 
@@ -54,9 +54,13 @@ class NodeInfo:
 class Cluster:
     """The nodes an application uses; made by ``connect``."""
 
-    def __init__(self, *, tls: Path | str | None, nursery: trio.Nursery) -> None:
+    def __init__(self, *, tls: Path | str | None, nursery: trio.Nursery,
+                 reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S) -> None:
         self._tls = tls
         self._nursery = nursery
+        #: What new handles wait for an unreachable owner to come back (``Handle.reconnect_timeout_s``).
+        self.reconnect_timeout_s = reconnect_timeout_s
+        self._restarting: dict[str, float] = {}  # address -> until when its node is waited for
         self._clients: dict[str, NodeClient] = {}
         self._connecting: dict[str, trio.Lock] = {}
         self._names: dict[str, str] = {}  # node name -> address
@@ -106,8 +110,18 @@ class Cluster:
             except (OSError, NodeError) as exc:
                 raise ConnectionFailed(f"cannot reach {address}: {exc}") from None
             self._clients[address] = client
+            self._restarting.pop(address, None)
             self.learn(client.node, address)
             return client
+
+    def shutting_down(self, address: str, wait_s: float) -> None:
+        """The node at ``address`` said it is shutting down: wait ``wait_s`` for it to come back there."""
+        self._restarting[address] = trio.current_time() + wait_s
+
+    def restarting(self, address: str) -> bool:
+        """True while a node that said it was shutting down is waited for at ``address``."""
+        until = self._restarting.get(address)
+        return until is not None and trio.current_time() < until
 
     def forget(self, address: str) -> None:
         client = self._clients.pop(address, None)
@@ -293,20 +307,24 @@ async def _close_quietly(client: NodeClient) -> None:
 @contextlib.asynccontextmanager
 async def connect(*addresses: str, tls: Path | str | None = None, local: bool = True,
                   data_dir: Path | str | None = None,
+                  reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
                   local_memory_bytes: int | None = None) -> AsyncIterator[Cluster]:
     """Open a cluster: start the local node and connect to ``addresses``.
 
     ``tls`` is a TLS directory (``migrate-node cert issue --role node``)
     used both to reach the nodes and for the local node's own listener;
-    None means plain TCP, allowed on loopback only.
-    ``local_memory_bytes`` caps each workload's memory on the local node
-    (the node default otherwise); a workload that fails over or moves to
-    "local" must fit it.  Raises ConfigError, ConnectionFailed.
+    None means plain TCP, allowed on loopback only.  A call whose node
+    cannot be reached waits up to ``reconnect_timeout_s`` for it to come
+    back (a node restarted with SIGTERM keeps its workloads), then fails
+    with WorkloadUnavailable.  ``local_memory_bytes`` caps each
+    workload's memory on the local node (the node default otherwise); a
+    workload that fails over or moves to "local" must fit it.  Raises
+    ConfigError, ConnectionFailed.
     """
     # The application's own exception reaches it as itself, not in a group.
     with unwrap_group():
         async with trio.open_nursery() as nursery:
-            cluster = Cluster(tls=tls, nursery=nursery)
+            cluster = Cluster(tls=tls, nursery=nursery, reconnect_timeout_s=reconnect_timeout_s)
             with contextlib.ExitStack() as stack:
                 if local:
                     directory = Path(data_dir) if data_dir else Path(

@@ -5,7 +5,9 @@ with the handle's id and a fresh sequence number.  When the node says the
 workload moved, or cannot be reached, the handle finds the owner and sends
 the *same* sequence number again; the owner's call ledger turns a repeat
 into the recorded outcome.  So a call is never lost and never runs twice,
-and the application never sees the move.
+and the application never sees the move.  A node restarted with SIGTERM
+keeps its workloads and ledgers; a call waits up to ``reconnect_timeout_s``
+for its owner to come back.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import trio
 
-from nodes import ConnectionFailed, RemoteNodeError
+from nodes import ConnectionFailed, NodeShuttingDown, RemoteNodeError
 from nodes._messages import ErrorCode
 
 from ._errors import MigrationFailed, WorkloadUnavailable
@@ -31,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 #: How long a handle keeps looking for its workload before giving up on a call.
 DEFAULT_RETRY_S = 20.0
+#: How long a call waits for an unreachable owner to come back (a node
+#: restarted with SIGTERM brings its workloads back on the same address).
+DEFAULT_RECONNECT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class Handle:
         self._done: set[int] = set()
         self._ack = -1  # every seq <= _ack has been answered
         self.retry_s = DEFAULT_RETRY_S
+        self.reconnect_timeout_s = cluster.reconnect_timeout_s
         self._moving = trio.Lock()
 
     def __repr__(self) -> str:
@@ -215,28 +221,33 @@ class Handle:
     async def _invoke(self, **fields):
         seq = self._next_seq
         self._next_seq += 1
-        deadline = trio.current_time() + self.retry_s
+        deadline = _Deadline(trio.current_time() + self.retry_s, self.reconnect_timeout_s)
         # Whether a node may have run the call without our learning its
         # outcome: only a request whose connection broke leaves that doubt.
-        # A NOT_OWNER or "moved" answer means that node did not run it.
+        # A NOT_OWNER, SHUTTING_DOWN or "moved" answer means that node did
+        # not run it.
         maybe_ran = False
         while True:
             try:
                 client = await self._cluster.client(self._address)
             except ConnectionFailed:
-                await self._relocate(deadline, ran=None if maybe_ran else False)
+                deadline.owner_unreachable()
+                await self._relocate(deadline.at, ran=None if maybe_ran else False)
                 continue
             try:
                 reply = await client.request(MCall, workload=self.workload, caller=self._caller, seq=seq,
                                              ack=self._ack, **fields)
-            except ConnectionFailed:
+            except ConnectionFailed as exc:
                 maybe_ran = True
                 self._cluster.forget(self._address)
-                await self._relocate(deadline, ran=None)
+                await self._wait_for_owner(deadline, shutting_down=isinstance(exc, NodeShuttingDown), ran=None)
                 continue
             except RemoteNodeError as exc:
                 if exc.code == ErrorCode.NOT_OWNER:
-                    await self._relocate(deadline, ran=None if maybe_ran else False)
+                    await self._relocate(deadline.at, ran=None if maybe_ran else False)
+                    continue
+                if exc.code == ErrorCode.SHUTTING_DOWN:  # refused, not run
+                    await self._wait_for_owner(deadline, shutting_down=True, ran=None if maybe_ran else False)
                     continue
                 self._finish(seq)
                 raise
@@ -258,15 +269,28 @@ class Handle:
             call = MCall(id=0, workload=self.workload, caller=self._caller, seq=seq, **fields)
             self._cluster.log_operation(self.workload, log_entry(call, outcome))
 
+    async def _wait_for_owner(self, deadline: _Deadline, *, shutting_down: bool, ran: bool | None) -> None:
+        """The owner is unreachable (or stopping): give it ``reconnect_timeout_s`` to come back.
+
+        Raises WorkloadUnavailable (with ``ran``) when the deadline passes.
+        """
+        if shutting_down:
+            self._cluster.shutting_down(self._address, self.reconnect_timeout_s)
+        deadline.owner_unreachable()
+        await self._relocate(deadline.at, ran=ran)
+
     async def _relocate(self, deadline: float, *, ran: bool | None = None) -> None:
         """Find the workload's owner, waiting and asking again until ``deadline``.
 
+        While the last owner is restarting (it said it was shutting down, less
+        than ``reconnect_timeout_s`` ago) the workload is waited for, not
+        failed over: the restart brings it back with its call ledger.
         Raises WorkloadUnavailable when the deadline passes.
         """
         delay = 0.02
         while True:
             found = await self._cluster.locate(self.workload)
-            if found is None:
+            if found is None and not self._cluster.restarting(self._address):
                 found = await self._cluster.recover(self.workload, self.epoch)
             if found is not None:
                 name, address, epoch = found
@@ -278,6 +302,24 @@ class Handle:
                     f"no node can serve workload {self.workload} (last seen on {self._node})", ran=ran)
             await trio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+@dataclass
+class _Deadline:
+    """When one call through a handle gives up.
+
+    ``retry_s`` after the call began, or ``reconnect_s`` after its owner was
+    first found unreachable, whichever is later.
+    """
+
+    at: float
+    reconnect_s: float
+    waiting_for_owner: bool = False
+
+    def owner_unreachable(self) -> None:
+        if not self.waiting_for_owner:
+            self.waiting_for_owner = True
+            self.at = max(self.at, trio.current_time() + self.reconnect_s)
 
 
 def module_bytes(module: bytes | str | Path) -> bytes:

@@ -25,7 +25,6 @@ import collections
 import contextlib
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,9 +33,17 @@ from dataclasses import dataclass, field
 import trio
 
 import snapshot
-from nodes import ConnectionFailed, NodeError, RemoteNodeError, register_handler, register_status
+from nodes import (
+    ConnectionFailed,
+    NodeError,
+    RemoteNodeError,
+    register_checkpoint_extension,
+    register_handler,
+    register_status,
+)
 from nodes import _host_errors as he
 from nodes._config import Address, parse_address
+from nodes._crash import crash_point
 from nodes._error_codes import code_for, error_reply
 from nodes._messages import Done, ErrorCode, ErrorReply
 from nodes._replay import CallInputs
@@ -89,17 +96,6 @@ STANDBY_BACKLOG_BYTES = 256 * 2**20
 #: standby to replay what is queued for it; then the move aborts instead.
 HANDOVER_FLUSH_S = 10.0
 
-#: Crash testing: a node started with MIGRATE_NODE_CRASH_AT=<phase> dies at
-#: once, as SIGKILL would kill it, when a migration reaches <phase>.  The
-#: failure tests use it to kill real nodes at each phase of a move.
-CRASH_PHASES = ("target:chunk", "target:before-commit", "target:after-commit",
-                "source:frozen", "source:after-commit")
-
-
-def _crash_point(phase: str) -> None:
-    if os.environ.get("MIGRATE_NODE_CRASH_AT") == phase:
-        logger.critical("crashing at %s (MIGRATE_NODE_CRASH_AT)", phase)
-        os._exit(137)
 
 
 @dataclass
@@ -220,8 +216,11 @@ class MigrationService:
     def owner_of(self, workload: str) -> Owned | None:
         owned = self.owned.get(workload)
         if owned is None and workload not in self.moved and workload not in self.incoming:
-            # Restored from a checkpoint after a restart: adopt it.  The
-            # ledger did not survive the restart (see the README's limits).
+            # A workload deployed with plain `migrate-node deploy` and never
+            # used through a handle: adopt it at epoch 1, with an empty
+            # ledger (no handle call ran on it).  Workloads this node owned
+            # before a restart come back with their own epoch and ledger
+            # (_save_record below), so they never reach this line.
             try:
                 self.node.host.info(workload)
             except he.HostError:
@@ -653,7 +652,7 @@ async def on_chunk(node, session, req: MChunk) -> Done:
     inc = _incoming(svc, req.workload, req.epoch, req.standby)
     if inc is None:
         return _no_incoming(req.id, req.workload, req.epoch, req.standby)
-    _crash_point("target:chunk")
+    crash_point("target:chunk")
     async with inc.lock:
         if svc.incoming.get(req.workload) is not inc:
             return _no_incoming(req.id, req.workload, req.epoch, req.standby)
@@ -756,7 +755,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         ledger = CallLedger.from_wire(req.ledger)
     except ValueError as exc:
         return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
-    _crash_point("target:before-commit")
+    crash_point("target:before-commit")
     if req.digest is not None:
         try:
             pages = {int(k): [int(p) for p in v] for k, v in dict(req.pages or {}).items()}
@@ -781,7 +780,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         await node.run_host(node.host.set_call_count, req.workload, req.calls)
         if req.monotonic_ns is not None:
             await node.run_host(node.host.continue_clock, req.workload, req.monotonic_ns)
-    _crash_point("target:after-commit")
+    crash_point("target:after-commit")
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})
     if req.standby and parse_address(req.standby) != node.address:
         node._nursery.start_soon(_keep_standby, node, owned, parse_address(req.standby))
@@ -1102,7 +1101,7 @@ class Migration:
         aborts) if the target refuses or cannot be reached before it commits.
         """
         owned = self.owned
-        _crash_point("source:frozen")
+        crash_point("source:frozen")
         info = await self.node.run_host(self.node.host.info, self.workload)
         clock = await self.node.run_host(self.node.host.clock_state, self.workload)
         feed = owned.standby
@@ -1119,7 +1118,7 @@ class Migration:
             if not await self._target_owns():
                 raise
             self.notes.append("commit confirmed after the link broke")
-        _crash_point("source:after-commit")
+        crash_point("source:after-commit")
         stone = Tombstone(target_name, str(self.target), self.epoch)
         owned.moved = stone
         if owned.standby is not None:
@@ -1161,6 +1160,62 @@ class Migration:
                              f"it keeps running on {self.node.config.name}")
 
 
+# --- surviving a restart ----------------------------------------------------
+
+def _save_record(node, workload: str) -> dict | None:
+    """What SIGTERM's checkpoint keeps of a workload's ownership: epoch, operation index, call ledger.
+
+    Workloads this node holds without owning them -- a standby copy, a move
+    being received, a moved-away copy not yet removed -- are left out
+    (None): bringing them back as owned would give them two owners.
+    """
+    svc = service(node)
+    owned = svc.owned.get(workload)
+    if owned is None:
+        return None if workload in svc.incoming or workload in svc.moved else {}
+    if owned.moved is not None:
+        return None
+    return {"epoch": owned.epoch, "index": owned.index, "record": owned.record, "ledger": owned.ledger.to_wire()}
+
+
+def _load_record(node, workload: str, record: dict) -> None:
+    """Make this node the workload's owner again, as it was at shutdown.  Raises ValueError."""
+    epoch, index = record.get("epoch"), record.get("index")
+    if not _is_count(epoch) or epoch < 1 or not _is_count(index):
+        raise ValueError(f"epoch {epoch!r} and index {index!r} must be counts")
+    owned = Owned(workload, epoch=epoch, ledger=CallLedger.from_wire(record.get("ledger")), index=index,
+                  record=bool(record.get("record")))
+    if owned.record:  # a protected workload: calls report the inputs they consumed
+        node.host.set_replay_mode(workload, "record")
+    svc = service(node)
+    svc.moved.pop(workload, None)
+    svc.owned[workload] = owned
+
+
+def _save_tombstones(node) -> dict:
+    return {"moved": {w: [t.to_name, t.to_address, t.epoch] for w, t in service(node).moved.items()}}
+
+
+def _load_tombstones(node, record: dict) -> None:
+    """Remember where workloads went, so late calls are still redirected.  Raises ValueError."""
+    moved = record.get("moved")
+    if not isinstance(moved, dict):
+        raise ValueError("no map of moved workloads")
+    svc = service(node)
+    for workload, stone in moved.items():
+        if not (isinstance(stone, list) and len(stone) == 3 and isinstance(stone[0], str)
+                and isinstance(stone[1], str) and _is_count(stone[2])):
+            raise ValueError(f"tombstone of {workload!r} is {stone!r}")
+        if workload not in svc.owned:
+            svc.moved[str(workload)] = Tombstone(*stone)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+register_checkpoint_extension("migrate", save=_save_record, load=_load_record,
+                              save_node=_save_tombstones, load_node=_load_tombstones)
 register_status(lambda node: service(node).status())
 
 for _kind, _handler in ((MSpawn, on_spawn), (MCall, on_call), (MLocate, on_locate), (MIncoming, on_incoming),

@@ -6,12 +6,15 @@ Public names are re-exported here from the private modules that define them;
 
 from ._client import NodeClient
 from ._config import Address, NodeConfig, parse_address, resolve_config
-from ._daemon import Node, register_handler, register_status, serve
+from ._daemon import Node, register_checkpoint_extension, register_handler, register_status, serve
 from ._errors import (
+    CheckpointFailed,
     ConfigError,
     ConnectionFailed,
+    DamagedState,
     LocalProtocolError,
     NodeError,
+    NodeShuttingDown,
     RemoteNodeError,
     RemoteProtocolError,
 )
@@ -59,10 +62,12 @@ __all__ = [
     "PROTOCOL_VERSIONS",
     "Address",
     "BadArguments",
+    "CheckpointFailed",
     "ConfigError",
     "Connection",
     "ConnectionClosed",
     "ConnectionFailed",
+    "DamagedState",
     "ErrorCode",
     "Hello",
     "Host",
@@ -77,6 +82,7 @@ __all__ = [
     "NodeClient",
     "NodeConfig",
     "NodeError",
+    "NodeShuttingDown",
     "NodeSummary",
     "PeerSummary",
     "RemoteNodeError",
@@ -104,6 +110,7 @@ __all__ = [
     "issue_cert",
     "parse_address",
     "register",
+    "register_checkpoint_extension",
     "register_handler",
     "register_status",
     "resolve_config",

@@ -8,7 +8,9 @@ The client starts no background task.  Whichever caller is waiting for a
 reply reads the connection and hands other callers their replies, so many
 tasks can share one client and their requests are pipelined on the wire.
 Errors the node reports come back as the class the node's host raised
-(``WorkloadTrap``, ``UnknownWorkload``, ...) or ``RemoteNodeError``.
+(``WorkloadTrap``, ``UnknownWorkload``, ...) or ``RemoteNodeError``; a node
+that closes the connection because it is shutting down raises
+``NodeShuttingDown`` (a ``ConnectionFailed``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import trio
 
 from ._config import Address, parse_address
 from ._error_codes import exception_for
-from ._errors import ConfigError, ConnectionFailed, RemoteProtocolError
+from ._errors import ConfigError, ConnectionFailed, NodeShuttingDown, RemoteProtocolError
 from ._messages import (
     Call,
     Deploy,
@@ -181,7 +183,8 @@ class NodeClient:
             return
         if isinstance(event, ConnectionClosed):
             why = f": {event.reason}" if event.reason else ""
-            self._fail(ConnectionFailed(f"{self._channel.remote} closed the connection{why}"))
+            closed = NodeShuttingDown if event.code == ErrorCode.SHUTTING_DOWN else ConnectionFailed
+            self._fail(closed(f"{self._channel.remote} closed the connection{why}"))
         elif isinstance(event, Request):  # clients serve nothing
             await self._channel.send(ErrorReply(id=event.id, code=ErrorCode.UNSUPPORTED,
                                                 message="this party serves no requests"))

@@ -95,6 +95,7 @@ class NodeConfig:
     max_in_flight: int = 16          # requests handled at once per connection
     peer_refresh_s: float = 2.0
     shutdown_grace_s: float = 10.0
+    discard_state: bool = False      # start empty when the saved state is damaged (set aside, not deleted)
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -173,6 +174,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_in_flight", _parse_number(int), "requests handled at once per connection"),
     Setting("peer_refresh_s", _parse_number(float), "how often peers are pinged"),
     Setting("shutdown_grace_s", _parse_number(float), "time allowed to checkpoint on SIGTERM"),
+    Setting("discard_state", _parse_bool, "start empty if the saved checkpoint is damaged "
+                                          "(it is moved aside, not deleted)"),
     Setting("log_level", str, "debug, info, warning or error"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -1,7 +1,8 @@
 """The node daemon: accept connections, serve requests with a Host, know the peers.
 
 ``serve(config)`` runs one node.  It restores the workloads checkpointed at
-the last clean shutdown, listens, and for every connection finishes TLS and
+the last clean shutdown (``nodes._checkpoints``: a damaged checkpoint stops
+the start), listens, and for every connection finishes TLS and
 the Hello exchange, then reads requests and answers each one in its own
 task.  Workload operations run in worker threads (``trio.to_thread``); the
 Host serialises calls into one workload and runs different workloads in
@@ -13,7 +14,9 @@ client that floods requests is slowed by TCP instead of growing our
 buffers (see ``nodes._transport``).
 
 Requests are dispatched through a table from request class to handler;
-``register_handler`` lets the migration coordinator add its own.
+``register_handler`` lets the migration coordinator add its own, and
+``register_checkpoint_extension`` lets it save its records of each workload
+(epoch, call ledger) with the shutdown checkpoint.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import dataclasses
 import functools
 import logging
 import os
-import shutil
 import socket
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,12 +35,20 @@ from typing import Any
 
 import trio
 
+from . import _checkpoints as checkpoints
 from . import _host_errors as he
 from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
 from ._error_codes import error_reply
-from ._errors import ConfigError, ConnectionFailed, LocalProtocolError, NodeError, RemoteProtocolError
-from ._hosting import Host, WorkloadInfo
+from ._errors import (
+    CheckpointFailed,
+    ConfigError,
+    ConnectionFailed,
+    DamagedState,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from ._hosting import BulkReport, Host, WorkloadInfo
 from ._messages import (
     Call,
     CallResult,
@@ -119,6 +130,42 @@ def register_status(provider: StatusProvider) -> None:
     _STATUS_PROVIDERS.append(provider)
 
 
+@dataclass(frozen=True)
+class CheckpointExtension:
+    """Records another package keeps about workloads, saved with SIGTERM's checkpoint."""
+
+    name: str
+    save: Callable[["Node", str], dict | None]
+    load: Callable[["Node", str, dict], None]
+    save_node: Callable[["Node"], dict] | None = None
+    load_node: Callable[["Node", dict], None] | None = None
+
+
+_CHECKPOINT_EXTENSIONS: dict[str, CheckpointExtension] = {}
+
+
+def register_checkpoint_extension(name: str, *, save: Callable[["Node", str], dict | None],
+                                  load: Callable[["Node", str, dict], None],
+                                  save_node: Callable[["Node"], dict] | None = None,
+                                  load_node: Callable[["Node", dict], None] | None = None) -> None:
+    """Save records of each workload with the shutdown checkpoint and load them at the next start.
+
+    At shutdown, once requests have stopped, ``save(node, workload_id)``
+    returns the workload's record (a dict of msgpack-able values), ``{}``
+    for none, or None to leave the workload out of the checkpoint (it must
+    not come back: a copy this node does not own).  At the next start,
+    after the workloads are restored and before anything is served,
+    ``load(node, workload_id, record)`` gets each saved record back, in a
+    worker thread; it raises ValueError for a malformed record, which
+    refuses the start.  ``save_node`` and ``load_node`` do the same for a
+    record of the node as a whole.
+    Raises ConfigError if ``name`` is taken.
+    """
+    if name in _CHECKPOINT_EXTENSIONS:
+        raise ConfigError(f"checkpoint extension {name!r} is already registered")
+    _CHECKPOINT_EXTENSIONS[name] = CheckpointExtension(name, save, load, save_node, load_node)
+
+
 def _handles(kind: type[Request]):
     def decorate(func):
         register_handler(kind, func)
@@ -146,18 +193,23 @@ def _system_memory() -> tuple[int, int]:
 class Node:
     """The state of one running node; ``serve`` creates it."""
 
-    def __init__(self, config: NodeConfig, host: Host, *, address: Address, nursery: trio.Nursery) -> None:
+    def __init__(self, config: NodeConfig, host: Host) -> None:
         self.config = config
         self.host = host
-        self.address = address
+        self.address: Address | None = None  # set by ``serving``
         self.counters: Counter[str] = Counter()
         self.peers = PeerTable()
         self.stopping = False
-        self._nursery = nursery
+        self._nursery: trio.Nursery | None = None
         self._server_ssl = None if config.insecure else server_context(config.tls_path)
         self._client_ssl = None if config.insecure else client_context(config.tls_path)
         self._in_flight = 0
         self._idle = trio.Event()
+
+    def serving(self, address: Address, nursery: trio.Nursery) -> None:
+        """Start serving: the address peers are told, and the nursery that runs background tasks."""
+        self.address = address
+        self._nursery = nursery
 
     # --- identity -------------------------------------------------------
 
@@ -229,7 +281,10 @@ class Node:
         except ConnectionFailed as exc:
             reason = str(exc)
         finally:
-            await channel.aclose(code=ErrorCode.SHUTTING_DOWN if self.stopping else None)
+            # Shielded: at shutdown this task is cancelled, and the Goodbye
+            # tells clients the node is stopping (not crashed); at most 1 s.
+            with trio.CancelScope(shield=True):
+                await channel.aclose(code=ErrorCode.SHUTTING_DOWN if self.stopping else None)
         logger.info("connection closed", extra={"peer": hello.name, "reason": reason})
 
     async def _read_requests(self, session: Session) -> None:
@@ -311,28 +366,55 @@ class Node:
 
     # --- shutdown -------------------------------------------------------
 
-    async def shut_down(self) -> bool:
+    async def shut_down(self) -> BulkReport:
         """Refuse new requests, let running ones finish, checkpoint every workload.
 
-        Everything must fit in ``shutdown_grace_s``.  Returns True when every
-        workload was checkpointed.
+        Everything must fit in ``shutdown_grace_s``.  The checkpoint replaces
+        the previous one only once it is complete (``nodes._checkpoints``).
+        Raises CheckpointFailed, saying what failed and where, when no
+        checkpoint was saved or some workloads could not be captured.
         """
         self.stopping = True
         grace_s = self.config.shutdown_grace_s
-        with trio.move_on_after(grace_s) as grace:
-            if self._in_flight:
+        deadline = time.monotonic() + grace_s
+        with trio.move_on_after(grace_s):
+            while self._in_flight:
                 self._idle = trio.Event()
                 await self._idle.wait()
-            report = await trio.to_thread.run_sync(self.host.checkpoint_all, self.config.checkpoint_path,
-                                                   abandon_on_cancel=True)
-        if grace.cancelled_caught:
-            logger.error("checkpoint did not finish within the %s s grace period", grace_s)
-            return False
+        if self._in_flight:
+            raise checkpoints.failure(self.config.data_path, f"{self._in_flight} requests were still running "
+                                                             f"after the {grace_s} s grace period")
+        records, leave_out, node_records = self._checkpoint_records()
+        report = await trio.to_thread.run_sync(functools.partial(
+            checkpoints.save, self.host, self.config.data_path, records=records, leave_out=leave_out,
+            node_records=node_records, deadline=deadline))
         for workload, why in report.failed:
             logger.error("workload not checkpointed: %s", why, extra={"workload": workload})
         logger.info("checkpointed %d workloads", len(report.done),
                     extra={"directory": str(self.config.checkpoint_path)})
-        return not report.failed
+        if report.failed:
+            raise CheckpointFailed(
+                f"the shutdown checkpoint {self.config.checkpoint_path} left out {len(report.failed)} workloads "
+                f"it could not capture ({', '.join(w for w, _ in report.failed)}); the other "
+                f"{len(report.done)} are saved")
+        return report
+
+    def _checkpoint_records(self) -> tuple[dict[str, dict], set[str], dict[str, dict]]:
+        """Ask every checkpoint extension for its records: (per workload, workloads left out, node's)."""
+        records: dict[str, dict] = {}
+        leave_out: set[str] = set()
+        for info in self.host.workloads():
+            for extension in _CHECKPOINT_EXTENSIONS.values():
+                record = extension.save(self, info.workload_id)
+                if record is None:
+                    leave_out.add(info.workload_id)
+                    logger.info("not checkpointed: this node does not own it",
+                                extra={"workload": info.workload_id, "extension": extension.name})
+                    break
+                if record:
+                    records.setdefault(info.workload_id, {})[extension.name] = record
+        node_records = {e.name: e.save_node(self) for e in _CHECKPOINT_EXTENSIONS.values() if e.save_node}
+        return records, leave_out, node_records
 
 
 def _remote(tcp: trio.SocketStream) -> str:
@@ -343,22 +425,77 @@ def _remote(tcp: trio.SocketStream) -> str:
         return "unknown"
 
 
-def _restore(host: Host, checkpoints: Path) -> None:
-    """Bring back the workloads of the last clean shutdown, then retire that checkpoint.
+def _open_node(config: NodeConfig) -> tuple[Node, checkpoints.Saved]:
+    """Make the node and restore the last checkpoint into it; blocking.
 
-    The restored workloads are the truth from now on; leaving the checkpoint
-    in place would let a crash and restart resurrect stale state.  It is
-    kept beside, as ``checkpoints.restored``, for an operator to inspect.
+    With ``discard_state``, damaged saved state is set aside and the node
+    starts empty.  Nothing on disk changes here (``checkpoints.retire``
+    follows once the node listens).
+    Raises DamagedState (the start is refused) or ConfigError.
     """
-    if not checkpoints.exists():
-        return
-    report = host.restore_all(checkpoints)
-    for workload, why in report.failed:
-        logger.error("workload not restored: %s", why, extra={"workload": workload})
-    logger.info("restored %d workloads", len(report.done), extra={"directory": str(checkpoints)})
-    retired = checkpoints.with_name(checkpoints.name + ".restored")
-    shutil.rmtree(retired, ignore_errors=True)
-    checkpoints.rename(retired)
+    data_dir = config.data_path
+    try:
+        saved = checkpoints.find(data_dir)
+        node = Node(config, _host(config))
+        try:
+            _load_records(node, checkpoints.restore(node.host, saved))
+        except BaseException:
+            node.host.close()
+            raise
+    except DamagedState as exc:
+        if Path(exc.path) == data_dir:
+            raise  # nothing in it can be read, so nothing can be set aside
+        if not config.discard_state:
+            raise DamagedState(exc.path, f"{exc}; repair it, or start with --discard-state to set the "
+                                         "saved state aside and start empty") from exc
+        logger.error("saved state is damaged: %s", exc, extra={"path": exc.path})
+        checkpoints.discard(data_dir, exc)
+        return Node(config, _host(config)), checkpoints.Saved(data_dir)
+    return node, saved
+
+
+def _host(config: NodeConfig) -> Host:
+    try:
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        return Host(config.data_path, limits=config.limits())
+    except OSError as exc:
+        raise ConfigError(f"cannot use the data directory {config.data_path}: "
+                          f"{exc.filename or config.data_path}: {exc.strerror}") from None
+
+
+def _load_records(node: Node, restored: checkpoints.Restored) -> None:
+    """Give every checkpoint extension its saved records back.  Raises DamagedState."""
+    def damaged(what: str, exc: Exception) -> DamagedState:
+        return DamagedState(restored.manifest_path, f"checkpoint manifest {restored.manifest_path}: {what} is "
+                                                    f"malformed: {exc}")
+
+    for name, record in restored.node_records.items():
+        extension = _CHECKPOINT_EXTENSIONS.get(name)
+        if extension is None or extension.load_node is None:
+            logger.warning("dropping the node's %s record: nothing loads it", name)
+            continue
+        try:
+            extension.load_node(node, record)
+        except (ValueError, TypeError, he.HostError) as exc:
+            raise damaged(f"the node's {name} record", exc) from exc
+    for workload, records in restored.records.items():
+        for name, record in records.items():
+            extension = _CHECKPOINT_EXTENSIONS.get(name)
+            if extension is None:
+                logger.warning("dropping the workload's %s record: nothing loads it", name,
+                               extra={"workload": workload})
+                continue
+            try:
+                extension.load(node, workload, record)
+            except (ValueError, TypeError, he.HostError) as exc:
+                raise damaged(f"the {name} record of workload {workload}", exc) from exc
+
+
+async def _listen(config: NodeConfig) -> list[trio.SocketListener]:
+    try:
+        return await trio.open_tcp_listeners(config.listen.port, host=config.listen.host)
+    except OSError as exc:  # the address is in use, or not ours: a setting to fix
+        raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
 
 
 def _advertised(bound: Address) -> Address:
@@ -375,21 +512,25 @@ async def serve(config: NodeConfig, *, stop: trio.Event | None = None,
     port 0).  When ``stop`` is set the node stops accepting, lets running
     requests finish, checkpoints its workloads into ``DATA_DIR/checkpoints``
     and returns; cancellation stops it without a checkpoint.
-    Raises ConfigError for unusable settings or TLS material, OSError if it
-    cannot listen, and NodeError if the shutdown checkpoint was incomplete.
+    Raises ConfigError for unusable settings or TLS material or a busy
+    address, DamagedState (a ConfigError) for saved state it will not start
+    from, and CheckpointFailed if the shutdown checkpoint failed.
     """
     if not config.insecure:
         server_context(config.tls_path)  # fail before touching the data dir
-    data_dir = config.data_path
-    data_dir.mkdir(parents=True, exist_ok=True)
-    host = Host(data_dir, limits=config.limits())
+    node, saved = await trio.to_thread.run_sync(_open_node, config)
     try:
-        await trio.to_thread.run_sync(_restore, host, config.checkpoint_path)
-        listeners = await trio.open_tcp_listeners(config.listen.port, host=config.listen.host)
+        listeners = await _listen(config)
+        try:  # only now, with the address ours, are the restored workloads the truth
+            await trio.to_thread.run_sync(checkpoints.retire, saved)
+        except BaseException:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            raise
         host_, port = listeners[0].socket.getsockname()[:2]
         bound = Address(host_, port)
         async with trio.open_nursery() as nursery:
-            node = Node(config, host, address=_advertised(bound), nursery=nursery)
+            node.serving(_advertised(bound), nursery)
             accepting = trio.CancelScope()
 
             async def accept() -> None:
@@ -400,17 +541,20 @@ async def serve(config: NodeConfig, *, stop: trio.Event | None = None,
             for address in config.join:
                 node.learn_peer(address)
             logger.info("listening", extra={"address": str(bound), "role": config.role,
-                                            "tls": not config.insecure, "data_dir": str(data_dir)})
+                                            "tls": not config.insecure, "data_dir": str(config.data_path)})
             task_status.started(bound)
             await (stop.wait() if stop is not None else trio.sleep_forever())
             accepting.cancel()
-            complete = await node.shut_down()
-            nursery.cancel_scope.cancel()
-        if not complete:
-            raise NodeError("the shutdown checkpoint is incomplete; see the log")
+            try:
+                await node.shut_down()
+            except CheckpointFailed as exc:
+                logger.error("%s", exc)
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(host.close)
+            await trio.to_thread.run_sync(node.host.close)
 
 
 # --- request handlers ------------------------------------------------------

@@ -46,3 +46,28 @@ class RemoteNodeError(NodeError):
     def __init__(self, code: object, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class NodeShuttingDown(ConnectionFailed):
+    """The node closed the connection because it is shutting down.
+
+    A node stopped with SIGTERM checkpoints its workloads and brings them
+    back when it starts again, usually on the same address.
+    """
+
+
+class DamagedState(ConfigError):
+    """The data directory holds saved state the node will not start from.
+
+    A checkpoint that is incomplete, damaged or unreadable, or a module it
+    needs that is missing.  ``path`` names the file or directory.  The
+    operator repairs it or starts with ``--discard-state``.
+    """
+
+    def __init__(self, path: object, message: str) -> None:
+        super().__init__(message)
+        self.path = str(path)
+
+
+class CheckpointFailed(NodeError):
+    """SIGTERM's checkpoint could not be saved whole; the message says what failed and where."""

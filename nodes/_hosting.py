@@ -14,6 +14,7 @@ Layout of ``data_dir``::
     modules/<sha256>.wasm             module bytes as given (what peers ask for)
     modules/<sha256>.<engine>.cwasm   Module.serialize() of the prepared module
     workloads/<id>/stdout, stderr     captured guest output
+    checkpoints*/                     the daemon's shutdown checkpoint (``nodes._checkpoints``)
 
 ``<engine>`` fingerprints the wasmtime version, the CPU architecture and the
 engine settings, so a cwasm compiled under another configuration is
@@ -44,7 +45,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgpack
 import wasmtime
 
 import snapshot
@@ -52,7 +52,6 @@ import snapshot
 from ._host_errors import (
     BadArguments,
     HostClosed,
-    HostError,
     InvalidModule,
     ResourceLimitExceeded,
     SnapshotFailed,
@@ -65,6 +64,7 @@ from ._host_errors import (
     WorkloadTimeout,
     WorkloadTrap,
 )
+from ._files import write_atomically
 from ._limits import Limits
 from ._replay import CallInputs, InputGate, ReplayDivergence, ReplayMode, ReplayUnsupported, state_hash
 from ._wasi import CallBudget, OutputSink, check_imports, make_linker, wasi_config
@@ -91,10 +91,8 @@ _RESERVED_EXPORTS = frozenset({"_initialize"})
 #: ``snapshot.prepare`` exports memory index 0 under this name.
 _MEMORY0_EXPORT = "__wm_memory_0"
 _INT_RANGES = {"i32": 32, "i64": 64}
+MODULES_DIR = "modules"
 _FLOAT_TYPES = frozenset({"f32", "f64"})
-_MANIFEST = "manifest.msgpack"
-_MANIFEST_FORMAT = "wasm-migrate/host-checkpoint"
-_MANIFEST_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -205,6 +203,11 @@ class _EpochTicker:
 
 # --- module cache ---------------------------------------------------------
 
+def module_file(data_dir: Path, sha256: str) -> Path:
+    """Where a host keeps the bytes of module ``sha256``, as given, under ``data_dir``."""
+    return Path(data_dir) / MODULES_DIR / f"{sha256}.wasm"
+
+
 @dataclass(frozen=True)
 class _Signature:
     params: tuple[str, ...]
@@ -258,7 +261,7 @@ class _ModuleCache:
         directory.mkdir(parents=True, exist_ok=True)
 
     def _wasm_path(self, sha256: str) -> Path:
-        return self._dir / f"{sha256}.wasm"
+        return module_file(self._dir.parent, sha256)
 
     def _cwasm_path(self, sha256: str) -> Path:
         return self._dir / f"{sha256}.{self._fingerprint}.cwasm"
@@ -293,7 +296,7 @@ class _ModuleCache:
                     self.cache_hits += 1
                 return sha256
             self._loaded[sha256] = self._compile(sha256, wasm)
-            _write_atomically(self._wasm_path(sha256), wasm)
+            write_atomically(self._wasm_path(sha256), wasm)
         return sha256
 
     def get(self, sha256: str) -> _CachedModule:
@@ -351,36 +354,9 @@ class _ModuleCache:
             raise InvalidModule(f"cannot link module: {exc}") from exc
         with self._lock:
             self.compiles += 1
-        _write_atomically(self._cwasm_path(sha256), module.serialize())
+        write_atomically(self._cwasm_path(sha256), module.serialize())
         logger.info("compiled module", extra={"module_sha256": sha256})
         return _CachedModule.build(sha256, module, pre)
-
-
-def _write_atomically(path: Path, data: bytes | bytearray, *, sync_dir: bool = True) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old or the new file.
-
-    The rename is durable once the directory is synced: here, or by the
-    caller after a batch (``sync_dir=False``).
-    """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if sync_dir:
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- workloads ------------------------------------------------------------
@@ -481,7 +457,7 @@ class Host:
             fingerprint = _fingerprint({"external": engine_fingerprint})
         self._engine = engine
         linker = make_linker(engine)
-        self._modules = _ModuleCache(self._data_dir / "modules", engine, linker, fingerprint)
+        self._modules = _ModuleCache(self._data_dir / MODULES_DIR, engine, linker, fingerprint)
         self._workloads_dir = self._data_dir / "workloads"
         self._workloads_dir.mkdir(parents=True, exist_ok=True)
         # ceil() ticks could end one tick early (the first tick may come at
@@ -1047,51 +1023,32 @@ class Host:
         with self._using(w):
             return w.budget.inputs.monotonic_ns()
 
-    def checkpoint_all(self, directory: Path, *, key: bytes | None = None) -> BulkReport:
-        """Write every workload's snapshot and a manifest into ``directory``.
+    def checkpoint_entry(self, workload_id: str) -> tuple[snapshot.Snapshot, dict[str, Any]]:
+        """Capture the workload between calls, with what ``restore`` needs to bring it back.
 
-        Each snapshot goes to its own file and the msgpack manifest is
-        written last, each atomically, so a crash at any point leaves the
-        previous checkpoint or the new one.  Stop sending calls first if the
-        snapshots must be of one instant.  A workload that cannot be captured
-        is skipped and reported in ``failed``.
-        Raises ``OSError`` when the directory cannot be written.
+        The dict (a checkpoint manifest entry) holds the module, app, args,
+        env, preopened directories, memory cap, call count and guest clock,
+        all read under the lock the capture holds.
+        Raises ``UnknownWorkload`` or ``SnapshotFailed``.
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        generation = _read_manifest(directory).get("generation", 0) + 1
-        with self._lock:
-            workloads = list(self._workloads.values())
-        entries, done, failed = [], [], []
-        for w in workloads:
-            try:
-                with self._using(w):
-                    snap = self._capture(w)
-                    entry = {"id": w.workload_id, "module_sha256": w.module.sha256, "app": w.app,
-                             "calls": w.calls, "args": list(w.args), "env": w.env,
-                             "preopen": w.preopen, "memory_limit_bytes": w.memory_limit_bytes,
-                             "monotonic_ns": w.budget.inputs.monotonic_ns()}
-                data = snap.to_bytes(key=key)  # compress outside the lock: the workload runs on
-            except UnknownWorkload:
-                continue  # removed meanwhile
-            except (HostError, snapshot.SnapshotError) as exc:
-                logger.error("checkpoint failed: %s", exc, extra=w.log_extra())
-                failed.append((w.workload_id, str(exc)))
-                continue
-            _write_atomically(directory / _snapshot_file(w.workload_id, generation), data, sync_dir=False)
-            entries.append(entry)
-            done.append(w.workload_id)
-        manifest = {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION,
-                    "generation": generation, "workloads": entries}
-        _fsync_dir(directory)  # every snapshot is in place before the manifest names it
-        _write_atomically(directory / _MANIFEST, msgpack.packb(manifest))
-        keep = {_snapshot_file(e["id"], generation) for e in entries}
-        for stale in directory.glob("*.snap"):
-            if stale.name not in keep:
-                stale.unlink(missing_ok=True)
-        logger.info("checkpointed %d workloads (%d failed)", len(done), len(failed),
-                    extra={"directory": os.fspath(directory)})
-        return BulkReport(tuple(done), tuple(failed))
+        w = self._get(workload_id)
+        with self._using(w):
+            snap = self._capture(w)
+            return snap, {"id": w.workload_id, "module_sha256": w.module.sha256, "app": w.app,
+                          "calls": w.calls, "args": list(w.args), "env": dict(w.env),
+                          "preopen": dict(w.preopen), "memory_limit_bytes": w.memory_limit_bytes,
+                          "monotonic_ns": w.budget.inputs.monotonic_ns()}
+
+    def checkpoint_all(self, directory: Path, *, key: bytes | None = None) -> BulkReport:
+        """Write every workload's snapshot and then a manifest into ``directory``.
+
+        ``nodes._checkpoints.write``: a workload that cannot be captured is
+        skipped and reported in ``failed``.  Raises ``OSError`` naming the
+        file that could not be written.
+        """
+        from . import _checkpoints  # the checkpoint format builds on this module
+
+        return _checkpoints.write(self, Path(directory), key=key)
 
     def restore_all(self, directory: Path, *, key: bytes | None = None) -> BulkReport:
         """Restore every workload ``checkpoint_all`` wrote into ``directory``.
@@ -1101,26 +1058,9 @@ class Host:
         limits refuse it) is skipped and reported in ``failed``.
         Raises ``SnapshotFailed`` if the manifest itself is unreadable.
         """
-        directory = Path(directory)
-        manifest = _read_manifest(directory)
-        done, failed = [], []
-        for entry in manifest.get("workloads", []):
-            workload_id = str(entry.get("id"))
-            try:
-                _check_name("workload_id", workload_id)
-                data = (directory / _snapshot_file(workload_id, manifest["generation"])).read_bytes()
-                snap = snapshot.Snapshot.from_bytes(data, key=key)
-                self.restore(entry["module_sha256"], snap, workload_id=workload_id,
-                             app=entry["app"], args=entry["args"], env=entry["env"],
-                             preopen={g: Path(h) for g, h in entry["preopen"].items()},
-                             memory_limit_bytes=entry["memory_limit_bytes"], calls=entry["calls"],
-                             monotonic_ns=entry.get("monotonic_ns"))  # absent before replay existed
-            except (HostError, snapshot.SnapshotError, OSError, KeyError, TypeError) as exc:
-                logger.error("restore failed: %s", exc, extra={"workload": workload_id})
-                failed.append((workload_id, f"{type(exc).__name__}: {exc}"))
-                continue
-            done.append(workload_id)
-        return BulkReport(tuple(done), tuple(failed))
+        from . import _checkpoints
+
+        return _checkpoints.restore_all(self, Path(directory), key=key)
 
     # --- introspection ----------------------------------------------------
 
@@ -1279,28 +1219,3 @@ def _convert_args(export: str, signature: _Signature, args: Sequence[int | float
             raise BadArguments(f"argument {i} of {export!r} does not fit in {ty}: {value}")
         converted.append(value - (1 << bits) if value >= (1 << (bits - 1)) else value)
     return converted
-
-
-def _snapshot_file(workload_id: str, generation: int) -> str:
-    # Named by generation, so writing a new checkpoint never overwrites a
-    # file the current manifest still names.
-    return f"{workload_id}.{generation}.snap"
-
-
-def _read_manifest(directory: Path) -> dict:
-    """Read a checkpoint manifest; an absent one reads as empty.
-
-    Raises ``SnapshotFailed`` if it is corrupt or of another format.
-    """
-    try:
-        raw = (directory / _MANIFEST).read_bytes()
-    except FileNotFoundError:
-        return {}
-    try:
-        manifest = msgpack.unpackb(raw)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise SnapshotFailed("*", f"checkpoint manifest {directory / _MANIFEST} is corrupt: {exc}") from exc
-    if (not isinstance(manifest, dict) or manifest.get("format") != _MANIFEST_FORMAT
-            or manifest.get("version") != _MANIFEST_VERSION or not isinstance(manifest.get("generation"), int)):
-        raise SnapshotFailed("*", f"{directory / _MANIFEST} is not a version {_MANIFEST_VERSION} checkpoint manifest")
-    return manifest

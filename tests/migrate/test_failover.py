@@ -43,7 +43,7 @@ async def test_unprotected_workload_on_a_dead_node_is_a_typed_error(node_procs, 
     edge = node_procs.start("edge-1", "edge")
     async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as cluster:
         h = await cluster.spawn(workloads.load("counter"), on="edge-1")
-        h.retry_s = 0.5
+        h.retry_s = h.reconnect_timeout_s = 0.5
         assert await h.call("incr", 1) == 1
         edge.kill()
         with pytest.raises(migrate.WorkloadUnavailable) as info:

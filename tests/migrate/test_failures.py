@@ -73,7 +73,7 @@ async def test_source_dying_while_frozen_gives_a_typed_error_saying_the_call_may
     cloud = node_procs.start("cloud-1", "cloud")
     async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
         h = await c.spawn(workloads.load("counter"), on="edge-1")
-        h.retry_s = 1.0
+        h.retry_s = h.reconnect_timeout_s = 1.0
         assert await h.call("incr", 1) == 1
         with pytest.raises((migrate.MigrationFailed, migrate.WorkloadUnavailable)):
             await h.migrate("cloud-1", strategy="stop-copy")

@@ -51,6 +51,16 @@ def test_config_file_named_by_environment_and_relative_paths(tmp_path):
     assert config.tls_dir == Path("~/tls").expanduser()
 
 
+def test_discard_state_is_off_unless_a_flag_the_environment_or_the_file_turns_it_on(tmp_path):
+    assert not resolve_config({"name": "n"}, env={}).discard_state
+    assert resolve_config({"name": "n", "discard_state": True}, env={}).discard_state
+    assert resolve_config({"name": "n"}, env={"MIGRATE_NODE_DISCARD_STATE": "yes"}).discard_state
+    file = write(tmp_path / "node.toml", 'name = "n"\ndiscard_state = true\n')
+    assert resolve_config({}, env={}, config_file=file).discard_state
+    with pytest.raises(ConfigError, match="DISCARD_STATE"):
+        resolve_config({"name": "n"}, env={"MIGRATE_NODE_DISCARD_STATE": "perhaps"})
+
+
 def test_every_setting_has_a_flag_an_environment_variable_and_a_key():
     names = {s.name for s in SETTINGS}
     assert names == set(NodeConfig.__dataclass_fields__)

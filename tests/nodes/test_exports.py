@@ -14,7 +14,7 @@ def test_all_names_exist_and_nothing_public_is_left_out():
 def test_export_list_is_stable():
     assert sorted(nodes.__all__) == sorted([
         "PROTOCOL_VERSIONS", "Address", "BadArguments", "CallInputs", "ConfigError", "Connection", "ConnectionClosed",
-        "ReplayDivergence", "ReplayUnsupported",
+        "ReplayDivergence", "ReplayUnsupported", "CheckpointFailed", "DamagedState", "NodeShuttingDown",
         "ConnectionFailed", "ErrorCode", "Hello", "Host", "HostClosed", "HostError", "HostStats",
         "InvalidModule", "Limits", "LocalProtocolError", "Message", "Node", "NodeClient", "NodeConfig",
         "NodeError", "NodeSummary", "PeerSummary", "RemoteNodeError", "RemoteProtocolError", "Reply",
@@ -22,5 +22,5 @@ def test_export_list_is_stable():
         "UnknownExport", "UnknownModule", "UnknownWorkload", "UnsupportedImports", "WorkloadError",
         "WorkloadExists", "WorkloadExited", "WorkloadInfo", "WorkloadSummary", "WorkloadTimeout",
         "WorkloadTrap", "client_context", "init_ca", "issue_cert", "parse_address", "register",
-        "register_handler", "register_status", "resolve_config", "serve", "server_context",
+        "register_checkpoint_extension", "register_handler", "register_status", "resolve_config", "serve", "server_context",
     ])

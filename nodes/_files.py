@@ -1,0 +1,49 @@
+"""Durable file writes: a crash leaves the old file or the new one, and a failure names the file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+
+def write_atomically(path: Path, data: bytes | bytearray, *, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old or the new file.
+
+    The rename is durable once the directory is synced: here, or by the
+    caller after a batch (``sync_dir=False``).
+    Raises OSError whose ``filename`` is ``path`` (a failed ``write``, such
+    as ENOSPC, names no file by itself).
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if sync_dir:
+            fsync_dir(path.parent)
+    except OSError as exc:
+        if exc.filename is not None and exc.filename != os.fspath(tmp):
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the entries (creations, renames, removals) of ``directory`` durable.  Raises OSError."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(directory: Path) -> None:
+    """Delete ``directory`` and everything in it, if it exists, and sync its parent.  Raises OSError."""
+    if directory.exists():
+        shutil.rmtree(directory)
+        fsync_dir(directory.parent)

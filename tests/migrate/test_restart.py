@@ -1,0 +1,145 @@
+"""A node restarted with SIGTERM gives its workloads back with their epoch and call ledger.
+
+Real nodes, stopped with SIGTERM and started again on the same port and
+data directory.  A handle rides the restart out: its call waits for the
+node and then runs exactly once.
+"""
+
+import pytest
+import trio
+
+import migrate
+import workloads
+from migrate._messages import MCall, MLocate
+from nodes import NodeClient
+
+pytestmark = pytest.mark.trio
+
+COUNTER = workloads.load("counter")
+
+
+async def raw_call(node, tls, workload: str, caller: str, seq: int, *args):
+    """One MCall straight to the node, as a handle would send it."""
+    async with await NodeClient.connect(node.address, tls=tls) as client:
+        return await client.request(MCall, workload=workload, op="call", caller=caller, seq=seq,
+                                    export="incr", args=args)
+
+
+async def where(node, tls, workload: str):
+    async with await NodeClient.connect(node.address, tls=tls) as client:
+        return await client.request(MLocate, workload=workload)
+
+
+async def restart(node) -> None:
+    """SIGTERM the node, wait for its exit (status 0), and start it again on the same port."""
+    assert await trio.to_thread.run_sync(node.terminate) == 0
+    await trio.to_thread.run_sync(node.restart)
+
+
+async def test_a_restart_keeps_state_epoch_and_ledger_and_a_retry_does_not_run_again(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge")
+    tls = cluster_tls.issue("app-1", "node")
+    async with migrate.connect(str(edge.address), tls=tls) as c:
+        h = await c.spawn(COUNTER, on="local")
+        assert await h.call("incr", 1) == 1
+        await h.migrate("edge-1", strategy="stop-copy")  # epoch 2 on edge-1
+        assert h.node == "edge-1" and h.epoch == 2
+        first = await raw_call(edge, tls, h.workload, "raw-caller", 7, 10)
+        assert first.values == (11,) and not first.replayed
+        before = await where(edge, tls, h.workload)
+        assert (before.status, before.epoch) == ("owner", 2)
+
+        await restart(edge)
+
+        after = await where(edge, tls, h.workload)
+        assert (after.status, after.epoch, after.index) == ("owner", 2, before.index)
+        again = await raw_call(edge, tls, h.workload, "raw-caller", 7, 10)
+        assert again.replayed and again.values == (11,) and again.epoch == 2  # the recorded outcome
+        assert await h.call("get") == 11  # ... and the retry did not add 10 again
+        assert await h.call("incr", 1) == 12 and h.epoch == 2
+        assert any(line.get("msg") == "restored 1 workloads" for line in edge.log_lines())
+
+
+async def test_a_call_in_flight_across_a_restart_completes_exactly_once(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge")
+    async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as c:
+        h = await c.spawn(COUNTER, on="edge-1")
+        assert h.reconnect_timeout_s == 30.0
+        results: list[int] = []
+        spans: list[tuple[float, float]] = []
+        stop = trio.Event()
+
+        async def hammer():
+            while not stop.is_set():
+                started = trio.current_time()
+                results.append(await h.call("incr", 1))
+                spans.append((started, trio.current_time()))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hammer)
+            while len(results) < 20:
+                await trio.sleep(0.01)
+            await restart(edge)
+            back = trio.current_time()
+            while len(results) < 40 or spans[-1][0] < back:
+                await trio.sleep(0.01)
+            stop.set()
+        assert any(start < back < end for start, end in spans), "no call was waiting during the restart"
+        assert len(results) == len(set(results)), "a call ran twice"
+        assert sorted(results) == list(range(1, len(results) + 1)), "a call was lost"
+        assert await h.call("get") == len(results)
+        assert h.node == "edge-1" and h.epoch == 1
+
+
+async def test_copies_a_node_does_not_own_do_not_come_back_as_owned(node_procs, cluster_tls):
+    """A standby copy is left out of the checkpoint; a tombstone still redirects after the restart."""
+    edge = node_procs.start("edge-1", "edge")
+    cloud = node_procs.start("cloud-1", "cloud")
+    tls = cluster_tls.issue("app-1", "node")
+    async with migrate.connect(str(edge.address), str(cloud.address), tls=tls) as c:
+        protected = await c.spawn(COUNTER, on="edge-1")
+        await protected.call("incr", 3)
+        await protected.protect("standby", to="cloud-1")  # cloud-1 holds an incoming standby copy
+        moved = await c.spawn(COUNTER, on="cloud-1")
+        await moved.migrate("edge-1", strategy="stop-copy")  # cloud-1 keeps a tombstone
+        assert (await where(cloud, tls, protected.workload)).status == "incoming"
+
+        assert await trio.to_thread.run_sync(cloud.terminate) == 0
+        assert any(line.get("msg") == "not checkpointed: this node does not own it"
+                   and line.get("workload") == protected.workload for line in cloud.log_lines())
+        await trio.to_thread.run_sync(cloud.restart)
+
+        assert (await where(cloud, tls, protected.workload)).status == "unknown"
+        stone = await where(cloud, tls, moved.workload)
+        assert (stone.status, stone.to_name, stone.epoch) == ("moved", "edge-1", 2)
+        async with await NodeClient.connect(cloud.address, tls=tls) as client:
+            assert [w.workload_id for w in await client.workloads()] == []
+        assert await protected.call("incr", 1) == 4 and protected.node == "edge-1"
+
+
+async def test_a_call_waits_for_the_node_for_reconnect_timeout_not_retry(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge")
+    async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node"),
+                               reconnect_timeout_s=60.0) as c:
+        h = await c.spawn(COUNTER, on="edge-1")
+        assert h.reconnect_timeout_s == 60.0
+        h.retry_s = 0.5
+        assert await h.call("incr", 1) == 1
+        assert await trio.to_thread.run_sync(edge.terminate) == 0
+        async with trio.open_nursery() as nursery:
+            answer: list[int] = []
+
+            async def call():
+                answer.append(await h.call("incr", 1))
+
+            nursery.start_soon(call)
+            await trio.sleep(2 * h.retry_s)  # the node stays down longer than retry_s
+            assert not answer
+            await trio.to_thread.run_sync(edge.restart)
+        assert answer == [2]
+
+        h.reconnect_timeout_s = 0.5
+        assert await trio.to_thread.run_sync(edge.terminate) == 0
+        with pytest.raises(migrate.WorkloadUnavailable) as info:
+            await h.call("incr", 1)
+        assert info.value.ran is not True
