@@ -98,14 +98,18 @@ def _nodes(node_procs, mode: str, **env):
     return nodes, ("cloud-1" if mode == "standby" else "local")
 
 
+def _connect(node_procs, cluster_tls):
+    """An application connected to every node the test started."""
+    return migrate.connect(*(str(n.address) for n in node_procs.nodes), tls=cluster_tls.issue("app-1", "node"))
+
+
 MODES = ["checkpoint", "standby"]
 
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_owner_killed_before_any_move(node_procs, cluster_tls, mode):
     (edge1, edge2, *_), to = _nodes(node_procs, mode)
-    async with migrate.connect(*(str(n.address) for n in node_procs.nodes),
-                               tls=cluster_tls.issue("app-1", "node")) as c:
+    async with _connect(node_procs, cluster_tls) as c:
         events = c.events()
         bench = await Bench.start(c, on="edge-1", mode=mode, to=to)
         await bench.steps(25)
@@ -119,8 +123,7 @@ async def test_owner_killed_before_any_move(node_procs, cluster_tls, mode):
 @pytest.mark.parametrize("mode", MODES)
 async def test_new_owner_killed_right_after_a_move(node_procs, cluster_tls, mode):
     (edge1, edge2, *_), to = _nodes(node_procs, mode)
-    async with migrate.connect(*(str(n.address) for n in node_procs.nodes),
-                               tls=cluster_tls.issue("app-1", "node")) as c:
+    async with _connect(node_procs, cluster_tls) as c:
         # Few checkpoints: the failover replays operations from before the
         # move (run on edge-1) and after it (on edge-2) from one log.
         bench = await Bench.start(c, on="edge-1", mode=mode, to=to, interval_s=30.0)
@@ -137,8 +140,7 @@ async def test_new_owner_killed_right_after_a_move(node_procs, cluster_tls, mode
 @pytest.mark.parametrize("mode", MODES)
 async def test_owner_dies_during_a_move_with_calls_in_flight(node_procs, cluster_tls, mode, phase):
     (edge1, edge2, *_), to = _nodes(node_procs, mode, edge1={"MIGRATE_NODE_CRASH_AT": phase})
-    async with migrate.connect(*(str(n.address) for n in node_procs.nodes),
-                               tls=cluster_tls.issue("app-1", "node")) as c:
+    async with _connect(node_procs, cluster_tls) as c:
         bench = await Bench.start(c, on="edge-1", mode=mode, to=to)
         await bench.steps(20)
         moved = trio.Event()
@@ -169,8 +171,7 @@ async def test_owner_dies_during_a_move_with_calls_in_flight(node_procs, cluster
 @pytest.mark.parametrize("mode", MODES)
 async def test_killed_again_after_a_failover_and_another_move(node_procs, cluster_tls, mode):
     (edge1, edge2, *_), to = _nodes(node_procs, mode)
-    async with migrate.connect(*(str(n.address) for n in node_procs.nodes),
-                               tls=cluster_tls.issue("app-1", "node")) as c:
+    async with _connect(node_procs, cluster_tls) as c:
         events = c.events()
         bench = await Bench.start(c, on="edge-1", mode=mode, to=to)
         await bench.steps(15)
@@ -190,7 +191,7 @@ async def test_killed_again_after_a_failover_and_another_move(node_procs, cluste
 async def test_a_standby_survives_moves_off_its_node_and_back(node_procs, cluster_tls):
     edge1 = node_procs.start("edge-1", "edge")
     cloud = node_procs.start("cloud-1", "cloud")
-    async with migrate.connect(str(edge1.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+    async with _connect(node_procs, cluster_tls) as c:
         bench = await Bench.start(c, on="edge-1", mode="standby", to="cloud-1")
         for _ in range(4):  # once failed about 2 times in 3: the move and the standby claimed one epoch
             await bench.steps(5)
@@ -209,7 +210,7 @@ async def test_a_standby_survives_moves_off_its_node_and_back(node_procs, cluste
 async def test_owner_dying_while_handing_over_to_its_standby_keeps_the_standby(node_procs, cluster_tls):
     edge1 = node_procs.start("edge-1", "edge", env={"MIGRATE_NODE_CRASH_AT": "source:frozen"})
     cloud = node_procs.start("cloud-1", "cloud")
-    async with migrate.connect(str(edge1.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+    async with _connect(node_procs, cluster_tls) as c:
         bench = await Bench.start(c, on="edge-1", mode="standby", to="cloud-1")
         await bench.steps(20)
         try:
@@ -226,8 +227,7 @@ async def test_moves_by_another_handle_do_not_break_checkpoints(node_procs, clus
     """The protector follows moves it did not see and never takes connect() down."""
     edge1 = node_procs.start("edge-1", "edge")
     edge2 = node_procs.start("edge-2", "edge")
-    async with migrate.connect(str(edge1.address), str(edge2.address),
-                               tls=cluster_tls.issue("app-1", "node")) as c:
+    async with _connect(node_procs, cluster_tls) as c:
         h = await c.spawn(workloads.load("counter"), on="edge-1")
         await h.protect("checkpoint", interval_s=0.01, to="local")
         mover = await c.attach(h.workload)
@@ -255,8 +255,7 @@ async def test_a_checkpoint_larger_than_a_frame_is_streamed_in_parts(node_procs,
     edge2 = node_procs.start("edge-2", "edge", args=frame)
     blob = os.urandom(6 * 2**20)  # incompressible
     piece = 128 * 1024
-    async with migrate.connect(str(edge1.address), str(edge2.address),
-                               tls=cluster_tls.issue("app-1", "node")) as c:
+    async with _connect(node_procs, cluster_tls) as c:
         h = await c.spawn(workloads.load("kvstore"), on="edge-1")
         ptr = await h.call("wm_alloc", len(blob))
         await h.protect("checkpoint", interval_s=0.05, to="local")
@@ -283,8 +282,7 @@ async def test_a_checkpoint_larger_than_a_frame_is_streamed_in_parts(node_procs,
 @pytest.mark.parametrize("mode", MODES)
 async def test_sigkill_of_the_source_while_a_move_streams_pages(node_procs, cluster_tls, mode):
     (edge1, edge2, *_), to = _nodes(node_procs, mode)
-    async with migrate.connect(*(str(n.address) for n in node_procs.nodes),
-                               tls=cluster_tls.issue("app-1", "node")) as c:
+    async with _connect(node_procs, cluster_tls) as c:
         bench = await Bench.start(c, on="edge-1", mode=mode, to=to, interval_s=30.0)
         # 24 MiB of random bytes: the move takes long enough to be caught mid-stream.
         big = os.urandom(24 * 2**20)
