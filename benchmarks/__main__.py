@@ -25,6 +25,7 @@ SUITE = [
     ("benchmarks.bench_hosting", "hosting", ["results"]),
     ("benchmarks.bench_node", "node", ["latency"]),
     ("benchmarks.bench_migrate", "migrate", ["results"]),
+    ("benchmarks.bench_protect", "protect", ["results"]),
     ("benchmarks.suite.__main__", "suite", ["results", "strategies"]),
 ]
 SOAK = ("benchmarks.soak", "soak", ["figures", "ok"])

@@ -17,11 +17,11 @@ from ._errors import MigrateError, MigrationFailed, UnknownNode, WorkloadUnavail
 from ._handle import Handle, MigrationReport
 from ._ledger import CallLedger, Outcome
 from ._precopy import Action, Decision, PrecopyConfig, PrecopyPlanner
-from ._protect import Event, FailoverFailed, Protection
+from ._protect import Event, FailoverFailed, Protection, ProtectionStatus
 
 __all__ = [
     "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Event", "FailoverFailed", "Handle", "MigrateError",
-    "MigrationFailed", "Protection",
+    "MigrationFailed", "Protection", "ProtectionStatus",
     "MigrationReport", "NodeInfo", "Outcome", "PrecopyConfig", "PrecopyPlanner", "UnknownNode",
     "WorkloadUnavailable", "connect",
 ]

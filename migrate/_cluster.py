@@ -21,6 +21,7 @@ from pathlib import Path
 import trio
 
 from nodes import ConnectionFailed, NodeClient, NodeConfig, NodeError, parse_address
+from nodes import _host_errors as he
 from nodes._config import Address
 from nodes._daemon import serve
 from nodes._groups import unwrap_group
@@ -29,7 +30,7 @@ from . import _service  # noqa: F401  (registers the migration handlers for the 
 from ._errors import MigrateError, UnknownNode
 from ._handle import DEFAULT_RECONNECT_TIMEOUT_S, Handle, module_bytes
 from ._messages import MLocate, MSpawn
-from ._protect import Event, FailoverFailed, Protection, Protector
+from ._protect import Event, FailoverFailed, Protection, ProtectionStatus, Protector
 
 logger = logging.getLogger(__name__)
 
@@ -186,41 +187,52 @@ class Cluster:
 
     async def protect(self, handle: Handle, protection: Protection) -> None:
         workload = handle.workload
+        if protection.mode != "off":
+            self.address_of(protection.to)  # raises UnknownNode now, not at failover
+            if workload not in self._modules:
+                raise ValueError(f"workload {workload} was not spawned by this cluster; its module is unknown")
         scope = self._protect_scopes.pop(workload, None)
         if scope is not None:
             scope.cancel()
+        previous = self._protectors.pop(workload, None)
+        if previous is not None:
+            await previous.stop()
         if protection.mode == "off":
-            self._protectors.pop(workload, None)
             return
-        self.address_of(protection.to)  # raises UnknownNode now, not at failover
-        module = self._modules.get(workload)
-        if module is None:
-            raise ValueError(f"workload {workload} was not spawned by this cluster; its module is unknown")
-        protector = Protector(self, workload, module, protection)
+        protector = Protector(self, workload, self._modules[workload], protection)
         await protector.start(handle)
         self._protectors[workload] = protector
         self._protect_scopes[workload] = scope = trio.CancelScope()
 
         async def loop() -> None:
             with scope:
-                await protector.run(handle)
+                await protector.run()
 
         self._nursery.start_soon(loop)
 
     async def after_move(self, handle: Handle) -> None:
-        """Re-establish a hot standby at the workload's new owner."""
+        """Tell the workload's protector where it went, and make sure the new owner feeds its standby."""
         protector = self._protectors.get(handle.workload)
-        if protector is not None and protector.protection.mode == "standby":
+        if protector is None:
+            return
+        protector.seen(handle._address, handle.epoch)
+        if protector.protection.mode == "standby":
             try:
-                await protector.follow(handle)
-            except (NodeError, MigrateError) as exc:
+                await protector.follow(handle._address)
+            except (NodeError, he.HostError, MigrateError) as exc:
                 self.publish("standby_lost", handle.workload, protector.protection.to, str(exc))
+
+    def protection(self, workload: str) -> ProtectionStatus | None:
+        """How this application protects ``workload`` now; None if it does not."""
+        protector = self._protectors.get(workload)
+        return protector.status() if protector is not None else None
 
     def protects(self, workload: str) -> bool:
         """True if this application logs the workload's operations for failover."""
         return workload in self._protectors
 
-    def log_operation(self, workload: str, entry: dict) -> None:
+    def log_operation(self, workload: str, entry: dict | None) -> None:
+        """Add an operation's log entry (``_oplog.log_entry``) to the workload's protector."""
         protector = self._protectors.get(workload)
         if protector is not None:
             protector.record(entry)
@@ -240,8 +252,9 @@ class Cluster:
             raise
         if not rebuilt:
             return name, address, new_epoch
-        self.publish("failed_over", workload, name, f"rebuilt at epoch {new_epoch} from checkpoint and log")
-        self._nursery.start_soon(_refresh_checkpoint, protector, self, workload)
+        how = "standby promoted" if protector.protection.mode == "standby" else "rebuilt from checkpoint and log"
+        self.publish("failed_over", workload, name, f"{how} at epoch {new_epoch}")
+        protector.wake()  # a fresh checkpoint (or standby) at once, so a second loss is survivable too
         return name, address, new_epoch
 
     async def attach(self, workload: str) -> Handle:
@@ -280,19 +293,10 @@ class Cluster:
                 continue
             if where.status == "owner" and (best is None or where.epoch > best[2]):
                 best = (client.node, address, where.epoch)
-            elif where.status == "moved" and where.to_address:
+            if where.to_address:  # a tombstone: ask where it points too
                 self.learn(where.to_name or where.to_address, where.to_address)
                 pending.append(where.to_address)
         return best
-
-
-async def _refresh_checkpoint(protector: Protector, cluster: Cluster, workload: str) -> None:
-    """Take a checkpoint at the new owner at once, so a second loss is survivable too."""
-    found = await cluster.locate(workload)
-    if found is not None:
-        name, address, epoch = found
-        with contextlib.suppress(NodeError):
-            await protector.take_checkpoint(Handle(cluster, workload, node=name, address=address, epoch=epoch))
 
 
 async def _close_quietly(client: NodeClient) -> None:
@@ -303,7 +307,8 @@ async def _close_quietly(client: NodeClient) -> None:
 @contextlib.asynccontextmanager
 async def connect(*addresses: str, tls: Path | str | None = None, local: bool = True,
                   data_dir: Path | str | None = None,
-                  reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S) -> AsyncIterator[Cluster]:
+                  reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
+                  local_memory_bytes: int | None = None) -> AsyncIterator[Cluster]:
     """Open a cluster: start the local node and connect to ``addresses``.
 
     ``tls`` is a TLS directory (``migrate-node cert issue --role node``)
@@ -311,7 +316,10 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
     None means plain TCP, allowed on loopback only.  A call whose node
     cannot be reached waits up to ``reconnect_timeout_s`` for it to come
     back (a node restarted with SIGTERM keeps its workloads), then fails
-    with WorkloadUnavailable.  Raises ConfigError, ConnectionFailed.
+    with WorkloadUnavailable.  ``local_memory_bytes`` caps each
+    workload's memory on the local node (the node default otherwise); a
+    workload that fails over or moves to "local" must fit it.  Raises
+    ConfigError, ConnectionFailed.
     """
     # The application's own exception reaches it as itself, not in a group.
     with unwrap_group():
@@ -321,9 +329,11 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
                 if local:
                     directory = Path(data_dir) if data_dir else Path(
                         stack.enter_context(tempfile.TemporaryDirectory(prefix="wm-local-")))
+                    limits = {"workload_memory_bytes": local_memory_bytes} if local_memory_bytes is not None else {}
                     config = NodeConfig(name=LOCAL, role="client", listen=Address("127.0.0.1", 0),
                                         data_dir=directory, tls_dir=Path(tls) if tls else None,
-                                        insecure=tls is None, join=tuple(parse_address(a) for a in addresses))
+                                        insecure=tls is None, join=tuple(parse_address(a) for a in addresses),
+                                        **limits)
                     bound = await nursery.start(serve, config)
                     cluster.learn(LOCAL, str(bound))
                 for address in addresses:

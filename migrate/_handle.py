@@ -26,6 +26,7 @@ from nodes._messages import ErrorCode
 
 from ._errors import MigrationFailed, WorkloadUnavailable
 from ._messages import MCall, MMigrate, MReport, MResult
+from ._oplog import error_outcome, log_entry, reply_outcome
 from ._protect import Protection
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,10 @@ class Handle:
         ``interval_s`` and logs every operation made through its handles;
         if the owner becomes unreachable, the workload is rebuilt on node
         ``to`` from the checkpoint and the log, and calls carry on there.
-        Raises UnknownNode, ValueError for a bad mode, and node errors.
+        With "standby", the owner keeps a hot copy on node ``to``, which is
+        promoted if the owner becomes unreachable.  Protection follows the
+        workload through moves.  Raises UnknownNode, ValueError for a bad
+        mode, and node errors.
         """
         await self._cluster.protect(self, Protection(mode=mode, interval_s=interval_s, to=to))
 
@@ -218,60 +222,62 @@ class Handle:
         seq = self._next_seq
         self._next_seq += 1
         deadline = _Deadline(trio.current_time() + self.retry_s, self.reconnect_timeout_s)
+        # Whether a node may have run the call without our learning its
+        # outcome: only a request whose connection broke leaves that doubt.
+        # A NOT_OWNER, SHUTTING_DOWN or "moved" answer means that node did
+        # not run it.
         maybe_ran = False
         while True:
             try:
                 client = await self._cluster.client(self._address)
             except ConnectionFailed:
                 deadline.owner_unreachable()
-                await self._relocate(deadline.at, ran=True if maybe_ran else False)
+                await self._relocate(deadline.at, ran=None if maybe_ran else False)
                 continue
             try:
-                maybe_ran = True
                 reply = await client.request(MCall, workload=self.workload, caller=self._caller, seq=seq,
                                              ack=self._ack, **fields)
             except ConnectionFailed as exc:
+                maybe_ran = True
                 self._cluster.forget(self._address)
-                await self._wait_for_owner(deadline, shutting_down=isinstance(exc, NodeShuttingDown))
+                await self._wait_for_owner(deadline, shutting_down=isinstance(exc, NodeShuttingDown), ran=None)
                 continue
             except RemoteNodeError as exc:
                 if exc.code == ErrorCode.NOT_OWNER:
-                    await self._relocate(deadline.at, ran=None)
+                    await self._relocate(deadline.at, ran=None if maybe_ran else False)
                     continue
                 if exc.code == ErrorCode.SHUTTING_DOWN:  # refused, not run
-                    await self._wait_for_owner(deadline, shutting_down=True)
+                    await self._wait_for_owner(deadline, shutting_down=True, ran=None if maybe_ran else False)
                     continue
                 self._finish(seq)
                 raise
             except Exception as exc:
                 self._finish(seq)  # the workload's own error: the call ran (or was refused) once
-                index = getattr(exc, "op_index", 0)
-                if index and self._cluster.protects(self.workload):
-                    self._cluster.log_operation(self.workload, dict(
-                        fields, caller=self._caller, seq=seq, index=index, ok=False,
-                        code=str(getattr(exc, "code", "")) or _code_of(exc), message=str(exc),
-                        inputs=getattr(exc, "op_inputs", None)))
+                self._log(seq, fields, error_outcome(exc))
                 raise
             if reply.moved_to is not None:
                 self._moved_to(reply.moved_to, reply.moved_address, reply.epoch)
                 continue
             self._finish(seq)
             self.epoch = max(self.epoch, reply.epoch)
-            if reply.index and self._cluster.protects(self.workload):
-                self._cluster.log_operation(self.workload, dict(
-                    fields, caller=self._caller, seq=seq, index=reply.index, ok=True, values=list(reply.values),
-                    data=reply.data, inputs=reply.inputs))
+            self._log(seq, fields, reply_outcome(reply))
             return reply
 
-    async def _wait_for_owner(self, deadline: _Deadline, *, shutting_down: bool) -> None:
+    def _log(self, seq: int, fields: dict, outcome) -> None:
+        """Log a state-changing operation's outcome if this application protects the workload."""
+        if self._cluster.protects(self.workload):
+            call = MCall(id=0, workload=self.workload, caller=self._caller, seq=seq, **fields)
+            self._cluster.log_operation(self.workload, log_entry(call, outcome))
+
+    async def _wait_for_owner(self, deadline: _Deadline, *, shutting_down: bool, ran: bool | None) -> None:
         """The owner is unreachable (or stopping): give it ``reconnect_timeout_s`` to come back.
 
-        Raises WorkloadUnavailable when the deadline passes.
+        Raises WorkloadUnavailable (with ``ran``) when the deadline passes.
         """
         if shutting_down:
             self._cluster.shutting_down(self._address, self.reconnect_timeout_s)
         deadline.owner_unreachable()
-        await self._relocate(deadline.at, ran=None)
+        await self._relocate(deadline.at, ran=ran)
 
     async def _relocate(self, deadline: float, *, ran: bool | None = None) -> None:
         """Find the workload's owner, waiting and asking again until ``deadline``.
@@ -314,12 +320,6 @@ class _Deadline:
         if not self.waiting_for_owner:
             self.waiting_for_owner = True
             self.at = max(self.at, trio.current_time() + self.reconnect_s)
-
-
-def _code_of(exc: Exception) -> str:
-    from nodes._error_codes import code_for
-
-    return str(code_for(exc))
 
 
 def module_bytes(module: bytes | str | Path) -> bytes:

@@ -7,7 +7,14 @@ Three conversations use them:
 * handle or operator -> source node: ``MMigrate``;
 * source node -> target node: ``MIncoming``, ``MChunk`` (snapshot stream
   bytes; page data goes node to node, never through the client),
-  ``MCommit``, ``MAbort``.
+  ``MCommit``, ``MAbort``;
+* protection: ``MProtect``, ``MCheckpoint`` and ``MCheckpointPart`` (a
+  checkpoint streamed to the application in parts), ``MFollow`` (owner
+  to standby: ``MIncoming``/``MChunk``/``MAlign``/``MReplay`` with
+  ``standby=True``), ``MPromote``.
+
+An incoming move and a standby copy of the same workload are told apart by
+``standby``: a message for one never touches the other.
 """
 
 from __future__ import annotations
@@ -91,6 +98,7 @@ class MWhere(Reply):
     to_name: str | None = None
     to_address: str | None = None
     index: int = 0  # the last operation the owner ran, or an incoming copy replayed
+    standby: bool = False  # "incoming" is a hot standby, not a move under way
 
 
 @register("m_locate", reply=MWhere)
@@ -163,6 +171,7 @@ class MChunk(Request):
     workload: str
     epoch: int
     data: bytes
+    standby: bool = False  # for the hot standby copy, not for an incoming move
 
 
 @register("m_committed")
@@ -191,15 +200,21 @@ class MCommit(Request):
     digest: str | None = None
     #: the guest's monotonic clock at the source, so time never runs backwards
     monotonic_ns: int | None = None
+    #: commit the target's hot standby copy (which replayed every operation
+    #: up to ``index``) instead of an incoming move
+    from_standby: bool = False
+    #: the address of the workload's hot standby, which the new owner feeds from now on
+    standby: str = ""
 
 
 @register("m_abort", reply=Done)
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MAbort(Request):
-    """Source to target: forget the incoming workload; it stays at the source."""
+    """Source to target: forget the incoming workload (or standby copy); it stays at the source."""
 
     workload: str
     epoch: int
+    standby: bool = False
 
 
 @register("m_protect", reply=Done)
@@ -214,9 +229,13 @@ class MProtect(Request):
 @register("m_checkpoint_data")
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MCheckpointData(Reply):
-    """A consistent snapshot (encoded) taken after operation ``index``."""
+    """A consistent snapshot taken after operation ``index``, but for its bytes.
 
-    data: bytes
+    The encoded snapshot follows in parts: ``MCheckpointPart`` with
+    ``token`` and part numbers 0, 1, ... until a part says it is the last.
+    """
+
+    token: str
     index: int
     epoch: int
     ledger: Any
@@ -230,9 +249,28 @@ class MCheckpointData(Reply):
 @register("m_checkpoint", reply=MCheckpointData)
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MCheckpoint(Request):
-    """Owner: return a consistent checkpoint of the workload, with its ledger."""
+    """Owner: take a consistent checkpoint of the workload, with its ledger."""
 
     workload: str
+
+
+@register("m_checkpoint_bytes")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MCheckpointBytes(Reply):
+    """One part of an encoded checkpoint; ``last`` on the final one."""
+
+    data: bytes
+    last: bool
+
+
+@register("m_checkpoint_part", reply=MCheckpointBytes)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MCheckpointPart(Request):
+    """Owner: the next part of checkpoint ``token``; parts are asked for once each, in order."""
+
+    workload: str
+    token: str
+    part: int
 
 
 @register("m_replay", reply=Done)
@@ -240,15 +278,15 @@ class MCheckpoint(Request):
 class MReplay(Request):
     """Re-run logged operations on an incoming workload, in order.
 
-    Each entry is a map: op, export, args, offset, data, inputs, caller,
-    seq, index and the outcome the original run gave ("ok", "values",
-    "data", "code").  A different outcome is a divergence: the request fails
-    and the incoming copy is dropped.
+    Each entry is a map in the format of ``_oplog.log_entry``.  A different
+    outcome is a divergence: the request fails and the incoming copy is
+    dropped.
     """
 
     workload: str
     epoch: int
     entries: tuple[Any, ...]
+    standby: bool = False
 
 
 @register("m_align", reply=Done)
@@ -266,6 +304,7 @@ class MAlign(Request):
     index: int
     ledger: Any = None  # a standby's starting ledger
     monotonic_ns: int | None = None
+    standby: bool = False
 
 
 @register("m_follow", reply=Done)

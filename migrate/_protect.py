@@ -1,26 +1,39 @@
-"""Protection: checkpoints streamed to the client, and failover from them.
+"""Protection: checkpoints streamed to the client, or a hot standby, and failover.
 
-When a handle protects a workload, the application keeps:
+When a handle protects a workload with "checkpoint", the application keeps:
 
-* the latest checkpoint, fetched from the owner every ``interval_s`` (a
+* the latest checkpoint, fetched from the owner every ``interval_s``: a
   consistent snapshot taken between calls, with the call ledger and the
-  index of the last operation it includes);
+  index of the last operation it includes.  It is fetched in parts that
+  fit a frame, and kept as those encoded parts;
 * the log of every state-changing operation made through this
-  application's handles since that checkpoint: what was called, the
-  nondeterministic inputs it consumed (recorded by the owner), and the
-  outcome it returned.
+  application's handles since that checkpoint (``_oplog``): what was
+  called or written, the nondeterministic inputs it consumed (recorded by
+  the owner), and the outcome it returned.
 
 If the owner becomes unreachable and no other node owns the workload, the
 application restores the checkpoint on the failover node ("local" by
-default, the application itself), replays the log there -- the node checks
-each replayed outcome against the logged one -- and commits it with a
-higher ownership epoch.  Calls in flight are then retried with their
-original sequence numbers: those the dead owner answered are in the ledger
-and are not run again; those it never answered run once, here.
+default, the application itself) by sending its parts, replays the log
+there -- the node checks each replayed outcome against the logged one --
+and commits it with a higher ownership epoch.  Calls in flight are then
+retried with their original sequence numbers: those the dead owner
+answered are in the ledger and are not run again; those it never answered
+run once, here.
+
+With "standby" the owner keeps a hot copy on another node instead (see
+``_service._follow``); the application keeps the log since the last
+operation the standby reported, and on failover replays what the standby
+missed and promotes it.
+
+The protector follows the workload through moves, whoever makes them: when
+the node it knows stops owning the workload, it looks the owner up again.
+Nothing it does in the background raises: a failure is logged and the next
+round tries again.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +41,16 @@ from typing import Any
 import trio
 
 from nodes import NodeError
+from nodes import _host_errors as he
 
+from ._chunks import FRAME_OVERHEAD_BYTES, chunk_bytes, recut
 from ._errors import MigrateError
-from ._ledger import CallLedger, Outcome
+from ._ledger import CallLedger
 from ._messages import (
     MAlign,
     MCheckpoint,
     MCheckpointData,
+    MCheckpointPart,
     MChunk,
     MCommit,
     MFollow,
@@ -44,10 +60,18 @@ from ._messages import (
     MProtect,
     MReplay,
 )
+from ._oplog import batches, entry_bytes, entry_outcome
 
 logger = logging.getLogger(__name__)
 
 MODES = ("off", "checkpoint", "standby")
+#: The largest checkpoint (encoded) an application accepts: a workload's
+#: memories are at most 4 GiB each; this allows two of them, compressed or not.
+MAX_CHECKPOINT_BYTES = 8 * 2**30
+#: Logged operations' bytes (payloads included) that make the protector take
+#: a checkpoint (or ask the standby how far it got) at once rather than at
+#: the next ``interval_s``, so the log stays near this size.
+LOG_SOFT_LIMIT_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -82,8 +106,52 @@ class Event:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class ProtectionStatus:
+    """How a workload is protected right now, as its application sees it.
+
+    ``checkpoint_index`` is the last operation the held checkpoint
+    includes (None: no checkpoint held); ``log_entries`` and ``log_bytes``
+    count the logged operations after it (or after what the standby
+    reported it has replayed).
+    """
+
+    mode: str
+    to: str
+    checkpoint_index: int | None
+    checkpoint_bytes: int
+    checkpoint_parts: int
+    log_entries: int
+    log_bytes: int
+    failovers: int
+
+
 class FailoverFailed(MigrateError):
     """The workload could not be rebuilt from its checkpoint and log."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint the application holds: its description and its encoded snapshot, in parts."""
+
+    meta: MCheckpointData
+    parts: tuple[bytes, ...]
+
+    @property
+    def index(self) -> int:
+        return self.meta.index
+
+    @property
+    def epoch(self) -> int:
+        return self.meta.epoch
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+
+#: What a protector's background work may run into; it logs them and carries on.
+_EXPECTED = (NodeError, he.HostError, MigrateError, trio.TooSlowError)
 
 
 @dataclass
@@ -94,111 +162,236 @@ class Protector:
     workload: str
     module: bytes
     protection: Protection
-    checkpoint: MCheckpointData | None = None
+    checkpoint: Checkpoint | None = None
     log: dict[int, dict] = field(default_factory=dict)
+    log_bytes: int = 0
     failovers: int = 0
+    owner: str = ""  # the address the workload was last seen at
+    epoch: int = 0   # the highest ownership epoch seen
     _trimmed: int = 0
     _lock: trio.Lock = field(default_factory=trio.Lock)
+    _due: trio.Event = field(default_factory=trio.Event)
 
-    def record(self, entry: dict) -> None:
-        """Log a state-changing operation's outcome (index > 0)."""
-        if entry["index"] > (self.checkpoint.index if self.checkpoint else self._trimmed):
-            self.log[entry["index"]] = entry
+    # --- the log ------------------------------------------------------------
+
+    def record(self, entry: dict | None) -> None:
+        """Log a state-changing operation's entry (None, for other operations, is ignored)."""
+        if entry is None or entry["index"] <= (self.checkpoint.index if self.checkpoint else self._trimmed):
+            return
+        previous = self.log.get(entry["index"])
+        if previous is not None:
+            self.log_bytes -= entry_bytes(previous)
+        self.log[entry["index"]] = entry
+        self.log_bytes += entry_bytes(entry)
+        if self.log_bytes > LOG_SOFT_LIMIT_BYTES:
+            self._due.set()
 
     def trim(self, upto: int) -> None:
         """Forget logged operations up to ``upto``: a checkpoint or the standby has them."""
         self._trimmed = max(self._trimmed, upto)
         for index in [i for i in self.log if i <= upto]:
-            del self.log[index]
+            self.log_bytes -= entry_bytes(self.log.pop(index))
+
+    def seen(self, address: str, epoch: int) -> None:
+        """The workload was found at ``address`` with ``epoch``."""
+        if epoch >= self.epoch:
+            self.owner, self.epoch = address, epoch
+
+    def status(self) -> ProtectionStatus:
+        ckpt = self.checkpoint
+        return ProtectionStatus(
+            mode=self.protection.mode, to=self.protection.to, checkpoint_index=ckpt.index if ckpt else None,
+            checkpoint_bytes=ckpt.size_bytes if ckpt else 0, checkpoint_parts=len(ckpt.parts) if ckpt else 0,
+            log_entries=len(self.log), log_bytes=self.log_bytes, failovers=self.failovers)
+
+    def wake(self) -> None:
+        """Run the next round now rather than at the next ``interval_s``."""
+        self._due.set()
+
+    # --- starting and the background rounds -----------------------------------
 
     async def start(self, handle) -> None:
-        client = await self.cluster.client(handle._address)
-        if self.protection.mode == "standby":
-            await self.follow(handle)
-            return
-        await client.request(MProtect, workload=self.workload, record=True)
-        await self.take_checkpoint(handle)
+        """Begin protecting: a standby at the owner, or recording and a first checkpoint.
 
-    async def follow(self, handle) -> None:
-        """Ask the current owner to keep a hot standby on ``to`` (again, after a move)."""
+        Raises node errors (the protection is not in place then).
+        """
+        self.seen(handle._address, handle.epoch)
+        if self.protection.mode == "standby":
+            await self.follow(self.owner)
+            return
+        client = await self.cluster.client(self.owner)
+        await client.request(MProtect, workload=self.workload, record=True)
+        await self.take_checkpoint(self.owner)
+
+    async def stop(self) -> None:
+        """Stop a standby feed at the owner (protection turned off or changed); best effort."""
+        if self.protection.mode != "standby" or self.owner == self.cluster.address_of(self.protection.to):
+            return
+        try:
+            client = await self.cluster.client(self.owner)
+            await client.request(MFollow, workload=self.workload, standby="")
+        except _EXPECTED as exc:
+            logger.info("could not stop the standby of %s: %s", self.workload, exc)
+
+    async def follow(self, owner: str) -> None:
+        """Ask the owner at ``owner`` to keep a hot standby on ``to`` (a no-op if it already does)."""
         standby = self.cluster.address_of(self.protection.to)
-        if standby == handle._address:
+        if standby == owner:
             return  # the workload runs on the standby node itself: nothing to follow from
-        client = await self.cluster.client(handle._address)
+        client = await self.cluster.client(owner)
         await client.request(MFollow, workload=self.workload, standby=standby)
 
-    async def take_checkpoint(self, handle) -> None:
-        """Fetch a checkpoint from the current owner and trim the log it covers."""
-        async with self._lock:
-            client = await self.cluster.client(handle._address)
-            ckpt = await client.request(MCheckpoint, workload=self.workload)
-            self.checkpoint = ckpt
-            self.trim(ckpt.index)
+    async def run(self) -> None:
+        """Every ``interval_s`` (or at once when woken): refresh the checkpoint, or check the standby.
 
-    async def run(self, handle) -> None:
-        """Fetch checkpoints (or, for a standby, its progress) every ``interval_s`` until cancelled."""
-        if self.protection.mode == "standby":
-            while True:
-                await trio.sleep(self.protection.interval_s)
-                try:
-                    client = await self.cluster.client(self.cluster.address_of(self.protection.to))
-                    where = await client.request(MLocate, workload=self.workload)
-                except (NodeError, MigrateError) as exc:
-                    logger.info("standby of %s not reachable: %s", self.workload, exc)
-                    continue
-                self.trim(where.index)
+        Runs until cancelled and never raises otherwise.
+        """
         while True:
-            await trio.sleep(self.protection.interval_s)
+            with trio.move_on_after(self.protection.interval_s):
+                await self._due.wait()
+            self._due = trio.Event()
             try:
-                await self.take_checkpoint(handle)
-            except (NodeError, MigrateError) as exc:
-                logger.info("checkpoint of %s skipped: %s", self.workload, exc)
+                if self.protection.mode == "standby":
+                    await self._check_standby()
+                else:
+                    await self._refresh()
+            except _EXPECTED as exc:
+                logger.info("protection round for %s skipped: %s", self.workload, exc)
+            except Exception:  # a bug here must not take the application's cluster down
+                logger.exception("protection round for %s failed", self.workload)
+
+    async def _refresh(self) -> None:
+        """Take a checkpoint at the owner; if the owner is not where we thought, find it first."""
+        try:
+            await self.take_checkpoint(self.owner)
+            return
+        except (NodeError, he.HostError) as exc:  # moved, removed or unreachable
+            found = await self.cluster.locate(self.workload)
+            if found is None or found[1] == self.owner:
+                raise
+            logger.info("checkpoint of %s: %s; it is on %s now", self.workload, exc, found[0])
+            self.seen(found[1], found[2])
+        await self.take_checkpoint(self.owner)
+
+    async def _check_standby(self) -> None:
+        """Trim the log to what the standby has replayed; start a standby again if it has none."""
+        standby = self.cluster.address_of(self.protection.to)
+        client = await self.cluster.client(standby)
+        where = await client.request(MLocate, workload=self.workload)
+        if where.status == "owner" or (where.status == "incoming" and where.standby):
+            self.trim(where.index)
+            return
+        if where.status == "incoming":
+            return  # a move onto the standby node is under way
+        found = await self.cluster.locate(self.workload)
+        if found is None:
+            return  # no owner: the next call fails the workload over
+        self.seen(found[1], found[2])
+        logger.info("%s holds no standby of %s (%s); asking its owner %s for one", self.protection.to,
+                    self.workload, where.status, found[0])
+        await self.follow(self.owner)
+
+    # --- checkpoints ------------------------------------------------------------
+
+    async def take_checkpoint(self, owner: str) -> None:
+        """Fetch a checkpoint from the owner at ``owner``; keep it if it is the newest, and trim the log.
+
+        The previous checkpoint stays until this one is complete.  Raises
+        node errors, and FailoverFailed for a checkpoint over
+        MAX_CHECKPOINT_BYTES.
+        """
+        client = await self.cluster.client(owner)
+        meta = await client.request(MCheckpoint, workload=self.workload)
+        parts, size = [], 0
+        for part in itertools.count():
+            piece = await client.request(MCheckpointPart, workload=self.workload, token=meta.token, part=part)
+            size += len(piece.data)
+            if size > MAX_CHECKPOINT_BYTES:
+                raise FailoverFailed(f"the checkpoint of {self.workload} exceeds {MAX_CHECKPOINT_BYTES} bytes")
+            parts.append(piece.data)
+            if piece.last:
+                break
+        ckpt = Checkpoint(meta, tuple(parts))
+        async with self._lock:
+            current = self.checkpoint
+            if current is None or (ckpt.epoch, ckpt.index) >= (current.epoch, current.index):
+                self.checkpoint = ckpt
+                self.trim(ckpt.index)
+            self.seen(owner, ckpt.epoch)
+
+    # --- failover ---------------------------------------------------------------
 
     async def failover(self, epoch: int) -> tuple[str, str, int, bool]:
         """Rebuild the workload on the failover node unless another handle already did.
 
         Returns (name, address, epoch, rebuilt).  Raises FailoverFailed if
-        there is no checkpoint, the log has a gap or the replay diverges.
+        there is no checkpoint or standby, the log has a gap or the replay
+        diverges.
         """
         async with self._lock:
             found = await self.cluster.locate(self.workload)
             if found is not None:  # another handle of ours failed it over meanwhile
+                self.seen(found[1], found[2])
                 return (*found, False)
-            if self.protection.mode == "standby":
-                return await self._promote(epoch)
-            if self.checkpoint is None:
-                raise FailoverFailed(f"workload {self.workload} has no checkpoint to fail over from")
-            ckpt = self.checkpoint
-            address = self.cluster.address_of(self.protection.to)
-            entries = self._entries_after(ckpt.index)
-            expected = ckpt.index + len(entries) + 1
-            new_epoch = max(epoch, ckpt.epoch) + 1
+            epoch = max(epoch, self.epoch)
             try:
-                client = await self.cluster.client(address)
-                await client.ensure_module(self.module)
-                settings = dict(ckpt.settings or {})
-                await client.request(MIncoming, workload=self.workload, module_sha256=ckpt.module_sha256,
-                                     app=ckpt.app, epoch=new_epoch, source="failover",
-                                     args=tuple(settings.get("args", ())), env=dict(settings.get("env") or {}),
-                                     memory_limit_bytes=settings.get("memory_limit_bytes"))
-                await client.request(MChunk, workload=self.workload, epoch=new_epoch, data=ckpt.data)
-                await client.request(MAlign, workload=self.workload, epoch=new_epoch, calls=ckpt.calls,
-                                     index=ckpt.index)
-                if entries:
-                    await client.request(MReplay, workload=self.workload, epoch=new_epoch,
-                                         entries=tuple(_wire(e) for e in entries))
-                ledger = CallLedger.from_wire(ckpt.ledger)
-                for e in entries:
-                    ledger.record(e["caller"], e["seq"], _outcome(e))
-                await client.request(MCommit, workload=self.workload, epoch=new_epoch, ledger=ledger.to_wire(),
-                                     calls=ckpt.calls + sum(e["op"] == "call" for e in entries),
-                                     index=expected - 1, record=True, monotonic_ns=ckpt.monotonic_ns)
-            except NodeError as exc:
+                if self.protection.mode == "standby":
+                    name, address, new_epoch = await self._promote(epoch)
+                else:
+                    name, address, new_epoch = await self._restore(epoch)
+            except (NodeError, he.HostError) as exc:
                 raise FailoverFailed(f"failover of {self.workload} to {self.protection.to} failed: {exc}") from None
             self.failovers += 1
-            self.checkpoint = None  # the old one belongs to the old epoch; the next loop fetches anew
-            self.log.clear()
-            return client.node, address, new_epoch, True
+            self.seen(address, new_epoch)
+            return name, address, new_epoch, True
+
+    async def _restore(self, epoch: int) -> tuple[str, str, int]:
+        """Restore the checkpoint on ``to``, replay the log after it, and commit there."""
+        if self.checkpoint is None:
+            raise FailoverFailed(f"workload {self.workload} has no checkpoint to fail over from")
+        ckpt, meta = self.checkpoint, self.checkpoint.meta
+        entries = self._entries_after(ckpt.index)
+        new_epoch = max(epoch, ckpt.epoch) + 1
+        address = self.cluster.address_of(self.protection.to)
+        client = await self.cluster.client(address)
+        await client.ensure_module(self.module)
+        settings = dict(meta.settings or {})
+        await client.request(MIncoming, workload=self.workload, module_sha256=meta.module_sha256,
+                             app=meta.app, epoch=new_epoch, source="failover",
+                             args=tuple(settings.get("args", ())), env=dict(settings.get("env") or {}),
+                             memory_limit_bytes=settings.get("memory_limit_bytes"))
+        for part in recut(ckpt.parts, chunk_bytes(client.peer_max_frame_bytes)):
+            await client.request(MChunk, workload=self.workload, epoch=new_epoch, data=part)
+        await client.request(MAlign, workload=self.workload, epoch=new_epoch, calls=meta.calls, index=ckpt.index)
+        await self._replay(client, new_epoch, entries, standby=False)
+        ledger = CallLedger.from_wire(meta.ledger)
+        for e in entries:
+            ledger.record(e["caller"], e["seq"], entry_outcome(e))
+        await client.request(MCommit, workload=self.workload, epoch=new_epoch, ledger=ledger.to_wire(),
+                             calls=meta.calls + sum(e["op"] == "call" for e in entries),
+                             index=ckpt.index + len(entries), record=True, monotonic_ns=meta.monotonic_ns)
+        return client.node, address, new_epoch
+
+    async def _promote(self, epoch: int) -> tuple[str, str, int]:
+        """Promote the standby, first replaying the operations it had not received yet.
+
+        The owner forwards operations to its standby without waiting, so the
+        last few answered before it died may be missing there; this
+        application's log has them, with their recorded inputs.
+        """
+        address = self.cluster.address_of(self.protection.to)
+        client = await self.cluster.client(address)
+        where = await client.request(MLocate, workload=self.workload)
+        if where.status != "incoming" or not where.standby:
+            raise FailoverFailed(f"{self.protection.to} holds no standby of {self.workload} ({where.status})")
+        await self._replay(client, where.epoch, self._entries_after(where.index), standby=True)
+        new_epoch = max(epoch + 1, where.epoch)
+        await client.request(MPromote, workload=self.workload, epoch=new_epoch)
+        return client.node, address, new_epoch
+
+    async def _replay(self, client, epoch: int, entries: list[dict], *, standby: bool) -> None:
+        for batch in batches(entries, client.peer_max_frame_bytes - FRAME_OVERHEAD_BYTES):
+            await client.request(MReplay, workload=self.workload, epoch=epoch, entries=batch, standby=standby)
 
     def _entries_after(self, index: int) -> list[dict]:
         """The logged operations after ``index``, in order; FailoverFailed on a gap.
@@ -213,40 +406,3 @@ class Protector:
                     f"the log of {self.workload} has a gap before operation {entry['index']}: operation "
                     f"{expected} was answered by the lost node but never reached this application")
         return entries
-
-    async def _promote(self, epoch: int) -> tuple[str, str, int, bool]:
-        """Promote the standby, first replaying the operations it had not received yet.
-
-        The owner forwards operations to its standby without waiting, so the
-        last few answered before it died may be missing there; this
-        application's log has them, with their recorded inputs.
-        """
-        address = self.cluster.address_of(self.protection.to)
-        try:
-            client = await self.cluster.client(address)
-            where = await client.request(MLocate, workload=self.workload)
-            if where.status != "incoming":
-                raise FailoverFailed(f"{self.protection.to} holds no standby of {self.workload} ({where.status})")
-            missing = self._entries_after(where.index)
-            if missing:
-                await client.request(MReplay, workload=self.workload, epoch=where.epoch,
-                                     entries=tuple(_wire(e) for e in missing))
-            new_epoch = max(epoch + 1, where.epoch)
-            await client.request(MPromote, workload=self.workload, epoch=new_epoch)
-        except NodeError as exc:
-            raise FailoverFailed(f"cannot promote the standby of {self.workload} on {self.protection.to}: {exc}") from None
-        self.failovers += 1
-        self.log.clear()
-        return client.node, address, new_epoch, True
-
-
-def _wire(entry: dict) -> dict:
-    return {k: v for k, v in entry.items() if k not in ("message",)}
-
-
-def _outcome(entry: dict) -> Outcome:
-    if entry["ok"]:
-        return Outcome(True, (list(entry.get("values", ())), entry.get("data", b""), entry["index"],
-                              entry.get("inputs")))
-    return Outcome(False, {"op_index": entry["index"]}, entry.get("code", "workload_error"),
-                   entry.get("message", ""))

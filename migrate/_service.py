@@ -27,6 +27,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -41,12 +42,13 @@ from nodes import (
     register_status,
 )
 from nodes import _host_errors as he
-from nodes._config import parse_address
+from nodes._config import Address, parse_address
 from nodes._crash import crash_point_async
 from nodes._error_codes import code_for, error_reply
 from nodes._messages import Done, ErrorCode, ErrorReply
 from nodes._replay import CallInputs
 
+from . import _chunks
 from ._ledger import CallLedger, Outcome
 from ._messages import (
     MAbort,
@@ -56,7 +58,9 @@ from ._messages import (
     MCommit,
     MCommitted,
     MCheckpoint,
+    MCheckpointBytes,
     MCheckpointData,
+    MCheckpointPart,
     MFollow,
     MIncoming,
     MLocate,
@@ -71,18 +75,26 @@ from ._messages import (
     MWhere,
     ReportRecord,
 )
+from ._oplog import batches, divergence, entry_bytes, log_entry, replayed_call
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
 
 logger = logging.getLogger(__name__)
 
-#: Bytes of encoded snapshot per MChunk.  Framing and TLS encryption of a
-#: chunk run on the node's event loop; 1 MiB keeps each such step to about a
-#: millisecond, so calls keep flowing while a round is sent.
-CHUNK_BYTES = 1 * 2**20
 STRATEGIES = ("precopy", "stop-copy", "dual")
 #: Dual handover: switch once at most this many logged calls wait to be
 #: replayed; the switch replays them (one round trip) while calls are held.
 SWITCH_BACKLOG = 32
+#: Checkpoints of one workload kept ready for fetching at once; a newer one
+#: drops the oldest.  Each holds a copy of the workload's state until its
+#: last part is fetched.
+MAX_PENDING_CHECKPOINTS = 2
+#: Bytes of operations (payloads included) waiting to be forwarded to a hot
+#: standby at most; a standby that falls further behind is dropped (the
+#: application asks for a new one).
+STANDBY_BACKLOG_BYTES = 256 * 2**20
+#: A move onto the standby's node waits this long, with calls held, for the
+#: standby to replay what is queued for it; then the move aborts instead.
+HANDOVER_FLUSH_S = 10.0
 
 
 
@@ -100,8 +112,54 @@ class Owned:
     index: int = 0        # state-changing operations run so far, in order
     record: bool = False  # record nondeterministic inputs (protected or followed)
     follow: "trio.MemorySendChannel | None" = None  # dual execution: entries for the follower
-    standby: "trio.MemorySendChannel | None" = None  # hot standby: entries for the replica
-    standby_scope: "trio.CancelScope | None" = None
+    standby: "Standby | None" = None  # the feed of a hot standby copy
+    standby_lock: trio.Lock = field(default_factory=trio.Lock)  # starting, stopping, moving
+    checkpoints: "collections.OrderedDict[str, PendingCheckpoint]" = field(
+        default_factory=collections.OrderedDict)
+
+    def forward(self, entry: dict | None) -> None:
+        """Hand a logged operation to the dual-execution follower and the standby, if any."""
+        if entry is None:
+            return
+        if self.follow is not None:
+            self.follow.send_nowait(entry)
+        standby = self.standby
+        if standby is not None and standby.send is not None:
+            standby.queued_bytes += entry_bytes(entry)
+            if standby.queued_bytes > STANDBY_BACKLOG_BYTES:
+                logger.warning("standby fell %d bytes behind; dropping it", STANDBY_BACKLOG_BYTES,
+                               extra={"workload": self.workload})
+                standby.send = None
+                standby.scope.cancel()
+            else:
+                standby.send.send_nowait(entry)
+
+
+@dataclass
+class Standby:
+    """The feed of a hot standby copy on ``target``, at ``epoch`` (its owner's + 1 when it began).
+
+    ``send`` is set once the consistent copy is taken: operations after it
+    go there.  ``done`` is set when the feed has ended.
+    """
+
+    target: Address
+    epoch: int
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    send: "trio.MemorySendChannel | None" = None
+    queued_bytes: int = 0  # of the entries sent to ``send`` and not yet forwarded
+    flushed: bool = False  # ended because its channel was closed, after forwarding everything
+
+
+@dataclass
+class PendingCheckpoint:
+    """A checkpoint being fetched part by part: its encoding runs as parts are asked for."""
+
+    parts: Iterator[bytes]
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    next_part: int = 0
+    ahead: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +185,7 @@ class Incoming:
     lock: trio.Lock = field(default_factory=trio.Lock)
     index: int = 0  # last operation replayed into it
     settings: dict = field(default_factory=dict)  # args, env, memory cap
+    standby: bool = False  # a hot standby copy, not a move under way
     ledger: CallLedger | None = None  # a standby's: the owner's at the copy, plus replayed outcomes
 
 
@@ -233,35 +292,16 @@ async def on_call(node, session, req: MCall):
         outcome = await _run(node, req, owned)
         ledger.record(req.caller, req.seq, outcome)
         if owned.follow is not None or owned.standby is not None:
-            entry = log_entry(req, outcome)
-            if entry is not None:
-                for channel in (owned.follow, owned.standby):
-                    if channel is not None:
-                        channel.send_nowait(entry)
+            owned.forward(log_entry(req, outcome))
         if req.op == "remove" and outcome.ok:
             svc.owned.pop(req.workload, None)
+            if owned.standby is not None:
+                owned.standby.scope.cancel()  # drops the standby copy too
         if owned.throttle:
             # Auto-converge: hold the workload idle for a share of its time.
             took = time.perf_counter() - started
             await trio.sleep(took * owned.throttle / (1 - owned.throttle))
         return _result(req.id, outcome, owned.epoch, replayed=False)
-
-
-def log_entry(req: MCall, outcome: Outcome) -> dict | None:
-    """The log entry of a state-changing operation, as MReplay takes it; None for others."""
-    if outcome.ok:
-        values, data, index, inputs = outcome.value
-        if not index:
-            return None
-        return {"op": req.op, "export": req.export, "args": list(req.args), "offset": req.offset,
-                "data": req.data if req.op == "write" else data, "caller": req.caller, "seq": req.seq,
-                "index": index, "ok": True, "values": list(values), "inputs": inputs}
-    details = outcome.value or {}
-    if not details.get("op_index"):
-        return None
-    return {"op": req.op, "export": req.export, "args": list(req.args), "offset": req.offset,
-            "data": req.data, "caller": req.caller, "seq": req.seq, "index": details["op_index"], "ok": False,
-            "code": outcome.code, "inputs": details.get("op_inputs")}
 
 
 async def _run(node, req: MCall, owned: Owned, inputs=None) -> Outcome:
@@ -312,17 +352,24 @@ async def _run(node, req: MCall, owned: Owned, inputs=None) -> Outcome:
 
 
 async def on_locate(node, session, req: MLocate) -> MWhere:
+    """What this node knows of a workload: "owner", "incoming", "moved" or "unknown".
+
+    An incoming copy (a move under way, or a hot standby) is reported before
+    a tombstone: a node the workload left may hold its standby later.  The
+    tombstone's forwarding address comes along either way.
+    """
     svc = service(node)
     stone = svc.moved.get(req.workload)
-    if stone is not None:
-        return MWhere(id=req.id, status="moved", epoch=stone.epoch, to_name=stone.to_name,
-                      to_address=stone.to_address)
+    forward = {"to_name": stone.to_name, "to_address": stone.to_address} if stone is not None else {}
     owned = svc.owner_of(req.workload)
-    if owned is not None:
+    if owned is not None and owned.moved is None:
         return MWhere(id=req.id, status="owner", epoch=owned.epoch, index=owned.index)
     incoming = svc.incoming.get(req.workload)
     if incoming is not None:
-        return MWhere(id=req.id, status="incoming", epoch=incoming.epoch, index=incoming.index)
+        return MWhere(id=req.id, status="incoming", epoch=incoming.epoch, index=incoming.index,
+                      standby=incoming.standby, **forward)
+    if stone is not None:
+        return MWhere(id=req.id, status="moved", epoch=stone.epoch, **forward)
     return MWhere(id=req.id, status="unknown")
 
 
@@ -337,103 +384,192 @@ async def on_protect(node, session, req: MProtect) -> Done:
 
 
 async def on_checkpoint(node, session, req: MCheckpoint) -> MCheckpointData:
-    owned = service(node).owner_of(req.workload)
+    """Take a consistent checkpoint; the application fetches its bytes with MCheckpointPart.
+
+    The snapshot is taken between calls, with the index and ledger of that
+    moment; it is encoded part by part as the parts are fetched, in parts
+    that fit a frame both ways.  Replies NOT_OWNER if the workload left
+    while the request waited for its turn.
+    """
+    svc = service(node)
+    owned = svc.owner_of(req.workload)
     if owned is None or owned.moved is not None:
         return _not_owner(req.id, node, req.workload)
     async with owned.lock:  # between calls: consistent with index and ledger
+        if owned.moved is not None or svc.owned.get(req.workload) is not owned:
+            return _not_owner(req.id, node, req.workload)  # it moved or was removed meanwhile
         snap = await node.run_host(node.host.checkpoint, req.workload)
         info = await node.run_host(node.host.info, req.workload)
         clock = await node.run_host(node.host.clock_state, req.workload)
         settings = await node.run_host(node.host.launch_settings, req.workload)
         index, ledger, epoch = owned.index, owned.ledger.to_wire(), owned.epoch
-    data = await trio.to_thread.run_sync(lambda: snap.to_bytes())
-    if len(data) > node.config.max_frame_bytes - 4096:
-        raise he.ResourceLimitExceeded("checkpoint_bytes", len(data), node.config.max_frame_bytes - 4096,
-                                       "the checkpoint does not fit one frame")
-    return MCheckpointData(id=req.id, data=data, index=index, epoch=epoch, ledger=ledger, calls=info.calls,
+    size = _chunks.chunk_bytes(node.config.max_frame_bytes, session.channel.connection.peer_max_frame_bytes)
+    token = uuid.uuid4().hex
+    owned.checkpoints[token] = PendingCheckpoint(_chunks.stream(snap, size))
+    while len(owned.checkpoints) > MAX_PENDING_CHECKPOINTS:
+        owned.checkpoints.popitem(last=False)
+    return MCheckpointData(id=req.id, token=token, index=index, epoch=epoch, ledger=ledger, calls=info.calls,
                            module_sha256=info.module_sha256, app=info.app, monotonic_ns=clock,
                            settings={"args": list(settings["args"]), "env": settings["env"],
                                      "memory_limit_bytes": settings["memory_limit_bytes"]})
 
 
+async def on_checkpoint_part(node, session, req: MCheckpointPart) -> MCheckpointBytes:
+    """The next part of a checkpoint; the last one frees it."""
+    owned = service(node).owned.get(req.workload)
+    pending = owned.checkpoints.get(req.token) if owned is not None else None
+    if pending is None:
+        return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
+                          message=f"{node.config.name} holds no checkpoint {req.token} of {req.workload} "
+                                  "(it was fetched, replaced by newer ones, or the workload left)")
+    async with pending.lock:
+        if req.part != pending.next_part:
+            return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
+                              message=f"checkpoint {req.token} is at part {pending.next_part}, not {req.part}")
+        # Encoding (zstd) runs in a worker thread, one part ahead, so the
+        # reply knows whether it is the last part.
+        data = pending.ahead if pending.next_part else await trio.to_thread.run_sync(next, pending.parts, None)
+        pending.ahead = await trio.to_thread.run_sync(next, pending.parts, None)
+        pending.next_part += 1
+        last = pending.ahead is None
+        if last:
+            owned.checkpoints.pop(req.token, None)
+    return MCheckpointBytes(id=req.id, data=data or b"", last=last)
+
+
 async def on_follow(node, session, req: MFollow) -> Done:
-    """Start (or stop) a hot standby replica of a workload this node owns."""
-    owned = service(node).owner_of(req.workload)
+    """Start (or stop, for "") a hot standby copy of a workload this node owns.
+
+    Replies once the standby holds a consistent copy; a request for the
+    standby already being fed is answered at once.  Waits while the
+    workload moves (the new owner keeps its standby).  Replies
+    MIGRATION_FAILED if the standby cannot be set up.
+    """
+    svc = service(node)
+    owned = svc.owner_of(req.workload)
     if owned is None or owned.moved is not None:
         return _not_owner(req.id, node, req.workload)
-    if owned.standby_scope is not None:
-        owned.standby_scope.cancel()
-        owned.standby_scope, owned.standby = None, None
-    if req.standby:
-        target = parse_address(req.standby)
-        ready = trio.Event()
-        failure: list[str] = []
-        node._nursery.start_soon(_follow, node, owned, target, ready, failure)
-        await ready.wait()
-        if failure:
-            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=failure[0])
+    target = parse_address(req.standby) if req.standby else None
+    if target == node.address:
+        raise he.BadArguments(f"a standby of {req.workload} must be on another node than its owner")
+    async with owned.standby_lock:
+        if owned.moved is not None or svc.owned.get(req.workload) is not owned:
+            return _not_owner(req.id, node, req.workload)
+        feed = owned.standby
+        if feed is not None and feed.target == target and feed.send is not None:
+            return Done(id=req.id)
+        await _stop_standby(owned)
+        if target is not None:
+            try:
+                await node._nursery.start(_follow, node, owned, target)
+            except MigrationError as exc:
+                return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
     return Done(id=req.id)
 
 
-async def _follow(node, owned: Owned, target, ready: trio.Event, failure: list[str]) -> None:
-    """Feed a standby: a consistent copy, then every logged operation, until cancelled."""
-    host, workload = node.host, owned.workload
-    send, receive = trio.open_memory_channel(math.inf)
-    with trio.CancelScope() as scope:
-        owned.standby_scope = scope
-        try:
-            client = await node.connect_peer(target)
-            info = await node.run_host(host.info, workload)
-            await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
-            async with owned.lock:  # a consistent cut: the copy plus everything after it
-                if not owned.record:
-                    await node.run_host(host.set_replay_mode, workload, "record")
-                    owned.record = True
-                snap = await node.run_host(host.checkpoint, workload)
-                calls = (await node.run_host(host.info, workload)).calls
-                clock = await node.run_host(host.clock_state, workload)
-                ledger, index = owned.ledger.to_wire(), owned.index
-                owned.standby = send
-            await client.request(MIncoming, workload=workload, module_sha256=info.module_sha256, app=info.app,
-                                 epoch=owned.epoch + 1, source=node.config.name, standby=True,
-                                 **await node.run_host(host.launch_settings, workload))
-            chunks, _ = await trio.to_thread.run_sync(_encode_chunks, snap)
-            for chunk in chunks:
-                await client.request(MChunk, workload=workload, epoch=owned.epoch + 1, data=chunk)
-            await client.request(MAlign, workload=workload, epoch=owned.epoch + 1, calls=calls, index=index,
-                                 ledger=ledger, monotonic_ns=clock)
-        except (NodeError, he.HostError, OSError) as exc:
-            failure.append(f"cannot start a standby on {target}: {exc}")
-            owned.standby = None
-            ready.set()
+async def _stop_standby(owned: Owned) -> None:
+    """End the workload's standby feed, if any, dropping its copy; return once it has ended."""
+    feed = owned.standby
+    if feed is not None:
+        feed.scope.cancel()
+        await feed.done.wait()
+
+
+async def _keep_standby(node, owned: Owned, target) -> None:
+    """Start feeding a standby on ``target`` in the background (after a move); log a failure."""
+    async with owned.standby_lock:
+        if service(node).owned.get(owned.workload) is not owned or owned.moved is not None:
             return
-        ready.set()
-        logger.info("standby following", extra={"workload": workload, "peer": client.node})
+        if owned.standby is not None:
+            return  # someone asked for a standby meanwhile
         try:
-            async for first in receive:
-                batch = [first, *_drain(receive)]
-                await client.request(MReplay, workload=workload, epoch=owned.epoch + 1, entries=tuple(batch))
-        except (NodeError, he.HostError, OSError) as exc:
-            logger.warning("standby lost: %s", exc, extra={"workload": workload})
-        except Exception:  # a bug in this background task must not take the node down
-            logger.exception("standby feed failed", extra={"workload": workload})
-        finally:
+            await node._nursery.start(_follow, node, owned, target)
+        except MigrationError as exc:
+            logger.warning("%s", exc, extra={"workload": owned.workload})
+
+
+async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Feed a standby: a consistent copy, then every logged operation, until stopped.
+
+    Reports started once the standby holds the copy.  Raises
+    MigrationError, before that, if it cannot be set up; a failure after
+    that is logged and ends the feed, never the node.  A feed stopped on
+    purpose drops the standby's copy, unless the workload moved (the copy
+    stays for the new owner's feed to replace) or it was flushed for a
+    handover onto the standby.
+    """
+    host, workload = node.host, owned.workload
+    feed = owned.standby = Standby(target, owned.epoch + 1)
+    send, receive = trio.open_memory_channel(math.inf)  # bounded by STANDBY_BACKLOG_BYTES in forward()
+    client = None
+    started = False
+    try:
+        with feed.scope:
+            try:
+                client = await node.connect_peer(target)
+                info = await node.run_host(host.info, workload)
+                await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
+                await client.request(MIncoming, workload=workload, module_sha256=info.module_sha256, app=info.app,
+                                     epoch=feed.epoch, source=node.config.name, standby=True,
+                                     **await node.run_host(host.launch_settings, workload))
+                async with owned.lock:  # a consistent cut: the copy plus everything after it
+                    if not owned.record:
+                        await node.run_host(host.set_replay_mode, workload, "record")
+                        owned.record = True
+                    snap = await node.run_host(host.checkpoint, workload)
+                    calls = (await node.run_host(host.info, workload)).calls
+                    clock = await node.run_host(host.clock_state, workload)
+                    ledger, index = owned.ledger.to_wire(), owned.index
+                    feed.send = send
+                size = _chunks.chunk_bytes(node.config.max_frame_bytes, client.peer_max_frame_bytes)
+                for chunk in await trio.to_thread.run_sync(_chunks.encode, snap, size):
+                    await client.request(MChunk, workload=workload, epoch=feed.epoch, data=chunk, standby=True)
+                del snap
+                await client.request(MAlign, workload=workload, epoch=feed.epoch, calls=calls, index=index,
+                                     ledger=ledger, monotonic_ns=clock, standby=True)
+            except (NodeError, he.HostError, OSError) as exc:
+                raise MigrationError(f"cannot start a standby of {workload} on {target}: {exc}") from None
+            task_status.started()
+            started = True
+            logger.info("standby following", extra={"workload": workload, "peer": client.node})
+            room = client.peer_max_frame_bytes - _chunks.FRAME_OVERHEAD_BYTES
+            try:
+                async for first in receive:
+                    for batch in batches([first, *_drain(receive)], room):
+                        await client.request(MReplay, workload=workload, epoch=feed.epoch, entries=batch,
+                                             standby=True)
+                        feed.queued_bytes -= sum(entry_bytes(e) for e in batch)
+                feed.flushed = True
+            except (NodeError, he.HostError, OSError) as exc:
+                logger.warning("standby lost: %s", exc, extra={"workload": workload})
+            except Exception:  # a bug in this background task must not take the node down
+                logger.exception("standby feed failed", extra={"workload": workload})
+    finally:
+        if owned.standby is feed:
             owned.standby = None
-            with trio.CancelScope(shield=True), trio.move_on_after(2):
-                if scope.cancel_called:  # stopped on purpose (moved, or protection off): drop the copy
+        feed.send = None
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            if client is not None:
+                if not feed.flushed and owned.moved is None:
                     with contextlib.suppress(NodeError, he.HostError, OSError):
-                        await client.request(MAbort, workload=workload, epoch=owned.epoch + 1)
+                        await client.request(MAbort, workload=workload, epoch=feed.epoch, standby=True)
                 await client.aclose()
+        feed.done.set()
+    if not started:  # stopped (the workload moved or was removed) before the copy was complete
+        raise MigrationError(f"the standby of {workload} on {target} was stopped before it was ready")
 
 
 async def on_promote(node, session, req: MPromote) -> MCommitted:
     """Make a standby the owner (its owner is gone)."""
     svc = service(node)
     inc = svc.incoming.get(req.workload)
-    if inc is None or inc.ledger is None or not inc.created or req.epoch < inc.epoch:
+    if inc is None or not inc.standby or inc.ledger is None or not inc.created or req.epoch < inc.epoch:
         return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
                           message=f"{node.config.name} holds no standby of {req.workload}")
     async with inc.lock:
+        if svc.incoming.get(req.workload) is not inc:
+            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+                              message=f"the standby of {req.workload} on {node.config.name} was replaced")
         del svc.incoming[req.workload]
         svc.moved.pop(req.workload, None)
         svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=inc.ledger, index=inc.index,
@@ -445,7 +581,26 @@ async def on_promote(node, session, req: MPromote) -> MCommitted:
 
 # --- target side --------------------------------------------------------
 
+def _incoming(svc: MigrationService, workload: str, epoch: int, standby: bool) -> Incoming | None:
+    """The incoming copy a message addresses: same epoch, same role (move or standby)."""
+    inc = svc.incoming.get(workload)
+    if inc is None or inc.epoch != epoch or inc.standby != standby:
+        return None
+    return inc
+
+
+def _no_incoming(request_id: int, workload: str, epoch: int, standby: bool) -> ErrorReply:
+    what = "standby copy" if standby else "incoming move"
+    return ErrorReply(id=request_id, code=ErrorCode.MIGRATION_FAILED,
+                      message=f"no {what} of {workload} at epoch {epoch}")
+
+
 async def on_incoming(node, session, req: MIncoming) -> Done:
+    """Get ready to receive a workload (a move, a failover or a standby copy).
+
+    A new copy replaces an older one, except that a standby never replaces
+    a move under way.
+    """
     svc = service(node)
     owned = svc.owned.get(req.workload)
     if owned is not None and owned.epoch >= req.epoch:
@@ -453,14 +608,22 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
                           message=f"{node.config.name} already owns {req.workload} at epoch {owned.epoch}")
     if not node.host.has_module(req.module_sha256):
         raise he.UnknownModule(f"module {req.module_sha256} must be stored before the workload moves in")
-    stale = svc.incoming.pop(req.workload, None)
-    if stale is not None and stale.created:
-        await node.run_host(node.host.remove, req.workload)
+    current = svc.incoming.get(req.workload)
+    if current is not None and req.standby and current.epoch >= req.epoch and (
+            not current.standby or current.epoch > req.epoch):
+        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_BUSY,
+                          message=f"{node.config.name} is receiving {req.workload} at epoch {current.epoch}")
+    if current is not None:
+        async with current.lock:  # let a chunk being applied finish first
+            if svc.incoming.get(req.workload) is current:
+                del svc.incoming[req.workload]
+            if current.created:
+                await node.run_host(_remove_quietly, node.host, req.workload)
     if owned is not None:  # an older epoch here: a fenced-off leftover
         svc.owned.pop(req.workload, None)
         await node.run_host(_remove_quietly, node.host, req.workload)
     svc.incoming[req.workload] = Incoming(
-        req.workload, req.module_sha256, req.app, req.epoch, req.source,
+        req.workload, req.module_sha256, req.app, req.epoch, req.source, standby=req.standby,
         settings={"args": tuple(req.args), "env": dict(req.env or {}), "memory_limit_bytes": req.memory_limit_bytes})
     await crash_point_async("target:incoming")
     return Done(id=req.id)
@@ -477,21 +640,28 @@ def _remove_quietly(host, workload: str) -> None:
         pass
 
 
+async def _drop_incoming(node, svc: MigrationService, inc: Incoming) -> None:
+    """Forget an incoming copy and free its workload (called holding ``inc.lock``)."""
+    if svc.incoming.get(inc.workload) is inc:
+        del svc.incoming[inc.workload]
+    if inc.created:
+        await node.run_host(_remove_quietly, node.host, inc.workload)
+
+
 async def on_chunk(node, session, req: MChunk) -> Done:
     svc = service(node)
-    inc = svc.incoming.get(req.workload)
-    if inc is None or inc.epoch != req.epoch:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
-                          message=f"no incoming move of {req.workload} at epoch {req.epoch}")
+    inc = _incoming(svc, req.workload, req.epoch, req.standby)
+    if inc is None:
+        return _no_incoming(req.id, req.workload, req.epoch, req.standby)
     await crash_point_async("target:chunk")
     async with inc.lock:
+        if svc.incoming.get(req.workload) is not inc:
+            return _no_incoming(req.id, req.workload, req.epoch, req.standby)
         try:
             # Decompressing is CPU work: keep it off the event loop.
             await trio.to_thread.run_sync(_decode_into, inc, req.data)
         except snapshot.SnapshotError as exc:
-            svc.incoming.pop(req.workload, None)
-            if inc.created:
-                await node.run_host(_remove_quietly, node.host, req.workload)
+            await _drop_incoming(node, svc, inc)
             return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=f"bad snapshot stream: {exc}")
         if inc.assembler.complete:
             snap = inc.assembler.snapshot()
@@ -515,56 +685,41 @@ def _decode_into(inc: Incoming, data: bytes) -> None:
 
 
 async def on_replay(node, session, req: MReplay) -> Done:
-    """Re-run logged operations on an incoming workload; refuse on divergence."""
+    """Re-run logged operations on an incoming copy; refuse, and drop the copy, on divergence."""
     svc = service(node)
-    inc = svc.incoming.get(req.workload)
-    if inc is None or inc.epoch != req.epoch or not inc.created:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
-                          message=f"no restored incoming copy of {req.workload} at epoch {req.epoch}")
+    inc = _incoming(svc, req.workload, req.epoch, req.standby)
+    if inc is None or not inc.created:
+        return _no_incoming(req.id, req.workload, req.epoch, req.standby)
     async with inc.lock:
+        if svc.incoming.get(req.workload) is not inc:
+            return _no_incoming(req.id, req.workload, req.epoch, req.standby)
         shadow = Owned(req.workload, epoch=req.epoch, index=inc.index)
         for entry in req.entries:
             try:
-                op = MCall(id=0, workload=req.workload, op=entry["op"], caller=entry["caller"], seq=entry["seq"],
-                           export=entry.get("export", ""), args=tuple(entry.get("args", ())),
-                           offset=entry.get("offset", 0), data=entry.get("data", b""))
+                op = replayed_call(req.workload, entry)
                 if entry["index"] != shadow.index + 1:
                     raise ValueError(f"log has a gap before operation {entry['index']} (at {shadow.index})")
                 got = await _run(node, op, shadow, inputs=entry.get("inputs"))
             except (KeyError, TypeError, ValueError) as exc:
                 why = f"bad log entry: {exc}"
             else:
-                why = _divergence(entry, got)
+                why = divergence(entry, got)
                 if why is None and inc.ledger is not None:
-                    inc.ledger.record(entry["caller"], entry["seq"], got)
+                    inc.ledger.record(op.caller, op.seq, got)
             if why is not None:
-                svc.incoming.pop(req.workload, None)
-                await node.run_host(_remove_quietly, node.host, req.workload)
+                await _drop_incoming(node, svc, inc)
                 logger.warning("replay diverged: %s", why, extra={"workload": req.workload})
                 return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
                                   message=f"replay of {req.workload} diverged: {why}")
-        inc.index = shadow.index
+            inc.index = shadow.index
     return Done(id=req.id)
-
-
-def _divergence(entry: dict, got: Outcome) -> str | None:
-    """Why a replayed outcome differs from the logged one, or None."""
-    if bool(entry["ok"]) != got.ok:
-        return f"operation {entry['index']} {'succeeded' if got.ok else 'failed'} on replay, not originally"
-    if not got.ok:
-        return None if entry.get("code") == got.code else f"operation {entry['index']} failed differently"
-    values, data, _, _ = got.value
-    if list(entry.get("values", ())) != list(values) or entry.get("data", b"") != data:
-        return f"operation {entry['index']} returned {values!r}, originally {list(entry.get('values', ()))!r}"
-    return None
 
 
 async def on_align(node, session, req: MAlign) -> Done:
     svc = service(node)
-    inc = svc.incoming.get(req.workload)
-    if inc is None or inc.epoch != req.epoch or not inc.created:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
-                          message=f"no restored incoming copy of {req.workload} at epoch {req.epoch}")
+    inc = _incoming(svc, req.workload, req.epoch, req.standby)
+    if inc is None or not inc.created:
+        return _no_incoming(req.id, req.workload, req.epoch, req.standby)
     async with inc.lock:
         await node.run_host(node.host.set_call_count, req.workload, req.calls)
         await node.run_host(node.host.set_replay_mode, req.workload, "replay")
@@ -580,11 +735,24 @@ async def on_align(node, session, req: MAlign) -> Done:
 
 
 async def on_commit(node, session, req: MCommit) -> MCommitted:
+    """Take ownership of an incoming copy: a move's, or (``from_standby``) the standby's.
+
+    A standby is committed only at or above its epoch and only if it has
+    replayed exactly the operations the owner ran.  With ``standby`` set,
+    the new owner goes on feeding the standby on that node.
+    """
     svc = service(node)
     inc = svc.incoming.get(req.workload)
-    if inc is None or inc.epoch != req.epoch or not inc.created:
+    if req.from_standby:
+        ready = (inc is not None and inc.standby and inc.created and req.epoch >= inc.epoch
+                 and inc.index == req.index)
+    else:
+        ready = inc is not None and not inc.standby and inc.created and inc.epoch == req.epoch
+    if not ready:
+        what = "standby copy" if req.from_standby else "incoming move"
         return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
-                          message=f"nothing complete to commit for {req.workload} at epoch {req.epoch}")
+                          message=f"no complete {what} of {req.workload} to commit at epoch {req.epoch}"
+                                  f" and operation {req.index}")
     try:
         ledger = CallLedger.from_wire(req.ledger)
     except ValueError as exc:
@@ -597,32 +765,36 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
             return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message="malformed page list")
         ours = await node.run_host(node.host.pages_digest, req.workload, pages)
         if ours != req.digest:
-            svc.incoming.pop(req.workload, None)
-            await node.run_host(_remove_quietly, node.host, req.workload)
+            async with inc.lock:
+                await _drop_incoming(node, svc, inc)
             return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
                               message=f"replay of {req.workload} diverged: the state written since the cut "
                                       "differs from the source's")
     async with inc.lock:
+        if svc.incoming.get(req.workload) is not inc:
+            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+                              message=f"the incoming copy of {req.workload} was replaced")
         del svc.incoming[req.workload]
         svc.moved.pop(req.workload, None)
-        svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=ledger,
-                                        index=max(req.index, inc.index), record=req.record)
+        owned = svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=ledger,
+                                                index=max(req.index, inc.index), record=req.record)
         await node.run_host(node.host.set_replay_mode, req.workload, "record" if req.record else "off")
         await node.run_host(node.host.set_call_count, req.workload, req.calls)
         if req.monotonic_ns is not None:
             await node.run_host(node.host.continue_clock, req.workload, req.monotonic_ns)
     await crash_point_async("target:after-commit")
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})
+    if req.standby and parse_address(req.standby) != node.address:
+        node._nursery.start_soon(_keep_standby, node, owned, parse_address(req.standby))
     return MCommitted(id=req.id, epoch=req.epoch)
 
 
 async def on_abort(node, session, req: MAbort) -> Done:
     svc = service(node)
-    inc = svc.incoming.get(req.workload)
-    if inc is not None and inc.epoch == req.epoch:
-        del svc.incoming[req.workload]
-        if inc.created:
-            await node.run_host(_remove_quietly, node.host, req.workload)
+    inc = _incoming(svc, req.workload, req.epoch, req.standby)
+    if inc is not None:
+        async with inc.lock:
+            await _drop_incoming(node, svc, inc)
     return Done(id=req.id)
 
 
@@ -670,20 +842,6 @@ def _drain(receive: trio.MemoryReceiveChannel) -> list[dict]:
             return batch
 
 
-def _encode_chunks(snap: snapshot.Snapshot) -> tuple[list[bytes], int]:
-    """Encode a snapshot into MChunk-sized pieces; return them and the byte count."""
-    encoder = snapshot.SnapshotEncoder()
-    chunks, pending = [], bytearray()
-    for piece in encoder.encode(snap):
-        pending += piece
-        if len(pending) >= CHUNK_BYTES:
-            chunks.append(bytes(pending))
-            pending.clear()
-    if pending:
-        chunks.append(bytes(pending))
-    return chunks, encoder.wire_bytes
-
-
 class Migration:
     """One outgoing move, driven from the source node."""
 
@@ -709,26 +867,27 @@ class Migration:
             raise MigrationError(f"cannot reach {self.target}: {exc}") from None
         target_name = client.node
         committed = False
+        onto_standby = False
         try:
-            info = await node.run_host(host.info, self.workload)
-            await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
-            await crash_point_async("source:before-incoming")
-            await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
-                                 app=info.app, epoch=self.epoch, source=node.config.name,
-                                 **await node.run_host(host.launch_settings, self.workload))
-            if self.req.strategy == "stop-copy":
-                committed = await self._stop_and_copy(client, target_name)
-            elif self.req.strategy == "dual":
-                committed = await self._dual(client, target_name, info)
-            else:
-                committed = await self._precopy(client, target_name)
-        except (NodeError, he.HostError, OSError) as exc:
-            await self._abort(client, f"{type(exc).__name__}: {exc}")
+            async with self.owned.standby_lock:  # no standby starts or stops meanwhile
+                feed = self.owned.standby
+                onto_standby = feed is not None and feed.target == self.target
+                try:
+                    if onto_standby and feed.send is not None:
+                        committed = await self._standby_handover(client, target_name, feed)
+                    else:
+                        if onto_standby:
+                            await _stop_standby(self.owned)  # the move's copy replaces the standby's
+                        committed = await self._move(client, target_name)
+                except (NodeError, he.HostError, OSError) as exc:
+                    await self._abort(client, f"{type(exc).__name__}: {exc}")
         finally:
             if committed:
                 await node.run_host(_remove_quietly, host, self.workload)
             else:
                 await node.run_host(host.stop_tracking, self.workload)
+                if onto_standby:  # the workload stays here: so does its standby
+                    node._nursery.start_soon(_keep_standby, node, self.owned, self.target)
             await client.aclose()
         return ReportRecord(
             workload=self.workload, strategy=self.req.strategy, source=node.config.name, target=target_name,
@@ -737,6 +896,53 @@ class Migration:
             dirty_pages_per_s=self.planner.dirty_pages_per_s, throttle=self.planner.throttle,
             epoch=self.epoch, notes=tuple(self.notes))
 
+    async def _move(self, client, target_name: str) -> bool:
+        """Copy the workload to the target with the requested strategy and commit."""
+        node, host = self.node, self.node.host
+        info = await node.run_host(host.info, self.workload)
+        await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
+        await crash_point_async("source:before-incoming")
+        await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
+                             app=info.app, epoch=self.epoch, source=node.config.name,
+                             **await node.run_host(host.launch_settings, self.workload))
+        if self.req.strategy == "stop-copy":
+            return await self._stop_and_copy(client, target_name)
+        if self.req.strategy == "dual":
+            return await self._dual(client, target_name, info)
+        return await self._precopy(client, target_name)
+
+    async def _standby_handover(self, client, target_name: str, feed: Standby) -> bool:
+        """Move onto the node that holds the hot standby: commit the standby's copy.
+
+        With calls held, the feed forwards what it still has queued and
+        ends; the target then owns its copy, which has replayed every
+        operation.  No page crosses the link; the blackout is the flush and
+        the commit.
+        """
+        node, host = self.node, self.node.host
+        async with self.owned.lock:
+            frozen = time.perf_counter()
+            await node.run_host(host.freeze, self.workload)
+            committed = False
+            try:
+                feed.send.close()  # the feed drains what is queued, then ends
+                feed.send = None
+                with trio.move_on_after(HANDOVER_FLUSH_S):
+                    await feed.done.wait()
+                if not feed.done.is_set():
+                    feed.scope.cancel()
+                    raise MigrationError(f"the standby on {target_name} did not take the last "
+                                         f"operations within {HANDOVER_FLUSH_S} s")
+                if not feed.flushed:
+                    raise MigrationError(f"the standby on {target_name} was lost before the handover")
+                committed = await self._commit(client, target_name, from_standby=True)
+                self.notes.append(f"committed the hot standby on {target_name}")
+                return committed
+            finally:
+                self.blackout_s = time.perf_counter() - frozen
+                if not committed:
+                    await node.run_host(_thaw, host, self.workload)
+
     async def _send(self, client, snap: snapshot.Snapshot) -> float:
         """Stream one snapshot to the target as a round; return the seconds it took.
 
@@ -744,10 +950,11 @@ class Migration:
         calls meanwhile.
         """
         t0 = time.perf_counter()
-        chunks, wire_bytes = await trio.to_thread.run_sync(_encode_chunks, snap)
+        size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
+        chunks = await trio.to_thread.run_sync(_chunks.encode, snap, size)
         for chunk in chunks:
             await client.request(MChunk, workload=self.workload, epoch=self.epoch, data=chunk)
-        self.bytes_sent += wire_bytes
+        self.bytes_sent += sum(len(chunk) for chunk in chunks)
         self.pages_sent += snap.page_count
         self.rounds += 1
         return time.perf_counter() - t0
@@ -839,7 +1046,7 @@ class Migration:
             while True:  # dual execution: the target follows the log
                 batch = _drain(receive)
                 if len(batch) > SWITCH_BACKLOG:
-                    await client.request(MReplay, workload=self.workload, epoch=self.epoch, entries=tuple(batch))
+                    await self._replay(client, batch)
                     forwarded += len(batch)
                     continue
                 # Caught up to a small backlog.  Waiting for an empty log would
@@ -852,8 +1059,7 @@ class Migration:
                     try:
                         batch += _drain(receive)
                         if batch:
-                            await client.request(MReplay, workload=self.workload, epoch=self.epoch,
-                                                 entries=tuple(batch))
+                            await self._replay(client, batch)
                             forwarded += len(batch)
                         since_cut = await node.run_host(host.capture_delta, self.workload)
                         pages = {m.index: [p for r in m.runs for p in range(r.first_page, r.end_page)]
@@ -887,7 +1093,12 @@ class Migration:
         finally:
             owned.follow = None
 
-    async def _commit(self, client, target_name: str, *, digest=None) -> bool:
+    async def _replay(self, client, entries: list[dict]) -> None:
+        """Have the target replay logged operations, in batches that fit its frames."""
+        for batch in batches(entries, client.peer_max_frame_bytes - _chunks.FRAME_OVERHEAD_BYTES):
+            await client.request(MReplay, workload=self.workload, epoch=self.epoch, entries=batch)
+
+    async def _commit(self, client, target_name: str, *, digest=None, from_standby: bool = False) -> bool:
         """Hand ownership over; called with the workload frozen.
 
         Returns True once the target owns the workload.  Raises (and so
@@ -897,12 +1108,15 @@ class Migration:
         await crash_point_async("source:frozen")
         info = await self.node.run_host(self.node.host.info, self.workload)
         clock = await self.node.run_host(self.node.host.clock_state, self.workload)
+        feed = owned.standby
         try:
             await client.request(MCommit, workload=self.workload, epoch=self.epoch,
                                  ledger=owned.ledger.to_wire(), calls=info.calls, index=owned.index,
                                  record=owned.record,
                                  pages={str(k): v for k, v in digest[0].items()} if digest else None,
-                                 digest=digest[1] if digest else None, monotonic_ns=clock)
+                                 digest=digest[1] if digest else None, monotonic_ns=clock,
+                                 from_standby=from_standby,
+                                 standby=str(feed.target) if feed is not None and not from_standby else "")
         except ConnectionFailed:
             # In doubt: the commit may have landed before the link broke.
             if not await self._target_owns():
@@ -910,9 +1124,11 @@ class Migration:
             self.notes.append("commit confirmed after the link broke")
         await crash_point_async("source:after-commit")
         stone = Tombstone(target_name, str(self.target), self.epoch)
-        if owned.standby_scope is not None:
-            owned.standby_scope.cancel()  # the new owner gets its own standby
         owned.moved = stone
+        if owned.standby is not None:
+            # The new owner feeds the standby from now on; the copy stays
+            # there until the new feed replaces it.
+            owned.standby.scope.cancel()
         self.svc.moved[self.workload] = stone
         self.svc.owned.pop(self.workload, None)
         logger.info("moved workload", extra={"workload": self.workload, "peer": target_name, "epoch": self.epoch})
@@ -1008,7 +1224,8 @@ register_status(lambda node: service(node).status())
 
 for _kind, _handler in ((MSpawn, on_spawn), (MCall, on_call), (MLocate, on_locate), (MIncoming, on_incoming),
                         (MChunk, on_chunk), (MCommit, on_commit), (MAbort, on_abort), (MMigrate, on_migrate),
-                        (MProtect, on_protect), (MCheckpoint, on_checkpoint), (MReplay, on_replay),
+                        (MProtect, on_protect), (MCheckpoint, on_checkpoint), (MCheckpointPart, on_checkpoint_part),
+                        (MReplay, on_replay),
                         (MAlign, on_align), (MFollow, on_follow), (MPromote, on_promote)):
     register_handler(_kind, _handler)
 

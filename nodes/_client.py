@@ -112,6 +112,11 @@ class NodeClient:
         return self._channel.peer.name
 
     @property
+    def peer_max_frame_bytes(self) -> int:
+        """The largest frame the connected node accepts from us."""
+        return self._channel.connection.peer_max_frame_bytes
+
+    @property
     def hello(self):
         """The connected node's Hello: name, role, capabilities, address."""
         return self._channel.peer

@@ -6,7 +6,7 @@ import migrate
 def test_export_list_is_stable():
     assert sorted(migrate.__all__) == sorted([
         "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Event", "FailoverFailed", "Handle",
-        "MigrateError", "MigrationFailed", "Protection",
+        "MigrateError", "MigrationFailed", "Protection", "ProtectionStatus",
         "MigrationReport", "NodeInfo", "Outcome", "PrecopyConfig", "PrecopyPlanner", "UnknownNode",
         "WorkloadUnavailable", "connect",
     ])

@@ -1,0 +1,49 @@
+"""Encoded snapshots cut into pieces that fit protocol frames.
+
+Moves, standbys and protection checkpoints all carry a snapshot as a byte
+stream in pieces (``MChunk``, ``MCheckpointPart``).  The receiver feeds the
+pieces to a ``snapshot.SnapshotDecoder``, which takes the stream cut
+anywhere, so a piece can be cut again to fit a smaller frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import snapshot
+
+#: Bytes of encoded snapshot per piece at most.  Framing and TLS encryption
+#: of a piece run on the node's event loop; 1 MiB keeps each such step to
+#: about a millisecond, so calls keep flowing while a snapshot is sent.
+CHUNK_BYTES = 1 * 2**20
+#: Room a frame keeps for a message's other fields (ids, names, epochs).
+FRAME_OVERHEAD_BYTES = 4096
+
+
+def chunk_bytes(*frame_limits: int) -> int:
+    """The piece size that fits a frame under every limit in ``frame_limits``, at most CHUNK_BYTES."""
+    return max(1, min(CHUNK_BYTES, *(limit - FRAME_OVERHEAD_BYTES for limit in frame_limits)))
+
+
+def recut(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The bytes of ``pieces``, in order, in pieces of exactly ``size`` (the last may be shorter)."""
+    pending = b""
+    for piece in pieces:
+        data = pending + piece if pending else piece
+        view, pos = memoryview(data), 0
+        while len(data) - pos >= size:
+            yield bytes(view[pos:pos + size])
+            pos += size
+        pending = bytes(view[pos:])
+    if pending:
+        yield pending
+
+
+def stream(snap: snapshot.Snapshot, size: int) -> Iterator[bytes]:
+    """Encode ``snap`` lazily, in pieces of ``size`` bytes (compression runs as pieces are taken)."""
+    return recut(snapshot.SnapshotEncoder().encode(snap), size)
+
+
+def encode(snap: snapshot.Snapshot, size: int) -> list[bytes]:
+    """Encode ``snap`` into pieces of ``size`` bytes at once."""
+    return list(stream(snap, size))
