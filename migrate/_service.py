@@ -512,6 +512,7 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
                 await client.request(MIncoming, workload=workload, module_sha256=info.module_sha256, app=info.app,
                                      epoch=feed.epoch, source=node.config.name, standby=True,
                                      **await node.run_host(host.launch_settings, workload))
+                await crash_point_async("standby:copying")
                 async with owned.lock:  # a consistent cut: the copy plus everything after it
                     if not owned.record:
                         await node.run_host(host.set_replay_mode, workload, "record")

@@ -37,7 +37,11 @@ Phases of the node itself (``nodes._checkpoints``):
     ``checkpoints.restored/`` and no request was served.
 
 Phases of a live migration (``migrate._service``), in the order a move
-reaches them: ``MIGRATION_PHASES``.
+reaches them: ``MIGRATION_PHASES``.  And of protection:
+
+``standby:copying``
+    The owner told the standby node a fresh standby copy is coming (after
+    a move, the new owner does so at once); the copy is not aligned yet.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ MIGRATION_PHASES = ("source:before-incoming", "source:after-round", "source:froz
                     "target:after-commit")
 PHASES = frozenset({
     "checkpoint:write", "checkpoint:written", "checkpoint:swapping", "checkpoint:swapped",
-    "restore:before-retire", *MIGRATION_PHASES,
+    "restore:before-retire", "standby:copying", *MIGRATION_PHASES,
 })
 
 _paused = False  # a process pauses once: its first arrival at the phase

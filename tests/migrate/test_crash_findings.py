@@ -95,3 +95,25 @@ async def test_a_standby_on_a_node_the_workload_once_left_can_be_promoted(node_p
         edge.kill()
         assert await h.call("incr", 1) == 3
         assert h.node == "local"
+
+
+async def test_a_new_owner_dying_while_it_copies_the_standby_anew_loses_nothing(node_procs, cluster_tls):
+    """After a move the new owner sends the standby a fresh copy; until it is aligned the old one must serve.
+
+    cloud-1 dies right after the move commits, while its fresh standby copy
+    is announced but not sent (MIGRATE_NODE_CRASH_AT=standby:copying).  The
+    application had trimmed its log to what the old standby held, so the
+    standby must still be able to take over from there.
+    """
+    edge = node_procs.start("edge-1", "edge")
+    cloud = node_procs.start("cloud-1", "cloud", env={"MIGRATE_NODE_CRASH_AT": "standby:copying"})
+    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+        h = await c.spawn(workloads.load("counter"), on="edge-1")
+        await h.protect("standby", interval_s=0.05, to="local")
+        for value in range(1, 6):
+            assert await h.call("incr", 1) == value
+        await trio.sleep(0.3)  # the standby replayed them; the application trimmed its log
+        await h.migrate("cloud-1")
+        assert cloud.proc.wait(timeout=30) == 137
+        assert await h.call("incr", 1) == 6
+        assert h.node == "local"
