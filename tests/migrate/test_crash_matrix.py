@@ -37,7 +37,7 @@ from nodes._crash import MIGRATION_PHASES
 
 SOURCE, TARGET = "edge-1", "cloud-1"
 BUFFER_BYTES = 2 * 2**20
-SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM}
+SIGNALS = ("SIGKILL", "SIGTERM")
 CHECKPOINT_WRITE = "checkpoint:write"
 
 #: Where the subject runs once the interrupted move has settled, by phase
@@ -112,7 +112,7 @@ class Scenario:
     async def signal_at_pause(self) -> None:
         """Wait for the victim to pause at the phase, then signal it and wait for it to exit."""
         await self.victim.wait_for_log(f"paused at {self.phase}")
-        self.epochs_before = await self._owned_by(self.victim)
+        self.epochs_before = await self.owned_by(self.victim)
         await self.send_signal()
 
     async def send_signal(self) -> None:
@@ -123,7 +123,7 @@ class Scenario:
         status = await trio.to_thread.run_sync(self.victim.proc.wait, 60)
         assert status == 0, self.victim.log_text()
 
-    async def _owned_by(self, node) -> dict[str, int]:
+    async def owned_by(self, node) -> dict[str, int]:
         """The workloads of this test that ``node`` says it owns, with their epochs."""
         owned = {}
         client = await node.client(self.tls)
@@ -152,7 +152,7 @@ class Scenario:
 
     async def check_restarted_node(self) -> None:
         """The restarted victim owns exactly what the cluster says it owns, at the same epochs."""
-        claims = await self._owned_by(self.victim)
+        claims = await self.owned_by(self.victim)
         for h in (self.subject, *self.bystanders.values()):
             owner, epoch = await self.owner_of(h)
             if owner == self.victim_name:
@@ -170,7 +170,6 @@ class Scenario:
     async def finish(self) -> None:
         await trio.sleep(0.3)  # calls flow through the restarted node
         self.stop.set()
-        await trio.sleep(0)
 
     async def verdicts(self) -> None:
         for name, load in self.loads.items():
@@ -193,7 +192,7 @@ async def _move(h) -> str:
         return "aborted"
 
 
-@pytest.mark.parametrize("signal_name", list(SIGNALS))
+@pytest.mark.parametrize("signal_name", SIGNALS)
 @pytest.mark.parametrize("phase", MIGRATION_PHASES)
 async def test_a_node_signalled_at_a_phase_of_a_move_loses_and_repeats_nothing(
         node_procs, cluster_tls, phase, signal_name):
@@ -222,7 +221,7 @@ async def test_a_node_signalled_at_a_phase_of_a_move_loses_and_repeats_nothing(
             await s.verdicts()
 
 
-@pytest.mark.parametrize("signal_name", list(SIGNALS))
+@pytest.mark.parametrize("signal_name", SIGNALS)
 async def test_a_node_signalled_while_it_writes_its_shutdown_checkpoint_loses_and_repeats_nothing(
         node_procs, cluster_tls, signal_name):
     """SIGTERM starts the checkpoint; the node pauses in it; then SIGKILL, or a second SIGTERM.
@@ -235,7 +234,7 @@ async def test_a_node_signalled_while_it_writes_its_shutdown_checkpoint_loses_an
             async with trio.open_nursery() as nursery:
                 await s.start(c, nursery, subject_on=TARGET)
                 await s.subject.migrate(SOURCE, strategy="precopy")
-                s.epochs_before = await s._owned_by(s.victim)
+                s.epochs_before = await s.owned_by(s.victim)
                 s.victim.proc.send_signal(signal.SIGTERM)  # starts the shutdown checkpoint
                 await s.victim.wait_for_log(f"paused at {CHECKPOINT_WRITE}")
                 await s.send_signal()  # a second SIGTERM resumes the write
