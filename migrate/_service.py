@@ -441,7 +441,8 @@ async def on_follow(node, session, req: MFollow) -> Done:
     """Start (or stop, for "") a hot standby copy of a workload this node owns.
 
     Replies once the standby holds a consistent copy; a request for the
-    standby already being fed is answered at once.  Waits while the
+    standby already being fed is answered once the standby node says it
+    still holds the copy (else the feed starts over).  Waits while the
     workload moves (the new owner keeps its standby).  Replies
     MIGRATION_FAILED if the standby cannot be set up.
     """
@@ -457,7 +458,12 @@ async def on_follow(node, session, req: MFollow) -> Done:
             return _not_owner(req.id, node, req.workload)
         feed = owned.standby
         if feed is not None and feed.target == target and feed.send is not None:
-            return Done(id=req.id)
+            if await _standby_holds_copy(node, feed, req.workload):
+                return Done(id=req.id)
+            # The standby node restarted (or dropped the copy) while the feed
+            # had nothing to send, so the feed has not noticed: start over.
+            logger.info("the standby on %s holds no copy; starting it again", target,
+                        extra={"workload": req.workload})
         await _stop_standby(owned)
         if target is not None:
             try:
@@ -465,6 +471,20 @@ async def on_follow(node, session, req: MFollow) -> Done:
             except MigrationError as exc:
                 return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
     return Done(id=req.id)
+
+
+async def _standby_holds_copy(node, feed: Standby, workload: str) -> bool:
+    """True if the standby node holds the copy ``feed`` keeps; False if it lost it or cannot be asked."""
+    try:
+        with trio.fail_after(2.0):
+            client = await node.connect_peer(feed.target)
+            try:
+                where = await client.request(MLocate, workload=workload)
+            finally:
+                await client.aclose()
+    except (NodeError, OSError, trio.TooSlowError):
+        return False
+    return where.status == "incoming" and where.standby and where.epoch == feed.epoch
 
 
 async def _stop_standby(owned: Owned) -> None:

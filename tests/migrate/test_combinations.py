@@ -285,3 +285,18 @@ async def test_a_retried_call_gets_its_recorded_outcome_through_move_restart_and
         await h.migrate("edge-1")
         await retry("edge-1")
         assert await h.call("get") == 107
+
+
+async def test_standby_node_restarted_while_idle_then_owner_killed(node_procs, cluster_tls):
+    """The standby's node restarts (SIGTERM) while no call feeds the standby; the feed starts over."""
+    edge = node_procs.start("edge-1", "edge")
+    cloud = node_procs.start("cloud-1", "cloud")
+    async with _connect(node_procs, cluster_tls) as c:
+        events = c.events()
+        bench = await Bench.start(c, on="edge-1", mode="standby", to="cloud-1", interval_s=0.05)
+        await bench.steps(6)
+        await _restart(cloud)
+        for h in (bench.kv, bench.counter):
+            await _wait_for_standby(c, "cloud-1", "edge-1", h.workload)
+        await bench.steps(2)
+        await _kill_and_take_over(bench, edge, events, "cloud-1")
