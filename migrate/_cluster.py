@@ -31,9 +31,9 @@ from nodes import (
 )
 from nodes import _host_errors as he
 from nodes._config import Address
-from nodes._messages import ErrorCode
 from nodes._daemon import serve
 from nodes._groups import unwrap_group
+from nodes._messages import ErrorCode
 
 from . import _service  # noqa: F401  (registers the migration handlers for the local node)
 from ._errors import MigrateError, UnknownNode
