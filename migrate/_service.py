@@ -852,11 +852,12 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
 
 
 def _drain(receive: trio.MemoryReceiveChannel) -> list[dict]:
+    """What ``receive`` holds now, without waiting; an empty list once it is closed and empty."""
     batch = []
     while True:
         try:
             batch.append(receive.receive_nowait())
-        except trio.WouldBlock:
+        except (trio.WouldBlock, trio.EndOfChannel):  # a closed channel: the reader's loop ends next
             return batch
 
 
