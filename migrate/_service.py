@@ -116,6 +116,7 @@ class Owned:
     standby_lock: trio.Lock = field(default_factory=trio.Lock)  # starting, stopping, moving
     checkpoints: "collections.OrderedDict[str, PendingCheckpoint]" = field(
         default_factory=collections.OrderedDict)
+    resume_standby: "Address | None" = None  # fed before a restart: feed it again once serving
 
     def forward(self, entry: dict | None) -> None:
         """Hand a logged operation to the dual-execution follower and the standby, if any."""
@@ -570,7 +571,10 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
         feed.send = None
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             if client is not None:
-                if not feed.flushed and owned.moved is None:
+                # A node stopping with SIGTERM leaves the copy in place: it
+                # feeds the standby again after the restart, and the standby
+                # can take over if the node never comes back.
+                if not feed.flushed and owned.moved is None and not node.stopping:
                     with contextlib.suppress(NodeError, he.HostError, OSError):
                         await client.request(MAbort, workload=workload, epoch=feed.epoch, standby=True)
                 await client.aclose()
@@ -1184,7 +1188,7 @@ class Migration:
 # --- surviving a restart ----------------------------------------------------
 
 def _save_record(node, workload: str) -> dict | None:
-    """What SIGTERM's checkpoint keeps of a workload's ownership: epoch, operation index, call ledger.
+    """What SIGTERM's checkpoint keeps of a workload's ownership: epoch, operation index, call ledger, standby.
 
     Workloads this node holds without owning them -- a standby copy, a move
     being received, a moved-away copy not yet removed -- are left out
@@ -1196,7 +1200,9 @@ def _save_record(node, workload: str) -> dict | None:
         return None if workload in svc.incoming or workload in svc.moved else {}
     if owned.moved is not None:
         return None
-    return {"epoch": owned.epoch, "index": owned.index, "record": owned.record, "ledger": owned.ledger.to_wire()}
+    standby = owned.standby.target if owned.standby is not None else owned.resume_standby
+    return {"epoch": owned.epoch, "index": owned.index, "record": owned.record, "ledger": owned.ledger.to_wire(),
+            "standby": str(standby) if standby is not None else ""}
 
 
 def _load_record(node, workload: str, record: dict) -> None:
@@ -1204,13 +1210,28 @@ def _load_record(node, workload: str, record: dict) -> None:
     epoch, index = record.get("epoch"), record.get("index")
     if not _is_count(epoch) or epoch < 1 or not _is_count(index):
         raise ValueError(f"epoch {epoch!r} and index {index!r} must be counts")
+    standby = record.get("standby") or ""
+    if not isinstance(standby, str):
+        raise ValueError(f"standby {standby!r} is not an address")
+    try:
+        resume = parse_address(standby) if standby else None
+    except NodeError as exc:
+        raise ValueError(f"standby {standby!r}: {exc}") from None
     owned = Owned(workload, epoch=epoch, ledger=CallLedger.from_wire(record.get("ledger")), index=index,
-                  record=bool(record.get("record")))
+                  record=bool(record.get("record")), resume_standby=resume)
     if owned.record:  # a protected workload: calls report the inputs they consumed
         node.host.set_replay_mode(workload, "record")
     svc = service(node)
     svc.moved.pop(workload, None)
     svc.owned[workload] = owned
+
+
+def _resume_standbys(node) -> None:
+    """Feed again, with a fresh copy, the standbys restored workloads had before the restart."""
+    for owned in service(node).owned.values():
+        if owned.resume_standby is not None:
+            node._nursery.start_soon(_keep_standby, node, owned, owned.resume_standby)
+            owned.resume_standby = None
 
 
 def _save_tombstones(node) -> dict:
@@ -1236,7 +1257,7 @@ def _is_count(value) -> bool:
 
 
 register_checkpoint_extension("migrate", save=_save_record, load=_load_record,
-                              save_node=_save_tombstones, load_node=_load_tombstones)
+                              save_node=_save_tombstones, load_node=_load_tombstones, resume=_resume_standbys)
 register_status(lambda node: service(node).status())
 
 for _kind, _handler in ((MSpawn, on_spawn), (MCall, on_call), (MLocate, on_locate), (MIncoming, on_incoming),

@@ -11,6 +11,7 @@ node with MLocate.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -20,6 +21,7 @@ import migrate
 import workloads
 from migrate._messages import MCall, MLocate
 from nodes import NodeClient
+from nodeproc import run_cli
 from test_protect import Bench, _failed_over
 
 pytestmark = pytest.mark.trio
@@ -55,6 +57,11 @@ async def _raw_call(cluster, node: str, workload: str, caller: str, seq: int, *a
     async with await NodeClient.connect(cluster.address_of(node), tls=cluster._tls) as client:
         return await client.request(MCall, workload=workload, op="call", caller=caller, seq=seq,
                                     export="incr", args=args)
+
+
+def _status(address: str, tls) -> dict:
+    """``migrate-node status --json`` of the node at ``address``."""
+    return json.loads(run_cli("status", "--node", address, "--tls-dir", str(tls), "--json").stdout)
 
 
 async def _restart_while_calling(bench: Bench, node, calls: int = 10) -> None:
@@ -103,6 +110,14 @@ async def test_standby_is_back_after_the_owner_restarts_and_takes_over_after_a_k
         events = c.events()
         bench = await Bench.start(c, on="edge-1", mode="standby", to="cloud-1", interval_s=0.1)
         await bench.steps(8)
+        assert await trio.to_thread.run_sync(edge.terminate) == 0
+        for h in (bench.kv, bench.counter):  # the stopped owner left its standby's copy in place
+            copy = await _where(c, "cloud-1", h.workload)
+            assert copy.status == "incoming" and copy.standby
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bench.steps, 3)  # waits for the owner to come back
+            await trio.sleep(0.2)
+            await trio.to_thread.run_sync(edge.restart)
         await _restart_while_calling(bench, edge)
         await bench.steps(8)
         assert bench.kv.node == "edge-1" and bench.counter.node == "edge-1"
@@ -110,6 +125,20 @@ async def test_standby_is_back_after_the_owner_restarts_and_takes_over_after_a_k
         for h in (bench.kv, bench.counter):
             await _wait_for_standby(c, "cloud-1", "edge-1", h.workload)
         await _kill_and_take_over(bench, edge, events, "cloud-1")
+
+
+async def test_standby_takes_over_an_owner_stopped_with_sigterm_that_does_not_come_back(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge")
+    node_procs.start("cloud-1", "cloud")
+    async with _connect(node_procs, cluster_tls, reconnect_timeout_s=1.0) as c:
+        events = c.events()
+        bench = await Bench.start(c, on="edge-1", mode="standby", to="cloud-1", interval_s=0.1)
+        await bench.steps(8)
+        assert await trio.to_thread.run_sync(edge.terminate) == 0
+        await bench.steps(6)  # the first call waits reconnect_timeout_s, then the standby takes over
+        assert bench.kv.node == "cloud-1" and bench.counter.node == "cloud-1"
+        await bench.verify()
+        assert {e.workload for e in _failed_over(events)} == {bench.kv.workload, bench.counter.workload}
 
 
 async def test_checkpoint_protection_waits_for_a_restart_then_fails_over_after_a_kill(node_procs, cluster_tls):
@@ -245,12 +274,14 @@ async def test_several_workloads_on_a_node_restarted_while_some_move(node_procs,
             ptr, blob = blobs[h.workload]
             got = b"".join([await h.read_memory(ptr + off, 2**20) for off in range(0, len(blob), 2**20)])
             assert got == blob
-        # No node holds a second copy (an incoming or a frozen leftover) of any of them.
+        # `migrate-node status` on every node: no second copy (an incoming or
+        # a frozen leftover) of any of them, and no move still under way.
         held = {}
         for name in nodes:
-            async with await NodeClient.connect(c.address_of(name), tls=c._tls) as client:
-                for w in await client.workloads():
-                    held.setdefault(w.workload_id, []).append(name)
+            report = await trio.to_thread.run_sync(_status, c.address_of(name), cluster_tls.app)
+            for w in report["workloads"]:
+                held.setdefault(w["workload_id"], []).append(name)
+            assert not [m for m in report["migrations"] if m["state"] in ("incoming", "outgoing")], name
         for h in (protected, plain, outgoing, incoming):
             assert held[h.workload] == [expected[h.workload]]
         assert not _failed_over(events)
