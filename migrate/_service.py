@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -188,6 +189,15 @@ class Incoming:
     settings: dict = field(default_factory=dict)  # args, env, memory cap
     standby: bool = False  # a hot standby copy, not a move under way
     ledger: CallLedger | None = None  # a standby's: the owner's at the copy, plus replayed outcomes
+    host_id: str = ""  # its id on the host: the workload's, or a staging id while it replaces a standby
+
+    def __post_init__(self) -> None:
+        self.host_id = self.host_id or self.workload
+
+
+def staging_id(workload: str, epoch: int) -> str:
+    """The host id a new standby copy is received under while the aligned one it replaces keeps serving."""
+    return f"standby-{hashlib.sha256(workload.encode()).hexdigest()[:16]}-{epoch}"
 
 
 class MigrationError(NodeError):
@@ -202,6 +212,9 @@ class MigrationService:
         self.owned: dict[str, Owned] = {}
         self.moved: dict[str, Tombstone] = {}
         self.incoming: dict[str, Incoming] = {}
+        # A new standby copy being received while the aligned one in
+        # ``incoming`` keeps serving: it replaces that one once aligned.
+        self.staging: dict[str, Incoming] = {}
         self.active: dict[str, "Migration"] = {}
         self.recent: collections.deque[dict] = collections.deque(maxlen=20)
 
@@ -212,11 +225,26 @@ class MigrationService:
                for m in self.active.values()]
         out += [{"workload": i.workload, "state": "incoming", "source": i.source, "rounds": i.rounds}
                 for i in self.incoming.values()]
+        out += [{"workload": i.workload, "state": "staging", "source": i.source, "rounds": i.rounds}
+                for i in self.staging.values()]
         return tuple(out) + tuple(self.recent)
+
+    def is_staging(self, host_id: str) -> bool:
+        """True if ``host_id`` is a new standby copy being received, not a workload of its own."""
+        return any(inc.host_id == host_id for inc in self.staging.values())
+
+    def holder(self, inc: Incoming) -> dict[str, Incoming]:
+        """Where ``inc`` is kept: ``staging`` while it has a staging id, else ``incoming``."""
+        return self.staging if inc.host_id != inc.workload else self.incoming
+
+    def current(self, inc: Incoming) -> bool:
+        """True if ``inc`` is still the incoming (or staging) copy of its workload."""
+        return self.holder(inc).get(inc.workload) is inc
 
     def owner_of(self, workload: str) -> Owned | None:
         owned = self.owned.get(workload)
-        if owned is None and workload not in self.moved and workload not in self.incoming:
+        if (owned is None and workload not in self.moved and workload not in self.incoming
+                and not self.is_staging(workload)):
             # A workload deployed with plain `migrate-node deploy` and never
             # used through a handle: adopt it at epoch 1, with an empty
             # ledger (no handle call ran on it).  Workloads this node owned
@@ -600,6 +628,7 @@ async def on_promote(node, session, req: MPromote) -> MCommitted:
         svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=inc.ledger, index=inc.index,
                                         record=True)
         await node.run_host(node.host.set_replay_mode, req.workload, "record")
+    await _drop_staging(node, svc, req.workload)  # a copy the dead owner had begun to send
     logger.info("standby promoted", extra={"workload": req.workload, "epoch": req.epoch})
     return MCommitted(id=req.id, epoch=req.epoch)
 
@@ -614,6 +643,14 @@ def _incoming(svc: MigrationService, workload: str, epoch: int, standby: bool) -
     return inc
 
 
+def _addressed(svc: MigrationService, workload: str, epoch: int, standby: bool) -> Incoming | None:
+    """The copy a chunk, alignment or abort addresses: a staging standby copy first, else the incoming one."""
+    staged = svc.staging.get(workload) if standby else None
+    if staged is not None and staged.epoch == epoch:
+        return staged
+    return _incoming(svc, workload, epoch, standby)
+
+
 def _no_incoming(request_id: int, workload: str, epoch: int, standby: bool) -> ErrorReply:
     what = "standby copy" if standby else "incoming move"
     return ErrorReply(id=request_id, code=ErrorCode.MIGRATION_FAILED,
@@ -624,7 +661,9 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
     """Get ready to receive a workload (a move, a failover or a standby copy).
 
     A new copy replaces an older one, except that a standby never replaces
-    a move under way.
+    a move under way.  A new standby copy is received under a staging id
+    while an aligned standby copy keeps serving (MLocate, MPromote): it
+    replaces that one once aligned (on_align).
     """
     svc = service(node)
     owned = svc.owned.get(req.workload)
@@ -638,6 +677,20 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
             not current.standby or current.epoch > req.epoch):
         return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_BUSY,
                           message=f"{node.config.name} is receiving {req.workload} at epoch {current.epoch}")
+    staged = svc.staging.get(req.workload)
+    if staged is not None and req.standby and staged.epoch > req.epoch:
+        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_BUSY,
+                          message=f"{node.config.name} is receiving {req.workload} at epoch {staged.epoch}")
+    await _drop_staging(node, svc, req.workload)
+    settings = {"args": tuple(req.args), "env": dict(req.env or {}), "memory_limit_bytes": req.memory_limit_bytes}
+    if (req.standby and owned is None and current is not None and current.standby and current.created
+            and current.ledger is not None):
+        host_id = staging_id(req.workload, req.epoch)
+        await node.run_host(_remove_quietly, node.host, host_id)  # a leftover of an earlier attempt
+        svc.staging[req.workload] = Incoming(req.workload, req.module_sha256, req.app, req.epoch, req.source,
+                                             standby=True, settings=settings, host_id=host_id)
+        await crash_point_async("target:incoming")
+        return Done(id=req.id)
     if current is not None:
         async with current.lock:  # let a chunk being applied finish first
             if svc.incoming.get(req.workload) is current:
@@ -647,9 +700,8 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
     if owned is not None:  # an older epoch here: a fenced-off leftover
         svc.owned.pop(req.workload, None)
         await node.run_host(_remove_quietly, node.host, req.workload)
-    svc.incoming[req.workload] = Incoming(
-        req.workload, req.module_sha256, req.app, req.epoch, req.source, standby=req.standby,
-        settings={"args": tuple(req.args), "env": dict(req.env or {}), "memory_limit_bytes": req.memory_limit_bytes})
+    svc.incoming[req.workload] = Incoming(req.workload, req.module_sha256, req.app, req.epoch, req.source,
+                                          standby=req.standby, settings=settings)
     await crash_point_async("target:incoming")
     return Done(id=req.id)
 
@@ -666,21 +718,55 @@ def _remove_quietly(host, workload: str) -> None:
 
 
 async def _drop_incoming(node, svc: MigrationService, inc: Incoming) -> None:
-    """Forget an incoming copy and free its workload (called holding ``inc.lock``)."""
-    if svc.incoming.get(inc.workload) is inc:
-        del svc.incoming[inc.workload]
+    """Forget an incoming (or staging) copy and free its workload (called holding ``inc.lock``)."""
+    if svc.current(inc):
+        del svc.holder(inc)[inc.workload]
     if inc.created:
-        await node.run_host(_remove_quietly, node.host, inc.workload)
+        await node.run_host(_remove_quietly, node.host, inc.host_id)
+
+
+async def _drop_staging(node, svc: MigrationService, workload: str) -> None:
+    """Forget the new standby copy being received for ``workload``, if any (called holding no copy's lock)."""
+    staged = svc.staging.get(workload)
+    if staged is not None:
+        async with staged.lock:
+            await _drop_incoming(node, svc, staged)
+
+
+def _replace_workload(host, staged_id: str, workload: str, drop: bool) -> None:
+    if drop:
+        _remove_quietly(host, workload)
+    host.rename(staged_id, workload)
+
+
+async def _swap_in(node, svc: MigrationService, staged: Incoming) -> bool:
+    """Make an aligned staging copy the standby in place of the one that served meanwhile.
+
+    Called holding ``staged.lock``; False if either copy was dropped or
+    promoted meanwhile.  MLocate and MPromote see the old copy until the
+    new one takes its place.
+    """
+    old = svc.incoming.get(staged.workload)
+    async with old.lock if old is not None else contextlib.nullcontext():
+        if not svc.current(staged) or svc.incoming.get(staged.workload) is not old:
+            return False
+        await node.run_host(_replace_workload, node.host, staged.host_id, staged.workload,
+                            old is not None and old.created)
+        del svc.staging[staged.workload]
+        staged.host_id = staged.workload
+        svc.incoming[staged.workload] = staged
+    logger.info("new standby copy in place", extra={"workload": staged.workload, "epoch": staged.epoch})
+    return True
 
 
 async def on_chunk(node, session, req: MChunk) -> Done:
     svc = service(node)
-    inc = _incoming(svc, req.workload, req.epoch, req.standby)
+    inc = _addressed(svc, req.workload, req.epoch, req.standby)
     if inc is None:
         return _no_incoming(req.id, req.workload, req.epoch, req.standby)
     await crash_point_async("target:chunk")
     async with inc.lock:
-        if svc.incoming.get(req.workload) is not inc:
+        if not svc.current(inc):
             return _no_incoming(req.id, req.workload, req.epoch, req.standby)
         try:
             # Decompressing is CPU work: keep it off the event loop.
@@ -693,11 +779,11 @@ async def on_chunk(node, session, req: MChunk) -> Done:
             inc.decoder = snapshot.SnapshotDecoder()
             inc.assembler = snapshot.SnapshotAssembler()
             if not inc.created:
-                await node.run_host(node.host.restore, inc.module_sha256, snap, workload_id=inc.workload,
+                await node.run_host(node.host.restore, inc.module_sha256, snap, workload_id=inc.host_id,
                                     app=inc.app, **inc.settings)
                 inc.created = True
             else:
-                await node.run_host(node.host.apply_snapshot, inc.workload, snap)
+                await node.run_host(node.host.apply_snapshot, inc.host_id, snap)
             inc.rounds += 1
             await crash_point_async("target:after-round")
     return Done(id=req.id)
@@ -741,21 +827,30 @@ async def on_replay(node, session, req: MReplay) -> Done:
 
 
 async def on_align(node, session, req: MAlign) -> Done:
+    """Set a received copy's call count, clock, operation index and ledger to the owner's at the copy.
+
+    A staging standby copy then takes the place of the standby that
+    served meanwhile.  Replies MIGRATION_FAILED if the copy is gone or
+    the ledger is malformed.
+    """
     svc = service(node)
-    inc = _incoming(svc, req.workload, req.epoch, req.standby)
+    inc = _addressed(svc, req.workload, req.epoch, req.standby)
     if inc is None or not inc.created:
         return _no_incoming(req.id, req.workload, req.epoch, req.standby)
     async with inc.lock:
-        await node.run_host(node.host.set_call_count, req.workload, req.calls)
-        await node.run_host(node.host.set_replay_mode, req.workload, "replay")
+        if not svc.current(inc):
+            return _no_incoming(req.id, req.workload, req.epoch, req.standby)
+        await node.run_host(node.host.set_call_count, inc.host_id, req.calls)
+        await node.run_host(node.host.set_replay_mode, inc.host_id, "replay")
         if req.monotonic_ns is not None:
-            await node.run_host(node.host.continue_clock, req.workload, req.monotonic_ns)
-        inc.index = req.index
-        if req.ledger is not None:
-            try:
-                inc.ledger = CallLedger.from_wire(req.ledger)
-            except ValueError as exc:
-                return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
+            await node.run_host(node.host.continue_clock, inc.host_id, req.monotonic_ns)
+        try:
+            ledger = CallLedger.from_wire(req.ledger) if req.ledger is not None else inc.ledger
+        except ValueError as exc:
+            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
+        inc.index, inc.ledger = req.index, ledger
+        if inc.host_id != inc.workload and not await _swap_in(node, svc, inc):
+            return _no_incoming(req.id, req.workload, req.epoch, req.standby)
     return Done(id=req.id)
 
 
@@ -807,6 +902,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         await node.run_host(node.host.set_call_count, req.workload, req.calls)
         if req.monotonic_ns is not None:
             await node.run_host(node.host.continue_clock, req.workload, req.monotonic_ns)
+    await _drop_staging(node, svc, req.workload)
     await crash_point_async("target:after-commit")
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})
     if req.standby and parse_address(req.standby) != node.address:
@@ -816,7 +912,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
 
 async def on_abort(node, session, req: MAbort) -> Done:
     svc = service(node)
-    inc = _incoming(svc, req.workload, req.epoch, req.standby)
+    inc = _addressed(svc, req.workload, req.epoch, req.standby)
     if inc is not None:
         async with inc.lock:
             await _drop_incoming(node, svc, inc)
@@ -1195,14 +1291,16 @@ class Migration:
 def _save_record(node, workload: str) -> dict | None:
     """What SIGTERM's checkpoint keeps of a workload's ownership: epoch, operation index, call ledger, standby.
 
-    Workloads this node holds without owning them -- a standby copy, a move
-    being received, a moved-away copy not yet removed -- are left out
-    (None): bringing them back as owned would give them two owners.
+    Workloads this node holds without owning them -- a standby copy (or a
+    new one being staged), a move being received, a moved-away copy not
+    yet removed -- are left out (None): bringing them back as owned would
+    give them two owners.
     """
     svc = service(node)
     owned = svc.owned.get(workload)
     if owned is None:
-        return None if workload in svc.incoming or workload in svc.moved else {}
+        held = workload in svc.incoming or workload in svc.moved or svc.is_staging(workload)
+        return None if held else {}
     if owned.moved is not None:
         return None
     standby = owned.standby.target if owned.standby is not None else owned.resume_standby

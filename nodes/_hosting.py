@@ -623,6 +623,42 @@ class Host:
                 del self._pending[workload_id]
         logger.info("removed workload", extra=w.log_extra())
 
+    def rename(self, workload_id: str, new_id: str) -> None:
+        """Give a workload another id, its output files moving along; its state is untouched.
+
+        The guest's argv[0] stays the id it started with.  Waits for a
+        running call to end (at most the call time budget).  Raises
+        ``UnknownWorkload``, ``WorkloadExists`` or ``BadArguments`` (a bad id).
+        """
+        _check_name("workload_id", new_id)
+        with self._lock:
+            self._raise_if_closed()
+            if new_id in self._workloads or new_id in self._pending:
+                raise WorkloadExists(f"workload {new_id!r} already exists on this host")
+            w = self._workloads.pop(workload_id, None)
+            if w is None:
+                raise UnknownWorkload(f"no workload {workload_id!r} on this host")
+            self._pending[new_id] = _Reservation(w.app, 0)  # keeps the new id while the files move
+        try:
+            with w.lock:
+                directory = self._workloads_dir / new_id
+                shutil.rmtree(directory, ignore_errors=True)  # a leftover of a workload removed uncleanly
+                os.replace(w.directory, directory)
+                w.directory, w.workload_id, w.budget.inputs.workload_id = directory, new_id, new_id
+                w.stdout.path, w.stderr.path = directory / "stdout", directory / "stderr"
+        except BaseException:
+            with self._lock:
+                del self._pending[new_id]
+                self._workloads[workload_id] = w
+            raise
+        with self._lock:
+            del self._pending[new_id]
+            if self._closed:
+                w.release()
+                raise HostClosed("host closed while the workload was being renamed")
+            self._workloads[new_id] = w
+        logger.info("renamed workload", extra={**w.log_extra(), "from": workload_id})
+
     def _create(self, module_sha256, *, workload_id, app, args, env, preopen, memory_limit_bytes,
                 init, fresh_output) -> _Workload:
         self._check_open()

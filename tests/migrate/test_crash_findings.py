@@ -5,8 +5,9 @@ import trio
 
 import migrate
 import workloads
-from migrate._messages import MCheckpoint
-from nodes import RemoteNodeError
+from migrate._chunks import chunk_bytes, recut
+from migrate._messages import MAbort, MAlign, MCheckpoint, MCheckpointPart, MChunk, MIncoming, MLocate
+from nodes import NodeClient, RemoteNodeError
 from nodes._messages import ErrorCode
 
 pytestmark = pytest.mark.trio
@@ -117,3 +118,82 @@ async def test_a_new_owner_dying_while_it_copies_the_standby_anew_loses_nothing(
         assert cloud.proc.wait(timeout=30) == 137
         assert await h.call("incr", 1) == 6
         assert h.node == "local"
+
+
+async def _standby_at(client, workload: str) -> tuple:
+    """(status, standby, epoch, index) of ``workload`` on ``client``'s node."""
+    where = await client.request(MLocate, workload=workload)
+    return where.status, where.standby, where.epoch, where.index
+
+
+async def _send_staging_copy(client, edge_client, workload: str, epoch: int) -> None:
+    """Send ``client``'s node a new standby copy of ``workload`` at ``epoch``, as a new owner would, unaligned."""
+    meta = await edge_client.request(MCheckpoint, workload=workload)
+    parts, last = [], False
+    while not last:
+        piece = await edge_client.request(MCheckpointPart, workload=workload, token=meta.token, part=len(parts))
+        parts.append(piece.data)
+        last = piece.last
+    settings = dict(meta.settings)
+    await client.request(MIncoming, workload=workload, module_sha256=meta.module_sha256, app=meta.app,
+                         epoch=epoch, source="edge-1", standby=True, args=tuple(settings["args"]),
+                         env=settings["env"], memory_limit_bytes=settings["memory_limit_bytes"])
+    for part in recut(parts, chunk_bytes(client.peer_max_frame_bytes)):
+        await client.request(MChunk, workload=workload, epoch=epoch, data=part, standby=True)
+    return meta
+
+
+async def test_a_new_standby_copy_stays_staged_until_aligned_and_never_outlives_a_restart(node_procs, cluster_tls):
+    """A copy being received under a staging id leaves the aligned standby in place.
+
+    MLocate reports the standby that can be promoted; MAbort drops only the
+    staged copy; MAlign puts the staged copy in its place; and SIGTERM's
+    checkpoint leaves a staged copy out (it is no workload of its own).
+    """
+    edge = node_procs.start("edge-1", "edge")
+    cloud = node_procs.start("cloud-1", "cloud")
+    tls = cluster_tls.issue("app-1", "node")
+    async with migrate.connect(str(edge.address), str(cloud.address), tls=tls) as c:
+        h = await c.spawn(workloads.load("counter"), on="edge-1")
+        await h.protect("standby", interval_s=3600, to="cloud-1")
+        for value in range(1, 4):
+            assert await h.call("incr", 1) == value
+        edge_client, client = await edge.client(tls), await cloud.client(tls)
+        try:
+            await client.ensure_module(workloads.load("counter"))
+            with trio.fail_after(10):
+                while (before := await _standby_at(client, h.workload))[3] < 3:
+                    await trio.sleep(0.05)
+            epoch = before[2]
+            ids = {w.workload_id for w in await client.workloads()}
+
+            # Staged, then aborted: the standby is untouched.
+            await _send_staging_copy(client, edge_client, h.workload, epoch + 5)
+            staged = {w.workload_id for w in await client.workloads()} - ids
+            assert len(staged) == 1 and await _standby_at(client, h.workload) == before
+            await client.request(MAbort, workload=h.workload, epoch=epoch + 5, standby=True)
+            assert {w.workload_id for w in await client.workloads()} == ids
+            assert await _standby_at(client, h.workload) == before
+
+            # Staged, then aligned: it takes the standby's place.
+            meta = await _send_staging_copy(client, edge_client, h.workload, epoch + 6)
+            assert await _standby_at(client, h.workload) == before
+            await client.request(MAlign, workload=h.workload, epoch=epoch + 6, calls=meta.calls,
+                                 index=meta.index, ledger=meta.ledger, monotonic_ns=meta.monotonic_ns,
+                                 standby=True)
+            assert await _standby_at(client, h.workload) == ("incoming", True, epoch + 6, meta.index)
+            assert {w.workload_id for w in await client.workloads()} == ids
+
+            # Staged at SIGTERM: neither copy comes back.
+            await _send_staging_copy(client, edge_client, h.workload, epoch + 7)
+            staged = {w.workload_id for w in await client.workloads()} - ids
+        finally:
+            await client.aclose()
+            await edge_client.aclose()
+        assert await trio.to_thread.run_sync(cloud.terminate) == 0
+        skipped = {line.get("workload") for line in cloud.log_lines()
+                   if line.get("msg") == "not checkpointed: this node does not own it"}
+        assert skipped >= staged | {h.workload}
+        await trio.to_thread.run_sync(cloud.restart)
+        async with await NodeClient.connect(cloud.address, tls=tls) as client:
+            assert [w.workload_id for w in await client.workloads()] == []

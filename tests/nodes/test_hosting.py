@@ -354,6 +354,31 @@ def test_remove_frees_the_workload_and_its_files(host, tmp_path):
     assert host.stats().workloads == 0
 
 
+def test_rename_keeps_state_and_output_under_the_new_id(host, tmp_path):
+    wid = deploy(host, "clockrand")
+    other = deploy(host, "counter")
+    host.call(wid, "sample", [])
+    written = host.call(wid, "say", [3])
+    before = state_of(host, wid)
+    with pytest.raises(WorkloadExists):
+        host.rename(wid, other)
+    with pytest.raises(BadArguments):
+        host.rename(wid, "../escape")
+    with pytest.raises(UnknownWorkload):
+        host.rename("nobody", "somebody")
+    host.rename(wid, "renamed")
+    assert not (tmp_path / "node" / "workloads" / wid).exists()
+    assert state_of(host, "renamed") == before
+    assert host.info("renamed").workload_id == "renamed"
+    assert len(host.output("renamed")[0]) == written
+    host.call("renamed", "say", [4])  # output goes on into the moved file
+    assert host.output("renamed")[0].count(b"clockrand say") == 2
+    with pytest.raises(UnknownWorkload):
+        host.call(wid, "say", [1])
+    deploy(host, "counter", workload_id=wid)  # the old id is free again
+    assert host.stats().workloads == 3
+
+
 def test_read_and_write_memory(host):
     wid = deploy(host, "kvstore")
     assert put(host, wid, b"alpha", b"one") == 1
