@@ -1329,12 +1329,49 @@ def _load_record(node, workload: str, record: dict) -> None:
     svc.owned[workload] = owned
 
 
-def _resume_standbys(node) -> None:
-    """Feed again, with a fresh copy, the standbys restored workloads had before the restart."""
-    for owned in service(node).owned.values():
+async def _resume_standbys(node) -> None:
+    """Feed again, with a fresh copy, the standbys restored workloads had before the restart.
+
+    Returns once each of them holds its calls until its standby node is asked.
+    """
+    for owned in list(service(node).owned.values()):
         if owned.resume_standby is not None:
-            node._nursery.start_soon(_keep_standby, node, owned, owned.resume_standby)
-            owned.resume_standby = None
+            target, owned.resume_standby = owned.resume_standby, None
+            await node._nursery.start(_resume_standby, node, owned, target)
+
+
+async def _resume_standby(node, owned: Owned, target: Address, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """With calls held, ask the standby node whether it took over while this node was down; then feed it.
+
+    If it did (it owns the workload, or moved it on, at a higher epoch),
+    this copy is fenced off: it becomes a tombstone pointing at the owner
+    and is removed, so a late call is redirected instead of running on old
+    state.  If the standby node cannot be asked, the workload is served.
+    """
+    svc, workload = service(node), owned.workload
+    async with owned.lock:
+        task_status.started()
+        where, name = None, ""
+        try:
+            with trio.fail_after(5.0):
+                client = await node.connect_peer(target)
+                try:
+                    where, name = await client.request(MLocate, workload=workload), client.node
+                finally:
+                    await client.aclose()
+        except (NodeError, OSError, trio.TooSlowError) as exc:
+            logger.warning("cannot ask the standby on %s whether it took over: %s", target, exc,
+                           extra={"workload": workload})
+        if where is not None and where.status in ("owner", "moved") and where.epoch > owned.epoch:
+            stone = (Tombstone(name, str(target), where.epoch) if where.status == "owner"
+                     else Tombstone(where.to_name or "", where.to_address or "", where.epoch))
+            owned.moved = svc.moved[workload] = stone
+            svc.owned.pop(workload, None)
+            await node.run_host(_remove_quietly, node.host, workload)
+            logger.warning("superseded while this node was down: %s owns it at epoch %d", stone.to_name,
+                           stone.epoch, extra={"workload": workload, "epoch": owned.epoch})
+            return
+    await _keep_standby(node, owned, target)
 
 
 def _save_tombstones(node) -> dict:

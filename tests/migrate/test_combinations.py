@@ -127,7 +127,7 @@ async def test_standby_is_back_after_the_owner_restarts_and_takes_over_after_a_k
         await _kill_and_take_over(bench, edge, events, "cloud-1")
 
 
-async def test_standby_takes_over_an_owner_stopped_with_sigterm_that_does_not_come_back(node_procs, cluster_tls):
+async def test_standby_takes_over_an_owner_stopped_with_sigterm_that_comes_back_late(node_procs, cluster_tls):
     edge = node_procs.start("edge-1", "edge")
     node_procs.start("cloud-1", "cloud")
     async with _connect(node_procs, cluster_tls, reconnect_timeout_s=1.0) as c:
@@ -137,8 +137,20 @@ async def test_standby_takes_over_an_owner_stopped_with_sigterm_that_does_not_co
         assert await trio.to_thread.run_sync(edge.terminate) == 0
         await bench.steps(6)  # the first call waits reconnect_timeout_s, then the standby takes over
         assert bench.kv.node == "cloud-1" and bench.counter.node == "cloud-1"
-        await bench.verify()
         assert {e.workload for e in _failed_over(events)} == {bench.kv.workload, bench.counter.workload}
+
+        # edge-1 comes back with its saved copies: fenced off, they only redirect.
+        await trio.to_thread.run_sync(edge.restart)
+        for h in (bench.kv, bench.counter):
+            assert await _owners(c, ["local", "edge-1", "cloud-1"], h.workload) == ["cloud-1"]
+            stone = await _where(c, "edge-1", h.workload)
+            assert (stone.status, stone.to_name) == ("moved", "cloud-1") and stone.epoch == h.epoch
+        stale = await c.attach(bench.counter.workload)  # a handle that missed the takeover
+        stale._node, stale._address, stale.epoch = "edge-1", str(edge.address), 1
+        bench.increments.append(await stale.call("incr", 1))
+        assert stale.node == "cloud-1"
+        await bench.steps(2)
+        await bench.verify()
 
 
 async def test_checkpoint_protection_waits_for_a_restart_then_fails_over_after_a_kill(node_procs, cluster_tls):
