@@ -743,12 +743,13 @@ async def _swap_in(node, svc: MigrationService, staged: Incoming) -> bool:
     """Make an aligned staging copy the standby in place of the one that served meanwhile.
 
     Called holding ``staged.lock``; False if either copy was dropped or
-    promoted meanwhile.  MLocate and MPromote see the old copy until the
-    new one takes its place.
+    replaced meanwhile, or this node owns the workload now (a promotion).
+    MLocate and MPromote see the old copy until the new one takes its place.
     """
     old = svc.incoming.get(staged.workload)
     async with old.lock if old is not None else contextlib.nullcontext():
-        if not svc.current(staged) or svc.incoming.get(staged.workload) is not old:
+        if (not svc.current(staged) or svc.incoming.get(staged.workload) is not old
+                or staged.workload in svc.owned):
             return False
         await node.run_host(_replace_workload, node.host, staged.host_id, staged.workload,
                             old is not None and old.created)
@@ -850,6 +851,7 @@ async def on_align(node, session, req: MAlign) -> Done:
             return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
         inc.index, inc.ledger = req.index, ledger
         if inc.host_id != inc.workload and not await _swap_in(node, svc, inc):
+            await _drop_incoming(node, svc, inc)
             return _no_incoming(req.id, req.workload, req.epoch, req.standby)
     return Done(id=req.id)
 
