@@ -20,11 +20,20 @@ from pathlib import Path
 
 import trio
 
-from nodes import ConnectionFailed, NodeClient, NodeConfig, NodeError, parse_address
+from nodes import (
+    ConnectionFailed,
+    NodeClient,
+    NodeConfig,
+    NodeError,
+    NodeShuttingDown,
+    RemoteNodeError,
+    parse_address,
+)
 from nodes import _host_errors as he
 from nodes._config import Address
 from nodes._daemon import serve
 from nodes._groups import unwrap_group
+from nodes._messages import ErrorCode
 
 from . import _service  # noqa: F401  (registers the migration handlers for the local node)
 from ._errors import MigrateError, UnknownNode
@@ -105,6 +114,10 @@ class Cluster:
             client = self._clients.get(address)
             if client is not None and client._failure is None:
                 return client
+            if client is not None and announces_shutdown(client._failure):
+                # Whoever read the node's goodbye, a call or the protector:
+                # its workloads are waited for, not failed over.
+                self.shutting_down(address, self.reconnect_timeout_s)
             try:
                 client = await NodeClient.connect(address, tls=self._tls)
             except (OSError, NodeError) as exc:
@@ -127,6 +140,32 @@ class Cluster:
         client = self._clients.pop(address, None)
         if client is not None:
             self._nursery.start_soon(_close_quietly, client)
+
+    def lost(self, address: str, exc: BaseException) -> None:
+        """A request to ``address`` failed with ``exc``: drop the connection, and note a shutdown it announced."""
+        if announces_shutdown(exc):
+            self.shutting_down(address, self.reconnect_timeout_s)
+        self.forget(address)
+
+    async def ask(self, address: str, kind, *, timeout_s: float = 2.0, **fields):
+        """Send an idempotent request to ``address``; once more on a new connection if the kept one was dead.
+
+        A connection kept across the node's restart fails on first use;
+        the second try tells a stale connection from a node that is gone.
+        Raises ConnectionFailed, node errors and trio.TooSlowError.
+        """
+        kept = address in self._clients
+        try:
+            client = await self.client(address)
+            with trio.fail_after(timeout_s):
+                return await client.request(kind, **fields)
+        except ConnectionFailed as exc:
+            self.lost(address, exc)
+            if not kept:
+                raise
+        client = await self.client(address)
+        with trio.fail_after(timeout_s):
+            return await client.request(kind, **fields)
 
     async def aclose(self) -> None:
         for client in list(self._clients.values()):
@@ -285,18 +324,22 @@ class Cluster:
                 continue
             asked.add(address)
             try:
-                client = await self.client(address)
-                with trio.fail_after(2):
-                    where = await client.request(MLocate, workload=workload)
-            except (NodeError, trio.TooSlowError):
-                self.forget(address)
+                where = await self.ask(address, MLocate, workload=workload)
+            except (NodeError, trio.TooSlowError) as exc:
+                self.lost(address, exc)
                 continue
             if where.status == "owner" and (best is None or where.epoch > best[2]):
-                best = (client.node, address, where.epoch)
+                best = (self.name_of(address), address, where.epoch)
             if where.to_address:  # a tombstone: ask where it points too
                 self.learn(where.to_name or where.to_address, where.to_address)
                 pending.append(where.to_address)
         return best
+
+
+def announces_shutdown(exc: BaseException | None) -> bool:
+    """True if ``exc`` is a node saying it is shutting down (a goodbye, or a refused request)."""
+    return isinstance(exc, NodeShuttingDown) or (
+        isinstance(exc, RemoteNodeError) and exc.code == ErrorCode.SHUTTING_DOWN)
 
 
 async def _close_quietly(client: NodeClient) -> None:

@@ -116,6 +116,7 @@ class Owned:
     standby_lock: trio.Lock = field(default_factory=trio.Lock)  # starting, stopping, moving
     checkpoints: "collections.OrderedDict[str, PendingCheckpoint]" = field(
         default_factory=collections.OrderedDict)
+    resume_standby: "Address | None" = None  # fed before a restart: feed it again once serving
 
     def forward(self, entry: dict | None) -> None:
         """Hand a logged operation to the dual-execution follower and the standby, if any."""
@@ -441,7 +442,8 @@ async def on_follow(node, session, req: MFollow) -> Done:
     """Start (or stop, for "") a hot standby copy of a workload this node owns.
 
     Replies once the standby holds a consistent copy; a request for the
-    standby already being fed is answered at once.  Waits while the
+    standby already being fed is answered once the standby node says it
+    still holds the copy (else the feed starts over).  Waits while the
     workload moves (the new owner keeps its standby).  Replies
     MIGRATION_FAILED if the standby cannot be set up.
     """
@@ -457,7 +459,12 @@ async def on_follow(node, session, req: MFollow) -> Done:
             return _not_owner(req.id, node, req.workload)
         feed = owned.standby
         if feed is not None and feed.target == target and feed.send is not None:
-            return Done(id=req.id)
+            if await _standby_holds_copy(node, feed, req.workload):
+                return Done(id=req.id)
+            # The standby node restarted (or dropped the copy) while the feed
+            # had nothing to send, so the feed has not noticed: start over.
+            logger.info("the standby on %s holds no copy; starting it again", target,
+                        extra={"workload": req.workload})
         await _stop_standby(owned)
         if target is not None:
             try:
@@ -465,6 +472,20 @@ async def on_follow(node, session, req: MFollow) -> Done:
             except MigrationError as exc:
                 return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
     return Done(id=req.id)
+
+
+async def _standby_holds_copy(node, feed: Standby, workload: str) -> bool:
+    """True if the standby node holds the copy ``feed`` keeps; False if it lost it or cannot be asked."""
+    try:
+        with trio.fail_after(2.0):
+            client = await node.connect_peer(feed.target)
+            try:
+                where = await client.request(MLocate, workload=workload)
+            finally:
+                await client.aclose()
+    except (NodeError, OSError, trio.TooSlowError):
+        return False
+    return where.status == "incoming" and where.standby and where.epoch == feed.epoch
 
 
 async def _stop_standby(owned: Owned) -> None:
@@ -551,7 +572,10 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
         feed.send = None
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             if client is not None:
-                if not feed.flushed and owned.moved is None:
+                # A node stopping with SIGTERM leaves the copy in place: it
+                # feeds the standby again after the restart, and the standby
+                # can take over if the node never comes back.
+                if not feed.flushed and owned.moved is None and not node.stopping:
                     with contextlib.suppress(NodeError, he.HostError, OSError):
                         await client.request(MAbort, workload=workload, epoch=feed.epoch, standby=True)
                 await client.aclose()
@@ -835,11 +859,12 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
 
 
 def _drain(receive: trio.MemoryReceiveChannel) -> list[dict]:
+    """What ``receive`` holds now, without waiting; an empty list once it is closed and empty."""
     batch = []
     while True:
         try:
             batch.append(receive.receive_nowait())
-        except trio.WouldBlock:
+        except (trio.WouldBlock, trio.EndOfChannel):  # a closed channel: the reader's loop ends next
             return batch
 
 
@@ -1168,7 +1193,7 @@ class Migration:
 # --- surviving a restart ----------------------------------------------------
 
 def _save_record(node, workload: str) -> dict | None:
-    """What SIGTERM's checkpoint keeps of a workload's ownership: epoch, operation index, call ledger.
+    """What SIGTERM's checkpoint keeps of a workload's ownership: epoch, operation index, call ledger, standby.
 
     Workloads this node holds without owning them -- a standby copy, a move
     being received, a moved-away copy not yet removed -- are left out
@@ -1180,7 +1205,9 @@ def _save_record(node, workload: str) -> dict | None:
         return None if workload in svc.incoming or workload in svc.moved else {}
     if owned.moved is not None:
         return None
-    return {"epoch": owned.epoch, "index": owned.index, "record": owned.record, "ledger": owned.ledger.to_wire()}
+    standby = owned.standby.target if owned.standby is not None else owned.resume_standby
+    return {"epoch": owned.epoch, "index": owned.index, "record": owned.record, "ledger": owned.ledger.to_wire(),
+            "standby": str(standby) if standby is not None else ""}
 
 
 def _load_record(node, workload: str, record: dict) -> None:
@@ -1188,13 +1215,65 @@ def _load_record(node, workload: str, record: dict) -> None:
     epoch, index = record.get("epoch"), record.get("index")
     if not _is_count(epoch) or epoch < 1 or not _is_count(index):
         raise ValueError(f"epoch {epoch!r} and index {index!r} must be counts")
+    standby = record.get("standby") or ""
+    if not isinstance(standby, str):
+        raise ValueError(f"standby {standby!r} is not an address")
+    try:
+        resume = parse_address(standby) if standby else None
+    except NodeError as exc:
+        raise ValueError(f"standby {standby!r}: {exc}") from None
     owned = Owned(workload, epoch=epoch, ledger=CallLedger.from_wire(record.get("ledger")), index=index,
-                  record=bool(record.get("record")))
+                  record=bool(record.get("record")), resume_standby=resume)
     if owned.record:  # a protected workload: calls report the inputs they consumed
         node.host.set_replay_mode(workload, "record")
     svc = service(node)
     svc.moved.pop(workload, None)
     svc.owned[workload] = owned
+
+
+async def _resume_standbys(node) -> None:
+    """Feed again, with a fresh copy, the standbys restored workloads had before the restart.
+
+    Returns once each of them holds its calls until its standby node is asked.
+    """
+    for owned in list(service(node).owned.values()):
+        if owned.resume_standby is not None:
+            target, owned.resume_standby = owned.resume_standby, None
+            await node._nursery.start(_resume_standby, node, owned, target)
+
+
+async def _resume_standby(node, owned: Owned, target: Address, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """With calls held, ask the standby node whether it took over while this node was down; then feed it.
+
+    If it did (it owns the workload, or moved it on, at a higher epoch),
+    this copy is fenced off: it becomes a tombstone pointing at the owner
+    and is removed, so a late call is redirected instead of running on old
+    state.  If the standby node cannot be asked, the workload is served.
+    """
+    svc, workload = service(node), owned.workload
+    async with owned.lock:
+        task_status.started()
+        where, name = None, ""
+        try:
+            with trio.fail_after(5.0):
+                client = await node.connect_peer(target)
+                try:
+                    where, name = await client.request(MLocate, workload=workload), client.node
+                finally:
+                    await client.aclose()
+        except (NodeError, OSError, trio.TooSlowError) as exc:
+            logger.warning("cannot ask the standby on %s whether it took over: %s", target, exc,
+                           extra={"workload": workload})
+        if where is not None and where.status in ("owner", "moved") and where.epoch > owned.epoch:
+            stone = (Tombstone(name, str(target), where.epoch) if where.status == "owner"
+                     else Tombstone(where.to_name or "", where.to_address or "", where.epoch))
+            owned.moved = svc.moved[workload] = stone
+            svc.owned.pop(workload, None)
+            await node.run_host(_remove_quietly, node.host, workload)
+            logger.warning("superseded while this node was down: %s owns it at epoch %d", stone.to_name,
+                           stone.epoch, extra={"workload": workload, "epoch": owned.epoch})
+            return
+    await _keep_standby(node, owned, target)
 
 
 def _save_tombstones(node) -> dict:
@@ -1220,7 +1299,7 @@ def _is_count(value) -> bool:
 
 
 register_checkpoint_extension("migrate", save=_save_record, load=_load_record,
-                              save_node=_save_tombstones, load_node=_load_tombstones)
+                              save_node=_save_tombstones, load_node=_load_tombstones, resume=_resume_standbys)
 register_status(lambda node: service(node).status())
 
 for _kind, _handler in ((MSpawn, on_spawn), (MCall, on_call), (MLocate, on_locate), (MIncoming, on_incoming),

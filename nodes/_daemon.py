@@ -139,6 +139,7 @@ class CheckpointExtension:
     load: Callable[["Node", str, dict], None]
     save_node: Callable[["Node"], dict] | None = None
     load_node: Callable[["Node", dict], None] | None = None
+    resume: Callable[["Node"], Awaitable[None]] | None = None
 
 
 _CHECKPOINT_EXTENSIONS: dict[str, CheckpointExtension] = {}
@@ -147,7 +148,8 @@ _CHECKPOINT_EXTENSIONS: dict[str, CheckpointExtension] = {}
 def register_checkpoint_extension(name: str, *, save: Callable[["Node", str], dict | None],
                                   load: Callable[["Node", str, dict], None],
                                   save_node: Callable[["Node"], dict] | None = None,
-                                  load_node: Callable[["Node", dict], None] | None = None) -> None:
+                                  load_node: Callable[["Node", dict], None] | None = None,
+                                  resume: Callable[["Node"], Awaitable[None]] | None = None) -> None:
     """Save records of each workload with the shutdown checkpoint and load them at the next start.
 
     At shutdown, once requests have stopped, ``save(node, workload_id)``
@@ -158,12 +160,14 @@ def register_checkpoint_extension(name: str, *, save: Callable[["Node", str], di
     ``load(node, workload_id, record)`` gets each saved record back, in a
     worker thread; it raises ValueError for a malformed record, which
     refuses the start.  ``save_node`` and ``load_node`` do the same for a
-    record of the node as a whole.
+    record of the node as a whole.  ``await resume(node)`` runs once the
+    node has its nursery (``node._nursery``) and before it accepts
+    requests, to start again background work the records describe.
     Raises ConfigError if ``name`` is taken.
     """
     if name in _CHECKPOINT_EXTENSIONS:
         raise ConfigError(f"checkpoint extension {name!r} is already registered")
-    _CHECKPOINT_EXTENSIONS[name] = CheckpointExtension(name, save, load, save_node, load_node)
+    _CHECKPOINT_EXTENSIONS[name] = CheckpointExtension(name, save, load, save_node, load_node, resume)
 
 
 def _handles(kind: type[Request]):
@@ -537,6 +541,9 @@ async def serve(config: NodeConfig, *, stop: trio.Event | None = None,
                 with accepting:
                     await trio.serve_listeners(node.handle_connection, listeners, handler_nursery=nursery)
 
+            for extension in _CHECKPOINT_EXTENSIONS.values():  # before any request is served
+                if extension.resume is not None:
+                    await extension.resume(node)
             nursery.start_soon(accept)
             for address in config.join:
                 node.learn_peer(address)
