@@ -19,6 +19,8 @@ with random (incompressible) bytes; then it is protected with
   the restore, whose both ends are this process), and a bulk pipelined
   ``ReadMemory`` from edge-1 over a NodeClient (the floor of the fetch:
   same TLS link and framing, no snapshot encoding);
+* the fetch of a checkpoint through a ``benchmarks.netem`` delaying proxy
+  (10 ms round trip), window 1 and pipelined: where round trips cost;
 * the failover after SIGKILL of edge-1: time until the first call answers
   from the restored copy on "local";
 * that every byte came back (a SHA-256 over the buffer before and after).
@@ -30,13 +32,16 @@ benchmarks/results/protect.json and protect.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -48,13 +53,19 @@ import migrate  # noqa: E402
 import workloads  # noqa: E402
 from migrate._chunks import CHUNK_BYTES, WINDOW_PIECES, chunk_bytes, recut  # noqa: E402
 from migrate._chunks import send as send_chunks  # noqa: E402
-from migrate._messages import MAbort, MIncoming  # noqa: E402
+from migrate._messages import MAbort, MCheckpoint, MIncoming  # noqa: E402
+from migrate._protect import fetch_parts  # noqa: E402
+from nodes import NodeClient  # noqa: E402
 from nodes._messages import ReadMemory  # noqa: E402
 from nodes._tls import client_context, server_context  # noqa: E402
 from nodes._transport import RECEIVE_BYTES  # noqa: E402
 from nodes.launcher import LocalCluster  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
+#: One-way delay the proxy adds for the fetch over a slower link: 5 ms each
+#: way, a 10 ms round trip (an edge site and its region).
+DELAY_ONE_WAY_S = 0.005
 #: Bytes per write_memory / read_memory request (a frame holds 64 MiB).
 PIECE_BYTES = 16 * 2**20
 
@@ -116,6 +127,28 @@ async def bulk_read_s(client, workload: str, ptr: int, size: int) -> float:
     return time.perf_counter() - t0
 
 
+@contextlib.contextmanager
+def delay_proxy(upstream: str, one_way_s: float) -> Iterator[str]:
+    """A ``benchmarks.netem`` delaying proxy in front of ``upstream`` (its own process); yields its address."""
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.netem", "proxy", "--listen", "127.0.0.1:0",
+                             "--upstream", upstream, "--delay", f"127.0.0.1={one_way_s}"],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        yield json.loads(proc.stdout.readline())["address"]
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+async def delayed_fetch_s(address: str, tls: Path, workload: str, window: int) -> float:
+    """Seconds to fetch a checkpoint's parts over a new connection to ``address``."""
+    async with await NodeClient.connect(address, tls=tls) as client:
+        meta = await client.request(MCheckpoint, workload=workload)
+        t0 = time.perf_counter()
+        await fetch_parts(client, workload, meta.token, window=window)
+        return time.perf_counter() - t0
+
+
 async def fetch_s(protector, window: int) -> float:
     protector.window = window
     t0 = time.perf_counter()
@@ -171,6 +204,10 @@ async def one_size(lc: LocalCluster, mib: int, repeat: int) -> dict:
         for i in range(repeat):
             base_restore.append(await restore_s(cluster, protector, 1, epoch + 2 * i))
             restore.append(await restore_s(cluster, protector, WINDOW_PIECES, epoch + 2 * i + 1))
+        tls = lc.tls_for("bench", "node")
+        with delay_proxy(h._address, DELAY_ONE_WAY_S) as proxied:
+            delayed_base = await delayed_fetch_s(proxied, tls, h.workload, 1)
+            delayed = await delayed_fetch_s(proxied, tls, h.workload, WINDOW_PIECES)
         edge_client = await cluster.client(h._address)
         bulk = min([await bulk_read_s(edge_client, h.workload, ptr, size) for _ in range(repeat)])
         tls = min([await tls_floor_s(lc, size) for _ in range(repeat)])
@@ -188,14 +225,17 @@ async def one_size(lc: LocalCluster, mib: int, repeat: int) -> dict:
             "checkpoint_parts": status.checkpoint_parts, "window_parts": WINDOW_PIECES, "repeat": repeat,
             "first_checkpoint_s": first_s, "next_checkpoint_window1_s": min(base_next),
             "next_checkpoint_s": min(next_), "restore_window1_s": min(base_restore), "restore_s": min(restore),
-            "failover_s": failover_s, "memcpy_s": copy, "tls_loopback_s": tls, "nodeclient_bulk_read_s": bulk,
+            "delayed_rtt_ms": round(2000 * DELAY_ONE_WAY_S), "delayed_fetch_window1_s": delayed_base,
+            "delayed_fetch_s": delayed, "failover_s": failover_s, "memcpy_s": copy, "tls_loopback_s": tls, "nodeclient_bulk_read_s": bulk,
             "app_rss_before_mib": round(rss_before / 2**20), "app_rss_one_checkpoint_mib": round(rss_one / 2**20),
             "app_rss_after_second_mib": round(rss_two / 2**20), "node": h.node,
             "bytes_identical": back.digest() == digest.digest(),
         }
         for key in ("next_checkpoint_window1_s", "next_checkpoint_s", "restore_window1_s", "restore_s",
+                    "delayed_fetch_window1_s", "delayed_fetch_s",
                     "memcpy_s", "tls_loopback_s", "nodeclient_bulk_read_s"):
             row[key.removesuffix("_s") + "_mb_per_s"] = round(mb / row[key])
+        row["delayed_fetch_speedup"] = round(delayed_base / delayed, 2)
         row["fetch_speedup"] = round(row["next_checkpoint_window1_s"] / row["next_checkpoint_s"], 2)
         row["restore_speedup"] = round(row["restore_window1_s"] / row["restore_s"], 2)
         row["fetch_vs_memcpy"] = round(row["next_checkpoint_s"] / copy, 1)
@@ -225,14 +265,15 @@ def markdown(rows: list[dict]) -> str:
         "then edge-1 is killed with SIGKILL and the next call fails over to the application's own node.",
         f"Window 1 is one part per round trip (the old path); window {window} keeps {window} parts in flight.",
         "Restore is the failover's transfer of the checkpoint to \"local\" (applied, then dropped).",
+        "Delayed: the fetch through a delaying proxy adding a 10 ms round trip, window 1 / pipelined.",
         "References, same byte count, same run: a pipelined NodeClient bulk read from edge-1 (the fetch's",
         "floor), TLS over loopback between two tasks of this process (the restore's floor: both its ends",
         "are this process), memcpy.  RSS is the application process's (its local node included).",
         "",
         f"| memory | checkpoint MiB | parts | first checkpoint s | next checkpoint s, window 1 / {window} "
-        f"| restore s, window 1 / {window} | failover s | MB/s: fetch / bulk read / restore / TLS / memcpy "
+        f"| restore s, window 1 / {window} | delayed fetch s, window 1 / {window} | failover s | MB/s: fetch / bulk read / restore / TLS / memcpy "
         "| app RSS before / 1 ckpt / after more MiB | bytes identical |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -240,6 +281,7 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['first_checkpoint_s']:.2f} "
             f"| {r['next_checkpoint_window1_s']:.2f} / {r['next_checkpoint_s']:.2f} (x{r['fetch_speedup']:.2f}) "
             f"| {r['restore_window1_s']:.2f} / {r['restore_s']:.2f} (x{r['restore_speedup']:.2f}) "
+            f"| {r['delayed_fetch_window1_s']:.2f} / {r['delayed_fetch_s']:.2f} (x{r['delayed_fetch_speedup']:.2f}) "
             f"| {r['failover_s']:.2f} "
             f"| {r['next_checkpoint_mb_per_s']} / {r['nodeclient_bulk_read_mb_per_s']} / {r['restore_mb_per_s']} "
             f"/ {r['tls_loopback_mb_per_s']} / {r['memcpy_mb_per_s']} "

@@ -153,6 +153,29 @@ class Checkpoint:
         return sum(len(p) for p in self.parts)
 
 
+async def fetch_parts(client, workload: str, token: str, *, window: int = WINDOW_PIECES) -> tuple[bytes, ...]:
+    """The parts of checkpoint ``token`` of ``workload``, ``window`` of them asked for at once.
+
+    Parts are taken in order; up to ``window`` - 1 are asked for past the
+    last one and their replies dropped.  Raises node errors (a part
+    refused or the connection lost: no parts are returned), and
+    FailoverFailed past MAX_CHECKPOINT_BYTES.
+    """
+    parts, size = [], 0
+
+    def take(piece: MCheckpointBytes) -> bool:
+        nonlocal size
+        size += len(piece.data)
+        if size > MAX_CHECKPOINT_BYTES:
+            raise FailoverFailed(f"the checkpoint of {workload} exceeds {MAX_CHECKPOINT_BYTES} bytes")
+        parts.append(piece.data)
+        return piece.last
+
+    asks = ((MCheckpointPart, {"workload": workload, "token": token, "part": n}) for n in itertools.count())
+    await client.pipeline(asks, window=window, on_reply=take)
+    return tuple(parts)
+
+
 #: What a protector's background work may run into; it logs them and carries on.
 _EXPECTED = (NodeError, he.HostError, MigrateError, trio.TooSlowError)
 
@@ -306,22 +329,7 @@ class Protector:
         """
         client = await self.cluster.client(owner)
         meta = await client.request(MCheckpoint, workload=self.workload)
-        parts, size = [], 0
-
-        def take(piece: MCheckpointBytes) -> bool:
-            nonlocal size
-            size += len(piece.data)
-            if size > MAX_CHECKPOINT_BYTES:
-                raise FailoverFailed(f"the checkpoint of {self.workload} exceeds {MAX_CHECKPOINT_BYTES} bytes")
-            parts.append(piece.data)
-            return piece.last
-
-        # ``window`` parts asked for at once, taken in order; up to window - 1
-        # are asked for past the last one, and their replies dropped.
-        asks = ((MCheckpointPart, {"workload": self.workload, "token": meta.token, "part": n})
-                for n in itertools.count())
-        await client.pipeline(asks, window=self.window, on_reply=take)
-        ckpt = Checkpoint(meta, tuple(parts))
+        ckpt = Checkpoint(meta, await fetch_parts(client, self.workload, meta.token, window=self.window))
         async with self._lock:
             current = self.checkpoint
             if current is None or (ckpt.epoch, ckpt.index) >= (current.epoch, current.index):
