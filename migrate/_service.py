@@ -51,6 +51,7 @@ from nodes._replay import CallInputs
 
 from . import _chunks
 from ._ledger import CallLedger, Outcome
+from ._parts import PartQueue, PartRefused
 from ._messages import (
     MAbort,
     MAlign,
@@ -166,19 +167,14 @@ class Standby:
 class PendingCheckpoint:
     """A checkpoint being fetched part by part: its encoding runs as parts are asked for.
 
-    ``ready`` holds parts encoded but not yet fetched: the part asked for
-    and the one after it (to tell whether it is the last), and any a
-    request served out of order encoded before their turn.  Once the last
-    part is fetched, ``parts`` is None and ``total`` the number of parts.
+    ``parts`` is the lazy encoder (None once every part was fetched, which
+    frees the snapshot); ``queue`` says which parts are encoded, waiting
+    or fetched.
     """
 
     parts: Iterator[bytes] | None
+    queue: PartQueue = field(default_factory=lambda: PartQueue(MAX_PARTS_AHEAD))
     lock: trio.Lock = field(default_factory=trio.Lock)  # one encoder at a time
-    ready: dict[int, bytes] = field(default_factory=dict)
-    encoded: int = 0   # parts taken from ``parts`` so far
-    fetched: int = 0   # parts served so far
-    exhausted: bool = False  # ``parts`` has no more
-    total: int | None = None  # set when the last part has been served
 
 
 @dataclass(frozen=True)
@@ -450,35 +446,20 @@ async def on_checkpoint_part(node, session, req: MCheckpointPart) -> MCheckpoint
         return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
                           message=f"{node.config.name} holds no checkpoint {req.token} of {req.workload} "
                                   "(it was fetched, replaced by newer ones, or the workload left)")
-    if pending.total is not None and req.part >= pending.total:
-        return MCheckpointBytes(id=req.id, data=b"", last=True)  # asked for ahead of knowing the end
-    if req.part < 0 or (req.part < pending.encoded and req.part not in pending.ready) \
-            or req.part > pending.fetched + MAX_PARTS_AHEAD:
-        return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
-                          message=f"part {req.part} of checkpoint {req.token} was fetched already or is more "
-                                  f"than {MAX_PARTS_AHEAD} parts ahead of the {pending.fetched} fetched")
-
-    def short() -> bool:  # this part, or the one after it, is still to be encoded
-        return not pending.exhausted and pending.encoded <= req.part + 1
-
-    if short():
-        async with pending.lock:
-            if short():
-                # Encoding (zstd) runs in a worker thread, up to the part
-                # after this one, so the reply knows whether it is the last.
-                more = await trio.to_thread.run_sync(_take, pending.parts, req.part + 2 - pending.encoded)
-                pending.ready.update(enumerate(more, pending.encoded))
-                pending.encoded += len(more)
-                pending.exhausted = pending.encoded < req.part + 2
-    data = pending.ready.pop(req.part, None)
-    if data is None:  # past the end, or asked for twice at once
-        return (MCheckpointBytes(id=req.id, data=b"", last=True) if pending.exhausted and req.part >= pending.encoded
-                else ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
-                                message=f"part {req.part} of checkpoint {req.token} was fetched already"))
-    pending.fetched += 1
-    last = pending.exhausted and req.part == pending.encoded - 1
-    if pending.exhausted and pending.fetched == pending.encoded:
-        pending.parts, pending.total = None, pending.encoded  # frees the snapshot; the token stays, to say so
+    queue = pending.queue
+    try:
+        queue.check(req.part)
+        if queue.wanted(req.part):
+            async with pending.lock:
+                if wanted := queue.wanted(req.part):
+                    # Encoding (zstd) runs in a worker thread, up to the part
+                    # after this one, so the reply knows whether it is the last.
+                    queue.add(await trio.to_thread.run_sync(_take, pending.parts, wanted), wanted)
+        data, last = queue.take(req.part)
+    except PartRefused as exc:
+        return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST, message=f"checkpoint {req.token}: {exc}")
+    if queue.done:
+        pending.parts = None  # frees the snapshot; the token stays, to answer parts past the end
     return MCheckpointBytes(id=req.id, data=data, last=last)
 
 
