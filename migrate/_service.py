@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import math
-import itertools
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,7 +51,6 @@ from nodes._replay import CallInputs
 
 from . import _chunks
 from ._ledger import CallLedger, Outcome
-from ._parts import PartQueue, PartRefused
 from ._messages import (
     MAbort,
     MAlign,
@@ -78,6 +77,7 @@ from ._messages import (
     ReportRecord,
 )
 from ._oplog import batches, divergence, entry_bytes, log_entry, replayed_call
+from ._parts import PartQueue, PartRefused
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
 
 logger = logging.getLogger(__name__)
@@ -438,7 +438,7 @@ async def on_checkpoint_part(node, session, req: MCheckpointPart) -> MCheckpoint
     each is encoded when it or a later one is asked for, one encoder at a
     time in a worker thread.  A part past the end gets no data and
     ``last``; one fetched before, or more than MAX_PARTS_AHEAD past the
-    parts not yet fetched, is refused (BAD_REQUEST).
+    number fetched so far, is refused (BAD_REQUEST).
     """
     owned = service(node).owned.get(req.workload)
     pending = owned.checkpoints.get(req.token) if owned is not None else None
