@@ -1,8 +1,11 @@
-"""Run every benchmark: ``python -m benchmarks [--quick] [--out DIR]``.
+"""Run every benchmark: ``python -m benchmarks [--quick] [--out DIR]``; or the soak: ``--soak``.
 
 Each benchmark writes NAME.json and NAME.md (NAME-quick.* in quick mode)
 and reports ratios measured in the same run.  Afterwards the JSON files are
-checked for the fields readers rely on; no timing is asserted.
+checked for the fields readers rely on; no timing is asserted.  The soak
+run (``benchmarks.soak``: moves under calls while nodes are killed) runs
+only with ``--soak``, and fails the run if a call was lost or duplicated;
+``--quick`` runs its short version as well, after the others.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ SUITE = [
     ("benchmarks.bench_protect", "protect", ["results"]),
     ("benchmarks.suite.__main__", "suite", ["results", "strategies"]),
 ]
+SOAK = ("benchmarks.soak", "soak", ["figures", "ok"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,16 +36,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the smoke-test sizes CI uses")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--only", action="append", help="run only these benchmarks (by name)")
+    parser.add_argument("--soak", action="store_true", help="run only the soak (1,000 moves; 50 with --quick)")
+    parser.add_argument("--seed", type=int, default=1, help="the soak's seed")
     args = parser.parse_args(argv)
     failures = []
-    for module_name, name, fields in SUITE:
+    runs = [SOAK] if args.soak else SUITE + ([SOAK] if args.quick else [])
+    for module_name, name, fields in runs:
         if args.only and name not in args.only:
             continue
         print(f"== {name} ==", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         module = importlib.import_module(module_name)
         argv_ = (["--quick"] if args.quick else []) + ["--out", str(args.out)]
-        module.main(argv_)
+        if name == "soak":
+            argv_ += ["--seed", str(args.seed)]
+        if module.main(argv_):
+            failures.append(f"{name}: exited with a failure")
         stem = f"{name}-quick" if args.quick else name
         try:
             data = json.loads((args.out / f"{stem}.json").read_text())
@@ -54,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"{name}: {exc}")
         print(f"== {name} done in {time.perf_counter() - t0:.1f} s ==", file=sys.stderr, flush=True)
     for f in failures:
-        print(f"malformed benchmark output: {f}", file=sys.stderr)
+        print(f"benchmark failed: {f}", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -44,7 +44,7 @@ from nodes import (
 )
 from nodes import _host_errors as he
 from nodes._config import Address, parse_address
-from nodes._crash import crash_point
+from nodes._crash import crash_point_async
 from nodes._error_codes import code_for, error_reply
 from nodes._messages import Done, ErrorCode, ErrorReply
 from nodes._replay import CallInputs
@@ -97,8 +97,10 @@ MAX_PARTS_AHEAD = 64
 #: How far ahead of the next chunk to apply an incoming chunk may be
 #: numbered; it waits for the ones before it (they are on the same
 #: connection, ahead of it) at most CHUNK_TURN_WAIT_S without progress.
+#: Only a sender that skips a number makes a chunk wait that long; the
+#: bound is above a crash test's default pause at a phase (30 s).
 MAX_CHUNKS_AHEAD = 64
-CHUNK_TURN_WAIT_S = 30.0
+CHUNK_TURN_WAIT_S = 120.0
 #: Bytes of operations (payloads included) waiting to be forwarded to a hot
 #: standby at most; a standby that falls further behind is dropped (the
 #: application asks for a new one).
@@ -543,6 +545,7 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
                 await client.request(MIncoming, workload=workload, module_sha256=info.module_sha256, app=info.app,
                                      epoch=feed.epoch, source=node.config.name, standby=True,
                                      **await node.run_host(host.launch_settings, workload))
+                await crash_point_async("standby:copying")
                 async with owned.lock:  # a consistent cut: the copy plus everything after it
                     if not owned.record:
                         await node.run_host(host.set_replay_mode, workload, "record")
@@ -657,6 +660,7 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
     svc.incoming[req.workload] = Incoming(
         req.workload, req.module_sha256, req.app, req.epoch, req.source, standby=req.standby,
         settings={"args": tuple(req.args), "env": dict(req.env or {}), "memory_limit_bytes": req.memory_limit_bytes})
+    await crash_point_async("target:incoming")
     return Done(id=req.id)
 
 
@@ -694,7 +698,7 @@ async def on_chunk(node, session, req: MChunk) -> Done:
     inc = _incoming(svc, req.workload, req.epoch, req.standby)
     if inc is None:
         return _no_incoming(req.id, req.workload, req.epoch, req.standby)
-    crash_point("target:chunk")
+    await crash_point_async("target:chunk")
     if not inc.chunks <= req.seq <= inc.chunks + MAX_CHUNKS_AHEAD:
         return _out_of_turn(req, inc)
     while inc.chunks < req.seq and svc.incoming.get(req.workload) is inc:
@@ -724,6 +728,7 @@ async def on_chunk(node, session, req: MChunk) -> Done:
             else:
                 await node.run_host(node.host.apply_snapshot, inc.workload, snap)
             inc.rounds += 1
+            await crash_point_async("target:after-round")
         inc.chunks += 1
         inc.turn.unpark_all()
     return Done(id=req.id)
@@ -814,7 +819,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         ledger = CallLedger.from_wire(req.ledger)
     except ValueError as exc:
         return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
-    crash_point("target:before-commit")
+    await crash_point_async("target:before-commit")
     if req.digest is not None:
         try:
             pages = {int(k): [int(p) for p in v] for k, v in dict(req.pages or {}).items()}
@@ -839,7 +844,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         await node.run_host(node.host.set_call_count, req.workload, req.calls)
         if req.monotonic_ns is not None:
             await node.run_host(node.host.continue_clock, req.workload, req.monotonic_ns)
-    crash_point("target:after-commit")
+    await crash_point_async("target:after-commit")
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})
     if req.standby and parse_address(req.standby) != node.address:
         node._nursery.start_soon(_keep_standby, node, owned, parse_address(req.standby))
@@ -959,6 +964,7 @@ class Migration:
         node, host = self.node, self.node.host
         info = await node.run_host(host.info, self.workload)
         await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
+        await crash_point_async("source:before-incoming")
         await self._incoming(client, info)
         if self.req.strategy == "stop-copy":
             return await self._stop_and_copy(client, target_name)
@@ -1032,6 +1038,7 @@ class Migration:
         full = await node.run_host(host.start_tracking, self.workload)
         sent_before = self.bytes_sent
         took = await self._send(client, full)
+        await crash_point_async("source:after-round")
         last_pages, last_bytes = full.page_count, self.bytes_sent - sent_before
         while True:
             delta = await node.run_host(host.capture_delta, self.workload)
@@ -1164,7 +1171,7 @@ class Migration:
         aborts) if the target refuses or cannot be reached before it commits.
         """
         owned = self.owned
-        crash_point("source:frozen")
+        await crash_point_async("source:frozen")
         info = await self.node.run_host(self.node.host.info, self.workload)
         clock = await self.node.run_host(self.node.host.clock_state, self.workload)
         feed = owned.standby
@@ -1181,7 +1188,7 @@ class Migration:
             if not await self._target_owns():
                 raise
             self.notes.append("commit confirmed after the link broke")
-        crash_point("source:after-commit")
+        await crash_point_async("source:after-commit")
         stone = Tombstone(target_name, str(self.target), self.epoch)
         owned.moved = stone
         if owned.standby is not None:

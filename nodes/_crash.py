@@ -1,10 +1,19 @@
-"""Crash points: a node dies at a named phase, at once, as SIGKILL would kill it.
+"""Crash points: a node dies, or pauses, at a named phase of its work.
 
 Crash tests start a real node with ``MIGRATE_NODE_CRASH_AT=<phase>``; when
 the node reaches that phase it ends its process with status 137 (no
 cleanup, no checkpoint, no goodbye), so a test can check what a restart or
-the rest of the cluster makes of the state left behind.  Without the
-variable a crash point costs one environment lookup.
+the rest of the cluster makes of the state left behind.
+
+With ``MIGRATE_NODE_PAUSE_AT=<phase>`` the node instead logs ``paused at
+<phase>`` the first time it gets there and holds that step until the next
+SIGTERM or SIGINT reaches it (``release``), or for at most
+``MIGRATE_NODE_PAUSE_S`` seconds (default 30).  The rest of the node keeps
+serving meanwhile.  A test waits for the log line, then SIGKILLs the node at
+that phase, or SIGTERMs it and watches it shut down cleanly from there.
+
+Without the variables a crash point costs two environment lookups, and
+``crash_point_async`` does not yield to the scheduler.
 
 Phases of the node itself (``nodes._checkpoints``):
 
@@ -27,36 +36,117 @@ Phases of the node itself (``nodes._checkpoints``):
     checkpoint; the checkpoint was not yet retired to
     ``checkpoints.restored/`` and no request was served.
 
-Phases of a live migration (``migrate._service``): ``target:chunk``,
-``target:before-commit``, ``target:after-commit``, ``source:frozen``,
-``source:after-commit``.
+Phases of a live migration (``migrate._service``), in the order a move
+reaches them: ``MIGRATION_PHASES``.  And of protection:
+
+``standby:copying``
+    The owner told the standby node a fresh standby copy is coming (after
+    a move, the new owner does so at once); the copy is not aligned yet.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+
+import trio
+
+from ._errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 ENV = "MIGRATE_NODE_CRASH_AT"
+PAUSE_ENV = "MIGRATE_NODE_PAUSE_AT"
+PAUSE_S_ENV = "MIGRATE_NODE_PAUSE_S"
+DEFAULT_PAUSE_S = 30.0
 #: Exit status of a crashed node: 128 + SIGKILL, what a shell reports for a kill -9.
 CRASH_STATUS = 137
+#: source:before-incoming  the target is reachable; it has not heard of the move
+#: source:after-round      the first pre-copy round is sent; the workload runs on
+#: source:frozen           the final round is sent, calls are held; no commit yet
+#: source:after-commit     the target committed and the source knows; calls not yet redirected
+#: target:incoming         the target accepted the move; nothing received yet
+#: target:chunk            the first chunk of a round arrived; not yet applied
+#: target:after-round      a round was applied: the incoming copy exists
+#: target:before-commit    the commit request arrived; the target does not own the workload yet
+#: target:after-commit     the target owns the workload; the source does not know yet
+MIGRATION_PHASES = ("source:before-incoming", "source:after-round", "source:frozen", "source:after-commit",
+                    "target:incoming", "target:chunk", "target:after-round", "target:before-commit",
+                    "target:after-commit")
 PHASES = frozenset({
     "checkpoint:write", "checkpoint:written", "checkpoint:swapping", "checkpoint:swapped",
-    "restore:before-retire",
-    "target:chunk", "target:before-commit", "target:after-commit", "source:frozen", "source:after-commit",
+    "restore:before-retire", "standby:copying", *MIGRATION_PHASES,
 })
 
+_paused = False  # a process pauses once: its first arrival at the phase
+_release: threading.Event | None = None
 
-def crash_point(phase: str) -> None:
-    """End the process at once if ``MIGRATE_NODE_CRASH_AT`` names ``phase``.
 
-    Raises ValueError for a phase this module does not document (a typo
-    would make a crash test pass without crashing).
+def check_environment() -> None:
+    """Refuse crash-test settings that name no phase, or a bad pause length.
+
+    Raises ConfigError.
     """
+    for var in (ENV, PAUSE_ENV):
+        value = os.environ.get(var)
+        if value and value not in PHASES:
+            raise ConfigError(f"{var}={value!r} names no phase; phases: {', '.join(sorted(PHASES))}")
+    _pause_s()
+
+
+def _pause_s() -> float:
+    raw = os.environ.get(PAUSE_S_ENV)
+    if not raw:
+        return DEFAULT_PAUSE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise ConfigError(f"{PAUSE_S_ENV} must be a number of seconds in (0, 3600], got {raw!r}")
+    return value
+
+
+def _crash_or_arm_pause(phase: str) -> threading.Event | None:
+    """End the process if it should crash at ``phase``; return the pause to hold, if any."""
+    global _paused, _release
     if phase not in PHASES:
         raise ValueError(f"unknown crash phase {phase!r}")
     if os.environ.get(ENV) == phase:
         logger.critical("crashing at %s (%s)", phase, ENV)
         os._exit(CRASH_STATUS)
+    if _paused or os.environ.get(PAUSE_ENV) != phase:
+        return None
+    _paused, _release = True, threading.Event()
+    logger.warning("paused at %s", phase, extra={"phase": phase, "pause_s": _pause_s()})
+    return _release
+
+
+def release() -> None:
+    """End the pause in progress, if any (a SIGTERM or SIGINT arrived)."""
+    if _release is not None:
+        _release.set()
+
+
+def crash_point(phase: str) -> None:
+    """End the process at once if ``MIGRATE_NODE_CRASH_AT`` names ``phase``; pause the thread if asked.
+
+    For code in worker threads.  Raises ValueError for a phase this module
+    does not document (a typo would make a crash test pass without crashing).
+    """
+    pause = _crash_or_arm_pause(phase)
+    if pause is not None:
+        pause.wait(_pause_s())
+        logger.warning("resumed at %s", phase)
+
+
+async def crash_point_async(phase: str) -> None:
+    """``crash_point`` for the event loop: a pause holds only the calling task.
+
+    Raises ValueError for an undocumented phase.
+    """
+    pause = _crash_or_arm_pause(phase)
+    if pause is not None:
+        await trio.to_thread.run_sync(pause.wait, _pause_s(), abandon_on_cancel=True)
+        logger.warning("resumed at %s", phase)

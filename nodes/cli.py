@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from . import _crash as crash
 from . import _host_errors as he
 from ._client import NodeClient
 from ._config import DEFAULT_PORT, SETTINGS, NodeConfig, parse_address, resolve_config
@@ -101,14 +102,15 @@ async def _serve_until_signalled(config: NodeConfig) -> None:
     _load_extensions()
     import migrate._service  # noqa: F401  (registers the live-migration handlers)
 
+    crash.check_environment()
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, unwrap_group():
         async with trio.open_nursery() as nursery:
             async def on_signal() -> None:
                 async for signum in signals:
                     logger.info("stopping on %s", signal.Signals(signum).name)
+                    crash.release()  # a crash test's paused phase goes on from here
                     stop.set()
-                    return
 
             nursery.start_soon(on_signal)
             await serve(config, stop=stop)

@@ -8,7 +8,8 @@
 ``LocalCluster`` makes a cluster CA with ``migrate-node ca init``, issues
 each node a certificate with ``migrate-node cert issue``, starts every node
 on 127.0.0.1 with an ephemeral port (read back from its JSON "listening"
-log line), and stops them all (SIGTERM, then SIGKILL) on exit.
+log line), and stops them all (SIGTERM, then SIGKILL) on exit.  ``restart``
+starts a node that exited again on the same address and data dir.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class NodeProcess:
     proc: subprocess.Popen
     address: str
     log_path: Path
+    args: tuple[str, ...] = ()          # as given to LocalCluster.start, for a restart
+    join: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -102,29 +106,50 @@ class LocalCluster:
     def start(self, name: str, role: str, *, join: Sequence[NodeProcess] = (), args: Sequence[str] = (),
               env: dict[str, str] | None = None) -> NodeProcess:
         """Start a node and wait until it listens.  Raises NodeError if it does not."""
-        cmd = [*migrate_node_command(), "serve", "--name", name, "--role", role, "--listen", "127.0.0.1:0",
+        node = self._launch(name, role, "127.0.0.1:0", tuple(args), tuple(peer.address for peer in join),
+                            dict(env or {}))
+        self.nodes.append(node)
+        return node
+
+    def restart(self, node: NodeProcess, *, env: dict[str, str] | None = None) -> NodeProcess:
+        """Start a node that exited again, on its address and data dir; ``env`` replaces its environment.
+
+        Raises NodeError if it is still running or does not listen again.
+        """
+        if node.proc.poll() is None:
+            raise NodeError(f"node {node.name} is still running")
+        fresh = self._launch(node.name, node.role, node.address, node.args, node.join,
+                             node.env if env is None else dict(env))
+        self.nodes[self.nodes.index(node)] = fresh
+        return fresh
+
+    def _launch(self, name: str, role: str, listen: str, args: tuple[str, ...], join: tuple[str, ...],
+                env: dict[str, str]) -> NodeProcess:
+        cmd = [*migrate_node_command(), "serve", "--name", name, "--role", role, "--listen", listen,
                "--data-dir", str(self.root / name), *args]
-        for peer in join:
-            cmd += ["--join", peer.address]
+        for address in join:
+            cmd += ["--join", address]
         tls = self.tls_for(name)
         cmd += ["--tls-dir", str(tls)] if tls else ["--insecure"]
         log_path = self.root / f"{name}.log"
-        with open(log_path, "wb") as log:
+        offset = log_path.stat().st_size if log_path.exists() else 0  # a restart appends
+        with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=_env(env))
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            for line in log_path.read_text(errors="replace").splitlines():
+            with open(log_path, "rb") as log:
+                log.seek(offset)
+                lines = log.read().decode(errors="replace").splitlines()
+            for line in lines:
                 try:
                     record = json.loads(line)
                 except ValueError:
                     continue
                 if record.get("msg") == "listening":
-                    node = NodeProcess(name, role, proc, record["address"], log_path)
-                    self.nodes.append(node)
-                    return node
+                    return NodeProcess(name, role, proc, record["address"], log_path, args, join, env)
             if proc.poll() is not None:
-                raise NodeError(f"node {name} exited with {proc.returncode}:\n{log_path.read_text()}")
+                raise NodeError(f"node {name} exited with {proc.returncode}:\n" + "\n".join(lines))
             time.sleep(0.02)
         proc.kill()
         raise NodeError(f"node {name} did not start listening within {START_TIMEOUT_S} s")

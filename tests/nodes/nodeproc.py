@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import trio
 
 from nodes import NodeClient
 from nodes._config import Address, parse_address
@@ -140,6 +141,22 @@ class NodeProcess:
             except ValueError:
                 out.append({"raw": line})
         return out
+
+    async def wait_for_log(self, msg: str, timeout_s: float = START_TIMEOUT_S) -> dict:
+        """Wait, without blocking the event loop, for a log record of the current run saying ``msg``.
+
+        Fails the test if the node exits first or the time runs out.
+        """
+        with trio.move_on_after(timeout_s):
+            while True:
+                for line in self.log_lines():
+                    if line.get("msg") == msg:
+                        return line
+                if self.proc.poll() is not None:
+                    pytest.fail(f"node {self.name} exited with {self.proc.returncode} before logging "
+                                f"{msg!r}:\n{self.log_text()}")
+                await trio.sleep(0.01)
+        pytest.fail(f"node {self.name} did not log {msg!r} within {timeout_s} s:\n{self.log_text()}")
 
     def terminate(self, timeout_s: float = 60.0) -> int:
         """SIGTERM the node, wait for it to exit, and return its exit status."""
