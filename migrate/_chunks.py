@@ -3,7 +3,8 @@
 Moves, standbys and protection checkpoints all carry a snapshot as a byte
 stream in pieces (``MChunk``, ``MCheckpointPart``).  The receiver feeds the
 pieces to a ``snapshot.SnapshotDecoder``, which takes the stream cut
-anywhere, so a piece can be cut again to fit a smaller frame.
+anywhere, so a piece can be cut again to fit a smaller frame.  Pieces
+travel ``WINDOW_PIECES`` at a time (``send``, ``NodeClient.pipeline``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,20 @@ from collections.abc import Iterable, Iterator
 
 import snapshot
 
+from ._messages import MChunk
+
 #: Bytes of encoded snapshot per piece at most.  Framing and TLS encryption
 #: of a piece run on the node's event loop; 1 MiB keeps each such step to
 #: about a millisecond, so calls keep flowing while a snapshot is sent.
 CHUNK_BYTES = 1 * 2**20
 #: Room a frame keeps for a message's other fields (ids, names, epochs).
 FRAME_OVERHEAD_BYTES = 4096
+#: Pieces sent (or asked for) before the first one is answered: 8 MiB in
+#: flight lets the sender encode and encrypt while the receiver decrypts and
+#: applies, instead of each side waiting one round trip per piece.  Below a
+#: node's requests-in-flight limit (16 by default), so none waits in its
+#: socket buffer.
+WINDOW_PIECES = 8
 
 
 def chunk_bytes(*frame_limits: int) -> int:
@@ -29,6 +38,9 @@ def recut(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
     """The bytes of ``pieces``, in order, in pieces of exactly ``size`` (the last may be shorter)."""
     pending = b""
     for piece in pieces:
+        if not pending and len(piece) == size:
+            yield piece  # already cut to size: no copy
+            continue
         data = pending + piece if pending else piece
         view, pos = memoryview(data), 0
         while len(data) - pos >= size:
@@ -47,3 +59,25 @@ def stream(snap: snapshot.Snapshot, size: int) -> Iterator[bytes]:
 def encode(snap: snapshot.Snapshot, size: int) -> list[bytes]:
     """Encode ``snap`` into pieces of ``size`` bytes at once."""
     return list(stream(snap, size))
+
+
+async def send(client, pieces: Iterable[bytes], *, workload: str, epoch: int, seq: int = 0,
+               standby: bool = False, window: int = WINDOW_PIECES) -> int:
+    """Send ``pieces`` to an incoming copy as MChunk requests numbered from ``seq``; return the next number.
+
+    Up to ``window`` pieces are unanswered at a time; the target applies
+    them in order of their numbers.  Raises what ``NodeClient.request``
+    raises for the first piece refused; the replies to pieces already sent
+    after it are dropped and no more are sent.
+    """
+    sent = 0
+
+    def answered(_reply) -> bool:
+        nonlocal sent
+        sent += 1
+        return False
+
+    requests = ((MChunk, {"workload": workload, "epoch": epoch, "data": piece, "seq": n, "standby": standby})
+                for n, piece in enumerate(pieces, seq))
+    await client.pipeline(requests, window=window, on_reply=answered)
+    return seq + sent

@@ -166,11 +166,15 @@ class MChunk(Request):
     """Source to target: bytes of the current round's encoded snapshot.
 
     A round ends with its snapshot's END frame; the target then applies it.
+    ``seq`` numbers the chunks an incoming copy receives, from 0 across
+    rounds: senders keep several in flight, and the target applies them in
+    that order whatever order it gets to serve them in.
     """
 
     workload: str
     epoch: int
     data: bytes
+    seq: int
     standby: bool = False  # for the hot standby copy, not for an incoming move
 
 
@@ -266,7 +270,11 @@ class MCheckpointBytes(Reply):
 @register("m_checkpoint_part", reply=MCheckpointBytes)
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MCheckpointPart(Request):
-    """Owner: the next part of checkpoint ``token``; parts are asked for once each, in order."""
+    """Owner: part ``part`` of checkpoint ``token``; each part is asked for once.
+
+    The application keeps several parts asked for at once, in order; a part
+    after the last one is answered with no data and ``last``.
+    """
 
     workload: str
     token: str

@@ -5,7 +5,8 @@ When a handle protects a workload with "checkpoint", the application keeps:
 * the latest checkpoint, fetched from the owner every ``interval_s``: a
   consistent snapshot taken between calls, with the call ledger and the
   index of the last operation it includes.  It is fetched in parts that
-  fit a frame, and kept as those encoded parts;
+  fit a frame, several asked for at once (``_chunks.WINDOW_PIECES``), and
+  kept as those encoded parts;
 * the log of every state-changing operation made through this
   application's handles since that checkpoint (``_oplog``): what was
   called or written, the nondeterministic inputs it consumed (recorded by
@@ -13,7 +14,8 @@ When a handle protects a workload with "checkpoint", the application keeps:
 
 If the owner becomes unreachable and no other node owns the workload, the
 application restores the checkpoint on the failover node ("local" by
-default, the application itself) by sending its parts, replays the log
+default, the application itself) by sending its parts (again several in
+flight, numbered so the node applies them in order), replays the log
 there -- the node checks each replayed outcome against the logged one --
 and commits it with a higher ownership epoch.  Calls in flight are then
 retried with their original sequence numbers: those the dead owner
@@ -43,15 +45,16 @@ import trio
 from nodes import NodeError
 from nodes import _host_errors as he
 
-from ._chunks import FRAME_OVERHEAD_BYTES, chunk_bytes, recut
+from ._chunks import FRAME_OVERHEAD_BYTES, WINDOW_PIECES, chunk_bytes, recut
+from ._chunks import send as send_chunks
 from ._errors import MigrateError
 from ._ledger import CallLedger
 from ._messages import (
     MAlign,
     MCheckpoint,
+    MCheckpointBytes,
     MCheckpointData,
     MCheckpointPart,
-    MChunk,
     MCommit,
     MFollow,
     MIncoming,
@@ -150,6 +153,29 @@ class Checkpoint:
         return sum(len(p) for p in self.parts)
 
 
+async def fetch_parts(client, workload: str, token: str, *, window: int = WINDOW_PIECES) -> tuple[bytes, ...]:
+    """The parts of checkpoint ``token`` of ``workload``, ``window`` of them asked for at once.
+
+    Parts are taken in order; up to ``window`` - 1 are asked for past the
+    last one and their replies dropped.  Raises node errors (a part
+    refused or the connection lost: no parts are returned), and
+    FailoverFailed past MAX_CHECKPOINT_BYTES.
+    """
+    parts, size = [], 0
+
+    def take(piece: MCheckpointBytes) -> bool:
+        nonlocal size
+        size += len(piece.data)
+        if size > MAX_CHECKPOINT_BYTES:
+            raise FailoverFailed(f"the checkpoint of {workload} exceeds {MAX_CHECKPOINT_BYTES} bytes")
+        parts.append(piece.data)
+        return piece.last
+
+    asks = ((MCheckpointPart, {"workload": workload, "token": token, "part": n}) for n in itertools.count())
+    await client.pipeline(asks, window=window, on_reply=take)
+    return tuple(parts)
+
+
 #: What a protector's background work may run into; it logs them and carries on.
 _EXPECTED = (NodeError, he.HostError, MigrateError, trio.TooSlowError)
 
@@ -168,6 +194,7 @@ class Protector:
     failovers: int = 0
     owner: str = ""  # the address the workload was last seen at
     epoch: int = 0   # the highest ownership epoch seen
+    window: int = WINDOW_PIECES  # checkpoint parts (and failover chunks) in flight at once
     _trimmed: int = 0
     _lock: trio.Lock = field(default_factory=trio.Lock)
     _due: trio.Event = field(default_factory=trio.Event)
@@ -302,16 +329,7 @@ class Protector:
         """
         client = await self.cluster.client(owner)
         meta = await client.request(MCheckpoint, workload=self.workload)
-        parts, size = [], 0
-        for part in itertools.count():
-            piece = await client.request(MCheckpointPart, workload=self.workload, token=meta.token, part=part)
-            size += len(piece.data)
-            if size > MAX_CHECKPOINT_BYTES:
-                raise FailoverFailed(f"the checkpoint of {self.workload} exceeds {MAX_CHECKPOINT_BYTES} bytes")
-            parts.append(piece.data)
-            if piece.last:
-                break
-        ckpt = Checkpoint(meta, tuple(parts))
+        ckpt = Checkpoint(meta, await fetch_parts(client, self.workload, meta.token, window=self.window))
         async with self._lock:
             current = self.checkpoint
             if current is None or (ckpt.epoch, ckpt.index) >= (current.epoch, current.index):
@@ -360,8 +378,8 @@ class Protector:
                              app=meta.app, epoch=new_epoch, source="failover",
                              args=tuple(settings.get("args", ())), env=dict(settings.get("env") or {}),
                              memory_limit_bytes=settings.get("memory_limit_bytes"))
-        for part in recut(ckpt.parts, chunk_bytes(client.peer_max_frame_bytes)):
-            await client.request(MChunk, workload=self.workload, epoch=new_epoch, data=part)
+        await send_chunks(client, recut(ckpt.parts, chunk_bytes(client.peer_max_frame_bytes)),
+                          workload=self.workload, epoch=new_epoch, window=self.window)
         await client.request(MAlign, workload=self.workload, epoch=new_epoch, calls=meta.calls, index=ckpt.index)
         await self._replay(client, new_epoch, entries, standby=False)
         ledger = CallLedger.from_wire(meta.ledger)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import itertools
 import logging
 import math
 import time
@@ -77,6 +78,7 @@ from ._messages import (
     ReportRecord,
 )
 from ._oplog import batches, divergence, entry_bytes, log_entry, replayed_call
+from ._parts import PartQueue, PartRefused
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,17 @@ SWITCH_BACKLOG = 32
 #: drops the oldest.  Each holds a copy of the workload's state until its
 #: last part is fetched.
 MAX_PENDING_CHECKPOINTS = 2
+#: How far past the parts fetched so far a checkpoint part may be asked for
+#: (the application asks for ``_chunks.WINDOW_PIECES`` at once); parts
+#: encoded before their turn wait in memory, so this bounds them (1 MiB each).
+MAX_PARTS_AHEAD = 64
+#: How far ahead of the next chunk to apply an incoming chunk may be
+#: numbered; it waits for the ones before it (they are on the same
+#: connection, ahead of it) at most CHUNK_TURN_WAIT_S without progress.
+#: Only a sender that skips a number makes a chunk wait that long; the
+#: bound is above a crash test's default pause at a phase (30 s).
+MAX_CHUNKS_AHEAD = 64
+CHUNK_TURN_WAIT_S = 120.0
 #: Bytes of operations (payloads included) waiting to be forwarded to a hot
 #: standby at most; a standby that falls further behind is dropped (the
 #: application asks for a new one).
@@ -156,12 +169,16 @@ class Standby:
 
 @dataclass
 class PendingCheckpoint:
-    """A checkpoint being fetched part by part: its encoding runs as parts are asked for."""
+    """A checkpoint being fetched part by part: its encoding runs as parts are asked for.
 
-    parts: Iterator[bytes]
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    next_part: int = 0
-    ahead: bytes | None = None
+    ``parts`` is the lazy encoder (None once every part was fetched, which
+    frees the snapshot); ``queue`` says which parts are encoded, waiting
+    or fetched.
+    """
+
+    parts: Iterator[bytes] | None
+    queue: PartQueue = field(default_factory=lambda: PartQueue(MAX_PARTS_AHEAD))
+    lock: trio.Lock = field(default_factory=trio.Lock)  # one encoder at a time
 
 
 @dataclass(frozen=True)
@@ -189,6 +206,8 @@ class Incoming:
     settings: dict = field(default_factory=dict)  # args, env, memory cap
     standby: bool = False  # a hot standby copy, not a move under way
     ledger: CallLedger | None = None  # a standby's: the owner's at the copy, plus replayed outcomes
+    chunks: int = 0  # chunks applied: the ``seq`` of the next one
+    turn: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)  # chunks awaiting theirs
     host_id: str = ""  # its id on the host: the workload's, or a staging id while it replaces a standby
 
     def __post_init__(self) -> None:
@@ -444,26 +463,40 @@ async def on_checkpoint(node, session, req: MCheckpoint) -> MCheckpointData:
 
 
 async def on_checkpoint_part(node, session, req: MCheckpointPart) -> MCheckpointBytes:
-    """The next part of a checkpoint; the last one frees it."""
+    """A part of a checkpoint; the last one frees it.
+
+    Parts may be asked for several at once (and served in any order):
+    each is encoded when it or a later one is asked for, one encoder at a
+    time in a worker thread.  A part past the end gets no data and
+    ``last``; one fetched before, or more than MAX_PARTS_AHEAD past the
+    number fetched so far, is refused (BAD_REQUEST).
+    """
     owned = service(node).owned.get(req.workload)
     pending = owned.checkpoints.get(req.token) if owned is not None else None
     if pending is None:
         return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
                           message=f"{node.config.name} holds no checkpoint {req.token} of {req.workload} "
                                   "(it was fetched, replaced by newer ones, or the workload left)")
-    async with pending.lock:
-        if req.part != pending.next_part:
-            return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
-                              message=f"checkpoint {req.token} is at part {pending.next_part}, not {req.part}")
-        # Encoding (zstd) runs in a worker thread, one part ahead, so the
-        # reply knows whether it is the last part.
-        data = pending.ahead if pending.next_part else await trio.to_thread.run_sync(next, pending.parts, None)
-        pending.ahead = await trio.to_thread.run_sync(next, pending.parts, None)
-        pending.next_part += 1
-        last = pending.ahead is None
-        if last:
-            owned.checkpoints.pop(req.token, None)
-    return MCheckpointBytes(id=req.id, data=data or b"", last=last)
+    queue = pending.queue
+    try:
+        queue.check(req.part)
+        if queue.wanted(req.part):
+            async with pending.lock:
+                if wanted := queue.wanted(req.part):
+                    # Encoding (zstd) runs in a worker thread, up to the part
+                    # after this one, so the reply knows whether it is the last.
+                    queue.add(await trio.to_thread.run_sync(_take, pending.parts, wanted), wanted)
+        data, last = queue.take(req.part)
+    except PartRefused as exc:
+        return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST, message=f"checkpoint {req.token}: {exc}")
+    if queue.done:
+        pending.parts = None  # frees the snapshot; the token stays, to answer parts past the end
+    return MCheckpointBytes(id=req.id, data=data, last=last)
+
+
+def _take(parts: Iterator[bytes], count: int) -> list[bytes]:
+    """The next ``count`` items of ``parts``, fewer if it ends first."""
+    return list(itertools.islice(parts, count))
 
 
 async def on_follow(node, session, req: MFollow) -> Done:
@@ -572,8 +605,8 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
                     ledger, index = owned.ledger.to_wire(), owned.index
                     feed.send = send
                 size = _chunks.chunk_bytes(node.config.max_frame_bytes, client.peer_max_frame_bytes)
-                for chunk in await trio.to_thread.run_sync(_chunks.encode, snap, size):
-                    await client.request(MChunk, workload=workload, epoch=feed.epoch, data=chunk, standby=True)
+                await _chunks.send(client, await trio.to_thread.run_sync(_chunks.encode, snap, size),
+                                   workload=workload, epoch=feed.epoch, standby=True)
                 del snap
                 await client.request(MAlign, workload=workload, epoch=feed.epoch, calls=calls, index=index,
                                      ledger=ledger, monotonic_ns=clock, standby=True)
@@ -695,6 +728,7 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
         async with current.lock:  # let a chunk being applied finish first
             if svc.incoming.get(req.workload) is current:
                 del svc.incoming[req.workload]
+            current.turn.unpark_all()
             if current.created:
                 await node.run_host(_remove_quietly, node.host, req.workload)
     if owned is not None:  # an older epoch here: a fenced-off leftover
@@ -721,6 +755,7 @@ async def _drop_incoming(node, svc: MigrationService, inc: Incoming) -> None:
     """Forget an incoming (or staging) copy and free its workload (called holding ``inc.lock``)."""
     if svc.current(inc):
         del svc.holder(inc)[inc.workload]
+    inc.turn.unpark_all()  # chunks waiting for their turn find it gone
     if inc.created:
         await node.run_host(_remove_quietly, node.host, inc.host_id)
 
@@ -761,14 +796,32 @@ async def _swap_in(node, svc: MigrationService, staged: Incoming) -> bool:
 
 
 async def on_chunk(node, session, req: MChunk) -> Done:
+    """Apply chunk ``seq`` of an incoming copy's snapshot stream, after the chunks before it.
+
+    Senders keep several chunks in flight and the node serves them
+    concurrently, so a chunk waits for its turn: the chunks before it came
+    first on the same connection.  A chunk applied already, more than
+    MAX_CHUNKS_AHEAD ahead, or whose turn does not come within
+    CHUNK_TURN_WAIT_S of the last progress is refused (BAD_REQUEST); a
+    stream that does not decode drops the copy (MIGRATION_FAILED).
+    """
     svc = service(node)
     inc = _addressed(svc, req.workload, req.epoch, req.standby)
     if inc is None:
         return _no_incoming(req.id, req.workload, req.epoch, req.standby)
     await crash_point_async("target:chunk")
+    if not inc.chunks <= req.seq <= inc.chunks + MAX_CHUNKS_AHEAD:
+        return _out_of_turn(req, inc)
+    while inc.chunks < req.seq and svc.current(inc):
+        with trio.move_on_after(CHUNK_TURN_WAIT_S) as waited:
+            await inc.turn.park()  # woken when a chunk is applied or the copy dropped
+        if waited.cancelled_caught:
+            break
     async with inc.lock:
         if not svc.current(inc):
             return _no_incoming(req.id, req.workload, req.epoch, req.standby)
+        if req.seq != inc.chunks:
+            return _out_of_turn(req, inc)
         try:
             # Decompressing is CPU work: keep it off the event loop.
             await trio.to_thread.run_sync(_decode_into, inc, req.data)
@@ -787,7 +840,15 @@ async def on_chunk(node, session, req: MChunk) -> Done:
                 await node.run_host(node.host.apply_snapshot, inc.host_id, snap)
             inc.rounds += 1
             await crash_point_async("target:after-round")
+        inc.chunks += 1
+        inc.turn.unpark_all()
     return Done(id=req.id)
+
+
+def _out_of_turn(req: MChunk, inc: Incoming) -> ErrorReply:
+    return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
+                      message=f"chunk {req.seq} of {req.workload} is out of turn: the next to apply is "
+                              f"{inc.chunks} (at most {MAX_CHUNKS_AHEAD} may wait ahead of it)")
 
 
 def _decode_into(inc: Incoming, data: bytes) -> None:
@@ -975,6 +1036,7 @@ class Migration:
         self.epoch = owned.epoch + 1
         self.bytes_sent = 0
         self.pages_sent = 0
+        self.chunks_sent = 0  # MChunk numbers used: the next round's go on from here
         self.rounds = 0
         self.blackout_s = 0.0
         self.notes: list[str] = []
@@ -1026,14 +1088,19 @@ class Migration:
         info = await node.run_host(host.info, self.workload)
         await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
         await crash_point_async("source:before-incoming")
-        await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
-                             app=info.app, epoch=self.epoch, source=node.config.name,
-                             **await node.run_host(host.launch_settings, self.workload))
+        await self._incoming(client, info)
         if self.req.strategy == "stop-copy":
             return await self._stop_and_copy(client, target_name)
         if self.req.strategy == "dual":
             return await self._dual(client, target_name, info)
         return await self._precopy(client, target_name)
+
+    async def _incoming(self, client, info) -> None:
+        """Have the target get ready for a fresh copy; its chunks are numbered from 0."""
+        await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
+                             app=info.app, epoch=self.epoch, source=self.node.config.name,
+                             **await self.node.run_host(self.node.host.launch_settings, self.workload))
+        self.chunks_sent = 0
 
     async def _standby_handover(self, client, target_name: str, feed: Standby) -> bool:
         """Move onto the node that holds the hot standby: commit the standby's copy.
@@ -1076,8 +1143,8 @@ class Migration:
         t0 = time.perf_counter()
         size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
         chunks = await trio.to_thread.run_sync(_chunks.encode, snap, size)
-        for chunk in chunks:
-            await client.request(MChunk, workload=self.workload, epoch=self.epoch, data=chunk)
+        self.chunks_sent = await _chunks.send(client, chunks, workload=self.workload, epoch=self.epoch,
+                                              seq=self.chunks_sent)
         self.bytes_sent += sum(len(chunk) for chunk in chunks)
         self.pages_sent += snap.page_count
         self.rounds += 1
@@ -1210,9 +1277,7 @@ class Migration:
             self.notes.append(f"diverged ({exc}); fell back to precopy")
             logger.warning("dual handover diverged, falling back to pre-copy: %s", exc,
                            extra={"workload": self.workload})
-            await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
-                                 app=info.app, epoch=self.epoch, source=node.config.name,
-                                 **await node.run_host(host.launch_settings, self.workload))
+            await self._incoming(client, info)
             return await self._precopy(client, target_name)
         finally:
             owned.follow = None

@@ -7,6 +7,8 @@
 The client starts no background task.  Whichever caller is waiting for a
 reply reads the connection and hands other callers their replies, so many
 tasks can share one client and their requests are pipelined on the wire.
+One task can pipeline too: ``pipeline`` keeps a window of requests
+unanswered and takes their replies in order (bulk transfers use it).
 Errors the node reports come back as the class the node's host raised
 (``WorkloadTrap``, ``UnknownWorkload``, ...) or ``RemoteNodeError``; a node
 that closes the connection because it is shutting down raises
@@ -15,9 +17,11 @@ that closes the connection because it is shutting down raises
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import ssl
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +79,33 @@ def tls_context(tls: ssl.SSLContext | Path | str | None, address: Address) -> ss
     if isinstance(tls, ssl.SSLContext):
         return tls
     return client_context(Path(tls))
+
+
+class PendingReply:
+    """The reply to a request already sent (``NodeClient.send_request``), to be taken once."""
+
+    def __init__(self, client: NodeClient, request_id: int, waiter: _Waiter) -> None:
+        self._client, self._id, self._waiter = client, request_id, waiter
+
+    async def reply(self) -> Reply:
+        """Wait for the reply and return it; an ErrorReply is raised as the matching exception.
+
+        Raises ConnectionFailed, RemoteProtocolError, a HostError or RemoteNodeError.
+        """
+        try:
+            await self._client._wait(self._waiter)
+        finally:
+            self.discard()
+        if self._waiter.error is not None:
+            raise self._waiter.error
+        reply = self._waiter.reply
+        if isinstance(reply, ErrorReply):
+            raise exception_for(reply)
+        return reply
+
+    def discard(self) -> None:
+        """Stop waiting for the reply: it is dropped when it arrives."""
+        self._client._waiters.pop(self._id, None)
 
 
 class NodeClient:
@@ -149,30 +180,66 @@ class NodeClient:
         ErrorReply is raised as the matching exception.
         Raises ConnectionFailed, RemoteProtocolError, a HostError or RemoteNodeError.
         """
+        pending = await self.send_request(kind, **fields)
+        return await pending.reply()
+
+    async def send_request(self, kind: type[Request], **fields: Any) -> PendingReply:
+        """Send a ``kind`` request and return without waiting for its reply.
+
+        Requests reach the node in the order they were sent.  Take the
+        reply with ``PendingReply.reply()``, or ``discard()`` it.  Raises
+        ConnectionFailed.
+        """
         if self._failure is not None:
             raise ConnectionFailed(f"connection to {self._channel.remote} is unusable: {self._failure}")
         request_id = next(self._ids)
         waiter = self._waiters[request_id] = _Waiter(trio.Event())
         try:
             await self._channel.send(kind(id=request_id, **fields))
-            while not waiter.done.is_set():
-                try:  # uncontended in the common case; skip the scheduler round trip of acquire()
-                    self._read_lock.acquire_nowait()
-                except trio.WouldBlock:
-                    await self._read_lock.acquire()
-                try:
-                    if not waiter.done.is_set():
-                        await self._read_one()
-                finally:
-                    self._read_lock.release()
-        finally:
+        except BaseException:
             del self._waiters[request_id]
-        if waiter.error is not None:
-            raise waiter.error
-        reply = waiter.reply
-        if isinstance(reply, ErrorReply):
-            raise exception_for(reply)
-        return reply
+            raise
+        return PendingReply(self, request_id, waiter)
+
+    async def pipeline(self, requests: Iterable[tuple[type[Request], dict[str, Any]]], *, window: int,
+                       on_reply: Callable[[Reply], bool]) -> None:
+        """Send ``requests`` in order, up to ``window`` unanswered, and hand ``on_reply`` their replies in order.
+
+        ``on_reply`` returns True to stop: requests already sent are then
+        discarded (their replies are dropped) and no more are taken from
+        ``requests``.  The node receives the requests in order but may
+        serve them concurrently: a request that depends on the one before it
+        must say so (a sequence number the node checks).  Raises what
+        ``request`` raises (the first failed reply, in order), or what
+        ``on_reply`` raises; either way nothing more is sent.
+        """
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window!r}")
+        unanswered: collections.deque[PendingReply] = collections.deque()
+        try:
+            for kind, fields in requests:
+                if len(unanswered) == window and on_reply(await unanswered.popleft().reply()):
+                    return
+                unanswered.append(await self.send_request(kind, **fields))
+            while unanswered:
+                if on_reply(await unanswered.popleft().reply()):
+                    return
+        finally:
+            for pending in unanswered:
+                pending.discard()
+
+    async def _wait(self, waiter: _Waiter) -> None:
+        """Read the connection (or let another waiter read it) until ``waiter`` has its reply."""
+        while not waiter.done.is_set():
+            try:  # uncontended in the common case; skip the scheduler round trip of acquire()
+                self._read_lock.acquire_nowait()
+            except trio.WouldBlock:
+                await self._read_lock.acquire()
+            try:
+                if not waiter.done.is_set():
+                    await self._read_one()
+            finally:
+                self._read_lock.release()
 
     async def _read_one(self) -> None:
         """Read one event and hand it to whoever waits for it."""

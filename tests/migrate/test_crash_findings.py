@@ -138,8 +138,8 @@ async def _send_staging_copy(client, edge_client, workload: str, epoch: int) -> 
     await client.request(MIncoming, workload=workload, module_sha256=meta.module_sha256, app=meta.app,
                          epoch=epoch, source="edge-1", standby=True, args=tuple(settings["args"]),
                          env=settings["env"], memory_limit_bytes=settings["memory_limit_bytes"])
-    for part in recut(parts, chunk_bytes(client.peer_max_frame_bytes)):
-        await client.request(MChunk, workload=workload, epoch=epoch, data=part, standby=True)
+    for seq, part in enumerate(recut(parts, chunk_bytes(client.peer_max_frame_bytes))):
+        await client.request(MChunk, workload=workload, epoch=epoch, data=part, seq=seq, standby=True)
     return meta
 
 

@@ -1,0 +1,213 @@
+"""Pipelined checkpoint transfer with real nodes: parts and chunks in flight, served in any order.
+
+The application asks for several checkpoint parts at once and sends
+several failover chunks at once (``_chunks.WINDOW_PIECES``); the node
+serves one connection's requests concurrently, so the owner must hand out
+each part once whatever order it serves them in, and the target must
+apply chunks in the order of their numbers whatever order they reach it.
+These tests send requests out of order on purpose, refuse parts
+mid-stream, and check that nothing is applied twice or out of order and
+that a failed fetch keeps the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+
+import migrate
+import snapshot
+import workloads
+from migrate import _chunks
+from migrate import _protect
+from migrate._messages import MAlign, MCheckpoint, MCheckpointPart, MChunk, MCommit, MIncoming
+from migrate._service import MAX_CHUNKS_AHEAD, MAX_PARTS_AHEAD
+from nodes import NodeError
+from nodes import _host_errors as he
+from nodes._messages import ReadMemory
+
+#: Frames of 256 KiB make a few MiB of random memory travel in dozens of parts.
+SMALL_FRAMES = ["--max-frame-bytes", str(256 * 1024)]
+BLOB_BYTES = 4 * 2**20
+
+
+def _connect(node_procs, cluster_tls):
+    return migrate.connect(*(str(n.address) for n in node_procs.nodes), tls=cluster_tls.issue("app-1", "node"))
+
+
+async def _workload_with_blob(c, on: str):
+    """A kvstore on ``on`` holding BLOB_BYTES of random bytes; returns (handle, address, blob)."""
+    h = await c.spawn(workloads.load("kvstore"), on=on)
+    blob = os.urandom(BLOB_BYTES)
+    ptr = await h.call("wm_alloc", len(blob))
+    for off in range(0, len(blob), 128 * 1024):
+        await h.write_memory(ptr + off, blob[off:off + 128 * 1024])
+    return h, ptr, blob
+
+
+def _decodes_to(parts: list[bytes], ptr: int, blob: bytes) -> bool:
+    """True if ``parts`` joined are one complete snapshot whose memory holds ``blob`` at ``ptr``."""
+    decoder, assembler = snapshot.SnapshotDecoder(), snapshot.SnapshotAssembler()
+    for part in parts:
+        decoder.feed(part)
+        while (event := decoder.next_event()) is not None:
+            assembler.add(event)
+    assert assembler.complete
+    memory = bytearray(assembler.snapshot().memories[0].size_bytes)
+    for run in assembler.snapshot().memories[0].runs:
+        memory[run.first_page * snapshot.PAGE_BYTES:run.end_page * snapshot.PAGE_BYTES] = run.data
+    return bytes(memory[ptr:ptr + len(blob)]) == blob
+
+
+async def test_parts_asked_for_out_of_order_are_each_served_once(node_procs, cluster_tls):
+    node_procs.start("edge-1", "edge", args=SMALL_FRAMES)
+    async with _connect(node_procs, cluster_tls) as c:
+        h, ptr, blob = await _workload_with_blob(c, "edge-1")
+        client = await c.client(h._address)
+        meta = await client.request(MCheckpoint, workload=h.workload)
+
+        async def part(n: int):
+            return await client.send_request(MCheckpointPart, workload=h.workload, token=meta.token, part=n)
+
+        parts: dict[int, bytes] = {}
+        last = None
+        base = 0
+        while last is None:  # 8 at a time, each group asked for in reverse order
+            pending = {n: await part(n) for n in reversed(range(base, base + 8))}
+            replies = {n: await reply.reply() for n, reply in pending.items()}
+            for n in sorted(replies):
+                if last is not None:
+                    assert replies[n].data == b"" and replies[n].last, "a part past the end carries data"
+                    continue
+                parts[n] = replies[n].data
+                if replies[n].last:
+                    last = n
+            base += 8
+        # every part of the stream arrived, none twice, and they decode to the workload's memory
+        assert sorted(parts) == list(range(last + 1))
+        assert len(parts) > _chunks.WINDOW_PIECES
+        assert all(parts[n] for n in parts)
+        assert _decodes_to([parts[n] for n in range(last + 1)], ptr, blob)
+        # a part past the end keeps saying so; a part fetched already is refused
+        assert (await client.request(MCheckpointPart, workload=h.workload, token=meta.token, part=last + 3)).last
+        with pytest.raises(he.RequestError, match="fetched already|holds no checkpoint"):
+            await client.request(MCheckpointPart, workload=h.workload, token=meta.token, part=0)
+
+
+async def test_parts_too_far_ahead_or_of_a_replaced_checkpoint_are_refused(node_procs, cluster_tls):
+    node_procs.start("edge-1", "edge", args=SMALL_FRAMES)
+    async with _connect(node_procs, cluster_tls) as c:
+        h, ptr, blob = await _workload_with_blob(c, "edge-1")
+        client = await c.client(h._address)
+        meta = await client.request(MCheckpoint, workload=h.workload)
+        with pytest.raises(he.RequestError, match="parts past the 0 fetched"):
+            await client.request(MCheckpointPart, workload=h.workload, token=meta.token, part=MAX_PARTS_AHEAD + 1)
+        first = await client.request(MCheckpointPart, workload=h.workload, token=meta.token, part=0)
+        assert first.data and not first.last
+        for _ in range(2):  # two newer checkpoints replace it mid-stream
+            await client.request(MCheckpoint, workload=h.workload)
+        with pytest.raises(he.RequestError, match="holds no checkpoint"):
+            await client.request(MCheckpointPart, workload=h.workload, token=meta.token, part=1)
+
+
+async def test_chunks_sent_out_of_order_are_applied_in_order(node_procs, cluster_tls):
+    """A failover by hand to edge-2, its chunks put on the wire in scrambled order: the copy is exact."""
+    node_procs.start("edge-1", "edge", args=SMALL_FRAMES)
+    node_procs.start("edge-2", "edge", args=SMALL_FRAMES)
+    async with _connect(node_procs, cluster_tls) as c:
+        h, ptr, blob = await _workload_with_blob(c, "edge-1")
+        await h.protect("checkpoint", interval_s=3600, to="local")
+        ckpt = c._protectors[h.workload].checkpoint
+        target = await c.client(c.address_of("edge-2"))
+        await target.ensure_module(workloads.load("kvstore"))
+        epoch = ckpt.epoch + 1
+        await target.request(MIncoming, workload="copy-1", module_sha256=ckpt.meta.module_sha256, app="default",
+                             epoch=epoch, source="test")
+        chunks = list(_chunks.recut(ckpt.parts, _chunks.chunk_bytes(target.peer_max_frame_bytes)))
+        assert len(chunks) > _chunks.WINDOW_PIECES
+        # Each group of 8 on the wire in reverse order: the target must wait for the earlier ones.
+        order = [n for base in range(0, len(chunks), 8) for n in reversed(range(base, min(base + 8, len(chunks))))]
+        pending = [await target.send_request(MChunk, workload="copy-1", epoch=epoch, data=chunks[n], seq=n)
+                   for n in order]
+        for reply in pending:
+            await reply.reply()
+        # a chunk already applied, or too far ahead, is refused and changes nothing
+        with pytest.raises(he.RequestError, match="out of turn"):
+            await target.request(MChunk, workload="copy-1", epoch=epoch, data=chunks[0], seq=0)
+        with pytest.raises(he.RequestError, match="out of turn"):
+            await target.request(MChunk, workload="copy-1", epoch=epoch, data=chunks[0],
+                                 seq=len(chunks) + MAX_CHUNKS_AHEAD + 1)
+        await target.request(MAlign, workload="copy-1", epoch=epoch, calls=ckpt.meta.calls, index=ckpt.index)
+        await target.request(MCommit, workload="copy-1", epoch=epoch, ledger=ckpt.meta.ledger,
+                             calls=ckpt.meta.calls, index=ckpt.index)
+        assert (await target.request(ReadMemory, workload="copy-1", offset=ptr, length=len(blob))).data == blob
+
+
+async def test_a_stream_that_does_not_decode_drops_the_copy(node_procs, cluster_tls):
+    node_procs.start("edge-1", "edge")
+    async with _connect(node_procs, cluster_tls) as c:
+        target = await c.client(c.address_of("edge-1"))
+        sha = await target.ensure_module(workloads.load("kvstore"))
+        await target.request(MIncoming, workload="copy-1", module_sha256=sha, app="default", epoch=1, source="test")
+        with pytest.raises(NodeError, match="bad snapshot stream"):
+            await _chunks.send(target, [b"not a snapshot" * 100, b"more"], workload="copy-1", epoch=1)
+        with pytest.raises(NodeError, match="no incoming move"):
+            await target.request(MChunk, workload="copy-1", epoch=1, data=b"x", seq=2)
+
+
+async def test_a_fetch_refused_mid_stream_keeps_the_previous_checkpoint(node_procs, cluster_tls, monkeypatch):
+    edge1 = node_procs.start("edge-1", "edge", args=SMALL_FRAMES)
+    async with _connect(node_procs, cluster_tls) as c:
+        h, ptr, blob = await _workload_with_blob(c, "edge-1")
+        await h.protect("checkpoint", interval_s=3600, to="local")
+        protector = c._protectors[h.workload]
+        held = protector.checkpoint
+        assert len(held.parts) > 2 * _chunks.WINDOW_PIECES  # larger than the window
+        await h.write_memory(ptr, b"logged after the checkpoint")
+        # A checkpoint over the limit is refused after a few parts, with more in flight.
+        monkeypatch.setattr(_protect, "MAX_CHECKPOINT_BYTES", 3 * 256 * 1024)
+        with pytest.raises(_protect.FailoverFailed, match="exceeds"):
+            await protector.take_checkpoint(protector.owner)
+        assert protector.checkpoint is held and c.protection(h.workload).log_entries == 1
+        monkeypatch.undo()
+        # The connection still works: the dropped replies went nowhere.
+        assert await h.read_memory(ptr, 27) == b"logged after the checkpoint"
+        edge1.kill()
+        assert await h.read_memory(ptr, len(blob)) == b"logged after the checkpoint" + blob[27:]
+        assert h.node == "local"
+
+
+async def test_a_failover_target_dying_mid_stream_fails_cleanly(node_procs, cluster_tls):
+    edge1 = node_procs.start("edge-1", "edge", args=SMALL_FRAMES)
+    node_procs.start("edge-2", "edge", args=SMALL_FRAMES, env={"MIGRATE_NODE_CRASH_AT": "target:chunk"})
+    async with _connect(node_procs, cluster_tls) as c:
+        h, ptr, blob = await _workload_with_blob(c, "edge-1")
+        await h.protect("checkpoint", interval_s=3600, to="edge-2")
+        held = c._protectors[h.workload].checkpoint
+        edge1.kill()
+        with pytest.raises(migrate.FailoverFailed, match="edge-2"):
+            await h.call("kv_count")
+        status = c.protection(h.workload)
+        assert c._protectors[h.workload].checkpoint is held and status.failovers == 0
+
+
+async def test_the_pipeline_stops_at_the_first_failed_reply(node_procs, cluster_tls):
+    """Requests are sent in order, replies taken in order; the first error ends it and nothing more is sent."""
+    node_procs.start("edge-1", "edge")
+    async with _connect(node_procs, cluster_tls) as c:
+        h = await c.spawn(workloads.load("counter"), on="edge-1")
+        client = await c.client(h._address)
+        seen = []
+        asks = [(ReadMemory, {"workload": h.workload, "offset": 0, "length": 8}),
+                (ReadMemory, {"workload": "no-such-workload", "offset": 0, "length": 8}),
+                *[(ReadMemory, {"workload": h.workload, "offset": 0, "length": 8})] * 20]
+        taken = iter(asks)
+        with pytest.raises(he.UnknownWorkload):
+            await client.pipeline(taken, window=4, on_reply=lambda reply: seen.append(reply) or False)
+        assert len(seen) == 1
+        # 4 sent, the 5th sent once the 1st was answered, the 6th taken but never sent
+        assert len(list(taken)) == len(asks) - 6
+        with trio.fail_after(10):
+            assert (await client.request(ReadMemory, workload=h.workload, offset=0, length=8)).data
