@@ -651,12 +651,7 @@ class Host:
                 del self._pending[new_id]
                 self._workloads[workload_id] = w
             raise
-        with self._lock:
-            del self._pending[new_id]
-            if self._closed:
-                w.release()
-                raise HostClosed("host closed while the workload was being renamed")
-            self._workloads[new_id] = w
+        self._publish(new_id, w, "being renamed")
         logger.info("renamed workload", extra={**w.log_extra(), "from": workload_id})
 
     def _create(self, module_sha256, *, workload_id, app, args, env, preopen, memory_limit_bytes,
@@ -706,13 +701,20 @@ class Host:
             if fresh_output:
                 shutil.rmtree(directory, ignore_errors=True)
             raise
+        self._publish(workload_id, w, "starting")
+        return w
+
+    def _publish(self, workload_id: str, w: _Workload, doing: str) -> None:
+        """Make ``w`` callable as ``workload_id``, releasing its reservation.
+
+        Raises HostClosed (and frees ``w``) if the host closed meanwhile.
+        """
         with self._lock:
             del self._pending[workload_id]
             if self._closed:
                 w.release()
-                raise HostClosed("host closed while the workload was starting")
+                raise HostClosed(f"host closed while the workload was {doing}")
             self._workloads[workload_id] = w
-        return w
 
     def _memory_cap(self, memory_limit_bytes: int | None) -> int:
         if memory_limit_bytes is None:
