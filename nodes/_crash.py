@@ -36,7 +36,7 @@ Phases of the node itself (``nodes._checkpoints``):
     checkpoint; the checkpoint was not yet retired to
     ``checkpoints.restored/`` and no request was served.
 
-Phases of a live migration (``migrate._service``), in the order a move
+Phases of a live migration (``migrate._source``, ``migrate._target``), in the order a move
 reaches them: ``MIGRATION_PHASES``.  And of protection:
 
 ``standby:copying``
