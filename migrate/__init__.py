@@ -14,8 +14,9 @@ Public names are re-exported here; ``tests/migrate/test_exports.py`` guards the 
 
 from ._cluster import LOCAL, Cluster, NodeInfo, connect
 from ._errors import MigrateError, MigrationFailed, UnknownNode, WorkloadUnavailable
-from ._handle import Handle, MigrationReport
+from ._handle import Handle
 from ._ledger import CallLedger, Outcome
+from ._messages import MigrationReport
 from ._precopy import Action, Decision, PrecopyConfig, PrecopyPlanner
 from ._protect import Event, FailoverFailed, Protection, ProtectionStatus
 

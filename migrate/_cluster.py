@@ -287,7 +287,7 @@ class Cluster:
         try:
             name, address, new_epoch, rebuilt = await protector.failover(epoch)
         except FailoverFailed as exc:
-            self.publish("diverged" if "diverged" in str(exc) else "failover_failed", workload, "", str(exc))
+            self.publish("diverged" if exc.diverged else "failover_failed", workload, "", str(exc))
             raise
         if not rebuilt:
             return name, address, new_epoch

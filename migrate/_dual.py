@@ -1,25 +1,31 @@
-"""The dual-execution handover of a move (strategy "dual"): the target follows the source's log, then switches."""
+"""The dual-execution handover of a move (strategy "dual"): the target follows the source's log, then switches.
+
+The flow does the I/O; ``_dual_plan.DualPlanner`` decides when to replay
+and when to switch, and accounts for the time calls were held.  Each step
+(the cut, the freeze, the seal at the switch) is one worker-thread trip.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 
 import trio
 
-from nodes import RemoteNodeError
+from nodes import ErrorCode, RemoteNodeError
 
 from . import _chunks
+from . import _hostops as ops
+from ._dual_plan import DualConfig, DualPlanner, DualStep
 from ._messages import MAlign, MReplay
 from ._oplog import batches
-from ._state import SWITCH_BACKLOG, _drain, _thaw
+from ._state import _drain
 
 logger = logging.getLogger(__name__)
 
 
 class DualExecution:
-    """The dual-execution flow of a ``Migration`` (mixed into it; uses its rounds, sends and commit)."""
+    """The dual-execution flow of a ``Migration`` (mixed into it; uses its rounds, sends, commit and clock)."""
 
     async def _dual(self, client, target_name: str, info) -> bool:
         """Hand over without freezing for a page transfer (issue 5's "dual").
@@ -34,62 +40,54 @@ class DualExecution:
         4. The switch: once the target has caught up, hold calls, hand over
            the last log entries, compare digests of the pages written since
            the cut, and commit.  The blackout is a routing switch.
-        A divergence aborts the dual handover and falls back to pre-copy.
+        A divergence (the target's ``DIVERGED`` refusal) aborts the dual
+        handover and falls back to pre-copy.
         """
         node, host, owned = self.node, self.node.host, self.owned
+        plan = DualPlanner(DualConfig())
         await self._rounds(client)
         was_record = owned.record
         send, receive = trio.open_memory_channel(math.inf)
         async with owned.lock:
-            t0 = time.perf_counter()
-            await node.run_host(host.set_replay_mode, self.workload, "record")
-            cut = await node.run_host(host.capture_delta, self.workload)
-            calls_at_cut = (await node.run_host(host.info, self.workload)).calls
+            t0 = self.clock()
+            cut, calls_at_cut = await node.run_host(ops.cut, host, self.workload)
             index_at_cut = owned.index
             owned.record, owned.follow = True, send
-            self.cut_s = time.perf_counter() - t0
+            plan.cut_taken(held_from_s=t0, held_until_s=self.clock())
         try:
             await self._send(client, cut)
             await client.request(MAlign, workload=self.workload, epoch=self.epoch, calls=calls_at_cut,
                                  index=index_at_cut)
-            forwarded = 0
             while True:  # dual execution: the target follows the log
                 batch = _drain(receive)
-                if len(batch) > SWITCH_BACKLOG:
+                if plan.backlog(len(batch)).step is DualStep.REPLAY:
                     await self._replay(client, batch)
-                    forwarded += len(batch)
+                    plan.replayed(len(batch))
                     continue
-                # Caught up to a small backlog.  Waiting for an empty log would
-                # never end on a slow link: a call arrives during every round
-                # trip.  The switch replays the rest while calls are held.
                 async with owned.lock:  # the switch
-                    frozen = time.perf_counter()
+                    frozen = self.clock()
                     await node.run_host(host.freeze, self.workload)
                     committed = False
                     try:
                         batch += _drain(receive)
                         if batch:
                             await self._replay(client, batch)
-                            forwarded += len(batch)
-                        since_cut = await node.run_host(host.capture_delta, self.workload)
-                        pages = {m.index: [p for r in m.runs for p in range(r.first_page, r.end_page)]
-                                 for m in since_cut.memories}
-                        digest = await node.run_host(host.pages_digest, self.workload, pages)
+                            plan.replayed(len(batch))
+                        pages, digest = await node.run_host(ops.seal, host, self.workload, was_record)
                         owned.record, owned.follow = was_record, None
-                        if not was_record:
-                            await node.run_host(host.set_replay_mode, self.workload, "off")
                         committed = await self._commit(client, target_name, digest=(pages, digest))
-                        self.notes.append(f"target replayed {forwarded} calls after the cut")
+                        self.notes.append(f"target replayed {plan.forwarded} calls after the cut")
                         return committed
                     finally:
-                        # Calls were held twice: at the cut and at the switch.
-                        self.blackout_s = max(self.cut_s, time.perf_counter() - frozen)
+                        plan.switch_ended(held_from_s=frozen, held_until_s=self.clock(), committed=committed)
+                        self.blackout_s = plan.blackout_s
                         if not committed:
-                            await node.run_host(_thaw, host, self.workload)
+                            await node.run_host(ops.thaw, host, self.workload)
         except RemoteNodeError as exc:
             owned.record, owned.follow = was_record, None
-            if "diverged" not in str(exc):
+            if exc.code != ErrorCode.DIVERGED:
                 raise
+            plan.diverged()
             # Fall back: the target dropped its copy; send it again, pre-copy.
             if not was_record:
                 await node.run_host(host.set_replay_mode, self.workload, "off")

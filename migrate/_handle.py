@@ -12,7 +12,6 @@ for its owner to come back.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import struct
 import uuid
@@ -25,7 +24,7 @@ from nodes import ConnectionFailed, NodeShuttingDown, RemoteNodeError
 from nodes._messages import ErrorCode
 
 from ._errors import MigrationFailed, WorkloadUnavailable
-from ._messages import MCall, MMigrate, MReport, MResult
+from ._messages import MCall, MigrationReport, MMigrate, MReport
 from ._oplog import error_outcome, log_entry, reply_outcome
 from ._protect import Protection
 
@@ -36,30 +35,6 @@ DEFAULT_RETRY_S = 20.0
 #: How long a call waits for an unreachable owner to come back (a node
 #: restarted with SIGTERM brings its workloads back on the same address).
 DEFAULT_RECONNECT_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class MigrationReport:
-    """What a move cost, modelled on QEMU's query-migrate.
-
-    ``blackout_s`` is how long the source held calls (the longest any call
-    waited at the source); ``rounds`` counts snapshot rounds sent, the
-    final stop-and-copy round included.
-    """
-
-    workload: str
-    strategy: str
-    source: str
-    target: str
-    total_s: float
-    blackout_s: float
-    rounds: int
-    bytes_sent: int
-    pages_sent: int
-    dirty_pages_per_s: float
-    throttle: float
-    epoch: int
-    notes: tuple[str, ...] = ()
 
 
 class Handle:
@@ -198,10 +173,9 @@ class Handle:
                             total_s=trio.current_time() - started, blackout_s=0.0, rounds=0, bytes_sent=0,
                             pages_sent=0, dirty_pages_per_s=0.0, throttle=0.0, epoch=self.epoch,
                             notes=("the source node was lost after the commit; its figures are unavailable",))
-            r = reply.report
-            report = MigrationReport(**dataclasses.asdict(r))
-            self._moved_to(r.target, target, r.epoch)
-            self._cluster.publish("moved", self.workload, r.target, f"{r.strategy} from {r.source}")
+            report = reply.report
+            self._moved_to(report.target, target, report.epoch)
+            self._cluster.publish("moved", self.workload, report.target, f"{report.strategy} from {report.source}")
             await self._cluster.after_move(self)
             return report
 

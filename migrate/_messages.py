@@ -107,9 +107,14 @@ class MLocate(Request):
     workload: str
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ReportRecord:
-    """The wire form of ``MigrationReport``."""
+@dataclass(frozen=True)
+class MigrationReport:
+    """What a move cost, modelled on QEMU's query-migrate; ``MReport`` carries it as is.
+
+    ``blackout_s`` is how long the source held calls (the longest any call
+    waited at the source); ``rounds`` counts snapshot rounds sent, the
+    final stop-and-copy round included.
+    """
 
     workload: str
     strategy: str
@@ -129,7 +134,7 @@ class ReportRecord:
 @register("m_report")
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MReport(Reply):
-    report: ReportRecord
+    report: MigrationReport
 
 
 @register("m_migrate", reply=MReport)

@@ -14,7 +14,7 @@ from nodes import ConfigError, NodeClient, RemoteNodeError, parse_address
 from nodes._messages import ErrorCode
 
 from ._errors import MigrationFailed, UnknownNode
-from ._messages import MMigrate, ReportRecord
+from ._messages import MigrationReport, MMigrate
 
 
 async def resolve_target(client: NodeClient, target: str) -> str:
@@ -31,7 +31,7 @@ async def resolve_target(client: NodeClient, target: str) -> str:
     raise UnknownNode(f"{client.node} knows no node named {target!r}; its peers: {known}")
 
 
-async def move(client: NodeClient, workload: str, target: str, strategy: str) -> ReportRecord:
+async def move(client: NodeClient, workload: str, target: str, strategy: str) -> MigrationReport:
     """Ask the connected node to move ``workload``; raises MigrationFailed."""
     try:
         reply = await client.request(MMigrate, workload=workload, target=target, strategy=strategy)
@@ -42,7 +42,7 @@ async def move(client: NodeClient, workload: str, target: str, strategy: str) ->
     return reply.report
 
 
-def report_line(r: ReportRecord) -> str:
+def report_line(r: MigrationReport) -> str:
     return (f"{r.workload} {r.source} -> {r.target} ({r.strategy}): {r.rounds} rounds, "
             f"{r.bytes_sent / 2**20:.2f} MiB, blackout {r.blackout_s * 1e3:.2f} ms, total {r.total_s * 1e3:.1f} ms")
 

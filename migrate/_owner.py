@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import time
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -61,7 +63,7 @@ async def on_call(node, session, req: MCall):
         if ledger.was_forgotten(req.caller, req.seq):
             return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
                               message=f"call {req.caller}:{req.seq} was already answered and acknowledged")
-        started = time.perf_counter()
+        started = svc.clock()
         outcome = await _run(node, req, owned)
         ledger.record(req.caller, req.seq, outcome)
         if owned.follow is not None or owned.standby is not None:
@@ -72,9 +74,53 @@ async def on_call(node, session, req: MCall):
                 owned.standby.scope.cancel()  # drops the standby copy too
         if owned.throttle:
             # Auto-converge: hold the workload idle for a share of its time.
-            took = time.perf_counter() - started
+            took = svc.clock() - started
             await trio.sleep(took * owned.throttle / (1 - owned.throttle))
         return _result(req.id, outcome, owned.epoch, replayed=False)
+
+
+@dataclass(frozen=True)
+class _Ran:
+    """What one operation did in its worker-thread trip."""
+
+    values: list
+    data: bytes
+    error: he.HostError | None = None
+    inputs: Any = None  # the inputs a recorded call consumed, in wire form
+    inputs_error: he.HostError | None = None  # reading them failed
+
+
+def _operate(host, req: MCall, replay, record: bool) -> _Ran:
+    """Run one operation and, if ``record``, read the inputs a call consumed: one worker-thread trip.
+
+    ``replay`` is the wire form of the inputs to replay a call with, or None.
+    """
+    try:
+        if req.op == "call":
+            if replay is not None:
+                result = host.call(req.workload, req.export, req.args, inputs=CallInputs.from_wire(replay))
+            else:
+                result = host.call(req.workload, req.export, req.args)
+            values = [] if result is None else list(result) if isinstance(result, tuple) else [result]
+            ran = _Ran(values, b"")
+        elif req.op == "read":
+            ran = _Ran([], host.read_memory(req.workload, req.offset, req.length))
+        elif req.op == "write":
+            host.write_memory(req.workload, req.offset, req.data)
+            ran = _Ran([], b"")
+        elif req.op == "remove":
+            host.remove(req.workload)
+            ran = _Ran([], b"")
+        else:
+            raise he.BadArguments(f"unknown operation {req.op!r}")
+    except he.HostError as exc:
+        ran = _Ran([], b"", exc)
+    if record and req.op == "call" and not isinstance(ran.error, he.RequestError):
+        try:
+            ran = dataclasses.replace(ran, inputs=host.last_inputs(req.workload).to_wire())
+        except he.HostError as exc:
+            ran = dataclasses.replace(ran, inputs_error=exc)
+    return ran
 
 
 async def _run(node, req: MCall, owned: Owned, inputs=None) -> Outcome:
@@ -82,30 +128,13 @@ async def _run(node, req: MCall, owned: Owned, inputs=None) -> Outcome:
 
     ``inputs`` replays recorded nondeterministic inputs (a follower or a
     failover replay); otherwise, if the workload is recorded, the inputs the
-    call consumed come back in the outcome.
+    call consumed come back in the outcome, read in the same worker-thread
+    trip as the call.
     """
-    host = node.host
     mutating = req.op in ("call", "write")
-    try:
-        if req.op == "call":
-            if inputs is not None:
-                result = await node.run_host(host.call, req.workload, req.export, req.args,
-                                             inputs=CallInputs.from_wire(inputs))
-            else:
-                result = await node.run_host(host.call, req.workload, req.export, req.args)
-            values = [] if result is None else list(result) if isinstance(result, tuple) else [result]
-            data = b""
-        elif req.op == "read":
-            values, data = [], await node.run_host(host.read_memory, req.workload, req.offset, req.length)
-        elif req.op == "write":
-            await node.run_host(host.write_memory, req.workload, req.offset, req.data)
-            values, data = [], b""
-        elif req.op == "remove":
-            await node.run_host(host.remove, req.workload)
-            values, data = [], b""
-        else:
-            raise he.BadArguments(f"unknown operation {req.op!r}")
-    except he.HostError as exc:
+    ran = await node.run_host(_operate, node.host, req, inputs, owned.record and inputs is None)
+    exc = ran.error
+    if exc is not None:
         reply = error_reply(0, exc)
         details = dict(reply.details or {})
         if mutating and not isinstance(exc, he.RequestError):
@@ -113,15 +142,16 @@ async def _run(node, req: MCall, owned: Owned, inputs=None) -> Outcome:
             # part of the order a replay must follow.
             owned.index += 1
             details["op_index"] = owned.index
-            if owned.record and req.op == "call" and inputs is None:
-                details["op_inputs"] = (await node.run_host(host.last_inputs, req.workload)).to_wire()
+            if ran.inputs_error is not None:
+                raise ran.inputs_error
+            if ran.inputs is not None:
+                details["op_inputs"] = ran.inputs
         return Outcome(False, details or None, str(code_for(exc)), reply.message)
-    recorded = None
     if mutating:
         owned.index += 1
-        if owned.record and req.op == "call" and inputs is None:
-            recorded = (await node.run_host(host.last_inputs, req.workload)).to_wire()
-    return Outcome(True, (values, data, owned.index if mutating else 0, recorded))
+        if ran.inputs_error is not None:
+            raise ran.inputs_error
+    return Outcome(True, (ran.values, ran.data, owned.index if mutating else 0, ran.inputs))
 
 
 async def on_locate(node, session, req: MLocate) -> MWhere:

@@ -9,10 +9,11 @@ import trio
 from nodes import NodeError
 from nodes._config import Address, parse_address
 
+from . import _hostops as ops
 from ._ledger import CallLedger
 from ._messages import MLocate
 from ._standby import _keep_standby
-from ._state import Owned, Tombstone, _remove_quietly, service
+from ._state import Owned, Tombstone, service
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ async def _resume_standby(node, owned: Owned, target: Address, *, task_status=tr
                      else Tombstone(where.to_name or "", where.to_address or "", where.epoch))
             owned.moved = svc.moved[workload] = stone
             svc.owned.pop(workload, None)
-            await node.run_host(_remove_quietly, node.host, workload)
+            await node.run_host(ops.remove_quietly, node.host, workload)
             logger.warning("superseded while this node was down: %s owns it at epoch %d", stone.to_name,
                            stone.epoch, extra={"workload": workload, "epoch": owned.epoch})
             return

@@ -42,7 +42,7 @@ from typing import Any
 
 import trio
 
-from nodes import NodeError
+from nodes import ErrorCode, NodeError, RemoteNodeError, ReplayDivergence
 from nodes import _host_errors as he
 
 from ._chunks import FRAME_OVERHEAD_BYTES, WINDOW_PIECES, chunk_bytes, recut
@@ -130,7 +130,15 @@ class ProtectionStatus:
 
 
 class FailoverFailed(MigrateError):
-    """The workload could not be rebuilt from its checkpoint and log."""
+    """The workload could not be rebuilt from its checkpoint and log.
+
+    ``diverged`` is True if the failover node refused the replay of the log
+    as diverged (it dropped the copy).
+    """
+
+    def __init__(self, message: str, *, diverged: bool = False) -> None:
+        super().__init__(message)
+        self.diverged = diverged
 
 
 @dataclass(frozen=True)
@@ -358,7 +366,10 @@ class Protector:
                 else:
                     name, address, new_epoch = await self._restore(epoch)
             except (NodeError, he.HostError) as exc:
-                raise FailoverFailed(f"failover of {self.workload} to {self.protection.to} failed: {exc}") from None
+                diverged = (isinstance(exc, RemoteNodeError) and exc.code == ErrorCode.DIVERGED
+                            or isinstance(exc, ReplayDivergence))
+                raise FailoverFailed(f"failover of {self.workload} to {self.protection.to} failed: {exc}",
+                                     diverged=diverged) from None
             self.failovers += 1
             self.seen(address, new_epoch)
             return name, address, new_epoch, True

@@ -11,6 +11,7 @@ import trio
 from nodes._messages import ErrorCode, ErrorReply
 
 from . import _chunks
+from . import _hostops as ops
 from ._messages import MCheckpoint, MCheckpointBytes, MCheckpointData, MCheckpointPart
 from ._parts import PartRefused
 from ._state import MAX_PENDING_CHECKPOINTS, PendingCheckpoint, _not_owner, service
@@ -31,10 +32,7 @@ async def on_checkpoint(node, session, req: MCheckpoint) -> MCheckpointData:
     async with owned.lock:  # between calls: consistent with index and ledger
         if owned.moved is not None or svc.owned.get(req.workload) is not owned:
             return _not_owner(req.id, node, req.workload)  # it moved or was removed meanwhile
-        snap = await node.run_host(node.host.checkpoint, req.workload)
-        info = await node.run_host(node.host.info, req.workload)
-        clock = await node.run_host(node.host.clock_state, req.workload)
-        settings = await node.run_host(node.host.launch_settings, req.workload)
+        snap, info, clock, settings = await node.run_host(ops.consistent_copy, node.host, req.workload)
         index, ledger, epoch = owned.index, owned.ledger.to_wire(), owned.epoch
     size = _chunks.chunk_bytes(node.config.max_frame_bytes, session.channel.connection.peer_max_frame_bytes)
     token = uuid.uuid4().hex

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -21,7 +22,8 @@ from nodes._crash import crash_point_async
 from nodes._messages import ErrorCode, ErrorReply
 
 from . import _chunks
-from ._messages import MAbort, MCommit, MIncoming, MLocate, MMigrate, MReport, ReportRecord
+from . import _hostops as ops
+from ._messages import MAbort, MCommit, MIncoming, MLocate, MMigrate, MigrationReport, MReport
 from ._dual import DualExecution
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
 from ._standby import _keep_standby, _stop_standby
@@ -34,8 +36,6 @@ from ._state import (
     Standby,
     Tombstone,
     _not_owner,
-    _remove_quietly,
-    _thaw,
     service,
 )
 
@@ -57,7 +57,7 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
         return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
                           message=f"workload {req.workload} is already on {node.config.name}")
     owned.migrating = True
-    migration = svc.active[req.workload] = Migration(node, svc, owned, target, req)
+    migration = svc.active[req.workload] = Migration(node, svc, owned, target, req, clock=svc.clock)
     try:
         report = await migration.run()
     except MigrationError as exc:
@@ -78,8 +78,10 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
 class Migration(DualExecution):
     """One outgoing move, driven from the source node."""
 
-    def __init__(self, node, svc: MigrationService, owned: Owned, target, req: MMigrate) -> None:
+    def __init__(self, node, svc: MigrationService, owned: Owned, target, req: MMigrate, *,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.node, self.svc, self.owned, self.target, self.req = node, svc, owned, target, req
+        self.clock = clock  # seconds, for the blackout, the report and the planners
         self.workload = owned.workload
         self.epoch = owned.epoch + 1
         self.bytes_sent = 0
@@ -88,13 +90,13 @@ class Migration(DualExecution):
         self.rounds = 0
         self.blackout_s = 0.0
         self.notes: list[str] = []
-        self.cut_s = 0.0
+        self.settings: dict = {}  # the workload's launch settings, for MIncoming
         self.planner = PrecopyPlanner(PrecopyConfig(downtime_budget_s=req.downtime_budget_s,
                                                     max_rounds=max(1, req.max_rounds)))
 
-    async def run(self) -> ReportRecord:
+    async def run(self) -> MigrationReport:
         node, host = self.node, self.node.host
-        started = time.perf_counter()
+        started = self.clock()
         try:
             client = await node.connect_peer(self.target)
         except (ConnectionFailed, OSError) as exc:
@@ -117,24 +119,23 @@ class Migration(DualExecution):
                     await self._abort(client, f"{type(exc).__name__}: {exc}")
         finally:
             if committed:
-                await node.run_host(_remove_quietly, host, self.workload)
+                await node.run_host(ops.remove_quietly, host, self.workload)
             else:
                 await node.run_host(host.stop_tracking, self.workload)
                 if onto_standby:  # the workload stays here: so does its standby
                     node._nursery.start_soon(_keep_standby, node, self.owned, self.target)
             await client.aclose()
-        return ReportRecord(
+        return MigrationReport(
             workload=self.workload, strategy=self.req.strategy, source=node.config.name, target=target_name,
-            total_s=time.perf_counter() - started, blackout_s=self.blackout_s, rounds=self.rounds,
+            total_s=self.clock() - started, blackout_s=self.blackout_s, rounds=self.rounds,
             bytes_sent=self.bytes_sent, pages_sent=self.pages_sent,
             dirty_pages_per_s=self.planner.dirty_pages_per_s, throttle=self.planner.throttle,
             epoch=self.epoch, notes=tuple(self.notes))
 
     async def _move(self, client, target_name: str) -> bool:
         """Copy the workload to the target with the requested strategy and commit."""
-        node, host = self.node, self.node.host
-        info = await node.run_host(host.info, self.workload)
-        await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
+        info, module, self.settings = await self.node.run_host(ops.describe, self.node.host, self.workload)
+        await client.ensure_module(module)
         await crash_point_async("source:before-incoming")
         await self._incoming(client, info)
         if self.req.strategy == "stop-copy":
@@ -146,8 +147,7 @@ class Migration(DualExecution):
     async def _incoming(self, client, info) -> None:
         """Have the target get ready for a fresh copy; its chunks are numbered from 0."""
         await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
-                             app=info.app, epoch=self.epoch, source=self.node.config.name,
-                             **await self.node.run_host(self.node.host.launch_settings, self.workload))
+                             app=info.app, epoch=self.epoch, source=self.node.config.name, **self.settings)
         self.chunks_sent = 0
 
     async def _standby_handover(self, client, target_name: str, feed: Standby) -> bool:
@@ -160,7 +160,7 @@ class Migration(DualExecution):
         """
         node, host = self.node, self.node.host
         async with self.owned.lock:
-            frozen = time.perf_counter()
+            frozen = self.clock()
             await node.run_host(host.freeze, self.workload)
             committed = False
             try:
@@ -178,9 +178,9 @@ class Migration(DualExecution):
                 self.notes.append(f"committed the hot standby on {target_name}")
                 return committed
             finally:
-                self.blackout_s = time.perf_counter() - frozen
+                self.blackout_s = self.clock() - frozen
                 if not committed:
-                    await node.run_host(_thaw, host, self.workload)
+                    await node.run_host(ops.thaw, host, self.workload)
 
     async def _send(self, client, snap: snapshot.Snapshot) -> float:
         """Stream one snapshot to the target as a round; return the seconds it took.
@@ -188,7 +188,7 @@ class Migration(DualExecution):
         Encoding (zstd) runs in a worker thread, so the node keeps answering
         calls meanwhile.
         """
-        t0 = time.perf_counter()
+        t0 = self.clock()
         size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
         chunks = await trio.to_thread.run_sync(_chunks.encode, snap, size)
         self.chunks_sent = await _chunks.send(client, chunks, workload=self.workload, epoch=self.epoch,
@@ -196,7 +196,7 @@ class Migration(DualExecution):
         self.bytes_sent += sum(len(chunk) for chunk in chunks)
         self.pages_sent += snap.page_count
         self.rounds += 1
-        return time.perf_counter() - t0
+        return self.clock() - t0
 
     async def _rounds(self, client) -> None:
         """Send pre-copy rounds until the planner says the rest fits the budget.
@@ -205,7 +205,7 @@ class Migration(DualExecution):
         after it is left for the caller's final, frozen round.
         """
         node, host = self.node, self.node.host
-        self.planner.start(time.perf_counter())
+        self.planner.start(self.clock())
         full = await node.run_host(host.start_tracking, self.workload)
         sent_before = self.bytes_sent
         took = await self._send(client, full)
@@ -214,7 +214,7 @@ class Migration(DualExecution):
         while True:
             delta = await node.run_host(host.capture_delta, self.workload)
             decision = self.planner.round_sent(pages=last_pages, wire_bytes=last_bytes, duration_s=took,
-                                               dirty_after=delta.page_count, now=time.perf_counter())
+                                               dirty_after=delta.page_count, now=self.clock())
             self.owned.throttle = decision.throttle
             if decision.action is Action.STOP_AND_COPY:
                 self.notes.append(f"stopped after {self.rounds} rounds: {decision.reason}")
@@ -236,20 +236,19 @@ class Migration(DualExecution):
         """Freeze, send ``capture(workload)`` and commit; the frozen time is the blackout."""
         node, host = self.node, self.node.host
         async with self.owned.lock:
-            frozen = time.perf_counter()
-            await node.run_host(host.freeze, self.workload)  # holds raw (non-handle) calls too
+            frozen = self.clock()
             committed = False
             try:
-                await self._send(client, await node.run_host(capture, self.workload))
+                # Freezing holds raw (non-handle) calls too; the capture follows in the same trip.
+                await self._send(client, await node.run_host(ops.freeze_then, capture, host, self.workload))
                 committed = await self._commit(client, target_name)
                 return committed
             finally:
-                self.blackout_s = time.perf_counter() - frozen
+                self.blackout_s = self.clock() - frozen
                 if not committed:
-                    await node.run_host(_thaw, host, self.workload)
+                    await node.run_host(ops.thaw, host, self.workload)
                 # Committed: the old copy stays frozen until run() removes it,
                 # after the queued handle calls have been redirected.
-
 
     async def _commit(self, client, target_name: str, *, digest=None, from_standby: bool = False) -> bool:
         """Hand ownership over; called with the workload frozen.
@@ -259,12 +258,11 @@ class Migration(DualExecution):
         """
         owned = self.owned
         await crash_point_async("source:frozen")
-        info = await self.node.run_host(self.node.host.info, self.workload)
-        clock = await self.node.run_host(self.node.host.clock_state, self.workload)
+        calls, clock = await self.node.run_host(ops.commit_facts, self.node.host, self.workload)
         feed = owned.standby
         try:
             await client.request(MCommit, workload=self.workload, epoch=self.epoch,
-                                 ledger=owned.ledger.to_wire(), calls=info.calls, index=owned.index,
+                                 ledger=owned.ledger.to_wire(), calls=calls, index=owned.index,
                                  record=owned.record,
                                  pages={str(k): v for k, v in digest[0].items()} if digest else None,
                                  digest=digest[1] if digest else None, monotonic_ns=clock,

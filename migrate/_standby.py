@@ -15,6 +15,7 @@ from nodes._crash import crash_point_async
 from nodes._messages import Done, ErrorCode, ErrorReply
 
 from . import _chunks
+from . import _hostops as ops
 from ._messages import MAbort, MAlign, MCommitted, MFollow, MIncoming, MLocate, MPromote, MReplay
 from ._oplog import batches, entry_bytes
 from ._state import MigrationError, Owned, Standby, _drain, _drop_staging, _not_owner, service
@@ -112,19 +113,16 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
         with feed.scope:
             try:
                 client = await node.connect_peer(target)
-                info = await node.run_host(host.info, workload)
-                await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
+                info, module, settings = await node.run_host(ops.describe, host, workload)
+                await client.ensure_module(module)
                 await client.request(MIncoming, workload=workload, module_sha256=info.module_sha256, app=info.app,
-                                     epoch=feed.epoch, source=node.config.name, standby=True,
-                                     **await node.run_host(host.launch_settings, workload))
+                                     epoch=feed.epoch, source=node.config.name, standby=True, **settings)
                 await crash_point_async("standby:copying")
                 async with owned.lock:  # a consistent cut: the copy plus everything after it
-                    if not owned.record:
-                        await node.run_host(host.set_replay_mode, workload, "record")
-                        owned.record = True
-                    snap = await node.run_host(host.checkpoint, workload)
-                    calls = (await node.run_host(host.info, workload)).calls
-                    clock = await node.run_host(host.clock_state, workload)
+                    snap, at_copy, clock, _ = await node.run_host(ops.consistent_copy, host, workload,
+                                                                  start_recording=not owned.record)
+                    owned.record = True
+                    calls = at_copy.calls
                     ledger, index = owned.ledger.to_wire(), owned.index
                     feed.send = send
                 size = _chunks.chunk_bytes(node.config.max_frame_bytes, client.peer_max_frame_bytes)

@@ -20,9 +20,10 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -32,6 +33,7 @@ from nodes import _host_errors as he
 from nodes._config import Address
 from nodes._messages import ErrorCode, ErrorReply
 
+from . import _hostops as ops
 from ._ledger import CallLedger
 from ._messages import MResult
 from ._oplog import entry_bytes
@@ -44,9 +46,6 @@ logger = logging.getLogger(__name__)
 
 
 STRATEGIES = ("precopy", "stop-copy", "dual")
-#: Dual handover: switch once at most this many logged calls wait to be
-#: replayed; the switch replays them (one round trip) while calls are held.
-SWITCH_BACKLOG = 32
 #: Checkpoints of one workload kept ready for fetching at once; a newer one
 #: drops the oldest.  Each holds a copy of the workload's state until its
 #: last part is fetched.
@@ -183,10 +182,15 @@ class MigrationError(NodeError):
 
 
 class MigrationService:
-    """Migration state of one node."""
+    """Migration state of one node.
 
-    def __init__(self, node) -> None:
+    ``clock`` gives the seconds the handlers and moves measure time with
+    (throttling, blackouts, the planners' rates); a test may pass its own.
+    """
+
+    def __init__(self, node, clock: Callable[[], float] = time.perf_counter) -> None:
         self.node = node
+        self.clock = clock
         self.owned: dict[str, Owned] = {}
         self.moved: dict[str, Tombstone] = {}
         self.incoming: dict[str, Incoming] = {}
@@ -253,24 +257,13 @@ def _not_owner(request_id: int, node, workload: str) -> ErrorReply:
                       details={"workload_id": workload})
 
 
-def _thaw(host, workload: str) -> None:
-    host.thaw(workload)
-
-
-def _remove_quietly(host, workload: str) -> None:
-    try:
-        host.remove(workload)
-    except he.UnknownWorkload:
-        pass
-
-
 async def _drop_incoming(node, svc: MigrationService, inc: Incoming) -> None:
     """Forget an incoming (or staging) copy and free its workload (called holding ``inc.lock``)."""
     if svc.current(inc):
         del svc.holder(inc)[inc.workload]
     inc.turn.unpark_all()  # chunks waiting for their turn find it gone
     if inc.created:
-        await node.run_host(_remove_quietly, node.host, inc.host_id)
+        await node.run_host(ops.remove_quietly, node.host, inc.host_id)
 
 
 async def _drop_staging(node, svc: MigrationService, workload: str) -> None:

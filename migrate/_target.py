@@ -17,6 +17,7 @@ from nodes._config import parse_address
 from nodes._crash import crash_point_async
 from nodes._messages import Done, ErrorCode, ErrorReply
 
+from . import _hostops as ops
 from ._ledger import CallLedger
 from ._messages import MAbort, MAlign, MChunk, MCommit, MCommitted, MIncoming, MReplay
 from ._oplog import divergence, replayed_call
@@ -30,7 +31,6 @@ from ._state import (
     Owned,
     _drop_incoming,
     _drop_staging,
-    _remove_quietly,
     service,
     staging_id,
 )
@@ -89,7 +89,7 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
     if (req.standby and owned is None and current is not None and current.standby and current.created
             and current.ledger is not None):
         host_id = staging_id(req.workload, req.epoch)
-        await node.run_host(_remove_quietly, node.host, host_id)  # a leftover of an earlier attempt
+        await node.run_host(ops.remove_quietly, node.host, host_id)  # a leftover of an earlier attempt
         svc.staging[req.workload] = Incoming(req.workload, req.module_sha256, req.app, req.epoch, req.source,
                                              standby=True, settings=settings, host_id=host_id)
         await crash_point_async("target:incoming")
@@ -100,20 +100,14 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
                 del svc.incoming[req.workload]
             current.turn.unpark_all()
             if current.created:
-                await node.run_host(_remove_quietly, node.host, req.workload)
+                await node.run_host(ops.remove_quietly, node.host, req.workload)
     if owned is not None:  # an older epoch here: a fenced-off leftover
         svc.owned.pop(req.workload, None)
-        await node.run_host(_remove_quietly, node.host, req.workload)
+        await node.run_host(ops.remove_quietly, node.host, req.workload)
     svc.incoming[req.workload] = Incoming(req.workload, req.module_sha256, req.app, req.epoch, req.source,
                                           standby=req.standby, settings=settings)
     await crash_point_async("target:incoming")
     return Done(id=req.id)
-
-
-def _replace_workload(host, staged_id: str, workload: str, drop: bool) -> None:
-    if drop:
-        _remove_quietly(host, workload)
-    host.rename(staged_id, workload)
 
 
 async def _swap_in(node, svc: MigrationService, staged: Incoming) -> bool:
@@ -128,7 +122,7 @@ async def _swap_in(node, svc: MigrationService, staged: Incoming) -> bool:
         if (not svc.current(staged) or svc.incoming.get(staged.workload) is not old
                 or staged.workload in svc.owned):
             return False
-        await node.run_host(_replace_workload, node.host, staged.host_id, staged.workload,
+        await node.run_host(ops.replace_workload, node.host, staged.host_id, staged.workload,
                             old is not None and old.created)
         del svc.staging[staged.workload]
         staged.host_id = staged.workload
@@ -224,7 +218,7 @@ async def on_replay(node, session, req: MReplay) -> Done:
             if why is not None:
                 await _drop_incoming(node, svc, inc)
                 logger.warning("replay diverged: %s", why, extra={"workload": req.workload})
-                return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+                return ErrorReply(id=req.id, code=ErrorCode.DIVERGED,
                                   message=f"replay of {req.workload} diverged: {why}")
             inc.index = shadow.index
     return Done(id=req.id)
@@ -244,10 +238,7 @@ async def on_align(node, session, req: MAlign) -> Done:
     async with inc.lock:
         if not svc.current(inc):
             return _no_incoming(req.id, req.workload, req.epoch, req.standby)
-        await node.run_host(node.host.set_call_count, inc.host_id, req.calls)
-        await node.run_host(node.host.set_replay_mode, inc.host_id, "replay")
-        if req.monotonic_ns is not None:
-            await node.run_host(node.host.continue_clock, inc.host_id, req.monotonic_ns)
+        await node.run_host(ops.align, node.host, inc.host_id, req.calls, req.monotonic_ns)
         try:
             ledger = CallLedger.from_wire(req.ledger) if req.ledger is not None else inc.ledger
         except ValueError as exc:
@@ -292,7 +283,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         if ours != req.digest:
             async with inc.lock:
                 await _drop_incoming(node, svc, inc)
-            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+            return ErrorReply(id=req.id, code=ErrorCode.DIVERGED,
                               message=f"replay of {req.workload} diverged: the state written since the cut "
                                       "differs from the source's")
     async with inc.lock:
@@ -303,10 +294,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         svc.moved.pop(req.workload, None)
         owned = svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=ledger,
                                                 index=max(req.index, inc.index), record=req.record)
-        await node.run_host(node.host.set_replay_mode, req.workload, "record" if req.record else "off")
-        await node.run_host(node.host.set_call_count, req.workload, req.calls)
-        if req.monotonic_ns is not None:
-            await node.run_host(node.host.continue_clock, req.workload, req.monotonic_ns)
+        await node.run_host(ops.take_over, node.host, req.workload, req.record, req.calls, req.monotonic_ns)
     await _drop_staging(node, svc, req.workload)
     await crash_point_async("target:after-commit")
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})

@@ -62,6 +62,7 @@ class ErrorCode(enum.StrEnum):
     MIGRATION_FAILED = "migration_failed"   # aborted; the workload stayed at the source
     MIGRATION_BUSY = "migration_busy"       # the workload is already moving
     NOT_OWNER = "not_owner"                 # this node does not own the workload
+    DIVERGED = "diverged"                   # a copy's replay differs from its source; the copy was dropped
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
