@@ -18,7 +18,7 @@ from ._handle import Handle
 from ._ledger import CallLedger, Outcome
 from ._messages import MigrationReport
 from ._precopy import Action, Decision, PrecopyConfig, PrecopyPlanner
-from ._protect import Event, FailoverFailed, Protection, ProtectionStatus
+from ._protection import Event, FailoverFailed, Protection, ProtectionStatus
 
 __all__ = [
     "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Event", "FailoverFailed", "Handle", "MigrateError",

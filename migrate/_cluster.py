@@ -39,7 +39,8 @@ from . import _service  # noqa: F401  (registers the migration handlers for the 
 from ._errors import MigrateError, UnknownNode
 from ._handle import DEFAULT_RECONNECT_TIMEOUT_S, Handle, module_bytes
 from ._messages import MLocate, MSpawn
-from ._protect import Event, FailoverFailed, Protection, ProtectionStatus, Protector
+from ._protect import Protector
+from ._protection import Event, FailoverFailed, Protection, ProtectionStatus
 
 logger = logging.getLogger(__name__)
 

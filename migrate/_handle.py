@@ -26,7 +26,7 @@ from nodes._messages import ErrorCode
 from ._errors import MigrationFailed, WorkloadUnavailable
 from ._messages import MCall, MigrationReport, MMigrate, MReport
 from ._oplog import error_outcome, log_entry, reply_outcome
-from ._protect import Protection
+from ._protection import Protection
 
 logger = logging.getLogger(__name__)
 

@@ -26,15 +26,46 @@ from nodes import Reply, Request, register
 from nodes._messages import Done
 
 
-@register("m_spawned")
+def _message(kind: str, *, reply: type[Reply] | None = None):
+    """Declare a wire message: a frozen, keyword-only dataclass registered under ``kind``."""
+    def declare(cls):
+        return register(kind, reply=reply)(dataclass(frozen=True, kw_only=True, slots=True)(cls))
+    return declare
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
+class _ForWorkload(Request):
+    """A request about one workload."""
+
+    workload: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _AtEpoch(_ForWorkload):
+    """A request about a workload at ownership ``epoch`` (the move's, or the new owner's)."""
+
+    epoch: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _ToCopy(_AtEpoch):
+    """A request about the copy of a workload a node receives at ``epoch``.
+
+    ``standby`` says which copy: a hot standby (never committed, promoted
+    if the owner dies), or else an incoming move; a message for one never
+    touches the other.
+    """
+
+    standby: bool = False
+
+
+@_message("m_spawned")
 class MSpawned(Reply):
     workload: str
     epoch: int
 
 
-@register("m_spawn", reply=MSpawned)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@_message("m_spawn", reply=MSpawned)
 class MSpawn(Request):
     """Start a migratable workload from a module the node already holds."""
 
@@ -43,8 +74,7 @@ class MSpawn(Request):
     app: str = "default"
 
 
-@register("m_result")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@_message("m_result")
 class MResult(Reply):
     """A call's outcome: its values (or read bytes); ``replayed`` if it ran before.
 
@@ -66,9 +96,8 @@ class MResult(Reply):
     inputs: Any = None
 
 
-@register("m_call", reply=MResult)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MCall(Request):
+@_message("m_call", reply=MResult)
+class MCall(_ForWorkload):
     """One operation on a workload, exactly once per (caller, seq).
 
     ``op`` is "call" (``export`` with ``args``), "read" (``offset``,
@@ -76,7 +105,6 @@ class MCall(Request):
     that every seq up to it has been answered, so it may forget them.
     """
 
-    workload: str
     op: str
     caller: str
     seq: int
@@ -88,8 +116,7 @@ class MCall(Request):
     data: bytes = b""
 
 
-@register("m_where")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@_message("m_where")
 class MWhere(Reply):
     """What a node knows of a workload: "owner", "moved", "incoming" or "unknown"."""
 
@@ -101,10 +128,9 @@ class MWhere(Reply):
     standby: bool = False  # "incoming" is a hot standby, not a move under way
 
 
-@register("m_locate", reply=MWhere)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MLocate(Request):
-    workload: str
+@_message("m_locate", reply=MWhere)
+class MLocate(_ForWorkload):
+    """Where the workload is, as this node knows it."""
 
 
 @dataclass(frozen=True)
@@ -131,43 +157,35 @@ class MigrationReport:
     notes: tuple[str, ...] = ()
 
 
-@register("m_report")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@_message("m_report")
 class MReport(Reply):
     report: MigrationReport
 
 
-@register("m_migrate", reply=MReport)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MMigrate(Request):
+@_message("m_migrate", reply=MReport)
+class MMigrate(_ForWorkload):
     """Move a workload from the receiving node to ``target`` (an address)."""
 
-    workload: str
     target: str
     strategy: str = "precopy"
     downtime_budget_s: float = 0.03
     max_rounds: int = 20
 
 
-@register("m_incoming", reply=Done)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MIncoming(Request):
+@_message("m_incoming", reply=Done)
+class MIncoming(_ToCopy):
     """Source to target: get ready to receive ``workload`` at ``epoch``."""
 
-    workload: str
     module_sha256: str
     app: str
-    epoch: int
     source: str
     args: tuple[str, ...] = ()
     env: dict[str, str] | None = None
     memory_limit_bytes: int | None = None
-    standby: bool = False  # a hot standby: never committed, promoted if the owner dies
 
 
-@register("m_chunk", reply=Done)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MChunk(Request):
+@_message("m_chunk", reply=Done)
+class MChunk(_ToCopy):
     """Source to target: bytes of the current round's encoded snapshot.
 
     A round ends with its snapshot's END frame; the target then applies it.
@@ -176,35 +194,28 @@ class MChunk(Request):
     that order whatever order it gets to serve them in.
     """
 
-    workload: str
-    epoch: int
     data: bytes
     seq: int
-    standby: bool = False  # for the hot standby copy, not for an incoming move
 
 
-@register("m_committed")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@_message("m_committed")
 class MCommitted(Reply):
     epoch: int
 
 
-@register("m_commit", reply=MCommitted)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MCommit(Request):
+@_message("m_commit", reply=MCommitted)
+class MCommit(_AtEpoch):
     """Source to target: the state is complete; own the workload from now on.
 
     Carries the call ledger (see ``_ledger``) and the call count.
     """
 
-    workload: str
-    epoch: int
     ledger: Any
     calls: int
     index: int = 0
     record: bool = False
     #: dual handover: the pages written since the cut, and the source's digest
-    #: of them (``snapshot.pages_digest``); the target refuses on a mismatch
+    #: of them (``snapshot.pages_digest``); the target refuses a mismatch (DIVERGED)
     pages: Any = None
     digest: str | None = None
     #: the guest's monotonic clock at the source, so time never runs backwards
@@ -216,27 +227,19 @@ class MCommit(Request):
     standby: str = ""
 
 
-@register("m_abort", reply=Done)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MAbort(Request):
+@_message("m_abort", reply=Done)
+class MAbort(_ToCopy):
     """Source to target: forget the incoming workload (or standby copy); it stays at the source."""
 
-    workload: str
-    epoch: int
-    standby: bool = False
 
-
-@register("m_protect", reply=Done)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MProtect(Request):
+@_message("m_protect", reply=Done)
+class MProtect(_ForWorkload):
     """Turn recording of nondeterministic inputs on or off for a workload."""
 
-    workload: str
     record: bool
 
 
-@register("m_checkpoint_data")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@_message("m_checkpoint_data")
 class MCheckpointData(Reply):
     """A consistent snapshot taken after operation ``index``, but for its bytes.
 
@@ -255,16 +258,12 @@ class MCheckpointData(Reply):
     settings: Any = None
 
 
-@register("m_checkpoint", reply=MCheckpointData)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MCheckpoint(Request):
+@_message("m_checkpoint", reply=MCheckpointData)
+class MCheckpoint(_ForWorkload):
     """Owner: take a consistent checkpoint of the workload, with its ledger."""
 
-    workload: str
 
-
-@register("m_checkpoint_bytes")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@_message("m_checkpoint_bytes")
 class MCheckpointBytes(Reply):
     """One part of an encoded checkpoint; ``last`` on the final one."""
 
@@ -272,71 +271,55 @@ class MCheckpointBytes(Reply):
     last: bool
 
 
-@register("m_checkpoint_part", reply=MCheckpointBytes)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MCheckpointPart(Request):
+@_message("m_checkpoint_part", reply=MCheckpointBytes)
+class MCheckpointPart(_ForWorkload):
     """Owner: part ``part`` of checkpoint ``token``; each part is asked for once.
 
     The application keeps several parts asked for at once, in order; a part
     after the last one is answered with no data and ``last``.
     """
 
-    workload: str
     token: str
     part: int
 
 
-@register("m_replay", reply=Done)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MReplay(Request):
+@_message("m_replay", reply=Done)
+class MReplay(_ToCopy):
     """Re-run logged operations on an incoming workload, in order.
 
     Each entry is a map in the format of ``_oplog.log_entry``.  A different
-    outcome is a divergence: the request fails and the incoming copy is
-    dropped.
+    outcome is a divergence: the request fails with ``ErrorCode.DIVERGED``
+    and the incoming copy is dropped.
     """
 
-    workload: str
-    epoch: int
     entries: tuple[Any, ...]
-    standby: bool = False
 
 
-@register("m_align", reply=Done)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MAlign(Request):
+@_message("m_align", reply=Done)
+class MAlign(_ToCopy):
     """Dual handover: the incoming copy now holds the state at the cut.
 
     ``calls`` is the workload's call counter there (recorded inputs name
     it) and ``index`` its operation index; replay follows from there.
     """
 
-    workload: str
-    epoch: int
     calls: int
     index: int
     ledger: Any = None  # a standby's starting ledger
     monotonic_ns: int | None = None
-    standby: bool = False
 
 
-@register("m_follow", reply=Done)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MFollow(Request):
+@_message("m_follow", reply=Done)
+class MFollow(_ForWorkload):
     """Owner: keep a hot standby copy on ``standby`` (an address); "" stops it.
 
     The owner sends the standby a consistent copy, then every state-changing
     call with its recorded inputs, which the standby replays as it comes.
     """
 
-    workload: str
     standby: str
 
 
-@register("m_promote", reply=MCommitted)
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MPromote(Request):
+@_message("m_promote", reply=MCommitted)
+class MPromote(_AtEpoch):
     """Standby: the owner is gone; take the workload over at ``epoch``."""
-
-    workload: str
-    epoch: int

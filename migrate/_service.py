@@ -11,23 +11,7 @@ from __future__ import annotations
 
 from nodes import register_checkpoint_extension, register_handler, register_status
 
-from ._messages import (
-    MAbort,
-    MAlign,
-    MCall,
-    MChunk,
-    MCommit,
-    MCheckpoint,
-    MCheckpointPart,
-    MFollow,
-    MIncoming,
-    MLocate,
-    MPromote,
-    MProtect,
-    MReplay,
-    MMigrate,
-    MSpawn,
-)
+from . import _messages as m
 from ._owner import on_call, on_locate, on_protect, on_spawn
 from ._persist import _load_record, _load_tombstones, _resume_standbys, _save_record, _save_tombstones
 from ._serve_checkpoint import on_checkpoint, on_checkpoint_part
@@ -41,9 +25,10 @@ register_checkpoint_extension("migrate", save=_save_record, load=_load_record,
                               save_node=_save_tombstones, load_node=_load_tombstones, resume=_resume_standbys)
 register_status(lambda node: service(node).status())
 
-for _kind, _handler in ((MSpawn, on_spawn), (MCall, on_call), (MLocate, on_locate), (MIncoming, on_incoming),
-                        (MChunk, on_chunk), (MCommit, on_commit), (MAbort, on_abort), (MMigrate, on_migrate),
-                        (MProtect, on_protect), (MCheckpoint, on_checkpoint), (MCheckpointPart, on_checkpoint_part),
-                        (MReplay, on_replay),
-                        (MAlign, on_align), (MFollow, on_follow), (MPromote, on_promote)):
+for _kind, _handler in ((m.MSpawn, on_spawn), (m.MCall, on_call), (m.MLocate, on_locate),
+                        (m.MIncoming, on_incoming), (m.MChunk, on_chunk), (m.MCommit, on_commit),
+                        (m.MAbort, on_abort), (m.MMigrate, on_migrate), (m.MProtect, on_protect),
+                        (m.MCheckpoint, on_checkpoint), (m.MCheckpointPart, on_checkpoint_part),
+                        (m.MReplay, on_replay), (m.MAlign, on_align), (m.MFollow, on_follow),
+                        (m.MPromote, on_promote)):
     register_handler(_kind, _handler)
