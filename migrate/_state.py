@@ -1,4 +1,4 @@
-"""The per-node migration tables: what this node owns, receives and forwarded.
+"""The per-node migration tables: what this node owns, receives and has handed on.
 
 Per node, ``MigrationService`` keeps:
 
@@ -12,7 +12,8 @@ Per node, ``MigrationService`` keeps:
 * ``staging``: a new standby copy received while the aligned one keeps serving.
 
 Also here: the limits the handlers share, the replies every handler may
-give (not the owner, moved), and the host helpers several flows call.
+give (not the owner, moved), dropping a received copy, and draining a log
+channel.
 """
 
 from __future__ import annotations
