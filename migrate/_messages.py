@@ -22,8 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nodes import Reply, Request, register
-from nodes._messages import Done
+from nodes import Done, Reply, Request, register
 
 
 @register("m_spawned")

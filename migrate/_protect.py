@@ -42,8 +42,7 @@ from typing import Any
 
 import trio
 
-from nodes import NodeError
-from nodes import _host_errors as he
+from nodes import HostError, NodeError
 
 from ._chunks import FRAME_OVERHEAD_BYTES, WINDOW_PIECES, chunk_bytes, recut
 from ._chunks import send as send_chunks
@@ -177,7 +176,7 @@ async def fetch_parts(client, workload: str, token: str, *, window: int = WINDOW
 
 
 #: What a protector's background work may run into; it logs them and carries on.
-_EXPECTED = (NodeError, he.HostError, MigrateError, trio.TooSlowError)
+_EXPECTED = (NodeError, HostError, MigrateError, trio.TooSlowError)
 
 
 @dataclass
@@ -292,7 +291,7 @@ class Protector:
         try:
             await self.take_checkpoint(self.owner)
             return
-        except (NodeError, he.HostError) as exc:  # moved, removed or unreachable
+        except (NodeError, HostError) as exc:  # moved, removed or unreachable
             found = await self.cluster.locate(self.workload)
             if found is None or found[1] == self.owner:
                 raise
@@ -357,7 +356,7 @@ class Protector:
                     name, address, new_epoch = await self._promote(epoch)
                 else:
                     name, address, new_epoch = await self._restore(epoch)
-            except (NodeError, he.HostError) as exc:
+            except (NodeError, HostError) as exc:
                 raise FailoverFailed(f"failover of {self.workload} to {self.protection.to} failed: {exc}") from None
             self.failovers += 1
             self.seen(address, new_epoch)

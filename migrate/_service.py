@@ -1,7 +1,9 @@
 """The node side of live migration: ownership, exactly-once calls, moving.
 
-Importing this module registers its handlers with the node daemon
-(``nodes.register_handler``); ``migrate-node serve`` imports it.
+``PLUGIN`` (a ``nodes.Plugin``) gives a node these handlers, the per-node
+``MigrationService``, its status and its checkpoint records;
+``migrate-node serve`` (``migrate.cli``) and the application's local node
+(``migrate.connect``) serve with it.
 
 Per node, ``MigrationService`` keeps:
 
@@ -36,21 +38,28 @@ import trio
 
 import snapshot
 from nodes import (
+    Address,
+    BadArguments,
+    CallInputs,
     ConnectionFailed,
+    Done,
+    ErrorCode,
+    ErrorReply,
+    HostError,
     NodeError,
+    Plugin,
     RemoteNodeError,
-    register_checkpoint_extension,
-    register_handler,
-    register_status,
+    RequestError,
+    UnknownModule,
+    UnknownWorkload,
+    code_for,
+    crash_point_async,
+    error_reply,
+    parse_address,
 )
-from nodes import _host_errors as he
-from nodes._config import Address, parse_address
-from nodes._crash import crash_point_async
-from nodes._error_codes import code_for, error_reply
-from nodes._messages import Done, ErrorCode, ErrorReply
-from nodes._replay import CallInputs
 
 from . import _chunks
+from ._codes import CRASH_PHASES, MigrationCode
 from ._ledger import CallLedger, Outcome
 from ._messages import (
     MAbort,
@@ -83,6 +92,8 @@ from ._precopy import Action, PrecopyConfig, PrecopyPlanner
 
 logger = logging.getLogger(__name__)
 
+#: The plugin's name: its key in the shutdown checkpoint's records, and of its per-node state.
+PLUGIN_NAME = "migrate"
 STRATEGIES = ("precopy", "stop-copy", "dual")
 #: Dual handover: switch once at most this many logged calls wait to be
 #: replayed; the switch replays them (one round trip) while calls are held.
@@ -271,17 +282,15 @@ class MigrationService:
             # (_save_record below), so they never reach this line.
             try:
                 self.node.host.info(workload)
-            except he.HostError:
+            except HostError:
                 return None
             owned = self.owned[workload] = Owned(workload, epoch=1)
         return owned
 
 
 def service(node) -> MigrationService:
-    svc = getattr(node, "_migration", None)
-    if svc is None:
-        svc = node._migration = MigrationService(node)
-    return svc
+    """The node's MigrationService (the plugin's per-node state)."""
+    return node.plugin_state(PLUGIN_NAME)
 
 
 def _moved_reply(request_id: int, workload: str, stone: Tombstone) -> MResult:
@@ -289,7 +298,7 @@ def _moved_reply(request_id: int, workload: str, stone: Tombstone) -> MResult:
 
 
 def _not_owner(request_id: int, node, workload: str) -> ErrorReply:
-    return ErrorReply(id=request_id, code=ErrorCode.NOT_OWNER,
+    return ErrorReply(id=request_id, code=MigrationCode.NOT_OWNER,
                       message=f"{node.config.name} does not own workload {workload!r}",
                       details={"workload_id": workload})
 
@@ -308,7 +317,7 @@ async def on_spawn(node, session, req: MSpawn) -> MSpawned:
 
 def _result(request_id: int, outcome: Outcome, epoch: int, replayed: bool):
     if not outcome.ok:
-        return ErrorReply(id=request_id, code=ErrorCode(outcome.code), message=outcome.message,
+        return ErrorReply(id=request_id, code=outcome.code, message=outcome.message,
                           details=outcome.value or None)
     values, data, index, inputs = outcome.value
     return MResult(id=request_id, values=tuple(values), data=data, epoch=epoch, replayed=replayed,
@@ -379,11 +388,11 @@ async def _run(node, req: MCall, owned: Owned, inputs=None) -> Outcome:
             await node.run_host(host.remove, req.workload)
             values, data = [], b""
         else:
-            raise he.BadArguments(f"unknown operation {req.op!r}")
-    except he.HostError as exc:
+            raise BadArguments(f"unknown operation {req.op!r}")
+    except HostError as exc:
         reply = error_reply(0, exc)
         details = dict(reply.details or {})
-        if mutating and not isinstance(exc, he.RequestError):
+        if mutating and not isinstance(exc, RequestError):
             # The call ran and trapped: it may have changed state, so it is
             # part of the order a replay must follow.
             owned.index += 1
@@ -514,7 +523,7 @@ async def on_follow(node, session, req: MFollow) -> Done:
         return _not_owner(req.id, node, req.workload)
     target = parse_address(req.standby) if req.standby else None
     if target == node.address:
-        raise he.BadArguments(f"a standby of {req.workload} must be on another node than its owner")
+        raise BadArguments(f"a standby of {req.workload} must be on another node than its owner")
     async with owned.standby_lock:
         if owned.moved is not None or svc.owned.get(req.workload) is not owned:
             return _not_owner(req.id, node, req.workload)
@@ -529,9 +538,9 @@ async def on_follow(node, session, req: MFollow) -> Done:
         await _stop_standby(owned)
         if target is not None:
             try:
-                await node._nursery.start(_follow, node, owned, target)
+                await node.start(_follow, node, owned, target)
             except MigrationError as exc:
-                return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
+                return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
     return Done(id=req.id)
 
 
@@ -565,7 +574,7 @@ async def _keep_standby(node, owned: Owned, target) -> None:
         if owned.standby is not None:
             return  # someone asked for a standby meanwhile
         try:
-            await node._nursery.start(_follow, node, owned, target)
+            await node.start(_follow, node, owned, target)
         except MigrationError as exc:
             logger.warning("%s", exc, extra={"workload": owned.workload})
 
@@ -610,7 +619,7 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
                 del snap
                 await client.request(MAlign, workload=workload, epoch=feed.epoch, calls=calls, index=index,
                                      ledger=ledger, monotonic_ns=clock, standby=True)
-            except (NodeError, he.HostError, OSError) as exc:
+            except (NodeError, HostError, OSError) as exc:
                 raise MigrationError(f"cannot start a standby of {workload} on {target}: {exc}") from None
             task_status.started()
             started = True
@@ -623,7 +632,7 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
                                              standby=True)
                         feed.queued_bytes -= sum(entry_bytes(e) for e in batch)
                 feed.flushed = True
-            except (NodeError, he.HostError, OSError) as exc:
+            except (NodeError, HostError, OSError) as exc:
                 logger.warning("standby lost: %s", exc, extra={"workload": workload})
             except Exception:  # a bug in this background task must not take the node down
                 logger.exception("standby feed failed", extra={"workload": workload})
@@ -637,7 +646,7 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
                 # feeds the standby again after the restart, and the standby
                 # can take over if the node never comes back.
                 if not feed.flushed and owned.moved is None and not node.stopping:
-                    with contextlib.suppress(NodeError, he.HostError, OSError):
+                    with contextlib.suppress(NodeError, HostError, OSError):
                         await client.request(MAbort, workload=workload, epoch=feed.epoch, standby=True)
                 await client.aclose()
         feed.done.set()
@@ -650,11 +659,11 @@ async def on_promote(node, session, req: MPromote) -> MCommitted:
     svc = service(node)
     inc = svc.incoming.get(req.workload)
     if inc is None or not inc.standby or inc.ledger is None or not inc.created or req.epoch < inc.epoch:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                           message=f"{node.config.name} holds no standby of {req.workload}")
     async with inc.lock:
         if svc.incoming.get(req.workload) is not inc:
-            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                               message=f"the standby of {req.workload} on {node.config.name} was replaced")
         del svc.incoming[req.workload]
         svc.moved.pop(req.workload, None)
@@ -686,7 +695,7 @@ def _addressed(svc: MigrationService, workload: str, epoch: int, standby: bool) 
 
 def _no_incoming(request_id: int, workload: str, epoch: int, standby: bool) -> ErrorReply:
     what = "standby copy" if standby else "incoming move"
-    return ErrorReply(id=request_id, code=ErrorCode.MIGRATION_FAILED,
+    return ErrorReply(id=request_id, code=MigrationCode.MIGRATION_FAILED,
                       message=f"no {what} of {workload} at epoch {epoch}")
 
 
@@ -701,18 +710,18 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
     svc = service(node)
     owned = svc.owned.get(req.workload)
     if owned is not None and owned.epoch >= req.epoch:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                           message=f"{node.config.name} already owns {req.workload} at epoch {owned.epoch}")
     if not node.host.has_module(req.module_sha256):
-        raise he.UnknownModule(f"module {req.module_sha256} must be stored before the workload moves in")
+        raise UnknownModule(f"module {req.module_sha256} must be stored before the workload moves in")
     current = svc.incoming.get(req.workload)
     if current is not None and req.standby and current.epoch >= req.epoch and (
             not current.standby or current.epoch > req.epoch):
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_BUSY,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
                           message=f"{node.config.name} is receiving {req.workload} at epoch {current.epoch}")
     staged = svc.staging.get(req.workload)
     if staged is not None and req.standby and staged.epoch > req.epoch:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_BUSY,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
                           message=f"{node.config.name} is receiving {req.workload} at epoch {staged.epoch}")
     await _drop_staging(node, svc, req.workload)
     settings = {"args": tuple(req.args), "env": dict(req.env or {}), "memory_limit_bytes": req.memory_limit_bytes}
@@ -747,7 +756,7 @@ def _thaw(host, workload: str) -> None:
 def _remove_quietly(host, workload: str) -> None:
     try:
         host.remove(workload)
-    except he.UnknownWorkload:
+    except UnknownWorkload:
         pass
 
 
@@ -827,7 +836,7 @@ async def on_chunk(node, session, req: MChunk) -> Done:
             await trio.to_thread.run_sync(_decode_into, inc, req.data)
         except snapshot.SnapshotError as exc:
             await _drop_incoming(node, svc, inc)
-            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=f"bad snapshot stream: {exc}")
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=f"bad snapshot stream: {exc}")
         if inc.assembler.complete:
             snap = inc.assembler.snapshot()
             inc.decoder = snapshot.SnapshotDecoder()
@@ -882,7 +891,7 @@ async def on_replay(node, session, req: MReplay) -> Done:
             if why is not None:
                 await _drop_incoming(node, svc, inc)
                 logger.warning("replay diverged: %s", why, extra={"workload": req.workload})
-                return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+                return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                                   message=f"replay of {req.workload} diverged: {why}")
             inc.index = shadow.index
     return Done(id=req.id)
@@ -909,7 +918,7 @@ async def on_align(node, session, req: MAlign) -> Done:
         try:
             ledger = CallLedger.from_wire(req.ledger) if req.ledger is not None else inc.ledger
         except ValueError as exc:
-            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
         inc.index, inc.ledger = req.index, ledger
         if inc.host_id != inc.workload and not await _swap_in(node, svc, inc):
             await _drop_incoming(node, svc, inc)
@@ -933,29 +942,29 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         ready = inc is not None and not inc.standby and inc.created and inc.epoch == req.epoch
     if not ready:
         what = "standby copy" if req.from_standby else "incoming move"
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                           message=f"no complete {what} of {req.workload} to commit at epoch {req.epoch}"
                                   f" and operation {req.index}")
     try:
         ledger = CallLedger.from_wire(req.ledger)
     except ValueError as exc:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
     await crash_point_async("target:before-commit")
     if req.digest is not None:
         try:
             pages = {int(k): [int(p) for p in v] for k, v in dict(req.pages or {}).items()}
         except (TypeError, ValueError):
-            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message="malformed page list")
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message="malformed page list")
         ours = await node.run_host(node.host.pages_digest, req.workload, pages)
         if ours != req.digest:
             async with inc.lock:
                 await _drop_incoming(node, svc, inc)
-            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                               message=f"replay of {req.workload} diverged: the state written since the cut "
                                       "differs from the source's")
     async with inc.lock:
         if svc.incoming.get(req.workload) is not inc:
-            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                               message=f"the incoming copy of {req.workload} was replaced")
         del svc.incoming[req.workload]
         svc.moved.pop(req.workload, None)
@@ -969,7 +978,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
     await crash_point_async("target:after-commit")
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})
     if req.standby and parse_address(req.standby) != node.address:
-        node._nursery.start_soon(_keep_standby, node, owned, parse_address(req.standby))
+        node.start_soon(_keep_standby, node, owned, parse_address(req.standby))
     return MCommitted(id=req.id, epoch=req.epoch)
 
 
@@ -990,13 +999,13 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
     if owned is None or owned.moved is not None:
         return _not_owner(req.id, node, req.workload)
     if req.strategy not in STRATEGIES:
-        raise he.BadArguments(f"strategy must be one of {', '.join(STRATEGIES)}, got {req.strategy!r}")
+        raise BadArguments(f"strategy must be one of {', '.join(STRATEGIES)}, got {req.strategy!r}")
     if owned.migrating:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_BUSY,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
                           message=f"workload {req.workload} is already moving")
     target = parse_address(req.target)
     if target == node.address:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                           message=f"workload {req.workload} is already on {node.config.name}")
     owned.migrating = True
     migration = svc.active[req.workload] = Migration(node, svc, owned, target, req)
@@ -1005,7 +1014,7 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
     except MigrationError as exc:
         svc.recent.append({"workload": req.workload, "state": "aborted", "target": req.target,
                            "strategy": req.strategy, "reason": str(exc)})
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
     finally:
         svc.active.pop(req.workload, None)
         owned.migrating = False
@@ -1065,7 +1074,7 @@ class Migration:
                         if onto_standby:
                             await _stop_standby(self.owned)  # the move's copy replaces the standby's
                         committed = await self._move(client, target_name)
-                except (NodeError, he.HostError, OSError) as exc:
+                except (NodeError, HostError, OSError) as exc:
                     await self._abort(client, f"{type(exc).__name__}: {exc}")
         finally:
             if committed:
@@ -1073,7 +1082,7 @@ class Migration:
             else:
                 await node.run_host(host.stop_tracking, self.workload)
                 if onto_standby:  # the workload stays here: so does its standby
-                    node._nursery.start_soon(_keep_standby, node, self.owned, self.target)
+                    node.start_soon(_keep_standby, node, self.owned, self.target)
             await client.aclose()
         return ReportRecord(
             workload=self.workload, strategy=self.req.strategy, source=node.config.name, target=target_name,
@@ -1347,7 +1356,7 @@ class Migration:
         with trio.move_on_after(2.0):
             try:
                 await client.request(MAbort, workload=self.workload, epoch=self.epoch)
-            except (NodeError, he.HostError, OSError):
+            except (NodeError, HostError, OSError):
                 pass
         raise MigrationError(f"migration of {self.workload} to {self.target} aborted ({why}); "
                              f"it keeps running on {self.node.config.name}")
@@ -1404,7 +1413,7 @@ async def _resume_standbys(node) -> None:
     for owned in list(service(node).owned.values()):
         if owned.resume_standby is not None:
             target, owned.resume_standby = owned.resume_standby, None
-            await node._nursery.start(_resume_standby, node, owned, target)
+            await node.start(_resume_standby, node, owned, target)
 
 
 async def _resume_standby(node, owned: Owned, target: Address, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -1463,15 +1472,17 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-register_checkpoint_extension("migrate", save=_save_record, load=_load_record,
-                              save_node=_save_tombstones, load_node=_load_tombstones, resume=_resume_standbys)
-register_status(lambda node: service(node).status())
-
-for _kind, _handler in ((MSpawn, on_spawn), (MCall, on_call), (MLocate, on_locate), (MIncoming, on_incoming),
-                        (MChunk, on_chunk), (MCommit, on_commit), (MAbort, on_abort), (MMigrate, on_migrate),
-                        (MProtect, on_protect), (MCheckpoint, on_checkpoint), (MCheckpointPart, on_checkpoint_part),
-                        (MReplay, on_replay),
-                        (MAlign, on_align), (MFollow, on_follow), (MPromote, on_promote)):
-    register_handler(_kind, _handler)
+PLUGIN = Plugin(
+    name=PLUGIN_NAME,
+    handlers={MSpawn: on_spawn, MCall: on_call, MLocate: on_locate, MIncoming: on_incoming, MChunk: on_chunk,
+              MCommit: on_commit, MAbort: on_abort, MMigrate: on_migrate, MProtect: on_protect,
+              MCheckpoint: on_checkpoint, MCheckpointPart: on_checkpoint_part, MReplay: on_replay,
+              MAlign: on_align, MFollow: on_follow, MPromote: on_promote},
+    state=MigrationService,
+    status=lambda node: service(node).status(),
+    save=_save_record, load=_load_record, save_node=_save_tombstones, load_node=_load_tombstones,
+    resume=_resume_standbys,
+    crash_phases=CRASH_PHASES,
+)
 
 __all__ = ["MigrationError", "MigrationService", "service", "RemoteNodeError"]

@@ -10,17 +10,20 @@ Every message is a frozen, keyword-only dataclass registered under a short
   names the reply class that answers it; ``ErrorReply`` may answer any.
 
 Other packages (the migration coordinator) add their own messages with the
-same ``register`` decorator; the protocol needs no change to carry them.
+same ``register`` decorator, and their own error codes (any well-formed
+code string, see ``error_code``); the protocol needs no change to carry
+them.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from ._errors import LocalProtocolError
-from ._wire import schema_for
+from ._wire import FieldError, schema_for
 
 #: Versions of this protocol that this code speaks, oldest first.  Each side
 #: offers its list in Hello and both use the highest version in common.
@@ -32,7 +35,10 @@ ROLES = ("client", "edge", "cloud", "app")
 
 
 class ErrorCode(enum.StrEnum):
-    """Why a request failed, as carried by ErrorReply and Goodbye."""
+    """Why a request failed, as carried by ErrorReply and Goodbye: the nodes package's own codes.
+
+    An ErrorReply may carry other packages' codes too (``error_code``).
+    """
 
     # the connection or the node
     PROTOCOL_ERROR = "protocol_error"
@@ -58,10 +64,29 @@ class ErrorCode(enum.StrEnum):
     SNAPSHOT_FAILED = "snapshot_failed"
     REPLAY_DIVERGED = "replay_diverged"
     REPLAY_UNSUPPORTED = "replay_unsupported"
-    # live migration (the migrate package)
-    MIGRATION_FAILED = "migration_failed"   # aborted; the workload stayed at the source
-    MIGRATION_BUSY = "migration_busy"       # the workload is already moving
-    NOT_OWNER = "not_owner"                 # this node does not own the workload
+
+
+#: A well-formed error code: lower-case letters, digits and underscores, 1 to 64 characters.
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
+
+
+def error_code(value: str) -> ErrorCode | str:
+    """Return ``value`` as an ErrorCode when it is one of ours, else as a plain ``str``.
+
+    Other packages' codes (a ``StrEnum`` of their own, or its value) pass
+    as their string, so the wire carries them unchanged and they compare
+    equal to their enum member.  Raises FieldError (a ValueError) for a
+    value that is not a well-formed code.
+    """
+    if isinstance(value, ErrorCode):
+        return value
+    if not isinstance(value, str) or not _CODE.match(value):
+        raise FieldError(f"{value!r} is not an error code")
+    text = str.__str__(value)
+    try:
+        return ErrorCode(text)
+    except ValueError:
+        return text
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -201,13 +226,19 @@ class PeerSummary:
 class ErrorReply(Reply):
     """The request failed; ``code`` says how.
 
-    ``details`` carries the error's attributes (``workload_id``,
-    ``trap_code``, ``limit``...) so the client can raise the same class.
+    ``code`` is an ErrorCode for the nodes package's own codes and the plain
+    string of any other package's (``error_code``; a malformed one raises
+    FieldError, and from a peer it is a protocol error).  ``details``
+    carries the error's attributes (``workload_id``, ``trap_code``,
+    ``limit``...) so the client can raise the same class.
     """
 
-    code: ErrorCode
+    code: ErrorCode | str
     message: str = ""
     details: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code", error_code(self.code))
 
 
 @register("done")
