@@ -25,10 +25,10 @@ from pathlib import Path
 
 import wasmtime
 
-from snapshot._dirty import PAGE_SIZE, open_tracker, uffd_available
+from snapshot import PAGE_BYTES, open_tracker, uffd_available
 
 MEMORY_BYTES = 256 << 20
-PAGES = MEMORY_BYTES // PAGE_SIZE  # 65,536
+PAGES = MEMORY_BYTES // PAGE_BYTES  # 65,536
 DIRTY_PAGES = PAGES // 100  # 655, the 1% of NOTES.md's measurements
 UFFD_TARGET_MS = 2.0
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,7 +83,7 @@ def measure_backend(backend: str, rounds: int, seed: int) -> dict[str, object]:
         for _ in range(rounds):
             pages = sorted(rng.sample(range(PAGES), DIRTY_PAGES))
             for page in pages:
-                address = page * PAGE_SIZE + rng.randrange(PAGE_SIZE)
+                address = page * PAGE_BYTES + rng.randrange(PAGE_BYTES)
                 guest_store(store, address, view[address] ^ 0xFF)  # a real change
             start = time.perf_counter()
             reported = tracker.collect(store)

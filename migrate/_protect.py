@@ -23,7 +23,7 @@ answered are in the ledger and are not run again; those it never answered
 run once, here.
 
 With "standby" the owner keeps a hot copy on another node instead (see
-``_service._follow``); the application keeps the log since the last
+``_standby._follow``); the application keeps the log since the last
 operation the standby reported, and on failover replays what the standby
 missed and promotes it.
 

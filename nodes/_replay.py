@@ -49,8 +49,7 @@ from typing import Any
 
 import wasmtime
 
-from snapshot._capture import _read_global, _read_table, layout
-from snapshot._state import PAGE_BYTES, nonzero_runs
+from snapshot import PAGE_BYTES, layout, nonzero_runs, read_globals, read_tables
 
 from ._host_errors import BadArguments, RequestError, WorkloadError
 
@@ -378,8 +377,8 @@ def state_hash(store: wasmtime.Store, instance: wasmtime.Instance) -> str:
             h.update(view[a * PAGE_BYTES:b * PAGE_BYTES])
     # Globals and tables are small next to memory; their reprs are exact
     # (ints and None), so they serve as a canonical encoding.
-    globals_ = [_read_global(store, lay, slot) for slot in lay.globals]
-    tables = [_read_table(store, lay, i, table, reftype) for i, table, reftype in lay.tables]
+    globals_ = read_globals(store, lay)
+    tables = read_tables(store, lay)
     h.update(repr([(g.index, g.valtype, g.value) for g in globals_]).encode())
     h.update(repr([(t.index, t.reftype, t.elements) for t in tables]).encode())
     return h.hexdigest()

@@ -4,10 +4,20 @@
     snap = snapshot.capture(store, instance)     # any time between calls
     data = snap.to_bytes(key=optional_key)
     snapshot.restore(snapshot.Snapshot.from_bytes(data), store2, fresh_instance)
+
+Public names are re-exported here from the private modules that define
+them.  The modules, from the bottom up: ``_errors``; ``_pages`` (4 KiB
+pages and runs); ``_state`` (memories, globals, tables); ``_format`` and
+``_decoder`` (the encoded format); ``_snapshot`` (``Snapshot``,
+``apply_delta``); ``_leb128``, ``_wasmbin`` and ``_prepare`` (module
+preparation); ``_instance`` (a live instance's state exports); ``_capture``
+and ``_restore``; ``_uffd`` and ``_dirty`` (dirty-page tracking);
+``_session`` (full captures followed by deltas).
 """
 
-from ._capture import CaptureBuffers, capture, capture_pages, pages_digest, restore, state_id
-from ._dirty import CompareDirtyTracker, DirtyTracker, UffdDirtyTracker, open_tracker, uffd_available
+from ._capture import CaptureBuffers, capture, capture_pages, pages_digest
+from ._decoder import DecodeLimits, End, Meta, PageBatch, SnapshotDecoder
+from ._dirty import CompareDirtyTracker, DirtyTracker, UffdDirtyTracker, open_tracker
 from ._errors import (
     AuthenticationError,
     BaseMismatchError,
@@ -24,28 +34,15 @@ from ._errors import (
     UnrepresentableStateError,
     UnsupportedVersionError,
 )
-from ._format import (
-    DecodeLimits,
-    End,
-    Meta,
-    PageBatch,
-    SnapshotAssembler,
-    SnapshotDecoder,
-    SnapshotEncoder,
-    generate_key,
-)
+from ._format import SnapshotEncoder, generate_key
+from ._instance import Layout, layout, read_globals, read_tables, state_id
+from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageRun, nonzero_runs
 from ._prepare import Manifest, first_boot, manifest, module_digest, prepare
-from ._state import (
-    PAGE_BYTES,
-    WASM_PAGE_BYTES,
-    GlobalState,
-    MemoryState,
-    PageRun,
-    Snapshot,
-    TableState,
-    apply_delta,
-)
+from ._restore import restore
 from ._session import StateTracker
+from ._snapshot import Snapshot, SnapshotAssembler, apply_delta
+from ._state import GlobalState, MemoryState, TableState
+from ._uffd import uffd_available
 
 __all__ = [
     "CompareDirtyTracker", "DecodeLimits", "DirtyTracker", "End", "Meta", "PageBatch",
@@ -53,9 +50,9 @@ __all__ = [
     "open_tracker", "pages_digest", "uffd_available",
     "AuthenticationError", "BaseMismatchError", "CaptureBuffers", "CorruptSnapshotError",
     "DirtyTrackingError", "GlobalState", "IncompatibleSnapshotError", "InvalidModuleError",
-    "LocalSnapshotError", "Manifest", "MemoryState", "ModuleMismatchError", "OversizedSnapshotError",
+    "Layout", "LocalSnapshotError", "Manifest", "MemoryState", "ModuleMismatchError", "OversizedSnapshotError",
     "PAGE_BYTES", "PageRun", "RemoteSnapshotError", "Snapshot", "SnapshotError", "TableState",
     "TruncatedSnapshotError", "UnrepresentableStateError", "UnsupportedVersionError", "WASM_PAGE_BYTES",
-    "apply_delta", "capture", "capture_pages", "first_boot", "manifest", "module_digest", "prepare",
-    "restore", "state_id",
+    "apply_delta", "capture", "capture_pages", "first_boot", "layout", "manifest", "module_digest",
+    "nonzero_runs", "prepare", "read_globals", "read_tables", "restore", "state_id",
 ]

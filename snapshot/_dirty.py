@@ -28,15 +28,7 @@ from __future__ import annotations
 
 import abc
 import ctypes
-import errno
-import fcntl
-import functools
 import logging
-import mmap
-import os
-import platform
-import sys
-import weakref
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
@@ -45,9 +37,10 @@ from typing import Protocol, Self
 import wasmtime
 
 from ._errors import DirtyTrackingError
+from ._pages import PAGE_BYTES, PAGE_SHIFT
+from ._uffd import WriteWatch, uffd_available, unusable_reason
 
 __all__ = [
-    "PAGE_SIZE",
     "CompareDirtyTracker",
     "DirtyTracker",
     "UffdDirtyTracker",
@@ -57,201 +50,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PAGE_SIZE = 4096
-_PAGE_SHIFT = 12
-
-# --- kernel ABI ---------------------------------------------------------
-# Numbers from include/uapi/linux/userfaultfd.h and include/uapi/linux/fs.h;
-# structs as laid out in Documentation/admin-guide/mm/userfaultfd.rst and
-# pagemap.rst.
-
-# arch/x86/entry/syscalls/syscall_64.tbl.  Other architectures are left to
-# the compare backend until someone tests them.
-_SYS_USERFAULTFD = {"x86_64": 323}
-_UFFD_USER_MODE_ONLY = 1
-_UFFD_API = 0xAA
-_UFFD_FEATURE_WP_UNPOPULATED = 1 << 13
-_UFFD_FEATURE_WP_ASYNC = 1 << 15
-_UFFDIO_REGISTER_MODE_WP = 1 << 1
-_UFFDIO_WRITEPROTECT_MODE_WP = 1 << 0
-_PM_SCAN_WP_MATCHING = 1 << 0
-_PM_SCAN_CHECK_WPASYNC = 1 << 1
-_PAGE_IS_WRITTEN = 1 << 1
-
-
-class _UffdioApi(ctypes.Structure):
-    _fields_ = [("api", ctypes.c_uint64), ("features", ctypes.c_uint64),
-                ("ioctls", ctypes.c_uint64)]
-
-
-class _UffdioRange(ctypes.Structure):
-    _fields_ = [("start", ctypes.c_uint64), ("len", ctypes.c_uint64)]
-
-
-class _UffdioRegister(ctypes.Structure):
-    _fields_ = [("range", _UffdioRange), ("mode", ctypes.c_uint64),
-                ("ioctls", ctypes.c_uint64)]
-
-
-class _UffdioWriteprotect(ctypes.Structure):
-    _fields_ = [("range", _UffdioRange), ("mode", ctypes.c_uint64)]
-
-
-class _PmScanArg(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_uint64) for name in (
-        "size", "flags", "start", "end", "walk_end", "vec", "vec_len",
-        "max_pages", "category_inverted", "category_mask",
-        "category_anyof_mask", "return_mask")]
-
-
-# struct page_region is three u64s: start, end (exclusive), categories.
-_PAGE_REGION_WORDS = 3
-
-
-def _iowr(kind: int, number: int, size: int) -> int:
-    """Encode ``_IOWR(kind, number, size)`` (include/uapi/asm-generic/ioctl.h)."""
-    return (3 << 30) | (size << 16) | (kind << 8) | number
-
-
-_UFFDIO_API = _iowr(0xAA, 0x3F, ctypes.sizeof(_UffdioApi))
-_UFFDIO_REGISTER = _iowr(0xAA, 0x00, ctypes.sizeof(_UffdioRegister))
-_UFFDIO_WRITEPROTECT = _iowr(0xAA, 0x06, ctypes.sizeof(_UffdioWriteprotect))
-_PAGEMAP_SCAN = _iowr(ord("f"), 16, ctypes.sizeof(_PmScanArg))  # 96 bytes
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-class _WriteWatch:
-    """A userfaultfd in async write-protect mode, and the pagemap fd that reads it.
-
-    No thread serves faults: in async mode the kernel lifts the protection on
-    the first write itself and clears the page's uffd-wp bit, which
-    ``PAGEMAP_SCAN`` then reports as PAGE_IS_WRITTEN.
-    Every method raises ``OSError`` when the kernel refuses.
-    """
-
-    def __init__(self, *, regions_per_scan: int) -> None:
-        """Open the userfaultfd and /proc/self/pagemap.
-
-        Raises OSError if the kernel lacks userfaultfd, async write-protect
-        or a syscall number for this machine.
-        """
-        number = _SYS_USERFAULTFD.get(platform.machine())
-        if number is None:
-            raise OSError(errno.ENOSYS, f"no userfaultfd syscall number for {platform.machine()}")
-        fd = _libc.syscall(number, os.O_CLOEXEC | os.O_NONBLOCK | _UFFD_USER_MODE_ONLY)
-        if fd < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"userfaultfd: {os.strerror(code)}")
-        self._uffd = fd
-        self._close_uffd = weakref.finalize(self, os.close, fd)
-        self._close_pagemap = None
-        try:
-            features = _UFFD_FEATURE_WP_ASYNC | _UFFD_FEATURE_WP_UNPOPULATED
-            fcntl.ioctl(fd, _UFFDIO_API, _UffdioApi(api=_UFFD_API, features=features))
-            self._pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-        except BaseException:
-            self.close()
-            raise
-        self._close_pagemap = weakref.finalize(self, os.close, self._pagemap)
-        # The kernel writes page_regions straight into this array's buffer.
-        self._vector = array("Q", bytes(8 * _PAGE_REGION_WORDS * regions_per_scan))
-        self._scan = _PmScanArg(
-            size=ctypes.sizeof(_PmScanArg),
-            flags=_PM_SCAN_WP_MATCHING | _PM_SCAN_CHECK_WPASYNC,
-            vec=self._vector.buffer_info()[0],
-            vec_len=regions_per_scan,
-            category_mask=_PAGE_IS_WRITTEN,
-            return_mask=_PAGE_IS_WRITTEN,
-        )
-
-    def protect(self, start: int, length: int) -> None:
-        """Register ``[start, start+length)`` for write-protect and arm it.
-
-        Raises OSError, e.g. EBUSY when another userfaultfd watches the range.
-        """
-        if length == 0:
-            return
-        span = _UffdioRange(start=start, len=length)
-        fcntl.ioctl(self._uffd, _UFFDIO_REGISTER,
-                    _UffdioRegister(range=span, mode=_UFFDIO_REGISTER_MODE_WP))
-        fcntl.ioctl(self._uffd, _UFFDIO_WRITEPROTECT,
-                    _UffdioWriteprotect(range=span, mode=_UFFDIO_WRITEPROTECT_MODE_WP))
-
-    def take_written(self, start: int, end: int) -> array:
-        """Return the pages of ``[start, end)`` written since the last call, and re-arm them.
-
-        Page indices count from ``start``.  Reading and re-arming happen in
-        one ioctl per page-table walk, so no write falls between them.
-        Raises OSError: EPERM if part of the range is not armed (the scan
-        then has re-armed some pages it could not report, so the caller has
-        lost track).
-        """
-        pages = array("Q")
-        if end <= start:
-            return pages
-        scan = self._scan
-        scan.start, scan.end = start, end
-        while True:
-            count = fcntl.ioctl(self._pagemap, _PAGEMAP_SCAN, scan)
-            words = self._vector[: _PAGE_REGION_WORDS * count]
-            for first, last in zip(words[0::3], words[1::3]):
-                pages.extend(range((first - start) >> _PAGE_SHIFT, (last - start) >> _PAGE_SHIFT))
-            if scan.walk_end >= end:
-                return pages
-            if scan.walk_end <= scan.start:
-                raise OSError(errno.EIO, f"PAGEMAP_SCAN stopped at {scan.walk_end:#x}")
-            # The vector filled up: continue where the walk stopped.
-            scan.start = scan.walk_end
-
-    def close(self) -> None:
-        """Close both fds; the kernel drops the registrations with the userfaultfd."""
-        self._close_uffd()
-        if self._close_pagemap is not None:
-            self._close_pagemap()
-
-
-def _probe_uffd() -> str | None:
-    """Run the whole recipe on two scratch pages; return why it failed, or None."""
-    if sys.platform != "linux":
-        return f"userfaultfd is Linux-only, this is {sys.platform}"
-    if mmap.PAGESIZE != PAGE_SIZE:
-        return f"host pages are {mmap.PAGESIZE} bytes, not {PAGE_SIZE}"
-    scratch = mmap.mmap(-1, 2 * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        base = ctypes.addressof(ctypes.c_char.from_buffer(scratch))
-        watch = _WriteWatch(regions_per_scan=4)
-        try:
-            watch.protect(base, 2 * PAGE_SIZE)
-            ctypes.memmove(base + PAGE_SIZE, b"\x01", 1)
-            written = watch.take_written(base, base + 2 * PAGE_SIZE).tolist()
-        finally:
-            watch.close()
-    except OSError as exc:
-        return f"userfaultfd async write-protect or PAGEMAP_SCAN failed: {exc}"
-    finally:
-        scratch.close()
-    if written != [1]:
-        return f"PAGEMAP_SCAN reported pages {written} after a write to page 1 only"
-    return None
-
-
-@functools.cache
-def _uffd_unusable_reason() -> str | None:
-    """Return why the userfaultfd backend does not work here, or None; probed once."""
-    reason = _probe_uffd()
-    if reason is not None:
-        logger.info("userfaultfd dirty tracking unavailable: %s", reason)
-    return reason
-
-
-def uffd_available() -> bool:
-    """Tell whether the userfaultfd backend works in this process (probed once)."""
-    return _uffd_unusable_reason() is None
-
-
-# --- the trackers -------------------------------------------------------
 
 class DirtyTracker(Protocol):
     """What both backends provide; also a context manager that closes it."""
@@ -288,12 +86,12 @@ class _Extent:
     @property
     def pages(self) -> int:
         """4 KiB pages, counting a partial last one (custom page sizes allow it)."""
-        return -(-self.length_bytes // PAGE_SIZE)
+        return -(-self.length_bytes // PAGE_BYTES)
 
     @property
     def page_bytes(self) -> int:
         """Bytes from the base to the end of the last page."""
-        return self.pages * PAGE_SIZE
+        return self.pages * PAGE_BYTES
 
     def view(self) -> memoryview:
         """Return a byte view of the memory; valid only while it neither moves nor is freed."""
@@ -305,7 +103,7 @@ def _grown_pages(old: _Extent, new: _Extent) -> range:
     """Pages that hold bytes added by growth from ``old`` to ``new``."""
     if new.length_bytes == old.length_bytes:
         return range(0)
-    return range(old.length_bytes // PAGE_SIZE, new.pages)
+    return range(old.length_bytes // PAGE_BYTES, new.pages)
 
 
 def _with_grown(pages: array, grown: range) -> array:
@@ -319,7 +117,7 @@ def _with_grown(pages: array, grown: range) -> array:
 class _Tracker(abc.ABC):
     """What both backends share: epochs, growth bookkeeping, closing."""
 
-    page_size = PAGE_SIZE
+    page_size = PAGE_BYTES
 
     def __init__(self, store: wasmtime.Storelike, memory: wasmtime.Memory) -> None:
         self._memory = memory
@@ -382,21 +180,21 @@ class UffdDirtyTracker(_Tracker):
         Raises DirtyTrackingError if the backend does not work here or the
         memory cannot be registered (e.g. another tracker already watches it).
         """
-        reason = _uffd_unusable_reason()
+        reason = unusable_reason()
         if reason is not None:
             raise DirtyTrackingError(reason)
         if regions_per_scan < 1:
             raise DirtyTrackingError(f"regions_per_scan must be at least 1, not {regions_per_scan}")
         super().__init__(store, memory)
         self._regions_per_scan = regions_per_scan
-        self._watch: _WriteWatch | None = None
+        self._watch: WriteWatch | None = None
         self._watch_all(self._extent)
 
     def _watch_all(self, extent: _Extent) -> None:
         """Replace the watch with a fresh userfaultfd armed over the whole extent."""
         self._drop_watch()
         try:
-            watch = _WriteWatch(regions_per_scan=self._regions_per_scan)
+            watch = WriteWatch(regions_per_scan=self._regions_per_scan)
         except OSError as exc:
             raise DirtyTrackingError(f"cannot open a userfaultfd: {exc}") from exc
         try:
@@ -424,8 +222,9 @@ class UffdDirtyTracker(_Tracker):
             self._watch_all(new)
             return array("Q", range(new.pages))
         try:
-            # Arm the grown range before scanning: a scan over an unarmed
-            # range fails with EPERM and loses dirty bits (shared/NOTES.md).
+            # Arm the grown range before scanning: a scan over a range not
+            # yet registered fails with EPERM, and that failed scan also
+            # loses a dirty bit in the range that was registered.
             self._watch.protect(new.base + old.page_bytes, new.page_bytes - old.page_bytes)
             written = self._watch.take_written(new.base, new.base + old.page_bytes)
         except OSError as exc:
@@ -474,11 +273,11 @@ class CompareDirtyTracker(_Tracker):
         for block in range(0, old.length_bytes, _BLOCK_BYTES):
             if matches(known[block: block + _BLOCK_BYTES], block):
                 continue
-            for offset in range(block, min(block + _BLOCK_BYTES, old.length_bytes), PAGE_SIZE):
-                now = known[offset: offset + PAGE_SIZE]
+            for offset in range(block, min(block + _BLOCK_BYTES, old.length_bytes), PAGE_BYTES):
+                now = known[offset: offset + PAGE_BYTES]
                 if not matches(now, offset):
                     shadow[offset: offset + len(now)] = now
-                    changed.append(offset >> _PAGE_SHIFT)
+                    changed.append(offset >> PAGE_SHIFT)
         shadow += view[old.length_bytes:]
         return _with_grown(changed, _grown_pages(old, new))
 

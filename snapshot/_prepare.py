@@ -8,7 +8,8 @@ restore it through the ordinary wasmtime API:
 * each mutable global it defines is exported as ``__wm_global_<i>``.  Globals
   of type f32, f64 and v128 also get accessor functions ``__wm_get_<i>`` /
   ``__wm_set_<i>`` that move raw bits as integers, because wasmtime-py
-  quietens signalling NaNs and cannot read v128 at all (NOTES.md);
+  quietens signalling NaNs (an f32 0x7f800001 comes back as 0x7fc00001)
+  and cannot read a v128 global at all;
 * a ``start`` section becomes the export ``__wm_start``, so the engine can run
   it at first boot and a restore never runs it again;
 * if any defined table or mutable global holds funcrefs, a table
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 import wasmtime
 
+from . import _leb128 as leb
 from . import _wasmbin as wb
 from ._errors import InvalidModuleError
 
@@ -37,7 +39,7 @@ START_EXPORT = "__wm_start"
 FUNCTABLE_EXPORT = "__wm_functable"
 DIGEST_EXPORTS = tuple(f"__wm_sha256_{k}" for k in range(4))
 _DIGEST_GLOBAL = bytes([0x7E, 0x00, 0x42])  # i64, immutable, i64.const
-_PADDED_ZERO = wb.write_s64_padded(0)
+_PADDED_ZERO = leb.write_s64_padded(0)
 
 
 def memory_export(index: int) -> str:
@@ -114,7 +116,7 @@ def _validate(wasm: bytes, what: str) -> None:
 
 def _accessor_bodies(index: int, valtype: str) -> tuple[bytes, bytes, tuple, tuple]:
     """Return (getter body, setter body, getter sig, setter sig) for a global."""
-    g = wb.write_u(index)
+    g = leb.write_u(index)
     if valtype == "f32":  # i32.reinterpret_f32 / f32.reinterpret_i32
         get = b"\x23" + g + b"\xbc\x0b"
         put = b"\x20\x00\xbe\x24" + g + b"\x0b"
@@ -132,12 +134,12 @@ def _accessor_bodies(index: int, valtype: str) -> tuple[bytes, bytes, tuple, tup
 
 def _functype(sig: tuple) -> bytes:
     params, results = sig
-    return (b"\x60" + wb.write_vec([bytes([wb.VALTYPE_CODES[t]]) for t in params])
-            + wb.write_vec([bytes([wb.VALTYPE_CODES[t]]) for t in results]))
+    return (b"\x60" + leb.write_vec([bytes([wb.VALTYPE_CODES[t]]) for t in params])
+            + leb.write_vec([bytes([wb.VALTYPE_CODES[t]]) for t in results]))
 
 
 def _export(name: str, kind: int, index: int) -> bytes:
-    return wb.write_name(name) + bytes([kind]) + wb.write_u(index)
+    return leb.write_name(name) + bytes([kind]) + leb.write_u(index)
 
 
 def _digest_offsets(info: wb.ModuleInfo) -> list[int] | None:
@@ -171,7 +173,7 @@ def _hash_with_zeroed(wasm: bytes, offsets: list[int]) -> bytes:
 def _embedded_digest(wasm: bytes, offsets: list[int]) -> bytes:
     out = b""
     for off in offsets:
-        value, _ = wb.read_s(wasm, off, 64)
+        value, _ = leb.read_s(wasm, off, 64)
         out += (value & (2**64 - 1)).to_bytes(8, "big")
     return out
 
@@ -250,9 +252,9 @@ def prepare(wasm: bytes) -> bytes:
         if g.valtype in ("f32", "f64", "v128"):
             get, put, get_sig, put_sig = _accessor_bodies(idx, g.valtype)
             for name, body, sig in ((getter_export(idx), get, get_sig), (setter_export(idx), put, put_sig)):
-                new_funcs.append(wb.write_u(type_index(sig)))
+                new_funcs.append(leb.write_u(type_index(sig)))
                 code = b"\x00" + body  # no locals
-                new_code.append(wb.write_u(len(code)) + code)
+                new_code.append(leb.write_u(len(code)) + code)
                 exports.append(_export(name, wb.KIND_FUNC, func_count + len(new_funcs) - 1))
 
     if info.start is not None:
@@ -263,11 +265,11 @@ def prepare(wasm: bytes) -> bytes:
     element_section = info.section(wb.ELEMENT)
     if needs_functable and func_count:
         table_idx = info.imported_tables + len(info.tables)
-        n = wb.write_u(func_count)
+        n = leb.write_u(func_count)
         wb.set_section(sections, wb.TABLE, wb.append_to_vector(
             table_section.payload if table_section else None, [b"\x70\x01" + n + n]))
-        segment = (b"\x02" + wb.write_u(table_idx) + b"\x41\x00\x0b\x00"
-                   + wb.write_vec([wb.write_u(f) for f in range(func_count)]))
+        segment = (b"\x02" + leb.write_u(table_idx) + b"\x41\x00\x0b\x00"
+                   + leb.write_vec([leb.write_u(f) for f in range(func_count)]))
         wb.set_section(sections, wb.ELEMENT, wb.append_to_vector(
             element_section.payload if element_section else None, [segment]))
         exports.append(_export(FUNCTABLE_EXPORT, wb.KIND_TABLE, table_idx))
@@ -299,7 +301,7 @@ def prepare(wasm: bytes) -> bytes:
     digest = _hash_with_zeroed(out, offsets)
     buf = bytearray(out)
     for k, off in enumerate(offsets):
-        buf[off:off + 10] = wb.write_s64_padded(int.from_bytes(digest[8 * k:8 * k + 8], "big"))
+        buf[off:off + 10] = leb.write_s64_padded(int.from_bytes(digest[8 * k:8 * k + 8], "big"))
     out = bytes(buf)
     _validate(out, "prepared output (this is a wasm-migrate bug)")
     return out

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import logging
-
-import wasmtime
-
-import ctypes
 import os
 from dataclasses import dataclass
 
-from ._capture import (
-    CaptureBuffers,
-    _memory_view,
-    _read_global,
-    _read_table,
-    _state_ids,
-    capture,
-    capture_pages,
-    copy_out,
-    layout,
-)
+import wasmtime
+
+from ._capture import CaptureBuffers, capture, capture_pages, copy_nonzero
 from ._dirty import DirtyTracker, open_tracker
 from ._errors import LocalSnapshotError
-from ._state import PAGE_BYTES, MemoryState, PageRun, Snapshot, nonzero_blocks
-
-log = logging.getLogger(__name__)
+from ._instance import layout, memory_view, read_globals, read_tables, record_state_id
+from ._snapshot import Snapshot
+from ._state import GlobalState, MemoryState, TableState
 
 
 class StateTracker:
@@ -79,12 +66,11 @@ class StateTracker:
         for tracker in self._trackers.values():
             tracker.reset(store)
         lay = layout(store, self._instance)
-        regions = [(index, *_memory_view(store, memory)) for index, memory in lay.memories]
-        globals_ = tuple(_read_global(store, lay, s) for s in lay.globals)
-        tables = tuple(_read_table(store, lay, index, table, rt) for index, table, rt in lay.tables)
+        regions = [(index, *memory_view(store, memory)) for index, memory in lay.memories]
+        globals_, tables = read_globals(store, lay), read_tables(store, lay)
         state_id = os.urandom(16)
         self._last_id = state_id
-        _state_ids[self._instance] = state_id
+        record_state_id(self._instance, state_id)
         return PendingCapture(lay.digest, state_id, regions, globals_, tables)
 
     def capture_delta(self, store: wasmtime.Store) -> Snapshot:
@@ -118,14 +104,10 @@ class PendingCapture:
     module_sha256: str
     state_id: bytes
     regions: list[tuple[int, int, int]]  # (memory index, address, size in bytes)
-    globals: tuple
-    tables: tuple
+    globals: tuple[GlobalState, ...]
+    tables: tuple[TableState, ...]
 
     def finish(self) -> Snapshot:
-        memories = []
-        for index, ptr, size in self.regions:
-            ranges = nonzero_blocks((ctypes.c_char * size).from_address(ptr)) if size else []
-            runs = tuple(PageRun(a, copy_out(ptr + a * PAGE_BYTES, (b - a) * PAGE_BYTES)) for a, b in ranges)
-            memories.append(MemoryState(index, size, runs))
-        return Snapshot(module_sha256=self.module_sha256, state_id=self.state_id, memories=tuple(memories),
+        memories = tuple(MemoryState(index, size, copy_nonzero(ptr, size)) for index, ptr, size in self.regions)
+        return Snapshot(module_sha256=self.module_sha256, state_id=self.state_id, memories=memories,
                         globals=self.globals, tables=self.tables)

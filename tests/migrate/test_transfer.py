@@ -23,7 +23,7 @@ import workloads
 from migrate import _chunks
 from migrate import _protect
 from migrate._messages import MAlign, MCheckpoint, MCheckpointPart, MChunk, MCommit, MIncoming
-from migrate._service import MAX_CHUNKS_AHEAD, MAX_PARTS_AHEAD
+from migrate._state import MAX_CHUNKS_AHEAD, MAX_PARTS_AHEAD
 from nodes import NodeError
 from nodes import _host_errors as he
 from nodes._messages import ReadMemory

@@ -19,14 +19,8 @@ import wasmtime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from snapshot._dirty import (
-    PAGE_SIZE,
-    CompareDirtyTracker,
-    UffdDirtyTracker,
-    open_tracker,
-    uffd_available,
-)
-from snapshot._errors import DirtyTrackingError
+from snapshot import PAGE_BYTES as PAGE_SIZE
+from snapshot import CompareDirtyTracker, DirtyTrackingError, UffdDirtyTracker, open_tracker, uffd_available
 
 WASM_PAGE = 65536
 PAGES_PER_WASM_PAGE = WASM_PAGE // PAGE_SIZE  # 16

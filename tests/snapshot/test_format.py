@@ -61,7 +61,7 @@ def snapshots(draw, delta=None):
             if not is_delta and data == bytes(PAGE):
                 continue  # full snapshots hold only non-zero pages
             chunks.append((p, data))
-        runs = snapshot._state.merge_runs(chunks)
+        runs = snapshot._pages.merge_runs(chunks)
         memories.append(MemoryState(index * 2, size_pages * PAGE, runs))
     globals_ = []
     for i in range(draw(st.integers(0, 8))):

@@ -4,29 +4,30 @@ import pytest
 from hypothesis import given, strategies as st
 
 from snapshot import InvalidModuleError
+from snapshot import _leb128 as leb
 from snapshot import _wasmbin as wb
 
 
 @given(st.integers(min_value=0, max_value=2**32 - 1))
 def test_unsigned_leb_round_trips(value):
-    data = wb.write_u(value)
-    assert wb.read_u(data, 0) == (value, len(data))
+    data = leb.write_u(value)
+    assert leb.read_u(data, 0) == (value, len(data))
 
 
 @given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
 def test_signed_leb_round_trips_minimal_and_padded(value):
-    for data in (wb.write_s(value), wb.write_s64_padded(value)):
-        assert wb.read_s(data, 0, 64) == (value, len(data))
-    assert len(wb.write_s64_padded(value)) == 10
+    for data in (leb.write_s(value), leb.write_s64_padded(value)):
+        assert leb.read_s(data, 0, 64) == (value, len(data))
+    assert len(leb.write_s64_padded(value)) == 10
 
 
 def test_leb_errors_are_typed():
     with pytest.raises(InvalidModuleError, match="end of module"):
-        wb.read_u(b"\x80\x80", 0)
+        leb.read_u(b"\x80\x80", 0)
     with pytest.raises(InvalidModuleError, match="too long"):
-        wb.read_u(b"\x80\x80\x80\x80\x80\x01", 0)
+        leb.read_u(b"\x80\x80\x80\x80\x80\x01", 0)
     with pytest.raises(InvalidModuleError, match="too large"):
-        wb.read_u(b"\xff\xff\xff\xff\x7f", 0)
+        leb.read_u(b"\xff\xff\xff\xff\x7f", 0)
 
 
 def test_sections_are_inserted_in_canonical_order():
@@ -45,6 +46,6 @@ def test_misordered_sections_are_refused():
 
 
 def test_append_to_vector_keeps_existing_entries():
-    payload = wb.write_vec([b"a", b"b"])
+    payload = leb.write_vec([b"a", b"b"])
     assert wb.append_to_vector(payload, [b"c"]) == b"\x03abc"
     assert wb.append_to_vector(None, [b"c"]) == b"\x01c"

@@ -1,0 +1,163 @@
+"""Handle -> owner: spawning, calls (exactly once, in order), locating and protecting a workload."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import trio
+
+from nodes import (
+    BadArguments,
+    CallInputs,
+    Done,
+    ErrorCode,
+    ErrorReply,
+    HostError,
+    RequestError,
+    code_for,
+    error_reply,
+)
+
+from ._ledger import Outcome
+from ._messages import MCall, MLocate, MProtect, MResult, MSpawn, MSpawned, MWhere
+from ._oplog import log_entry
+from ._state import Owned, _moved_reply, _not_owner, service
+
+logger = logging.getLogger(__name__)
+
+
+async def on_spawn(node, session, req: MSpawn) -> MSpawned:
+    workload = req.workload or f"w-{uuid.uuid4().hex[:12]}"
+    info = await node.run_host(node.host.deploy, req.module_sha256, workload_id=workload, app=req.app)
+    svc = service(node)
+    svc.moved.pop(info.workload_id, None)
+    svc.owned[info.workload_id] = Owned(info.workload_id, epoch=1)
+    logger.info("spawned migratable workload", extra={"workload": info.workload_id, "app": req.app})
+    return MSpawned(id=req.id, workload=info.workload_id, epoch=1)
+
+
+def _result(request_id: int, outcome: Outcome, epoch: int, replayed: bool):
+    if not outcome.ok:
+        return ErrorReply(id=request_id, code=outcome.code, message=outcome.message,
+                          details=outcome.value or None)
+    values, data, index, inputs = outcome.value
+    return MResult(id=request_id, values=tuple(values), data=data, epoch=epoch, replayed=replayed,
+                   index=index, inputs=inputs)
+
+
+async def on_call(node, session, req: MCall):
+    svc = service(node)
+    owned = svc.owner_of(req.workload)
+    if owned is None:
+        stone = svc.moved.get(req.workload)
+        if stone is not None:
+            return _moved_reply(req.id, req.workload, stone)
+        return _not_owner(req.id, node, req.workload)
+    async with owned.lock:
+        if owned.moved is not None:
+            return _moved_reply(req.id, req.workload, owned.moved)
+        ledger = owned.ledger
+        if req.ack >= 0:
+            ledger.acknowledge(req.caller, req.ack)
+        previous = ledger.lookup(req.caller, req.seq)
+        if previous is not None:
+            node.counters["calls_replayed"] += 1
+            return _result(req.id, previous, owned.epoch, replayed=True)
+        if ledger.was_forgotten(req.caller, req.seq):
+            return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
+                              message=f"call {req.caller}:{req.seq} was already answered and acknowledged")
+        started = time.perf_counter()
+        outcome = await _run(node, req, owned)
+        ledger.record(req.caller, req.seq, outcome)
+        if owned.follow is not None or owned.standby is not None:
+            owned.forward(log_entry(req, outcome))
+        if req.op == "remove" and outcome.ok:
+            svc.owned.pop(req.workload, None)
+            if owned.standby is not None:
+                owned.standby.scope.cancel()  # drops the standby copy too
+        if owned.throttle:
+            # Auto-converge: hold the workload idle for a share of its time.
+            took = time.perf_counter() - started
+            await trio.sleep(took * owned.throttle / (1 - owned.throttle))
+        return _result(req.id, outcome, owned.epoch, replayed=False)
+
+
+async def _run(node, req: MCall, owned: Owned, inputs=None) -> Outcome:
+    """Run one operation; a state-changing one takes the next index.
+
+    ``inputs`` replays recorded nondeterministic inputs (a follower or a
+    failover replay); otherwise, if the workload is recorded, the inputs the
+    call consumed come back in the outcome.
+    """
+    host = node.host
+    mutating = req.op in ("call", "write")
+    try:
+        if req.op == "call":
+            if inputs is not None:
+                result = await node.run_host(host.call, req.workload, req.export, req.args,
+                                             inputs=CallInputs.from_wire(inputs))
+            else:
+                result = await node.run_host(host.call, req.workload, req.export, req.args)
+            values = [] if result is None else list(result) if isinstance(result, tuple) else [result]
+            data = b""
+        elif req.op == "read":
+            values, data = [], await node.run_host(host.read_memory, req.workload, req.offset, req.length)
+        elif req.op == "write":
+            await node.run_host(host.write_memory, req.workload, req.offset, req.data)
+            values, data = [], b""
+        elif req.op == "remove":
+            await node.run_host(host.remove, req.workload)
+            values, data = [], b""
+        else:
+            raise BadArguments(f"unknown operation {req.op!r}")
+    except HostError as exc:
+        reply = error_reply(0, exc)
+        details = dict(reply.details or {})
+        if mutating and not isinstance(exc, RequestError):
+            # The call ran and trapped: it may have changed state, so it is
+            # part of the order a replay must follow.
+            owned.index += 1
+            details["op_index"] = owned.index
+            if owned.record and req.op == "call" and inputs is None:
+                details["op_inputs"] = (await node.run_host(host.last_inputs, req.workload)).to_wire()
+        return Outcome(False, details or None, str(code_for(exc)), reply.message)
+    recorded = None
+    if mutating:
+        owned.index += 1
+        if owned.record and req.op == "call" and inputs is None:
+            recorded = (await node.run_host(host.last_inputs, req.workload)).to_wire()
+    return Outcome(True, (values, data, owned.index if mutating else 0, recorded))
+
+
+async def on_locate(node, session, req: MLocate) -> MWhere:
+    """What this node knows of a workload: "owner", "incoming", "moved" or "unknown".
+
+    An incoming copy (a move under way, or a hot standby) is reported before
+    a tombstone: a node the workload left may hold its standby later.  The
+    tombstone's forwarding address comes along either way.
+    """
+    svc = service(node)
+    stone = svc.moved.get(req.workload)
+    forward = {"to_name": stone.to_name, "to_address": stone.to_address} if stone is not None else {}
+    owned = svc.owner_of(req.workload)
+    if owned is not None and owned.moved is None:
+        return MWhere(id=req.id, status="owner", epoch=owned.epoch, index=owned.index)
+    incoming = svc.incoming.get(req.workload)
+    if incoming is not None:
+        return MWhere(id=req.id, status="incoming", epoch=incoming.epoch, index=incoming.index,
+                      standby=incoming.standby, **forward)
+    if stone is not None:
+        return MWhere(id=req.id, status="moved", epoch=stone.epoch, **forward)
+    return MWhere(id=req.id, status="unknown")
+
+
+async def on_protect(node, session, req: MProtect) -> Done:
+    owned = service(node).owner_of(req.workload)
+    if owned is None or owned.moved is not None:
+        return _not_owner(req.id, node, req.workload)
+    async with owned.lock:
+        await node.run_host(node.host.set_replay_mode, req.workload, "record" if req.record else "off")
+        owned.record = req.record
+    return Done(id=req.id)

@@ -1,0 +1,322 @@
+"""The source side of a move: ``on_migrate`` and ``Migration`` (pre-copy, stop-and-copy, standby handover).
+
+The commit point of a move is the target taking ownership (``MCommit``).
+The source redirects its queued calls only after it has seen the target's
+``MCommitted``, so no handle reaches the target before the commit and no
+call can run on both sides.  The dual-execution flow is in ``_dual``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+import snapshot
+from nodes import (
+    BadArguments,
+    ConnectionFailed,
+    ErrorReply,
+    HostError,
+    NodeError,
+    crash_point_async,
+    parse_address,
+)
+
+from . import _chunks
+from ._codes import MigrationCode
+from ._messages import MAbort, MCommit, MIncoming, MLocate, MMigrate, MReport, ReportRecord
+from ._dual import DualExecution
+from ._precopy import Action, PrecopyConfig, PrecopyPlanner
+from ._standby import _keep_standby, _stop_standby
+from ._state import (
+    HANDOVER_FLUSH_S,
+    MigrationError,
+    MigrationService,
+    Owned,
+    STRATEGIES,
+    Standby,
+    Tombstone,
+    _not_owner,
+    _remove_quietly,
+    _thaw,
+    service,
+)
+
+logger = logging.getLogger(__name__)
+
+
+async def on_migrate(node, session, req: MMigrate) -> MReport:
+    svc = service(node)
+    owned = svc.owner_of(req.workload)
+    if owned is None or owned.moved is not None:
+        return _not_owner(req.id, node, req.workload)
+    if req.strategy not in STRATEGIES:
+        raise BadArguments(f"strategy must be one of {', '.join(STRATEGIES)}, got {req.strategy!r}")
+    if owned.migrating:
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
+                          message=f"workload {req.workload} is already moving")
+    target = parse_address(req.target)
+    if target == node.address:
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
+                          message=f"workload {req.workload} is already on {node.config.name}")
+    owned.migrating = True
+    migration = svc.active[req.workload] = Migration(node, svc, owned, target, req)
+    try:
+        report = await migration.run()
+    except MigrationError as exc:
+        svc.recent.append({"workload": req.workload, "state": "aborted", "target": req.target,
+                           "strategy": req.strategy, "reason": str(exc)})
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
+    finally:
+        svc.active.pop(req.workload, None)
+        owned.migrating = False
+        owned.throttle = 0.0
+    svc.recent.append({"workload": report.workload, "state": "done", "target": report.target,
+                       "strategy": report.strategy, "rounds": report.rounds,
+                       "blackout_ms": round(report.blackout_s * 1e3, 3), "total_ms": round(report.total_s * 1e3, 1)})
+    node.counters["migrations_out"] += 1
+    return MReport(id=req.id, report=report)
+
+
+class Migration(DualExecution):
+    """One outgoing move, driven from the source node."""
+
+    def __init__(self, node, svc: MigrationService, owned: Owned, target, req: MMigrate) -> None:
+        self.node, self.svc, self.owned, self.target, self.req = node, svc, owned, target, req
+        self.workload = owned.workload
+        self.epoch = owned.epoch + 1
+        self.bytes_sent = 0
+        self.pages_sent = 0
+        self.chunks_sent = 0  # MChunk numbers used: the next round's go on from here
+        self.rounds = 0
+        self.blackout_s = 0.0
+        self.notes: list[str] = []
+        self.cut_s = 0.0
+        self.planner = PrecopyPlanner(PrecopyConfig(downtime_budget_s=req.downtime_budget_s,
+                                                    max_rounds=max(1, req.max_rounds)))
+
+    async def run(self) -> ReportRecord:
+        node, host = self.node, self.node.host
+        started = time.perf_counter()
+        try:
+            client = await node.connect_peer(self.target)
+        except (ConnectionFailed, OSError) as exc:
+            raise MigrationError(f"cannot reach {self.target}: {exc}") from None
+        target_name = client.node
+        committed = False
+        onto_standby = False
+        try:
+            async with self.owned.standby_lock:  # no standby starts or stops meanwhile
+                feed = self.owned.standby
+                onto_standby = feed is not None and feed.target == self.target
+                try:
+                    if onto_standby and feed.send is not None:
+                        committed = await self._standby_handover(client, target_name, feed)
+                    else:
+                        if onto_standby:
+                            await _stop_standby(self.owned)  # the move's copy replaces the standby's
+                        committed = await self._move(client, target_name)
+                except (NodeError, HostError, OSError) as exc:
+                    await self._abort(client, f"{type(exc).__name__}: {exc}")
+        finally:
+            if committed:
+                await node.run_host(_remove_quietly, host, self.workload)
+            else:
+                await node.run_host(host.stop_tracking, self.workload)
+                if onto_standby:  # the workload stays here: so does its standby
+                    node.start_soon(_keep_standby, node, self.owned, self.target)
+            await client.aclose()
+        return ReportRecord(
+            workload=self.workload, strategy=self.req.strategy, source=node.config.name, target=target_name,
+            total_s=time.perf_counter() - started, blackout_s=self.blackout_s, rounds=self.rounds,
+            bytes_sent=self.bytes_sent, pages_sent=self.pages_sent,
+            dirty_pages_per_s=self.planner.dirty_pages_per_s, throttle=self.planner.throttle,
+            epoch=self.epoch, notes=tuple(self.notes))
+
+    async def _move(self, client, target_name: str) -> bool:
+        """Copy the workload to the target with the requested strategy and commit."""
+        node, host = self.node, self.node.host
+        info = await node.run_host(host.info, self.workload)
+        await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
+        await crash_point_async("source:before-incoming")
+        await self._incoming(client, info)
+        if self.req.strategy == "stop-copy":
+            return await self._stop_and_copy(client, target_name)
+        if self.req.strategy == "dual":
+            return await self._dual(client, target_name, info)
+        return await self._precopy(client, target_name)
+
+    async def _incoming(self, client, info) -> None:
+        """Have the target get ready for a fresh copy; its chunks are numbered from 0."""
+        await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
+                             app=info.app, epoch=self.epoch, source=self.node.config.name,
+                             **await self.node.run_host(self.node.host.launch_settings, self.workload))
+        self.chunks_sent = 0
+
+    async def _standby_handover(self, client, target_name: str, feed: Standby) -> bool:
+        """Move onto the node that holds the hot standby: commit the standby's copy.
+
+        With calls held, the feed forwards what it still has queued and
+        ends; the target then owns its copy, which has replayed every
+        operation.  No page crosses the link; the blackout is the flush and
+        the commit.
+        """
+        node, host = self.node, self.node.host
+        async with self.owned.lock:
+            frozen = time.perf_counter()
+            await node.run_host(host.freeze, self.workload)
+            committed = False
+            try:
+                feed.send.close()  # the feed drains what is queued, then ends
+                feed.send = None
+                with trio.move_on_after(HANDOVER_FLUSH_S):
+                    await feed.done.wait()
+                if not feed.done.is_set():
+                    feed.scope.cancel()
+                    raise MigrationError(f"the standby on {target_name} did not take the last "
+                                         f"operations within {HANDOVER_FLUSH_S} s")
+                if not feed.flushed:
+                    raise MigrationError(f"the standby on {target_name} was lost before the handover")
+                committed = await self._commit(client, target_name, from_standby=True)
+                self.notes.append(f"committed the hot standby on {target_name}")
+                return committed
+            finally:
+                self.blackout_s = time.perf_counter() - frozen
+                if not committed:
+                    await node.run_host(_thaw, host, self.workload)
+
+    async def _send(self, client, snap: snapshot.Snapshot) -> float:
+        """Stream one snapshot to the target as a round; return the seconds it took.
+
+        Encoding (zstd) runs in a worker thread, so the node keeps answering
+        calls meanwhile.
+        """
+        t0 = time.perf_counter()
+        size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
+        chunks = await trio.to_thread.run_sync(_chunks.encode, snap, size)
+        self.chunks_sent = await _chunks.send(client, chunks, workload=self.workload, epoch=self.epoch,
+                                              seq=self.chunks_sent)
+        self.bytes_sent += sum(len(chunk) for chunk in chunks)
+        self.pages_sent += snap.page_count
+        self.rounds += 1
+        return time.perf_counter() - t0
+
+    async def _rounds(self, client) -> None:
+        """Send pre-copy rounds until the planner says the rest fits the budget.
+
+        The last delta, captured while running, is sent too; what changed
+        after it is left for the caller's final, frozen round.
+        """
+        node, host = self.node, self.node.host
+        self.planner.start(time.perf_counter())
+        full = await node.run_host(host.start_tracking, self.workload)
+        sent_before = self.bytes_sent
+        took = await self._send(client, full)
+        await crash_point_async("source:after-round")
+        last_pages, last_bytes = full.page_count, self.bytes_sent - sent_before
+        while True:
+            delta = await node.run_host(host.capture_delta, self.workload)
+            decision = self.planner.round_sent(pages=last_pages, wire_bytes=last_bytes, duration_s=took,
+                                               dirty_after=delta.page_count, now=time.perf_counter())
+            self.owned.throttle = decision.throttle
+            if decision.action is Action.STOP_AND_COPY:
+                self.notes.append(f"stopped after {self.rounds} rounds: {decision.reason}")
+                break
+            sent_before = self.bytes_sent
+            took = await self._send(client, delta)
+            last_pages, last_bytes = delta.page_count, self.bytes_sent - sent_before
+        await self._send(client, delta)
+        self.owned.throttle = 0.0
+
+    async def _precopy(self, client, target_name: str) -> bool:
+        await self._rounds(client)
+        return await self._final_round(client, target_name, self.node.host.capture_delta)
+
+    async def _stop_and_copy(self, client, target_name: str) -> bool:
+        return await self._final_round(client, target_name, self.node.host.checkpoint)
+
+    async def _final_round(self, client, target_name: str, capture) -> bool:
+        """Freeze, send ``capture(workload)`` and commit; the frozen time is the blackout."""
+        node, host = self.node, self.node.host
+        async with self.owned.lock:
+            frozen = time.perf_counter()
+            await node.run_host(host.freeze, self.workload)  # holds raw (non-handle) calls too
+            committed = False
+            try:
+                await self._send(client, await node.run_host(capture, self.workload))
+                committed = await self._commit(client, target_name)
+                return committed
+            finally:
+                self.blackout_s = time.perf_counter() - frozen
+                if not committed:
+                    await node.run_host(_thaw, host, self.workload)
+                # Committed: the old copy stays frozen until run() removes it,
+                # after the queued handle calls have been redirected.
+
+
+    async def _commit(self, client, target_name: str, *, digest=None, from_standby: bool = False) -> bool:
+        """Hand ownership over; called with the workload frozen.
+
+        Returns True once the target owns the workload.  Raises (and so
+        aborts) if the target refuses or cannot be reached before it commits.
+        """
+        owned = self.owned
+        await crash_point_async("source:frozen")
+        info = await self.node.run_host(self.node.host.info, self.workload)
+        clock = await self.node.run_host(self.node.host.clock_state, self.workload)
+        feed = owned.standby
+        try:
+            await client.request(MCommit, workload=self.workload, epoch=self.epoch,
+                                 ledger=owned.ledger.to_wire(), calls=info.calls, index=owned.index,
+                                 record=owned.record,
+                                 pages={str(k): v for k, v in digest[0].items()} if digest else None,
+                                 digest=digest[1] if digest else None, monotonic_ns=clock,
+                                 from_standby=from_standby,
+                                 standby=str(feed.target) if feed is not None and not from_standby else "")
+        except ConnectionFailed:
+            # In doubt: the commit may have landed before the link broke.
+            if not await self._target_owns():
+                raise
+            self.notes.append("commit confirmed after the link broke")
+        await crash_point_async("source:after-commit")
+        stone = Tombstone(target_name, str(self.target), self.epoch)
+        owned.moved = stone
+        if owned.standby is not None:
+            # The new owner feeds the standby from now on; the copy stays
+            # there until the new feed replaces it.
+            owned.standby.scope.cancel()
+        self.svc.moved[self.workload] = stone
+        self.svc.owned.pop(self.workload, None)
+        logger.info("moved workload", extra={"workload": self.workload, "peer": target_name, "epoch": self.epoch})
+        return True
+
+    async def _target_owns(self) -> bool:
+        for attempt in range(3):
+            try:
+                with trio.fail_after(2.0):
+                    client = await self.node.connect_peer(self.target)
+                    try:
+                        where = await client.request(MLocate, workload=self.workload)
+                    finally:
+                        await client.aclose()
+                return where.status == "owner" and where.epoch == self.epoch
+            except (NodeError, OSError, trio.TooSlowError):
+                await trio.sleep(0.1 * (attempt + 1))
+        return False
+
+    async def _abort(self, client, why: str) -> None:
+        # Fence: if the target did commit but we could not learn it, its
+        # epoch is self.epoch; ours now outranks it, so handles that look
+        # the workload up pick this node.
+        self.owned.epoch = max(self.owned.epoch, self.epoch + 1)
+        self.notes.append(f"aborted: {why}")
+        logger.warning("migration aborted: %s", why, extra={"workload": self.workload})
+        with trio.move_on_after(2.0):
+            try:
+                await client.request(MAbort, workload=self.workload, epoch=self.epoch)
+            except (NodeError, HostError, OSError):
+                pass
+        raise MigrationError(f"migration of {self.workload} to {self.target} aborted ({why}); "
+                             f"it keeps running on {self.node.config.name}")

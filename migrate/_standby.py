@@ -1,0 +1,186 @@
+"""Hot standby copies: feeding one from the owner, checking it, stopping it, promoting it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+
+import trio
+
+from nodes import BadArguments, Done, ErrorReply, HostError, NodeError, crash_point_async, parse_address
+
+from . import _chunks
+from ._codes import MigrationCode
+from ._messages import MAbort, MAlign, MCommitted, MFollow, MIncoming, MLocate, MPromote, MReplay
+from ._oplog import batches, entry_bytes
+from ._state import MigrationError, Owned, Standby, _drain, _drop_staging, _not_owner, service
+
+logger = logging.getLogger(__name__)
+
+
+async def on_follow(node, session, req: MFollow) -> Done:
+    """Start (or stop, for "") a hot standby copy of a workload this node owns.
+
+    Replies once the standby holds a consistent copy; a request for the
+    standby already being fed is answered once the standby node says it
+    still holds the copy (else the feed starts over).  Waits while the
+    workload moves (the new owner keeps its standby).  Replies
+    MIGRATION_FAILED if the standby cannot be set up.
+    """
+    svc = service(node)
+    owned = svc.owner_of(req.workload)
+    if owned is None or owned.moved is not None:
+        return _not_owner(req.id, node, req.workload)
+    target = parse_address(req.standby) if req.standby else None
+    if target == node.address:
+        raise BadArguments(f"a standby of {req.workload} must be on another node than its owner")
+    async with owned.standby_lock:
+        if owned.moved is not None or svc.owned.get(req.workload) is not owned:
+            return _not_owner(req.id, node, req.workload)
+        feed = owned.standby
+        if feed is not None and feed.target == target and feed.send is not None:
+            if await _standby_holds_copy(node, feed, req.workload):
+                return Done(id=req.id)
+            # The standby node restarted (or dropped the copy) while the feed
+            # had nothing to send, so the feed has not noticed: start over.
+            logger.info("the standby on %s holds no copy; starting it again", target,
+                        extra={"workload": req.workload})
+        await _stop_standby(owned)
+        if target is not None:
+            try:
+                await node.start(_follow, node, owned, target)
+            except MigrationError as exc:
+                return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
+    return Done(id=req.id)
+
+
+async def _standby_holds_copy(node, feed: Standby, workload: str) -> bool:
+    """True if the standby node holds the copy ``feed`` keeps; False if it lost it or cannot be asked."""
+    try:
+        with trio.fail_after(2.0):
+            client = await node.connect_peer(feed.target)
+            try:
+                where = await client.request(MLocate, workload=workload)
+            finally:
+                await client.aclose()
+    except (NodeError, OSError, trio.TooSlowError):
+        return False
+    return where.status == "incoming" and where.standby and where.epoch == feed.epoch
+
+
+async def _stop_standby(owned: Owned) -> None:
+    """End the workload's standby feed, if any, dropping its copy; return once it has ended."""
+    feed = owned.standby
+    if feed is not None:
+        feed.scope.cancel()
+        await feed.done.wait()
+
+
+async def _keep_standby(node, owned: Owned, target) -> None:
+    """Start feeding a standby on ``target`` in the background (after a move); log a failure."""
+    async with owned.standby_lock:
+        if service(node).owned.get(owned.workload) is not owned or owned.moved is not None:
+            return
+        if owned.standby is not None:
+            return  # someone asked for a standby meanwhile
+        try:
+            await node.start(_follow, node, owned, target)
+        except MigrationError as exc:
+            logger.warning("%s", exc, extra={"workload": owned.workload})
+
+
+async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Feed a standby: a consistent copy, then every logged operation, until stopped.
+
+    Reports started once the standby holds the copy.  Raises
+    MigrationError, before that, if it cannot be set up; a failure after
+    that is logged and ends the feed, never the node.  A feed stopped on
+    purpose drops the standby's copy, unless the workload moved (the copy
+    stays for the new owner's feed to replace) or it was flushed for a
+    handover onto the standby.
+    """
+    host, workload = node.host, owned.workload
+    feed = owned.standby = Standby(target, owned.epoch + 1)
+    send, receive = trio.open_memory_channel(math.inf)  # bounded by STANDBY_BACKLOG_BYTES in forward()
+    client = None
+    started = False
+    try:
+        with feed.scope:
+            try:
+                client = await node.connect_peer(target)
+                info = await node.run_host(host.info, workload)
+                await client.ensure_module(await node.run_host(host.module_bytes, info.module_sha256))
+                await client.request(MIncoming, workload=workload, module_sha256=info.module_sha256, app=info.app,
+                                     epoch=feed.epoch, source=node.config.name, standby=True,
+                                     **await node.run_host(host.launch_settings, workload))
+                await crash_point_async("standby:copying")
+                async with owned.lock:  # a consistent cut: the copy plus everything after it
+                    if not owned.record:
+                        await node.run_host(host.set_replay_mode, workload, "record")
+                        owned.record = True
+                    snap = await node.run_host(host.checkpoint, workload)
+                    calls = (await node.run_host(host.info, workload)).calls
+                    clock = await node.run_host(host.clock_state, workload)
+                    ledger, index = owned.ledger.to_wire(), owned.index
+                    feed.send = send
+                size = _chunks.chunk_bytes(node.config.max_frame_bytes, client.peer_max_frame_bytes)
+                await _chunks.send(client, await trio.to_thread.run_sync(_chunks.encode, snap, size),
+                                   workload=workload, epoch=feed.epoch, standby=True)
+                del snap
+                await client.request(MAlign, workload=workload, epoch=feed.epoch, calls=calls, index=index,
+                                     ledger=ledger, monotonic_ns=clock, standby=True)
+            except (NodeError, HostError, OSError) as exc:
+                raise MigrationError(f"cannot start a standby of {workload} on {target}: {exc}") from None
+            task_status.started()
+            started = True
+            logger.info("standby following", extra={"workload": workload, "peer": client.node})
+            room = client.peer_max_frame_bytes - _chunks.FRAME_OVERHEAD_BYTES
+            try:
+                async for first in receive:
+                    for batch in batches([first, *_drain(receive)], room):
+                        await client.request(MReplay, workload=workload, epoch=feed.epoch, entries=batch,
+                                             standby=True)
+                        feed.queued_bytes -= sum(entry_bytes(e) for e in batch)
+                feed.flushed = True
+            except (NodeError, HostError, OSError) as exc:
+                logger.warning("standby lost: %s", exc, extra={"workload": workload})
+            except Exception:  # a bug in this background task must not take the node down
+                logger.exception("standby feed failed", extra={"workload": workload})
+    finally:
+        if owned.standby is feed:
+            owned.standby = None
+        feed.send = None
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            if client is not None:
+                # A node stopping with SIGTERM leaves the copy in place: it
+                # feeds the standby again after the restart, and the standby
+                # can take over if the node never comes back.
+                if not feed.flushed and owned.moved is None and not node.stopping:
+                    with contextlib.suppress(NodeError, HostError, OSError):
+                        await client.request(MAbort, workload=workload, epoch=feed.epoch, standby=True)
+                await client.aclose()
+        feed.done.set()
+    if not started:  # stopped (the workload moved or was removed) before the copy was complete
+        raise MigrationError(f"the standby of {workload} on {target} was stopped before it was ready")
+
+
+async def on_promote(node, session, req: MPromote) -> MCommitted:
+    """Make a standby the owner (its owner is gone)."""
+    svc = service(node)
+    inc = svc.incoming.get(req.workload)
+    if inc is None or not inc.standby or inc.ledger is None or not inc.created or req.epoch < inc.epoch:
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
+                          message=f"{node.config.name} holds no standby of {req.workload}")
+    async with inc.lock:
+        if svc.incoming.get(req.workload) is not inc:
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
+                              message=f"the standby of {req.workload} on {node.config.name} was replaced")
+        del svc.incoming[req.workload]
+        svc.moved.pop(req.workload, None)
+        svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=inc.ledger, index=inc.index,
+                                        record=True)
+        await node.run_host(node.host.set_replay_mode, req.workload, "record")
+    await _drop_staging(node, svc, req.workload)  # a copy the dead owner had begun to send
+    logger.info("standby promoted", extra={"workload": req.workload, "epoch": req.epoch})
+    return MCommitted(id=req.id, epoch=req.epoch)

@@ -1,0 +1,289 @@
+"""The per-node migration tables: what this node owns, receives and forwarded.
+
+Per node, ``MigrationService`` keeps:
+
+* ``owned``: the migratable workloads this node owns, each with its
+  ownership epoch (the fencing token), its call ledger and a FIFO lock that
+  orders calls.  A migration freezes a workload by taking that lock, so
+  calls that arrive meanwhile queue in arrival order;
+* ``moved``: tombstones of workloads that left, so late calls are told
+  where to go (an ``MResult`` naming the new owner) and never run here again;
+* ``incoming``: workloads being received, not yet callable;
+* ``staging``: a new standby copy received while the aligned one keeps serving.
+
+Also here: the limits the handlers share, the replies every handler may
+give (not the owner, moved), and the host helpers several flows call.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+
+import trio
+
+import snapshot
+from nodes import Address, ErrorReply, HostError, NodeError, UnknownWorkload
+
+from ._codes import MigrationCode
+from ._ledger import CallLedger
+from ._messages import MResult
+from ._oplog import entry_bytes
+from ._parts import PartQueue
+
+if TYPE_CHECKING:
+    from ._source import Migration
+
+logger = logging.getLogger(__name__)
+
+#: The migration plugin's name: the key of its per-node state and of its records in a node's checkpoint.
+PLUGIN_NAME = "migrate"
+
+STRATEGIES = ("precopy", "stop-copy", "dual")
+#: Dual handover: switch once at most this many logged calls wait to be
+#: replayed; the switch replays them (one round trip) while calls are held.
+SWITCH_BACKLOG = 32
+#: Checkpoints of one workload kept ready for fetching at once; a newer one
+#: drops the oldest.  Each holds a copy of the workload's state until its
+#: last part is fetched.
+MAX_PENDING_CHECKPOINTS = 2
+#: How far past the parts fetched so far a checkpoint part may be asked for
+#: (the application asks for ``_chunks.WINDOW_PIECES`` at once); parts
+#: encoded before their turn wait in memory, so this bounds them (1 MiB each).
+MAX_PARTS_AHEAD = 64
+#: How far ahead of the next chunk to apply an incoming chunk may be
+#: numbered; it waits for the ones before it (they are on the same
+#: connection, ahead of it) at most CHUNK_TURN_WAIT_S without progress.
+#: Only a sender that skips a number makes a chunk wait that long; the
+#: bound is above a crash test's default pause at a phase (30 s).
+MAX_CHUNKS_AHEAD = 64
+CHUNK_TURN_WAIT_S = 120.0
+#: Bytes of operations (payloads included) waiting to be forwarded to a hot
+#: standby at most; a standby that falls further behind is dropped (the
+#: application asks for a new one).
+STANDBY_BACKLOG_BYTES = 256 * 2**20
+#: A move onto the standby's node waits this long, with calls held, for the
+#: standby to replay what is queued for it; then the move aborts instead.
+HANDOVER_FLUSH_S = 10.0
+
+
+@dataclass
+class Owned:
+    """A migratable workload this node owns."""
+
+    workload: str
+    epoch: int
+    ledger: CallLedger = field(default_factory=CallLedger)
+    lock: trio.Lock = field(default_factory=trio.Lock)  # FIFO: calls run in arrival order
+    throttle: float = 0.0
+    migrating: bool = False
+    moved: "Tombstone | None" = None
+    index: int = 0        # state-changing operations run so far, in order
+    record: bool = False  # record nondeterministic inputs (protected or followed)
+    follow: "trio.MemorySendChannel | None" = None  # dual execution: entries for the follower
+    standby: "Standby | None" = None  # the feed of a hot standby copy
+    standby_lock: trio.Lock = field(default_factory=trio.Lock)  # starting, stopping, moving
+    checkpoints: "collections.OrderedDict[str, PendingCheckpoint]" = field(
+        default_factory=collections.OrderedDict)
+    resume_standby: "Address | None" = None  # fed before a restart: feed it again once serving
+
+    def forward(self, entry: dict | None) -> None:
+        """Hand a logged operation to the dual-execution follower and the standby, if any."""
+        if entry is None:
+            return
+        if self.follow is not None:
+            self.follow.send_nowait(entry)
+        standby = self.standby
+        if standby is not None and standby.send is not None:
+            standby.queued_bytes += entry_bytes(entry)
+            if standby.queued_bytes > STANDBY_BACKLOG_BYTES:
+                logger.warning("standby fell %d bytes behind; dropping it", STANDBY_BACKLOG_BYTES,
+                               extra={"workload": self.workload})
+                standby.send = None
+                standby.scope.cancel()
+            else:
+                standby.send.send_nowait(entry)
+
+
+@dataclass
+class Standby:
+    """The feed of a hot standby copy on ``target``, at ``epoch`` (its owner's + 1 when it began).
+
+    ``send`` is set once the consistent copy is taken: operations after it
+    go there.  ``done`` is set when the feed has ended.
+    """
+
+    target: Address
+    epoch: int
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    send: "trio.MemorySendChannel | None" = None
+    queued_bytes: int = 0  # of the entries sent to ``send`` and not yet forwarded
+    flushed: bool = False  # ended because its channel was closed, after forwarding everything
+
+
+@dataclass
+class PendingCheckpoint:
+    """A checkpoint being fetched part by part: its encoding runs as parts are asked for.
+
+    ``parts`` is the lazy encoder (None once every part was fetched, which
+    frees the snapshot); ``queue`` says which parts are encoded, waiting
+    or fetched.
+    """
+
+    parts: Iterator[bytes] | None
+    queue: PartQueue = field(default_factory=lambda: PartQueue(MAX_PARTS_AHEAD))
+    lock: trio.Lock = field(default_factory=trio.Lock)  # one encoder at a time
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    to_name: str
+    to_address: str
+    epoch: int
+
+
+@dataclass
+class Incoming:
+    """A workload being received from ``source``."""
+
+    workload: str
+    module_sha256: str
+    app: str
+    epoch: int
+    source: str
+    decoder: snapshot.SnapshotDecoder = field(default_factory=snapshot.SnapshotDecoder)
+    assembler: snapshot.SnapshotAssembler = field(default_factory=snapshot.SnapshotAssembler)
+    rounds: int = 0
+    created: bool = False
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    index: int = 0  # last operation replayed into it
+    settings: dict = field(default_factory=dict)  # args, env, memory cap
+    standby: bool = False  # a hot standby copy, not a move under way
+    ledger: CallLedger | None = None  # a standby's: the owner's at the copy, plus replayed outcomes
+    chunks: int = 0  # chunks applied: the ``seq`` of the next one
+    turn: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)  # chunks awaiting theirs
+    host_id: str = ""  # its id on the host: the workload's, or a staging id while it replaces a standby
+
+    def __post_init__(self) -> None:
+        self.host_id = self.host_id or self.workload
+
+
+def staging_id(workload: str, epoch: int) -> str:
+    """The host id a new standby copy is received under while the aligned one it replaces keeps serving."""
+    return f"standby-{hashlib.sha256(workload.encode()).hexdigest()[:16]}-{epoch}"
+
+
+class MigrationError(NodeError):
+    """A migration was refused or aborted; the workload stayed where it was."""
+
+
+class MigrationService:
+    """Migration state of one node."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.owned: dict[str, Owned] = {}
+        self.moved: dict[str, Tombstone] = {}
+        self.incoming: dict[str, Incoming] = {}
+        # A new standby copy being received while the aligned one in
+        # ``incoming`` keeps serving: it replaces that one once aligned.
+        self.staging: dict[str, Incoming] = {}
+        self.active: dict[str, "Migration"] = {}
+        self.recent: collections.deque[dict] = collections.deque(maxlen=20)
+
+    def status(self) -> tuple[dict, ...]:
+        """Moves under way, incoming and the most recent finished ones, for ``status``."""
+        out = [{"workload": m.workload, "state": "outgoing", "target": str(m.target),
+                "strategy": m.req.strategy, "rounds": m.rounds, "bytes_sent": m.bytes_sent}
+               for m in self.active.values()]
+        out += [{"workload": i.workload, "state": "incoming", "source": i.source, "rounds": i.rounds}
+                for i in self.incoming.values()]
+        out += [{"workload": i.workload, "state": "staging", "source": i.source, "rounds": i.rounds}
+                for i in self.staging.values()]
+        return tuple(out) + tuple(self.recent)
+
+    def is_staging(self, host_id: str) -> bool:
+        """True if ``host_id`` is a new standby copy being received, not a workload of its own."""
+        return any(inc.host_id == host_id for inc in self.staging.values())
+
+    def holder(self, inc: Incoming) -> dict[str, Incoming]:
+        """Where ``inc`` is kept: ``staging`` while it has a staging id, else ``incoming``."""
+        return self.staging if inc.host_id != inc.workload else self.incoming
+
+    def current(self, inc: Incoming) -> bool:
+        """True if ``inc`` is still the incoming (or staging) copy of its workload."""
+        return self.holder(inc).get(inc.workload) is inc
+
+    def owner_of(self, workload: str) -> Owned | None:
+        owned = self.owned.get(workload)
+        if (owned is None and workload not in self.moved and workload not in self.incoming
+                and not self.is_staging(workload)):
+            # A workload deployed with plain `migrate-node deploy` and never
+            # used through a handle: adopt it at epoch 1, with an empty
+            # ledger (no handle call ran on it).  Workloads this node owned
+            # before a restart come back with their own epoch and ledger
+            # (_save_record below), so they never reach this line.
+            try:
+                self.node.host.info(workload)
+            except HostError:
+                return None
+            owned = self.owned[workload] = Owned(workload, epoch=1)
+        return owned
+
+
+def service(node) -> MigrationService:
+    """The node's MigrationService: the migration plugin's per-node state."""
+    return node.plugin_state(PLUGIN_NAME)
+
+
+def _moved_reply(request_id: int, workload: str, stone: Tombstone) -> MResult:
+    return MResult(id=request_id, epoch=stone.epoch, moved_to=stone.to_name, moved_address=stone.to_address)
+
+
+def _not_owner(request_id: int, node, workload: str) -> ErrorReply:
+    return ErrorReply(id=request_id, code=MigrationCode.NOT_OWNER,
+                      message=f"{node.config.name} does not own workload {workload!r}",
+                      details={"workload_id": workload})
+
+
+def _thaw(host, workload: str) -> None:
+    host.thaw(workload)
+
+
+def _remove_quietly(host, workload: str) -> None:
+    try:
+        host.remove(workload)
+    except UnknownWorkload:
+        pass
+
+
+async def _drop_incoming(node, svc: MigrationService, inc: Incoming) -> None:
+    """Forget an incoming (or staging) copy and free its workload (called holding ``inc.lock``)."""
+    if svc.current(inc):
+        del svc.holder(inc)[inc.workload]
+    inc.turn.unpark_all()  # chunks waiting for their turn find it gone
+    if inc.created:
+        await node.run_host(_remove_quietly, node.host, inc.host_id)
+
+
+async def _drop_staging(node, svc: MigrationService, workload: str) -> None:
+    """Forget the new standby copy being received for ``workload``, if any (called holding no copy's lock)."""
+    staged = svc.staging.get(workload)
+    if staged is not None:
+        async with staged.lock:
+            await _drop_incoming(node, svc, staged)
+
+
+def _drain(receive: trio.MemoryReceiveChannel) -> list[dict]:
+    """What ``receive`` holds now, without waiting; an empty list once it is closed and empty."""
+    batch = []
+    while True:
+        try:
+            batch.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):  # a closed channel: the reader's loop ends next
+            return batch

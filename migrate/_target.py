@@ -1,0 +1,322 @@
+"""The target side of a move (and of a standby copy): receive, replay, align, commit or abort.
+
+A new standby copy is received under a staging id while the aligned one
+keeps serving; once aligned it is swapped in (``_swap_in``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import trio
+
+import snapshot
+from nodes import Done, ErrorCode, ErrorReply, UnknownModule, crash_point_async, parse_address
+
+from ._codes import MigrationCode
+from ._ledger import CallLedger
+from ._messages import MAbort, MAlign, MChunk, MCommit, MCommitted, MIncoming, MReplay
+from ._oplog import divergence, replayed_call
+from ._owner import _run
+from ._standby import _keep_standby
+from ._state import (
+    CHUNK_TURN_WAIT_S,
+    Incoming,
+    MAX_CHUNKS_AHEAD,
+    MigrationService,
+    Owned,
+    _drop_incoming,
+    _drop_staging,
+    _remove_quietly,
+    service,
+    staging_id,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _incoming(svc: MigrationService, workload: str, epoch: int, standby: bool) -> Incoming | None:
+    """The incoming copy a message addresses: same epoch, same role (move or standby)."""
+    inc = svc.incoming.get(workload)
+    if inc is None or inc.epoch != epoch or inc.standby != standby:
+        return None
+    return inc
+
+
+def _addressed(svc: MigrationService, workload: str, epoch: int, standby: bool) -> Incoming | None:
+    """The copy a chunk, alignment or abort addresses: a staging standby copy first, else the incoming one."""
+    staged = svc.staging.get(workload) if standby else None
+    if staged is not None and staged.epoch == epoch:
+        return staged
+    return _incoming(svc, workload, epoch, standby)
+
+
+def _no_incoming(request_id: int, workload: str, epoch: int, standby: bool) -> ErrorReply:
+    what = "standby copy" if standby else "incoming move"
+    return ErrorReply(id=request_id, code=MigrationCode.MIGRATION_FAILED,
+                      message=f"no {what} of {workload} at epoch {epoch}")
+
+
+async def on_incoming(node, session, req: MIncoming) -> Done:
+    """Get ready to receive a workload (a move, a failover or a standby copy).
+
+    A new copy replaces an older one, except that a standby never replaces
+    a move under way.  A new standby copy is received under a staging id
+    while an aligned standby copy keeps serving (MLocate, MPromote): it
+    replaces that one once aligned (on_align).
+    """
+    svc = service(node)
+    owned = svc.owned.get(req.workload)
+    if owned is not None and owned.epoch >= req.epoch:
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
+                          message=f"{node.config.name} already owns {req.workload} at epoch {owned.epoch}")
+    if not node.host.has_module(req.module_sha256):
+        raise UnknownModule(f"module {req.module_sha256} must be stored before the workload moves in")
+    current = svc.incoming.get(req.workload)
+    if current is not None and req.standby and current.epoch >= req.epoch and (
+            not current.standby or current.epoch > req.epoch):
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
+                          message=f"{node.config.name} is receiving {req.workload} at epoch {current.epoch}")
+    staged = svc.staging.get(req.workload)
+    if staged is not None and req.standby and staged.epoch > req.epoch:
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
+                          message=f"{node.config.name} is receiving {req.workload} at epoch {staged.epoch}")
+    await _drop_staging(node, svc, req.workload)
+    settings = {"args": tuple(req.args), "env": dict(req.env or {}), "memory_limit_bytes": req.memory_limit_bytes}
+    if (req.standby and owned is None and current is not None and current.standby and current.created
+            and current.ledger is not None):
+        host_id = staging_id(req.workload, req.epoch)
+        await node.run_host(_remove_quietly, node.host, host_id)  # a leftover of an earlier attempt
+        svc.staging[req.workload] = Incoming(req.workload, req.module_sha256, req.app, req.epoch, req.source,
+                                             standby=True, settings=settings, host_id=host_id)
+        await crash_point_async("target:incoming")
+        return Done(id=req.id)
+    if current is not None:
+        async with current.lock:  # let a chunk being applied finish first
+            if svc.incoming.get(req.workload) is current:
+                del svc.incoming[req.workload]
+            current.turn.unpark_all()
+            if current.created:
+                await node.run_host(_remove_quietly, node.host, req.workload)
+    if owned is not None:  # an older epoch here: a fenced-off leftover
+        svc.owned.pop(req.workload, None)
+        await node.run_host(_remove_quietly, node.host, req.workload)
+    svc.incoming[req.workload] = Incoming(req.workload, req.module_sha256, req.app, req.epoch, req.source,
+                                          standby=req.standby, settings=settings)
+    await crash_point_async("target:incoming")
+    return Done(id=req.id)
+
+
+def _replace_workload(host, staged_id: str, workload: str, drop: bool) -> None:
+    if drop:
+        _remove_quietly(host, workload)
+    host.rename(staged_id, workload)
+
+
+async def _swap_in(node, svc: MigrationService, staged: Incoming) -> bool:
+    """Make an aligned staging copy the standby in place of the one that served meanwhile.
+
+    Called holding ``staged.lock``; False if either copy was dropped or
+    replaced meanwhile, or this node owns the workload now (a promotion).
+    MLocate and MPromote see the old copy until the new one takes its place.
+    """
+    old = svc.incoming.get(staged.workload)
+    async with old.lock if old is not None else contextlib.nullcontext():
+        if (not svc.current(staged) or svc.incoming.get(staged.workload) is not old
+                or staged.workload in svc.owned):
+            return False
+        await node.run_host(_replace_workload, node.host, staged.host_id, staged.workload,
+                            old is not None and old.created)
+        del svc.staging[staged.workload]
+        staged.host_id = staged.workload
+        svc.incoming[staged.workload] = staged
+    logger.info("new standby copy in place", extra={"workload": staged.workload, "epoch": staged.epoch})
+    return True
+
+
+async def on_chunk(node, session, req: MChunk) -> Done:
+    """Apply chunk ``seq`` of an incoming copy's snapshot stream, after the chunks before it.
+
+    Senders keep several chunks in flight and the node serves them
+    concurrently, so a chunk waits for its turn: the chunks before it came
+    first on the same connection.  A chunk applied already, more than
+    MAX_CHUNKS_AHEAD ahead, or whose turn does not come within
+    CHUNK_TURN_WAIT_S of the last progress is refused (BAD_REQUEST); a
+    stream that does not decode drops the copy (MIGRATION_FAILED).
+    """
+    svc = service(node)
+    inc = _addressed(svc, req.workload, req.epoch, req.standby)
+    if inc is None:
+        return _no_incoming(req.id, req.workload, req.epoch, req.standby)
+    await crash_point_async("target:chunk")
+    if not inc.chunks <= req.seq <= inc.chunks + MAX_CHUNKS_AHEAD:
+        return _out_of_turn(req, inc)
+    while inc.chunks < req.seq and svc.current(inc):
+        with trio.move_on_after(CHUNK_TURN_WAIT_S) as waited:
+            await inc.turn.park()  # woken when a chunk is applied or the copy dropped
+        if waited.cancelled_caught:
+            break
+    async with inc.lock:
+        if not svc.current(inc):
+            return _no_incoming(req.id, req.workload, req.epoch, req.standby)
+        if req.seq != inc.chunks:
+            return _out_of_turn(req, inc)
+        try:
+            # Decompressing is CPU work: keep it off the event loop.
+            await trio.to_thread.run_sync(_decode_into, inc, req.data)
+        except snapshot.SnapshotError as exc:
+            await _drop_incoming(node, svc, inc)
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=f"bad snapshot stream: {exc}")
+        if inc.assembler.complete:
+            snap = inc.assembler.snapshot()
+            inc.decoder = snapshot.SnapshotDecoder()
+            inc.assembler = snapshot.SnapshotAssembler()
+            if not inc.created:
+                await node.run_host(node.host.restore, inc.module_sha256, snap, workload_id=inc.host_id,
+                                    app=inc.app, **inc.settings)
+                inc.created = True
+            else:
+                await node.run_host(node.host.apply_snapshot, inc.host_id, snap)
+            inc.rounds += 1
+            await crash_point_async("target:after-round")
+        inc.chunks += 1
+        inc.turn.unpark_all()
+    return Done(id=req.id)
+
+
+def _out_of_turn(req: MChunk, inc: Incoming) -> ErrorReply:
+    return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
+                      message=f"chunk {req.seq} of {req.workload} is out of turn: the next to apply is "
+                              f"{inc.chunks} (at most {MAX_CHUNKS_AHEAD} may wait ahead of it)")
+
+
+def _decode_into(inc: Incoming, data: bytes) -> None:
+    inc.decoder.feed(data)
+    while (event := inc.decoder.next_event()) is not None:
+        inc.assembler.add(event)
+
+
+async def on_replay(node, session, req: MReplay) -> Done:
+    """Re-run logged operations on an incoming copy; refuse, and drop the copy, on divergence."""
+    svc = service(node)
+    inc = _incoming(svc, req.workload, req.epoch, req.standby)
+    if inc is None or not inc.created:
+        return _no_incoming(req.id, req.workload, req.epoch, req.standby)
+    async with inc.lock:
+        if svc.incoming.get(req.workload) is not inc:
+            return _no_incoming(req.id, req.workload, req.epoch, req.standby)
+        shadow = Owned(req.workload, epoch=req.epoch, index=inc.index)
+        for entry in req.entries:
+            try:
+                op = replayed_call(req.workload, entry)
+                if entry["index"] != shadow.index + 1:
+                    raise ValueError(f"log has a gap before operation {entry['index']} (at {shadow.index})")
+                got = await _run(node, op, shadow, inputs=entry.get("inputs"))
+            except (KeyError, TypeError, ValueError) as exc:
+                why = f"bad log entry: {exc}"
+            else:
+                why = divergence(entry, got)
+                if why is None and inc.ledger is not None:
+                    inc.ledger.record(op.caller, op.seq, got)
+            if why is not None:
+                await _drop_incoming(node, svc, inc)
+                logger.warning("replay diverged: %s", why, extra={"workload": req.workload})
+                return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
+                                  message=f"replay of {req.workload} diverged: {why}")
+            inc.index = shadow.index
+    return Done(id=req.id)
+
+
+async def on_align(node, session, req: MAlign) -> Done:
+    """Set a received copy's call count, clock, operation index and ledger to the owner's at the copy.
+
+    A staging standby copy then takes the place of the standby that
+    served meanwhile.  Replies MIGRATION_FAILED if the copy is gone or
+    the ledger is malformed.
+    """
+    svc = service(node)
+    inc = _addressed(svc, req.workload, req.epoch, req.standby)
+    if inc is None or not inc.created:
+        return _no_incoming(req.id, req.workload, req.epoch, req.standby)
+    async with inc.lock:
+        if not svc.current(inc):
+            return _no_incoming(req.id, req.workload, req.epoch, req.standby)
+        await node.run_host(node.host.set_call_count, inc.host_id, req.calls)
+        await node.run_host(node.host.set_replay_mode, inc.host_id, "replay")
+        if req.monotonic_ns is not None:
+            await node.run_host(node.host.continue_clock, inc.host_id, req.monotonic_ns)
+        try:
+            ledger = CallLedger.from_wire(req.ledger) if req.ledger is not None else inc.ledger
+        except ValueError as exc:
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
+        inc.index, inc.ledger = req.index, ledger
+        if inc.host_id != inc.workload and not await _swap_in(node, svc, inc):
+            await _drop_incoming(node, svc, inc)
+            return _no_incoming(req.id, req.workload, req.epoch, req.standby)
+    return Done(id=req.id)
+
+
+async def on_commit(node, session, req: MCommit) -> MCommitted:
+    """Take ownership of an incoming copy: a move's, or (``from_standby``) the standby's.
+
+    A standby is committed only at or above its epoch and only if it has
+    replayed exactly the operations the owner ran.  With ``standby`` set,
+    the new owner goes on feeding the standby on that node.
+    """
+    svc = service(node)
+    inc = svc.incoming.get(req.workload)
+    if req.from_standby:
+        ready = (inc is not None and inc.standby and inc.created and req.epoch >= inc.epoch
+                 and inc.index == req.index)
+    else:
+        ready = inc is not None and not inc.standby and inc.created and inc.epoch == req.epoch
+    if not ready:
+        what = "standby copy" if req.from_standby else "incoming move"
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
+                          message=f"no complete {what} of {req.workload} to commit at epoch {req.epoch}"
+                                  f" and operation {req.index}")
+    try:
+        ledger = CallLedger.from_wire(req.ledger)
+    except ValueError as exc:
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
+    await crash_point_async("target:before-commit")
+    if req.digest is not None:
+        try:
+            pages = {int(k): [int(p) for p in v] for k, v in dict(req.pages or {}).items()}
+        except (TypeError, ValueError):
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message="malformed page list")
+        ours = await node.run_host(node.host.pages_digest, req.workload, pages)
+        if ours != req.digest:
+            async with inc.lock:
+                await _drop_incoming(node, svc, inc)
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
+                              message=f"replay of {req.workload} diverged: the state written since the cut "
+                                      "differs from the source's")
+    async with inc.lock:
+        if svc.incoming.get(req.workload) is not inc:
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
+                              message=f"the incoming copy of {req.workload} was replaced")
+        del svc.incoming[req.workload]
+        svc.moved.pop(req.workload, None)
+        owned = svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=ledger,
+                                                index=max(req.index, inc.index), record=req.record)
+        await node.run_host(node.host.set_replay_mode, req.workload, "record" if req.record else "off")
+        await node.run_host(node.host.set_call_count, req.workload, req.calls)
+        if req.monotonic_ns is not None:
+            await node.run_host(node.host.continue_clock, req.workload, req.monotonic_ns)
+    await _drop_staging(node, svc, req.workload)
+    await crash_point_async("target:after-commit")
+    logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})
+    if req.standby and parse_address(req.standby) != node.address:
+        node.start_soon(_keep_standby, node, owned, parse_address(req.standby))
+    return MCommitted(id=req.id, epoch=req.epoch)
+
+
+async def on_abort(node, session, req: MAbort) -> Done:
+    svc = service(node)
+    inc = _addressed(svc, req.workload, req.epoch, req.standby)
+    if inc is not None:
+        async with inc.lock:
+            await _drop_incoming(node, svc, inc)
+    return Done(id=req.id)

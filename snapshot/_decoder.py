@@ -1,0 +1,329 @@
+"""Decoding the snapshot format (see ``_format``): a sans-IO decoder of frames into events.
+
+``SnapshotDecoder`` checks everything it reads against the format and
+against ``DecodeLimits`` before it allocates, and never raises anything but
+a ``RemoteSnapshotError`` subclass (or ``LocalSnapshotError`` for a bad
+key).  Its events, ``Meta``, ``PageBatch`` and ``End``, become a
+``Snapshot`` in ``_snapshot.SnapshotAssembler``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import msgpack
+import zstandard
+from cryptography.exceptions import InvalidTag
+
+from ._errors import (
+    AuthenticationError,
+    CorruptSnapshotError,
+    OversizedSnapshotError,
+    TruncatedSnapshotError,
+    UnsupportedVersionError,
+)
+from ._format import CRC, END, FLAG_ENCRYPTED, FRAME_HEAD, HEADER_BYTES, MAGIC, META, PAGES, VERSION, check_key, sealing
+from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageRun, RunJoiner
+from ._state import NUMERIC_BITS, REF_TYPES, GlobalState, TableState, is_int, numeric_fits
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Upper bounds a decoder enforces before it allocates anything."""
+
+    max_frame_bytes: int = 64 * 2**20
+    max_memory_bytes: int = 4 * 2**30  # a wasm32 memory's maximum
+    max_memories: int = 64
+    max_globals: int = 1 << 20
+    max_table_elements: int = 10_000_000
+
+
+@dataclass(frozen=True)
+class Meta:
+    """The META frame: everything but the pages."""
+
+    module_sha256: str
+    state_id: bytes
+    base_id: bytes | None
+    memories: tuple[tuple[int, int, int], ...]  # (index, size_bytes, page_count)
+    globals: tuple[GlobalState, ...]
+    tables: tuple[TableState, ...]
+
+
+@dataclass(frozen=True)
+class PageBatch:
+    """One PAGES frame, decompressed: runs of one memory, zero pages filled in."""
+
+    memory_index: int
+    runs: tuple[PageRun, ...]
+
+
+@dataclass(frozen=True)
+class End:
+    frames: int
+    pages: int
+
+
+def _corrupt(msg: str) -> CorruptSnapshotError:
+    return CorruptSnapshotError(f"corrupt snapshot: {msg}")
+
+
+def _want(cond: bool, msg: str) -> None:
+    if not cond:
+        raise _corrupt(msg)
+
+
+def _entries(items, what: str, plural: str, limit: int | None = None) -> Iterator[list]:
+    """The ``[index, x, y]`` entries of a META list, checked: a list of at most ``limit``, indices rising."""
+    _want(isinstance(items, list), f"bad {what} list")
+    if limit is not None and len(items) > limit:
+        raise OversizedSnapshotError(f"{len(items)} {plural} exceed the limit of {limit}")
+    last = -1
+    for entry in items:
+        _want(isinstance(entry, list) and len(entry) == 3 and is_int(entry[0]) and entry[0] > last,
+              f"bad {what} entry")
+        last = entry[0]
+        yield entry
+
+
+def _decode_value(valtype: str, value, where: str):
+    if valtype == "v128":
+        _want(isinstance(value, bytes) and len(value) == 16, f"{where} is not a v128")
+        return int.from_bytes(value, "little")
+    if valtype in NUMERIC_BITS:
+        _want(numeric_fits(valtype, value), f"{where} is not a valid {valtype}")
+        return value
+    _want(valtype in REF_TYPES, f"{where} has unknown type {valtype!r}")
+    _want(value is None or (is_int(value) and value >= 0 and valtype == "funcref"),
+          f"{where} is not a valid {valtype}")
+    return value
+
+
+class SnapshotDecoder:
+    """Turn bytes into snapshot events (sans-IO: feed bytes, pull events).
+
+    ``feed(data)`` buffers input; ``next_event()`` returns a ``Meta``,
+    ``PageBatch`` or ``End``, or None when more bytes are needed.  Any
+    malformed input raises a ``RemoteSnapshotError`` subclass and the decoder
+    stays broken: every later call raises the same error.
+    """
+
+    def __init__(self, *, key: bytes | None = None, limits: DecodeLimits | None = None) -> None:
+        self._aead = check_key(key)
+        self._limits = limits or DecodeLimits()
+        self._buf = bytearray()
+        self._header: bytes | None = None
+        self._seq = 0
+        self._pages = 0
+        self._meta: Meta | None = None
+        self._done = False
+        self._error: Exception | None = None
+        self._decompressor = zstandard.ZstdDecompressor()
+        self._expected_pages: dict[int, int] = {}
+        self._next_page: dict[int, int] = {}
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def feed(self, data: bytes) -> None:
+        if self._error:
+            raise self._error
+        if self._done and data:
+            self._fail(_corrupt("trailing bytes after the END frame"))
+        self._buf += data
+
+    def _fail(self, exc: Exception):
+        self._error = exc
+        raise exc
+
+    def next_event(self):
+        if self._error:
+            raise self._error
+        try:
+            return self._next()
+        except (CorruptSnapshotError, AuthenticationError, OversizedSnapshotError, UnsupportedVersionError) as exc:
+            self._fail(exc)
+
+    def _next(self):
+        if self._header is None:
+            if len(self._buf) < HEADER_BYTES:
+                if len(self._buf) >= len(MAGIC) and bytes(self._buf[:len(MAGIC)]) != MAGIC:
+                    raise _corrupt("not a wasm-migrate snapshot (bad magic)")
+                return None
+            header = bytes(self._buf[:HEADER_BYTES])
+            if header[:6] != MAGIC:
+                raise _corrupt("not a wasm-migrate snapshot (bad magic)")
+            if header[6] != VERSION:
+                raise UnsupportedVersionError(f"snapshot format version {header[6]} is not supported "
+                                              f"(this build reads version {VERSION})")
+            flags = header[7]
+            if flags & ~FLAG_ENCRYPTED:
+                raise _corrupt(f"unknown header flags 0x{flags:02x}")
+            if flags & FLAG_ENCRYPTED and self._aead is None:
+                raise AuthenticationError("snapshot is encrypted; a key is required to read it")
+            if not flags & FLAG_ENCRYPTED and self._aead is not None:
+                raise AuthenticationError("a key was given but the snapshot is not encrypted; "
+                                          "refusing unauthenticated input")
+            self._header = header
+            del self._buf[:HEADER_BYTES]
+        if self._done:
+            return None
+        if len(self._buf) < FRAME_HEAD.size:
+            return None
+        ftype, length = FRAME_HEAD.unpack_from(self._buf)
+        if ftype not in (META, PAGES, END):
+            raise _corrupt(f"unknown frame type {ftype}")
+        if length > self._limits.max_frame_bytes:
+            raise OversizedSnapshotError(f"frame of {length} bytes exceeds the limit of "
+                                         f"{self._limits.max_frame_bytes}")
+        total = FRAME_HEAD.size + length + CRC.size
+        if len(self._buf) < total:
+            return None
+        frame = bytes(self._buf[:total])
+        del self._buf[:total]
+        (crc,) = CRC.unpack_from(frame, total - CRC.size)
+        if zlib.crc32(frame[:total - CRC.size]) != crc:
+            raise _corrupt(f"checksum mismatch in frame {self._seq}")
+        payload = frame[FRAME_HEAD.size:total - CRC.size]
+        if self._aead is not None:
+            nonce, aad = sealing(self._header, ftype, self._seq)
+            try:
+                payload = self._aead.decrypt(nonce, payload, aad)
+            except InvalidTag:
+                raise AuthenticationError(f"frame {self._seq} failed authentication: "
+                                          "wrong key, or the snapshot was tampered with") from None
+        self._seq += 1
+        try:
+            body = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+        except Exception as exc:  # msgpack raises many types; all mean corruption
+            raise _corrupt(f"frame {self._seq - 1} is not valid msgpack ({type(exc).__name__})") from None
+        _want(isinstance(body, dict), "frame body is not a map")
+        if ftype == META:
+            return self._on_meta(body)
+        if ftype == PAGES:
+            return self._on_pages(body)
+        return self._on_end(body)
+
+    def _on_meta(self, body: dict) -> Meta:
+        _want(self._meta is None, "second META frame")
+        _want(set(body) == {"module", "state", "base", "memories", "globals", "tables"}, "META has wrong fields")
+        module, state, base = body["module"], body["state"], body["base"]
+        _want(isinstance(module, str) and len(module) == 64, "bad module digest")
+        try:
+            bytes.fromhex(module)
+        except ValueError:
+            raise _corrupt("bad module digest") from None
+        _want(isinstance(state, bytes) and len(state) == 16, "bad state id")
+        _want(base is None or (isinstance(base, bytes) and len(base) == 16), "bad base id")
+        lim = self._limits
+        memories = []
+        for m in _entries(body["memories"], "memory", "memories", lim.max_memories):
+            _want(all(is_int(x) for x in m), "bad memory entry")
+            index, size, pages = m
+            _want(size >= 0 and size % WASM_PAGE_BYTES == 0 and 0 <= pages <= size // PAGE_BYTES,
+                  f"bad memory entry {m}")
+            if size > lim.max_memory_bytes:
+                raise OversizedSnapshotError(f"memory {index} of {size} bytes exceeds the limit of "
+                                             f"{lim.max_memory_bytes}")
+            memories.append((index, size, pages))
+            self._expected_pages[index] = pages
+            self._next_page[index] = 0
+        globals_ = []
+        for g in _entries(body["globals"], "global", "globals", lim.max_globals):
+            _want(isinstance(g[1], str), "bad global entry")
+            globals_.append(GlobalState(g[0], g[1], _decode_value(g[1], g[2], f"global {g[0]}")))
+        tables = []
+        total = 0
+        for t in _entries(body["tables"], "table", "tables"):
+            _want(t[1] in REF_TYPES and isinstance(t[2], list), "bad table entry")
+            total += len(t[2])
+            if total > lim.max_table_elements:
+                raise OversizedSnapshotError(f"tables exceed the limit of {lim.max_table_elements} elements")
+            elements = tuple(_decode_value(t[1], e, f"table {t[0]}") for e in t[2])
+            tables.append(TableState(t[0], t[1], elements))
+        self._meta = Meta(module, state, base, tuple(memories), tuple(globals_), tuple(tables))
+        return self._meta
+
+    def _on_pages(self, body: dict) -> PageBatch:
+        _want(self._meta is not None, "PAGES before META")
+        _want(set(body) == {"m", "runs", "zero", "raw", "data"}, "PAGES has wrong fields")
+        index, ranges, zeros, raw, data = body["m"], body["runs"], body["zero"], body["raw"], body["data"]
+        _want(is_int(index) and index in self._expected_pages, f"PAGES for unknown memory {index!r}")
+        _want(isinstance(ranges, list) and isinstance(zeros, list) and is_int(raw) and isinstance(data, bytes),
+              "bad PAGES body")
+        size = dict((i, s) for i, s, _ in self._meta.memories)[index]
+        cursor = self._next_page[index]
+        npages = 0
+        for r in ranges:
+            _want(isinstance(r, list) and len(r) == 2 and is_int(r[0]) and is_int(r[1]) and r[1] > 0,
+                  "bad page run")
+            _want(r[0] >= cursor, "page runs overlap or are out of order")
+            cursor = r[0] + r[1]
+            _want(cursor * PAGE_BYTES <= size, f"page {cursor - 1} lies outside memory {index}")
+            npages += r[1]
+        zero_pages = 0
+        for z in zeros:
+            _want(isinstance(z, list) and len(z) == 2 and is_int(z[0]) and is_int(z[1]) and z[1] > 0,
+                  "bad zero-page range")
+            zero_pages += z[1]
+        nonzero = npages - zero_pages
+        _want(nonzero >= 0 and raw == nonzero * PAGE_BYTES, "raw length does not match the page runs")
+        if raw > self._limits.max_frame_bytes:
+            raise OversizedSnapshotError(f"batch of {raw} raw bytes exceeds the limit")
+        self._pages += npages
+        _want(self._pages <= sum(p for _, _, p in self._meta.memories), "more pages than META announced")
+        if raw:
+            try:
+                plain = self._decompressor.decompress(data, max_output_size=raw)
+            except zstandard.ZstdError as exc:
+                raise _corrupt(f"page data does not decompress ({exc})") from None
+            _want(len(plain) == raw, "page data has the wrong length")
+        else:
+            _want(data == b"", "zero-only batch carries data")
+            plain = b""
+        # A delta's zero pages overwrite, so they become zero bytes; a full
+        # snapshot's zero pages are simply absent.
+        fill_zeros = self._meta.base_id is not None
+        joiner = RunJoiner()
+
+        zi = pos = 0
+        for first, count in ranges:
+            p, end = first, first + count
+            while p < end:
+                if zi < len(zeros) and zeros[zi][0] == p:
+                    z_count = zeros[zi][1]
+                    _want(p + z_count <= end, "zero range crosses a run boundary")
+                    if fill_zeros:
+                        joiner.add(p, bytes(z_count * PAGE_BYTES))
+                    p += z_count
+                    zi += 1
+                else:
+                    nxt = zeros[zi][0] if zi < len(zeros) and zeros[zi][0] < end else end
+                    _want(nxt > p, "zero ranges overlap or are out of order")
+                    joiner.add(p, plain[pos:pos + (nxt - p) * PAGE_BYTES])
+                    pos += (nxt - p) * PAGE_BYTES
+                    p = nxt
+        _want(zi == len(zeros), "zero ranges lie outside the batch's runs")
+        self._next_page[index] = cursor
+        return PageBatch(index, joiner.runs())
+
+    def _on_end(self, body: dict) -> End:
+        _want(self._meta is not None, "END before META")
+        _want(set(body) == {"frames", "pages"}, "END has wrong fields")
+        _want(body["frames"] == self._seq - 1, "frame count mismatch: frames were lost")
+        _want(body["pages"] == self._pages == sum(p for _, _, p in self._meta.memories),
+              "page count mismatch: pages were lost")
+        self._done = True
+        if self._buf:
+            raise _corrupt("trailing bytes after the END frame")
+        return End(body["frames"], body["pages"])
+
+    def close(self) -> None:
+        """Declare the input complete; raises TruncatedSnapshotError if it is not."""
+        if self._error:
+            raise self._error
+        if not self._done:
+            self._fail(TruncatedSnapshotError("snapshot ends before its END frame (truncated)"))

@@ -1,0 +1,221 @@
+"""What the snapshot package knows of a live prepared instance.
+
+``layout`` finds, once per instance, where it keeps its state: the exports
+``prepare`` added for its memories, tables and mutable globals, the accessor
+functions of globals wasmtime-py cannot read bit-exactly, and the function
+table that turns references into indices.  ``read_globals`` and
+``read_tables`` read that state in portable form.  The id of the state an
+instance last held (captured or restored) is kept here too, so a delta is
+refused on the wrong base.  Everything works from the instance's exports
+alone, so no module bytes are needed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+from dataclasses import dataclass
+
+import wasmtime
+
+from . import _prepare as P
+from ._errors import InvalidModuleError, UnrepresentableStateError
+from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, TableState
+
+_FUNCREF = wasmtime.ValType.funcref()
+_EXTERNREF = wasmtime.ValType.externref()
+_BY_NAME = {"i32": "i32", "i64": "i64", "f32": "f32", "f64": "f64", "v128": "v128"}
+
+
+def _valtype_name(ty: wasmtime.ValType) -> str:
+    # str(ValType.externref()) prints "anyref" in wasmtime-py 50, so compare.
+    if ty == _FUNCREF:
+        return "funcref"
+    if ty == _EXTERNREF:
+        return "externref"
+    return _BY_NAME[str(ty)]
+
+
+@dataclass
+class GlobalSlot:
+    """A mutable global's export, its type, and its raw-bits accessors (None where not needed)."""
+
+    index: int
+    handle: wasmtime.Global
+    valtype: str
+    getter: wasmtime.Func | None
+    setter: wasmtime.Func | None
+
+
+@dataclass
+class Layout:
+    """Where an instance keeps its state, found from its exports once.
+
+    ``digest`` names the prepared module; ``memories`` are (index, Memory)
+    and ``tables`` (index, Table, reftype) pairs in index order.
+    """
+
+    digest: str
+    memories: list[tuple[int, wasmtime.Memory]]
+    tables: list[tuple[int, wasmtime.Table, str]]
+    globals: list[GlobalSlot]
+    functable: wasmtime.Table | None
+    func_index: dict[tuple[int, int], int] | None = None
+    funcs: list | None = None
+
+
+_layouts: "weakref.WeakKeyDictionary[wasmtime.Instance, Layout]" = weakref.WeakKeyDictionary()
+# The state id an instance held at its last capture or restore, used to
+# refuse a delta restored onto the wrong base.
+_state_ids: "weakref.WeakKeyDictionary[wasmtime.Instance, bytes]" = weakref.WeakKeyDictionary()
+
+
+def _suffix_index(name: str, prefix: str) -> int | None:
+    if name.startswith(prefix):
+        tail = name[len(prefix):]
+        if tail.isdigit():
+            return int(tail)
+    return None
+
+
+def layout(store: wasmtime.Store, instance: wasmtime.Instance) -> Layout:
+    """Find (and cache) the state exports of a prepared instance.
+
+    Raises InvalidModuleError if the instance was not built from a prepared module.
+    """
+    found = _layouts.get(instance)
+    if found is not None:
+        return found
+    exports = instance.exports(store)
+    digest_parts = []
+    for name in P.DIGEST_EXPORTS:
+        g = exports.get(name)
+        if not isinstance(g, wasmtime.Global):
+            raise InvalidModuleError("instance was not built from a prepared module; "
+                                     "call snapshot.prepare() on the module first")
+        digest_parts.append((g.value(store) & (2**64 - 1)).to_bytes(8, "big"))
+    memories, tables, globals_ = [], [], []
+    for name in sorted(exports.keys() if hasattr(exports, "keys") else list(exports)):
+        item = exports[name]
+        if (i := _suffix_index(name, "__wm_memory_")) is not None:
+            memories.append((i, item))
+        elif (i := _suffix_index(name, "__wm_table_")) is not None:
+            tables.append((i, item, _valtype_name(item.type(store).element)))
+        elif (i := _suffix_index(name, "__wm_global_")) is not None:
+            getter = exports.get(P.getter_export(i))
+            setter = exports.get(P.setter_export(i))
+            if isinstance(getter, wasmtime.Func):
+                # Typed by its accessor: wasmtime-py 50 cannot even describe a
+                # v128 global's type ("support for v128 is not implemented").
+                results = [str(t) for t in getter.type(store).results]
+                valtype = {("i32",): "f32", ("i64",): "f64", ("i64", "i64"): "v128"}[tuple(results)]
+            else:
+                getter = setter = None
+                valtype = _valtype_name(item.type(store).content)
+            globals_.append(GlobalSlot(i, item, valtype, getter, setter))
+    found = Layout(
+        digest=b"".join(digest_parts).hex(),
+        memories=sorted(memories, key=lambda t: t[0]),
+        tables=sorted(tables, key=lambda t: t[0]),
+        globals=sorted(globals_, key=lambda s: s.index),
+        functable=exports.get(P.FUNCTABLE_EXPORT),
+    )
+    _layouts[instance] = found
+    return found
+
+
+def memory_view(store, memory: wasmtime.Memory) -> tuple[int, int]:
+    """A memory's base address and length in bytes, now (growing may move it)."""
+    return ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store)
+
+
+def _func_key(func: wasmtime.Func) -> tuple[int, int]:
+    # wasmtime_func_t is {store_id, __private}; __private points at the
+    # function's VMFuncRef, which is the same for every reference to one
+    # function (checked against wasmtime 50, which pyproject pins).
+    raw = func._func
+    return raw.store_id, getattr(raw, "__private")
+
+
+def func_tables(store: wasmtime.Store, lay: Layout) -> tuple[dict, list]:
+    """The instance's functions: (function key -> index, index -> function), read once."""
+    if lay.func_index is None:
+        funcs = []
+        index = {}
+        if lay.functable is not None:
+            for i in range(lay.functable.size(store)):
+                f = lay.functable.get(store, i)
+                funcs.append(f)
+                if isinstance(f, wasmtime.Func):
+                    index.setdefault(_func_key(f), i)
+        lay.func_index, lay.funcs = index, funcs
+    return lay.func_index, lay.funcs
+
+
+def _is_null(value) -> bool:
+    return value is None or (isinstance(value, wasmtime.Val) and value.value is None)
+
+
+def _ref_to_index(store, lay: Layout, value, reftype: str, where: str) -> int | None:
+    if _is_null(value):
+        return None
+    if reftype == "externref":
+        raise UnrepresentableStateError(f"{where} holds a host externref ({type(value).__name__}); "
+                                        "only null externrefs can be captured")
+    index, _ = func_tables(store, lay)
+    if isinstance(value, wasmtime.Func):
+        found = index.get(_func_key(value))
+        if found is not None:
+            return found
+    raise UnrepresentableStateError(f"{where} holds a function that is not part of the module")
+
+
+def _read_global(store, lay: Layout, slot: GlobalSlot) -> GlobalState:
+    vt = slot.valtype
+    if slot.getter is not None:
+        raw = slot.getter(store)
+        if vt == "v128":
+            lo, hi = raw
+            value = (lo & (2**64 - 1)) | ((hi & (2**64 - 1)) << 64)
+        else:
+            value = raw & ((1 << NUMERIC_BITS[vt]) - 1)
+    elif vt in SIGNED_TYPES:
+        value = slot.handle.value(store)
+    elif vt in ("funcref", "externref"):
+        value = _ref_to_index(store, lay, slot.handle.value(store), vt, f"global {slot.index}")
+    else:  # pragma: no cover - prepare always adds accessors for these
+        raise InvalidModuleError(f"global {slot.index} of type {vt} has no accessor")
+    return GlobalState(slot.index, vt, value)
+
+
+def read_globals(store: wasmtime.Store, lay: Layout) -> tuple[GlobalState, ...]:
+    """The values of every mutable global, as raw bits (see ``GlobalState``).
+
+    Raises UnrepresentableStateError for a reference with no portable form.
+    """
+    return tuple(_read_global(store, lay, slot) for slot in lay.globals)
+
+
+def read_tables(store: wasmtime.Store, lay: Layout) -> tuple[TableState, ...]:
+    """The elements of every table, as function indices (None for null).
+
+    Raises UnrepresentableStateError for a host externref or a function
+    that is not part of the module.
+    """
+    out = []
+    for index, table, reftype in lay.tables:
+        where = f"table {index}"
+        elements = tuple(_ref_to_index(store, lay, table.get(store, i), reftype, where)
+                         for i in range(table.size(store)))
+        out.append(TableState(index, reftype, elements))
+    return tuple(out)
+
+
+def state_id(instance: wasmtime.Instance) -> bytes | None:
+    """Return the id of the state an instance held at its last capture or restore."""
+    return _state_ids.get(instance)
+
+
+def record_state_id(instance: wasmtime.Instance, state_id_: bytes) -> None:
+    """Note that ``instance`` now holds the state named ``state_id_`` (after a capture or restore)."""
+    _state_ids[instance] = state_id_
