@@ -58,7 +58,6 @@ from ._messages import (
     Request,
     StatusReport,
     WorkloadSummary,
-    error_code,
     register,
 )
 from ._node import Node
@@ -130,7 +129,6 @@ __all__ = [
     "configure_logging",
     "crash_point",
     "crash_point_async",
-    "error_code",
     "error_reply",
     "init_ca",
     "issue_cert",

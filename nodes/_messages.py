@@ -11,19 +11,18 @@ Every message is a frozen, keyword-only dataclass registered under a short
 
 Other packages (the migration coordinator) add their own messages with the
 same ``register`` decorator, and their own error codes (any well-formed
-code string, see ``error_code``); the protocol needs no change to carry
+code string, ``nodes._wire.Code``); the protocol needs no change to carry
 them.
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from ._errors import LocalProtocolError
-from ._wire import FieldError, schema_for
+from ._wire import Code, schema_for
 
 #: Versions of this protocol that this code speaks, oldest first.  Each side
 #: offers its list in Hello and both use the highest version in common.
@@ -37,7 +36,7 @@ ROLES = ("client", "edge", "cloud", "app")
 class ErrorCode(enum.StrEnum):
     """Why a request failed, as carried by ErrorReply and Goodbye: the nodes package's own codes.
 
-    An ErrorReply may carry other packages' codes too (``error_code``).
+    An ErrorReply may carry other packages' codes too, as plain strings (``Code``).
     """
 
     # the connection or the node
@@ -64,29 +63,6 @@ class ErrorCode(enum.StrEnum):
     SNAPSHOT_FAILED = "snapshot_failed"
     REPLAY_DIVERGED = "replay_diverged"
     REPLAY_UNSUPPORTED = "replay_unsupported"
-
-
-#: A well-formed error code: lower-case letters, digits and underscores, 1 to 64 characters.
-_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
-
-
-def error_code(value: str) -> ErrorCode | str:
-    """Return ``value`` as an ErrorCode when it is one of ours, else as a plain ``str``.
-
-    Other packages' codes (a ``StrEnum`` of their own, or its value) pass
-    as their string, so the wire carries them unchanged and they compare
-    equal to their enum member.  Raises FieldError (a ValueError) for a
-    value that is not a well-formed code.
-    """
-    if isinstance(value, ErrorCode):
-        return value
-    if not isinstance(value, str) or not _CODE.match(value):
-        raise FieldError(f"{value!r} is not an error code")
-    text = str.__str__(value)
-    try:
-        return ErrorCode(text)
-    except ValueError:
-        return text
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -226,19 +202,16 @@ class PeerSummary:
 class ErrorReply(Reply):
     """The request failed; ``code`` says how.
 
-    ``code`` is an ErrorCode for the nodes package's own codes and the plain
-    string of any other package's (``error_code``; a malformed one raises
-    FieldError, and from a peer it is a protocol error).  ``details``
-    carries the error's attributes (``workload_id``, ``trap_code``,
-    ``limit``...) so the client can raise the same class.
+    ``code`` is one of the nodes package's ErrorCodes, or another package's
+    code (its own StrEnum member; a plain ``str`` once it has crossed the
+    wire, equal to that member).  ``details`` carries the error's
+    attributes (``workload_id``, ``trap_code``, ``limit``...) so the client
+    can raise the same class.
     """
 
-    code: ErrorCode | str
+    code: ErrorCode | Code
     message: str = ""
     details: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "code", error_code(self.code))
 
 
 @register("done")

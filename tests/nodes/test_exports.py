@@ -22,7 +22,7 @@ def test_export_list_is_stable():
         "ResourceLimitExceeded", "Session", "SnapshotFailed", "State", "StatusReport", "UnknownExport",
         "UnknownModule", "UnknownWorkload", "UnsupportedImports", "WorkloadError", "WorkloadExists",
         "WorkloadExited", "WorkloadInfo", "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "client_context",
-        "code_for", "configure_logging", "crash_point", "crash_point_async", "error_code", "error_reply",
+        "code_for", "configure_logging", "crash_point", "crash_point_async", "error_reply",
         "init_ca", "issue_cert", "parse_address", "register", "resolve_config", "serve", "server_context",
         "unwrap_group",
     ])

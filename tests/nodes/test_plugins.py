@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgpack
 import pytest
 import trio
 
@@ -13,21 +14,23 @@ import workloads
 from nodes import (
     Address,
     ConfigError,
+    ErrorCode,
     ErrorReply,
+    LocalProtocolError,
     NodeClient,
     NodeConfig,
     Plugin,
     Reply,
     Request,
     RemoteNodeError,
-    error_code,
+    RemoteProtocolError,
     register,
     serve,
 )
 from nodes._handlers import HANDLERS
 from nodes._messages import Ping
 from nodes._plugin import handler_table
-from nodes._wire import FieldError
+from nodes._protocol import decode_message, encode_message
 
 
 class TallyCode(enum.StrEnum):
@@ -200,12 +203,13 @@ def test_a_plugin_is_frozen_and_copies_its_handler_table():
         plugin.name = "renamed"
 
 
-def test_error_codes_other_than_the_nodes_own_are_plain_well_formed_strings():
-    assert error_code("unknown_workload").__class__.__name__ == "ErrorCode"
-    assert error_code(TallyCode.NEGATIVE) == "tally_negative" and type(error_code(TallyCode.NEGATIVE)) is str
+def test_error_codes_other_than_the_nodes_own_travel_as_plain_well_formed_strings():
+    ours = decode_message(encode_message(ErrorReply(id=1, code=ErrorCode.UNKNOWN_WORKLOAD)))
+    assert ours.code is ErrorCode.UNKNOWN_WORKLOAD
+    theirs = decode_message(encode_message(ErrorReply(id=1, code=TallyCode.NEGATIVE, message="m")))
+    assert theirs == ErrorReply(id=1, code="tally_negative", message="m") and type(theirs.code) is str
     for bad in ("", "Not_Lower", "has space", "x" * 65, "1starts_with_digit"):
-        with pytest.raises(FieldError):
-            error_code(bad)
-    with pytest.raises(FieldError):
-        ErrorReply(id=1, code="Bad Code")
-    assert ErrorReply(id=1, code=TallyCode.NEGATIVE).code == "tally_negative"
+        with pytest.raises(LocalProtocolError, match="ErrorReply.code: str does not fit"):
+            encode_message(ErrorReply(id=1, code=bad))
+        with pytest.raises(RemoteProtocolError, match="ErrorReply.code: str does not fit"):
+            decode_message(msgpack.packb(["error", {"id": 1, "code": bad}]))
