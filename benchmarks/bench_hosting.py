@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import threading
@@ -43,7 +42,7 @@ if __package__ in (None, ""):
 import snapshot  # noqa: E402
 import workloads  # noqa: E402
 from nodes._hosting import EPOCH_TICK_S, Host  # noqa: E402
-from nodes._limits import Limits  # noqa: E402
+from nodes import Limits  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

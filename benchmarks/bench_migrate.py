@@ -37,7 +37,7 @@ if __package__ in (None, ""):
 
 import migrate  # noqa: E402
 import workloads  # noqa: E402
-from nodes.launcher import LocalCluster  # noqa: E402
+from migrate.launcher import LocalCluster  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAGE = 4096
@@ -123,7 +123,7 @@ async def run(sizes: list[int], rates: list[int], root: Path) -> list[dict]:
         limit = str(max(sizes) * 2**20 + 64 * 2**20)
         edge = lc.start("edge-1", "edge", args=["--workload-memory-bytes", limit])
         cloud = lc.start("cloud-1", "cloud", args=["--workload-memory-bytes", limit])
-        async with migrate.connect(edge.address, cloud.address, tls=lc.tls_for("bench", "node"),
+        async with migrate.connect(str(edge.address), str(cloud.address), tls=lc.tls_for("bench", "node"),
                                    local=False) as cluster:
             for mib in sizes:
                 floor = memcpy_s(mib * 2**20)

@@ -38,7 +38,8 @@ import wasmtime
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nodes import Host, NodeClient, init_ca, issue_cert  # noqa: E402
+from migrate.launcher import LocalCluster  # noqa: E402
+from nodes import Host, NodeClient  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOOP = wasmtime.wat2wasm('(module (func (export "noop")))')
@@ -121,26 +122,6 @@ async def _floors(n: int) -> dict[str, dict]:
     return out
 
 
-def start_node(root: Path, *, tls_dir: Path | None) -> tuple[subprocess.Popen, str, Path]:
-    log_path = root / ("node-tls.log" if tls_dir else "node-plain.log")
-    args = [sys.executable, "-m", "nodes.cli", "serve", "--name", "bench", "--role", "edge",
-            "--listen", "127.0.0.1:0", "--data-dir", str(root / "data")]
-    args += ["--tls-dir", str(tls_dir)] if tls_dir else ["--insecure"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATE_NODE_")}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for line in log_path.read_text().splitlines():
-            if '"listening"' in line:
-                return proc, json.loads(line)["address"], log_path
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    proc.kill()
-    raise SystemExit(f"the node did not start:\n{log_path.read_text()}")
-
-
 async def through_node(address: str, tls: Path | None, n: int) -> tuple[dict, float]:
     async with await NodeClient.connect(address, tls=tls) as client:
         wid = (await client.deploy(NOOP)).workload_id
@@ -168,18 +149,9 @@ async def through_node(address: str, tls: Path | None, n: int) -> tuple[dict, fl
 
 
 def node_run(root: Path, *, tls: bool, n: int) -> tuple[dict, float]:
-    node_tls = app_tls = None
-    if tls:
-        init_ca(root / "ca")
-        node_tls, app_tls = root / "tls-node", root / "tls-app"
-        issue_cert(root / "ca", name="bench", role="node", out_dir=node_tls)
-        issue_cert(root / "ca", name="app", role="client", out_dir=app_tls)
-    proc, address, _ = start_node(root, tls_dir=node_tls)
-    try:
-        return trio.run(through_node, address, app_tls, n)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    with LocalCluster(root, tls=tls) as lc:
+        node = lc.start("bench", "edge")
+        return trio.run(through_node, str(node.address), lc.tls_for("app", "client"), n)
 
 
 def markdown(report: dict) -> str:

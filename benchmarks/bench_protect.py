@@ -51,15 +51,19 @@ if __package__ in (None, ""):
 
 import migrate  # noqa: E402
 import workloads  # noqa: E402
-from migrate._chunks import CHUNK_BYTES, WINDOW_PIECES, chunk_bytes, recut  # noqa: E402
-from migrate._chunks import send as send_chunks  # noqa: E402
-from migrate._messages import MAbort, MCheckpoint, MIncoming  # noqa: E402
-from migrate._protect import fetch_parts  # noqa: E402
-from nodes import NodeClient  # noqa: E402
-from nodes._messages import ReadMemory  # noqa: E402
-from nodes._tls import client_context, server_context  # noqa: E402
-from nodes._transport import RECEIVE_BYTES  # noqa: E402
-from nodes.launcher import LocalCluster  # noqa: E402
+from migrate.launcher import LocalCluster  # noqa: E402
+from migrate.wire import (  # noqa: E402
+    CHUNK_BYTES,
+    WINDOW_PIECES,
+    MAbort,
+    MCheckpoint,
+    MIncoming,
+    chunk_bytes,
+    fetch_parts,
+    recut,
+    send_chunks,
+)
+from nodes import RECEIVE_BYTES, NodeClient, ReadMemory, client_context, server_context  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -176,7 +180,7 @@ async def restore_s(cluster, protector, window: int, epoch: int) -> float:
 async def one_size(lc: LocalCluster, mib: int, repeat: int) -> dict:
     limit = str(mib * 2**20 + 64 * 2**20)
     edge = lc.start(f"edge-{mib}", "edge", args=["--workload-memory-bytes", limit])
-    async with migrate.connect(edge.address, tls=lc.tls_for("bench", "node"),
+    async with migrate.connect(str(edge.address), tls=lc.tls_for("bench", "node"),
                                local_memory_bytes=int(limit)) as cluster:
         h = await cluster.spawn(workloads.load("kvstore"), on=edge.name)
         size = mib * 2**20

@@ -326,18 +326,6 @@ class Process:
                 self.proc.wait()
 
 
-def listening_address(log_text: str) -> str | None:
-    """The address of the first JSON log line ``{"msg": "listening", "address": ...}``, if any."""
-    for line in log_text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("msg") == "listening":
-            return record.get("address")
-    return None
-
-
 _PR_SET_PDEATHSIG = 1
 
 
@@ -352,6 +340,8 @@ def spawn_listening(name: str, cmd: Sequence[str], log_path: Path, env: Mapping[
 
     The process is killed if this process dies.
     """
+    from migrate.launcher import listening_address  # not at import: the proxy process needs none of it
+
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=dict(env) if env is not None else None, cwd=REPO,
@@ -391,29 +381,23 @@ class EmulatedSites:
 
     def tls_for(self, name: str, san: str | None = None) -> Path:
         """The TLS dir of ``name`` (a node certificate, naming ``san`` too), issued on first use."""
-        from nodes.launcher import run_cli
+        from migrate.launcher import ClusterTLS
 
-        ca, out = self.root / "ca", self.root / "tls" / name
-        if not (ca / "ca.pem").exists():
-            run_cli("ca", "init", "--dir", str(ca))
-        if not (out / "cert.pem").exists():
-            run_cli("cert", "issue", "--ca", str(ca), "--name", name, "--role", "node", "--out", str(out),
-                    *(["--san", san] if san else []))
-        return out
+        return ClusterTLS(self.root).issue(name, "node", san=[san] if san else [])
 
     def start_node(self, name: str, role: str, *, args: Sequence[str] = ()) -> str:
         """Start ``migrate-node serve`` in ``role``'s namespace behind its proxy; return the proxied address.
 
         Raises NetemError.
         """
-        from nodes.launcher import migrate_node_command
+        from migrate.launcher import node_env, serve_command
 
         ip, ns = SERVICE_IP[role], self.namespace(role)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATE_NODE_")}
+        env = node_env()
         node = spawn_listening(name, [
-            "ip", "netns", "exec", ns, *migrate_node_command(), "serve", "--name", name, "--role", role,
-            "--listen", f"{ip}:0", "--data-dir", str(self.root / name),
-            "--tls-dir", str(self.tls_for(name, ip)), *args], self.root / f"{name}.log", env)
+            "ip", "netns", "exec", ns, *serve_command(name, role, listen=f"{ip}:0", data_dir=self.root / name,
+                                                      tls_dir=self.tls_for(name, ip), args=args)],
+            self.root / f"{name}.log", env)
         self.processes.append(node)
         delays = [f"{peer}={delay}" for peer, delay in proxy_delays(role, self.profile).items()]
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))

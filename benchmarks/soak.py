@@ -53,10 +53,9 @@ import migrate  # noqa: E402
 import workloads  # noqa: E402
 from benchmarks.loads import CounterLoad, MemoryLoad  # noqa: E402
 from benchmarks.suite import client_blackout, percentile  # noqa: E402
-from nodes import NodeError  # noqa: E402
-from nodes._crash import MIGRATION_PHASES  # noqa: E402
-from nodes._logging import configure_logging  # noqa: E402
-from nodes.launcher import LocalCluster, NodeProcess  # noqa: E402
+from migrate.launcher import LocalCluster, NodeProcess  # noqa: E402
+from migrate.wire import MIGRATION_PHASES  # noqa: E402
+from nodes import NodeError, configure_logging  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NODES = (("edge-1", "edge"), ("edge-2", "edge"), ("cloud-1", "cloud"))
@@ -221,7 +220,7 @@ async def soak(config: SoakConfig, root: Path) -> dict:
     with LocalCluster(root) as lc:
         fleet = Fleet(lc, config, tally)
         fleet.start()
-        addresses = [node.address for node in fleet.nodes.values()]
+        addresses = [str(node.address) for node in fleet.nodes.values()]
         async with migrate.connect(*addresses, tls=lc.tls_for("soak-app", "node")) as cluster:
             events = cluster.events()
             counter = workloads.load("counter")

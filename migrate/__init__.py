@@ -9,7 +9,11 @@
         h.node            # "cloud-1"
         await cluster.nodes()
 
-Public names are re-exported here; ``tests/migrate/test_exports.py`` guards the list.
+Public names are re-exported here; ``tests/migrate/test_migrate_exports.py`` guards the list.
+Public submodules: ``migrate.cli`` (the ``migrate-node`` command: a node
+with the migration plugin), ``migrate.launcher`` (local ``migrate-node``
+processes for tests, benchmarks and the demo) and ``migrate.wire`` (the
+migration protocol's messages and codes, for tools that speak it).
 """
 
 from ._cluster import LOCAL, Cluster, NodeInfo, connect

@@ -11,8 +11,8 @@ other move.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,21 +21,21 @@ from pathlib import Path
 import trio
 
 from nodes import (
+    Address,
     ConnectionFailed,
+    ErrorCode,
+    HostError,
     NodeClient,
     NodeConfig,
     NodeError,
     NodeShuttingDown,
     RemoteNodeError,
     parse_address,
+    serve,
+    unwrap_group,
 )
-from nodes import _host_errors as he
-from nodes._config import Address
-from nodes._daemon import serve
-from nodes._groups import unwrap_group
-from nodes._messages import ErrorCode
 
-from . import _service  # noqa: F401  (registers the migration handlers for the local node)
+from ._service import PLUGIN
 from ._errors import MigrateError, UnknownNode
 from ._handle import DEFAULT_RECONNECT_TIMEOUT_S, Handle, module_bytes
 from ._messages import MLocate, MSpawn
@@ -259,7 +259,7 @@ class Cluster:
         if protector.protection.mode == "standby":
             try:
                 await protector.follow(handle._address)
-            except (NodeError, he.HostError, MigrateError) as exc:
+            except (NodeError, HostError, MigrateError) as exc:
                 self.publish("standby_lost", handle.workload, protector.protection.to, str(exc))
 
     def protection(self, workload: str) -> ProtectionStatus | None:
@@ -378,7 +378,7 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
                                         data_dir=directory, tls_dir=Path(tls) if tls else None,
                                         insecure=tls is None, join=tuple(parse_address(a) for a in addresses),
                                         **limits)
-                    bound = await nursery.start(serve, config)
+                    bound = await nursery.start(functools.partial(serve, config, plugins=(PLUGIN,)))
                     cluster.learn(LOCAL, str(bound))
                 for address in addresses:
                     await cluster.client(str(parse_address(address)))

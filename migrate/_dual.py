@@ -12,10 +12,11 @@ import math
 
 import trio
 
-from nodes import ErrorCode, RemoteNodeError
+from nodes import RemoteNodeError
 
 from . import _chunks
 from . import _hostops as ops
+from ._codes import MigrationCode
 from ._dual_plan import DualConfig, DualPlanner, DualStep
 from ._messages import MAlign, MReplay
 from ._oplog import batches
@@ -85,7 +86,7 @@ class DualExecution:
                             await node.run_host(ops.thaw, host, self.workload)
         except RemoteNodeError as exc:
             owned.record, owned.follow = was_record, None
-            if exc.code != ErrorCode.DIVERGED:
+            if exc.code != MigrationCode.DIVERGED:
                 raise
             plan.diverged()
             # Fall back: the target dropped its copy; send it again, pre-copy.

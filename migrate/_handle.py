@@ -20,9 +20,9 @@ from pathlib import Path
 
 import trio
 
-from nodes import ConnectionFailed, NodeShuttingDown, RemoteNodeError
-from nodes._messages import ErrorCode
+from nodes import ConnectionFailed, ErrorCode, NodeShuttingDown, RemoteNodeError
 
+from ._codes import MigrationCode
 from ._errors import MigrationFailed, WorkloadUnavailable
 from ._messages import MCall, MigrationReport, MMigrate, MReport
 from ._oplog import error_outcome, log_entry, reply_outcome
@@ -156,10 +156,10 @@ class Handle:
                         downtime_budget_s=downtime_budget_s, max_rounds=max_rounds)
                     break
                 except RemoteNodeError as exc:
-                    if exc.code == ErrorCode.NOT_OWNER:
+                    if exc.code == MigrationCode.NOT_OWNER:
                         await self._relocate(deadline)
                         continue
-                    if exc.code in (ErrorCode.MIGRATION_FAILED, ErrorCode.MIGRATION_BUSY):
+                    if exc.code in (MigrationCode.MIGRATION_FAILED, MigrationCode.MIGRATION_BUSY):
                         raise MigrationFailed(str(exc)) from None
                     raise
                 except ConnectionFailed:
@@ -217,7 +217,7 @@ class Handle:
                 await self._wait_for_owner(deadline, shutting_down=isinstance(exc, NodeShuttingDown), ran=None)
                 continue
             except RemoteNodeError as exc:
-                if exc.code == ErrorCode.NOT_OWNER:
+                if exc.code == MigrationCode.NOT_OWNER:
                     await self._relocate(deadline.at, ran=None if maybe_ran else False)
                     continue
                 if exc.code == ErrorCode.SHUTTING_DOWN:  # refused, not run

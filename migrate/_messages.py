@@ -22,8 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nodes import Reply, Request, register
-from nodes._messages import Done
+from nodes import Done, Reply, Request, register
 
 
 def _message(kind: str, *, reply: type[Reply] | None = None):
@@ -288,7 +287,7 @@ class MReplay(_ToCopy):
     """Re-run logged operations on an incoming workload, in order.
 
     Each entry is a map in the format of ``_oplog.log_entry``.  A different
-    outcome is a divergence: the request fails with ``ErrorCode.DIVERGED``
+    outcome is a divergence: the request fails with ``MigrationCode.DIVERGED``
     and the incoming copy is dropped.
     """
 

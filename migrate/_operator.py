@@ -11,8 +11,8 @@ import sys
 from typing import Any
 
 from nodes import ConfigError, NodeClient, RemoteNodeError, parse_address
-from nodes._messages import ErrorCode
 
+from ._codes import MigrationCode
 from ._errors import MigrationFailed, UnknownNode
 from ._messages import MigrationReport, MMigrate
 
@@ -36,7 +36,7 @@ async def move(client: NodeClient, workload: str, target: str, strategy: str) ->
     try:
         reply = await client.request(MMigrate, workload=workload, target=target, strategy=strategy)
     except RemoteNodeError as exc:
-        if exc.code in (ErrorCode.MIGRATION_FAILED, ErrorCode.MIGRATION_BUSY, ErrorCode.NOT_OWNER):
+        if exc.code in (MigrationCode.MIGRATION_FAILED, MigrationCode.MIGRATION_BUSY, MigrationCode.NOT_OWNER):
             raise MigrationFailed(str(exc)) from None
         raise
     return reply.report

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from nodes._error_codes import code_for
+from nodes import code_for
 
 from ._ledger import Outcome
 from ._messages import MCall, MResult

@@ -10,10 +10,17 @@ from typing import Any
 
 import trio
 
-from nodes import _host_errors as he
-from nodes._error_codes import code_for, error_reply
-from nodes._messages import Done, ErrorCode, ErrorReply
-from nodes._replay import CallInputs
+from nodes import (
+    BadArguments,
+    CallInputs,
+    Done,
+    ErrorCode,
+    ErrorReply,
+    HostError,
+    RequestError,
+    code_for,
+    error_reply,
+)
 
 from ._ledger import Outcome
 from ._messages import MCall, MLocate, MProtect, MResult, MSpawn, MSpawned, MWhere
@@ -35,7 +42,7 @@ async def on_spawn(node, session, req: MSpawn) -> MSpawned:
 
 def _result(request_id: int, outcome: Outcome, epoch: int, replayed: bool):
     if not outcome.ok:
-        return ErrorReply(id=request_id, code=ErrorCode(outcome.code), message=outcome.message,
+        return ErrorReply(id=request_id, code=outcome.code, message=outcome.message,
                           details=outcome.value or None)
     values, data, index, inputs = outcome.value
     return MResult(id=request_id, values=tuple(values), data=data, epoch=epoch, replayed=replayed,
@@ -85,9 +92,9 @@ class _Ran:
 
     values: list
     data: bytes
-    error: he.HostError | None = None
+    error: HostError | None = None
     inputs: Any = None  # the inputs a recorded call consumed, in wire form
-    inputs_error: he.HostError | None = None  # reading them failed
+    inputs_error: HostError | None = None  # reading them failed
 
 
 def _operate(host, req: MCall, replay, record: bool) -> _Ran:
@@ -112,13 +119,13 @@ def _operate(host, req: MCall, replay, record: bool) -> _Ran:
             host.remove(req.workload)
             ran = _Ran([], b"")
         else:
-            raise he.BadArguments(f"unknown operation {req.op!r}")
-    except he.HostError as exc:
+            raise BadArguments(f"unknown operation {req.op!r}")
+    except HostError as exc:
         ran = _Ran([], b"", exc)
-    if record and req.op == "call" and not isinstance(ran.error, he.RequestError):
+    if record and req.op == "call" and not isinstance(ran.error, RequestError):
         try:
             ran = dataclasses.replace(ran, inputs=host.last_inputs(req.workload).to_wire())
-        except he.HostError as exc:
+        except HostError as exc:
             ran = dataclasses.replace(ran, inputs_error=exc)
     return ran
 
@@ -137,7 +144,7 @@ async def _run(node, req: MCall, owned: Owned, inputs=None) -> Outcome:
     if exc is not None:
         reply = error_reply(0, exc)
         details = dict(reply.details or {})
-        if mutating and not isinstance(exc, he.RequestError):
+        if mutating and not isinstance(exc, RequestError):
             # The call ran and trapped: it may have changed state, so it is
             # part of the order a replay must follow.
             owned.index += 1

@@ -6,8 +6,7 @@ import logging
 
 import trio
 
-from nodes import NodeError
-from nodes._config import Address, parse_address
+from nodes import Address, NodeError, parse_address
 
 from . import _hostops as ops
 from ._ledger import CallLedger
@@ -67,7 +66,7 @@ async def _resume_standbys(node) -> None:
     for owned in list(service(node).owned.values()):
         if owned.resume_standby is not None:
             target, owned.resume_standby = owned.resume_standby, None
-            await node._nursery.start(_resume_standby, node, owned, target)
+            await node.start(_resume_standby, node, owned, target)
 
 
 async def _resume_standby(node, owned: Owned, target: Address, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

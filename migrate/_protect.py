@@ -42,11 +42,11 @@ from typing import Any
 
 import trio
 
-from nodes import ErrorCode, NodeError, RemoteNodeError, ReplayDivergence
-from nodes import _host_errors as he
+from nodes import HostError, NodeError, RemoteNodeError, ReplayDivergence
 
 from ._chunks import FRAME_OVERHEAD_BYTES, WINDOW_PIECES, chunk_bytes, recut
 from ._chunks import send as send_chunks
+from ._codes import MigrationCode
 from ._errors import MigrateError
 from ._ledger import CallLedger
 from ._messages import (
@@ -121,7 +121,7 @@ async def fetch_parts(client, workload: str, token: str, *, window: int = WINDOW
 
 
 #: What a protector's background work may run into; it logs them and carries on.
-_EXPECTED = (NodeError, he.HostError, MigrateError, trio.TooSlowError)
+_EXPECTED = (NodeError, HostError, MigrateError, trio.TooSlowError)
 
 
 @dataclass
@@ -236,7 +236,7 @@ class Protector:
         try:
             await self.take_checkpoint(self.owner)
             return
-        except (NodeError, he.HostError) as exc:  # moved, removed or unreachable
+        except (NodeError, HostError) as exc:  # moved, removed or unreachable
             found = await self.cluster.locate(self.workload)
             if found is None or found[1] == self.owner:
                 raise
@@ -301,8 +301,8 @@ class Protector:
                     name, address, new_epoch = await self._promote(epoch)
                 else:
                     name, address, new_epoch = await self._restore(epoch)
-            except (NodeError, he.HostError) as exc:
-                diverged = (isinstance(exc, RemoteNodeError) and exc.code == ErrorCode.DIVERGED
+            except (NodeError, HostError) as exc:
+                diverged = (isinstance(exc, RemoteNodeError) and exc.code == MigrationCode.DIVERGED
                             or isinstance(exc, ReplayDivergence))
                 raise FailoverFailed(f"failover of {self.workload} to {self.protection.to} failed: {exc}",
                                      diverged=diverged) from None

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import trio
 
-from nodes._messages import ErrorCode, ErrorReply
+from nodes import ErrorCode, ErrorReply
 
 from . import _chunks
 from . import _hostops as ops

@@ -1,7 +1,9 @@
-"""The node side of live migration, assembled: handlers, status and the checkpoint extension.
+"""The node side of live migration, assembled: ``PLUGIN``, the migration plugin of a node.
 
-Importing this module registers the handlers with the node daemon
-(``nodes.register_handler``); ``migrate-node serve`` imports it.  The
+``PLUGIN`` (a ``nodes.Plugin``) gives a node the migration handlers, the
+per-node ``MigrationService`` (``_state``), its status, its checkpoint
+records and its crash phases; ``migrate-node serve`` (``migrate.cli``) and
+the application's local node (``migrate.connect``) serve with it.  The
 handlers live by concept: ``_owner`` (calls), ``_serve_checkpoint``,
 ``_standby``, ``_target``, ``_source`` and ``_dual`` (moves), ``_persist``
 (restarts), on the tables in ``_state``.
@@ -9,26 +11,27 @@ handlers live by concept: ``_owner`` (calls), ``_serve_checkpoint``,
 
 from __future__ import annotations
 
-from nodes import register_checkpoint_extension, register_handler, register_status
+from nodes import Plugin
 
 from . import _messages as m
+from ._codes import CRASH_PHASES
 from ._owner import on_call, on_locate, on_protect, on_spawn
 from ._persist import _load_record, _load_tombstones, _resume_standbys, _save_record, _save_tombstones
 from ._serve_checkpoint import on_checkpoint, on_checkpoint_part
 from ._source import on_migrate
 from ._standby import on_follow, on_promote
-from ._state import service
+from ._state import PLUGIN_NAME, MigrationService, service
 from ._target import on_abort, on_align, on_chunk, on_commit, on_incoming, on_replay
 
-
-register_checkpoint_extension("migrate", save=_save_record, load=_load_record,
-                              save_node=_save_tombstones, load_node=_load_tombstones, resume=_resume_standbys)
-register_status(lambda node: service(node).status())
-
-for _kind, _handler in ((m.MSpawn, on_spawn), (m.MCall, on_call), (m.MLocate, on_locate),
-                        (m.MIncoming, on_incoming), (m.MChunk, on_chunk), (m.MCommit, on_commit),
-                        (m.MAbort, on_abort), (m.MMigrate, on_migrate), (m.MProtect, on_protect),
-                        (m.MCheckpoint, on_checkpoint), (m.MCheckpointPart, on_checkpoint_part),
-                        (m.MReplay, on_replay), (m.MAlign, on_align), (m.MFollow, on_follow),
-                        (m.MPromote, on_promote)):
-    register_handler(_kind, _handler)
+PLUGIN = Plugin(
+    name=PLUGIN_NAME,
+    handlers={m.MSpawn: on_spawn, m.MCall: on_call, m.MLocate: on_locate, m.MIncoming: on_incoming,
+              m.MChunk: on_chunk, m.MCommit: on_commit, m.MAbort: on_abort, m.MMigrate: on_migrate,
+              m.MProtect: on_protect, m.MCheckpoint: on_checkpoint, m.MCheckpointPart: on_checkpoint_part,
+              m.MReplay: on_replay, m.MAlign: on_align, m.MFollow: on_follow, m.MPromote: on_promote},
+    state=MigrationService,
+    status=lambda node: service(node).status(),
+    save=_save_record, load=_load_record, save_node=_save_tombstones, load_node=_load_tombstones,
+    resume=_resume_standbys,
+    crash_phases=CRASH_PHASES,
+)

@@ -15,14 +15,19 @@ from collections.abc import Callable
 import trio
 
 import snapshot
-from nodes import ConnectionFailed, NodeError
-from nodes import _host_errors as he
-from nodes._config import parse_address
-from nodes._crash import crash_point_async
-from nodes._messages import ErrorCode, ErrorReply
+from nodes import (
+    BadArguments,
+    ConnectionFailed,
+    ErrorReply,
+    HostError,
+    NodeError,
+    crash_point_async,
+    parse_address,
+)
 
 from . import _chunks
 from . import _hostops as ops
+from ._codes import MigrationCode
 from ._messages import MAbort, MCommit, MIncoming, MLocate, MMigrate, MigrationReport, MReport
 from ._dual import DualExecution
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
@@ -48,13 +53,13 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
     if owned is None or owned.moved is not None:
         return _not_owner(req.id, node, req.workload)
     if req.strategy not in STRATEGIES:
-        raise he.BadArguments(f"strategy must be one of {', '.join(STRATEGIES)}, got {req.strategy!r}")
+        raise BadArguments(f"strategy must be one of {', '.join(STRATEGIES)}, got {req.strategy!r}")
     if owned.migrating:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_BUSY,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
                           message=f"workload {req.workload} is already moving")
     target = parse_address(req.target)
     if target == node.address:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                           message=f"workload {req.workload} is already on {node.config.name}")
     owned.migrating = True
     migration = svc.active[req.workload] = Migration(node, svc, owned, target, req, clock=svc.clock)
@@ -63,7 +68,7 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
     except MigrationError as exc:
         svc.recent.append({"workload": req.workload, "state": "aborted", "target": req.target,
                            "strategy": req.strategy, "reason": str(exc)})
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
     finally:
         svc.active.pop(req.workload, None)
         owned.migrating = False
@@ -115,7 +120,7 @@ class Migration(DualExecution):
                         if onto_standby:
                             await _stop_standby(self.owned)  # the move's copy replaces the standby's
                         committed = await self._move(client, target_name)
-                except (NodeError, he.HostError, OSError) as exc:
+                except (NodeError, HostError, OSError) as exc:
                     await self._abort(client, f"{type(exc).__name__}: {exc}")
         finally:
             if committed:
@@ -123,7 +128,7 @@ class Migration(DualExecution):
             else:
                 await node.run_host(host.stop_tracking, self.workload)
                 if onto_standby:  # the workload stays here: so does its standby
-                    node._nursery.start_soon(_keep_standby, node, self.owned, self.target)
+                    node.start_soon(_keep_standby, node, self.owned, self.target)
             await client.aclose()
         return MigrationReport(
             workload=self.workload, strategy=self.req.strategy, source=node.config.name, target=target_name,
@@ -309,7 +314,7 @@ class Migration(DualExecution):
         with trio.move_on_after(2.0):
             try:
                 await client.request(MAbort, workload=self.workload, epoch=self.epoch)
-            except (NodeError, he.HostError, OSError):
+            except (NodeError, HostError, OSError):
                 pass
         raise MigrationError(f"migration of {self.workload} to {self.target} aborted ({why}); "
                              f"it keeps running on {self.node.config.name}")

@@ -8,14 +8,11 @@ import math
 
 import trio
 
-from nodes import NodeError
-from nodes import _host_errors as he
-from nodes._config import parse_address
-from nodes._crash import crash_point_async
-from nodes._messages import Done, ErrorCode, ErrorReply
+from nodes import BadArguments, Done, ErrorReply, HostError, NodeError, crash_point_async, parse_address
 
 from . import _chunks
 from . import _hostops as ops
+from ._codes import MigrationCode
 from ._messages import MAbort, MAlign, MCommitted, MFollow, MIncoming, MLocate, MPromote, MReplay
 from ._oplog import batches, entry_bytes
 from ._state import MigrationError, Owned, Standby, _drain, _drop_staging, _not_owner, service
@@ -38,7 +35,7 @@ async def on_follow(node, session, req: MFollow) -> Done:
         return _not_owner(req.id, node, req.workload)
     target = parse_address(req.standby) if req.standby else None
     if target == node.address:
-        raise he.BadArguments(f"a standby of {req.workload} must be on another node than its owner")
+        raise BadArguments(f"a standby of {req.workload} must be on another node than its owner")
     async with owned.standby_lock:
         if owned.moved is not None or svc.owned.get(req.workload) is not owned:
             return _not_owner(req.id, node, req.workload)
@@ -53,9 +50,9 @@ async def on_follow(node, session, req: MFollow) -> Done:
         await _stop_standby(owned)
         if target is not None:
             try:
-                await node._nursery.start(_follow, node, owned, target)
+                await node.start(_follow, node, owned, target)
             except MigrationError as exc:
-                return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
+                return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
     return Done(id=req.id)
 
 
@@ -89,7 +86,7 @@ async def _keep_standby(node, owned: Owned, target) -> None:
         if owned.standby is not None:
             return  # someone asked for a standby meanwhile
         try:
-            await node._nursery.start(_follow, node, owned, target)
+            await node.start(_follow, node, owned, target)
         except MigrationError as exc:
             logger.warning("%s", exc, extra={"workload": owned.workload})
 
@@ -131,7 +128,7 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
                 del snap
                 await client.request(MAlign, workload=workload, epoch=feed.epoch, calls=calls, index=index,
                                      ledger=ledger, monotonic_ns=clock, standby=True)
-            except (NodeError, he.HostError, OSError) as exc:
+            except (NodeError, HostError, OSError) as exc:
                 raise MigrationError(f"cannot start a standby of {workload} on {target}: {exc}") from None
             task_status.started()
             started = True
@@ -144,7 +141,7 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
                                              standby=True)
                         feed.queued_bytes -= sum(entry_bytes(e) for e in batch)
                 feed.flushed = True
-            except (NodeError, he.HostError, OSError) as exc:
+            except (NodeError, HostError, OSError) as exc:
                 logger.warning("standby lost: %s", exc, extra={"workload": workload})
             except Exception:  # a bug in this background task must not take the node down
                 logger.exception("standby feed failed", extra={"workload": workload})
@@ -158,7 +155,7 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
                 # feeds the standby again after the restart, and the standby
                 # can take over if the node never comes back.
                 if not feed.flushed and owned.moved is None and not node.stopping:
-                    with contextlib.suppress(NodeError, he.HostError, OSError):
+                    with contextlib.suppress(NodeError, HostError, OSError):
                         await client.request(MAbort, workload=workload, epoch=feed.epoch, standby=True)
                 await client.aclose()
         feed.done.set()
@@ -171,11 +168,11 @@ async def on_promote(node, session, req: MPromote) -> MCommitted:
     svc = service(node)
     inc = svc.incoming.get(req.workload)
     if inc is None or not inc.standby or inc.ledger is None or not inc.created or req.epoch < inc.epoch:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                           message=f"{node.config.name} holds no standby of {req.workload}")
     async with inc.lock:
         if svc.incoming.get(req.workload) is not inc:
-            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                               message=f"the standby of {req.workload} on {node.config.name} was replaced")
         del svc.incoming[req.workload]
         svc.moved.pop(req.workload, None)

@@ -29,12 +29,10 @@ from typing import TYPE_CHECKING
 import trio
 
 import snapshot
-from nodes import NodeError
-from nodes import _host_errors as he
-from nodes._config import Address
-from nodes._messages import ErrorCode, ErrorReply
+from nodes import Address, ErrorReply, HostError, NodeError
 
 from . import _hostops as ops
+from ._codes import MigrationCode
 from ._ledger import CallLedger
 from ._messages import MResult
 from ._oplog import entry_bytes
@@ -45,6 +43,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: The migration plugin's name: the key of its per-node state and of its records in a node's checkpoint.
+PLUGIN_NAME = "migrate"
 
 STRATEGIES = ("precopy", "stop-copy", "dual")
 #: Checkpoints of one workload kept ready for fetching at once; a newer one
@@ -235,17 +235,15 @@ class MigrationService:
             # (_save_record below), so they never reach this line.
             try:
                 self.node.host.info(workload)
-            except he.HostError:
+            except HostError:
                 return None
             owned = self.owned[workload] = Owned(workload, epoch=1)
         return owned
 
 
 def service(node) -> MigrationService:
-    svc = getattr(node, "_migration", None)
-    if svc is None:
-        svc = node._migration = MigrationService(node)
-    return svc
+    """The node's MigrationService: the migration plugin's per-node state."""
+    return node.plugin_state(PLUGIN_NAME)
 
 
 def _moved_reply(request_id: int, workload: str, stone: Tombstone) -> MResult:
@@ -253,7 +251,7 @@ def _moved_reply(request_id: int, workload: str, stone: Tombstone) -> MResult:
 
 
 def _not_owner(request_id: int, node, workload: str) -> ErrorReply:
-    return ErrorReply(id=request_id, code=ErrorCode.NOT_OWNER,
+    return ErrorReply(id=request_id, code=MigrationCode.NOT_OWNER,
                       message=f"{node.config.name} does not own workload {workload!r}",
                       details={"workload_id": workload})
 

@@ -12,12 +12,10 @@ import logging
 import trio
 
 import snapshot
-from nodes import _host_errors as he
-from nodes._config import parse_address
-from nodes._crash import crash_point_async
-from nodes._messages import Done, ErrorCode, ErrorReply
+from nodes import Done, ErrorCode, ErrorReply, UnknownModule, crash_point_async, parse_address
 
 from . import _hostops as ops
+from ._codes import MigrationCode
 from ._ledger import CallLedger
 from ._messages import MAbort, MAlign, MChunk, MCommit, MCommitted, MIncoming, MReplay
 from ._oplog import divergence, replayed_call
@@ -56,7 +54,7 @@ def _addressed(svc: MigrationService, workload: str, epoch: int, standby: bool) 
 
 def _no_incoming(request_id: int, workload: str, epoch: int, standby: bool) -> ErrorReply:
     what = "standby copy" if standby else "incoming move"
-    return ErrorReply(id=request_id, code=ErrorCode.MIGRATION_FAILED,
+    return ErrorReply(id=request_id, code=MigrationCode.MIGRATION_FAILED,
                       message=f"no {what} of {workload} at epoch {epoch}")
 
 
@@ -71,18 +69,18 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
     svc = service(node)
     owned = svc.owned.get(req.workload)
     if owned is not None and owned.epoch >= req.epoch:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                           message=f"{node.config.name} already owns {req.workload} at epoch {owned.epoch}")
     if not node.host.has_module(req.module_sha256):
-        raise he.UnknownModule(f"module {req.module_sha256} must be stored before the workload moves in")
+        raise UnknownModule(f"module {req.module_sha256} must be stored before the workload moves in")
     current = svc.incoming.get(req.workload)
     if current is not None and req.standby and current.epoch >= req.epoch and (
             not current.standby or current.epoch > req.epoch):
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_BUSY,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
                           message=f"{node.config.name} is receiving {req.workload} at epoch {current.epoch}")
     staged = svc.staging.get(req.workload)
     if staged is not None and req.standby and staged.epoch > req.epoch:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_BUSY,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
                           message=f"{node.config.name} is receiving {req.workload} at epoch {staged.epoch}")
     await _drop_staging(node, svc, req.workload)
     settings = {"args": tuple(req.args), "env": dict(req.env or {}), "memory_limit_bytes": req.memory_limit_bytes}
@@ -163,7 +161,7 @@ async def on_chunk(node, session, req: MChunk) -> Done:
             await trio.to_thread.run_sync(_decode_into, inc, req.data)
         except snapshot.SnapshotError as exc:
             await _drop_incoming(node, svc, inc)
-            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=f"bad snapshot stream: {exc}")
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=f"bad snapshot stream: {exc}")
         if inc.assembler.complete:
             snap = inc.assembler.snapshot()
             inc.decoder = snapshot.SnapshotDecoder()
@@ -218,7 +216,7 @@ async def on_replay(node, session, req: MReplay) -> Done:
             if why is not None:
                 await _drop_incoming(node, svc, inc)
                 logger.warning("replay diverged: %s", why, extra={"workload": req.workload})
-                return ErrorReply(id=req.id, code=ErrorCode.DIVERGED,
+                return ErrorReply(id=req.id, code=MigrationCode.DIVERGED,
                                   message=f"replay of {req.workload} diverged: {why}")
             inc.index = shadow.index
     return Done(id=req.id)
@@ -242,7 +240,7 @@ async def on_align(node, session, req: MAlign) -> Done:
         try:
             ledger = CallLedger.from_wire(req.ledger) if req.ledger is not None else inc.ledger
         except ValueError as exc:
-            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
         inc.index, inc.ledger = req.index, ledger
         if inc.host_id != inc.workload and not await _swap_in(node, svc, inc):
             await _drop_incoming(node, svc, inc)
@@ -266,29 +264,29 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         ready = inc is not None and not inc.standby and inc.created and inc.epoch == req.epoch
     if not ready:
         what = "standby copy" if req.from_standby else "incoming move"
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                           message=f"no complete {what} of {req.workload} to commit at epoch {req.epoch}"
                                   f" and operation {req.index}")
     try:
         ledger = CallLedger.from_wire(req.ledger)
     except ValueError as exc:
-        return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message=str(exc))
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
     await crash_point_async("target:before-commit")
     if req.digest is not None:
         try:
             pages = {int(k): [int(p) for p in v] for k, v in dict(req.pages or {}).items()}
         except (TypeError, ValueError):
-            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED, message="malformed page list")
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message="malformed page list")
         ours = await node.run_host(node.host.pages_digest, req.workload, pages)
         if ours != req.digest:
             async with inc.lock:
                 await _drop_incoming(node, svc, inc)
-            return ErrorReply(id=req.id, code=ErrorCode.DIVERGED,
+            return ErrorReply(id=req.id, code=MigrationCode.DIVERGED,
                               message=f"replay of {req.workload} diverged: the state written since the cut "
                                       "differs from the source's")
     async with inc.lock:
         if svc.incoming.get(req.workload) is not inc:
-            return ErrorReply(id=req.id, code=ErrorCode.MIGRATION_FAILED,
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                               message=f"the incoming copy of {req.workload} was replaced")
         del svc.incoming[req.workload]
         svc.moved.pop(req.workload, None)
@@ -299,7 +297,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
     await crash_point_async("target:after-commit")
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})
     if req.standby and parse_address(req.standby) != node.address:
-        node._nursery.start_soon(_keep_standby, node, owned, parse_address(req.standby))
+        node.start_soon(_keep_standby, node, owned, parse_address(req.standby))
     return MCommitted(id=req.id, epoch=req.epoch)
 
 

@@ -19,8 +19,8 @@ import trio
 
 import migrate
 import workloads
-from nodes._groups import unwrap_group
-from nodes.launcher import LocalCluster
+from nodes import unwrap_group
+from migrate.launcher import LocalCluster
 
 
 def _mib(n: int) -> str:
@@ -32,7 +32,7 @@ async def run(root: Path, entries: int, callers: int) -> int:
         edge = lc.start("edge-1", "edge")
         cloud = lc.start("cloud-1", "cloud", join=[edge])
         app_tls = lc.tls_for("demo-app", "node")
-        async with migrate.connect(edge.address, cloud.address, tls=app_tls) as cluster:
+        async with migrate.connect(str(edge.address), str(cloud.address), tls=app_tls) as cluster:
             for n in await cluster.nodes():
                 print(f"[node] {n.name:8} {n.role:6} {n.address:21} cores={n.cores} rtt={n.rtt_s * 1e3:.2f} ms")
             kv = await cluster.spawn(workloads.load("kvstore"), on="local")

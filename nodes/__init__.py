@@ -1,12 +1,16 @@
 """Nodes: the migrate-node daemon, its wire protocol, transport, client and workload hosting.
 
 Public names are re-exported here from the private modules that define them;
-``tests/nodes/test_exports.py`` guards this list.
+``tests/nodes/test_exports.py`` guards this list.  Other packages add
+requests, per-node state, status and checkpoint records to a node with a
+``Plugin`` passed to ``serve``; the nodes package imports none of them.
 """
 
 from ._client import NodeClient
 from ._config import Address, NodeConfig, parse_address, resolve_config
-from ._daemon import Node, register_checkpoint_extension, register_handler, register_status, serve
+from ._crash import crash_point, crash_point_async
+from ._daemon import serve
+from ._error_codes import code_for, error_reply
 from ._errors import (
     CheckpointFailed,
     ConfigError,
@@ -18,6 +22,7 @@ from ._errors import (
     RemoteNodeError,
     RemoteProtocolError,
 )
+from ._groups import unwrap_group
 from ._host_errors import (
     BadArguments,
     HostClosed,
@@ -38,37 +43,44 @@ from ._host_errors import (
 )
 from ._hosting import Host, HostStats, WorkloadInfo
 from ._limits import Limits
+from ._logging import configure_logging
 from ._messages import (
     PROTOCOL_VERSIONS,
+    Done,
     ErrorCode,
+    ErrorReply,
     Hello,
     Message,
     NodeSummary,
     PeerSummary,
+    ReadMemory,
     Reply,
     Request,
     StatusReport,
     WorkloadSummary,
     register,
 )
+from ._node import Node
+from ._plugin import Handler, Plugin, Session
 from ._protocol import Connection, ConnectionClosed, State
 from ._replay import CallInputs, ReplayDivergence, ReplayUnsupported
 from ._tls import client_context, init_ca, issue_cert, server_context
+from ._transport import RECEIVE_BYTES
 
 __all__ = [
-    "CallInputs",
-    "ReplayDivergence",
-    "ReplayUnsupported",
-    "PROTOCOL_VERSIONS",
     "Address",
     "BadArguments",
+    "CallInputs",
     "CheckpointFailed",
     "ConfigError",
     "Connection",
     "ConnectionClosed",
     "ConnectionFailed",
     "DamagedState",
+    "Done",
     "ErrorCode",
+    "ErrorReply",
+    "Handler",
     "Hello",
     "Host",
     "HostClosed",
@@ -84,13 +96,20 @@ __all__ = [
     "NodeError",
     "NodeShuttingDown",
     "NodeSummary",
+    "PROTOCOL_VERSIONS",
     "PeerSummary",
+    "Plugin",
+    "RECEIVE_BYTES",
+    "ReadMemory",
     "RemoteNodeError",
     "RemoteProtocolError",
+    "ReplayDivergence",
+    "ReplayUnsupported",
     "Reply",
     "Request",
     "RequestError",
     "ResourceLimitExceeded",
+    "Session",
     "SnapshotFailed",
     "State",
     "StatusReport",
@@ -106,14 +125,17 @@ __all__ = [
     "WorkloadTimeout",
     "WorkloadTrap",
     "client_context",
+    "code_for",
+    "configure_logging",
+    "crash_point",
+    "crash_point_async",
+    "error_reply",
     "init_ca",
     "issue_cert",
     "parse_address",
     "register",
-    "register_checkpoint_extension",
-    "register_handler",
-    "register_status",
     "resolve_config",
     "serve",
     "server_context",
+    "unwrap_group",
 ]

@@ -36,12 +36,9 @@ Phases of the node itself (``nodes._checkpoints``):
     checkpoint; the checkpoint was not yet retired to
     ``checkpoints.restored/`` and no request was served.
 
-Phases of a live migration (``migrate._source``, ``migrate._target``), in the order a move
-reaches them: ``MIGRATION_PHASES``.  And of protection:
-
-``standby:copying``
-    The owner told the standby node a fresh standby copy is coming (after
-    a move, the new owner does so at once); the copy is not aligned yet.
+Plugins name their own phases (``Plugin.crash_phases``: the migration
+coordinator's are listed in ``migrate._codes``); ``allow`` adds them for
+the node this process serves.
 """
 
 from __future__ import annotations
@@ -49,6 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable
 
 import trio
 
@@ -62,36 +60,32 @@ PAUSE_S_ENV = "MIGRATE_NODE_PAUSE_S"
 DEFAULT_PAUSE_S = 30.0
 #: Exit status of a crashed node: 128 + SIGKILL, what a shell reports for a kill -9.
 CRASH_STATUS = 137
-#: source:before-incoming  the target is reachable; it has not heard of the move
-#: source:after-round      the first pre-copy round is sent; the workload runs on
-#: source:frozen           the final round is sent, calls are held; no commit yet
-#: source:after-commit     the target committed and the source knows; calls not yet redirected
-#: target:incoming         the target accepted the move; nothing received yet
-#: target:chunk            the first chunk of a round arrived; not yet applied
-#: target:after-round      a round was applied: the incoming copy exists
-#: target:before-commit    the commit request arrived; the target does not own the workload yet
-#: target:after-commit     the target owns the workload; the source does not know yet
-MIGRATION_PHASES = ("source:before-incoming", "source:after-round", "source:frozen", "source:after-commit",
-                    "target:incoming", "target:chunk", "target:after-round", "target:before-commit",
-                    "target:after-commit")
-PHASES = frozenset({
+#: The node's own phases (documented above).
+NODE_PHASES = frozenset({
     "checkpoint:write", "checkpoint:written", "checkpoint:swapping", "checkpoint:swapped",
-    "restore:before-retire", "standby:copying", *MIGRATION_PHASES,
+    "restore:before-retire",
 })
+
+_phases = set(NODE_PHASES)  # and those of the plugins this process's node serves with (``allow``)
 
 _paused = False  # a process pauses once: its first arrival at the phase
 _release: threading.Event | None = None
 
 
+def allow(phases: Iterable[str]) -> None:
+    """Let crash points name ``phases`` too: the phases of a plugin this process's node serves with."""
+    _phases.update(phases)
+
+
 def check_environment() -> None:
-    """Refuse crash-test settings that name no phase, or a bad pause length.
+    """Refuse crash-test settings that name no phase (of the node or an allowed plugin), or a bad pause length.
 
     Raises ConfigError.
     """
     for var in (ENV, PAUSE_ENV):
         value = os.environ.get(var)
-        if value and value not in PHASES:
-            raise ConfigError(f"{var}={value!r} names no phase; phases: {', '.join(sorted(PHASES))}")
+        if value and value not in _phases:
+            raise ConfigError(f"{var}={value!r} names no phase; phases: {', '.join(sorted(_phases))}")
     _pause_s()
 
 
@@ -111,7 +105,7 @@ def _pause_s() -> float:
 def _crash_or_arm_pause(phase: str) -> threading.Event | None:
     """End the process if it should crash at ``phase``; return the pause to hold, if any."""
     global _paused, _release
-    if phase not in PHASES:
+    if phase not in _phases:
         raise ValueError(f"unknown crash phase {phase!r}")
     if os.environ.get(ENV) == phase:
         logger.critical("crashing at %s (%s)", phase, ENV)
@@ -132,8 +126,9 @@ def release() -> None:
 def crash_point(phase: str) -> None:
     """End the process at once if ``MIGRATE_NODE_CRASH_AT`` names ``phase``; pause the thread if asked.
 
-    For code in worker threads.  Raises ValueError for a phase this module
-    does not document (a typo would make a crash test pass without crashing).
+    For code in worker threads.  Raises ValueError for a phase neither this
+    module nor an allowed plugin names (a typo would make a crash test pass
+    without crashing).
     """
     pause = _crash_or_arm_pause(phase)
     if pause is not None:

@@ -40,7 +40,9 @@ class ConnectionFailed(NodeError):
 class RemoteNodeError(NodeError):
     """A node answered a request with an error that has no more specific class.
 
-    ``code`` is the wire ``ErrorCode``; ``str(exc)`` is the node's message.
+    ``code`` is the wire code: an ``ErrorCode``, or the plain string of
+    another package's code (it compares equal to that package's enum
+    member); ``str(exc)`` is the node's message.
     """
 
     def __init__(self, code: object, message: str) -> None:

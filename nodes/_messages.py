@@ -10,7 +10,9 @@ Every message is a frozen, keyword-only dataclass registered under a short
   names the reply class that answers it; ``ErrorReply`` may answer any.
 
 Other packages (the migration coordinator) add their own messages with the
-same ``register`` decorator; the protocol needs no change to carry them.
+same ``register`` decorator, and their own error codes (any well-formed
+code string, ``nodes._wire.Code``); the protocol needs no change to carry
+them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from ._errors import LocalProtocolError
-from ._wire import schema_for
+from ._wire import Code, schema_for
 
 #: Versions of this protocol that this code speaks, oldest first.  Each side
 #: offers its list in Hello and both use the highest version in common.
@@ -32,7 +34,10 @@ ROLES = ("client", "edge", "cloud", "app")
 
 
 class ErrorCode(enum.StrEnum):
-    """Why a request failed, as carried by ErrorReply and Goodbye."""
+    """Why a request failed, as carried by ErrorReply and Goodbye: the nodes package's own codes.
+
+    An ErrorReply may carry other packages' codes too, as plain strings (``Code``).
+    """
 
     # the connection or the node
     PROTOCOL_ERROR = "protocol_error"
@@ -58,11 +63,6 @@ class ErrorCode(enum.StrEnum):
     SNAPSHOT_FAILED = "snapshot_failed"
     REPLAY_DIVERGED = "replay_diverged"
     REPLAY_UNSUPPORTED = "replay_unsupported"
-    # live migration (the migrate package)
-    MIGRATION_FAILED = "migration_failed"   # aborted; the workload stayed at the source
-    MIGRATION_BUSY = "migration_busy"       # the workload is already moving
-    NOT_OWNER = "not_owner"                 # this node does not own the workload
-    DIVERGED = "diverged"                   # a copy's replay differs from its source; the copy was dropped
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -202,11 +202,14 @@ class PeerSummary:
 class ErrorReply(Reply):
     """The request failed; ``code`` says how.
 
-    ``details`` carries the error's attributes (``workload_id``,
-    ``trap_code``, ``limit``...) so the client can raise the same class.
+    ``code`` is one of the nodes package's ErrorCodes, or another package's
+    code (its own StrEnum member; a plain ``str`` once it has crossed the
+    wire, equal to that member).  ``details`` carries the error's
+    attributes (``workload_id``, ``trap_code``, ``limit``...) so the client
+    can raise the same class.
     """
 
-    code: ErrorCode
+    code: ErrorCode | Code
     message: str = ""
     details: dict[str, Any] | None = None
 

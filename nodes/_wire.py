@@ -9,15 +9,16 @@ to guess about.
 
 Supported annotations: ``int``, ``float``, ``bool``, ``str``, ``bytes``,
 ``None``, unions of those, ``tuple[X, ...]``, ``dict[str, X]``, ``StrEnum``
-subclasses, nested frozen dataclasses ("records", sent as maps) and
-``typing.Any`` meaning plain msgpack data (scalars, tuples, str-keyed maps;
-lists come back as tuples).
+subclasses, ``Code`` (an error code of any package), nested frozen
+dataclasses ("records", sent as maps) and ``typing.Any`` meaning plain
+msgpack data (scalars, tuples, str-keyed maps; lists come back as tuples).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -26,6 +27,13 @@ from typing import Any
 
 class FieldError(ValueError):
     """A value does not fit the field it was given for."""
+
+
+#: An error code, of the nodes package or another: 1 to 64 lower-case
+#: letters, digits and underscores, starting with a letter.  A ``str`` (a
+#: StrEnum member too) goes on the wire as its value and comes back a plain ``str``.
+Code = typing.NewType("Code", str)
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
 
 
 Convert = Callable[[Any], Any]
@@ -41,6 +49,12 @@ def _exact(tp: type) -> Convert:
             raise FieldError(f"expected {tp.__name__}, got {type(value).__name__}")
         return value
     return convert
+
+
+def _code(value: Any) -> str:
+    if not isinstance(value, str) or not _CODE.match(value):
+        raise FieldError(f"{value!r} is not an error code")
+    return str.__str__(value)
 
 
 def _none(value: Any) -> None:
@@ -149,6 +163,8 @@ def _record(tp: type) -> _Converters:
 def _converters(tp: Any) -> _Converters:
     if tp is Any:
         return _Converters(check_plain, check_plain)
+    if tp is Code:
+        return _Converters(_code, _code)
     if tp is type(None) or tp is None:
         return _Converters(_none, _none)
     if tp in (int, float, bool, str, bytes):

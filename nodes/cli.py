@@ -1,4 +1,4 @@
-"""``migrate-node``: run a node, look at one, and manage the cluster's certificates.
+"""The node commands of ``migrate-node``: run a node, look at one, manage the cluster's certificates.
 
     migrate-node serve --name edge-1 --role edge --listen 127.0.0.1:7401 --tls-dir tls/edge-1
     migrate-node status --node 127.0.0.1:7401 --tls-dir tls/app
@@ -6,23 +6,25 @@
     migrate-node ca init --dir ca
     migrate-node cert issue --ca ca --name edge-1 --role node --out tls/edge-1
 
-Each command is one entry in ``COMMANDS``: a function that adds its
-subparser and the function that runs it.  The migration package adds
-``migrate`` and ``drain`` the same way.  User errors print one line and
-exit with status 2 (bad usage or settings) or 1 (the operation failed);
-there are no tracebacks for them.
+Each command is one entry in a table (``COMMANDS``): a function that adds
+its subparser and the function that runs it.  The ``migrate-node`` entry
+point is ``migrate.cli``: it runs ``main`` with this table, a ``serve``
+that gives the node the migration plugin (``serve_command``), and its own
+``migrate`` and ``drain`` commands, built with ``add_client_options`` and
+``client_command``.  User errors print one line and exit with status 2 (bad
+usage or settings) or 1 (the operation failed); there are no tracebacks for
+them.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from ._errors import ConfigError, NodeError
 from ._groups import unwrap_group
 from ._logging import configure_logging
 from ._messages import StatusReport
+from ._plugin import Plugin
 from ._tls import CERT_ROLES, init_ca, issue_cert
 
 logger = logging.getLogger("nodes.cli")
@@ -48,6 +51,11 @@ _CLIENT_ENV = "MIGRATE_NODE_ADDRESS"
 
 class UsageError(Exception):
     """Bad command-line usage (exit status 2)."""
+
+
+#: A command: the function that adds its subparser, and the function that runs it (returns the exit status).
+Command = tuple[Callable[[argparse._SubParsersAction], argparse.ArgumentParser],
+                Callable[[argparse.Namespace], int]]
 
 
 # --- serve ------------------------------------------------------------------
@@ -80,28 +88,10 @@ def _flag(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
-#: Modules that add request handlers to the daemon (``nodes.register_handler``)
-#: when imported.  The command line is where the packages are put together,
-#: so the daemon itself depends on none of them.
-SERVE_EXTENSIONS = ("migrate._service",)
-
-
-def _load_extensions() -> None:
-    for name in SERVE_EXTENSIONS:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not name.startswith(exc.name):
-                raise  # the extension exists but something it imports does not
-            logger.debug("no %s; serving without it", name)
-
-
-async def _serve_until_signalled(config: NodeConfig) -> None:
+async def _serve_until_signalled(config: NodeConfig, plugins: Sequence[Plugin]) -> None:
     from ._daemon import serve  # imports wasmtime; the other commands do not need it
 
-    _load_extensions()
-    import migrate._service  # noqa: F401  (registers the live-migration handlers)
-
+    crash.allow(phase for plugin in plugins for phase in plugin.crash_phases)
     crash.check_environment()
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, unwrap_group():
@@ -113,26 +103,30 @@ async def _serve_until_signalled(config: NodeConfig) -> None:
                     stop.set()
 
             nursery.start_soon(on_signal)
-            await serve(config, stop=stop)
+            await serve(config, plugins=plugins, stop=stop)
             nursery.cancel_scope.cancel()
 
 
-def _run_serve(args: argparse.Namespace) -> int:
-    config = resolve_config(vars(args), os.environ, args.config)
-    configure_logging(config.name, config.log_level)
-    try:
-        trio.run(_serve_until_signalled, config)
-    except OSError as exc:  # an unusable setting: a busy port, an unwritable data dir
-        if exc.filename:
-            raise ConfigError(f"cannot use {exc.filename}: {exc.strerror or exc}") from None
-        raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
-    logger.info("stopped")
-    return 0
+def serve_command(plugins: Sequence[Plugin] = ()) -> Command:
+    """The ``serve`` command, running a node with ``plugins``."""
+    def run(args: argparse.Namespace) -> int:
+        config = resolve_config(vars(args), os.environ, args.config)
+        configure_logging(config.name, config.log_level)
+        try:
+            trio.run(_serve_until_signalled, config, tuple(plugins))
+        except OSError as exc:  # an unusable setting: a busy port, an unwritable data dir
+            if exc.filename:
+                raise ConfigError(f"cannot use {exc.filename}: {exc.strerror or exc}") from None
+            raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+        logger.info("stopped")
+        return 0
+    return _add_serve, run
 
 
 # --- client commands -----------------------------------------------------------
 
-def _add_client_options(p: argparse.ArgumentParser) -> None:
+def add_client_options(p: argparse.ArgumentParser) -> None:
+    """Add the options every client command takes: --node, --tls-dir, --insecure, --json."""
     p.add_argument("--node", type=_flag(parse_address), default=None, metavar="HOST:PORT",
                    help=f"the node to ask (default ${_CLIENT_ENV} or 127.0.0.1:{DEFAULT_PORT})")
     p.add_argument("--tls-dir", type=Path, default=None,
@@ -153,7 +147,8 @@ async def _connect(args: argparse.Namespace) -> NodeClient:
         return await NodeClient.connect(address, tls=tls, name="migrate-node-cli")
 
 
-def _client_command(run: Callable[[NodeClient, argparse.Namespace], Any]) -> Callable[[argparse.Namespace], int]:
+def client_command(run: Callable[[NodeClient, argparse.Namespace], Any]) -> Callable[[argparse.Namespace], int]:
+    """A command that runs ``await run(client, args)`` against the node of ``--node`` and prints the result."""
     def command(args: argparse.Namespace) -> int:
         async def main() -> Any:
             async with await _connect(args) as client:
@@ -263,13 +258,13 @@ def _number(text: str) -> int | float:
 
 def _add_status(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="a node's role, capacity, workloads, peers and migrations")
-    _add_client_options(p)
+    add_client_options(p)
     return p
 
 
 def _add_list(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="a node's workloads")
-    _add_client_options(p)
+    add_client_options(p)
     return p
 
 
@@ -278,7 +273,7 @@ def _add_deploy(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("module", help="path of a .wasm module")
     p.add_argument("--id", default=None, help="workload id (default: generated)")
     p.add_argument("--app", default="default", help="application the workload belongs to")
-    _add_client_options(p)
+    add_client_options(p)
     return p
 
 
@@ -287,37 +282,8 @@ def _add_call(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("workload")
     p.add_argument("export")
     p.add_argument("args", nargs="*", type=_number)
-    _add_client_options(p)
+    add_client_options(p)
     return p
-
-
-# --- live migration (the migrate package) -----------------------------------------
-
-def _add_migrate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("migrate", help="move one workload to another node, live")
-    p.add_argument("workload")
-    p.add_argument("--to", required=True, metavar="NODE", help="target node name (a peer) or HOST:PORT")
-    p.add_argument("--strategy", choices=("precopy", "stop-copy"), default="precopy")
-    _add_client_options(p)
-    return p
-
-
-def _add_drain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("drain", help="move every workload off a node, showing progress")
-    p.add_argument("--to", required=True, metavar="NODE", help="target node name (a peer) or HOST:PORT")
-    p.add_argument("--strategy", choices=("precopy", "stop-copy"), default="precopy")
-    _add_client_options(p)
-    return p
-
-
-async def _migrate(client: NodeClient, args: argparse.Namespace) -> Any:
-    from migrate._operator import migrate_command
-    return await migrate_command(client, args)
-
-
-async def _drain(client: NodeClient, args: argparse.Namespace) -> Any:
-    from migrate._operator import drain_command
-    return await drain_command(client, args)
 
 
 # --- certificates -------------------------------------------------------------------
@@ -357,54 +323,42 @@ def _run_cert(args: argparse.Namespace) -> int:
 
 # --- the command table ------------------------------------------------------------
 
-Command = tuple[Callable[[argparse._SubParsersAction], argparse.ArgumentParser],
-                Callable[[argparse.Namespace], int]]
-
-COMMANDS: dict[str, Command] = {
-    "serve": (_add_serve, _run_serve),
-    "status": (_add_status, _client_command(_status)),
-    "list": (_add_list, _client_command(_list)),
-    "deploy": (_add_deploy, _client_command(_deploy)),
-    "call": (_add_call, _client_command(_call)),
-    "migrate": (_add_migrate, _client_command(_migrate)),
-    "drain": (_add_drain, _client_command(_drain)),
+COMMANDS: Mapping[str, Command] = {
+    "serve": serve_command(),
+    "status": (_add_status, client_command(_status)),
+    "list": (_add_list, client_command(_list)),
+    "deploy": (_add_deploy, client_command(_deploy)),
+    "call": (_add_call, client_command(_call)),
     "ca": (_add_ca, _run_ca),
     "cert": (_add_cert, _run_cert),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="migrate-node", description="Run and manage wasm-migrate nodes.")
+def build_parser(commands: Mapping[str, Command] = COMMANDS, *,
+                 prog: str = "migrate-node") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Run and manage wasm-migrate nodes.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (add, run) in COMMANDS.items():
+    for name, (add, run) in commands.items():
         add(sub).set_defaults(run=run)
     return parser
 
 
-def _migrate_errors() -> type[Exception]:
-    """The migrate package's error base, if it is installed (it is, with this project)."""
-    try:
-        from migrate._errors import MigrateError
-    except ImportError:  # pragma: no cover
-        return NodeError
-    return MigrateError
+def main(argv: Sequence[str] | None = None, *, commands: Mapping[str, Command] = COMMANDS,
+         failures: tuple[type[Exception], ...] = (), prog: str = "migrate-node") -> int:
+    """Run the command line with ``commands``; return the exit status.
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    parser = build_parser()
+    ``failures`` are the caller's own error classes that mean "the
+    operation failed" (exit status 1, one line), like the nodes package's.
+    """
+    parser = build_parser(commands, prog=prog)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
     except (ConfigError, UsageError) as exc:
-        print(f"migrate-node {args.command}: {exc}", file=sys.stderr)
+        print(f"{prog} {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (NodeError, he.HostError, trio.TooSlowError, _migrate_errors()) as exc:
-        print(f"migrate-node {args.command}: {exc or 'timed out'}", file=sys.stderr)
+    except (NodeError, he.HostError, trio.TooSlowError, *failures) as exc:
+        print(f"{prog} {args.command}: {exc or 'timed out'}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

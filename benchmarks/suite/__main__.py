@@ -17,7 +17,7 @@ if __package__ in (None, ""):
 from benchmarks.netem import PROFILES  # noqa: E402
 from benchmarks.suite import PRESETS, STRATEGIES, check_results, run_suite, write  # noqa: E402
 from benchmarks.suite._report import stem  # noqa: E402
-from nodes._groups import unwrap_group  # noqa: E402
+from nodes import unwrap_group  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 

@@ -13,7 +13,7 @@ import logging
 
 import trio
 
-from nodes._groups import unwrap_group
+from nodes import unwrap_group
 
 from ._config import PAGE_BYTES, DirtierSpec, GrowerSpec, KvstoreSpec, WorkloadSpec
 

@@ -30,7 +30,7 @@ import migrate
 import nodes
 import workloads
 from benchmarks import netem
-from nodes.launcher import LocalCluster
+from migrate.launcher import LocalCluster
 
 from ._config import SuiteConfig, WorkloadSpec, spec_params
 from ._drivers import driver_for
@@ -102,7 +102,7 @@ def deploy(profile: netem.LinkProfile, root: Path, memory_limit_bytes: int) -> I
         with LocalCluster(root / profile.name) as lc:
             edge = lc.start(SOURCE, "edge", args=args)
             cloud = lc.start(TARGET, "cloud", args=args)
-            yield Deployment(profile, edge.address, cloud.address, lc.tls_for("bench", "node"), None)
+            yield Deployment(profile, str(edge.address), str(cloud.address), lc.tls_for("bench", "node"), None)
 
 
 def _client_side(deployment: Deployment):

@@ -37,12 +37,6 @@ def test_only_namespaces_of_dead_runs_are_stale():
         "wmb-100-edge", "wmb-100-client"]
 
 
-def test_listening_address_reads_the_first_listening_line():
-    log = 'not json\n{"msg": "starting"}\n{"msg": "listening", "address": "198.18.0.2:4000"}\n'
-    assert netem.listening_address(log) == "198.18.0.2:4000"
-    assert netem.listening_address("[1, 2]\n") is None
-
-
 async def _echo(stream: trio.SocketStream) -> None:
     async with stream:
         async for data in stream:

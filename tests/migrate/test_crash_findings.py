@@ -7,8 +7,8 @@ import migrate
 import workloads
 from migrate._chunks import chunk_bytes, recut
 from migrate._messages import MAbort, MAlign, MCheckpoint, MCheckpointPart, MChunk, MIncoming, MLocate
+from migrate.wire import MigrationCode
 from nodes import NodeClient, RemoteNodeError
-from nodes._messages import ErrorCode
 
 pytestmark = pytest.mark.trio
 
@@ -33,7 +33,7 @@ async def test_a_checkpoint_request_queued_behind_a_commit_is_told_the_workload_
                 await edge.wait_for_log("paused at source:frozen")
                 with pytest.raises(RemoteNodeError) as info:
                     await client.request(MCheckpoint, workload=h.workload)
-            assert info.value.code == ErrorCode.NOT_OWNER
+            assert info.value.code == MigrationCode.NOT_OWNER
         finally:
             await client.aclose()
         assert h.node == "cloud-1"

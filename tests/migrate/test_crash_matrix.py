@@ -33,7 +33,7 @@ import migrate
 import workloads
 from benchmarks.loads import CounterLoad, MemoryLoad
 from migrate._messages import MLocate
-from nodes._crash import MIGRATION_PHASES
+from migrate.wire import MIGRATION_PHASES
 
 SOURCE, TARGET = "edge-1", "cloud-1"
 BUFFER_BYTES = 2 * 2**20
@@ -138,7 +138,7 @@ class Scenario:
 
     async def restart_victim(self, *args: str) -> None:
         self.victim.env = {}
-        self.victim.extra_args = [*self.victim.extra_args, *args]
+        self.victim.args = [*self.victim.args, *args]
         await trio.to_thread.run_sync(self.victim.restart)
 
     async def owner_of(self, h) -> tuple[str, int]:

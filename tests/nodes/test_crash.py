@@ -12,12 +12,13 @@ from nodes import _crash as crash
 
 from nodeproc import clean_env, migrate_node_command
 
-PHASE = "source:frozen"
+PHASE = "checkpoint:write"
 
 
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch):
-    """A fresh pause state and no crash-test settings; all restored afterwards."""
+    """A fresh pause state, only the node's own phases and no crash-test settings; all restored afterwards."""
+    monkeypatch.setattr(crash, "_phases", set(crash.NODE_PHASES))
     monkeypatch.setattr(crash, "_paused", False)
     monkeypatch.setattr(crash, "_release", None)
     for var in (crash.ENV, crash.PAUSE_ENV, crash.PAUSE_S_ENV):
@@ -42,8 +43,20 @@ def test_an_undocumented_phase_in_the_code_is_a_bug():
         crash.crash_point("nowhere:phase")
 
 
+def test_a_plugin_phase_is_known_once_allowed(monkeypatch):
+    monkeypatch.setenv(crash.ENV, "plugin:step")
+    with pytest.raises(ValueError, match="unknown crash phase"):
+        crash.crash_point("plugin:step")
+    with pytest.raises(ConfigError, match="names no phase"):
+        crash.check_environment()
+    crash.allow(["plugin:step"])
+    monkeypatch.setenv(crash.ENV, "")
+    crash.check_environment()
+    crash.crash_point("plugin:step")  # known now, and not the phase to crash at
+
+
 def test_a_crash_point_ends_the_process_with_status_137():
-    code = "from nodes import _crash; _crash.crash_point('source:frozen'); print('survived')"
+    code = f"from nodes import _crash; _crash.crash_point({PHASE!r}); print('survived')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env=clean_env({crash.ENV: PHASE}))
     assert done.returncode == crash.CRASH_STATUS and "survived" not in done.stdout

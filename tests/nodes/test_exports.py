@@ -13,14 +13,16 @@ def test_all_names_exist_and_nothing_public_is_left_out():
 
 def test_export_list_is_stable():
     assert sorted(nodes.__all__) == sorted([
-        "PROTOCOL_VERSIONS", "Address", "BadArguments", "CallInputs", "ConfigError", "Connection", "ConnectionClosed",
-        "ReplayDivergence", "ReplayUnsupported", "CheckpointFailed", "DamagedState", "NodeShuttingDown",
-        "ConnectionFailed", "ErrorCode", "Hello", "Host", "HostClosed", "HostError", "HostStats",
-        "InvalidModule", "Limits", "LocalProtocolError", "Message", "Node", "NodeClient", "NodeConfig",
-        "NodeError", "NodeSummary", "PeerSummary", "RemoteNodeError", "RemoteProtocolError", "Reply",
-        "Request", "RequestError", "ResourceLimitExceeded", "SnapshotFailed", "State", "StatusReport",
-        "UnknownExport", "UnknownModule", "UnknownWorkload", "UnsupportedImports", "WorkloadError",
-        "WorkloadExists", "WorkloadExited", "WorkloadInfo", "WorkloadSummary", "WorkloadTimeout",
-        "WorkloadTrap", "client_context", "init_ca", "issue_cert", "parse_address", "register",
-        "register_checkpoint_extension", "register_handler", "register_status", "resolve_config", "serve", "server_context",
+        "Address", "BadArguments", "CallInputs", "CheckpointFailed", "ConfigError", "Connection",
+        "ConnectionClosed", "ConnectionFailed", "DamagedState", "Done", "ErrorCode", "ErrorReply", "Handler",
+        "Hello", "Host", "HostClosed", "HostError", "HostStats", "InvalidModule", "Limits", "LocalProtocolError",
+        "Message", "Node", "NodeClient", "NodeConfig", "NodeError", "NodeShuttingDown", "NodeSummary",
+        "PROTOCOL_VERSIONS", "PeerSummary", "Plugin", "RECEIVE_BYTES", "ReadMemory", "RemoteNodeError",
+        "RemoteProtocolError", "ReplayDivergence", "ReplayUnsupported", "Reply", "Request", "RequestError",
+        "ResourceLimitExceeded", "Session", "SnapshotFailed", "State", "StatusReport", "UnknownExport",
+        "UnknownModule", "UnknownWorkload", "UnsupportedImports", "WorkloadError", "WorkloadExists",
+        "WorkloadExited", "WorkloadInfo", "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "client_context",
+        "code_for", "configure_logging", "crash_point", "crash_point_async", "error_reply",
+        "init_ca", "issue_cert", "parse_address", "register", "resolve_config", "serve", "server_context",
+        "unwrap_group",
     ])

@@ -189,7 +189,7 @@ def mixed_tls_dir(root: Path, identity: Path, trust: Path) -> Path:
 
 async def test_certificate_from_another_ca_is_refused_before_any_request(node_procs, cluster_tls, tmp_path):
     node = node_procs.start("edge-1", "edge")
-    rogue = ClusterTLS.create(tmp_path / "rogue")
+    rogue = ClusterTLS(tmp_path / "rogue")
     # A client that trusts our CA but whose certificate another CA signed: the node refuses it.
     impostor = mixed_tls_dir(tmp_path / "impostor", identity=rogue.app, trust=cluster_tls.app)
     impostor_node = mixed_tls_dir(tmp_path / "impostor-node", identity=rogue.issue("edge-2", "node"),

@@ -50,6 +50,7 @@ from nodes._protocol import (
     encode_message,
     frame,
 )
+from nodes._wire import Code
 
 # --- helpers ----------------------------------------------------------------
 
@@ -355,6 +356,8 @@ def strategy_for(tp: Any) -> st.SearchStrategy:
         return _PLAIN
     if tp is type(None):
         return st.none()
+    if tp is Code:
+        return st.from_regex(r"[a-z][a-z0-9_]{0,63}", fullmatch=True)
     simple = {int: _INT64, float: _FLOAT, bool: st.booleans(), str: _TEXT, bytes: st.binary(max_size=64)}
     if tp in simple:
         return simple[tp]

@@ -1,0 +1,68 @@
+"""``migrate-node``: a node with live migration, and the commands that move workloads.
+
+    migrate-node serve --name edge-1 --role edge --listen 127.0.0.1:7401 --tls-dir tls/edge-1
+    migrate-node migrate WORKLOAD --to cloud-1 [--strategy precopy|stop-copy] --node HOST:PORT
+    migrate-node drain --to cloud-1 --node HOST:PORT
+    migrate-node status | list | deploy | call | ca init | cert issue
+
+The node commands come from ``nodes.cli``; here ``serve`` runs the node
+with the migration plugin (``migrate._service.PLUGIN``), and ``migrate``
+and ``drain`` ask a node to move workloads (``migrate._operator``).  This
+is the ``migrate-node`` console script; ``python -m migrate.cli`` runs it
+without the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from nodes import cli as node_cli
+
+from ._errors import MigrateError
+from ._operator import drain_command, migrate_command
+from ._service import PLUGIN
+
+
+def _add_move_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--to", required=True, metavar="NODE", help="target node name (a peer) or HOST:PORT")
+    p.add_argument("--strategy", choices=("precopy", "stop-copy"), default="precopy")
+    node_cli.add_client_options(p)
+    return p
+
+
+def _add_migrate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("migrate", help="move one workload to another node, live")
+    p.add_argument("workload")
+    return _add_move_options(p)
+
+
+def _add_drain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return _add_move_options(sub.add_parser("drain", help="move every workload off a node, showing progress"))
+
+
+_NODE_COMMANDS = node_cli.COMMANDS
+
+#: The node commands, ``serve`` with the migration plugin, and the moving commands before ``ca`` and ``cert``.
+COMMANDS: dict[str, node_cli.Command] = {
+    **{name: command for name, command in _NODE_COMMANDS.items() if name not in ("ca", "cert")},
+    "serve": node_cli.serve_command((PLUGIN,)),
+    "migrate": (_add_migrate, node_cli.client_command(migrate_command)),
+    "drain": (_add_drain, node_cli.client_command(drain_command)),
+    "ca": _NODE_COMMANDS["ca"],
+    "cert": _NODE_COMMANDS["cert"],
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return node_cli.build_parser(COMMANDS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``migrate-node``; return the exit status."""
+    return node_cli.main(argv, commands=COMMANDS, failures=(MigrateError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

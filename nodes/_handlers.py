@@ -1,0 +1,140 @@
+"""The requests every node serves itself: modules, workloads, calls, memory, peers, status.
+
+``HANDLERS`` maps each request class to ``handler(node, session, request)
+-> Reply``; ``serve`` joins it with the handlers of the plugins it is given
+(``nodes._plugin``).  Blocking Host methods run in worker threads
+(``node.run_host``); a HostError they raise is answered by the daemon.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import types
+from typing import TYPE_CHECKING
+
+from . import _host_errors as he
+from ._hosting import WorkloadInfo
+from ._messages import (
+    Call,
+    CallResult,
+    Deploy,
+    Deployed,
+    Done,
+    HasModule,
+    ListWorkloads,
+    MemoryData,
+    ModuleStatus,
+    ModuleStored,
+    Output,
+    OutputData,
+    PeerList,
+    Peers,
+    Ping,
+    Pong,
+    PutModule,
+    ReadMemory,
+    Remove,
+    Reply,
+    Status,
+    StatusReport,
+    WorkloadList,
+    WorkloadSummary,
+    WriteMemory,
+)
+from ._plugin import Session
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+logger = logging.getLogger(__name__)
+
+#: Room a MemoryData reply needs beyond its data (kind, id, field names).
+_REPLY_OVERHEAD_BYTES = 1024
+
+
+def _summary(info: WorkloadInfo) -> WorkloadSummary:
+    return WorkloadSummary(**dataclasses.asdict(info))
+
+
+async def _has_module(node: Node, session: Session, req: HasModule) -> Reply:
+    return ModuleStatus(id=req.id, present=node.host.has_module(req.sha256))
+
+
+async def _put_module(node: Node, session: Session, req: PutModule) -> Reply:
+    node.counters["modules_received"] += 1
+    node.counters["module_bytes_received"] += len(req.wasm)
+    sha256 = await node.run_host(node.host.add_module, req.wasm)
+    return ModuleStored(id=req.id, sha256=sha256)
+
+
+async def _deploy(node: Node, session: Session, req: Deploy) -> Reply:
+    info = await node.run_host(node.host.deploy, req.sha256, workload_id=req.workload_id, app=req.app,
+                               args=req.args, env=req.env)
+    logger.info("deployed", extra={"workload": info.workload_id, "app": info.app, "peer": session.peer.name})
+    return Deployed(id=req.id, workload=_summary(info))
+
+
+async def _call(node: Node, session: Session, req: Call) -> Reply:
+    result = await node.run_host(node.host.call, req.workload, req.export, req.args)
+    values = () if result is None else result if isinstance(result, tuple) else (result,)
+    return CallResult(id=req.id, values=values)
+
+
+async def _read_memory(node: Node, session: Session, req: ReadMemory) -> Reply:
+    most = session.channel.connection.peer_max_frame_bytes - _REPLY_OVERHEAD_BYTES
+    if req.length > most:
+        raise he.BadArguments(f"read at most {most} bytes per request, not {req.length}")
+    data = await node.run_host(node.host.read_memory, req.workload, req.offset, req.length)
+    return MemoryData(id=req.id, data=data)
+
+
+async def _write_memory(node: Node, session: Session, req: WriteMemory) -> Reply:
+    await node.run_host(node.host.write_memory, req.workload, req.offset, req.data)
+    return Done(id=req.id)
+
+
+async def _output(node: Node, session: Session, req: Output) -> Reply:
+    stdout, stderr = await node.run_host(node.host.output, req.workload)
+    return OutputData(id=req.id, stdout=stdout, stderr=stderr)
+
+
+async def _remove(node: Node, session: Session, req: Remove) -> Reply:
+    await node.run_host(node.host.remove, req.workload)
+    logger.info("removed", extra={"workload": req.workload, "peer": session.peer.name})
+    return Done(id=req.id)
+
+
+async def _list(node: Node, session: Session, req: ListWorkloads) -> Reply:
+    return WorkloadList(id=req.id, workloads=tuple(map(_summary, node.host.workloads())))
+
+
+async def _peers(node: Node, session: Session, req: Peers) -> Reply:
+    return PeerList(id=req.id, peers=node.peers.summaries())
+
+
+async def _ping(node: Node, session: Session, req: Ping) -> Reply:
+    return Pong(id=req.id, node=node.summary())
+
+
+async def _status(node: Node, session: Session, req: Status) -> Reply:
+    return StatusReport(id=req.id, node=node.summary(),
+                        workloads=tuple(map(_summary, node.host.workloads())),
+                        peers=node.peers.summaries(), host=dataclasses.asdict(node.host.stats()),
+                        counters=dict(node.counters), migrations=node.plugin_status())
+
+
+HANDLERS = types.MappingProxyType({
+    HasModule: _has_module,
+    PutModule: _put_module,
+    Deploy: _deploy,
+    Call: _call,
+    ReadMemory: _read_memory,
+    WriteMemory: _write_memory,
+    Output: _output,
+    Remove: _remove,
+    ListWorkloads: _list,
+    Peers: _peers,
+    Ping: _ping,
+    Status: _status,
+})

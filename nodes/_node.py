@@ -1,0 +1,322 @@
+"""One running node: its identity, peers, connections and requests, and its shutdown checkpoint.
+
+``Node`` answers every accepted connection: it finishes TLS and the Hello
+exchange, then reads requests and answers each one in its own task.
+Workload operations run in worker threads (``trio.to_thread``); the Host
+serialises calls into one workload and runs different workloads in
+parallel.
+
+Each connection handles at most ``max_in_flight`` requests at once; the
+reader does not take the next frame off the socket until a slot frees, so a
+client that floods requests is slowed by TCP instead of growing our
+buffers (see ``nodes._transport``).
+
+Requests are dispatched through one table from request class to handler:
+the node's own (``nodes._handlers``) and those of the plugins it was made
+with (``nodes._plugin``).  A plugin also keeps per-node state
+(``plugin_state``), starts background tasks in the node's nursery
+(``start_soon``, ``start``), adds to ``status`` and saves its records of
+each workload with the shutdown checkpoint (``shut_down``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import trio
+
+from . import _checkpoints as checkpoints
+from . import _host_errors as he
+from ._client import NodeClient
+from ._config import NODE_ROLES, Address, NodeConfig, parse_address
+from ._error_codes import error_reply
+from ._errors import (
+    CheckpointFailed,
+    ConfigError,
+    ConnectionFailed,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from ._handlers import HANDLERS
+from ._hosting import BulkReport, Host
+from ._messages import ErrorCode, ErrorReply, NodeSummary, Reply, Request
+from ._peers import PeerTable, watch_peer
+from ._plugin import Plugin, Session, checkpoint_records, handler_table
+from ._protocol import ConnectionClosed, State
+from ._tls import client_context, server_context
+from ._transport import accept_channel
+
+logger = logging.getLogger(__name__)
+
+#: Time a new connection gets to finish TLS and the Hello exchange; a peer
+#: that dials and says nothing must not hold a connection open for long.
+HANDSHAKE_TIMEOUT_S = 10.0
+#: What this node's Hello advertises.
+CAPABILITIES = ("wasi", "module-cache", "checkpoint")
+
+
+def _system_memory() -> tuple[int, int]:
+    """Return (total, available) bytes of this machine's memory, (0, 0) if unknown."""
+    fields = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                fields[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return fields.get("MemTotal", 0), fields.get("MemAvailable", 0)
+
+
+class Node:
+    """The state of one running node; ``serve`` creates it."""
+
+    def __init__(self, config: NodeConfig, host: Host, plugins: Sequence[Plugin] = ()) -> None:
+        self.config = config
+        self.host = host
+        self.plugins = tuple(plugins)
+        self._handlers = handler_table(HANDLERS, self.plugins)
+        self.address: Address | None = None  # set by ``serving``
+        self.counters: Counter[str] = Counter()
+        self.peers = PeerTable()
+        self.stopping = False
+        self._nursery: trio.Nursery | None = None
+        self._server_ssl = None if config.insecure else server_context(config.tls_path)
+        self._client_ssl = None if config.insecure else client_context(config.tls_path)
+        self._in_flight = 0
+        self._idle = trio.Event()
+        self._states = {p.name: p.state(self) for p in self.plugins if p.state is not None}
+
+    def serving(self, address: Address, nursery: trio.Nursery) -> None:
+        """Start serving: the address peers are told, and the nursery that runs background tasks."""
+        self.address = address
+        self._nursery = nursery
+
+    # --- plugins --------------------------------------------------------
+
+    def plugin_state(self, name: str) -> Any:
+        """The per-node state of plugin ``name`` (made by its ``state`` factory).  Raises KeyError."""
+        try:
+            return self._states[name]
+        except KeyError:
+            raise KeyError(f"{self.config.name} has no state of a plugin {name!r}") from None
+
+    def plugin_status(self) -> tuple:
+        """What every plugin adds to ``status``, in the order of the plugins."""
+        return tuple(item for p in self.plugins if p.status is not None for item in p.status(self))
+
+    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``func(*args)`` as a background task of the node; it is cancelled when the node stops."""
+        self._running().start_soon(func, *args)
+
+    async def start(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Start ``func(*args, task_status=...)`` as a background task; return what it passes to ``started``."""
+        return await self._running().start(func, *args)
+
+    def _running(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RuntimeError(f"{self.config.name} is not serving yet: no background tasks")
+        return self._nursery
+
+    # --- identity -------------------------------------------------------
+
+    def hello_fields(self) -> dict[str, Any]:
+        return {"name": self.config.name, "role": self.config.role,
+                "capabilities": CAPABILITIES, "address": str(self.address)}
+
+    def summary(self) -> NodeSummary:
+        total, free = _system_memory()
+        return NodeSummary(
+            name=self.config.name, role=self.config.role, address=str(self.address),
+            cores=os.cpu_count() or 1, memory_total_bytes=total, memory_free_bytes=free,
+            load_1m=round(os.getloadavg()[0], 3), workloads=self.host.stats().workloads,
+            capabilities=CAPABILITIES)
+
+    # --- peers ----------------------------------------------------------
+
+    def learn_peer(self, address: Address) -> None:
+        """Start watching a peer's address unless it is ours or already known."""
+        if address == self.address or not self.peers.add(address):
+            return
+        logger.info("new peer address", extra={"peer_address": str(address)})
+        self.start_soon(functools.partial(
+            watch_peer, self.peers, address, connect=self.connect_peer,
+            refresh_s=self.config.peer_refresh_s))
+
+    async def connect_peer(self, address: Address) -> NodeClient:
+        """Dial a peer as this node (so it learns our name and address)."""
+        return await NodeClient.connect(
+            address, tls=self._client_ssl, name=self.config.name, role=self.config.role,
+            capabilities=CAPABILITIES, advertise=str(self.address),
+            max_frame_bytes=self.config.max_frame_bytes)
+
+    # --- connections ----------------------------------------------------
+
+    async def handle_connection(self, tcp: trio.SocketStream) -> None:
+        """Serve one accepted TCP connection until it closes or misbehaves."""
+        self.counters["connections"] += 1
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                channel = await accept_channel(tcp, ssl_context=self._server_ssl, hello=self.hello_fields(),
+                                               max_frame_bytes=self.config.max_frame_bytes)
+        except (ConnectionFailed, RemoteProtocolError, trio.TooSlowError) as exc:
+            self.counters["connections_rejected"] += 1
+            reason = str(exc) or "handshake timed out"
+            logger.warning("connection rejected: %s", reason, extra={"remote": _remote(tcp)})
+            await trio.aclose_forcefully(tcp)
+            return
+        hello = channel.peer
+        certificate = channel.peer_certificate
+        logger.info("connection open", extra={"peer": hello.name, "peer_role": hello.role,
+                                              "certificate": certificate and certificate.get("commonName"),
+                                              "remote": channel.remote})
+        # Only a holder of a node certificate may make us dial an address it names.
+        may_be_peer = certificate is None or certificate.get("organizationalUnitName") == "node"
+        if hello.address and hello.role in NODE_ROLES and may_be_peer:
+            try:
+                self.learn_peer(parse_address(hello.address))
+            except ConfigError:
+                logger.warning("peer advertised a bad address %r", hello.address, extra={"peer": hello.name})
+        session = Session(channel)
+        reason = "closed by peer"
+        try:
+            await self._read_requests(session)
+        except RemoteProtocolError as exc:
+            self.counters["protocol_errors"] += 1
+            reason = f"protocol error: {exc}"
+            logger.warning("connection closed: %s", exc, extra={"peer": hello.name, "remote": channel.remote})
+        except ConnectionFailed as exc:
+            reason = str(exc)
+        finally:
+            # Shielded: at shutdown this task is cancelled, and the Goodbye
+            # tells clients the node is stopping (not crashed); at most 1 s.
+            with trio.CancelScope(shield=True):
+                await channel.aclose(code=ErrorCode.SHUTTING_DOWN if self.stopping else None)
+        logger.info("connection closed", extra={"peer": hello.name, "reason": reason})
+
+    async def _read_requests(self, session: Session) -> None:
+        limit = self.config.max_in_flight
+        slots = trio.Semaphore(limit)
+        # Receive errors leave the nursery as themselves, not wrapped in an
+        # ExceptionGroup (trio 0.25+ wraps what the nursery body raises), so
+        # handle_connection's except clauses see them.
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:  # back-pressure: no free slot, no read
+                    slots.acquire_nowait()  # the common case, without a trip through the scheduler
+                except trio.WouldBlock:
+                    await slots.acquire()
+                try:
+                    event = await session.channel.receive()
+                except (ConnectionFailed, RemoteProtocolError) as exc:
+                    failure = exc
+                    break
+                if isinstance(event, ConnectionClosed):
+                    break
+                # The protocol lets only Requests through here: we never send
+                # requests on an accepted connection, so any Reply is refused.
+                self._in_flight += 1
+                in_flight = limit - slots.value
+                if in_flight > self.counters["peak_requests_in_flight"]:
+                    self.counters["peak_requests_in_flight"] = in_flight
+                nursery.start_soon(self._serve_request, session, event, slots)
+        if failure is not None:
+            raise failure
+
+    async def _serve_request(self, session: Session, request: Request, slots: trio.Semaphore) -> None:
+        try:
+            reply = await self._answer(session, request)
+            try:
+                try:
+                    await session.channel.send(reply)
+                except LocalProtocolError as exc:
+                    if session.channel.connection.state is not State.READY:
+                        return  # the connection closed while the request ran: nobody to answer
+                    # A handler answered with the wrong reply class: a bug on
+                    # this node, which must cost one request, not the node.
+                    self.counters["internal_errors"] += 1
+                    logger.error("bad reply to %s: %s", request.kind, exc, extra={"peer": session.peer.name})
+                    await session.channel.send(ErrorReply(id=request.id, code=ErrorCode.INTERNAL,
+                                                          message=f"internal error on {self.config.name}"))
+            except ConnectionFailed:
+                pass  # the reader sees the broken connection and ends it
+        finally:
+            slots.release()
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _answer(self, session: Session, request: Request) -> Reply:
+        self.counters["requests"] += 1
+        handler = self._handlers.get(type(request))
+        if handler is None:
+            return ErrorReply(id=request.id, code=ErrorCode.UNSUPPORTED,
+                              message=f"{self.config.name} does not serve {request.kind!r}")
+        if self.stopping:
+            return ErrorReply(id=request.id, code=ErrorCode.SHUTTING_DOWN,
+                              message=f"{self.config.name} is shutting down")
+        try:
+            return await handler(self, session, request)
+        except he.HostError as exc:
+            self.counters["request_errors"] += 1
+            return error_reply(request.id, exc)
+        except Exception as exc:  # a bug here must not take the node down
+            self.counters["internal_errors"] += 1
+            logger.exception("request %s failed", request.kind, extra={"peer": session.peer.name})
+            return ErrorReply(id=request.id, code=ErrorCode.INTERNAL,
+                              message=f"internal error on {self.config.name}: {type(exc).__name__}")
+
+    async def run_host(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking Host method in a worker thread."""
+        return await trio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
+
+    # --- shutdown -------------------------------------------------------
+
+    async def shut_down(self) -> BulkReport:
+        """Refuse new requests, let running ones finish, checkpoint every workload.
+
+        Everything must fit in ``shutdown_grace_s``.  The checkpoint replaces
+        the previous one only once it is complete (``nodes._checkpoints``).
+        Raises CheckpointFailed, saying what failed and where, when no
+        checkpoint was saved or some workloads could not be captured.
+        """
+        self.stopping = True
+        grace_s = self.config.shutdown_grace_s
+        deadline = time.monotonic() + grace_s
+        with trio.move_on_after(grace_s):
+            while self._in_flight:
+                self._idle = trio.Event()
+                await self._idle.wait()
+        if self._in_flight:
+            raise checkpoints.failure(self.config.data_path, f"{self._in_flight} requests were still running "
+                                                             f"after the {grace_s} s grace period")
+        records, leave_out, node_records = checkpoint_records(
+            self, self.plugins, [info.workload_id for info in self.host.workloads()])
+        report = await trio.to_thread.run_sync(functools.partial(
+            checkpoints.save, self.host, self.config.data_path, records=records, leave_out=leave_out,
+            node_records=node_records, deadline=deadline))
+        for workload, why in report.failed:
+            logger.error("workload not checkpointed: %s", why, extra={"workload": workload})
+        logger.info("checkpointed %d workloads", len(report.done),
+                    extra={"directory": str(self.config.checkpoint_path)})
+        if report.failed:
+            raise CheckpointFailed(
+                f"the shutdown checkpoint {self.config.checkpoint_path} left out {len(report.failed)} workloads "
+                f"it could not capture ({', '.join(w for w, _ in report.failed)}); the other "
+                f"{len(report.done)} are saved")
+        return report
+
+
+def _remote(tcp: trio.SocketStream) -> str:
+    try:
+        host, port = tcp.socket.getpeername()[:2]
+        return str(Address(host, port))
+    except OSError:
+        return "unknown"
