@@ -67,7 +67,7 @@ class DualExecution:
                     continue
                 async with owned.lock:  # the switch
                     frozen = self.clock()
-                    await node.run_host(host.freeze, self.workload)
+                    await node.run_host(ops.freeze, host, self.workload)
                     committed = False
                     try:
                         batch += _drain(receive)
@@ -91,7 +91,7 @@ class DualExecution:
             plan.diverged()
             # Fall back: the target dropped its copy; send it again, pre-copy.
             if not was_record:
-                await node.run_host(host.set_replay_mode, self.workload, "off")
+                await node.run_host(ops.set_recording, host, self.workload, False)
             self.notes.append(f"diverged ({exc}); fell back to precopy")
             logger.warning("dual handover diverged, falling back to pre-copy: %s", exc,
                            extra={"workload": self.workload})

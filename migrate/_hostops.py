@@ -18,6 +18,49 @@ def thaw(host, workload: str) -> None:
     host.thaw(workload)
 
 
+def freeze(host, workload: str) -> None:
+    """Hold every call (handle and raw) until ``thaw``."""
+    host.freeze(workload)
+
+
+def start_tracking(host, workload: str):
+    """Start tracking written pages; the full snapshot the first round sends."""
+    return host.start_tracking(workload)
+
+
+def capture_delta(host, workload: str):
+    """The pages written since the last capture."""
+    return host.capture_delta(workload)
+
+
+def capture_all(host, workload: str):
+    """A full snapshot (stop-and-copy)."""
+    return host.checkpoint(workload)
+
+
+def stop_tracking(host, workload: str) -> None:
+    host.stop_tracking(workload)
+
+
+def apply(host, workload: str, snap) -> None:
+    """Apply a received round to a copy being built."""
+    host.apply_snapshot(workload, snap)
+
+
+def set_recording(host, workload: str, record: bool) -> None:
+    """Record the nondeterministic inputs calls consume (protected or followed), or stop."""
+    host.set_replay_mode(workload, "record" if record else "off")
+
+
+def last_inputs(host, workload: str):
+    """The inputs the last recorded call consumed."""
+    return host.last_inputs(workload)
+
+
+def pages_digest(host, workload: str, pages) -> str:
+    return host.pages_digest(workload, pages)
+
+
 def remove_quietly(host, workload: str) -> None:
     try:
         host.remove(workload)
@@ -39,9 +82,9 @@ def describe(host, workload: str) -> tuple[Any, bytes, dict[str, Any]]:
 
 
 def freeze_then(capture, host, workload: str):
-    """Freeze the workload (holding raw calls too), then return ``capture(workload)``."""
+    """Freeze the workload (holding raw calls too), then return ``capture(host, workload)``."""
     host.freeze(workload)
-    return capture(workload)
+    return capture(host, workload)
 
 
 def commit_facts(host, workload: str) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from nodes import (
     error_reply,
 )
 
+from . import _hostops as ops
 from ._ledger import Outcome
 from ._messages import MCall, MLocate, MProtect, MResult, MSpawn, MSpawned, MWhere
 from ._oplog import log_entry
@@ -124,7 +125,7 @@ def _operate(host, req: MCall, replay, record: bool) -> _Ran:
         ran = _Ran([], b"", exc)
     if record and req.op == "call" and not isinstance(ran.error, RequestError):
         try:
-            ran = dataclasses.replace(ran, inputs=host.last_inputs(req.workload).to_wire())
+            ran = dataclasses.replace(ran, inputs=ops.last_inputs(host, req.workload).to_wire())
         except HostError as exc:
             ran = dataclasses.replace(ran, inputs_error=exc)
     return ran
@@ -188,6 +189,6 @@ async def on_protect(node, session, req: MProtect) -> Done:
     if owned is None or owned.moved is not None:
         return _not_owner(req.id, node, req.workload)
     async with owned.lock:
-        await node.run_host(node.host.set_replay_mode, req.workload, "record" if req.record else "off")
+        await node.run_host(ops.set_recording, node.host, req.workload, req.record)
         owned.record = req.record
     return Done(id=req.id)

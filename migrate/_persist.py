@@ -52,7 +52,7 @@ def _load_record(node, workload: str, record: dict) -> None:
     owned = Owned(workload, epoch=epoch, ledger=CallLedger.from_wire(record.get("ledger")), index=index,
                   record=bool(record.get("record")), resume_standby=resume)
     if owned.record:  # a protected workload: calls report the inputs they consumed
-        node.host.set_replay_mode(workload, "record")
+        ops.set_recording(node.host, workload, True)
     svc = service(node)
     svc.moved.pop(workload, None)
     svc.owned[workload] = owned

@@ -126,7 +126,7 @@ class Migration(DualExecution):
             if committed:
                 await node.run_host(ops.remove_quietly, host, self.workload)
             else:
-                await node.run_host(host.stop_tracking, self.workload)
+                await node.run_host(ops.stop_tracking, host, self.workload)
                 if onto_standby:  # the workload stays here: so does its standby
                     node.start_soon(_keep_standby, node, self.owned, self.target)
             await client.aclose()
@@ -166,7 +166,7 @@ class Migration(DualExecution):
         node, host = self.node, self.node.host
         async with self.owned.lock:
             frozen = self.clock()
-            await node.run_host(host.freeze, self.workload)
+            await node.run_host(ops.freeze, host, self.workload)
             committed = False
             try:
                 feed.send.close()  # the feed drains what is queued, then ends
@@ -211,13 +211,13 @@ class Migration(DualExecution):
         """
         node, host = self.node, self.node.host
         self.planner.start(self.clock())
-        full = await node.run_host(host.start_tracking, self.workload)
+        full = await node.run_host(ops.start_tracking, host, self.workload)
         sent_before = self.bytes_sent
         took = await self._send(client, full)
         await crash_point_async("source:after-round")
         last_pages, last_bytes = full.page_count, self.bytes_sent - sent_before
         while True:
-            delta = await node.run_host(host.capture_delta, self.workload)
+            delta = await node.run_host(ops.capture_delta, host, self.workload)
             decision = self.planner.round_sent(pages=last_pages, wire_bytes=last_bytes, duration_s=took,
                                                dirty_after=delta.page_count, now=self.clock())
             self.owned.throttle = decision.throttle
@@ -232,10 +232,10 @@ class Migration(DualExecution):
 
     async def _precopy(self, client, target_name: str) -> bool:
         await self._rounds(client)
-        return await self._final_round(client, target_name, self.node.host.capture_delta)
+        return await self._final_round(client, target_name, ops.capture_delta)
 
     async def _stop_and_copy(self, client, target_name: str) -> bool:
-        return await self._final_round(client, target_name, self.node.host.checkpoint)
+        return await self._final_round(client, target_name, ops.capture_all)
 
     async def _final_round(self, client, target_name: str, capture) -> bool:
         """Freeze, send ``capture(workload)`` and commit; the frozen time is the blackout."""

@@ -178,7 +178,7 @@ async def on_promote(node, session, req: MPromote) -> MCommitted:
         svc.moved.pop(req.workload, None)
         svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=inc.ledger, index=inc.index,
                                         record=True)
-        await node.run_host(node.host.set_replay_mode, req.workload, "record")
+        await node.run_host(ops.set_recording, node.host, req.workload, True)
     await _drop_staging(node, svc, req.workload)  # a copy the dead owner had begun to send
     logger.info("standby promoted", extra={"workload": req.workload, "epoch": req.epoch})
     return MCommitted(id=req.id, epoch=req.epoch)

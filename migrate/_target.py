@@ -171,7 +171,7 @@ async def on_chunk(node, session, req: MChunk) -> Done:
                                     app=inc.app, **inc.settings)
                 inc.created = True
             else:
-                await node.run_host(node.host.apply_snapshot, inc.host_id, snap)
+                await node.run_host(ops.apply, node.host, inc.host_id, snap)
             inc.rounds += 1
             await crash_point_async("target:after-round")
         inc.chunks += 1
@@ -277,7 +277,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
             pages = {int(k): [int(p) for p in v] for k, v in dict(req.pages or {}).items()}
         except (TypeError, ValueError):
             return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message="malformed page list")
-        ours = await node.run_host(node.host.pages_digest, req.workload, pages)
+        ours = await node.run_host(ops.pages_digest, node.host, req.workload, pages)
         if ours != req.digest:
             async with inc.lock:
                 await _drop_incoming(node, svc, inc)
