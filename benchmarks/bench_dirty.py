@@ -13,9 +13,7 @@ dirty.md.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import json
 import platform
 import random
 import statistics
@@ -25,13 +23,16 @@ from pathlib import Path
 
 import wasmtime
 
-from snapshot import PAGE_BYTES, open_tracker, uffd_available
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._measure import argument_parser, memcpy_samples, table_head, write_results  # noqa: E402
+from snapshot import PAGE_BYTES, open_tracker, uffd_available  # noqa: E402
 
 MEMORY_BYTES = 256 << 20
 PAGES = MEMORY_BYTES // PAGE_BYTES  # 65,536
 DIRTY_PAGES = PAGES // 100  # 655: 1% of the pages
 UFFD_TARGET_MS = 2.0
-RESULTS = Path(__file__).resolve().parent / "results"
 
 _WAT = f"""
 (module
@@ -52,15 +53,7 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 def measure_memcpy(base: int, repeats: int) -> dict[str, float]:
     """Time ctypes.memmove of the whole memory into a buffer allocated (and faulted in) beforehand."""
-    target = bytearray(MEMORY_BYTES)
-    address = ctypes.addressof(ctypes.c_char.from_buffer(target))
-    ctypes.memmove(address, base, MEMORY_BYTES)  # fault the target in first
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        ctypes.memmove(address, base, MEMORY_BYTES)
-        samples.append(time.perf_counter() - start)
-    return _summary(samples)
+    return _summary(memcpy_samples(base, MEMORY_BYTES, repeats))
 
 
 def measure_backend(backend: str, rounds: int, seed: int) -> dict[str, object]:
@@ -136,16 +129,12 @@ def run(rounds: int, seed: int) -> dict[str, object]:
 def markdown(result: dict[str, object]) -> str:
     """Render the result as a Markdown table."""
     memcpy = result["memcpy_whole_memory"]
-    lines = [
-        f"# Dirty-page tracking: {result['memory_bytes'] >> 20} MiB, "
+    lines = table_head(
+        f"Dirty-page tracking: {result['memory_bytes'] >> 20} MiB, "
         f"{result['dirty_pages_per_round']} of {result['pages']} pages written per round",
-        "",
-        f"{result['rounds']} rounds; Linux {result['machine']['kernel']}, "
-        f"Python {result['machine']['python']}. Times are medians (min to max).",
-        "",
-        "| method | setup | round, 1% written | round, nothing written | memcpy / round | exact |",
-        "|---|---|---|---|---|---|",
-    ]
+        [f"{result['rounds']} rounds; Linux {result['machine']['kernel']}, "
+         f"Python {result['machine']['python']}. Times are medians (min to max)."],
+        ["method", "setup", "round, 1% written", "round, nothing written", "memcpy / round", "exact"])
     for name, figures in result["backends"].items():
         if "skipped" in figures:
             lines.append(f"| {name} | skipped: {figures['skipped']} | | | | |")
@@ -165,18 +154,11 @@ def markdown(result: dict[str, object]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the figures and write the results files."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 rounds instead of 20")
+    parser = argument_parser(__doc__, "3 rounds instead of 20")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results files")
     args = parser.parse_args(argv)
     result = run(rounds=3 if args.quick else 20, seed=args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "dirty-quick" if args.quick else "dirty"
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
-    (args.out / f"{name}.md").write_text(table)
-    print(table)
+    write_results(args.out, "dirty", args.quick, result, markdown(result))
     return 0
 
 

@@ -21,13 +21,11 @@ benchmarks/results/migrate.json and migrate.md.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import trio
@@ -37,9 +35,9 @@ if __package__ in (None, ""):
 
 import migrate  # noqa: E402
 import workloads  # noqa: E402
+from benchmarks._measure import argument_parser, memcpy_samples, table_head, write_results  # noqa: E402
 from migrate.launcher import LocalCluster  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PAGE = 4096
 
 
@@ -55,17 +53,9 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def memcpy_s(size: int) -> float:
     """Median time of copying ``size`` bytes between warm buffers."""
-    src, dst = bytearray(size), bytearray(size)
+    src = bytearray(size)
     src[::PAGE] = b"\1" * len(src[::PAGE])
-    a = (ctypes.c_char * size).from_buffer(dst)
-    b = (ctypes.c_char * size).from_buffer(src)
-    ctypes.memmove(a, b, size)
-    samples = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        ctypes.memmove(a, b, size)
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+    return statistics.median(memcpy_samples(ctypes.addressof((ctypes.c_char * size).from_buffer(src)), size, 5))
 
 
 async def one_move(cluster, mib: int, rate_pps: int, strategy: str) -> dict:
@@ -138,19 +128,14 @@ async def run(sizes: list[int], rates: list[int], root: Path) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [
-        "# Live migration: stop-copy, pre-copy and dual",
-        "",
+    lines = table_head("Live migration: stop-copy, pre-copy and dual", [
         "edge-1 -> cloud-1, two real migrate-node processes on loopback with mutual TLS. The workload",
         "(`dirtier`) is filled to the memory size and a caller dirties pages at the given rate during",
         "the move. Blackout is how long the source held calls; the client column is the longest call",
         "seen during the move against the steady median. memcpy of the same memory is measured in the",
         "same run as the floor for copying it.",
-        "",
-        "| memory | dirty pages/s | strategy | blackout ms | x stop-copy | total ms | rounds | MiB sent "
-        "| calls during move p50 / p99 / max ms | steady p50 / p99 ms | max / steady p99 | memcpy ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    ], ["memory", "dirty pages/s", "strategy", "blackout ms", "x stop-copy", "total ms", "rounds", "MiB sent",
+        "calls during move p50 / p99 / max ms", "steady p50 / p99 ms", "max / steady p99", "memcpy ms"])
     base = {}
     for r in rows:
         if r["strategy"] == "stop-copy":
@@ -171,22 +156,15 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="16 MiB, two dirty rates")
+    parser = argument_parser(__doc__, "16 MiB, two dirty rates")
     parser.add_argument("--mib", type=int, action="append", help="memory sizes in MiB")
     parser.add_argument("--rate", type=int, action="append", help="dirty rates in pages per second")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     sizes = args.mib or ([16] if args.quick else [1, 16, 64, 256, 512])
     rates = args.rate or ([0, 2000] if args.quick else [0, 2000, 20000])
     with tempfile.TemporaryDirectory(prefix="wm-bench-") as tmp:
         rows = trio.run(run, sizes, rates, Path(tmp))
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "migrate-quick" if args.quick else "migrate"
-    (args.out / f"{name}.json").write_text(json.dumps({"results": rows}, indent=2) + "\n")
-    table = markdown(rows)
-    (args.out / f"{name}.md").write_text(table)
-    print(table)
+    write_results(args.out, "migrate", args.quick, {"results": rows}, markdown(rows))
     return 0
 
 

@@ -21,8 +21,6 @@ benchmarks/results/node.json and node.md (node-quick.* with --quick).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
@@ -38,10 +36,10 @@ import wasmtime
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._measure import argument_parser, table_head, write_results  # noqa: E402
 from migrate.launcher import LocalCluster  # noqa: E402
 from nodes import Host, NodeClient  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 NOOP = wasmtime.wat2wasm('(module (func (export "noop")))')
 GOAL_P50_US = 150.0
 CONCURRENT_CALLERS = 8
@@ -157,10 +155,10 @@ def node_run(root: Path, *, tls: bool, n: int) -> tuple[dict, float]:
 def markdown(report: dict) -> str:
     rows = report["latency"]
     ref = rows["wasmtime-py, in process"]["p50_us"]
-    lines = ["# Node call latency benchmark", "",
-             f"A no-op export called one call at a time ({report['calls']} calls per path), "
-             "through a real `migrate-node` on loopback and in process, in the same run.", "",
-             "| path | p50 µs | p99 µs | max µs | p50 / in-process wasmtime |", "|---|---|---|---|---|"]
+    lines = table_head("Node call latency benchmark", [
+        f"A no-op export called one call at a time ({report['calls']} calls per path), "
+        "through a real `migrate-node` on loopback and in process, in the same run."],
+        ["path", "p50 µs", "p99 µs", "max µs", "p50 / in-process wasmtime"])
     for name, r in rows.items():
         lines.append(f"| {name} | {r['p50_us']} | {r['p99_us']} | {r['max_us']} | {r['p50_us'] / ref:.1f}x |")
     tls_p50 = rows["node over mutual TLS"]["p50_us"]
@@ -179,10 +177,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2,000 calls per path instead of 20,000")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    args = argument_parser(__doc__, "2,000 calls per path instead of 20,000").parse_args(argv)
     n = 2000 if args.quick else 20000
     with tempfile.TemporaryDirectory(prefix="bench-node-") as tmp:
         root = Path(tmp)
@@ -198,11 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                           "machine": platform.machine()},
               "goal_p50_us": GOAL_P50_US, "calls": n, "latency": latency,
               "concurrent_callers": CONCURRENT_CALLERS, "concurrent_calls_per_s": rates}
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "node-quick" if args.quick else "node"
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(args.out, "node", args.quick, report, markdown(report))
     return 0
 
 

@@ -31,7 +31,6 @@ benchmarks/results/protect.json and protect.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import hashlib
@@ -51,6 +50,7 @@ if __package__ in (None, ""):
 
 import migrate  # noqa: E402
 import workloads  # noqa: E402
+from benchmarks._measure import argument_parser, table_head, write_results  # noqa: E402
 from migrate.launcher import LocalCluster  # noqa: E402
 from migrate.wire import (  # noqa: E402
     CHUNK_BYTES,
@@ -66,7 +66,6 @@ from migrate.wire import (  # noqa: E402
 from nodes import RECEIVE_BYTES, NodeClient, ReadMemory, client_context, server_context  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
 #: One-way delay the proxy adds for the fetch over a slower link: 5 ms each
 #: way, a 10 ms round trip (an edge site and its region).
 DELAY_ONE_WAY_S = 0.005
@@ -261,9 +260,7 @@ async def run(sizes: list[int], root: Path, repeat: int) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     window = rows[0]["window_parts"] if rows else WINDOW_PIECES
-    lines = [
-        "# Checkpoint protection of large workloads",
-        "",
+    lines = table_head("Checkpoint protection of large workloads", [
         "A `kvstore` workload on edge-1 (a real migrate-node process, mutual TLS on loopback) holds a",
         "buffer of random bytes; the application protects it with `protect(\"checkpoint\", to=\"local\")`,",
         "then edge-1 is killed with SIGKILL and the next call fails over to the application's own node.",
@@ -273,12 +270,10 @@ def markdown(rows: list[dict]) -> str:
         "References, same byte count, same run: a pipelined NodeClient bulk read from edge-1 (the fetch's",
         "floor), TLS over loopback between two tasks of this process (the restore's floor: both its ends",
         "are this process), memcpy.  RSS is the application process's (its local node included).",
-        "",
-        f"| memory | checkpoint MiB | parts | first checkpoint s | next checkpoint s, window 1 / {window} "
-        f"| restore s, window 1 / {window} | delayed fetch s, window 1 / {window} | failover s | MB/s: fetch / bulk read / restore / TLS / memcpy "
-        "| app RSS before / 1 ckpt / after more MiB | bytes identical |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    ], ["memory", "checkpoint MiB", "parts", "first checkpoint s", f"next checkpoint s, window 1 / {window}",
+        f"restore s, window 1 / {window}", f"delayed fetch s, window 1 / {window}", "failover s",
+        "MB/s: fetch / bulk read / restore / TLS / memcpy", "app RSS before / 1 ckpt / after more MiB",
+        "bytes identical"])
     for r in rows:
         lines.append(
             f"| {r['memory_mib']} MiB | {r['checkpoint_bytes'] / 2**20:.1f} | {r['checkpoint_parts']} "
@@ -295,21 +290,14 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="16 MiB only")
+    parser = argument_parser(__doc__, "16 MiB only")
     parser.add_argument("--mib", type=int, action="append", help="memory sizes in MiB")
     parser.add_argument("--repeat", type=int, default=2, help="fetches and restores per window (best taken)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     sizes = args.mib or ([16] if args.quick else [96, 1024])
     with tempfile.TemporaryDirectory(prefix="wm-bench-") as tmp:
         rows = trio.run(run, sizes, Path(tmp), args.repeat)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "protect-quick" if args.quick else "protect"
-    (args.out / f"{name}.json").write_text(json.dumps({"results": rows}, indent=2) + "\n")
-    table = markdown(rows)
-    (args.out / f"{name}.md").write_text(table)
-    print(table)
+    write_results(args.out, "protect", args.quick, {"results": rows}, markdown(rows))
     return 0 if all(r["bytes_identical"] for r in rows) else 1
 
 

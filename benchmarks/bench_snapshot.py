@@ -23,7 +23,6 @@ Writes benchmarks/results/snapshot.json and snapshot.md.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
 import platform
@@ -39,8 +38,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import snapshot  # noqa: E402
+from benchmarks._measure import argument_parser, memcpy_samples, table_head, write_results  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PAGE = snapshot.PAGE_BYTES
 
 
@@ -104,11 +103,7 @@ def run(mib: int, repeats: int) -> dict:
     mix = fill_typical(content)
     ctypes.memmove(base, (ctypes.c_char * size).from_buffer(content), size)
 
-    warm = bytearray(size)
-    warm_addr = (ctypes.c_char * size).from_buffer(warm)
-    ctypes.memmove(warm_addr, base, size)
-    memcpy_s, _ = _best(lambda: ctypes.memmove(warm_addr, base, size), repeats)
-    del warm_addr
+    memcpy_s = statistics.median(memcpy_samples(base, size, repeats))
 
     buffers = snapshot.CaptureBuffers()
     snapshot.capture(store, inst, buffers=buffers)  # warm the buffers
@@ -178,16 +173,11 @@ TARGETS = {"capture_gbps": 5.0, "encode_gbps": 1.0, "restore_gbps": 2.0}
 
 
 def markdown(results: list[dict]) -> str:
-    lines = [
-        "# Snapshot engine benchmark",
-        "",
+    lines = table_head("Snapshot engine benchmark", [
         "Typical memory (75% zero pages, 5% random, 20% structured). Rates are memory bytes per second;",
         "ratios are against memcpy of the same memory measured in the same run (the physical floor).",
-        "",
-        "| memory | memcpy GB/s | capture GB/s (x memcpy) | encode GB/s | encode+AES-GCM GB/s | decode GB/s "
-        "| restore GB/s | size ratio | delta capture, 1% written: uffd ms | compare ms | floor ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    ], ["memory", "memcpy GB/s", "capture GB/s (x memcpy)", "encode GB/s", "encode+AES-GCM GB/s", "decode GB/s",
+        "restore GB/s", "size ratio", "delta capture, 1% written: uffd ms", "compare ms", "floor ms"])
     for r in results:
         d = r["delta_round_1pct"]
         lines.append(
@@ -203,10 +193,8 @@ def markdown(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="64 MiB only, 3 repeats")
+    parser = argument_parser(__doc__, "64 MiB only, 3 repeats")
     parser.add_argument("--mib", type=int, action="append", help="memory size(s) in MiB")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     sizes = args.mib or ([64] if args.quick else [16, 64, 256])
     repeats = 3 if args.quick else 7
@@ -215,14 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[snapshot] {mib} MiB ...", file=sys.stderr, flush=True)
         results.append(run(mib, repeats))
         print(json.dumps(results[-1]), file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
     report = {"machine": {"python": platform.python_version(), "wasmtime": wasmtime.__version__ if hasattr(
         wasmtime, "__version__") else "50", "cpu_count": __import__("os").cpu_count()},
         "targets": TARGETS, "results": results}
-    name = "snapshot-quick" if args.quick else "snapshot"
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(args.out, "snapshot", args.quick, report, markdown(results))
     return 0
 
 
