@@ -93,16 +93,6 @@ async def _wait_for_standby(cluster, standby: str, owner: str, workload: str) ->
             await trio.sleep(0.05)
 
 
-async def _kill_and_take_over(bench: Bench, owner, events, to: str) -> None:
-    """SIGKILL ``owner`` between calls; both workloads fail over to ``to`` with every write."""
-    await bench.steps(4)
-    owner.kill()
-    await bench.steps(6)
-    assert bench.kv.node == to and bench.counter.node == to
-    await bench.verify()
-    assert {e.workload for e in _failed_over(events)} == {bench.kv.workload, bench.counter.workload}
-
-
 async def test_standby_is_back_after_the_owner_restarts_and_takes_over_after_a_kill(node_procs, cluster_tls):
     edge = node_procs.start("edge-1", "edge")
     node_procs.start("cloud-1", "cloud")
@@ -124,7 +114,7 @@ async def test_standby_is_back_after_the_owner_restarts_and_takes_over_after_a_k
         assert not _failed_over(events), "a restart announced with SIGTERM is waited for, not failed over"
         for h in (bench.kv, bench.counter):
             await _wait_for_standby(c, "cloud-1", "edge-1", h.workload)
-        await _kill_and_take_over(bench, edge, events, "cloud-1")
+        await bench.kill_and_take_over(edge, events, "cloud-1", before=4, after=6)
 
 
 async def test_standby_takes_over_an_owner_stopped_with_sigterm_that_comes_back_late(node_procs, cluster_tls):
@@ -179,7 +169,7 @@ async def test_checkpoint_protection_waits_for_a_restart_then_fails_over_after_a
         with trio.fail_after(20):
             while c.protection(bench.kv.workload).checkpoint_index < raw.index:
                 await trio.sleep(0.05)
-        await _kill_and_take_over(bench, edge, events, "local")
+        await bench.kill_and_take_over(edge, events, "local", before=4, after=6)
 
 
 async def test_move_restart_of_each_node_and_move_back(node_procs, cluster_tls):
@@ -343,4 +333,4 @@ async def test_standby_node_restarted_while_idle_then_owner_killed(node_procs, c
         for h in (bench.kv, bench.counter):
             await _wait_for_standby(c, "cloud-1", "edge-1", h.workload)
         await bench.steps(2)
-        await _kill_and_take_over(bench, edge, events, "cloud-1")
+        await bench.kill_and_take_over(edge, events, "cloud-1", before=4, after=6)

@@ -1,5 +1,7 @@
 """Bugs the crash matrix found, each pinned down on its own with real nodes."""
 
+import contextlib
+
 import pytest
 import trio
 
@@ -11,6 +13,19 @@ from migrate.wire import MigrationCode
 from nodes import NodeClient, RemoteNodeError
 
 pytestmark = pytest.mark.trio
+
+
+@contextlib.asynccontextmanager
+async def _protected_counter(node_procs, cluster_tls, mode: str, interval_s: float, *, on: str = "edge-1"):
+    """edge-1 and an application connected to it, with a counter protected by ``mode`` to the local node.
+
+    The counter is spawned on node ``on``; yields edge-1's process and the counter's handle.
+    """
+    edge = node_procs.start("edge-1", "edge")
+    async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as c:
+        h = await c.spawn(workloads.load("counter"), on=on)
+        await h.protect(mode, interval_s=interval_s, to="local")
+        yield edge, h
 
 
 async def test_a_checkpoint_request_queued_behind_a_commit_is_told_the_workload_moved(node_procs, cluster_tls):
@@ -40,12 +55,10 @@ async def test_a_checkpoint_request_queued_behind_a_commit_is_told_the_workload_
         assert await h.call("incr", 1) == 2
 
 
-async def test_a_checkpoint_that_fails_on_the_node_does_not_end_the_application(node_procs, cluster_tls):
+async def test_a_checkpoint_that_fails_on_the_node_does_not_end_the_application(edge_and_cloud):
     """Protection fetches checkpoints in the background; one refused must not take the cluster down."""
-    edge = node_procs.start("edge-1", "edge", env={"MIGRATE_NODE_PAUSE_AT": "source:frozen",
-                                                    "MIGRATE_NODE_PAUSE_S": "1"})
-    cloud = node_procs.start("cloud-1", "cloud")
-    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+    pause = {"MIGRATE_NODE_PAUSE_AT": "source:frozen", "MIGRATE_NODE_PAUSE_S": "1"}
+    async with edge_and_cloud(edge_env=pause) as (edge, cloud, c):
         h = await c.spawn(workloads.load("counter"), on="edge-1")
         await h.protect("checkpoint", interval_s=0.05, to="local")
         assert await h.call("incr", 1) == 1
@@ -56,10 +69,8 @@ async def test_a_checkpoint_that_fails_on_the_node_does_not_end_the_application(
 
 async def test_memory_writes_since_the_last_checkpoint_survive_a_failover(node_procs, cluster_tls):
     """A failover replays the logged operations; a logged write must carry the bytes it wrote."""
-    edge = node_procs.start("edge-1", "edge")
-    async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as c:
-        h = await c.spawn(workloads.load("counter"), on="edge-1")
-        await h.protect("checkpoint", interval_s=3600, to="local")  # only the first checkpoint
+    # interval 3600 s: only the first checkpoint
+    async with _protected_counter(node_procs, cluster_tls, "checkpoint", 3600) as (edge, h):
         ptr = await h.call("wm_alloc", 64)
         await h.write_memory(ptr, b"written after the checkpoint")
         edge.kill()
@@ -69,10 +80,7 @@ async def test_memory_writes_since_the_last_checkpoint_survive_a_failover(node_p
 
 async def test_a_hot_standby_follows_memory_writes_and_takes_over_with_them(node_procs, cluster_tls):
     """The standby replays each logged write; the write's bytes are not its result, so no divergence."""
-    edge = node_procs.start("edge-1", "edge")
-    async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as c:
-        h = await c.spawn(workloads.load("counter"), on="edge-1")
-        await h.protect("standby", interval_s=0.05, to="local")
+    async with _protected_counter(node_procs, cluster_tls, "standby", 0.05) as (edge, h):
         ptr = await h.call("wm_alloc", 64)
         await h.write_memory(ptr, b"followed by the standby")
         assert await h.call("incr", 1) == 1
@@ -85,10 +93,7 @@ async def test_a_hot_standby_follows_memory_writes_and_takes_over_with_them(node
 
 async def test_a_standby_on_a_node_the_workload_once_left_can_be_promoted(node_procs, cluster_tls):
     """The node keeps a tombstone of the workload that left it; a standby placed there later must win over it."""
-    edge = node_procs.start("edge-1", "edge")
-    async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as c:
-        h = await c.spawn(workloads.load("counter"), on="local")
-        await h.protect("standby", interval_s=0.05, to="local")
+    async with _protected_counter(node_procs, cluster_tls, "standby", 0.05, on="local") as (edge, h):
         assert await h.call("incr", 1) == 1
         await h.migrate("edge-1")  # local keeps a tombstone; edge-1 now feeds a standby on local
         assert await h.call("incr", 1) == 2
@@ -98,7 +103,7 @@ async def test_a_standby_on_a_node_the_workload_once_left_can_be_promoted(node_p
         assert h.node == "local"
 
 
-async def test_a_new_owner_dying_while_it_copies_the_standby_anew_loses_nothing(node_procs, cluster_tls):
+async def test_a_new_owner_dying_while_it_copies_the_standby_anew_loses_nothing(edge_and_cloud):
     """After a move the new owner sends the standby a fresh copy; until it is aligned the old one must serve.
 
     cloud-1 dies right after the move commits, while its fresh standby copy
@@ -106,9 +111,7 @@ async def test_a_new_owner_dying_while_it_copies_the_standby_anew_loses_nothing(
     application had trimmed its log to what the old standby held, so the
     standby must still be able to take over from there.
     """
-    edge = node_procs.start("edge-1", "edge")
-    cloud = node_procs.start("cloud-1", "cloud", env={"MIGRATE_NODE_CRASH_AT": "standby:copying"})
-    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+    async with edge_and_cloud(cloud_env={"MIGRATE_NODE_CRASH_AT": "standby:copying"}) as (edge, cloud, c):
         h = await c.spawn(workloads.load("counter"), on="edge-1")
         await h.protect("standby", interval_s=0.05, to="local")
         for value in range(1, 6):

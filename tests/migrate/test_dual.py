@@ -3,7 +3,6 @@
 import pytest
 import trio
 
-import migrate
 import nodes
 import workloads
 
@@ -14,10 +13,8 @@ async def _stream(h, export, results, stop, *args):
         await trio.sleep(0)
 
 
-async def test_dual_hands_over_a_busy_counter_exactly(node_procs, cluster_tls):
-    edge = node_procs.start("edge-1", "edge")
-    cloud = node_procs.start("cloud-1", "cloud")
-    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+async def test_dual_hands_over_a_busy_counter_exactly(edge_and_cloud):
+    async with edge_and_cloud() as (edge, cloud, c):
         h = await c.spawn(workloads.load("counter"), on="edge-1")
         results, stop = [], trio.Event()
         async with trio.open_nursery() as nursery:
@@ -35,10 +32,8 @@ async def test_dual_hands_over_a_busy_counter_exactly(node_procs, cluster_tls):
         assert await h.call("get") == len(results)
 
 
-async def test_a_workload_reading_clocks_and_random_hands_over_with_identical_state(node_procs, cluster_tls):
-    edge = node_procs.start("edge-1", "edge")
-    cloud = node_procs.start("cloud-1", "cloud")
-    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+async def test_a_workload_reading_clocks_and_random_hands_over_with_identical_state(edge_and_cloud):
+    async with edge_and_cloud() as (edge, cloud, c):
         events = c.events()
         h = await c.spawn(workloads.load("clockrand"), on="edge-1")
         samples, stop = [], trio.Event()
@@ -64,14 +59,12 @@ async def test_a_workload_reading_clocks_and_random_hands_over_with_identical_st
         assert "moved" in kinds
 
 
-async def test_a_nondeterministic_workload_is_detected_and_falls_back_to_precopy(node_procs, cluster_tls):
+async def test_a_nondeterministic_workload_is_detected_and_falls_back_to_precopy(edge_and_cloud):
     """grind() counts until the call is interrupted: how far it gets differs
     between source and target, the digest of the written pages disagrees at
     the switch, and the handover falls back to pre-copy."""
     fast = ["--call-timeout-s", "0.05"]
-    edge = node_procs.start("edge-1", "edge", args=fast)
-    cloud = node_procs.start("cloud-1", "cloud", args=fast)
-    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+    async with edge_and_cloud(args=fast) as (edge, cloud, c):
         h = await c.spawn(workloads.load("trap"), on="edge-1")
         stop = trio.Event()
         timeouts = 0

@@ -61,10 +61,8 @@ def test_protection_settings_are_checked():
         migrate.Protection(interval_s=0)
 
 
-async def test_hot_standby_takes_over_when_the_owner_is_killed(node_procs, cluster_tls):
-    edge = node_procs.start("edge-1", "edge")
-    cloud = node_procs.start("cloud-1", "cloud")
-    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+async def test_hot_standby_takes_over_when_the_owner_is_killed(edge_and_cloud):
+    async with edge_and_cloud() as (edge, cloud, c):
         events = c.events()
         h = await c.spawn(workloads.load("clockrand"), on="edge-1")
         await h.call("sample")

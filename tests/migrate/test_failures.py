@@ -25,11 +25,8 @@ def _assert_exactly_once(results):
 
 
 @pytest.mark.parametrize("phase", ["target:chunk", "target:before-commit", "target:after-commit"])
-async def test_target_dying_before_the_source_learns_of_the_commit_aborts_and_loses_nothing(
-        node_procs, cluster_tls, phase):
-    edge = node_procs.start("edge-1", "edge")
-    cloud = node_procs.start("cloud-1", "cloud", env={"MIGRATE_NODE_CRASH_AT": phase})
-    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+async def test_target_dying_before_the_source_learns_of_the_commit_aborts_and_loses_nothing(edge_and_cloud, phase):
+    async with edge_and_cloud(cloud_env={"MIGRATE_NODE_CRASH_AT": phase}) as (edge, cloud, c):
         h = await c.spawn(workloads.load("counter"), on="edge-1")
         results: list[int] = []
         stop = trio.Event()
@@ -48,10 +45,8 @@ async def test_target_dying_before_the_source_learns_of_the_commit_aborts_and_lo
         assert h.epoch >= 1
 
 
-async def test_source_dying_after_the_commit_leaves_the_target_in_charge(node_procs, cluster_tls):
-    edge = node_procs.start("edge-1", "edge", env={"MIGRATE_NODE_CRASH_AT": "source:after-commit"})
-    cloud = node_procs.start("cloud-1", "cloud")
-    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+async def test_source_dying_after_the_commit_leaves_the_target_in_charge(edge_and_cloud):
+    async with edge_and_cloud(edge_env={"MIGRATE_NODE_CRASH_AT": "source:after-commit"}) as (edge, cloud, c):
         h = await c.spawn(workloads.load("counter"), on="edge-1")
         results: list[int] = []
         stop = trio.Event()
@@ -68,10 +63,8 @@ async def test_source_dying_after_the_commit_leaves_the_target_in_charge(node_pr
         assert await h.call("get") == len(results)
 
 
-async def test_source_dying_while_frozen_gives_a_typed_error_saying_the_call_may_have_run(node_procs, cluster_tls):
-    edge = node_procs.start("edge-1", "edge", env={"MIGRATE_NODE_CRASH_AT": "source:frozen"})
-    cloud = node_procs.start("cloud-1", "cloud")
-    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+async def test_source_dying_while_frozen_gives_a_typed_error_saying_the_call_may_have_run(edge_and_cloud):
+    async with edge_and_cloud(edge_env={"MIGRATE_NODE_CRASH_AT": "source:frozen"}) as (edge, cloud, c):
         h = await c.spawn(workloads.load("counter"), on="edge-1")
         h.retry_s = h.reconnect_timeout_s = 1.0
         assert await h.call("incr", 1) == 1
@@ -119,10 +112,8 @@ class CuttableProxy:
         await trio.aclose_forcefully(downstream)
 
 
-async def test_cutting_the_link_mid_transfer_aborts_and_the_workload_carries_on(node_procs, cluster_tls):
-    edge = node_procs.start("edge-1", "edge")
-    cloud = node_procs.start("cloud-1", "cloud")
-    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+async def test_cutting_the_link_mid_transfer_aborts_and_the_workload_carries_on(edge_and_cloud):
+    async with edge_and_cloud() as (edge, cloud, c):
         h = await c.spawn(workloads.load("dirtier"), on="edge-1")
         await h.call("dt_init", 32)
         before = await h.call("dt_checksum")

@@ -67,6 +67,19 @@ class Bench:
         for h in (self.kv, self.counter):
             await h.migrate(to, **kwargs)
 
+    async def kill_owner(self, owner, to: str, *, before: int, after: int) -> None:
+        """``before`` steps, SIGKILL ``owner`` between calls, ``after`` steps: both workloads are then on ``to``."""
+        await self.steps(before)
+        owner.kill()
+        await self.steps(after)
+        assert self.kv.node == to and self.counter.node == to
+
+    async def kill_and_take_over(self, owner, events, to: str, *, before: int, after: int) -> None:
+        """``kill_owner``; then every write is there, and ``events`` show both workloads failed over."""
+        await self.kill_owner(owner, to, before=before, after=after)
+        await self.verify()
+        assert {e.workload for e in _failed_over(events)} == {self.kv.workload, self.counter.workload}
+
     async def verify(self) -> None:
         n = len(self.increments)
         assert self.increments == list(range(1, n + 1)), "an increment was lost or ran twice"
@@ -112,12 +125,7 @@ async def test_owner_killed_before_any_move(node_procs, cluster_tls, mode):
     async with _connect(node_procs, cluster_tls) as c:
         events = c.events()
         bench = await Bench.start(c, on="edge-1", mode=mode, to=to)
-        await bench.steps(25)
-        edge1.kill()
-        await bench.steps(25)
-        assert bench.kv.node == to and bench.counter.node == to
-        await bench.verify()
-        assert {e.workload for e in _failed_over(events)} == {bench.kv.workload, bench.counter.workload}
+        await bench.kill_and_take_over(edge1, events, to, before=25, after=25)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -174,15 +182,9 @@ async def test_killed_again_after_a_failover_and_another_move(node_procs, cluste
     async with _connect(node_procs, cluster_tls) as c:
         events = c.events()
         bench = await Bench.start(c, on="edge-1", mode=mode, to=to)
-        await bench.steps(15)
-        edge1.kill()
-        await bench.steps(15)
-        assert bench.kv.node == to
+        await bench.kill_owner(edge1, to, before=15, after=15)
         await bench.migrate("edge-2")  # from the failover node (for a standby: off the standby node)
-        await bench.steps(15)
-        edge2.kill()
-        await bench.steps(15)
-        assert bench.kv.node == to and bench.counter.node == to
+        await bench.kill_owner(edge2, to, before=15, after=15)
         await bench.verify()
         assert len(_failed_over(events)) == 4  # two workloads, twice each
         assert c.protection(bench.kv.workload).failovers == 2

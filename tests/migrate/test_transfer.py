@@ -12,6 +12,7 @@ that a failed fetch keeps the previous checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -47,6 +48,19 @@ async def _workload_with_blob(c, on: str):
     return h, ptr, blob
 
 
+@contextlib.asynccontextmanager
+async def _checkpoint_on_edge(node_procs, cluster_tls):
+    """edge-1 with small frames and a kvstore there holding a blob; a checkpoint of it taken over a raw client.
+
+    Yields (handle, blob address, blob, client, the checkpoint's reply with its token).
+    """
+    node_procs.start("edge-1", "edge", args=SMALL_FRAMES)
+    async with _connect(node_procs, cluster_tls) as c:
+        h, ptr, blob = await _workload_with_blob(c, "edge-1")
+        client = await c.client(h._address)
+        yield h, ptr, blob, client, await client.request(MCheckpoint, workload=h.workload)
+
+
 def _decodes_to(parts: list[bytes], ptr: int, blob: bytes) -> bool:
     """True if ``parts`` joined are one complete snapshot whose memory holds ``blob`` at ``ptr``."""
     decoder, assembler = snapshot.SnapshotDecoder(), snapshot.SnapshotAssembler()
@@ -62,11 +76,7 @@ def _decodes_to(parts: list[bytes], ptr: int, blob: bytes) -> bool:
 
 
 async def test_parts_asked_for_out_of_order_are_each_served_once(node_procs, cluster_tls):
-    node_procs.start("edge-1", "edge", args=SMALL_FRAMES)
-    async with _connect(node_procs, cluster_tls) as c:
-        h, ptr, blob = await _workload_with_blob(c, "edge-1")
-        client = await c.client(h._address)
-        meta = await client.request(MCheckpoint, workload=h.workload)
+    async with _checkpoint_on_edge(node_procs, cluster_tls) as (h, ptr, blob, client, meta):
 
         async def part(n: int):
             return await client.send_request(MCheckpointPart, workload=h.workload, token=meta.token, part=n)
@@ -97,11 +107,7 @@ async def test_parts_asked_for_out_of_order_are_each_served_once(node_procs, clu
 
 
 async def test_parts_too_far_ahead_or_of_a_replaced_checkpoint_are_refused(node_procs, cluster_tls):
-    node_procs.start("edge-1", "edge", args=SMALL_FRAMES)
-    async with _connect(node_procs, cluster_tls) as c:
-        h, ptr, blob = await _workload_with_blob(c, "edge-1")
-        client = await c.client(h._address)
-        meta = await client.request(MCheckpoint, workload=h.workload)
+    async with _checkpoint_on_edge(node_procs, cluster_tls) as (h, ptr, blob, client, meta):
         with pytest.raises(he.RequestError, match="parts past the 0 fetched"):
             await client.request(MCheckpointPart, workload=h.workload, token=meta.token, part=MAX_PARTS_AHEAD + 1)
         first = await client.request(MCheckpointPart, workload=h.workload, token=meta.token, part=0)

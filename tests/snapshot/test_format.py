@@ -23,6 +23,8 @@ from snapshot import (
 )
 from snapshot._state import GlobalState, MemoryState, TableState
 
+from damage import EDITS, damage
+
 PAGE = snapshot.PAGE_BYTES
 
 _VALUES = {
@@ -128,14 +130,8 @@ def test_fuzzed_encodings_are_rejected_or_decode_exactly():
             data = bytearray(good)
             op = rng.randrange(6)
             at = rng.randrange(len(data))
-            if op == 0:
-                data[at] ^= 1 << rng.randrange(8)
-            elif op == 1:
-                data[at] = rng.randrange(256)
-            elif op == 2:
-                del data[at:at + rng.randrange(1, 64)]
-            elif op == 3:
-                data[at:at] = rng.randbytes(rng.randrange(1, 16))
+            if op < len(EDITS):
+                damage(data, rng, op, at, delete_max=64, insert_max=16)
             elif op == 4:
                 data = data[:at]
             else:

@@ -10,6 +10,7 @@ import workloads
 from snapshot import InvalidModuleError
 
 import wast
+from damage import EDITS, damage
 
 WAT = r"""
 (module
@@ -188,15 +189,7 @@ def test_fuzzed_modules_are_refused_cleanly_or_prepared_validly():
         data = bytearray(seeds[i % 2])
         for _ in range(rng.randrange(1, 4)):
             at = rng.randrange(len(data))
-            op = rng.randrange(4)
-            if op == 0:
-                data[at] ^= 1 << rng.randrange(8)
-            elif op == 1:
-                data[at] = rng.randrange(256)
-            elif op == 2:
-                del data[at:at + rng.randrange(1, 8)]
-            else:
-                data[at:at] = rng.randbytes(rng.randrange(1, 8))
+            damage(data, rng, rng.randrange(len(EDITS)), at, delete_max=8, insert_max=8)
         try:
             prepared = snapshot.prepare(bytes(data))
         except InvalidModuleError as exc:
