@@ -16,16 +16,24 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def argument_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
-    """A parser described by the first line of ``doc``, with ``--quick`` and ``--out``."""
+def argument_parser(doc: str, quick_help: str, *, sizes: bool = False) -> argparse.ArgumentParser:
+    """A parser described by the first line of ``doc``, with ``--quick`` and ``--out``.
+
+    With ``sizes``, also ``--mib N`` (repeatable): the memory sizes to measure.
+    """
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results files")
+    if sizes:
+        parser.add_argument("--mib", type=int, action="append", help="memory sizes in MiB")
     return parser
 
 
 def write_results(out: Path, name: str, quick: bool, report: object, table: str) -> None:
-    """Write ``report`` as NAME.json and ``table`` as NAME.md into ``out`` (NAME-quick.* if ``quick``); print the table."""
+    """Write ``report`` as NAME.json and ``table`` as NAME.md into ``out`` (NAME-quick.* if ``quick``).
+
+    The table is printed too.
+    """
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-quick" if quick else name
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")

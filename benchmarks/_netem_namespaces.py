@@ -1,4 +1,4 @@
-"""The client, edge and cloud network namespaces of a run: making them, joining them, entering them, removing stale ones.
+"""The client, edge and cloud network namespaces of a run: making, linking, entering and removing them.
 
 Raises ``NetemError`` when they cannot be made; ``unavailable_reason()``
 says beforehand why they could not be.

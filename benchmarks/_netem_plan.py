@@ -1,4 +1,4 @@
-"""The emulated links' settings and address plan: link profiles, the veth pairs and their addresses, delays, tbf buckets.
+"""The emulated links' settings and address plan: profiles, veth pairs and their addresses, delays, tbf buckets.
 
 Addresses come from 198.18.0.0/15, the range RFC 2544 reserves for
 benchmarking.  Each node's service address is on its namespace's loopback

@@ -1,4 +1,6 @@
-"""The delaying TCP proxy: relays each connection to its upstream, holding every chunk for the one-way delay of the link it came over.
+"""The delaying TCP proxy: relays each connection upstream, holding each chunk for its link's one-way delay.
+
+The link is told apart by the peer's address.
 
 It stands in for ``netem`` delay, which the kernel here lacks; the proxy
 process is ``python -m benchmarks.netem proxy``.

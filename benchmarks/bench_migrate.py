@@ -156,8 +156,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argument_parser(__doc__, "16 MiB, two dirty rates")
-    parser.add_argument("--mib", type=int, action="append", help="memory sizes in MiB")
+    parser = argument_parser(__doc__, "16 MiB, two dirty rates", sizes=True)
     parser.add_argument("--rate", type=int, action="append", help="dirty rates in pages per second")
     args = parser.parse_args(argv)
     sizes = args.mib or ([16] if args.quick else [1, 16, 64, 256, 512])

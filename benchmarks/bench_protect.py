@@ -290,8 +290,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argument_parser(__doc__, "16 MiB only")
-    parser.add_argument("--mib", type=int, action="append", help="memory sizes in MiB")
+    parser = argument_parser(__doc__, "16 MiB only", sizes=True)
     parser.add_argument("--repeat", type=int, default=2, help="fetches and restores per window (best taken)")
     args = parser.parse_args(argv)
     sizes = args.mib or ([16] if args.quick else [96, 1024])

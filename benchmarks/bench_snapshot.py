@@ -193,8 +193,7 @@ def markdown(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argument_parser(__doc__, "64 MiB only, 3 repeats")
-    parser.add_argument("--mib", type=int, action="append", help="memory size(s) in MiB")
+    parser = argument_parser(__doc__, "64 MiB only, 3 repeats", sizes=True)
     args = parser.parse_args(argv)
     sizes = args.mib or ([64] if args.quick else [16, 64, 256])
     repeats = 3 if args.quick else 7

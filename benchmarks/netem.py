@@ -55,7 +55,8 @@ import trio
 
 from benchmarks._netem_namespaces import (NAMESPACE_PREFIX, NETNS_DIR, NetemError, Topology, entered,
                                          remove_stale_namespaces, stale_namespaces, unavailable_reason)
-from benchmarks._netem_plan import LINKS, LOOPBACK, PROFILES, SERVICE_IP, Link, LinkProfile, proxy_delays, tbf_burst_bytes
+from benchmarks._netem_plan import (LINKS, LOOPBACK, PROFILES, SERVICE_IP, Link, LinkProfile, proxy_delays,
+                                    tbf_burst_bytes)
 from benchmarks._netem_proxy import PROXY_CHUNK_BYTES, PROXY_MAX_CHUNKS, relay, serve_delay_proxy
 
 __all__ = [

@@ -14,6 +14,7 @@ succeeded, and they returned 1, 2, ... n in order).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -116,25 +117,34 @@ def _connect(node_procs, cluster_tls):
     return migrate.connect(*(str(n.address) for n in node_procs.nodes), tls=cluster_tls.issue("app-1", "node"))
 
 
+@contextlib.asynccontextmanager
+async def _protected_bench(node_procs, cluster_tls, mode: str, *, interval_s: float = 0.2, **env):
+    """``_nodes``, an application connected to them, its events, and a Bench on edge-1 protected by ``mode``.
+
+    ``env`` goes to ``_nodes``.  Yields (application, events, bench, edge-1, edge-2, the failover target).
+    """
+    (edge1, edge2, *_), to = _nodes(node_procs, mode, **env)
+    async with _connect(node_procs, cluster_tls) as c:
+        events = c.events()
+        bench = await Bench.start(c, on="edge-1", mode=mode, to=to, interval_s=interval_s)
+        yield c, events, bench, edge1, edge2, to
+
+
 MODES = ["checkpoint", "standby"]
 
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_owner_killed_before_any_move(node_procs, cluster_tls, mode):
-    (edge1, edge2, *_), to = _nodes(node_procs, mode)
-    async with _connect(node_procs, cluster_tls) as c:
-        events = c.events()
-        bench = await Bench.start(c, on="edge-1", mode=mode, to=to)
+    async with _protected_bench(node_procs, cluster_tls, mode) as (c, events, bench, edge1, edge2, to):
         await bench.kill_and_take_over(edge1, events, to, before=25, after=25)
 
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_new_owner_killed_right_after_a_move(node_procs, cluster_tls, mode):
-    (edge1, edge2, *_), to = _nodes(node_procs, mode)
-    async with _connect(node_procs, cluster_tls) as c:
-        # Few checkpoints: the failover replays operations from before the
-        # move (run on edge-1) and after it (on edge-2) from one log.
-        bench = await Bench.start(c, on="edge-1", mode=mode, to=to, interval_s=30.0)
+    # Few checkpoints: the failover replays operations from before the
+    # move (run on edge-1) and after it (on edge-2) from one log.
+    async with _protected_bench(node_procs, cluster_tls, mode,
+                                interval_s=30.0) as (c, events, bench, edge1, edge2, to):
         await bench.steps(20)
         await bench.migrate("edge-2")
         await bench.steps(3)
@@ -147,9 +157,8 @@ async def test_new_owner_killed_right_after_a_move(node_procs, cluster_tls, mode
 @pytest.mark.parametrize("phase", ["source:frozen", "source:after-commit"])
 @pytest.mark.parametrize("mode", MODES)
 async def test_owner_dies_during_a_move_with_calls_in_flight(node_procs, cluster_tls, mode, phase):
-    (edge1, edge2, *_), to = _nodes(node_procs, mode, edge1={"MIGRATE_NODE_CRASH_AT": phase})
-    async with _connect(node_procs, cluster_tls) as c:
-        bench = await Bench.start(c, on="edge-1", mode=mode, to=to)
+    crash = {"MIGRATE_NODE_CRASH_AT": phase}
+    async with _protected_bench(node_procs, cluster_tls, mode, edge1=crash) as (c, events, bench, edge1, edge2, to):
         await bench.steps(20)
         moved = trio.Event()
 
@@ -178,10 +187,7 @@ async def test_owner_dies_during_a_move_with_calls_in_flight(node_procs, cluster
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_killed_again_after_a_failover_and_another_move(node_procs, cluster_tls, mode):
-    (edge1, edge2, *_), to = _nodes(node_procs, mode)
-    async with _connect(node_procs, cluster_tls) as c:
-        events = c.events()
-        bench = await Bench.start(c, on="edge-1", mode=mode, to=to)
+    async with _protected_bench(node_procs, cluster_tls, mode) as (c, events, bench, edge1, edge2, to):
         await bench.kill_owner(edge1, to, before=15, after=15)
         await bench.migrate("edge-2")  # from the failover node (for a standby: off the standby node)
         await bench.kill_owner(edge2, to, before=15, after=15)
@@ -283,9 +289,7 @@ async def test_a_checkpoint_larger_than_a_frame_is_streamed_in_parts(node_procs,
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_sigkill_of_the_source_while_a_move_streams_pages(node_procs, cluster_tls, mode):
-    (edge1, edge2, *_), to = _nodes(node_procs, mode)
-    async with _connect(node_procs, cluster_tls) as c:
-        bench = await Bench.start(c, on="edge-1", mode=mode, to=to, interval_s=30.0)
+    async with _protected_bench(node_procs, cluster_tls, mode, interval_s=30.0) as (c, events, bench, edge1, edge2, to):
         # 24 MiB of random bytes: the move takes long enough to be caught mid-stream.
         big = os.urandom(24 * 2**20)
         ptr = await bench.kv.call("wm_alloc", len(big))
