@@ -6,8 +6,9 @@ workload's ledger before it replies, and the ledger travels with the
 workload's state in the same atomic commit.  So a retry -- after a lost
 reply, a move, or a failover -- finds the recorded outcome instead of
 running the call again.  Handles acknowledge the outcomes they have seen,
-which lets owners forget them.  (Cloudflare Durable Objects and Orleans make
-the same promise; see NOTES.md.)
+which lets owners forget them.  (Cloudflare Durable Objects and Orleans
+make the same promise: an idempotency key per request, remembered by the
+owner of the state and carried with it.)
 
 Pure data, no I/O: the node and the tests drive it directly.
 """
