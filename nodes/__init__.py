@@ -41,6 +41,8 @@ from ._host_errors import (
     WorkloadTimeout,
     WorkloadTrap,
 )
+from ._engine import EPOCH_TICK_S
+from ._hold import Held
 from ._hosting import Host, HostStats, WorkloadInfo
 from ._limits import Limits
 from ._logging import configure_logging
@@ -78,9 +80,11 @@ __all__ = [
     "ConnectionFailed",
     "DamagedState",
     "Done",
+    "EPOCH_TICK_S",
     "ErrorCode",
     "ErrorReply",
     "Handler",
+    "Held",
     "Hello",
     "Host",
     "HostClosed",
