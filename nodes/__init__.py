@@ -60,6 +60,7 @@ from ._messages import (
     Request,
     StatusReport,
     WorkloadSummary,
+    message,
     register,
 )
 from ._node import Node
@@ -136,6 +137,7 @@ __all__ = [
     "error_reply",
     "init_ca",
     "issue_cert",
+    "message",
     "parse_address",
     "register",
     "resolve_config",

@@ -23,6 +23,6 @@ def test_export_list_is_stable():
         "SnapshotFailed", "State", "StatusReport", "UnknownExport", "UnknownModule", "UnknownWorkload",
         "UnsupportedImports", "WorkloadError", "WorkloadExists", "WorkloadExited", "WorkloadInfo",
         "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "client_context", "code_for", "configure_logging",
-        "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "parse_address", "register",
+        "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "message", "parse_address", "register",
         "resolve_config", "serve", "server_context", "unwrap_group",
     ])
