@@ -29,7 +29,7 @@ from snapshot import PAGE_BYTES, open_tracker, uffd_available
 
 MEMORY_BYTES = 256 << 20
 PAGES = MEMORY_BYTES // PAGE_BYTES  # 65,536
-DIRTY_PAGES = PAGES // 100  # 655, the 1% of NOTES.md's measurements
+DIRTY_PAGES = PAGES // 100  # 655: 1% of the pages written between captures
 UFFD_TARGET_MS = 2.0
 RESULTS = Path(__file__).resolve().parent / "results"
 

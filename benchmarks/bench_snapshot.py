@@ -1,6 +1,6 @@
 """Measure the snapshot engine on typical linear memory, against memcpy.
 
-Memory is filled the way NOTES.md describes typical memory: 75% zero pages,
+Memory is filled like typical linear memory: 75% zero pages,
 5% random pages, 20% pages of ints, pointers and text.  In the same run we
 measure:
 
