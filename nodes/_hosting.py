@@ -25,7 +25,6 @@ be writable by the node operator only.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import shutil
 import uuid
@@ -178,7 +177,7 @@ class Host:
         workload_id = workload_id if workload_id is not None else f"w-{uuid.uuid4().hex[:12]}"
         w = self._create(module_sha256, workload_id=workload_id, app=app, args=args, env=env,
                          preopen=preopen, memory_limit_bytes=memory_limit_bytes,
-                         init=self._first_boot, fresh_output=True)
+                         init=Workload.first_boot, fresh_output=True)
         logger.info("deployed workload", extra=w.log_extra())
         return w.info()
 
@@ -267,13 +266,6 @@ class Host:
         self._registry.publish(workload_id, w, "starting")
         return w
 
-    def _first_boot(self, w: Workload) -> None:
-        try:
-            with w.running():
-                snapshot.first_boot(w.store, w.instance)
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            raise w.guest_error(exc) from exc
-
     # --- using a workload -------------------------------------------------
 
     def call(self, workload_id: str, export: str, args: Sequence[int | float] = (), *,
@@ -308,11 +300,7 @@ class Host:
         """
         w = self._get(workload_id)
         with self._using(w, guest=True):
-            address = w.span(offset, length)
-            buf = bytearray(length)
-            if length:
-                ctypes.memmove((ctypes.c_char * length).from_buffer(buf), address, length)
-        return bytes(buf)
+            return w.read(offset, length)
 
     def write_memory(self, workload_id: str, offset: int, data: bytes) -> None:
         """Copy ``data`` into the workload's memory 0 at ``offset``.
@@ -324,9 +312,7 @@ class Host:
         data = bytes(data)
         w = self._get(workload_id)
         with self._using(w, guest=True):
-            address = w.span(offset, len(data))
-            if data:
-                ctypes.memmove(address, data, len(data))
+            w.write(offset, data)
 
     def output(self, workload_id: str) -> tuple[bytes, bytes]:
         """Return what the workload wrote to stdout and stderr (capped).

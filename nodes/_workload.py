@@ -1,9 +1,11 @@
-"""One hosted workload: its record, the guard every use of it takes, and the time budget its guest code runs under.
+"""One hosted workload: its record, what runs on it, the guard every use takes, its guest's time budget.
 
-A ``Workload`` owns a wasmtime Store, its instance, its WASI output files and
-its ``CallBudget`` (with the ``InputGate`` of ``nodes._replay``).  A Store is
-used by one thread at a time: everything touching it holds the workload's
-lock, through ``InUse``.  Guest code (a call, first boot, and the accessor
+A ``Workload`` (built by ``instantiate``) owns a wasmtime Store, its
+instance, its WASI output files and its ``CallBudget`` (with the
+``InputGate`` of ``nodes._replay``), and runs what touches them: first boot,
+a call, memory reads and writes, captures and restores.  A Store is used
+by one thread at a time: everything touching it holds the workload's lock,
+through ``InUse``.  Guest code (a call, first boot, and the accessor
 functions a capture, restore or hash may run) runs under ``GuestTime``: the
 engine's epoch deadline, and the same budget for sleeps in WASI functions;
 ``GuestTime.error`` translates what a guest raised into a ``WorkloadError``.
@@ -207,6 +209,14 @@ class Workload:
         with self.touching_state("restore"):
             snapshot.restore(snap, self.store, self.instance)
 
+    def first_boot(self) -> None:
+        """Run the module's start function and a reactor's ``_initialize``.  Raises a ``WorkloadError``."""
+        try:
+            with self.running():
+                snapshot.first_boot(self.store, self.instance)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise self.guest_error(exc) from exc
+
     def load(self, snap: snapshot.Snapshot, monotonic_ns: int | None) -> None:
         """Load a snapshot (or a delta against the state held) into the workload.
 
@@ -251,6 +261,20 @@ class Workload:
             logger.info("replay diverged: %s", divergence, extra={**self.log_extra(), "export": export})
             raise divergence
         return tuple(result) if isinstance(result, list) else result
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Copy ``length`` bytes out of memory 0 (the caller holds ``lock``).  Raises ``BadArguments``."""
+        address = self.span(offset, length)
+        buf = bytearray(length)
+        if length:
+            ctypes.memmove((ctypes.c_char * length).from_buffer(buf), address, length)
+        return bytes(buf)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Copy ``data`` into memory 0 at ``offset`` (the caller holds ``lock``).  Raises ``BadArguments``."""
+        address = self.span(offset, len(data))
+        if data:
+            ctypes.memmove(address, data, len(data))
 
     def span(self, offset: int, length: int) -> int:
         """Return the address of ``[offset, offset+length)`` in memory 0.
