@@ -684,8 +684,8 @@ def test_a_caller_engine_with_epoch_interruption_works(tmp_path):
             host.call(wid, "spin", [-1])
 
 
-def test_freeze_holds_guest_calls_until_thaw_and_remove_releases_them(tmp_path):
-    """A migration's final round: calls wait out a freeze; captures do not."""
+def test_pause_holds_guest_calls_until_resume_and_remove_releases_them(tmp_path):
+    """A migration's final round: calls wait out a pause; captures do not."""
     import threading
 
     with Host(tmp_path / "h") as host:
