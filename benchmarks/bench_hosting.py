@@ -41,8 +41,7 @@ if __package__ in (None, ""):
 
 import snapshot  # noqa: E402
 import workloads  # noqa: E402
-from nodes._hosting import EPOCH_TICK_S, Host  # noqa: E402
-from nodes import Limits  # noqa: E402
+from nodes import EPOCH_TICK_S, Host, Limits  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -4,33 +4,40 @@ Each function here is blocking: a flow runs it with ``node.run_host(op,
 host, ...)``, which hops to a worker thread once.  One function is one
 step of a move, a standby feed or a checkpoint (the dual cut, the seal at
 the switch, the facts a commit carries...), so the step costs one hop
-instead of one per ``Host`` method.
+instead of one per ``Host`` method.  The operations only a migration needs
+are those of ``nodes.Held`` (``host.hold(workload)``); this module is the
+only caller of them in migrate.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from nodes import UnknownWorkload
+from nodes import HostClosed, UnknownWorkload
 
 
 def thaw(host, workload: str) -> None:
-    host.thaw(workload)
+    """Let held calls run again; a workload gone (moved, removed, or its host closed) has none."""
+    try:
+        held = host.hold(workload)
+    except (UnknownWorkload, HostClosed):
+        return
+    held.resume()
 
 
 def freeze(host, workload: str) -> None:
     """Hold every call (handle and raw) until ``thaw``."""
-    host.freeze(workload)
+    host.hold(workload).pause()
 
 
 def start_tracking(host, workload: str):
     """Start tracking written pages; the full snapshot the first round sends."""
-    return host.start_tracking(workload)
+    return host.hold(workload).start_tracking()
 
 
 def capture_delta(host, workload: str):
     """The pages written since the last capture."""
-    return host.capture_delta(workload)
+    return host.hold(workload).capture_delta()
 
 
 def capture_all(host, workload: str):
@@ -39,26 +46,31 @@ def capture_all(host, workload: str):
 
 
 def stop_tracking(host, workload: str) -> None:
-    host.stop_tracking(workload)
+    """Stop tracking written pages; a workload gone (moved, removed, or its host closed) tracks none."""
+    try:
+        held = host.hold(workload)
+    except (UnknownWorkload, HostClosed):
+        return
+    held.stop_tracking()
 
 
 def apply(host, workload: str, snap) -> None:
     """Apply a received round to a copy being built."""
-    host.apply_snapshot(workload, snap)
+    host.hold(workload).apply(snap)
 
 
 def set_recording(host, workload: str, record: bool) -> None:
     """Record the nondeterministic inputs calls consume (protected or followed), or stop."""
-    host.set_replay_mode(workload, "record" if record else "off")
+    host.hold(workload).set_replay_mode("record" if record else "off")
 
 
 def last_inputs(host, workload: str):
     """The inputs the last recorded call consumed."""
-    return host.last_inputs(workload)
+    return host.hold(workload).last_inputs()
 
 
 def pages_digest(host, workload: str, pages) -> str:
-    return host.pages_digest(workload, pages)
+    return host.hold(workload).pages_digest(pages)
 
 
 def remove_quietly(host, workload: str) -> None:
@@ -72,24 +84,24 @@ def replace_workload(host, staged_id: str, workload: str, drop: bool) -> None:
     """Rename ``staged_id`` to ``workload``, removing the one it replaces first if ``drop``."""
     if drop:
         remove_quietly(host, workload)
-    host.rename(staged_id, workload)
+    host.hold(staged_id).rename(workload)
 
 
 def describe(host, workload: str) -> tuple[Any, bytes, dict[str, Any]]:
     """What a target needs to get ready for a copy: (info, module bytes, launch settings)."""
     info = host.info(workload)
-    return info, host.module_bytes(info.module_sha256), host.launch_settings(workload)
+    return info, host.module_bytes(info.module_sha256), host.hold(workload).launch_settings()
 
 
 def freeze_then(capture, host, workload: str):
     """Freeze the workload (holding raw calls too), then return ``capture(host, workload)``."""
-    host.freeze(workload)
+    freeze(host, workload)
     return capture(host, workload)
 
 
 def commit_facts(host, workload: str) -> tuple[int, int]:
     """The call count and the guest's monotonic clock (ns) a new owner continues from."""
-    return host.info(workload).calls, host.clock_state(workload)
+    return host.info(workload).calls, host.hold(workload).clock_state()
 
 
 def consistent_copy(host, workload: str, *, start_recording: bool = False):
@@ -98,40 +110,45 @@ def consistent_copy(host, workload: str, *, start_recording: bool = False):
     With ``start_recording`` the workload records its calls' inputs from
     the copy on (a standby replays them).  Called between calls.
     """
+    held = host.hold(workload)
     if start_recording:
-        host.set_replay_mode(workload, "record")
+        held.set_replay_mode("record")
     snap = host.checkpoint(workload)
-    return snap, host.info(workload), host.clock_state(workload), host.launch_settings(workload)
+    return snap, host.info(workload), held.clock_state(), held.launch_settings()
 
 
 def cut(host, workload: str):
     """The dual cut: start recording and capture what changed since the last round; (delta, call count)."""
-    host.set_replay_mode(workload, "record")
-    delta = host.capture_delta(workload)
+    held = host.hold(workload)
+    held.set_replay_mode("record")
+    delta = held.capture_delta()
     return delta, host.info(workload).calls
 
 
 def seal(host, workload: str, keep_recording: bool) -> tuple[dict[int, list[int]], str]:
     """The pages written since the cut and their digest; stops recording unless ``keep_recording``."""
-    since_cut = host.capture_delta(workload)
+    held = host.hold(workload)
+    since_cut = held.capture_delta()
     pages = {m.index: [p for r in m.runs for p in range(r.first_page, r.end_page)] for m in since_cut.memories}
-    digest = host.pages_digest(workload, pages)
+    digest = held.pages_digest(pages)
     if not keep_recording:
-        host.set_replay_mode(workload, "off")
+        held.set_replay_mode("off")
     return pages, digest
 
 
 def align(host, workload: str, calls: int, monotonic_ns: int | None) -> None:
     """Set a received copy to replay from the owner's call count and clock."""
-    host.set_call_count(workload, calls)
-    host.set_replay_mode(workload, "replay")
+    held = host.hold(workload)
+    held.set_call_count(calls)
+    held.set_replay_mode("replay")
     if monotonic_ns is not None:
-        host.continue_clock(workload, monotonic_ns)
+        held.continue_clock(monotonic_ns)
 
 
 def take_over(host, workload: str, record: bool, calls: int, monotonic_ns: int | None) -> None:
     """Make a committed copy run as the owner's did: recording or not, its call count and clock."""
-    host.set_replay_mode(workload, "record" if record else "off")
-    host.set_call_count(workload, calls)
+    held = host.hold(workload)
+    held.set_replay_mode("record" if record else "off")
+    held.set_call_count(calls)
     if monotonic_ns is not None:
-        host.continue_clock(workload, monotonic_ns)
+        held.continue_clock(monotonic_ns)

@@ -41,6 +41,8 @@ from ._host_errors import (
     WorkloadTimeout,
     WorkloadTrap,
 )
+from ._engine import EPOCH_TICK_S
+from ._hold import Held
 from ._hosting import Host, HostStats, WorkloadInfo
 from ._limits import Limits
 from ._logging import configure_logging
@@ -58,6 +60,7 @@ from ._messages import (
     Request,
     StatusReport,
     WorkloadSummary,
+    message,
     register,
 )
 from ._node import Node
@@ -78,9 +81,11 @@ __all__ = [
     "ConnectionFailed",
     "DamagedState",
     "Done",
+    "EPOCH_TICK_S",
     "ErrorCode",
     "ErrorReply",
     "Handler",
+    "Held",
     "Hello",
     "Host",
     "HostClosed",
@@ -132,6 +137,7 @@ __all__ = [
     "error_reply",
     "init_ca",
     "issue_cert",
+    "message",
     "parse_address",
     "register",
     "resolve_config",

@@ -1,11 +1,8 @@
 """A node's saved state: SIGTERM's checkpoint, swapped in whole, checked before a start uses it.
 
-A checkpoint is a directory: one snapshot file per workload
-(``<id>.<generation>.snap``) and ``manifest.msgpack``, written last, which
-lists each workload with what ``Host.restore`` needs and the records other
-packages keep about it (``extensions``: the migration coordinator's epoch
-and call ledger).  A checkpoint is complete when its manifest is in place
-and every snapshot file it names exists.
+A checkpoint is a directory of workload snapshots and a manifest, written
+last (``nodes._checkpoint_format``); it is complete when its manifest is in
+place and every snapshot file it names exists.
 
 In the data directory::
 
@@ -41,7 +38,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Collection, Mapping
@@ -49,36 +45,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 import snapshot
 
 from . import _host_errors as he
+from ._checkpoint_format import (
+    MANIFEST,
+    BulkReport,
+    Checkpointed,
+    one_line,
+    read_manifest,
+    restore_workload,
+    snapshot_file,
+    write,
+)
 from ._crash import crash_point
 from ._errors import CheckpointFailed, DamagedState
-from ._files import fsync_dir, remove_tree, write_atomically
-from ._hosting import BulkReport, Host, _check_name, module_file
+from ._files import fsync_dir, remove_tree
+from ._modules import module_file
+
+__all__ = ["BulkReport", "Restored", "Saved", "discard", "failure", "find", "restore", "retire", "save", "write"]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.msgpack"
-FORMAT = "wasm-migrate/host-checkpoint"
-VERSION = 1
 CURRENT = "checkpoints"
 NEW = CURRENT + ".new"
 OLD = CURRENT + ".old"
 RESTORED = CURRENT + ".restored"
-_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
-
-
-def snapshot_file(workload_id: str, generation: int) -> str:
-    # Named by generation, so rewriting a checkpoint in place never
-    # overwrites a file the current manifest still names.
-    return f"{workload_id}.{generation}.snap"
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def _os_error(exc: OSError) -> str:
@@ -86,135 +78,6 @@ def _os_error(exc: OSError) -> str:
     name = errno.errorcode.get(exc.errno or 0)
     reason = f"{exc.strerror or exc}" + (f" ({name})" if name else "")
     return f"{exc.filename}: {reason}" if exc.filename else reason
-
-
-# --- the manifest ----------------------------------------------------------
-
-def read_manifest(directory: Path) -> dict:
-    """Read a checkpoint manifest; an absent one reads as empty.
-
-    Raises DamagedState if it cannot be read, does not parse, or is not a
-    version 1 manifest.
-    """
-    path = directory / MANIFEST
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise DamagedState(path, f"cannot read checkpoint manifest {path}: {exc.strerror}") from exc
-    try:
-        manifest = msgpack.unpackb(raw)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise DamagedState(path, f"checkpoint manifest {path} is corrupt: {_one_line(exc)}") from exc
-    if (not isinstance(manifest, dict) or manifest.get("format") != FORMAT
-            or manifest.get("version") != VERSION or not isinstance(manifest.get("generation"), int)
-            or not isinstance(manifest.get("workloads"), list)
-            or not all(isinstance(e, dict) for e in manifest["workloads"])):
-        raise DamagedState(path, f"{path} is not a version {VERSION} checkpoint manifest")
-    for entry in manifest["workloads"]:
-        try:  # both become file names
-            _check_name("workload id", entry.get("id"))
-            if not isinstance(entry.get("module_sha256"), str) or not _SHA256.match(entry["module_sha256"]):
-                raise he.BadArguments(f"module_sha256 {entry.get('module_sha256')!r} is not a sha256")
-        except he.BadArguments as exc:
-            raise DamagedState(path, f"checkpoint manifest {path} is damaged: {exc}") from exc
-    return manifest
-
-
-def write(host: Host, directory: Path, *, key: bytes | None = None,
-          records: Mapping[str, Mapping[str, Any]] | None = None, leave_out: Collection[str] = (),
-          node_records: Mapping[str, Any] | None = None, deadline: float | None = None) -> BulkReport:
-    """Write every workload's snapshot and then the manifest into ``directory``.
-
-    Snapshots are fsynced and the directory synced before the manifest names
-    them, so a manifest in place means a complete checkpoint; stale
-    snapshots of an earlier generation in ``directory`` are removed after.
-    ``records`` (workload -> extension -> record) and ``node_records`` go
-    into the manifest; ``leave_out`` names workloads not to save.  A
-    workload that cannot be captured is left out and reported in
-    ``failed`` (and in the manifest).
-    Raises OSError naming the file that could not be written, TimeoutError
-    when ``deadline`` (``time.monotonic()``) passes, DamagedState when
-    ``directory`` holds an unreadable manifest.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    generation = read_manifest(directory).get("generation", 0) + 1
-    records = records or {}
-    ids = [info.workload_id for info in host.workloads() if info.workload_id not in leave_out]
-    entries, done, failed = [], [], []
-    for workload_id in ids:
-        _check_deadline(deadline, len(done), len(ids))
-        try:
-            snap, entry = host.checkpoint_entry(workload_id)
-            data = snap.to_bytes(key=key)  # compress outside the workload's lock: it runs on
-        except he.UnknownWorkload:
-            continue  # removed meanwhile
-        except (he.HostError, snapshot.SnapshotError) as exc:
-            logger.error("checkpoint failed: %s", exc, extra={"workload": workload_id})
-            failed.append((workload_id, _one_line(exc)))
-            continue
-        write_atomically(directory / snapshot_file(workload_id, generation), data, sync_dir=False)
-        if records.get(workload_id):
-            entry["extensions"] = dict(records[workload_id])
-        entries.append(entry)
-        done.append(workload_id)
-        if len(done) == 1:
-            crash_point("checkpoint:write")
-    _check_deadline(deadline, len(done), len(ids))
-    fsync_dir(directory)  # every snapshot is in place before the manifest names it
-    manifest = {"format": FORMAT, "version": VERSION, "generation": generation, "workloads": entries,
-                "failed": [list(f) for f in failed], "extensions": dict(node_records or {})}
-    write_atomically(directory / MANIFEST, msgpack.packb(manifest))
-    keep = {snapshot_file(e["id"], generation) for e in entries}
-    for stale in directory.glob("*.snap"):
-        if stale.name not in keep:
-            stale.unlink(missing_ok=True)
-    logger.info("wrote checkpoint of %d workloads (%d failed)", len(done), len(failed),
-                extra={"directory": os.fspath(directory)})
-    return BulkReport(tuple(done), tuple(failed))
-
-
-def _check_deadline(deadline: float | None, done: int, total: int) -> None:
-    if deadline is not None and time.monotonic() > deadline:
-        raise TimeoutError(f"the shutdown grace period ran out with {done} of {total} workloads written")
-
-
-def restore_workload(host: Host, directory: Path, generation: int, entry: Mapping[str, Any], *,
-                     key: bytes | None = None) -> None:
-    """Restore one manifest entry's workload into ``host``.
-
-    Raises OSError (its snapshot file), snapshot.SnapshotError, a HostError,
-    or KeyError/TypeError for a malformed entry.
-    """
-    workload_id = entry["id"]
-    data = (directory / snapshot_file(workload_id, generation)).read_bytes()
-    snap = snapshot.Snapshot.from_bytes(data, key=key)
-    host.restore(entry["module_sha256"], snap, workload_id=workload_id, app=entry["app"], args=entry["args"],
-                 env=entry["env"], preopen={g: Path(h) for g, h in entry["preopen"].items()},
-                 memory_limit_bytes=entry["memory_limit_bytes"], calls=entry["calls"],
-                 monotonic_ns=entry.get("monotonic_ns"))  # absent before replay existed
-
-
-def restore_all(host: Host, directory: Path, *, key: bytes | None = None) -> BulkReport:
-    """Restore what ``write`` saved in ``directory``, skipping (and reporting) workloads that fail.
-
-    Raises SnapshotFailed if the manifest itself is unreadable.
-    """
-    try:
-        manifest = read_manifest(directory)
-    except DamagedState as exc:
-        raise he.SnapshotFailed("*", str(exc)) from exc
-    done, failed = [], []
-    for entry in manifest.get("workloads", []):
-        try:
-            restore_workload(host, directory, manifest["generation"], entry, key=key)
-        except (he.HostError, snapshot.SnapshotError, OSError, KeyError, TypeError) as exc:
-            logger.error("restore failed: %s", exc, extra={"workload": entry["id"]})
-            failed.append((entry["id"], f"{type(exc).__name__}: {exc}"))
-            continue
-        done.append(entry["id"])
-    return BulkReport(tuple(done), tuple(failed))
 
 
 # --- starting ----------------------------------------------------------------
@@ -305,7 +168,7 @@ def find(data_dir: Path) -> Saved:
     return Saved(data_dir, checkpoint, manifest, tuple(leftovers))
 
 
-def restore(host: Host, saved: Saved, *, key: bytes | None = None) -> Restored:
+def restore(host: Checkpointed, saved: Saved, *, key: bytes | None = None) -> Restored:
     """Restore every workload of ``saved.checkpoint`` into ``host``, changing nothing on disk.
 
     Raises DamagedState naming the file at the first workload that cannot
@@ -328,16 +191,16 @@ def restore(host: Host, saved: Saved, *, key: bytes | None = None) -> Restored:
         except he.UnknownModule as exc:
             module = module_file(saved.data_dir, str(entry.get("module_sha256")))
             raise DamagedState(module, f"cannot restore workload {workload_id}: module {module}: "
-                                       f"{_one_line(exc)}") from exc
+                                       f"{one_line(exc)}") from exc
         except OSError as exc:
             raise DamagedState(path, f"cannot read snapshot {path}: {exc.strerror}") from exc
         except (KeyError, TypeError, AttributeError) as exc:
             raise DamagedState(directory / MANIFEST, f"checkpoint manifest {directory / MANIFEST} is damaged: "
                                                      f"the entry of workload {workload_id} lacks or mistypes "
-                                                     f"{_one_line(exc)}") from exc
+                                                     f"{one_line(exc)}") from exc
         except (he.HostError, snapshot.SnapshotError) as exc:
             raise DamagedState(path, f"cannot restore workload {workload_id} from {path}: "
-                                     f"{type(exc).__name__}: {_one_line(exc)}") from exc
+                                     f"{type(exc).__name__}: {one_line(exc)}") from exc
         extensions = entry.get("extensions") or {}
         if not isinstance(extensions, dict):
             raise DamagedState(directory / MANIFEST, f"{directory / MANIFEST}: the records of workload "
@@ -404,7 +267,7 @@ def discard(data_dir: Path, damage: DamagedState) -> tuple[tuple[Path, Path], ..
 
 # --- saving -----------------------------------------------------------------
 
-def save(host: Host, data_dir: Path, *, records: Mapping[str, Mapping[str, Any]] | None = None,
+def save(host: Checkpointed, data_dir: Path, *, records: Mapping[str, Mapping[str, Any]] | None = None,
          leave_out: Collection[str] = (), node_records: Mapping[str, Any] | None = None,
          deadline: float | None = None) -> BulkReport:
     """Checkpoint every workload into ``checkpoints.new/`` and swap it in as ``checkpoints/``.
@@ -444,7 +307,7 @@ def failure(data_dir: Path, what: str, *, removed: Path | None = None) -> Checkp
     else:
         kept = "no checkpoint was saved: the workloads' state is lost"
     removed_text = f"; removed the partial {removed}" if removed is not None else ""
-    return CheckpointFailed(f"shutdown checkpoint failed: {_one_line(what)}; {kept}{removed_text}")
+    return CheckpointFailed(f"shutdown checkpoint failed: {one_line(what)}; {kept}{removed_text}")
 
 
 def _swap_in(data_dir: Path) -> None:

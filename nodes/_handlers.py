@@ -14,7 +14,7 @@ import types
 from typing import TYPE_CHECKING
 
 from . import _host_errors as he
-from ._hosting import WorkloadInfo
+from ._workload import WorkloadInfo
 from ._messages import (
     Call,
     CallResult,

@@ -21,7 +21,7 @@ class Limits:
     """
 
     #: Linear memory one workload may hold, in bytes (``Store.set_limits``).
-    #: A guest ``memory.grow`` past it returns -1 (NOTES.md).
+    #: A guest ``memory.grow`` past it returns -1 (a host ``Memory.grow`` raises).
     memory_bytes: int = 256 * 2**20
     #: Time one call (and first boot, and a checkpoint) may run before it is
     #: interrupted by the epoch deadline.

@@ -9,8 +9,9 @@ Every message is a frozen, keyword-only dataclass registered under a short
 * ``Reply`` subclasses answer one request by ``id``.  Each request class
   names the reply class that answers it; ``ErrorReply`` may answer any.
 
-Other packages (the migration coordinator) add their own messages with the
-same ``register`` decorator, and their own error codes (any well-formed
+A message class is declared with ``message`` (which makes it such a
+dataclass and registers it).  Other packages (the migration coordinator)
+add their own messages the same way, and their own error codes (any well-formed
 code string, ``nodes._wire.Code``); the protocol needs no change to carry
 them.
 """
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 from ._errors import LocalProtocolError
 from ._wire import Code, schema_for
@@ -113,6 +115,17 @@ def register(kind: str, *, reply: type[Reply] | None = None):
     return decorate
 
 
+@dataclass_transform(frozen_default=True, kw_only_default=True)
+def message(kind: str, *, reply: type[Reply] | None = None) -> Callable[[type], Any]:
+    """Declare a wire message: make the class a frozen, keyword-only, slotted dataclass and ``register`` it.
+
+    Raises what ``register`` raises.
+    """
+    def declare(cls: type) -> Any:
+        return register(kind, reply=reply)(dataclass(frozen=True, kw_only=True, slots=True)(cls))
+    return declare
+
+
 def message_class(kind: str) -> type[Message] | None:
     """Return the class registered under ``kind``, or None."""
     return _REGISTRY.get(kind)
@@ -125,8 +138,7 @@ def registered_kinds() -> tuple[str, ...]:
 
 # --- connection lifecycle ------------------------------------------------
 
-@register("hello")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("hello")
 class Hello(Message):
     """First message each way: who we are and what we speak."""
 
@@ -138,8 +150,7 @@ class Hello(Message):
     address: str | None = None  # where a node listens, so peers can call back
 
 
-@register("goodbye")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("goodbye")
 class Goodbye(Message):
     """Last message: the sender closes the connection, optionally saying why."""
 
@@ -197,8 +208,7 @@ class PeerSummary:
 
 # --- replies --------------------------------------------------------------
 
-@register("error")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("error")
 class ErrorReply(Reply):
     """The request failed; ``code`` says how.
 
@@ -214,69 +224,58 @@ class ErrorReply(Reply):
     details: dict[str, Any] | None = None
 
 
-@register("done")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("done")
 class Done(Reply):
     """The request succeeded and has nothing to return."""
 
 
-@register("module_status")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("module_status")
 class ModuleStatus(Reply):
     present: bool
 
 
-@register("module_stored")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("module_stored")
 class ModuleStored(Reply):
     sha256: str
 
 
-@register("deployed")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("deployed")
 class Deployed(Reply):
     workload: WorkloadSummary
 
 
-@register("call_result")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("call_result")
 class CallResult(Reply):
     values: tuple[int | float, ...]
 
 
-@register("memory_data")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("memory_data")
 class MemoryData(Reply):
     data: bytes
 
 
-@register("output_data")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("output_data")
 class OutputData(Reply):
     stdout: bytes
     stderr: bytes
 
 
-@register("workload_list")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("workload_list")
 class WorkloadList(Reply):
     workloads: tuple[WorkloadSummary, ...]
 
 
-@register("peer_list")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("peer_list")
 class PeerList(Reply):
     peers: tuple[PeerSummary, ...]
 
 
-@register("pong")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("pong")
 class Pong(Reply):
     node: NodeSummary
 
 
-@register("status_report")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("status_report")
 class StatusReport(Reply):
     """Everything ``migrate-node status`` shows."""
 
@@ -290,24 +289,21 @@ class StatusReport(Reply):
 
 # --- requests -------------------------------------------------------------
 
-@register("has_module", reply=ModuleStatus)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("has_module", reply=ModuleStatus)
 class HasModule(Request):
     """Does the node hold the module with this sha256 (hex)?"""
 
     sha256: str
 
 
-@register("put_module", reply=ModuleStored)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("put_module", reply=ModuleStored)
 class PutModule(Request):
     """Store (and compile) a module; the reply names its sha256."""
 
     wasm: bytes
 
 
-@register("deploy", reply=Deployed)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("deploy", reply=Deployed)
 class Deploy(Request):
     """Instantiate a stored module as a new workload."""
 
@@ -318,8 +314,7 @@ class Deploy(Request):
     env: dict[str, str] | None = None
 
 
-@register("call", reply=CallResult)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("call", reply=CallResult)
 class Call(Request):
     """Call an export of a workload with numeric arguments."""
 
@@ -328,55 +323,47 @@ class Call(Request):
     args: tuple[int | float, ...] = ()
 
 
-@register("read_memory", reply=MemoryData)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("read_memory", reply=MemoryData)
 class ReadMemory(Request):
     workload: str
     offset: int
     length: int
 
 
-@register("write_memory", reply=Done)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("write_memory", reply=Done)
 class WriteMemory(Request):
     workload: str
     offset: int
     data: bytes
 
 
-@register("output", reply=OutputData)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("output", reply=OutputData)
 class Output(Request):
     """The workload's captured stdout and stderr so far."""
 
     workload: str
 
 
-@register("remove", reply=Done)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("remove", reply=Done)
 class Remove(Request):
     workload: str
 
 
-@register("list_workloads", reply=WorkloadList)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("list_workloads", reply=WorkloadList)
 class ListWorkloads(Request):
     pass
 
 
-@register("peers", reply=PeerList)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("peers", reply=PeerList)
 class Peers(Request):
     pass
 
 
-@register("status", reply=StatusReport)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("status", reply=StatusReport)
 class Status(Request):
     pass
 
 
-@register("ping", reply=Pong)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("ping", reply=Pong)
 class Ping(Request):
     """Liveness and round-trip probe; the reply carries the node's current summary."""

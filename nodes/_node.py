@@ -33,6 +33,7 @@ import trio
 
 from . import _checkpoints as checkpoints
 from . import _host_errors as he
+from ._checkpoint_format import BulkReport
 from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
 from ._error_codes import error_reply
@@ -44,7 +45,7 @@ from ._errors import (
     RemoteProtocolError,
 )
 from ._handlers import HANDLERS
-from ._hosting import BulkReport, Host
+from ._hosting import Host
 from ._messages import ErrorCode, ErrorReply, NodeSummary, Reply, Request
 from ._peers import PeerTable, watch_peer
 from ._plugin import Plugin, Session, checkpoint_records, handler_table

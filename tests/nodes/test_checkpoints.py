@@ -16,10 +16,10 @@ import msgpack
 import pytest
 
 import workloads
-from nodes import CheckpointFailed, DamagedState
+from nodes import CheckpointFailed, DamagedState, Host, Limits
 from nodes import _checkpoints as checkpoints
-from nodes._hosting import Host, module_file
-from nodes._limits import Limits
+from nodes._checkpoint_format import FORMAT
+from nodes._modules import module_file
 
 FAST = Limits(call_timeout_s=0.5)
 
@@ -169,7 +169,7 @@ def test_an_empty_checkpoint_directory_is_no_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("garbage", [b"\xc1", msgpack.packb({"format": "other"}),
-                                     msgpack.packb({"format": checkpoints.FORMAT, "version": 1, "generation": 1,
+                                     msgpack.packb({"format": FORMAT, "version": 1, "generation": 1,
                                                     "workloads": [{"id": "../../etc", "module_sha256": "0"}]})])
 def test_an_unusable_manifest_is_damage(data_dir, garbage):
     manifest = data_dir / "checkpoints" / "manifest.msgpack"

@@ -11,23 +11,9 @@ import wasmtime
 
 import snapshot
 import workloads
-from nodes._host_errors import (
-    BadArguments,
-    HostClosed,
-    InvalidModule,
-    ResourceLimitExceeded,
-    SnapshotFailed,
-    UnknownExport,
-    UnknownModule,
-    UnknownWorkload,
-    UnsupportedImports,
-    WorkloadExists,
-    WorkloadExited,
-    WorkloadTimeout,
-    WorkloadTrap,
-)
-from nodes._hosting import Host
-from nodes._limits import Limits
+from nodes import (BadArguments, Host, HostClosed, InvalidModule, Limits, ResourceLimitExceeded, SnapshotFailed,
+                   UnknownExport, UnknownModule, UnknownWorkload, UnsupportedImports, WorkloadExists, WorkloadExited,
+                   WorkloadTimeout, WorkloadTrap)
 
 FAST = Limits(call_timeout_s=0.5)
 MiB = 2**20
@@ -361,12 +347,12 @@ def test_rename_keeps_state_and_output_under_the_new_id(host, tmp_path):
     written = host.call(wid, "say", [3])
     before = state_of(host, wid)
     with pytest.raises(WorkloadExists):
-        host.rename(wid, other)
+        host.hold(wid).rename(other)
     with pytest.raises(BadArguments):
-        host.rename(wid, "../escape")
+        host.hold(wid).rename("../escape")
     with pytest.raises(UnknownWorkload):
-        host.rename("nobody", "somebody")
-    host.rename(wid, "renamed")
+        host.hold("nobody").rename("somebody")
+    host.hold(wid).rename("renamed")
     assert not (tmp_path / "node" / "workloads" / wid).exists()
     assert state_of(host, "renamed") == before
     assert host.info("renamed").workload_id == "renamed"
@@ -698,24 +684,24 @@ def test_a_caller_engine_with_epoch_interruption_works(tmp_path):
             host.call(wid, "spin", [-1])
 
 
-def test_freeze_holds_guest_calls_until_thaw_and_remove_releases_them(tmp_path):
-    """A migration's final round: calls wait out a freeze; captures do not."""
+def test_pause_holds_guest_calls_until_resume_and_remove_releases_them(tmp_path):
+    """A migration's final round: calls wait out a pause; captures do not."""
     import threading
 
     with Host(tmp_path / "h") as host:
         sha = host.add_module(workloads.load("counter"))
         host.deploy(sha, workload_id="w")
-        host.freeze("w")
+        host.hold("w").pause()
         results = []
         t = threading.Thread(target=lambda: results.append(host.call("w", "incr", [1])))
         t.start()
         t.join(0.2)
         assert t.is_alive() and results == []          # held
         host.checkpoint("w")                            # captures still run
-        host.thaw("w")
+        host.hold("w").resume()
         t.join(5)
         assert results == [1]
-        host.freeze("w")
+        host.hold("w").pause()
         errors = []
 
         def blocked():

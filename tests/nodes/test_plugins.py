@@ -24,7 +24,7 @@ from nodes import (
     Request,
     RemoteNodeError,
     RemoteProtocolError,
-    register,
+    message,
     serve,
 )
 from nodes._handlers import HANDLERS
@@ -37,14 +37,12 @@ class TallyCode(enum.StrEnum):
     NEGATIVE = "tally_negative"
 
 
-@register("test_tally_total")
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("test_tally_total")
 class Total(Reply):
     total: int
 
 
-@register("test_tally_add", reply=Total)
-@dataclass(frozen=True, kw_only=True, slots=True)
+@message("test_tally_add", reply=Total)
 class Add(Request):
     workload: str
     amount: int

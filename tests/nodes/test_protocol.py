@@ -37,6 +37,7 @@ from nodes._messages import (
     Request,
     Status,
     message_class,
+    message,
     register,
     registered_kinds,
 )
@@ -315,13 +316,11 @@ def test_out_of_range_values_are_local_errors():
 
 
 def test_registry_takes_new_messages_and_refuses_duplicates():
-    @register("test_echo_reply")
-    @dataclass(frozen=True, kw_only=True, slots=True)
+    @message("test_echo_reply")
     class EchoReply(Reply):
         data: bytes
 
-    @register("test_echo", reply=EchoReply)
-    @dataclass(frozen=True, kw_only=True, slots=True)
+    @message("test_echo", reply=EchoReply)
     class Echo(Request):
         data: bytes
 

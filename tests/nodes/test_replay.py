@@ -13,9 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import workloads
-from nodes._host_errors import BadArguments, HostError, WorkloadError, WorkloadTrap
-from nodes._hosting import Host
-from nodes._limits import Limits
+from nodes import BadArguments, Host, HostError, Limits, WorkloadError, WorkloadTrap
 from nodes._replay import CallInputs, InputGate, ReplayDivergence, ReplayUnsupported
 from test_hosting import WASI_PROBE
 
@@ -96,20 +94,20 @@ class Pair:
     def cut(self) -> None:
         self.snap = self.leader.checkpoint(self.wid)
         self.calls = self.leader.info(self.wid).calls
-        self.clock = self.leader.clock_state(self.wid)
-        self.leader.set_replay_mode(self.wid, "record")
+        self.clock = self.leader.hold(self.wid).clock_state()
+        self.leader.hold(self.wid).set_replay_mode("record")
 
     def run(self, export: str, args: list | tuple = ()) -> object:
         try:
             result = self.leader.call(self.wid, export, list(args))
         except WorkloadTrap as exc:
             result = exc
-        self.log.append((export, list(args), result, wire(self.leader.last_inputs(self.wid))))
+        self.log.append((export, list(args), result, wire(self.leader.hold(self.wid).last_inputs())))
         return result
 
     def start_follower(self) -> None:
         self.follower.restore(self.sha, self.snap, workload_id=self.wid, calls=self.calls, monotonic_ns=self.clock)
-        self.follower.set_replay_mode(self.wid, "replay")
+        self.follower.hold(self.wid).set_replay_mode("replay")
 
     def replay(self, entries=None) -> list:
         results = []
@@ -126,7 +124,7 @@ class Pair:
         return self.replay()
 
     def same_state(self) -> bool:
-        return self.leader.state_hash(self.wid) == self.follower.state_hash(self.wid)
+        return self.leader.hold(self.wid).state_hash() == self.follower.hold(self.wid).state_hash()
 
 
 # --- replay reproduces the leader -------------------------------------------
@@ -208,9 +206,9 @@ def test_a_promoted_follower_goes_on_live(hosts):
     pair.cut()
     pair.run("sample")
     pair.follow()
-    pair.follower.set_replay_mode(pair.wid, "record")
+    pair.follower.hold(pair.wid).set_replay_mode("record")
     pair.follower.call(pair.wid, "sample")
-    assert pair.follower.last_inputs(pair.wid).call_index == 1  # the leader ran call 0
+    assert pair.follower.hold(pair.wid).last_inputs().call_index == 1  # the leader ran call 0
     assert pair.follower.call(pair.wid, "samples") == 2
 
 
@@ -220,14 +218,14 @@ def test_a_follower_restored_without_the_call_count_is_aligned_before_replaying(
     pair.cut()
     pair.run("sample")
     pair.follower.restore(pair.sha, pair.snap, workload_id=pair.wid)  # as a pre-copy round does
-    pair.follower.set_replay_mode(pair.wid, "replay")
+    pair.follower.hold(pair.wid).set_replay_mode("replay")
     with pytest.raises(ReplayDivergence, match="record is of call 1"):
         pair.replay()
-    pair.follower.set_call_count(pair.wid, pair.calls)  # nothing ran: align and go on
+    pair.follower.hold(pair.wid).set_call_count(pair.calls)  # nothing ran: align and go on
     pair.replay()
     assert pair.same_state()
     with pytest.raises(BadArguments):
-        pair.follower.set_call_count(pair.wid, -1)
+        pair.follower.hold(pair.wid).set_call_count(-1)
 
 
 def test_workloads_recording_in_parallel_threads_keep_their_own_records(hosts):
@@ -266,13 +264,13 @@ def recorded(hosts):
 def test_replaying_call_ns_inputs_for_the_next_call_diverges_before_running(recorded):
     pair = recorded
     pair.replay(pair.log[:1])
-    before = pair.follower.state_hash(pair.wid)
+    before = pair.follower.hold(pair.wid).state_hash()
     with pytest.raises(ReplayDivergence) as info:
         pair.replay(pair.log[:1])  # call 0's inputs again, for call 1
     assert (info.value.call_index, info.value.position) == (1, -1)
     assert isinstance(info.value, WorkloadError) and isinstance(info.value, HostError)
     assert info.value.workload_id == pair.wid
-    assert pair.follower.state_hash(pair.wid) == before  # refused before any guest code ran
+    assert pair.follower.hold(pair.wid).state_hash() == before  # refused before any guest code ran
     pair.replay(pair.log[1:])  # so the right inputs still replay
     assert pair.same_state()
 
@@ -294,7 +292,7 @@ def test_a_divergence_sticks_until_the_mode_is_set_again(recorded):
         pair.follower.call(pair.wid, export, args, inputs=CallInputs(0, export, (), inputs.entries[:2]))
     with pytest.raises(ReplayDivergence, match="diverged before"):
         pair.replay(pair.log[1:2])
-    pair.follower.set_replay_mode(pair.wid, "replay")
+    pair.follower.hold(pair.wid).set_replay_mode("replay")
     pair.replay(pair.log[1:2])  # the caller's decision: the state is still wrong
 
 
@@ -350,18 +348,18 @@ def test_modes_refuse_misuse(hosts):
     wid = deploy(leader, workloads.load("clockrand"))
     leader.call(wid, "sample")
     with pytest.raises(BadArguments):
-        leader.last_inputs(wid)  # off: nothing is recorded
+        leader.hold(wid).last_inputs()  # off: nothing is recorded
     with pytest.raises(BadArguments):
         leader.call(wid, "sample", inputs=CallInputs(1, "sample", ()))
     with pytest.raises(BadArguments):
-        leader.set_replay_mode(wid, "fast-forward")
-    leader.set_replay_mode(wid, "record")
+        leader.hold(wid).set_replay_mode("fast-forward")
+    leader.hold(wid).set_replay_mode("record")
     with pytest.raises(BadArguments):
-        leader.last_inputs(wid)  # nothing recorded since
-    leader.set_replay_mode(wid, "replay")
+        leader.hold(wid).last_inputs()  # nothing recorded since
+    leader.hold(wid).set_replay_mode("replay")
     with pytest.raises(BadArguments):
         leader.call(wid, "sample")  # a replaying workload runs nothing live
-    leader.set_replay_mode(wid, "off")
+    leader.hold(wid).set_replay_mode("off")
     assert leader.call(wid, "samples") == 1
 
 
@@ -371,8 +369,8 @@ def test_a_workload_with_preopened_directories_cannot_record(hosts, tmp_path):
     wid = deploy(leader, workloads.load("clockrand"), preopen={"/data": tmp_path / "files"})
     for mode in ("record", "replay"):
         with pytest.raises(ReplayUnsupported):
-            leader.set_replay_mode(wid, mode)
-    leader.set_replay_mode(wid, "off")
+            leader.hold(wid).set_replay_mode(mode)
+    leader.hold(wid).set_replay_mode("off")
 
 
 def test_replay_writes_no_output_but_the_guest_sees_its_writes_succeed(hosts):
@@ -382,7 +380,7 @@ def test_replay_writes_no_output_but_the_guest_sees_its_writes_succeed(hosts):
     assert pair.follow() == [written] and written > 0
     assert pair.follower.output(pair.wid) == (b"", b"")
     assert pair.leader.output(pair.wid)[0].startswith(b"clockrand say 1 ")
-    pair.follower.set_replay_mode(pair.wid, "off")  # promoted: it prints from now on
+    pair.follower.hold(pair.wid).set_replay_mode("off")  # promoted: it prints from now on
     pair.follower.call(pair.wid, "say", [2])
     assert pair.follower.output(pair.wid)[0].startswith(b"clockrand say 2 ")
 
@@ -415,19 +413,19 @@ def test_any_inputs_round_trip_through_msgpack(inputs):
 def test_state_hash_follows_state_not_layout(hosts):
     leader, follower = hosts
     wid = deploy(leader, workloads.load("kvstore"))
-    empty = leader.state_hash(wid)
+    empty = leader.hold(wid).state_hash()
     ptr = leader.call(wid, "wm_alloc", [3 * 4096])
     leader.write_memory(wid, ptr, b"x" * 3 * 4096)
-    written = leader.state_hash(wid)
+    written = leader.hold(wid).state_hash()
     assert written != empty
     leader.write_memory(wid, ptr, bytes(3 * 4096))  # zero pages again: gone from the hash as from a snapshot
     leader.call(wid, "wm_free", [ptr])
     snap = leader.checkpoint(wid)
     follower.add_module(workloads.load("kvstore"))
     follower.restore(leader.info(wid).module_sha256, snap, workload_id=wid)
-    assert follower.state_hash(wid) == leader.state_hash(wid)
+    assert follower.hold(wid).state_hash() == leader.hold(wid).state_hash()
     leader.call(wid, "wm_alloc", [16])  # the allocator's globals or memory move on
-    assert follower.state_hash(wid) != leader.state_hash(wid)
+    assert follower.hold(wid).state_hash() != leader.hold(wid).state_hash()
 
 
 @SLOW_TESTS
@@ -447,9 +445,9 @@ def test_equal_memories_hash_equal_whatever_the_order_of_writes(shared_hosts, wr
     for wid, plan in ((a, placed), (b, shuffled)):
         for offset, data in plan:
             leader.write_memory(wid, offset, data)
-    assert leader.state_hash(a) == leader.state_hash(b)
+    assert leader.hold(a).state_hash() == leader.hold(b).state_hash()
     leader.write_memory(b, base, b"\x01")
-    assert (leader.state_hash(a) == leader.state_hash(b)) == (leader.read_memory(a, base, 1) == b"\x01")
+    assert (leader.hold(a).state_hash() == leader.hold(b).state_hash()) == (leader.read_memory(a, base, 1) == b"\x01")
     leader.remove(a)
     leader.remove(b)
 
@@ -459,7 +457,7 @@ def test_state_hash_sees_globals(hosts):
     a, b = deploy(leader, PROBE), deploy(leader, PROBE)
     leader.call(a, "now", [2])  # CPU-time clock: memory unchanged, the call counter global moves
     assert leader.read_memory(a, 0, 16) == leader.read_memory(b, 0, 16)
-    assert leader.state_hash(a) != leader.state_hash(b)
+    assert leader.hold(a).state_hash() != leader.hold(b).state_hash()
 
 
 # --- the monotonic clock ----------------------------------------------------
@@ -467,9 +465,9 @@ def test_state_hash_sees_globals(hosts):
 def test_monotonic_time_goes_on_across_checkpoint_and_restore(hosts):
     leader, follower = hosts
     wid = deploy(leader, PROBE)
-    leader.set_replay_mode(wid, "record")  # the clock is the same in every mode
+    leader.hold(wid).set_replay_mode("record")  # the clock is the same in every mode
     readings = [leader.call(wid, "now", [1]) for _ in range(5)]
-    snap, clock = leader.checkpoint(wid), leader.clock_state(wid)
+    snap, clock = leader.checkpoint(wid), leader.hold(wid).clock_state()
     assert readings == sorted(readings) and clock >= readings[-1]
     follower.add_module(PROBE)
     follower.restore(leader.info(wid).module_sha256, snap, workload_id=wid, monotonic_ns=clock)
@@ -501,7 +499,7 @@ def test_a_follower_clock_goes_on_from_the_last_replayed_reading(hosts):
     pair.clock = 0  # the follower starts from an old clock; the replayed readings carry it forward
     readings = [pair.run("now", [1]) for _ in range(3)]
     pair.follow()
-    follower.set_replay_mode(ahead, "off")
+    follower.hold(ahead).set_replay_mode("off")
     assert follower.call(ahead, "now", [1]) >= readings[-1] >= 10**15
 
 

@@ -1,0 +1,197 @@
+"""The checkpoint format: a directory of workload snapshots and the manifest that names them.
+
+A checkpoint is a directory: one snapshot file per workload
+(``<id>.<generation>.snap``) and ``manifest.msgpack``, written last, which
+lists each workload with what ``Host.restore`` needs and the records other
+packages keep about it (``extensions``: the migration coordinator's epoch
+and call ledger).  A checkpoint is complete when its manifest is in place
+and every snapshot file it names exists.  ``write`` and ``restore_all``
+serve ``Host.checkpoint_all`` and ``Host.restore_all``; the node's saved
+state (``nodes._checkpoints``) swaps such directories in whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgpack
+
+import snapshot
+
+from . import _host_errors as he
+from ._crash import crash_point
+from ._errors import DamagedState
+from ._files import fsync_dir, write_atomically
+from ._workload import WorkloadInfo, check_name
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.msgpack"
+FORMAT = "wasm-migrate/host-checkpoint"
+VERSION = 1
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+@dataclass(frozen=True)
+class BulkReport:
+    """Outcome of ``checkpoint_all`` or ``restore_all``: ids done, and
+    ``(id, reason)`` for each workload that failed."""
+
+    done: tuple[str, ...] = ()
+    failed: tuple[tuple[str, str], ...] = ()
+
+
+class Checkpointed(Protocol):
+    """What a checkpoint is written from and restored into: a ``nodes.Host``."""
+
+    def workloads(self) -> list[WorkloadInfo]: ...
+
+    def checkpoint_entry(self, workload_id: str) -> tuple[snapshot.Snapshot, dict[str, Any]]: ...
+
+    def restore(self, module_sha256: str, snap: snapshot.Snapshot, **settings: Any) -> WorkloadInfo: ...
+
+
+def snapshot_file(workload_id: str, generation: int) -> str:
+    # Named by generation, so rewriting a checkpoint in place never
+    # overwrites a file the current manifest still names.
+    return f"{workload_id}.{generation}.snap"
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+# --- the manifest ----------------------------------------------------------
+
+def read_manifest(directory: Path) -> dict:
+    """Read a checkpoint manifest; an absent one reads as empty.
+
+    Raises DamagedState if it cannot be read, does not parse, or is not a
+    version 1 manifest.
+    """
+    path = directory / MANIFEST
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise DamagedState(path, f"cannot read checkpoint manifest {path}: {exc.strerror}") from exc
+    try:
+        manifest = msgpack.unpackb(raw)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise DamagedState(path, f"checkpoint manifest {path} is corrupt: {one_line(exc)}") from exc
+    if (not isinstance(manifest, dict) or manifest.get("format") != FORMAT
+            or manifest.get("version") != VERSION or not isinstance(manifest.get("generation"), int)
+            or not isinstance(manifest.get("workloads"), list)
+            or not all(isinstance(e, dict) for e in manifest["workloads"])):
+        raise DamagedState(path, f"{path} is not a version {VERSION} checkpoint manifest")
+    for entry in manifest["workloads"]:
+        try:  # both become file names
+            check_name("workload id", entry.get("id"))
+            if not isinstance(entry.get("module_sha256"), str) or not _SHA256.match(entry["module_sha256"]):
+                raise he.BadArguments(f"module_sha256 {entry.get('module_sha256')!r} is not a sha256")
+        except he.BadArguments as exc:
+            raise DamagedState(path, f"checkpoint manifest {path} is damaged: {exc}") from exc
+    return manifest
+
+
+def write(host: Checkpointed, directory: Path, *, key: bytes | None = None,
+          records: Mapping[str, Mapping[str, Any]] | None = None, leave_out: Collection[str] = (),
+          node_records: Mapping[str, Any] | None = None, deadline: float | None = None) -> BulkReport:
+    """Write every workload's snapshot and then the manifest into ``directory``.
+
+    Snapshots are fsynced and the directory synced before the manifest names
+    them, so a manifest in place means a complete checkpoint; stale
+    snapshots of an earlier generation in ``directory`` are removed after.
+    ``records`` (workload -> extension -> record) and ``node_records`` go
+    into the manifest; ``leave_out`` names workloads not to save.  A
+    workload that cannot be captured is left out and reported in
+    ``failed`` (and in the manifest).
+    Raises OSError naming the file that could not be written, TimeoutError
+    when ``deadline`` (``time.monotonic()``) passes, DamagedState when
+    ``directory`` holds an unreadable manifest.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    generation = read_manifest(directory).get("generation", 0) + 1
+    records = records or {}
+    ids = [info.workload_id for info in host.workloads() if info.workload_id not in leave_out]
+    entries, done, failed = [], [], []
+    for workload_id in ids:
+        _check_deadline(deadline, len(done), len(ids))
+        try:
+            snap, entry = host.checkpoint_entry(workload_id)
+            data = snap.to_bytes(key=key)  # compress outside the workload's lock: it runs on
+        except he.UnknownWorkload:
+            continue  # removed meanwhile
+        except (he.HostError, snapshot.SnapshotError) as exc:
+            logger.error("checkpoint failed: %s", exc, extra={"workload": workload_id})
+            failed.append((workload_id, one_line(exc)))
+            continue
+        write_atomically(directory / snapshot_file(workload_id, generation), data, sync_dir=False)
+        if records.get(workload_id):
+            entry["extensions"] = dict(records[workload_id])
+        entries.append(entry)
+        done.append(workload_id)
+        if len(done) == 1:
+            crash_point("checkpoint:write")
+    _check_deadline(deadline, len(done), len(ids))
+    fsync_dir(directory)  # every snapshot is in place before the manifest names it
+    manifest = {"format": FORMAT, "version": VERSION, "generation": generation, "workloads": entries,
+                "failed": [list(f) for f in failed], "extensions": dict(node_records or {})}
+    write_atomically(directory / MANIFEST, msgpack.packb(manifest))
+    keep = {snapshot_file(e["id"], generation) for e in entries}
+    for stale in directory.glob("*.snap"):
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
+    logger.info("wrote checkpoint of %d workloads (%d failed)", len(done), len(failed),
+                extra={"directory": os.fspath(directory)})
+    return BulkReport(tuple(done), tuple(failed))
+
+
+def _check_deadline(deadline: float | None, done: int, total: int) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError(f"the shutdown grace period ran out with {done} of {total} workloads written")
+
+
+def restore_workload(host: Checkpointed, directory: Path, generation: int, entry: Mapping[str, Any], *,
+                     key: bytes | None = None) -> None:
+    """Restore one manifest entry's workload into ``host``.
+
+    Raises OSError (its snapshot file), snapshot.SnapshotError, a HostError,
+    or KeyError/TypeError for a malformed entry.
+    """
+    workload_id = entry["id"]
+    data = (directory / snapshot_file(workload_id, generation)).read_bytes()
+    snap = snapshot.Snapshot.from_bytes(data, key=key)
+    host.restore(entry["module_sha256"], snap, workload_id=workload_id, app=entry["app"], args=entry["args"],
+                 env=entry["env"], preopen={g: Path(h) for g, h in entry["preopen"].items()},
+                 memory_limit_bytes=entry["memory_limit_bytes"], calls=entry["calls"],
+                 monotonic_ns=entry.get("monotonic_ns"))  # absent before replay existed
+
+
+def restore_all(host: Checkpointed, directory: Path, *, key: bytes | None = None) -> BulkReport:
+    """Restore what ``write`` saved in ``directory``, skipping (and reporting) workloads that fail.
+
+    Raises SnapshotFailed if the manifest itself is unreadable.
+    """
+    try:
+        manifest = read_manifest(directory)
+    except DamagedState as exc:
+        raise he.SnapshotFailed("*", str(exc)) from exc
+    done, failed = [], []
+    for entry in manifest.get("workloads", []):
+        try:
+            restore_workload(host, directory, manifest["generation"], entry, key=key)
+        except (he.HostError, snapshot.SnapshotError, OSError, KeyError, TypeError) as exc:
+            logger.error("restore failed: %s", exc, extra={"workload": entry["id"]})
+            failed.append((entry["id"], f"{type(exc).__name__}: {exc}"))
+            continue
+        done.append(entry["id"])
+    return BulkReport(tuple(done), tuple(failed))

@@ -1,0 +1,248 @@
+"""``Held``: one workload of a host, held for the operations only a migration needs.
+
+``Host.hold(workload_id)`` returns one.  It pauses and resumes the
+workload's calls, tracks the pages it writes and captures deltas, applies
+received rounds, records or replays its nondeterministic inputs, sets its
+call count and guest clock, digests its state, and renames it.  Everything
+else (deploy, call, checkpoint...) is on ``Host``.  A ``Held`` is bound to
+the workload it was made for, under whatever id it has: once that workload
+is removed, its methods raise ``UnknownWorkload`` (``HostClosed`` if the host
+closed), except ``resume`` and ``stop_tracking``, which have nothing left to
+undo and return.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import snapshot
+
+from ._host_errors import BadArguments, SnapshotFailed, UnknownWorkload
+from ._registry import Registry
+from ._replay import CallInputs, ReplayMode, ReplayUnsupported, state_hash
+from ._workload import InUse, Workload, check_name
+
+__all__ = ["Held"]
+
+logger = logging.getLogger(__name__)
+
+
+class Held:
+    """One workload, for migration: pause, track, apply, replay, clock, rename."""
+
+    def __init__(self, w: Workload, registry: Registry, workloads_dir: Path) -> None:
+        self._w = w
+        self._registry = registry
+        self._workloads_dir = workloads_dir
+
+    @property
+    def workload_id(self) -> str:
+        """The workload's id now (``rename`` changes it)."""
+        return self._w.workload_id
+
+    def _using(self) -> InUse:
+        return InUse(self._registry.check_open, self._w)
+
+    def _check_there(self) -> Workload:
+        """Raises ``UnknownWorkload`` (``HostClosed``) once the workload is removed."""
+        w = self._w
+        if w.removed:
+            self._registry.check_open()
+            raise UnknownWorkload(f"no workload {w.workload_id!r} on this host")
+        return w
+
+    # --- pausing ----------------------------------------------------------
+
+    def pause(self) -> None:
+        """Hold every call and memory access to the workload until ``resume``.
+
+        Captures still work.  A migration pauses the workload for its final
+        round, so nothing runs between the last capture and the commit.
+        Raises ``UnknownWorkload``.
+        """
+        with self._using() as w:
+            w.thawed.clear()
+
+    def resume(self) -> None:
+        """Let held calls run again (a removed workload has none)."""
+        self._w.thawed.set()
+
+    # --- dirty tracking and rounds ----------------------------------------
+
+    def start_tracking(self, *, backend: str = "auto") -> snapshot.Snapshot:
+        """Copy the workload's state and start tracking the pages it writes.
+
+        Only arming the tracker and reading globals and tables hold the
+        workload; the memory copy runs while calls go on, and whatever they
+        write is dirty, so the next ``capture_delta`` sends it again.  The
+        result is a base for deltas, not a consistent snapshot on its own.
+        Raises ``UnknownWorkload`` or ``SnapshotFailed``.
+        """
+        with self._using() as w:
+            w.drop_tracker()
+            try:
+                with w.touching_state("start tracking"):
+                    w.tracker = snapshot.StateTracker(w.store, w.instance, backend=backend)
+                    pending = w.tracker.begin_capture(w.store)
+            except SnapshotFailed:
+                w.drop_tracker()
+                raise
+        return pending.finish()
+
+    def capture_delta(self) -> snapshot.Snapshot:
+        """Return the pages, globals and tables changed since the previous capture.
+
+        Raises ``UnknownWorkload`` or ``SnapshotFailed`` (also when tracking
+        was not started).
+        """
+        with self._using() as w:
+            if w.tracker is None:
+                raise SnapshotFailed(w.workload_id, "dirty tracking was not started")
+            with w.touching_state("capture a delta"):
+                return w.tracker.capture_delta(w.store)
+
+    def stop_tracking(self) -> None:
+        """Stop tracking dirty pages (a migration ended); a removed workload's tracking went with it."""
+        w = self._w
+        with w.lock:
+            w.drop_tracker()
+
+    def apply(self, snap: snapshot.Snapshot, *, monotonic_ns: int | None = None) -> None:
+        """Load a delta (or a full snapshot) into the workload.
+
+        Used while a migration streams rounds in.  The delta must have been
+        taken against the state the workload holds.  ``monotonic_ns`` is as
+        for ``Host.restore``: give the source's ``clock_state`` with the
+        final round.  Raises ``UnknownWorkload``, ``ResourceLimitExceeded``
+        or ``SnapshotFailed``.
+        """
+        with self._using() as w:
+            w.load(snap, monotonic_ns)
+            w.refresh_memory_bytes()
+
+    # --- deterministic replay ---------------------------------------------
+
+    def set_replay_mode(self, mode: str) -> None:
+        """Set how the workload's nondeterministic inputs are handled: "off", "record" or "replay".
+
+        ``record``: each call's inputs are kept for ``last_inputs``.
+        ``replay``: every call must pass the ``inputs`` recorded for it, and
+        the guest's output is dropped (its leader already wrote it).
+        Setting a mode forgets the last record and any divergence.  Waits
+        for a running call.  Raises ``UnknownWorkload``, ``BadArguments``
+        (an unknown mode) or ``ReplayUnsupported`` (record or replay of a
+        workload with preopened directories: files are inputs and outputs
+        that are not recorded).
+        """
+        w = self._w
+        if mode != ReplayMode.OFF and w.preopen:
+            raise ReplayUnsupported(f"workload {w.workload_id} has preopened directories; "
+                                    "file contents are not recorded, so it cannot be replayed")
+        with self._using():
+            w.budget.inputs.set_mode(mode)
+            w.stdout.muted = w.stderr.muted = w.budget.inputs.mode is ReplayMode.REPLAY
+
+    def last_inputs(self) -> CallInputs:
+        """Return the inputs recorded by the workload's last call (record mode).
+
+        Pair them with the call by ``CallInputs.call_index``: another caller
+        may have run a call in between.  Raises ``UnknownWorkload`` or
+        ``BadArguments`` (no call recorded since record mode was set).
+        """
+        with self._using() as w:
+            inputs = w.budget.inputs.last
+        if inputs is None:
+            raise BadArguments(f"workload {w.workload_id} has recorded no call "
+                               f"({w.budget.inputs.mode.value} mode)")
+        return inputs
+
+    def set_call_count(self, calls: int) -> None:
+        """Set the workload's call counter, e.g. to the leader's before replaying its calls.
+
+        A replayed call must run at the index it had at the leader (its
+        ``CallInputs.call_index``); ``Host.restore(calls=...)`` sets the same
+        counter at creation.  Raises ``UnknownWorkload`` or ``BadArguments``.
+        """
+        if not isinstance(calls, int) or isinstance(calls, bool) or calls < 0:
+            raise BadArguments(f"calls must be a non-negative int, got {calls!r}")
+        with self._using() as w:
+            w.calls = calls
+
+    # --- digests ----------------------------------------------------------
+
+    def state_hash(self) -> str:
+        """Return a hex digest of the workload's state (memories, globals, tables).
+
+        Equal states give equal digests on any host.  Works while paused,
+        like a capture.  Raises ``UnknownWorkload`` or ``SnapshotFailed``.
+        """
+        with self._using() as w, w.touching_state("hash state"):
+            return state_hash(w.store, w.instance)
+
+    def pages_digest(self, pages: Mapping[int, Sequence[int]]) -> str:
+        """Digest the given 4 KiB pages of each memory, with memory sizes and globals.
+
+        ``snapshot.pages_digest``: replicas compare what was written since
+        they last agreed.  Raises ``UnknownWorkload`` or ``SnapshotFailed``.
+        """
+        with self._using() as w, w.touching_state("digest pages"):
+            return snapshot.pages_digest(w.store, w.instance, {i: list(p) for i, p in pages.items()})
+
+    # --- the guest clock and settings -------------------------------------
+
+    def clock_state(self) -> int:
+        """Return the guest's monotonic clock now, in ns, to carry to a restore.
+
+        Read it with the snapshot (after the final capture, while paused)
+        and pass it as ``monotonic_ns`` to ``Host.restore`` or ``apply``.
+        Raises ``UnknownWorkload``.
+        """
+        with self._using() as w:
+            return w.budget.inputs.monotonic_ns()
+
+    def continue_clock(self, monotonic_ns: int) -> None:
+        """Make the guest's monotonic clock carry on from ``monotonic_ns`` (after a move).
+
+        Raises ``UnknownWorkload``.
+        """
+        with self._using() as w:
+            w.budget.inputs.continue_from(monotonic_ns)
+
+    def launch_settings(self) -> dict[str, Any]:
+        """The settings a copy of the workload must start with elsewhere: args, env, memory cap.
+
+        (Preopened directories are local to this host and do not travel.)
+        Raises ``UnknownWorkload``.
+        """
+        w = self._check_there()
+        return {"args": tuple(w.args), "env": dict(w.env), "memory_limit_bytes": w.memory_limit_bytes}
+
+    # --- renaming ---------------------------------------------------------
+
+    def rename(self, new_id: str) -> None:
+        """Give the workload another id, its output files moving along; its state is untouched.
+
+        The guest's argv[0] stays the id it started with.  Waits for a
+        running call to end (at most the call time budget).  Raises
+        ``UnknownWorkload``, ``WorkloadExists`` or ``BadArguments`` (a bad id).
+        """
+        check_name("workload_id", new_id)
+        w, old_id = self._w, self._w.workload_id
+        self._registry.take_for_rename(w, new_id)
+        try:
+            with w.lock:
+                directory = self._workloads_dir / new_id
+                shutil.rmtree(directory, ignore_errors=True)  # a leftover of a workload removed uncleanly
+                os.replace(w.directory, directory)
+                w.directory, w.workload_id, w.budget.inputs.workload_id = directory, new_id, new_id
+                w.stdout.path, w.stderr.path = directory / "stdout", directory / "stderr"
+        except BaseException:
+            self._registry.put_back(w, old_id, new_id)
+            raise
+        self._registry.publish(new_id, w, "being renamed")
+        logger.info("renamed workload", extra={**w.log_extra(), "from": old_id})

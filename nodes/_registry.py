@@ -1,0 +1,157 @@
+"""The workload table of a host: workloads by id, the ids being claimed, and the limits on both.
+
+An id is claimed (``reserve``) before its workload is built, and stays
+claimed while it is being removed or renamed, so no two workloads ever share
+an id or its directory.  ``reserve`` also admits the workload under
+``Limits``: host-wide and per-app workload counts, per-app memory.  Closing
+the table (``close``) hands back the workloads to release; from then on
+every lookup raises ``HostClosed``.  Thread-safe: one lock guards it all.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from ._host_errors import BadArguments, HostClosed, ResourceLimitExceeded, UnknownWorkload, WorkloadExists
+from ._limits import Limits
+from ._workload import Workload
+
+
+@dataclass(frozen=True)
+class _Reservation:
+    app: str
+    memory_limit_bytes: int
+
+
+class Registry:
+    """The workloads of one host by id, with the ids claimed for workloads being created, removed or renamed."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._lock = threading.Lock()  # guards _workloads, _pending, _closed
+        self._workloads: dict[str, Workload] = {}
+        self._pending: dict[str, _Reservation] = {}  # being created, removed or renamed
+        self._closed = False
+
+    def check_open(self) -> None:
+        """Raises ``HostClosed`` once the table is closed."""
+        with self._lock:
+            self._raise_if_closed()
+
+    def _raise_if_closed(self) -> None:
+        if self._closed:
+            raise HostClosed("host is closed")
+
+    def get(self, workload_id: str) -> Workload:
+        """Raises ``UnknownWorkload`` or ``HostClosed``."""
+        with self._lock:
+            self._raise_if_closed()
+            w = self._workloads.get(workload_id) if isinstance(workload_id, str) else None
+        if w is None:
+            raise UnknownWorkload(f"no workload {workload_id!r} on this host")
+        return w
+
+    def all(self) -> list[Workload]:
+        with self._lock:
+            return list(self._workloads.values())
+
+    def close(self) -> list[Workload] | None:
+        """Close the table and return the workloads it held; None if it was closed already."""
+        with self._lock:
+            if self._closed:
+                return None
+            self._closed = True
+            workloads = list(self._workloads.values())
+            self._workloads.clear()
+        return workloads
+
+    # --- claiming ids ---------------------------------------------------------
+
+    def memory_cap(self, memory_limit_bytes: int | None) -> int:
+        """The memory cap of a new workload: ``Limits.memory_bytes`` or lower.
+
+        Raises ``BadArguments`` or ``ResourceLimitExceeded``.
+        """
+        if memory_limit_bytes is None:
+            return self._limits.memory_bytes
+        if not isinstance(memory_limit_bytes, int) or memory_limit_bytes <= 0:
+            raise BadArguments(f"memory_limit_bytes must be a positive int, got {memory_limit_bytes!r}")
+        if memory_limit_bytes > self._limits.memory_bytes:
+            raise ResourceLimitExceeded("memory_bytes", memory_limit_bytes, self._limits.memory_bytes)
+        return memory_limit_bytes
+
+    def reserve(self, workload_id: str, app: str, cap: int) -> None:
+        """Claim a workload slot under the host and app limits.
+
+        Raises ``WorkloadExists``, ``ResourceLimitExceeded`` or ``HostClosed``.
+        """
+        limits = self._limits
+        with self._lock:
+            self._raise_if_closed()
+            self._check_free(workload_id)
+            claims = [(w.app, w.memory_limit_bytes) for w in self._workloads.values()]
+            claims += [(r.app, r.memory_limit_bytes) for r in self._pending.values()]
+            if len(claims) + 1 > limits.max_workloads:
+                raise ResourceLimitExceeded("max_workloads", len(claims) + 1, limits.max_workloads)
+            app_caps = [c for a, c in claims if a == app]
+            if len(app_caps) + 1 > limits.max_workloads_per_app:
+                raise ResourceLimitExceeded("max_workloads_per_app", len(app_caps) + 1,
+                                            limits.max_workloads_per_app, f"app {app!r}")
+            if limits.app_memory_bytes is not None and sum(app_caps) + cap > limits.app_memory_bytes:
+                raise ResourceLimitExceeded("app_memory_bytes", sum(app_caps) + cap,
+                                            limits.app_memory_bytes, f"app {app!r}")
+            self._pending[workload_id] = _Reservation(app, cap)
+
+    def _check_free(self, workload_id: str) -> None:
+        if workload_id in self._workloads or workload_id in self._pending:
+            raise WorkloadExists(f"workload {workload_id!r} already exists on this host")
+
+    def publish(self, workload_id: str, w: Workload, doing: str) -> None:
+        """Make ``w`` callable as ``workload_id``, releasing its claim.
+
+        Raises HostClosed (and frees ``w``) if the host closed meanwhile.
+        """
+        with self._lock:
+            del self._pending[workload_id]
+            if self._closed:
+                w.release()
+                raise HostClosed(f"host closed while the workload was {doing}")
+            self._workloads[workload_id] = w
+
+    def unclaim(self, workload_id: str) -> None:
+        """Give up a claim (the workload was not built, or its files are gone)."""
+        with self._lock:
+            self._pending.pop(workload_id, None)
+
+    def take(self, workload_id: str) -> Workload:
+        """Take a workload out of the table, its id staying claimed until ``unclaim``.
+
+        Raises ``UnknownWorkload`` or ``HostClosed``.
+        """
+        with self._lock:
+            self._raise_if_closed()
+            w = self._workloads.pop(workload_id, None)
+            if w is None:
+                raise UnknownWorkload(f"no workload {workload_id!r} on this host")
+            self._pending[workload_id] = _Reservation(w.app, 0)  # keeps the id until its files are gone
+        return w
+
+    def take_for_rename(self, w: Workload, new_id: str) -> None:
+        """Take ``w`` out of the table and claim ``new_id`` for it; ``publish`` it under ``new_id`` after.
+
+        Raises ``HostClosed``, ``WorkloadExists`` or ``UnknownWorkload`` (``w`` is gone).
+        """
+        with self._lock:
+            self._raise_if_closed()
+            self._check_free(new_id)
+            if self._workloads.get(w.workload_id) is not w:
+                raise UnknownWorkload(f"no workload {w.workload_id!r} on this host")
+            del self._workloads[w.workload_id]
+            self._pending[new_id] = _Reservation(w.app, 0)  # keeps the new id while the files move
+
+    def put_back(self, w: Workload, workload_id: str, claimed_id: str) -> None:
+        """Undo ``take_for_rename``: ``w`` is back as ``workload_id``, ``claimed_id`` free."""
+        with self._lock:
+            del self._pending[claimed_id]
+            self._workloads[workload_id] = w

@@ -1,0 +1,353 @@
+"""One hosted workload: its record, what runs on it, the guard every use takes, its guest's time budget.
+
+A ``Workload`` (built by ``instantiate``) owns a wasmtime Store, its
+instance, its WASI output files and its ``CallBudget`` (with the
+``InputGate`` of ``nodes._replay``), and runs what touches them: first boot,
+a call, memory reads and writes, captures and restores.  A Store is used
+by one thread at a time: everything touching it holds the workload's lock,
+through ``InUse``.  Guest code (a call, first boot, and the accessor
+functions a capture, restore or hash may run) runs under ``GuestTime``: the
+engine's epoch deadline, and the same budget for sleeps in WASI functions;
+``GuestTime.error`` translates what a guest raised into a ``WorkloadError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import wasmtime
+
+import snapshot
+
+from ._engine import EPOCH_TICK_S
+from ._host_errors import (
+    BadArguments,
+    ResourceLimitExceeded,
+    SnapshotFailed,
+    UnknownWorkload,
+    WorkloadError,
+    WorkloadExited,
+    WorkloadTimeout,
+    WorkloadTrap,
+)
+from ._limits import Limits
+from ._modules import CachedModule
+from ._replay import CallInputs, InputGate, ReplayDivergence
+from ._wasi import OutputSink, wasi_config
+from ._wasi_inputs import CallBudget
+
+logger = logging.getLogger(__name__)
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+
+
+def check_name(what: str, value: object) -> None:
+    """Check a workload id or app name (both become file names).  Raises ``BadArguments``."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise BadArguments(f"{what} must match {_ID.pattern!r}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class WorkloadInfo:
+    """What a host knows about one workload.
+
+    ``memory_bytes`` is the linear memory size as of the end of the last
+    call (read under the workload's lock, never during a call).
+    """
+
+    workload_id: str
+    module_sha256: str
+    app: str
+    state: str  # "ready" or "busy" (a call, checkpoint or restore is running)
+    memory_bytes: int
+    memory_limit_bytes: int
+    calls: int
+    traps: int
+    timeouts: int
+
+
+class GuestTime:
+    """The time budget of guest code on one host: ``call_timeout_s``, as epoch ticks and as a sleep budget."""
+
+    def __init__(self, call_timeout_s: float) -> None:
+        self.timeout_s = call_timeout_s
+        # ceil() ticks could end one tick early (the first tick may come at
+        # once); one more guarantees at least the budget, at most 10 ms over.
+        self.deadline_ticks = math.ceil(call_timeout_s / EPOCH_TICK_S) + 1
+
+    @contextmanager
+    def running(self, store: wasmtime.Store, budget: CallBudget) -> Iterator[None]:
+        """Give guest code about to run on this thread its time budget."""
+        store.set_epoch_deadline(self.deadline_ticks)
+        with budget.running(self.timeout_s):
+            yield
+
+    def error(self, workload_id: str, exc: Exception, budget: CallBudget) -> WorkloadError:
+        """Translate a wasmtime trap or error raised by guest code."""
+        if budget.exhausted:
+            return WorkloadTimeout(workload_id, self.timeout_s)
+        if isinstance(exc, wasmtime.ExitTrap):
+            return WorkloadExited(workload_id, exc.code)
+        if isinstance(exc, wasmtime.Trap):
+            code = exc.trap_code
+            if code is wasmtime.TrapCode.INTERRUPT:
+                return WorkloadTimeout(workload_id, self.timeout_s)
+            return WorkloadTrap(workload_id, _last_line(exc.message), trap_code=code.name.lower() if code else None)
+        return WorkloadTrap(workload_id, _last_line(str(exc)))
+
+
+def _last_line(message: str) -> str:
+    # wasmtime puts a backtrace first and the cause last; keep the cause.
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else "trapped"
+
+
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
+@dataclass(eq=False)
+class Workload:
+    """One running workload.  Everything touching ``store`` holds ``lock``."""
+
+    workload_id: str
+    module: CachedModule
+    app: str
+    memory_limit_bytes: int
+    args: tuple[str, ...]
+    env: dict[str, str]
+    preopen: dict[str, str]
+    directory: Path
+    stdout: OutputSink
+    stderr: OutputSink
+    store: wasmtime.Store
+    budget: CallBudget
+    instance: wasmtime.Instance
+    guest_time: GuestTime
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    funcs: dict[str, wasmtime.Func] = field(default_factory=dict)
+    memory: wasmtime.Memory | None = None
+    calls: int = 0
+    traps: int = 0
+    timeouts: int = 0
+    memory_bytes: int = 0
+    busy: bool = False
+    removed: bool = False
+    tracker: snapshot.StateTracker | None = None
+    thawed: threading.Event = field(default_factory=lambda: _set_event())  # cleared while paused
+
+    def info(self) -> WorkloadInfo:
+        return WorkloadInfo(
+            workload_id=self.workload_id, module_sha256=self.module.sha256, app=self.app,
+            state="busy" if self.busy else "ready", memory_bytes=self.memory_bytes,
+            memory_limit_bytes=self.memory_limit_bytes, calls=self.calls, traps=self.traps,
+            timeouts=self.timeouts)
+
+    def log_extra(self) -> dict[str, str]:
+        return {"workload": self.workload_id, "app": self.app, "module_sha256": self.module.sha256}
+
+    def memory0(self) -> wasmtime.Memory | None:
+        if self.memory is None and self.module.memory0_export is not None:
+            self.memory = self.instance.exports(self.store)[self.module.memory0_export]
+        return self.memory
+
+    def refresh_memory_bytes(self) -> None:
+        memory = self.memory0()
+        self.memory_bytes = memory.data_len(self.store) if memory is not None else 0
+
+    def release(self) -> None:
+        """Drop the Store, freeing its memory now rather than at the next GC."""
+        self.removed = True
+        self.thawed.set()  # wake calls waiting out a pause: they find the workload gone
+        self.drop_tracker()
+        self.funcs.clear()
+        self.memory = None
+        self.store.close()
+
+    def drop_tracker(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
+
+    def running(self) -> contextlib.AbstractContextManager[None]:
+        """Give guest code of this workload about to run on this thread its time budget."""
+        return self.guest_time.running(self.store, self.budget)
+
+    def guest_error(self, exc: Exception) -> WorkloadError:
+        return self.guest_time.error(self.workload_id, exc, self.budget)
+
+    @contextmanager
+    def touching_state(self, doing: str) -> Iterator[None]:
+        """Run code that reads or writes the state (it may run accessor functions in the guest).
+
+        Raises ``SnapshotFailed`` saying "cannot <doing>" for a snapshot
+        error, a trap or a wasmtime error.
+        """
+        try:
+            with self.running():
+                yield
+        except (snapshot.SnapshotError, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise SnapshotFailed(self.workload_id, f"cannot {doing}: {exc}") from exc
+
+    def capture(self) -> snapshot.Snapshot:
+        with self.touching_state("capture"):
+            return snapshot.capture(self.store, self.instance)
+
+    def restore_state(self, snap: snapshot.Snapshot) -> None:
+        with self.touching_state("restore"):
+            snapshot.restore(snap, self.store, self.instance)
+
+    def first_boot(self) -> None:
+        """Run the module's start function and a reactor's ``_initialize``.  Raises a ``WorkloadError``."""
+        try:
+            with self.running():
+                snapshot.first_boot(self.store, self.instance)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise self.guest_error(exc) from exc
+
+    def load(self, snap: snapshot.Snapshot, monotonic_ns: int | None) -> None:
+        """Load a snapshot (or a delta against the state held) into the workload.
+
+        ``monotonic_ns`` is the guest's monotonic clock when the snapshot
+        was taken; the guest's clock goes on from there.  Raises
+        ``ResourceLimitExceeded`` (the snapshot's memory is over the cap) or
+        ``SnapshotFailed``.
+        """
+        largest = max((m.size_bytes for m in snap.memories), default=0)
+        if largest > self.memory_limit_bytes:
+            raise ResourceLimitExceeded("memory_bytes", largest, self.memory_limit_bytes, "the snapshot's memory")
+        if monotonic_ns is not None:
+            self.budget.inputs.continue_from(monotonic_ns)
+        self.restore_state(snap)
+
+    def run(self, export: str, params: list[int | float], inputs: CallInputs | None) -> None | int | float | tuple:
+        """Run one call of ``export`` (the caller holds ``lock``), counting it and its trap or timeout.
+
+        Raises a ``WorkloadError`` or ``ReplayDivergence`` (``Host.call``).
+        """
+        func = self.funcs.get(export)
+        if func is None:
+            func = self.funcs[export] = self.instance.exports(self.store)[export]
+        gate = self.budget.inputs
+        gate.begin_call(self.calls, export, params, inputs)
+        try:
+            with self.running():
+                result = func(self.store, *params)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            error = gate.end_call() or self.guest_error(exc)
+            if isinstance(error, WorkloadTimeout):
+                self.timeouts += 1
+            elif not isinstance(error, ReplayDivergence):
+                self.traps += 1
+            logger.info("call failed: %s", error, extra={**self.log_extra(), "export": export})
+            raise error from exc
+        finally:
+            self.calls += 1
+            self.refresh_memory_bytes()
+        divergence = gate.end_call()
+        if divergence is not None:
+            logger.info("replay diverged: %s", divergence, extra={**self.log_extra(), "export": export})
+            raise divergence
+        return tuple(result) if isinstance(result, list) else result
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Copy ``length`` bytes out of memory 0 (the caller holds ``lock``).  Raises ``BadArguments``."""
+        address = self.span(offset, length)
+        buf = bytearray(length)
+        if length:
+            ctypes.memmove((ctypes.c_char * length).from_buffer(buf), address, length)
+        return bytes(buf)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Copy ``data`` into memory 0 at ``offset`` (the caller holds ``lock``).  Raises ``BadArguments``."""
+        address = self.span(offset, len(data))
+        if data:
+            ctypes.memmove(address, data, len(data))
+
+    def span(self, offset: int, length: int) -> int:
+        """Return the address of ``[offset, offset+length)`` in memory 0.
+
+        Raises ``BadArguments``.
+        """
+        memory = self.memory0()
+        if memory is None:
+            raise BadArguments(f"workload {self.workload_id} has no memory")
+        for name, value in (("offset", offset), ("length", length)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise BadArguments(f"{name} must be a non-negative int, got {value!r}")
+        size = memory.data_len(self.store)
+        if offset + length > size:
+            raise BadArguments(f"[{offset}, {offset + length}) is outside memory of {size} bytes")
+        return ctypes.addressof(memory.data_ptr(self.store).contents) + offset
+
+
+def instantiate(engine: wasmtime.Engine, module: CachedModule, limits: Limits, guest_time: GuestTime, *,
+                workload_id: str, app: str, memory_limit_bytes: int, args: Sequence[str], env: dict[str, str],
+                preopen: Mapping[str, Path] | None, directory: Path) -> Workload:
+    """Build a workload: its Store (capped by ``memory_limit_bytes`` and ``limits``), WASI sandbox and instance.
+
+    Output goes to ``directory``.  Instantiating runs no guest code but the
+    module's own start code, under the time budget.  Raises
+    ``BadArguments`` (``nodes._wasi.wasi_config``) or a ``WorkloadError``.
+    """
+    stdout = OutputSink(directory / "stdout", limits.output_bytes)
+    stderr = OutputSink(directory / "stderr", limits.output_bytes)
+    store = wasmtime.Store(engine)
+    store.set_limits(memory_size=memory_limit_bytes, table_elements=limits.table_elements)
+    store.set_wasi(wasi_config(argv=[workload_id, *args], env=env, preopen=preopen,
+                               stdout=stdout, stderr=stderr))
+    budget = CallBudget(InputGate(workload_id))
+    try:
+        with guest_time.running(store, budget):
+            instance = module.pre.instantiate(store)
+    except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+        raise guest_time.error(workload_id, exc, budget) from exc
+    return Workload(workload_id=workload_id, module=module, app=app, memory_limit_bytes=memory_limit_bytes,
+                    args=tuple(args), env=env, preopen={g: os.fspath(h) for g, h in (preopen or {}).items()},
+                    directory=directory, stdout=stdout, stderr=stderr, store=store,
+                    budget=budget, instance=instance, guest_time=guest_time)
+
+
+class InUse:
+    """Holds a workload's lock and marks it busy; refuses a removed one.
+
+    With ``guest=True`` (calls and memory access) it also waits out a
+    pause, checking under the lock, so nothing runs between a migration's
+    final capture and the commit.  ``check_open`` raises ``HostClosed`` if
+    the host closed (a removed workload is then reported as that).
+    """
+
+    def __init__(self, check_open: Callable[[], None], w: Workload, guest: bool = False) -> None:
+        self._check_open = check_open
+        self._w = w
+        self._guest = guest
+
+    def __enter__(self) -> Workload:
+        w = self._w
+        w.lock.acquire()
+        while self._guest and not w.thawed.is_set() and not w.removed:
+            w.lock.release()
+            w.thawed.wait()
+            w.lock.acquire()
+        if w.removed:
+            w.lock.release()
+            self._check_open()
+            raise UnknownWorkload(f"no workload {w.workload_id!r} on this host")
+        w.busy = True
+        return w
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._w.busy = False
+        self._w.lock.release()
