@@ -9,9 +9,8 @@ on demand), on one engine whose epoch a ticker thread advances
 write memory, read output and checkpoint; ``hold`` gives the operations
 only a migration needs (``nodes._hold``).  Every method blocks; the daemon
 calls them through ``trio.to_thread.run_sync``.  Calls into one workload
-are serialised by that workload's lock (a Store is used by one thread at a
-time); different workloads run in parallel, since wasmtime-py's ctypes calls
-release the GIL.
+are serialised by its lock (a Store is used by one thread at a time); other
+workloads run in parallel: wasmtime-py's ctypes calls release the GIL.
 
 Layout of ``data_dir``::
 
@@ -19,8 +18,7 @@ Layout of ``data_dir``::
     workloads/<id>/stdout, stderr     captured guest output
     checkpoints*/                     the daemon's shutdown checkpoint (``nodes._checkpoints``)
 
-``data_dir`` holds compiled native code that is mapped and run, so it must
-be writable by the node operator only.
+``data_dir`` holds compiled native code that is run: only its operator may write it.
 """
 
 from __future__ import annotations
