@@ -290,8 +290,9 @@ def _effect(old: Record, ev: Event, to: State) -> tuple[Record, tuple[Action, ..
         # node now outranks it.  A target never asked cannot own it: the epoch stays.
         epoch = max(old.epoch, old.move.epoch + 1) if old.asked else old.epoch
         return Record(to, epoch), (Abort(old.move),)
-    if k is E.COMMITTED:
-        return Record(to, old.move.epoch, forward=old.move), (Redirect(old.move), Drop())
+    if k is E.COMMITTED:  # ``peer`` may name the target now that it answered
+        forward = replace(ev.peer, epoch=old.move.epoch) if ev.peer is not None else old.move
+        return Record(to, forward.epoch, forward=forward), (Redirect(forward), Drop())
     if k is E.COPY_REMOVED:
         return replace(old, state=to), ()
     if k is E.SUPERSEDED:
