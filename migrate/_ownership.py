@@ -20,7 +20,7 @@ States
 ``FROZEN``              calls held, the target asked to commit at ``move.epoch``; in doubt until it answers
 ``COMMITTED_ELSEWHERE`` the target committed; calls are redirected; the old copy is still on the host
 ``TOMBSTONED``          it went to ``forward`` (at ``forward.epoch``); calls are redirected
-``FAILED_OVER``         while this node was down its standby took over: the copy here is fenced off
+``FAILED_OVER``         its standby took over while this node was down (found on restart): the copy here is fenced off
 ``RECEIVING``           a move's copy at ``epoch`` is arriving; not callable
 ``STANDBY``             a hot standby copy at ``epoch`` (maybe a new one ``staging``); not callable
 
@@ -31,25 +31,31 @@ dropped the record rests in ``TOMBSTONED`` instead of the table's
 
 ::
 
-                 SPAWN / LOAD_OWNED                       INCOMING_MOVE
-    ABSENT ------------------------------> OWNED <----------------------- (from OWNED, older epoch:
-      |  ^                                 | ^  ^                          the fenced leftover is dropped)
-      |  | REMOVE           BEGIN_MOVE     | |  | MOVE_ABORTED (epoch
-      |  +-------------------------------- | |  |   fenced to move + 1)
-      |                                    v |  |
-      |                              SENDING ---+          TIMEOUT (fenced, abort sent)
-      |                                 |  ^  THAW      +---------------------------> OWNED
-      |                          FREEZE v  |            |
-      |  LOAD_IN_DOUBT -----------> FROZEN -------------+
-      |                                 | COMMITTED
-      |                                 v
-      |                       COMMITTED_ELSEWHERE --COPY_REMOVED--> TOMBSTONED <-- LOAD_TOMBSTONE
-      |                                                               ^   |
-      |  OWNED, SENDING --SUPERSEDED--> FAILED_OVER --COPY_REMOVED-------------+   | INCOMING_*
-      |                                                                   v
-      +--INCOMING_MOVE--> RECEIVING --COMMIT--> OWNED      (ABORT / DROP: back to ABSENT or TOMBSTONED)
-      +--INCOMING_STANDBY--> STANDBY --PROMOTE / COMMIT_STANDBY--> OWNED
-                             STANDBY --INCOMING_STANDBY / SWAP_IN / DROP_STAGING--> STANDBY
+                          SPAWN, LOAD_OWNED
+    ABSENT, TOMBSTONED ------------------------> OWNED <-----------------------------+
+          ^                                      |  ^  ^                             |
+          |  REMOVE (from OWNED or SENDING)      |  |  | MOVE_ABORTED (fenced once   |
+          +--------------------------------------+  |  | the commit was asked)       |
+                                      BEGIN_MOVE |  |  |                             |
+                                                 v  |  |                             |
+                                               SENDING <----- THAW -----+            |
+                                                 |                      |            |
+                                          FREEZE |   LOAD_IN_DOUBT      |   TIMEOUT  |
+                                                 v   (from ABSENT)      |   (fenced) |
+                                               FROZEN ------------------+------------+
+                                                 |
+                                       COMMITTED |
+                                                 v
+                                       COMMITTED_ELSEWHERE --COPY_REMOVED--> TOMBSTONED
+    OWNED ---SUPERSEDED---> FAILED_OVER ---COPY_REMOVED---> TOMBSTONED
+    ABSENT ---LOAD_TOMBSTONE---> TOMBSTONED
+
+    ABSENT, TOMBSTONED, OWNED (older epoch), RECEIVING, STANDBY
+          ---INCOMING_MOVE---> RECEIVING ---COMMIT---> OWNED
+          ---INCOMING_STANDBY--> STANDBY ---PROMOTE, COMMIT_STANDBY---> OWNED
+    STANDBY ---INCOMING_STANDBY (staged), SWAP_IN, DROP_STAGING---> STANDBY
+    RECEIVING, STANDBY ---ABORT, DROP---> ABSENT (TOMBSTONED if it keeps a forward)
+    ABSENT ---MOVE_ABORTED---> ABSENT (the workload was removed during its move)
 
 Epochs only grow: an owner's epoch changes on taking ownership (the
 commit's or promotion's epoch) and on a move aborted after the target
@@ -125,7 +131,6 @@ TRANSITIONS: dict[tuple[State, E], State] = {
     (S.FROZEN, E.COMMITTED): S.COMMITTED_ELSEWHERE,
     (S.COMMITTED_ELSEWHERE, E.COPY_REMOVED): S.TOMBSTONED,
     (S.OWNED, E.SUPERSEDED): S.FAILED_OVER,
-    (S.SENDING, E.SUPERSEDED): S.FAILED_OVER,  # the target owns it at a higher epoch: this copy is stale
     (S.FAILED_OVER, E.COPY_REMOVED): S.TOMBSTONED,
     (S.ABSENT, E.INCOMING_MOVE): S.RECEIVING,
     (S.TOMBSTONED, E.INCOMING_MOVE): S.RECEIVING,

@@ -30,7 +30,7 @@ class EventKind(enum.Enum):
     THAW = "thaw"                      # the commit was refused or failed; calls run again, the move goes on
     MOVE_ABORTED = "move_aborted"      # the move ended without a commit
     COPY_REMOVED = "copy_removed"      # the copy left behind by a commit or a failover is gone from the host
-    SUPERSEDED = "superseded"          # another node owns it at a higher epoch (a standby took over, a late commit)
+    SUPERSEDED = "superseded"          # a restart found its standby took over (it owns a higher epoch)
     DROP = "drop"                      # the received copy was dropped here (bad stream, divergence)
     DROP_STAGING = "drop_staging"      # the new standby copy being staged was dropped
     SWAP_IN = "swap_in"                # the staged standby copy replaced the aligned one

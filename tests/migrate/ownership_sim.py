@@ -279,8 +279,8 @@ def deliver(x, w: World, msg):
         ev = Event(E.INCOMING_STANDBY if payload else E.INCOMING_MOVE, epoch, peer(src, epoch), staged=staged)
         try:
             nw, _ = fire(x, w, dst, ev)
-        except OwnershipError:  # an owner at a newer epoch says so
-            return w.send(("refused", dst, src, epoch, rec.epoch if rec.state is State.OWNED else None))
+        except OwnershipError:
+            return w.send(("refused", dst, src, epoch, None))
         if not staged:
             nw = nw.put(replace(nw.node(dst), copy=None))
         return nw.send(("ack", dst, src, epoch, payload))
@@ -299,9 +299,6 @@ def deliver(x, w: World, msg):
             return w
         if rec.state is State.FROZEN:
             w, _ = fire(x, w, dst, Event(E.THAW))
-        if payload is not None and payload > rec.epoch:  # outranked: this copy is the stale one
-            w, _ = fire(x, w, dst, Event(E.SUPERSEDED, payload, peer(src)))
-            return w.put(replace(w.node(dst), pc="idle"))
         return give_up(x, w, w.node(dst))
     if kind == "abort":
         if rec.staging == epoch:
