@@ -142,16 +142,20 @@ async def _swap_in(node, svc: MigrationService, staged: Incoming) -> bool:
         if (not svc.current(staged) or svc.incoming.get(staged.workload) is not old
                 or staged.workload in svc.owned):
             return False
+        if svc.ownership.record(staged.workload).staging == staged.epoch:
+            swap = Event(EventKind.SWAP_IN)
+        else:  # the copy that served meanwhile was dropped: this one becomes the standby afresh
+            swap = Event(EventKind.INCOMING_STANDBY, staged.epoch, Peer(staged.source, "", staged.epoch))
         try:
-            if svc.ownership.record(staged.workload).staging == staged.epoch:
-                svc.event(staged.workload, Event(EventKind.SWAP_IN))
-            else:  # the copy that served meanwhile was dropped: this one becomes the standby afresh
-                svc.event(staged.workload, Event(EventKind.INCOMING_STANDBY, staged.epoch,
-                                                 Peer(staged.source, "", staged.epoch)))
+            svc.ownership.check(staged.workload, swap)
         except OwnershipError:
             return False
         await node.run_host(ops.replace_workload, node.host, staged.host_id, staged.workload,
                             old is not None and old.created)
+        try:
+            svc.event(staged.workload, swap)
+        except OwnershipError:  # a newer copy was offered meanwhile: it replaces this one
+            return False
         del svc.staging[staged.workload]
         staged.host_id = staged.workload
         svc.incoming[staged.workload] = staged
