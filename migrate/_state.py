@@ -239,9 +239,17 @@ class MigrationService:
 
         ``owner`` is the payload of a workload this node takes ownership
         of.  A workload no longer owned leaves ``owned``; if it went
-        elsewhere its payload's ``moved`` says where, for queued calls.
-        Raises ``OwnershipError`` (changing nothing) for an event the
-        table or its guard refuses.
+        elsewhere its payload's ``moved`` says where, for queued calls
+        (the ``Redirect`` action).  Raises ``OwnershipError`` (changing
+        nothing) for an event the table or its guard refuses.
+
+        The handlers carry out the other actions: ``Send`` is the move's
+        MIncoming and rounds (``Migration``), ``Commit`` its MCommit,
+        ``Committed`` the target's take-over and MCommitted reply,
+        ``Abort`` the source's MAbort, ``Drop`` removing the copy from the
+        host.  ``Persist`` needs nothing at once: the node's checkpoint
+        (SIGTERM) saves owned records and tombstones from this table, after
+        a stopping node has finished its moves.
         """
         actions = self.ownership.handle(workload, event)
         record = self.ownership.record(workload)

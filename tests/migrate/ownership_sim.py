@@ -14,7 +14,11 @@ in flight (``quiet``): a request and its answer share one connection.
 A client makes ``CALLS`` calls, following redirects, locating the owner
 at the highest epoch when told "not the owner", waiting for a node that
 is down, and may lose a reply and retry.  ``ownership_explore.explore``
-visits every reachable world."""
+visits every reachable world.
+
+Longer than 400 lines: the nodes' steps, the handlers of their messages
+and the client are one model, each reading the others' state.
+"""
 
 from __future__ import annotations
 
