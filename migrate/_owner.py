@@ -25,7 +25,9 @@ from nodes import (
 from . import _hostops as ops
 from ._ledger import Outcome
 from ._messages import MCall, MLocate, MProtect, MResult, MSpawn, MSpawned, MWhere
+from ._codes import MigrationCode
 from ._oplog import log_entry
+from ._ownership_events import Event, EventKind, OwnershipError
 from ._state import Owned, _moved_reply, _not_owner, service
 
 logger = logging.getLogger(__name__)
@@ -35,8 +37,11 @@ async def on_spawn(node, session, req: MSpawn) -> MSpawned:
     workload = req.workload or f"w-{uuid.uuid4().hex[:12]}"
     info = await node.run_host(node.host.deploy, req.module_sha256, workload_id=workload, app=req.app)
     svc = service(node)
-    svc.moved.pop(info.workload_id, None)
-    svc.owned[info.workload_id] = Owned(info.workload_id, epoch=1)
+    try:
+        svc.event(info.workload_id, Event(EventKind.SPAWN), owner=Owned(info.workload_id, epoch=1))
+    except OwnershipError as exc:  # a copy of it is being received here
+        await node.run_host(ops.remove_quietly, node.host, info.workload_id)
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY, message=str(exc))
     logger.info("spawned migratable workload", extra={"workload": info.workload_id, "app": req.app})
     return MSpawned(id=req.id, workload=info.workload_id, epoch=1)
 
@@ -54,7 +59,7 @@ async def on_call(node, session, req: MCall):
     svc = service(node)
     owned = svc.owner_of(req.workload)
     if owned is None:
-        stone = svc.moved.get(req.workload)
+        stone = svc.tombstone(req.workload)
         if stone is not None:
             return _moved_reply(req.id, req.workload, stone)
         return _not_owner(req.id, node, req.workload)
@@ -76,8 +81,8 @@ async def on_call(node, session, req: MCall):
         ledger.record(req.caller, req.seq, outcome)
         if owned.follow is not None or owned.standby is not None:
             owned.forward(log_entry(req, outcome))
-        if req.op == "remove" and outcome.ok:
-            svc.owned.pop(req.workload, None)
+        if req.op == "remove" and outcome.ok and svc.owned.get(req.workload) is owned:
+            svc.event(req.workload, Event(EventKind.REMOVE))
             if owned.standby is not None:
                 owned.standby.scope.cancel()  # drops the standby copy too
         if owned.throttle:
@@ -170,7 +175,7 @@ async def on_locate(node, session, req: MLocate) -> MWhere:
     tombstone's forwarding address comes along either way.
     """
     svc = service(node)
-    stone = svc.moved.get(req.workload)
+    stone = svc.tombstone(req.workload)
     forward = {"to_name": stone.to_name, "to_address": stone.to_address} if stone is not None else {}
     owned = svc.owner_of(req.workload)
     if owned is not None and owned.moved is None:

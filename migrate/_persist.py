@@ -12,7 +12,9 @@ from . import _hostops as ops
 from ._ledger import CallLedger
 from ._messages import MLocate
 from ._standby import _keep_standby
-from ._state import Owned, Tombstone, service
+from ._ownership import State
+from ._ownership_events import Event, EventKind, OwnershipError, Peer
+from ._state import Owned, service
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +55,10 @@ def _load_record(node, workload: str, record: dict) -> None:
                   record=bool(record.get("record")), resume_standby=resume)
     if owned.record:  # a protected workload: calls report the inputs they consumed
         ops.set_recording(node.host, workload, True)
-    svc = service(node)
-    svc.moved.pop(workload, None)
-    svc.owned[workload] = owned
+    try:
+        service(node).event(workload, Event(EventKind.LOAD_OWNED, epoch), owner=owned)
+    except OwnershipError as exc:
+        raise ValueError(str(exc)) from None
 
 
 async def _resume_standbys(node) -> None:
@@ -92,11 +95,15 @@ async def _resume_standby(node, owned: Owned, target: Address, *, task_status=tr
             logger.warning("cannot ask the standby on %s whether it took over: %s", target, exc,
                            extra={"workload": workload})
         if where is not None and where.status in ("owner", "moved") and where.epoch > owned.epoch:
-            stone = (Tombstone(name, str(target), where.epoch) if where.status == "owner"
-                     else Tombstone(where.to_name or "", where.to_address or "", where.epoch))
-            owned.moved = svc.moved[workload] = stone
-            svc.owned.pop(workload, None)
+            peer = (Peer(name, str(target), where.epoch) if where.status == "owner"
+                    else Peer(where.to_name or "", where.to_address or "", where.epoch))
+            try:
+                svc.event(workload, Event(EventKind.SUPERSEDED, where.epoch, peer))  # sets owned.moved
+            except OwnershipError:  # removed (or moved on) meanwhile
+                return
+            stone = owned.moved
             await node.run_host(ops.remove_quietly, node.host, workload)
+            svc.event(workload, Event(EventKind.COPY_REMOVED))
             logger.warning("superseded while this node was down: %s owns it at epoch %d", stone.to_name,
                            stone.epoch, extra={"workload": workload, "epoch": owned.epoch})
             return
@@ -117,8 +124,8 @@ def _load_tombstones(node, record: dict) -> None:
         if not (isinstance(stone, list) and len(stone) == 3 and isinstance(stone[0], str)
                 and isinstance(stone[1], str) and _is_count(stone[2])):
             raise ValueError(f"tombstone of {workload!r} is {stone!r}")
-        if workload not in svc.owned:
-            svc.moved[str(workload)] = Tombstone(*stone)
+        if svc.ownership.state(str(workload)) is State.ABSENT:
+            svc.event(str(workload), Event(EventKind.LOAD_TOMBSTONE, stone[2], Peer(*stone)))
 
 
 def _is_count(value) -> bool:

@@ -6,7 +6,8 @@ records and its crash phases; ``migrate-node serve`` (``migrate.cli``) and
 the application's local node (``migrate.connect``) serve with it.  The
 handlers live by concept: ``_owner`` (calls), ``_serve_checkpoint``,
 ``_standby``, ``_target``, ``_source`` and ``_dual`` (moves), ``_persist``
-(restarts), on the tables in ``_state``.
+(restarts), on the tables in ``_state``; every change of a workload's
+ownership state or epoch goes through the table of ``_ownership``.
 """
 
 from __future__ import annotations

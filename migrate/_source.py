@@ -30,6 +30,8 @@ from . import _hostops as ops
 from ._codes import MigrationCode
 from ._messages import MAbort, MCommit, MIncoming, MLocate, MMigrate, MigrationReport, MReport
 from ._dual import DualExecution
+from ._ownership import State
+from ._ownership_events import Abort, Event, EventKind, OwnershipError, Peer
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
 from ._standby import _keep_standby, _stop_standby
 from ._state import (
@@ -39,7 +41,6 @@ from ._state import (
     Owned,
     STRATEGIES,
     Standby,
-    Tombstone,
     _not_owner,
     service,
 )
@@ -54,14 +55,17 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
         return _not_owner(req.id, node, req.workload)
     if req.strategy not in STRATEGIES:
         raise BadArguments(f"strategy must be one of {', '.join(STRATEGIES)}, got {req.strategy!r}")
-    if owned.migrating:
+    begin = Event(EventKind.BEGIN_MOVE, peer=Peer("", req.target, 0))
+    try:
+        svc.ownership.check(req.workload, begin)
+    except OwnershipError:
         return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
                           message=f"workload {req.workload} is already moving")
     target = parse_address(req.target)
     if target == node.address:
         return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                           message=f"workload {req.workload} is already on {node.config.name}")
-    owned.migrating = True
+    svc.event(req.workload, begin)
     migration = svc.active[req.workload] = Migration(node, svc, owned, target, req, clock=svc.clock)
     try:
         report = await migration.run()
@@ -71,7 +75,7 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
         return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
     finally:
         svc.active.pop(req.workload, None)
-        owned.migrating = False
+        migration.ended()
         owned.throttle = 0.0
     svc.recent.append({"workload": report.workload, "state": "done", "target": report.target,
                        "strategy": report.strategy, "rounds": report.rounds,
@@ -88,7 +92,7 @@ class Migration(DualExecution):
         self.node, self.svc, self.owned, self.target, self.req = node, svc, owned, target, req
         self.clock = clock  # seconds, for the blackout, the report and the planners
         self.workload = owned.workload
-        self.epoch = owned.epoch + 1
+        self.epoch = svc.ownership.record(owned.workload).move.epoch  # BEGIN_MOVE gave the move its epoch
         self.bytes_sent = 0
         self.pages_sent = 0
         self.chunks_sent = 0  # MChunk numbers used: the next round's go on from here
@@ -125,6 +129,7 @@ class Migration(DualExecution):
         finally:
             if committed:
                 await node.run_host(ops.remove_quietly, host, self.workload)
+                self.svc.event(self.workload, Event(EventKind.COPY_REMOVED))
             else:
                 await node.run_host(ops.stop_tracking, host, self.workload)
                 if onto_standby:  # the workload stays here: so does its standby
@@ -265,28 +270,32 @@ class Migration(DualExecution):
         await crash_point_async("source:frozen")
         calls, clock = await self.node.run_host(ops.commit_facts, self.node.host, self.workload)
         feed = owned.standby
+        self.svc.event(self.workload, Event(EventKind.FREEZE, now=self.clock()))  # Commit: the MCommit below
         try:
-            await client.request(MCommit, workload=self.workload, epoch=self.epoch,
-                                 ledger=owned.ledger.to_wire(), calls=calls, index=owned.index,
-                                 record=owned.record,
-                                 pages={str(k): v for k, v in digest[0].items()} if digest else None,
-                                 digest=digest[1] if digest else None, monotonic_ns=clock,
-                                 from_standby=from_standby,
-                                 standby=str(feed.target) if feed is not None and not from_standby else "")
-        except ConnectionFailed:
-            # In doubt: the commit may have landed before the link broke.
-            if not await self._target_owns():
-                raise
-            self.notes.append("commit confirmed after the link broke")
+            try:
+                await client.request(MCommit, workload=self.workload, epoch=self.epoch,
+                                     ledger=owned.ledger.to_wire(), calls=calls, index=owned.index,
+                                     record=owned.record,
+                                     pages={str(k): v for k, v in digest[0].items()} if digest else None,
+                                     digest=digest[1] if digest else None, monotonic_ns=clock,
+                                     from_standby=from_standby,
+                                     standby=str(feed.target) if feed is not None and not from_standby else "")
+            except ConnectionFailed:
+                # In doubt: the commit may have landed before the link broke.
+                if not await self._target_owns():
+                    raise
+                self.notes.append("commit confirmed after the link broke")
+        except BaseException:
+            self.svc.event(self.workload, Event(EventKind.THAW))  # refused or lost: the move goes on or aborts
+            raise
         await crash_point_async("source:after-commit")
-        stone = Tombstone(target_name, str(self.target), self.epoch)
-        owned.moved = stone
+        # Redirect: owned.moved answers the calls queued on its lock; Drop: run() removes the copy.
+        self.svc.event(self.workload, Event(EventKind.COMMITTED, self.epoch,
+                                            Peer(target_name, str(self.target), self.epoch)))
         if owned.standby is not None:
             # The new owner feeds the standby from now on; the copy stays
             # there until the new feed replaces it.
             owned.standby.scope.cancel()
-        self.svc.moved[self.workload] = stone
-        self.svc.owned.pop(self.workload, None)
         logger.info("moved workload", extra={"workload": self.workload, "peer": target_name, "epoch": self.epoch})
         return True
 
@@ -304,17 +313,25 @@ class Migration(DualExecution):
                 await trio.sleep(0.1 * (attempt + 1))
         return False
 
+    def ended(self) -> None:
+        """End the ownership record's move if nothing else did (the target was never reached, a cancellation)."""
+        record = self.svc.ownership.record(self.workload)
+        if record.state is State.SENDING and record.move.epoch == self.epoch:
+            self.svc.event(self.workload, Event(EventKind.MOVE_ABORTED, peer=record.move))
+
     async def _abort(self, client, why: str) -> None:
-        # Fence: if the target did commit but we could not learn it, its
-        # epoch is self.epoch; ours now outranks it, so handles that look
-        # the workload up pick this node.
-        self.owned.epoch = max(self.owned.epoch, self.epoch + 1)
+        # MOVE_ABORTED fences: if the target was asked to commit and did,
+        # unseen, its epoch is self.epoch; ours now outranks it, so handles
+        # that look the workload up pick this node.
+        actions = self.svc.event(self.workload, Event(EventKind.MOVE_ABORTED,
+                                                      peer=Peer("", str(self.target), self.epoch)))
         self.notes.append(f"aborted: {why}")
         logger.warning("migration aborted: %s", why, extra={"workload": self.workload})
-        with trio.move_on_after(2.0):
-            try:
-                await client.request(MAbort, workload=self.workload, epoch=self.epoch)
-            except (NodeError, HostError, OSError):
-                pass
+        if any(isinstance(action, Abort) for action in actions):
+            with trio.move_on_after(2.0):
+                try:
+                    await client.request(MAbort, workload=self.workload, epoch=self.epoch)
+                except (NodeError, HostError, OSError):
+                    pass
         raise MigrationError(f"migration of {self.workload} to {self.target} aborted ({why}); "
                              f"it keeps running on {self.node.config.name}")

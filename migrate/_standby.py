@@ -15,6 +15,7 @@ from . import _hostops as ops
 from ._codes import MigrationCode
 from ._messages import MAbort, MAlign, MCommitted, MFollow, MIncoming, MLocate, MPromote, MReplay
 from ._oplog import batches, entry_bytes
+from ._ownership_events import Event, EventKind, OwnershipError
 from ._state import MigrationError, Owned, Standby, _drain, _drop_staging, _not_owner, service
 
 logger = logging.getLogger(__name__)
@@ -174,10 +175,12 @@ async def on_promote(node, session, req: MPromote) -> MCommitted:
         if svc.incoming.get(req.workload) is not inc:
             return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                               message=f"the standby of {req.workload} on {node.config.name} was replaced")
+        owned = Owned(req.workload, epoch=req.epoch, ledger=inc.ledger, index=inc.index, record=True)
+        try:
+            svc.event(req.workload, Event(EventKind.PROMOTE, req.epoch), owner=owned)
+        except OwnershipError as exc:
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
         del svc.incoming[req.workload]
-        svc.moved.pop(req.workload, None)
-        svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=inc.ledger, index=inc.index,
-                                        record=True)
         await node.run_host(ops.set_recording, node.host, req.workload, True)
     await _drop_staging(node, svc, req.workload)  # a copy the dead owner had begun to send
     logger.info("standby promoted", extra={"workload": req.workload, "epoch": req.epoch})

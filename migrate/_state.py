@@ -2,12 +2,16 @@
 
 Per node, ``MigrationService`` keeps:
 
-* ``owned``: the migratable workloads this node owns, each with its
-  ownership epoch (the fencing token), its call ledger and a FIFO lock that
-  orders calls.  A migration freezes a workload by taking that lock, so
-  calls that arrive meanwhile queue in arrival order;
-* ``moved``: tombstones of workloads that left, so late calls are told
-  where to go (an ``MResult`` naming the new owner) and never run here again;
+* ``ownership``: each workload's ownership state and epoch (the fencing
+  token), an ``_ownership.Ownership`` machine.  Every change of them goes
+  through ``MigrationService.event`` (one call per event), which keeps the
+  payload tables below in step;
+* ``owned``: the payload of the workloads this node owns: call ledger and
+  a FIFO lock that orders calls.  A migration freezes a workload by taking
+  that lock, so calls that arrive meanwhile queue in arrival order;
+* ``moved``: tombstones of workloads that left (read from ``ownership``),
+  so late calls are told where to go (an ``MResult`` naming the new owner)
+  and never run here again;
 * ``incoming``: workloads being received, not yet callable;
 * ``staging``: a new standby copy received while the aligned one keeps serving.
 
@@ -36,6 +40,8 @@ from ._codes import MigrationCode
 from ._ledger import CallLedger
 from ._messages import MResult
 from ._oplog import entry_bytes
+from ._ownership import OWNING, Ownership, State
+from ._ownership_events import Action, Event, EventKind, Peer, Redirect
 from ._parts import PartQueue
 
 if TYPE_CHECKING:
@@ -73,14 +79,17 @@ HANDOVER_FLUSH_S = 10.0
 
 @dataclass
 class Owned:
-    """A migratable workload this node owns."""
+    """A migratable workload this node owns: the payload of its ownership record.
+
+    ``epoch`` follows the record's (``MigrationService.event`` sets it);
+    ``moved`` is set when the workload leaves, for calls queued on ``lock``.
+    """
 
     workload: str
     epoch: int
     ledger: CallLedger = field(default_factory=CallLedger)
     lock: trio.Lock = field(default_factory=trio.Lock)  # FIFO: calls run in arrival order
     throttle: float = 0.0
-    migrating: bool = False
     moved: "Tombstone | None" = None
     index: int = 0        # state-changing operations run so far, in order
     record: bool = False  # record nondeterministic inputs (protected or followed)
@@ -146,6 +155,10 @@ class Tombstone:
     to_address: str
     epoch: int
 
+    @classmethod
+    def of(cls, peer: Peer) -> "Tombstone":
+        return cls(peer.name, peer.address, peer.epoch)
+
 
 @dataclass
 class Incoming:
@@ -192,8 +205,8 @@ class MigrationService:
     def __init__(self, node, clock: Callable[[], float] = time.perf_counter) -> None:
         self.node = node
         self.clock = clock
+        self.ownership = Ownership()
         self.owned: dict[str, Owned] = {}
-        self.moved: dict[str, Tombstone] = {}
         self.incoming: dict[str, Incoming] = {}
         # A new standby copy being received while the aligned one in
         # ``incoming`` keeps serving: it replaces that one once aligned.
@@ -212,6 +225,55 @@ class MigrationService:
                 for i in self.staging.values()]
         return tuple(out) + tuple(self.recent)
 
+    @property
+    def moved(self) -> dict[str, Tombstone]:
+        """Where each workload that left (or that a copy is received over) went."""
+        return {w: Tombstone.of(peer) for w, peer in self.ownership.forwards().items()}
+
+    def tombstone(self, workload: str) -> Tombstone | None:
+        forward = self.ownership.record(workload).forward
+        return Tombstone.of(forward) if forward is not None else None
+
+    def event(self, workload: str, event: Event, owner: Owned | None = None) -> tuple[Action, ...]:
+        """Apply one ownership event; keep ``owned`` in step; return the actions left to carry out.
+
+        ``owner`` is the payload of a workload this node takes ownership
+        of.  A workload no longer owned leaves ``owned``; if it went
+        elsewhere its payload's ``moved`` says where, for queued calls
+        (the ``Redirect`` action).  Raises ``OwnershipError`` (changing
+        nothing) for an event the table or its guard refuses.
+
+        The handlers carry out the other actions: ``Send`` is the move's
+        MIncoming and rounds (``Migration``), ``Commit`` its MCommit,
+        ``Committed`` the target's take-over and MCommitted reply,
+        ``Abort`` the source's MAbort, ``Drop`` removing the copy from the
+        host.  ``Persist`` needs nothing at once: the node's checkpoint
+        (SIGTERM) saves owned records and tombstones from this table, after
+        a stopping node has finished its moves.
+        """
+        actions = self.ownership.handle(workload, event)
+        record = self.ownership.record(workload)
+        if owner is not None:
+            self.owned[workload] = owner
+        held = self.owned.get(workload)
+        if held is not None and record.state in OWNING:
+            held.epoch = record.epoch
+        elif held is not None:
+            del self.owned[workload]
+            for action in actions:
+                if isinstance(action, Redirect):
+                    held.moved = Tombstone.of(action.to)
+        return actions
+
+    def forget(self, inc: "Incoming", kind: EventKind) -> None:
+        """Record that a received copy was dropped, if the ownership record still describes it."""
+        record = self.ownership.record(inc.workload)
+        if inc.host_id != inc.workload:
+            if record.staging == inc.epoch:
+                self.event(inc.workload, Event(EventKind.DROP_STAGING))
+        elif record.epoch == inc.epoch and record.state is (State.STANDBY if inc.standby else State.RECEIVING):
+            self.event(inc.workload, Event(kind, inc.epoch))
+
     def is_staging(self, host_id: str) -> bool:
         """True if ``host_id`` is a new standby copy being received, not a workload of its own."""
         return any(inc.host_id == host_id for inc in self.staging.values())
@@ -226,8 +288,8 @@ class MigrationService:
 
     def owner_of(self, workload: str) -> Owned | None:
         owned = self.owned.get(workload)
-        if (owned is None and workload not in self.moved and workload not in self.incoming
-                and not self.is_staging(workload)):
+        if (owned is None and self.ownership.state(workload) is State.ABSENT
+                and workload not in self.incoming and not self.is_staging(workload)):
             # A workload deployed with plain `migrate-node deploy` and never
             # used through a handle: adopt it at epoch 1, with an empty
             # ledger (no handle call ran on it).  Workloads this node owned
@@ -237,7 +299,8 @@ class MigrationService:
                 self.node.host.info(workload)
             except HostError:
                 return None
-            owned = self.owned[workload] = Owned(workload, epoch=1)
+            owned = Owned(workload, epoch=1)
+            self.event(workload, Event(EventKind.SPAWN), owner=owned)
         return owned
 
 
@@ -256,10 +319,14 @@ def _not_owner(request_id: int, node, workload: str) -> ErrorReply:
                       details={"workload_id": workload})
 
 
-async def _drop_incoming(node, svc: MigrationService, inc: Incoming) -> None:
-    """Forget an incoming (or staging) copy and free its workload (called holding ``inc.lock``)."""
+async def _drop_incoming(node, svc: MigrationService, inc: Incoming, kind: EventKind = EventKind.DROP) -> None:
+    """Forget an incoming (or staging) copy and free its workload (called holding ``inc.lock``).
+
+    ``kind`` is the ownership event: a local DROP, or the source's ABORT.
+    """
     if svc.current(inc):
         del svc.holder(inc)[inc.workload]
+        svc.forget(inc, kind)
     inc.turn.unpark_all()  # chunks waiting for their turn find it gone
     if inc.created:
         await node.run_host(ops.remove_quietly, node.host, inc.host_id)

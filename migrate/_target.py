@@ -20,6 +20,8 @@ from ._ledger import CallLedger
 from ._messages import MAbort, MAlign, MChunk, MCommit, MCommitted, MIncoming, MReplay
 from ._oplog import divergence, replayed_call
 from ._owner import _run
+from ._ownership import OWNING
+from ._ownership_events import Drop, Event, EventKind, OwnershipError, Peer
 from ._standby import _keep_standby
 from ._state import (
     CHUNK_TURN_WAIT_S,
@@ -64,34 +66,39 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
     A new copy replaces an older one, except that a standby never replaces
     a move under way.  A new standby copy is received under a staging id
     while an aligned standby copy keeps serving (MLocate, MPromote): it
-    replaces that one once aligned (on_align).
+    replaces that one once aligned (on_align).  The ownership table
+    decides (``_incoming_refused`` says why not).
     """
     svc = service(node)
     owned = svc.owned.get(req.workload)
-    if owned is not None and owned.epoch >= req.epoch:
-        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
-                          message=f"{node.config.name} already owns {req.workload} at epoch {owned.epoch}")
+    current = svc.incoming.get(req.workload)
+    staged = bool(req.standby and owned is None and current is not None and current.standby and current.created
+                  and current.ledger is not None)
+    event = Event(EventKind.INCOMING_STANDBY if req.standby else EventKind.INCOMING_MOVE, req.epoch,
+                  Peer(req.source, "", req.epoch), staged=staged)
+    try:
+        svc.ownership.check(req.workload, event)
+    except OwnershipError as exc:
+        return _incoming_refused(node, svc, req, exc)
     if not node.host.has_module(req.module_sha256):
         raise UnknownModule(f"module {req.module_sha256} must be stored before the workload moves in")
-    current = svc.incoming.get(req.workload)
-    if current is not None and req.standby and current.epoch >= req.epoch and (
-            not current.standby or current.epoch > req.epoch):
-        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
-                          message=f"{node.config.name} is receiving {req.workload} at epoch {current.epoch}")
-    staged = svc.staging.get(req.workload)
-    if staged is not None and req.standby and staged.epoch > req.epoch:
-        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
-                          message=f"{node.config.name} is receiving {req.workload} at epoch {staged.epoch}")
     await _drop_staging(node, svc, req.workload)
     settings = {"args": tuple(req.args), "env": dict(req.env or {}), "memory_limit_bytes": req.memory_limit_bytes}
-    if (req.standby and owned is None and current is not None and current.standby and current.created
-            and current.ledger is not None):
+    if staged:
         host_id = staging_id(req.workload, req.epoch)
         await node.run_host(ops.remove_quietly, node.host, host_id)  # a leftover of an earlier attempt
+        try:
+            svc.event(req.workload, event)
+        except OwnershipError as exc:
+            return _incoming_refused(node, svc, req, exc)
         svc.staging[req.workload] = Incoming(req.workload, req.module_sha256, req.app, req.epoch, req.source,
                                              standby=True, settings=settings, host_id=host_id)
         await crash_point_async("target:incoming")
         return Done(id=req.id)
+    try:
+        actions = svc.event(req.workload, event)  # an owned copy (a fenced-off leftover) leaves ``owned``
+    except OwnershipError as exc:
+        return _incoming_refused(node, svc, req, exc)
     if current is not None:
         async with current.lock:  # let a chunk being applied finish first
             if svc.incoming.get(req.workload) is current:
@@ -99,13 +106,28 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
             current.turn.unpark_all()
             if current.created:
                 await node.run_host(ops.remove_quietly, node.host, req.workload)
-    if owned is not None:  # an older epoch here: a fenced-off leftover
-        svc.owned.pop(req.workload, None)
+    if owned is not None and any(isinstance(action, Drop) for action in actions):
         await node.run_host(ops.remove_quietly, node.host, req.workload)
     svc.incoming[req.workload] = Incoming(req.workload, req.module_sha256, req.app, req.epoch, req.source,
                                           standby=req.standby, settings=settings)
     await crash_point_async("target:incoming")
     return Done(id=req.id)
+
+
+def _incoming_refused(node, svc: MigrationService, req: MIncoming, exc: OwnershipError) -> ErrorReply:
+    """The reply to an MIncoming the ownership table refuses.
+
+    MIGRATION_FAILED if this node owns the workload at the request's epoch
+    or a newer one; else MIGRATION_BUSY:
+    a copy at a newer epoch, or a move of the workload, is under way here.
+    """
+    record = svc.ownership.record(req.workload)
+    if record.state in OWNING and record.epoch >= req.epoch:
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
+                          message=f"{node.config.name} already owns {req.workload} at epoch {record.epoch}")
+    return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
+                      message=f"{node.config.name} is receiving or moving {req.workload} "
+                              f"({record.state.value}, epoch {record.epoch}): {exc}")
 
 
 async def _swap_in(node, svc: MigrationService, staged: Incoming) -> bool:
@@ -120,8 +142,20 @@ async def _swap_in(node, svc: MigrationService, staged: Incoming) -> bool:
         if (not svc.current(staged) or svc.incoming.get(staged.workload) is not old
                 or staged.workload in svc.owned):
             return False
+        if svc.ownership.record(staged.workload).staging == staged.epoch:
+            swap = Event(EventKind.SWAP_IN)
+        else:  # the copy that served meanwhile was dropped: this one becomes the standby afresh
+            swap = Event(EventKind.INCOMING_STANDBY, staged.epoch, Peer(staged.source, "", staged.epoch))
+        try:
+            svc.ownership.check(staged.workload, swap)
+        except OwnershipError:
+            return False
         await node.run_host(ops.replace_workload, node.host, staged.host_id, staged.workload,
                             old is not None and old.created)
+        try:
+            svc.event(staged.workload, swap)
+        except OwnershipError:  # a newer copy was offered meanwhile: it replaces this one
+            return False
         del svc.staging[staged.workload]
         staged.host_id = staged.workload
         svc.incoming[staged.workload] = staged
@@ -288,10 +322,14 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         if svc.incoming.get(req.workload) is not inc:
             return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                               message=f"the incoming copy of {req.workload} was replaced")
+        owned = Owned(req.workload, epoch=req.epoch, ledger=ledger, index=max(req.index, inc.index),
+                      record=req.record)
+        kind = EventKind.COMMIT_STANDBY if req.from_standby else EventKind.COMMIT
+        try:
+            svc.event(req.workload, Event(kind, req.epoch), owner=owned)
+        except OwnershipError as exc:
+            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
         del svc.incoming[req.workload]
-        svc.moved.pop(req.workload, None)
-        owned = svc.owned[req.workload] = Owned(req.workload, epoch=req.epoch, ledger=ledger,
-                                                index=max(req.index, inc.index), record=req.record)
         await node.run_host(ops.take_over, node.host, req.workload, req.record, req.calls, req.monotonic_ns)
     await _drop_staging(node, svc, req.workload)
     await crash_point_async("target:after-commit")
@@ -306,5 +344,5 @@ async def on_abort(node, session, req: MAbort) -> Done:
     inc = _addressed(svc, req.workload, req.epoch, req.standby)
     if inc is not None:
         async with inc.lock:
-            await _drop_incoming(node, svc, inc)
+            await _drop_incoming(node, svc, inc, EventKind.ABORT)
     return Done(id=req.id)

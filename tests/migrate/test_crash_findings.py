@@ -1,6 +1,7 @@
 """Bugs the crash matrix found, each pinned down on its own with real nodes."""
 
 import contextlib
+import hashlib
 
 import pytest
 import trio
@@ -28,11 +29,12 @@ async def _protected_counter(node_procs, cluster_tls, mode: str, interval_s: flo
         yield edge, h
 
 
-async def test_a_checkpoint_request_queued_behind_a_commit_is_told_the_workload_moved(node_procs, cluster_tls):
-    """The request waits for the frozen final round; by the time it runs the workload has left.
+@contextlib.asynccontextmanager
+async def _paused_move(node_procs, cluster_tls):
+    """A counter moving edge-1 -> cloud-1, edge-1 paused 1 s at source:frozen; yields (handle, edge-1 client).
 
-    The node must answer NOT_OWNER (a handle then looks for the new owner),
-    not UnknownWorkload from checkpointing a workload it already removed.
+    The body runs while the source is paused; afterwards the move has
+    ended on cloud-1 and a call there counts on from 1.
     """
     edge = node_procs.start("edge-1", "edge", env={"MIGRATE_NODE_PAUSE_AT": "source:frozen",
                                                     "MIGRATE_NODE_PAUSE_S": "1"})
@@ -46,13 +48,36 @@ async def test_a_checkpoint_request_queued_behind_a_commit_is_told_the_workload_
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(h.migrate, "cloud-1")
                 await edge.wait_for_log("paused at source:frozen")
-                with pytest.raises(RemoteNodeError) as info:
-                    await client.request(MCheckpoint, workload=h.workload)
-            assert info.value.code == MigrationCode.NOT_OWNER
+                yield h, client
         finally:
             await client.aclose()
         assert h.node == "cloud-1"
         assert await h.call("incr", 1) == 2
+
+
+async def test_a_checkpoint_request_queued_behind_a_commit_is_told_the_workload_moved(node_procs, cluster_tls):
+    """The request waits for the frozen final round; by the time it runs the workload has left.
+
+    The node must answer NOT_OWNER (a handle then looks for the new owner),
+    not UnknownWorkload from checkpointing a workload it already removed.
+    """
+    async with _paused_move(node_procs, cluster_tls) as (h, client):
+        with pytest.raises(RemoteNodeError) as info:
+            await client.request(MCheckpoint, workload=h.workload)
+    assert info.value.code == MigrationCode.NOT_OWNER
+
+
+async def test_a_copy_offered_for_a_workload_being_moved_away_is_refused_busy(node_procs, cluster_tls):
+    """An MIncoming for a workload the node is moving away is refused MIGRATION_BUSY by the ownership table.
+
+    It used to be accepted, dropping the workload from the owned table in
+    the middle of its move.
+    """
+    async with _paused_move(node_procs, cluster_tls) as (h, client):
+        with pytest.raises(RemoteNodeError) as info:
+            await client.request(MIncoming, workload=h.workload, app="counter", epoch=10, source="cloud-1",
+                                 module_sha256=hashlib.sha256(workloads.load("counter")).hexdigest())
+    assert info.value.code == MigrationCode.MIGRATION_BUSY
 
 
 async def test_a_checkpoint_that_fails_on_the_node_does_not_end_the_application(edge_and_cloud):

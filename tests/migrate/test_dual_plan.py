@@ -66,13 +66,14 @@ def test_replays_while_over_the_limit_then_switches_once(limit, backlogs):
 @given(cut_from=times, cut_hold=holds, switch_from=times, switch_hold=holds, committed=st.booleans())
 def test_the_blackout_is_the_longer_hold(cut_from, cut_hold, switch_from, switch_hold, committed):
     plan = DualPlanner()
-    # The holds as the planner sees them: an end minus a start, rounded as floats round.
-    cut_until, switch_until = cut_from + cut_hold, switch_from + switch_hold
-    plan.cut_taken(held_from_s=cut_from, held_until_s=cut_until)
-    assert plan.blackout_s == pytest.approx(cut_until - cut_from)
+    # The holds as the clock readings carry them: (from + hold) - from, which
+    # differs from ``hold`` in the last bits when ``from`` is large.
+    cut_held, switch_held = (cut_from + cut_hold) - cut_from, (switch_from + switch_hold) - switch_from
+    plan.cut_taken(held_from_s=cut_from, held_until_s=cut_from + cut_hold)
+    assert plan.blackout_s == cut_held
     assert plan.backlog(0).step is DualStep.SWITCH
-    plan.switch_ended(held_from_s=switch_from, held_until_s=switch_until, committed=committed)
-    assert plan.blackout_s == pytest.approx(max(cut_until - cut_from, switch_until - switch_from))
+    plan.switch_ended(held_from_s=switch_from, held_until_s=switch_from + switch_hold, committed=committed)
+    assert plan.blackout_s == max(cut_held, switch_held)
     assert plan.phase is (DualPhase.COMMITTED if committed else DualPhase.SWITCH_FAILED)
 
 
