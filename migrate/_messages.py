@@ -22,14 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nodes import Done, Reply, Request, register
-
-
-def _message(kind: str, *, reply: type[Reply] | None = None):
-    """Declare a wire message: a frozen, keyword-only dataclass registered under ``kind``."""
-    def declare(cls):
-        return register(kind, reply=reply)(dataclass(frozen=True, kw_only=True, slots=True)(cls))
-    return declare
+from nodes import Done, Reply, Request, message
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -58,13 +51,13 @@ class _ToCopy(_AtEpoch):
     standby: bool = False
 
 
-@_message("m_spawned")
+@message("m_spawned")
 class MSpawned(Reply):
     workload: str
     epoch: int
 
 
-@_message("m_spawn", reply=MSpawned)
+@message("m_spawn", reply=MSpawned)
 class MSpawn(Request):
     """Start a migratable workload from a module the node already holds."""
 
@@ -73,7 +66,7 @@ class MSpawn(Request):
     app: str = "default"
 
 
-@_message("m_result")
+@message("m_result")
 class MResult(Reply):
     """A call's outcome: its values (or read bytes); ``replayed`` if it ran before.
 
@@ -95,7 +88,7 @@ class MResult(Reply):
     inputs: Any = None
 
 
-@_message("m_call", reply=MResult)
+@message("m_call", reply=MResult)
 class MCall(_ForWorkload):
     """One operation on a workload, exactly once per (caller, seq).
 
@@ -115,7 +108,7 @@ class MCall(_ForWorkload):
     data: bytes = b""
 
 
-@_message("m_where")
+@message("m_where")
 class MWhere(Reply):
     """What a node knows of a workload: "owner", "moved", "incoming" or "unknown"."""
 
@@ -127,7 +120,7 @@ class MWhere(Reply):
     standby: bool = False  # "incoming" is a hot standby, not a move under way
 
 
-@_message("m_locate", reply=MWhere)
+@message("m_locate", reply=MWhere)
 class MLocate(_ForWorkload):
     """Where the workload is, as this node knows it."""
 
@@ -156,12 +149,12 @@ class MigrationReport:
     notes: tuple[str, ...] = ()
 
 
-@_message("m_report")
+@message("m_report")
 class MReport(Reply):
     report: MigrationReport
 
 
-@_message("m_migrate", reply=MReport)
+@message("m_migrate", reply=MReport)
 class MMigrate(_ForWorkload):
     """Move a workload from the receiving node to ``target`` (an address)."""
 
@@ -171,7 +164,7 @@ class MMigrate(_ForWorkload):
     max_rounds: int = 20
 
 
-@_message("m_incoming", reply=Done)
+@message("m_incoming", reply=Done)
 class MIncoming(_ToCopy):
     """Source to target: get ready to receive ``workload`` at ``epoch``."""
 
@@ -183,7 +176,7 @@ class MIncoming(_ToCopy):
     memory_limit_bytes: int | None = None
 
 
-@_message("m_chunk", reply=Done)
+@message("m_chunk", reply=Done)
 class MChunk(_ToCopy):
     """Source to target: bytes of the current round's encoded snapshot.
 
@@ -197,12 +190,12 @@ class MChunk(_ToCopy):
     seq: int
 
 
-@_message("m_committed")
+@message("m_committed")
 class MCommitted(Reply):
     epoch: int
 
 
-@_message("m_commit", reply=MCommitted)
+@message("m_commit", reply=MCommitted)
 class MCommit(_AtEpoch):
     """Source to target: the state is complete; own the workload from now on.
 
@@ -226,19 +219,19 @@ class MCommit(_AtEpoch):
     standby: str = ""
 
 
-@_message("m_abort", reply=Done)
+@message("m_abort", reply=Done)
 class MAbort(_ToCopy):
     """Source to target: forget the incoming workload (or standby copy); it stays at the source."""
 
 
-@_message("m_protect", reply=Done)
+@message("m_protect", reply=Done)
 class MProtect(_ForWorkload):
     """Turn recording of nondeterministic inputs on or off for a workload."""
 
     record: bool
 
 
-@_message("m_checkpoint_data")
+@message("m_checkpoint_data")
 class MCheckpointData(Reply):
     """A consistent snapshot taken after operation ``index``, but for its bytes.
 
@@ -257,12 +250,12 @@ class MCheckpointData(Reply):
     settings: Any = None
 
 
-@_message("m_checkpoint", reply=MCheckpointData)
+@message("m_checkpoint", reply=MCheckpointData)
 class MCheckpoint(_ForWorkload):
     """Owner: take a consistent checkpoint of the workload, with its ledger."""
 
 
-@_message("m_checkpoint_bytes")
+@message("m_checkpoint_bytes")
 class MCheckpointBytes(Reply):
     """One part of an encoded checkpoint; ``last`` on the final one."""
 
@@ -270,7 +263,7 @@ class MCheckpointBytes(Reply):
     last: bool
 
 
-@_message("m_checkpoint_part", reply=MCheckpointBytes)
+@message("m_checkpoint_part", reply=MCheckpointBytes)
 class MCheckpointPart(_ForWorkload):
     """Owner: part ``part`` of checkpoint ``token``; each part is asked for once.
 
@@ -282,7 +275,7 @@ class MCheckpointPart(_ForWorkload):
     part: int
 
 
-@_message("m_replay", reply=Done)
+@message("m_replay", reply=Done)
 class MReplay(_ToCopy):
     """Re-run logged operations on an incoming workload, in order.
 
@@ -294,7 +287,7 @@ class MReplay(_ToCopy):
     entries: tuple[Any, ...]
 
 
-@_message("m_align", reply=Done)
+@message("m_align", reply=Done)
 class MAlign(_ToCopy):
     """Dual handover: the incoming copy now holds the state at the cut.
 
@@ -308,7 +301,7 @@ class MAlign(_ToCopy):
     monotonic_ns: int | None = None
 
 
-@_message("m_follow", reply=Done)
+@message("m_follow", reply=Done)
 class MFollow(_ForWorkload):
     """Owner: keep a hot standby copy on ``standby`` (an address); "" stops it.
 
@@ -319,6 +312,6 @@ class MFollow(_ForWorkload):
     standby: str
 
 
-@_message("m_promote", reply=MCommitted)
+@message("m_promote", reply=MCommitted)
 class MPromote(_AtEpoch):
     """Standby: the owner is gone; take the workload over at ``epoch``."""
