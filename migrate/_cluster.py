@@ -144,9 +144,13 @@ class Cluster:
 
     def lost(self, address: str, exc: BaseException) -> None:
         """A request to ``address`` failed with ``exc``: drop the connection, and note a shutdown it announced."""
+        self.note_shutdown(address, exc)
+        self.forget(address)
+
+    def note_shutdown(self, address: str, exc: BaseException) -> None:
+        """If ``exc`` is the node at ``address`` saying it is shutting down, wait for it (no failover)."""
         if announces_shutdown(exc):
             self.shutting_down(address, self.reconnect_timeout_s)
-        self.forget(address)
 
     async def ask(self, address: str, kind, *, timeout_s: float = 2.0, **fields):
         """Send an idempotent request to ``address``; once more on a new connection if the kept one was dead.

@@ -236,7 +236,9 @@ class Protector:
         try:
             await self.take_checkpoint(self.owner)
             return
-        except (NodeError, HostError) as exc:  # moved, removed or unreachable
+        except (NodeError, HostError) as exc:  # moved, removed, unreachable or stopping
+            # A node stopping says so to whoever asks: its workloads are waited for, not failed over.
+            self.cluster.note_shutdown(self.owner, exc)
             found = await self.cluster.locate(self.workload)
             if found is None or found[1] == self.owner:
                 raise

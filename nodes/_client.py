@@ -58,6 +58,11 @@ from ._tls import client_context, is_loopback
 from ._transport import Channel, open_channel
 
 
+#: How long an idle client reads what the node sent unasked before a
+#: request (a Goodbye is a few dozen bytes, already received).
+GOODBYE_READ_S = 0.5
+
+
 @dataclass(eq=False)
 class _Waiter:
     done: trio.Event
@@ -190,8 +195,11 @@ class NodeClient:
         reply with ``PendingReply.reply()``, or ``discard()`` it.  Raises
         ConnectionFailed.
         """
+        if not self._waiters and self._channel.has_unread():
+            await self._read_unasked()
         if self._failure is not None:
-            raise ConnectionFailed(f"connection to {self._channel.remote} is unusable: {self._failure}")
+            unusable = NodeShuttingDown if isinstance(self._failure, NodeShuttingDown) else ConnectionFailed
+            raise unusable(f"connection to {self._channel.remote} is unusable: {self._failure}")
         request_id = next(self._ids)
         waiter = self._waiters[request_id] = _Waiter(trio.Event())
         try:
@@ -200,6 +208,26 @@ class NodeClient:
             del self._waiters[request_id]
             raise
         return PendingReply(self, request_id, waiter)
+
+    async def _read_unasked(self) -> None:
+        """Read what the node sent while nobody was reading: a Goodbye, or the end of the stream.
+
+        An idle client reads nothing, so a node that said Goodbye and closed
+        is noticed here, before the next write, and a node shutting down
+        raises NodeShuttingDown rather than a broken pipe (once its host has
+        reset the connection, TLS can no longer read the Goodbye).  Gives up
+        after GOODBYE_READ_S, or at once if another task is reading.
+        """
+        try:
+            self._read_lock.acquire_nowait()
+        except trio.WouldBlock:
+            return
+        try:
+            with trio.move_on_after(GOODBYE_READ_S):
+                while self._failure is None and self._channel.has_unread():
+                    await self._read_one()
+        finally:
+            self._read_lock.release()
 
     async def pipeline(self, requests: Iterable[tuple[type[Request], dict[str, Any]]], *, window: int,
                        on_reply: Callable[[Reply], bool]) -> None:

@@ -17,6 +17,7 @@ bytes, so a peer that does not read stalls only the tasks sending to it.
 
 from __future__ import annotations
 
+import select
 import ssl
 from typing import Any
 
@@ -87,6 +88,20 @@ class Channel:
             raise
         finally:
             self._send_lock.release()
+
+    def has_unread(self) -> bool:
+        """True if the peer sent bytes (or closed) that nobody has read yet; one poll, no waiting."""
+        stream = self.stream
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        sock = getattr(stream, "socket", None)
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):  # closed: the next read says so
+            return True
+        return bool(readable)
 
     async def receive(self) -> Any:
         """Return the next Hello, Request, Reply or ConnectionClosed from the peer.
