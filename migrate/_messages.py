@@ -15,6 +15,22 @@ Three conversations use them:
 
 An incoming move and a standby copy of the same workload are told apart by
 ``standby``: a message for one never touches the other.
+
+Who may send each (the role of the sender's certificate, checked by the
+node before any handler runs):
+
+* any role: ``MSpawn``, ``MCall``, ``MLocate`` and ``MMigrate``, what a
+  handle and the operator CLI (``migrate``, ``drain``) send.  A move's
+  target must be a node: the source dials it and checks its certificate,
+  which only a node certificate passes;
+* node certificates only: everything else.  ``MIncoming``, ``MChunk``,
+  ``MCommit``, ``MAbort``, ``MAlign``, ``MReplay`` and ``MPromote`` move
+  state and ownership between nodes; ``MCheckpoint`` and
+  ``MCheckpointPart`` hand out a workload's memory and call ledger;
+  ``MProtect`` and ``MFollow`` set up protection, whose failover restores
+  through those same node messages.  An application protects its
+  workloads from the node it runs itself (``connect``), with a node
+  certificate.
 """
 
 from __future__ import annotations
@@ -22,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nodes import Done, Reply, Request, message
+from nodes import ANY_ROLE, NODE_ONLY, Done, Reply, Request, message
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -57,7 +73,7 @@ class MSpawned(Reply):
     epoch: int
 
 
-@message("m_spawn", reply=MSpawned)
+@message("m_spawn", reply=MSpawned, roles=ANY_ROLE)
 class MSpawn(Request):
     """Start a migratable workload from a module the node already holds."""
 
@@ -88,7 +104,7 @@ class MResult(Reply):
     inputs: Any = None
 
 
-@message("m_call", reply=MResult)
+@message("m_call", reply=MResult, roles=ANY_ROLE)
 class MCall(_ForWorkload):
     """One operation on a workload, exactly once per (caller, seq).
 
@@ -120,7 +136,7 @@ class MWhere(Reply):
     standby: bool = False  # "incoming" is a hot standby, not a move under way
 
 
-@message("m_locate", reply=MWhere)
+@message("m_locate", reply=MWhere, roles=ANY_ROLE)
 class MLocate(_ForWorkload):
     """Where the workload is, as this node knows it."""
 
@@ -154,7 +170,7 @@ class MReport(Reply):
     report: MigrationReport
 
 
-@message("m_migrate", reply=MReport)
+@message("m_migrate", reply=MReport, roles=ANY_ROLE)
 class MMigrate(_ForWorkload):
     """Move a workload from the receiving node to ``target`` (an address)."""
 
@@ -164,7 +180,7 @@ class MMigrate(_ForWorkload):
     max_rounds: int = 20
 
 
-@message("m_incoming", reply=Done)
+@message("m_incoming", reply=Done, roles=NODE_ONLY)
 class MIncoming(_ToCopy):
     """Source to target: get ready to receive ``workload`` at ``epoch``."""
 
@@ -176,7 +192,7 @@ class MIncoming(_ToCopy):
     memory_limit_bytes: int | None = None
 
 
-@message("m_chunk", reply=Done)
+@message("m_chunk", reply=Done, roles=NODE_ONLY)
 class MChunk(_ToCopy):
     """Source to target: bytes of the current round's encoded snapshot.
 
@@ -195,7 +211,7 @@ class MCommitted(Reply):
     epoch: int
 
 
-@message("m_commit", reply=MCommitted)
+@message("m_commit", reply=MCommitted, roles=NODE_ONLY)
 class MCommit(_AtEpoch):
     """Source to target: the state is complete; own the workload from now on.
 
@@ -219,12 +235,12 @@ class MCommit(_AtEpoch):
     standby: str = ""
 
 
-@message("m_abort", reply=Done)
+@message("m_abort", reply=Done, roles=NODE_ONLY)
 class MAbort(_ToCopy):
     """Source to target: forget the incoming workload (or standby copy); it stays at the source."""
 
 
-@message("m_protect", reply=Done)
+@message("m_protect", reply=Done, roles=NODE_ONLY)
 class MProtect(_ForWorkload):
     """Turn recording of nondeterministic inputs on or off for a workload."""
 
@@ -250,7 +266,7 @@ class MCheckpointData(Reply):
     settings: Any = None
 
 
-@message("m_checkpoint", reply=MCheckpointData)
+@message("m_checkpoint", reply=MCheckpointData, roles=NODE_ONLY)
 class MCheckpoint(_ForWorkload):
     """Owner: take a consistent checkpoint of the workload, with its ledger."""
 
@@ -263,7 +279,7 @@ class MCheckpointBytes(Reply):
     last: bool
 
 
-@message("m_checkpoint_part", reply=MCheckpointBytes)
+@message("m_checkpoint_part", reply=MCheckpointBytes, roles=NODE_ONLY)
 class MCheckpointPart(_ForWorkload):
     """Owner: part ``part`` of checkpoint ``token``; each part is asked for once.
 
@@ -275,7 +291,7 @@ class MCheckpointPart(_ForWorkload):
     part: int
 
 
-@message("m_replay", reply=Done)
+@message("m_replay", reply=Done, roles=NODE_ONLY)
 class MReplay(_ToCopy):
     """Re-run logged operations on an incoming workload, in order.
 
@@ -287,7 +303,7 @@ class MReplay(_ToCopy):
     entries: tuple[Any, ...]
 
 
-@message("m_align", reply=Done)
+@message("m_align", reply=Done, roles=NODE_ONLY)
 class MAlign(_ToCopy):
     """Dual handover: the incoming copy now holds the state at the cut.
 
@@ -301,7 +317,7 @@ class MAlign(_ToCopy):
     monotonic_ns: int | None = None
 
 
-@message("m_follow", reply=Done)
+@message("m_follow", reply=Done, roles=NODE_ONLY)
 class MFollow(_ForWorkload):
     """Owner: keep a hot standby copy on ``standby`` (an address); "" stops it.
 
@@ -312,6 +328,6 @@ class MFollow(_ForWorkload):
     standby: str
 
 
-@message("m_promote", reply=MCommitted)
+@message("m_promote", reply=MCommitted, roles=NODE_ONLY)
 class MPromote(_AtEpoch):
     """Standby: the owner is gone; take the workload over at ``epoch``."""

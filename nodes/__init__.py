@@ -6,6 +6,7 @@ requests, per-node state, status and checkpoint records to a node with a
 ``Plugin`` passed to ``serve``; the nodes package imports none of them.
 """
 
+from ._authorization import role_table
 from ._client import NodeClient
 from ._config import Address, NodeConfig, parse_address, resolve_config
 from ._crash import crash_point, crash_point_async
@@ -16,6 +17,7 @@ from ._errors import (
     ConfigError,
     ConnectionFailed,
     DamagedState,
+    Forbidden,
     LocalProtocolError,
     NodeError,
     NodeShuttingDown,
@@ -47,6 +49,8 @@ from ._hosting import Host, HostStats, WorkloadInfo
 from ._limits import Limits
 from ._logging import configure_logging
 from ._messages import (
+    ANY_ROLE,
+    NODE_ONLY,
     PROTOCOL_VERSIONS,
     Done,
     ErrorCode,
@@ -71,6 +75,7 @@ from ._tls import client_context, init_ca, issue_cert, server_context
 from ._transport import RECEIVE_BYTES
 
 __all__ = [
+    "ANY_ROLE",
     "Address",
     "BadArguments",
     "CallInputs",
@@ -84,6 +89,7 @@ __all__ = [
     "EPOCH_TICK_S",
     "ErrorCode",
     "ErrorReply",
+    "Forbidden",
     "Handler",
     "Held",
     "Hello",
@@ -95,6 +101,7 @@ __all__ = [
     "Limits",
     "LocalProtocolError",
     "Message",
+    "NODE_ONLY",
     "Node",
     "NodeClient",
     "NodeConfig",
@@ -141,6 +148,7 @@ __all__ = [
     "parse_address",
     "register",
     "resolve_config",
+    "role_table",
     "serve",
     "server_context",
     "unwrap_group",

@@ -54,7 +54,7 @@ from ._messages import (
     WriteMemory,
 )
 from ._protocol import ConnectionClosed
-from ._tls import client_context, is_loopback
+from ._tls import client_context, is_loopback, own_identity
 from ._transport import Channel, open_channel
 
 
@@ -125,18 +125,25 @@ class NodeClient:
 
     @classmethod
     async def connect(cls, address: Address | str, *, tls: ssl.SSLContext | Path | str | None,
-                      name: str = "app", role: str = "app", capabilities: tuple[str, ...] = (),
+                      name: str | None = None, role: str = "app", capabilities: tuple[str, ...] = (),
                       advertise: str | None = None, max_frame_bytes: int | None = None) -> NodeClient:
         """Connect to the node at ``address`` and exchange Hellos.
 
         ``tls`` is a TLS dir, an SSLContext, or None for plain TCP (loopback
-        only).  A node calling a peer passes its own ``name``, ``role`` and
-        listen address (``advertise``) so the peer can call back.
-        Raises ConfigError, ConnectionFailed or RemoteProtocolError.
+        only).  ``name`` is the name our Hello gives; the node refuses one
+        our certificate does not cover (its commonName or a DNS alternative
+        name).  By default it is the commonName of the certificate in a TLS
+        dir, and "app" otherwise.  A node calling a peer passes its own
+        ``name``, ``role`` and listen address (``advertise``) so the peer
+        can call back.  Raises ConfigError, ConnectionFailed or
+        RemoteProtocolError.
         """
         address = parse_address(address) if isinstance(address, str) else address
+        context = tls_context(tls, address)
+        if name is None:
+            name = own_identity(Path(tls)).name if isinstance(tls, (str, Path)) else "app"
         channel = await open_channel(
-            address, ssl_context=tls_context(tls, address), max_frame_bytes=max_frame_bytes,
+            address, ssl_context=context, max_frame_bytes=max_frame_bytes,
             hello={"name": name, "role": role, "capabilities": capabilities, "address": advertise})
         return cls(channel)
 

@@ -4,7 +4,8 @@ The hosting layer's ``HostError`` classes map one-to-one onto ``ErrorCode``
 values, so a client raises the very class the node's ``Host`` raised, with
 the same message and attributes (``workload_id``, ``trap_code``, ``limit``,
 ``requested``...).  Codes that name no host error become
-``RemoteNodeError`` with the code attached.
+``RemoteNodeError`` with the code attached, but ``forbidden``, which
+becomes ``Forbidden`` (a RemoteNodeError) with the refused ``kind`` and ``role``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _host_errors as he
-from ._errors import RemoteNodeError
+from ._errors import Forbidden, RemoteNodeError
 from ._messages import ErrorCode, ErrorReply
 from ._replay import ReplayDivergence, ReplayUnsupported
 from ._wire import FieldError, check_plain
@@ -68,6 +69,10 @@ def exception_for(reply: ErrorReply) -> Exception:
     attributes, so ``str(exc)`` and ``exc.workload_id`` match the node's.
     """
     cls = _CLASS_FOR_CODE.get(reply.code)
+    if reply.code == ErrorCode.FORBIDDEN:
+        details = reply.details or {}
+        return Forbidden(ErrorCode.FORBIDDEN, reply.message, kind=str(details.get("kind", "")),
+                         role=str(details.get("role", "")))
     if cls is None:
         return RemoteNodeError(reply.code, reply.message)
     exc = cls.__new__(cls)

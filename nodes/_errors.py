@@ -50,6 +50,19 @@ class RemoteNodeError(NodeError):
         self.code = code
 
 
+class Forbidden(RemoteNodeError):
+    """The node refused a request that the role of our certificate may not send (code ``forbidden``).
+
+    ``kind`` is the request's kind and ``role`` our certificate's role, as
+    the node saw them; the request changed nothing.
+    """
+
+    def __init__(self, code: object, message: str, *, kind: str = "", role: str = "") -> None:
+        super().__init__(code, message)
+        self.kind = kind
+        self.role = role
+
+
 class NodeShuttingDown(ConnectionFailed):
     """The node closed the connection because it is shutting down.
 

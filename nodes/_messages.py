@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 from ._errors import LocalProtocolError
+from ._tls import CERT_ROLES
 from ._wire import Code, schema_for
 
 #: Versions of this protocol that this code speaks, oldest first.  Each side
@@ -34,6 +35,12 @@ PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
 #: application or the CLI, which connects but does not host workloads.
 ROLES = ("client", "edge", "cloud", "app")
 
+#: Who may send a request, by the role of the sender's certificate
+#: ("node" or "client"): every request class declares one of these, or
+#: another non-empty set of certificate roles (``nodes._authorization``).
+ANY_ROLE: frozenset[str] = frozenset(CERT_ROLES)
+NODE_ONLY: frozenset[str] = frozenset({"node"})
+
 
 class ErrorCode(enum.StrEnum):
     """Why a request failed, as carried by ErrorReply and Goodbye: the nodes package's own codes.
@@ -43,6 +50,7 @@ class ErrorCode(enum.StrEnum):
 
     # the connection or the node
     PROTOCOL_ERROR = "protocol_error"
+    FORBIDDEN = "forbidden"            # the sender's certificate may not send this request
     UNSUPPORTED = "unsupported"        # a known request this node does not serve
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"              # a bug on the node; it is logged there
@@ -86,6 +94,8 @@ class Request(Message):
     """Base of requests; ``id`` matches the reply to the request."""
 
     reply: ClassVar[type[Reply]] = Reply
+    #: the certificate roles that may send it, declared with ``register``
+    roles: ClassVar[frozenset[str]] = frozenset()
     id: int
 
 
@@ -94,10 +104,13 @@ _REGISTRY: dict[str, type[Message]] = {}
 M = TypeVar("M", bound=type[Message])
 
 
-def register(kind: str, *, reply: type[Reply] | None = None):
-    """Register a message class under ``kind`` (and, for requests, its reply class).
+def register(kind: str, *, reply: type[Reply] | None = None, roles: frozenset[str] | None = None):
+    """Register a message class under ``kind`` (and, for requests, its reply class and ``roles``).
 
-    Raises LocalProtocolError if ``kind`` is taken or the class is not a Message.
+    A request names the certificate roles that may send it (``ANY_ROLE``,
+    ``NODE_ONLY``): nothing is open by default.  Raises LocalProtocolError
+    if ``kind`` is taken, the class is not a Message, or a request lacks
+    its reply class or its roles (or another message has them).
     """
     def decorate(cls: M) -> M:
         if kind in _REGISTRY:
@@ -106,23 +119,32 @@ def register(kind: str, *, reply: type[Reply] | None = None):
             raise LocalProtocolError(f"{cls.__name__} is not a Message")
         if issubclass(cls, Request) != (reply is not None):
             raise LocalProtocolError("requests, and only requests, name a reply class")
+        if issubclass(cls, Request) != (roles is not None):
+            raise LocalProtocolError(f"requests, and only requests, name the roles that may send them "
+                                     f"({kind!r}: roles={roles!r})")
+        if roles is not None and not (roles and set(roles) <= set(CERT_ROLES)):
+            raise LocalProtocolError(f"{kind!r}: roles must be a non-empty set of {', '.join(CERT_ROLES)}, "
+                                     f"got {sorted(roles)!r}")
         schema_for(cls)  # fail now, not on first use, if a field has no wire form
         cls.kind = kind
         if reply is not None:
             cls.reply = reply
+        if roles is not None:
+            cls.roles = frozenset(roles)
         _REGISTRY[kind] = cls
         return cls
     return decorate
 
 
 @dataclass_transform(frozen_default=True, kw_only_default=True)
-def message(kind: str, *, reply: type[Reply] | None = None) -> Callable[[type], Any]:
+def message(kind: str, *, reply: type[Reply] | None = None,
+            roles: frozenset[str] | None = None) -> Callable[[type], Any]:
     """Declare a wire message: make the class a frozen, keyword-only, slotted dataclass and ``register`` it.
 
     Raises what ``register`` raises.
     """
     def declare(cls: type) -> Any:
-        return register(kind, reply=reply)(dataclass(frozen=True, kw_only=True, slots=True)(cls))
+        return register(kind, reply=reply, roles=roles)(dataclass(frozen=True, kw_only=True, slots=True)(cls))
     return declare
 
 
@@ -289,21 +311,21 @@ class StatusReport(Reply):
 
 # --- requests -------------------------------------------------------------
 
-@message("has_module", reply=ModuleStatus)
+@message("has_module", reply=ModuleStatus, roles=ANY_ROLE)
 class HasModule(Request):
     """Does the node hold the module with this sha256 (hex)?"""
 
     sha256: str
 
 
-@message("put_module", reply=ModuleStored)
+@message("put_module", reply=ModuleStored, roles=ANY_ROLE)
 class PutModule(Request):
     """Store (and compile) a module; the reply names its sha256."""
 
     wasm: bytes
 
 
-@message("deploy", reply=Deployed)
+@message("deploy", reply=Deployed, roles=ANY_ROLE)
 class Deploy(Request):
     """Instantiate a stored module as a new workload."""
 
@@ -314,7 +336,7 @@ class Deploy(Request):
     env: dict[str, str] | None = None
 
 
-@message("call", reply=CallResult)
+@message("call", reply=CallResult, roles=ANY_ROLE)
 class Call(Request):
     """Call an export of a workload with numeric arguments."""
 
@@ -323,47 +345,47 @@ class Call(Request):
     args: tuple[int | float, ...] = ()
 
 
-@message("read_memory", reply=MemoryData)
+@message("read_memory", reply=MemoryData, roles=ANY_ROLE)
 class ReadMemory(Request):
     workload: str
     offset: int
     length: int
 
 
-@message("write_memory", reply=Done)
+@message("write_memory", reply=Done, roles=ANY_ROLE)
 class WriteMemory(Request):
     workload: str
     offset: int
     data: bytes
 
 
-@message("output", reply=OutputData)
+@message("output", reply=OutputData, roles=ANY_ROLE)
 class Output(Request):
     """The workload's captured stdout and stderr so far."""
 
     workload: str
 
 
-@message("remove", reply=Done)
+@message("remove", reply=Done, roles=ANY_ROLE)
 class Remove(Request):
     workload: str
 
 
-@message("list_workloads", reply=WorkloadList)
+@message("list_workloads", reply=WorkloadList, roles=ANY_ROLE)
 class ListWorkloads(Request):
     pass
 
 
-@message("peers", reply=PeerList)
+@message("peers", reply=PeerList, roles=ANY_ROLE)
 class Peers(Request):
     pass
 
 
-@message("status", reply=StatusReport)
+@message("status", reply=StatusReport, roles=ANY_ROLE)
 class Status(Request):
     pass
 
 
-@message("ping", reply=Pong)
+@message("ping", reply=Pong, roles=ANY_ROLE)
 class Ping(Request):
     """Liveness and round-trip probe; the reply carries the node's current summary."""

@@ -11,6 +11,11 @@ reader does not take the next frame off the socket until a slot frees, so a
 client that floods requests is slowed by TCP instead of growing our
 buffers (see ``nodes._transport``).
 
+Every connection is checked once before it is served, and every request
+before its handler runs (``nodes._authorization``): the Hello name must be
+one the peer's certificate covers, and a request its certificate's role
+may not send is answered ``forbidden``.
+
 Requests are dispatched through one table from request class to handler:
 the node's own (``nodes._handlers``) and those of the plugins it was made
 with (``nodes._plugin``).  A plugin also keeps per-node state
@@ -33,6 +38,7 @@ import trio
 
 from . import _checkpoints as checkpoints
 from . import _host_errors as he
+from ._authorization import hello_refusal, refusal
 from ._checkpoint_format import BulkReport
 from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
@@ -50,8 +56,8 @@ from ._messages import ErrorCode, ErrorReply, NodeSummary, Reply, Request
 from ._peers import PeerTable, watch_peer
 from ._plugin import Plugin, Session, checkpoint_records, handler_table
 from ._protocol import ConnectionClosed, State
-from ._tls import client_context, server_context
-from ._transport import accept_channel
+from ._tls import client_context, own_identity, server_context
+from ._transport import Channel, accept_channel
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +96,12 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._server_ssl = None if config.insecure else server_context(config.tls_path)
         self._client_ssl = None if config.insecure else client_context(config.tls_path)
+        # The name we give in Hellos when we dial: peers accept only a name our certificate covers.
+        self._dial_name = config.name
+        if not config.insecure:
+            identity = own_identity(config.tls_path)
+            if config.name not in identity.names:
+                self._dial_name = identity.name
         self._in_flight = 0
         self._idle = trio.Event()
         self._states = {p.name: p.state(self) for p in self.plugins if p.state is not None}
@@ -153,7 +165,7 @@ class Node:
     async def connect_peer(self, address: Address) -> NodeClient:
         """Dial a peer as this node (so it learns our name and address)."""
         return await NodeClient.connect(
-            address, tls=self._client_ssl, name=self.config.name, role=self.config.role,
+            address, tls=self._client_ssl, name=self._dial_name, role=self.config.role,
             capabilities=CAPABILITIES, advertise=str(self.address),
             max_frame_bytes=self.config.max_frame_bytes)
 
@@ -165,7 +177,7 @@ class Node:
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT_S):
                 channel = await accept_channel(tcp, ssl_context=self._server_ssl, hello=self.hello_fields(),
-                                               max_frame_bytes=self.config.max_frame_bytes)
+                                               max_frame_bytes=self.config.max_frame_bytes, vet=_vet)
         except (ConnectionFailed, RemoteProtocolError, trio.TooSlowError) as exc:
             self.counters["connections_rejected"] += 1
             reason = str(exc) or "handshake timed out"
@@ -256,6 +268,11 @@ class Node:
 
     async def _answer(self, session: Session, request: Request) -> Reply:
         self.counters["requests"] += 1
+        refused = refusal(request, session.channel.peer_identity)
+        if refused is not None:
+            self.counters["forbidden"] += 1
+            logger.warning("forbidden: %s", refused.message, extra={"peer": session.peer.name})
+            return refused
         handler = self._handlers.get(type(request))
         if handler is None:
             return ErrorReply(id=request.id, code=ErrorCode.UNSUPPORTED,
@@ -313,6 +330,11 @@ class Node:
                 f"it could not capture ({', '.join(w for w, _ in report.failed)}); the other "
                 f"{len(report.done)} are saved")
         return report
+
+
+def _vet(channel: Channel) -> str | None:
+    """Why the peer's Hello may not be accepted (its name is not its certificate's); None if it may."""
+    return hello_refusal(channel.peer, channel.peer_identity)
 
 
 def _remote(tcp: trio.SocketStream) -> str:

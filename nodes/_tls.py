@@ -26,6 +26,7 @@ import ipaddress
 import os
 import re
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -224,6 +225,48 @@ def certificate_subject(cert: dict | None) -> dict[str, str]:
     ``organizationalUnitName`` (its role: "node" or "client").
     """
     return {key: value for rdn in (cert or {}).get("subject", ()) for key, value in rdn}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a certificate says its holder is: its ``role`` ("node" or "client") and the names it covers.
+
+    ``names`` holds the commonName first, then the DNS subject alternative
+    names; a certificate without a known role has role "".
+    """
+
+    role: str
+    names: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.names[0] if self.names else ""
+
+
+def peer_identity(cert: dict | None) -> Identity:
+    """The Identity of a certificate as ``SSLSocket.getpeercert()`` gives it."""
+    subject = certificate_subject(cert)
+    role = subject.get("organizationalUnitName", "")
+    dns = [value for kind, value in (cert or {}).get("subjectAltName", ()) if kind == "DNS"]
+    common = [subject["commonName"]] if "commonName" in subject else []
+    return Identity(role if role in CERT_ROLES else "", tuple(dict.fromkeys(common + dns)))
+
+
+def own_identity(tls_dir: Path) -> Identity:
+    """The Identity of the certificate in a TLS dir.  Raises ConfigError if it is missing or unreadable."""
+    path = Path(tls_dir) / CERT_FILE
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the certificate {path}: {exc}") from None
+    role = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
+    common = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    try:
+        dns = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName)
+    except x509.ExtensionNotFound:
+        dns = []
+    return Identity(role[0] if role and role[0] in CERT_ROLES else "", tuple(dict.fromkeys(common + dns)))
 
 
 def is_loopback(host: str) -> bool:

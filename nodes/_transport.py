@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import select
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -27,7 +28,7 @@ from ._config import Address
 from ._errors import ConnectionFailed, RemoteProtocolError
 from ._messages import ErrorCode, Goodbye, Hello, Message
 from ._protocol import NEED_DATA, Connection, ConnectionClosed, State
-from ._tls import certificate_subject
+from ._tls import Identity, certificate_subject, peer_identity
 
 #: Bytes asked of the socket per read: large enough that a 64 MiB page batch
 #: takes a few hundred reads, small enough that a read never holds much more
@@ -54,6 +55,7 @@ class Channel:
         self.remote = remote  # "host:port" of the other end, for logs
         self._send_lock = trio.Lock()
         self._broken: str | None = None
+        self._identity: Identity | None = None
 
     @property
     def peer(self) -> Hello:
@@ -67,6 +69,13 @@ class Channel:
         if isinstance(self.stream, trio.SSLStream):
             return certificate_subject(self.stream.getpeercert())
         return None
+
+    @property
+    def peer_identity(self) -> Identity | None:
+        """The role and names the peer's TLS certificate gives it; None without TLS."""
+        if self._identity is None and isinstance(self.stream, trio.SSLStream):
+            self._identity = peer_identity(self.stream.getpeercert())
+        return self._identity
 
     async def send(self, message: Message) -> None:
         """Send one message.  Raises LocalProtocolError or ConnectionFailed."""
@@ -131,6 +140,25 @@ class Channel:
         first) or ConnectionFailed (the peer closed or said Goodbye).
         """
         await self.send(hello)
+        return await self._their_hello()
+
+    async def answer_handshake(self, hello: Hello, vet: Callable[[Channel], str | None]) -> Hello:
+        """Wait for the peer's Hello, ``vet`` it, then send ours and return theirs.
+
+        ``vet(self)`` returns None to accept, or the reason to refuse: the
+        peer then gets a Goodbye (``forbidden``, the reason) in place of our
+        Hello, and this raises ConnectionFailed with the reason.  Raises
+        what ``handshake`` raises too.
+        """
+        theirs = await self._their_hello()
+        reason = vet(self)
+        if reason is not None:
+            await self._goodbye(ErrorCode.FORBIDDEN, reason)
+            raise ConnectionFailed(reason)
+        await self.send(hello)
+        return theirs
+
+    async def _their_hello(self) -> Hello:
         event = await self.receive()
         if isinstance(event, ConnectionClosed):
             raise ConnectionFailed(f"{self.remote} closed the connection during the handshake"
@@ -190,12 +218,15 @@ async def open_channel(address: Address, *, ssl_context: ssl.SSLContext | None, 
 
 
 async def accept_channel(tcp: trio.SocketStream, *, ssl_context: ssl.SSLContext | None,
-                         hello: dict, max_frame_bytes: int | None = None) -> Channel:
+                         hello: dict, max_frame_bytes: int | None = None,
+                         vet: Callable[[Channel], str | None] = lambda channel: None) -> Channel:
     """Answer a connection a listener accepted: TLS, then the Hello exchange.
 
-    The caller bounds the time this may take and closes ``tcp`` on error.
-    Raises ConnectionFailed (TLS refused, e.g. a certificate the CA did not
-    sign) or RemoteProtocolError.
+    The peer's Hello comes first; ``vet`` sees it (and the certificate) and
+    may refuse the connection (``Channel.answer_handshake``) before it gets
+    ours.  The caller bounds the time this may take and closes ``tcp`` on
+    error.  Raises ConnectionFailed (TLS refused, e.g. a certificate the CA
+    did not sign; a refusal of ``vet``) or RemoteProtocolError.
     """
     try:
         host, port = tcp.socket.getpeername()[:2]
@@ -210,7 +241,7 @@ async def accept_channel(tcp: trio.SocketStream, *, ssl_context: ssl.SSLContext 
         except _BROKEN as exc:
             raise ConnectionFailed(f"TLS handshake with {remote} failed: {_ssl_reason(exc)}") from exc
     channel = Channel(stream, _connection(max_frame_bytes), remote=remote)
-    await channel.handshake(channel.connection.hello(**hello))
+    await channel.answer_handshake(channel.connection.hello(**hello), vet)
     return channel
 
 

@@ -144,7 +144,7 @@ async def _connect(args: argparse.Namespace) -> NodeClient:
             raise UsageError("say which TLS dir to use (--tls-dir or MIGRATE_NODE_TLS_DIR), "
                              "or --insecure for a loopback node")
     with trio.fail_after(30):
-        return await NodeClient.connect(address, tls=tls, name="migrate-node-cli")
+        return await NodeClient.connect(address, tls=tls)
 
 
 def client_command(run: Callable[[NodeClient, argparse.Namespace], Any]) -> Callable[[argparse.Namespace], int]:

@@ -13,10 +13,10 @@ def test_all_names_exist_and_nothing_public_is_left_out():
 
 def test_export_list_is_stable():
     assert sorted(nodes.__all__) == sorted([
-        "Address", "BadArguments", "CallInputs", "CheckpointFailed", "ConfigError", "Connection",
+        "ANY_ROLE", "Address", "BadArguments", "CallInputs", "CheckpointFailed", "ConfigError", "Connection",
         "ConnectionClosed", "ConnectionFailed", "DamagedState", "Done", "EPOCH_TICK_S", "ErrorCode",
-        "ErrorReply", "Handler", "Held", "Hello", "Host", "HostClosed", "HostError", "HostStats",
-        "InvalidModule", "Limits", "LocalProtocolError", "Message", "Node", "NodeClient", "NodeConfig",
+        "ErrorReply", "Forbidden", "Handler", "Held", "Hello", "Host", "HostClosed", "HostError", "HostStats",
+        "InvalidModule", "Limits", "LocalProtocolError", "Message", "NODE_ONLY", "Node", "NodeClient", "NodeConfig",
         "NodeError", "NodeShuttingDown", "NodeSummary", "PROTOCOL_VERSIONS", "PeerSummary", "Plugin",
         "RECEIVE_BYTES", "ReadMemory", "RemoteNodeError", "RemoteProtocolError", "ReplayDivergence",
         "ReplayUnsupported", "Reply", "Request", "RequestError", "ResourceLimitExceeded", "Session",
@@ -24,5 +24,5 @@ def test_export_list_is_stable():
         "UnsupportedImports", "WorkloadError", "WorkloadExists", "WorkloadExited", "WorkloadInfo",
         "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "client_context", "code_for", "configure_logging",
         "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "message", "parse_address", "register",
-        "resolve_config", "serve", "server_context", "unwrap_group",
+        "resolve_config", "role_table", "serve", "server_context", "unwrap_group",
     ])

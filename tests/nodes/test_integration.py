@@ -81,7 +81,7 @@ def split_frames(data: bytes) -> list[Message]:
 
 
 def hello_frame(versions=(1,)) -> bytes:
-    return frame(encode_message(Hello(versions=versions, name="mallory", role="app", max_frame_bytes=1 << 20)))
+    return frame(encode_message(Hello(versions=versions, name="app", role="app", max_frame_bytes=1 << 20)))
 
 
 MISBEHAVIOURS = {
@@ -322,7 +322,7 @@ async def test_a_client_that_stops_reading_cannot_make_the_node_buffer(node_proc
         # buffering the replies would take 20,000 x 128 KiB = 2.5 GiB.
         stream = await raw_tls(node.address, cluster_tls.app)
         conn = Connection()
-        await stream.send_all(conn.send(conn.hello(name="slow", role="app")))
+        await stream.send_all(conn.send(conn.hello(name="app", role="app")))
         conn.receive_data(await stream.receive_some(1 << 16))
         assert isinstance(conn.next_event(), Hello)
         sent = 0

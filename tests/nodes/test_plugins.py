@@ -12,6 +12,7 @@ import trio
 
 import workloads
 from nodes import (
+    ANY_ROLE,
     Address,
     ConfigError,
     ErrorCode,
@@ -42,7 +43,7 @@ class Total(Reply):
     total: int
 
 
-@message("test_tally_add", reply=Total)
+@message("test_tally_add", reply=Total, roles=ANY_ROLE)
 class Add(Request):
     workload: str
     amount: int

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodes import LocalProtocolError, RemoteProtocolError
+from nodes import ANY_ROLE, LocalProtocolError, RemoteProtocolError
 from nodes._messages import (
     Call,
     CallResult,
@@ -320,7 +320,7 @@ def test_registry_takes_new_messages_and_refuses_duplicates():
     class EchoReply(Reply):
         data: bytes
 
-    @message("test_echo", reply=EchoReply)
+    @message("test_echo", reply=EchoReply, roles=ANY_ROLE)
     class Echo(Request):
         data: bytes
 
@@ -332,9 +332,9 @@ def test_registry_takes_new_messages_and_refuses_duplicates():
     assert client.next_event() == EchoReply(id=1, data=b"hi")
 
     with pytest.raises(LocalProtocolError, match="already registered"):
-        register("test_echo", reply=EchoReply)(Echo)
+        register("test_echo", reply=EchoReply, roles=ANY_ROLE)(Echo)
     with pytest.raises(LocalProtocolError, match="name a reply class"):
-        register("test_echo_2")(Echo)
+        register("test_echo_2", roles=ANY_ROLE)(Echo)
 
 
 # --- property tests over every registered message ----------------------------------
