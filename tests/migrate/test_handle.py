@@ -1,5 +1,7 @@
 """Handles and pre-copy migration across real node processes, with TLS."""
 
+import functools
+
 import pytest
 import trio
 
@@ -13,6 +15,12 @@ def three_nodes(node_procs):
     edge = node_procs.start("edge-1", "edge")
     cloud = node_procs.start("cloud-1", "cloud", join=[edge])
     return node_procs, edge, cloud
+
+
+async def _hammer(done: trio.Event, results: list[int], h) -> None:
+    """Call ``incr`` through ``h`` until ``done``, keeping each result."""
+    while not done.is_set():
+        results.append(await h.call("incr", 1))
 
 
 async def test_workload_moves_local_edge_cloud_and_back_keeping_state(three_nodes, cluster_tls):
@@ -74,10 +82,7 @@ async def test_concurrent_callers_through_twenty_moves_exactly_once(three_nodes,
         callers = [mover] + [await cluster.attach(mover.workload) for _ in range(3)]
         results: list[int] = []
         moves_done = trio.Event()
-
-        async def hammer(h):
-            while not moves_done.is_set():
-                results.append(await h.call("incr", 1))
+        hammer = functools.partial(_hammer, moves_done, results)
 
         reports = []
         async with trio.open_nursery() as nursery:
@@ -101,3 +106,28 @@ async def test_an_exception_leaves_connect_as_itself(three_nodes, cluster_tls):
     with pytest.raises(KeyError, match="mine"):
         async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")):
             raise KeyError("mine")
+
+
+async def test_moves_under_queued_calls_with_one_call_worker(edge_and_cloud):
+    """With one call worker per node, calls queue on the moving workload while
+    its host steps (freeze, capture, thaw) run: nothing deadlocks, every call
+    runs exactly once."""
+    one = {"MIGRATE_NODE_CALL_WORKERS": "1"}
+    async with edge_and_cloud(edge_env=one, cloud_env=one) as (edge, cloud, cluster):
+        mover = await cluster.spawn(workloads.load("counter"), on="edge-1")
+        neighbour = await cluster.spawn(workloads.load("counter"), on="edge-1")
+        callers = [mover] + [await cluster.attach(mover.workload) for _ in range(5)]
+        results: list[int] = []
+        moves_done = trio.Event()
+        hammer = functools.partial(_hammer, moves_done, results)
+
+        async with trio.open_nursery() as nursery:
+            for h in callers:
+                nursery.start_soon(hammer, h)
+            for i, target in enumerate(["cloud-1", "edge-1"] * 3):
+                await trio.sleep(0.02)
+                await mover.migrate(target, strategy="precopy" if i % 2 else "stop-copy")
+                assert await neighbour.call("incr", 1) == i + 1
+            moves_done.set()
+        assert len(results) == len(set(results)) and sorted(results) == list(range(1, len(results) + 1))
+        assert await mover.call("get") == len(results)
