@@ -68,7 +68,8 @@ class Handle:
         """Call an export with numbers; return None, one value or a tuple.
 
         Raises the workload's errors (``nodes.WorkloadTrap``,
-        ``WorkloadTimeout``, ``UnknownExport``, ``BadArguments``...) and
+        ``DeadlineExceeded`` for a call past the node's per-call deadline,
+        ``UnknownExport``, ``BadArguments``...) and
         ``WorkloadUnavailable`` when no node can serve the call.
         """
         reply = await self._invoke(op="call", export=export, args=tuple(args))

@@ -27,6 +27,7 @@ from ._errors import (
 from ._groups import unwrap_group
 from ._host_errors import (
     BadArguments,
+    DeadlineExceeded,
     HostClosed,
     HostError,
     InvalidModule,
@@ -135,6 +136,7 @@ __all__ = [
     "WorkloadInfo",
     "WorkloadSummary",
     "WorkloadTimeout",
+    "DeadlineExceeded",
     "WorkloadTrap",
     "client_context",
     "code_for",

@@ -173,7 +173,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_dir", Path, "cert.pem, key.pem and ca.pem (default DATA_DIR/tls)"),
     Setting("insecure", _parse_bool, "no TLS; only on loopback, for development"),
     Setting("workload_memory_bytes", _parse_number(int), "linear memory cap per workload"),
-    Setting("call_timeout_s", _parse_number(float), "time one call may run"),
+    Setting("call_timeout_s", _parse_number(float), "per-call deadline: a call running longer is "
+                                                   "stopped with deadline_exceeded"),
     Setting("max_workloads", _parse_number(int), "workloads on this node"),
     Setting("max_workloads_per_app", _parse_number(int), "workloads per application"),
     Setting("call_workers", _parse_number(int), "threads running calls, shared fairly by workloads"),

@@ -271,14 +271,14 @@ class Host:
         """Call an exported function and return its result.
 
         Returns None, one value, or a tuple for several results.  Blocks
-        while another call into the same workload runs; calls into different
-        workloads run in parallel.  The call is interrupted after
-        ``Limits.call_timeout_s``; the workload stays usable after a trap.
+        while another call into the same workload runs.  The call is stopped
+        after ``Limits.call_timeout_s`` (``DeadlineExceeded``); after a trap or
+        a deadline the workload stays usable, its memory as the call left it.
         In replay mode (``Held.set_replay_mode``) every call takes ``inputs``, the
         ``CallInputs`` the leader recorded for it, and the guest's clock,
         random and poll requests are answered from them.
         Raises ``UnknownWorkload``, ``UnknownExport``, ``BadArguments``,
-        ``WorkloadTimeout``, ``WorkloadExited``, ``WorkloadTrap``,
+        ``DeadlineExceeded``, ``WorkloadExited``, ``WorkloadTrap``,
         ``ReplayDivergence`` (replay only; it takes precedence over the
         others) or ``HostClosed``.
         """

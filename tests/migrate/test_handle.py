@@ -8,6 +8,7 @@ import trio
 import migrate
 import nodes
 import workloads
+from migrate._messages import MCall
 
 
 @pytest.fixture
@@ -131,3 +132,29 @@ async def test_moves_under_queued_calls_with_one_call_worker(edge_and_cloud):
             moves_done.set()
         assert len(results) == len(set(results)) and sorted(results) == list(range(1, len(results) + 1))
         assert await mover.call("get") == len(results)
+
+
+async def test_a_runaway_call_is_answered_deadline_exceeded_once(edge_and_cloud, cluster_tls):
+    """A call past its deadline raises nodes.DeadlineExceeded through a handle;
+    the ledger records it, so a retry of the same call id gets the same answer
+    without running it again; the workload stays usable, its neighbour untouched."""
+    async with edge_and_cloud(edge_env={"MIGRATE_NODE_CALL_TIMEOUT_S": "0.3"}) as (edge, cloud, cluster):
+        h = await cluster.spawn(workloads.load("trap"), on="edge-1")
+        neighbour = await cluster.spawn(workloads.load("counter"), on="edge-1")
+        with pytest.raises(nodes.DeadlineExceeded) as stopped:
+            await h.call("spin", -1)
+        assert stopped.value.timeout_s == 0.3 and stopped.value.trap_code == "interrupt"
+        assert await h.call("spin", 10) == 10
+        async with await edge.client(cluster_tls.issue("app-1", "node")) as client:
+            answers = []
+            for _ in range(2):
+                with pytest.raises(nodes.DeadlineExceeded) as again:
+                    await client.request(MCall, workload=h.workload, op="call", caller="retrier", seq=1,
+                                         export="spin", args=(-1,))
+                answers.append(str(again.value))
+            status = await client.status()
+        assert answers[0] == answers[1]
+        assert status.counters["calls_replayed"] == 1
+        spun = next(w for w in status.workloads if w.workload_id == h.workload)
+        assert (spun.timeouts, spun.calls) == (2, 3)  # the retry did not run
+        assert await neighbour.call("incr", 1) == 1

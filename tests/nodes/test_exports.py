@@ -14,7 +14,7 @@ def test_all_names_exist_and_nothing_public_is_left_out():
 def test_export_list_is_stable():
     assert sorted(nodes.__all__) == sorted([
         "ANY_ROLE", "Address", "BadArguments", "CallInputs", "CheckpointFailed", "ConfigError", "Connection",
-        "ConnectionClosed", "ConnectionFailed", "DamagedState", "Done", "EPOCH_TICK_S", "ErrorCode",
+        "ConnectionClosed", "ConnectionFailed", "DamagedState", "DeadlineExceeded", "Done", "EPOCH_TICK_S", "ErrorCode",
         "ErrorReply", "Forbidden", "Handler", "Held", "Hello", "Host", "HostClosed", "HostError", "HostStats",
         "InvalidModule", "Limits", "LocalProtocolError", "Message", "NODE_ONLY", "Node", "NodeClient", "NodeConfig",
         "NodeError", "NodeShuttingDown", "NodeSummary", "PROTOCOL_VERSIONS", "PeerSummary", "Plugin",
