@@ -44,6 +44,7 @@ from ._host_errors import (
     WorkloadTimeout,
     WorkloadTrap,
 )
+from ._call_args import check_call_args
 from ._engine import EPOCH_TICK_S
 from ._hold import Held
 from ._hosting import Host, HostStats, WorkloadInfo
@@ -139,6 +140,7 @@ __all__ = [
     "DeadlineExceeded",
     "WorkloadTrap",
     "client_context",
+    "check_call_args",
     "code_for",
     "configure_logging",
     "crash_point",

@@ -22,7 +22,7 @@ def test_export_list_is_stable():
         "ReplayUnsupported", "Reply", "Request", "RequestError", "ResourceLimitExceeded", "Session",
         "SnapshotFailed", "State", "StatusReport", "UnknownExport", "UnknownModule", "UnknownWorkload",
         "UnsupportedImports", "WorkloadError", "WorkloadExists", "WorkloadExited", "WorkloadInfo",
-        "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "client_context", "code_for", "configure_logging",
-        "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "message", "parse_address", "register",
+        "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "check_call_args", "client_context", "code_for",
+        "configure_logging", "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "message", "parse_address", "register",
         "resolve_config", "role_table", "serve", "server_context", "unwrap_group",
     ])
