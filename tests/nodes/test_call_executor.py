@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
+import trio.testing
 from test_hosting import WASI_PROBE
 from test_integration import wait_for
 
@@ -51,3 +53,40 @@ async def test_a_neighbour_is_served_while_one_workload_has_many_long_calls(node
 
 async def _record(answered, call, workload):
     answered.append((workload, await call))
+
+
+async def test_a_call_cancelled_while_queued_leaves_the_queue_and_the_next_one_runs():
+    """In process, with real worker threads: cancelling a waiting call frees its place; order is kept."""
+    import threading
+
+    from nodes._call_executor import CallExecutor
+
+    executor = CallExecutor(1)
+    release = threading.Event()
+    ran: list[str] = []
+
+    def blocking(name):
+        release.wait()
+        ran.append(name)
+
+    def quick(name):
+        ran.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(executor.run, "a", blocking, "a1")
+        await trio.testing.wait_all_tasks_blocked()
+        waiting = await nursery.start(_queued, executor)
+        await trio.testing.wait_all_tasks_blocked()
+        waiting.cancel()  # while it waits in "c"'s queue for the one worker
+        nursery.start_soon(executor.run, "b", quick, "b1")
+        nursery.start_soon(executor.run, "a", quick, "a2")
+        await trio.testing.wait_all_tasks_blocked()
+        assert executor.busy() == 1 and ran == []
+        release.set()
+    assert ran == ["a1", "b1", "a2"] and executor.busy() == 0
+
+
+async def _queued(executor, task_status=trio.TASK_STATUS_IGNORED):
+    with trio.CancelScope() as scope:
+        task_status.started(scope)
+        await executor.run("c", lambda: pytest.fail("a cancelled call ran"))
