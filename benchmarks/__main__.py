@@ -24,6 +24,7 @@ SUITE = [
     ("benchmarks.bench_dirty", "dirty", []),
     ("benchmarks.bench_hosting", "hosting", ["results"]),
     ("benchmarks.bench_node", "node", ["latency"]),
+    ("benchmarks.bench_fairness", "fairness", ["phases", "long_call_s"]),
     ("benchmarks.bench_migrate", "migrate", ["results"]),
     ("benchmarks.bench_protect", "protect", ["results"]),
     ("benchmarks.suite.__main__", "suite", ["results", "strategies"]),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from nodes import ConnectionFailed, ErrorCode, NodeShuttingDown, RemoteNodeError
+from nodes import ConnectionFailed, ErrorCode, NodeShuttingDown, RemoteNodeError, check_call_args
 
 from ._codes import MigrationCode
 from ._errors import MigrationFailed, WorkloadUnavailable
@@ -67,11 +67,14 @@ class Handle:
     async def call(self, export: str, *args: int | float) -> None | int | float | tuple:
         """Call an export with numbers; return None, one value or a tuple.
 
-        Raises the workload's errors (``nodes.WorkloadTrap``,
-        ``WorkloadTimeout``, ``UnknownExport``, ``BadArguments``...) and
+        Raises ``TypeError`` or ``nodes.BadArguments`` (a ``ValueError``)
+        before sending for arguments no export could take
+        (``nodes.check_call_args``), the workload's errors (``nodes.WorkloadTrap``,
+        ``DeadlineExceeded`` for a call past the node's per-call deadline,
+        ``UnknownExport``, ``BadArguments``...) and
         ``WorkloadUnavailable`` when no node can serve the call.
         """
-        reply = await self._invoke(op="call", export=export, args=tuple(args))
+        reply = await self._invoke(op="call", export=export, args=check_call_args(args))
         values = reply.values
         return None if not values else values[0] if len(values) == 1 else tuple(values)
 

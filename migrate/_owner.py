@@ -145,7 +145,7 @@ async def _run(node, req: MCall, owned: Owned, inputs=None) -> Outcome:
     trip as the call.
     """
     mutating = req.op in ("call", "write")
-    ran = await node.run_host(_operate, node.host, req, inputs, owned.record and inputs is None)
+    ran = await node.run_call(req.workload, _operate, node.host, req, inputs, owned.record and inputs is None)
     exc = ran.error
     if exc is not None:
         reply = error_reply(0, exc)

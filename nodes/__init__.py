@@ -27,6 +27,7 @@ from ._errors import (
 from ._groups import unwrap_group
 from ._host_errors import (
     BadArguments,
+    DeadlineExceeded,
     HostClosed,
     HostError,
     InvalidModule,
@@ -43,6 +44,7 @@ from ._host_errors import (
     WorkloadTimeout,
     WorkloadTrap,
 )
+from ._call_args import check_call_args
 from ._engine import EPOCH_TICK_S
 from ._hold import Held
 from ._hosting import Host, HostStats, WorkloadInfo
@@ -135,8 +137,10 @@ __all__ = [
     "WorkloadInfo",
     "WorkloadSummary",
     "WorkloadTimeout",
+    "DeadlineExceeded",
     "WorkloadTrap",
     "client_context",
+    "check_call_args",
     "code_for",
     "configure_logging",
     "crash_point",

@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from ._call_args import check_call_args
 from ._config import Address, parse_address
 from ._error_codes import exception_for
 from ._errors import ConfigError, ConnectionFailed, NodeShuttingDown, RemoteProtocolError
@@ -316,7 +317,13 @@ class NodeClient:
         return reply.workload
 
     async def call(self, workload: str, export: str, *args: int | float) -> None | int | float | tuple:
-        """Call an export; return None, one value, or a tuple of values (as the host does)."""
+        """Call an export; return None, one value, or a tuple of values (as the host does).
+
+        Raises ``TypeError`` or ``BadArguments`` (a ``ValueError``) before
+        sending for arguments no export could take (``nodes._call_args``),
+        and the node's errors: ``BadArguments`` for ones this export cannot.
+        """
+        args = check_call_args(args)
         values = (await self.request(Call, workload=workload, export=export, args=args)).values
         if not values:
             return None

@@ -69,6 +69,11 @@ def _parse_number(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+#: Worker threads for calls: two per core (a guest sleeping in WASI holds
+#: one), at least 4.
+DEFAULT_CALL_WORKERS = max(4, 2 * (os.cpu_count() or 1))
+
+
 def _default_data_dir(name: str) -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "migrate-node" / name
@@ -90,6 +95,7 @@ class NodeConfig:
     call_timeout_s: float = Limits.call_timeout_s
     max_workloads: int = Limits.max_workloads
     max_workloads_per_app: int = Limits.max_workloads_per_app
+    call_workers: int = DEFAULT_CALL_WORKERS  # threads running calls, shared fairly by workloads
     # connections
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_in_flight: int = 16          # requests handled at once per connection
@@ -104,7 +110,7 @@ class NodeConfig:
         if self.role not in NODE_ROLES:
             raise ConfigError(f"role must be one of {', '.join(NODE_ROLES)}, got {self.role!r}")
         for field in ("workload_memory_bytes", "call_timeout_s", "max_workloads",
-                      "max_workloads_per_app", "max_frame_bytes", "max_in_flight",
+                      "max_workloads_per_app", "call_workers", "max_frame_bytes", "max_in_flight",
                       "peer_refresh_s", "shutdown_grace_s"):
             if not getattr(self, field) > 0:
                 raise ConfigError(f"{field} must be positive, got {getattr(self, field)!r}")
@@ -167,9 +173,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_dir", Path, "cert.pem, key.pem and ca.pem (default DATA_DIR/tls)"),
     Setting("insecure", _parse_bool, "no TLS; only on loopback, for development"),
     Setting("workload_memory_bytes", _parse_number(int), "linear memory cap per workload"),
-    Setting("call_timeout_s", _parse_number(float), "time one call may run"),
+    Setting("call_timeout_s", _parse_number(float), "per-call deadline: a call running longer is "
+                                                   "stopped with deadline_exceeded"),
     Setting("max_workloads", _parse_number(int), "workloads on this node"),
     Setting("max_workloads_per_app", _parse_number(int), "workloads per application"),
+    Setting("call_workers", _parse_number(int), "threads running calls, shared fairly by workloads"),
     Setting("max_frame_bytes", _parse_number(int), "largest frame accepted"),
     Setting("max_in_flight", _parse_number(int), "requests handled at once per connection"),
     Setting("peer_refresh_s", _parse_number(float), "how often peers are pinged"),

@@ -127,7 +127,8 @@ async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: tri
             for address in config.join:
                 node.learn_peer(address)
             logger.info("listening", extra={"address": str(bound), "role": config.role,
-                                            "tls": not config.insecure, "data_dir": str(config.data_path)})
+                                            "tls": not config.insecure, "data_dir": str(config.data_path),
+                                            "call_workers": config.call_workers})
             task_status.started(bound)
             await (stop.wait() if stop is not None else trio.sleep_forever())
             accepting.cancel()

@@ -33,6 +33,7 @@ _CLASS_FOR_CODE: dict[ErrorCode, type[Exception]] = {
     ErrorCode.WORKLOAD_ERROR: he.WorkloadError,
     ErrorCode.WORKLOAD_TRAP: he.WorkloadTrap,
     ErrorCode.WORKLOAD_TIMEOUT: he.WorkloadTimeout,
+    ErrorCode.DEADLINE_EXCEEDED: he.DeadlineExceeded,
     ErrorCode.WORKLOAD_EXITED: he.WorkloadExited,
     ErrorCode.SNAPSHOT_FAILED: he.SnapshotFailed,
     ErrorCode.REPLAY_DIVERGED: ReplayDivergence,

@@ -3,7 +3,8 @@
 ``HANDLERS`` maps each request class to ``handler(node, session, request)
 -> Reply``; ``serve`` joins it with the handlers of the plugins it is given
 (``nodes._plugin``).  Blocking Host methods run in worker threads
-(``node.run_host``); a HostError they raise is answered by the daemon.
+(``node.run_host``; calls and memory access through ``node.run_call``, the
+fair executor); a HostError they raise is answered by the daemon.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ async def _deploy(node: Node, session: Session, req: Deploy) -> Reply:
 
 
 async def _call(node: Node, session: Session, req: Call) -> Reply:
-    result = await node.run_host(node.host.call, req.workload, req.export, req.args)
+    result = await node.run_call(req.workload, node.host.call, req.workload, req.export, req.args)
     values = () if result is None else result if isinstance(result, tuple) else (result,)
     return CallResult(id=req.id, values=values)
 
@@ -85,12 +86,12 @@ async def _read_memory(node: Node, session: Session, req: ReadMemory) -> Reply:
     most = session.channel.connection.peer_max_frame_bytes - _REPLY_OVERHEAD_BYTES
     if req.length > most:
         raise he.BadArguments(f"read at most {most} bytes per request, not {req.length}")
-    data = await node.run_host(node.host.read_memory, req.workload, req.offset, req.length)
+    data = await node.run_call(req.workload, node.host.read_memory, req.workload, req.offset, req.length)
     return MemoryData(id=req.id, data=data)
 
 
 async def _write_memory(node: Node, session: Session, req: WriteMemory) -> Reply:
-    await node.run_host(node.host.write_memory, req.workload, req.offset, req.data)
+    await node.run_call(req.workload, node.host.write_memory, req.workload, req.offset, req.data)
     return Done(id=req.id)
 
 

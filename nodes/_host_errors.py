@@ -14,7 +14,13 @@ split by whose fault they are:
   the ``snapshot.SnapshotError`` (or wasmtime error) behind it.
 
 Map the most specific class first: ``WorkloadTimeout`` and
-``WorkloadExited`` are ``WorkloadTrap`` subclasses.
+``WorkloadExited`` are ``WorkloadTrap`` subclasses, and ``DeadlineExceeded``
+(what a guest that runs past its deadline raises) is a ``WorkloadTimeout``.
+
+A trap or a deadline ends one call of one workload: its Store stays usable
+and keeps its memory and globals as the guest left them at the trap (wasm
+semantics: nothing is rolled back); the next call runs on that state.
+Other workloads have their own Stores and are unaffected.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ __all__ = [
     "WorkloadError",
     "WorkloadTrap",
     "WorkloadTimeout",
+    "DeadlineExceeded",
     "WorkloadExited",
     "SnapshotFailed",
 ]
@@ -67,8 +74,11 @@ class UnknownExport(RequestError):
     """The workload has no callable export of this name."""
 
 
-class BadArguments(RequestError):
-    """Arguments do not fit: wrong count or type, out of range, malformed id."""
+class BadArguments(RequestError, ValueError):
+    """Arguments do not fit: wrong count or type, out of range, malformed id.
+
+    Also a ``ValueError``, so callers that check Python values catch it.
+    """
 
 
 class WorkloadExists(RequestError):
@@ -136,6 +146,13 @@ class WorkloadTimeout(WorkloadTrap):
     def __init__(self, workload_id: str, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         super().__init__(workload_id, f"exceeded its {timeout_s} s time budget", trap_code="interrupt")
+
+
+class DeadlineExceeded(WorkloadTimeout):
+    """The guest ran past its per-call deadline (``Limits.call_timeout_s``) and was stopped.
+
+    The call counts as answered with this error; the workload stays usable.
+    """
 
 
 class WorkloadExited(WorkloadTrap):

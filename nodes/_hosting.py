@@ -8,9 +8,9 @@ on demand), on one engine whose epoch a ticker thread advances
 (``nodes._engine``).  Its methods deploy, restore, remove, call, read and
 write memory, read output and checkpoint; ``hold`` gives the operations
 only a migration needs (``nodes._hold``).  Every method blocks; the daemon
-calls them through ``trio.to_thread.run_sync``.  Calls into one workload
-are serialised by its lock (a Store is used by one thread at a time); other
-workloads run in parallel: wasmtime-py's ctypes calls release the GIL.
+runs them in worker threads.  Calls into one workload are serialised by its
+lock (a Store is used by one thread at a time); other workloads run in
+parallel: wasmtime-py's ctypes calls release the GIL.
 
 Layout of ``data_dir``::
 
@@ -36,12 +36,13 @@ import wasmtime
 import snapshot
 
 from . import _checkpoint_format as checkpoint_format
+from ._call_args import convert_args
 from ._checkpoint_format import BulkReport
 from ._engine import EPOCH_TICK_S, EpochTicker, open_engine
 from ._hold import Held
 from ._host_errors import BadArguments, UnknownExport
 from ._limits import Limits
-from ._modules import MODULES_DIR, ModuleCache, convert_args
+from ._modules import MODULES_DIR, ModuleCache
 from ._registry import Registry
 from ._replay import CallInputs
 from ._wasi_inputs import make_linker
@@ -270,17 +271,16 @@ class Host:
              inputs: CallInputs | None = None) -> None | int | float | tuple:
         """Call an exported function and return its result.
 
-        Returns None, one value, or a tuple for several results.  Blocks
-        while another call into the same workload runs; calls into different
-        workloads run in parallel.  The call is interrupted after
-        ``Limits.call_timeout_s``; the workload stays usable after a trap.
+        Returns None, one value, or a tuple for several results (arguments:
+        ``nodes._call_args``).  Blocks while another call into the workload
+        runs.  Stopped after ``Limits.call_timeout_s`` (``DeadlineExceeded``);
+        after a trap or a deadline the workload stays usable, as the call left it.
         In replay mode (``Held.set_replay_mode``) every call takes ``inputs``, the
         ``CallInputs`` the leader recorded for it, and the guest's clock,
         random and poll requests are answered from them.
         Raises ``UnknownWorkload``, ``UnknownExport``, ``BadArguments``,
-        ``WorkloadTimeout``, ``WorkloadExited``, ``WorkloadTrap``,
-        ``ReplayDivergence`` (replay only; it takes precedence over the
-        others) or ``HostClosed``.
+        ``DeadlineExceeded``, ``WorkloadExited``, ``WorkloadTrap``,
+        ``ReplayDivergence`` (replay only; it takes precedence) or ``HostClosed``.
         """
         w = self._get(workload_id)
         signature = w.module.signatures.get(export) if isinstance(export, str) else None

@@ -24,8 +24,9 @@ class Limits:
     #: A guest ``memory.grow`` past it returns -1 (a host ``Memory.grow`` raises).
     memory_bytes: int = 256 * 2**20
     #: Time one call (and first boot, and a checkpoint) may run before it is
-    #: interrupted by the epoch deadline.
-    call_timeout_s: float = 5.0
+    #: stopped by the epoch deadline (``DeadlineExceeded``, wire code
+    #: ``deadline_exceeded``).
+    call_timeout_s: float = 30.0
     #: Workloads on one host.
     max_workloads: int = 1000
     #: Workloads one application may have on one host.

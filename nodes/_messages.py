@@ -69,6 +69,7 @@ class ErrorCode(enum.StrEnum):
     WORKLOAD_ERROR = "workload_error"
     WORKLOAD_TRAP = "workload_trap"
     WORKLOAD_TIMEOUT = "workload_timeout"
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # a call ran past its deadline and was stopped
     WORKLOAD_EXITED = "workload_exited"
     SNAPSHOT_FAILED = "snapshot_failed"
     REPLAY_DIVERGED = "replay_diverged"

@@ -16,7 +16,7 @@ node operator only.  One lock per sha256 keeps two threads from compiling
 the same module at once.
 
 Also here: what a module's callable exports take and return
-(``Signature``), and the conversion of call arguments to it.
+(``Signature``); ``nodes._call_args`` checks call arguments against it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +50,6 @@ _RESERVED_PREFIX = "__wm_"
 _RESERVED_EXPORTS = frozenset({"_initialize"})
 #: ``snapshot.prepare`` exports memory index 0 under this name.
 _MEMORY0_EXPORT = "__wm_memory_0"
-_INT_RANGES = {"i32": 32, "i64": 64}
-_FLOAT_TYPES = frozenset({"f32", "f64"})
 
 
 def module_file(data_dir: Path, sha256: str) -> Path:
@@ -217,33 +215,3 @@ class ModuleCache:
         write_atomically(self._cwasm_path(sha256), module.serialize())
         logger.info("compiled module", extra={"module_sha256": sha256})
         return CachedModule.build(sha256, module, pre)
-
-
-def convert_args(export: str, signature: Signature, args: Sequence[int | float]) -> list[int | float]:
-    """Check call arguments against the export's signature and convert them.
-
-    Integers may be given signed or unsigned; they are passed signed.
-    Raises ``BadArguments``.
-    """
-    unsupported = [t for t in signature.params + signature.results
-                   if t not in _INT_RANGES and t not in _FLOAT_TYPES]
-    if unsupported:
-        raise BadArguments(f"export {export!r} uses {', '.join(unsupported)}, which calls cannot carry")
-    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
-        raise BadArguments("args must be a sequence of numbers")
-    if len(args) != len(signature.params):
-        raise BadArguments(f"export {export!r} takes {len(signature.params)} arguments, got {len(args)}")
-    converted: list[int | float] = []
-    for i, (ty, value) in enumerate(zip(signature.params, args)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BadArguments(f"argument {i} of {export!r} must be a number, got {type(value).__name__}")
-        if ty in _FLOAT_TYPES:
-            converted.append(float(value))
-            continue
-        if not isinstance(value, int):
-            raise BadArguments(f"argument {i} of {export!r} is {ty}, got a float")
-        bits = _INT_RANGES[ty]
-        if not -(1 << (bits - 1)) <= value < (1 << bits):
-            raise BadArguments(f"argument {i} of {export!r} does not fit in {ty}: {value}")
-        converted.append(value - (1 << bits) if value >= (1 << (bits - 1)) else value)
-    return converted

@@ -2,8 +2,10 @@
 
 ``Node`` answers every accepted connection: it finishes TLS and the Hello
 exchange, then reads requests and answers each one in its own task.
-Workload operations run in worker threads (``trio.to_thread``); the Host
-serialises calls into one workload and runs different workloads in
+Workload operations run in worker threads: calls and memory reads and
+writes on the node's fair, bounded executor (``run_call``,
+``nodes._call_executor``), the rest on trio's threads (``run_host``).  The
+Host serialises calls into one workload and runs different workloads in
 parallel.
 
 Each connection handles at most ``max_in_flight`` requests at once; the
@@ -39,6 +41,7 @@ import trio
 from . import _checkpoints as checkpoints
 from . import _host_errors as he
 from ._authorization import hello_refusal, refusal
+from ._call_executor import CallExecutor
 from ._checkpoint_format import BulkReport
 from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
@@ -104,6 +107,7 @@ class Node:
                 self._dial_name = identity.name
         self._in_flight = 0
         self._idle = trio.Event()
+        self.calls = CallExecutor(config.call_workers)
         self._states = {p.name: p.state(self) for p in self.plugins if p.state is not None}
 
     def serving(self, address: Address, nursery: trio.Nursery) -> None:
@@ -294,6 +298,10 @@ class Node:
     async def run_host(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking Host method in a worker thread."""
         return await trio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
+
+    async def run_call(self, workload: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking use of ``workload``'s guest (a call, a memory read or write) on the fair executor."""
+        return await self.calls.run(workload, func, *args, **kwargs)
 
     # --- shutdown -------------------------------------------------------
 

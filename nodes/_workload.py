@@ -32,6 +32,7 @@ import snapshot
 from ._engine import EPOCH_TICK_S
 from ._host_errors import (
     BadArguments,
+    DeadlineExceeded,
     ResourceLimitExceeded,
     SnapshotFailed,
     UnknownWorkload,
@@ -95,13 +96,13 @@ class GuestTime:
     def error(self, workload_id: str, exc: Exception, budget: CallBudget) -> WorkloadError:
         """Translate a wasmtime trap or error raised by guest code."""
         if budget.exhausted:
-            return WorkloadTimeout(workload_id, self.timeout_s)
+            return DeadlineExceeded(workload_id, self.timeout_s)
         if isinstance(exc, wasmtime.ExitTrap):
             return WorkloadExited(workload_id, exc.code)
         if isinstance(exc, wasmtime.Trap):
             code = exc.trap_code
             if code is wasmtime.TrapCode.INTERRUPT:
-                return WorkloadTimeout(workload_id, self.timeout_s)
+                return DeadlineExceeded(workload_id, self.timeout_s)
             return WorkloadTrap(workload_id, _last_line(exc.message), trap_code=code.name.lower() if code else None)
         return WorkloadTrap(workload_id, _last_line(str(exc)))
 

@@ -1,11 +1,14 @@
 """Handles and pre-copy migration across real node processes, with TLS."""
 
+import functools
+
 import pytest
 import trio
 
 import migrate
 import nodes
 import workloads
+from migrate._messages import MCall
 
 
 @pytest.fixture
@@ -13,6 +16,12 @@ def three_nodes(node_procs):
     edge = node_procs.start("edge-1", "edge")
     cloud = node_procs.start("cloud-1", "cloud", join=[edge])
     return node_procs, edge, cloud
+
+
+async def _hammer(done: trio.Event, results: list[int], h) -> None:
+    """Call ``incr`` through ``h`` until ``done``, keeping each result."""
+    while not done.is_set():
+        results.append(await h.call("incr", 1))
 
 
 async def test_workload_moves_local_edge_cloud_and_back_keeping_state(three_nodes, cluster_tls):
@@ -74,10 +83,7 @@ async def test_concurrent_callers_through_twenty_moves_exactly_once(three_nodes,
         callers = [mover] + [await cluster.attach(mover.workload) for _ in range(3)]
         results: list[int] = []
         moves_done = trio.Event()
-
-        async def hammer(h):
-            while not moves_done.is_set():
-                results.append(await h.call("incr", 1))
+        hammer = functools.partial(_hammer, moves_done, results)
 
         reports = []
         async with trio.open_nursery() as nursery:
@@ -101,3 +107,54 @@ async def test_an_exception_leaves_connect_as_itself(three_nodes, cluster_tls):
     with pytest.raises(KeyError, match="mine"):
         async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")):
             raise KeyError("mine")
+
+
+async def test_moves_under_queued_calls_with_one_call_worker(edge_and_cloud):
+    """With one call worker per node, calls queue on the moving workload while
+    its host steps (freeze, capture, thaw) run: nothing deadlocks, every call
+    runs exactly once."""
+    one = {"MIGRATE_NODE_CALL_WORKERS": "1"}
+    async with edge_and_cloud(edge_env=one, cloud_env=one) as (edge, cloud, cluster):
+        mover = await cluster.spawn(workloads.load("counter"), on="edge-1")
+        neighbour = await cluster.spawn(workloads.load("counter"), on="edge-1")
+        callers = [mover] + [await cluster.attach(mover.workload) for _ in range(5)]
+        results: list[int] = []
+        moves_done = trio.Event()
+        hammer = functools.partial(_hammer, moves_done, results)
+
+        async with trio.open_nursery() as nursery:
+            for h in callers:
+                nursery.start_soon(hammer, h)
+            for i, target in enumerate(["cloud-1", "edge-1"] * 3):
+                await trio.sleep(0.02)
+                await mover.migrate(target, strategy="precopy" if i % 2 else "stop-copy")
+                assert await neighbour.call("incr", 1) == i + 1
+            moves_done.set()
+        assert len(results) == len(set(results)) and sorted(results) == list(range(1, len(results) + 1))
+        assert await mover.call("get") == len(results)
+
+
+async def test_a_runaway_call_is_answered_deadline_exceeded_once(edge_and_cloud, cluster_tls):
+    """A call past its deadline raises nodes.DeadlineExceeded through a handle;
+    the ledger records it, so a retry of the same call id gets the same answer
+    without running it again; the workload stays usable, its neighbour untouched."""
+    async with edge_and_cloud(edge_env={"MIGRATE_NODE_CALL_TIMEOUT_S": "0.3"}) as (edge, cloud, cluster):
+        h = await cluster.spawn(workloads.load("trap"), on="edge-1")
+        neighbour = await cluster.spawn(workloads.load("counter"), on="edge-1")
+        with pytest.raises(nodes.DeadlineExceeded) as stopped:
+            await h.call("spin", -1)
+        assert stopped.value.timeout_s == 0.3 and stopped.value.trap_code == "interrupt"
+        assert await h.call("spin", 10) == 10
+        async with await edge.client(cluster_tls.issue("app-1", "node")) as client:
+            answers = []
+            for _ in range(2):
+                with pytest.raises(nodes.DeadlineExceeded) as again:
+                    await client.request(MCall, workload=h.workload, op="call", caller="retrier", seq=1,
+                                         export="spin", args=(-1,))
+                answers.append(str(again.value))
+            status = await client.status()
+        assert answers[0] == answers[1]
+        assert status.counters["calls_replayed"] == 1
+        spun = next(w for w in status.workloads if w.workload_id == h.workload)
+        assert (spun.timeouts, spun.calls) == (2, 3)  # the retry did not run
+        assert await neighbour.call("incr", 1) == 1

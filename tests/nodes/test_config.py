@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ def test_defaults():
     assert config == NodeConfig(name="n1")
     assert config.role == "edge" and config.listen == Address("127.0.0.1", 7400)
     assert config.tls_path == config.data_path / "tls"
-    assert config.limits().call_timeout_s == config.call_timeout_s
+    assert config.limits().call_timeout_s == config.call_timeout_s == 30.0
+    assert config.call_workers == max(4, 2 * (os.cpu_count() or 1))
 
 
 def test_flags_beat_environment_beat_file_beat_defaults(tmp_path):
@@ -85,6 +87,8 @@ def test_bad_config_files_are_refused_with_the_reason(tmp_path, text, message):
     ({"MIGRATE_NODE_NAME": "n", "MIGRATE_NODE_INSECURE": "perhaps"}, "not a boolean"),
     ({"MIGRATE_NODE_NAME": "n", "MIGRATE_NODE_ROLE": "mainframe"}, "role must be one of"),
     ({"MIGRATE_NODE_NAME": "n", "MIGRATE_NODE_CALL_TIMEOUT_S": "-1"}, "must be positive"),
+    ({"MIGRATE_NODE_NAME": "n", "MIGRATE_NODE_CALL_WORKERS": "0"}, "must be positive"),
+    ({"MIGRATE_NODE_NAME": "n", "MIGRATE_NODE_CALL_WORKERS": "2.5"}, "not an integer"),
     ({"MIGRATE_NODE_NAME": "a b"}, "node name"),
     ({}, "needs a name"),
 ])

@@ -14,7 +14,7 @@ def test_all_names_exist_and_nothing_public_is_left_out():
 def test_export_list_is_stable():
     assert sorted(nodes.__all__) == sorted([
         "ANY_ROLE", "Address", "BadArguments", "CallInputs", "CheckpointFailed", "ConfigError", "Connection",
-        "ConnectionClosed", "ConnectionFailed", "DamagedState", "Done", "EPOCH_TICK_S", "ErrorCode",
+        "ConnectionClosed", "ConnectionFailed", "DamagedState", "DeadlineExceeded", "Done", "EPOCH_TICK_S", "ErrorCode",
         "ErrorReply", "Forbidden", "Handler", "Held", "Hello", "Host", "HostClosed", "HostError", "HostStats",
         "InvalidModule", "Limits", "LocalProtocolError", "Message", "NODE_ONLY", "Node", "NodeClient", "NodeConfig",
         "NodeError", "NodeShuttingDown", "NodeSummary", "PROTOCOL_VERSIONS", "PeerSummary", "Plugin",
@@ -22,7 +22,7 @@ def test_export_list_is_stable():
         "ReplayUnsupported", "Reply", "Request", "RequestError", "ResourceLimitExceeded", "Session",
         "SnapshotFailed", "State", "StatusReport", "UnknownExport", "UnknownModule", "UnknownWorkload",
         "UnsupportedImports", "WorkloadError", "WorkloadExists", "WorkloadExited", "WorkloadInfo",
-        "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "client_context", "code_for", "configure_logging",
-        "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "message", "parse_address", "register",
+        "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "check_call_args", "client_context", "code_for",
+        "configure_logging", "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "message", "parse_address", "register",
         "resolve_config", "role_table", "serve", "server_context", "unwrap_group",
     ])

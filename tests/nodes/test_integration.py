@@ -14,6 +14,7 @@ import workloads
 from nodes import (
     BadArguments,
     ConnectionFailed,
+    DeadlineExceeded,
     ErrorCode,
     UnknownExport,
     UnknownWorkload,
@@ -237,7 +238,7 @@ async def test_bad_workloads_leave_their_neighbours_untouched(node_procs, cluste
         async def spin_forever() -> None:
             try:
                 await client.call("bad", "spin", -1)
-            except WorkloadTimeout as exc:
+            except DeadlineExceeded as exc:
                 runaway["error"] = exc
 
         async def bad_is_busy():
@@ -248,7 +249,8 @@ async def test_bad_workloads_leave_their_neighbours_untouched(node_procs, cluste
             await wait_for(bad_is_busy, what="the runaway call to start")
             assert [await client.call("neighbour", "incr", 1) for _ in range(5)] == [101, 102, 103, 104, 105]
             assert "error" not in runaway  # the neighbour was served while the runaway ran
-        assert isinstance(runaway["error"], WorkloadTimeout)
+        assert isinstance(runaway["error"], WorkloadTimeout)  # DeadlineExceeded is one
+        assert runaway["error"].timeout_s == 2.0 and runaway["error"].workload_id == "bad"
 
         assert await client.call("bad", "spin", 10) == 10  # the bad workload itself recovers
         assert await client.call("bad", "hog_mb") == 4

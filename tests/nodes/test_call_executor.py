@@ -1,0 +1,92 @@
+"""The fair call executor against a real node: a neighbour's call is not queued behind a busy workload's calls."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from test_hosting import WASI_PROBE
+from test_integration import wait_for
+
+# WASI_PROBE's "sleep" sleeps in WASI (poll_oneoff on a relative clock) for `ns` nanoseconds;
+# its "arg_count" returns 1 at once (argv is the workload id).
+LONG_CALLS = 50  # more than trio's 40 default worker threads
+NAP_NS = 500_000_000
+
+
+async def test_a_neighbour_is_served_while_one_workload_has_many_long_calls(node_procs, cluster_tls):
+    node = node_procs.start("edge-1", "edge", env={"MIGRATE_NODE_CALL_WORKERS": "2",
+                                                   "MIGRATE_NODE_MAX_IN_FLIGHT": "64"})
+    async with await node.client(cluster_tls.app) as client, await node.client(cluster_tls.app) as other:
+        await client.deploy(WASI_PROBE, workload_id="busy")
+        await client.deploy(WASI_PROBE, workload_id="b")
+        await client.deploy(WASI_PROBE, workload_id="c")
+
+        async def calls_of(workload):
+            return next(w.calls for w in await client.workloads() if w.workload_id == workload)
+
+        async def napping():
+            return any(w.state == "busy" for w in await client.workloads() if w.workload_id == "busy")
+
+        answered = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(LONG_CALLS):
+                nursery.start_soon(other.call, "busy", "sleep", NAP_NS)
+            await wait_for(napping, what="the long calls to start")
+            for _ in range(3):
+                before = await calls_of("busy")
+                # b and c at once: with two workers, "busy" holds one and b, c share the other in turn
+                async with trio.open_nursery() as short:
+                    for workload in ("b", "c"):
+                        short.start_soon(lambda w: _record(answered, client.call(w, "arg_count"), w), workload)
+                # Each short call started at once or after the other's (a no-op): never behind "busy"'s
+                # queue.  Each long call takes NAP_NS, so at most one of them can have ended since.
+                assert await calls_of("busy") - before <= 1
+            nursery.cancel_scope.cancel()
+        assert sorted(answered) == [("b", 1)] * 3 + [("c", 1)] * 3
+        status = await client.status()
+    assert status.counters.get("internal_errors", 0) == 0
+    assert node.proc.poll() is None
+    workers = [line["call_workers"] for line in node.log_lines() if line.get("msg") == "listening"]
+    assert workers == [2]
+
+
+async def _record(answered, call, workload):
+    answered.append((workload, await call))
+
+
+async def test_a_call_cancelled_while_queued_leaves_the_queue_and_the_next_one_runs():
+    """In process, with real worker threads: cancelling a waiting call frees its place; order is kept."""
+    import threading
+
+    from nodes._call_executor import CallExecutor
+
+    executor = CallExecutor(1)
+    release = threading.Event()
+    ran: list[str] = []
+
+    def blocking(name):
+        release.wait()
+        ran.append(name)
+
+    def quick(name):
+        ran.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(executor.run, "a", blocking, "a1")
+        await trio.testing.wait_all_tasks_blocked()
+        waiting = await nursery.start(_queued, executor)
+        await trio.testing.wait_all_tasks_blocked()
+        waiting.cancel()  # while it waits in "c"'s queue for the one worker
+        nursery.start_soon(executor.run, "b", quick, "b1")
+        nursery.start_soon(executor.run, "a", quick, "a2")
+        await trio.testing.wait_all_tasks_blocked()
+        assert executor.busy() == 1 and ran == []
+        release.set()
+    assert ran == ["a1", "b1", "a2"] and executor.busy() == 0
+
+
+async def _queued(executor, task_status=trio.TASK_STATUS_IGNORED):
+    with trio.CancelScope() as scope:
+        task_status.started(scope)
+        await executor.run("c", lambda: pytest.fail("a cancelled call ran"))
