@@ -1,7 +1,8 @@
 """The node daemon: ``serve(config, plugins=...)`` starts a node, runs it and stops it.
 
 ``serve`` restores the workloads checkpointed at the last clean shutdown
-(``nodes._checkpoints``: a damaged checkpoint stops the start) into a new
+(``nodes._checkpoints``, encrypted with the node's data key,
+``nodes._at_rest``: a damaged checkpoint stops the start) into a new
 ``Node`` (``nodes._node``), hands each plugin its saved records, listens,
 lets the plugins resume their background work, and serves connections
 until it is cancelled or told to stop; a stop checkpoints every workload.
@@ -19,7 +20,8 @@ import trio
 from . import _checkpoints as checkpoints
 from . import _crash as crash
 from ._config import Address, NodeConfig
-from ._errors import CheckpointFailed, ConfigError, DamagedState
+from ._errors import CheckpointFailed, ConfigError, DamagedState, UndecryptableState
+from ._at_rest import load_data_key
 from ._hosting import Host
 from ._node import Node
 from ._plugin import Plugin, load_records
@@ -37,11 +39,12 @@ def _open_node(config: NodeConfig, plugins: Sequence[Plugin]) -> tuple[Node, che
     Raises DamagedState (the start is refused) or ConfigError.
     """
     data_dir = config.data_path
+    key = load_data_key(config.data_key_path)  # made at the first start
     try:
-        saved = checkpoints.find(data_dir)
+        saved = checkpoints.find(data_dir, key=key)
         node = _new_node(config, plugins)
         try:
-            load_records(node, node.plugins, checkpoints.restore(node.host, saved))
+            load_records(node, node.plugins, checkpoints.restore(node.host, saved, key=key))
         except BaseException:
             node.host.close()
             raise
@@ -49,8 +52,9 @@ def _open_node(config: NodeConfig, plugins: Sequence[Plugin]) -> tuple[Node, che
         if Path(exc.path) == data_dir:
             raise  # nothing in it can be read, so nothing can be set aside
         if not config.discard_state:
-            raise DamagedState(exc.path, f"{exc}; repair it, or start with --discard-state to set the "
-                                         "saved state aside and start empty") from exc
+            key_used = f" (the data key is {config.data_key_path})" if isinstance(exc, UndecryptableState) else ""
+            raise type(exc)(exc.path, f"{exc}{key_used}; repair it, or start with --discard-state to set the "
+                                      "saved state aside and start empty") from exc
         logger.error("saved state is damaged: %s", exc, extra={"path": exc.path})
         checkpoints.discard(data_dir, exc)
         return _new_node(config, plugins), checkpoints.Saved(data_dir)

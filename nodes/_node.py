@@ -39,6 +39,7 @@ import trio
 from . import _checkpoints as checkpoints
 from . import _host_errors as he
 from ._authorization import hello_refusal, refusal
+from ._at_rest import load_data_key
 from ._checkpoint_format import BulkReport
 from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
@@ -102,6 +103,7 @@ class Node:
             identity = own_identity(config.tls_path)
             if config.name not in identity.names:
                 self._dial_name = identity.name
+        self.data_key = load_data_key(config.data_key_path)  # checkpoints are sealed with it
         self._in_flight = 0
         self._idle = trio.Event()
         self._states = {p.name: p.state(self) for p in self.plugins if p.state is not None}
@@ -319,7 +321,7 @@ class Node:
             self, self.plugins, [info.workload_id for info in self.host.workloads()])
         report = await trio.to_thread.run_sync(functools.partial(
             checkpoints.save, self.host, self.config.data_path, records=records, leave_out=leave_out,
-            node_records=node_records, deadline=deadline))
+            node_records=node_records, deadline=deadline, key=self.data_key))
         for workload, why in report.failed:
             logger.error("workload not checkpointed: %s", why, extra={"workload": workload})
         logger.info("checkpointed %d workloads", len(report.done),
