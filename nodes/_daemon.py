@@ -10,6 +10,7 @@ until it is cancelled or told to stop; a stop checkpoints every workload.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ import trio
 from . import _checkpoints as checkpoints
 from . import _crash as crash
 from ._config import Address, NodeConfig
+from ._credentials import watch
 from ._errors import CheckpointFailed, ConfigError, DamagedState, UndecryptableState
 from ._at_rest import load_data_key
 from ._hosting import Host
@@ -90,13 +92,16 @@ def _advertised(bound: Address) -> Address:
 
 
 async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: trio.Event | None = None,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
+                reload: trio.abc.ReceiveChannel | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run a node, with ``plugins`` (``nodes.Plugin``), until cancelled or until ``stop`` is set.
 
     ``task_status.started`` gets the Address the node listens on (useful with
     port 0).  When ``stop`` is set the node stops accepting, lets running
     requests finish, checkpoints its workloads into ``DATA_DIR/checkpoints``
-    and returns; cancellation stops it without a checkpoint.
+    and returns; cancellation stops it without a checkpoint.  Each item
+    received from ``reload`` (SIGHUP, in ``migrate-node serve``) reloads
+    the certificate and the revocation list; they are also reloaded when
+    their files change (``nodes._credentials``).
     Raises ConfigError for unusable settings or TLS material or a busy
     address or plugins that clash, DamagedState (a ConfigError) for saved
     state it will not start from, and CheckpointFailed if the shutdown
@@ -128,6 +133,9 @@ async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: tri
                 if plugin.resume is not None:
                     await plugin.resume(node)
             nursery.start_soon(accept)
+            if node.credentials is not None:
+                nursery.start_soon(functools.partial(watch, node.credentials, on_revoked=node.close_revoked,
+                                                     poll_s=config.tls_poll_s, requests=reload))
             for address in config.join:
                 node.learn_peer(address)
             logger.info("listening", extra={"address": str(bound), "role": config.role,

@@ -14,7 +14,10 @@ buffers (see ``nodes._transport``).
 Every connection is checked once before it is served, and every request
 before its handler runs (``nodes._authorization``): the Hello name must be
 one the peer's certificate covers, and a request its certificate's role
-may not send is answered ``forbidden``.
+may not send is answered ``forbidden``.  The certificate and the
+revocation list are reloaded at run time (``credentials``,
+``nodes._credentials``); ``close_revoked`` closes the connections whose
+certificate was revoked since they opened.
 
 Requests are dispatched through one table from request class to handler:
 the node's own (``nodes._handlers``) and those of the plugins it was made
@@ -38,11 +41,12 @@ import trio
 
 from . import _checkpoints as checkpoints
 from . import _host_errors as he
-from ._authorization import hello_refusal, refusal
 from ._at_rest import load_data_key
+from ._authorization import hello_refusal, refusal
 from ._checkpoint_format import BulkReport
 from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
+from ._credentials import Credentials
 from ._error_codes import error_reply
 from ._errors import (
     CheckpointFailed,
@@ -57,7 +61,7 @@ from ._messages import ErrorCode, ErrorReply, NodeSummary, Reply, Request
 from ._peers import PeerTable, watch_peer
 from ._plugin import Plugin, Session, checkpoint_records, handler_table
 from ._protocol import ConnectionClosed, State
-from ._tls import client_context, own_identity, server_context
+from ._tls import Identity, own_identity
 from ._transport import Channel, accept_channel
 
 logger = logging.getLogger(__name__)
@@ -95,8 +99,9 @@ class Node:
         self.peers = PeerTable()
         self.stopping = False
         self._nursery: trio.Nursery | None = None
-        self._server_ssl = None if config.insecure else server_context(config.tls_path)
-        self._client_ssl = None if config.insecure else client_context(config.tls_path)
+        # Reloaded at run time (nodes._credentials); None without TLS.
+        self.credentials = None if config.insecure else Credentials(config.tls_path, config.revoked_path)
+        self._open: dict[trio.CancelScope, Identity | None] = {}  # each served connection, by its certificate
         # The name we give in Hellos when we dial: peers accept only a name our certificate covers.
         self._dial_name = config.name
         if not config.insecure:
@@ -167,7 +172,7 @@ class Node:
     async def connect_peer(self, address: Address) -> NodeClient:
         """Dial a peer as this node (so it learns our name and address)."""
         return await NodeClient.connect(
-            address, tls=self._client_ssl, name=self._dial_name, role=self.config.role,
+            address, tls=self.credentials and self.credentials.client, name=self._dial_name, role=self.config.role,
             capabilities=CAPABILITIES, advertise=str(self.address),
             max_frame_bytes=self.config.max_frame_bytes)
 
@@ -178,8 +183,9 @@ class Node:
         self.counters["connections"] += 1
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT_S):
-                channel = await accept_channel(tcp, ssl_context=self._server_ssl, hello=self.hello_fields(),
-                                               max_frame_bytes=self.config.max_frame_bytes, vet=_vet)
+                channel = await accept_channel(tcp, ssl_context=self.credentials and self.credentials.server,
+                                               hello=self.hello_fields(), max_frame_bytes=self.config.max_frame_bytes,
+                                               vet=self._vet)
         except (ConnectionFailed, RemoteProtocolError, trio.TooSlowError) as exc:
             self.counters["connections_rejected"] += 1
             reason = str(exc) or "handshake timed out"
@@ -200,8 +206,16 @@ class Node:
                 logger.warning("peer advertised a bad address %r", hello.address, extra={"peer": hello.name})
         session = Session(channel)
         reason = "closed by peer"
+        revoked = None
         try:
-            await self._read_requests(session)
+            with trio.CancelScope() as scope:  # cancelled by close_revoked
+                self._open[scope] = channel.peer_identity
+                try:
+                    await self._read_requests(session)
+                finally:
+                    del self._open[scope]
+            if scope.cancelled_caught:
+                reason = revoked = self.credentials.revoked.refusal(channel.peer_identity) or "certificate revoked"
         except RemoteProtocolError as exc:
             self.counters["protocol_errors"] += 1
             reason = f"protocol error: {exc}"
@@ -212,8 +226,24 @@ class Node:
             # Shielded: at shutdown this task is cancelled, and the Goodbye
             # tells clients the node is stopping (not crashed); at most 1 s.
             with trio.CancelScope(shield=True):
-                await channel.aclose(code=ErrorCode.SHUTTING_DOWN if self.stopping else None)
+                await channel.aclose(code=ErrorCode.FORBIDDEN if revoked else
+                                     ErrorCode.SHUTTING_DOWN if self.stopping else None, reason=revoked or "")
         logger.info("connection closed", extra={"peer": hello.name, "reason": reason})
+
+    def _vet(self, channel: Channel) -> str | None:
+        """Why the peer's Hello may not be accepted (a revoked certificate, or not its name); None if it may."""
+        if self.credentials is None:
+            return None
+        return hello_refusal(channel.peer, channel.peer_identity, self.credentials.revoked)
+
+    def close_revoked(self) -> None:
+        """Close every open connection whose certificate the revocation list now names."""
+        for scope, identity in list(self._open.items()):
+            reason = self.credentials.revoked.refusal(identity) if self.credentials else None
+            if reason is not None:
+                self.counters["connections_revoked"] += 1
+                logger.warning("closing a connection: %s", reason, extra={"certificate": identity.name})
+                scope.cancel()
 
     async def _read_requests(self, session: Session) -> None:
         limit = self.config.max_in_flight
@@ -334,9 +364,6 @@ class Node:
         return report
 
 
-def _vet(channel: Channel) -> str | None:
-    """Why the peer's Hello may not be accepted (its name is not its certificate's); None if it may."""
-    return hello_refusal(channel.peer, channel.peer_identity)
 
 
 def _remote(tcp: trio.SocketStream) -> str:
