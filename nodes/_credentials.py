@@ -16,21 +16,25 @@ is taken once both are in place).  New connections, in and out, use the
 new certificate; connections already open keep the TLS session they made.
 A revocation list that does not parse is refused the same way.  When the
 list changes, the node closes the open connections whose certificate it
-now names (``Node.close_revoked``).
+now names (``Connections.close_revoked``): those it serves, cancelled
+with the reason, and those it dialled to peers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import ssl
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import trio
 
 from . import _revocation as revocation
 from ._errors import ConfigError
+from ._client import NodeClient
 from ._tls import CA_FILE, CERT_FILE, KEY_FILE, Identity, check_pair, client_context, own_identity, server_context
 
 logger = logging.getLogger(__name__)
@@ -129,3 +133,48 @@ async def watch(credentials: Credentials, *, on_revoked: Callable[[], None], pol
             logger.info("reloading the TLS material and the revocation list on request")
         if credentials.reload(forced=forced):
             on_revoked()
+
+
+class Connections:
+    """A node's open connections by the other side's certificate, so that revoked ones can be closed."""
+
+    def __init__(self) -> None:
+        self._served: dict[trio.CancelScope, Identity | None] = {}
+        self._dialled: weakref.WeakSet[NodeClient] = weakref.WeakSet()
+
+    @contextlib.contextmanager
+    def served(self, identity: Identity | None) -> Iterator[trio.CancelScope]:
+        """Serve a connection inside the scope this yields; ``close_revoked`` cancels it."""
+        with trio.CancelScope() as scope:
+            self._served[scope] = identity
+            try:
+                yield scope
+            finally:
+                del self._served[scope]
+
+    def dialled(self, client: NodeClient) -> None:
+        """Remember a connection we made to a peer (until it is garbage)."""
+        self._dialled.add(client)
+
+    def close_revoked(self, revoked: revocation.Revocations,
+                      start_soon: Callable[[Callable[[], object]], None]) -> int:
+        """Close every connection whose certificate ``revoked`` names; return how many.
+
+        Served connections are cancelled; dialled ones are closed in tasks
+        started with ``start_soon``.
+        """
+        closed = 0
+        for scope, identity in list(self._served.items()):
+            reason = revoked.refusal(identity)
+            if reason is not None:
+                logger.warning("closing a connection: %s", reason, extra={"certificate": identity.name})
+                scope.cancel()
+                closed += 1
+        for client in list(self._dialled):
+            reason = revoked.refusal(client.node_certificate)
+            if reason is not None:
+                logger.warning("closing a connection to a peer: %s", reason, extra={"peer": client.node})
+                self._dialled.discard(client)
+                start_soon(client.aclose)
+                closed += 1
+        return closed

@@ -46,7 +46,7 @@ from ._authorization import hello_refusal, refusal
 from ._checkpoint_format import BulkReport
 from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
-from ._credentials import Credentials
+from ._credentials import Connections, Credentials
 from ._error_codes import error_reply
 from ._errors import (
     CheckpointFailed,
@@ -61,7 +61,7 @@ from ._messages import ErrorCode, ErrorReply, NodeSummary, Reply, Request
 from ._peers import PeerTable, watch_peer
 from ._plugin import Plugin, Session, checkpoint_records, handler_table
 from ._protocol import ConnectionClosed, State
-from ._tls import Identity, own_identity
+from ._tls import own_identity
 from ._transport import Channel, accept_channel
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         # Reloaded at run time (nodes._credentials); None without TLS.
         self.credentials = None if config.insecure else Credentials(config.tls_path, config.revoked_path)
-        self._open: dict[trio.CancelScope, Identity | None] = {}  # each served connection, by its certificate
+        self.connections = Connections()  # open ones, by certificate: for close_revoked
         # The name we give in Hellos when we dial: peers accept only a name our certificate covers.
         self._dial_name = config.name
         if not config.insecure:
@@ -170,11 +170,21 @@ class Node:
             refresh_s=self.config.peer_refresh_s))
 
     async def connect_peer(self, address: Address) -> NodeClient:
-        """Dial a peer as this node (so it learns our name and address)."""
-        return await NodeClient.connect(
+        """Dial a peer as this node (so it learns our name and address).
+
+        Raises ConnectionFailed if it cannot, or its certificate is revoked.
+        """
+        client = await NodeClient.connect(
             address, tls=self.credentials and self.credentials.client, name=self._dial_name, role=self.config.role,
             capabilities=CAPABILITIES, advertise=str(self.address),
             max_frame_bytes=self.config.max_frame_bytes)
+        if self.credentials is not None:
+            revoked = self.credentials.revoked.refusal(client.node_certificate)
+            if revoked is not None:
+                await client.aclose()
+                raise ConnectionFailed(f"{address}: {revoked}")
+            self.connections.dialled(client)
+        return client
 
     # --- connections ----------------------------------------------------
 
@@ -208,12 +218,8 @@ class Node:
         reason = "closed by peer"
         revoked = None
         try:
-            with trio.CancelScope() as scope:  # cancelled by close_revoked
-                self._open[scope] = channel.peer_identity
-                try:
-                    await self._read_requests(session)
-                finally:
-                    del self._open[scope]
+            with self.connections.served(channel.peer_identity) as scope:  # cancelled by close_revoked
+                await self._read_requests(session)
             if scope.cancelled_caught:
                 reason = revoked = self.credentials.revoked.refusal(channel.peer_identity) or "certificate revoked"
         except RemoteProtocolError as exc:
@@ -237,13 +243,10 @@ class Node:
         return hello_refusal(channel.peer, channel.peer_identity, self.credentials.revoked)
 
     def close_revoked(self) -> None:
-        """Close every open connection whose certificate the revocation list now names."""
-        for scope, identity in list(self._open.items()):
-            reason = self.credentials.revoked.refusal(identity) if self.credentials else None
-            if reason is not None:
-                self.counters["connections_revoked"] += 1
-                logger.warning("closing a connection: %s", reason, extra={"certificate": identity.name})
-                scope.cancel()
+        """Close every open connection, served or dialled, whose certificate the revocation list now names."""
+        if self.credentials is not None:
+            self.counters["connections_revoked"] += self.connections.close_revoked(self.credentials.revoked,
+                                                                                   self.start_soon)
 
     async def _read_requests(self, session: Session) -> None:
         limit = self.config.max_in_flight

@@ -133,3 +133,26 @@ async def test_a_revoked_client_is_shut_out_at_once_and_others_are_not(node_proc
     with pytest.raises(ConnectionFailed, match="revoked"):
         await node.client(leaky_tls)
     assert await serial_seen(node, cluster_tls) == own_identity(node.tls_dir).serial  # others still connect
+
+
+async def test_a_revoked_peer_node_is_cut_off_both_ways(node_procs, cluster_tls, tmp_path):
+    revoked = tmp_path / "revoked.txt"
+    fast = ["--peer-refresh-s", "0.2"]
+    a = node_procs.start("rev-a", "edge", args=["--revoked", str(revoked), "--tls-poll-s", "0.2", *fast,
+                                                "--log-level", "debug"])  # a redial that fails is logged at debug
+    b = node_procs.start("rev-b", "cloud", join=[a], args=fast)  # b dials a; a learns b and dials it back
+
+    async def a_sees_b(connected: bool) -> None:
+        async with await a.client(cluster_tls.app) as client:
+            with trio.fail_after(30):
+                while not any(p.name == "rev-b" and p.connected is connected for p in await client.peers()):
+                    await trio.sleep(0.1)
+    await a_sees_b(True)
+    run_cli("cert", "revoke", "--list", str(revoked), f"serial:{own_identity(b.tls_dir).serial:#x}")
+    [dialled] = await logged(a, "closing a connection to a peer: ")
+    [served] = await logged(a, "closing a connection: ")
+    assert dialled["peer"] == "rev-b" and served["certificate"] == "rev-b"
+    await a_sees_b(False)
+    with trio.fail_after(30):  # a dials b again, and refuses its certificate
+        while not [r for r in said(a, "peer unreachable: ") if "is revoked" in r["msg"]]:
+            await trio.sleep(0.05)
