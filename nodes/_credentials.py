@@ -35,7 +35,7 @@ import trio
 from . import _revocation as revocation
 from ._errors import ConfigError
 from ._client import NodeClient
-from ._tls import CA_FILE, CERT_FILE, KEY_FILE, Identity, check_pair, client_context, own_identity, server_context
+from ._tls import CA_FILE, CERT_FILE, KEY_FILE, Identity, check_pair, client_context, server_context
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def _stamp(paths: tuple[Path, ...]) -> _Stamp:
 class Credentials:
     """A node's current SSL contexts, certificate identity and revocation list.
 
-    Raises ConfigError at construction if the TLS dir or the revocation
-    list is unusable (the node does not start).
+    Raises ConfigError at construction if the TLS dir (``check_pair``) or
+    the revocation list is unusable (the node does not start).
     """
 
     def __init__(self, tls_dir: Path, revoked_path: Path) -> None:
@@ -70,7 +70,7 @@ class Credentials:
         self._list_seen = _stamp((self.revoked_path,))
         self.server: ssl.SSLContext = server_context(self.tls_dir)
         self.client: ssl.SSLContext = client_context(self.tls_dir)
-        self.identity: Identity = own_identity(self.tls_dir)
+        self.identity: Identity = check_pair(self.tls_dir)
         self.revoked = revocation.load(self.revoked_path)
 
     def reload(self, *, forced: bool = False) -> bool:

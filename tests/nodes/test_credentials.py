@@ -19,6 +19,7 @@ import trio
 import workloads
 from migrate.launcher import log_records
 from nodes import ConnectionFailed
+from nodes._credentials import Credentials
 from nodes._tls import own_identity
 from nodeproc import NodeProcess, run_cli
 
@@ -66,6 +67,27 @@ async def serial_seen(node, cluster_tls) -> int:
     async with await node.client(cluster_tls.app) as client:
         await client.status()
         return client.node_certificate.serial
+
+
+def test_a_pair_written_in_two_steps_is_taken_once_both_are_in_place(cluster_tls, tmp_path, caplog):
+    tls = tmp_path / "tls"
+    old = issue(cluster_tls.ca_dir, "two-step", "node", tls)
+    new = issue(cluster_tls.ca_dir, "two-step", "node", tmp_path / "staged")
+    credentials = Credentials(tls, tls / "revoked.txt")
+    server = credentials.server
+    assert credentials.reload() is False and credentials.server is server  # nothing changed
+    (tls / "cert.pem").write_bytes((tmp_path / "staged" / "cert.pem").read_bytes())  # the key is still the old one
+    credentials.reload()
+    assert credentials.identity.serial == old and credentials.server is server
+    credentials.reload()  # the same files: not tried again
+    assert [r.getMessage()[:27] for r in caplog.records if r.levelname == "ERROR"] == ["refused the new certificate"]
+    (tls / "key.pem").write_bytes((tmp_path / "staged" / "key.pem").read_bytes())
+    credentials.reload()
+    assert credentials.identity.serial == new and credentials.server is not server
+    (tls / "revoked.txt").write_text("name:someone\n")
+    assert credentials.reload() is True and credentials.revoked.names == {"someone"}
+    (tls / "revoked.txt").write_text("serial:bad\n")
+    assert credentials.reload() is False and credentials.revoked.names == {"someone"}  # the bad list is refused
 
 
 async def test_sighup_swaps_in_a_new_certificate_for_new_connections(node_procs, cluster_tls, tmp_path):
