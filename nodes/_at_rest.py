@@ -53,8 +53,8 @@ HEADER_BYTES = len(MAGIC) + 1 + _NONCE_BYTES
 def load_data_key(path: Path, *, create: bool = True) -> bytes:
     """Read the data key from ``path``, creating it (mode 0600) if it is absent and ``create``.
 
-    Raises ConfigError if it cannot be read or created, or does not hold
-    64 hex digits.
+    Raises ConfigError if it cannot be read or created, others than its
+    owner may read or write it, or it does not hold 64 hex digits.
     """
     path = Path(path)
     if create and not path.exists():
@@ -73,9 +73,12 @@ def load_data_key(path: Path, *, create: bool = True) -> bytes:
                 f.flush()
                 os.fsync(f.fileno())
     try:
+        mode = path.stat().st_mode & 0o777
         text = path.read_text().strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the data key {path}: {getattr(exc, 'strerror', exc)}") from None
+    if mode & 0o077:
+        raise ConfigError(f"the data key {path} has mode {mode:04o}: others may read it; chmod 600 it")
     try:
         key = bytes.fromhex(text)
     except ValueError:

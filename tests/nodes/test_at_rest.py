@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import snapshot
 import workloads
 from nodes import ConfigError, DamagedState, Host, Limits, NodeConfig, UndecryptableState
 from nodes import _at_rest as at_rest
@@ -87,6 +88,10 @@ def test_the_data_key_is_made_once_private_and_kept(tmp_path):
     key = at_rest.load_data_key(path)
     assert len(key) == 32 and path.stat().st_mode & 0o777 == 0o600
     assert at_rest.load_data_key(path) == key
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="mode 0644: others may read it"):
+        at_rest.load_data_key(path)
+    path.chmod(0o600)
     path.write_text("not hex\n")
     with pytest.raises(ConfigError, match="64 hex digits"):
         at_rest.load_data_key(path)
@@ -171,6 +176,16 @@ def test_discard_state_sets_a_tampered_checkpoint_aside_and_starts_empty(sealed,
     assert len(aside) == 1 and (aside[0] / snap.name).read_bytes() == body
 
 
+def test_every_flipped_byte_of_a_snapshot_file_is_refused(sealed):
+    data, key_file, _ = sealed
+    key = at_rest.load_data_key(key_file, create=False)
+    body = next((data / "checkpoints").glob("a.*.snap")).read_bytes()
+    assert snapshot.Snapshot.from_bytes(body, key=key)
+    for i in range(len(body)):
+        with pytest.raises(snapshot.SnapshotError):
+            snapshot.Snapshot.from_bytes(body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1:], key=key)
+
+
 def frames(body: bytes) -> list[tuple[int, int]]:
     """(start, end) of every frame of an encoded snapshot."""
     out, at = [], SNAPSHOT_HEADER_BYTES
@@ -190,7 +205,7 @@ def tampered_copy(data: Path, name: str, change) -> Path:
     return copy
 
 
-TAMPER = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+TAMPER = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @TAMPER
