@@ -143,9 +143,16 @@ class Connections:
         self._dialled: weakref.WeakSet[NodeClient] = weakref.WeakSet()
 
     @contextlib.contextmanager
-    def served(self, identity: Identity | None) -> Iterator[trio.CancelScope]:
-        """Serve a connection inside the scope this yields; ``close_revoked`` cancels it."""
+    def served(self, identity: Identity | None,
+               revoked: revocation.Revocations | None = None) -> Iterator[trio.CancelScope]:
+        """Serve a connection inside the scope this yields; ``close_revoked`` cancels it.
+
+        It is cancelled at once if ``revoked`` (the list now) names the
+        certificate: the list changed after the Hello was checked.
+        """
         with trio.CancelScope() as scope:
+            if revoked is not None and revoked.refusal(identity) is not None:
+                scope.cancel()
             self._served[scope] = identity
             try:
                 yield scope

@@ -218,7 +218,8 @@ class Node:
         reason = "closed by peer"
         revoked = None
         try:
-            with self.connections.served(channel.peer_identity) as scope:  # cancelled by close_revoked
+            with self.connections.served(channel.peer_identity,  # cancelled by close_revoked
+                                         self.credentials and self.credentials.revoked) as scope:
                 await self._read_requests(session)
             if scope.cancelled_caught:
                 reason = revoked = self.credentials.revoked.refusal(channel.peer_identity) or "certificate revoked"

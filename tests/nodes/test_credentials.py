@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 import workloads
 from migrate.launcher import log_records
 from nodes import ConnectionFailed
-from nodes._credentials import Credentials
-from nodes._tls import own_identity
+from nodes._credentials import Connections, Credentials
+from nodes._revocation import parse
+from nodes._tls import Identity, own_identity
 from nodeproc import NodeProcess, run_cli
 
 
@@ -88,6 +90,26 @@ def test_a_pair_written_in_two_steps_is_taken_once_both_are_in_place(cluster_tls
     assert credentials.reload() is True and credentials.revoked.names == {"someone"}
     (tls / "revoked.txt").write_text("serial:bad\n")
     assert credentials.reload() is False and credentials.revoked.names == {"someone"}  # the bad list is refused
+
+
+async def test_served_connections_are_cancelled_when_revoked_even_between_hello_and_service():
+    connections, leaked, other = Connections(), Identity("client", ("leaky",), 5), Identity("client", ("ok",), 6)
+    with connections.served(leaked, parse("serial:5")) as scope:  # the list changed after its Hello
+        await trio.sleep(0)
+    assert scope.cancelled_caught
+    scopes = {}
+
+    async def serve(identity: Identity) -> None:
+        with connections.served(identity, parse("")) as scopes[identity.name]:
+            await trio.sleep_forever()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve, leaked)
+        nursery.start_soon(serve, other)
+        await trio.testing.wait_all_tasks_blocked()
+        assert connections.close_revoked(parse("name:leaky"), nursery.start_soon) == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert scopes["leaky"].cancelled_caught and not scopes["ok"].cancel_called
+        nursery.cancel_scope.cancel()
 
 
 async def test_sighup_swaps_in_a_new_certificate_for_new_connections(node_procs, cluster_tls, tmp_path):
