@@ -200,3 +200,12 @@ async def test_a_revoked_peer_node_is_cut_off_both_ways(node_procs, cluster_tls,
     with trio.fail_after(30):  # a dials b again, and refuses its certificate
         while not [r for r in said(a, "peer unreachable: ") if "is revoked" in r["msg"]]:
             await trio.sleep(0.05)
+
+
+async def test_sighup_does_not_stop_a_node_without_tls(node_procs):
+    node = node_procs.start("plain-1", "edge", insecure=True)
+    os.kill(node.pid, signal.SIGHUP)  # its default action would end the process
+    async with await node.client(None) as client:
+        await client.status()
+    assert node.proc.poll() is None
+    assert node.terminate() == 0
