@@ -20,10 +20,10 @@ import trio
 
 from . import _checkpoints as checkpoints
 from . import _crash as crash
+from ._at_rest import load_data_key
 from ._config import Address, NodeConfig
 from ._credentials import watch
 from ._errors import CheckpointFailed, ConfigError, DamagedState, UndecryptableState
-from ._at_rest import load_data_key
 from ._hosting import Host
 from ._node import Node
 from ._plugin import Plugin, load_records

@@ -61,7 +61,6 @@ from ._messages import ErrorCode, ErrorReply, NodeSummary, Reply, Request
 from ._peers import PeerTable, watch_peer
 from ._plugin import Plugin, Session, checkpoint_records, handler_table
 from ._protocol import ConnectionClosed, State
-from ._tls import own_identity
 from ._transport import Channel, accept_channel
 
 logger = logging.getLogger(__name__)
@@ -104,10 +103,8 @@ class Node:
         self.connections = Connections()  # open ones, by certificate: for close_revoked
         # The name we give in Hellos when we dial: peers accept only a name our certificate covers.
         self._dial_name = config.name
-        if not config.insecure:
-            identity = own_identity(config.tls_path)
-            if config.name not in identity.names:
-                self._dial_name = identity.name
+        if self.credentials is not None and config.name not in self.credentials.identity.names:
+            self._dial_name = self.credentials.identity.name
         self.data_key = load_data_key(config.data_key_path)  # checkpoints are sealed with it
         self._in_flight = 0
         self._idle = trio.Event()
