@@ -27,6 +27,7 @@ SUITE = [
     ("benchmarks.bench_fairness", "fairness", ["phases", "long_call_s"]),
     ("benchmarks.bench_migrate", "migrate", ["results"]),
     ("benchmarks.bench_protect", "protect", ["results"]),
+    ("benchmarks.bench_at_rest", "at_rest", ["results"]),
     ("benchmarks.suite.__main__", "suite", ["results", "strategies"]),
 ]
 SOAK = ("benchmarks.soak", "soak", ["figures", "ok"])

@@ -23,6 +23,7 @@ from ._errors import (
     NodeShuttingDown,
     RemoteNodeError,
     RemoteProtocolError,
+    UndecryptableState,
 )
 from ._groups import unwrap_group
 from ._host_errors import (
@@ -127,6 +128,7 @@ __all__ = [
     "SnapshotFailed",
     "State",
     "StatusReport",
+    "UndecryptableState",
     "UnknownExport",
     "UnknownModule",
     "UnknownWorkload",

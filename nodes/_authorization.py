@@ -24,7 +24,8 @@ The rule behind the table:
 
 A node runs two checks, both once, in one place, before any handler:
 
-* ``hello_refusal``: the name in the peer's Hello must be one its
+* ``hello_refusal``: the peer's certificate must not be revoked
+  (``nodes._revocation``), and the name in its Hello must be one its
   certificate covers (the commonName or a DNS subject alternative name);
   otherwise the connection is refused before the peer gets our Hello.
 * ``refusal``: a request whose roles do not include the sender's
@@ -39,6 +40,7 @@ loopback only, and skips both checks.
 from __future__ import annotations
 
 from ._messages import ErrorCode, ErrorReply, Hello, Request, message_class, registered_kinds
+from ._revocation import Revocations
 from ._tls import Identity
 
 
@@ -52,12 +54,19 @@ def role_table() -> dict[str, frozenset[str]]:
     return table
 
 
-def hello_refusal(hello: Hello, identity: Identity | None) -> str | None:
-    """Why a peer whose certificate is ``identity`` may not use the name in its ``hello``; None if it may.
+def hello_refusal(hello: Hello, identity: Identity | None, revoked: Revocations = Revocations()) -> str | None:
+    """Why a peer whose certificate is ``identity`` may not connect with its ``hello``; None if it may.
 
-    ``identity`` is None without TLS: nothing to check.
+    Refused: a certificate ``revoked`` names, or a name in the Hello the
+    certificate does not cover.  ``identity`` is None without TLS: nothing
+    to check.
     """
-    if identity is None or hello.name in identity.names:
+    if identity is None:
+        return None
+    revocation = revoked.refusal(identity)
+    if revocation is not None:
+        return revocation
+    if hello.name in identity.names:
         return None
     return (f"the Hello names {hello.name!r} but the certificate is issued to "
             f"{', '.join(repr(n) for n in identity.names) or 'no name'}; a peer must use its certificate's name")

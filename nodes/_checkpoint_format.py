@@ -5,7 +5,11 @@ A checkpoint is a directory: one snapshot file per workload
 lists each workload with what ``Host.restore`` needs and the records other
 packages keep about it (``extensions``: the migration coordinator's epoch
 and call ledger).  A checkpoint is complete when its manifest is in place
-and every snapshot file it names exists.  ``write`` and ``restore_all``
+and every snapshot file it names exists.  With a data key
+(``nodes._at_rest``) every file is encrypted: the snapshots by the
+snapshot format, the manifest sealed whole, and each manifest entry names
+its snapshot's 16-byte header (``sealed``), so a snapshot file cannot be
+swapped for another.  ``write`` and ``restore_all``
 serve ``Host.checkpoint_all`` and ``Host.restore_all``; the node's saved
 state (``nodes._checkpoints``) swaps such directories in whole.
 """
@@ -25,9 +29,10 @@ import msgpack
 
 import snapshot
 
+from . import _at_rest as at_rest
 from . import _host_errors as he
 from ._crash import crash_point
-from ._errors import DamagedState
+from ._errors import DamagedState, UndecryptableState
 from ._files import fsync_dir, write_atomically
 from ._workload import WorkloadInfo, check_name
 
@@ -36,6 +41,8 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.msgpack"
 FORMAT = "wasm-migrate/host-checkpoint"
 VERSION = 1
+#: The snapshot format's header: magic, version, flags and the file's random 8-byte nonce salt.
+SNAPSHOT_HEADER_BYTES = 16
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
 
@@ -70,11 +77,12 @@ def one_line(text: object) -> str:
 
 # --- the manifest ----------------------------------------------------------
 
-def read_manifest(directory: Path) -> dict:
-    """Read a checkpoint manifest; an absent one reads as empty.
+def read_manifest(directory: Path, *, key: bytes | None = None) -> dict:
+    """Read a checkpoint manifest, sealed with ``key`` if given; an absent one reads as empty.
 
     Raises DamagedState if it cannot be read, does not parse, or is not a
-    version 1 manifest.
+    version 1 manifest; UndecryptableState if it fails authentication, or
+    is sealed and no key is given.
     """
     path = directory / MANIFEST
     try:
@@ -83,6 +91,10 @@ def read_manifest(directory: Path) -> dict:
         return {}
     except OSError as exc:
         raise DamagedState(path, f"cannot read checkpoint manifest {path}: {exc.strerror}") from exc
+    if key is not None:
+        raw = at_rest.unseal(key, raw, b"manifest", path)
+    elif at_rest.is_sealed(raw):
+        raise UndecryptableState(path, f"checkpoint manifest {path} is encrypted; it needs the node's data key")
     try:
         manifest = msgpack.unpackb(raw)
     except (ValueError, msgpack.UnpackException) as exc:
@@ -119,7 +131,7 @@ def write(host: Checkpointed, directory: Path, *, key: bytes | None = None,
     ``directory`` holds an unreadable manifest.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    generation = read_manifest(directory).get("generation", 0) + 1
+    generation = read_manifest(directory, key=key).get("generation", 0) + 1
     records = records or {}
     ids = [info.workload_id for info in host.workloads() if info.workload_id not in leave_out]
     entries, done, failed = [], [], []
@@ -135,6 +147,8 @@ def write(host: Checkpointed, directory: Path, *, key: bytes | None = None,
             failed.append((workload_id, one_line(exc)))
             continue
         write_atomically(directory / snapshot_file(workload_id, generation), data, sync_dir=False)
+        if key is not None:
+            entry["sealed"] = data[:SNAPSHOT_HEADER_BYTES]  # its random salt: binds the file to this entry
         if records.get(workload_id):
             entry["extensions"] = dict(records[workload_id])
         entries.append(entry)
@@ -145,7 +159,8 @@ def write(host: Checkpointed, directory: Path, *, key: bytes | None = None,
     fsync_dir(directory)  # every snapshot is in place before the manifest names it
     manifest = {"format": FORMAT, "version": VERSION, "generation": generation, "workloads": entries,
                 "failed": [list(f) for f in failed], "extensions": dict(node_records or {})}
-    write_atomically(directory / MANIFEST, msgpack.packb(manifest))
+    packed = msgpack.packb(manifest)
+    write_atomically(directory / MANIFEST, at_rest.seal(key, packed, b"manifest") if key is not None else packed)
     keep = {snapshot_file(e["id"], generation) for e in entries}
     for stale in directory.glob("*.snap"):
         if stale.name not in keep:
@@ -164,11 +179,15 @@ def restore_workload(host: Checkpointed, directory: Path, generation: int, entry
                      key: bytes | None = None) -> None:
     """Restore one manifest entry's workload into ``host``.
 
-    Raises OSError (its snapshot file), snapshot.SnapshotError, a HostError,
-    or KeyError/TypeError for a malformed entry.
+    Raises OSError (its snapshot file), snapshot.SnapshotError (an
+    AuthenticationError when the file is not the one the entry names), a
+    HostError, or KeyError/TypeError for a malformed entry.
     """
     workload_id = entry["id"]
     data = (directory / snapshot_file(workload_id, generation)).read_bytes()
+    if key is not None and data[:SNAPSHOT_HEADER_BYTES] != entry.get("sealed"):
+        raise snapshot.AuthenticationError(f"the snapshot file of {workload_id} is not the one its manifest "
+                                           "entry names (swapped or replaced)")
     snap = snapshot.Snapshot.from_bytes(data, key=key)
     host.restore(entry["module_sha256"], snap, workload_id=workload_id, app=entry["app"], args=entry["args"],
                  env=entry["env"], preopen={g: Path(h) for g, h in entry["preopen"].items()},
@@ -182,7 +201,7 @@ def restore_all(host: Checkpointed, directory: Path, *, key: bytes | None = None
     Raises SnapshotFailed if the manifest itself is unreadable.
     """
     try:
-        manifest = read_manifest(directory)
+        manifest = read_manifest(directory, key=key)
     except DamagedState as exc:
         raise he.SnapshotFailed("*", str(exc)) from exc
     done, failed = [], []

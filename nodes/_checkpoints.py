@@ -31,6 +31,10 @@ be read.  Only once every workload is restored (``retire``) are the other
 directories removed and the checkpoint renamed ``checkpoints.restored/``:
 from then on the running workloads are the truth, and a crash must not
 bring back their older state (calls answered since would be lost).
+
+Every checkpoint is encrypted with the node's data key (``key``,
+``nodes._at_rest``); one that fails authentication is refused with
+``UndecryptableState``, a DamagedState, like any other damage.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from ._checkpoint_format import (
     write,
 )
 from ._crash import crash_point
-from ._errors import CheckpointFailed, DamagedState
+from ._errors import CheckpointFailed, DamagedState, UndecryptableState
 from ._files import fsync_dir, remove_tree
 from ._modules import module_file
 
@@ -102,7 +106,7 @@ class Restored:
     manifest_path: Path | None = None
 
 
-def _inspect(path: Path) -> tuple[str, dict]:
+def _inspect(path: Path, key: bytes | None) -> tuple[str, dict]:
     """Classify a checkpoint directory: ("complete", manifest), ("partial", {}) or ("empty", {}).
 
     "partial" means files but no manifest.  Raises DamagedState when it
@@ -116,7 +120,7 @@ def _inspect(path: Path) -> tuple[str, dict]:
         raise DamagedState(path, f"cannot read checkpoint directory {path}: {exc.strerror}") from exc
     if MANIFEST not in names:
         return ("partial" if names else "empty"), {}
-    manifest = read_manifest(path)
+    manifest = read_manifest(path, key=key)
     for entry in manifest["workloads"]:
         name = snapshot_file(entry["id"], manifest["generation"])
         if name not in names:
@@ -124,12 +128,13 @@ def _inspect(path: Path) -> tuple[str, dict]:
     return "complete", manifest
 
 
-def find(data_dir: Path) -> Saved:
-    """Find the checkpoint a start should restore, reading only.
+def find(data_dir: Path, *, key: bytes | None = None) -> Saved:
+    """Find the checkpoint a start should restore, reading only; ``key`` is the data key it is sealed with.
 
     Raises DamagedState (naming the file) when the data directory or the
     newest saved state is damaged or incomplete, or a module the
-    checkpoint needs is missing.
+    checkpoint needs is missing; UndecryptableState when a manifest fails
+    authentication.
     """
     try:
         names = set(os.listdir(data_dir))
@@ -146,7 +151,7 @@ def find(data_dir: Path) -> Saved:
         if checkpoint is not None:
             leftovers.append(path)  # older than the checkpoint found
             continue
-        status, found = _inspect(path)
+        status, found = _inspect(path, key)
         if status == "complete":
             checkpoint, manifest = path, found
         elif name == NEW:
@@ -172,8 +177,8 @@ def restore(host: Checkpointed, saved: Saved, *, key: bytes | None = None) -> Re
     """Restore every workload of ``saved.checkpoint`` into ``host``, changing nothing on disk.
 
     Raises DamagedState naming the file at the first workload that cannot
-    be restored; the workloads restored before it stay in ``host`` (close
-    it).
+    be restored (UndecryptableState when it fails authentication); the
+    workloads restored before it stay in ``host`` (close it).
     """
     if saved.checkpoint is None:
         return Restored()
@@ -198,6 +203,9 @@ def restore(host: Checkpointed, saved: Saved, *, key: bytes | None = None) -> Re
             raise DamagedState(directory / MANIFEST, f"checkpoint manifest {directory / MANIFEST} is damaged: "
                                                      f"the entry of workload {workload_id} lacks or mistypes "
                                                      f"{one_line(exc)}") from exc
+        except snapshot.AuthenticationError as exc:
+            raise UndecryptableState(path, f"cannot restore workload {workload_id}: {path} failed "
+                                           f"authentication: {one_line(exc)}") from exc
         except (he.HostError, snapshot.SnapshotError) as exc:
             raise DamagedState(path, f"cannot restore workload {workload_id} from {path}: "
                                      f"{type(exc).__name__}: {one_line(exc)}") from exc
@@ -269,10 +277,10 @@ def discard(data_dir: Path, damage: DamagedState) -> tuple[tuple[Path, Path], ..
 
 def save(host: Checkpointed, data_dir: Path, *, records: Mapping[str, Mapping[str, Any]] | None = None,
          leave_out: Collection[str] = (), node_records: Mapping[str, Any] | None = None,
-         deadline: float | None = None) -> BulkReport:
+         deadline: float | None = None, key: bytes | None = None) -> BulkReport:
     """Checkpoint every workload into ``checkpoints.new/`` and swap it in as ``checkpoints/``.
 
-    Arguments are as for ``write``.  Raises CheckpointFailed saying what
+    Arguments are as for ``write``; ``key`` is the data key to seal with.  Raises CheckpointFailed saying what
     failed and where; the previous checkpoint is unchanged then (a
     failure after the new one is complete leaves both, and the next start
     takes the new one).
@@ -282,7 +290,7 @@ def save(host: Checkpointed, data_dir: Path, *, records: Mapping[str, Mapping[st
         remove_tree(new)
         new.mkdir()
         report = write(host, new, records=records, leave_out=leave_out, node_records=node_records,
-                       deadline=deadline)
+                       deadline=deadline, key=key)
     except (OSError, DamagedState) as exc:
         shutil.rmtree(new, ignore_errors=True)  # incomplete: it frees the space it took
         what = str(exc) if isinstance(exc, (TimeoutError, DamagedState)) else f"cannot write {_os_error(exc)}"

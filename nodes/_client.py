@@ -165,6 +165,11 @@ class NodeClient:
         """The connected node's Hello: name, role, capabilities, address."""
         return self._channel.peer
 
+    @property
+    def node_certificate(self):
+        """The node's certificate as the TLS handshake showed it: ``role``, ``names``, ``serial``; None without TLS."""
+        return self._channel.peer_identity
+
     async def aclose(self) -> None:
         """Close the connection; pending requests fail with ConnectionFailed."""
         self._fail(ConnectionFailed("the client was closed"))

@@ -90,6 +90,9 @@ class NodeConfig:
     join: tuple[Address, ...] = ()
     tls_dir: Path | None = None      # None: DATA_DIR/tls
     insecure: bool = False
+    revoked: Path | None = None      # None: TLS_DIR/revoked.txt (nodes._revocation)
+    tls_poll_s: float = 5.0          # how often the TLS files and the revocation list are checked for changes
+    data_key_file: Path | None = None  # None: TLS_DIR/data.key, DATA_DIR/data.key if insecure (nodes._at_rest)
     # workload limits (nodes._limits.Limits)
     workload_memory_bytes: int = Limits.memory_bytes
     call_timeout_s: float = Limits.call_timeout_s
@@ -111,7 +114,7 @@ class NodeConfig:
             raise ConfigError(f"role must be one of {', '.join(NODE_ROLES)}, got {self.role!r}")
         for field in ("workload_memory_bytes", "call_timeout_s", "max_workloads",
                       "max_workloads_per_app", "call_workers", "max_frame_bytes", "max_in_flight",
-                      "peer_refresh_s", "shutdown_grace_s"):
+                      "peer_refresh_s", "shutdown_grace_s", "tls_poll_s"):
             if not getattr(self, field) > 0:
                 raise ConfigError(f"{field} must be positive, got {getattr(self, field)!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -131,6 +134,16 @@ class NodeConfig:
     @property
     def tls_path(self) -> Path:
         return self.tls_dir if self.tls_dir is not None else self.data_path / "tls"
+
+    @property
+    def revoked_path(self) -> Path:
+        return self.revoked if self.revoked is not None else self.tls_path / "revoked.txt"
+
+    @property
+    def data_key_path(self) -> Path:
+        if self.data_key_file is not None:
+            return self.data_key_file
+        return (self.data_path if self.insecure else self.tls_path) / "data.key"
 
     @property
     def checkpoint_path(self) -> Path:
@@ -172,6 +185,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("join", parse_address, "HOST:PORT of a peer to know (repeatable)", repeated=True),
     Setting("tls_dir", Path, "cert.pem, key.pem and ca.pem (default DATA_DIR/tls)"),
     Setting("insecure", _parse_bool, "no TLS; only on loopback, for development"),
+    Setting("revoked", Path, "revocation list: serial:0x... or name:... lines (default TLS_DIR/revoked.txt)"),
+    Setting("tls_poll_s", _parse_number(float), "how often TLS files and the revocation list are checked"),
+    Setting("data_key_file", Path, "256-bit key checkpoints are encrypted with "
+                                   "(default TLS_DIR/data.key; DATA_DIR/data.key if insecure)"),
     Setting("workload_memory_bytes", _parse_number(int), "linear memory cap per workload"),
     Setting("call_timeout_s", _parse_number(float), "per-call deadline: a call running longer is "
                                                    "stopped with deadline_exceeded"),

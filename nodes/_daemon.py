@@ -1,7 +1,8 @@
 """The node daemon: ``serve(config, plugins=...)`` starts a node, runs it and stops it.
 
 ``serve`` restores the workloads checkpointed at the last clean shutdown
-(``nodes._checkpoints``: a damaged checkpoint stops the start) into a new
+(``nodes._checkpoints``, encrypted with the node's data key,
+``nodes._at_rest``: a damaged checkpoint stops the start) into a new
 ``Node`` (``nodes._node``), hands each plugin its saved records, listens,
 lets the plugins resume their background work, and serves connections
 until it is cancelled or told to stop; a stop checkpoints every workload.
@@ -9,6 +10,7 @@ until it is cancelled or told to stop; a stop checkpoints every workload.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from collections.abc import Sequence
@@ -18,8 +20,10 @@ import trio
 
 from . import _checkpoints as checkpoints
 from . import _crash as crash
+from ._at_rest import load_data_key
 from ._config import Address, NodeConfig
-from ._errors import CheckpointFailed, ConfigError, DamagedState
+from ._credentials import watch
+from ._errors import CheckpointFailed, ConfigError, DamagedState, UndecryptableState
 from ._hosting import Host
 from ._node import Node
 from ._plugin import Plugin, load_records
@@ -37,11 +41,12 @@ def _open_node(config: NodeConfig, plugins: Sequence[Plugin]) -> tuple[Node, che
     Raises DamagedState (the start is refused) or ConfigError.
     """
     data_dir = config.data_path
+    key = load_data_key(config.data_key_path)  # made at the first start
     try:
-        saved = checkpoints.find(data_dir)
+        saved = checkpoints.find(data_dir, key=key)
         node = _new_node(config, plugins)
         try:
-            load_records(node, node.plugins, checkpoints.restore(node.host, saved))
+            load_records(node, node.plugins, checkpoints.restore(node.host, saved, key=key))
         except BaseException:
             node.host.close()
             raise
@@ -49,8 +54,9 @@ def _open_node(config: NodeConfig, plugins: Sequence[Plugin]) -> tuple[Node, che
         if Path(exc.path) == data_dir:
             raise  # nothing in it can be read, so nothing can be set aside
         if not config.discard_state:
-            raise DamagedState(exc.path, f"{exc}; repair it, or start with --discard-state to set the "
-                                         "saved state aside and start empty") from exc
+            key_used = f" (the data key is {config.data_key_path})" if isinstance(exc, UndecryptableState) else ""
+            raise type(exc)(exc.path, f"{exc}{key_used}; repair it, or start with --discard-state to set the "
+                                      "saved state aside and start empty") from exc
         logger.error("saved state is damaged: %s", exc, extra={"path": exc.path})
         checkpoints.discard(data_dir, exc)
         return _new_node(config, plugins), checkpoints.Saved(data_dir)
@@ -86,13 +92,16 @@ def _advertised(bound: Address) -> Address:
 
 
 async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: trio.Event | None = None,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
+                reload: trio.abc.ReceiveChannel | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run a node, with ``plugins`` (``nodes.Plugin``), until cancelled or until ``stop`` is set.
 
     ``task_status.started`` gets the Address the node listens on (useful with
     port 0).  When ``stop`` is set the node stops accepting, lets running
     requests finish, checkpoints its workloads into ``DATA_DIR/checkpoints``
-    and returns; cancellation stops it without a checkpoint.
+    and returns; cancellation stops it without a checkpoint.  Each item
+    received from ``reload`` (SIGHUP, in ``migrate-node serve``) reloads
+    the certificate and the revocation list; they are also reloaded when
+    their files change (``nodes._credentials``).
     Raises ConfigError for unusable settings or TLS material or a busy
     address or plugins that clash, DamagedState (a ConfigError) for saved
     state it will not start from, and CheckpointFailed if the shutdown
@@ -124,6 +133,9 @@ async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: tri
                 if plugin.resume is not None:
                     await plugin.resume(node)
             nursery.start_soon(accept)
+            if node.credentials is not None:
+                nursery.start_soon(functools.partial(watch, node.credentials, on_revoked=node.close_revoked,
+                                                     poll_s=config.tls_poll_s, requests=reload))
             for address in config.join:
                 node.learn_peer(address)
             logger.info("listening", extra={"address": str(bound), "role": config.role,

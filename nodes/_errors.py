@@ -84,5 +84,13 @@ class DamagedState(ConfigError):
         self.path = str(path)
 
 
+class UndecryptableState(DamagedState):
+    """Saved state failed authentication (``nodes._at_rest``): it was encrypted with another data key,
+    or it was changed, truncated, reordered or swapped since the node wrote it.
+
+    Nothing of it is restored; ``path`` names the file.
+    """
+
+
 class CheckpointFailed(NodeError):
     """SIGTERM's checkpoint could not be saved whole; the message says what failed and where."""

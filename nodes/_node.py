@@ -16,7 +16,10 @@ buffers (see ``nodes._transport``).
 Every connection is checked once before it is served, and every request
 before its handler runs (``nodes._authorization``): the Hello name must be
 one the peer's certificate covers, and a request its certificate's role
-may not send is answered ``forbidden``.
+may not send is answered ``forbidden``.  The certificate and the
+revocation list are reloaded at run time (``credentials``,
+``nodes._credentials``); ``close_revoked`` closes the connections whose
+certificate was revoked since they opened.
 
 Requests are dispatched through one table from request class to handler:
 the node's own (``nodes._handlers``) and those of the plugins it was made
@@ -40,11 +43,13 @@ import trio
 
 from . import _checkpoints as checkpoints
 from . import _host_errors as he
+from ._at_rest import load_data_key
 from ._authorization import hello_refusal, refusal
 from ._call_executor import CallExecutor
 from ._checkpoint_format import BulkReport
 from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
+from ._credentials import Connections, Credentials
 from ._error_codes import error_reply
 from ._errors import (
     CheckpointFailed,
@@ -59,7 +64,6 @@ from ._messages import ErrorCode, ErrorReply, NodeSummary, Reply, Request
 from ._peers import PeerTable, watch_peer
 from ._plugin import Plugin, Session, checkpoint_records, handler_table
 from ._protocol import ConnectionClosed, State
-from ._tls import client_context, own_identity, server_context
 from ._transport import Channel, accept_channel
 
 logger = logging.getLogger(__name__)
@@ -97,14 +101,14 @@ class Node:
         self.peers = PeerTable()
         self.stopping = False
         self._nursery: trio.Nursery | None = None
-        self._server_ssl = None if config.insecure else server_context(config.tls_path)
-        self._client_ssl = None if config.insecure else client_context(config.tls_path)
+        # Reloaded at run time (nodes._credentials); None without TLS.
+        self.credentials = None if config.insecure else Credentials(config.tls_path, config.revoked_path)
+        self.connections = Connections()  # open ones, by certificate: for close_revoked
         # The name we give in Hellos when we dial: peers accept only a name our certificate covers.
         self._dial_name = config.name
-        if not config.insecure:
-            identity = own_identity(config.tls_path)
-            if config.name not in identity.names:
-                self._dial_name = identity.name
+        if self.credentials is not None and config.name not in self.credentials.identity.names:
+            self._dial_name = self.credentials.identity.name
+        self.data_key = load_data_key(config.data_key_path)  # checkpoints are sealed with it
         self._in_flight = 0
         self._idle = trio.Event()
         self.calls = CallExecutor(config.call_workers)
@@ -167,11 +171,21 @@ class Node:
             refresh_s=self.config.peer_refresh_s))
 
     async def connect_peer(self, address: Address) -> NodeClient:
-        """Dial a peer as this node (so it learns our name and address)."""
-        return await NodeClient.connect(
-            address, tls=self._client_ssl, name=self._dial_name, role=self.config.role,
+        """Dial a peer as this node (so it learns our name and address).
+
+        Raises ConnectionFailed if it cannot, or its certificate is revoked.
+        """
+        client = await NodeClient.connect(
+            address, tls=self.credentials and self.credentials.client, name=self._dial_name, role=self.config.role,
             capabilities=CAPABILITIES, advertise=str(self.address),
             max_frame_bytes=self.config.max_frame_bytes)
+        if self.credentials is not None:
+            revoked = self.credentials.revoked.refusal(client.node_certificate)
+            if revoked is not None:
+                await client.aclose()
+                raise ConnectionFailed(f"{address}: {revoked}")
+            self.connections.dialled(client)
+        return client
 
     # --- connections ----------------------------------------------------
 
@@ -180,8 +194,9 @@ class Node:
         self.counters["connections"] += 1
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT_S):
-                channel = await accept_channel(tcp, ssl_context=self._server_ssl, hello=self.hello_fields(),
-                                               max_frame_bytes=self.config.max_frame_bytes, vet=_vet)
+                channel = await accept_channel(tcp, ssl_context=self.credentials and self.credentials.server,
+                                               hello=self.hello_fields(), max_frame_bytes=self.config.max_frame_bytes,
+                                               vet=self._vet)
         except (ConnectionFailed, RemoteProtocolError, trio.TooSlowError) as exc:
             self.counters["connections_rejected"] += 1
             reason = str(exc) or "handshake timed out"
@@ -202,8 +217,13 @@ class Node:
                 logger.warning("peer advertised a bad address %r", hello.address, extra={"peer": hello.name})
         session = Session(channel)
         reason = "closed by peer"
+        revoked = None
         try:
-            await self._read_requests(session)
+            with self.connections.served(channel.peer_identity,  # cancelled by close_revoked
+                                         self.credentials and self.credentials.revoked) as scope:
+                await self._read_requests(session)
+            if scope.cancelled_caught:
+                reason = revoked = self.credentials.revoked.refusal(channel.peer_identity) or "certificate revoked"
         except RemoteProtocolError as exc:
             self.counters["protocol_errors"] += 1
             reason = f"protocol error: {exc}"
@@ -214,8 +234,21 @@ class Node:
             # Shielded: at shutdown this task is cancelled, and the Goodbye
             # tells clients the node is stopping (not crashed); at most 1 s.
             with trio.CancelScope(shield=True):
-                await channel.aclose(code=ErrorCode.SHUTTING_DOWN if self.stopping else None)
+                await channel.aclose(code=ErrorCode.FORBIDDEN if revoked else
+                                     ErrorCode.SHUTTING_DOWN if self.stopping else None, reason=revoked or "")
         logger.info("connection closed", extra={"peer": hello.name, "reason": reason})
+
+    def _vet(self, channel: Channel) -> str | None:
+        """Why the peer's Hello may not be accepted (a revoked certificate, or not its name); None if it may."""
+        if self.credentials is None:
+            return None
+        return hello_refusal(channel.peer, channel.peer_identity, self.credentials.revoked)
+
+    def close_revoked(self) -> None:
+        """Close every open connection, served or dialled, whose certificate the revocation list now names."""
+        if self.credentials is not None:
+            self.counters["connections_revoked"] += self.connections.close_revoked(self.credentials.revoked,
+                                                                                   self.start_soon)
 
     async def _read_requests(self, session: Session) -> None:
         limit = self.config.max_in_flight
@@ -327,7 +360,7 @@ class Node:
             self, self.plugins, [info.workload_id for info in self.host.workloads()])
         report = await trio.to_thread.run_sync(functools.partial(
             checkpoints.save, self.host, self.config.data_path, records=records, leave_out=leave_out,
-            node_records=node_records, deadline=deadline))
+            node_records=node_records, deadline=deadline, key=self.data_key))
         for workload, why in report.failed:
             logger.error("workload not checkpointed: %s", why, extra={"workload": workload})
         logger.info("checkpointed %d workloads", len(report.done),
@@ -340,9 +373,6 @@ class Node:
         return report
 
 
-def _vet(channel: Channel) -> str | None:
-    """Why the peer's Hello may not be accepted (its name is not its certificate's); None if it may."""
-    return hello_refusal(channel.peer, channel.peer_identity)
 
 
 def _remote(tcp: trio.SocketStream) -> str:

@@ -17,6 +17,11 @@ cannot impersonate a node.  Subject alternative names cover the name given,
 Both sides require a certificate signed by the cluster CA (mutual TLS,
 ``CERT_REQUIRED``), so a party the CA did not sign fails the TLS handshake,
 before the node reads a single frame from it.
+
+Every certificate has a random serial number, printed by ``cert issue`` and
+``cert show`` and carried in ``Identity.serial``: that, or the name, is
+what a revocation list names (``nodes._revocation``).  ``check_pair``
+vets a TLS dir before a running node swaps it in (``nodes._credentials``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -237,6 +243,7 @@ class Identity:
 
     role: str
     names: tuple[str, ...]
+    serial: int = 0  # 0 when unknown
 
     @property
     def name(self) -> str:
@@ -249,16 +256,27 @@ def peer_identity(cert: dict | None) -> Identity:
     role = subject.get("organizationalUnitName", "")
     dns = [value for kind, value in (cert or {}).get("subjectAltName", ()) if kind == "DNS"]
     common = [subject["commonName"]] if "commonName" in subject else []
-    return Identity(role if role in CERT_ROLES else "", tuple(dict.fromkeys(common + dns)))
+    try:
+        serial = int((cert or {}).get("serialNumber", "0"), 16)
+    except ValueError:
+        serial = 0
+    return Identity(role if role in CERT_ROLES else "", tuple(dict.fromkeys(common + dns)), serial)
+
+
+def _read_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the certificate {path}: {exc}") from None
 
 
 def own_identity(tls_dir: Path) -> Identity:
     """The Identity of the certificate in a TLS dir.  Raises ConfigError if it is missing or unreadable."""
-    path = Path(tls_dir) / CERT_FILE
-    try:
-        cert = x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the certificate {path}: {exc}") from None
+    return certificate_identity(_read_cert(Path(tls_dir) / CERT_FILE))
+
+
+def certificate_identity(cert: x509.Certificate) -> Identity:
+    """The Identity a certificate names."""
     role = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
     common = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     try:
@@ -266,7 +284,45 @@ def own_identity(tls_dir: Path) -> Identity:
             x509.DNSName)
     except x509.ExtensionNotFound:
         dns = []
-    return Identity(role[0] if role and role[0] in CERT_ROLES else "", tuple(dict.fromkeys(common + dns)))
+    return Identity(role[0] if role and role[0] in CERT_ROLES else "", tuple(dict.fromkeys(common + dns)),
+                    cert.serial_number)
+
+
+def describe(path: Path) -> str:
+    """One line about the certificate at ``path`` (a file or a TLS dir): name, role, serial, expiry.
+
+    Raises ConfigError if it cannot be read.
+    """
+    path = Path(path)
+    cert = _read_cert(path / CERT_FILE if path.is_dir() else path)
+    identity = certificate_identity(cert)
+    return (f"name {identity.name} role {identity.role or '?'} serial:{identity.serial:#x} "
+            f"valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+
+
+def check_pair(tls_dir: Path) -> Identity:
+    """Check that a TLS dir holds a usable pair: readable, the key matches, signed by its CA and in date.
+
+    Returns the certificate's Identity; raises ConfigError saying what is wrong.
+    """
+    tls_dir = Path(tls_dir)
+    cert, ca = _read_cert(tls_dir / CERT_FILE), _read_cert(tls_dir / CA_FILE)
+    try:
+        key = serialization.load_pem_private_key((tls_dir / KEY_FILE).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot read the key {tls_dir / KEY_FILE}: {exc}") from None
+    if key.public_key() != cert.public_key():
+        raise ConfigError(f"the key {tls_dir / KEY_FILE} does not belong to the certificate {tls_dir / CERT_FILE}")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise ConfigError(f"the certificate {tls_dir / CERT_FILE} is not signed by the CA {tls_dir / CA_FILE}: "
+                          f"{exc or 'bad signature'}") from None
+    now = _now()
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise ConfigError(f"the certificate {tls_dir / CERT_FILE} is not valid now (valid "
+                          f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
+    return certificate_identity(cert)
 
 
 def is_loopback(host: str) -> bool:

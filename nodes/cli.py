@@ -19,6 +19,7 @@ them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -40,7 +41,8 @@ from ._groups import unwrap_group
 from ._logging import configure_logging
 from ._messages import StatusReport
 from ._plugin import Plugin
-from ._tls import CERT_ROLES, init_ca, issue_cert
+from ._revocation import revoke
+from ._tls import CERT_ROLES, describe, init_ca, issue_cert
 
 logger = logging.getLogger("nodes.cli")
 
@@ -94,16 +96,21 @@ async def _serve_until_signalled(config: NodeConfig, plugins: Sequence[Plugin]) 
     crash.allow(phase for plugin in plugins for phase in plugin.crash_phases)
     crash.check_environment()
     stop = trio.Event()
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, unwrap_group():
+    reload, reloads = trio.open_memory_channel(1)  # SIGHUP: reload the certificate and the revocation list
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals, unwrap_group():
         async with trio.open_nursery() as nursery:
             async def on_signal() -> None:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        with contextlib.suppress(trio.WouldBlock):  # one reload pending is enough
+                            reload.send_nowait(None)
+                        continue
                     logger.info("stopping on %s", signal.Signals(signum).name)
                     crash.release()  # a crash test's paused phase goes on from here
                     stop.set()
 
             nursery.start_soon(on_signal)
-            await serve(config, plugins=plugins, stop=stop)
+            await serve(config, plugins=plugins, stop=stop, reload=reloads)
             nursery.cancel_scope.cancel()
 
 
@@ -304,7 +311,7 @@ def _run_ca(args: argparse.Namespace) -> int:
 
 def _add_cert(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("cert", help="node and client certificates")
-    cert_sub = p.add_subparsers(dest="cert_command", required=True, metavar="issue")
+    cert_sub = p.add_subparsers(dest="cert_command", required=True, metavar="issue|show|revoke")
     issue = cert_sub.add_parser("issue", help="issue a key and certificate signed by the cluster CA")
     issue.add_argument("--ca", type=Path, required=True, help="the CA dir from `ca init`")
     issue.add_argument("--name", required=True, help="node or client name (the certificate's CN)")
@@ -312,12 +319,24 @@ def _add_cert(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     issue.add_argument("--out", type=Path, required=True, help="TLS dir to write cert.pem, key.pem, ca.pem")
     issue.add_argument("--san", action="append", default=[], metavar="NAME_OR_IP",
                        help="another DNS name or IP address the node is reached by (repeatable)")
+    show = cert_sub.add_parser("show", help="a certificate's name, role, serial and expiry")
+    show.add_argument("path", type=Path, help="a TLS dir or a certificate file")
+    revoked = cert_sub.add_parser("revoke", help="add a certificate to a revocation list (nodes re-read it)")
+    revoked.add_argument("--list", type=Path, required=True, dest="revoked",
+                         help="the revocation list (a node's --revoked; default TLS_DIR/revoked.txt)")
+    revoked.add_argument("entry", help="serial:0x..., name:NAME, or a bare serial or name")
     return p
 
 
 def _run_cert(args: argparse.Namespace) -> int:
-    path = issue_cert(args.ca, name=args.name, role=args.role, out_dir=args.out, extra_names=tuple(args.san))
-    print(f"issued {args.role} certificate {path} for {args.name}")
+    if args.cert_command == "show":
+        print(describe(args.path))
+    elif args.cert_command == "revoke":
+        print(f"added {revoke(args.revoked, args.entry)} to {args.revoked}; nodes using it re-read it within "
+              "--tls-poll-s, or at once on SIGHUP")
+    else:
+        path = issue_cert(args.ca, name=args.name, role=args.role, out_dir=args.out, extra_names=tuple(args.san))
+        print(f"issued {args.role} certificate {path} for {args.name}: {describe(path)}")
     return 0
 
 

@@ -20,7 +20,7 @@ def test_export_list_is_stable():
         "NodeError", "NodeShuttingDown", "NodeSummary", "PROTOCOL_VERSIONS", "PeerSummary", "Plugin",
         "RECEIVE_BYTES", "ReadMemory", "RemoteNodeError", "RemoteProtocolError", "ReplayDivergence",
         "ReplayUnsupported", "Reply", "Request", "RequestError", "ResourceLimitExceeded", "Session",
-        "SnapshotFailed", "State", "StatusReport", "UnknownExport", "UnknownModule", "UnknownWorkload",
+        "SnapshotFailed", "State", "StatusReport", "UndecryptableState", "UnknownExport", "UnknownModule", "UnknownWorkload",
         "UnsupportedImports", "WorkloadError", "WorkloadExists", "WorkloadExited", "WorkloadInfo",
         "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "check_call_args", "client_context", "code_for",
         "configure_logging", "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "message", "parse_address", "register",

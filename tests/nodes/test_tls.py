@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import ssl
 import stat
 from pathlib import Path
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from nodes import ConfigError, client_context, init_ca, issue_cert, server_context
-from nodes._tls import certificate_subject, is_loopback
+from nodes._tls import certificate_subject, check_pair, is_loopback, own_identity
 
 
 @pytest.fixture
@@ -174,3 +175,20 @@ async def test_client_checks_the_name_it_dialled(cluster):
     server, client = await handshake(cluster["edge-1"], cluster["app"], server_hostname="cloud-1")
     assert isinstance(client, trio.BrokenResourceError)
     assert "Hostname mismatch" in str(client.__cause__) or "CERTIFICATE_VERIFY_FAILED" in str(client.__cause__)
+
+
+def test_check_pair_names_what_is_wrong_with_a_tls_dir(cluster, tmp_path):
+    assert check_pair(cluster["edge-1"]).name == "edge-1"
+    assert check_pair(cluster["edge-1"]).serial == own_identity(cluster["edge-1"]).serial > 0
+    broken = tmp_path / "broken"
+    shutil.copytree(cluster["edge-1"], broken)
+    (broken / "key.pem").write_bytes((cluster["app"] / "key.pem").read_bytes())
+    with pytest.raises(ConfigError, match="does not belong to the certificate"):
+        check_pair(broken)
+    (broken / "ca.pem").write_bytes((cluster["rogue"] / "ca.pem").read_bytes())
+    (broken / "key.pem").write_bytes((cluster["edge-1"] / "key.pem").read_bytes())
+    with pytest.raises(ConfigError, match="is not signed by the CA"):
+        check_pair(broken)
+    (broken / "cert.pem").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="cannot read the certificate"):
+        check_pair(broken)
