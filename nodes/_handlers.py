@@ -14,6 +14,7 @@ import types
 from typing import TYPE_CHECKING
 
 from . import _host_errors as he
+from ._authorization import visible
 from ._workload import WorkloadInfo
 from ._messages import (
     Call,
@@ -55,6 +56,12 @@ _REPLY_OVERHEAD_BYTES = 1024
 
 def _summary(info: WorkloadInfo) -> WorkloadSummary:
     return WorkloadSummary(**dataclasses.asdict(info))
+
+
+def _visible_workloads(node: Node, session: Session) -> tuple[WorkloadSummary, ...]:
+    """The workloads the sender may see: a client certificate sees its own tenant's only."""
+    identity = session.channel.peer_identity
+    return tuple(_summary(info) for info in node.host.workloads() if visible(identity, info.app))
 
 
 async def _has_module(node: Node, session: Session, req: HasModule) -> Reply:
@@ -106,7 +113,7 @@ async def _remove(node: Node, session: Session, req: Remove) -> Reply:
 
 
 async def _list(node: Node, session: Session, req: ListWorkloads) -> Reply:
-    return WorkloadList(id=req.id, workloads=tuple(map(_summary, node.host.workloads())))
+    return WorkloadList(id=req.id, workloads=_visible_workloads(node, session))
 
 
 async def _peers(node: Node, session: Session, req: Peers) -> Reply:
@@ -118,10 +125,11 @@ async def _ping(node: Node, session: Session, req: Ping) -> Reply:
 
 
 async def _status(node: Node, session: Session, req: Status) -> Reply:
-    return StatusReport(id=req.id, node=node.summary(),
-                        workloads=tuple(map(_summary, node.host.workloads())),
+    identity = session.channel.peer_identity
+    migrations = tuple(r for r in node.plugin_status() if visible(identity, str(r.get("app", ""))))
+    return StatusReport(id=req.id, node=node.summary(), workloads=_visible_workloads(node, session),
                         peers=node.peers.summaries(), host=dataclasses.asdict(node.host.stats()),
-                        counters=dict(node.counters), migrations=node.plugin_status())
+                        counters=dict(node.counters), migrations=migrations)
 
 
 HANDLERS = types.MappingProxyType({

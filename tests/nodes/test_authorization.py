@@ -1,11 +1,14 @@
-"""Authorization by certificate: the role table, the Hello name check, and the matrix of every request x role.
+"""Authorization by certificate: the role table, the Hello name check, tenants, and the matrix of every request x sender.
 
 The matrix runs against a real ``migrate-node`` process (with the migration
 plugin, so migrate's requests are served): every registered request type,
-built with placeholder fields from its dataclass fields, is sent once with a
-client certificate and once with a node certificate.  A client's node-only
-request must come back ``forbidden`` and leave the node's workloads exactly
-as they were; every other cell must not be ``forbidden``.
+built with placeholder fields from its dataclass fields (all naming the
+workload ``w`` of client A), is sent by three certificates: client B (another
+tenant), client A (the owner) and a node.  A client's node-only request
+must come back ``forbidden`` (the role), B's request naming A's workload
+``forbidden`` (the tenant), and each of those must leave the node's
+workloads exactly as they were; B's allowed requests too; every other cell
+must not be ``forbidden``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,12 @@ EXPECTED_TABLE = {
         "m_incoming", "m_chunk", "m_commit", "m_abort", "m_protect", "m_checkpoint", "m_checkpoint_part",
         "m_replay", "m_align", "m_follow", "m_promote")},
 }
+
+
+#: The requests open to clients that name a workload (``workload`` or
+#: ``workload_id``): refused to a client of another tenant.
+EXPECTED_PER_WORKLOAD = {"deploy", "call", "read_memory", "write_memory", "output", "remove", "m_spawn", "m_call",
+                         "m_locate", "m_migrate"}
 
 
 def _request_kinds() -> list[str]:
@@ -128,8 +137,10 @@ def test_the_hello_name_must_be_one_the_certificate_covers():
 
 
 def _placeholder(tp: Any, name: str) -> Any:
-    if name == "workload":
+    if name in ("workload", "workload_id"):
         return WORKLOAD
+    if name == "app":
+        return ""  # the sender's own application
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         return _placeholder(next(a for a in args if a is not type(None)), name)
@@ -141,7 +152,7 @@ def _placeholder(tp: Any, name: str) -> Any:
 
 
 def placeholder_fields(cls: type[Request]) -> dict[str, Any]:
-    """Well-formed values for every field of ``cls`` but ``id``: an epoch of 1000, the workload ``w``."""
+    """Well-formed values for every field of ``cls`` but ``id``: an epoch of 1000, the workload ``w``, the sender's app."""
     hints = typing.get_type_hints(cls)
     return {f.name: _placeholder(hints[f.name], f.name) for f in dataclasses.fields(cls) if f.name != "id"}
 
@@ -178,43 +189,59 @@ async def _fingerprint(client: NodeClient) -> tuple:
             (where.status, where.epoch, where.index), status.migrations)
 
 
-async def test_matrix_of_every_request_and_role(node_procs, cluster_tls):
+def _cell(refused: Forbidden | None) -> str:
+    if refused is None:
+        return "not forbidden"
+    return "forbidden: tenant" if "for workload" in str(refused) else "forbidden: role"
+
+
+async def test_matrix_of_every_request_and_sender(node_procs, cluster_tls):
     node = node_procs.start("edge-1", "edge")
-    as_node, as_client = cluster_tls.issue("app-1", "node"), cluster_tls.app
-    async with await NodeClient.connect(node.address, tls=as_node) as owner, \
-            await NodeClient.connect(node.address, tls=as_client) as client:
-        sha256 = await owner.ensure_module(COUNTER)
-        await owner.request(mm.MSpawn, module_sha256=sha256, workload=WORKLOAD)
+    tls = {"client A": cluster_tls.issue("app-a", "client"), "client B": cluster_tls.issue("app-b", "client"),
+           "node": cluster_tls.issue("app-1", "node")}
+    async with await NodeClient.connect(node.address, tls=tls["node"]) as as_node, \
+            await NodeClient.connect(node.address, tls=tls["client A"]) as as_a, \
+            await NodeClient.connect(node.address, tls=tls["client B"]) as as_b:
+        sha256 = await as_a.ensure_module(COUNTER)
+        await as_a.request(mm.MSpawn, module_sha256=sha256, workload=WORKLOAD)
         for seq in range(3):
-            await owner.request(mm.MCall, workload=WORKLOAD, op="call", caller="owner", seq=seq, export="incr",
-                                args=(5,))
-        await owner.request(mm.MProtect, workload=WORKLOAD, record=True)  # a ledger worth stealing
-        await owner.deploy(COUNTER, workload_id="plain")
-        await owner.call("plain", "incr", 7)
-        before = await _fingerprint(owner)
+            await as_a.request(mm.MCall, workload=WORKLOAD, op="call", caller="owner", seq=seq, export="incr",
+                               args=(5,))
+        await as_node.request(mm.MProtect, workload=WORKLOAD, record=True)  # a ledger worth stealing
+        await as_a.deploy(COUNTER, workload_id="plain")
+        await as_a.call("plain", "incr", 7)
+        before = await _fingerprint(as_node)
+        assert {w.app for w in (await as_node.status()).workloads} == {"app-a"}
 
         table = role_table()
         kinds = _request_kinds()
         # node-only kinds first, so the allowed ones (remove...) cannot change what they find
         order = sorted(kinds, key=lambda k: "client" in table[k])
         seen: dict[tuple[str, str], str] = {}
-        for role, holder in (("client", client), ("node", owner)):
+        for sender, holder in (("client B", as_b), ("client A", as_a), ("node", as_node)):
+            role = sender.split()[0]
             for kind in order:
                 refused = await _send(holder, kind)
-                seen[kind, role] = "forbidden" if refused else "not forbidden"
+                seen[kind, sender] = _cell(refused)
                 if refused:
                     assert (refused.kind, refused.role) == (kind, role)
                     assert f"{role} certificate" in str(refused) and repr(kind) in str(refused)
-                    assert await _fingerprint(owner) == before, f"{kind} from a {role} changed the node"
-        status = await owner.status()
+                    assert "app-a" not in str(refused)  # nothing of the owner
+                if refused or sender == "client B":
+                    assert await _fingerprint(as_node) == before, f"{kind} from {sender} changed the node"
+        status = await as_node.status()
 
-    expected = {(kind, role): "not forbidden" if role in table[kind] else "forbidden"
-                for kind in kinds for role in ("client", "node")}
-    for (kind, role), outcome in sorted(seen.items()):
-        print(f"{kind:20} {role:7} {outcome}")
-    assert seen == expected
-    forbidden = sum(outcome == "forbidden" for outcome in seen.values())
-    assert forbidden == len([k for k in kinds if table[k] == NODE_ONLY]) > 0
+    def expected(kind: str, sender: str) -> str:
+        role = sender.split()[0]
+        if role not in table[kind]:
+            return "forbidden: role"
+        return "forbidden: tenant" if sender == "client B" and kind in EXPECTED_PER_WORKLOAD else "not forbidden"
+
+    for kind in kinds:
+        print(f"{kind:20} " + " ".join(f"{sender}: {seen[kind, sender]:18}" for sender in tls))
+    assert seen == {(kind, sender): expected(kind, sender) for kind in kinds for sender in tls}
+    forbidden = sum(outcome != "not forbidden" for outcome in seen.values())
+    assert forbidden == 2 * len([k for k in kinds if table[k] == NODE_ONLY]) + len(EXPECTED_PER_WORKLOAD)
     assert status.counters["forbidden"] == forbidden
 
 
