@@ -40,10 +40,11 @@ from nodes import (
     register,
     role_table,
 )
-from nodes._authorization import hello_refusal, refusal
+from nodes._authorization import authorize, hello_refusal, refusal, visible
 from nodes._error_codes import exception_for
-from nodes._messages import Hello, message_class
+from nodes._messages import Call, Deploy, ErrorReply, Hello, ListWorkloads, message_class
 from nodes._tls import Identity
+from nodeproc import run_cli
 
 COUNTER = workloads.load("counter")
 WORKLOAD = "w"  # the workload every placeholder request names
@@ -131,6 +132,61 @@ def test_the_hello_name_must_be_one_the_certificate_covers():
     reason = hello_refusal(hello, Identity("client", ("app",)))
     assert "'edge-1'" in reason and "'app'" in reason
     assert hello_refusal(hello, None) is None
+
+
+# --- tenants ------------------------------------------------------------------------
+
+CLIENT_A, CLIENT_B = Identity("client", ("app-a",)), Identity("client", ("app-b",))
+A_NODE = Identity("node", ("edge-1", "localhost"))
+OWNERS = {"a1": "app-a", "a2": "app-a/shop", "n1": "default"}.get
+
+
+def test_a_client_may_act_for_its_name_and_its_name_slash_anything_only():
+    assert visible(CLIENT_A, "app-a") and visible(CLIENT_A, "app-a/shop")
+    for app in ("app-b", "app-ab", "app-a.x", "default", "app", ""):
+        assert not visible(CLIENT_A, app), app
+    assert visible(A_NODE, "app-b") and visible(None, "app-b")
+
+
+def test_an_empty_app_becomes_the_senders_own():
+    deploy = Deploy(id=1, sha256="s")
+    assert deploy.app == ""
+    assert authorize(deploy, CLIENT_A, OWNERS).app == "app-a"
+    assert authorize(deploy, A_NODE, OWNERS).app == "default"
+    assert authorize(deploy, None, OWNERS).app == "default"
+    for app in ("app-a", "app-a/shop"):
+        assert authorize(dataclasses.replace(deploy, app=app), CLIENT_A, OWNERS).app == app
+    assert authorize(dataclasses.replace(deploy, app="app-b"), A_NODE, OWNERS).app == "app-b"
+
+
+def test_a_client_naming_another_tenants_app_is_forbidden():
+    reply = authorize(Deploy(id=4, sha256="s", app="app-b"), CLIENT_A, OWNERS)
+    assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.FORBIDDEN and reply.id == 4
+    assert reply.message == ("the client certificate 'app-a' may not send 'deploy' for the application 'app-b': "
+                             "it acts for 'app-a' and 'app-a/NAME' only")
+    assert reply.details == {"kind": "deploy", "role": "client"}
+
+
+def test_a_client_naming_another_tenants_workload_is_forbidden_and_told_nothing_of_it():
+    for workload in ("a1", "a2"):
+        assert authorize(Call(id=1, workload=workload, export="get"), CLIENT_A, OWNERS).workload == workload
+        reply = authorize(Call(id=2, workload=workload, export="get"), CLIENT_B, OWNERS)
+        assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.FORBIDDEN
+        assert reply.message == (f"the client certificate 'app-b' may not send 'call' for workload {workload!r}: "
+                                 "it belongs to another application")
+        assert "app-a" not in reply.message and reply.details == {"kind": "call", "role": "client"}
+    # a new id, or one claimed for another tenant, by either field
+    assert isinstance(authorize(Deploy(id=3, sha256="s", workload_id="a1"), CLIENT_B, OWNERS), ErrorReply)
+    assert authorize(Deploy(id=3, sha256="s", workload_id="b9"), CLIENT_B, OWNERS).app == "app-b"
+    assert authorize(Call(id=1, workload="nowhere", export="get"), CLIENT_B, OWNERS).workload == "nowhere"
+    assert isinstance(authorize(mm.MMigrate(id=1, workload="n1", target="x"), CLIENT_B, OWNERS), ErrorReply)
+    # a node certificate, or none, may use any workload; a request naming none is not checked
+    assert authorize(Call(id=1, workload="a1", export="get"), A_NODE, OWNERS).workload == "a1"
+    assert authorize(Call(id=1, workload="a1", export="get"), None, OWNERS).workload == "a1"
+    assert isinstance(authorize(ListWorkloads(id=1), CLIENT_B, OWNERS), ListWorkloads)
+    # the role check comes first
+    commit = mm.MCommit(id=7, workload="a1", epoch=1, ledger=None, calls=0)
+    assert authorize(commit, CLIENT_A, OWNERS) == refusal(commit, CLIENT_A)
 
 
 # --- placeholders -------------------------------------------------------------------
@@ -264,3 +320,76 @@ async def test_an_insecure_node_checks_no_certificate(node_procs):
     async with await NodeClient.connect(node.address, tls=None, name="anyone") as client:
         assert await _send(client, "m_abort") is None
         assert await _send(client, "status") is None
+
+
+async def _tenant_view(client: NodeClient) -> tuple:
+    """Everything of every workload on the node, as a node certificate sees it: ids, apps, calls, memory."""
+    status = await client.status()
+    memory = {w.workload_id: hashlib.sha256(await client.read_memory(w.workload_id, 0, w.memory_bytes)).hexdigest()
+              for w in status.workloads}
+    return tuple(sorted((w.workload_id, w.app, w.state, w.calls, w.memory_bytes, memory[w.workload_id])
+                        for w in status.workloads))
+
+
+async def test_another_tenant_can_neither_use_nor_see_a_workload(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge")
+    cloud = node_procs.start("cloud-1", "cloud")
+    tls_a, tls_b = cluster_tls.issue("app-a", "client"), cluster_tls.issue("app-b", "client")
+    async with await NodeClient.connect(edge.address, tls=tls_a) as a, \
+            await NodeClient.connect(edge.address, tls=tls_b) as b, \
+            await NodeClient.connect(edge.address, tls=cluster_tls.issue("app-1", "node")) as as_node:
+        sha256 = await a.ensure_module(COUNTER)
+        await a.deploy(sha256, workload_id="a1")
+        await a.deploy(sha256, workload_id="a2", app="app-a/shop")
+        await a.request(mm.MSpawn, module_sha256=sha256, workload="m1")
+        await a.call("a1", "incr", 41)
+        await a.request(mm.MCall, workload="m1", op="call", caller="a", seq=0, export="incr", args=(5,))
+        await b.deploy(sha256, workload_id="b1")
+        before = await _tenant_view(as_node)
+        assert {(w[0], w[1]) for w in before} == {("a1", "app-a"), ("a2", "app-a/shop"), ("m1", "app-a"),
+                                                  ("b1", "app-b")}
+
+        attempts = {
+            "call": b.call("a1", "incr", 1),
+            "read": b.read_memory("a1", 0, 16),
+            "write": b.write_memory("a2", 0, b"\xff" * 16),
+            "output": b.output("a1"),
+            "remove": b.remove("a2"),
+            "deploy over": b.deploy(sha256, workload_id="a1"),
+            "m_call": b.request(mm.MCall, workload="m1", op="call", caller="b", seq=0, export="incr", args=(1,)),
+            "m_call write": b.request(mm.MCall, workload="m1", op="write", caller="b", seq=1, offset=0, data=b"x"),
+            "m_call remove": b.request(mm.MCall, workload="m1", op="remove", caller="b", seq=2),
+            "m_spawn over": b.request(mm.MSpawn, module_sha256=sha256, workload="m1"),
+            "m_locate": b.request(mm.MLocate, workload="m1"),
+            "migrate": b.request(mm.MMigrate, workload="m1", target=str(cloud.address)),
+            "protect": b.request(mm.MProtect, workload="m1", record=True),
+        }
+        for what, attempt in attempts.items():
+            with pytest.raises(Forbidden) as refused:
+                await attempt
+            assert "app-a" not in str(refused.value), what
+        assert await _tenant_view(as_node) == before  # nothing changed
+
+        # each client sees its own tenant's workloads, with their owner; a node certificate sees them all
+        assert {(w.workload_id, w.app) for w in await a.workloads()} == {("a1", "app-a"), ("a2", "app-a/shop"),
+                                                                         ("m1", "app-a")}
+        assert {(w.workload_id, w.app) for w in await b.workloads()} == {("b1", "app-b")}
+        assert [w.workload_id for w in (await b.status()).workloads] == ["b1"]
+        assert len(await as_node.workloads()) == 4
+        # the owner, and a node certificate, may use it
+        assert await a.call("a1", "incr", 1) == 42
+        assert await as_node.call("a1", "incr", 1) == 43
+
+        report = await a.request(mm.MMigrate, workload="m1", target=str(cloud.address))
+        assert report.report.target == "cloud-1"
+        [moved] = (await a.status()).migrations
+        assert (moved["workload"], moved["app"], moved["state"]) == ("m1", "app-a", "done")
+        assert (await b.status()).migrations == ()
+        assert [m["workload"] for m in (await as_node.status()).migrations] == ["m1"]
+
+    listing_a = run_cli("list", "--node", str(edge.address), "--tls-dir", str(tls_a)).stdout
+    listing_b = run_cli("list", "--node", str(edge.address), "--tls-dir", str(tls_b)).stdout
+    assert "a1" in listing_a and "app-a/shop" in listing_a and "b1" not in listing_a
+    assert "b1" in listing_b and "app-b" in listing_b and "a1" not in listing_b and "app-a" not in listing_b
+    forbidden = run_cli("call", "a1", "get", "--node", str(edge.address), "--tls-dir", str(tls_b), check=False)
+    assert forbidden.returncode == 1 and "may not send 'call' for workload 'a1'" in forbidden.stderr
