@@ -1,4 +1,4 @@
-"""Authorization by certificate: the role table, the Hello name check, tenants, and the matrix of every request x sender.
+"""Authorization by certificate: the role table, the Hello name check, tenants, the matrix of request x sender.
 
 The matrix runs against a real ``migrate-node`` process (with the migration
 plugin, so migrate's requests are served): every registered request type,
@@ -208,7 +208,7 @@ def _placeholder(tp: Any, name: str) -> Any:
 
 
 def placeholder_fields(cls: type[Request]) -> dict[str, Any]:
-    """Well-formed values for every field of ``cls`` but ``id``: an epoch of 1000, the workload ``w``, the sender's app."""
+    """Well-formed values for every field of ``cls`` but ``id``: epoch 1000, the workload ``w``, the sender's app."""
     hints = typing.get_type_hints(cls)
     return {f.name: _placeholder(hints[f.name], f.name) for f in dataclasses.fields(cls) if f.name != "id"}
 
