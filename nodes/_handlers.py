@@ -64,6 +64,21 @@ def _visible_workloads(node: Node, session: Session) -> tuple[WorkloadSummary, .
     return tuple(_summary(info) for info in node.host.workloads() if visible(identity, info.app))
 
 
+async def _for_sender(node: Node, session: Session, func, *args):
+    """Run a Host method about one workload in a worker thread, finding only workloads the sender may use.
+
+    ``authorize`` checked the workload's owner when the request came; this
+    holds the check when the thread looks the workload up (``Registry.serving``).
+    """
+    identity = session.channel.peer_identity
+
+    def run():
+        with node.host.registry.serving(lambda app: visible(identity, app)):
+            return func(*args)
+
+    return await node.run_host(run)
+
+
 async def _has_module(node: Node, session: Session, req: HasModule) -> Reply:
     return ModuleStatus(id=req.id, present=node.host.has_module(req.sha256))
 
@@ -83,7 +98,7 @@ async def _deploy(node: Node, session: Session, req: Deploy) -> Reply:
 
 
 async def _call(node: Node, session: Session, req: Call) -> Reply:
-    result = await node.run_host(node.host.call, req.workload, req.export, req.args)
+    result = await _for_sender(node, session, node.host.call, req.workload, req.export, req.args)
     values = () if result is None else result if isinstance(result, tuple) else (result,)
     return CallResult(id=req.id, values=values)
 
@@ -92,22 +107,22 @@ async def _read_memory(node: Node, session: Session, req: ReadMemory) -> Reply:
     most = session.channel.connection.peer_max_frame_bytes - _REPLY_OVERHEAD_BYTES
     if req.length > most:
         raise he.BadArguments(f"read at most {most} bytes per request, not {req.length}")
-    data = await node.run_host(node.host.read_memory, req.workload, req.offset, req.length)
+    data = await _for_sender(node, session, node.host.read_memory, req.workload, req.offset, req.length)
     return MemoryData(id=req.id, data=data)
 
 
 async def _write_memory(node: Node, session: Session, req: WriteMemory) -> Reply:
-    await node.run_host(node.host.write_memory, req.workload, req.offset, req.data)
+    await _for_sender(node, session, node.host.write_memory, req.workload, req.offset, req.data)
     return Done(id=req.id)
 
 
 async def _output(node: Node, session: Session, req: Output) -> Reply:
-    stdout, stderr = await node.run_host(node.host.output, req.workload)
+    stdout, stderr = await _for_sender(node, session, node.host.output, req.workload)
     return OutputData(id=req.id, stdout=stdout, stderr=stderr)
 
 
 async def _remove(node: Node, session: Session, req: Remove) -> Reply:
-    await node.run_host(node.host.remove, req.workload)
+    await _for_sender(node, session, node.host.remove, req.workload)
     logger.info("removed", extra={"workload": req.workload, "peer": session.peer.name})
     return Done(id=req.id)
 

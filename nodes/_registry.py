@@ -9,15 +9,18 @@ memory budget (``tenant_of``: all the apps of one tenant together).  A cap
 is counted from the moment its id is claimed, so a workload being built
 counts too.  ``admit`` runs the same checks without claiming anything: a
 move announces itself before its bytes come, and is refused there.
-``owner`` says which app a workload (or a claimed id) belongs to.  Closing
+``owner`` says which app a workload (or a claimed id) belongs to, and
+``serving`` makes lookups on one thread find only the workloads of the apps
+a request's sender may use.  Closing
 the table (``close``) hands back the workloads to release; from then on
 every lookup raises ``HostClosed``.  Thread-safe: one lock guards it all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from ._host_errors import BadArguments, HostClosed, ResourceLimitExceeded, UnknownWorkload, WorkloadExists
@@ -40,6 +43,7 @@ class Registry:
         self._workloads: dict[str, Workload] = {}
         self._pending: dict[str, _Reservation] = {}  # being created, removed or renamed
         self._closed = False
+        self._serving = threading.local()  # per thread: ``may_use`` of the request it runs, if any
 
     def check_open(self) -> None:
         """Raises ``HostClosed`` once the table is closed."""
@@ -55,9 +59,29 @@ class Registry:
         with self._lock:
             self._raise_if_closed()
             w = self._workloads.get(workload_id) if isinstance(workload_id, str) else None
-        if w is None:
-            raise UnknownWorkload(f"no workload {workload_id!r} on this host")
+            if w is None or not self._may_use(w):
+                raise UnknownWorkload(f"no workload {workload_id!r} on this host")
         return w
+
+    @contextlib.contextmanager
+    def serving(self, may_use: Callable[[str], bool]) -> Iterator[None]:
+        """Within it, on this thread, a workload whose app ``may_use`` refuses is not found.
+
+        The daemon runs a client's request about a workload in it, so the
+        tenant check also holds when the workload is looked up, under the
+        table's lock: a workload another tenant created under that id after
+        the request was authorized (while it waited for a worker thread) is
+        ``UnknownWorkload``, as it was when the request came.
+        """
+        self._serving.may_use = may_use
+        try:
+            yield
+        finally:
+            self._serving.may_use = None
+
+    def _may_use(self, w: Workload) -> bool:
+        may_use = getattr(self._serving, "may_use", None)
+        return may_use is None or may_use(w.app)
 
     def all(self) -> list[Workload]:
         with self._lock:
@@ -169,9 +193,10 @@ class Registry:
         """
         with self._lock:
             self._raise_if_closed()
-            w = self._workloads.pop(workload_id, None)
-            if w is None:
+            w = self._workloads.get(workload_id)
+            if w is None or not self._may_use(w):
                 raise UnknownWorkload(f"no workload {workload_id!r} on this host")
+            del self._workloads[workload_id]
             self._pending[workload_id] = _Reservation(w.app, 0)  # keeps the id until its files are gone
         return w
 

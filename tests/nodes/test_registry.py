@@ -8,12 +8,14 @@ through a real ``migrate-node`` with client certificates.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import trio
 from hypothesis import given, settings, strategies as st
 
 import workloads
-from nodes import Limits, NodeClient, ResourceLimitExceeded, WorkloadExists
+from nodes import Host, Limits, NodeClient, ResourceLimitExceeded, UnknownWorkload, WorkloadExists
 from nodes._config import NodeConfig
 from nodes._limits import system_memory, tenant_of
 from nodes._registry import Registry
@@ -79,6 +81,29 @@ def test_a_node_defaults_to_half_of_physical_memory():
     assert (limits.workloads_memory_bytes, limits.app_memory_bytes) == (64 * MiB, 32 * MiB)
     with pytest.raises(ValueError, match="workloads_memory_bytes"):
         Limits(workloads_memory_bytes=0)
+
+
+def test_a_thread_serving_a_request_finds_only_the_workloads_its_sender_may_use(tmp_path):
+    with Host(tmp_path, limits=Limits(memory_bytes=16 * MiB)) as host:
+        sha256 = host.add_module(COUNTER)
+        host.deploy(sha256, workload_id="w", app="app-a")
+        host.call("w", "incr", (4,))
+        elsewhere: list = []
+        with host.registry.serving(lambda app: app == "app-b"):
+            for attempt in (lambda: host.call("w", "incr", (1,)), lambda: host.read_memory("w", 0, 8),
+                            lambda: host.write_memory("w", 0, b"x"), lambda: host.output("w"),
+                            lambda: host.remove("w")):
+                with pytest.raises(UnknownWorkload, match="no workload 'w'"):
+                    attempt()
+            other = threading.Thread(target=lambda: elsewhere.append(host.call("w", "get")))  # not serving
+            other.start()
+            other.join()
+        assert elsewhere == [4]
+        assert host.registry.owner("w") == "app-a" and host.call("w", "get") == 4  # nothing changed
+        with host.registry.serving(lambda app: app == "app-a"):
+            assert host.call("w", "incr", (1,)) == 5
+            host.remove("w")
+        assert host.registry.owner("w") is None
 
 
 _ops = st.lists(st.tuples(st.sampled_from(["reserve", "admit", "unclaim"]),
