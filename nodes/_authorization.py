@@ -62,8 +62,9 @@ Like the role check, it changes no state.  The node's own handlers hold
 the check when a worker thread looks the workload up (``Registry.serving``),
 so a workload another tenant creates under that id while the request waits
 for a thread is not reached either; the migration plugin's handlers read
-their ownership tables in the same step as the check, with no wait between
-them.  ``visible`` is the same rule for
+their ownership tables in the same step as the check, and a call that
+waited for its workload's lock runs only if that workload is still the one
+owned under the id.  ``visible`` is the same rule for
 what ``list`` and ``status`` show: a client sees its own tenant's
 workloads and migrations only.  Workloads that left the node (a tombstone's
 redirect) are not checked here; the node they went to checks them.
