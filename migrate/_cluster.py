@@ -198,11 +198,13 @@ class Cluster:
                                 workloads=summary.workloads, rtt_s=rtt))
         return out
 
-    async def spawn(self, module: bytes | str | Path, *, on: str = LOCAL, app: str = "default",
+    async def spawn(self, module: bytes | str | Path, *, on: str = LOCAL, app: str = "",
                     workload: str | None = None) -> Handle:
         """Start a workload from ``module`` (bytes or a path) on node ``on``.
 
         Module bytes cross the network only if the node lacks them.
+        ``app`` is the application it belongs to: "" for the certificate's
+        own (``nodes._authorization``).
         Raises UnknownNode, ConnectionFailed and the node's errors
         (``InvalidModule``, ``ResourceLimitExceeded``...).
         """

@@ -75,11 +75,11 @@ class MSpawned(Reply):
 
 @message("m_spawn", reply=MSpawned, roles=ANY_ROLE)
 class MSpawn(Request):
-    """Start a migratable workload from a module the node already holds."""
+    """Start a migratable workload from a module the node already holds, for ``app`` ("": the sender's own)."""
 
     module_sha256: str
     workload: str | None = None
-    app: str = "default"
+    app: str = ""
 
 
 @message("m_result")

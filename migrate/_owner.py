@@ -66,6 +66,11 @@ async def on_call(node, session, req: MCall):
     async with owned.lock:
         if owned.moved is not None:
             return _moved_reply(req.id, req.workload, owned.moved)
+        if svc.owned.get(req.workload) is not owned:
+            # Removed (or fenced off) while this call waited: the id may be
+            # another workload's by now, maybe another tenant's, that the
+            # sender was never authorized for.
+            return _not_owner(req.id, node, req.workload)
         ledger = owned.ledger
         if req.ack >= 0:
             ledger.acknowledge(req.caller, req.ack)

@@ -70,14 +70,14 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
     try:
         report = await migration.run()
     except MigrationError as exc:
-        svc.recent.append({"workload": req.workload, "state": "aborted", "target": req.target,
+        svc.recent.append({"workload": req.workload, "app": migration.app, "state": "aborted", "target": req.target,
                            "strategy": req.strategy, "reason": str(exc)})
         return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
     finally:
         svc.active.pop(req.workload, None)
         migration.ended()
         owned.throttle = 0.0
-    svc.recent.append({"workload": report.workload, "state": "done", "target": report.target,
+    svc.recent.append({"workload": report.workload, "app": migration.app, "state": "done", "target": report.target,
                        "strategy": report.strategy, "rounds": report.rounds,
                        "blackout_ms": round(report.blackout_s * 1e3, 3), "total_ms": round(report.total_s * 1e3, 1)})
     node.counters["migrations_out"] += 1
@@ -92,6 +92,7 @@ class Migration(DualExecution):
         self.node, self.svc, self.owned, self.target, self.req = node, svc, owned, target, req
         self.clock = clock  # seconds, for the blackout, the report and the planners
         self.workload = owned.workload
+        self.app = node.host.registry.owner(owned.workload) or ""  # whose: ``status`` shows it to them only
         self.epoch = svc.ownership.record(owned.workload).move.epoch  # BEGIN_MOVE gave the move its epoch
         self.bytes_sent = 0
         self.pages_sent = 0

@@ -215,13 +215,16 @@ class MigrationService:
         self.recent: collections.deque[dict] = collections.deque(maxlen=20)
 
     def status(self) -> tuple[dict, ...]:
-        """Moves under way, incoming and the most recent finished ones, for ``status``."""
-        out = [{"workload": m.workload, "state": "outgoing", "target": str(m.target),
+        """Moves under way, incoming and the most recent finished ones, for ``status``.
+
+        Each names the workload's ``app``: ``status`` shows a client certificate its own tenant's only.
+        """
+        out = [{"workload": m.workload, "app": m.app, "state": "outgoing", "target": str(m.target),
                 "strategy": m.req.strategy, "rounds": m.rounds, "bytes_sent": m.bytes_sent}
                for m in self.active.values()]
-        out += [{"workload": i.workload, "state": "incoming", "source": i.source, "rounds": i.rounds}
+        out += [{"workload": i.workload, "app": i.app, "state": "incoming", "source": i.source, "rounds": i.rounds}
                 for i in self.incoming.values()]
-        out += [{"workload": i.workload, "state": "staging", "source": i.source, "rounds": i.rounds}
+        out += [{"workload": i.workload, "app": i.app, "state": "staging", "source": i.source, "rounds": i.rounds}
                 for i in self.staging.values()]
         return tuple(out) + tuple(self.recent)
 

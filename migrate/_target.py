@@ -67,7 +67,10 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
     a move under way.  A new standby copy is received under a staging id
     while an aligned standby copy keeps serving (MLocate, MPromote): it
     replaces that one once aligned (on_align).  The ownership table
-    decides (``_incoming_refused`` says why not).
+    decides (``_incoming_refused`` says why not).  The node's limits
+    decide too, before any chunk comes: a copy that would pass the node's
+    workload memory limit or its application's quota is refused with
+    ``ResourceLimitExceeded`` naming the limit, and nothing changes here.
     """
     svc = service(node)
     owned = svc.owned.get(req.workload)
@@ -82,6 +85,11 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
         return _incoming_refused(node, svc, req, exc)
     if not node.host.has_module(req.module_sha256):
         raise UnknownModule(f"module {req.module_sha256} must be stored before the workload moves in")
+    # The copies this one replaces (a leftover, an older copy, a staging copy) go first: not counted.
+    leaving = {staging_id(req.workload, req.epoch) if staged else req.workload}
+    if req.workload in svc.staging:
+        leaving.add(svc.staging[req.workload].host_id)
+    node.host.registry.admit(req.app, req.memory_limit_bytes, leaving=leaving)
     await _drop_staging(node, svc, req.workload)
     settings = {"args": tuple(req.args), "env": dict(req.env or {}), "memory_limit_bytes": req.memory_limit_bytes}
     if staged:

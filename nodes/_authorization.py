@@ -33,15 +33,61 @@ A node runs two checks, both once, in one place, before any handler:
   kind and the role, before its handler runs; it changes nothing and
   discloses nothing else.
 
+Tenants.  A workload belongs to the application that created it: the
+``app`` of its Deploy or MSpawn.  A client certificate acts for one tenant,
+its commonName (CN): it may name the app ``CN`` or ``CN/NAME`` (the apps of
+one tenant share its quotas, ``nodes._limits.tenant_of``), or leave ``app``
+empty for ``CN``; any other app is ``forbidden``.  A node certificate acts
+for every tenant: it is a node moving, copying or checkpointing a workload,
+or an application that runs a node of its own (``migrate.connect``), whose
+workloads are its own business; it may name any app, and an empty one is
+"default".  A node without certificates (``--insecure``) does the same.
+
+``authorize`` runs the role check and then the tenant check, for every
+request, in one place (the daemon, before any handler): a request that
+names a workload (a ``workload`` or ``workload_id`` field: every request
+about one workload is declared so, in the nodes package and in plugins) is
+refused to a client certificate if the workload, or an id claimed for one,
+belongs to another tenant.  The refusal is ``forbidden``, not an answer
+as if the workload did not exist, because:
+
+* workload ids are one namespace per node, so pretending would not hide
+  anything: a deploy under that id would answer ``workload_exists``;
+* an application's handle takes "unknown" or "not the owner" as a reason
+  to look for the workload on other nodes, while ``forbidden`` is final;
+* a refusal is counted and logged as such (``counters["forbidden"]``).
+
+It names the request's kind, the sender's role and the workload id the
+sender gave, and nothing of the workload: not its owner, state or memory.
+Like the role check, it changes no state.  The node's own handlers hold
+the check when a worker thread looks the workload up (``Registry.serving``),
+so a workload another tenant creates under that id while the request waits
+for a thread is not reached either; the migration plugin's handlers read
+their ownership tables in the same step as the check, and a call that
+waited for its workload's lock runs only if that workload is still the one
+owned under the id.  ``visible`` is the same rule for
+what ``list`` and ``status`` show: a client sees its own tenant's
+workloads and migrations only.  Workloads that left the node (a tombstone's
+redirect) are not checked here; the node they went to checks them.
+
 A node started with ``--insecure`` has no certificates, listens on
-loopback only, and skips both checks.
+loopback only, and skips every check.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
+from ._limits import tenant_of
 from ._messages import ErrorCode, ErrorReply, Hello, Request, message_class, registered_kinds
 from ._revocation import Revocations
 from ._tls import Identity
+
+#: The app of a workload created without one by a node certificate, or on an ``--insecure`` node.
+DEFAULT_APP = "default"
+#: The fields by which a request names the workload it is about.
+WORKLOAD_FIELDS = ("workload", "workload_id")
 
 
 def role_table() -> dict[str, frozenset[str]]:
@@ -84,3 +130,46 @@ def refusal(request: Request, identity: Identity | None) -> ErrorReply | None:
                       message=f"a {role} certificate may not send {request.kind!r} "
                               f"(allowed: {', '.join(sorted(type(request).roles))})",
                       details={"kind": request.kind, "role": role})
+
+
+def visible(identity: Identity | None, app: str) -> bool:
+    """Whether the holder of ``identity`` may see and use the workloads of ``app``.
+
+    A client certificate may for its own tenant's apps (its CN, and CN/NAME);
+    a node certificate, or no certificate (``--insecure``), for every app.
+    """
+    return identity is None or identity.role != "client" or tenant_of(app) == identity.name
+
+
+def authorize(request: Request, identity: Identity | None,
+              owner_of: Callable[[str], str | None]) -> Request | ErrorReply:
+    """``request`` as its handler is to get it (an empty ``app`` filled in), or the ``forbidden`` reply.
+
+    ``owner_of(workload_id)`` is the app of a workload on this node, None if
+    there is none.  Runs ``refusal``, then the tenant check (module docstring).
+    """
+    refused = refusal(request, identity)
+    if refused is not None:
+        return refused
+    for field in WORKLOAD_FIELDS:
+        workload = getattr(request, field, None)
+        if isinstance(workload, str):
+            owner = owner_of(workload)
+            if owner is not None and not visible(identity, owner):
+                return _forbidden(request, identity, f"the client certificate {identity.name!r} may not send "
+                                                     f"{request.kind!r} for workload {workload!r}: it belongs "
+                                                     "to another application")
+    app = getattr(request, "app", None)
+    if app == "":
+        client = identity is not None and identity.role == "client"
+        return dataclasses.replace(request, app=identity.name if client else DEFAULT_APP)
+    if isinstance(app, str) and not visible(identity, app):
+        return _forbidden(request, identity, f"the client certificate {identity.name!r} may not send "
+                                             f"{request.kind!r} for the application {app!r}: it acts for "
+                                             f"{identity.name!r} and {identity.name + '/NAME'!r} only")
+    return request
+
+
+def _forbidden(request: Request, identity: Identity, message: str) -> ErrorReply:
+    return ErrorReply(id=request.id, code=ErrorCode.FORBIDDEN, message=message,
+                      details={"kind": request.kind, "role": identity.role})

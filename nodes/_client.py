@@ -313,9 +313,14 @@ class NodeClient:
                 raise ConnectionFailed(f"{self.node} stored the module as {stored.sha256}, not {sha256}")
         return sha256
 
-    async def deploy(self, module: bytes | str, *, workload_id: str | None = None, app: str = "default",
+    async def deploy(self, module: bytes | str, *, workload_id: str | None = None, app: str = "",
                      args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> WorkloadSummary:
-        """Start a workload from module bytes or the sha256 of a module the node holds."""
+        """Start a workload from module bytes or the sha256 of a module the node holds.
+
+        ``app`` "" is the certificate's own application (its name; "default"
+        for a node certificate); a client certificate named N may also give
+        N/NAME.
+        """
         sha256 = module if isinstance(module, str) else await self.ensure_module(module)
         reply = await self.request(Deploy, sha256=sha256, workload_id=workload_id, app=app,
                                    args=tuple(args), env=env)

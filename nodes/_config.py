@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ConfigError
-from ._limits import Limits
+from ._limits import Limits, system_memory
 from ._protocol import DEFAULT_MAX_FRAME_BYTES
 from ._tls import is_loopback
 
 ENV_PREFIX = "MIGRATE_NODE_"
 NODE_ROLES = ("client", "edge", "cloud")
 DEFAULT_PORT = 7400
+#: Share of physical memory (MemTotal) the workloads' memory caps may add up
+#: to when ``workloads_memory_bytes`` is not set.
+DEFAULT_WORKLOADS_MEMORY_SHARE = 0.5
 
 
 @dataclass(frozen=True, order=True)
@@ -99,6 +102,8 @@ class NodeConfig:
     max_workloads: int = Limits.max_workloads
     max_workloads_per_app: int = Limits.max_workloads_per_app
     call_workers: int = DEFAULT_CALL_WORKERS  # threads running calls, shared fairly by workloads
+    app_memory_bytes: int | None = Limits.app_memory_bytes  # None: no per-application budget
+    workloads_memory_bytes: int | None = None  # None: DEFAULT_WORKLOADS_MEMORY_SHARE of MemTotal
     # connections
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_in_flight: int = 16          # requests handled at once per connection
@@ -116,6 +121,9 @@ class NodeConfig:
                       "max_workloads_per_app", "call_workers", "max_frame_bytes", "max_in_flight",
                       "peer_refresh_s", "shutdown_grace_s", "tls_poll_s"):
             if not getattr(self, field) > 0:
+                raise ConfigError(f"{field} must be positive, got {getattr(self, field)!r}")
+        for field in ("app_memory_bytes", "workloads_memory_bytes"):
+            if getattr(self, field) is not None and not getattr(self, field) > 0:
                 raise ConfigError(f"{field} must be positive, got {getattr(self, field)!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
@@ -150,8 +158,12 @@ class NodeConfig:
         return self.data_path / "checkpoints"
 
     def limits(self) -> Limits:
+        workloads_memory = self.workloads_memory_bytes
+        if workloads_memory is None:  # a share of physical memory; no cap if it is unknown
+            workloads_memory = int(system_memory()[0] * DEFAULT_WORKLOADS_MEMORY_SHARE) or None
         return Limits(memory_bytes=self.workload_memory_bytes, call_timeout_s=self.call_timeout_s,
-                      max_workloads=self.max_workloads, max_workloads_per_app=self.max_workloads_per_app)
+                      max_workloads=self.max_workloads, max_workloads_per_app=self.max_workloads_per_app,
+                      app_memory_bytes=self.app_memory_bytes, workloads_memory_bytes=workloads_memory)
 
 
 @dataclass(frozen=True)
@@ -193,8 +205,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("call_timeout_s", _parse_number(float), "per-call deadline: a call running longer is "
                                                    "stopped with deadline_exceeded"),
     Setting("max_workloads", _parse_number(int), "workloads on this node"),
-    Setting("max_workloads_per_app", _parse_number(int), "workloads per application"),
     Setting("call_workers", _parse_number(int), "threads running calls, shared fairly by workloads"),
+    Setting("max_workloads_per_app", _parse_number(int), "workloads per application (tenant)"),
+    Setting("app_memory_bytes", _parse_number(int), "sum of the memory caps of one application's "
+                                                    "(tenant's) workloads (default: no budget)"),
+    Setting("workloads_memory_bytes", _parse_number(int), "sum of the memory caps of all workloads "
+                                                          "(default: half of physical memory)"),
     Setting("max_frame_bytes", _parse_number(int), "largest frame accepted"),
     Setting("max_in_flight", _parse_number(int), "requests handled at once per connection"),
     Setting("peer_refresh_s", _parse_number(float), "how often peers are pinged"),

@@ -15,6 +15,7 @@ import types
 from typing import TYPE_CHECKING
 
 from . import _host_errors as he
+from ._authorization import visible
 from ._workload import WorkloadInfo
 from ._messages import (
     Call,
@@ -58,6 +59,29 @@ def _summary(info: WorkloadInfo) -> WorkloadSummary:
     return WorkloadSummary(**dataclasses.asdict(info))
 
 
+def _visible_workloads(node: Node, session: Session) -> tuple[WorkloadSummary, ...]:
+    """The workloads the sender may see: a client certificate sees its own tenant's only."""
+    identity = session.channel.peer_identity
+    return tuple(_summary(info) for info in node.host.workloads() if visible(identity, info.app))
+
+
+async def _for_sender(node: Node, session: Session, func, *args, guest: str | None = None):
+    """Run a Host method about one workload in a worker thread, finding only workloads the sender may use.
+
+    ``authorize`` checked the workload's owner when the request came; this
+    holds the check when the thread looks the workload up (``Registry.serving``).
+    A use of workload ``guest``'s guest (a call, a memory read or write) runs
+    on the node's fair call executor; anything else on a plain worker thread.
+    """
+    identity = session.channel.peer_identity
+
+    def run():
+        with node.host.registry.serving(lambda app: visible(identity, app)):
+            return func(*args)
+
+    return await (node.run_host(run) if guest is None else node.run_call(guest, run))
+
+
 async def _has_module(node: Node, session: Session, req: HasModule) -> Reply:
     return ModuleStatus(id=req.id, present=node.host.has_module(req.sha256))
 
@@ -77,7 +101,8 @@ async def _deploy(node: Node, session: Session, req: Deploy) -> Reply:
 
 
 async def _call(node: Node, session: Session, req: Call) -> Reply:
-    result = await node.run_call(req.workload, node.host.call, req.workload, req.export, req.args)
+    result = await _for_sender(node, session, node.host.call, req.workload, req.export, req.args,
+                               guest=req.workload)
     values = () if result is None else result if isinstance(result, tuple) else (result,)
     return CallResult(id=req.id, values=values)
 
@@ -86,28 +111,30 @@ async def _read_memory(node: Node, session: Session, req: ReadMemory) -> Reply:
     most = session.channel.connection.peer_max_frame_bytes - _REPLY_OVERHEAD_BYTES
     if req.length > most:
         raise he.BadArguments(f"read at most {most} bytes per request, not {req.length}")
-    data = await node.run_call(req.workload, node.host.read_memory, req.workload, req.offset, req.length)
+    data = await _for_sender(node, session, node.host.read_memory, req.workload, req.offset, req.length,
+                             guest=req.workload)
     return MemoryData(id=req.id, data=data)
 
 
 async def _write_memory(node: Node, session: Session, req: WriteMemory) -> Reply:
-    await node.run_call(req.workload, node.host.write_memory, req.workload, req.offset, req.data)
+    await _for_sender(node, session, node.host.write_memory, req.workload, req.offset, req.data,
+                      guest=req.workload)
     return Done(id=req.id)
 
 
 async def _output(node: Node, session: Session, req: Output) -> Reply:
-    stdout, stderr = await node.run_host(node.host.output, req.workload)
+    stdout, stderr = await _for_sender(node, session, node.host.output, req.workload)
     return OutputData(id=req.id, stdout=stdout, stderr=stderr)
 
 
 async def _remove(node: Node, session: Session, req: Remove) -> Reply:
-    await node.run_host(node.host.remove, req.workload)
+    await _for_sender(node, session, node.host.remove, req.workload)
     logger.info("removed", extra={"workload": req.workload, "peer": session.peer.name})
     return Done(id=req.id)
 
 
 async def _list(node: Node, session: Session, req: ListWorkloads) -> Reply:
-    return WorkloadList(id=req.id, workloads=tuple(map(_summary, node.host.workloads())))
+    return WorkloadList(id=req.id, workloads=_visible_workloads(node, session))
 
 
 async def _peers(node: Node, session: Session, req: Peers) -> Reply:
@@ -119,10 +146,11 @@ async def _ping(node: Node, session: Session, req: Ping) -> Reply:
 
 
 async def _status(node: Node, session: Session, req: Status) -> Reply:
-    return StatusReport(id=req.id, node=node.summary(),
-                        workloads=tuple(map(_summary, node.host.workloads())),
+    identity = session.channel.peer_identity
+    migrations = tuple(r for r in node.plugin_status() if visible(identity, str(r.get("app", ""))))
+    return StatusReport(id=req.id, node=node.summary(), workloads=_visible_workloads(node, session),
                         peers=node.peers.summaries(), host=dataclasses.asdict(node.host.stats()),
-                        counters=dict(node.counters), migrations=node.plugin_status())
+                        counters=dict(node.counters), migrations=migrations)
 
 
 HANDLERS = types.MappingProxyType({

@@ -46,7 +46,7 @@ from ._modules import MODULES_DIR, ModuleCache
 from ._registry import Registry
 from ._replay import CallInputs
 from ._wasi_inputs import make_linker
-from ._workload import GuestTime, InUse, Workload, WorkloadInfo, check_name, instantiate
+from ._workload import GuestTime, InUse, Workload, WorkloadInfo, check_app, check_name, instantiate
 
 __all__ = ["Host", "WorkloadInfo", "HostStats", "BulkReport", "EPOCH_TICK_S"]
 
@@ -103,6 +103,11 @@ class Host:
     @property
     def engine(self) -> wasmtime.Engine:
         return self._engine
+
+    @property
+    def registry(self) -> Registry:
+        """The workload table: whose each workload is (``owner``), and admission (``admit``)."""
+        return self._registry
 
     # --- lifecycle --------------------------------------------------------
 
@@ -239,7 +244,7 @@ class Host:
                 init, fresh_output) -> Workload:
         self._registry.check_open()
         check_name("workload_id", workload_id)
-        check_name("app", app)
+        check_app(app)
         if not isinstance(args, Sequence) or isinstance(args, str):
             raise BadArguments("args must be a sequence of str")
         env = dict(env or {})
@@ -282,7 +287,7 @@ class Host:
         ``DeadlineExceeded``, ``WorkloadExited``, ``WorkloadTrap``,
         ``ReplayDivergence`` (replay only; it takes precedence) or ``HostClosed``.
         """
-        w = self._get(workload_id)
+        w = self._registry.get(workload_id)
         signature = w.module.signatures.get(export) if isinstance(export, str) else None
         if signature is None:
             raise UnknownExport(f"workload {workload_id} has no callable export {export!r}")
@@ -296,7 +301,7 @@ class Host:
         Raises ``UnknownWorkload`` or ``BadArguments`` (out of bounds, or the
         module has no memory).
         """
-        w = self._get(workload_id)
+        w = self._registry.get(workload_id)
         with self._using(w, guest=True):
             return w.read(offset, length)
 
@@ -308,7 +313,7 @@ class Host:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise BadArguments(f"data must be bytes, got {type(data).__name__}")
         data = bytes(data)
-        w = self._get(workload_id)
+        w = self._registry.get(workload_id)
         with self._using(w, guest=True):
             w.write(offset, data)
 
@@ -317,7 +322,7 @@ class Host:
 
         Raises ``UnknownWorkload``.
         """
-        w = self._get(workload_id)
+        w = self._registry.get(workload_id)
         return w.stdout.path.read_bytes(), w.stderr.path.read_bytes()
 
     # --- snapshots --------------------------------------------------------
@@ -327,7 +332,7 @@ class Host:
 
         Raises ``UnknownWorkload`` or ``SnapshotFailed``.
         """
-        w = self._get(workload_id)
+        w = self._registry.get(workload_id)
         with self._using(w):
             return w.capture()
 
@@ -339,7 +344,7 @@ class Host:
         all read under the lock the capture holds.
         Raises ``UnknownWorkload`` or ``SnapshotFailed``.
         """
-        w = self._get(workload_id)
+        w = self._registry.get(workload_id)
         with self._using(w):
             snap = w.capture()
             return snap, {"id": w.workload_id, "module_sha256": w.module.sha256, "app": w.app,
@@ -374,7 +379,7 @@ class Host:
 
     def info(self, workload_id: str) -> WorkloadInfo:
         """Describe one workload.  Raises ``UnknownWorkload``."""
-        return self._get(workload_id).info()
+        return self._registry.get(workload_id).info()
 
     def stats(self) -> HostStats:
         """Return the host's counters."""
@@ -385,16 +390,10 @@ class Host:
                          memory_bytes=sum(w.memory_bytes for w in workloads))
 
     def hold(self, workload_id: str) -> Held:
-        """Hold one workload for the operations only a migration needs (``Held``).
-
-        Raises ``UnknownWorkload`` or ``HostClosed``.
-        """
-        return Held(self._get(workload_id), self._registry, self._workloads_dir)
+        """Hold one workload for the operations only a migration needs (``Held``).  Raises ``UnknownWorkload``."""
+        return Held(self._registry.get(workload_id), self._registry, self._workloads_dir)
 
     # --- helpers ----------------------------------------------------------
-
-    def _get(self, workload_id: str) -> Workload:
-        return self._registry.get(workload_id)
 
     def _using(self, w: Workload, *, guest: bool = False) -> InUse:
         return InUse(self._registry.check_open, w, guest)

@@ -328,11 +328,11 @@ class PutModule(Request):
 
 @message("deploy", reply=Deployed, roles=ANY_ROLE)
 class Deploy(Request):
-    """Instantiate a stored module as a new workload."""
+    """Instantiate a stored module as a new workload, for ``app`` ("": the sender's own; ``nodes._authorization``)."""
 
     sha256: str
     workload_id: str | None = None
-    app: str = "default"
+    app: str = ""
     args: tuple[str, ...] = ()
     env: dict[str, str] | None = None
 

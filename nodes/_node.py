@@ -44,7 +44,7 @@ import trio
 from . import _checkpoints as checkpoints
 from . import _host_errors as he
 from ._at_rest import load_data_key
-from ._authorization import hello_refusal, refusal
+from ._authorization import authorize, hello_refusal
 from ._call_executor import CallExecutor
 from ._checkpoint_format import BulkReport
 from ._client import NodeClient
@@ -60,6 +60,7 @@ from ._errors import (
 )
 from ._handlers import HANDLERS
 from ._hosting import Host
+from ._limits import system_memory
 from ._messages import ErrorCode, ErrorReply, NodeSummary, Reply, Request
 from ._peers import PeerTable, watch_peer
 from ._plugin import Plugin, Session, checkpoint_records, handler_table
@@ -73,19 +74,6 @@ logger = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT_S = 10.0
 #: What this node's Hello advertises.
 CAPABILITIES = ("wasi", "module-cache", "checkpoint")
-
-
-def _system_memory() -> tuple[int, int]:
-    """Return (total, available) bytes of this machine's memory, (0, 0) if unknown."""
-    fields = {}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                fields[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        return 0, 0
-    return fields.get("MemTotal", 0), fields.get("MemAvailable", 0)
 
 
 class Node:
@@ -152,7 +140,7 @@ class Node:
                 "capabilities": CAPABILITIES, "address": str(self.address)}
 
     def summary(self) -> NodeSummary:
-        total, free = _system_memory()
+        total, free = system_memory()
         return NodeSummary(
             name=self.config.name, role=self.config.role, address=str(self.address),
             cores=os.cpu_count() or 1, memory_total_bytes=total, memory_free_bytes=free,
@@ -305,11 +293,12 @@ class Node:
 
     async def _answer(self, session: Session, request: Request) -> Reply:
         self.counters["requests"] += 1
-        refused = refusal(request, session.channel.peer_identity)
-        if refused is not None:
+        checked = authorize(request, session.channel.peer_identity, self.host.registry.owner)
+        if isinstance(checked, ErrorReply):
             self.counters["forbidden"] += 1
-            logger.warning("forbidden: %s", refused.message, extra={"peer": session.peer.name})
-            return refused
+            logger.warning("forbidden: %s", checked.message, extra={"peer": session.peer.name})
+            return checked
+        request = checked
         handler = self._handlers.get(type(request))
         if handler is None:
             return ErrorReply(id=request.id, code=ErrorCode.UNSUPPORTED,

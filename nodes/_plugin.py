@@ -8,8 +8,10 @@ migration coordinator is one).  A plugin is a frozen value:
 * ``state``: ``state(node)`` makes the plugin's per-node state once, when
   the node is made (before its checkpoint is loaded); handlers reach it
   with ``node.plugin_state(name)``;
-* ``status``: ``status(node)`` returns plain records that ``status``
-  shows under "migrations";
+* ``status``: ``status(node)`` returns plain records (dicts) that
+  ``status`` shows under "migrations", each to the certificates that may
+  see its ``"app"`` (``nodes._authorization.visible``; a record without
+  one is shown to node certificates only);
 * checkpoint hooks, under the plugin's ``name`` in the shutdown
   checkpoint's manifest (``nodes._checkpoints``): at shutdown, once
   requests have stopped, ``save(node, workload_id)`` returns the

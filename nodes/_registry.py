@@ -3,18 +3,28 @@
 An id is claimed (``reserve``) before its workload is built, and stays
 claimed while it is being removed or renamed, so no two workloads ever share
 an id or its directory.  ``reserve`` also admits the workload under
-``Limits``: host-wide and per-app workload counts, per-app memory.  Closing
+``Limits``: the host's workload count and the sum of its workloads' memory
+caps (``workloads_memory_bytes``), and each tenant's workload count and
+memory budget (``tenant_of``: all the apps of one tenant together).  A cap
+is counted from the moment its id is claimed, so a workload being built
+counts too.  ``admit`` runs the same checks without claiming anything: a
+move announces itself before its bytes come, and is refused there.
+``owner`` says which app a workload (or a claimed id) belongs to, and
+``serving`` makes lookups on one thread find only the workloads of the apps
+a request's sender may use.  Closing
 the table (``close``) hands back the workloads to release; from then on
 every lookup raises ``HostClosed``.  Thread-safe: one lock guards it all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from ._host_errors import BadArguments, HostClosed, ResourceLimitExceeded, UnknownWorkload, WorkloadExists
-from ._limits import Limits
+from ._limits import Limits, tenant_of
 from ._workload import Workload
 
 
@@ -33,6 +43,7 @@ class Registry:
         self._workloads: dict[str, Workload] = {}
         self._pending: dict[str, _Reservation] = {}  # being created, removed or renamed
         self._closed = False
+        self._serving = threading.local()  # per thread: ``may_use`` of the request it runs, if any
 
     def check_open(self) -> None:
         """Raises ``HostClosed`` once the table is closed."""
@@ -48,9 +59,29 @@ class Registry:
         with self._lock:
             self._raise_if_closed()
             w = self._workloads.get(workload_id) if isinstance(workload_id, str) else None
-        if w is None:
-            raise UnknownWorkload(f"no workload {workload_id!r} on this host")
+            if w is None or not self._may_use(w):
+                raise UnknownWorkload(f"no workload {workload_id!r} on this host")
         return w
+
+    @contextlib.contextmanager
+    def serving(self, may_use: Callable[[str], bool]) -> Iterator[None]:
+        """Within it, on this thread, a workload whose app ``may_use`` refuses is not found.
+
+        The daemon runs a client's request about a workload in it, so the
+        tenant check also holds when the workload is looked up, under the
+        table's lock: a workload another tenant created under that id after
+        the request was authorized (while it waited for a worker thread) is
+        ``UnknownWorkload``, as it was when the request came.
+        """
+        self._serving.may_use = may_use
+        try:
+            yield
+        finally:
+            self._serving.may_use = None
+
+    def _may_use(self, w: Workload) -> bool:
+        may_use = getattr(self._serving, "may_use", None)
+        return may_use is None or may_use(w.app)
 
     def all(self) -> list[Workload]:
         with self._lock:
@@ -82,26 +113,57 @@ class Registry:
         return memory_limit_bytes
 
     def reserve(self, workload_id: str, app: str, cap: int) -> None:
-        """Claim a workload slot under the host and app limits.
+        """Claim a workload slot under the host and tenant limits.
 
         Raises ``WorkloadExists``, ``ResourceLimitExceeded`` or ``HostClosed``.
         """
-        limits = self._limits
         with self._lock:
             self._raise_if_closed()
             self._check_free(workload_id)
-            claims = [(w.app, w.memory_limit_bytes) for w in self._workloads.values()]
-            claims += [(r.app, r.memory_limit_bytes) for r in self._pending.values()]
-            if len(claims) + 1 > limits.max_workloads:
-                raise ResourceLimitExceeded("max_workloads", len(claims) + 1, limits.max_workloads)
-            app_caps = [c for a, c in claims if a == app]
-            if len(app_caps) + 1 > limits.max_workloads_per_app:
-                raise ResourceLimitExceeded("max_workloads_per_app", len(app_caps) + 1,
-                                            limits.max_workloads_per_app, f"app {app!r}")
-            if limits.app_memory_bytes is not None and sum(app_caps) + cap > limits.app_memory_bytes:
-                raise ResourceLimitExceeded("app_memory_bytes", sum(app_caps) + cap,
-                                            limits.app_memory_bytes, f"app {app!r}")
+            self._check_limits(app, cap, leaving=())
             self._pending[workload_id] = _Reservation(app, cap)
+
+    def admit(self, app: str, memory_limit_bytes: int | None, *, leaving: Iterable[str] = ()) -> int:
+        """Check that a workload of ``app`` would fit under every limit; claim nothing; return its cap.
+
+        ``leaving`` names workloads that go before it comes (a copy it
+        replaces): their claims are not counted.  Raises
+        ``BadArguments``, ``ResourceLimitExceeded`` or ``HostClosed``.
+        """
+        cap = self.memory_cap(memory_limit_bytes)
+        with self._lock:
+            self._raise_if_closed()
+            self._check_limits(app, cap, leaving=frozenset(leaving))
+        return cap
+
+    def owner(self, workload_id: str) -> str | None:
+        """The app a workload, or an id claimed for one, belongs to; None if there is none."""
+        with self._lock:
+            w = self._workloads.get(workload_id)
+            if w is not None:
+                return w.app
+            claim = self._pending.get(workload_id)
+            return claim.app if claim is not None else None
+
+    def _check_limits(self, app: str, cap: int, leaving: Collection[str]) -> None:
+        """Raise ``ResourceLimitExceeded`` naming the first limit one more workload would pass; under the lock."""
+        limits = self._limits
+        claims = [(w.app, w.memory_limit_bytes) for i, w in self._workloads.items() if i not in leaving]
+        claims += [(r.app, r.memory_limit_bytes) for i, r in self._pending.items() if i not in leaving]
+        if len(claims) + 1 > limits.max_workloads:
+            raise ResourceLimitExceeded("max_workloads", len(claims) + 1, limits.max_workloads)
+        total = sum(c for _, c in claims) + cap
+        if limits.workloads_memory_bytes is not None and total > limits.workloads_memory_bytes:
+            raise ResourceLimitExceeded("workloads_memory_bytes", total, limits.workloads_memory_bytes,
+                                        "the memory caps of all workloads on this node")
+        tenant = tenant_of(app)
+        tenant_caps = [c for a, c in claims if tenant_of(a) == tenant]
+        if len(tenant_caps) + 1 > limits.max_workloads_per_app:
+            raise ResourceLimitExceeded("max_workloads_per_app", len(tenant_caps) + 1,
+                                        limits.max_workloads_per_app, f"application {tenant!r}")
+        if limits.app_memory_bytes is not None and sum(tenant_caps) + cap > limits.app_memory_bytes:
+            raise ResourceLimitExceeded("app_memory_bytes", sum(tenant_caps) + cap,
+                                        limits.app_memory_bytes, f"application {tenant!r}")
 
     def _check_free(self, workload_id: str) -> None:
         if workload_id in self._workloads or workload_id in self._pending:
@@ -131,9 +193,10 @@ class Registry:
         """
         with self._lock:
             self._raise_if_closed()
-            w = self._workloads.pop(workload_id, None)
-            if w is None:
+            w = self._workloads.get(workload_id)
+            if w is None or not self._may_use(w):
                 raise UnknownWorkload(f"no workload {workload_id!r} on this host")
+            del self._workloads[workload_id]
             self._pending[workload_id] = _Reservation(w.app, 0)  # keeps the id until its files are gone
         return w
 

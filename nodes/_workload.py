@@ -53,9 +53,15 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 
 def check_name(what: str, value: object) -> None:
-    """Check a workload id or app name (both become file names).  Raises ``BadArguments``."""
+    """Check a workload id (it becomes a file name).  Raises ``BadArguments``."""
     if not isinstance(value, str) or not _ID.match(value):
         raise BadArguments(f"{what} must match {_ID.pattern!r}, got {value!r}")
+
+
+def check_app(value: object) -> None:
+    """Check an app name: ``TENANT`` or ``TENANT/NAME``, each part like a workload id.  Raises ``BadArguments``."""
+    if not isinstance(value, str) or not all(_ID.match(part) for part in value.split("/", 1)):
+        raise BadArguments(f"app must be NAME or TENANT/NAME, each matching {_ID.pattern!r}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -279,7 +279,8 @@ def _add_deploy(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("deploy", help="start a workload from a .wasm file")
     p.add_argument("module", help="path of a .wasm module")
     p.add_argument("--id", default=None, help="workload id (default: generated)")
-    p.add_argument("--app", default="default", help="application the workload belongs to")
+    p.add_argument("--app", default="", help="application the workload belongs to: the certificate's name "
+                                                "(default) or NAME/SUFFIX")
     add_client_options(p)
     return p
 

@@ -278,10 +278,11 @@ async def test_several_workloads_on_a_node_restarted_while_some_move(node_procs,
             got = b"".join([await h.read_memory(ptr + off, 2**20) for off in range(0, len(blob), 2**20)])
             assert got == blob
         # `migrate-node status` on every node: no second copy (an incoming or
-        # a frozen leftover) of any of them, and no move still under way.
+        # a frozen leftover) of any of them, and no move still under way.  The
+        # application's own (node) certificate: a client one sees its own tenant's only.
         held = {}
         for name in nodes:
-            report = await trio.to_thread.run_sync(_status, c.address_of(name), cluster_tls.app)
+            report = await trio.to_thread.run_sync(_status, c.address_of(name), cluster_tls.issue("app-1", "node"))
             for w in report["workloads"]:
                 held.setdefault(w["workload_id"], []).append(name)
             assert not [m for m in report["migrations"] if m["state"] in ("incoming", "outgoing")], name

@@ -1,11 +1,14 @@
-"""Authorization by certificate: the role table, the Hello name check, and the matrix of every request x role.
+"""Authorization by certificate: the role table, the Hello name check, tenants, the matrix of request x sender.
 
 The matrix runs against a real ``migrate-node`` process (with the migration
 plugin, so migrate's requests are served): every registered request type,
-built with placeholder fields from its dataclass fields, is sent once with a
-client certificate and once with a node certificate.  A client's node-only
-request must come back ``forbidden`` and leave the node's workloads exactly
-as they were; every other cell must not be ``forbidden``.
+built with placeholder fields from its dataclass fields (all naming the
+workload ``w`` of client A), is sent by three certificates: client B (another
+tenant), client A (the owner) and a node.  A client's node-only request
+must come back ``forbidden`` (the role), B's request naming A's workload
+``forbidden`` (the tenant), and each of those must leave the node's
+workloads exactly as they were; B's allowed requests too; every other cell
+must not be ``forbidden``.
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ from nodes import (
     register,
     role_table,
 )
-from nodes._authorization import hello_refusal, refusal
+from nodes._authorization import authorize, hello_refusal, refusal, visible
 from nodes._error_codes import exception_for
-from nodes._messages import Hello, message_class
+from nodes._messages import Call, Deploy, ErrorReply, Hello, ListWorkloads, message_class
 from nodes._tls import Identity
+from nodeproc import run_cli
 
 COUNTER = workloads.load("counter")
 WORKLOAD = "w"  # the workload every placeholder request names
@@ -55,6 +59,12 @@ EXPECTED_TABLE = {
         "m_incoming", "m_chunk", "m_commit", "m_abort", "m_protect", "m_checkpoint", "m_checkpoint_part",
         "m_replay", "m_align", "m_follow", "m_promote")},
 }
+
+
+#: The requests open to clients that name a workload (``workload`` or
+#: ``workload_id``): refused to a client of another tenant.
+EXPECTED_PER_WORKLOAD = {"deploy", "call", "read_memory", "write_memory", "output", "remove", "m_spawn", "m_call",
+                         "m_locate", "m_migrate"}
 
 
 def _request_kinds() -> list[str]:
@@ -124,12 +134,69 @@ def test_the_hello_name_must_be_one_the_certificate_covers():
     assert hello_refusal(hello, None) is None
 
 
+# --- tenants ------------------------------------------------------------------------
+
+CLIENT_A, CLIENT_B = Identity("client", ("app-a",)), Identity("client", ("app-b",))
+A_NODE = Identity("node", ("edge-1", "localhost"))
+OWNERS = {"a1": "app-a", "a2": "app-a/shop", "n1": "default"}.get
+
+
+def test_a_client_may_act_for_its_name_and_its_name_slash_anything_only():
+    assert visible(CLIENT_A, "app-a") and visible(CLIENT_A, "app-a/shop")
+    for app in ("app-b", "app-ab", "app-a.x", "default", "app", ""):
+        assert not visible(CLIENT_A, app), app
+    assert visible(A_NODE, "app-b") and visible(None, "app-b")
+
+
+def test_an_empty_app_becomes_the_senders_own():
+    deploy = Deploy(id=1, sha256="s")
+    assert deploy.app == ""
+    assert authorize(deploy, CLIENT_A, OWNERS).app == "app-a"
+    assert authorize(deploy, A_NODE, OWNERS).app == "default"
+    assert authorize(deploy, None, OWNERS).app == "default"
+    for app in ("app-a", "app-a/shop"):
+        assert authorize(dataclasses.replace(deploy, app=app), CLIENT_A, OWNERS).app == app
+    assert authorize(dataclasses.replace(deploy, app="app-b"), A_NODE, OWNERS).app == "app-b"
+
+
+def test_a_client_naming_another_tenants_app_is_forbidden():
+    reply = authorize(Deploy(id=4, sha256="s", app="app-b"), CLIENT_A, OWNERS)
+    assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.FORBIDDEN and reply.id == 4
+    assert reply.message == ("the client certificate 'app-a' may not send 'deploy' for the application 'app-b': "
+                             "it acts for 'app-a' and 'app-a/NAME' only")
+    assert reply.details == {"kind": "deploy", "role": "client"}
+
+
+def test_a_client_naming_another_tenants_workload_is_forbidden_and_told_nothing_of_it():
+    for workload in ("a1", "a2"):
+        assert authorize(Call(id=1, workload=workload, export="get"), CLIENT_A, OWNERS).workload == workload
+        reply = authorize(Call(id=2, workload=workload, export="get"), CLIENT_B, OWNERS)
+        assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.FORBIDDEN
+        assert reply.message == (f"the client certificate 'app-b' may not send 'call' for workload {workload!r}: "
+                                 "it belongs to another application")
+        assert "app-a" not in reply.message and reply.details == {"kind": "call", "role": "client"}
+    # a new id, or one claimed for another tenant, by either field
+    assert isinstance(authorize(Deploy(id=3, sha256="s", workload_id="a1"), CLIENT_B, OWNERS), ErrorReply)
+    assert authorize(Deploy(id=3, sha256="s", workload_id="b9"), CLIENT_B, OWNERS).app == "app-b"
+    assert authorize(Call(id=1, workload="nowhere", export="get"), CLIENT_B, OWNERS).workload == "nowhere"
+    assert isinstance(authorize(mm.MMigrate(id=1, workload="n1", target="x"), CLIENT_B, OWNERS), ErrorReply)
+    # a node certificate, or none, may use any workload; a request naming none is not checked
+    assert authorize(Call(id=1, workload="a1", export="get"), A_NODE, OWNERS).workload == "a1"
+    assert authorize(Call(id=1, workload="a1", export="get"), None, OWNERS).workload == "a1"
+    assert isinstance(authorize(ListWorkloads(id=1), CLIENT_B, OWNERS), ListWorkloads)
+    # the role check comes first
+    commit = mm.MCommit(id=7, workload="a1", epoch=1, ledger=None, calls=0)
+    assert authorize(commit, CLIENT_A, OWNERS) == refusal(commit, CLIENT_A)
+
+
 # --- placeholders -------------------------------------------------------------------
 
 
 def _placeholder(tp: Any, name: str) -> Any:
-    if name == "workload":
+    if name in ("workload", "workload_id"):
         return WORKLOAD
+    if name == "app":
+        return ""  # the sender's own application
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         return _placeholder(next(a for a in args if a is not type(None)), name)
@@ -141,7 +208,7 @@ def _placeholder(tp: Any, name: str) -> Any:
 
 
 def placeholder_fields(cls: type[Request]) -> dict[str, Any]:
-    """Well-formed values for every field of ``cls`` but ``id``: an epoch of 1000, the workload ``w``."""
+    """Well-formed values for every field of ``cls`` but ``id``: epoch 1000, the workload ``w``, the sender's app."""
     hints = typing.get_type_hints(cls)
     return {f.name: _placeholder(hints[f.name], f.name) for f in dataclasses.fields(cls) if f.name != "id"}
 
@@ -178,43 +245,59 @@ async def _fingerprint(client: NodeClient) -> tuple:
             (where.status, where.epoch, where.index), status.migrations)
 
 
-async def test_matrix_of_every_request_and_role(node_procs, cluster_tls):
+def _cell(refused: Forbidden | None) -> str:
+    if refused is None:
+        return "not forbidden"
+    return "forbidden: tenant" if "for workload" in str(refused) else "forbidden: role"
+
+
+async def test_matrix_of_every_request_and_sender(node_procs, cluster_tls):
     node = node_procs.start("edge-1", "edge")
-    as_node, as_client = cluster_tls.issue("app-1", "node"), cluster_tls.app
-    async with await NodeClient.connect(node.address, tls=as_node) as owner, \
-            await NodeClient.connect(node.address, tls=as_client) as client:
-        sha256 = await owner.ensure_module(COUNTER)
-        await owner.request(mm.MSpawn, module_sha256=sha256, workload=WORKLOAD)
+    tls = {"client A": cluster_tls.issue("app-a", "client"), "client B": cluster_tls.issue("app-b", "client"),
+           "node": cluster_tls.issue("app-1", "node")}
+    async with await NodeClient.connect(node.address, tls=tls["node"]) as as_node, \
+            await NodeClient.connect(node.address, tls=tls["client A"]) as as_a, \
+            await NodeClient.connect(node.address, tls=tls["client B"]) as as_b:
+        sha256 = await as_a.ensure_module(COUNTER)
+        await as_a.request(mm.MSpawn, module_sha256=sha256, workload=WORKLOAD)
         for seq in range(3):
-            await owner.request(mm.MCall, workload=WORKLOAD, op="call", caller="owner", seq=seq, export="incr",
-                                args=(5,))
-        await owner.request(mm.MProtect, workload=WORKLOAD, record=True)  # a ledger worth stealing
-        await owner.deploy(COUNTER, workload_id="plain")
-        await owner.call("plain", "incr", 7)
-        before = await _fingerprint(owner)
+            await as_a.request(mm.MCall, workload=WORKLOAD, op="call", caller="owner", seq=seq, export="incr",
+                               args=(5,))
+        await as_node.request(mm.MProtect, workload=WORKLOAD, record=True)  # a ledger worth stealing
+        await as_a.deploy(COUNTER, workload_id="plain")
+        await as_a.call("plain", "incr", 7)
+        before = await _fingerprint(as_node)
+        assert {w.app for w in (await as_node.status()).workloads} == {"app-a"}
 
         table = role_table()
         kinds = _request_kinds()
         # node-only kinds first, so the allowed ones (remove...) cannot change what they find
         order = sorted(kinds, key=lambda k: "client" in table[k])
         seen: dict[tuple[str, str], str] = {}
-        for role, holder in (("client", client), ("node", owner)):
+        for sender, holder in (("client B", as_b), ("client A", as_a), ("node", as_node)):
+            role = sender.split()[0]
             for kind in order:
                 refused = await _send(holder, kind)
-                seen[kind, role] = "forbidden" if refused else "not forbidden"
+                seen[kind, sender] = _cell(refused)
                 if refused:
                     assert (refused.kind, refused.role) == (kind, role)
                     assert f"{role} certificate" in str(refused) and repr(kind) in str(refused)
-                    assert await _fingerprint(owner) == before, f"{kind} from a {role} changed the node"
-        status = await owner.status()
+                    assert "app-a" not in str(refused)  # nothing of the owner
+                if refused or sender == "client B":
+                    assert await _fingerprint(as_node) == before, f"{kind} from {sender} changed the node"
+        status = await as_node.status()
 
-    expected = {(kind, role): "not forbidden" if role in table[kind] else "forbidden"
-                for kind in kinds for role in ("client", "node")}
-    for (kind, role), outcome in sorted(seen.items()):
-        print(f"{kind:20} {role:7} {outcome}")
-    assert seen == expected
-    forbidden = sum(outcome == "forbidden" for outcome in seen.values())
-    assert forbidden == len([k for k in kinds if table[k] == NODE_ONLY]) > 0
+    def expected(kind: str, sender: str) -> str:
+        role = sender.split()[0]
+        if role not in table[kind]:
+            return "forbidden: role"
+        return "forbidden: tenant" if sender == "client B" and kind in EXPECTED_PER_WORKLOAD else "not forbidden"
+
+    for kind in kinds:
+        print(f"{kind:20} " + " ".join(f"{sender}: {seen[kind, sender]:18}" for sender in tls))
+    assert seen == {(kind, sender): expected(kind, sender) for kind in kinds for sender in tls}
+    forbidden = sum(outcome != "not forbidden" for outcome in seen.values())
+    assert forbidden == 2 * len([k for k in kinds if table[k] == NODE_ONLY]) + len(EXPECTED_PER_WORKLOAD)
     assert status.counters["forbidden"] == forbidden
 
 
@@ -237,3 +320,76 @@ async def test_an_insecure_node_checks_no_certificate(node_procs):
     async with await NodeClient.connect(node.address, tls=None, name="anyone") as client:
         assert await _send(client, "m_abort") is None
         assert await _send(client, "status") is None
+
+
+async def _tenant_view(client: NodeClient) -> tuple:
+    """Everything of every workload on the node, as a node certificate sees it: ids, apps, calls, memory."""
+    status = await client.status()
+    memory = {w.workload_id: hashlib.sha256(await client.read_memory(w.workload_id, 0, w.memory_bytes)).hexdigest()
+              for w in status.workloads}
+    return tuple(sorted((w.workload_id, w.app, w.state, w.calls, w.memory_bytes, memory[w.workload_id])
+                        for w in status.workloads))
+
+
+async def test_another_tenant_can_neither_use_nor_see_a_workload(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge")
+    cloud = node_procs.start("cloud-1", "cloud")
+    tls_a, tls_b = cluster_tls.issue("app-a", "client"), cluster_tls.issue("app-b", "client")
+    async with await NodeClient.connect(edge.address, tls=tls_a) as a, \
+            await NodeClient.connect(edge.address, tls=tls_b) as b, \
+            await NodeClient.connect(edge.address, tls=cluster_tls.issue("app-1", "node")) as as_node:
+        sha256 = await a.ensure_module(COUNTER)
+        await a.deploy(sha256, workload_id="a1")
+        await a.deploy(sha256, workload_id="a2", app="app-a/shop")
+        await a.request(mm.MSpawn, module_sha256=sha256, workload="m1")
+        await a.call("a1", "incr", 41)
+        await a.request(mm.MCall, workload="m1", op="call", caller="a", seq=0, export="incr", args=(5,))
+        await b.deploy(sha256, workload_id="b1")
+        before = await _tenant_view(as_node)
+        assert {(w[0], w[1]) for w in before} == {("a1", "app-a"), ("a2", "app-a/shop"), ("m1", "app-a"),
+                                                  ("b1", "app-b")}
+
+        attempts = {
+            "call": b.call("a1", "incr", 1),
+            "read": b.read_memory("a1", 0, 16),
+            "write": b.write_memory("a2", 0, b"\xff" * 16),
+            "output": b.output("a1"),
+            "remove": b.remove("a2"),
+            "deploy over": b.deploy(sha256, workload_id="a1"),
+            "m_call": b.request(mm.MCall, workload="m1", op="call", caller="b", seq=0, export="incr", args=(1,)),
+            "m_call write": b.request(mm.MCall, workload="m1", op="write", caller="b", seq=1, offset=0, data=b"x"),
+            "m_call remove": b.request(mm.MCall, workload="m1", op="remove", caller="b", seq=2),
+            "m_spawn over": b.request(mm.MSpawn, module_sha256=sha256, workload="m1"),
+            "m_locate": b.request(mm.MLocate, workload="m1"),
+            "migrate": b.request(mm.MMigrate, workload="m1", target=str(cloud.address)),
+            "protect": b.request(mm.MProtect, workload="m1", record=True),
+        }
+        for what, attempt in attempts.items():
+            with pytest.raises(Forbidden) as refused:
+                await attempt
+            assert "app-a" not in str(refused.value), what
+        assert await _tenant_view(as_node) == before  # nothing changed
+
+        # each client sees its own tenant's workloads, with their owner; a node certificate sees them all
+        assert {(w.workload_id, w.app) for w in await a.workloads()} == {("a1", "app-a"), ("a2", "app-a/shop"),
+                                                                         ("m1", "app-a")}
+        assert {(w.workload_id, w.app) for w in await b.workloads()} == {("b1", "app-b")}
+        assert [w.workload_id for w in (await b.status()).workloads] == ["b1"]
+        assert len(await as_node.workloads()) == 4
+        # the owner, and a node certificate, may use it
+        assert await a.call("a1", "incr", 1) == 42
+        assert await as_node.call("a1", "incr", 1) == 43
+
+        report = await a.request(mm.MMigrate, workload="m1", target=str(cloud.address))
+        assert report.report.target == "cloud-1"
+        [moved] = (await a.status()).migrations
+        assert (moved["workload"], moved["app"], moved["state"]) == ("m1", "app-a", "done")
+        assert (await b.status()).migrations == ()
+        assert [m["workload"] for m in (await as_node.status()).migrations] == ["m1"]
+
+    listing_a = run_cli("list", "--node", str(edge.address), "--tls-dir", str(tls_a)).stdout
+    listing_b = run_cli("list", "--node", str(edge.address), "--tls-dir", str(tls_b)).stdout
+    assert "a1" in listing_a and "app-a/shop" in listing_a and "b1" not in listing_a
+    assert "b1" in listing_b and "app-b" in listing_b and "a1" not in listing_b and "app-a" not in listing_b
+    forbidden = run_cli("call", "a1", "get", "--node", str(edge.address), "--tls-dir", str(tls_b), check=False)
+    assert forbidden.returncode == 1 and "may not send 'call' for workload 'a1'" in forbidden.stderr

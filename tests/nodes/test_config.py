@@ -133,3 +133,18 @@ def test_addresses_parse_and_print_back(text, address):
 def test_bad_addresses(text):
     with pytest.raises(ConfigError):
         parse_address(text)
+
+
+def test_workload_memory_limits_come_from_flags_environment_and_file(tmp_path):
+    file = write(tmp_path / "node.toml", 'name = "n"\napp_memory_bytes = 1048576\n')
+    config = resolve_config({"workloads_memory_bytes": 8 << 20}, {"MIGRATE_NODE_MAX_WORKLOADS_PER_APP": "3"}, file)
+    limits = config.limits()
+    assert (limits.app_memory_bytes, limits.workloads_memory_bytes, limits.max_workloads_per_app) == (1 << 20,
+                                                                                                       8 << 20, 3)
+    unset = resolve_config({"name": "n"}, env={})
+    assert unset.app_memory_bytes is None and unset.workloads_memory_bytes is None  # the limits() share decides
+    for name in ("app_memory_bytes", "workloads_memory_bytes"):
+        with pytest.raises(ConfigError, match=f"{name} must be positive"):
+            resolve_config({"name": "n", name: 0}, env={})
+        with pytest.raises(ConfigError, match=name.upper()):
+            resolve_config({"name": "n"}, env={f"MIGRATE_NODE_{name.upper()}": "lots"})

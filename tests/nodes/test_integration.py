@@ -105,8 +105,8 @@ async def test_deploy_call_status(node_procs, cluster_tls: ClusterTLS):
     node = node_procs.start("edge-1", "edge")
     async with await node.client(cluster_tls.app) as client:
         assert client.node == "edge-1" and client.hello.role == "edge"
-        deployed = await client.deploy(COUNTER, workload_id="counter-1", app="demo")
-        assert deployed.workload_id == "counter-1" and deployed.app == "demo"
+        deployed = await client.deploy(COUNTER, workload_id="counter-1", app="app/demo")
+        assert deployed.workload_id == "counter-1" and deployed.app == "app/demo"
         assert [await client.call("counter-1", "incr", 2) for _ in range(3)] == [2, 4, 6]
         assert await client.call("counter-1", "get") == 6
 
@@ -265,7 +265,7 @@ async def test_bad_workloads_leave_their_neighbours_untouched(node_procs, cluste
 async def test_sigterm_then_restart_brings_workloads_back_with_state(node_procs, cluster_tls):
     node = node_procs.start("cloud-1", "cloud")
     async with await node.client(cluster_tls.app) as client:
-        await client.deploy(COUNTER, workload_id="c1", app="demo")
+        await client.deploy(COUNTER, workload_id="c1", app="app/demo")
         await client.deploy(COUNTER, workload_id="c2")
         await client.call("c1", "incr", 7)
         for x in range(100):
@@ -280,7 +280,7 @@ async def test_sigterm_then_restart_brings_workloads_back_with_state(node_procs,
         assert await client.call("c2", "log_checksum") == checksum
         assert await client.call("c2", "add_and_get_log", 100) == 101
         by_id = {w.workload_id: w for w in await client.workloads()}
-    assert by_id["c1"].app == "demo" and by_id["c1"].calls == 2
+    assert by_id["c1"].app == "app/demo" and by_id["c1"].calls == 2
     assert any(line.get("msg") == "restored 2 workloads" for line in node.log_lines())
 
 
