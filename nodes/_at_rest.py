@@ -24,7 +24,9 @@ state; copy it with the TLS dir.
   header of its snapshot file, so a snapshot file swapped for another
   workload's is refused too.
 
-A file that fails authentication raises ``UndecryptableState`` (a
+The start that makes the data key reads a checkpoint an earlier version
+saved unencrypted (``nodes._daemon``); from then on only sealed state is
+read.  A file that fails authentication raises ``UndecryptableState`` (a
 ``DamagedState``): the start is refused, nothing is restored, and
 ``--discard-state`` sets the files aside.  What this does not stop: an
 attacker who can read the data key (for an ``--insecure`` node it sits

@@ -41,12 +41,30 @@ def _open_node(config: NodeConfig, plugins: Sequence[Plugin]) -> tuple[Node, che
     Raises DamagedState (the start is refused) or ConfigError.
     """
     data_dir = config.data_path
-    key = load_data_key(config.data_key_path)  # made at the first start
+    # The start that makes the data key reads a checkpoint that a node of an
+    # earlier version saved unencrypted (there was no key to seal it with);
+    # the next checkpoint is sealed.  Once the key exists, only sealed state
+    # is read.  Sealed state with no key file is refused before a key is
+    # made, so the operator can put the right key back.
+    first_key = not config.data_key_path.exists()
+    read_key = None if first_key else load_data_key(config.data_key_path)
     try:
-        saved = checkpoints.find(data_dir, key=key)
+        try:
+            saved = checkpoints.find(data_dir, key=read_key)
+        except UndecryptableState as exc:
+            if not first_key:
+                raise
+            raise UndecryptableState(exc.path, f"{exc.path} is encrypted, but the data key file "
+                                               f"{config.data_key_path} is missing: put back the key it was "
+                                               "sealed with") from exc
+        if first_key:
+            load_data_key(config.data_key_path)  # made now, so the next checkpoint is sealed
+            if saved.checkpoint is not None:
+                logger.warning("read an unencrypted checkpoint saved before this node had a data key; "
+                               "the next one is encrypted", extra={"path": str(saved.checkpoint)})
         node = _new_node(config, plugins)
         try:
-            load_records(node, node.plugins, checkpoints.restore(node.host, saved, key=key))
+            load_records(node, node.plugins, checkpoints.restore(node.host, saved, key=read_key))
         except BaseException:
             node.host.close()
             raise

@@ -141,11 +141,39 @@ def test_the_wrong_key_or_no_key_is_refused_clearly(sealed, tmp_path):
     data, _, _ = sealed
     copy = tmp_path / "copy"
     shutil.copytree(data, copy)
-    error = refused_untouched(copy, tmp_path / "other.key")
+    other = tmp_path / "other.key"
+    at_rest.load_data_key(other)
+    error = refused_untouched(copy, other)
     assert isinstance(error, UndecryptableState)
-    assert "another data key" in str(error) and str(tmp_path / "other.key") in str(error)
+    assert "another data key" in str(error) and str(other) in str(error)
+    missing = tmp_path / "missing.key"
+    error = refused_untouched(copy, missing)
+    assert isinstance(error, UndecryptableState) and "is missing: put back the key" in str(error)
+    assert not missing.exists()  # no new key was made over the place the right one goes back to
     with pytest.raises(UndecryptableState, match="needs the node's data key"):
         checkpoints.find(copy)
+
+
+def test_an_unencrypted_checkpoint_of_an_earlier_version_is_read_once_then_sealed(tmp_path):
+    data, key_file = tmp_path / "data", tmp_path / "data.key"
+    expected = save_checkpoint(data, None)  # saved before nodes had a data key
+    plain = tmp_path / "plain"
+    shutil.copytree(data, plain)
+    node, _ = _open_node(config(data, key_file), ())
+    try:
+        assert key_file.exists()
+        assert state_of(node.host) == expected
+        checkpoints.save(node.host, data, key=node.data_key)  # what SIGTERM does
+    finally:
+        node.host.close()
+    assert not any(PROBE in body for body in tree(data / "checkpoints").values())
+    node, _ = _open_node(config(data, key_file), ())
+    try:
+        assert state_of(node.host) == expected
+    finally:
+        node.host.close()
+    # Now that the key exists, an unencrypted checkpoint is no longer read.
+    assert isinstance(refused_untouched(plain, key_file), UndecryptableState)
 
 
 def test_a_snapshot_file_swapped_for_another_workloads_is_refused(sealed, tmp_path):
