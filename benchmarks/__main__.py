@@ -27,6 +27,7 @@ SUITE = [
     ("benchmarks.bench_migrate", "migrate", ["results"]),
     ("benchmarks.bench_protect", "protect", ["results"]),
     ("benchmarks.suite.__main__", "suite", ["results", "strategies"]),
+    ("benchmarks.fuzz_node", "fuzz", ["frames_tried", "node_crashes", "state_mismatches"]),
 ]
 SOAK = ("benchmarks.soak", "soak", ["figures", "ok"])
 
