@@ -49,7 +49,8 @@ _HEADER = struct.Struct(">II")
 REQUESTS, CLOSE, STALL = "requests", "close", "stall"
 EDGE_INTS = (0, 1, -1, 255, 256, 65535, 1 << 31, (1 << 31) - 1, -(1 << 31), 1 << 32, (1 << 63) - 1, -(1 << 63),
              (1 << 64) - 1, 4096, 65536, 1 << 40)
-#: Bytes msgpack reads as type markers worth planting: nil, fixint edges, the never-used 0xc1, str8, str32, array32, map32, 0xff.
+#: Bytes msgpack reads as type markers worth planting: fixint edges, fixmap, the never-used
+#: 0xc1, str8, str32, array32, map32, 0xff.
 MSGPACK_MARKERS = (0x00, 0x7F, 0x80, 0xC1, 0xD9, 0xDB, 0xDD, 0xDF, 0xFF)
 EDGE_FLOATS = (0.0, -0.0, float("nan"), float("inf"), float("-inf"), 1e308, -1e-308, 0.5)
 EDGE_TEXT = ("", "x" * 4096, "../../etc/passwd", "\x00", "é\u202e\U0001f600", "a" * 65, "default", "fuzz", "None",
@@ -88,6 +89,8 @@ def classify(data: bytes) -> tuple[str, tuple[int, ...]]:
     The verdict is ``REQUESTS`` (answer those ids and keep the connection),
     ``CLOSE`` or ``STALL``; see the module docstring.
     """
+    if not data:
+        return STALL, ()  # nothing goes on the wire: the node waits (b"" would mean end of stream here)
     conn, ids = _server(), []
     conn.receive_data(data)
     try:

@@ -30,12 +30,14 @@ class Tally:
         self.by: defaultdict[str, Counter] = defaultdict(Counter)
         self.samples: list[dict[str, str]] = []
         self.rss_peak_sampled = 0
+        self.rss_series: list[int] = []  # VmRSS at each guard check
         self.slowest = 0.0
 
-    def anomaly(self, what: str, frame: bytes, detail: str = "") -> None:
+    def anomaly(self, what: str, frame: bytes, detail: str = "", batch: list[str] | None = None) -> None:
+        """Count anomaly ``what``, keeping ``frame`` (and the ``batch`` it came in) as a sample."""
         self.by["anomalies"][what] += 1
         if len(self.samples) < MAX_SAMPLES:
-            self.samples.append({"what": what, "detail": detail[:300], "frame": describe(frame)})
+            self.samples.append({"what": what, "detail": detail[:300], "frame": describe(frame), "batch": batch or []})
 
 
 class Reader:

@@ -47,7 +47,7 @@ import trio  # noqa: E402
 import workloads  # noqa: E402
 from benchmarks._fuzz_mutate import CLOSE, REQUESTS, STALL, Mutator, classify  # noqa: E402
 from benchmarks._fuzz_record import record_sessions  # noqa: E402
-from benchmarks._fuzz_tally import Reader, Tally, kind_of, rss  # noqa: E402
+from benchmarks._fuzz_tally import Reader, Tally, describe, kind_of, rss  # noqa: E402
 from benchmarks._measure import argument_parser, table_head, write_results  # noqa: E402
 from migrate.launcher import LocalCluster, NodeProcess  # noqa: E402
 from migrate.wire import MSpawn  # noqa: E402
@@ -118,6 +118,7 @@ class Campaign:
         mem[start:start + 64] = patch
         self.expected_memory = bytes(mem)
         data = await guard.read_memory(self.memory_id, GUARD_OFFSET, GUARD_BYTES)
+        t.rss_series.append(rss(self.node.pid)["VmRSS"])
         if got != self.expected_count or value != self.expected_count or \
                 hashlib.sha256(data).digest() != hashlib.sha256(self.expected_memory).digest():
             t.n["mismatches"] += 1
@@ -189,7 +190,7 @@ class Campaign:
                 await stream.send_all(b"".join(d for d, _ in benign) + final)
             except (trio.BrokenResourceError, OSError):
                 pass  # the node closed early: the reader sees it
-            closed = await self._collect(reader, waiting, verdict, final)
+            closed = await self._collect(reader, waiting, verdict, final, benign)
             if closed:
                 t.n["closed_by_node"] += 1
                 if verdict != CLOSE:
@@ -199,7 +200,8 @@ class Campaign:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _collect(self, reader: Reader, waiting: dict[int, bytes], verdict: str, final: bytes) -> bool:
+    async def _collect(self, reader: Reader, waiting: dict[int, bytes], verdict: str, final: bytes,
+                       benign: list[tuple[bytes, tuple[int, ...]]]) -> bool:
         """Take replies until each awaited one came and, for a CLOSE frame, the node closed; True if it closed.
 
         A chunk out of turn is not waited for (it waits for its turn by
@@ -230,11 +232,11 @@ class Campaign:
                     t.by["slow"][kind_of(data)] += 1
                     t.slowest = max(t.slowest, time.monotonic() - start)
                 continue
-            self._late(waiting, final)
+            self._late(waiting, final, [data for data, _ in benign])
             return False
         return False
 
-    def _late(self, waiting: dict[int, bytes], final: bytes) -> None:
+    def _late(self, waiting: dict[int, bytes], final: bytes, batch: list[bytes]) -> None:
         """Account for a batch the node did not finish within REPLY_WAIT_S."""
         kinds = Counter(kind_of(data) for data in waiting.values())
         if not waiting:
@@ -243,7 +245,8 @@ class Campaign:
             self.tally.n["parked"] += len(waiting)  # out of turn: waits CHUNK_TURN_WAIT_S by design
         else:
             frame = next(data for data in waiting.values() if kind_of(data) != "m_chunk")
-            self.tally.anomaly("no_reply_in_time", frame, f"waiting: {dict(kinds)}")
+            self.tally.anomaly("no_reply_in_time", frame, f"waiting: {dict(kinds)}",
+                               batch=[describe(data)[:160] for data in batch])
 
     async def _attacker(self, index: int) -> None:
         await self.ready.wait()
@@ -298,7 +301,9 @@ def run_campaign(root: Path, *, frames: int, seed: int = 1, check_every: int = 1
         "node_crashes": t.n["crashes"] + (not alive),
         "anomalies": dict(t.by["anomalies"]), "anomaly_samples": t.samples,
         "rss_peak_bytes": usage["VmHWM"], "rss_end_bytes": usage["VmRSS"],
-        "rss_peak_sampled_bytes": t.rss_peak_sampled, "node_counters": status_counters,
+        "rss_peak_sampled_bytes": t.rss_peak_sampled,
+        "rss_at_checks_mib": [round(b / (1 << 20), 1) for b in t.rss_series],
+        "node_counters": status_counters,
     }
 
 

@@ -32,6 +32,7 @@ def test_classify_follows_the_protocol():
     assert classify(ping[:4] + b"\0\0\0\0" + ping[8:]) == (CLOSE, ())             # checksum
     assert classify(struct.pack(">II", 1 << 31, 0)) == (CLOSE, ())                # over the frame limit
     assert classify(ping[:-1]) == (STALL, ())                                     # a byte short
+    assert classify(b"") == (STALL, ())                                           # nothing at all
     assert classify(ping + ping) == (CLOSE, (7,))                                 # the same id twice in flight
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
 import threading
 
@@ -401,6 +402,20 @@ def test_output_is_capped(tmp_path):
             host.call(wid, "say", [n])
         out, _ = host.output(wid)
         assert len(out) == 100 and out.startswith(b"clockrand say 0 ")
+
+
+def test_output_read_while_remove_deletes_the_files_is_unknown_workload(tmp_path):
+    """Found by the node fuzz campaign: ``output`` racing ``remove`` raised FileNotFoundError (answered ``internal``).
+
+    ``remove`` deletes the output files after it released the workload; an
+    ``output`` that found the workload just before reads them then.
+    """
+    with Host(tmp_path, limits=FAST) as host:
+        wid = deploy(host, "clockrand")
+        host.call(wid, "say", [1])
+        shutil.rmtree(tmp_path / "workloads" / wid)  # what remove does while such an output reads
+        with pytest.raises(UnknownWorkload, match=wid):
+            host.output(wid)
 
 
 def test_no_filesystem_without_a_grant(tmp_path):
