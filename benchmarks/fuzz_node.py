@@ -232,21 +232,23 @@ class Campaign:
                     t.by["slow"][kind_of(data)] += 1
                     t.slowest = max(t.slowest, time.monotonic() - start)
                 continue
-            self._late(waiting, final, [data for data, _ in benign])
+            self._late(waiting, verdict, final, [data for data, _ in benign])
             return False
         return False
 
-    def _late(self, waiting: dict[int, bytes], final: bytes, batch: list[bytes]) -> None:
-        """Account for a batch the node did not finish within REPLY_WAIT_S."""
+    def _late(self, waiting: dict[int, bytes], verdict: str, final: bytes, batch: list[bytes]) -> None:
+        """Account for a batch the node did not finish in time (see ``_collect``)."""
         kinds = Counter(kind_of(data) for data in waiting.values())
-        if not waiting:
-            self.tally.anomaly("not_closed", final)
+        described = [describe(data)[:160] for data in batch]
+        parting = kind_of(final) == "goodbye"  # the node closes once the requests still running end
+        if verdict == CLOSE and not (parting and set(kinds) <= {"m_chunk"}):
+            # a protocol error is answered with a Goodbye at once, whatever still runs
+            self.tally.anomaly("not_closed", final, f"waiting: {dict(kinds)}", batch=described)
         elif set(kinds) == {"m_chunk"}:
             self.tally.n["parked"] += len(waiting)  # out of turn: waits CHUNK_TURN_WAIT_S by design
         else:
             frame = next(data for data in waiting.values() if kind_of(data) != "m_chunk")
-            self.tally.anomaly("no_reply_in_time", frame, f"waiting: {dict(kinds)}",
-                               batch=[describe(data)[:160] for data in batch])
+            self.tally.anomaly("no_reply_in_time", frame, f"waiting: {dict(kinds)}", batch=described)
 
     async def _attacker(self, index: int) -> None:
         await self.ready.wait()
