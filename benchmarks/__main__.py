@@ -29,6 +29,7 @@ SUITE = [
     ("benchmarks.bench_protect", "protect", ["results"]),
     ("benchmarks.bench_at_rest", "at_rest", ["results"]),
     ("benchmarks.suite.__main__", "suite", ["results", "strategies"]),
+    ("benchmarks.fuzz_node", "fuzz", ["frames_tried", "node_crashes", "state_mismatches"]),
 ]
 SOAK = ("benchmarks.soak", "soak", ["figures", "ok"])
 

@@ -22,7 +22,6 @@ from nodes import (
     HostError,
     NodeError,
     crash_point_async,
-    parse_address,
 )
 
 from . import _chunks
@@ -42,6 +41,7 @@ from ._state import (
     STRATEGIES,
     Standby,
     _not_owner,
+    peer_address,
     service,
 )
 
@@ -61,7 +61,7 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
     except OwnershipError:
         return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
                           message=f"workload {req.workload} is already moving")
-    target = parse_address(req.target)
+    target = peer_address(req.target, "target")
     if target == node.address:
         return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                           message=f"workload {req.workload} is already on {node.config.name}")

@@ -8,7 +8,7 @@ import math
 
 import trio
 
-from nodes import BadArguments, Done, ErrorReply, HostError, NodeError, crash_point_async, parse_address
+from nodes import BadArguments, Done, ErrorReply, HostError, NodeError, crash_point_async
 
 from . import _chunks
 from . import _hostops as ops
@@ -16,7 +16,7 @@ from ._codes import MigrationCode
 from ._messages import MAbort, MAlign, MCommitted, MFollow, MIncoming, MLocate, MPromote, MReplay
 from ._oplog import batches, entry_bytes
 from ._ownership_events import Event, EventKind, OwnershipError
-from ._state import MigrationError, Owned, Standby, _drain, _drop_staging, _not_owner, service
+from ._state import MigrationError, Owned, Standby, _drain, _drop_staging, _not_owner, peer_address, service
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ async def on_follow(node, session, req: MFollow) -> Done:
     owned = svc.owner_of(req.workload)
     if owned is None or owned.moved is not None:
         return _not_owner(req.id, node, req.workload)
-    target = parse_address(req.standby) if req.standby else None
+    target = peer_address(req.standby, "standby") if req.standby else None
     if target == node.address:
         raise BadArguments(f"a standby of {req.workload} must be on another node than its owner")
     async with owned.standby_lock:

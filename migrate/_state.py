@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import trio
 
 import snapshot
-from nodes import Address, ErrorReply, HostError, NodeError
+from nodes import Address, BadArguments, ConfigError, ErrorReply, HostError, NodeError, parse_address
 
 from . import _hostops as ops
 from ._codes import MigrationCode
@@ -310,6 +310,14 @@ class MigrationService:
 def service(node) -> MigrationService:
     """The node's MigrationService: the migration plugin's per-node state."""
     return node.plugin_state(PLUGIN_NAME)
+
+
+def peer_address(text: str, what: str) -> Address:
+    """The node address a request names in its field ``what``; raises BadArguments if it is not one."""
+    try:
+        return parse_address(text)
+    except ConfigError as exc:
+        raise BadArguments(f"{what} {text!r} is not a node address: {exc}") from None
 
 
 def _moved_reply(request_id: int, workload: str, stone: Tombstone) -> MResult:

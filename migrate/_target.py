@@ -12,7 +12,7 @@ import logging
 import trio
 
 import snapshot
-from nodes import Done, ErrorCode, ErrorReply, UnknownModule, crash_point_async, parse_address
+from nodes import Done, ErrorCode, ErrorReply, UnknownModule, crash_point_async
 
 from . import _hostops as ops
 from ._codes import MigrationCode
@@ -31,6 +31,7 @@ from ._state import (
     Owned,
     _drop_incoming,
     _drop_staging,
+    peer_address,
     service,
     staging_id,
 )
@@ -298,6 +299,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
     the new owner goes on feeding the standby on that node.
     """
     svc = service(node)
+    standby = peer_address(req.standby, "standby") if req.standby else None  # before anything changes
     inc = svc.incoming.get(req.workload)
     if req.from_standby:
         ready = (inc is not None and inc.standby and inc.created and req.epoch >= inc.epoch
@@ -342,8 +344,8 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
     await _drop_staging(node, svc, req.workload)
     await crash_point_async("target:after-commit")
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})
-    if req.standby and parse_address(req.standby) != node.address:
-        node.start_soon(_keep_standby, node, owned, parse_address(req.standby))
+    if standby is not None and standby != node.address:
+        node.start_soon(_keep_standby, node, owned, standby)
     return MCommitted(id=req.id, epoch=req.epoch)
 
 

@@ -77,6 +77,29 @@ def one_line(text: object) -> str:
 
 # --- the manifest ----------------------------------------------------------
 
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _str_map(value: Any) -> bool:
+    return type(value) is dict and all(type(k) is str and type(v) is str for k, v in value.items())
+
+
+#: What each field of a manifest entry must hold (``id`` and ``module_sha256``
+#: are checked as names); a manifest is read from disk, so nothing is assumed.
+_ENTRY_FIELDS = {
+    "app": lambda v: type(v) is str,
+    "calls": _count,
+    "args": lambda v: type(v) is list and all(type(a) is str for a in v),
+    "env": _str_map,
+    "preopen": _str_map,
+    "memory_limit_bytes": lambda v: v is None or _count(v),
+    "monotonic_ns": lambda v: v is None or _count(v),
+    "extensions": lambda v: v is None or type(v) is dict,
+}
+_OPTIONAL_FIELDS = ("monotonic_ns", "extensions")  # absent from manifests written before they existed
+
+
 def read_manifest(directory: Path, *, key: bytes | None = None) -> dict:
     """Read a checkpoint manifest, sealed with ``key`` if given; an absent one reads as empty.
 
@@ -109,6 +132,9 @@ def read_manifest(directory: Path, *, key: bytes | None = None) -> dict:
             check_name("workload id", entry.get("id"))
             if not isinstance(entry.get("module_sha256"), str) or not _SHA256.match(entry["module_sha256"]):
                 raise he.BadArguments(f"module_sha256 {entry.get('module_sha256')!r} is not a sha256")
+            for name, fits in _ENTRY_FIELDS.items():
+                if (name in entry or name not in _OPTIONAL_FIELDS) and not fits(entry.get(name)):
+                    raise he.BadArguments(f"the entry of workload {entry['id']} lacks or mistypes {name!r}")
         except he.BadArguments as exc:
             raise DamagedState(path, f"checkpoint manifest {path} is damaged: {exc}") from exc
     return manifest

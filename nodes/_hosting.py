@@ -322,8 +322,7 @@ class Host:
 
         Raises ``UnknownWorkload``.
         """
-        w = self._registry.get(workload_id)
-        return w.stdout.path.read_bytes(), w.stderr.path.read_bytes()
+        return self._registry.get(workload_id).output()  # no lock: output can be read while a call runs
 
     # --- snapshots --------------------------------------------------------
 

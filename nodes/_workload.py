@@ -174,6 +174,13 @@ class Workload:
         memory = self.memory0()
         self.memory_bytes = memory.data_len(self.store) if memory is not None else 0
 
+    def output(self) -> tuple[bytes, bytes]:
+        """What the workload wrote to stdout and stderr; raises UnknownWorkload once ``remove`` deleted them."""
+        try:
+            return self.stdout.path.read_bytes(), self.stderr.path.read_bytes()
+        except FileNotFoundError:
+            raise UnknownWorkload(f"no workload {self.workload_id!r} on this host") from None
+
     def release(self) -> None:
         """Drop the Store, freeing its memory now rather than at the next GC."""
         self.removed = True
