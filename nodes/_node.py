@@ -16,6 +16,21 @@ before its handler runs (``nodes._authorization``): the Hello name must be
 one the peer's certificate covers, and a request its certificate's role
 may not send is answered ``forbidden``.
 
+Every connection is bounded (``nodes._budget``, ``nodes._transport``): at
+most ``max_connections`` are served at once (more are closed at once, with
+the reason logged and counted); all of them together buffer at most
+``inbound_buffer_bytes`` (beyond it reads pause); a new one gets
+``hello_timeout_s`` for TLS and its Hello; and one that stalls for
+``idle_timeout_s`` is closed.  Connections from nodes (a node certificate
+and a node role in the Hello) are not closed for being idle: peers watch
+each other, and standby feeds and moves keep a connection they may not use
+for minutes; a node certificate can do much more than hold a connection.
+
+With ``--insecure`` a node never dials or learns a non-loopback address,
+whatever names it: ``--join``, a Hello, a request naming a target.  The
+one check is ``NodeConfig.dial_refusal``, run by ``learn_peer`` and
+``connect_peer``, through which every peer address passes.
+
 Requests are dispatched through one table from request class to handler:
 the node's own (``nodes._handlers``) and those of the plugins it was made
 with (``nodes._plugin``).  A plugin also keeps per-node state
@@ -39,6 +54,7 @@ import trio
 from . import _checkpoints as checkpoints
 from . import _host_errors as he
 from ._authorization import hello_refusal, refusal
+from ._budget import ByteBudget
 from ._checkpoint_format import BulkReport
 from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
@@ -61,9 +77,6 @@ from ._transport import Channel, accept_channel
 
 logger = logging.getLogger(__name__)
 
-#: Time a new connection gets to finish TLS and the Hello exchange; a peer
-#: that dials and says nothing must not hold a connection open for long.
-HANDSHAKE_TIMEOUT_S = 10.0
 #: What this node's Hello advertises.
 CAPABILITIES = ("wasi", "module-cache", "checkpoint")
 
@@ -104,6 +117,8 @@ class Node:
                 self._dial_name = identity.name
         self._in_flight = 0
         self._idle = trio.Event()
+        self.inbound = ByteBudget(config.inbound_buffer_bytes)
+        self._connections = 0
         self._states = {p.name: p.state(self) for p in self.plugins if p.state is not None}
 
     def serving(self, address: Address, nursery: trio.Nursery) -> None:
@@ -154,7 +169,12 @@ class Node:
     # --- peers ----------------------------------------------------------
 
     def learn_peer(self, address: Address) -> None:
-        """Start watching a peer's address unless it is ours or already known."""
+        """Start watching a peer's address unless it is ours, already known, or one we may not dial."""
+        refused = self.config.dial_refusal(address)
+        if refused is not None:
+            self.counters["peers_refused"] += 1
+            logger.warning("peer address refused: %s", refused, extra={"peer_address": str(address)})
+            return
         if address == self.address or not self.peers.add(address):
             return
         logger.info("new peer address", extra={"peer_address": str(address)})
@@ -163,7 +183,14 @@ class Node:
             refresh_s=self.config.peer_refresh_s))
 
     async def connect_peer(self, address: Address) -> NodeClient:
-        """Dial a peer as this node (so it learns our name and address)."""
+        """Dial a peer as this node (so it learns our name and address).
+
+        Raises ConnectionFailed, also when this node may not dial ``address``.
+        """
+        refused = self.config.dial_refusal(address)
+        if refused is not None:
+            self.counters["peers_refused"] += 1
+            raise ConnectionFailed(refused)
         return await NodeClient.connect(
             address, tls=self._client_ssl, name=self._dial_name, role=self.config.role,
             capabilities=CAPABILITIES, advertise=str(self.address),
@@ -174,13 +201,28 @@ class Node:
     async def handle_connection(self, tcp: trio.SocketStream) -> None:
         """Serve one accepted TCP connection until it closes or misbehaves."""
         self.counters["connections"] += 1
+        if self._connections >= self.config.max_connections:
+            self.counters["connections_refused"] += 1
+            logger.warning("connection refused: %d connections already open (max_connections)",
+                           self._connections, extra={"remote": _remote(tcp)})
+            await trio.aclose_forcefully(tcp)
+            return
+        self._connections += 1
         try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+            await self._handle_connection(tcp)
+        finally:
+            self._connections -= 1
+
+    async def _handle_connection(self, tcp: trio.SocketStream) -> None:
+        config = self.config
+        try:
+            with trio.fail_after(config.hello_timeout_s):
                 channel = await accept_channel(tcp, ssl_context=self._server_ssl, hello=self.hello_fields(),
-                                               max_frame_bytes=self.config.max_frame_bytes, vet=_vet)
+                                               max_frame_bytes=config.max_frame_bytes, vet=_vet,
+                                               budget=self.inbound, timeout_s=config.idle_timeout_s)
         except (ConnectionFailed, RemoteProtocolError, trio.TooSlowError) as exc:
             self.counters["connections_rejected"] += 1
-            reason = str(exc) or "handshake timed out"
+            reason = str(exc) or f"no Hello within {config.hello_timeout_s} s"
             logger.warning("connection rejected: %s", reason, extra={"remote": _remote(tcp)})
             await trio.aclose_forcefully(tcp)
             return
@@ -191,6 +233,7 @@ class Node:
                                               "remote": channel.remote})
         # Only a holder of a node certificate may make us dial an address it names.
         may_be_peer = certificate is None or certificate.get("organizationalUnitName") == "node"
+        channel.close_when_idle = not (hello.role in NODE_ROLES and may_be_peer)
         if hello.address and hello.role in NODE_ROLES and may_be_peer:
             try:
                 self.learn_peer(parse_address(hello.address))
@@ -205,12 +248,16 @@ class Node:
             reason = f"protocol error: {exc}"
             logger.warning("connection closed: %s", exc, extra={"peer": hello.name, "remote": channel.remote})
         except ConnectionFailed as exc:
+            self.counters["connections_timed_out" if channel.timed_out else "connections_broken"] += 1
             reason = str(exc)
+            if channel.timed_out:
+                logger.warning("connection closed: %s", exc, extra={"peer": hello.name, "remote": channel.remote})
         finally:
             # Shielded: at shutdown this task is cancelled, and the Goodbye
             # tells clients the node is stopping (not crashed); at most 1 s.
             with trio.CancelScope(shield=True):
-                await channel.aclose(code=ErrorCode.SHUTTING_DOWN if self.stopping else None)
+                await channel.aclose(code=ErrorCode.SHUTTING_DOWN if self.stopping else None,
+                                     reason=reason if channel.timed_out else "")
         logger.info("connection closed", extra={"peer": hello.name, "reason": reason})
 
     async def _read_requests(self, session: Session) -> None:
@@ -233,6 +280,8 @@ class Node:
                     break
                 if isinstance(event, ConnectionClosed):
                     break
+                if self.inbound.peak > self.counters["inbound_peak_bytes"]:
+                    self.counters["inbound_peak_bytes"] = self.inbound.peak
                 # The protocol lets only Requests through here: we never send
                 # requests on an accepted connection, so any Reply is refused.
                 self._in_flight += 1
