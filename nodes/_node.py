@@ -173,7 +173,7 @@ class Node:
         refused = self.config.dial_refusal(address)
         if refused is not None:
             self.counters["peers_refused"] += 1
-            logger.warning("peer address refused: %s", refused, extra={"peer_address": str(address)})
+            logger.warning("peer address refused", extra={"peer_address": str(address), "reason": refused})
             return
         if address == self.address or not self.peers.add(address):
             return

@@ -76,10 +76,12 @@ class Channel:
         self._identity: Identity | None = None
         self._held = 0                     # budget bytes covering the Connection's buffer
         self._claims: dict[int, int] = {}  # request id -> its frame's bytes, held until the reply is sent
-        self._due = math.inf               # when the peer must have sent ``_owed`` more bytes
+        # The peer must send ``_owed`` more bytes within ``timeout_s`` of waiting on the
+        # socket; ``_waited`` is that waiting so far (time we spend elsewhere does not count).
         self._owed = RECEIVE_BYTES
+        self._waited = 0.0
+        self._read_since = 0.0
         self._read_scope: trio.CancelScope | None = None
-        self._progress()
 
     @property
     def peer(self) -> Hello:
@@ -196,6 +198,7 @@ class Channel:
             size = min(size, self._held - conn.buffered_bytes)
         if self._broken:
             raise ConnectionFailed(self._broken)
+        self._read_since = trio.current_time()
         with trio.CancelScope(deadline=self._deadline()) as scope:
             self._read_scope = scope
             try:
@@ -205,6 +208,8 @@ class Channel:
                                        f"{exc or type(exc).__name__}") from exc
             finally:
                 self._read_scope = None
+                if scope.deadline != math.inf:
+                    self._waited += trio.current_time() - self._read_since
         if scope.cancelled_caught:
             if self._broken:
                 raise ConnectionFailed(self._broken)
@@ -233,16 +238,17 @@ class Channel:
 
     def _progress(self) -> None:
         """The peer did what it owed: the next ``timeout_s`` starts now."""
-        if self.timeout_s is not None:
-            self._due = trio.current_time() + self.timeout_s
         self._owed = RECEIVE_BYTES
+        self._waited = 0.0
+        self._read_since = trio.current_time()
 
     def _deadline(self) -> float:
         """When the current read gives up: the peer is inside a frame, or idle and owed nothing."""
         conn = self.connection
-        if conn.buffered_bytes or (self.close_when_idle and conn.their_requests_pending == 0):
-            return self._due
-        return math.inf
+        if self.timeout_s is None or not (
+                conn.buffered_bytes or (self.close_when_idle and conn.their_requests_pending == 0)):
+            return math.inf
+        return self._read_since + self.timeout_s - self._waited
 
     def _stall(self) -> str:
         if self.connection.buffered_bytes:
