@@ -107,13 +107,12 @@ class Channel:
         """Send one message.  Raises LocalProtocolError or ConnectionFailed."""
         claim = self._claims.pop(message.id, 0) if isinstance(message, Reply) else 0
         try:
-            data = self.connection.send(message)
             try:  # uncontended in the common case; skip the scheduler round trip of acquire()
                 self._send_lock.acquire_nowait()
             except trio.WouldBlock:
                 await self._send_lock.acquire()
-            try:
-                await self._send_bytes(data)
+            try:  # encoded under the lock: replies waiting for a slow reader hold no second copy
+                await self._send_bytes(self.connection.send(message))
             finally:
                 self._send_lock.release()
         finally:
