@@ -197,14 +197,14 @@ class Channel:
             size = min(size, self._held - conn.buffered_bytes)
         if self._broken:
             raise ConnectionFailed(self._broken)
+        if self.timeout_s is None:  # a client's channel: no clock to keep
+            conn.receive_data(await self._receive_some(size))
+            return
         self._read_since = trio.current_time()
         with trio.CancelScope(deadline=self._deadline()) as scope:
             self._read_scope = scope
             try:
-                data = await self.stream.receive_some(size)
-            except _BROKEN as exc:
-                raise ConnectionFailed(f"connection to {self.remote} broke: "
-                                       f"{exc or type(exc).__name__}") from exc
+                data = await self._receive_some(size)
             finally:
                 self._read_scope = None
                 if scope.deadline != math.inf:
@@ -218,6 +218,12 @@ class Channel:
         if self._owed <= 0:
             self._progress()
         conn.receive_data(data)
+
+    async def _receive_some(self, size: int) -> bytes:
+        try:
+            return await self.stream.receive_some(size)
+        except _BROKEN as exc:
+            raise ConnectionFailed(f"connection to {self.remote} broke: {exc or type(exc).__name__}") from exc
 
     def _took(self, event: Any) -> None:
         """Move the bytes of the frame just read from the buffer's share of the budget to its event."""
