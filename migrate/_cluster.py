@@ -108,12 +108,12 @@ class Cluster:
         Raises ConnectionFailed.
         """
         client = self._clients.get(address)
-        if client is not None and client._failure is None:
+        if client is not None and not await client.closed_by_node():
             return client
         lock = self._connecting.setdefault(address, trio.Lock())
         async with lock:
             client = self._clients.get(address)
-            if client is not None and client._failure is None:
+            if client is not None and not await client.closed_by_node():
                 return client
             if client is not None and announces_shutdown(client._failure):
                 # Whoever read the node's goodbye, a call or the protector:

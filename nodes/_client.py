@@ -222,6 +222,16 @@ class NodeClient:
             raise
         return PendingReply(self, request_id, waiter)
 
+    async def closed_by_node(self) -> bool:
+        """True if this connection can no longer be used: the node closed it (say, for being idle) or it broke.
+
+        Reads what the node sent while nobody was reading, as a request
+        would; a caller that keeps clients reconnects when this is True.
+        """
+        if not self._waiters and self._failure is None and self._channel.has_unread():
+            await self._read_unasked()
+        return self._failure is not None
+
     async def _read_unasked(self) -> None:
         """Read what the node sent while nobody was reading: a Goodbye, or the end of the stream.
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._budget import LOOKAHEAD_BYTES
 from ._errors import ConfigError
 from ._limits import Limits, system_memory
 from ._protocol import DEFAULT_MAX_FRAME_BYTES
@@ -107,6 +108,10 @@ class NodeConfig:
     # connections
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_in_flight: int = 16          # requests handled at once per connection
+    inbound_buffer_bytes: int = 256 << 20  # inbound bytes buffered at once, all connections together
+    max_connections: int = 1024      # connections served at once; more are refused
+    hello_timeout_s: float = 10.0    # time a new connection gets for TLS and the Hello exchange
+    idle_timeout_s: float = 60.0     # a connection that stalls this long is closed (nodes._transport)
     peer_refresh_s: float = 2.0
     shutdown_grace_s: float = 10.0
     discard_state: bool = False      # start empty when the saved state is damaged (set aside, not deleted)
@@ -119,6 +124,7 @@ class NodeConfig:
             raise ConfigError(f"role must be one of {', '.join(NODE_ROLES)}, got {self.role!r}")
         for field in ("workload_memory_bytes", "call_timeout_s", "max_workloads",
                       "max_workloads_per_app", "call_workers", "max_frame_bytes", "max_in_flight",
+                      "inbound_buffer_bytes", "max_connections", "hello_timeout_s", "idle_timeout_s",
                       "peer_refresh_s", "shutdown_grace_s", "tls_poll_s"):
             if not getattr(self, field) > 0:
                 raise ConfigError(f"{field} must be positive, got {getattr(self, field)!r}")
@@ -127,13 +133,29 @@ class NodeConfig:
                 raise ConfigError(f"{field} must be positive, got {getattr(self, field)!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
-        if self.insecure:
-            outside = [a for a in (self.listen, *self.join) if not is_loopback(a.host)]
-            if outside:
-                raise ConfigError(
-                    f"--insecure is allowed only on loopback (127.0.0.1, ::1, localhost), "
-                    f"not {', '.join(map(str, outside))}: without TLS anyone who can reach "
-                    "the node could run code on it")
+        # A reader waits for a whole frame while every other connection may hold a
+        # lookahead: the largest frame must still fit (the rule in nodes._budget).
+        reserved = self.max_connections * LOOKAHEAD_BYTES
+        if self.max_frame_bytes + reserved > self.inbound_buffer_bytes:
+            raise ConfigError(
+                f"inbound_buffer_bytes ({self.inbound_buffer_bytes}) must hold max_frame_bytes "
+                f"({self.max_frame_bytes}) plus {LOOKAHEAD_BYTES} bytes for each of max_connections "
+                f"({self.max_connections}): at least {self.max_frame_bytes + reserved}")
+        refused = [why for why in map(self.dial_refusal, (self.listen, *self.join)) if why]
+        if refused:
+            raise ConfigError(refused[0])
+
+    def dial_refusal(self, address: Address) -> str | None:
+        """Why this node may not listen on, dial or learn ``address``; None if it may.
+
+        The one check of ``--insecure``: such a node talks to loopback only,
+        in both directions, whatever named the address (a flag, a Hello, a
+        request).
+        """
+        if not self.insecure or is_loopback(address.host):
+            return None
+        return (f"--insecure is allowed only on loopback (127.0.0.1, ::1, localhost), not {address}: "
+                "without TLS anyone who can reach the node could run code on it")
 
     @property
     def data_path(self) -> Path:
@@ -213,6 +235,12 @@ SETTINGS: tuple[Setting, ...] = (
                                                           "(default: half of physical memory)"),
     Setting("max_frame_bytes", _parse_number(int), "largest frame accepted"),
     Setting("max_in_flight", _parse_number(int), "requests handled at once per connection"),
+    Setting("inbound_buffer_bytes", _parse_number(int), "inbound bytes buffered at once, all connections "
+                                                        "together; beyond it reads pause"),
+    Setting("max_connections", _parse_number(int), "connections served at once; more are refused"),
+    Setting("hello_timeout_s", _parse_number(float), "time a new connection gets for TLS and its Hello"),
+    Setting("idle_timeout_s", _parse_number(float), "close a connection idle (or stalled inside a frame, "
+                                                    "or not reading) this long"),
     Setting("peer_refresh_s", _parse_number(float), "how often peers are pinged"),
     Setting("shutdown_grace_s", _parse_number(float), "time allowed to checkpoint on SIGTERM"),
     Setting("discard_state", _parse_bool, "start empty if the saved checkpoint is damaged "

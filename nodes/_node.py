@@ -8,18 +8,23 @@ writes on the node's fair, bounded executor (``run_call``,
 Host serialises calls into one workload and runs different workloads in
 parallel.
 
-Each connection handles at most ``max_in_flight`` requests at once; the
-reader does not take the next frame off the socket until a slot frees, so a
-client that floods requests is slowed by TCP instead of growing our
-buffers (see ``nodes._transport``).
+Connections are bounded (``nodes._transport``, ``nodes._budget``): at most
+``max_in_flight`` requests each (the reader takes no frame off the socket
+until a slot frees), ``max_connections`` at once, ``inbound_buffer_bytes``
+buffered by all together, ``hello_timeout_s`` for TLS and the Hello, and
+``idle_timeout_s`` of stalling.  Connections from nodes (a node
+certificate and a node role in the Hello) are not closed for being idle:
+standby feeds and moves keep connections they may not use for minutes.
+With ``--insecure`` every address a node would dial or learn passes
+``NodeConfig.dial_refusal`` (loopback only), in ``learn_peer`` and
+``connect_peer``.
 
 Every connection is checked once before it is served, and every request
 before its handler runs (``nodes._authorization``): the Hello name must be
 one the peer's certificate covers, and a request its certificate's role
-may not send is answered ``forbidden``.  The certificate and the
-revocation list are reloaded at run time (``credentials``,
-``nodes._credentials``); ``close_revoked`` closes the connections whose
-certificate was revoked since they opened.
+(or tenant) may not send is answered ``forbidden``.  The certificate and
+the revocation list are reloaded at run time (``nodes._credentials``);
+``close_revoked`` closes connections whose certificate was revoked.
 
 Requests are dispatched through one table from request class to handler:
 the node's own (``nodes._handlers``) and those of the plugins it was made
@@ -45,19 +50,14 @@ from . import _checkpoints as checkpoints
 from . import _host_errors as he
 from ._at_rest import load_data_key
 from ._authorization import authorize, hello_refusal
+from ._budget import ByteBudget
 from ._call_executor import CallExecutor
 from ._checkpoint_format import BulkReport
 from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
 from ._credentials import Connections, Credentials
 from ._error_codes import error_reply
-from ._errors import (
-    CheckpointFailed,
-    ConfigError,
-    ConnectionFailed,
-    LocalProtocolError,
-    RemoteProtocolError,
-)
+from ._errors import CheckpointFailed, ConfigError, ConnectionFailed, LocalProtocolError, RemoteProtocolError
 from ._handlers import HANDLERS
 from ._hosting import Host
 from ._limits import system_memory
@@ -69,9 +69,6 @@ from ._transport import Channel, accept_channel
 
 logger = logging.getLogger(__name__)
 
-#: Time a new connection gets to finish TLS and the Hello exchange; a peer
-#: that dials and says nothing must not hold a connection open for long.
-HANDSHAKE_TIMEOUT_S = 10.0
 #: What this node's Hello advertises.
 CAPABILITIES = ("wasi", "module-cache", "checkpoint")
 
@@ -100,6 +97,8 @@ class Node:
         self._in_flight = 0
         self._idle = trio.Event()
         self.calls = CallExecutor(config.call_workers)
+        self.inbound = ByteBudget(config.inbound_buffer_bytes)
+        self._connections = 0
         self._states = {p.name: p.state(self) for p in self.plugins if p.state is not None}
 
     def serving(self, address: Address, nursery: trio.Nursery) -> None:
@@ -150,7 +149,12 @@ class Node:
     # --- peers ----------------------------------------------------------
 
     def learn_peer(self, address: Address) -> None:
-        """Start watching a peer's address unless it is ours or already known."""
+        """Start watching a peer's address unless it is ours, already known, or one we may not dial."""
+        refused = self.config.dial_refusal(address)
+        if refused is not None:
+            self.counters["peers_refused"] += 1
+            logger.warning("peer address refused", extra={"peer_address": str(address), "reason": refused})
+            return
         if address == self.address or not self.peers.add(address):
             return
         logger.info("new peer address", extra={"peer_address": str(address)})
@@ -161,8 +165,13 @@ class Node:
     async def connect_peer(self, address: Address) -> NodeClient:
         """Dial a peer as this node (so it learns our name and address).
 
-        Raises ConnectionFailed if it cannot, or its certificate is revoked.
+        Raises ConnectionFailed if it cannot, or its certificate is revoked, or this node may not dial
+        ``address``.
         """
+        refused = self.config.dial_refusal(address)
+        if refused is not None:
+            self.counters["peers_refused"] += 1
+            raise ConnectionFailed(refused)
         client = await NodeClient.connect(
             address, tls=self.credentials and self.credentials.client, name=self._dial_name, role=self.config.role,
             capabilities=CAPABILITIES, advertise=str(self.address),
@@ -180,14 +189,28 @@ class Node:
     async def handle_connection(self, tcp: trio.SocketStream) -> None:
         """Serve one accepted TCP connection until it closes or misbehaves."""
         self.counters["connections"] += 1
+        if self._connections >= self.config.max_connections:
+            self.counters["connections_refused"] += 1
+            logger.warning("connection refused: %d connections already open (max_connections)",
+                           self._connections, extra={"remote": _remote(tcp)})
+            await trio.aclose_forcefully(tcp)
+            return
+        self._connections += 1
         try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+            await self._handle_connection(tcp)
+        finally:
+            self._connections -= 1
+
+    async def _handle_connection(self, tcp: trio.SocketStream) -> None:
+        config = self.config
+        try:
+            with trio.fail_after(config.hello_timeout_s):
                 channel = await accept_channel(tcp, ssl_context=self.credentials and self.credentials.server,
-                                               hello=self.hello_fields(), max_frame_bytes=self.config.max_frame_bytes,
-                                               vet=self._vet)
+                                               hello=self.hello_fields(), max_frame_bytes=config.max_frame_bytes,
+                                               vet=self._vet, budget=self.inbound, timeout_s=config.idle_timeout_s)
         except (ConnectionFailed, RemoteProtocolError, trio.TooSlowError) as exc:
             self.counters["connections_rejected"] += 1
-            reason = str(exc) or "handshake timed out"
+            reason = str(exc) or f"no Hello within {config.hello_timeout_s} s"
             logger.warning("connection rejected: %s", reason, extra={"remote": _remote(tcp)})
             await trio.aclose_forcefully(tcp)
             return
@@ -198,6 +221,7 @@ class Node:
                                               "remote": channel.remote})
         # Only a holder of a node certificate may make us dial an address it names.
         may_be_peer = certificate is None or certificate.get("organizationalUnitName") == "node"
+        channel.close_when_idle = not (hello.role in NODE_ROLES and may_be_peer)
         if hello.address and hello.role in NODE_ROLES and may_be_peer:
             try:
                 self.learn_peer(parse_address(hello.address))
@@ -217,13 +241,17 @@ class Node:
             reason = f"protocol error: {exc}"
             logger.warning("connection closed: %s", exc, extra={"peer": hello.name, "remote": channel.remote})
         except ConnectionFailed as exc:
+            self.counters["connections_timed_out" if channel.timed_out else "connections_broken"] += 1
             reason = str(exc)
+            if channel.timed_out:
+                logger.warning("connection closed: %s", exc, extra={"peer": hello.name, "remote": channel.remote})
         finally:
             # Shielded: at shutdown this task is cancelled, and the Goodbye
             # tells clients the node is stopping (not crashed); at most 1 s.
             with trio.CancelScope(shield=True):
                 await channel.aclose(code=ErrorCode.FORBIDDEN if revoked else
-                                     ErrorCode.SHUTTING_DOWN if self.stopping else None, reason=revoked or "")
+                                     ErrorCode.SHUTTING_DOWN if self.stopping else None,
+                                     reason=revoked or (reason if channel.timed_out else ""))
         logger.info("connection closed", extra={"peer": hello.name, "reason": reason})
 
     def _vet(self, channel: Channel) -> str | None:
@@ -258,6 +286,8 @@ class Node:
                     break
                 if isinstance(event, ConnectionClosed):
                     break
+                if self.inbound.peak > self.counters["inbound_peak_bytes"]:
+                    self.counters["inbound_peak_bytes"] = self.inbound.peak
                 # The protocol lets only Requests through here: we never send
                 # requests on an accepted connection, so any Reply is refused.
                 self._in_flight += 1
@@ -360,8 +390,6 @@ class Node:
                 f"it could not capture ({', '.join(w for w, _ in report.failed)}); the other "
                 f"{len(report.done)} are saved")
         return report
-
-
 
 
 def _remote(tcp: trio.SocketStream) -> str:

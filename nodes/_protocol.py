@@ -188,6 +188,8 @@ class Connection:
         self._their_max_frame_bytes = handshake_max_frame_bytes
         self._buffer = bytearray()
         self._eof = False
+        #: Bytes (header included) of the frame the last event came in; 0 for end of stream.
+        self.last_frame_bytes = 0
         # request id -> request class, for both directions
         self._ours_pending: dict[int, type[Request]] = {}
         self._theirs_pending: dict[int, type[Request]] = {}
@@ -202,6 +204,20 @@ class Connection:
     @property
     def our_requests_pending(self) -> int:
         return len(self._ours_pending)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received and not yet turned into events."""
+        return len(self._buffer)
+
+    def frame_bytes(self) -> int | None:
+        """The size (header included) of the frame whose header is buffered; None before a header.
+
+        Call it after ``next_event`` returned NEED_DATA: that checked the size against the limit.
+        """
+        if len(self._buffer) < HEADER_BYTES:
+            return None
+        return HEADER_BYTES + _HEADER.unpack_from(self._buffer)[0]
 
     @property
     def peer_max_frame_bytes(self) -> int:
@@ -281,6 +297,7 @@ class Connection:
 
         Raises RemoteProtocolError (state becomes ERROR) if the peer broke the protocol.
         """
+        self.last_frame_bytes = 0
         if self.state is State.ERROR:
             raise RemoteProtocolError("the connection already failed")
         if self.state is State.CLOSED:
@@ -295,6 +312,7 @@ class Connection:
             if len(buf) >= end:
                 payload = bytes(buf[HEADER_BYTES:end])
                 del buf[:end]
+                self.last_frame_bytes = end
                 if zlib.crc32(payload) != crc:
                     self._fail("frame checksum mismatch")
                 try:

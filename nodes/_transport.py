@@ -13,10 +13,20 @@ per-connection request slots are full) leaves the peer's frames in the
 kernel buffer, and TCP flow control stops the peer.  What we buffer is at
 most one frame plus one read.  ``send`` waits for the kernel to take the
 bytes, so a peer that does not read stalls only the tasks sending to it.
+
+A node's accepted channels also share a ``ByteBudget`` (``nodes._budget``):
+a channel takes from it every byte before reading it (a whole frame at
+once, once its header says how big it is) and gives a request's bytes back
+when its reply has been sent.  With ``timeout_s`` a channel is closed when
+its peer stalls: when it sends nothing for ``timeout_s`` while it is owed
+no reply (unless ``close_when_idle`` is off), when a frame it started
+delivers less than ``RECEIVE_BYTES`` (or its rest) in ``timeout_s``, or
+when it accepts less than ``RECEIVE_BYTES`` of ours in ``timeout_s``.
 """
 
 from __future__ import annotations
 
+import math
 import select
 import ssl
 from collections.abc import Callable
@@ -24,9 +34,10 @@ from typing import Any
 
 import trio
 
+from ._budget import LOOKAHEAD_BYTES, ByteBudget
 from ._config import Address
 from ._errors import ConnectionFailed, RemoteProtocolError
-from ._messages import ErrorCode, Goodbye, Hello, Message
+from ._messages import ErrorCode, Goodbye, Hello, Message, Reply, Request
 from ._protocol import NEED_DATA, Connection, ConnectionClosed, State
 from ._tls import Identity, certificate_subject, peer_identity
 
@@ -49,13 +60,28 @@ class Channel:
     when the peer breaks the protocol (after telling it so with a Goodbye).
     """
 
-    def __init__(self, stream: trio.abc.Stream, connection: Connection, *, remote: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, connection: Connection, *, remote: str,
+                 budget: ByteBudget | None = None, timeout_s: float | None = None) -> None:
         self.stream = stream
         self.connection = connection
         self.remote = remote  # "host:port" of the other end, for logs
+        self.budget = budget
+        self.timeout_s = timeout_s
+        #: Close the channel when the peer sends nothing for ``timeout_s`` while owed no reply.
+        self.close_when_idle = True
+        #: True once the channel failed because the peer stalled (``timeout_s``).
+        self.timed_out = False
         self._send_lock = trio.Lock()
         self._broken: str | None = None
         self._identity: Identity | None = None
+        self._held = 0                     # budget bytes covering the Connection's buffer
+        self._claims: dict[int, int] = {}  # request id -> its frame's bytes, held until the reply is sent
+        # The peer must send ``_owed`` more bytes within ``timeout_s`` of waiting on the
+        # socket; ``_waited`` is that waiting so far (time we spend elsewhere does not count).
+        self._owed = RECEIVE_BYTES
+        self._waited = 0.0
+        self._read_since = 0.0
+        self._read_scope: trio.CancelScope | None = None
 
     @property
     def peer(self) -> Hello:
@@ -79,15 +105,42 @@ class Channel:
 
     async def send(self, message: Message) -> None:
         """Send one message.  Raises LocalProtocolError or ConnectionFailed."""
-        data = self.connection.send(message)
-        try:  # uncontended in the common case; skip the scheduler round trip of acquire()
-            self._send_lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._send_lock.acquire()
+        claim = self._claims.pop(message.id, 0) if isinstance(message, Reply) else 0
         try:
-            if self._broken:
-                raise ConnectionFailed(self._broken)
-            await self.stream.send_all(data)
+            try:  # uncontended in the common case; skip the scheduler round trip of acquire()
+                self._send_lock.acquire_nowait()
+            except trio.WouldBlock:
+                await self._send_lock.acquire()
+            try:  # encoded under the lock: replies waiting for a slow reader hold no second copy
+                await self._send_bytes(self.connection.send(message))
+            finally:
+                self._send_lock.release()
+        finally:
+            if claim:
+                self.budget.release(claim)
+        if isinstance(message, Reply) and self.connection.their_requests_pending == 0:
+            self._progress()  # owed nothing more: the idle time starts now
+            if self._read_scope is not None:
+                self._read_scope.deadline = self._deadline()
+
+    async def _send_bytes(self, data: bytes) -> None:
+        if self._broken:
+            raise ConnectionFailed(self._broken)
+        try:
+            if self.timeout_s is None:
+                await self.stream.send_all(data)
+                return
+            view = memoryview(data)
+            for start in range(0, len(view), RECEIVE_BYTES):
+                with trio.move_on_after(self.timeout_s) as scope:
+                    await self.stream.send_all(view[start:start + RECEIVE_BYTES])
+                if scope.cancelled_caught:
+                    self.timed_out = True
+                    self._broken = (f"{self.remote} took less than {RECEIVE_BYTES} bytes of a frame "
+                                    f"in {self.timeout_s} s")
+                    if self._read_scope is not None:  # the reader ends the connection now
+                        self._read_scope.cancel()
+                    raise ConnectionFailed(self._broken)
         except _BROKEN as exc:
             self._broken = f"connection to {self.remote} broke: {exc or type(exc).__name__}"
             raise ConnectionFailed(self._broken) from exc
@@ -95,8 +148,6 @@ class Channel:
             # cancelled part-way: the peer may hold half a frame, so the stream is unusable
             self._broken = self._broken or f"a send to {self.remote} was cancelled mid-frame"
             raise
-        finally:
-            self._send_lock.release()
 
     def has_unread(self) -> bool:
         """True if the peer sent bytes (or closed) that nobody has read yet; one poll, no waiting."""
@@ -125,13 +176,90 @@ class Channel:
                 await self._goodbye(ErrorCode.PROTOCOL_ERROR, str(exc))
                 raise
             if event is not NEED_DATA:
+                if self.budget is not None:
+                    self._took(event)
+                if conn.last_frame_bytes:
+                    self._progress()  # a whole frame arrived
                 return event
+            await self._read()
+
+    async def _read(self) -> None:
+        """Read what the socket has (at most what the budget covers) into the Connection."""
+        conn = self.connection
+        size = RECEIVE_BYTES
+        if self.budget is not None:
+            # The whole frame at once when its header is in, else a lookahead: never piece by piece.
+            want = max(conn.frame_bytes() or 0, LOOKAHEAD_BYTES)
+            if want > self._held:
+                if not self.budget.try_acquire(want - self._held):
+                    await self.budget.acquire(want - self._held)
+                self._held = want
+            size = min(size, self._held - conn.buffered_bytes)
+        if self._broken:
+            raise ConnectionFailed(self._broken)
+        if self.timeout_s is None:  # a client's channel: no clock to keep
+            conn.receive_data(await self._receive_some(size))
+            return
+        self._read_since = trio.current_time()
+        with trio.CancelScope(deadline=self._deadline()) as scope:
+            self._read_scope = scope
             try:
-                data = await self.stream.receive_some(RECEIVE_BYTES)
-            except _BROKEN as exc:
-                raise ConnectionFailed(f"connection to {self.remote} broke: "
-                                       f"{exc or type(exc).__name__}") from exc
-            conn.receive_data(data)
+                data = await self._receive_some(size)
+            finally:
+                self._read_scope = None
+                if scope.deadline != math.inf:
+                    self._waited += trio.current_time() - self._read_since
+        if scope.cancelled_caught:
+            if self._broken:
+                raise ConnectionFailed(self._broken)
+            self.timed_out = True
+            raise ConnectionFailed(self._stall())
+        self._owed -= len(data)
+        if self._owed <= 0:
+            self._progress()
+        conn.receive_data(data)
+
+    async def _receive_some(self, size: int) -> bytes:
+        try:
+            return await self.stream.receive_some(size)
+        except _BROKEN as exc:
+            raise ConnectionFailed(f"connection to {self.remote} broke: {exc or type(exc).__name__}") from exc
+
+    def _took(self, event: Any) -> None:
+        """Move the bytes of the frame just read from the buffer's share of the budget to its event."""
+        size = self.connection.last_frame_bytes
+        self._held -= size
+        if isinstance(event, Request):
+            self._claims[event.id] = size  # given back when the reply is sent
+        elif size:
+            self.budget.release(size)
+
+    def release_budget(self) -> None:
+        """Give back every byte this channel holds of the budget (it is closing)."""
+        if self.budget is not None:
+            self.budget.release(self._held + sum(self._claims.values()))
+            self._held = 0
+            self._claims.clear()
+
+    def _progress(self) -> None:
+        """The peer did what it owed: the next ``timeout_s`` starts now."""
+        self._owed = RECEIVE_BYTES
+        self._waited = 0.0
+        self._read_since = trio.current_time()
+
+    def _deadline(self) -> float:
+        """When the current read gives up: the peer is inside a frame, or idle and owed nothing."""
+        conn = self.connection
+        if self.timeout_s is None or not (
+                conn.buffered_bytes or (self.close_when_idle and conn.their_requests_pending == 0)):
+            return math.inf
+        return self._read_since + self.timeout_s - self._waited
+
+    def _stall(self) -> str:
+        if self.connection.buffered_bytes:
+            return (f"{self.remote} sent less than {RECEIVE_BYTES} bytes of a frame in {self.timeout_s} s "
+                    f"({self.connection.buffered_bytes} bytes buffered)")
+        return f"{self.remote} sent nothing for {self.timeout_s} s"
 
     async def handshake(self, hello: Hello) -> Hello:
         """Send our Hello, wait for theirs, and return it.
@@ -174,11 +302,14 @@ class Channel:
                 pass
 
     async def aclose(self, *, reason: str = "", code: ErrorCode | None = None) -> None:
-        """Say Goodbye (when the connection is still open) and close the stream."""
-        if self.connection.state not in (State.CLOSED, State.ERROR) and not self._broken:
-            await self._goodbye(code, reason)
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(self.stream)
+        """Say Goodbye (when the connection is still open), close the stream and give back its budget."""
+        try:
+            if self.connection.state not in (State.CLOSED, State.ERROR) and not self._broken:
+                await self._goodbye(code, reason)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+        finally:
+            self.release_budget()
 
 
 def _connection(max_frame_bytes: int | None) -> Connection:
@@ -219,14 +350,16 @@ async def open_channel(address: Address, *, ssl_context: ssl.SSLContext | None, 
 
 async def accept_channel(tcp: trio.SocketStream, *, ssl_context: ssl.SSLContext | None,
                          hello: dict, max_frame_bytes: int | None = None,
-                         vet: Callable[[Channel], str | None] = lambda channel: None) -> Channel:
+                         vet: Callable[[Channel], str | None] = lambda channel: None,
+                         budget: ByteBudget | None = None, timeout_s: float | None = None) -> Channel:
     """Answer a connection a listener accepted: TLS, then the Hello exchange.
 
     The peer's Hello comes first; ``vet`` sees it (and the certificate) and
     may refuse the connection (``Channel.answer_handshake``) before it gets
     ours.  The caller bounds the time this may take and closes ``tcp`` on
-    error.  Raises ConnectionFailed (TLS refused, e.g. a certificate the CA
-    did not sign; a refusal of ``vet``) or RemoteProtocolError.
+    error.  ``budget`` and ``timeout_s`` are the Channel's.  Raises
+    ConnectionFailed (TLS refused, e.g. a certificate the CA did not sign;
+    a refusal of ``vet``) or RemoteProtocolError.
     """
     try:
         host, port = tcp.socket.getpeername()[:2]
@@ -240,8 +373,12 @@ async def accept_channel(tcp: trio.SocketStream, *, ssl_context: ssl.SSLContext 
             await stream.do_handshake()
         except _BROKEN as exc:
             raise ConnectionFailed(f"TLS handshake with {remote} failed: {_ssl_reason(exc)}") from exc
-    channel = Channel(stream, _connection(max_frame_bytes), remote=remote)
-    await channel.answer_handshake(channel.connection.hello(**hello), vet)
+    channel = Channel(stream, _connection(max_frame_bytes), remote=remote, budget=budget, timeout_s=timeout_s)
+    try:
+        await channel.answer_handshake(channel.connection.hello(**hello), vet)
+    except BaseException:
+        channel.release_budget()
+        raise
     return channel
 
 

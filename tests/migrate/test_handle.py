@@ -158,3 +158,18 @@ async def test_a_runaway_call_is_answered_deadline_exceeded_once(edge_and_cloud,
         spun = next(w for w in status.workloads if w.workload_id == h.workload)
         assert (spun.timeouts, spun.calls) == (2, 3)  # the retry did not run
         assert await neighbour.call("incr", 1) == 1
+
+
+async def test_a_handle_calls_exactly_once_after_the_node_closed_its_idle_connection(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge", args=["--idle-timeout-s", "1.5"])
+    async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as cluster:
+        h = await cluster.spawn(workloads.load("counter"), on="edge-1")
+        assert await h.call("incr", 1) == 1
+        for expected in (2, 3):
+            await trio.sleep(2.5)  # edge-1 closes the application's idle connection meanwhile
+            assert await h.call("incr", 1) == expected
+        assert await h.call("get") == 3
+        await h.migrate("local")  # and the node-to-node connections stay usable
+        assert await h.call("incr", 1) == 4
+    closed = [line for line in edge.log_lines() if line.get("msg") == "connection closed"]
+    assert any("sent nothing for 1.5 s" in line.get("reason", "") for line in closed)

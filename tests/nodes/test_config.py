@@ -119,6 +119,15 @@ def test_insecure_only_on_loopback(listen, join, allowed):
             resolve_config(flags, {})
 
 
+def test_the_inbound_budget_must_hold_the_largest_frame_beside_every_connections_lookahead():
+    flags = {"name": "n", "inbound_buffer_bytes": 64 << 20, "max_frame_bytes": 60 << 20}
+    assert resolve_config({**flags, "max_connections": 256}, {}).inbound_buffer_bytes == 64 << 20
+    with pytest.raises(ConfigError, match="inbound_buffer_bytes .* must hold max_frame_bytes"):
+        resolve_config({**flags, "max_connections": 257}, {})
+    with pytest.raises(ConfigError, match="idle_timeout_s must be positive"):
+        resolve_config({"name": "n", "idle_timeout_s": 0}, {})
+
+
 @pytest.mark.parametrize("text, address", [
     ("127.0.0.1:7400", Address("127.0.0.1", 7400)),
     ("[::1]:80", Address("::1", 80)),

@@ -95,6 +95,9 @@ MISBEHAVIOURS = {
     "unknown message": lambda: hello_frame() + frame(msgpack.packb(["teleport", {"id": 1}])),
     "oversized after hello": lambda: hello_frame() + struct.pack(">II", (64 << 20) + 1, 0),
     "reply to nothing": lambda: hello_frame() + frame(msgpack.packb(["done", {"id": 5}])),
+    "wrong field types": lambda: hello_frame() + frame(msgpack.packb(
+        ["call", {"id": 1, "workload": 5, "export": b"incr", "args": "one"}])),
+    "garbage after hello": lambda: hello_frame() + b"\x00\x00\x00\x10" + bytes(range(200, 256)),
 }
 
 
