@@ -189,23 +189,35 @@ class Campaign:
             waiting = {i: data for data, ids in benign for i in ids}
             t.n["frames"] += len(benign) + 1
             t.by["verdicts"].update([REQUESTS] * len(benign) + [verdict])
-            try:
-                await stream.send_all(b"".join(d for d, _ in benign) + final)
-            except (trio.BrokenResourceError, OSError):
-                pass  # the node closed early: the reader sees it
-            closed = await self._collect(reader, waiting, verdict, final, benign)
+
+            async def send() -> None:
+                try:
+                    await stream.send_all(b"".join(d for d, _ in benign) + final)
+                except (trio.BrokenResourceError, OSError):
+                    pass  # the node closed early: the reader sees it
+
+            parting: dict = {}  # the node's Goodbye, if it sent one
+            async with trio.open_nursery() as nursery:
+                # Read while sending, as a real client does: a node that stops
+                # reading until its replies are taken must not deadlock us.
+                nursery.start_soon(send)
+                closed = await self._collect(reader, waiting, verdict, final, benign, parting)
+                nursery.cancel_scope.cancel()
             if closed:
                 t.n["closed_by_node"] += 1
                 if verdict != CLOSE:
-                    t.anomaly("closed_unexpectedly", final, f"verdict {verdict}, {len(waiting)} replies missing")
+                    t.anomaly("closed_unexpectedly", final, f"verdict {verdict}, {len(waiting)} replies missing, "
+                                                            f"the node's Goodbye: {parting or None}")
             else:
                 t.n["closed_by_us"] += 1
         finally:
             await trio.aclose_forcefully(stream)
 
     async def _collect(self, reader: Reader, waiting: dict[int, bytes], verdict: str, final: bytes,
-                       benign: list[tuple[bytes, tuple[int, ...]]]) -> bool:
+                       benign: list[tuple[bytes, tuple[int, ...]]], parting: dict) -> bool:
         """Take replies until each awaited one came and, for a CLOSE frame, the node closed; True if it closed.
+
+        The node's Goodbye, if it sent one, goes into ``parting``.
 
         A chunk out of turn is not waited for (it waits for its turn by
         design); other replies are, up to BATCH_TIMEOUT_S, and count as
@@ -222,6 +234,7 @@ class Campaign:
                 kind, fields = message
                 if kind == "goodbye":  # the node's last word: requests still running are not answered
                     t.by["goodbyes"][fields.get("code")] += 1
+                    parting.update(fields)
                     return True
                 t.by["replies"][kind] += 1
                 if kind == "error":
