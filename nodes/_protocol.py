@@ -16,7 +16,9 @@ means the peer closed), pull events with ``next_event`` until it returns
 the declarative ``_TRANSITIONS`` table: anything not in the table is a
 protocol error, raised as ``LocalProtocolError`` for our side and
 ``RemoteProtocolError`` for theirs; a remote error moves the state to ERROR,
-after which only a Goodbye may be sent.
+after which only a Goodbye may be sent.  A Goodbye closes its sender's
+side: the receiver (PARTING) still replies to the requests that came
+before it, then says its own Goodbye.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class State(enum.Enum):
     HELLO_SENT = "hello_sent"          # ours sent, theirs awaited
     HELLO_RECEIVED = "hello_received"  # theirs received, ours not sent
     READY = "ready"
+    PARTING = "parting"                # the peer said Goodbye: we answer its requests, then say ours
     CLOSED = "closed"
     ERROR = "error"
 
@@ -95,6 +98,11 @@ _TRANSITIONS: dict[tuple[State, _Side, _Kind], State] = {
        for st in (S.HELLO_WAIT, S.HELLO_SENT, S.HELLO_RECEIVED, S.READY)
        for side, kind in ((OURS, _Kind.GOODBYE), (THEIRS, _Kind.GOODBYE), (THEIRS, _Kind.EOF))},
     (S.ERROR, OURS, _Kind.GOODBYE): S.ERROR,
+    # A Goodbye closes its sender's side only: the requests it sent before it
+    # are still answered (a pipelined batch may end with one), then ours closes.
+    (S.READY, THEIRS, _Kind.GOODBYE): S.PARTING,
+    (S.PARTING, OURS, _Kind.REPLY): S.PARTING,
+    (S.PARTING, OURS, _Kind.GOODBYE): S.CLOSED,
 }
 
 
@@ -300,7 +308,7 @@ class Connection:
         self.last_frame_bytes = 0
         if self.state is State.ERROR:
             raise RemoteProtocolError("the connection already failed")
-        if self.state is State.CLOSED:
+        if self.state in (State.CLOSED, State.PARTING):  # nothing the peer sends after its Goodbye is read
             return self.closed_by or ConnectionClosed()
         buf = self._buffer
         if len(buf) >= HEADER_BYTES:
