@@ -305,7 +305,7 @@ class Node:
                 try:
                     await session.channel.send(reply)
                 except LocalProtocolError as exc:
-                    if session.channel.connection.state is not State.READY:
+                    if session.channel.connection.state not in (State.READY, State.PARTING):
                         return  # the connection closed while the request ran: nobody to answer
                     # A handler answered with the wrong reply class: a bug on
                     # this node, which must cost one request, not the node.

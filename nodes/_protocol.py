@@ -16,7 +16,10 @@ means the peer closed), pull events with ``next_event`` until it returns
 the declarative ``_TRANSITIONS`` table: anything not in the table is a
 protocol error, raised as ``LocalProtocolError`` for our side and
 ``RemoteProtocolError`` for theirs; a remote error moves the state to ERROR,
-after which only a Goodbye may be sent.
+after which only replies to the requests received before it, then a
+Goodbye, may be sent.  A Goodbye closes its sender's
+side: the receiver (PARTING) still replies to the requests that came
+before it, then says its own Goodbye.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class State(enum.Enum):
     HELLO_SENT = "hello_sent"          # ours sent, theirs awaited
     HELLO_RECEIVED = "hello_received"  # theirs received, ours not sent
     READY = "ready"
+    PARTING = "parting"                # the peer said Goodbye: we answer its requests, then say ours
     CLOSED = "closed"
     ERROR = "error"
 
@@ -95,6 +99,14 @@ _TRANSITIONS: dict[tuple[State, _Side, _Kind], State] = {
        for st in (S.HELLO_WAIT, S.HELLO_SENT, S.HELLO_RECEIVED, S.READY)
        for side, kind in ((OURS, _Kind.GOODBYE), (THEIRS, _Kind.GOODBYE), (THEIRS, _Kind.EOF))},
     (S.ERROR, OURS, _Kind.GOODBYE): S.ERROR,
+    # Our side of the stream is intact after the peer broke the protocol: replies to the
+    # requests that came before the bad frame may still go out ahead of our Goodbye (``send``).
+    (S.ERROR, OURS, _Kind.REPLY): S.ERROR,
+    # A Goodbye closes its sender's side only: the requests it sent before it
+    # are still answered (a pipelined batch may end with one), then ours closes.
+    (S.READY, THEIRS, _Kind.GOODBYE): S.PARTING,
+    (S.PARTING, OURS, _Kind.REPLY): S.PARTING,
+    (S.PARTING, OURS, _Kind.GOODBYE): S.CLOSED,
 }
 
 
@@ -188,6 +200,7 @@ class Connection:
         self._their_max_frame_bytes = handshake_max_frame_bytes
         self._buffer = bytearray()
         self._eof = False
+        self._said_goodbye = False
         #: Bytes (header included) of the frame the last event came in; 0 for end of stream.
         self.last_frame_bytes = 0
         # request id -> request class, for both directions
@@ -247,8 +260,10 @@ class Connection:
 
     def send(self, message: Message) -> bytes:
         """Return the bytes that carry ``message``; raise LocalProtocolError if it may not be sent now."""
-        if self.state is State.ERROR and not isinstance(message, Goodbye):
-            raise LocalProtocolError("the connection failed; only Goodbye may be sent")
+        if self.state is State.ERROR and not isinstance(message, Goodbye) and (
+                self._said_goodbye or not isinstance(message, Reply)):
+            raise LocalProtocolError("the connection failed; only replies to requests received before "
+                                     "the failure, then a Goodbye, may be sent")
         payload = encode_message(message)
         if len(payload) > self._their_max_frame_bytes:
             raise LocalProtocolError(
@@ -275,6 +290,7 @@ class Connection:
             self._transition(OURS, _Kind.HELLO, "Hello")
         elif isinstance(message, Goodbye):
             self._transition(OURS, _Kind.GOODBYE, "Goodbye")
+            self._said_goodbye = True
         else:  # a registered kind outside the four families
             raise LocalProtocolError(f"{type(message).__name__} is not a Hello, Goodbye, Request or Reply")
         return frame(payload)
@@ -300,7 +316,7 @@ class Connection:
         self.last_frame_bytes = 0
         if self.state is State.ERROR:
             raise RemoteProtocolError("the connection already failed")
-        if self.state is State.CLOSED:
+        if self.state in (State.CLOSED, State.PARTING):  # nothing the peer sends after its Goodbye is read
             return self.closed_by or ConnectionClosed()
         buf = self._buffer
         if len(buf) >= HEADER_BYTES:

@@ -22,7 +22,7 @@ from nodes import (
     WorkloadTrap,
     client_context,
 )
-from nodes._messages import Goodbye, Hello, Message, ReadMemory
+from nodes._messages import Call, CallResult, Goodbye, Hello, Message, Ping, Pong, ReadMemory
 from nodes._protocol import HANDSHAKE_MAX_FRAME_BYTES, HEADER_BYTES, Connection, decode_message, encode_message, frame
 from nodeproc import ClusterTLS
 
@@ -180,6 +180,31 @@ async def test_misbehaving_connections_are_closed_while_others_are_served(node_p
         status = await good.status()
     assert status.counters["protocol_errors"] + status.counters.get("connections_rejected", 0) == len(MISBEHAVIOURS)
     assert status.workloads[0].calls == len(MISBEHAVIOURS)
+
+
+async def test_requests_pipelined_before_a_goodbye_are_answered_then_the_node_closes(node_procs, cluster_tls):
+    """The node read the Goodbye before it had run the requests ahead of it, and dropped their replies.
+
+    They ran (the counter moved) but the client never learnt their results.
+    """
+    node = node_procs.start("edge-1", "edge")
+    async with await node.client(cluster_tls.app) as good:
+        await good.deploy(COUNTER, workload_id="c")
+        stream = await raw_tls(node.address, cluster_tls.app)
+        conn = Connection()
+        await stream.send_all(conn.send(conn.hello(name="app", role="app")))
+        conn.receive_data(await stream.receive_some(1 << 16))
+        assert isinstance(conn.next_event(), Hello)
+        batch = [Call(id=i, workload="c", export="incr", args=(1,)) for i in (1, 2, 3)] + [Ping(id=4)]
+        await stream.send_all(b"".join(conn.send(m) for m in batch) + conn.send(Goodbye()))
+        received = split_frames(await read_until_closed(stream))  # the node closes: fails after 30 s if not
+        await trio.aclose_forcefully(stream)
+        assert received[-1] == Goodbye()
+        replies = {m.id: m for m in received[:-1]}
+        assert sorted(replies) == [1, 2, 3, 4], received
+        assert sorted(replies[i].values for i in (1, 2, 3)) == [(1,), (2,), (3,)]
+        assert all(isinstance(replies[i], CallResult) for i in (1, 2, 3)) and isinstance(replies[4], Pong)
+        assert await good.call("c", "get") == 3
 
 
 def mixed_tls_dir(root: Path, identity: Path, trust: Path) -> Path:

@@ -240,7 +240,48 @@ def test_goodbye_closes_with_its_reason():
     server.receive_data(client.send(Goodbye(reason="bye")))
     assert client.state is State.CLOSED
     assert server.next_event() == ConnectionClosed(None, "bye")
+    assert server.state is State.PARTING
+    server.send(Goodbye())
     assert server.state is State.CLOSED
+
+
+def test_requests_before_a_goodbye_are_still_answered_and_nothing_else_is_sent():
+    """A pipelined batch may end with a Goodbye: its requests get their replies, then the receiver's Goodbye."""
+    client, server = pair()
+    server.receive_data(client.send(Ping(id=1)) + client.send(Status(id=2)) + client.send(Goodbye()))
+    assert events(server) == [Ping(id=1), Status(id=2), ConnectionClosed()]
+    server.receive_data(frame(msgpack.packb(["ping", {"id": 3}])))  # after its Goodbye: never read
+    assert server.next_event() == ConnectionClosed()
+    assert server.their_requests_pending == 2
+    server.send(ErrorReply(id=2, code=ErrorCode.BAD_REQUEST, message="answered after the Goodbye"))
+    with pytest.raises(LocalProtocolError):
+        server.send(Done(id=3))  # no such request
+    with pytest.raises(LocalProtocolError):
+        server.send(Ping(id=4))  # nobody would answer it
+    assert server.state is State.PARTING
+    server.send(Goodbye())
+    assert server.state is State.CLOSED
+    with pytest.raises(LocalProtocolError):
+        server.send(ErrorReply(id=1, code=ErrorCode.INTERNAL, message="too late"))
+
+
+def test_after_a_remote_error_pending_requests_may_be_answered_until_our_goodbye():
+    """Replies queued behind a slow reader when the peer's next frame broke the protocol were dropped."""
+    client, server = pair()
+    server.receive_data(client.send(Ping(id=1)) + client.send(Status(id=2)) + frame(b"\xc1"))
+    assert server.next_event() == Ping(id=1)
+    assert server.next_event() == Status(id=2)
+    with pytest.raises(RemoteProtocolError):
+        server.next_event()
+    assert server.state is State.ERROR
+    server.send(ErrorReply(id=1, code=ErrorCode.BAD_REQUEST, message="received before the bad frame"))
+    with pytest.raises(LocalProtocolError):
+        server.send(Done(id=3))  # no such request
+    with pytest.raises(LocalProtocolError):
+        server.send(Ping(id=4))  # no new requests
+    server.send(Goodbye(code=ErrorCode.PROTOCOL_ERROR))
+    with pytest.raises(LocalProtocolError):
+        server.send(ErrorReply(id=2, code=ErrorCode.BAD_REQUEST, message="after our Goodbye"))
 
 
 # --- request ids --------------------------------------------------------------------
