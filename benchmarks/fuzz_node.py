@@ -189,20 +189,12 @@ class Campaign:
             waiting = {i: data for data, ids in benign for i in ids}
             t.n["frames"] += len(benign) + 1
             t.by["verdicts"].update([REQUESTS] * len(benign) + [verdict])
-
-            async def send() -> None:
-                try:
-                    await stream.send_all(b"".join(d for d, _ in benign) + final)
-                except (trio.BrokenResourceError, OSError):
-                    pass  # the node closed early: the reader sees it
-
+            try:
+                await stream.send_all(b"".join(d for d, _ in benign) + final)
+            except (trio.BrokenResourceError, OSError):
+                pass  # the node closed early: the reader sees it
             parting: dict = {}  # the node's Goodbye, if it sent one
-            async with trio.open_nursery() as nursery:
-                # Read while sending, as a real client does: a node that stops
-                # reading until its replies are taken must not deadlock us.
-                nursery.start_soon(send)
-                closed = await self._collect(reader, waiting, verdict, final, benign, parting)
-                nursery.cancel_scope.cancel()
+            closed = await self._collect(reader, waiting, verdict, final, benign, parting)
             if closed:
                 t.n["closed_by_node"] += 1
                 if verdict != CLOSE:
