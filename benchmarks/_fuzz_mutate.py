@@ -63,13 +63,20 @@ def frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+#: Packages whose requests a ``migrate-node`` serves.  Other modules of the
+#: process (a test suite's plugins) may register request kinds the node does
+#: not know: a frame of such a kind is a protocol error to the node, not a
+#: request, so the mutator must not make them.
+SERVED_PACKAGES = ("nodes.", "migrate.")
+
+
 def request_classes() -> dict[str, type[Request]]:
-    """Every registered request class, by kind (node-only ones included)."""
+    """Every request class a ``migrate-node`` serves, by kind (node-only ones included)."""
     out, todo = {}, [Request]
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
-        if cls.kind and issubclass(cls, Request):
+        if cls.kind and issubclass(cls, Request) and cls.__module__.startswith(SERVED_PACKAGES):
             out[cls.kind] = cls
     return out
 

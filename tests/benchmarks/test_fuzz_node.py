@@ -37,6 +37,24 @@ def test_classify_follows_the_protocol():
     assert classify(ping + ping) == (CLOSE, (7,))                                 # the same id twice in flight
 
 
+def test_the_mutator_makes_only_kinds_a_node_serves():
+    """A test suite registers request kinds of its own (plugins); a node does not serve them,
+    so a frame of one is a protocol error to it, not a request: the mutator must not make them."""
+    from nodes import ANY_ROLE, Reply, Request, message
+
+    @message("test_fuzz_only_reply")
+    class OnlyHereReply(Reply):
+        pass
+
+    @message("test_fuzz_only", reply=OnlyHereReply, roles=ANY_ROLE)
+    class OnlyHere(Request):
+        pass
+
+    kinds = set(request_classes())
+    assert "test_fuzz_only" not in kinds
+    assert {"ping", "call", "m_chunk", "m_commit"} <= kinds
+
+
 def test_the_mutator_reaches_every_verdict_and_every_request_kind():
     seeds = [["ping", {"id": 1}], ["call", {"id": 2, "workload": "w", "export": "incr", "args": [1]}],
              ["m_chunk", {"id": 3, "workload": "w", "epoch": 2, "standby": False, "data": b"x" * 64, "seq": 0}]]
