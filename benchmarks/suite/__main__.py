@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory for the results (default benchmarks/results/suite, or suite-quick)")
     parser.add_argument("--links", help=f"comma-separated subset of {','.join(PROFILES)}")
     parser.add_argument("--strategies", help=f"comma-separated subset of {','.join(STRATEGIES)}")
+    parser.add_argument("--memory", metavar="MIB,...",
+                        help="only the dirtier's memory sweep, at these sizes in MiB (no rate sweep, "
+                             "kvstore or grower): a quick look at one size, such as --memory 256,1024")
     parser.add_argument("--move-timeout", type=float, metavar="SECONDS",
                         help="give up on a move (and its strategy on that link) after this long (default 180)")
     args = parser.parse_args(argv)
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, links=tuple(PROFILES[name] for name in args.links.split(",")))
     if args.strategies:
         cfg = dataclasses.replace(cfg, strategies=tuple(args.strategies.split(",")))
+    if args.memory:
+        cfg = dataclasses.replace(cfg, memory_sweep_mib=tuple(int(m) for m in args.memory.split(",")),
+                                  rate_sweep=(), kvstore=None, grower=None)
     out = args.out or RESULTS / stem(cfg.mode)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     previous = signal.signal(signal.SIGTERM, _interrupt)
