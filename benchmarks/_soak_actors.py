@@ -129,7 +129,7 @@ class Mover:
             started = time.perf_counter()
             try:
                 report = await self.handle.migrate(target, strategy=strategy)
-                record.update(outcome="done", node_blackout_s=report.blackout_s)
+                record.update(outcome="done", node_blackout_s=report.frozen_s)
                 failed_in_a_row = 0
             except (migrate.MigrateError, NodeError) as exc:
                 record.update(outcome="aborted", reason=_reason(exc))

@@ -95,7 +95,7 @@ async def one_move(cluster, mib: int, rate_pps: int, strategy: str) -> dict:
     await h.remove()
     return {
         "memory_mib": mib, "dirty_pages_per_s_target": rate_pps, "strategy": strategy,
-        "total_s": round(report.total_s, 5), "blackout_s": round(report.blackout_s, 5),
+        "total_s": round(report.total_s, 5), "blackout_s": round(report.frozen_s, 5),
         "rounds": report.rounds, "bytes_sent": report.bytes_sent, "pages_sent": report.pages_sent,
         "throttle": report.throttle, "notes": list(report.notes),
         "steady_call_p50_s": round(statistics.median(steady), 6) if steady else None,

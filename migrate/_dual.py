@@ -51,7 +51,7 @@ class DualExecution:
         send, receive = trio.open_memory_channel(math.inf)
         async with owned.lock:
             t0 = self.clock()
-            cut, calls_at_cut = await node.run_host(ops.cut, host, self.workload)
+            cut, calls_at_cut = await self._capture(ops.cut, host, self.workload)
             index_at_cut = owned.index
             owned.record, owned.follow = True, send
             plan.cut_taken(held_from_s=t0, held_until_s=self.clock())
@@ -81,7 +81,7 @@ class DualExecution:
                         return committed
                     finally:
                         plan.switch_ended(held_from_s=frozen, held_until_s=self.clock(), committed=committed)
-                        self.blackout_s = plan.blackout_s
+                        self.frozen_s = plan.blackout_s
                         if not committed:
                             await node.run_host(ops.thaw, host, self.workload)
         except RemoteNodeError as exc:

@@ -173,7 +173,7 @@ class Handle:
                         # move happened, but its figures went down with it.
                         return MigrationReport(
                             workload=self.workload, strategy=strategy, source="?", target=self._node,
-                            total_s=trio.current_time() - started, blackout_s=0.0, rounds=0, bytes_sent=0,
+                            total_s=trio.current_time() - started, frozen_s=0.0, rounds=0, bytes_sent=0,
                             pages_sent=0, dirty_pages_per_s=0.0, throttle=0.0, epoch=self.epoch,
                             notes=("the source node was lost after the commit; its figures are unavailable",))
             report = reply.report

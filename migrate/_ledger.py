@@ -15,6 +15,7 @@ Pure data, no I/O: the node and the tests drive it directly.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,11 @@ class CallLedger:
 
     _by_caller: dict[str, dict[int, Outcome]] = field(default_factory=dict)
     _acked: dict[str, int] = field(default_factory=dict)
+    #: when (``time.perf_counter``) this ledger first and last recorded a
+    #: call: a move's report reads them (the source's last call served
+    #: before the freeze, the new owner's first after the commit)
+    first_served_s: float | None = field(default=None, compare=False)
+    last_served_s: float | None = field(default=None, compare=False)
 
     def lookup(self, caller: str, seq: int) -> Outcome | None:
         """The recorded outcome of (caller, seq), or None if it never ran here."""
@@ -58,6 +64,9 @@ class CallLedger:
         return seq <= self._acked.get(caller, -1)
 
     def record(self, caller: str, seq: int, outcome: Outcome) -> None:
+        self.last_served_s = time.perf_counter()
+        if self.first_served_s is None:
+            self.first_served_s = self.last_served_s
         entries = self._by_caller.setdefault(caller, {})
         entries[seq] = outcome
         if len(entries) > MAX_UNACKED_PER_CALLER:

@@ -7,7 +7,7 @@ Three conversations use them:
 * handle or operator -> source node: ``MMigrate``;
 * source node -> target node: ``MIncoming``, ``MChunk`` (snapshot stream
   bytes; page data goes node to node, never through the client),
-  ``MCommit``, ``MAbort``;
+  ``MCommit``, ``MAbort``, then ``MFirstCall`` (for the report);
 * protection: ``MProtect``, ``MCheckpoint`` and ``MCheckpointPart`` (a
   checkpoint streamed to the application in parts), ``MFollow`` (owner
   to standby: ``MIncoming``/``MChunk``/``MAlign``/``MReplay`` with
@@ -25,7 +25,7 @@ node before any handler runs):
   which only a node certificate passes;
 * node certificates only: everything else.  ``MIncoming``, ``MChunk``,
   ``MCommit``, ``MAbort``, ``MAlign``, ``MReplay`` and ``MPromote`` move
-  state and ownership between nodes; ``MCheckpoint`` and
+  state and ownership between nodes (``MFirstCall`` asks about one); ``MCheckpoint`` and
   ``MCheckpointPart`` hand out a workload's memory and call ledger;
   ``MProtect`` and ``MFollow`` set up protection, whose failover restores
   through those same node messages.  An application protects its
@@ -145,9 +145,26 @@ class MLocate(_ForWorkload):
 class MigrationReport:
     """What a move cost, modelled on QEMU's query-migrate; ``MReport`` carries it as is.
 
-    ``blackout_s`` is how long the source held calls (the longest any call
-    waited at the source); ``rounds`` counts snapshot rounds sent, the
-    final stop-and-copy round included.
+    ``frozen_s`` is how long the source held calls (the longest any call
+    waited at the source).  ``client_blackout_s`` is the blackout as a
+    client calling the workload saw it: from the last call the source
+    served before the freeze to the first call the target served after
+    the commit, the redirect of the queued calls included.  It is
+    estimated as (the commit's reply received - the last call served, by
+    the source's clock) + (the target's first call - its commit, by the
+    target's clock), so it counts one one-way latency too many (the
+    commit reply's trip).  It is None, with a note saying why, when no
+    call was waiting at the source when it committed (a client between
+    calls saw no gap beyond its own) or none reached the target within
+    ``_state.FIRST_CALL_WAIT_S`` (1 s).
+
+    ``rounds`` counts snapshot rounds sent, the final stop-and-copy round
+    included, and ``bytes_per_round`` their wire bytes in order (so
+    ``rounds == len(bytes_per_round)`` and ``bytes_sent`` is their sum);
+    ``final_round_bytes`` is what was sent while calls were held (0 for a
+    dual or standby handover, whose switch sends no pages).  ``capture_s``,
+    ``encode_s``, ``send_s`` and ``commit_s`` sum the time spent taking
+    snapshots, compressing them, streaming them and committing.
     """
 
     workload: str
@@ -155,7 +172,7 @@ class MigrationReport:
     source: str
     target: str
     total_s: float
-    blackout_s: float
+    frozen_s: float
     rounds: int
     bytes_sent: int
     pages_sent: int
@@ -163,6 +180,13 @@ class MigrationReport:
     throttle: float
     epoch: int
     notes: tuple[str, ...] = ()
+    client_blackout_s: float | None = None
+    final_round_bytes: int = 0
+    bytes_per_round: tuple[int, ...] = ()
+    capture_s: float = 0.0
+    encode_s: float = 0.0
+    send_s: float = 0.0
+    commit_s: float = 0.0
 
 
 @message("m_report")
@@ -233,6 +257,24 @@ class MCommit(_AtEpoch):
     from_standby: bool = False
     #: the address of the workload's hot standby, which the new owner feeds from now on
     standby: str = ""
+
+
+@message("m_first_served")
+class MFirstServed(Reply):
+    """Seconds from the commit to the first call the new owner served; None if none came in time."""
+
+    after_s: float | None = None
+
+
+@message("m_first_call", reply=MFirstServed, roles=NODE_ONLY)
+class MFirstCall(_AtEpoch):
+    """Source to the new owner, after the commit: when did you serve your first call?
+
+    The owner waits up to ``wait_s`` for one.  Asked after the redirect,
+    outside the blackout, for ``MigrationReport.client_blackout_s``.
+    """
+
+    wait_s: float = 1.0
 
 
 @message("m_abort", reply=Done, roles=NODE_ONLY)

@@ -43,8 +43,11 @@ async def move(client: NodeClient, workload: str, target: str, strategy: str) ->
 
 
 def report_line(r: MigrationReport) -> str:
+    """One line: rounds, bytes, the client's blackout (or "n/a", the notes say why), frozen and total time."""
+    client = "n/a" if r.client_blackout_s is None else f"{r.client_blackout_s * 1e3:.2f} ms"
     return (f"{r.workload} {r.source} -> {r.target} ({r.strategy}): {r.rounds} rounds, "
-            f"{r.bytes_sent / 2**20:.2f} MiB, blackout {r.blackout_s * 1e3:.2f} ms, total {r.total_s * 1e3:.1f} ms")
+            f"{r.bytes_sent / 2**20:.2f} MiB ({r.final_round_bytes / 2**20:.2f} MiB frozen), "
+            f"client blackout {client}, frozen {r.frozen_s * 1e3:.2f} ms, total {r.total_s * 1e3:.1f} ms")
 
 
 async def migrate_command(client: NodeClient, args) -> Any:

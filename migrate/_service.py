@@ -22,14 +22,15 @@ from ._serve_checkpoint import on_checkpoint, on_checkpoint_part
 from ._source import on_migrate
 from ._standby import on_follow, on_promote
 from ._state import PLUGIN_NAME, MigrationService, service
-from ._target import on_abort, on_align, on_chunk, on_commit, on_incoming, on_replay
+from ._target import on_abort, on_align, on_chunk, on_commit, on_first_call, on_incoming, on_replay
 
 PLUGIN = Plugin(
     name=PLUGIN_NAME,
     handlers={m.MSpawn: on_spawn, m.MCall: on_call, m.MLocate: on_locate, m.MIncoming: on_incoming,
               m.MChunk: on_chunk, m.MCommit: on_commit, m.MAbort: on_abort, m.MMigrate: on_migrate,
               m.MProtect: on_protect, m.MCheckpoint: on_checkpoint, m.MCheckpointPart: on_checkpoint_part,
-              m.MReplay: on_replay, m.MAlign: on_align, m.MFollow: on_follow, m.MPromote: on_promote},
+              m.MReplay: on_replay, m.MAlign: on_align, m.MFollow: on_follow, m.MPromote: on_promote,
+              m.MFirstCall: on_first_call},
     state=MigrationService,
     status=lambda node: service(node).status(),
     save=_save_record, load=_load_record, save_node=_save_tombstones, load_node=_load_tombstones,

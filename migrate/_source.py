@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 
@@ -27,13 +28,14 @@ from nodes import (
 from . import _chunks
 from . import _hostops as ops
 from ._codes import MigrationCode
-from ._messages import MAbort, MCommit, MIncoming, MLocate, MMigrate, MigrationReport, MReport
+from ._messages import MAbort, MCommit, MFirstCall, MIncoming, MLocate, MMigrate, MigrationReport, MReport
 from ._dual import DualExecution
 from ._ownership import State
 from ._ownership_events import Abort, Event, EventKind, OwnershipError, Peer
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
 from ._standby import _keep_standby, _stop_standby
 from ._state import (
+    FIRST_CALL_WAIT_S,
     HANDOVER_FLUSH_S,
     MigrationError,
     MigrationService,
@@ -79,9 +81,22 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
         owned.throttle = 0.0
     svc.recent.append({"workload": report.workload, "app": migration.app, "state": "done", "target": report.target,
                        "strategy": report.strategy, "rounds": report.rounds,
-                       "blackout_ms": round(report.blackout_s * 1e3, 3), "total_ms": round(report.total_s * 1e3, 1)})
+                       "frozen_ms": round(report.frozen_s * 1e3, 3),
+                       "client_blackout_ms": (None if report.client_blackout_s is None
+                                              else round(report.client_blackout_s * 1e3, 3)),
+                       "total_ms": round(report.total_s * 1e3, 1)})
     node.counters["migrations_out"] += 1
     return MReport(id=req.id, report=report)
+
+
+@dataclass
+class _Handover:
+    """What the report's client blackout is estimated from (``time.perf_counter`` seconds at the source)."""
+
+    last_served_s: float | None = None  # the source's last call served before the freeze
+    replied_s: float = 0.0  # the commit's reply received
+    waiting: int = 0  # calls waiting on the workload at the commit, which the redirect answers
+    client_blackout_s: float | None = None
 
 
 class Migration(DualExecution):
@@ -98,7 +113,11 @@ class Migration(DualExecution):
         self.pages_sent = 0
         self.chunks_sent = 0  # MChunk numbers used: the next round's go on from here
         self.rounds = 0
-        self.blackout_s = 0.0
+        self.bytes_per_round: list[int] = []
+        self.final_round_bytes = 0
+        self.frozen_s = 0.0
+        self.spent = {"capture": 0.0, "encode": 0.0, "send": 0.0, "commit": 0.0}  # seconds, summed
+        self.handover = _Handover()
         self.notes: list[str] = []
         self.settings: dict = {}  # the workload's launch settings, for MIncoming
         self.planner = PrecopyPlanner(PrecopyConfig(downtime_budget_s=req.downtime_budget_s,
@@ -135,13 +154,44 @@ class Migration(DualExecution):
                 await node.run_host(ops.stop_tracking, host, self.workload)
                 if onto_standby:  # the workload stays here: so does its standby
                     node.start_soon(_keep_standby, node, self.owned, self.target)
-            await client.aclose()
+            total_s = self.clock() - started
+            try:
+                if committed:
+                    await self._ask_first_call(client)
+            finally:
+                await client.aclose()
+        spent = self.spent
         return MigrationReport(
             workload=self.workload, strategy=self.req.strategy, source=node.config.name, target=target_name,
-            total_s=self.clock() - started, blackout_s=self.blackout_s, rounds=self.rounds,
+            total_s=total_s, frozen_s=self.frozen_s, rounds=self.rounds,
             bytes_sent=self.bytes_sent, pages_sent=self.pages_sent,
             dirty_pages_per_s=self.planner.dirty_pages_per_s, throttle=self.planner.throttle,
-            epoch=self.epoch, notes=tuple(self.notes))
+            epoch=self.epoch, notes=tuple(self.notes), client_blackout_s=self.handover.client_blackout_s,
+            final_round_bytes=self.final_round_bytes, bytes_per_round=tuple(self.bytes_per_round),
+            capture_s=spent["capture"], encode_s=spent["encode"], send_s=spent["send"], commit_s=spent["commit"])
+
+    async def _ask_first_call(self, client) -> None:
+        """Ask the new owner when it served its first call, for the client blackout (after the redirect)."""
+        h = self.handover
+        if h.waiting == 0:
+            self.notes.append("no call was waiting at the source when it committed: no client blackout to report")
+            return
+        if h.last_served_s is None:
+            self.notes.append("no call was served at the source before the freeze: no client blackout to report")
+            return
+        after = None
+        with trio.move_on_after(FIRST_CALL_WAIT_S + 1.0):
+            try:
+                after = (await client.request(MFirstCall, workload=self.workload, epoch=self.epoch,
+                                              wait_s=FIRST_CALL_WAIT_S)).after_s
+            except (NodeError, OSError) as exc:
+                self.notes.append(f"the target did not say when it served its first call: {exc}")
+                return
+        if after is None:
+            self.notes.append(f"no call reached the target within {FIRST_CALL_WAIT_S} s of the commit: "
+                              "no client blackout to report")
+            return
+        h.client_blackout_s = h.replied_s - h.last_served_s + after
 
     async def _move(self, client, target_name: str) -> bool:
         """Copy the workload to the target with the requested strategy and commit."""
@@ -154,6 +204,14 @@ class Migration(DualExecution):
         if self.req.strategy == "dual":
             return await self._dual(client, target_name, info)
         return await self._precopy(client, target_name)
+
+    async def _capture(self, fn, *args):
+        """``fn(*args)`` in the node's host thread, timed as capture."""
+        t0 = self.clock()
+        try:
+            return await self.node.run_host(fn, *args)
+        finally:
+            self.spent["capture"] += self.clock() - t0
 
     async def _incoming(self, client, info) -> None:
         """Have the target get ready for a fresh copy; its chunks are numbered from 0."""
@@ -189,7 +247,7 @@ class Migration(DualExecution):
                 self.notes.append(f"committed the hot standby on {target_name}")
                 return committed
             finally:
-                self.blackout_s = self.clock() - frozen
+                self.frozen_s = self.clock() - frozen
                 if not committed:
                     await node.run_host(ops.thaw, host, self.workload)
 
@@ -202,12 +260,20 @@ class Migration(DualExecution):
         t0 = self.clock()
         size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
         chunks = await trio.to_thread.run_sync(_chunks.encode, snap, size)
+        t1 = self.clock()
         self.chunks_sent = await _chunks.send(client, chunks, workload=self.workload, epoch=self.epoch,
                                               seq=self.chunks_sent)
-        self.bytes_sent += sum(len(chunk) for chunk in chunks)
-        self.pages_sent += snap.page_count
+        t2 = self.clock()
+        self.spent["encode"] += t1 - t0
+        self.spent["send"] += t2 - t1
+        self._sent_round(sum(len(chunk) for chunk in chunks), snap.page_count)
+        return t2 - t0
+
+    def _sent_round(self, wire_bytes: int, pages: int) -> None:
+        self.bytes_sent += wire_bytes
+        self.pages_sent += pages
         self.rounds += 1
-        return self.clock() - t0
+        self.bytes_per_round.append(wire_bytes)
 
     async def _rounds(self, client) -> None:
         """Send pre-copy rounds until the planner says the rest fits the budget.
@@ -215,20 +281,20 @@ class Migration(DualExecution):
         The last delta, captured while running, is sent too; what changed
         after it is left for the caller's final, frozen round.
         """
-        node, host = self.node, self.node.host
         self.planner.start(self.clock())
-        full = await node.run_host(ops.start_tracking, host, self.workload)
+        full = await self._capture(ops.start_tracking, self.node.host, self.workload)
         sent_before = self.bytes_sent
         took = await self._send(client, full)
         await crash_point_async("source:after-round")
         last_pages, last_bytes = full.page_count, self.bytes_sent - sent_before
         while True:
-            delta = await node.run_host(ops.capture_delta, host, self.workload)
+            delta = await self._capture(ops.capture_delta, self.node.host, self.workload)
             decision = self.planner.round_sent(pages=last_pages, wire_bytes=last_bytes, duration_s=took,
                                                dirty_after=delta.page_count, now=self.clock())
             self.owned.throttle = decision.throttle
             if decision.action is Action.STOP_AND_COPY:
-                self.notes.append(f"stopped after {self.rounds} rounds: {decision.reason}")
+                # The rounds that follow (this delta, then the frozen one) are counted in ``rounds``.
+                self.notes.append(f"pre-copy converged: {decision.reason}")
                 break
             sent_before = self.bytes_sent
             took = await self._send(client, delta)
@@ -244,18 +310,20 @@ class Migration(DualExecution):
         return await self._final_round(client, target_name, ops.capture_all)
 
     async def _final_round(self, client, target_name: str, capture) -> bool:
-        """Freeze, send ``capture(workload)`` and commit; the frozen time is the blackout."""
+        """Freeze, send ``capture(workload)`` and commit; the frozen time is ``frozen_s``."""
         node, host = self.node, self.node.host
         async with self.owned.lock:
             frozen = self.clock()
             committed = False
             try:
                 # Freezing holds raw (non-handle) calls too; the capture follows in the same trip.
-                await self._send(client, await node.run_host(ops.freeze_then, capture, host, self.workload))
+                sent_before = self.bytes_sent
+                await self._send(client, await self._capture(ops.freeze_then, capture, host, self.workload))
+                self.final_round_bytes = self.bytes_sent - sent_before
                 committed = await self._commit(client, target_name)
                 return committed
             finally:
-                self.blackout_s = self.clock() - frozen
+                self.frozen_s = self.clock() - frozen
                 if not committed:
                     await node.run_host(ops.thaw, host, self.workload)
                 # Committed: the old copy stays frozen until run() removes it,
@@ -269,6 +337,8 @@ class Migration(DualExecution):
         """
         owned = self.owned
         await crash_point_async("source:frozen")
+        t0 = self.clock()
+        self.handover.last_served_s = owned.ledger.last_served_s  # frozen: the last call before the freeze
         calls, clock = await self.node.run_host(ops.commit_facts, self.node.host, self.workload)
         feed = owned.standby
         self.svc.event(self.workload, Event(EventKind.FREEZE, now=self.clock()))  # Commit: the MCommit below
@@ -289,6 +359,10 @@ class Migration(DualExecution):
         except BaseException:
             self.svc.event(self.workload, Event(EventKind.THAW))  # refused or lost: the move goes on or aborts
             raise
+        finally:
+            self.spent["commit"] += self.clock() - t0
+        self.handover.replied_s = time.perf_counter()
+        self.handover.waiting = owned.lock.statistics().tasks_waiting  # the calls the redirect answers
         await crash_point_async("source:after-commit")
         # Redirect: owned.moved answers the calls queued on its lock; Drop: run() removes the copy.
         self.svc.event(self.workload, Event(EventKind.COMMITTED, self.epoch,

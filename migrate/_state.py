@@ -75,6 +75,11 @@ STANDBY_BACKLOG_BYTES = 256 * 2**20
 #: A move onto the standby's node waits this long, with calls held, for the
 #: standby to replay what is queued for it; then the move aborts instead.
 HANDOVER_FLUSH_S = 10.0
+#: After a commit the source asks the new owner when it served its first
+#: call (for the report's client blackout); the owner waits this long for one.
+FIRST_CALL_WAIT_S = 1.0
+#: How often the new owner looks whether its first call came meanwhile.
+FIRST_CALL_POLL_S = 0.002
 
 
 @dataclass
@@ -99,6 +104,7 @@ class Owned:
     checkpoints: "collections.OrderedDict[str, PendingCheckpoint]" = field(
         default_factory=collections.OrderedDict)
     resume_standby: "Address | None" = None  # fed before a restart: feed it again once serving
+    committed_s: float | None = None  # when (time.perf_counter) a move's commit made this node the owner
 
     def forward(self, entry: dict | None) -> None:
         """Hand a logged operation to the dual-execution follower and the standby, if any."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 import trio
 
@@ -17,7 +18,8 @@ from nodes import Done, ErrorCode, ErrorReply, UnknownModule, crash_point_async
 from . import _hostops as ops
 from ._codes import MigrationCode
 from ._ledger import CallLedger
-from ._messages import MAbort, MAlign, MChunk, MCommit, MCommitted, MIncoming, MReplay
+from ._messages import (MAbort, MAlign, MChunk, MCommit, MCommitted, MFirstCall, MFirstServed, MIncoming,
+                        MReplay)
 from ._oplog import divergence, replayed_call
 from ._owner import _run
 from ._ownership import OWNING
@@ -25,6 +27,8 @@ from ._ownership_events import Drop, Event, EventKind, OwnershipError, Peer
 from ._standby import _keep_standby
 from ._state import (
     CHUNK_TURN_WAIT_S,
+    FIRST_CALL_POLL_S,
+    FIRST_CALL_WAIT_S,
     Incoming,
     MAX_CHUNKS_AHEAD,
     MigrationService,
@@ -333,7 +337,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
             return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                               message=f"the incoming copy of {req.workload} was replaced")
         owned = Owned(req.workload, epoch=req.epoch, ledger=ledger, index=max(req.index, inc.index),
-                      record=req.record)
+                      record=req.record, committed_s=time.perf_counter())
         kind = EventKind.COMMIT_STANDBY if req.from_standby else EventKind.COMMIT
         try:
             svc.event(req.workload, Event(kind, req.epoch), owner=owned)
@@ -347,6 +351,22 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
     if standby is not None and standby != node.address:
         node.start_soon(_keep_standby, node, owned, standby)
     return MCommitted(id=req.id, epoch=req.epoch)
+
+
+async def on_first_call(node, session, req: MFirstCall) -> MFirstServed:
+    """How long after the commit at ``epoch`` this node served its first call, waiting up to ``wait_s`` for one.
+
+    ``after_s`` is None if no call came in time, or if this node does not
+    own the workload at that epoch from a move's commit.
+    """
+    owned = service(node).owner_of(req.workload)
+    if owned is None or owned.epoch != req.epoch or owned.committed_s is None:
+        return MFirstServed(id=req.id)
+    with trio.move_on_after(max(0.0, min(req.wait_s, FIRST_CALL_WAIT_S))):
+        while owned.ledger.first_served_s is None:
+            await trio.sleep(FIRST_CALL_POLL_S)
+    first = owned.ledger.first_served_s
+    return MFirstServed(id=req.id, after_s=None if first is None else first - owned.committed_s)
 
 
 async def on_abort(node, session, req: MAbort) -> Done:

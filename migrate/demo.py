@@ -58,7 +58,7 @@ async def run(root: Path, entries: int, callers: int) -> int:
                     for h in (kv, counter):
                         r = await h.migrate(target, strategy=strategy)
                         print(f"[move] {r.workload} {r.source:>8} -> {r.target:<8} {r.strategy:9} "
-                              f"rounds={r.rounds} sent={_mib(r.bytes_sent)} blackout={r.blackout_s * 1e3:6.2f} ms "
+                              f"rounds={r.rounds} sent={_mib(r.bytes_sent)} frozen={r.frozen_s * 1e3:6.2f} ms "
                               f"total={r.total_s * 1e3:7.1f} ms")
                     print(f"       {len(results) - before} counter calls answered while both moved")
                     await trio.sleep(0.05)

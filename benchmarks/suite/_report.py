@@ -59,19 +59,19 @@ def headline_label(data: dict) -> str | None:
 def _row_cells(r: dict) -> list[str]:
     if r["error"]:
         text = " ".join(r["error"].replace("|", "/").split())
-        return [text if text.startswith("not run") else f"failed: {text}"] + [""] * 9
+        return [text if text.startswith("not run") else f"failed: {text}"] + [""] * 11
     during, steady, client = r["latency_during"], r["latency_steady"], r["client"]
     return [
         _ms(client["blackout_s"]), _ms(r["floor"]["floor_s"], 2), _x(r["blackout_to_floor"]),
-        _ms(r["node_blackout_s"]),
+        _ms(r["node_blackout_s"]), _ms(r["frozen_s"]),
         "/".join(_ms(during and during[k]) for k in ("p50_s", "p99_s", "max_s")),
         "/".join(_ms(steady and steady[k]) for k in ("p50_s", "p99_s")),
-        f"{r['total_s']:.2f}", str(r["rounds"]), _mib(r["bytes_sent"]), "yes" if r["state_ok"] else "**NO**",
+        f"{r['total_s']:.2f}", str(r["rounds"]), _mib(r["bytes_sent"]), _mib(r["final_round_bytes"]), "yes" if r["state_ok"] else "**NO**",
     ]
 
 
-_HEADER = ("| client blackout ms | floor ms | × floor | node blackout ms | call p50/p99/max during ms "
-           "| steady p50/p99 ms | total s | rounds | MiB sent | state exact |")
+_HEADER = ("| client blackout ms | floor ms | × floor | node blackout ms | frozen ms | call p50/p99/max during ms "
+           "| steady p50/p99 ms | total s | rounds | MiB sent | final MiB | state exact |")
 
 
 def markdown(data: dict) -> str:
@@ -102,7 +102,7 @@ def markdown(data: dict) -> str:
     label = headline_label(data)
     if label:
         out += ["", f"## Headline: {label}, edge-1 → cloud-1", "",
-                "| link | strategy " + _HEADER, "|---|---" + "|---" * 10 + "|"]
+                "| link | strategy " + _HEADER, "|---|---" + "|---" * 12 + "|"]
         for r in data["results"]:
             if r["label"] == label:
                 out.append(f"| {r['link']} | {r['strategy']} | " + " | ".join(_row_cells(r)) + " |")
@@ -113,7 +113,10 @@ def markdown(data: dict) -> str:
             f"before the move, during it and {cfg['tail_s']:g} s after.",
             "- **Client blackout**: the largest gap between two call completions that overlaps the move, minus "
             "the steady gap (the larger of the median gaps before and after the move, since the path to "
-            "cloud-1 may be longer). **Node blackout**: how long the source held calls (the node's report).",
+            "cloud-1 may be longer). **Node blackout**: the client blackout as the nodes' report estimates it, "
+            "from the last call the source served before freezing to the first call cloud-1 served after the "
+            "commit (one one-way latency too long; n/a when no call waited at the commit). **Frozen**: how long "
+            "the source held calls. **Final MiB**: the snapshot bytes sent while it held them.",
             "- **Floor**: the least blackout the link allows a move that stops the source: the bytes the "
             "workload dirties in one edge-cloud round trip (its measured dirty rate × RTT), divided by the "
             "bandwidth, plus that RTT. **× floor** is the client blackout over it. The floor counts raw 4 KiB "
@@ -126,7 +129,7 @@ def markdown(data: dict) -> str:
             "- **Total**: the node's migration time. **Rounds** and **MiB sent**: snapshot rounds and bytes on "
             "the wire (compressed). **State exact**: after the move the workload's own counters match every "
             "call the client made, exactly once.",
-            "", "## Every move", "", "| link | workload | strategy " + _HEADER, "|---|---|---" + "|---" * 10 + "|"]
+            "", "## Every move", "", "| link | workload | strategy " + _HEADER, "|---|---|---" + "|---" * 12 + "|"]
     for r in data["results"]:
         out.append(f"| {r['link']} | {r['label']} | {r['strategy']} | " + " | ".join(_row_cells(r)) + " |")
     sizes = snapshot_sizes(data)
@@ -284,7 +287,9 @@ def _row_problems(r: dict) -> list[str]:
             problems.append(f"{key} should have the fields {sorted(lat_fields)}")
         elif not 0 <= s["p50_s"] <= s["p99_s"] <= s["max_s"] or s["count"] < 1:
             problems.append(f"{key}: percentiles out of order")
-    if r["rounds"] < 1 or r["bytes_sent"] < 0 or r["total_s"] < 0 or r["node_blackout_s"] < 0:
+    if (r["rounds"] < 1 or r["bytes_sent"] < 0 or r["total_s"] < 0 or r["frozen_s"] < 0
+            or (r["node_blackout_s"] is not None and r["node_blackout_s"] < 0)
+            or not 0 <= r["final_round_bytes"] <= r["bytes_sent"]):
         problems.append("rounds, bytes or times out of range")
     if r["state_ok"] is not True:
         problems.append("the workload's state after the move is not exact")

@@ -58,7 +58,12 @@ class MoveResult:
     strategy: str
     raw_memory_bytes: int | None = None
     total_s: float | None = None
+    #: the node's report: the client blackout as the nodes saw it (None, with
+    #: a note, when it could not tell), how long the source held calls, and
+    #: the snapshot bytes sent while it held them
     node_blackout_s: float | None = None
+    frozen_s: float | None = None
+    final_round_bytes: int | None = None
     rounds: int | None = None
     bytes_sent: int | None = None
     pages_sent: int | None = None
@@ -210,13 +215,18 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
     floor = physical_floor(dirty_bytes_per_s=dirty_rate, rtt_s=figures.rtt_s,
                            bandwidth_bytes_per_s=figures.bandwidth_bytes_per_s)
     return dataclasses.replace(
-        row, total_s=report.total_s, node_blackout_s=report.blackout_s, rounds=report.rounds,
+        row, total_s=report.total_s, node_blackout_s=report.client_blackout_s, frozen_s=report.frozen_s,
+        final_round_bytes=report.final_round_bytes, rounds=report.rounds,
         bytes_sent=report.bytes_sent, pages_sent=report.pages_sent, throttle=report.throttle,
         notes=tuple(report.notes), calls=len(calls), client=client,
         latency_steady=latency_stats([c.latency_s for c in steady]),
         latency_during=latency_stats([c.latency_s for c in calls_during(calls, began, ended)]),
         dirty_bytes_per_s=dirty_rate, floor=floor, blackout_to_floor=ratio(client.blackout_s, floor.floor_s),
         state_ok=state_ok)
+
+
+def _ms_or_na(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1e3:.1f} ms"
 
 
 @dataclass
@@ -238,7 +248,8 @@ class Progress:
             self.say(f"{row.link} {row.label} {row.strategy}: FAILED {row.error}")
             return
         self.say(f"{row.link} {row.label} {row.strategy}: client blackout {row.client.blackout_s * 1e3:.1f} ms "
-                 f"(node {row.node_blackout_s * 1e3:.1f} ms, {row.blackout_to_floor:.1f}x floor), "
+                 f"(node {_ms_or_na(row.node_blackout_s)}, frozen {row.frozen_s * 1e3:.1f} ms, "
+                 f"{row.blackout_to_floor:.1f}x floor), "
                  f"total {row.total_s:.2f} s, {row.rounds} rounds")
 
 

@@ -92,6 +92,8 @@ def test_every_ratio_is_computed_from_the_numbers_beside_it(tiny_run):
                             + f["rtt_s"], rel_tol=1e-9)
         assert math.isclose(r["blackout_to_floor"], c["blackout_s"] / f["floor_s"], rel_tol=1e-9)
         assert c["blackout_s"] >= 0 and r["rounds"] >= 1 and r["bytes_sent"] > 0
+        assert r["frozen_s"] >= 0 and 0 <= r["final_round_bytes"] <= r["bytes_sent"]
+        assert r["node_blackout_s"] is None or r["node_blackout_s"] >= 0
         assert r["raw_memory_bytes"] >= r["params"].get("memory_mib", 0) * 2**20
         assert r["state_ok"] is True
         if r["params"].get("dirty_pages_per_s") == 0:
@@ -111,6 +113,10 @@ def test_the_check_catches_a_ratio_that_does_not_add_up(tiny_run):
     data = copy.deepcopy(tiny_run[0])
     data["results"].pop()
     assert any("expected" in p for p in check_results(data))
+    data = copy.deepcopy(tiny_run[0])
+    ok = [r for r in data["results"] if not r["error"]]
+    ok[0]["final_round_bytes"] = ok[0]["bytes_sent"] + 1
+    assert any("out of range" in p for p in check_results(data))
 
 
 def test_the_command_runs_loopback_only_and_writes_where_told(tmp_path, capsys):

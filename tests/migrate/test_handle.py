@@ -35,7 +35,7 @@ async def test_workload_moves_local_edge_cloud_and_back_keeping_state(three_node
                                  ("cloud-1", "stop-copy")):
             report = await h.migrate(target, strategy=strategy)
             assert (report.target, h.node, report.strategy) == (target, target, strategy)
-            assert report.rounds >= 1 and report.bytes_sent > 0 and report.blackout_s >= 0
+            assert report.rounds >= 1 and report.bytes_sent > 0 and report.frozen_s >= 0
         assert await h.call("incr", 1) == 6
         assert await h.call("get") == 6
         names = {n.name for n in await cluster.nodes()}

@@ -57,7 +57,7 @@ EXPECTED_TABLE = {
         "list_workloads", "peers", "status", "ping", "m_spawn", "m_call", "m_locate", "m_migrate")},
     **{kind: NODE_ONLY for kind in (
         "m_incoming", "m_chunk", "m_commit", "m_abort", "m_protect", "m_checkpoint", "m_checkpoint_part",
-        "m_replay", "m_align", "m_follow", "m_promote")},
+        "m_replay", "m_align", "m_follow", "m_promote", "m_first_call")},
 }
 
 
