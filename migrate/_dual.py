@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 
+import msgpack
 import trio
 
 from nodes import RemoteNodeError
@@ -19,7 +20,7 @@ from . import _hostops as ops
 from ._codes import MigrationCode
 from ._dual_plan import DualConfig, DualPlanner, DualStep
 from ._messages import MAlign, MReplay
-from ._oplog import batches
+from ._oplog import batches, entry_bytes
 from ._state import _drain
 
 logger = logging.getLogger(__name__)
@@ -71,12 +72,11 @@ class DualExecution:
                     committed = False
                     try:
                         batch += _drain(receive)
-                        if batch:
-                            await self._replay(client, batch)
-                            plan.replayed(len(batch))
                         pages, digest = await node.run_host(ops.seal, host, self.workload, was_record)
                         owned.record, owned.follow = was_record, None
-                        committed = await self._commit(client, target_name, digest=(pages, digest))
+                        last = await self._replay_but_last(client, batch, pages)
+                        committed = await self._commit(client, target_name, digest=(pages, digest), entries=last)
+                        plan.replayed(len(batch))
                         self.notes.append(f"target replayed {plan.forwarded} calls after the cut")
                         return committed
                     finally:
@@ -100,7 +100,26 @@ class DualExecution:
         finally:
             owned.follow = None
 
+    async def _replay_but_last(self, client, entries: list[dict], pages: dict) -> tuple[dict, ...]:
+        """Replay ``entries`` on the target but for a last batch that fits the commit's frame; return that batch.
+
+        The commit carries it (with the ledger and the page list), so the
+        switch waits one round trip for the replay and the commit together.
+        """
+        room = (client.peer_max_frame_bytes - _chunks.FRAME_OVERHEAD_BYTES
+                - len(msgpack.packb(self.owned.ledger.to_wire())) - len(msgpack.packb({str(k): v for k, v in pages.items()})))
+        parts = list(batches(entries, max(1, room))) if room > 0 else []
+        if not parts or sum(entry_bytes(e) for e in parts[-1]) > room:
+            await self._replay(client, entries)
+            return ()
+        for part in parts[:-1]:
+            await self._replay_batch(client, part)
+        return parts[-1]
+
     async def _replay(self, client, entries: list[dict]) -> None:
         """Have the target replay logged operations, in batches that fit its frames."""
         for batch in batches(entries, client.peer_max_frame_bytes - _chunks.FRAME_OVERHEAD_BYTES):
-            await client.request(MReplay, workload=self.workload, epoch=self.epoch, entries=batch)
+            await self._replay_batch(client, batch)
+
+    async def _replay_batch(self, client, batch: tuple[dict, ...]) -> None:
+        await client.request(MReplay, workload=self.workload, epoch=self.epoch, entries=batch)

@@ -257,6 +257,13 @@ class MCommit(_AtEpoch):
     from_standby: bool = False
     #: the address of the workload's hot standby, which the new owner feeds from now on
     standby: str = ""
+    #: the final round's last piece of snapshot stream, chunk number ``seq``
+    #: (none if empty), and a dual handover's last logged operations (as
+    #: ``MReplay.entries``): the target applies them before it commits, so
+    #: the frozen source waits one round trip for both
+    data: bytes = b""
+    seq: int = 0
+    entries: tuple[Any, ...] = ()
 
 
 @message("m_first_served")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgpack
 import trio
 
 import snapshot
@@ -97,6 +98,11 @@ class _Handover:
     replied_s: float = 0.0  # the commit's reply received
     waiting: int = 0  # calls waiting on the workload at the commit, which the redirect answers
     client_blackout_s: float | None = None
+
+
+def _fits_commit(piece: bytes, ledger_wire, *frame_limits: int) -> bool:
+    """Whether an MCommit carrying ``piece`` and the ledger fits a frame under every limit."""
+    return len(piece) + len(msgpack.packb(ledger_wire)) + _chunks.FRAME_OVERHEAD_BYTES <= min(frame_limits)
 
 
 class Migration(DualExecution):
@@ -258,16 +264,27 @@ class Migration(DualExecution):
         calls meanwhile.
         """
         t0 = self.clock()
-        size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
-        chunks = await trio.to_thread.run_sync(_chunks.encode, snap, size)
-        t1 = self.clock()
-        self.chunks_sent = await _chunks.send(client, chunks, workload=self.workload, epoch=self.epoch,
-                                              seq=self.chunks_sent)
-        t2 = self.clock()
-        self.spent["encode"] += t1 - t0
-        self.spent["send"] += t2 - t1
+        chunks = await self._encode(client, snap)
+        await self._stream(client, chunks)
         self._sent_round(sum(len(chunk) for chunk in chunks), snap.page_count)
-        return t2 - t0
+        return self.clock() - t0
+
+    async def _encode(self, client, snap: snapshot.Snapshot) -> list[bytes]:
+        """``snap`` encoded in pieces that fit both nodes' frames, in a worker thread."""
+        t0 = self.clock()
+        size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
+        try:
+            return await trio.to_thread.run_sync(_chunks.encode, snap, size)
+        finally:
+            self.spent["encode"] += self.clock() - t0
+
+    async def _stream(self, client, chunks: list[bytes]) -> None:
+        t0 = self.clock()
+        try:
+            self.chunks_sent = await _chunks.send(client, chunks, workload=self.workload, epoch=self.epoch,
+                                                  seq=self.chunks_sent)
+        finally:
+            self.spent["send"] += self.clock() - t0
 
     def _sent_round(self, wire_bytes: int, pages: int) -> None:
         self.bytes_sent += wire_bytes
@@ -310,17 +327,31 @@ class Migration(DualExecution):
         return await self._final_round(client, target_name, ops.capture_all)
 
     async def _final_round(self, client, target_name: str, capture) -> bool:
-        """Freeze, send ``capture(workload)`` and commit; the frozen time is ``frozen_s``."""
+        """Freeze, send ``capture(workload)`` and commit; the frozen time is ``frozen_s``.
+
+        The commit carries the round's last piece (the only one, for a
+        small delta): the target applies it, then commits, in one round
+        trip instead of two.  A piece that would not fit the commit's frame
+        beside the ledger goes ahead as a chunk of its own.
+        """
         node, host = self.node, self.node.host
         async with self.owned.lock:
             frozen = self.clock()
             committed = False
             try:
                 # Freezing holds raw (non-handle) calls too; the capture follows in the same trip.
-                sent_before = self.bytes_sent
-                await self._send(client, await self._capture(ops.freeze_then, capture, host, self.workload))
-                self.final_round_bytes = self.bytes_sent - sent_before
-                committed = await self._commit(client, target_name)
+                snap = await self._capture(ops.freeze_then, capture, host, self.workload)
+                chunks = await self._encode(client, snap)
+                last = chunks.pop()
+                if not _fits_commit(last, self.owned.ledger.to_wire(), self.node.config.max_frame_bytes,
+                                    client.peer_max_frame_bytes):
+                    chunks.append(last)
+                    last = b""
+                if chunks:
+                    await self._stream(client, chunks)
+                self._sent_round(sum(len(chunk) for chunk in chunks) + len(last), snap.page_count)
+                self.final_round_bytes = self.bytes_per_round[-1]
+                committed = await self._commit(client, target_name, final=last)
                 return committed
             finally:
                 self.frozen_s = self.clock() - frozen
@@ -329,8 +360,13 @@ class Migration(DualExecution):
                 # Committed: the old copy stays frozen until run() removes it,
                 # after the queued handle calls have been redirected.
 
-    async def _commit(self, client, target_name: str, *, digest=None, from_standby: bool = False) -> bool:
+    async def _commit(self, client, target_name: str, *, digest=None, from_standby: bool = False,
+                      final: bytes = b"", entries: tuple = ()) -> bool:
         """Hand ownership over; called with the workload frozen.
+
+        ``final``, the last piece of the final round, and ``entries``, the
+        last logged calls of a dual handover, travel in the commit; the
+        target applies them first.
 
         Returns True once the target owns the workload.  Raises (and so
         aborts) if the target refuses or cannot be reached before it commits.
@@ -349,7 +385,8 @@ class Migration(DualExecution):
                                      record=owned.record,
                                      pages={str(k): v for k, v in digest[0].items()} if digest else None,
                                      digest=digest[1] if digest else None, monotonic_ns=clock,
-                                     from_standby=from_standby,
+                                     from_standby=from_standby, data=final, seq=self.chunks_sent,
+                                     entries=entries,
                                      standby=str(feed.target) if feed is not None and not from_standby else "")
             except ConnectionFailed:
                 # In doubt: the commit may have landed before the link broke.

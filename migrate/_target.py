@@ -190,6 +190,12 @@ async def on_chunk(node, session, req: MChunk) -> Done:
     inc = _addressed(svc, req.workload, req.epoch, req.standby)
     if inc is None:
         return _no_incoming(req.id, req.workload, req.epoch, req.standby)
+    return await _take_chunk(node, svc, inc, req) or Done(id=req.id)
+
+
+async def _take_chunk(node, svc: MigrationService, inc: Incoming, req: MChunk | MCommit) -> ErrorReply | None:
+    """Apply ``req.data`` as chunk ``req.seq`` of ``inc`` in its turn; the refusal if not (see ``on_chunk``)."""
+    standby = getattr(req, "standby", False)
     await crash_point_async("target:chunk")
     if not inc.chunks <= req.seq <= inc.chunks + MAX_CHUNKS_AHEAD:
         return _out_of_turn(req, inc)
@@ -200,7 +206,7 @@ async def on_chunk(node, session, req: MChunk) -> Done:
             break
     async with inc.lock:
         if not svc.current(inc):
-            return _no_incoming(req.id, req.workload, req.epoch, req.standby)
+            return _no_incoming(req.id, req.workload, req.epoch, standby)
         if req.seq != inc.chunks:
             return _out_of_turn(req, inc)
         try:
@@ -223,10 +229,10 @@ async def on_chunk(node, session, req: MChunk) -> Done:
             await crash_point_async("target:after-round")
         inc.chunks += 1
         inc.turn.unpark_all()
-    return Done(id=req.id)
+    return None
 
 
-def _out_of_turn(req: MChunk, inc: Incoming) -> ErrorReply:
+def _out_of_turn(req: MChunk | MCommit, inc: Incoming) -> ErrorReply:
     return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
                       message=f"chunk {req.seq} of {req.workload} is out of turn: the next to apply is "
                               f"{inc.chunks} (at most {MAX_CHUNKS_AHEAD} may wait ahead of it)")
@@ -244,9 +250,15 @@ async def on_replay(node, session, req: MReplay) -> Done:
     inc = _incoming(svc, req.workload, req.epoch, req.standby)
     if inc is None or not inc.created:
         return _no_incoming(req.id, req.workload, req.epoch, req.standby)
+    return await _replay(node, svc, inc, req) or Done(id=req.id)
+
+
+async def _replay(node, svc: MigrationService, inc: Incoming, req: MReplay | MCommit) -> ErrorReply | None:
+    """Re-run ``req.entries`` on ``inc`` in order; the refusal if the copy is gone or the replay diverged."""
+    standby = getattr(req, "standby", False)
     async with inc.lock:
         if svc.incoming.get(req.workload) is not inc:
-            return _no_incoming(req.id, req.workload, req.epoch, req.standby)
+            return _no_incoming(req.id, req.workload, req.epoch, standby)
         shadow = Owned(req.workload, epoch=req.epoch, index=inc.index)
         for entry in req.entries:
             try:
@@ -266,7 +278,7 @@ async def on_replay(node, session, req: MReplay) -> Done:
                 return ErrorReply(id=req.id, code=MigrationCode.DIVERGED,
                                   message=f"replay of {req.workload} diverged: {why}")
             inc.index = shadow.index
-    return Done(id=req.id)
+    return None
 
 
 async def on_align(node, session, req: MAlign) -> Done:
@@ -305,6 +317,16 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
     svc = service(node)
     standby = peer_address(req.standby, "standby") if req.standby else None  # before anything changes
     inc = svc.incoming.get(req.workload)
+    if (req.data or req.entries) and not req.from_standby:
+        # The final round's last piece, or a dual handover's last calls, travel in the commit: apply them first.
+        inc = _incoming(svc, req.workload, req.epoch, False)
+        if inc is None:
+            return _no_incoming(req.id, req.workload, req.epoch, False)
+        refused = await _take_chunk(node, svc, inc, req) if req.data else None
+        if refused is None and req.entries and inc.created:
+            refused = await _replay(node, svc, inc, req)
+        if refused is not None:
+            return refused
     if req.from_standby:
         ready = (inc is not None and inc.standby and inc.created and req.epoch >= inc.epoch
                  and inc.index == req.index)
