@@ -9,11 +9,15 @@ travel ``WINDOW_PIECES`` at a time (``send``, ``NodeClient.pipeline``).
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable, Iterator
+
+import trio
 
 import snapshot
 
 from ._messages import MChunk
+from ._window import SendWindow
 
 #: Bytes of encoded snapshot per piece at most.  Framing and TLS encryption
 #: of a piece run on the node's event loop; 1 MiB keeps each such step to
@@ -62,14 +66,18 @@ def encode(snap: snapshot.Snapshot, size: int) -> list[bytes]:
 
 
 async def send(client, pieces: Iterable[bytes], *, workload: str, epoch: int, seq: int = 0,
-               standby: bool = False, window: int = WINDOW_PIECES) -> int:
+               standby: bool = False, window: int | SendWindow = WINDOW_PIECES) -> int:
     """Send ``pieces`` to an incoming copy as MChunk requests numbered from ``seq``; return the next number.
 
-    Up to ``window`` pieces are unanswered at a time; the target applies
-    them in order of their numbers.  Raises what ``NodeClient.request``
-    raises for the first piece refused; the replies to pieces already sent
-    after it are dropped and no more are sent.
+    Up to ``window`` pieces are unanswered at a time (a ``SendWindow``
+    sizes it as the replies come); the target applies them in order of
+    their numbers.  Raises what ``NodeClient.request`` raises for the first
+    piece refused; the replies to pieces already sent after it are dropped
+    and no more are sent.
     """
+    if isinstance(window, SendWindow):
+        return await _send_windowed(client, pieces, window, workload=workload, epoch=epoch, seq=seq,
+                                    standby=standby)
     sent = 0
 
     def answered(_reply) -> bool:
@@ -81,3 +89,27 @@ async def send(client, pieces: Iterable[bytes], *, workload: str, epoch: int, se
                 for n, piece in enumerate(pieces, seq))
     await client.pipeline(requests, window=window, on_reply=answered)
     return seq + sent
+
+
+async def _send_windowed(client, pieces: Iterable[bytes], window: SendWindow, *, workload: str, epoch: int,
+                         seq: int, standby: bool) -> int:
+    """``send`` with the window a ``SendWindow`` measures (trio's clock times the replies)."""
+    window.restart()
+    unanswered: collections.deque = collections.deque()
+    n = seq
+    try:
+        for piece in pieces:
+            while len(unanswered) >= window.pieces:
+                await unanswered.popleft().reply()
+                window.answered(trio.current_time())
+            unanswered.append(await client.send_request(MChunk, workload=workload, epoch=epoch, data=piece,
+                                                        seq=n, standby=standby))
+            window.sent(trio.current_time(), len(piece))
+            n += 1
+        while unanswered:
+            await unanswered.popleft().reply()
+            window.answered(trio.current_time(), more=False)
+    finally:
+        for pending in unanswered:
+            pending.discard()
+    return n

@@ -11,12 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import msgpack
 import trio
 
-import snapshot
 from nodes import (
     BadArguments,
     ConnectionFailed,
@@ -26,17 +23,16 @@ from nodes import (
     crash_point_async,
 )
 
-from . import _chunks
 from . import _hostops as ops
 from ._codes import MigrationCode
-from ._messages import MAbort, MCommit, MFirstCall, MIncoming, MLocate, MMigrate, MigrationReport, MReport
+from ._messages import MAbort, MCommit, MIncoming, MLocate, MMigrate, MigrationReport, MReport
 from ._dual import DualExecution
 from ._ownership import State
 from ._ownership_events import Abort, Event, EventKind, OwnershipError, Peer
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
 from ._standby import _keep_standby, _stop_standby
+from ._transfer import Transfer, _fits_commit
 from ._state import (
-    FIRST_CALL_WAIT_S,
     HANDOVER_FLUSH_S,
     MigrationError,
     MigrationService,
@@ -90,22 +86,7 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
     return MReport(id=req.id, report=report)
 
 
-@dataclass
-class _Handover:
-    """What the report's client blackout is estimated from (``time.perf_counter`` seconds at the source)."""
-
-    last_served_s: float | None = None  # the source's last call served before the freeze
-    replied_s: float = 0.0  # the commit's reply received
-    waiting: int = 0  # calls waiting on the workload at the commit, which the redirect answers
-    client_blackout_s: float | None = None
-
-
-def _fits_commit(piece: bytes, ledger_wire, *frame_limits: int) -> bool:
-    """Whether an MCommit carrying ``piece`` and the ledger fits a frame under every limit."""
-    return len(piece) + len(msgpack.packb(ledger_wire)) + _chunks.FRAME_OVERHEAD_BYTES <= min(frame_limits)
-
-
-class Migration(DualExecution):
+class Migration(DualExecution, Transfer):
     """One outgoing move, driven from the source node."""
 
     def __init__(self, node, svc: MigrationService, owned: Owned, target, req: MMigrate, *,
@@ -115,15 +96,7 @@ class Migration(DualExecution):
         self.workload = owned.workload
         self.app = node.host.registry.owner(owned.workload) or ""  # whose: ``status`` shows it to them only
         self.epoch = svc.ownership.record(owned.workload).move.epoch  # BEGIN_MOVE gave the move its epoch
-        self.bytes_sent = 0
-        self.pages_sent = 0
-        self.chunks_sent = 0  # MChunk numbers used: the next round's go on from here
-        self.rounds = 0
-        self.bytes_per_round: list[int] = []
-        self.final_round_bytes = 0
-        self.frozen_s = 0.0
-        self.spent = {"capture": 0.0, "encode": 0.0, "send": 0.0, "commit": 0.0}  # seconds, summed
-        self.handover = _Handover()
+        self._start_figures()
         self.notes: list[str] = []
         self.settings: dict = {}  # the workload's launch settings, for MIncoming
         self.planner = PrecopyPlanner(PrecopyConfig(downtime_budget_s=req.downtime_budget_s,
@@ -166,38 +139,7 @@ class Migration(DualExecution):
                     await self._ask_first_call(client)
             finally:
                 await client.aclose()
-        spent = self.spent
-        return MigrationReport(
-            workload=self.workload, strategy=self.req.strategy, source=node.config.name, target=target_name,
-            total_s=total_s, frozen_s=self.frozen_s, rounds=self.rounds,
-            bytes_sent=self.bytes_sent, pages_sent=self.pages_sent,
-            dirty_pages_per_s=self.planner.dirty_pages_per_s, throttle=self.planner.throttle,
-            epoch=self.epoch, notes=tuple(self.notes), client_blackout_s=self.handover.client_blackout_s,
-            final_round_bytes=self.final_round_bytes, bytes_per_round=tuple(self.bytes_per_round),
-            capture_s=spent["capture"], encode_s=spent["encode"], send_s=spent["send"], commit_s=spent["commit"])
-
-    async def _ask_first_call(self, client) -> None:
-        """Ask the new owner when it served its first call, for the client blackout (after the redirect)."""
-        h = self.handover
-        if h.waiting == 0:
-            self.notes.append("no call was waiting at the source when it committed: no client blackout to report")
-            return
-        if h.last_served_s is None:
-            self.notes.append("no call was served at the source before the freeze: no client blackout to report")
-            return
-        after = None
-        with trio.move_on_after(FIRST_CALL_WAIT_S + 1.0):
-            try:
-                after = (await client.request(MFirstCall, workload=self.workload, epoch=self.epoch,
-                                              wait_s=FIRST_CALL_WAIT_S)).after_s
-            except (NodeError, OSError) as exc:
-                self.notes.append(f"the target did not say when it served its first call: {exc}")
-                return
-        if after is None:
-            self.notes.append(f"no call reached the target within {FIRST_CALL_WAIT_S} s of the commit: "
-                              "no client blackout to report")
-            return
-        h.client_blackout_s = h.replied_s - h.last_served_s + after
+        return self._report(target_name, total_s)
 
     async def _move(self, client, target_name: str) -> bool:
         """Copy the workload to the target with the requested strategy and commit."""
@@ -210,14 +152,6 @@ class Migration(DualExecution):
         if self.req.strategy == "dual":
             return await self._dual(client, target_name, info)
         return await self._precopy(client, target_name)
-
-    async def _capture(self, fn, *args):
-        """``fn(*args)`` in the node's host thread, timed as capture."""
-        t0 = self.clock()
-        try:
-            return await self.node.run_host(fn, *args)
-        finally:
-            self.spent["capture"] += self.clock() - t0
 
     async def _incoming(self, client, info) -> None:
         """Have the target get ready for a fresh copy; its chunks are numbered from 0."""
@@ -256,41 +190,6 @@ class Migration(DualExecution):
                 self.frozen_s = self.clock() - frozen
                 if not committed:
                     await node.run_host(ops.thaw, host, self.workload)
-
-    async def _send(self, client, snap: snapshot.Snapshot) -> float:
-        """Stream one snapshot to the target as a round; return the seconds it took.
-
-        Encoding (zstd) runs in a worker thread, so the node keeps answering
-        calls meanwhile.
-        """
-        t0 = self.clock()
-        chunks = await self._encode(client, snap)
-        await self._stream(client, chunks)
-        self._sent_round(sum(len(chunk) for chunk in chunks), snap.page_count)
-        return self.clock() - t0
-
-    async def _encode(self, client, snap: snapshot.Snapshot) -> list[bytes]:
-        """``snap`` encoded in pieces that fit both nodes' frames, in a worker thread."""
-        t0 = self.clock()
-        size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
-        try:
-            return await trio.to_thread.run_sync(_chunks.encode, snap, size)
-        finally:
-            self.spent["encode"] += self.clock() - t0
-
-    async def _stream(self, client, chunks: list[bytes]) -> None:
-        t0 = self.clock()
-        try:
-            self.chunks_sent = await _chunks.send(client, chunks, workload=self.workload, epoch=self.epoch,
-                                                  seq=self.chunks_sent)
-        finally:
-            self.spent["send"] += self.clock() - t0
-
-    def _sent_round(self, wire_bytes: int, pages: int) -> None:
-        self.bytes_sent += wire_bytes
-        self.pages_sent += pages
-        self.rounds += 1
-        self.bytes_per_round.append(wire_bytes)
 
     async def _rounds(self, client) -> None:
         """Send pre-copy rounds until the planner says the rest fits the budget.

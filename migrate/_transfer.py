@@ -1,0 +1,136 @@
+"""The sending half of a move, mixed into ``Migration``: capture, encode, stream, account, and the report.
+
+Every round goes through ``_send`` (or, the final one, ``_encode`` and
+``_stream`` beside the commit); the figures they keep are the report's
+(``_report``): rounds and their bytes, and the seconds spent capturing,
+encoding, sending and committing.  After the commit, ``_ask_first_call``
+asks the new owner when it served its first call, for the client
+blackout (``MigrationReport.client_blackout_s`` says how it is estimated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+import trio
+
+import snapshot
+from nodes import NodeError
+
+from . import _chunks
+from ._messages import MFirstCall, MigrationReport
+from ._state import FIRST_CALL_WAIT_S
+from ._window import SendWindow, max_pieces
+
+
+@dataclass
+class _Handover:
+    """What the report's client blackout is estimated from (``time.perf_counter`` seconds at the source)."""
+
+    last_served_s: float | None = None  # the source's last call served before the freeze
+    replied_s: float = 0.0  # the commit's reply received
+    waiting: int = 0  # calls waiting on the workload at the commit, which the redirect answers
+    client_blackout_s: float | None = None
+
+
+def _fits_commit(piece: bytes, ledger_wire, *frame_limits: int) -> bool:
+    """Whether an MCommit carrying ``piece`` and the ledger fits a frame under every limit."""
+    return len(piece) + len(msgpack.packb(ledger_wire)) + _chunks.FRAME_OVERHEAD_BYTES <= min(frame_limits)
+
+
+class Transfer:
+    """Rounds sent and what they cost; ``Migration`` sets the fields (``_start_figures``)."""
+
+    def _start_figures(self) -> None:
+        self.bytes_sent = 0
+        self.pages_sent = 0
+        self.chunks_sent = 0  # MChunk numbers used: the next round's go on from here
+        self.rounds = 0
+        self.bytes_per_round: list[int] = []
+        self.final_round_bytes = 0
+        self.frozen_s = 0.0
+        self.spent = {"capture": 0.0, "encode": 0.0, "send": 0.0, "commit": 0.0}  # seconds, summed
+        self.handover = _Handover()
+        self.window: SendWindow | None = None  # sized from the link as the first round's pieces are answered
+
+    async def _ask_first_call(self, client) -> None:
+        """Ask the new owner when it served its first call, for the client blackout (after the redirect)."""
+        h = self.handover
+        if h.waiting == 0:
+            self.notes.append("no call was waiting at the source when it committed: no client blackout to report")
+            return
+        if h.last_served_s is None:
+            self.notes.append("no call was served at the source before the freeze: no client blackout to report")
+            return
+        after = None
+        with trio.move_on_after(FIRST_CALL_WAIT_S + 1.0):
+            try:
+                after = (await client.request(MFirstCall, workload=self.workload, epoch=self.epoch,
+                                              wait_s=FIRST_CALL_WAIT_S)).after_s
+            except (NodeError, OSError) as exc:
+                self.notes.append(f"the target did not say when it served its first call ({exc}): "
+                                  "no client blackout to report")
+                return
+        if after is None:
+            self.notes.append(f"no call reached the target within {FIRST_CALL_WAIT_S} s of the commit: "
+                              "no client blackout to report")
+            return
+        h.client_blackout_s = h.replied_s - h.last_served_s + after
+
+    async def _capture(self, fn, *args):
+        """``fn(*args)`` in the node's host thread, timed as capture."""
+        t0 = self.clock()
+        try:
+            return await self.node.run_host(fn, *args)
+        finally:
+            self.spent["capture"] += self.clock() - t0
+
+    async def _send(self, client, snap: snapshot.Snapshot) -> float:
+        """Stream one snapshot to the target as a round; return the seconds it took.
+
+        Encoding (zstd) runs in a worker thread, so the node keeps answering
+        calls meanwhile.
+        """
+        t0 = self.clock()
+        chunks = await self._encode(client, snap)
+        await self._stream(client, chunks)
+        self._sent_round(sum(len(chunk) for chunk in chunks), snap.page_count)
+        return self.clock() - t0
+
+    async def _encode(self, client, snap: snapshot.Snapshot) -> list[bytes]:
+        """``snap`` encoded in pieces that fit both nodes' frames, in a worker thread."""
+        t0 = self.clock()
+        size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
+        try:
+            return await trio.to_thread.run_sync(_chunks.encode, snap, size)
+        finally:
+            self.spent["encode"] += self.clock() - t0
+
+    async def _stream(self, client, chunks: list[bytes]) -> None:
+        t0 = self.clock()
+        try:
+            if self.window is None:
+                size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
+                self.window = SendWindow(size, initial=_chunks.WINDOW_PIECES, max_pieces=max_pieces(size))
+            self.chunks_sent = await _chunks.send(client, chunks, workload=self.workload, epoch=self.epoch,
+                                                  seq=self.chunks_sent, window=self.window)
+        finally:
+            self.spent["send"] += self.clock() - t0
+
+    def _sent_round(self, wire_bytes: int, pages: int) -> None:
+        self.bytes_sent += wire_bytes
+        self.pages_sent += pages
+        self.rounds += 1
+        self.bytes_per_round.append(wire_bytes)
+
+    def _report(self, target_name: str, total_s: float) -> MigrationReport:
+        spent = self.spent
+        return MigrationReport(
+            workload=self.workload, strategy=self.req.strategy, source=self.node.config.name, target=target_name,
+            total_s=total_s, frozen_s=self.frozen_s, rounds=self.rounds,
+            bytes_sent=self.bytes_sent, pages_sent=self.pages_sent,
+            dirty_pages_per_s=self.planner.dirty_pages_per_s, throttle=self.planner.throttle,
+            epoch=self.epoch, notes=tuple(self.notes), client_blackout_s=self.handover.client_blackout_s,
+            final_round_bytes=self.final_round_bytes, bytes_per_round=tuple(self.bytes_per_round),
+            capture_s=spent["capture"], encode_s=spent["encode"], send_s=spent["send"], commit_s=spent["commit"])
