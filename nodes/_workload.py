@@ -29,6 +29,7 @@ import wasmtime
 
 import snapshot
 
+from . import _switching
 from ._engine import EPOCH_TICK_S, memory_never_moves
 from ._host_errors import (
     BadArguments,
@@ -217,11 +218,13 @@ class Workload:
     def track(self, tracker: snapshot.StateTracker) -> None:
         """Keep ``tracker`` (after ``drop_tracker``): the workload is being moved off until it is dropped."""
         self.tracker = tracker
+        _switching.moving()
 
     def drop_tracker(self) -> None:
         if self.tracker is not None:
             self.tracker.close()
             self.tracker = None
+            _switching.moved()
 
     def running(self) -> contextlib.AbstractContextManager[None]:
         """Give guest code of this workload about to run on this thread its time budget."""

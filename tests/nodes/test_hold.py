@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
 
-from nodes import Host, HostClosed, SnapshotFailed, UnknownWorkload
+from nodes import Host, HostClosed, SnapshotFailed, UnknownWorkload, _switching
 
 from test_hosting import FAST, deploy, state_of
 
@@ -178,3 +179,16 @@ def test_a_held_workload_of_a_closed_host_reports_the_host_closed(tmp_path):
     with pytest.raises(HostClosed):
         host.hold("anything")
     held.resume()
+
+
+def test_the_switch_interval_is_short_while_tracking_and_restored_after_overlapping_moves(host):
+    before = sys.getswitchinterval()
+    first, second = deploy(host, "counter"), deploy(host, "counter")
+    host.hold(first).start_tracking()
+    host.hold(second).start_tracking()
+    assert sys.getswitchinterval() == min(before, _switching.MOVING_SWITCH_INTERVAL_S)
+    host.hold(first).stop_tracking()
+    assert sys.getswitchinterval() == min(before, _switching.MOVING_SWITCH_INTERVAL_S)  # one move still runs
+    host.remove(second)  # a removed workload's tracking ends with it
+    assert sys.getswitchinterval() == before
+    assert _switching.moves_in_flight() == 0
