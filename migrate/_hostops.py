@@ -36,8 +36,8 @@ def start_tracking(host, workload: str):
 
 
 def capture_delta(host, workload: str):
-    """The pages written since the last capture."""
-    return host.hold(workload).capture_delta()
+    """The pages written since the last capture: a pre-copy round, or the final one (frozen)."""
+    return host.hold(workload).capture_delta(consistent=False)
 
 
 def capture_all(host, workload: str):

@@ -198,11 +198,12 @@ class Migration(DualExecution, Transfer):
         after it is left for the caller's final, frozen round.
         """
         self.planner.start(self.clock())
-        full = await self._capture(ops.start_tracking, self.node.host, self.workload)
+        full = [await self._capture(ops.start_tracking, self.node.host, self.workload)]
         sent_before = self.bytes_sent
-        took = await self._send(client, full)
+        took = await self._send(client, full[0])
+        last_pages, last_bytes = full[0].page_count, self.bytes_sent - sent_before
+        await free_in_thread(full)
         await crash_point_async("source:after-round")
-        last_pages, last_bytes = full.page_count, self.bytes_sent - sent_before
         while True:
             delta = await self._capture(ops.capture_delta, self.node.host, self.workload)
             decision = self.planner.round_sent(pages=last_pages, wire_bytes=last_bytes, duration_s=took,
@@ -346,3 +347,13 @@ class Migration(DualExecution, Transfer):
                     pass
         raise MigrationError(f"migration of {self.workload} to {self.target} aborted ({why}); "
                              f"it keeps running on {self.node.config.name}")
+
+
+async def free_in_thread(holder: list) -> None:
+    """Empty ``holder``, the only reference to a snapshot, in a worker thread.
+
+    A full capture's memory is in anonymous mmaps; unmapping them took 13 to
+    17 ms for 256 MiB and 55 to 73 ms for 1 GiB, a stall of the event loop
+    (every call waits) when the snapshot was dropped there.
+    """
+    await trio.to_thread.run_sync(holder.clear)

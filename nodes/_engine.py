@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 import platform
 import threading
+import weakref
 from collections.abc import Mapping
 
 import wasmtime
@@ -44,20 +45,47 @@ def open_engine(limits: Limits, engine: wasmtime.Engine | None = None,
     return engine, fingerprint({"external": engine_fingerprint})
 
 
+#: Engines whose linear memories never move (``memory_may_move`` off).
+_FIXED_MEMORY: weakref.WeakSet[wasmtime.Engine] = weakref.WeakSet()
+_RESERVATION_BYTES = 4 * 2**30  # wasmtime's default memory_reservation on 64-bit hosts
+
+
 def engine_settings(limits: Limits) -> dict[str, object]:
-    """The ``wasmtime.Config`` settings of a host's own engine."""
-    return {
+    """The ``wasmtime.Config`` settings of a host's own engine.
+
+    ``memory_may_move`` is off: a linear memory stays where it was
+    reserved, so a migration copies its pages while calls run
+    (``nodes._hold``).  Measured with wasmtime 50: 32-bit memories never
+    moved anyway (4 GiB reserved, growth to 4 GiB in place either way); a
+    memory64 memory growing past the reservation moved with the default
+    and fails to grow without it (``memory.grow`` returns -1).  So the
+    reservation is raised to the memory cap when the cap is above 4 GiB
+    (address space only, nothing is committed).
+    """
+    settings: dict[str, object] = {
         "consume_fuel": False,
         "epoch_interruption": True,
         "max_wasm_stack": limits.max_wasm_stack_bytes,
+        "memory_may_move": False,
     }
+    if limits.memory_bytes > _RESERVATION_BYTES:
+        settings["memory_reservation"] = -(-limits.memory_bytes // 65536) * 65536
+    return settings
 
 
 def make_engine(settings: Mapping[str, object]) -> wasmtime.Engine:
     config = wasmtime.Config()
     for name, value in settings.items():
         setattr(config, name, value)
-    return wasmtime.Engine(config)
+    engine = wasmtime.Engine(config)
+    if settings.get("memory_may_move") is False:
+        _FIXED_MEMORY.add(engine)
+    return engine
+
+
+def memory_never_moves(engine: wasmtime.Engine) -> bool:
+    """Whether ``engine`` keeps every linear memory where it is (False for a caller's engine: unknown)."""
+    return engine in _FIXED_MEMORY
 
 
 def fingerprint(settings: Mapping[str, object]) -> str:

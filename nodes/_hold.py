@@ -87,24 +87,46 @@ class Held:
             w.drop_tracker()
             try:
                 with w.touching_state("start tracking"):
-                    w.tracker = snapshot.StateTracker(w.store, w.instance, backend=backend)
+                    w.track(snapshot.StateTracker(w.store, w.instance, backend=backend))
                     pending = w.tracker.begin_capture(w.store)
+                    if not self._copies_while_running(w):
+                        return pending.finish()
             except SnapshotFailed:
                 w.drop_tracker()
                 raise
-        return pending.finish()
+            copying = w.copying_outside()
+        with copying:
+            return pending.finish()
 
-    def capture_delta(self) -> snapshot.Snapshot:
+    def capture_delta(self, *, consistent: bool = True) -> snapshot.Snapshot:
         """Return the pages, globals and tables changed since the previous capture.
 
-        Raises ``UnknownWorkload`` or ``SnapshotFailed`` (also when tracking
-        was not started).
+        ``consistent=False`` (a pre-copy round, or any capture while the
+        workload is paused) copies the pages after letting calls go on
+        where the dirty tracking allows it: a page a call writes meanwhile
+        may be copied torn, but it is dirty again, so the next delta carries
+        it; a chain ending with a delta taken while paused restores exactly.
+        ``consistent=True`` holds calls until the copy is done (a replay
+        starts from the delta).  Raises ``UnknownWorkload`` or
+        ``SnapshotFailed`` (also when tracking was not started).
         """
         with self._using() as w:
             if w.tracker is None:
                 raise SnapshotFailed(w.workload_id, "dirty tracking was not started")
             with w.touching_state("capture a delta"):
-                return w.tracker.capture_delta(w.store)
+                pending = w.tracker.begin_delta(w.store)
+                if consistent or not self._copies_while_running(w):
+                    return pending.finish()
+            copying = w.copying_outside()
+        with copying:
+            return pending.finish()
+
+    @staticmethod
+    def _copies_while_running(w: Workload) -> bool:
+        # The pages are read at the addresses read under the lock: the memory
+        # must not move (a caller's engine may move it when it grows), and the
+        # tracker must report every page written during the copy (uffd).
+        return w.memory_fixed and w.tracker is not None and w.tracker.copies_while_running
 
     def stop_tracking(self) -> None:
         """Stop tracking dirty pages (a migration ended); a removed workload's tracking went with it."""

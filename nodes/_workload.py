@@ -29,7 +29,8 @@ import wasmtime
 
 import snapshot
 
-from ._engine import EPOCH_TICK_S
+from . import _switching
+from ._engine import EPOCH_TICK_S, memory_never_moves
 from ._host_errors import (
     BadArguments,
     DeadlineExceeded,
@@ -154,6 +155,9 @@ class Workload:
     removed: bool = False
     tracker: snapshot.StateTracker | None = None
     thawed: threading.Event = field(default_factory=lambda: _set_event())  # cleared while paused
+    memory_fixed: bool = False  # it never moves (the host's own engine): ``copying_outside``
+    copies: int = 0  # copies running without ``lock``; its own lock: one ending waits for no call
+    copies_done: threading.Condition = field(default_factory=threading.Condition)
 
     def info(self) -> WorkloadInfo:
         return WorkloadInfo(
@@ -182,18 +186,45 @@ class Workload:
             raise UnknownWorkload(f"no workload {self.workload_id!r} on this host") from None
 
     def release(self) -> None:
-        """Drop the Store, freeing its memory now rather than at the next GC."""
+        """Drop the Store, freeing its memory now (the caller holds ``lock``; copies outside it end first)."""
         self.removed = True
         self.thawed.set()  # wake calls waiting out a pause: they find the workload gone
+        with self.copies_done:
+            self.copies_done.wait_for(lambda: self.copies == 0)
         self.drop_tracker()
         self.funcs.clear()
         self.memory = None
         self.store.close()
 
+    def copying_outside(self) -> contextlib.AbstractContextManager[None]:
+        """Keep the memory from being freed until the returned context ends (the caller holds ``lock``).
+
+        For a copy that runs after the lock is let go, calls going on
+        meanwhile: ``release`` waits for it.  Only if ``memory_fixed``.
+        """
+        with self.copies_done:
+            self.copies += 1
+        return self._copy_ends()
+
+    @contextmanager
+    def _copy_ends(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            with self.copies_done:
+                self.copies -= 1
+                self.copies_done.notify_all()
+
+    def track(self, tracker: snapshot.StateTracker) -> None:
+        """Keep ``tracker`` (after ``drop_tracker``): the workload is being moved off until it is dropped."""
+        self.tracker = tracker
+        _switching.moving()
+
     def drop_tracker(self) -> None:
         if self.tracker is not None:
             self.tracker.close()
             self.tracker = None
+            _switching.moved()
 
     def running(self) -> contextlib.AbstractContextManager[None]:
         """Give guest code of this workload about to run on this thread its time budget."""
@@ -331,7 +362,8 @@ def instantiate(engine: wasmtime.Engine, module: CachedModule, limits: Limits, g
     return Workload(workload_id=workload_id, module=module, app=app, memory_limit_bytes=memory_limit_bytes,
                     args=tuple(args), env=env, preopen={g: os.fspath(h) for g, h in (preopen or {}).items()},
                     directory=directory, stdout=stdout, stderr=stderr, store=store,
-                    budget=budget, instance=instance, guest_time=guest_time)
+                    budget=budget, instance=instance, guest_time=guest_time,
+                    memory_fixed=memory_never_moves(engine))
 
 
 class InUse:

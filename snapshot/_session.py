@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass
 
 import wasmtime
 
-from ._capture import CaptureBuffers, capture, capture_pages, copy_nonzero
-from ._dirty import DirtyTracker, open_tracker
+from ._capture import CaptureBuffers, capture, copy_nonzero, copy_runs
+from ._dirty import DirtyTracker, UffdDirtyTracker, open_tracker
 from ._errors import LocalSnapshotError
 from ._instance import layout, memory_view, read_globals, read_tables, record_state_id
+from ._pages import PAGE_BYTES, page_ranges
 from ._snapshot import Snapshot
 from ._state import GlobalState, MemoryState, TableState
 
@@ -52,12 +54,27 @@ class StateTracker:
         self._last_id = snap.state_id
         return snap
 
+    @property
+    def copies_while_running(self) -> bool:
+        """Whether ``PendingCapture.finish`` may copy while the instance runs.
+
+        True when every memory is tracked by the uffd backend, which reports
+        every page *written* after the collect, so a page torn by a write
+        during the copy is sent again by the next delta.  The compare backend
+        reports pages whose bytes *changed* from its shadow (taken at the
+        collect): a page written during the copy and written back before
+        the next collect would not be reported, so its torn copy would stay;
+        copy under the store's owner for that backend.
+        """
+        return all(isinstance(t, UffdDirtyTracker) for t in self._trackers.values())
+
     def begin_capture(self, store: wasmtime.Store) -> "PendingCapture":
         """Start a full capture whose memory copy may run while the instance runs.
 
         Arms dirty tracking and reads globals, tables and memory extents now
         (the caller holds the store); ``PendingCapture.finish()`` then copies
-        memory without touching the store, so calls can go on meanwhile.
+        memory without touching the store, so calls can go on meanwhile
+        (if ``copies_while_running``, and if the memory cannot move).
         Pages written during the copy are dirty, so the next delta carries
         them again: the classic pre-copy first round.  The result is a valid
         base for ``capture_delta`` but, unlike ``capture``, not a consistent
@@ -65,25 +82,45 @@ class StateTracker:
         """
         for tracker in self._trackers.values():
             tracker.reset(store)
-        lay = layout(store, self._instance)
-        regions = [(index, *memory_view(store, memory)) for index, memory in lay.memories]
-        globals_, tables = read_globals(store, lay), read_tables(store, lay)
-        state_id = os.urandom(16)
-        self._last_id = state_id
-        record_state_id(self._instance, state_id)
-        return PendingCapture(lay.digest, state_id, regions, globals_, tables)
+        return self._pending(store, None, None)
+
+    def begin_delta(self, store: wasmtime.Store) -> "PendingCapture":
+        """Start a delta against the previous capture; ``PendingCapture.finish()`` copies its pages.
+
+        Collects the dirty pages (starting a new epoch) and reads globals,
+        tables and memory extents now, holding the store; the copy may run
+        later, as for ``begin_capture``.  Finished at once, or while nothing
+        writes the memory, it is the consistent delta ``capture_delta`` takes.
+        Raises LocalSnapshotError if no full capture was taken first.
+        """
+        if self._last_id is None:
+            raise LocalSnapshotError("take a full capture before asking for a delta")
+        dirty = {i: t.collect(store) for i, t in self._trackers.items()}
+        return self._pending(store, dirty, self._last_id)
 
     def capture_delta(self, store: wasmtime.Store) -> Snapshot:
         """Return a delta against the previous capture and start a new epoch.
 
         Raises LocalSnapshotError if no full capture was taken first.
         """
-        if self._last_id is None:
-            raise LocalSnapshotError("take a full capture before asking for a delta")
-        dirty = {i: t.collect(store) for i, t in self._trackers.items()}
-        snap = capture_pages(store, self._instance, dirty, base_id=self._last_id)
-        self._last_id = snap.state_id
-        return snap
+        return self.begin_delta(store).finish()
+
+    def _pending(self, store: wasmtime.Store, dirty, base_id: bytes | None) -> "PendingCapture":
+        lay = layout(store, self._instance)
+        regions = []
+        for index, memory in lay.memories:
+            ptr, size = memory_view(store, memory)
+            if dirty is None:
+                regions.append((index, ptr, size, None))
+                continue
+            pages = dirty.get(index, ())
+            inside = pages[:bisect.bisect_left(pages, size // PAGE_BYTES)]  # sorted: pages past the end go
+            regions.append((index, ptr, size, page_ranges(inside)))
+        globals_, tables = read_globals(store, lay), read_tables(store, lay)
+        state_id = os.urandom(16)
+        self._last_id = state_id
+        record_state_id(self._instance, state_id)
+        return PendingCapture(lay.digest, state_id, regions, globals_, tables, base_id)
 
     def close(self) -> None:
         for tracker in self._trackers.values():
@@ -99,15 +136,24 @@ class StateTracker:
 
 @dataclass(frozen=True)
 class PendingCapture:
-    """A full capture begun by ``StateTracker.begin_capture``; ``finish`` copies memory."""
+    """A capture begun by ``StateTracker.begin_capture`` or ``begin_delta``; ``finish`` copies memory.
+
+    ``finish`` reads the memory at the addresses read when it began, without
+    the store: the memory must neither move nor be freed until it returns.
+    """
 
     module_sha256: str
     state_id: bytes
-    regions: list[tuple[int, int, int]]  # (memory index, address, size in bytes)
+    # (memory index, address, size in bytes, [start, end) page ranges to copy
+    # or None for every non-zero 64 KiB block)
+    regions: list[tuple[int, int, int, list[tuple[int, int]] | None]]
     globals: tuple[GlobalState, ...]
     tables: tuple[TableState, ...]
+    base_id: bytes | None = None
 
     def finish(self) -> Snapshot:
-        memories = tuple(MemoryState(index, size, copy_nonzero(ptr, size)) for index, ptr, size in self.regions)
-        return Snapshot(module_sha256=self.module_sha256, state_id=self.state_id, memories=memories,
-                        globals=self.globals, tables=self.tables)
+        memories = tuple(MemoryState(index, size, copy_nonzero(ptr, size) if ranges is None
+                                     else copy_runs(ptr, ranges))
+                         for index, ptr, size, ranges in self.regions)
+        return Snapshot(module_sha256=self.module_sha256, state_id=self.state_id, base_id=self.base_id,
+                        memories=memories, globals=self.globals, tables=self.tables)

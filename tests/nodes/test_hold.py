@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import pytest
 
-from nodes import Host, HostClosed, SnapshotFailed, UnknownWorkload
+from nodes import Host, HostClosed, SnapshotFailed, UnknownWorkload, _switching
 
 from test_hosting import FAST, deploy, state_of
 
@@ -47,6 +50,108 @@ def test_rounds_rebuild_the_workload_on_another_host(host, tmp_path):
     assert host.call(wid, "get") == 12
 
 
+def _writing(host, wid, stop: threading.Event, failures: list) -> threading.Thread:
+    """A thread calling ``dt_dirty`` on ``wid`` until ``stop`` is set (or the workload is gone)."""
+    def run() -> None:
+        seed = 1
+        while not stop.is_set():
+            try:
+                host.call(wid, "dt_dirty", [256, seed])
+            except UnknownWorkload:
+                return
+            except BaseException as exc:  # noqa: BLE001 - the test reports it
+                failures.append(exc)
+                return
+            seed += 1
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_rounds_copied_while_calls_write_then_a_frozen_round_restore_exactly(host, tmp_path):
+    """Pre-copy rounds whose pages are copied while another thread's calls write them.
+
+    A page written during a copy may go torn, but it is dirty again, so a
+    later round carries it; the final round, taken while paused, leaves the
+    copy identical.
+    """
+    wid = deploy(host, "dirtier")
+    host.call(wid, "dt_init", [32])
+    held = host.hold(wid)
+    assert held._w.memory_fixed  # the host's own engine: the copies below run outside the lock
+    stop, failures = threading.Event(), []
+    writer = _writing(host, wid, stop, failures)
+    try:
+        base = held.start_tracking()
+        deltas = [held.capture_delta(consistent=False) for _ in range(8)]
+    finally:
+        stop.set()
+        writer.join()
+    assert not failures
+    held.pause()
+    final = held.capture_delta(consistent=False)
+    with Host(tmp_path / "target", limits=FAST) as target:
+        sha = target.add_module(host.module_bytes(host.info(wid).module_sha256))
+        target.restore(sha, base, workload_id=wid, **held.launch_settings())
+        copy = target.hold(wid)
+        for delta in [*deltas, final]:
+            copy.apply(delta)
+        assert copy.state_hash() == held.state_hash()
+        held.resume()
+        assert target.call(wid, "dt_checksum") == host.call(wid, "dt_checksum")
+
+
+def test_remove_waits_for_a_copy_running_outside_the_lock(host):
+    wid = deploy(host, "dirtier")
+    host.call(wid, "dt_init", [4])
+    held = host.hold(wid)
+    w = held._w
+    with w.lock:
+        copying = w.copying_outside()
+    removed = threading.Event()
+
+    def remove() -> None:
+        host.remove(wid)
+        removed.set()
+    remover = threading.Thread(target=remove)
+    with copying:
+        remover.start()
+        # remove() takes the lock and then waits for the copy: the store stays open.
+        assert not removed.wait(0.2)
+        assert w.removed  # release() began, and waits
+        assert w.memory0().data_len(w.store) > 0  # the store is still open
+    remover.join()
+    assert removed.is_set()
+    with pytest.raises(UnknownWorkload):
+        held.capture_delta(consistent=False)
+
+
+def test_removing_a_workload_while_rounds_are_copied_raises_unknown_workload_or_completes(host):
+    wid = deploy(host, "dirtier")
+    host.call(wid, "dt_init", [64])
+    held = host.hold(wid)
+    held.start_tracking()
+    outcomes: list = []
+
+    def rounds() -> None:
+        try:
+            while True:
+                host.call(wid, "dt_dirty", [4096, 7])  # 16 MiB dirty: each copy takes a while
+                outcomes.append(held.capture_delta(consistent=False).page_count)
+        except UnknownWorkload as exc:
+            outcomes.append(exc)
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            outcomes.append(exc)
+    capturer = threading.Thread(target=rounds)
+    capturer.start()
+    while not outcomes:
+        threading.Event().wait(0.001)
+    host.remove(wid)
+    capturer.join()
+    assert outcomes[:-1] and all(count >= 4096 for count in outcomes[:-1])
+    assert isinstance(outcomes[-1], UnknownWorkload)
+
+
 def test_a_held_workload_follows_a_rename_and_goes_with_a_remove(host):
     wid = deploy(host, "counter")
     held = host.hold(wid)
@@ -74,3 +179,16 @@ def test_a_held_workload_of_a_closed_host_reports_the_host_closed(tmp_path):
     with pytest.raises(HostClosed):
         host.hold("anything")
     held.resume()
+
+
+def test_the_switch_interval_is_short_while_tracking_and_restored_after_overlapping_moves(host):
+    before = sys.getswitchinterval()
+    first, second = deploy(host, "counter"), deploy(host, "counter")
+    host.hold(first).start_tracking()
+    host.hold(second).start_tracking()
+    assert sys.getswitchinterval() == min(before, _switching.MOVING_SWITCH_INTERVAL_S)
+    host.hold(first).stop_tracking()
+    assert sys.getswitchinterval() == min(before, _switching.MOVING_SWITCH_INTERVAL_S)  # one move still runs
+    host.remove(second)  # a removed workload's tracking ends with it
+    assert sys.getswitchinterval() == before
+    assert _switching.moves_in_flight() == 0
