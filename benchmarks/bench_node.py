@@ -28,6 +28,7 @@ benchmarks/results/node.json and node.md (node-quick.* with --quick).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -47,8 +48,7 @@ import migrate  # noqa: E402
 from benchmarks._measure import argument_parser, table_head, write_results  # noqa: E402
 from migrate.launcher import LocalCluster  # noqa: E402
 from migrate.wire import MCall, MResult  # noqa: E402
-from nodes import Host, NodeClient  # noqa: E402
-from nodes._protocol import encode_message, frame  # noqa: E402
+from nodes import Connection, Host, NodeClient  # noqa: E402
 
 NOOP = wasmtime.wat2wasm('(module (func (export "noop")))')
 GOAL_P50_US = 150.0
@@ -57,6 +57,17 @@ GOAL_HANDLE_ECHO_RATIO = 2.5
 CONCURRENT_CALLERS = 8
 HANDLE = "handle over mutual TLS"
 TLS_ECHO = "floor: raw TLS echo, handle-call frame sizes"
+
+
+@contextlib.contextmanager
+def echo_server(script: str, *args: str):
+    """Run an echo server process for the block; yield its port."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True)
+    try:
+        yield int(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def percentiles(samples_ns: list[int]) -> dict[str, float]:
@@ -89,17 +100,21 @@ def in_process(n: int, data_dir: Path) -> dict[str, dict]:
     return out
 
 
-ECHO_SERVER = """
-import sys, trio
-async def echo(stream):
-    while data := await stream.receive_some(65536):
-        await stream.send_all(data)
+# How each echo server process listens: it prints its port, then serves ``echo``.
+_SERVE = """
 async def main():
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     print(listeners[0].socket.getsockname()[1], flush=True)
     await trio.serve_listeners(echo, listeners)
 trio.run(main)
 """
+
+ECHO_SERVER = """
+import sys, trio
+async def echo(stream):
+    while data := await stream.receive_some(65536):
+        await stream.send_all(data)
+""" + _SERVE
 
 
 async def _floors(n: int) -> dict[str, dict]:
@@ -115,28 +130,16 @@ async def _floors(n: int) -> dict[str, dict]:
         samples.append(time.perf_counter_ns() - t0)
     out = {"floor: trio.to_thread hop of a no-op": percentiles(samples)}
 
-    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(proc.stdout.readline())
+    with echo_server(ECHO_SERVER) as port:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        samples = []
-        for i in range(n + 200):
-            t0 = time.perf_counter_ns()
-            await stream.send_all(b"x" * 64)
-            await stream.receive_some(65536)
-            if i >= 200:
-                samples.append(time.perf_counter_ns() - t0)
-        await stream.aclose()
-    finally:
-        proc.kill()
-        proc.wait()
+        samples = await round_trips(stream, b"x" * 64, 64, n)
     out["floor: 64-byte echo between two trio processes"] = percentiles(samples)
     return out
 
 
 TLS_ECHO_SERVER = """
 import sys, trio
-from nodes._tls import server_context
+from nodes import server_context
 request_bytes, reply_bytes = int(sys.argv[2]), int(sys.argv[3])
 reply = b"r" * reply_bytes
 async def echo(tcp):
@@ -148,12 +151,7 @@ async def echo(tcp):
         while have >= request_bytes:
             have -= request_bytes
             await stream.send_all(reply)
-async def main():
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    print(listeners[0].socket.getsockname()[1], flush=True)
-    await trio.serve_listeners(echo, listeners)
-trio.run(main)
-"""
+""" + _SERVE
 
 
 def call_frame_sizes() -> tuple[int, int]:
@@ -161,37 +159,43 @@ def call_frame_sizes() -> tuple[int, int]:
     request = MCall(id=100000, workload="w-0123456789ab", op="call", caller="0" * 32, seq=100000, ack=99999,
                     export="noop")
     reply = MResult(id=100000, epoch=1, index=100001)
-    return len(frame(encode_message(request))), len(frame(encode_message(reply)))
+    client, server = Connection(), Connection()  # a frame is what a Connection writes: header and payload
+    server.receive_data(client.send(client.hello(name="app", role="app")))
+    server.next_event()
+    client.receive_data(server.send(server.hello(name="bench", role="edge")))
+    client.next_event()
+    sent = client.send(request)
+    server.receive_data(sent)
+    server.next_event()
+    return len(sent), len(server.send(reply))
 
 
 async def tls_echo(server_tls: Path, client_tls: Path, n: int) -> dict:
     """Round trips of a call-sized request answered by a reply-sized frame, over mutual TLS between trio processes."""
-    from nodes._tls import client_context
+    from nodes import client_context
 
     request_bytes, reply_bytes = call_frame_sizes()
-    proc = subprocess.Popen([sys.executable, "-c", TLS_ECHO_SERVER, str(server_tls), str(request_bytes),
-                             str(reply_bytes)], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(proc.stdout.readline())
+    with echo_server(TLS_ECHO_SERVER, str(server_tls), str(request_bytes), str(reply_bytes)) as port:
         tcp = await trio.open_tcp_stream("127.0.0.1", port)
         stream = trio.SSLStream(tcp, client_context(client_tls), server_hostname="127.0.0.1",
                                 https_compatible=False)
         await stream.do_handshake()
-        request = b"q" * request_bytes
-        samples = []
-        for i in range(n + 500):
-            t0 = time.perf_counter_ns()
-            await stream.send_all(request)
-            got = 0
-            while got < reply_bytes:
-                got += len(await stream.receive_some(65536))
-            if i >= 500:
-                samples.append(time.perf_counter_ns() - t0)
-        await stream.aclose()
-    finally:
-        proc.kill()
-        proc.wait()
-    return percentiles(samples)
+        return percentiles(await round_trips(stream, b"q" * request_bytes, reply_bytes, n))
+
+
+async def round_trips(stream: trio.abc.Stream, request: bytes, reply_bytes: int, n: int) -> list[int]:
+    """Time ``n`` round trips of ``request`` answered by ``reply_bytes`` (after 500 to warm up), then close."""
+    samples = []
+    for i in range(n + 500):
+        t0 = time.perf_counter_ns()
+        await stream.send_all(request)
+        got = 0
+        while got < reply_bytes:
+            got += len(await stream.receive_some(65536))
+        if i >= 500:
+            samples.append(time.perf_counter_ns() - t0)
+    await stream.aclose()
+    return samples
 
 
 async def through_handles(address: str, tls: Path, n: int) -> tuple[dict, float]:
