@@ -3,10 +3,26 @@
 A node runs calls and memory reads and writes through ``CallExecutor.run``,
 keyed by workload.  A call waits in its workload's queue in the event loop,
 not in a thread; ``nodes._fair_queue`` decides which workload's call gets
-the next of ``workers`` threads (trio's thread cache, behind a limiter of
-the same size that is never contended).  So one workload's many concurrent
-long calls hold one worker between them, and a neighbour's call starts
-within about one call's time.
+the next of ``workers`` threads.  So one workload's many concurrent long
+calls hold one worker between them, and a neighbour's call starts within
+about one call's time.
+
+A call crosses threads once each way: the event loop hands the function to
+a thread of trio's thread cache (``trio.lowlevel.start_thread_soon``) the
+moment ``FairQueue`` starts it, and the thread hands the outcome back with
+one ``run_sync_soon`` callback, which starts the next waiting calls and
+wakes the caller.  The caller parks once (``wait_task_rescheduled``) for
+both the wait for its turn and the call.  Before, a call took a ticket
+(``trio.Event``, one scheduler pass) and then ``trio.to_thread.run_sync``
+(a limiter, a context copy and its own wake-up): about 68 + 80 µs a call
+on the 2-CPU benchmark machine, against a p50 of about 600 µs for a no-op
+call through a handle over TLS (benchmarks/bench_node.py).
+
+Calls are never run on the event-loop thread: wasmtime-py 50 has no epoch
+deadline callback, so a call started inline could not be moved to a worker
+when it runs long, and a deadline that traps it there would fail a call
+that a worker would have finished.  A call's outcome must not depend on
+where it ran, and a long call must not stall the other workloads' calls.
 
 Other blocking host work (deploys, checkpoints, a migration's host steps
 through ``Host.hold``) does not use these workers: it runs on trio's own
@@ -18,10 +34,12 @@ and only the migration step that ends the pause can free it.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import outcome
 import trio
 
 from ._fair_queue import FairQueue
@@ -29,11 +47,17 @@ from ._fair_queue import FairQueue
 __all__ = ["CallExecutor"]
 
 
-class _Ticket:
-    __slots__ = ("started",)
+class _Job:
+    """One call: what to run, who waits for it, and whether a worker took it."""
 
-    def __init__(self) -> None:
-        self.started = trio.Event()
+    __slots__ = ("key", "func", "task", "token", "started")
+
+    def __init__(self, key: Hashable, func: Callable[[], Any]) -> None:
+        self.key = key
+        self.func = func
+        self.task = trio.lowlevel.current_task()
+        self.token = trio.lowlevel.current_trio_token()
+        self.started = False
 
 
 class CallExecutor:
@@ -43,8 +67,7 @@ class CallExecutor:
     """
 
     def __init__(self, workers: int) -> None:
-        self._queue: FairQueue[_Ticket] = FairQueue(workers)
-        self._limiter = trio.CapacityLimiter(workers)
+        self._queue: FairQueue[_Job] = FairQueue(workers)
 
     @property
     def workers(self) -> int:
@@ -58,23 +81,37 @@ class CallExecutor:
         """Wait for ``key``'s turn, run ``func(*args, **kwargs)`` in a worker thread, return what it returns.
 
         Cancelled while waiting, the call is taken out of the queue; once
-        started it runs to its end (a thread cannot be stopped; the guest's
-        deadline bounds it).
+        started it runs to its end and its result is returned (a thread
+        cannot be stopped; the guest's deadline bounds it), and the
+        cancellation is delivered at the caller's next checkpoint.
         """
-        ticket = _Ticket()
-        _start(self._queue.submit(key, ticket))
-        try:
-            await ticket.started.wait()
-        except BaseException:
-            if not self._queue.withdraw(key, ticket):
-                _start(self._queue.finish(key))  # it had been started: give its turn on
-            raise
-        try:
-            return await trio.to_thread.run_sync(functools.partial(func, *args, **kwargs), limiter=self._limiter)
-        finally:
-            _start(self._queue.finish(key))
+        await trio.lowlevel.checkpoint_if_cancelled()
+        context = contextvars.copy_context()
+        job = _Job(key, functools.partial(context.run, func, *args, **kwargs))
+        self._start(self._queue.submit(key, job))
+
+        def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
+            if not job.started and self._queue.withdraw(key, job):
+                return trio.lowlevel.Abort.SUCCEEDED
+            return trio.lowlevel.Abort.FAILED  # running: the worker's outcome wakes us
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _start(self, started: list[tuple[Hashable, _Job]]) -> None:
+        for _, job in started:
+            job.started = True
+            # unnamed: a name costs two pthread_setname_np calls per job
+            trio.lowlevel.start_thread_soon(job.func, functools.partial(_deliver, self, job))
+
+    def _done(self, job: _Job, result: outcome.Outcome) -> None:
+        """In the event loop: the worker finished ``job``; start what may start, wake its caller."""
+        self._start(self._queue.finish(job.key))
+        trio.lowlevel.reschedule(job.task, result)
 
 
-def _start(started: list[tuple[Hashable, _Ticket]]) -> None:
-    for _, ticket in started:
-        ticket.started.set()
+def _deliver(executor: CallExecutor, job: _Job, result: outcome.Outcome) -> None:
+    """In the worker thread: hand ``result`` back to the event loop (one wake-up)."""
+    try:
+        job.token.run_sync_soon(executor._done, job, result)
+    except trio.RunFinishedError:  # the run ended under a call that outlived it: nobody waits
+        pass

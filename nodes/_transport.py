@@ -27,7 +27,6 @@ when it accepts less than ``RECEIVE_BYTES`` of ours in ``timeout_s``.
 from __future__ import annotations
 
 import math
-import select
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +38,7 @@ from ._config import Address
 from ._errors import ConnectionFailed, RemoteProtocolError
 from ._messages import ErrorCode, Goodbye, Hello, Message, Reply, Request
 from ._protocol import NEED_DATA, Connection, ConnectionClosed, State
+from ._socket_stream import ReadyStream, has_unread, ssl_reason
 from ._tls import Identity, certificate_subject, peer_identity
 
 #: Bytes asked of the socket per read: large enough that a 64 MiB page batch
@@ -82,6 +82,12 @@ class Channel:
         self._waited = 0.0
         self._read_since = 0.0
         self._read_scope: trio.CancelScope | None = None
+        # Over a ReadyStream the stall clocks run only while a read or send waits on the socket.
+        base = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        self._ready = base if isinstance(base, ReadyStream) and timeout_s is not None else None
+        if self._ready is not None:
+            self._ready.wait_readable, self._ready.wait_writable = self._wait_readable, self._wait_writable
+        self._send_mark = (0.0, 0)  # (when, bytes sent then): the peer must take RECEIVE_BYTES by when + timeout_s
 
     @property
     def peer(self) -> Hello:
@@ -127,7 +133,8 @@ class Channel:
         if self._broken:
             raise ConnectionFailed(self._broken)
         try:
-            if self.timeout_s is None:
+            if self.timeout_s is None or self._ready is not None:
+                self._send_mark = (math.inf, 0)  # the first wait of this send starts the clock
                 await self.stream.send_all(data)
                 return
             view = memoryview(data)
@@ -135,12 +142,7 @@ class Channel:
                 with trio.move_on_after(self.timeout_s) as scope:
                     await self.stream.send_all(view[start:start + RECEIVE_BYTES])
                 if scope.cancelled_caught:
-                    self.timed_out = True
-                    self._broken = (f"{self.remote} took less than {RECEIVE_BYTES} bytes of a frame "
-                                    f"in {self.timeout_s} s")
-                    if self._read_scope is not None:  # the reader ends the connection now
-                        self._read_scope.cancel()
-                    raise ConnectionFailed(self._broken)
+                    self._send_stalled()
         except _BROKEN as exc:
             self._broken = f"connection to {self.remote} broke: {exc or type(exc).__name__}"
             raise ConnectionFailed(self._broken) from exc
@@ -149,19 +151,26 @@ class Channel:
             self._broken = self._broken or f"a send to {self.remote} was cancelled mid-frame"
             raise
 
+    def _send_stalled(self) -> None:
+        self.timed_out = True
+        self._broken = f"{self.remote} took less than {RECEIVE_BYTES} bytes of a frame in {self.timeout_s} s"
+        if self._read_scope is not None:  # the reader ends the connection now
+            self._read_scope.cancel()
+        raise ConnectionFailed(self._broken)
+
+    async def _wait_writable(self, sock: Any) -> None:
+        """Wait until the socket takes bytes again: at most until ``timeout_s`` after the mark."""
+        when, sent = self._send_mark
+        if when == math.inf or self._ready.sent_bytes - sent >= RECEIVE_BYTES:
+            self._send_mark = when, sent = trio.current_time(), self._ready.sent_bytes
+        with trio.CancelScope(deadline=when + self.timeout_s) as scope:
+            await trio.lowlevel.wait_writable(sock)
+        if scope.cancelled_caught:
+            self._send_stalled()
+
     def has_unread(self) -> bool:
         """True if the peer sent bytes (or closed) that nobody has read yet; one poll, no waiting."""
-        stream = self.stream
-        if isinstance(stream, trio.SSLStream):
-            stream = stream.transport_stream
-        sock = getattr(stream, "socket", None)
-        if sock is None:
-            return False
-        try:
-            readable, _, _ = select.select([sock], [], [], 0)
-        except (OSError, ValueError):  # closed: the next read says so
-            return True
-        return bool(readable)
+        return has_unread(self.stream.transport_stream if isinstance(self.stream, trio.SSLStream) else self.stream)
 
     async def receive(self) -> Any:
         """Return the next Hello, Request, Reply or ConnectionClosed from the peer.
@@ -200,11 +209,22 @@ class Channel:
         if self.timeout_s is None:  # a client's channel: no clock to keep
             conn.receive_data(await self._receive_some(size))
             return
+        if self._ready is not None:  # the clock runs in _wait_readable, only if the read waits
+            data = await self._receive_some(size)
+        else:
+            data = await self._wait_readable(None, size)
+        self._owed -= len(data)
+        if self._owed <= 0:
+            self._progress()
+        conn.receive_data(data)
+
+    async def _wait_readable(self, sock: Any, size: int = 0) -> Any:
+        """Wait for the socket (``sock``), or read ``size`` bytes, at most until the stall deadline."""
         self._read_since = trio.current_time()
         with trio.CancelScope(deadline=self._deadline()) as scope:
             self._read_scope = scope
             try:
-                data = await self._receive_some(size)
+                data = await (trio.lowlevel.wait_readable(sock) if sock is not None else self._receive_some(size))
             finally:
                 self._read_scope = None
                 if scope.deadline != math.inf:
@@ -214,10 +234,7 @@ class Channel:
                 raise ConnectionFailed(self._broken)
             self.timed_out = True
             raise ConnectionFailed(self._stall())
-        self._owed -= len(data)
-        if self._owed <= 0:
-            self._progress()
-        conn.receive_data(data)
+        return data
 
     async def _receive_some(self, size: int) -> bytes:
         try:
@@ -331,17 +348,17 @@ async def open_channel(address: Address, *, ssl_context: ssl.SSLContext | None, 
         # trio wraps the per-address failures; the first one says why (refused, unreachable)
         why = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
         raise ConnectionFailed(f"cannot connect to {remote}: {why.strerror or why}") from exc
-    stream: trio.abc.Stream = tcp
+    stream: trio.abc.Stream = ReadyStream(tcp)
     try:
         if ssl_context is not None:
-            stream = trio.SSLStream(tcp, ssl_context, server_hostname=address.host,
+            stream = trio.SSLStream(stream, ssl_context, server_hostname=address.host,
                                     https_compatible=False)
             await stream.do_handshake()
         channel = Channel(stream, _connection(max_frame_bytes), remote=remote)
         await channel.handshake(channel.connection.hello(**hello))
     except _BROKEN as exc:
         await trio.aclose_forcefully(stream)
-        raise ConnectionFailed(f"TLS with {remote} failed: {_ssl_reason(exc)}") from exc
+        raise ConnectionFailed(f"TLS with {remote} failed: {ssl_reason(exc)}") from exc
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
@@ -366,13 +383,13 @@ async def accept_channel(tcp: trio.SocketStream, *, ssl_context: ssl.SSLContext 
         remote = str(Address(host, port))
     except OSError:
         remote = "unknown"
-    stream: trio.abc.Stream = tcp
+    stream: trio.abc.Stream = ReadyStream(tcp)
     if ssl_context is not None:
-        stream = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=False)
+        stream = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=False)
         try:
             await stream.do_handshake()
         except _BROKEN as exc:
-            raise ConnectionFailed(f"TLS handshake with {remote} failed: {_ssl_reason(exc)}") from exc
+            raise ConnectionFailed(f"TLS handshake with {remote} failed: {ssl_reason(exc)}") from exc
     channel = Channel(stream, _connection(max_frame_bytes), remote=remote, budget=budget, timeout_s=timeout_s)
     try:
         await channel.answer_handshake(channel.connection.hello(**hello), vet)
@@ -381,12 +398,3 @@ async def accept_channel(tcp: trio.SocketStream, *, ssl_context: ssl.SSLContext 
         raise
     return channel
 
-
-def _ssl_reason(exc: BaseException) -> str:
-    """The most telling message in an SSL failure's chain."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLError):
-            return cause.reason or str(cause)
-        cause = cause.__cause__ or cause.__context__
-    return str(exc) or "the connection was closed"

@@ -90,3 +90,87 @@ async def _queued(executor, task_status=trio.TASK_STATUS_IGNORED):
     with trio.CancelScope() as scope:
         task_status.started(scope)
         await executor.run("c", lambda: pytest.fail("a cancelled call ran"))
+
+
+async def test_a_long_call_on_one_workload_does_not_stop_another_workloads_calls():
+    """In process: while "a"'s call is blocked in its worker thread, "b"'s calls run and return; then "a"'s does."""
+    import threading
+
+    from nodes._call_executor import CallExecutor
+
+    executor = CallExecutor(2)
+    release = threading.Event()
+    order: list[str] = []
+
+    def long_call():
+        release.wait()
+        order.append("a done")
+        return "a"
+
+    async def run_a():
+        assert await executor.run("a", long_call) == "a"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_a)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(5):
+            assert await executor.run("b", lambda i=i: order.append(f"b{i}") or i) == i
+        assert executor.busy() == 1  # "a"'s call still holds its worker
+        release.set()
+    assert order == ["b0", "b1", "b2", "b3", "b4", "a done"]
+
+
+async def test_a_started_call_runs_to_its_end_when_cancelled_and_returns_its_result():
+    import threading
+
+    from nodes._call_executor import CallExecutor
+
+    executor = CallExecutor(1)
+    started, release = threading.Event(), threading.Event()
+    got = []
+
+    def call():
+        started.set()
+        release.wait()
+        return 42
+
+    async def run(task_status=trio.TASK_STATUS_IGNORED):
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            got.append(await executor.run("a", call))
+
+    async with trio.open_nursery() as nursery:
+        scope = await nursery.start(run)
+        await trio.to_thread.run_sync(started.wait)
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [] and executor.busy() == 1  # still running: a thread cannot be stopped
+        release.set()
+    assert got == [42]  # the outcome comes back; the cancellation lands at the next checkpoint
+    assert executor.busy() == 0
+    assert await executor.run("a", lambda: "next") == "next"
+
+
+async def test_a_call_that_raises_raises_in_the_caller_and_frees_its_worker():
+    from nodes._call_executor import CallExecutor
+
+    executor = CallExecutor(1)
+
+    def boom():
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await executor.run("a", boom)
+    assert executor.busy() == 0
+    assert await executor.run("a", lambda x, y=0: x + y, 1, y=2) == 3
+
+
+async def test_a_cancelled_caller_does_not_start_its_call():
+    from nodes._call_executor import CallExecutor
+
+    executor = CallExecutor(1)
+    ran = []
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await executor.run("a", ran.append, 1)
+    assert ran == [] and executor.busy() == 0
