@@ -268,6 +268,12 @@ class Cluster:
             except (NodeError, HostError, MigrateError) as exc:
                 self.publish("standby_lost", handle.workload, protector.protection.to, str(exc))
 
+    def standby_here(self, handle: Handle) -> bool:
+        """True if the workload runs on its own hot-standby node: a move off it keeps its copy as the standby."""
+        protector = self._protectors.get(handle.workload)
+        return (protector is not None and protector.protection.mode == "standby"
+                and self.address_of(protector.protection.to) == handle._address)
+
     def protection(self, workload: str) -> ProtectionStatus | None:
         """How this application protects ``workload`` now; None if it does not."""
         protector = self._protectors.get(workload)

@@ -156,7 +156,8 @@ class Handle:
                     client = await self._cluster.client(self._address)
                     reply: MReport = await client.request(
                         MMigrate, workload=self.workload, target=target, strategy=strategy,
-                        downtime_budget_s=downtime_budget_s, max_rounds=max_rounds)
+                        downtime_budget_s=downtime_budget_s, max_rounds=max_rounds,
+                        keep_standby=self._cluster.standby_here(self))
                     break
                 except RemoteNodeError as exc:
                     if exc.code == MigrationCode.NOT_OWNER:

@@ -80,6 +80,14 @@ def remove_quietly(host, workload: str) -> None:
         pass
 
 
+def keep_as_standby(host, workload: str) -> None:
+    """Make a move's committed copy (frozen, tracked) a standby that replays the new owner's operations."""
+    held = host.hold(workload)
+    held.stop_tracking()
+    held.set_replay_mode("replay")
+    held.resume()
+
+
 def replace_workload(host, staged_id: str, workload: str, drop: bool) -> None:
     """Rename ``staged_id`` to ``workload``, removing the one it replaces first if ``drop``."""
     if drop:

@@ -202,6 +202,10 @@ class MMigrate(_ForWorkload):
     strategy: str = "precopy"
     downtime_budget_s: float = 0.03
     max_rounds: int = 20
+    #: the receiving node is the workload's hot-standby node (its application
+    #: says so): its copy at the commit stays as the new owner's standby, so
+    #: a standby exists from the commit on, not only once a new copy is sent
+    keep_standby: bool = False
 
 
 @message("m_incoming", reply=Done, roles=NODE_ONLY)
@@ -257,6 +261,10 @@ class MCommit(_AtEpoch):
     from_standby: bool = False
     #: the address of the workload's hot standby, which the new owner feeds from now on
     standby: str = ""
+    #: the standby is the source's own copy at this commit (at ``epoch + 1``,
+    #: aligned at ``index``): the new owner feeds it from its first operation
+    #: on, sending no copy
+    standby_kept: bool = False
     #: the final round's last piece of snapshot stream, chunk number ``seq``
     #: (none if empty), and a dual handover's last logged operations (as
     #: ``MReplay.entries``): the target applies them before it commits, so

@@ -47,6 +47,8 @@ dropped the record rests in ``TOMBSTONED`` instead of the table's
                                        COMMITTED |
                                                  v
                                        COMMITTED_ELSEWHERE --COPY_REMOVED--> TOMBSTONED
+                                                 |
+                                    KEEP_STANDBY +--> STANDBY (the left copy is the new owner's standby)
     OWNED ---SUPERSEDED---> FAILED_OVER ---COPY_REMOVED---> TOMBSTONED
     ABSENT ---LOAD_TOMBSTONE---> TOMBSTONED
 
@@ -130,6 +132,7 @@ TRANSITIONS: dict[tuple[State, E], State] = {
     (S.FROZEN, E.TIMEOUT): S.OWNED,
     (S.FROZEN, E.COMMITTED): S.COMMITTED_ELSEWHERE,
     (S.COMMITTED_ELSEWHERE, E.COPY_REMOVED): S.TOMBSTONED,
+    (S.COMMITTED_ELSEWHERE, E.KEEP_STANDBY): S.STANDBY,
     (S.OWNED, E.SUPERSEDED): S.FAILED_OVER,
     (S.FAILED_OVER, E.COPY_REMOVED): S.TOMBSTONED,
     (S.ABSENT, E.INCOMING_MOVE): S.RECEIVING,
@@ -262,7 +265,7 @@ def _guard(old: Record, ev: Event) -> Refusal | None:
         return None if ev.epoch == held else Refusal.STALE
     if k in (E.COMMIT_STANDBY, E.PROMOTE):
         return None if ev.epoch >= old.epoch else Refusal.STALE
-    if k is E.SUPERSEDED:
+    if k in (E.SUPERSEDED, E.KEEP_STANDBY):
         return None if ev.epoch > old.epoch else Refusal.STALE
     if k is E.TIMEOUT:
         return None if ev.now >= old.deadline else Refusal.NOT_DUE
@@ -300,6 +303,8 @@ def _effect(old: Record, ev: Event, to: State) -> tuple[Record, tuple[Action, ..
         return Record(to, forward.epoch, forward=forward), (Redirect(forward), Drop())
     if k is E.COPY_REMOVED:
         return replace(old, state=to), ()
+    if k is E.KEEP_STANDBY:  # the copy the commit's Drop named stays, at the new owner's feed epoch
+        return Record(to, ev.epoch, forward=old.forward), ()
     if k is E.SUPERSEDED:
         forward = replace(ev.peer, epoch=ev.epoch)
         return Record(to, ev.epoch, forward=forward), (Redirect(forward), Drop())

@@ -30,6 +30,7 @@ class EventKind(enum.Enum):
     THAW = "thaw"                      # the commit was refused or failed; calls run again, the move goes on
     MOVE_ABORTED = "move_aborted"      # the move ended without a commit
     COPY_REMOVED = "copy_removed"      # the copy left behind by a commit or a failover is gone from the host
+    KEEP_STANDBY = "keep_standby"      # the copy left behind by a commit stays as the new owner's hot standby
     SUPERSEDED = "superseded"          # a restart found its standby took over (it owns a higher epoch)
     DROP = "drop"                      # the received copy was dropped here (bad stream, divergence)
     DROP_STAGING = "drop_staging"      # the new standby copy being staged was dropped
@@ -49,6 +50,7 @@ class EventKind(enum.Enum):
 LOCAL_EVENTS = frozenset({
     EventKind.SPAWN, EventKind.LOAD_OWNED, EventKind.LOAD_IN_DOUBT, EventKind.LOAD_TOMBSTONE, EventKind.REMOVE,
     EventKind.BEGIN_MOVE, EventKind.FREEZE, EventKind.THAW, EventKind.MOVE_ABORTED, EventKind.COPY_REMOVED,
+    EventKind.KEEP_STANDBY,
     EventKind.SUPERSEDED, EventKind.DROP, EventKind.DROP_STAGING, EventKind.SWAP_IN})
 REMOTE_EVENTS = frozenset({
     EventKind.INCOMING_MOVE, EventKind.INCOMING_STANDBY, EventKind.COMMIT, EventKind.COMMIT_STANDBY,

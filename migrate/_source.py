@@ -30,7 +30,7 @@ from ._dual import DualExecution
 from ._ownership import State
 from ._ownership_events import Abort, Event, EventKind, OwnershipError, Peer
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
-from ._standby import _keep_standby, _stop_standby
+from ._standby import _keep_standby, _stop_standby, keep_as_standby
 from ._transfer import Transfer, _fits_commit
 from ._state import (
     HANDOVER_FLUSH_S,
@@ -99,6 +99,8 @@ class Migration(DualExecution, Transfer):
         self._start_figures()
         self.notes: list[str] = []
         self.settings: dict = {}  # the workload's launch settings, for MIncoming
+        self.info = None  # the workload's host info (module, app), once the move describes it
+        self.keep = False  # this node's copy stays as the standby after the commit (MMigrate.keep_standby)
         self.planner = PrecopyPlanner(PrecopyConfig(downtime_budget_s=req.downtime_budget_s,
                                                     max_rounds=max(1, req.max_rounds)))
 
@@ -116,6 +118,8 @@ class Migration(DualExecution, Transfer):
             async with self.owned.standby_lock:  # no standby starts or stops meanwhile
                 feed = self.owned.standby
                 onto_standby = feed is not None and feed.target == self.target
+                # This node holds the standby (it has no feed of its own): its copy stays as the standby.
+                self.keep = self.req.keep_standby and feed is None
                 try:
                     if onto_standby and feed.send is not None:
                         committed = await self._standby_handover(client, target_name, feed)
@@ -126,7 +130,10 @@ class Migration(DualExecution, Transfer):
                 except (NodeError, HostError, OSError) as exc:
                     await self._abort(client, f"{type(exc).__name__}: {exc}")
         finally:
-            if committed:
+            if committed and self.keep and await keep_as_standby(
+                    node, self.svc, self.owned, self.epoch + 1, target_name, self.info, self.settings):
+                self.notes.append("the copy left here is the workload's standby")
+            elif committed:
                 await node.run_host(ops.remove_quietly, host, self.workload)
                 self.svc.event(self.workload, Event(EventKind.COPY_REMOVED))
             else:
@@ -144,6 +151,7 @@ class Migration(DualExecution, Transfer):
     async def _move(self, client, target_name: str) -> bool:
         """Copy the workload to the target with the requested strategy and commit."""
         info, module, self.settings = await self.node.run_host(ops.describe, self.node.host, self.workload)
+        self.info = info
         await client.ensure_module(module)
         await crash_point_async("source:before-incoming")
         await self._incoming(client, info)
@@ -282,12 +290,12 @@ class Migration(DualExecution, Transfer):
             try:
                 await client.request(MCommit, workload=self.workload, epoch=self.epoch,
                                      ledger=owned.ledger.to_wire(), calls=calls, index=owned.index,
-                                     record=owned.record,
+                                     record=owned.record or self.keep,
                                      pages={str(k): v for k, v in digest[0].items()} if digest else None,
                                      digest=digest[1] if digest else None, monotonic_ns=clock,
                                      from_standby=from_standby, data=final, seq=self.chunks_sent,
                                      entries=entries,
-                                     standby=str(feed.target) if feed is not None and not from_standby else "")
+                                     standby=self._standby_after(feed, from_standby), standby_kept=self.keep)
             except ConnectionFailed:
                 # In doubt: the commit may have landed before the link broke.
                 if not await self._target_owns():
@@ -310,6 +318,12 @@ class Migration(DualExecution, Transfer):
             owned.standby.scope.cancel()
         logger.info("moved workload", extra={"workload": self.workload, "peer": target_name, "epoch": self.epoch})
         return True
+
+    def _standby_after(self, feed: Standby | None, from_standby: bool) -> str:
+        """The standby the new owner feeds: this node's copy (kept), the one fed now, or none."""
+        if self.keep:
+            return str(self.node.address)
+        return str(feed.target) if feed is not None and not from_standby else ""
 
     async def _target_owns(self) -> bool:
         for attempt in range(3):

@@ -16,7 +16,18 @@ from ._codes import MigrationCode
 from ._messages import MAbort, MAlign, MCommitted, MFollow, MIncoming, MLocate, MPromote, MReplay
 from ._oplog import batches, entry_bytes
 from ._ownership_events import Event, EventKind, OwnershipError
-from ._state import MigrationError, Owned, Standby, _drain, _drop_staging, _not_owner, peer_address, service
+from ._ledger import CallLedger
+from ._state import (
+    Incoming,
+    MigrationError,
+    Owned,
+    Standby,
+    _drain,
+    _drop_staging,
+    _not_owner,
+    peer_address,
+    service,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -134,32 +145,9 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
             task_status.started()
             started = True
             logger.info("standby following", extra={"workload": workload, "peer": client.node})
-            room = client.peer_max_frame_bytes - _chunks.FRAME_OVERHEAD_BYTES
-            try:
-                async for first in receive:
-                    for batch in batches([first, *_drain(receive)], room):
-                        await client.request(MReplay, workload=workload, epoch=feed.epoch, entries=batch,
-                                             standby=True)
-                        feed.queued_bytes -= sum(entry_bytes(e) for e in batch)
-                feed.flushed = True
-            except (NodeError, HostError, OSError) as exc:
-                logger.warning("standby lost: %s", exc, extra={"workload": workload})
-            except Exception:  # a bug in this background task must not take the node down
-                logger.exception("standby feed failed", extra={"workload": workload})
+            await _forward(client, workload, feed, receive)
     finally:
-        if owned.standby is feed:
-            owned.standby = None
-        feed.send = None
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
-            if client is not None:
-                # A node stopping with SIGTERM leaves the copy in place: it
-                # feeds the standby again after the restart, and the standby
-                # can take over if the node never comes back.
-                if not feed.flushed and owned.moved is None and not node.stopping:
-                    with contextlib.suppress(NodeError, HostError, OSError):
-                        await client.request(MAbort, workload=workload, epoch=feed.epoch, standby=True)
-                await client.aclose()
-        feed.done.set()
+        await _end_feed(node, owned, feed, client)
     if not started:  # stopped (the workload moved or was removed) before the copy was complete
         raise MigrationError(f"the standby of {workload} on {target} was stopped before it was ready")
 
@@ -185,3 +173,102 @@ async def on_promote(node, session, req: MPromote) -> MCommitted:
     await _drop_staging(node, svc, req.workload)  # a copy the dead owner had begun to send
     logger.info("standby promoted", extra={"workload": req.workload, "epoch": req.epoch})
     return MCommitted(id=req.id, epoch=req.epoch)
+
+
+async def _forward(client, workload: str, feed: Standby, receive) -> None:
+    """Send the standby every operation the owner logs, in batches, until the feed is stopped or fails."""
+    room = client.peer_max_frame_bytes - _chunks.FRAME_OVERHEAD_BYTES
+    try:
+        async for first in receive:
+            for batch in batches([first, *_drain(receive)], room):
+                await client.request(MReplay, workload=workload, epoch=feed.epoch, entries=batch, standby=True)
+                feed.queued_bytes -= sum(entry_bytes(e) for e in batch)
+        feed.flushed = True
+    except (NodeError, HostError, OSError) as exc:
+        logger.warning("standby lost: %s", exc, extra={"workload": workload})
+    except Exception:  # a bug in this background task must not take the node down
+        logger.exception("standby feed failed", extra={"workload": workload})
+
+
+async def _end_feed(node, owned: Owned, feed: Standby, client) -> None:
+    """A feed's end: forget it, drop the standby's copy unless it must stay, close the link."""
+    if owned.standby is feed:
+        owned.standby = None
+    feed.send = None
+    with trio.CancelScope(shield=True), trio.move_on_after(2):
+        if client is not None:
+            # A node stopping with SIGTERM leaves the copy in place: it
+            # feeds the standby again after the restart, and the standby
+            # can take over if the node never comes back.
+            if not feed.flushed and owned.moved is None and not node.stopping:
+                with contextlib.suppress(NodeError, HostError, OSError):
+                    await client.request(MAbort, workload=owned.workload, epoch=feed.epoch, standby=True)
+            await client.aclose()
+    feed.done.set()
+
+
+# --- a move off the standby's node: its copy stays as the standby ----------------
+
+#: Seconds a new owner waits for the source of a move to hold its kept copy as a standby.
+KEPT_COPY_WAIT_S = 5.0
+
+
+async def keep_as_standby(node, svc, owned: Owned, epoch: int, new_owner: str, info, settings: dict) -> bool:
+    """After a commit, keep this node's copy as the new owner's hot standby at ``epoch``.
+
+    The node holds the workload's standby (its application said so with
+    ``MMigrate.keep_standby``), so the copy the move leaves here is the
+    standby: exact at the commit, aligned at the commit's operation, with
+    no copy sent.  Returns False (the copy is then removed as usual) if the
+    ownership table refuses.
+    """
+    event = Event(EventKind.KEEP_STANDBY, epoch)
+    try:
+        svc.ownership.check(owned.workload, event)
+    except OwnershipError as exc:
+        logger.warning("the copy of %s cannot stay as its standby: %s", owned.workload, exc)
+        return False
+    await node.run_host(ops.keep_as_standby, node.host, owned.workload)
+    svc.event(owned.workload, event)
+    svc.incoming[owned.workload] = Incoming(
+        owned.workload, info.module_sha256, info.app, epoch, new_owner, standby=True, created=True,
+        index=owned.index, ledger=CallLedger.from_wire(owned.ledger.to_wire()),
+        settings={"args": tuple(settings.get("args", ())), "env": dict(settings.get("env") or {}),
+                  "memory_limit_bytes": settings.get("memory_limit_bytes")})
+    logger.info("copy kept as the standby", extra={"workload": owned.workload, "epoch": epoch})
+    return True
+
+
+def feed_kept_copy(node, owned: Owned, target) -> None:
+    """Feed the standby the source of this move kept on ``target``: every operation from the first on.
+
+    Runs synchronously in the commit, before this node serves the
+    workload, so no operation misses the feed; the sending runs in the
+    background once the source says it holds the copy.
+    """
+    feed = owned.standby = Standby(target, owned.epoch + 1)
+    send, receive = trio.open_memory_channel(math.inf)  # bounded by STANDBY_BACKLOG_BYTES in forward()
+    feed.send = send
+    node.start_soon(_feed_kept, node, owned, feed, receive)
+
+
+async def _feed_kept(node, owned: Owned, feed: Standby, receive) -> None:
+    client = None
+    try:
+        with feed.scope:
+            try:
+                client = await node.connect_peer(feed.target)
+                with trio.fail_after(KEPT_COPY_WAIT_S):
+                    while True:  # the source converts its copy once it has seen MCommitted
+                        where = await client.request(MLocate, workload=owned.workload)
+                        if where.status == "incoming" and where.standby and where.epoch == feed.epoch:
+                            break
+                        await trio.sleep(0.01)
+            except (NodeError, HostError, OSError, trio.TooSlowError) as exc:
+                logger.warning("the kept standby copy on %s is not there: %s", feed.target, exc,
+                               extra={"workload": owned.workload})
+                return
+            logger.info("standby following its kept copy", extra={"workload": owned.workload, "peer": client.node})
+            await _forward(client, owned.workload, feed, receive)
+    finally:
+        await _end_feed(node, owned, feed, client)

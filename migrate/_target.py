@@ -24,21 +24,9 @@ from ._oplog import divergence, replayed_call
 from ._owner import _run
 from ._ownership import OWNING
 from ._ownership_events import Drop, Event, EventKind, OwnershipError, Peer
-from ._standby import _keep_standby
-from ._state import (
-    CHUNK_TURN_WAIT_S,
-    FIRST_CALL_POLL_S,
-    FIRST_CALL_WAIT_S,
-    Incoming,
-    MAX_CHUNKS_AHEAD,
-    MigrationService,
-    Owned,
-    _drop_incoming,
-    _drop_staging,
-    peer_address,
-    service,
-    staging_id,
-)
+from ._standby import _keep_standby, feed_kept_copy
+from ._state import (CHUNK_TURN_WAIT_S, FIRST_CALL_POLL_S, FIRST_CALL_WAIT_S, MAX_CHUNKS_AHEAD, Incoming,
+                     MigrationService, Owned, _drop_incoming, _drop_staging, peer_address, service, staging_id)
 
 logger = logging.getLogger(__name__)
 
@@ -316,6 +304,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
     """
     svc = service(node)
     standby = peer_address(req.standby, "standby") if req.standby else None  # before anything changes
+    standby = standby if standby != node.address else None
     inc = svc.incoming.get(req.workload)
     if (req.data or req.entries) and not req.from_standby:
         # The final round's last piece, or a dual handover's last calls, travel in the commit: apply them first.
@@ -366,11 +355,13 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         except OwnershipError as exc:
             return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
         del svc.incoming[req.workload]
+        if standby is not None and req.standby_kept:
+            feed_kept_copy(node, owned, standby)  # before any operation runs here
         await node.run_host(ops.take_over, node.host, req.workload, req.record, req.calls, req.monotonic_ns)
     await _drop_staging(node, svc, req.workload)
     await crash_point_async("target:after-commit")
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})
-    if standby is not None and standby != node.address:
+    if standby is not None and not req.standby_kept:
         node.start_soon(_keep_standby, node, owned, standby)
     return MCommitted(id=req.id, epoch=req.epoch)
 

@@ -335,3 +335,28 @@ async def test_standby_node_restarted_while_idle_then_owner_killed(node_procs, c
             await _wait_for_standby(c, "cloud-1", "edge-1", h.workload)
         await bench.steps(2)
         await bench.kill_and_take_over(edge, events, "cloud-1", before=4, after=6)
+
+
+async def test_a_move_off_the_standby_node_keeps_its_copy_as_the_standby(node_procs, cluster_tls):
+    """The soak's lost workload: failed over to its standby node, moved off it, owner killed at once.
+
+    The node that held the standby owned the workload, so it had no
+    standby; the copy the move leaves there is one (exact at the commit),
+    so the new owner is protected from its first call.  edge-2 dies if it
+    ever starts a fresh standby copy: the kept one must make that needless.
+    """
+    node_procs.start("edge-1", "edge")
+    node_procs.start("cloud-1", "cloud")
+    edge2 = node_procs.start("edge-2", "edge", env={"MIGRATE_NODE_CRASH_AT": "standby:copying"})
+    async with _connect(node_procs, cluster_tls) as c:
+        events = c.events()
+        bench = await Bench.start(c, on="edge-1", mode="standby", to="cloud-1", interval_s=0.1)
+        await bench.steps(4)
+        await bench.migrate("cloud-1")  # onto the standby node: it owns both now, with no standby
+        await bench.steps(4)
+        await bench.migrate("edge-2")
+        for h in (bench.kv, bench.counter):
+            copy = await _where(c, "cloud-1", h.workload)
+            assert (copy.status, copy.standby, copy.epoch) == ("incoming", True, h.epoch + 1)
+        await bench.kill_and_take_over(edge2, events, "cloud-1", before=4, after=6)
+        assert await _owners(c, ["edge-1", "cloud-1"], bench.kv.workload) == ["cloud-1"]

@@ -94,7 +94,8 @@ def _driven_pairs() -> set:
     """The transitions the explored worlds leave out, driven one node at a time."""
     for test in (test_spawn_and_remove, test_a_move_of_a_removed_workload_ends_quietly, test_a_restart_loads_over_a_tombstone,
                  test_a_stale_owner_is_replaced_by_a_newer_copy, test_a_standby_that_took_over_fences_off_the_restarted_owner,
-                 test_dropped_copies_and_staging, test_a_move_replaces_a_standby_copy):
+                 test_dropped_copies_and_staging, test_a_move_replaces_a_standby_copy,
+                 test_a_committed_copy_kept_as_the_new_owners_standby):
         test()
     return Recorder.pairs
 
@@ -196,6 +197,19 @@ def test_a_move_commits_with_the_clock_passed_in():
         m.handle("w", Event(E.COMMITTED, 3))  # not this move's epoch
     _, actions = run(Event(E.COMMITTED, 2), machine=m)
     assert m.state("w") is State.COMMITTED_ELSEWHERE and actions[:2] == (Redirect(move), Drop())
+
+
+def test_a_committed_copy_kept_as_the_new_owners_standby():
+    m, _ = run(Event(E.SPAWN), Event(E.BEGIN_MOVE, peer=T), Event(E.FREEZE, now=0.0), Event(E.COMMITTED, 2))
+    with pytest.raises(Refused) as stale:
+        m.handle("w", Event(E.KEEP_STANDBY, 2))  # the standby's epoch is above the new owner's
+    assert stale.value.reason is Refusal.STALE
+    _, actions = run(Event(E.KEEP_STANDBY, 3), machine=m)
+    record = m.record("w")
+    assert (record.state, record.epoch, record.forward) == (State.STANDBY, 3, Peer("T", "t:1", 2))
+    assert actions == ()  # still a tombstone to a restart: the copy is not persisted
+    _, actions = run(Event(E.PROMOTE, 4), machine=m)
+    assert (m.state("w"), m.epoch("w")) == (State.OWNED, 4) and actions[0] == Committed(4)
 
 
 def test_an_unanswered_commit_times_out_fenced():
