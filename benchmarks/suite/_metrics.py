@@ -1,7 +1,8 @@
 """What the suite computes from its measurements: pure functions, no I/O and no clock.
 
 * ``client_blackout``: the largest gap in a steady stream of calls while a
-  move runs, minus the stream's steady-state gap.
+  move runs, minus the stream's steady-state gap; and the handover gap, from
+  the last call the source served to the first the target served.
 * ``latency_stats``: p50, p99 and max of call latencies.
 * ``physical_floor``: the least blackout the link allows a move that
   stops the source: the final dirty bytes divided by the bandwidth, plus
@@ -22,6 +23,7 @@ class CallSample:
 
     started_s: float
     finished_s: float
+    node: str = ""  # the node that served it ("" when not known)
 
     @property
     def latency_s(self) -> float:
@@ -40,12 +42,18 @@ class ClientBlackout:
     ``largest_gap_started_s`` is when the largest gap began, from the
     start of the move (negative if before it; None without such a gap):
     it tells a freeze at the end of a move from a stall at its start.
+    ``handover_s`` is the switch as the client saw it: from the last
+    completion of a call the source served to the first of one the target
+    served (redirects included), minus the steady gap; the figure a node's
+    report gives as its client blackout.  None when the calls do not say
+    which node served them or no call completed on one side.
     """
 
     largest_gap_s: float
     steady_gap_s: float
     blackout_s: float
     largest_gap_started_s: float | None = None
+    handover_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,8 @@ def latency_stats(latencies_s: Sequence[float]) -> LatencyStats | None:
                         p99_s=percentile(latencies_s, 0.99), max_s=max(latencies_s))
 
 
-def client_blackout(calls: Sequence[CallSample], move_started_s: float, move_ended_s: float) -> ClientBlackout:
+def client_blackout(calls: Sequence[CallSample], move_started_s: float, move_ended_s: float, *,
+                    source: str = "", target: str = "") -> ClientBlackout:
     """The blackout a client streaming ``calls`` saw during a move from ``move_started_s`` to ``move_ended_s``.
 
     Gaps are measured between consecutive completions.  A gap counts as
@@ -110,7 +119,19 @@ def client_blackout(calls: Sequence[CallSample], move_started_s: float, move_end
             largest, largest_at = gap, prev - move_started_s
     steady = max((statistics.median(g) for g in (before, after) if g), default=0.0)
     return ClientBlackout(largest_gap_s=largest, steady_gap_s=steady, blackout_s=max(0.0, largest - steady),
-                          largest_gap_started_s=largest_at)
+                          largest_gap_started_s=largest_at, handover_s=_handover(calls, source, target, steady))
+
+
+def _handover(calls: Sequence[CallSample], source: str, target: str, steady: float) -> float | None:
+    """The gap from the source's last completed call to the target's first, less ``steady``; or None."""
+    if not source or not target:
+        return None
+    at_source = [c.finished_s for c in calls if c.node == source]
+    at_target = [c.finished_s for c in calls if c.node == target]
+    if not at_source or not at_target:
+        return None
+    last, first = max(at_source), min(at_target)
+    return max(0.0, first - last - steady) if first > last else None
 
 
 def calls_during(calls: Sequence[CallSample], move_started_s: float, move_ended_s: float) -> list[CallSample]:

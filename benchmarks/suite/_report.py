@@ -56,13 +56,18 @@ def headline_label(data: dict) -> str | None:
     return None
 
 
+def _at(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds:.2f}"
+
+
 def _row_cells(r: dict) -> list[str]:
     if r["error"]:
         text = " ".join(r["error"].replace("|", "/").split())
-        return [text if text.startswith("not run") else f"failed: {text}"] + [""] * 11
+        return [text if text.startswith("not run") else f"failed: {text}"] + [""] * 13
     during, steady, client = r["latency_during"], r["latency_steady"], r["client"]
     return [
-        _ms(client["blackout_s"]), _ms(r["floor"]["floor_s"], 2), _x(r["blackout_to_floor"]),
+        _ms(client["blackout_s"]), _at(client.get("largest_gap_started_s")), _ms(client.get("handover_s")),
+        _ms(r["floor"]["floor_s"], 2), _x(r["blackout_to_floor"]),
         _ms(r["node_blackout_s"]), _ms(r["frozen_s"]),
         "/".join(_ms(during and during[k]) for k in ("p50_s", "p99_s", "max_s")),
         "/".join(_ms(steady and steady[k]) for k in ("p50_s", "p99_s")),
@@ -70,7 +75,7 @@ def _row_cells(r: dict) -> list[str]:
     ]
 
 
-_HEADER = ("| client blackout ms | floor ms | × floor | node blackout ms | frozen ms | call p50/p99/max during ms "
+_HEADER = ("| client blackout ms | at s | client handover ms | floor ms | × floor | node blackout ms | frozen ms | call p50/p99/max during ms "
            "| steady p50/p99 ms | total s | rounds | MiB sent | final MiB | state exact |")
 
 
@@ -102,7 +107,7 @@ def markdown(data: dict) -> str:
     label = headline_label(data)
     if label:
         out += ["", f"## Headline: {label}, edge-1 → cloud-1", "",
-                "| link | strategy " + _HEADER, "|---|---" + "|---" * 12 + "|"]
+                "| link | strategy " + _HEADER, "|---|---" + "|---" * 14 + "|"]
         for r in data["results"]:
             if r["label"] == label:
                 out.append(f"| {r['link']} | {r['strategy']} | " + " | ".join(_row_cells(r)) + " |")
@@ -113,7 +118,10 @@ def markdown(data: dict) -> str:
             f"before the move, during it and {cfg['tail_s']:g} s after.",
             "- **Client blackout**: the largest gap between two call completions that overlaps the move, minus "
             "the steady gap (the larger of the median gaps before and after the move, since the path to "
-            "cloud-1 may be longer). **Node blackout**: the client blackout as the nodes' report estimates it, "
+            "cloud-1 may be longer); **at**: when that gap began, in seconds from the start of the move "
+            "(a stall early in the move is not the switch). **Client handover**: the switch as the client "
+            "saw it, from the last completion of a call edge-1 served to the first of one cloud-1 served "
+            "(redirects included), minus the steady gap. **Node blackout**: the client blackout as the nodes' report estimates it, "
             "from the last call the source served before freezing to the first call cloud-1 served after the "
             "commit (one one-way latency too long; n/a when no call waited at the commit). **Frozen**: how long "
             "the source held calls. **Final MiB**: the snapshot bytes sent while it held them.",
@@ -129,7 +137,7 @@ def markdown(data: dict) -> str:
             "- **Total**: the node's migration time. **Rounds** and **MiB sent**: snapshot rounds and bytes on "
             "the wire (compressed). **State exact**: after the move the workload's own counters match every "
             "call the client made, exactly once.",
-            "", "## Every move", "", "| link | workload | strategy " + _HEADER, "|---|---|---" + "|---" * 12 + "|"]
+            "", "## Every move", "", "| link | workload | strategy " + _HEADER, "|---|---|---" + "|---" * 14 + "|"]
     for r in data["results"]:
         out.append(f"| {r['link']} | {r['label']} | {r['strategy']} | " + " | ".join(_row_cells(r)) + " |")
     sizes = snapshot_sizes(data)

@@ -167,7 +167,7 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
                 started = trio.current_time()
                 dirtied.append(await driver.tick(h, started - t0))
                 finished = trio.current_time()
-                calls.append(CallSample(started, finished))
+                calls.append(CallSample(started, finished, h.node))
                 next_at = max(next_at + cfg.call_interval_s, finished)
                 await trio.sleep_until(next_at)
         except MOVE_ERRORS as exc:
@@ -211,7 +211,7 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
 
     steady = [c for c in calls if c.finished_s < began][1:]  # the first call pays for warming up
     dirty_rate = sum(d for c, d in zip(calls, dirtied) if c.finished_s < began) / (began - t0)
-    client = client_blackout(calls, began, ended)
+    client = client_blackout(calls, began, ended, source=SOURCE, target=TARGET)
     floor = physical_floor(dirty_bytes_per_s=dirty_rate, rtt_s=figures.rtt_s,
                            bandwidth_bytes_per_s=figures.bandwidth_bytes_per_s)
     return dataclasses.replace(
@@ -248,7 +248,8 @@ class Progress:
             self.say(f"{row.link} {row.label} {row.strategy}: FAILED {row.error}")
             return
         self.say(f"{row.link} {row.label} {row.strategy}: client blackout {row.client.blackout_s * 1e3:.1f} ms "
-                 f"(node {_ms_or_na(row.node_blackout_s)}, frozen {row.frozen_s * 1e3:.1f} ms, "
+                 f"(handover {_ms_or_na(row.client.handover_s)}, node {_ms_or_na(row.node_blackout_s)}, "
+                 f"frozen {row.frozen_s * 1e3:.1f} ms, "
                  f"{row.blackout_to_floor:.1f}x floor), "
                  f"total {row.total_s:.2f} s, {row.rounds} rounds")
 
