@@ -44,9 +44,10 @@ class ClientBlackout:
     it tells a freeze at the end of a move from a stall at its start.
     ``handover_s`` is the switch as the client saw it: from the last
     completion of a call the source served to the first of one the target
-    served (redirects included), minus the steady gap; the figure a node's
-    report gives as its client blackout.  None when the calls do not say
-    which node served them or no call completed on one side.
+    served (redirects included), as a node's report measures its client
+    blackout (so the steady gap is not taken off: an undisturbed stream has
+    one call period there).  None when the calls do not say which node
+    served them or no call completed on one side.
     """
 
     largest_gap_s: float
@@ -119,11 +120,11 @@ def client_blackout(calls: Sequence[CallSample], move_started_s: float, move_end
             largest, largest_at = gap, prev - move_started_s
     steady = max((statistics.median(g) for g in (before, after) if g), default=0.0)
     return ClientBlackout(largest_gap_s=largest, steady_gap_s=steady, blackout_s=max(0.0, largest - steady),
-                          largest_gap_started_s=largest_at, handover_s=_handover(calls, source, target, steady))
+                          largest_gap_started_s=largest_at, handover_s=_handover(calls, source, target))
 
 
-def _handover(calls: Sequence[CallSample], source: str, target: str, steady: float) -> float | None:
-    """The gap from the source's last completed call to the target's first, less ``steady``; or None."""
+def _handover(calls: Sequence[CallSample], source: str, target: str) -> float | None:
+    """The gap from the source's last completed call to the target's first; or None."""
     if not source or not target:
         return None
     at_source = [c.finished_s for c in calls if c.node == source]
@@ -131,7 +132,7 @@ def _handover(calls: Sequence[CallSample], source: str, target: str, steady: flo
     if not at_source or not at_target:
         return None
     last, first = max(at_source), min(at_target)
-    return max(0.0, first - last - steady) if first > last else None
+    return first - last if first > last else None
 
 
 def calls_during(calls: Sequence[CallSample], move_started_s: float, move_ended_s: float) -> list[CallSample]:

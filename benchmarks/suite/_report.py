@@ -121,7 +121,7 @@ def markdown(data: dict) -> str:
             "cloud-1 may be longer); **at**: when that gap began, in seconds from the start of the move "
             "(a stall early in the move is not the switch). **Client handover**: the switch as the client "
             "saw it, from the last completion of a call edge-1 served to the first of one cloud-1 served "
-            "(redirects included), minus the steady gap. **Node blackout**: the client blackout as the nodes' report estimates it, "
+            "(redirects included), not less the steady gap, as the node measures its own. **Node blackout**: the client blackout as the nodes' report estimates it, "
             "from the last call the source served before freezing to the first call cloud-1 served after the "
             "commit (one one-way latency too long; n/a when no call waited at the commit). **Frozen**: how long "
             "the source held calls. **Final MiB**: the snapshot bytes sent while it held them.",
