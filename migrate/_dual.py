@@ -95,7 +95,7 @@ class DualExecution:
             self.notes.append(f"diverged ({exc}); fell back to precopy")
             logger.warning("dual handover diverged, falling back to pre-copy: %s", exc,
                            extra={"workload": self.workload})
-            await self._incoming(client, info)
+            self._first = await self._first_capture_while(self._incoming, client, info)
             return await self._precopy(client, target_name)
         finally:
             owned.follow = None

@@ -25,13 +25,13 @@ from nodes import (
 
 from . import _hostops as ops
 from ._codes import MigrationCode
-from ._messages import MAbort, MCommit, MIncoming, MLocate, MMigrate, MigrationReport, MReport
+from ._messages import MAbort, MCommit, MLocate, MMigrate, MigrationReport, MReport
 from ._dual import DualExecution
 from ._ownership import State
 from ._ownership_events import Abort, Event, EventKind, OwnershipError, Peer
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
 from ._standby import _keep_standby, _stop_standby, keep_as_standby
-from ._transfer import Transfer, _fits_commit
+from ._transfer import Transfer, _fits_commit, free_in_thread
 from ._state import (
     HANDOVER_FLUSH_S,
     MigrationError,
@@ -100,6 +100,7 @@ class Migration(DualExecution, Transfer):
         self.notes: list[str] = []
         self.settings: dict = {}  # the workload's launch settings, for MIncoming
         self.info = None  # the workload's host info (module, app), once the move describes it
+        self._first = None  # the first round's full copy, until it is sent
         self.keep = False  # this node's copy stays as the standby after the commit (MMigrate.keep_standby)
         self.planner = PrecopyPlanner(PrecopyConfig(downtime_budget_s=req.downtime_budget_s,
                                                     max_rounds=max(1, req.max_rounds)))
@@ -152,20 +153,13 @@ class Migration(DualExecution, Transfer):
         """Copy the workload to the target with the requested strategy and commit."""
         info, module, self.settings = await self.node.run_host(ops.describe, self.node.host, self.workload)
         self.info = info
-        await client.ensure_module(module)
-        await crash_point_async("source:before-incoming")
-        await self._incoming(client, info)
         if self.req.strategy == "stop-copy":
+            await self._ready_target(client, module, info)
             return await self._stop_and_copy(client, target_name)
+        self._first = await self._first_capture_while(self._ready_target, client, module, info)
         if self.req.strategy == "dual":
             return await self._dual(client, target_name, info)
         return await self._precopy(client, target_name)
-
-    async def _incoming(self, client, info) -> None:
-        """Have the target get ready for a fresh copy; its chunks are numbered from 0."""
-        await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
-                             app=info.app, epoch=self.epoch, source=self.node.config.name, **self.settings)
-        self.chunks_sent = 0
 
     async def _standby_handover(self, client, target_name: str, feed: Standby) -> bool:
         """Move onto the node that holds the hot standby: commit the standby's copy.
@@ -205,8 +199,7 @@ class Migration(DualExecution, Transfer):
         The last delta, captured while running, is sent too; what changed
         after it is left for the caller's final, frozen round.
         """
-        self.planner.start(self.clock())
-        full = [await self._capture(ops.start_tracking, self.node.host, self.workload)]
+        full, self._first = [self._first], None  # taken while the target got ready
         sent_before = self.bytes_sent
         took = await self._send(client, full[0])
         last_pages, last_bytes = full[0].page_count, self.bytes_sent - sent_before
@@ -361,13 +354,3 @@ class Migration(DualExecution, Transfer):
                     pass
         raise MigrationError(f"migration of {self.workload} to {self.target} aborted ({why}); "
                              f"it keeps running on {self.node.config.name}")
-
-
-async def free_in_thread(holder: list) -> None:
-    """Empty ``holder``, the only reference to a snapshot, in a worker thread.
-
-    A full capture's memory is in anonymous mmaps; unmapping them took 13 to
-    17 ms for 256 MiB and 55 to 73 ms for 1 GiB, a stall of the event loop
-    (every call waits) when the snapshot was dropped there.
-    """
-    await trio.to_thread.run_sync(holder.clear)
