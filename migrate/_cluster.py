@@ -270,9 +270,8 @@ class Cluster:
 
     def standby_here(self, handle: Handle) -> bool:
         """True if the workload runs on its own hot-standby node: a move off it keeps its copy as the standby."""
-        protector = self._protectors.get(handle.workload)
-        return (protector is not None and protector.protection.mode == "standby"
-                and self.address_of(protector.protection.to) == handle._address)
+        p = self._protectors.get(handle.workload)
+        return p is not None and p.protection.mode == "standby" and self.address_of(p.protection.to) == handle._address
 
     def protection(self, workload: str) -> ProtectionStatus | None:
         """How this application protects ``workload`` now; None if it does not."""
