@@ -151,9 +151,9 @@ class MigrationReport:
     served before the freeze to the first call the target served after
     the commit, the redirect of the queued calls included.  It is
     estimated as (the commit's reply received - the last call served, by
-    the source's clock) + (the target's first call - its commit, by the
-    target's clock), so it counts one one-way latency too many (the
-    commit reply's trip).  It is None, with a note saying why, when no
+    the source's clock) + (the target's first call - its reply to the
+    commit, by the target's clock), so it counts one one-way latency too
+    many (the commit reply's trip).  It is None, with a note saying why, when no
     call was waiting at the source when it committed (a client between
     calls saw no gap beyond its own) or none reached the target within
     ``_state.FIRST_CALL_WAIT_S`` (1 s).

@@ -104,7 +104,7 @@ class Owned:
     checkpoints: "collections.OrderedDict[str, PendingCheckpoint]" = field(
         default_factory=collections.OrderedDict)
     resume_standby: "Address | None" = None  # fed before a restart: feed it again once serving
-    committed_s: float | None = None  # when (time.perf_counter) a move's commit made this node the owner
+    committed_s: float | None = None  # when (time.perf_counter) this node answered a move's commit
 
     def forward(self, entry: dict | None) -> None:
         """Hand a logged operation to the dual-execution follower and the standby, if any."""

@@ -348,7 +348,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
             return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                               message=f"the incoming copy of {req.workload} was replaced")
         owned = Owned(req.workload, epoch=req.epoch, ledger=ledger, index=max(req.index, inc.index),
-                      record=req.record, committed_s=time.perf_counter())
+                      record=req.record)
         kind = EventKind.COMMIT_STANDBY if req.from_standby else EventKind.COMMIT
         try:
             svc.event(req.workload, Event(kind, req.epoch), owner=owned)
@@ -363,6 +363,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})
     if standby is not None and not req.standby_kept:
         node.start_soon(_keep_standby, node, owned, standby)
+    owned.committed_s = time.perf_counter()  # the reply leaves now: no handle knows this node before
     return MCommitted(id=req.id, epoch=req.epoch)
 
 
