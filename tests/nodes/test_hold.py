@@ -68,6 +68,22 @@ def _writing(host, wid, stop: threading.Event, failures: list) -> threading.Thre
     return thread
 
 
+def _rebuild_exactly(host, held, base, deltas, tmp_path) -> None:
+    """Pause, take the final round, and check ``base`` plus the rounds rebuild the workload exactly elsewhere."""
+    wid = held.workload_id
+    held.pause()
+    final = held.capture_delta(consistent=False)
+    with Host(tmp_path / "target", limits=FAST) as target:
+        sha = target.add_module(host.module_bytes(host.info(wid).module_sha256))
+        target.restore(sha, base, workload_id=wid, **held.launch_settings())
+        copy = target.hold(wid)
+        for delta in [*deltas, final]:
+            copy.apply(delta)
+        assert copy.state_hash() == held.state_hash()
+        held.resume()
+        assert target.call(wid, "dt_checksum") == host.call(wid, "dt_checksum")
+
+
 def test_rounds_copied_while_calls_write_then_a_frozen_round_restore_exactly(host, tmp_path):
     """Pre-copy rounds whose pages are copied while another thread's calls write them.
 
@@ -88,17 +104,7 @@ def test_rounds_copied_while_calls_write_then_a_frozen_round_restore_exactly(hos
         stop.set()
         writer.join()
     assert not failures
-    held.pause()
-    final = held.capture_delta(consistent=False)
-    with Host(tmp_path / "target", limits=FAST) as target:
-        sha = target.add_module(host.module_bytes(host.info(wid).module_sha256))
-        target.restore(sha, base, workload_id=wid, **held.launch_settings())
-        copy = target.hold(wid)
-        for delta in [*deltas, final]:
-            copy.apply(delta)
-        assert copy.state_hash() == held.state_hash()
-        held.resume()
-        assert target.call(wid, "dt_checksum") == host.call(wid, "dt_checksum")
+    _rebuild_exactly(host, held, base, deltas, tmp_path)
 
 
 def test_remove_waits_for_a_copy_running_outside_the_lock(host):
@@ -228,17 +234,7 @@ def test_tracking_started_while_calls_write_and_grow_the_memory_restores_exactly
         stop.set()
         writer.join()
     assert not failures and calls[0] > during
-    held.pause()
-    final = held.capture_delta(consistent=False)
-    with Host(tmp_path / "target", limits=FAST) as target:
-        sha = target.add_module(host.module_bytes(host.info(wid).module_sha256))
-        target.restore(sha, base, workload_id=wid, **held.launch_settings())
-        copy = target.hold(wid)
-        for delta in [*deltas, final]:
-            copy.apply(delta)
-        assert copy.state_hash() == held.state_hash()
-        held.resume()
-        assert target.call(wid, "dt_checksum") == host.call(wid, "dt_checksum")
+    _rebuild_exactly(host, held, base, deltas, tmp_path)
     held.stop_tracking()
 
 
