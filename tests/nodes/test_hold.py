@@ -6,6 +6,7 @@ import sys
 import threading
 
 import pytest
+import wasmtime
 
 from nodes import Host, HostClosed, SnapshotFailed, UnknownWorkload, _switching
 
@@ -250,3 +251,19 @@ def test_tracking_started_twice_keeps_one_tracker(host):
     assert 5 <= held.capture_delta().page_count <= 5 + 8
     held.stop_tracking()
     assert _switching.moves_in_flight() == 0
+
+
+def test_tracking_a_memory_that_may_move_holds_it_and_restores_exactly(tmp_path):
+    """A caller's engine may move a memory when it grows: the tracker is armed and the first round
+    copied holding the workload; the chain still rebuilds it exactly."""
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    with Host(tmp_path / "node", limits=FAST, engine=wasmtime.Engine(config), engine_fingerprint="mine") as host:
+        wid = deploy(host, "dirtier")
+        host.call(wid, "dt_init", [4])
+        held = host.hold(wid)
+        assert not held._w.memory_fixed
+        base = held.start_tracking()
+        host.call(wid, "dt_init", [9])  # a larger region: the memory grows
+        host.call(wid, "dt_dirty", [30, 5])
+        _rebuild_exactly(host, held, base, [held.capture_delta(consistent=False)], tmp_path)
