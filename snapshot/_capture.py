@@ -16,7 +16,7 @@ import os
 import wasmtime
 
 from ._instance import Layout, layout, memory_view, read_globals, read_tables, record_state_id
-from ._pages import PAGE_BYTES, PageRun, nonzero_blocks, nonzero_blocks_at, page_ranges
+from ._pages import PAGE_BYTES, PageRun, nonzero_blocks, page_ranges
 from ._snapshot import Snapshot
 from ._state import MemoryState
 
@@ -73,10 +73,9 @@ def copy_nonzero(address: int, size: int) -> tuple[PageRun, ...]:
     """Copy out the 64 KiB blocks that are not all zero of ``size`` bytes at ``address``.
 
     Finding them in place and copying only those beats filling a cold
-    allocation the size of the memory.  Neither the scan nor the copy holds
-    the GIL while it reads the memory.
+    allocation the size of the memory.
     """
-    return copy_runs(address, nonzero_blocks_at(address, size))
+    return copy_runs(address, nonzero_blocks((ctypes.c_char * size).from_address(address)) if size else [])
 
 
 def _snapshot_of(store: wasmtime.Store, instance: wasmtime.Instance, lay: Layout, memories: list[MemoryState],

@@ -9,7 +9,6 @@ memcmp and look at single pages only inside blocks that are not all zero.
 
 from __future__ import annotations
 
-import ctypes
 from typing import NamedTuple
 
 PAGE_BYTES = 4096  # the OS page size on x86-64, the unit of dirty tracking
@@ -89,6 +88,7 @@ def nonzero_blocks(buf) -> list[tuple[int, int]]:
     One memcmp per 64 KiB keeps a capture at memcpy speed; the encoder then
     leaves out the zero 4 KiB pages inside these ranges.
     """
+    out: list[tuple[int, int]] = []
     if isinstance(buf, (bytes, bytearray)):
         starts = buf.startswith
         n = len(buf)
@@ -102,34 +102,6 @@ def nonzero_blocks(buf) -> list[tuple[int, int]]:
 
         def zero(off: int) -> bool:
             return block_zero(view[off:off + WASM_PAGE_BYTES])
-    return _block_ranges(n, zero)
-
-
-_memcmp = ctypes.CDLL(None).memcmp
-_memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-_memcmp.restype = ctypes.c_int
-_ZERO_BLOCK_BUFFER = ctypes.create_string_buffer(WASM_PAGE_BYTES)  # stays zero: nothing writes it
-_ZERO_BLOCK_AT = ctypes.addressof(_ZERO_BLOCK_BUFFER)
-
-
-def nonzero_blocks_at(address: int, size: int) -> list[tuple[int, int]]:
-    """``nonzero_blocks`` of the ``size`` bytes at ``address`` (live memory), comparing without the GIL.
-
-    Each 64 KiB block is compared with libc memcmp through ctypes, which
-    lets go of the GIL while it compares, so other threads (a node's event
-    loop) run meanwhile.  As fast as ``bytes.startswith`` over memoryview
-    slices, which holds the GIL: 15 to 17 ms per 256 MiB, 23 to 44 ms per
-    GiB (10% and 40% of the pages not zero, median of 3 each, this machine).
-    The memory must stay mapped until it returns.
-    """
-    def zero(off: int) -> bool:
-        return _memcmp(address + off, _ZERO_BLOCK_AT, min(WASM_PAGE_BYTES, size - off)) == 0
-    return _block_ranges(size, zero)
-
-
-def _block_ranges(n: int, zero) -> list[tuple[int, int]]:
-    """Page ranges covering the 64 KiB blocks of ``n`` bytes for which ``zero(offset)`` is false."""
-    out: list[tuple[int, int]] = []
     run_start = -1
     for block, off in enumerate(range(0, n, WASM_PAGE_BYTES)):
         if zero(off):

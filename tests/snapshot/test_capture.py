@@ -1,6 +1,5 @@
 """Capture and restore: every value type and edge case, byte for byte."""
 
-import ctypes
 import struct
 import subprocess
 import sys
@@ -8,12 +7,9 @@ import textwrap
 
 import pytest
 import wasmtime
-from hypothesis import given, settings, strategies as st
 
 import snapshot
 import workloads
-from snapshot._capture import copy_nonzero
-from snapshot._pages import nonzero_blocks, nonzero_blocks_at
 
 EDGE = r"""
 (module
@@ -340,22 +336,3 @@ def test_every_edge_case_round_trips_across_processes(live):
     assert target("f32bits") & 0xFFFFFFFF == 0x7FA00001
     assert target("call", 2) == 11 and target("callfr") == 33
     assert (target.memory(0), target.memory(1)) == (w.memory(0), w.memory(1))
-
-
-@settings(max_examples=200, deadline=None)
-@given(size=st.integers(0, 5 * 65536 + 4096 * 3 + 17).map(lambda n: n - n % 8),
-       marks=st.lists(st.tuples(st.integers(0, 5 * 65536 + 4096 * 3), st.integers(1, 255)), max_size=12))
-def test_copying_the_nonzero_blocks_without_the_gil_gives_what_the_startswith_scan_gave(size, marks):
-    """``copy_nonzero`` scans live memory with memcmp (GIL released); its runs, and their bytes, are
-    those of ``nonzero_blocks`` over the same bytes (the scan it replaced), whatever the size and
-    wherever non-zero bytes lie, a partial last block included."""
-    buf = bytearray(-(-size // 4096) * 4096 or 1)  # whole pages: a run's last page is copied whole
-    for offset, value in marks:
-        if offset < size:
-            buf[offset] = value
-    address = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
-    ranges = nonzero_blocks((ctypes.c_char * size).from_buffer(buf))
-    assert nonzero_blocks_at(address, size) == ranges == nonzero_blocks(bytes(buf[:size]))
-    runs = copy_nonzero(address, size)
-    assert [(r.first_page, r.end_page) for r in runs] == ranges
-    assert [bytes(r.data) for r in runs] == [bytes(buf[a * 4096:b * 4096]) for a, b in ranges]
