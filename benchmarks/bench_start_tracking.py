@@ -14,6 +14,12 @@ The reference, in the same run, is both threads' largest gaps over an
 equally long stretch without a move.  Repeated (median reported), each
 ``start_tracking`` followed by ``stop_tracking``.
 Run ``python -m benchmarks.bench_start_tracking [--mib 256 1024] [--repeats 5]``.
+
+Measured on a 2-core x86-64 (load about 1), two runs of 3 each, interleaved
+with the code before the tracker was armed outside the hold: the caller's
+largest gap went from 10.9-15.6 ms to 2.5-6.1 ms at 256 MiB and from
+25.5-40.3 ms to 2.7-10.5 ms at 1 GiB (reference 0.2-1.1 ms); the ticker's
+stayed 4.4-10.6 ms (reference 0.6-6.0 ms).
 """
 
 from __future__ import annotations
