@@ -99,6 +99,11 @@ class _Extent:
         return memoryview(raw).cast("B")
 
 
+def extent_of(memory: wasmtime.Memory, store: wasmtime.Storelike) -> _Extent:
+    """Where ``memory`` lies now: pass it to ``open_tracker`` to arm a tracker without the store."""
+    return _Extent.of(memory, store)
+
+
 def _grown_pages(old: _Extent, new: _Extent) -> range:
     """Pages that hold bytes added by growth from ``old`` to ``new``."""
     if new.length_bytes == old.length_bytes:
@@ -119,9 +124,12 @@ class _Tracker(abc.ABC):
 
     page_size = PAGE_BYTES
 
-    def __init__(self, store: wasmtime.Storelike, memory: wasmtime.Memory) -> None:
+    def __init__(self, store: wasmtime.Storelike | None, memory: wasmtime.Memory,
+                 extent: _Extent | None = None) -> None:
+        # Given ``extent`` (read earlier, holding the store), the store is not
+        # touched: the tracker can be armed while other threads run guest code.
         self._memory = memory
-        self._extent = _Extent.of(memory, store)
+        self._extent = extent if extent is not None else _Extent.of(memory, store)
         self._closed = False
 
     def collect(self, store: wasmtime.Storelike) -> array:
@@ -170,8 +178,8 @@ class _Tracker(abc.ABC):
 class UffdDirtyTracker(_Tracker):
     """Reports the pages written, from the kernel's write-protect bits (Linux 6.7+, x86-64)."""
 
-    def __init__(self, store: wasmtime.Storelike, memory: wasmtime.Memory, *,
-                 regions_per_scan: int = 1024) -> None:
+    def __init__(self, store: wasmtime.Storelike | None, memory: wasmtime.Memory, *,
+                 regions_per_scan: int = 1024, extent: _Extent | None = None) -> None:
         """Write-protect the whole memory; writes from now on are tracked.
 
         ``regions_per_scan`` sizes the reusable page_region vector (24 bytes
@@ -185,7 +193,7 @@ class UffdDirtyTracker(_Tracker):
             raise DirtyTrackingError(reason)
         if regions_per_scan < 1:
             raise DirtyTrackingError(f"regions_per_scan must be at least 1, not {regions_per_scan}")
-        super().__init__(store, memory)
+        super().__init__(store, memory, extent)
         self._regions_per_scan = regions_per_scan
         self._watch: WriteWatch | None = None
         self._watch_all(self._extent)
@@ -260,9 +268,10 @@ class CompareDirtyTracker(_Tracker):
     The shadow costs as much memory as the tracked memory.
     """
 
-    def __init__(self, store: wasmtime.Storelike, memory: wasmtime.Memory) -> None:
+    def __init__(self, store: wasmtime.Storelike | None, memory: wasmtime.Memory, *,
+                 extent: _Extent | None = None) -> None:
         """Copy the memory into the shadow; changes from now on are tracked."""
-        super().__init__(store, memory)
+        super().__init__(store, memory, extent)
         self._shadow = bytearray(self._extent.view())
 
     def _collect(self, old: _Extent, new: _Extent) -> array:
@@ -287,24 +296,28 @@ class CompareDirtyTracker(_Tracker):
         super().close()
 
 
-def open_tracker(store: wasmtime.Storelike, memory: wasmtime.Memory, *,
-                 backend: str = "auto") -> DirtyTracker:
+def open_tracker(store: wasmtime.Storelike | None, memory: wasmtime.Memory, *,
+                 backend: str = "auto", extent: _Extent | None = None) -> DirtyTracker:
     """Start tracking the dirty pages of ``memory``; writes from now on are reported.
 
     ``backend`` is "uffd", "compare", or "auto": uffd if it works here (and
-    on this memory), otherwise compare.
+    on this memory), otherwise compare.  Given ``extent`` (``extent_of``
+    read earlier, holding the store), the store is not used: arming can run
+    while guest code runs, if the memory neither moves nor is freed meanwhile;
+    the first ``reset`` or ``collect``, holding the store, then arms what
+    grew since and forgets the writes made while arming.
     Raises DirtyTrackingError for an unknown backend or when the chosen
     backend cannot be set up.
     """
     if backend == "uffd":
-        return UffdDirtyTracker(store, memory)
+        return UffdDirtyTracker(store, memory, extent=extent)
     if backend == "compare":
-        return CompareDirtyTracker(store, memory)
+        return CompareDirtyTracker(store, memory, extent=extent)
     if backend != "auto":
         raise DirtyTrackingError(f"unknown backend {backend!r}; use 'auto', 'uffd' or 'compare'")
     if uffd_available():
         try:
-            return UffdDirtyTracker(store, memory)
+            return UffdDirtyTracker(store, memory, extent=extent)
         except DirtyTrackingError as exc:
             logger.warning("falling back to the compare backend: %s", exc)
-    return CompareDirtyTracker(store, memory)
+    return CompareDirtyTracker(store, memory, extent=extent)

@@ -6,6 +6,7 @@ import sys
 import threading
 
 import pytest
+import wasmtime
 
 from nodes import Host, HostClosed, SnapshotFailed, UnknownWorkload, _switching
 
@@ -68,6 +69,22 @@ def _writing(host, wid, stop: threading.Event, failures: list) -> threading.Thre
     return thread
 
 
+def _rebuild_exactly(host, held, base, deltas, tmp_path) -> None:
+    """Pause, take the final round, and check ``base`` plus the rounds rebuild the workload exactly elsewhere."""
+    wid = held.workload_id
+    held.pause()
+    final = held.capture_delta(consistent=False)
+    with Host(tmp_path / "target", limits=FAST) as target:
+        sha = target.add_module(host.module_bytes(host.info(wid).module_sha256))
+        target.restore(sha, base, workload_id=wid, **held.launch_settings())
+        copy = target.hold(wid)
+        for delta in [*deltas, final]:
+            copy.apply(delta)
+        assert copy.state_hash() == held.state_hash()
+        held.resume()
+        assert target.call(wid, "dt_checksum") == host.call(wid, "dt_checksum")
+
+
 def test_rounds_copied_while_calls_write_then_a_frozen_round_restore_exactly(host, tmp_path):
     """Pre-copy rounds whose pages are copied while another thread's calls write them.
 
@@ -88,17 +105,7 @@ def test_rounds_copied_while_calls_write_then_a_frozen_round_restore_exactly(hos
         stop.set()
         writer.join()
     assert not failures
-    held.pause()
-    final = held.capture_delta(consistent=False)
-    with Host(tmp_path / "target", limits=FAST) as target:
-        sha = target.add_module(host.module_bytes(host.info(wid).module_sha256))
-        target.restore(sha, base, workload_id=wid, **held.launch_settings())
-        copy = target.hold(wid)
-        for delta in [*deltas, final]:
-            copy.apply(delta)
-        assert copy.state_hash() == held.state_hash()
-        held.resume()
-        assert target.call(wid, "dt_checksum") == host.call(wid, "dt_checksum")
+    _rebuild_exactly(host, held, base, deltas, tmp_path)
 
 
 def test_remove_waits_for_a_copy_running_outside_the_lock(host):
@@ -192,3 +199,71 @@ def test_the_switch_interval_is_short_while_tracking_and_restored_after_overlapp
     host.remove(second)  # a removed workload's tracking ends with it
     assert sys.getswitchinterval() == before
     assert _switching.moves_in_flight() == 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tracking_started_while_calls_write_and_grow_the_memory_restores_exactly(host, tmp_path, seed):
+    """The tracker is armed and the first round copied while another thread's calls write pages and
+    grow the memory (``dt_init`` of a larger region mallocs, so ``memory.grow``); deltas, then one
+    taken paused, rebuild the workload exactly."""
+    wid = deploy(host, "dirtier")
+    host.call(wid, "dt_init", [8])
+    held = host.hold(wid)
+    stop, calls, failures = threading.Event(), [0], []
+
+    def run() -> None:
+        mib = 8
+        while not stop.is_set():
+            try:
+                if calls[0] % 7 == seed:
+                    mib += 3
+                    host.call(wid, "dt_init", [mib])
+                host.call(wid, "dt_dirty", [16, calls[0] * 3 + seed])
+            except BaseException as exc:  # noqa: BLE001 - the test reports it
+                failures.append(exc)
+                return
+            calls[0] += 1
+    writer = threading.Thread(target=run)
+    writer.start()
+    try:
+        while calls[0] < 2 and not failures:
+            threading.Event().wait(0.001)
+        base = held.start_tracking()
+        during = calls[0]
+        deltas = [held.capture_delta(consistent=False) for _ in range(3)]
+    finally:
+        stop.set()
+        writer.join()
+    assert not failures and calls[0] > during
+    _rebuild_exactly(host, held, base, deltas, tmp_path)
+    held.stop_tracking()
+
+
+def test_tracking_started_twice_keeps_one_tracker(host):
+    """A second ``start_tracking`` replaces the first's tracker: the memory has one userfaultfd watching it."""
+    wid = deploy(host, "dirtier")
+    host.call(wid, "dt_init", [4])
+    held = host.hold(wid)
+    held.start_tracking()
+    host.call(wid, "dt_dirty", [5, 1])
+    held.start_tracking()
+    host.call(wid, "dt_dirty", [5, 2])
+    assert 5 <= held.capture_delta().page_count <= 5 + 8
+    held.stop_tracking()
+    assert _switching.moves_in_flight() == 0
+
+
+def test_tracking_a_memory_that_may_move_holds_it_and_restores_exactly(tmp_path):
+    """A caller's engine may move a memory when it grows: the tracker is armed and the first round
+    copied holding the workload; the chain still rebuilds it exactly."""
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    with Host(tmp_path / "node", limits=FAST, engine=wasmtime.Engine(config), engine_fingerprint="mine") as host:
+        wid = deploy(host, "dirtier")
+        host.call(wid, "dt_init", [4])
+        held = host.hold(wid)
+        assert not held._w.memory_fixed
+        base = held.start_tracking()
+        host.call(wid, "dt_init", [9])  # a larger region: the memory grows
+        host.call(wid, "dt_dirty", [30, 5])
+        _rebuild_exactly(host, held, base, [held.capture_delta(consistent=False)], tmp_path)

@@ -1,5 +1,8 @@
 """Deltas: a full capture followed by deltas reproduces the state exactly."""
 
+import ctypes
+import threading
+
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -113,6 +116,65 @@ def test_a_live_first_round_plus_deltas_is_exact_even_with_writes_during_the_cop
         src("grow", 1)
         src("poke", 70000, 3)
         first = pending.finish()
+        target.restore(first)
+        target.restore(tracker.capture_delta(src.store))
+    assert target.memory(0) == src.memory(0) and target.capture().same_state(src.capture())
+
+
+def _raw_writer(memory, store, writes, armed):
+    """A thread writing ``writes`` (offset, byte) over and over into the memory, as a running call would,
+    until ``armed`` is set; returns (thread, pass count)."""
+    base, size = ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store)
+    passes = [0]
+
+    def run() -> None:
+        while True:
+            for offset, value in writes:
+                ctypes.memset(base + offset % size, (value + passes[0]) & 0xFF, 1)
+            passes[0] += 1
+            if armed.is_set():
+                return
+    return threading.Thread(target=run), passes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(st.tuples(st.integers(0, 2 * 65536 - 1), st.integers(0, 255)), min_size=1, max_size=30),
+       grow=st.integers(0, 2), after=st.lists(st.tuples(st.integers(0, 4 * 65536 - 1), st.integers(0, 255)),
+                                               max_size=10))
+def test_arming_while_memory_is_written_and_grown_keeps_the_chain_exact(live, backend, writes, grow, after):
+    """``arming`` holds the store; ``arm`` runs while another thread writes the memory (a call running);
+    the memory grows before the first capture begins.  The first round, copied while writes go on, plus a
+    delta taken with nothing running, restore the memory exactly."""
+    src = live(WAT)
+    src("grow", 1)
+    target = src.fresh()
+    memory = src.exports["__wm_memory_0"]
+    arming = snapshot.StateTracker.arming(src.store, src.instance, backend=backend)
+    armed = threading.Event()
+    writer, passes = _raw_writer(memory, src.store, writes, armed)
+    writer.start()
+    try:
+        tracker = arming.arm()
+    finally:
+        armed.set()
+        writer.join()
+    assert passes[0] >= 1
+    with tracker:
+        src("grow", grow)  # grown after arming: the first capture must arm and carry it
+        pending = tracker.begin_capture(src.store)
+        again = threading.Event()
+        writer, _ = _raw_writer(memory, src.store, writes, again)
+        if tracker.copies_while_running:  # (compare copies with calls held: it may miss a torn page)
+            writer.start()  # writes during the copy: torn pages are dirty again
+        try:
+            first = pending.finish()
+        finally:
+            again.set()
+            if writer.is_alive():
+                writer.join()
+        for offset, value in after:
+            src("poke", offset % memory.data_len(src.store), value)
         target.restore(first)
         target.restore(tracker.capture_delta(src.store))
     assert target.memory(0) == src.memory(0) and target.capture().same_state(src.capture())
