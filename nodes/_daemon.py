@@ -11,6 +11,7 @@ until it is cancelled or told to stop; a stop checkpoints every workload.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import socket
 from collections.abc import Sequence
@@ -172,3 +173,17 @@ async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: tri
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(node.host.close)
+
+
+def freeze_startup_objects() -> None:
+    """Keep what start-up made (modules, the restored node) out of the cyclic collector's full passes.
+
+    A full (generation 2) collection walks every tracked object: on a node
+    process serving a 256 MiB move they took 15-21 ms, each a stall of the
+    event loop, and calls waited through them.  ``gc.freeze`` moves the
+    objects alive now to a permanent generation the collector skips;
+    ``migrate-node serve`` calls it once the node listens.  (An application
+    that cares about its call latency can do the same after its start-up.)
+    """
+    gc.collect()
+    gc.freeze()

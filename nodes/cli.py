@@ -91,7 +91,7 @@ def _flag(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 async def _serve_until_signalled(config: NodeConfig, plugins: Sequence[Plugin]) -> None:
-    from ._daemon import serve  # imports wasmtime; the other commands do not need it
+    from ._daemon import freeze_startup_objects, serve  # imports wasmtime; the other commands do not need it
 
     crash.allow(phase for plugin in plugins for phase in plugin.crash_phases)
     crash.check_environment()
@@ -110,8 +110,19 @@ async def _serve_until_signalled(config: NodeConfig, plugins: Sequence[Plugin]) 
                     stop.set()
 
             nursery.start_soon(on_signal)
-            await serve(config, plugins=plugins, stop=stop, reload=reloads)
+            served = trio.Event()
+
+            async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    await serve(config, plugins=plugins, stop=stop, reload=reloads, task_status=task_status)
+                finally:
+                    served.set()
+
+            await nursery.start(run)
+            freeze_startup_objects()
+            await served.wait()  # stopped: the shutdown checkpoint is written
             nursery.cancel_scope.cancel()
+
 
 
 def serve_command(plugins: Sequence[Plugin] = ()) -> Command:
