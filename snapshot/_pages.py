@@ -119,28 +119,37 @@ class RunJoiner:
     """Collects pieces of memory, added in rising page order, into maximal runs.
 
     A piece that starts where the previous one ends extends its run, so the
-    bytes are joined once, at the end, rather than at every step.
+    bytes are joined once, at the end, rather than at every step.  The
+    pieces sit in three flat lists, not a list per run: a target receiving
+    a 1 GiB first round kept about 126,000 small lists here, and every full
+    pass of the cyclic garbage collector walked them (12-26 ms each, on the
+    node's event loop).
     """
 
-    __slots__ = ("_pieces",)
+    __slots__ = ("_firsts", "_starts", "_chunks", "_end")
 
     def __init__(self) -> None:
-        self._pieces: list[list] = []  # [first_page, end_page, [chunks]]
+        self._firsts: list[int] = []  # each run's first page
+        self._starts: list[int] = []  # where each run's pieces begin in ``_chunks``
+        self._chunks: list = []       # every piece's bytes, in order
+        self._end = -1                # the page after the last run
 
     def add(self, first_page: int, data) -> None:
         """Add whole pages ``data`` at ``first_page``, at or after the end of the last piece."""
-        end = first_page + len(data) // PAGE_BYTES
-        if self._pieces and self._pieces[-1][1] == first_page:
-            last = self._pieces[-1]
-            last[1] = end
-            last[2].append(data)
-        else:
-            self._pieces.append([first_page, end, [data]])
+        if first_page != self._end or not self._firsts:
+            self._firsts.append(first_page)
+            self._starts.append(len(self._chunks))
+        self._chunks.append(data)
+        self._end = first_page + len(data) // PAGE_BYTES
 
     def runs(self) -> tuple[PageRun, ...]:
         """The runs so far; a run of one piece keeps that piece's buffer."""
-        return tuple(PageRun(first, chunks[0] if len(chunks) == 1 else b"".join(chunks))
-                     for first, _, chunks in self._pieces)
+        bounds = [*self._starts, len(self._chunks)]
+        out = []
+        for i, first in enumerate(self._firsts):
+            pieces = self._chunks[bounds[i]:bounds[i + 1]]
+            out.append(PageRun(first, pieces[0] if len(pieces) == 1 else b"".join(pieces)))
+        return tuple(out)
 
 
 def merge_runs(pages: list[tuple[int, bytes | memoryview]]) -> tuple[PageRun, ...]:
