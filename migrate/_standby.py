@@ -79,7 +79,12 @@ async def _standby_holds_copy(node, feed: Standby, workload: str) -> bool:
                 await client.aclose()
     except (NodeError, OSError, trio.TooSlowError):
         return False
-    return where.status == "incoming" and where.standby and where.epoch == feed.epoch
+    return _holds(where, feed.epoch)
+
+
+def _holds(where, epoch: int) -> bool:
+    """True if an MLocate answer says the node holds a standby copy at ``epoch``."""
+    return where.status == "incoming" and where.standby and where.epoch == epoch
 
 
 async def _stop_standby(owned: Owned) -> None:
@@ -219,7 +224,8 @@ async def keep_as_standby(node, svc, owned: Owned, epoch: int, new_owner: str, i
     The node holds the workload's standby (its application said so with
     ``MMigrate.keep_standby``), so the copy the move leaves here is the
     standby: exact at the commit, aligned at the commit's operation, with
-    no copy sent.  Returns False (the copy is then removed as usual) if the
+    no copy sent.  ``settings`` are the workload's launch settings
+    (``Held.launch_settings``).  Returns False (the copy is then removed as usual) if the
     ownership table refuses.
     """
     event = Event(EventKind.KEEP_STANDBY, epoch)
@@ -233,8 +239,7 @@ async def keep_as_standby(node, svc, owned: Owned, epoch: int, new_owner: str, i
     svc.incoming[owned.workload] = Incoming(
         owned.workload, info.module_sha256, info.app, epoch, new_owner, standby=True, created=True,
         index=owned.index, ledger=CallLedger.from_wire(owned.ledger.to_wire()),
-        settings={"args": tuple(settings.get("args", ())), "env": dict(settings.get("env") or {}),
-                  "memory_limit_bytes": settings.get("memory_limit_bytes")})
+        settings=dict(settings))
     logger.info("copy kept as the standby", extra={"workload": owned.workload, "epoch": epoch})
     return True
 
@@ -261,7 +266,7 @@ async def _feed_kept(node, owned: Owned, feed: Standby, receive) -> None:
                 with trio.fail_after(KEPT_COPY_WAIT_S):
                     while True:  # the source converts its copy once it has seen MCommitted
                         where = await client.request(MLocate, workload=owned.workload)
-                        if where.status == "incoming" and where.standby and where.epoch == feed.epoch:
+                        if _holds(where, feed.epoch):
                             break
                         await trio.sleep(0.01)
             except (NodeError, HostError, OSError, trio.TooSlowError) as exc:

@@ -110,18 +110,13 @@ async def _serve_until_signalled(config: NodeConfig, plugins: Sequence[Plugin]) 
                     stop.set()
 
             nursery.start_soon(on_signal)
-            served = trio.Event()
 
             async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
-                try:
-                    await serve(config, plugins=plugins, stop=stop, reload=reloads, task_status=task_status)
-                finally:
-                    served.set()
+                await serve(config, plugins=plugins, stop=stop, reload=reloads, task_status=task_status)
+                nursery.cancel_scope.cancel()  # stopped, the shutdown checkpoint written: end on_signal too
 
             await nursery.start(run)
             freeze_startup_objects()
-            await served.wait()  # stopped: the shutdown checkpoint is written
-            nursery.cancel_scope.cancel()
 
 
 
