@@ -13,7 +13,7 @@ import time
 import trio
 
 import snapshot
-from nodes import Done, ErrorCode, ErrorReply, UnknownModule, crash_point_async
+from nodes import Done, ErrorCode, ErrorReply, UnknownModule, crash_point_async, move_work
 
 from . import _hostops as ops
 from ._codes import MigrationCode
@@ -197,22 +197,23 @@ async def _take_chunk(node, svc: MigrationService, inc: Incoming, req: MChunk | 
             return _no_incoming(req.id, req.workload, req.epoch, standby)
         if req.seq != inc.chunks:
             return _out_of_turn(req, inc)
-        try:
-            # Decompressing is CPU work: keep it off the event loop.
-            await trio.to_thread.run_sync(_decode_into, inc, req.data)
-        except snapshot.SnapshotError as exc:
-            await _drop_incoming(node, svc, inc)
-            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=f"bad snapshot stream: {exc}")
-        if inc.assembler.complete:
-            snap = inc.assembler.snapshot()
-            inc.decoder = snapshot.SnapshotDecoder()
-            inc.assembler = snapshot.SnapshotAssembler()
-            if not inc.created:
-                await node.run_host(node.host.restore, inc.module_sha256, snap, workload_id=inc.host_id,
-                                    app=inc.app, **inc.settings)
-                inc.created = True
-            else:
-                await node.run_host(ops.apply, node.host, inc.host_id, snap)
+        with move_work():  # decoding, joining and restoring a round run in worker threads
+            try:
+                snap = await trio.to_thread.run_sync(_decode_into, inc, req.data)
+            except snapshot.SnapshotError as exc:
+                await _drop_incoming(node, svc, inc)
+                return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
+                                  message=f"bad snapshot stream: {exc}")
+            if snap is not None:
+                inc.decoder = snapshot.SnapshotDecoder()
+                inc.assembler = snapshot.SnapshotAssembler()
+                if not inc.created:
+                    await node.run_host(node.host.restore, inc.module_sha256, snap, workload_id=inc.host_id,
+                                        app=inc.app, **inc.settings)
+                    inc.created = True
+                else:
+                    await node.run_host(ops.apply, node.host, inc.host_id, snap)
+        if snap is not None:
             inc.rounds += 1
             await crash_point_async("target:after-round")
         inc.chunks += 1
@@ -226,10 +227,16 @@ def _out_of_turn(req: MChunk | MCommit, inc: Incoming) -> ErrorReply:
                               f"{inc.chunks} (at most {MAX_CHUNKS_AHEAD} may wait ahead of it)")
 
 
-def _decode_into(inc: Incoming, data: bytes) -> None:
+def _decode_into(inc: Incoming, data: bytes) -> snapshot.Snapshot | None:
+    """Feed ``data`` to the round's decoder; the round's snapshot once it is complete, else None.
+
+    Assembling joins the round's pages into runs: for a 1 GiB first round
+    that held the target's event loop for 66-101 ms when it ran there.
+    """
     inc.decoder.feed(data)
     while (event := inc.decoder.next_event()) is not None:
         inc.assembler.add(event)
+    return inc.assembler.snapshot() if inc.assembler.complete else None
 
 
 async def on_replay(node, session, req: MReplay) -> Done:

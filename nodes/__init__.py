@@ -11,6 +11,7 @@ from ._client import NodeClient
 from ._config import Address, NodeConfig, parse_address, resolve_config
 from ._crash import crash_point, crash_point_async
 from ._daemon import serve
+from ._switching import move_work
 from ._error_codes import code_for, error_reply
 from ._errors import (
     CheckpointFailed,
@@ -151,6 +152,7 @@ __all__ = [
     "init_ca",
     "issue_cert",
     "message",
+    "move_work",
     "parse_address",
     "register",
     "resolve_config",
