@@ -12,19 +12,30 @@ for its owner to come back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import struct
+import math
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
-from nodes import ConnectionFailed, ErrorCode, NodeShuttingDown, RemoteNodeError, check_call_args
+from nodes import (
+    ConnectionFailed,
+    ErrorCode,
+    ExportSignature,
+    NodeShuttingDown,
+    RemoteNodeError,
+    UnknownWorkload,
+    check_call_args,
+)
 
+from ._buffers import BUFFERS, GuestBuffers
 from ._codes import MigrationCode
 from ._errors import MigrationFailed, WorkloadUnavailable
-from ._messages import MCall, MigrationReport, MMigrate, MReport
+from ._messages import MCall, MCancel, MigrationReport, MMigrate, MReport
 from ._oplog import error_outcome, log_entry, reply_outcome
 from ._protection import Protection
 
@@ -35,9 +46,13 @@ DEFAULT_RETRY_S = 20.0
 #: How long a call waits for an unreachable owner to come back (a node
 #: restarted with SIGTERM brings its workloads back on the same address).
 DEFAULT_RECONNECT_TIMEOUT_S = 30.0
+#: How long ``removing`` waits for the removal at the end of its block.
+REMOVE_ON_EXIT_S = 10.0
+#: How long a cancelled call's handle tries to tell the owner to stop it.
+CANCEL_NOTICE_S = 2.0
 
 
-class Handle:
+class Handle(GuestBuffers):
     """A migratable workload, wherever it runs.  Created by ``Cluster.spawn``."""
 
     def __init__(self, cluster, workload: str, *, node: str, address: str, epoch: int) -> None:
@@ -64,19 +79,48 @@ class Handle:
 
     # --- operations ---------------------------------------------------------
 
-    async def call(self, export: str, *args: int | float) -> None | int | float | tuple:
-        """Call an export with numbers; return None, one value or a tuple.
+    async def call(self, export: str, *args: int | float | bytes | str,
+                   timeout: float | None = None) -> None | int | float | tuple:
+        """Call an export; return None, one value or a tuple.
 
-        Raises ``TypeError`` or ``nodes.BadArguments`` (a ``ValueError``)
-        before sending for arguments no export could take
-        (``nodes.check_call_args``), the workload's errors (``nodes.WorkloadTrap``,
-        ``DeadlineExceeded`` for a call past the node's per-call deadline,
-        ``UnknownExport``, ``BadArguments``...) and
+        Arguments are numbers; ``bytes`` and ``str`` (as UTF-8) are passed as
+        a (pointer, length) pair of a guest buffer from the module's
+        ``wm_alloc`` export, freed with ``wm_free`` after the call (the
+        convention of ``call_with_bytes``).  Raises ``TypeError`` or
+        ``nodes.BadArguments`` (a ``ValueError``) before sending for
+        arguments no export could take (``nodes.check_call_args``; bytes for
+        a module without ``wm_alloc``), the workload's errors
+        (``nodes.WorkloadTrap``, ``DeadlineExceeded`` for a call past the
+        node's per-call deadline, ``UnknownExport``, ``BadArguments``...) and
         ``WorkloadUnavailable`` when no node can serve the call.
+
+        A call cancelled by a trio cancel scope, or past ``timeout`` seconds
+        (``trio.TooSlowError``), is stopped on the node: within about 10 ms
+        if it runs (what it did so far stays, as after a trap), or before it
+        starts.  If it had finished, its outcome stays recorded.  Either way
+        it has run at most once, and it is never retried.  A workload whose
+        operations are replayed elsewhere (protected) lets it finish instead.
         """
-        reply = await self._invoke(op="call", export=export, args=check_call_args(args))
+        with trio.fail_after(math.inf if timeout is None else timeout):
+            if any(isinstance(a, BUFFERS) for a in args):
+                return await self._call_with_buffers(export, args)
+            reply = await self._invoke(op="call", export=export, args=check_call_args(args))
         values = reply.values
         return None if not values else values[0] if len(values) == 1 else tuple(values)
+
+    async def exports(self) -> tuple[ExportSignature, ...]:
+        """The workload's callable exports: each one's name, parameter and result types, sorted by name.
+
+        Asked of the node that owns the workload now.  Raises
+        ``WorkloadUnavailable`` when no node can be found for it.
+        """
+        at = trio.current_time() + self.retry_s
+        while True:
+            try:
+                client = await self._cluster.client(self._address)
+                return await client.exports(self.workload)
+            except (ConnectionFailed, UnknownWorkload):  # moved, or its node is away: find it
+                await self._relocate(at)
 
     async def read_memory(self, offset: int, length: int) -> bytes:
         """Read ``length`` bytes of the workload's memory 0 at ``offset``."""
@@ -104,38 +148,19 @@ class Handle:
         """Stop the workload and free it on its node; the handle is unusable afterwards."""
         await self._invoke(op="remove")
 
-    # --- bytes in and out (the wm_alloc convention of workloads/src/wm.h) --
+    @contextlib.asynccontextmanager
+    async def removing(self) -> AsyncIterator[Handle]:
+        """``async with h.removing():`` removes the workload when the block ends, by error or cancel too.
 
-    async def put_bytes(self, data: bytes) -> int:
-        """Copy ``data`` into a guest buffer from ``wm_alloc``; return its address.
-
-        Free it with ``call("wm_free", ptr)``.  Raises MemoryError if the
-        guest could not allocate.
+        The removal is shielded from the block's cancellation, for at most
+        REMOVE_ON_EXIT_S; if it fails the error is raised (or logged, if the
+        block raised already).
         """
-        ptr = await self.call("wm_alloc", len(data))
-        if not ptr:
-            raise MemoryError(f"workload {self.workload} could not allocate {len(data)} bytes")
-        await self.write_memory(ptr, data)
-        return ptr
-
-    async def call_with_bytes(self, export: str, *blobs: bytes, extra: tuple = ()) -> None | int | float | tuple:
-        """Call ``export(ptr1, len1, ptr2, len2, ..., *extra)`` with each blob in guest memory."""
-        ptrs = []
         try:
-            for blob in blobs:
-                ptrs.append(await self.put_bytes(blob))
-            flat = [v for ptr, blob in zip(ptrs, blobs) for v in (ptr, len(blob))]
-            return await self.call(export, *flat, *extra)
+            yield self
         finally:
-            for ptr in ptrs:
-                await self.call("wm_free", ptr)
-
-    async def read_prefixed(self, ptr: int) -> bytes | None:
-        """Read a u32-length-prefixed result buffer at ``ptr`` (None for a null pointer)."""
-        if not ptr:
-            return None
-        (length,) = struct.unpack("<I", await self.read_memory(ptr, 4))
-        return await self.read_memory(ptr + 4, length)
+            with trio.CancelScope(shield=True), trio.fail_after(REMOVE_ON_EXIT_S):
+                await self.remove()
 
     # --- moving -------------------------------------------------------------
 
@@ -199,6 +224,41 @@ class Handle:
     async def _invoke(self, **fields):
         seq = self._next_seq
         self._next_seq += 1
+        try:
+            return await self._invoke_seq(seq, fields)
+        except trio.Cancelled:
+            await self._cancel(seq, fields)
+            raise
+
+    async def _cancel(self, seq: int, fields: dict) -> None:
+        """The caller gave up on ``seq``: tell its owner to stop it (at most CANCEL_NOTICE_S, shielded).
+
+        The owner records an outcome for it whatever it finds (or refuses it
+        later as acknowledged), so it never runs twice.  For a workload this
+        application protects, the outcome is fetched in the background, as a
+        retry of the same seq, and goes into the failover log like any
+        operation's; otherwise the seq just counts as answered.
+        """
+        with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_NOTICE_S):
+            try:
+                client = await self._cluster.client(self._address)
+                found = await client.request(MCancel, workload=self.workload, caller=self._caller, seq=seq)
+                logger.debug("cancelled call %s of %s: %s", seq, self.workload, found.state)
+            except Exception as exc:  # the owner moved or is unreachable: the call stays at most once
+                logger.info("could not stop cancelled call %s of %s on %s: %s", seq, self.workload, self._node, exc)
+        if self._cluster.protects(self.workload):
+            self._cluster._nursery.start_soon(self._collect, seq, fields)
+        else:
+            self._finish(seq)
+
+    async def _collect(self, seq: int, fields: dict) -> None:
+        """Take a cancelled call's recorded outcome, so it is logged (``_invoke_seq``) and acknowledged."""
+        try:
+            await self._invoke_seq(seq, fields)
+        except Exception as exc:  # its outcome, an error: logged (or not an operation) already
+            logger.debug("cancelled call %s of %s ended with %s", seq, self.workload, exc)
+
+    async def _invoke_seq(self, seq: int, fields: dict):
         deadline = _Deadline(trio.current_time() + self.retry_s, self.reconnect_timeout_s)
         # Whether a node may have run the call without our learning its
         # outcome: only a request whose connection broke leaves that doubt.

@@ -3,7 +3,8 @@
 Three conversations use them:
 
 * handle -> owner node: ``MSpawn``, ``MCall`` (calls and memory access,
-  each with the caller's id and sequence number), ``MLocate``;
+  each with the caller's id and sequence number), ``MCancel`` (stop one),
+  ``MLocate``;
 * handle or operator -> source node: ``MMigrate``;
 * source node -> target node: ``MIncoming``, ``MChunk`` (snapshot stream
   bytes; page data goes node to node, never through the client),
@@ -19,7 +20,7 @@ An incoming move and a standby copy of the same workload are told apart by
 Who may send each (the role of the sender's certificate, checked by the
 node before any handler runs):
 
-* any role: ``MSpawn``, ``MCall``, ``MLocate`` and ``MMigrate``, what a
+* any role: ``MSpawn``, ``MCall``, ``MCancel``, ``MLocate`` and ``MMigrate``, what a
   handle and the operator CLI (``migrate``, ``drain``) send.  A move's
   target must be a node: the source dials it and checks its certificate,
   which only a node certificate passes;
@@ -31,6 +32,10 @@ node before any handler runs):
   through those same node messages.  An application protects its
   workloads from the node it runs itself (``connect``), with a node
   certificate.
+
+Longer than 400 lines: it is the catalogue of the migration protocol's
+messages, one small dataclass each, kept together so the wire format and
+who may send what read in one place.
 """
 
 from __future__ import annotations
@@ -139,6 +144,25 @@ class MWhere(Reply):
 @message("m_locate", reply=MWhere, roles=ANY_ROLE)
 class MLocate(_ForWorkload):
     """Where the workload is, as this node knows it."""
+
+
+@message("m_cancelled")
+class MCancelled(Reply):
+    """What a cancel found: "stopping" (the call runs: it is being stopped),
+    "finishing" (it runs on a workload whose operations are replayed
+    elsewhere: it finishes), "finished" (its outcome is recorded) or
+    "withheld" (it had not started here: it never will, its outcome is
+    recorded as cancelled)."""
+
+    state: str
+
+
+@message("m_cancel", reply=MCancelled, roles=ANY_ROLE)
+class MCancel(_ForWorkload):
+    """The caller gave up on call (``caller``, ``seq``): stop it, or never start it."""
+
+    caller: str
+    seq: int
 
 
 @dataclass(frozen=True)

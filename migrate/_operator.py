@@ -51,6 +51,8 @@ def report_line(r: MigrationReport) -> str:
 
 
 async def migrate_command(client: NodeClient, args) -> Any:
+    if args.to == client.node or args.to == client.hello.address:
+        return f"{args.workload} is on {client.node} already: nothing to move"
     target = await resolve_target(client, args.to)
     report = await move(client, args.workload, target, args.strategy)
     return report if args.json else report_line(report)

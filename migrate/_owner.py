@@ -12,7 +12,9 @@ import trio
 
 from nodes import (
     BadArguments,
+    CallCancelled,
     CallInputs,
+    CancelToken,
     Done,
     ErrorCode,
     ErrorReply,
@@ -24,7 +26,7 @@ from nodes import (
 
 from . import _hostops as ops
 from ._ledger import Outcome
-from ._messages import MCall, MLocate, MProtect, MResult, MSpawn, MSpawned, MWhere
+from ._messages import MCall, MCancel, MCancelled, MLocate, MProtect, MResult, MSpawn, MSpawned, MWhere
 from ._codes import MigrationCode
 from ._oplog import log_entry
 from ._ownership_events import Event, EventKind, OwnershipError
@@ -106,7 +108,12 @@ async def on_call(node, session, req: MCall):
             return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
                               message=f"call {req.caller}:{req.seq} was already answered and acknowledged")
         started = svc.clock()
-        outcome = await _run(node, req, owned)
+        token = CancelToken()
+        owned.running = (req.caller, req.seq, token)
+        try:
+            outcome = await _run(node, req, owned, cancel=token)
+        finally:
+            owned.running = None
         ledger.record(req.caller, req.seq, outcome)
         if owned.follow is not None or owned.standby is not None:
             owned.forward(log_entry(req, outcome))
@@ -132,17 +139,16 @@ class _Ran:
     inputs_error: HostError | None = None  # reading them failed
 
 
-def _operate(host, req: MCall, replay, record: bool) -> _Ran:
+def _operate(host, req: MCall, replay, record: bool, cancel: CancelToken | None) -> _Ran:
     """Run one operation and, if ``record``, read the inputs a call consumed: one worker-thread trip.
 
-    ``replay`` is the wire form of the inputs to replay a call with, or None.
+    ``replay`` is the wire form of the inputs to replay a call with, or
+    None; ``cancel`` stops the call (``on_cancel``).
     """
     try:
         if req.op == "call":
-            if replay is not None:
-                result = host.call(req.workload, req.export, req.args, inputs=CallInputs.from_wire(replay))
-            else:
-                result = host.call(req.workload, req.export, req.args)
+            inputs = CallInputs.from_wire(replay) if replay is not None else None
+            result = host.call(req.workload, req.export, req.args, inputs=inputs, cancel=cancel)
             values = [] if result is None else list(result) if isinstance(result, tuple) else [result]
             ran = _Ran(values, b"")
         elif req.op == "read":
@@ -165,7 +171,7 @@ def _operate(host, req: MCall, replay, record: bool) -> _Ran:
     return ran
 
 
-async def _run(node, req: MCall, owned: Owned, inputs=None) -> Outcome:
+async def _run(node, req: MCall, owned: Owned, inputs=None, cancel: CancelToken | None = None) -> Outcome:
     """Run one operation; a state-changing one takes the next index.
 
     ``inputs`` replays recorded nondeterministic inputs (a follower or a
@@ -174,12 +180,13 @@ async def _run(node, req: MCall, owned: Owned, inputs=None) -> Outcome:
     trip as the call.
     """
     mutating = req.op in ("call", "write")
-    ran = await node.run_call(req.workload, _operate, node.host, req, inputs, owned.record and inputs is None)
+    ran = await node.run_call(req.workload, _operate, node.host, req, inputs, owned.record and inputs is None,
+                              cancel)
     exc = ran.error
     if exc is not None:
         reply = error_reply(0, exc)
         details = dict(reply.details or {})
-        if mutating and not isinstance(exc, RequestError):
+        if mutating and not isinstance(exc, RequestError) and getattr(exc, "started", True):
             # The call ran and trapped: it may have changed state, so it is
             # part of the order a replay must follow.
             owned.index += 1
@@ -194,6 +201,34 @@ async def _run(node, req: MCall, owned: Owned, inputs=None) -> Outcome:
         if ran.inputs_error is not None:
             raise ran.inputs_error
     return Outcome(True, (ran.values, ran.data, owned.index if mutating else 0, ran.inputs))
+
+
+async def on_cancel(node, session, req: MCancel) -> MCancelled:
+    """Stop call (caller, seq) if it runs or waits here; make sure it never starts if it has not arrived.
+
+    Its outcome is recorded either way, so a retry of the same seq gets
+    that outcome and the call still runs at most once.  A workload whose
+    operations are replayed elsewhere (protected, followed by a dual move's
+    target or a standby) lets a running call finish ("finishing"): a call
+    stopped midway could not be replayed to the same state.
+    """
+    owned = service(node).owner_of(req.workload)
+    if owned is None or owned.moved is not None:
+        return _not_owner(req.id, node, req.workload)
+    running = owned.running
+    if running is not None and running[0] == req.caller and running[1] == req.seq:
+        if owned.record or owned.follow is not None or owned.standby is not None:
+            return MCancelled(id=req.id, state="finishing")
+        running[2].cancel()
+        node.counters["calls_cancelled"] += 1
+        return MCancelled(id=req.id, state="stopping")
+    ledger = owned.ledger
+    if ledger.lookup(req.caller, req.seq) is not None or ledger.was_forgotten(req.caller, req.seq):
+        return MCancelled(id=req.id, state="finished")
+    withheld = error_reply(0, CallCancelled(req.workload, started=False))
+    ledger.record(req.caller, req.seq, Outcome(False, withheld.details, str(withheld.code), withheld.message))
+    node.counters["calls_cancelled"] += 1
+    return MCancelled(id=req.id, state="withheld")
 
 
 async def on_locate(node, session, req: MLocate) -> MWhere:

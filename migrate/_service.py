@@ -16,7 +16,7 @@ from nodes import Plugin
 
 from . import _messages as m
 from ._codes import CRASH_PHASES
-from ._owner import on_call, on_locate, on_protect, on_spawn
+from ._owner import on_call, on_cancel, on_locate, on_protect, on_spawn
 from ._persist import _load_record, _load_tombstones, _resume_standbys, _save_record, _save_tombstones
 from ._serve_checkpoint import on_checkpoint, on_checkpoint_part
 from ._source import on_migrate
@@ -30,7 +30,7 @@ PLUGIN = Plugin(
               m.MChunk: on_chunk, m.MCommit: on_commit, m.MAbort: on_abort, m.MMigrate: on_migrate,
               m.MProtect: on_protect, m.MCheckpoint: on_checkpoint, m.MCheckpointPart: on_checkpoint_part,
               m.MReplay: on_replay, m.MAlign: on_align, m.MFollow: on_follow, m.MPromote: on_promote,
-              m.MFirstCall: on_first_call},
+              m.MFirstCall: on_first_call, m.MCancel: on_cancel},
     state=MigrationService,
     status=lambda node: service(node).status(),
     save=_save_record, load=_load_record, save_node=_save_tombstones, load_node=_load_tombstones,

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import trio
 
 import snapshot
-from nodes import Address, BadArguments, ConfigError, ErrorReply, HostError, NodeError, parse_address
+from nodes import Address, BadArguments, CancelToken, ConfigError, ErrorReply, HostError, NodeError, parse_address
 
 from . import _hostops as ops
 from ._codes import MigrationCode
@@ -105,6 +105,7 @@ class Owned:
         default_factory=collections.OrderedDict)
     resume_standby: "Address | None" = None  # fed before a restart: feed it again once serving
     committed_s: float | None = None  # when (time.perf_counter) this node answered a move's commit
+    running: "tuple[str, int, CancelToken] | None" = None  # the call that holds ``lock``: caller, seq, token
 
     def forward(self, entry: dict | None) -> None:
         """Hand a logged operation to the dual-execution follower and the standby, if any."""

@@ -3,7 +3,7 @@
     migrate-node serve --name edge-1 --role edge --listen 127.0.0.1:7401 --tls-dir tls/edge-1
     migrate-node migrate WORKLOAD --to cloud-1 [--strategy precopy|stop-copy] --node HOST:PORT
     migrate-node drain --to cloud-1 --node HOST:PORT
-    migrate-node status | list | deploy | call | ca init | cert issue
+    migrate-node status | list | deploy | call | remove | exports | ca init | cert issue
 
 The node commands come from ``nodes.cli``; here ``serve`` runs the node
 with the migration plugin (``migrate._service.PLUGIN``), and ``migrate``
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from nodes import cli as node_cli
 
+from ._cli_workloads import add_exports, add_remove, call_command, exports_command, remove_command
 from ._errors import MigrateError
 from ._operator import drain_command, migrate_command
 from ._service import PLUGIN
@@ -48,6 +49,9 @@ _NODE_COMMANDS = node_cli.COMMANDS
 COMMANDS: dict[str, node_cli.Command] = {
     **{name: command for name, command in _NODE_COMMANDS.items() if name not in ("ca", "cert")},
     "serve": node_cli.serve_command((PLUGIN,)),
+    "call": (_NODE_COMMANDS["call"][0], node_cli.client_command(call_command)),  # follows moves
+    "remove": (add_remove, node_cli.client_command(remove_command)),
+    "exports": (add_exports, node_cli.client_command(exports_command)),
     "migrate": (_add_migrate, node_cli.client_command(migrate_command)),
     "drain": (_add_drain, node_cli.client_command(drain_command)),
     "ca": _NODE_COMMANDS["ca"],

@@ -46,8 +46,8 @@ def migrate_node_command() -> list[str]:
 
 
 def node_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without MIGRATE_NODE_* settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATE_NODE_")}
+    """This process's environment without MIGRATE_NODE_* (server) and MIGRATE_CLI_* (client) settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIGRATE_NODE_", "MIGRATE_CLI_"))}
     env.update(extra or {})
     return env
 

@@ -20,6 +20,7 @@ from ._errors import (
     DamagedState,
     Forbidden,
     LocalProtocolError,
+    MessageFieldError,
     NodeError,
     NodeShuttingDown,
     RemoteNodeError,
@@ -29,6 +30,7 @@ from ._errors import (
 from ._groups import unwrap_group
 from ._host_errors import (
     BadArguments,
+    CallCancelled,
     DeadlineExceeded,
     HostClosed,
     HostError,
@@ -48,6 +50,7 @@ from ._host_errors import (
 )
 from ._call_args import check_call_args
 from ._engine import EPOCH_TICK_S
+from ._guest_time import CancelToken
 from ._hold import Held
 from ._hosting import Host, HostStats, WorkloadInfo
 from ._limits import Limits
@@ -59,6 +62,7 @@ from ._messages import (
     Done,
     ErrorCode,
     ErrorReply,
+    ExportSignature,
     Hello,
     Message,
     NodeSummary,
@@ -79,6 +83,8 @@ from ._tls import client_context, init_ca, issue_cert, server_context
 from ._transport import RECEIVE_BYTES
 
 __all__ = [
+    "CallCancelled",
+    "CancelToken",
     "ANY_ROLE",
     "Address",
     "BadArguments",
@@ -104,6 +110,7 @@ __all__ = [
     "InvalidModule",
     "Limits",
     "LocalProtocolError",
+    "MessageFieldError",
     "Message",
     "NODE_ONLY",
     "Node",
@@ -139,6 +146,7 @@ __all__ = [
     "WorkloadExited",
     "WorkloadInfo",
     "WorkloadSummary",
+    "ExportSignature",
     "WorkloadTimeout",
     "DeadlineExceeded",
     "WorkloadTrap",

@@ -37,6 +37,8 @@ from ._messages import (
     Deploy,
     ErrorCode,
     ErrorReply,
+    Exports,
+    ExportSignature,
     HasModule,
     ListWorkloads,
     NodeSummary,
@@ -348,6 +350,10 @@ class NodeClient:
         if not values:
             return None
         return values[0] if len(values) == 1 else values
+
+    async def exports(self, workload: str) -> tuple[ExportSignature, ...]:
+        """The workload's callable exports: name, parameter and result types, sorted by name."""
+        return (await self.request(Exports, workload=workload)).exports
 
     async def read_memory(self, workload: str, offset: int, length: int) -> bytes:
         return (await self.request(ReadMemory, workload=workload, offset=offset, length=length)).data

@@ -35,6 +35,7 @@ _CLASS_FOR_CODE: dict[ErrorCode, type[Exception]] = {
     ErrorCode.WORKLOAD_TIMEOUT: he.WorkloadTimeout,
     ErrorCode.DEADLINE_EXCEEDED: he.DeadlineExceeded,
     ErrorCode.WORKLOAD_EXITED: he.WorkloadExited,
+    ErrorCode.CALL_CANCELLED: he.CallCancelled,
     ErrorCode.SNAPSHOT_FAILED: he.SnapshotFailed,
     ErrorCode.REPLAY_DIVERGED: ReplayDivergence,
     ErrorCode.REPLAY_UNSUPPORTED: ReplayUnsupported,

@@ -25,6 +25,13 @@ class LocalProtocolError(NodeError):
     """This side asked the protocol to do something it forbids."""
 
 
+class MessageFieldError(LocalProtocolError, TypeError):
+    """A message was given a value of the wrong type for one of its fields (a workload id that is not a str...).
+
+    Raised before anything is sent; a ``TypeError`` too, as Python callers expect.
+    """
+
+
 class RemoteProtocolError(NodeError):
     """The peer violated the protocol; the connection cannot be used further."""
 

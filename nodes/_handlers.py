@@ -23,6 +23,9 @@ from ._messages import (
     Deploy,
     Deployed,
     Done,
+    ExportList,
+    Exports,
+    ExportSignature,
     HasModule,
     ListWorkloads,
     MemoryData,
@@ -127,6 +130,13 @@ async def _output(node: Node, session: Session, req: Output) -> Reply:
     return OutputData(id=req.id, stdout=stdout, stderr=stderr)
 
 
+async def _exports(node: Node, session: Session, req: Exports) -> Reply:
+    signatures = node.host.registry.get(req.workload).module.signatures  # fixed with the module: no lock
+    return ExportList(id=req.id, exports=tuple(
+        ExportSignature(name=name, params=sig.params, results=sig.results)
+        for name, sig in sorted(signatures.items()) if not name.startswith("__wm_")))
+
+
 async def _remove(node: Node, session: Session, req: Remove) -> Reply:
     await _for_sender(node, session, node.host.remove, req.workload)
     logger.info("removed", extra={"workload": req.workload, "peer": session.peer.name})
@@ -161,6 +171,7 @@ HANDLERS = types.MappingProxyType({
     ReadMemory: _read_memory,
     WriteMemory: _write_memory,
     Output: _output,
+    Exports: _exports,
     Remove: _remove,
     ListWorkloads: _list,
     Peers: _peers,

@@ -155,6 +155,16 @@ class DeadlineExceeded(WorkloadTimeout):
     """
 
 
+class CallCancelled(WorkloadTrap):
+    """The caller cancelled the call.  ``started``: it had begun, was stopped
+    midway and keeps what it did so far (like a trap); else it never ran."""
+
+    def __init__(self, workload_id: str, *, started: bool) -> None:
+        self.started = started
+        super().__init__(workload_id, "the call was cancelled by its caller" +
+                         (" and stopped while it ran" if started else " before it started"), trap_code="cancelled")
+
+
 class WorkloadExited(WorkloadTrap):
     """The guest called WASI ``proc_exit``; ``exit_code`` is its status."""
 

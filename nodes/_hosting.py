@@ -46,7 +46,8 @@ from ._modules import MODULES_DIR, ModuleCache
 from ._registry import Registry
 from ._replay import CallInputs
 from ._wasi_inputs import make_linker
-from ._workload import GuestTime, InUse, Workload, WorkloadInfo, check_app, check_name, instantiate
+from ._guest_time import CancelToken, GuestTime
+from ._workload import InUse, Workload, WorkloadInfo, check_app, check_name, instantiate
 
 __all__ = ["Host", "WorkloadInfo", "HostStats", "BulkReport", "EPOCH_TICK_S"]
 
@@ -273,7 +274,7 @@ class Host:
     # --- using a workload -------------------------------------------------
 
     def call(self, workload_id: str, export: str, args: Sequence[int | float] = (), *,
-             inputs: CallInputs | None = None) -> None | int | float | tuple:
+             inputs: CallInputs | None = None, cancel: CancelToken | None = None) -> None | int | float | tuple:
         """Call an exported function and return its result.
 
         Returns None, one value, or a tuple for several results (arguments:
@@ -285,7 +286,8 @@ class Host:
         random and poll requests are answered from them.
         Raises ``UnknownWorkload``, ``UnknownExport``, ``BadArguments``,
         ``DeadlineExceeded``, ``WorkloadExited``, ``WorkloadTrap``,
-        ``ReplayDivergence`` (replay only; it takes precedence) or ``HostClosed``.
+        ``ReplayDivergence`` (replay only; it takes precedence), ``HostClosed``, or
+        ``CallCancelled`` once ``cancel`` is cancelled: stopped within a tick, or never started.
         """
         w = self._registry.get(workload_id)
         signature = w.module.signatures.get(export) if isinstance(export, str) else None
@@ -293,7 +295,7 @@ class Host:
             raise UnknownExport(f"workload {workload_id} has no callable export {export!r}")
         params = convert_args(export, signature, args)
         with self._using(w, guest=True):
-            return w.run(export, params, inputs)
+            return w.run(export, params, inputs, cancel)
 
     def read_memory(self, workload_id: str, offset: int, length: int) -> bytes:
         """Copy ``length`` bytes out of the workload's memory 0.

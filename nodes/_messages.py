@@ -14,6 +14,9 @@ dataclass and registers it).  Other packages (the migration coordinator)
 add their own messages the same way, and their own error codes (any well-formed
 code string, ``nodes._wire.Code``); the protocol needs no change to carry
 them.
+
+Longer than 400 lines: it is the catalogue of the node protocol's
+messages, one small dataclass each, with the registry that names them.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class ErrorCode(enum.StrEnum):
     WORKLOAD_TIMEOUT = "workload_timeout"
     DEADLINE_EXCEEDED = "deadline_exceeded"  # a call ran past its deadline and was stopped
     WORKLOAD_EXITED = "workload_exited"
+    CALL_CANCELLED = "call_cancelled"  # its caller cancelled it: stopped while it ran, or never started
     SNAPSHOT_FAILED = "snapshot_failed"
     REPLAY_DIVERGED = "replay_diverged"
     REPLAY_UNSUPPORTED = "replay_unsupported"
@@ -214,6 +218,15 @@ class WorkloadSummary:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ExportSignature:
+    """One callable export: its name and its parameter and result types ("i32", "f64", "v128"...)."""
+
+    name: str
+    params: tuple[str, ...]
+    results: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class PeerSummary:
     """What a node knows about one peer; None where it has not heard yet."""
 
@@ -281,6 +294,11 @@ class MemoryData(Reply):
 class OutputData(Reply):
     stdout: bytes
     stderr: bytes
+
+
+@message("export_list")
+class ExportList(Reply):
+    exports: tuple[ExportSignature, ...]
 
 
 @message("workload_list")
@@ -363,6 +381,13 @@ class WriteMemory(Request):
 @message("output", reply=OutputData, roles=ANY_ROLE)
 class Output(Request):
     """The workload's captured stdout and stderr so far."""
+
+    workload: str
+
+
+@message("exports", reply=ExportList, roles=ANY_ROLE)
+class Exports(Request):
+    """The workload's callable exports, with their signatures (reserved ``__wm_`` ones left out)."""
 
     workload: str
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import msgpack
 
-from ._errors import LocalProtocolError, RemoteProtocolError
+from ._errors import LocalProtocolError, MessageFieldError, RemoteProtocolError
 from ._messages import (
     PROTOCOL_VERSIONS,
     ROLES,
@@ -139,7 +139,7 @@ def encode_message(message: Message) -> bytes:
     try:
         return msgpack.packb([cls.kind, schema_for(cls).to_wire(message)], use_bin_type=True)
     except (FieldError, OverflowError, ValueError, TypeError) as exc:
-        raise LocalProtocolError(f"cannot encode {cls.__name__}: {exc}") from None
+        raise MessageFieldError(f"cannot encode {cls.__name__}: {exc}") from None
 
 
 def decode_message(payload: bytes) -> Message:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import math
 import os
 import re
 import threading
@@ -30,9 +29,11 @@ import wasmtime
 import snapshot
 
 from . import _switching
-from ._engine import EPOCH_TICK_S, memory_never_moves
+from ._engine import memory_never_moves
+from ._guest_time import CallInterrupt, CancelToken, GuestTime
 from ._host_errors import (
     BadArguments,
+    CallCancelled,
     DeadlineExceeded,
     ResourceLimitExceeded,
     SnapshotFailed,
@@ -84,42 +85,6 @@ class WorkloadInfo:
     timeouts: int
 
 
-class GuestTime:
-    """The time budget of guest code on one host: ``call_timeout_s``, as epoch ticks and as a sleep budget."""
-
-    def __init__(self, call_timeout_s: float) -> None:
-        self.timeout_s = call_timeout_s
-        # ceil() ticks could end one tick early (the first tick may come at
-        # once); one more guarantees at least the budget, at most 10 ms over.
-        self.deadline_ticks = math.ceil(call_timeout_s / EPOCH_TICK_S) + 1
-
-    @contextmanager
-    def running(self, store: wasmtime.Store, budget: CallBudget) -> Iterator[None]:
-        """Give guest code about to run on this thread its time budget."""
-        store.set_epoch_deadline(self.deadline_ticks)
-        with budget.running(self.timeout_s):
-            yield
-
-    def error(self, workload_id: str, exc: Exception, budget: CallBudget) -> WorkloadError:
-        """Translate a wasmtime trap or error raised by guest code."""
-        if budget.exhausted:
-            return DeadlineExceeded(workload_id, self.timeout_s)
-        if isinstance(exc, wasmtime.ExitTrap):
-            return WorkloadExited(workload_id, exc.code)
-        if isinstance(exc, wasmtime.Trap):
-            code = exc.trap_code
-            if code is wasmtime.TrapCode.INTERRUPT:
-                return DeadlineExceeded(workload_id, self.timeout_s)
-            return WorkloadTrap(workload_id, _last_line(exc.message), trap_code=code.name.lower() if code else None)
-        return WorkloadTrap(workload_id, _last_line(str(exc)))
-
-
-def _last_line(message: str) -> str:
-    # wasmtime puts a backtrace first and the cause last; keep the cause.
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return lines[-1] if lines else "trapped"
-
-
 def _set_event() -> threading.Event:
     event = threading.Event()
     event.set()
@@ -155,6 +120,7 @@ class Workload:
     removed: bool = False
     tracker: snapshot.StateTracker | None = None
     thawed: threading.Event = field(default_factory=lambda: _set_event())  # cleared while paused
+    interrupt: CallInterrupt | None = None  # ends a call at its deadline or when cancelled
     memory_fixed: bool = False  # it never moves (the host's own engine): ``copying_outside``
     copies: int = 0  # copies running without ``lock``; its own lock: one ending waits for no call
     copies_done: threading.Condition = field(default_factory=threading.Condition)
@@ -226,12 +192,12 @@ class Workload:
             self.tracker = None
             _switching.moved()
 
-    def running(self) -> contextlib.AbstractContextManager[None]:
-        """Give guest code of this workload about to run on this thread its time budget."""
-        return self.guest_time.running(self.store, self.budget)
+    def running(self, token: CancelToken | None = None) -> contextlib.AbstractContextManager[None]:
+        """Give guest code of this workload about to run on this thread its time budget (and ``token``)."""
+        return self.guest_time.running(self.store, self.budget, self.interrupt, token)
 
     def guest_error(self, exc: Exception) -> WorkloadError:
-        return self.guest_time.error(self.workload_id, exc, self.budget)
+        return self.guest_time.error(self.workload_id, exc, self.budget, self.interrupt)
 
     @contextmanager
     def touching_state(self, doing: str) -> Iterator[None]:
@@ -277,18 +243,22 @@ class Workload:
             self.budget.inputs.continue_from(monotonic_ns)
         self.restore_state(snap)
 
-    def run(self, export: str, params: list[int | float], inputs: CallInputs | None) -> None | int | float | tuple:
+    def run(self, export: str, params: list[int | float], inputs: CallInputs | None,
+            token: CancelToken | None = None) -> None | int | float | tuple:
         """Run one call of ``export`` (the caller holds ``lock``), counting it and its trap or timeout.
 
-        Raises a ``WorkloadError`` or ``ReplayDivergence`` (``Host.call``).
+        Raises a ``WorkloadError`` (``CallCancelled`` if ``token`` was
+        cancelled before or while it ran) or ``ReplayDivergence`` (``Host.call``).
         """
+        if token is not None and token.cancelled:
+            raise CallCancelled(self.workload_id, started=False)
         func = self.funcs.get(export)
         if func is None:
             func = self.funcs[export] = self.instance.exports(self.store)[export]
         gate = self.budget.inputs
         gate.begin_call(self.calls, export, params, inputs)
         try:
-            with self.running():
+            with self.running(token):
                 result = func(self.store, *params)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             error = gate.end_call() or self.guest_error(exc)
@@ -354,15 +324,16 @@ def instantiate(engine: wasmtime.Engine, module: CachedModule, limits: Limits, g
     store.set_wasi(wasi_config(argv=[workload_id, *args], env=env, preopen=preopen,
                                stdout=stdout, stderr=stderr))
     budget = CallBudget(InputGate(workload_id))
+    interrupt = CallInterrupt(store)
     try:
-        with guest_time.running(store, budget):
+        with guest_time.running(store, budget, interrupt):
             instance = module.pre.instantiate(store)
     except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-        raise guest_time.error(workload_id, exc, budget) from exc
+        raise guest_time.error(workload_id, exc, budget, interrupt) from exc
     return Workload(workload_id=workload_id, module=module, app=app, memory_limit_bytes=memory_limit_bytes,
                     args=tuple(args), env=env, preopen={g: os.fspath(h) for g, h in (preopen or {}).items()},
                     directory=directory, stdout=stdout, stderr=stderr, store=store,
-                    budget=budget, instance=instance, guest_time=guest_time,
+                    budget=budget, instance=instance, guest_time=guest_time, interrupt=interrupt,
                     memory_fixed=memory_never_moves(engine))
 
 

@@ -2,8 +2,7 @@
 
     migrate-node serve --name edge-1 --role edge --listen 127.0.0.1:7401 --tls-dir tls/edge-1
     migrate-node status --node 127.0.0.1:7401 --tls-dir tls/app
-    migrate-node list | deploy MODULE | call WORKLOAD EXPORT [ARG...]
-    migrate-node ca init --dir ca
+    migrate-node list | deploy MODULE | call WORKLOAD EXPORT [ARG...] | ca init --dir ca
     migrate-node cert issue --ca ca --name edge-1 --role node --out tls/edge-1
 
 Each command is one entry in a table (``COMMANDS``): a function that adds
@@ -20,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -48,7 +48,9 @@ logger = logging.getLogger("nodes.cli")
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-_CLIENT_ENV = "MIGRATE_NODE_ADDRESS"
+#: The client commands' own settings: MIGRATE_NODE_* are the server's (``serve``).
+_CLIENT_ENV = "MIGRATE_CLI_NODE"
+_CLIENT_TLS_ENV = "MIGRATE_CLI_TLS_DIR"
 
 
 class UsageError(Exception):
@@ -143,19 +145,20 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node", type=_flag(parse_address), default=None, metavar="HOST:PORT",
                    help=f"the node to ask (default ${_CLIENT_ENV} or 127.0.0.1:{DEFAULT_PORT})")
     p.add_argument("--tls-dir", type=Path, default=None,
-                   help="this client's cert.pem, key.pem and ca.pem (default $MIGRATE_NODE_TLS_DIR)")
+                   help=f"this client's cert.pem, key.pem and ca.pem (default ${_CLIENT_TLS_ENV})")
     p.add_argument("--insecure", action="store_true", help="plain TCP (loopback only)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-async def _connect(args: argparse.Namespace) -> NodeClient:
-    address = args.node or parse_address(os.environ.get(_CLIENT_ENV, f"127.0.0.1:{DEFAULT_PORT}"))
+async def connect(args: argparse.Namespace, address: Any = None) -> NodeClient:
+    """Connect as ``args`` say (--node, --tls-dir, --insecure), or to ``address`` with the same TLS."""
+    address = address or args.node or parse_address(os.environ.get(_CLIENT_ENV, f"127.0.0.1:{DEFAULT_PORT}"))
     tls = None
     if not args.insecure:
-        tls = args.tls_dir or os.environ.get("MIGRATE_NODE_TLS_DIR")
+        tls = args.tls_dir or os.environ.get(_CLIENT_TLS_ENV)
         if not tls:
-            raise UsageError("say which TLS dir to use (--tls-dir or MIGRATE_NODE_TLS_DIR), "
-                             "or --insecure for a loopback node")
+            raise UsageError(f"say which TLS dir to use (--tls-dir or {_CLIENT_TLS_ENV}; MIGRATE_NODE_TLS_DIR "
+                             "is the server's own), or --insecure for a loopback node")
     with trio.fail_after(30):
         return await NodeClient.connect(address, tls=tls)
 
@@ -164,7 +167,7 @@ def client_command(run: Callable[[NodeClient, argparse.Namespace], Any]) -> Call
     """A command that runs ``await run(client, args)`` against the node of ``--node`` and prints the result."""
     def command(args: argparse.Namespace) -> int:
         async def main() -> Any:
-            async with await _connect(args) as client:
+            async with await connect(args) as client:
                 return await run(client, args)
         result = trio.run(main)
         if args.json:
@@ -363,10 +366,17 @@ COMMANDS: Mapping[str, Command] = {
 def build_parser(commands: Mapping[str, Command] = COMMANDS, *,
                  prog: str = "migrate-node") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Run and manage wasm-migrate nodes.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add, run) in commands.items():
         add(sub).set_defaults(run=run)
     return parser
+
+
+def _version() -> str:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # a checkout never installed
+        return importlib.metadata.version("wasm-migrate")
+    return "(not installed)"
 
 
 def main(argv: Sequence[str] | None = None, *, commands: Mapping[str, Command] = COMMANDS,

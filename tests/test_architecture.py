@@ -294,3 +294,13 @@ def test_no_citations_of_files_outside_the_repository() -> None:
                 offenders.append(f"{path.relative_to(REPO).as_posix()}:{number} cites {', '.join(cited)}")
     assert not offenders, ("citations of files outside the repository (copy the fact in instead):\n  "
                            + "\n  ".join(offenders))
+
+
+def test_every_package_ships_its_type_hints() -> None:
+    """PEP 561: a py.typed marker in each package, and pyproject.toml puts it in the wheel."""
+    import tomllib
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for package in ("migrate", "nodes", "snapshot"):
+        assert (REPO / package / "py.typed").exists(), package
+        assert "py.typed" in data.get(package, []), package

@@ -173,3 +173,96 @@ async def test_a_handle_calls_exactly_once_after_the_node_closed_its_idle_connec
         assert await h.call("incr", 1) == 4
     closed = [line for line in edge.log_lines() if line.get("msg") == "connection closed"]
     assert any("sent nothing for 1.5 s" in line.get("reason", "") for line in closed)
+
+
+SPIN = (b'(module (global $n (mut i32) (i32.const 0)) (func (export "spin") (loop (br 0)))'
+        b' (func (export "incr") (result i32)'
+        b' (global.set $n (i32.add (global.get $n) (i32.const 1))) (global.get $n)))')
+
+
+async def _summary(address, tls, workload):
+    async with await nodes.NodeClient.connect(address, tls=tls) as client:
+        return next(w for w in await client.workloads() if w.workload_id == workload)
+
+
+async def test_a_call_past_its_timeout_is_stopped_on_the_node(three_nodes, cluster_tls):
+    """The node's per-call deadline is 30 s: only a cancel ends the spin at once, as a trap, not a timeout."""
+    import wasmtime
+    _, edge, _ = three_nodes
+    tls = cluster_tls.issue("app-1", "node")
+    async with migrate.connect(str(edge.address), tls=tls) as cluster:
+        h = await cluster.spawn(wasmtime.wat2wasm(SPIN), on="edge-1")
+        with pytest.raises(trio.TooSlowError):
+            await h.call("spin", timeout=0.3)
+        assert await h.call("incr") == 1  # calls on a workload run one at a time: the spin ended
+        summary = await _summary(str(edge.address), tls, h.workload)
+        assert (summary.traps, summary.timeouts) == (1, 0)
+
+
+async def test_a_cancelled_call_that_waits_its_turn_never_runs(three_nodes, cluster_tls):
+    import wasmtime
+    _, edge, _ = three_nodes
+    tls = cluster_tls.issue("app-1", "node")
+    async with migrate.connect(str(edge.address), tls=tls) as cluster:
+        h = await cluster.spawn(wasmtime.wat2wasm(SPIN), on="edge-1")
+        async with trio.open_nursery() as nursery:
+            spinning = trio.CancelScope()
+
+            async def spin() -> None:
+                with spinning:
+                    await h.call("spin")
+
+            nursery.start_soon(spin)
+            await trio.sleep(0.2)
+            with trio.move_on_after(0.3) as waited:
+                await h.call("incr")  # queued behind the spin, then cancelled
+            assert waited.cancelled_caught
+            spinning.cancel()
+        assert await h.call("incr") == 1  # the cancelled incr never ran
+        summary = await _summary(str(edge.address), tls, h.workload)
+        assert (summary.calls, summary.traps, summary.timeouts) == (2, 1, 0)
+
+
+WORK = (b'(module (global $g (mut i32) (i32.const 0))'
+        b' (func (export "work") (param $n i32) (result i32) (local $i i32)'
+        b'  (loop (local.set $i (i32.add (local.get $i) (i32.const 1))) (br_if 0 (i32.lt_u (local.get $i) (local.get $n))))'
+        b'  (global.set $g (i32.add (global.get $g) (i32.const 1))) (global.get $g))'
+        b' (func (export "get") (result i32) (global.get $g)))')
+
+
+async def test_a_cancelled_call_on_a_protected_workload_finishes(three_nodes, cluster_tls):
+    """Replayed elsewhere on a failover, a call is not stopped midway: it finishes, once, and is not a trap."""
+    import wasmtime
+    _, edge, _ = three_nodes
+    tls = cluster_tls.issue("app-1", "node")
+    async with migrate.connect(str(edge.address), tls=tls) as cluster:
+        h = await cluster.spawn(wasmtime.wat2wasm(WORK), on="edge-1")
+        await h.protect("checkpoint", interval_s=60)
+        with pytest.raises(trio.TooSlowError):
+            await h.call("work", 1_500_000_000, timeout=0.05)
+        assert await h.call("get") == 1  # waited for the cancelled call, which finished
+        summary = await _summary(str(edge.address), tls, h.workload)
+        assert (summary.traps, summary.timeouts) == (0, 0)
+
+
+async def test_exports_bytes_and_str_arguments_and_removal_at_the_end_of_a_block(three_nodes, cluster_tls):
+    import wasmtime
+    _, edge, cloud = three_nodes
+    tls = cluster_tls.issue("app-1", "node")
+    async with migrate.connect(str(edge.address), str(cloud.address), tls=tls) as cluster:
+        h = await cluster.spawn(workloads.load("kvstore"), on="edge-1")
+        exports = {e.name: e for e in await h.exports()}
+        assert exports["kv_put"].params == ("i32", "i32", "i32", "i32") and exports["kv_put"].results == ("i32",)
+        assert not any(name.startswith("__wm_") for name in exports)
+        assert await h.call("kv_put", b"key", "välue") == 1  # str goes in as UTF-8
+        await h.migrate("cloud-1")
+        assert await h.read_prefixed(await h.call("kv_get", "key")) == "välue".encode()
+        plain = await cluster.spawn(wasmtime.wat2wasm(SPIN), on="edge-1")
+        with pytest.raises(TypeError, match="no wm_alloc"):
+            await plain.call("incr", b"bytes")
+        with pytest.raises(TypeError):
+            await plain.call("incr", [1])
+        async with plain.removing():
+            assert await plain.call("incr") == 1
+        async with await nodes.NodeClient.connect(str(edge.address), tls=tls) as client:
+            assert plain.workload not in {w.workload_id for w in await client.workloads()}

@@ -45,8 +45,11 @@ def test_migrate_one_workload_by_peer_name_keeps_its_state(pair, cluster_tls):
     assert done.returncode == 0, done.stderr
     assert "c1 edge-1 -> cloud-1 (precopy)" in done.stdout and "blackout" in done.stdout
     assert cli("call", "c1", "incr", "1", "--node", str(cloud.address), tls=tls).stdout.strip() == "42"
-    moved = cli("call", "c1", "get", "--node", str(edge.address), tls=tls)
-    assert moved.returncode != 0 and "c1" in moved.stderr
+    followed = cli("call", "c1", "get", "--node", str(edge.address), tls=tls)  # asks the node it left
+    assert followed.returncode == 0 and followed.stdout.strip() == "42", followed.stderr
+    assert "c1 moved from edge-1 to cloud-1" in followed.stderr
+    same = cli("migrate", "c1", "--to", "cloud-1", "--node", str(cloud.address), tls=tls)
+    assert same.returncode == 0 and "c1 is on cloud-1 already: nothing to move" in same.stdout
 
 
 def test_drain_moves_everything_and_shows_progress(pair, cluster_tls):

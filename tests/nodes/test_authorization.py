@@ -54,7 +54,8 @@ WORKLOAD = "w"  # the workload every placeholder request names
 EXPECTED_TABLE = {
     **{kind: ANY_ROLE for kind in (
         "has_module", "put_module", "deploy", "call", "read_memory", "write_memory", "output", "remove",
-        "list_workloads", "peers", "status", "ping", "m_spawn", "m_call", "m_locate", "m_migrate")},
+        "list_workloads", "peers", "status", "ping", "exports", "m_spawn", "m_call", "m_cancel", "m_locate",
+        "m_migrate")},
     **{kind: NODE_ONLY for kind in (
         "m_incoming", "m_chunk", "m_commit", "m_abort", "m_protect", "m_checkpoint", "m_checkpoint_part",
         "m_replay", "m_align", "m_follow", "m_promote", "m_first_call")},
@@ -63,7 +64,8 @@ EXPECTED_TABLE = {
 
 #: The requests open to clients that name a workload (``workload`` or
 #: ``workload_id``): refused to a client of another tenant.
-EXPECTED_PER_WORKLOAD = {"deploy", "call", "read_memory", "write_memory", "output", "remove", "m_spawn", "m_call",
+EXPECTED_PER_WORKLOAD = {"deploy", "call", "exports", "read_memory", "write_memory", "output", "remove", "m_spawn",
+                         "m_call", "m_cancel",
                          "m_locate", "m_migrate"}
 
 

@@ -32,3 +32,15 @@ async def test_an_idle_client_learns_its_node_is_shutting_down_even_when_its_wri
             await client.request(ListWorkloads)
         with pytest.raises(NodeShuttingDown):  # and so does every later request
             await client.request(ListWorkloads)
+
+
+async def test_a_field_of_the_wrong_type_is_a_type_error_before_anything_is_sent(node_procs, cluster_tls):
+    import workloads
+
+    node = node_procs.start("edge-1", "edge")
+    async with await node.client(cluster_tls.app) as client:
+        wid = (await client.deploy(workloads.load("counter"))).workload_id
+        for workload, export in ((123, "incr"), (wid, b"incr"), (None, "incr")):
+            with pytest.raises(TypeError, match="expected str"):
+                await client.call(workload, export, 1)
+        assert await client.call(wid, "incr", 2) == 2  # the connection is as it was
