@@ -20,6 +20,7 @@ import wasmtime
 
 from . import _prepare as P
 from . import _refaccess as ra
+from . import _reftypes as rt
 from ._errors import InvalidModuleError, UnrepresentableStateError
 from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, TableState
 
@@ -72,8 +73,11 @@ class TableSlot:
 
     def read(self, store, lay: "Layout") -> tuple:
         where = f"table {self.index}"
-        if self.funcs is None:
-            return tuple(_ref_to_index(store, lay, self.handle.get(store, i), self.reftype, where)
+        if self.funcs is None or rt.ref_class(self.reftype) == "func":
+            # Table.get reads any function reference (typed, table64) and
+            # is about 5 us an element against 29 us for a call of tget.
+            reftype = "funcref" if self.funcs else self.reftype
+            return tuple(_ref_to_index(store, lay, self.handle.get(store, i), reftype, where)
                          for i in range(self.size(store)))
         get = self.funcs["tget"]
         to_index = lambda raw: _ref_to_index(store, lay, raw, "funcref", where)  # noqa: E731
@@ -86,11 +90,17 @@ class TableSlot:
         elif self.funcs.get("tgrow") is None or self.funcs["tgrow"](store, count, *ra.to_args(self.reftype, fill)) < 0:
             raise wasmtime.WasmtimeError(f"table.grow by {count} failed")
 
-    def write(self, store, i: int, value, funcs: list) -> None:
+    def write(self, store, elements: tuple, funcs: list) -> None:
+        """Set every element; the injected table.fill takes each run of equal elements in one call."""
         if self.funcs is None:
-            self.handle.set(store, i, None if value is None else funcs[value])
-        else:
-            self.funcs["tset"](store, i, *ra.to_args(self.reftype, value))
+            for i, value in enumerate(elements):
+                self.handle.set(store, i, None if value is None else funcs[value])
+            return
+        fill, start = self.funcs["tfill"], 0
+        for i in range(1, len(elements) + 1):
+            if i == len(elements) or elements[i] != elements[start]:
+                fill(store, start, i - start, *ra.to_args(self.reftype, elements[start]))
+                start = i
 
 
 @dataclass

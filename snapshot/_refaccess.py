@@ -34,7 +34,7 @@ from ._leb128 import write_u
 
 PLAIN_REFS = ("funcref", "externref")
 TABLE_TYPE, GLOBAL_TYPE = "__wm_ttype_", "__wm_gtype_"
-TABLE_FUNCS = ("tsize", "tget", "tset", "tgrow", "ttest")
+TABLE_FUNCS = ("tsize", "tget", "tfill", "tgrow", "ttest")
 
 
 def needs_table_accessors(reftype: str, is64: bool) -> bool:
@@ -121,10 +121,12 @@ def table_accessors(index: int, reftype: str, is64: bool, functable: int | None)
     t = write_u(index)
     out = [Accessor(accessor_name("tsize", index), (), (addr,), b"\xfc\x10" + t),
            _getter(accessor_name("tget", index), reftype, (addr,), _get(0) + b"\x25" + t)]
-    made = _make(reftype, 1, functable)
-    if made is not None:
+    made = _make(reftype, 2, functable)
+    if made is not None:  # table.fill (start, count, value): one call per run of equal elements
         params, value = made
-        out.append(Accessor(accessor_name("tset", index), (addr,) + params, (), _get(0) + value + b"\x26" + t))
+        out.append(Accessor(accessor_name("tfill", index), (addr, addr) + params, (),
+                            _get(0) + value + _get(1) + b"\xfc\x11" + t))
+        value = _make(reftype, 1, functable)[1]
         out.append(Accessor(accessor_name("tgrow", index), (addr,) + params, (addr,),
                             value + _get(0) + b"\xfc\x0f" + t))
     return out + _tester(accessor_name("ttest", index), reftype, functable)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 
 from ._errors import InvalidModuleError
-from ._leb128 import read_s, write_s
+from ._leb128 import read_s, read_u, write_s
 
 #: Abstract heap types: binary code -> (name, class, nullable short name).
 HEAP_TYPES = {
@@ -184,3 +184,44 @@ def check_module(info) -> None:
             reason = None
         if reason:
             raise InvalidModuleError(reason)
+    if info.mutable_fields:
+        for index, reftype in _passive_segments(info):
+            if ref_class(reftype, kinds) == "gc":
+                raise InvalidModuleError(
+                    f"element segment {index} holds GC references ({_described(reftype, kinds)}) to objects "
+                    "with mutable fields, which cannot be captured")
+
+
+def _passive_segments(info):
+    """(segment index, reference type) of each passive element segment given by expressions.
+
+    Its references are made once, at instantiation, and array.new_elem or
+    table.init hand out the same objects on every call: a struct changed
+    through one of them stays changed in the segment.
+    """
+    from . import _wasmbin as wb  # _wasmbin reads value types with this module
+
+    section = info.section(wb.ELEMENT)
+    if section is None:
+        return
+    p = section.payload
+    count, pos = read_u(p, 0)
+    for index in range(count):
+        flags, pos = read_u(p, pos)
+        if flags > 7:
+            raise InvalidModuleError(f"unknown element segment flags {flags}")
+        if flags & 3 == 2:  # active with an explicit table
+            _, pos = read_u(p, pos)
+        if not flags & 1:  # active: offset expression
+            pos = wb.skip_const_expr(p, pos)
+        reftype = "funcref"
+        if flags & 3:  # element kind or reference type
+            if flags & 4:
+                reftype, pos = wb._read_valtype(p, pos)
+            else:
+                pos += 1
+        n, pos = read_u(p, pos)
+        for _ in range(n):
+            pos = wb.skip_const_expr(p, pos) if flags & 4 else read_u(p, pos)[1]
+        if flags == 5:
+            yield index, reftype

@@ -78,7 +78,7 @@ def _check(snapshot: Snapshot, store, instance, lay: Layout) -> None:
         test = slot.funcs.get("ttest")
         for e in set(ts.elements):
             ra.check_value(ts.reftype, e, len(funcs), test, store, where)
-        if ts.elements and (slot.funcs.get("tset") is None or slot.funcs.get("tgrow") is None):
+        if ts.elements and (slot.funcs.get("tfill") is None or slot.funcs.get("tgrow") is None):
             raise IncompatibleSnapshotError(f"{where} of type {ts.reftype} cannot be written")
 
 
@@ -149,8 +149,7 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
     for gs, slot in zip(snapshot.globals, lay.globals):
         _write_global(store, slot, gs, funcs)
     for ts, slot in zip(snapshot.tables, lay.tables):
-        for i, e in enumerate(ts.elements):
-            slot.write(store, i, e, funcs)
+        slot.write(store, ts.elements, funcs)
     record_state_id(instance, snapshot.state_id)
 
 

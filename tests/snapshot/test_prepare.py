@@ -132,7 +132,7 @@ def test_c_workloads_prepare_with_internal_stack_pointer_exported(name):
 
 
 #: A refusal names the item and the feature that holds uncapturable state.
-REFUSAL = re.compile(r"^(table|global) \d+ holds (GC references|exception references) \(")
+REFUSAL = re.compile(r"^(table|global|element segment) \d+ holds (GC references|exception references) \(")
 #: The only features a module may be refused for: live GC objects (struct
 #: and array identity) and live exceptions (see snapshot/_reftypes.py).
 REFUSABLE = {"GC references", "exception references"}
@@ -184,7 +184,7 @@ def test_spec_testsuite_corpus_prepares_captures_and_restores(engine):
             again = snapshot.capture(store2, inst2)
             assert again.same_state(snap), path.name
             seen["round-tripped"] += 1
-    # Measured: 2105 prepared, 1856 round-tripped, 23 refused (all GC references).
+    # Measured: 2102 prepared, 1853 round-tripped, 26 refused (all GC references).
     assert seen["prepared"] > 2000 and seen["round-tripped"] > 1800, (seen, refusals)
     assert sum(refusals.values()) < 40, (seen, refusals)
 
