@@ -32,6 +32,7 @@ import wasmtime
 
 from . import _leb128 as leb
 from . import _refaccess as ra
+from . import _refcheck as refcheck
 from . import _reftypes as rt
 from . import _wasmbin as wb
 from ._errors import InvalidModuleError
@@ -219,7 +220,7 @@ def prepare(wasm: bytes) -> bytes:
     for e in info.exports:
         if e.name.startswith(PREFIX):
             raise InvalidModuleError(f"export {e.name!r} uses the reserved prefix {PREFIX!r}")
-    rt.check_module(info)
+    refcheck.check_module(info)
     for i, limits in enumerate(info.memories):
         if limits.shared:
             raise InvalidModuleError(f"memory {info.imported_memories + i} is shared; "

@@ -112,6 +112,9 @@ def _read_valtype(data: bytes, pos: int) -> tuple[str, int]:
     return ref
 
 
+read_valtype = _read_valtype
+
+
 def _read_limits(data: bytes, pos: int) -> tuple[Limits, int]:
     if pos >= len(data):
         raise InvalidModuleError("unexpected end of module inside limits")

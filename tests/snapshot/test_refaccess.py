@@ -11,10 +11,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import snapshot
 from snapshot import CorruptSnapshotError, IncompatibleSnapshotError, Snapshot
 
-from conftest import Live
 
 
-def moved(w: Live) -> Live:
+def moved(w):
     """A fresh instance holding ``w``'s state, carried through the encoded form."""
     snap = w.capture()
     target = w.fresh()
@@ -56,7 +55,7 @@ TYPED = r"""
 """
 
 
-def _typed_behaviour(w: Live) -> list:
+def _typed_behaviour(w) -> list:
     return ([w("nonnull", i) for i in range(w("nonnull_size"))]
             + [w("typed_null", i) for i in range(3)] + [w("typed", 2)]
             + [w("init_null", i) for i in range(4)] + [w("init", 1), w("init", 2), w("neg", 7)]
@@ -124,7 +123,7 @@ I31 = r"""
 """
 
 
-def _i31_behaviour(w: Live) -> list:
+def _i31_behaviour(w) -> list:
     n = w("size")
     return ([w("is_null", i) for i in range(n)] + [w("t", i) for i in range(1, n)]
             + [w("n", i) for i in range(n + 1)] + [w("g_null")] + ([w("g")] if not w("g_null") else []) + [w("k")])
