@@ -83,7 +83,7 @@ class TableSlot:
         to_index = lambda raw: _ref_to_index(store, lay, raw, "funcref", where)  # noqa: E731
         return tuple(ra.from_result(self.reftype, get(store, i), to_index, where) for i in range(self.size(store)))
 
-    def grow(self, store, count: int, fill, funcs: list) -> None:
+    def grow(self, store, count: int, fill) -> None:
         """Grow by ``count`` elements filled with ``fill`` (a snapshot value); raises WasmtimeError."""
         if self.funcs is None:
             self.handle.grow(store, count, None)

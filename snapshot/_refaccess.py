@@ -119,8 +119,9 @@ def _tester(name: str, valtype: str, functable: int | None) -> list[Accessor]:
 def table_accessors(index: int, reftype: str, is64: bool, functable: int | None) -> list[Accessor]:
     addr = "i64" if is64 else "i32"
     t = write_u(index)
-    out = [Accessor(accessor_name("tsize", index), (), (addr,), b"\xfc\x10" + t),
-           _getter(accessor_name("tget", index), reftype, (addr,), _get(0) + b"\x25" + t)]
+    out = [Accessor(accessor_name("tsize", index), (), (addr,), b"\xfc\x10" + t)]
+    if rt.ref_class(reftype) != "func":  # Table.get reads function references of any table
+        out.append(_getter(accessor_name("tget", index), reftype, (addr,), _get(0) + b"\x25" + t))
     made = _make(reftype, 2, functable)
     if made is not None:  # table.fill (start, count, value): one call per run of equal elements
         params, value = made

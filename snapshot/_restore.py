@@ -124,7 +124,7 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
             try:
                 # Filled with one of the snapshot's own elements: a
                 # non-nullable table never holds null, even for a moment.
-                slot.grow(store, grow, ts.elements[current], funcs)
+                slot.grow(store, grow, ts.elements[current])
             except wasmtime.WasmtimeError as exc:
                 raise IncompatibleSnapshotError(f"target refused to grow table {ts.index}: {exc}") from None
     for ms, (_, memory), old in zip(snapshot.memories, lay.memories, old_sizes):
