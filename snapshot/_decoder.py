@@ -26,7 +26,8 @@ from ._errors import (
 )
 from ._format import CRC, END, FLAG_ENCRYPTED, FRAME_HEAD, HEADER_BYTES, MAGIC, META, PAGES, VERSION, check_key, sealing
 from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageRun, RunJoiner
-from ._state import NUMERIC_BITS, REF_TYPES, GlobalState, TableState, is_int, numeric_fits
+from ._reftypes import ref_class, value_fits
+from ._state import NUMERIC_BITS, GlobalState, TableState, is_int, numeric_fits
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,8 @@ def _decode_value(valtype: str, value, where: str):
     if valtype in NUMERIC_BITS:
         _want(numeric_fits(valtype, value), f"{where} is not a valid {valtype}")
         return value
-    _want(valtype in REF_TYPES, f"{where} has unknown type {valtype!r}")
-    _want(value is None or (is_int(value) and value >= 0 and valtype == "funcref"),
-          f"{where} is not a valid {valtype}")
+    _want(isinstance(valtype, str) and ref_class(valtype) is not None, f"{where} has unknown type {valtype!r}")
+    _want(value_fits(valtype, value), f"{where} is not a valid {valtype}")
     return value
 
 
@@ -238,7 +238,8 @@ class SnapshotDecoder:
         tables = []
         total = 0
         for t in _entries(body["tables"], "table", "tables"):
-            _want(t[1] in REF_TYPES and isinstance(t[2], list), "bad table entry")
+            _want(isinstance(t[1], str) and ref_class(t[1]) is not None and isinstance(t[2], list),
+                  "bad table entry")
             total += len(t[2])
             if total > lim.max_table_elements:
                 raise OversizedSnapshotError(f"tables exceed the limit of {lim.max_table_elements} elements")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import wasmtime
 
 from . import _prepare as P
+from . import _refaccess as ra
+from . import _reftypes as rt
 from ._errors import InvalidModuleError, UnrepresentableStateError
 from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, TableState
 
@@ -38,13 +40,67 @@ def _valtype_name(ty: wasmtime.ValType) -> str:
 
 @dataclass
 class GlobalSlot:
-    """A mutable global's export, its type, and its raw-bits accessors (None where not needed)."""
+    """A mutable global's export, its type, and its raw-bits accessors (None where not needed).
+
+    ``injected`` marks a reference global read and written through
+    ``_refaccess`` accessors (``test`` is its ref.test, if any).
+    """
 
     index: int
     handle: wasmtime.Global
     valtype: str
     getter: wasmtime.Func | None
     setter: wasmtime.Func | None
+    injected: bool = False
+    test: wasmtime.Func | None = None
+
+
+@dataclass
+class TableSlot:
+    """A table's export and type; ``funcs`` holds its injected accessors (None: wasmtime-py's API is safe)."""
+
+    index: int
+    handle: wasmtime.Table
+    reftype: str
+    funcs: dict | None = None
+    maximum_: int | None = None
+
+    def size(self, store) -> int:
+        return self.funcs["tsize"](store) if self.funcs else self.handle.size(store)
+
+    def maximum(self, store) -> int | None:
+        return self.maximum_ if self.funcs else self.handle.type(store).limits.max
+
+    def read(self, store, lay: "Layout") -> tuple:
+        where = f"table {self.index}"
+        if self.funcs is None or rt.ref_class(self.reftype) == "func":
+            # Table.get reads any function reference (typed, table64) and
+            # is about 5 us an element against 29 us for a call of tget.
+            reftype = "funcref" if self.funcs else self.reftype
+            return tuple(_ref_to_index(store, lay, self.handle.get(store, i), reftype, where)
+                         for i in range(self.size(store)))
+        get = self.funcs["tget"]
+        to_index = lambda raw: _ref_to_index(store, lay, raw, "funcref", where)  # noqa: E731
+        return tuple(ra.from_result(self.reftype, get(store, i), to_index, where) for i in range(self.size(store)))
+
+    def grow(self, store, count: int, fill) -> None:
+        """Grow by ``count`` elements filled with ``fill`` (a snapshot value); raises WasmtimeError."""
+        if self.funcs is None:
+            self.handle.grow(store, count, None)
+        elif self.funcs.get("tgrow") is None or self.funcs["tgrow"](store, count, *ra.to_args(self.reftype, fill)) < 0:
+            raise wasmtime.WasmtimeError(f"table.grow by {count} failed")
+
+    def write(self, store, elements: tuple, funcs: list) -> None:
+        """Set every element; the injected table.fill takes each run of equal elements in one call."""
+        if self.funcs is None:
+            for i, value in enumerate(elements):
+                self.handle.set(store, i, None if value is None else funcs[value])
+            return
+        fill, start = self.funcs["tfill"], 0
+        for i in range(1, len(elements) + 1):
+            if i == len(elements) or elements[i] != elements[start]:
+                fill(store, start, i - start, *ra.to_args(self.reftype, elements[start]))
+                start = i
 
 
 @dataclass
@@ -52,12 +108,12 @@ class Layout:
     """Where an instance keeps its state, found from its exports once.
 
     ``digest`` names the prepared module; ``memories`` are (index, Memory)
-    and ``tables`` (index, Table, reftype) pairs in index order.
+    pairs and ``tables`` their slots, in index order.
     """
 
     digest: str
     memories: list[tuple[int, wasmtime.Memory]]
-    tables: list[tuple[int, wasmtime.Table, str]]
+    tables: list[TableSlot]
     globals: list[GlobalSlot]
     functable: wasmtime.Table | None
     func_index: dict[tuple[int, int], int] | None = None
@@ -95,15 +151,29 @@ def layout(store: wasmtime.Store, instance: wasmtime.Instance) -> Layout:
                                      "call snapshot.prepare() on the module first")
         digest_parts.append((g.value(store) & (2**64 - 1)).to_bytes(8, "big"))
     memories, tables, globals_ = [], [], []
-    for name in sorted(exports.keys() if hasattr(exports, "keys") else list(exports)):
+    names = sorted(exports.keys() if hasattr(exports, "keys") else list(exports))
+    described = {}  # ("t" | "g", index) -> descriptor fields, for items with injected accessors
+    for name in names:
+        if (desc := ra.parse_descriptor(name)) is not None:
+            described[desc[:2]] = desc[2]
+    for name in names:
         item = exports[name]
         if (i := _suffix_index(name, "__wm_memory_")) is not None:
             memories.append((i, item))
         elif (i := _suffix_index(name, "__wm_table_")) is not None:
-            tables.append((i, item, _valtype_name(item.type(store).element)))
+            if (desc := described.get(("t", i))) is not None:
+                _, maximum, reftype = desc
+                funcs = {k: exports.get(ra.accessor_name(k, i)) for k in ra.TABLE_FUNCS}
+                tables.append(TableSlot(i, item, reftype, funcs, None if maximum == "-" else int(maximum)))
+            else:
+                tables.append(TableSlot(i, item, _valtype_name(item.type(store).element)))
         elif (i := _suffix_index(name, "__wm_global_")) is not None:
             getter = exports.get(P.getter_export(i))
             setter = exports.get(P.setter_export(i))
+            if (desc := described.get(("g", i))) is not None:
+                globals_.append(GlobalSlot(i, item, desc[0], getter, setter, True,
+                                           exports.get(ra.accessor_name("gtest", i))))
+                continue
             if isinstance(getter, wasmtime.Func):
                 # Typed by its accessor: wasmtime-py 50 cannot even describe a
                 # v128 global's type ("support for v128 is not implemented").
@@ -116,7 +186,7 @@ def layout(store: wasmtime.Store, instance: wasmtime.Instance) -> Layout:
     found = Layout(
         digest=b"".join(digest_parts).hex(),
         memories=sorted(memories, key=lambda t: t[0]),
-        tables=sorted(tables, key=lambda t: t[0]),
+        tables=sorted(tables, key=lambda t: t.index),
         globals=sorted(globals_, key=lambda s: s.index),
         functable=exports.get(P.FUNCTABLE_EXPORT),
     )
@@ -172,7 +242,11 @@ def _ref_to_index(store, lay: Layout, value, reftype: str, where: str) -> int | 
 
 def _read_global(store, lay: Layout, slot: GlobalSlot) -> GlobalState:
     vt = slot.valtype
-    if slot.getter is not None:
+    if slot.injected:
+        where = f"global {slot.index}"
+        to_index = lambda raw: _ref_to_index(store, lay, raw, "funcref", where)  # noqa: E731
+        value = ra.from_result(vt, slot.getter(store), to_index, where)
+    elif slot.getter is not None:
         raw = slot.getter(store)
         if vt == "v128":
             lo, hi = raw
@@ -197,18 +271,12 @@ def read_globals(store: wasmtime.Store, lay: Layout) -> tuple[GlobalState, ...]:
 
 
 def read_tables(store: wasmtime.Store, lay: Layout) -> tuple[TableState, ...]:
-    """The elements of every table, as function indices (None for null).
+    """The elements of every table, as function indices or i31 values (None for null).
 
     Raises UnrepresentableStateError for a host externref or a function
     that is not part of the module.
     """
-    out = []
-    for index, table, reftype in lay.tables:
-        where = f"table {index}"
-        elements = tuple(_ref_to_index(store, lay, table.get(store, i), reftype, where)
-                         for i in range(table.size(store)))
-        out.append(TableState(index, reftype, elements))
-    return tuple(out)
+    return tuple(TableState(t.index, t.reftype, t.read(store, lay)) for t in lay.tables)
 
 
 def state_id(instance: wasmtime.Instance) -> bytes | None:

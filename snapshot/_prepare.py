@@ -31,6 +31,9 @@ from dataclasses import dataclass
 import wasmtime
 
 from . import _leb128 as leb
+from . import _refaccess as ra
+from . import _refcheck as refcheck
+from . import _reftypes as rt
 from . import _wasmbin as wb
 from ._errors import InvalidModuleError
 
@@ -201,7 +204,9 @@ def prepare(wasm: bytes) -> bytes:
 
     Deterministic and idempotent: ``prepare(prepare(m)) == prepare(m)``.
     Raises InvalidModuleError for bytes that are not a valid core module, for
-    components, for unsupported features (GC types, shared memories) and for
+    components, for state that cannot be captured (shared memories, tables
+    and globals that can hold GC structs/arrays or exceptions: see
+    ``_reftypes``; the message names the item and the feature) and for
     modules that already export names under the reserved ``__wm_`` prefix.
     """
     if not isinstance(wasm, (bytes, bytearray, memoryview)):
@@ -215,6 +220,7 @@ def prepare(wasm: bytes) -> bytes:
     for e in info.exports:
         if e.name.startswith(PREFIX):
             raise InvalidModuleError(f"export {e.name!r} uses the reserved prefix {PREFIX!r}")
+    refcheck.check_module(info)
     for i, limits in enumerate(info.memories):
         if limits.shared:
             raise InvalidModuleError(f"memory {info.imported_memories + i} is shared; "
@@ -235,27 +241,43 @@ def prepare(wasm: bytes) -> bytes:
         new_types.append(_functype(sig))
         return len(types) - 1
 
+    def add_func(name: str, sig: tuple, code: bytes) -> None:
+        new_funcs.append(leb.write_u(type_index(sig)))
+        new_code.append(code)
+        exports.append(_export(name, wb.KIND_FUNC, func_count + len(new_funcs) - 1))
+
     for i, _ in enumerate(info.memories):
         idx = info.imported_memories + i
         exports.append(_export(memory_export(idx), wb.KIND_MEMORY, idx))
+    # Typed references, i31ref and table64 go through injected accessors
+    # (``_refaccess``), function references through the function table,
+    # which follows the module's own tables.
+    functable = info.imported_tables + len(info.tables) if func_count else None
     needs_functable = False
-    for i, (reftype, _) in enumerate(info.tables):
+    for i, (reftype, limits) in enumerate(info.tables):
         idx = info.imported_tables + i
         exports.append(_export(table_export(idx), wb.KIND_TABLE, idx))
-        needs_functable |= reftype == "funcref"
+        needs_functable |= rt.ref_class(reftype, info.type_kinds) == "func"
+        if ra.needs_table_accessors(reftype, limits.is64):
+            desc = ra.table_descriptor(idx, reftype, limits.is64, limits.maximum)
+            exports.append(_export(desc, wb.KIND_TABLE, idx))
+            for acc in ra.table_accessors(idx, reftype, limits.is64, functable):
+                add_func(acc.name, (acc.params, acc.results), acc.code())
     for i, g in enumerate(info.globals):
         if not g.mutable:
             continue
         idx = info.imported_globals + i
         exports.append(_export(global_export(idx), wb.KIND_GLOBAL, idx))
-        needs_functable |= g.valtype == "funcref"
+        needs_functable |= rt.ref_class(g.valtype, info.type_kinds) == "func"
+        if ra.needs_global_accessors(g.valtype):
+            exports.append(_export(ra.global_descriptor(idx, g.valtype), wb.KIND_GLOBAL, idx))
+            for acc in ra.global_accessors(idx, g.valtype, functable):
+                add_func(acc.name, (acc.params, acc.results), acc.code())
         if g.valtype in ("f32", "f64", "v128"):
             get, put, get_sig, put_sig = _accessor_bodies(idx, g.valtype)
             for name, body, sig in ((getter_export(idx), get, get_sig), (setter_export(idx), put, put_sig)):
-                new_funcs.append(leb.write_u(type_index(sig)))
                 code = b"\x00" + body  # no locals
-                new_code.append(leb.write_u(len(code)) + code)
-                exports.append(_export(name, wb.KIND_FUNC, func_count + len(new_funcs) - 1))
+                add_func(name, sig, leb.write_u(len(code)) + code)
 
     if info.start is not None:
         exports.append(_export(START_EXPORT, wb.KIND_FUNC, info.start))
@@ -263,8 +285,8 @@ def prepare(wasm: bytes) -> bytes:
 
     table_section = info.section(wb.TABLE)
     element_section = info.section(wb.ELEMENT)
-    if needs_functable and func_count:
-        table_idx = info.imported_tables + len(info.tables)
+    if needs_functable and functable is not None:
+        table_idx = functable
         n = leb.write_u(func_count)
         wb.set_section(sections, wb.TABLE, wb.append_to_vector(
             table_section.payload if table_section else None, [b"\x70\x01" + n + n]))

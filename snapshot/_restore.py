@@ -13,6 +13,7 @@ import ctypes
 
 import wasmtime
 
+from . import _refaccess as ra
 from ._errors import BaseMismatchError, IncompatibleSnapshotError, ModuleMismatchError
 from ._instance import GlobalSlot, Layout, func_tables, layout, memory_view, record_state_id, state_id
 from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, nonzero_runs
@@ -55,19 +56,30 @@ def _check(snapshot: Snapshot, store, instance, lay: Layout) -> None:
     if [(g.index, g.valtype) for g in snapshot.globals] != [(s.index, s.valtype) for s in lay.globals]:
         raise IncompatibleSnapshotError("snapshot and target have different mutable globals")
     _, funcs = func_tables(store, lay)
-    for g in snapshot.globals:
-        _check_value(g.valtype, g.value, len(funcs), f"global {g.index}")
-    if [(t.index, t.reftype) for t in snapshot.tables] != [(i, rt) for i, _, rt in lay.tables]:
+    for g, slot in zip(snapshot.globals, lay.globals):
+        if slot.injected:
+            ra.check_value(g.valtype, g.value, len(funcs), slot.test, store, f"global {g.index}")
+        else:
+            _check_value(g.valtype, g.value, len(funcs), f"global {g.index}")
+    if [(t.index, t.reftype) for t in snapshot.tables] != [(t.index, t.reftype) for t in lay.tables]:
         raise IncompatibleSnapshotError("snapshot and target have different tables")
-    for ts, (_, table, _) in zip(snapshot.tables, lay.tables):
-        current = table.size(store)
+    for ts, slot in zip(snapshot.tables, lay.tables):
+        current = slot.size(store)
         if len(ts.elements) < current:
             raise IncompatibleSnapshotError(f"table {ts.index} cannot shrink from {current} to {len(ts.elements)}")
-        maximum = table.type(store).limits.max
+        maximum = slot.maximum(store)
         if maximum is not None and len(ts.elements) > maximum:
             raise IncompatibleSnapshotError(f"table {ts.index} exceeds the module's maximum of {maximum}")
-        for e in ts.elements:
-            _check_value(ts.reftype, e, len(funcs), f"table {ts.index}")
+        where = f"table {ts.index}"
+        if slot.funcs is None:
+            for e in ts.elements:
+                _check_value(ts.reftype, e, len(funcs), where)
+            continue
+        test = slot.funcs.get("ttest")
+        for e in set(ts.elements):
+            ra.check_value(ts.reftype, e, len(funcs), test, store, where)
+        if ts.elements and (slot.funcs.get("tfill") is None or slot.funcs.get("tgrow") is None):
+            raise IncompatibleSnapshotError(f"{where} of type {ts.reftype} cannot be written")
 
 
 def _check_value(valtype: str, value, nfuncs: int, where: str) -> None:
@@ -104,11 +116,15 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
             except wasmtime.WasmtimeError as exc:
                 raise IncompatibleSnapshotError(f"target refused to grow memory {ms.index} "
                                                 f"to {ms.size_bytes} bytes: {exc}") from None
-    for ts, (_, table, _) in zip(snapshot.tables, lay.tables):
-        grow = len(ts.elements) - table.size(store)
+    _, funcs = func_tables(store, lay)
+    for ts, slot in zip(snapshot.tables, lay.tables):
+        current = slot.size(store)
+        grow = len(ts.elements) - current
         if grow:
             try:
-                table.grow(store, grow, None)
+                # Filled with one of the snapshot's own elements: a
+                # non-nullable table never holds null, even for a moment.
+                slot.grow(store, grow, ts.elements[current])
             except wasmtime.WasmtimeError as exc:
                 raise IncompatibleSnapshotError(f"target refused to grow table {ts.index}: {exc}") from None
     for ms, (_, memory), old in zip(snapshot.memories, lay.memories, old_sizes):
@@ -130,12 +146,10 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
             src = _address(data)
             for a, b in nonzero_runs(data):
                 ctypes.memmove(base + a * PAGE_BYTES, src + a * PAGE_BYTES, (b - a) * PAGE_BYTES)
-    _, funcs = func_tables(store, lay)
     for gs, slot in zip(snapshot.globals, lay.globals):
         _write_global(store, slot, gs, funcs)
-    for ts, (_, table, _) in zip(snapshot.tables, lay.tables):
-        for i, e in enumerate(ts.elements):
-            table.set(store, i, None if e is None else funcs[e])
+    for ts, slot in zip(snapshot.tables, lay.tables):
+        slot.write(store, ts.elements, funcs)
     record_state_id(instance, snapshot.state_id)
 
 
@@ -169,7 +183,10 @@ def _source(data):
 
 def _write_global(store, slot: GlobalSlot, gs: GlobalState, funcs: list) -> None:
     vt = gs.valtype
-    if slot.setter is not None:
+    if slot.injected:
+        if slot.setter is not None:
+            slot.setter(store, *ra.to_args(vt, gs.value))
+    elif slot.setter is not None:
         if vt == "v128":
             lo, hi = gs.value & (2**64 - 1), gs.value >> 64
             slot.setter(store, _signed(lo, 64), _signed(hi, 64))

@@ -16,7 +16,6 @@ from ._pages import PageRun
 NUMERIC_BITS = {"i32": 32, "i64": 64, "f32": 32, "f64": 64, "v128": 128}
 #: The value types held as signed integers (as wasmtime reports them).
 SIGNED_TYPES = frozenset({"i32", "i64"})
-REF_TYPES = ("funcref", "externref")
 
 
 def is_int(value) -> bool:
@@ -53,8 +52,10 @@ class GlobalState:
     """A mutable global's value, as raw bits.
 
     i32/i64 hold signed integers as wasmtime reports them; f32/f64/v128 hold
-    the unsigned bit pattern (so NaN payloads survive); funcref holds a
-    function index or None; externref can only be None.
+    the unsigned bit pattern (so NaN payloads survive); a function
+    reference holds a function index or None, an i31ref its signed 31-bit
+    value or None; externref and the bottom types can only be None (see
+    ``_reftypes``).
     """
 
     index: int
@@ -64,7 +65,7 @@ class GlobalState:
 
 @dataclass(frozen=True)
 class TableState:
-    """A table's size and elements as function indices (None for null)."""
+    """A table's size and elements, valued as a ``GlobalState`` of its ``reftype`` is."""
 
     index: int
     reftype: str

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import _reftypes as rt
 from ._errors import InvalidModuleError
 from ._leb128 import read_name, read_s, read_u, write_u, write_vec
 
@@ -32,7 +33,8 @@ SECTION_RANK = {TYPE: 1, IMPORT: 2, FUNCTION: 3, TABLE: 4, MEMORY: 5, TAG: 6, GL
 # Export / import kinds.
 KIND_FUNC, KIND_TABLE, KIND_MEMORY, KIND_GLOBAL, KIND_TAG = 0, 1, 2, 3, 4
 
-# Value types we understand.  GC reference types are refused.
+# Numeric value types and the two reference types every module may hold
+# (``_reftypes`` names the others: typed references, GC, exnref).
 VALTYPES = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128",
             0x70: "funcref", 0x6F: "externref"}
 VALTYPE_CODES = {name: code for code, name in VALTYPES.items()}
@@ -75,7 +77,9 @@ class ModuleInfo:
     """The parts of a module that preparation reasons about."""
 
     sections: list[Section]
-    types: list[tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=list)
+    types: list[tuple[tuple[str, ...], tuple[str, ...]] | None] = field(default_factory=list)  # None: struct/array
+    type_kinds: list[str] = field(default_factory=list)  # "func", "struct" or "array" per type index
+    mutable_fields: bool = False  # some struct or array type has a mutable field
     imported_funcs: int = 0
     imported_tables: int = 0
     imported_memories: int = 0
@@ -100,10 +104,15 @@ def _read_valtype(data: bytes, pos: int) -> tuple[str, int]:
     if pos >= len(data):
         raise InvalidModuleError("unexpected end of module inside a value type")
     code = data[pos]
-    if code not in VALTYPES:
-        raise InvalidModuleError(
-            f"value type 0x{code:02x} is not supported (GC and typed function references are not)")
-    return VALTYPES[code], pos + 1
+    if code in VALTYPES:
+        return VALTYPES[code], pos + 1
+    ref = rt.read_reftype(data, pos)
+    if ref is None:
+        raise InvalidModuleError(f"value type 0x{code:02x} is not supported")
+    return ref
+
+
+read_valtype = _read_valtype
 
 
 def _read_limits(data: bytes, pos: int) -> tuple[Limits, int]:
@@ -146,7 +155,7 @@ def skip_const_expr(data: bytes, pos: int) -> int:
         elif op == 0x23 or op == 0xD2:  # global.get, ref.func
             _, pos = read_u(data, pos)
         elif op == 0xD0:  # ref.null heaptype
-            pos += 1
+            _, pos = rt.read_heaptype(data, pos)
         elif op in (0x6A, 0x6B, 0x6C, 0x7C, 0x7D, 0x7E):  # extended-const add/sub/mul
             pass
         elif op == 0xFD:  # v128.const
@@ -154,6 +163,14 @@ def skip_const_expr(data: bytes, pos: int) -> int:
             if sub != 12:
                 raise InvalidModuleError(f"unsupported SIMD op {sub} in a constant expression")
             pos += 16
+        elif op == 0xFB:  # GC: struct.new(_default), array.new(_default/_fixed), ref.i31, conversions
+            sub, pos = read_u(data, pos)
+            if sub in (0, 1, 6, 7, 8):
+                _, pos = read_u(data, pos)
+                if sub == 8:
+                    _, pos = read_u(data, pos)
+            elif sub not in (26, 27, 28):
+                raise InvalidModuleError(f"unsupported GC op {sub} in a constant expression")
         else:
             raise InvalidModuleError(f"unsupported opcode 0x{op:02x} in a constant expression")
 
@@ -161,8 +178,8 @@ def skip_const_expr(data: bytes, pos: int) -> int:
 def parse_module(data: bytes) -> ModuleInfo:
     """Split a core module into sections and decode the ones preparation needs.
 
-    Raises InvalidModuleError for components, non-wasm bytes, truncation,
-    section misordering and features we cannot rewrite (GC types).
+    Raises InvalidModuleError for components, non-wasm bytes, truncation
+    and section misordering.
     """
     data = bytes(data)
     if len(data) < 8 or data[:4] != MAGIC:
@@ -196,21 +213,53 @@ def parse_module(data: bytes) -> ModuleInfo:
     return info
 
 
+def _read_subtype(info: ModuleInfo, p: bytes, pos: int) -> int:
+    """One (sub)type definition: note its kind, its signature if a function type, and mutable fields."""
+    if pos < len(p) and p[pos] in (0x4F, 0x50):  # sub final / sub, with supertypes
+        n, pos = read_u(p, pos + 1)
+        for _ in range(n):
+            _, pos = read_u(p, pos)
+    if pos >= len(p):
+        raise InvalidModuleError("truncated type definition")
+    form, pos = p[pos], pos + 1
+    if form == 0x60:
+        params, results = [], []
+        for out in (params, results):
+            n, pos = read_u(p, pos)
+            for _ in range(n):
+                vt, pos = _read_valtype(p, pos)
+                out.append(vt)
+        info.types.append((tuple(params), tuple(results)))
+        info.type_kinds.append("func")
+        return pos
+    if form not in (0x5E, 0x5F):
+        raise InvalidModuleError(f"unknown type form 0x{form:02x}")
+    n, pos = read_u(p, pos) if form == 0x5F else (1, pos)
+    for _ in range(n):  # field: storage type (value type, i8 or i16) and mutability
+        if pos < len(p) and p[pos] in (0x77, 0x78):
+            pos += 1
+        else:
+            _, pos = _read_valtype(p, pos)
+        if pos >= len(p) or p[pos] > 1:
+            raise InvalidModuleError("bad field mutability flag")
+        info.mutable_fields |= p[pos] == 1
+        pos += 1
+    info.types.append(None)
+    info.type_kinds.append("struct" if form == 0x5F else "array")
+    return pos
+
+
 def _decode_section(info: ModuleInfo, s: Section) -> None:
     p = s.payload
     if s.id == TYPE:
         count, pos = read_u(p, 0)
         for _ in range(count):
-            if pos >= len(p) or p[pos] != 0x60:
-                raise InvalidModuleError("GC type definitions (rec groups, structs, arrays) are not supported")
-            pos += 1
-            params, results = [], []
-            for out in (params, results):
-                n, pos = read_u(p, pos)
+            if pos < len(p) and p[pos] == 0x4E:  # rec group
+                n, pos = read_u(p, pos + 1)
                 for _ in range(n):
-                    vt, pos = _read_valtype(p, pos)
-                    out.append(vt)
-            info.types.append((tuple(params), tuple(results)))
+                    pos = _read_subtype(info, p, pos)
+            else:
+                pos = _read_subtype(info, p, pos)
     elif s.id == IMPORT:
         count, pos = read_u(p, 0)
         for _ in range(count):
@@ -244,14 +293,11 @@ def _decode_section(info: ModuleInfo, s: Section) -> None:
     elif s.id == TABLE:
         count, pos = read_u(p, 0)
         for _ in range(count):
-            if pos < len(p) and p[pos] == 0x40:
-                raise InvalidModuleError("tables with initialiser expressions are not supported")
-            reftype, pos = _read_valtype(p, pos)
+            init = pos + 1 < len(p) and p[pos:pos + 2] == b"\x40\x00"  # table with an initialiser
+            reftype, pos = _read_valtype(p, pos + 2 if init else pos)
             limits, pos = _read_limits(p, pos)
-            if limits.is64:
-                # wasmtime-py 50's TableType.limits aborts the whole process
-                # (a Rust panic in the C API) on a table64 above 2**32.
-                raise InvalidModuleError("64-bit tables (memory64 proposal) are not supported")
+            if init:
+                pos = skip_const_expr(p, pos)
             info.tables.append((reftype, limits))
     elif s.id == MEMORY:
         count, pos = read_u(p, 0)

@@ -36,7 +36,14 @@ _VALUES = {
     "v128": st.integers(0, 2**128 - 1),
     "funcref": st.one_of(st.none(), st.integers(0, 1000)),
     "externref": st.none(),
+    "i31ref": st.one_of(st.none(), st.integers(-(2**30), 2**30 - 1)),
+    "(ref i31)": st.integers(-(2**30), 2**30 - 1),
+    "(ref null $3)": st.one_of(st.none(), st.integers(0, 1000)),
+    "(ref $70)": st.integers(0, 1000),
+    "nullref": st.none(),
+    "nullexnref": st.none(),
 }
+_REFS = sorted(t for t in _VALUES if t not in ("i32", "i64", "f32", "f64", "v128"))
 
 
 @st.composite
@@ -72,7 +79,7 @@ def snapshots(draw, delta=None):
         globals_.append(GlobalState(i * 3, vt, draw(_VALUES[vt])))
     tables = []
     for i in range(draw(st.integers(0, 2))):
-        rt = draw(st.sampled_from(["funcref", "externref"]))
+        rt = draw(st.sampled_from(_REFS))
         tables.append(TableState(i, rt, tuple(draw(st.lists(_VALUES[rt], max_size=30)))))
     return Snapshot(
         module_sha256=draw(st.binary(min_size=32, max_size=32)).hex(),
@@ -84,7 +91,7 @@ def snapshots(draw, delta=None):
 KEY = bytes(range(32))
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(snapshots(), st.booleans(), st.integers(1, 5))
 def test_any_snapshot_round_trips(snap, encrypt, batch_pages):
     key = KEY if encrypt else None
@@ -92,7 +99,7 @@ def test_any_snapshot_round_trips(snap, encrypt, batch_pages):
     assert Snapshot.from_bytes(data, key=key) == snap
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(snapshots(), st.integers(1, 50))
 def test_streaming_decoder_accepts_any_fragmentation(snap, piece):
     data = snap.to_bytes()
@@ -115,7 +122,8 @@ def _sample():
         module_sha256="ab" * 32, state_id=b"s" * 16,
         memories=(MemoryState(0, 65536, runs),),
         globals=(GlobalState(0, "i32", 5), GlobalState(1, "v128", 2**127 + 3), GlobalState(2, "f32", 0x7FA00001)),
-        tables=(TableState(0, "funcref", (None, 1, 2)),))
+        tables=(TableState(0, "funcref", (None, 1, 2)), TableState(1, "(ref $2)", (0, 3)),
+                TableState(2, "i31ref", (None, -(2**30), 2**30 - 1))))
 
 
 def test_fuzzed_encodings_are_rejected_or_decode_exactly():
@@ -306,7 +314,7 @@ def _as(kind: str, data: bytes):
     return memoryview(region)
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(snapshots(), st.integers(1, 20), st.sampled_from(["bytes", "bytearray", "mmap"]))
 def test_batches_from_memoryviews_are_those_of_copied_bytes(snap, batch_pages, kind):
     """Zero-copy batching yields the same ranges, zero ranges and page bytes, so the same frames."""
@@ -320,3 +328,15 @@ def test_batches_from_memoryviews_are_those_of_copied_bytes(snap, batch_pages, k
         viewed = SnapshotEncoder(batch_pages=batch_pages)
         assert viewed.pages(m.index, runs) == copied.pages(m.index, tuple(PageRun(r.first_page, bytes(r.data))
                                                                           for r in runs))
+
+
+@pytest.mark.parametrize("valtype, value", [
+    ("anyref", None), ("exnref", None), ("structref", None), ("(ref null $01)", None), ("(ref  i31)", 1),
+    ("(ref null $99999999999)", None), ("i31ref", 2**30), ("i31ref", -(2**30) - 1), ("(ref i31)", None),
+    ("(ref $2)", None), ("(ref $2)", -1), ("nullref", 0), ("funcref", True), ("i31ref", 1.0), (7, None),
+])
+def test_decoding_refuses_reference_types_and_values_no_capture_makes(valtype, value):
+    for snap in (Snapshot(module_sha256="ab" * 32, state_id=b"s" * 16, globals=(GlobalState(0, valtype, value),)),
+                 Snapshot(module_sha256="ab" * 32, state_id=b"s" * 16, tables=(TableState(0, valtype, (value,)),))):
+        with pytest.raises(CorruptSnapshotError):
+            Snapshot.from_bytes(snap.to_bytes())

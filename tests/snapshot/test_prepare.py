@@ -1,6 +1,7 @@
 """Module preparation: exports, start handling, digest, idempotence, errors."""
 
 import collections
+import re
 
 import pytest
 import wasmtime
@@ -130,14 +131,23 @@ def test_c_workloads_prepare_with_internal_stack_pointer_exported(name):
     assert snapshot.prepare(prepared) == prepared
 
 
+#: A refusal names the item and the feature that holds uncapturable state.
+REFUSAL = re.compile(r"^(table|global|element segment) \d+ holds (GC references|exception references) \(")
+#: The only features a module may be refused for: live GC objects (struct
+#: and array identity) and live exceptions (see snapshot/_reftypes.py).
+REFUSABLE = {"GC references", "exception references"}
+
+
 def test_spec_testsuite_corpus_prepares_captures_and_restores(engine):
     """Every module of the spec test suite either prepares into a valid,
-    idempotent module whose state round-trips, or is refused with a clear
-    InvalidModuleError naming an unsupported feature."""
+    idempotent module whose state survives capture, encoding, decoding and
+    restore, or is refused naming the item and a feature whose state cannot
+    be captured."""
     root = wast.testsuite_dir()
     if root is None:
         pytest.skip("spec test suite not found (set WASM_TESTSUITE)")
     seen = collections.Counter()
+    refusals = collections.Counter()
     for path in sorted(root.glob("*.wast")):
         for text in wast.modules(path):
             try:
@@ -148,8 +158,9 @@ def test_spec_testsuite_corpus_prepares_captures_and_restores(engine):
             try:
                 prepared = snapshot.prepare(wasm)
             except InvalidModuleError as exc:
-                assert "not supported" in str(exc), (path.name, exc)
-                seen["refused"] += 1
+                found = REFUSAL.match(str(exc))
+                assert found and found.group(2) in REFUSABLE, (path.name, exc, refusals)
+                refusals[found.group(2)] += 1
                 continue
             assert snapshot.prepare(prepared) == prepared
             seen["prepared"] += 1
@@ -169,11 +180,13 @@ def test_spec_testsuite_corpus_prepares_captures_and_restores(engine):
                 continue
             store2 = wasmtime.Store(engine)
             inst2 = wasmtime.Instance(store2, module, [])
-            snapshot.restore(snap, store2, inst2)
+            snapshot.restore(snapshot.Snapshot.from_bytes(snap.to_bytes()), store2, inst2)
             again = snapshot.capture(store2, inst2)
             assert again.same_state(snap), path.name
             seen["round-tripped"] += 1
-    assert seen["prepared"] > 1500 and seen["round-tripped"] > 500, seen
+    # Measured: 2102 prepared, 1853 round-tripped, 26 refused (all GC references).
+    assert seen["prepared"] > 2000 and seen["round-tripped"] > 1800, (seen, refusals)
+    assert sum(refusals.values()) < 40, (seen, refusals)
 
 
 def test_fuzzed_modules_are_refused_cleanly_or_prepared_validly():

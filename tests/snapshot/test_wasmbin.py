@@ -1,7 +1,10 @@
 """LEB128 and section handling of the minimal wasm binary rewriter."""
 
 import pytest
+import wasmtime
 from hypothesis import given, strategies as st
+
+import snapshot
 
 from snapshot import InvalidModuleError
 from snapshot import _leb128 as leb
@@ -49,3 +52,17 @@ def test_append_to_vector_keeps_existing_entries():
     payload = leb.write_vec([b"a", b"b"])
     assert wb.append_to_vector(payload, [b"c"]) == b"\x03abc"
     assert wb.append_to_vector(None, [b"c"]) == b"\x01c"
+
+
+def test_gc_type_sections_parse():
+    wasm = wasmtime.wat2wasm("""(module
+      (rec (type $node (sub (struct (field $next (ref null $node)) (field i8) (field (mut i16)))))
+           (type $f (func (param (ref null $node)) (result i32))))
+      (type $bytes (array (mut i8)))
+      (type $leaf (sub final $node (struct (field (ref null $node)) (field i8) (field (mut i16)) (field f64))))
+      (func (type $f) i32.const 0))""")
+    info = wb.parse_module(wasm)
+    assert info.type_kinds == ["struct", "func", "array", "struct"]
+    assert info.types[1] == (("(ref null $0)",), ("i32",)) and info.types[0] is None
+    assert info.mutable_fields
+    snapshot.prepare(wasm)
