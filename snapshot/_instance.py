@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import wasmtime
 
 from . import _prepare as P
+from ._dropped import SegmentProbes
 from ._errors import InvalidModuleError, UnrepresentableStateError
 from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, TableState
 
@@ -62,6 +63,7 @@ class Layout:
     functable: wasmtime.Table | None
     func_index: dict[tuple[int, int], int] | None = None
     funcs: list | None = None
+    segments: SegmentProbes | None = None  # None: the module has no passive segments
 
 
 _layouts: "weakref.WeakKeyDictionary[wasmtime.Instance, Layout]" = weakref.WeakKeyDictionary()
@@ -119,6 +121,7 @@ def layout(store: wasmtime.Store, instance: wasmtime.Instance) -> Layout:
         tables=sorted(tables, key=lambda t: t[0]),
         globals=sorted(globals_, key=lambda s: s.index),
         functable=exports.get(P.FUNCTABLE_EXPORT),
+        segments=SegmentProbes.find(exports),
     )
     _layouts[instance] = found
     return found

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import wasmtime
 
 from . import _leb128 as leb
+from . import _segments
 from . import _wasmbin as wb
 from ._errors import InvalidModuleError
 
@@ -274,6 +275,18 @@ def prepare(wasm: bytes) -> bytes:
             element_section.payload if element_section else None, [segment]))
         exports.append(_export(FUNCTABLE_EXPORT, wb.KIND_TABLE, table_idx))
 
+    first_digest_global = info.imported_globals + len(info.globals)
+    segments = _segments.plan(info, sections, first_func=func_count + len(new_funcs),
+                              at_global=first_digest_global + len(DIGEST_EXPORTS))
+    if segments is not None:
+        for name, sig, code in segments.functions:
+            new_funcs.append(leb.write_u(type_index(sig)))
+            new_code.append(leb.write_u(len(code)) + code)
+            if name is not None:
+                exports.append(_export(name, wb.KIND_FUNC, func_count + len(new_funcs) - 1))
+        segments.add_sections(sections)
+        exports.append(_export(_segments.PROBE_AT, wb.KIND_GLOBAL, segments.at_global))
+
     if new_funcs:
         old = info.section(wb.TYPE)
         wb.set_section(sections, wb.TYPE, wb.append_to_vector(old.payload if old else None, new_types)
@@ -282,12 +295,11 @@ def prepare(wasm: bytes) -> bytes:
         wb.set_section(sections, wb.FUNCTION, wb.append_to_vector(old.payload if old else None, new_funcs))
         old = info.section(wb.CODE)
         wb.set_section(sections, wb.CODE, wb.append_to_vector(old.payload if old else None, new_code))
-        if info.section(wb.DATACOUNT) is None and info.section(wb.DATA) is not None:
-            pass  # data count is only required by bulk-memory ops, which we do not add
 
-    first_digest_global = info.imported_globals + len(info.globals)
     old = info.section(wb.GLOBAL)
     digest_globals = [_DIGEST_GLOBAL + _PADDED_ZERO + b"\x0b" for _ in range(4)]
+    if segments is not None:
+        digest_globals.append(segments.global_entry)
     wb.set_section(sections, wb.GLOBAL, wb.append_to_vector(old.payload if old else None, digest_globals))
     for k, name in enumerate(DIGEST_EXPORTS):
         exports.append(_export(name, wb.KIND_GLOBAL, first_digest_global + k))

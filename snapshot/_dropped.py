@@ -1,0 +1,156 @@
+"""Reading and setting which passive segments of a live instance are dropped.
+
+Works through the exports ``_segments`` has ``prepare`` add: ``probe``,
+``drop`` and ``count`` over ranges of segment indices, per kind.  A probe
+call traps at the first dropped segment of its range and leaves that
+segment's index in ``__wm_probe_at``; the scan goes on after it.  Dropping
+cannot be undone, so what an instance is known to have dropped is kept
+with its layout and never probed again: a capture probes only the
+segments that were live at the previous one.  Each call costs about 8 us
+(one that traps about 21 us), so a capture makes one call per range of
+segments not known to be dropped, plus one per segment dropped since.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import wasmtime
+
+from ._errors import IncompatibleSnapshotError, InvalidModuleError
+from ._segments import DATA, KINDS, PROBE_AT, count_export, drop_export, probe_export
+from ._state import DroppedSegments
+
+_U32_END = -1  # 0xffffffff as an i32 argument: "to the end" (the functions compare unsigned)
+_DROPPED_TRAP = {DATA: wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS, "elem": wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS}
+_NAMES = {DATA: "data segment", "elem": "element segment"}
+
+
+@dataclass
+class _Kind:
+    kind: str
+    probe: wasmtime.Func
+    drop: wasmtime.Func
+    count: wasmtime.Func
+    known: set[int] = field(default_factory=set)  # dropped, as far as this process saw
+
+    def _scan(self, store, at: wasmtime.Global, lo: int, hi: int) -> list[int]:
+        """The segments of [lo, hi) dropped in the instance (hi None: to the end)."""
+        found = []
+        while hi is None or lo < hi:
+            try:
+                self.probe(store, lo, _U32_END if hi is None else hi)
+                return found
+            except wasmtime.Trap as trap:
+                if trap.trap_code != _DROPPED_TRAP[self.kind]:
+                    raise
+            k = at.value(store)
+            if not (lo <= k and (hi is None or k < hi)):
+                raise InvalidModuleError(f"{_NAMES[self.kind]} probe stopped outside its range; "
+                                         "the instance's __wm_ exports are not what prepare made")
+            found.append(k)
+            lo = k + 1
+        return found
+
+    def _gaps(self, dropped) -> list[tuple[int, int | None]]:
+        """The ranges between the sorted indices ``dropped`` (the last one open-ended)."""
+        out, lo = [], 0
+        for k in dropped:
+            if k > lo:
+                out.append((lo, k))
+            lo = k + 1
+        return out + [(lo, None)]
+
+    def read(self, store, at) -> tuple[int, ...]:
+        for lo, hi in self._gaps(sorted(self.known)):
+            self.known.update(self._scan(store, at, lo, hi))
+        return tuple(sorted(self.known))
+
+    def check(self, store, at, dropped: tuple[int, ...]) -> None:
+        """Refuse ``dropped`` unless it names probed segments and holds every segment the instance dropped."""
+        what = _NAMES[self.kind]
+        for lo, hi in _runs(dropped):
+            if self.count(store, lo, hi) != hi - lo:
+                missing = next(k for k in range(lo, hi) if self.count(store, k, k + 1) != 1)
+                raise IncompatibleSnapshotError(f"snapshot says {what} {missing} is dropped, but the module "
+                                                f"has no passive {what} {missing} of non-zero length")
+        extra = self.known - set(dropped)
+        if extra:
+            raise IncompatibleSnapshotError(_comes_back(what, min(extra)))
+        for lo, hi in self._gaps(dropped):
+            found = self._scan(store, at, lo, hi)
+            if found:
+                self.known.update(found)
+                raise IncompatibleSnapshotError(_comes_back(what, found[0]))
+
+    def apply(self, store, dropped: tuple[int, ...]) -> None:
+        for lo, hi in _runs(dropped):
+            self.drop(store, lo, hi)
+        self.known = set(dropped)
+
+
+def _comes_back(what: str, k: int) -> str:
+    return (f"{what} {k} is dropped in the target but not in the snapshot; "
+            "a dropped segment cannot come back (restore into a fresh instance)")
+
+
+def _runs(indices: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Maximal runs [lo, hi) of consecutive values in sorted ``indices``."""
+    out: list[list[int]] = []
+    for k in indices:
+        if out and out[-1][1] == k:
+            out[-1][1] = k + 1
+        else:
+            out.append([k, k + 1])
+    return [(a, b) for a, b in out]
+
+
+@dataclass
+class SegmentProbes:
+    """An instance's segment exports, and what it is known to have dropped."""
+
+    at: wasmtime.Global
+    kinds: dict[str, _Kind]
+
+    @classmethod
+    def find(cls, exports) -> "SegmentProbes | None":
+        """The probes among an instance's exports; None for a module without passive segments."""
+        at = exports.get(PROBE_AT)
+        if at is None:
+            return None
+        kinds = {}
+        for kind in KINDS:
+            funcs = [exports.get(name(kind)) for name in (probe_export, drop_export, count_export)]
+            if all(isinstance(f, wasmtime.Func) for f in funcs):
+                kinds[kind] = _Kind(kind, *funcs)
+        return cls(at, kinds)
+
+    def read(self, store) -> DroppedSegments:
+        """Which passive segments the instance has dropped now."""
+        return DroppedSegments(*(self.kinds[k].read(store, self.at) if k in self.kinds else () for k in KINDS))
+
+    def check(self, store, dropped: DroppedSegments) -> None:
+        """Raise IncompatibleSnapshotError unless the instance can be given exactly ``dropped``."""
+        for kind, indices in zip(KINDS, (dropped.data, dropped.elems)):
+            if kind in self.kinds:
+                self.kinds[kind].check(store, self.at, indices)
+            elif indices:
+                raise IncompatibleSnapshotError(f"snapshot says {_NAMES[kind]} {indices[0]} is dropped, "
+                                                f"but the module has no passive {_NAMES[kind]}s")
+
+    def apply(self, store, dropped: DroppedSegments) -> None:
+        """Drop what ``dropped`` names (after ``check``)."""
+        for kind, indices in zip(KINDS, (dropped.data, dropped.elems)):
+            if kind in self.kinds:
+                self.kinds[kind].apply(store, indices)
+
+
+def read_dropped(store, probes: SegmentProbes | None) -> DroppedSegments:
+    return probes.read(store) if probes is not None else DroppedSegments()
+
+
+def check_dropped(store, probes: SegmentProbes | None, dropped: DroppedSegments) -> None:
+    if probes is not None:
+        probes.check(store, dropped)
+    elif dropped:
+        raise IncompatibleSnapshotError("snapshot names dropped segments, but the module has no passive segments")
