@@ -145,11 +145,8 @@ class SegmentProbes:
                 self.kinds[kind].apply(store, indices)
 
 
-def read_dropped(store, probes: SegmentProbes | None) -> DroppedSegments:
-    return probes.read(store) if probes is not None else DroppedSegments()
-
-
 def check_dropped(store, probes: SegmentProbes | None, dropped: DroppedSegments) -> None:
+    """Raise IncompatibleSnapshotError unless an instance with ``probes`` (None: no passive segments) can take ``dropped``."""
     if probes is not None:
         probes.check(store, dropped)
     elif dropped:

@@ -4,7 +4,8 @@
 ``prepare`` added for its memories, tables and mutable globals, the accessor
 functions of globals wasmtime-py cannot read bit-exactly, and the function
 table that turns references into indices.  ``read_globals`` and
-``read_tables`` read that state in portable form.  The id of the state an
+``read_tables`` read that state in portable form, ``read_dropped`` the
+passive segments dropped.  The id of the state an
 instance last held (captured or restored) is kept here too, so a delta is
 refused on the wrong base.  Everything works from the instance's exports
 alone, so no module bytes are needed.
@@ -21,7 +22,7 @@ import wasmtime
 from . import _prepare as P
 from ._dropped import SegmentProbes
 from ._errors import InvalidModuleError, UnrepresentableStateError
-from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, TableState
+from ._state import NUMERIC_BITS, SIGNED_TYPES, DroppedSegments, GlobalState, TableState
 
 _FUNCREF = wasmtime.ValType.funcref()
 _EXTERNREF = wasmtime.ValType.externref()
@@ -212,6 +213,11 @@ def read_tables(store: wasmtime.Store, lay: Layout) -> tuple[TableState, ...]:
                          for i in range(table.size(store)))
         out.append(TableState(index, reftype, elements))
     return tuple(out)
+
+
+def read_dropped(store: wasmtime.Store, lay: Layout) -> DroppedSegments:
+    """Which passive segments the instance has dropped (see ``_dropped``); no calls for a module without any."""
+    return lay.segments.read(store) if lay.segments is not None else DroppedSegments()
 
 
 def state_id(instance: wasmtime.Instance) -> bytes | None:

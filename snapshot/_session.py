@@ -9,10 +9,9 @@ from dataclasses import dataclass
 import wasmtime
 
 from ._capture import CaptureBuffers, capture, copy_nonzero, copy_runs
-from ._dropped import read_dropped
 from ._dirty import DirtyTracker, UffdDirtyTracker, extent_of, open_tracker
 from ._errors import LocalSnapshotError
-from ._instance import layout, memory_view, read_globals, read_tables, record_state_id
+from ._instance import layout, memory_view, read_dropped, read_globals, read_tables, record_state_id
 from ._pages import PAGE_BYTES, page_ranges
 from ._snapshot import Snapshot
 from ._state import DroppedSegments, GlobalState, MemoryState, TableState
@@ -136,7 +135,7 @@ class StateTracker:
             inside = pages[:bisect.bisect_left(pages, size // PAGE_BYTES)]  # sorted: pages past the end go
             regions.append((index, ptr, size, page_ranges(inside)))
         globals_, tables = read_globals(store, lay), read_tables(store, lay)
-        dropped = read_dropped(store, lay.segments)
+        dropped = read_dropped(store, lay)
         state_id = os.urandom(16)
         self._last_id = state_id
         record_state_id(self._instance, state_id)
