@@ -6,9 +6,11 @@ call traps at the first dropped segment of its range and leaves that
 segment's index in ``__wm_probe_at``; the scan goes on after it.  Dropping
 cannot be undone, so what an instance is known to have dropped is kept
 with its layout and never probed again: a capture probes only the
-segments that were live at the previous one.  Each call costs about 8 us
-(one that traps about 21 us), so a capture makes one call per range of
-segments not known to be dropped, plus one per segment dropped since.
+segments that were live at the previous one, and none at all once every
+segment is known to be dropped.  A capture makes one call per range of
+segments not known to be dropped, plus one per segment dropped since;
+a restore one per run of dropped segments to check their indices, the
+same to drop them, and a capture's worth to read what the target dropped.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ from dataclasses import dataclass, field
 import wasmtime
 
 from ._errors import IncompatibleSnapshotError, InvalidModuleError
-from ._segments import DATA, KINDS, PROBE_AT, count_export, drop_export, probe_export
+from ._segments import DATA, KINDS, PROBE_AT, count_export, drop_export, end_export, probe_export, total_export
 from ._state import DroppedSegments
 
-_U32_END = -1  # 0xffffffff as an i32 argument: "to the end" (the functions compare unsigned)
 _DROPPED_TRAP = {DATA: wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS, "elem": wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS}
 _NAMES = {DATA: "data segment", "elem": "element segment"}
 
@@ -32,38 +33,42 @@ class _Kind:
     probe: wasmtime.Func
     drop: wasmtime.Func
     count: wasmtime.Func
+    total: wasmtime.Global
+    end: wasmtime.Global
     known: set[int] = field(default_factory=set)  # dropped, as far as this process saw
+    extent: tuple[int, int] | None = None  # (total, end), read once
+
+    def _extent(self, store) -> tuple[int, int]:
+        if self.extent is None:
+            self.extent = (self.total.value(store), self.end.value(store))
+        return self.extent
 
     def _scan(self, store, at: wasmtime.Global, lo: int, hi: int) -> list[int]:
-        """The segments of [lo, hi) dropped in the instance (hi None: to the end)."""
+        """The segments of [lo, hi) dropped in the instance."""
         found = []
-        while hi is None or lo < hi:
+        while lo < hi:
             try:
-                self.probe(store, lo, _U32_END if hi is None else hi)
+                self.probe(store, lo, hi)
                 return found
             except wasmtime.Trap as trap:
                 if trap.trap_code != _DROPPED_TRAP[self.kind]:
                     raise
             k = at.value(store)
-            if not (lo <= k and (hi is None or k < hi)):
+            if not lo <= k < hi:
                 raise InvalidModuleError(f"{_NAMES[self.kind]} probe stopped outside its range; "
                                          "the instance's __wm_ exports are not what prepare made")
             found.append(k)
             lo = k + 1
         return found
 
-    def _gaps(self, dropped) -> list[tuple[int, int | None]]:
-        """The ranges between the sorted indices ``dropped`` (the last one open-ended)."""
-        out, lo = [], 0
-        for k in dropped:
-            if k > lo:
-                out.append((lo, k))
-            lo = k + 1
-        return out + [(lo, None)]
-
     def read(self, store, at) -> tuple[int, ...]:
-        for lo, hi in self._gaps(sorted(self.known)):
-            self.known.update(self._scan(store, at, lo, hi))
+        total, end = self._extent(store)
+        if len(self.known) < total:  # else every probed segment is known to be dropped: nothing to ask
+            lo = 0
+            for k in sorted(self.known) + [end]:
+                if k > lo:
+                    self.known.update(self._scan(store, at, lo, k))
+                lo = k + 1
         return tuple(sorted(self.known))
 
     def check(self, store, at, dropped: tuple[int, ...]) -> None:
@@ -74,24 +79,15 @@ class _Kind:
                 missing = next(k for k in range(lo, hi) if self.count(store, k, k + 1) != 1)
                 raise IncompatibleSnapshotError(f"snapshot says {what} {missing} is dropped, but the module "
                                                 f"has no passive {what} {missing} of non-zero length")
-        extra = self.known - set(dropped)
+        extra = set(self.read(store, at)) - set(dropped)
         if extra:
-            raise IncompatibleSnapshotError(_comes_back(what, min(extra)))
-        for lo, hi in self._gaps(dropped):
-            found = self._scan(store, at, lo, hi)
-            if found:
-                self.known.update(found)
-                raise IncompatibleSnapshotError(_comes_back(what, found[0]))
+            raise IncompatibleSnapshotError(f"{what} {min(extra)} is dropped in the target but not in the snapshot; "
+                                            "a dropped segment cannot come back (restore into a fresh instance)")
 
     def apply(self, store, dropped: tuple[int, ...]) -> None:
         for lo, hi in _runs(dropped):
             self.drop(store, lo, hi)
         self.known = set(dropped)
-
-
-def _comes_back(what: str, k: int) -> str:
-    return (f"{what} {k} is dropped in the target but not in the snapshot; "
-            "a dropped segment cannot come back (restore into a fresh instance)")
 
 
 def _runs(indices: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -121,8 +117,9 @@ class SegmentProbes:
         kinds = {}
         for kind in KINDS:
             funcs = [exports.get(name(kind)) for name in (probe_export, drop_export, count_export)]
-            if all(isinstance(f, wasmtime.Func) for f in funcs):
-                kinds[kind] = _Kind(kind, *funcs)
+            extent = [exports.get(name(kind)) for name in (total_export, end_export)]
+            if all(isinstance(f, wasmtime.Func) for f in funcs) and all(isinstance(g, wasmtime.Global) for g in extent):
+                kinds[kind] = _Kind(kind, *funcs, *extent)
         return cls(at, kinds)
 
     def read(self, store) -> DroppedSegments:

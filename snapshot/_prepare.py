@@ -285,7 +285,7 @@ def prepare(wasm: bytes) -> bytes:
             if name is not None:
                 exports.append(_export(name, wb.KIND_FUNC, func_count + len(new_funcs) - 1))
         segments.add_sections(sections)
-        exports.append(_export(_segments.PROBE_AT, wb.KIND_GLOBAL, segments.at_global))
+        exports += [_export(name, wb.KIND_GLOBAL, index) for name, index in segments.global_exports]
 
     if new_funcs:
         old = info.section(wb.TYPE)
@@ -299,7 +299,7 @@ def prepare(wasm: bytes) -> bytes:
     old = info.section(wb.GLOBAL)
     digest_globals = [_DIGEST_GLOBAL + _PADDED_ZERO + b"\x0b" for _ in range(4)]
     if segments is not None:
-        digest_globals.append(segments.global_entry)
+        digest_globals += segments.globals
     wb.set_section(sections, wb.GLOBAL, wb.append_to_vector(old.payload if old else None, digest_globals))
     for k, name in enumerate(DIGEST_EXPORTS):
         exports.append(_export(name, wb.KIND_GLOBAL, first_digest_global + k))

@@ -11,7 +11,11 @@ nothing otherwise.  For each kind of segment that has passive segments,
   injected global ``__wm_probe_at``: when it traps, that global names the
   first dropped segment in the range;
 * ``drop(lo, hi)`` drops every probed segment in the range;
-* ``count(lo, hi)`` returns how many probed segments the range holds.
+* ``count(lo, hi)`` returns how many probed segments the range holds;
+
+and two immutable globals, ``total`` (how many segments are probed) and
+``end`` (the highest probed index plus one), so that a capture whose
+segments are all known to be dropped needs no call at all.
 
 Probed are the passive segments of non-zero length.  An empty segment's
 dropped state cannot be observed by the module (``memory.init`` and
@@ -52,6 +56,14 @@ def drop_export(kind: str) -> str:
 
 def count_export(kind: str) -> str:
     return f"__wm_{kind}_count"
+
+
+def total_export(kind: str) -> str:
+    return f"__wm_{kind}_total"
+
+
+def end_export(kind: str) -> str:
+    return f"__wm_{kind}_end"
 
 
 @dataclass(frozen=True)
@@ -174,7 +186,8 @@ class Injection:
     tables: list[bytes]  # table types to append
     memory: bytes | None  # a memory type to add, if the module has none
     datacount: int | None  # a data count section to add, if missing and data probes need one
-    at_global: int
+    globals: list[bytes]  # global entries to append, the first at ``at_global``
+    global_exports: list[tuple[str, int]]  # (export name, global index)
 
     def add_sections(self, sections: list[wb.Section]) -> None:
         """Append the tables, memory and data count section to a module's sections."""
@@ -184,8 +197,6 @@ class Injection:
                 wb.set_section(sections, sid, wb.append_to_vector(old.payload if old else None, items))
         if self.datacount is not None:
             wb.set_section(sections, wb.DATACOUNT, leb.write_u(self.datacount))
-
-    global_entry = b"\x7f\x01\x41\x00\x0b"  # (mut i32) (i32.const 0)
 
 
 def _memory0(info: wb.ModuleInfo) -> tuple[bool, bytes | None]:
@@ -227,4 +238,11 @@ def plan(info: wb.ModuleInfo, sections: list[wb.Section], *, first_func: int, at
         functions += _range_functions(ELEM, elems, at_global, first_func + len(functions),
                                       lambda s: b"\x41\x00\x41\x01\x41\x00\xfc\x0c" + leb.write_u(s.index)
                                       + leb.write_u(where[s.reftype]))
-    return Injection(functions, tables, memory, datacount, at_global)
+    globals_ = [b"\x7f\x01\x41\x00\x0b"]  # (mut i32) (i32.const 0): the probe position
+    exports = [(PROBE_AT, at_global)]
+    for kind, probed in ((DATA, datas), (ELEM, elems)):
+        if probed:
+            for name, value in ((total_export(kind), len(probed)), (end_export(kind), probed[-1].index + 1)):
+                exports.append((name, at_global + len(globals_)))
+                globals_.append(b"\x7f\x00" + _i32(value) + b"\x0b")
+    return Injection(functions, tables, memory, datacount, globals_, exports)
