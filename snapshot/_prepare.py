@@ -15,6 +15,10 @@ restore it through the ordinary wasmtime API:
 * if any defined table or mutable global holds funcrefs, a table
   ``__wm_functable`` maps function index -> function, so table contents can be
   captured as indices;
+* if it has passive data or element segments of non-zero length, functions
+  ``__wm_data_probe`` / ``_drop`` / ``_count`` (and ``__wm_elem_...``) read
+  and set which of them are dropped, with the memory, tables and globals
+  they need (``_segments``);
 * four immutable i64 globals ``__wm_sha256_<k>`` carry the module's digest.
 
 The digest is the sha256 of the prepared module with those 32 bytes zeroed,

@@ -2,9 +2,10 @@
 
 Everything is checked before the target is touched (``_check``), then
 memories and tables grow, the passive segments the snapshot names are
-dropped, pages are written, and globals and table entries are set.  Writing into cold pages is what a restore costs (1.1 to 2.2 GB/s
-into a fresh instance here), so pages that are zero on both sides are
-never written.
+dropped, pages are written, and globals and table entries are set.
+Writing into cold pages is what a restore costs (1.1 to 2.2 GB/s into a
+fresh instance here), so pages that are zero on both sides are never
+written.
 """
 
 from __future__ import annotations
