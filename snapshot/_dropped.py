@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import wasmtime
 
 from ._errors import IncompatibleSnapshotError, InvalidModuleError
-from ._segments import DATA, KINDS, PROBE_AT, count_export, drop_export, end_export, probe_export, total_export
+from ._segments import DATA, KINDS, PROBE_AT, export_name
 from ._state import DroppedSegments
 
 _DROPPED_TRAP = {DATA: wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS, "elem": wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS}
@@ -116,8 +116,8 @@ class SegmentProbes:
             return None
         kinds = {}
         for kind in KINDS:
-            funcs = [exports.get(name(kind)) for name in (probe_export, drop_export, count_export)]
-            extent = [exports.get(name(kind)) for name in (total_export, end_export)]
+            funcs = [exports.get(export_name(kind, what)) for what in ("probe", "drop", "count")]
+            extent = [exports.get(export_name(kind, what)) for what in ("total", "end")]
             if all(isinstance(f, wasmtime.Func) for f in funcs) and all(isinstance(g, wasmtime.Global) for g in extent):
                 kinds[kind] = _Kind(kind, *funcs, *extent)
         return cls(at, kinds)
@@ -143,7 +143,10 @@ class SegmentProbes:
 
 
 def check_dropped(store, probes: SegmentProbes | None, dropped: DroppedSegments) -> None:
-    """Raise IncompatibleSnapshotError unless an instance with ``probes`` (None: no passive segments) can take ``dropped``."""
+    """Raise IncompatibleSnapshotError unless an instance with ``probes`` can take ``dropped``.
+
+    ``probes`` is None for a module without passive segments.
+    """
     if probes is not None:
         probes.check(store, dropped)
     elif dropped:

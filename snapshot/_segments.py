@@ -50,24 +50,9 @@ DATA, ELEM = "data", "elem"
 KINDS = (DATA, ELEM)
 
 
-def probe_export(kind: str) -> str:
-    return f"__wm_{kind}_probe"
-
-
-def drop_export(kind: str) -> str:
-    return f"__wm_{kind}_drop"
-
-
-def count_export(kind: str) -> str:
-    return f"__wm_{kind}_count"
-
-
-def total_export(kind: str) -> str:
-    return f"__wm_{kind}_total"
-
-
-def end_export(kind: str) -> str:
-    return f"__wm_{kind}_end"
+def export_name(kind: str, what: str) -> str:
+    """The export of ``what`` ("probe", "drop", "count", "total" or "end") for segments of ``kind``."""
+    return f"__wm_{kind}_{what}"
 
 
 @dataclass(frozen=True)
@@ -165,7 +150,7 @@ def _range_functions(kind: str, segments: list[Segment], at_global: int, first_f
         parts["probe"].append(b"".join(probe) + b"\x0b")
         parts["drop"].append(b"".join(drop) + b"\x0b")
         parts["count"].append(b"".join(count) + b"\x0b")
-    names = {"probe": probe_export(kind), "drop": drop_export(kind), "count": count_export(kind)}
+    names = {p: export_name(kind, p) for p in parts}
     sigs = {"probe": sig, "drop": sig, "count": counting}
     if len(chunks) == 1:
         return [(names[p], sigs[p], parts[p][0]) for p in parts]
@@ -246,7 +231,7 @@ def plan(info: wb.ModuleInfo, sections: list[wb.Section], *, first_func: int, at
     exports = [(PROBE_AT, at_global)]
     for kind, probed in ((DATA, datas), (ELEM, elems)):
         if probed:
-            for name, value in ((total_export(kind), len(probed)), (end_export(kind), probed[-1].index + 1)):
-                exports.append((name, at_global + len(globals_)))
+            for what, value in (("total", len(probed)), ("end", probed[-1].index + 1)):
+                exports.append((export_name(kind, what), at_global + len(globals_)))
                 globals_.append(b"\x7f\x00" + _i32(value) + b"\x0b")
     return Injection(functions, tables, memory, datacount, globals_, exports)
