@@ -15,13 +15,13 @@ same to drop them, and a capture's worth to read what the target dropped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import wasmtime
 
 from ._errors import IncompatibleSnapshotError, InvalidModuleError
 from ._segments import DATA, KINDS, PROBE_AT, export_name
-from ._state import DroppedSegments
+from ._state import DroppedSegments, is_int
 
 _DROPPED_TRAP = {DATA: wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS, "elem": wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS}
 _NAMES = {DATA: "data segment", "elem": "element segment"}
@@ -35,7 +35,7 @@ class _Kind:
     count: wasmtime.Func
     total: wasmtime.Global
     end: wasmtime.Global
-    known: set[int] = field(default_factory=set)  # dropped, as far as this process saw
+    known: tuple[int, ...] = ()  # dropped, as far as this process saw; sorted
     extent: tuple[int, int] | None = None  # (total, end), read once
 
     def _extent(self, store) -> tuple[int, int]:
@@ -64,16 +64,24 @@ class _Kind:
     def read(self, store, at) -> tuple[int, ...]:
         total, end = self._extent(store)
         if len(self.known) < total:  # else every probed segment is known to be dropped: nothing to ask
-            lo = 0
-            for k in sorted(self.known) + [end]:
+            found, lo = [], 0
+            for k in self.known + (end,):
                 if k > lo:
-                    self.known.update(self._scan(store, at, lo, k))
+                    found += self._scan(store, at, lo, k)
                 lo = k + 1
-        return tuple(sorted(self.known))
+            if found:
+                self.known = tuple(sorted(self.known + tuple(found)))
+        return self.known
 
     def check(self, store, at, dropped: tuple[int, ...]) -> None:
         """Refuse ``dropped`` unless it names probed segments and holds every segment the instance dropped."""
         what = _NAMES[self.kind]
+        if not all(is_int(k) and k >= 0 for k in dropped) or any(a >= b for a, b in zip(dropped, dropped[1:])):
+            raise IncompatibleSnapshotError(f"dropped {what}s are not rising segment indices: {dropped!r}")
+        _, end = self._extent(store)
+        if dropped and dropped[-1] >= end:
+            raise IncompatibleSnapshotError(f"snapshot says {what} {dropped[-1]} is dropped, but the module "
+                                            f"has no passive {what} {dropped[-1]} of non-zero length")
         for lo, hi in _runs(dropped):
             if self.count(store, lo, hi) != hi - lo:
                 missing = next(k for k in range(lo, hi) if self.count(store, k, k + 1) != 1)
@@ -87,7 +95,7 @@ class _Kind:
     def apply(self, store, dropped: tuple[int, ...]) -> None:
         for lo, hi in _runs(dropped):
             self.drop(store, lo, hi)
-        self.known = set(dropped)
+        self.known = tuple(dropped)
 
 
 def _runs(indices: tuple[int, ...]) -> list[tuple[int, int]]:

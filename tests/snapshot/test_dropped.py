@@ -215,6 +215,10 @@ def test_restore_refuses_a_snapshot_that_would_bring_a_segment_back(live):
     DroppedSegments((2,), ()),  # no such segment
     DroppedSegments((0, 1), ()),
     DroppedSegments((), (0,)),  # the module has no element segments
+    DroppedSegments((2**40,), ()),
+    DroppedSegments((0, 0), ()),
+    DroppedSegments((-1, 0), ()),
+    DroppedSegments(("0",), ()),
 ])
 def test_restore_refuses_dropped_indices_that_are_not_passive_segments(live, dropped):
     src = live(DATA_DROP0)
