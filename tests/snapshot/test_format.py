@@ -88,7 +88,7 @@ def snapshots(draw, delta=None):
 KEY = bytes(range(32))
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(snapshots(), st.booleans(), st.integers(1, 5))
 def test_any_snapshot_round_trips(snap, encrypt, batch_pages):
     key = KEY if encrypt else None
@@ -97,7 +97,7 @@ def test_any_snapshot_round_trips(snap, encrypt, batch_pages):
     assert data[6] == (2 if snap.dropped else 1)  # version 1 unless segments were dropped
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(snapshots(), st.integers(1, 50))
 def test_streaming_decoder_accepts_any_fragmentation(snap, piece):
     data = snap.to_bytes()
@@ -372,7 +372,7 @@ def _as(kind: str, data: bytes):
     return memoryview(region)
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(snapshots(), st.integers(1, 20), st.sampled_from(["bytes", "bytearray", "mmap"]))
 def test_batches_from_memoryviews_are_those_of_copied_bytes(snap, batch_pages, kind):
     """Zero-copy batching yields the same ranges, zero ranges and page bytes, so the same frames."""
