@@ -21,6 +21,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # (module, fields every result file must carry)
 SUITE = [
     ("benchmarks.bench_snapshot", "snapshot", ["results"]),
+    ("benchmarks.bench_segments", "segments", ["reference", "cases"]),
     ("benchmarks.bench_dirty", "dirty", []),
     ("benchmarks.bench_hosting", "hosting", ["results"]),
     ("benchmarks.bench_node", "node", ["latency"]),

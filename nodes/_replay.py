@@ -49,7 +49,7 @@ from typing import Any
 
 import wasmtime
 
-from snapshot import PAGE_BYTES, layout, nonzero_runs, read_globals, read_tables
+from snapshot import PAGE_BYTES, layout, nonzero_runs, read_dropped, read_globals, read_tables
 
 from ._host_errors import BadArguments, RequestError, WorkloadError
 
@@ -354,7 +354,7 @@ _RUN = struct.Struct("<QQ")
 
 
 def state_hash(store: wasmtime.Store, instance: wasmtime.Instance) -> str:
-    """Return a hex digest of a prepared instance's state: memories, globals, tables.
+    """Return a hex digest of a prepared instance's state: memories, globals, tables, dropped segments.
 
     Equal states give equal digests wherever their pages came from: each
     memory contributes its size and the maximal runs of its non-zero 4 KiB
@@ -381,4 +381,7 @@ def state_hash(store: wasmtime.Store, instance: wasmtime.Instance) -> str:
     tables = read_tables(store, lay)
     h.update(repr([(g.index, g.valtype, g.value) for g in globals_]).encode())
     h.update(repr([(t.index, t.reftype, t.elements) for t in tables]).encode())
+    dropped = read_dropped(store, lay)
+    if dropped:  # passive segments dropped (probed only for modules that have them)
+        h.update(repr((dropped.data, dropped.elems)).encode())
     return h.hexdigest()

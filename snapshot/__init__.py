@@ -10,7 +10,8 @@ them.  The modules, from the bottom up: ``_errors``; ``_pages`` (4 KiB
 pages and runs); ``_state`` (memories, globals, tables); ``_format`` and
 ``_decoder`` (the encoded format); ``_snapshot`` (``Snapshot``,
 ``apply_delta``); ``_leb128``, ``_wasmbin`` and ``_prepare`` (module
-preparation); ``_instance`` (a live instance's state exports); ``_capture``
+preparation); ``_segments`` (what prepare adds for passive segments); ``_dropped``
+(which of them an instance dropped); ``_instance`` (a live instance's state exports); ``_capture``
 and ``_restore``; ``_uffd`` and ``_dirty`` (dirty-page tracking);
 ``_session`` (full captures followed by deltas).
 """
@@ -35,13 +36,13 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._format import SnapshotEncoder, generate_key
-from ._instance import Layout, layout, read_globals, read_tables, state_id
+from ._instance import Layout, layout, read_dropped, read_globals, read_tables, state_id
 from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageRun, nonzero_runs
 from ._prepare import Manifest, first_boot, manifest, module_digest, prepare
 from ._restore import restore
 from ._session import StateTracker
 from ._snapshot import Snapshot, SnapshotAssembler, apply_delta
-from ._state import GlobalState, MemoryState, TableState
+from ._state import DroppedSegments, GlobalState, MemoryState, TableState
 from ._uffd import uffd_available
 
 __all__ = [
@@ -49,10 +50,10 @@ __all__ = [
     "SnapshotAssembler", "SnapshotDecoder", "SnapshotEncoder", "StateTracker", "UffdDirtyTracker", "generate_key",
     "open_tracker", "pages_digest", "uffd_available",
     "AuthenticationError", "BaseMismatchError", "CaptureBuffers", "CorruptSnapshotError",
-    "DirtyTrackingError", "GlobalState", "IncompatibleSnapshotError", "InvalidModuleError",
+    "DirtyTrackingError", "DroppedSegments", "GlobalState", "IncompatibleSnapshotError", "InvalidModuleError",
     "Layout", "LocalSnapshotError", "Manifest", "MemoryState", "ModuleMismatchError", "OversizedSnapshotError",
     "PAGE_BYTES", "PageRun", "RemoteSnapshotError", "Snapshot", "SnapshotError", "TableState",
     "TruncatedSnapshotError", "UnrepresentableStateError", "UnsupportedVersionError", "WASM_PAGE_BYTES",
     "apply_delta", "capture", "capture_pages", "first_boot", "layout", "manifest", "module_digest",
-    "nonzero_runs", "prepare", "read_globals", "read_tables", "restore", "state_id",
+    "nonzero_runs", "prepare", "read_dropped", "read_globals", "read_tables", "restore", "state_id",
 ]

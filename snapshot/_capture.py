@@ -15,7 +15,7 @@ import os
 
 import wasmtime
 
-from ._instance import Layout, layout, memory_view, read_globals, read_tables, record_state_id
+from ._instance import Layout, layout, memory_view, read_dropped, read_globals, read_tables, record_state_id
 from ._pages import PAGE_BYTES, PageRun, nonzero_blocks, page_ranges
 from ._snapshot import Snapshot
 from ._state import MemoryState
@@ -82,7 +82,8 @@ def _snapshot_of(store: wasmtime.Store, instance: wasmtime.Instance, lay: Layout
                  base_id: bytes | None = None) -> Snapshot:
     """A new state id for ``memories`` plus the globals and tables read now; the instance holds it."""
     snap = Snapshot(module_sha256=lay.digest, state_id=os.urandom(16), base_id=base_id,
-                    memories=tuple(memories), globals=read_globals(store, lay), tables=read_tables(store, lay))
+                    memories=tuple(memories), globals=read_globals(store, lay), tables=read_tables(store, lay),
+                    dropped=read_dropped(store, lay))
     record_state_id(instance, snap.state_id)
     return snap
 

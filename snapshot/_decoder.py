@@ -24,10 +24,11 @@ from ._errors import (
     TruncatedSnapshotError,
     UnsupportedVersionError,
 )
-from ._format import CRC, END, FLAG_ENCRYPTED, FRAME_HEAD, HEADER_BYTES, MAGIC, META, PAGES, VERSION, check_key, sealing
+from ._format import (CRC, END, FLAG_ENCRYPTED, FRAME_HEAD, HEADER_BYTES, MAGIC, META, PAGES, VERSION, VERSIONS,
+                      check_key, sealing)
 from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageRun, RunJoiner
 from ._reftypes import ref_class, value_fits
-from ._state import NUMERIC_BITS, GlobalState, TableState, is_int, numeric_fits
+from ._state import NUMERIC_BITS, DroppedSegments, GlobalState, TableState, is_int, numeric_fits
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class DecodeLimits:
     max_memories: int = 64
     max_globals: int = 1 << 20
     max_table_elements: int = 10_000_000
+    max_dropped_segments: int = 100_000  # of each kind: wasmtime's limit on a module's segments
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Meta:
     memories: tuple[tuple[int, int, int], ...]  # (index, size_bytes, page_count)
     globals: tuple[GlobalState, ...]
     tables: tuple[TableState, ...]
+    dropped: DroppedSegments = DroppedSegments()
 
 
 @dataclass(frozen=True)
@@ -156,9 +159,9 @@ class SnapshotDecoder:
             header = bytes(self._buf[:HEADER_BYTES])
             if header[:6] != MAGIC:
                 raise _corrupt("not a wasm-migrate snapshot (bad magic)")
-            if header[6] != VERSION:
+            if header[6] not in VERSIONS:
                 raise UnsupportedVersionError(f"snapshot format version {header[6]} is not supported "
-                                              f"(this build reads version {VERSION})")
+                                              f"(this build reads versions 1 to {VERSION})")
             flags = header[7]
             if flags & ~FLAG_ENCRYPTED:
                 raise _corrupt(f"unknown header flags 0x{flags:02x}")
@@ -209,7 +212,8 @@ class SnapshotDecoder:
 
     def _on_meta(self, body: dict) -> Meta:
         _want(self._meta is None, "second META frame")
-        _want(set(body) == {"module", "state", "base", "memories", "globals", "tables"}, "META has wrong fields")
+        fields = {"module", "state", "base", "memories", "globals", "tables"}
+        _want(set(body) == (fields | {"dropped"} if self._header[6] == 2 else fields), "META has wrong fields")
         module, state, base = body["module"], body["state"], body["base"]
         _want(isinstance(module, str) and len(module) == 64, "bad module digest")
         try:
@@ -245,8 +249,22 @@ class SnapshotDecoder:
                 raise OversizedSnapshotError(f"tables exceed the limit of {lim.max_table_elements} elements")
             elements = tuple(_decode_value(t[1], e, f"table {t[0]}") for e in t[2])
             tables.append(TableState(t[0], t[1], elements))
-        self._meta = Meta(module, state, base, tuple(memories), tuple(globals_), tuple(tables))
+        dropped = self._dropped(body["dropped"]) if "dropped" in body else DroppedSegments()
+        self._meta = Meta(module, state, base, tuple(memories), tuple(globals_), tuple(tables), dropped)
         return self._meta
+
+    def _dropped(self, value) -> DroppedSegments:
+        """META's "dropped": [data indices, element indices], each a rising list of u32."""
+        _want(isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) for v in value),
+              "bad dropped-segments field")
+        limit = self._limits.max_dropped_segments
+        for kind, indices in zip(("data", "element"), value):
+            if len(indices) > limit:
+                raise OversizedSnapshotError(f"{len(indices)} dropped {kind} segments exceed the limit of {limit}")
+            _want(all(is_int(k) and 0 <= k < 2**32 for k in indices)
+                  and all(a < b for a, b in zip(indices, indices[1:])),
+                  f"dropped {kind} segments are not rising segment indices")
+        return DroppedSegments(tuple(value[0]), tuple(value[1]))
 
     def _on_pages(self, body: dict) -> PageBatch:
         _want(self._meta is not None, "PAGES before META")

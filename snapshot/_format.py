@@ -6,13 +6,19 @@ Layout::
     frame*  type (u8) | length (u32 BE) | payload | crc32 (u32 BE) of the rest
 
 Frames are META (msgpack: module digest, state ids, memory sizes, globals,
-tables), then PAGES (msgpack: memory index, page runs, zstd-compressed page
+tables and, from version 2, the dropped passive segments), then PAGES (msgpack: memory index, page runs, zstd-compressed page
 data) any number of times, then END (frame and page counts), so truncation is
 always detected.  With a key, every payload is sealed with AES-GCM: the nonce
 is the header's salt plus the frame's sequence number, and the header, frame
 type and sequence number are authenticated, so frames cannot be dropped,
 reordered or moved between snapshots without detection.  The crc32 catches
 accidental corruption with or without a key.
+
+Version 2 differs from version 1 only by META's "dropped" field: the
+sorted indices of the dropped passive data and element segments.  The
+encoder writes version 1 when nothing is dropped, so such snapshots stay
+readable by builds that read only version 1, and those builds refuse the
+others by their version rather than lose the dropped state.
 
 Zero pages never travel.  The decoder, which reads this format back, is
 in ``_decoder``.
@@ -36,7 +42,8 @@ if TYPE_CHECKING:
     from ._snapshot import Snapshot
 
 MAGIC = b"WMSNAP"
-VERSION = 1
+VERSION = 2  # the newest; VERSIONS are all this build reads
+VERSIONS = (1, 2)
 HEADER_BYTES = 16
 FLAG_ENCRYPTED = 0x01
 META, PAGES, END = 1, 2, 3
@@ -143,8 +150,8 @@ class SnapshotEncoder:
     def __init__(self, *, key: bytes | None = None, level: int = 1,
                  batch_pages: int = BATCH_PAGES) -> None:
         self._aead = check_key(key)
-        salt = os.urandom(8) if self._aead else bytes(8)
-        self._header = MAGIC + bytes([VERSION, FLAG_ENCRYPTED if self._aead else 0]) + salt
+        self._salt = os.urandom(8) if self._aead else bytes(8)
+        self._header: bytes | None = None
         self._compressor = zstandard.ZstdCompressor(level=level)
         self._joiner = _Joiner()
         self._batch_pages = batch_pages
@@ -153,7 +160,10 @@ class SnapshotEncoder:
         self.raw_bytes = 0  # page bytes handed in, zero pages included
         self.wire_bytes = 0
 
-    def header(self) -> bytes:
+    def header(self, snap: Snapshot | None = None) -> bytes:
+        """The header; give the snapshot whose META follows if it may have dropped segments."""
+        version = 2 if snap is not None and snap.dropped else 1
+        self._header = MAGIC + bytes([version, FLAG_ENCRYPTED if self._aead else 0]) + self._salt
         self.wire_bytes += HEADER_BYTES
         return self._header
 
@@ -177,6 +187,11 @@ class SnapshotEncoder:
             "globals": [[g.index, g.valtype, _encode_value(g.valtype, g.value)] for g in snap.globals],
             "tables": [[t.index, t.reftype, list(t.elements)] for t in snap.tables],
         }
+        if self._header is None or (self._header[6] == 1 and snap.dropped):
+            raise LocalSnapshotError("write the header first, with header(snap) for a snapshot "
+                                     "that has dropped segments")
+        if self._header[6] == 2:
+            body["dropped"] = [list(snap.dropped.data), list(snap.dropped.elems)]
         return self._frame(META, msgpack.packb(body, use_bin_type=True))
 
     def pages(self, index: int, runs) -> list[bytes]:
@@ -196,7 +211,7 @@ class SnapshotEncoder:
         return self._frame(END, msgpack.packb({"frames": self._seq, "pages": self._pages}))
 
     def encode(self, snap: Snapshot) -> Iterator[bytes]:
-        yield self.header()
+        yield self.header(snap)
         yield self.meta(snap)
         for m in snap.memories:
             yield from self.pages(m.index, m.runs)

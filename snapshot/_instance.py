@@ -4,7 +4,8 @@
 ``prepare`` added for its memories, tables and mutable globals, the accessor
 functions of globals wasmtime-py cannot read bit-exactly, and the function
 table that turns references into indices.  ``read_globals`` and
-``read_tables`` read that state in portable form.  The id of the state an
+``read_tables`` read that state in portable form, ``read_dropped`` the
+passive segments dropped.  The id of the state an
 instance last held (captured or restored) is kept here too, so a delta is
 refused on the wrong base.  Everything works from the instance's exports
 alone, so no module bytes are needed.
@@ -21,8 +22,9 @@ import wasmtime
 from . import _prepare as P
 from . import _refaccess as ra
 from . import _reftypes as rt
+from ._dropped import SegmentProbes
 from ._errors import InvalidModuleError, UnrepresentableStateError
-from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, TableState
+from ._state import NUMERIC_BITS, SIGNED_TYPES, DroppedSegments, GlobalState, TableState
 
 _FUNCREF = wasmtime.ValType.funcref()
 _EXTERNREF = wasmtime.ValType.externref()
@@ -118,6 +120,7 @@ class Layout:
     functable: wasmtime.Table | None
     func_index: dict[tuple[int, int], int] | None = None
     funcs: list | None = None
+    segments: SegmentProbes | None = None  # None: the module has no passive segments
 
 
 _layouts: "weakref.WeakKeyDictionary[wasmtime.Instance, Layout]" = weakref.WeakKeyDictionary()
@@ -189,6 +192,7 @@ def layout(store: wasmtime.Store, instance: wasmtime.Instance) -> Layout:
         tables=sorted(tables, key=lambda t: t.index),
         globals=sorted(globals_, key=lambda s: s.index),
         functable=exports.get(P.FUNCTABLE_EXPORT),
+        segments=SegmentProbes.find(exports),
     )
     _layouts[instance] = found
     return found
@@ -277,6 +281,11 @@ def read_tables(store: wasmtime.Store, lay: Layout) -> tuple[TableState, ...]:
     that is not part of the module.
     """
     return tuple(TableState(t.index, t.reftype, t.read(store, lay)) for t in lay.tables)
+
+
+def read_dropped(store: wasmtime.Store, lay: Layout) -> DroppedSegments:
+    """Which passive segments the instance has dropped (see ``_dropped``); no calls for a module without any."""
+    return lay.segments.read(store) if lay.segments is not None else DroppedSegments()
 
 
 def state_id(instance: wasmtime.Instance) -> bytes | None:

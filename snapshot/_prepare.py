@@ -15,6 +15,10 @@ restore it through the ordinary wasmtime API:
 * if any defined table or mutable global holds funcrefs, a table
   ``__wm_functable`` maps function index -> function, so table contents can be
   captured as indices;
+* if it has passive data or element segments of non-zero length, functions
+  ``__wm_data_probe`` / ``_drop`` / ``_count`` (and ``__wm_elem_...``) read
+  and set which of them are dropped, with the memory, tables and globals
+  they need (``_segments``);
 * four immutable i64 globals ``__wm_sha256_<k>`` carry the module's digest.
 
 The digest is the sha256 of the prepared module with those 32 bytes zeroed,
@@ -34,6 +38,7 @@ from . import _leb128 as leb
 from . import _refaccess as ra
 from . import _refcheck as refcheck
 from . import _reftypes as rt
+from . import _segments
 from . import _wasmbin as wb
 from ._errors import InvalidModuleError
 
@@ -296,6 +301,18 @@ def prepare(wasm: bytes) -> bytes:
             element_section.payload if element_section else None, [segment]))
         exports.append(_export(FUNCTABLE_EXPORT, wb.KIND_TABLE, table_idx))
 
+    first_digest_global = info.imported_globals + len(info.globals)
+    segments = _segments.plan(info, sections, first_func=func_count + len(new_funcs),
+                              at_global=first_digest_global + len(DIGEST_EXPORTS))
+    if segments is not None:
+        for name, sig, code in segments.functions:
+            new_funcs.append(leb.write_u(type_index(sig)))
+            new_code.append(leb.write_u(len(code)) + code)
+            if name is not None:
+                exports.append(_export(name, wb.KIND_FUNC, func_count + len(new_funcs) - 1))
+        segments.add_sections(sections)
+        exports += [_export(name, wb.KIND_GLOBAL, index) for name, index in segments.global_exports]
+
     if new_funcs:
         old = info.section(wb.TYPE)
         wb.set_section(sections, wb.TYPE, wb.append_to_vector(old.payload if old else None, new_types)
@@ -304,12 +321,11 @@ def prepare(wasm: bytes) -> bytes:
         wb.set_section(sections, wb.FUNCTION, wb.append_to_vector(old.payload if old else None, new_funcs))
         old = info.section(wb.CODE)
         wb.set_section(sections, wb.CODE, wb.append_to_vector(old.payload if old else None, new_code))
-        if info.section(wb.DATACOUNT) is None and info.section(wb.DATA) is not None:
-            pass  # data count is only required by bulk-memory ops, which we do not add
 
-    first_digest_global = info.imported_globals + len(info.globals)
     old = info.section(wb.GLOBAL)
     digest_globals = [_DIGEST_GLOBAL + _PADDED_ZERO + b"\x0b" for _ in range(4)]
+    if segments is not None:
+        digest_globals += segments.globals
     wb.set_section(sections, wb.GLOBAL, wb.append_to_vector(old.payload if old else None, digest_globals))
     for k, name in enumerate(DIGEST_EXPORTS):
         exports.append(_export(name, wb.KIND_GLOBAL, first_digest_global + k))

@@ -1,10 +1,11 @@
 """Restore a snapshot into a live instance of the same prepared module.
 
 Everything is checked before the target is touched (``_check``), then
-memories and tables grow, pages are written, and globals and table entries
-are set.  Writing into cold pages is what a restore costs (1.1 to 2.2 GB/s
-into a fresh instance here), so pages that are zero on both sides are
-never written.
+memories and tables grow, the passive segments the snapshot names are
+dropped, pages are written, and globals and table entries are set.
+Writing into cold pages is what a restore costs (1.1 to 2.2 GB/s into a
+fresh instance here), so pages that are zero on both sides are never
+written.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ctypes
 import wasmtime
 
 from . import _refaccess as ra
+from ._dropped import check_dropped
 from ._errors import BaseMismatchError, IncompatibleSnapshotError, ModuleMismatchError
 from ._instance import GlobalSlot, Layout, func_tables, layout, memory_view, record_state_id, state_id
 from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, nonzero_runs
@@ -80,6 +82,7 @@ def _check(snapshot: Snapshot, store, instance, lay: Layout) -> None:
             ra.check_value(ts.reftype, e, len(funcs), test, store, where)
         if ts.elements and (slot.funcs.get("tfill") is None or slot.funcs.get("tgrow") is None):
             raise IncompatibleSnapshotError(f"{where} of type {ts.reftype} cannot be written")
+    check_dropped(store, lay.segments, snapshot.dropped)
 
 
 def _check_value(valtype: str, value, nfuncs: int, where: str) -> None:
@@ -127,6 +130,8 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
                 slot.grow(store, grow, ts.elements[current])
             except wasmtime.WasmtimeError as exc:
                 raise IncompatibleSnapshotError(f"target refused to grow table {ts.index}: {exc}") from None
+    if lay.segments is not None:
+        lay.segments.apply(store, snapshot.dropped)
     for ms, (_, memory), old in zip(snapshot.memories, lay.memories, old_sizes):
         ptr, _ = memory_view(store, memory)
         if not snapshot.is_delta:

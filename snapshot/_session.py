@@ -11,10 +11,10 @@ import wasmtime
 from ._capture import CaptureBuffers, capture, copy_nonzero, copy_runs
 from ._dirty import DirtyTracker, UffdDirtyTracker, extent_of, open_tracker
 from ._errors import LocalSnapshotError
-from ._instance import layout, memory_view, read_globals, read_tables, record_state_id
+from ._instance import layout, memory_view, read_dropped, read_globals, read_tables, record_state_id
 from ._pages import PAGE_BYTES, page_ranges
 from ._snapshot import Snapshot
-from ._state import GlobalState, MemoryState, TableState
+from ._state import DroppedSegments, GlobalState, MemoryState, TableState
 
 
 class StateTracker:
@@ -135,10 +135,11 @@ class StateTracker:
             inside = pages[:bisect.bisect_left(pages, size // PAGE_BYTES)]  # sorted: pages past the end go
             regions.append((index, ptr, size, page_ranges(inside)))
         globals_, tables = read_globals(store, lay), read_tables(store, lay)
+        dropped = read_dropped(store, lay)
         state_id = os.urandom(16)
         self._last_id = state_id
         record_state_id(self._instance, state_id)
-        return PendingCapture(lay.digest, state_id, regions, globals_, tables, base_id)
+        return PendingCapture(lay.digest, state_id, regions, globals_, tables, base_id, dropped)
 
     def close(self) -> None:
         for tracker in self._trackers.values():
@@ -186,10 +187,11 @@ class PendingCapture:
     globals: tuple[GlobalState, ...]
     tables: tuple[TableState, ...]
     base_id: bytes | None = None
+    dropped: DroppedSegments = DroppedSegments()
 
     def finish(self) -> Snapshot:
         memories = tuple(MemoryState(index, size, copy_nonzero(ptr, size) if ranges is None
                                      else copy_runs(ptr, ranges))
                          for index, ptr, size, ranges in self.regions)
         return Snapshot(module_sha256=self.module_sha256, state_id=self.state_id, base_id=self.base_id,
-                        memories=memories, globals=self.globals, tables=self.tables)
+                        memories=memories, globals=self.globals, tables=self.tables, dropped=self.dropped)

@@ -3,7 +3,8 @@
 A *full* snapshot lists the non-zero 4 KiB pages of each memory as maximal
 runs; every page outside a run is zero.  A *delta* snapshot lists the pages
 written since its base (zero pages included, since they overwrite) and names
-its base by ``base_id``.  Globals and tables are always carried whole.
+its base by ``base_id``.  Globals, tables and the list of dropped passive
+segments are always carried whole.
 This module also turns a snapshot into bytes and back (``_format``,
 ``_decoder``) and applies a delta to its base.
 """
@@ -16,7 +17,7 @@ from ._decoder import DecodeLimits, End, Meta, PageBatch, SnapshotDecoder
 from ._errors import BaseMismatchError, CorruptSnapshotError, IncompatibleSnapshotError, TruncatedSnapshotError
 from ._format import encode
 from ._pages import PAGE_BYTES, PageRun, RunJoiner, nonzero_runs
-from ._state import GlobalState, MemoryState, TableState
+from ._state import DroppedSegments, GlobalState, MemoryState, TableState
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +36,7 @@ class Snapshot:
     memories: tuple[MemoryState, ...] = ()
     globals: tuple[GlobalState, ...] = ()
     tables: tuple[TableState, ...] = ()
+    dropped: DroppedSegments = DroppedSegments()
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -45,7 +47,7 @@ class Snapshot:
         """True if both describe the same module state, whatever their ids."""
         if self.module_sha256 != other.module_sha256 or self.is_delta != other.is_delta:
             return False
-        if (self.globals, self.tables) != (other.globals, other.tables):
+        if (self.globals, self.tables, self.dropped) != (other.globals, other.tables, other.dropped):
             return False
         if self.is_delta:
             return self.memories == other.memories
@@ -136,7 +138,7 @@ class SnapshotAssembler:
         meta = self._meta
         memories = tuple(MemoryState(i, size, self._runs[i].runs()) for i, size, _ in meta.memories)
         return Snapshot(module_sha256=meta.module_sha256, state_id=meta.state_id, base_id=meta.base_id,
-                        memories=memories, globals=meta.globals, tables=meta.tables)
+                        memories=memories, globals=meta.globals, tables=meta.tables, dropped=meta.dropped)
 
 
 def decode(data: bytes, *, key: bytes | None = None, limits: DecodeLimits | None = None) -> Snapshot:
@@ -173,6 +175,9 @@ def apply_delta(base: Snapshot, delta: Snapshot) -> Snapshot:
         raise BaseMismatchError("delta and base come from different modules")
     if [m.index for m in delta.memories] != [m.index for m in base.memories]:
         raise IncompatibleSnapshotError("delta and base have different memories")
+    if not (set(base.dropped.data) <= set(delta.dropped.data) and set(base.dropped.elems) <= set(delta.dropped.elems)):
+        raise IncompatibleSnapshotError("delta has segments live that its base had dropped; "
+                                        "a dropped segment cannot come back")
     memories = []
     for bm, dm in zip(base.memories, delta.memories):
         if dm.size_bytes < bm.size_bytes:
@@ -187,4 +192,4 @@ def apply_delta(base: Snapshot, delta: Snapshot) -> Snapshot:
         runs = tuple(PageRun(a, bytes(buf[a * PAGE_BYTES:b * PAGE_BYTES])) for a, b in nonzero_runs(buf))
         memories.append(MemoryState(dm.index, dm.size_bytes, runs))
     return Snapshot(module_sha256=base.module_sha256, state_id=delta.state_id, base_id=None,
-                    memories=tuple(memories), globals=delta.globals, tables=delta.tables)
+                    memories=tuple(memories), globals=delta.globals, tables=delta.tables, dropped=delta.dropped)

@@ -70,3 +70,20 @@ class TableState:
     index: int
     reftype: str
     elements: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class DroppedSegments:
+    """The passive segments an instance has dropped: data and element segment indices, sorted.
+
+    Only passive segments of non-zero length are ever listed: active and
+    declarative segments are dropped by instantiation itself, in a restored
+    instance as in the original, and whether an empty segment was dropped
+    cannot be observed.
+    """
+
+    data: tuple[int, ...] = ()
+    elems: tuple[int, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.data or self.elems)

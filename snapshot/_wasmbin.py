@@ -83,6 +83,7 @@ class ModuleInfo:
     imported_funcs: int = 0
     imported_tables: int = 0
     imported_memories: int = 0
+    imported_memory_limits: list[Limits] = field(default_factory=list)
     imported_globals: int = 0
     defined_funcs: int = 0
     tables: list[tuple[str, Limits]] = field(default_factory=list)
@@ -277,7 +278,8 @@ def _decode_section(info: ModuleInfo, s: Section) -> None:
                 _, pos = _read_limits(p, pos)
                 info.imported_tables += 1
             elif kind == KIND_MEMORY:
-                _, pos = _read_limits(p, pos)
+                limits, pos = _read_limits(p, pos)
+                info.imported_memory_limits.append(limits)
                 info.imported_memories += 1
             elif kind == KIND_GLOBAL:
                 _, pos = _read_valtype(p, pos)

@@ -428,6 +428,18 @@ def test_state_hash_follows_state_not_layout(hosts):
     assert follower.hold(wid).state_hash() != leader.hold(wid).state_hash()
 
 
+def test_state_hash_sees_dropped_segments(hosts):
+    leader, follower = hosts
+    wasm = wasmtime.wat2wasm('(module (memory 1) (data "x") (func (export "drop") (data.drop 0)))')
+    wid, other = deploy(leader, wasm), deploy(leader, wasm)
+    assert leader.hold(wid).state_hash() == leader.hold(other).state_hash()
+    leader.call(wid, "drop", [])
+    assert leader.hold(wid).state_hash() != leader.hold(other).state_hash()
+    follower.add_module(wasm)
+    follower.restore(leader.info(wid).module_sha256, leader.checkpoint(wid), workload_id=wid)
+    assert follower.hold(wid).state_hash() == leader.hold(wid).state_hash()
+
+
 @SLOW_TESTS
 @given(writes=st.lists(st.tuples(st.integers(0, 60), st.binary(min_size=1, max_size=9000)), min_size=1, max_size=8),
        order=st.randoms(use_true_random=False))

@@ -314,8 +314,8 @@ def test_third_party_quickjs_session_survives_capture_and_restore(live):
 EDGE_CHILD = textwrap.dedent("""
     import sys, wasmtime, snapshot
     sys.path.insert(0, sys.argv[1])
-    import conftest, test_capture
-    w = conftest.Live(wasmtime.Engine(), snapshot.prepare(wasmtime.wat2wasm(test_capture.EDGE)))
+    import live_instance, test_capture
+    w = live_instance.Live(wasmtime.Engine(), snapshot.prepare(wasmtime.wat2wasm(test_capture.EDGE)))
     test_capture._mutate(w)
     sys.stdout.buffer.write(w.capture().to_bytes())
 """)

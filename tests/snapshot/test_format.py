@@ -1,10 +1,12 @@
 """The encoded format: round trips, streaming, and refusal of bad input."""
 
+import dataclasses
 import mmap
 import random
 import struct
 import zlib
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -22,7 +24,7 @@ from snapshot import (
     TruncatedSnapshotError,
     UnsupportedVersionError,
 )
-from snapshot._state import GlobalState, MemoryState, TableState
+from snapshot._state import DroppedSegments, GlobalState, MemoryState, TableState
 
 from damage import EDITS, damage
 
@@ -81,11 +83,13 @@ def snapshots(draw, delta=None):
     for i in range(draw(st.integers(0, 2))):
         rt = draw(st.sampled_from(_REFS))
         tables.append(TableState(i, rt, tuple(draw(st.lists(_VALUES[rt], max_size=30)))))
+    indices = st.sets(st.integers(0, 2**32 - 1), max_size=20).map(lambda s: tuple(sorted(s)))
+    dropped = DroppedSegments(draw(indices), draw(indices)) if draw(st.booleans()) else DroppedSegments()
     return Snapshot(
         module_sha256=draw(st.binary(min_size=32, max_size=32)).hex(),
         state_id=draw(st.binary(min_size=16, max_size=16)),
         base_id=draw(st.binary(min_size=16, max_size=16)) if is_delta else None,
-        memories=tuple(memories), globals=tuple(globals_), tables=tuple(tables))
+        memories=tuple(memories), globals=tuple(globals_), tables=tuple(tables), dropped=dropped)
 
 
 KEY = bytes(range(32))
@@ -97,6 +101,7 @@ def test_any_snapshot_round_trips(snap, encrypt, batch_pages):
     key = KEY if encrypt else None
     data = b"".join(SnapshotEncoder(key=key, batch_pages=batch_pages).encode(snap))
     assert Snapshot.from_bytes(data, key=key) == snap
+    assert data[6] == (2 if snap.dropped else 1)  # version 1 unless segments were dropped
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -126,10 +131,15 @@ def _sample():
                 TableState(2, "i31ref", (None, -(2**30), 2**30 - 1))))
 
 
-def test_fuzzed_encodings_are_rejected_or_decode_exactly():
+def _sample_dropped():
+    return dataclasses.replace(_sample(), dropped=DroppedSegments((0, 3, 64, 65, 2**31), (1, 130)))
+
+
+@pytest.mark.parametrize("sample", [_sample, _sample_dropped])
+def test_fuzzed_encodings_are_rejected_or_decode_exactly(sample):
     """Thousands of mutated encodings: each is refused with a
     RemoteSnapshotError or decodes to exactly the original."""
-    snap = _sample()
+    snap = sample()
     rng = random.Random(1234)
     for key in (None, KEY):
         good = SnapshotEncoder(key=key, batch_pages=2).encode(snap)
@@ -156,8 +166,9 @@ def test_fuzzed_encodings_are_rejected_or_decode_exactly():
         assert outcomes["rejected"] > 2000, outcomes
 
 
-def test_every_truncation_is_reported_as_truncated_or_corrupt():
-    data = _sample().to_bytes()
+@pytest.mark.parametrize("sample", [_sample, _sample_dropped])
+def test_every_truncation_is_reported_as_truncated_or_corrupt(sample):
+    data = sample().to_bytes()
     for n in range(len(data)):
         with pytest.raises((TruncatedSnapshotError, CorruptSnapshotError)):
             Snapshot.from_bytes(data[:n])
@@ -168,6 +179,61 @@ def test_wrong_version_is_refused():
     data[6] = 9
     with pytest.raises(UnsupportedVersionError, match="version 9"):
         Snapshot.from_bytes(bytes(data))
+
+
+def _forged(version: int, **changes) -> bytes:
+    """An encoding of ``_sample_dropped()`` under header ``version`` whose META body has ``changes``
+    (a value of None removes the field), with valid checksums."""
+    snap = _sample_dropped()
+    enc = SnapshotEncoder()
+    enc.header(snap)
+    body = msgpack.unpackb(enc.meta(snap)[5:-4])
+    for name, value in changes.items():
+        if value is None:
+            body.pop(name, None)
+        else:
+            body[name] = value
+    header = snapshot._format.MAGIC + bytes([version, 0]) + bytes(8)
+    enc = SnapshotEncoder()
+    enc._header = header
+    frames = [enc._frame(snapshot._format.META, msgpack.packb(body, use_bin_type=True))]
+    frames += [f for m in snap.memories for f in enc.pages(m.index, m.runs)]
+    return header + b"".join(frames) + enc.end()
+
+
+def test_forged_dropped_segment_fields_are_refused():
+    assert Snapshot.from_bytes(_forged(2)) == _sample_dropped()
+    assert Snapshot.from_bytes(_forged(1, dropped=None)).dropped == DroppedSegments()
+    bad = [
+        (1, {}),  # "dropped" in a version 1 META
+        (2, {"dropped": None}),  # missing in version 2
+        (2, {"dropped": [[1, 2]]}),
+        (2, {"dropped": [[1], [2], []]}),
+        (2, {"dropped": {"data": []}}),
+        (2, {"dropped": [[1, 1], []]}),  # repeated
+        (2, {"dropped": [[], [5, 3]]}),  # falling
+        (2, {"dropped": [[-1], []]}),
+        (2, {"dropped": [[2**32], []]}),
+        (2, {"dropped": [[True], []]}),
+        (2, {"dropped": [["1"], []]}),
+        (2, {"dropped": [[1.0], []]}),
+        (2, {"dropped": [[], None]}),
+    ]
+    for version, changes in bad:
+        with pytest.raises(CorruptSnapshotError):
+            Snapshot.from_bytes(_forged(version, **changes))
+    with pytest.raises(OversizedSnapshotError, match="dropped data segments"):
+        Snapshot.from_bytes(_forged(2, dropped=[list(range(11)), []]), limits=DecodeLimits(max_dropped_segments=10))
+    Snapshot.from_bytes(_forged(2, dropped=[list(range(10)), []]), limits=DecodeLimits(max_dropped_segments=10))
+
+
+def test_an_encoder_refuses_dropped_segments_under_a_version_1_header():
+    enc = SnapshotEncoder()
+    enc.header()
+    with pytest.raises(snapshot.LocalSnapshotError, match="header"):
+        enc.meta(_sample_dropped())
+    with pytest.raises(snapshot.LocalSnapshotError, match="header"):
+        SnapshotEncoder().meta(_sample())
 
 
 def test_wrong_key_missing_key_and_unexpected_plaintext_are_refused():
@@ -264,7 +330,6 @@ def test_equality_compares_contents_not_layout():
     snap = _sample()
     m = snap.memories[0]
     # The same bytes split differently, zero pages spelled out: same state.
-    import dataclasses
 
     spelled = dataclasses.replace(snap, memories=(MemoryState(0, m.size_bytes, (
         PageRun(0, bytes(m.runs[0].data) + bytes(3 * PAGE) + bytes(m.runs[1].data)),)),))
@@ -275,6 +340,7 @@ def test_equality_compares_contents_not_layout():
     assert other != snap and not other.same_state(snap)
     assert dataclasses.replace(snap, state_id=b"x" * 16) != snap
     assert dataclasses.replace(snap, state_id=b"x" * 16).same_state(snap)
+    assert not _sample_dropped().same_state(snap) and _sample_dropped() != snap
 
 
 def _batches_by_copying(runs, batch_pages):
