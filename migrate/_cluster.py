@@ -15,7 +15,6 @@ import functools
 import logging
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -35,6 +34,9 @@ from nodes import (
     unwrap_group,
 )
 
+from . import _nodes
+from ._advice import Advice, Work
+from ._placement import Needs, NodeRecord, PlacementPolicy
 from ._service import PLUGIN
 from ._errors import MigrateError, UnknownNode
 from ._handle import DEFAULT_RECONNECT_TIMEOUT_S, Handle, module_bytes
@@ -45,20 +47,7 @@ from ._protection import Event, FailoverFailed, Protection, ProtectionStatus
 logger = logging.getLogger(__name__)
 
 LOCAL = "local"
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """A node the application can use, as of the moment it answered."""
-
-    name: str
-    role: str
-    address: str
-    cores: int
-    memory_free_bytes: int
-    load_1m: float
-    workloads: int
-    rtt_s: float
+AUTO = "auto"
 
 
 class Cluster:
@@ -79,6 +68,7 @@ class Cluster:
         self._protectors: dict[str, Protector] = {}
         self._protect_scopes: dict[str, trio.CancelScope] = {}
         self._event_send, self._event_receive = trio.open_memory_channel(1000)
+        self.measurements = _nodes.Measurements()  # this application's throughput and speed per node
 
     # --- addresses and connections ----------------------------------------
 
@@ -179,41 +169,39 @@ class Cluster:
 
     # --- what applications call -------------------------------------------
 
-    async def nodes(self) -> list[NodeInfo]:
-        """The nodes the application can use, with fresh metadata (R3).
+    async def nodes(self) -> list[NodeRecord]:
+        """Every node in the membership view, with its metadata and this application's RTT and throughput (R3).
 
-        Nodes that do not answer are left out.
+        A node that does not answer has ``rtt_ms`` None (``_nodes``).
         """
-        out = []
-        for address in list(self._seen):
-            try:
-                client = await self.client(address)
-                with trio.fail_after(5):
-                    rtt, summary = await client.ping()
-            except (NodeError, trio.TooSlowError):
-                self.forget(address)
-                continue
-            out.append(NodeInfo(name=summary.name, role=summary.role, address=address, cores=summary.cores,
-                                memory_free_bytes=summary.memory_free_bytes, load_1m=summary.load_1m,
-                                workloads=summary.workloads, rtt_s=rtt))
-        return out
+        return await _nodes.nodes(self)
 
     async def spawn(self, module: bytes | str | Path, *, on: str = LOCAL, app: str = "",
-                    workload: str | None = None) -> Handle:
+                    workload: str | None = None, needs: Needs | None = None,
+                    policy: PlacementPolicy | None = None) -> Handle:
         """Start a workload from ``module`` (bytes or a path) on node ``on``.
 
-        Module bytes cross the network only if the node lacks them.
+        ``on="auto"`` lets ``policy`` (``DefaultPolicy``) pick the node for
+        ``needs`` (``_placement``); NoSuitableNode says why each node was
+        rejected.  Module bytes cross the network only if the node lacks them.
         ``app`` is the application it belongs to: "" for the certificate's
         own (``nodes._authorization``).
         Raises UnknownNode, ConnectionFailed and the node's errors
         (``InvalidModule``, ``ResourceLimitExceeded``...).
         """
+        if on == AUTO:
+            return await _nodes.spawn_auto(self, module_bytes(module), needs=needs, policy=policy, app=app,
+                                           workload=workload)
         address = self.address_of(on)
         client = await self.client(address)
-        sha256 = await client.ensure_module(module_bytes(module))
+        sha256 = await _nodes.upload(self, client, module_bytes(module))
         reply = await client.request(MSpawn, module_sha256=sha256, workload=workload, app=app)
         self._modules[reply.workload] = module_bytes(module)
         return Handle(self, reply.workload, node=client.node, address=address, epoch=reply.epoch)
+
+    async def advise(self, target: Handle | bytes, work: Work | float) -> Advice:
+        """Run ``target`` (a handle, or module bytes) locally or on which node, for ``work`` (``_advice``)."""
+        return await _nodes.advise(self, module_bytes(target) if not isinstance(target, Handle) else target, work)
 
     # --- protection and events --------------------------------------------
 
