@@ -73,6 +73,8 @@ from ._messages import (
     message,
     register,
 )
+from ._member_messages import BadMemberEntry, MemberEntry, MemberRecord, Members
+from ._membership import Membership
 from ._node import Node
 from ._plugin import Handler, Plugin, Session
 from ._protocol import Connection, ConnectionClosed, State
@@ -105,6 +107,11 @@ __all__ = [
     "HostStats",
     "InvalidModule",
     "Limits",
+    "BadMemberEntry",
+    "MemberEntry",
+    "MemberRecord",
+    "Members",
+    "Membership",
     "LocalProtocolError",
     "Message",
     "NODE_ONLY",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from . import _host_errors as he
 from ._authorization import visible
+from ._gossip import MEMBER_HANDLERS
 from ._workload import WorkloadInfo
 from ._messages import (
     Call,
@@ -166,4 +167,5 @@ HANDLERS = types.MappingProxyType({
     Peers: _peers,
     Ping: _ping,
     Status: _status,
+    **MEMBER_HANDLERS,
 })

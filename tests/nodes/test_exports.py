@@ -13,7 +13,8 @@ def test_all_names_exist_and_nothing_public_is_left_out():
 
 def test_export_list_is_stable():
     assert sorted(nodes.__all__) == sorted([
-        "ANY_ROLE", "Address", "BadArguments", "CallInputs", "CheckpointFailed", "ConfigError", "Connection",
+        "ANY_ROLE", "Address", "BadArguments", "BadMemberEntry", "MemberEntry", "MemberRecord", "Members",
+        "Membership", "CallInputs", "CheckpointFailed", "ConfigError", "Connection",
         "ConnectionClosed", "ConnectionFailed", "DamagedState", "DeadlineExceeded", "Done", "EPOCH_TICK_S", "ErrorCode",
         "ErrorReply", "Forbidden", "HasModule", "Handler", "Held", "Hello", "Host", "HostClosed", "HostError", "HostStats",
         "InvalidModule", "Limits", "LocalProtocolError", "Message", "NODE_ONLY", "Node", "NodeClient", "NodeConfig",
