@@ -376,7 +376,7 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
                     config = NodeConfig(name=LOCAL, role="client", listen=Address("127.0.0.1", 0),
                                         data_dir=directory, tls_dir=Path(tls) if tls else None,
                                         insecure=tls is None, join=tuple(parse_address(a) for a in addresses),
-                                        **limits)
+                                        member=False, **limits)  # follows the membership; every app's is "local"
                     bound = await nursery.start(functools.partial(serve, config, plugins=(PLUGIN,)))
                     cluster.learn(LOCAL, str(bound))
                 for address in addresses:

@@ -72,10 +72,9 @@ def refusal(node, request_id: int, what: str) -> ErrorReply | None:
 
 def announce(node) -> None:
     """Put the flag in the node's own membership record, if the node keeps one (its peers learn it)."""
-    membership = getattr(node, "membership", None)
-    update = getattr(membership, "update_self", None)
-    if update is not None:
-        update(cordoned=is_cordoned(node))
+    membership = node.membership
+    if membership is not None and membership.me is not None:  # an application's node has no entry
+        membership.update_self(cordoned=is_cordoned(node))
 
 
 async def _set(node, cordoned: bool) -> bool:

@@ -90,6 +90,10 @@ async def upload(cluster, client, module: bytes) -> str:
     return sha256
 
 
+def _newness(m) -> tuple[int, int]:
+    return m.incarnation, m.version
+
+
 async def _view(cluster) -> dict:
     """Every node's membership record, as the nodes the application knows see it."""
     best: dict = {}
@@ -102,13 +106,13 @@ async def _view(cluster) -> dict:
         except (NodeError, trio.TooSlowError) as exc:
             cluster.lost(address, exc)
             continue
-        for i, m in enumerate(members):
+        for m in members:
             if m.name in own:
                 continue
-            key = (getattr(m, "incarnation", 0), m.version)
-            if i == 0 or m.name not in best or key > (getattr(best[m.name], "incarnation", 0), best[m.name].version):
+            mine = m.name == client.node  # the node's own entry wins over what others say of it
+            if mine or m.name not in best or _newness(m) > _newness(best[m.name]):
                 best[m.name] = m
-            if i == 0:  # the node's own entry
+            if mine:
                 own.add(m.name)
     return best
 
@@ -135,11 +139,30 @@ async def _probe(cluster, name: str, address: str, rtt_s: float) -> None:
         cluster.lost(address, exc)
 
 
+async def _local(cluster) -> NodeRecord | None:
+    """The application's own node, which follows the membership without an entry: from its ping."""
+    try:
+        address = cluster.address_of(LOCAL)
+        client = await cluster.client(address)
+        with trio.fail_after(PING_TIMEOUT_S):
+            rtt, summary = await client.ping()
+    except (MigrateError, NodeError, trio.TooSlowError):
+        return None
+    return NodeRecord(name=LOCAL, address=address, role=summary.role, cores=summary.cores,
+                      memory_free_bytes=summary.memory_free_bytes, load=summary.load_1m,
+                      workloads=summary.workloads, rtt_ms=rtt * 1e3)
+
+
 async def nodes(cluster) -> list[NodeRecord]:
-    """Every node in the application's view, with its metadata and the application's measurements."""
+    """Every node in the application's view, with its metadata and the application's measurements.
+
+    The application's own node ("local") comes first when it runs one.
+    """
     view = await _view(cluster)
+    view.pop(LOCAL, None)
     names = {f.name for f in fields(NodeRecord)}
-    out = []
+    local = await _local(cluster)
+    out = [local] if local is not None else []
     for name, m in sorted(view.items()):
         if m.address:
             cluster.learn(name, m.address)

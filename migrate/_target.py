@@ -163,6 +163,7 @@ async def on_chunk(node, session, req: MChunk) -> Done:
     CHUNK_TURN_WAIT_S of the last progress is refused (BAD_REQUEST); a
     stream that does not decode drops the copy (MIGRATION_FAILED).
     """
+    node.counters["copy_chunks_received"] += 1  # every one that arrives, applied or refused
     svc = service(node)
     inc = _addressed(svc, req.workload, req.epoch, req.standby)
     if inc is None:
