@@ -58,3 +58,35 @@ async def test_a_move_over_the_targets_limit_is_refused_before_any_chunk(edge_an
         await h.migrate("cloud-1", strategy="precopy")
         assert h.node == "cloud-1" and await h.call("get") == 6
         assert [line for line in cloud.log_lines() if line.get("workload") == h.workload]  # now it logs it
+
+
+async def test_an_oversized_move_is_refused_in_its_first_message(node_procs, cluster_tls):
+    """cloud-1 caps each workload at 16 MiB; the workload on edge-1 has edge-1's 64 MiB cap, which travels.
+
+    cloud-1 refuses in MIncoming, the move's first message: neither the
+    module nor any chunk reaches it, and the workload serves on at its
+    source, each call counted once.
+    """
+    edge = node_procs.start("edge-1", "edge", args=["--workload-memory-bytes", str(64 * MiB)])
+    cloud = node_procs.start("cloud-1", "cloud", args=["--workload-memory-bytes", str(16 * MiB)])
+    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+        h = await c.spawn(COUNTER, on="edge-1")
+        for _ in range(5):
+            await h.call("incr", 1)
+        with trio.fail_after(60):
+            with pytest.raises(migrate.MigrationFailed) as refused:
+                await h.migrate("cloud-1", strategy="precopy")
+        assert f"memory_bytes exceeded: {64 * MiB} requested, {16 * MiB} allowed" in str(refused.value)
+        assert h.node == "edge-1"
+        assert await h.call("incr", 1) == 6 and await h.call("get") == 6
+        counters = (await (await c.client(c.address_of("cloud-1"))).status()).counters
+        assert counters.get("copy_chunks_received", 0) == 0
+        assert counters.get("modules_received", 0) == 0  # refused before the module was sent
+
+        # a target with room gets the module after its first answer, then the copy
+        roomy = node_procs.start("cloud-2", "cloud", args=["--workload-memory-bytes", str(64 * MiB)])
+        await c.client(str(roomy.address))
+        await h.migrate("cloud-2", strategy="precopy")
+        assert h.node == "cloud-2" and await h.call("incr", 1) == 7
+        counters = (await (await c.client(str(roomy.address))).status()).counters
+        assert counters["modules_received"] == 1 and counters["copy_chunks_received"] >= 1
