@@ -18,7 +18,7 @@ processes for tests, benchmarks and the demo) and ``migrate.wire`` (the
 migration protocol's messages and codes, for tools that speak it).
 """
 
-from ._advice import Advice, Estimate, Work
+from ._advice import Advice, Autoplace, Estimate, Work
 from ._cluster import AUTO, LOCAL, Cluster, connect
 from ._errors import MigrateError, MigrationFailed, NoSuitableNode, UnknownNode, WorkloadUnavailable
 from ._handle import Handle
@@ -29,7 +29,7 @@ from ._precopy import Action, Decision, PrecopyConfig, PrecopyPlanner
 from ._protection import Event, FailoverFailed, Protection, ProtectionStatus
 
 __all__ = [
-    "AUTO", "Advice", "DefaultPolicy", "Estimate", "Needs", "NoSuitableNode", "NodeRecord", "Placement",
+    "AUTO", "Advice", "Autoplace", "DefaultPolicy", "Estimate", "Needs", "NoSuitableNode", "NodeRecord", "Placement",
     "PlacementPolicy", "Work", "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Event", "FailoverFailed", "Handle", "MigrateError",
     "MigrationFailed", "Protection", "ProtectionStatus",
     "MigrationReport", "Outcome", "PrecopyConfig", "PrecopyPlanner", "UnknownNode",

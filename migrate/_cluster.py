@@ -34,8 +34,8 @@ from nodes import (
     unwrap_group,
 )
 
-from . import _nodes
-from ._advice import Advice, Work
+from . import _autoplace, _nodes
+from ._advice import Advice, Autoplace, Work
 from ._placement import Needs, NodeRecord, PlacementPolicy
 from ._service import PLUGIN
 from ._errors import MigrateError, UnknownNode
@@ -202,6 +202,11 @@ class Cluster:
     async def advise(self, target: Handle | bytes, work: Work | float) -> Advice:
         """Run ``target`` (a handle, or module bytes) locally or on which node, for ``work`` (``_advice``)."""
         return await _nodes.advise(self, module_bytes(target) if not isinstance(target, Handle) else target, work)
+
+    def autoplace(self, handle: Handle, work: Work | float, *, every_s: float = 10.0,
+                  decider: Autoplace | None = None) -> trio.CancelScope:
+        """Move ``handle`` when advice finds a clearly better node, re-evaluated every ``every_s`` (``_autoplace``)."""
+        return _autoplace.start(self, self._nursery, handle, work, every_s=every_s, decider=decider)
 
     # --- protection and events --------------------------------------------
 

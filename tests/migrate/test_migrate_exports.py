@@ -5,7 +5,7 @@ import migrate
 
 def test_export_list_is_stable():
     assert sorted(migrate.__all__) == sorted([
-        "AUTO", "Advice", "DefaultPolicy", "Estimate", "Needs", "NoSuitableNode", "NodeRecord", "Placement",
+        "AUTO", "Advice", "Autoplace", "DefaultPolicy", "Estimate", "Needs", "NoSuitableNode", "NodeRecord", "Placement",
         "PlacementPolicy", "Work", "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Event", "FailoverFailed", "Handle",
         "MigrateError", "MigrationFailed", "Protection", "ProtectionStatus",
         "MigrationReport", "Outcome", "PrecopyConfig", "PrecopyPlanner", "UnknownNode",
