@@ -34,7 +34,7 @@ import hashlib
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import trio
 
@@ -148,9 +148,10 @@ async def _local(cluster) -> NodeRecord | None:
             rtt, summary = await client.ping()
     except (MigrateError, NodeError, trio.TooSlowError):
         return None
-    return NodeRecord(name=LOCAL, address=address, role=summary.role, cores=summary.cores,
-                      memory_free_bytes=summary.memory_free_bytes, load=summary.load_1m,
-                      workloads=summary.workloads, rtt_ms=rtt * 1e3)
+    return NodeRecord(name=LOCAL, address=address, role=summary.role, location="", state="alive", version=0,
+                      last_heard_s=0.0, cores=summary.cores, memory_free_bytes=summary.memory_free_bytes,
+                      memory_limit_bytes=None, load=summary.load_1m, workloads=summary.workloads,
+                      wasm_features=(), capabilities={}, cordoned=False, rtt_ms=rtt * 1e3)
 
 
 async def nodes(cluster) -> list[NodeRecord]:
@@ -160,7 +161,6 @@ async def nodes(cluster) -> list[NodeRecord]:
     """
     view = await _view(cluster)
     view.pop(LOCAL, None)
-    names = {f.name for f in fields(NodeRecord)}
     local = await _local(cluster)
     out = [local] if local is not None else []
     for name, m in sorted(view.items()):
@@ -171,11 +171,8 @@ async def nodes(cluster) -> list[NodeRecord]:
         if rtt is not None and name not in measured.throughput and m.role != "client":
             await _probe(cluster, name, m.address, rtt)
         throughput, source = measured.throughput.get(name, (None, ""))
-        entry = {f: getattr(m, f) for f in names if hasattr(m, f)}
-        entry["capabilities"] = dict(m.capabilities)
-        entry["wasm_features"] = tuple(m.wasm_features)
-        out.append(NodeRecord(**{**entry, "rtt_ms": None if rtt is None else rtt * 1e3,
-                                 "throughput_bytes_per_s": throughput, "throughput_source": source}))
+        out.append(NodeRecord.of(m, rtt_ms=None if rtt is None else rtt * 1e3,
+                                 throughput_bytes_per_s=throughput, throughput_source=source))
     return out
 
 

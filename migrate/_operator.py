@@ -115,10 +115,7 @@ async def _placed(client: NodeClient, w, args) -> tuple[str, ...] | str:
 
 def _operator_record(m) -> NodeRecord:
     """A membership record as placement takes it: the operator measures no RTT, so every live node is "reached"."""
-    return NodeRecord(name=m.name, address=m.address, role=m.role, state=m.state, cores=m.cores,
-                      memory_free_bytes=m.memory_free_bytes, memory_limit_bytes=m.memory_limit_bytes, load=m.load,
-                      workloads=m.workloads, wasm_features=tuple(m.wasm_features),
-                      capabilities=dict(m.capabilities), cordoned=m.cordoned, rtt_ms=0.0)
+    return NodeRecord.of(m, rtt_ms=0.0)
 
 
 async def _drain_one(client: NodeClient, w, args) -> MigrationReport:

@@ -38,10 +38,13 @@ to the name, so the choice is deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
+
+from nodes import MemberRecord
 
 MiB = 2**20
 #: The memory a workload is assumed to take when its needs do not say.
@@ -78,36 +81,28 @@ class Needs:
                 raise ValueError(f"a capability is KEY or KEY=VALUE, got {cap!r}")
 
 
-@dataclass(frozen=True)
-class NodeRecord:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeRecord(MemberRecord):
     """A node as the application sees it: its membership record and what the application measured to it.
 
-    The fields up to ``cordoned`` are the node's ``MemberRecord``
-    (``nodes``); ``rtt_ms`` is the application's own ping (None: it could
-    not reach the node), ``throughput_bytes_per_s`` what the application's
-    own transfers to it ran at (``throughput_source`` says from what:
-    "modules" for module uploads, "probe" for a probe upload, "" for none
-    measured yet).
+    The fields of ``nodes.MemberRecord``, then ``rtt_ms``: the
+    application's own ping (None: it could not reach the node), and
+    ``throughput_bytes_per_s``: what the application's own transfers to it
+    ran at (``throughput_source`` says from what: "modules" for module
+    uploads, "migrations" for moves, "probe" for a probe upload, "" for
+    none measured yet).
     """
 
-    name: str
-    address: str
-    role: str
-    location: str = ""
-    state: str = "alive"
-    version: int = 0
-    last_heard_s: float = 0.0
-    cores: int = 1
-    memory_free_bytes: int = 0
-    memory_limit_bytes: int | None = None
-    load: float = 0.0
-    workloads: int = 0
-    wasm_features: tuple[str, ...] = ()
-    capabilities: Mapping[str, str] = field(default_factory=dict)
-    cordoned: bool = False
     rtt_ms: float | None = None
     throughput_bytes_per_s: float | None = None
     throughput_source: str = ""
+
+    @classmethod
+    def of(cls, member: MemberRecord, **measured) -> NodeRecord:
+        """``member``'s fields (its capabilities as a plain dict) with the application's ``measured`` ones."""
+        fields = {f.name: getattr(member, f.name) for f in dataclasses.fields(MemberRecord)}
+        return cls(**{**fields, "capabilities": dict(member.capabilities),
+                      "wasm_features": tuple(member.wasm_features), **measured})
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ from migrate._placement import HEADROOM, cost, has_capability, rejections
 MiB = 2**20
 
 
+BASE = dict(address="127.0.0.1:7000", role="edge", location="", state="alive", version=1, last_heard_s=0.0,
+            cores=4, memory_free_bytes=4096 * MiB, memory_limit_bytes=None, load=0.0, workloads=0,
+            wasm_features=(), capabilities={}, cordoned=False, rtt_ms=1.0)
+
+
 def node(name, **fields):
-    base = dict(address=f"127.0.0.1:{7000 + len(name)}", role="edge", cores=4, memory_free_bytes=4096 * MiB,
-                rtt_ms=1.0)
-    base.update(fields)
-    return NodeRecord(name=name, **base)
+    return NodeRecord(name=name, **{**BASE, **fields})
 
 
 def test_a_capability_key_matches_any_value_and_key_value_only_that_value():
@@ -85,6 +87,7 @@ def test_bad_needs_are_refused():
 
 records = st.builds(
     NodeRecord,
+    location=st.just(""), version=st.just(1), last_heard_s=st.just(0.0), workloads=st.just(0),
     name=st.sampled_from(["a", "b", "c", "d", "e", "f"]),
     address=st.just("127.0.0.1:1"),
     role=st.sampled_from(["client", "edge", "cloud"]),
