@@ -88,10 +88,10 @@ def _resolved(zeroconf: Zeroconf, services: Iterable[str]) -> list[tuple[str, Ad
     return out
 
 
-async def browse_mdns(seconds: float, *, loopback: bool) -> list[tuple[str, Address]]:
-    """Browse for ``seconds`` without advertising; return (name, address) of what answered (applications)."""
+async def browse_mdns(seconds: float) -> list[tuple[str, Address]]:
+    """Browse every interface (loopback too) for ``seconds`` without advertising; return (name, address) found."""
     def run() -> list[tuple[str, Address]]:
-        zeroconf = Zeroconf(interfaces=["127.0.0.1"] if loopback else None, ip_version=IPVersion.V4Only)
+        zeroconf = Zeroconf(ip_version=IPVersion.V4Only)
         try:
             found: set[str] = set()
             browser = ServiceBrowser(zeroconf, SERVICE_TYPE, handlers=[
