@@ -21,6 +21,7 @@ has not gone up for ``SUSPECT_AFTER`` intervals is suspect, and after
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -127,6 +128,13 @@ async def _gossip(node: Node, session: Session, req: Gossip) -> Reply:
 
 async def _members(node: Node, session: Session, req: Members) -> Reply:
     return MemberList(id=req.id, members=node.membership.records(trio.current_time()))
+
+
+def member_maps(node: Node) -> tuple[dict, ...]:
+    """The membership view as ``status`` carries it: one map per ``MemberRecord``."""
+    if node.membership is None:
+        return ()
+    return tuple(dataclasses.asdict(r) for r in node.membership.records(trio.current_time()))
 
 
 MEMBER_HANDLERS = {Gossip: _gossip, Members: _members}
