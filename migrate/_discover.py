@@ -34,9 +34,11 @@ DISCOVERY = ("mdns",)
 async def learn_members(cluster: Cluster, reserved: str) -> int:
     """Learn the live members from the first known node that answers; return how many it listed.
 
-    ``reserved`` (the local node's name) is never taken from the membership.
+    ``reserved`` (the local node's name) is never taken from the membership;
+    the local node, which follows the membership a gossip round behind, is asked last.
     """
-    for address in list(cluster._seen):
+    local = cluster._names.get(reserved)
+    for address in sorted(cluster._seen, key=lambda a: a == local):
         try:
             members = (await cluster.ask(address, Members)).members
         except (NodeError, trio.TooSlowError) as exc:
