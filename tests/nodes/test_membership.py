@@ -134,32 +134,36 @@ def test_a_partition_makes_each_side_suspect_the_other_and_healing_restores_ever
     sim.run_until(lambda: sim.everyone_sees(names), most=40)
 
 
-def test_a_restarted_node_comes_back_alive_with_a_higher_incarnation():
-    sim, names = chain(4)
+def restart_the_last(n, later_by):
+    """Converge a chain of ``n``, kill its last node until everyone holds it dead, restart it empty.
+
+    It restarts knowing only its seed, at an incarnation ``later_by`` above
+    its old one (0: a clock set back to the same start time).  Returns the
+    simulation after convergence, the names and the old entry.
+    """
+    sim, names = chain(n)
     sim.run_until(lambda: sim.everyone_sees(names), most=20)
-    gone = names[3]
+    gone = names[-1]
     sim.down.add(gone)
-    sim.run_until(lambda: sim.everyone_sees([gone], "dead", names[:3]), most=40)
+    sim.run_until(lambda: sim.everyone_sees([gone], "dead", names[:-1]), most=40)
     old = sim.nodes[names[0]].get(gone)
-    # It restarts empty, knowing only its seed, at a later start time.
     sim.down.discard(gone)
-    sim.nodes[gone] = Membership(entry(gone, incarnation=old.incarnation + 5), now=sim.now,
+    sim.nodes[gone] = Membership(entry(gone, incarnation=old.incarnation + later_by), now=sim.now,
                                  suspect_after_s=SUSPECT_S, dead_after_s=DEAD_S)
     sim.run_until(lambda: sim.everyone_sees(names), most=20)
-    assert sim.nodes[names[0]].get(gone).incarnation > old.incarnation
+    return sim, names, old
+
+
+def test_a_restarted_node_comes_back_alive_with_a_higher_incarnation():
+    sim, names, old = restart_the_last(4, later_by=5)
+    assert sim.nodes[names[0]].get(names[-1]).incarnation > old.incarnation
+    assert sim.nodes[names[-1]].refuted == 0  # its later start time alone outranks its old entry
 
 
 def test_a_restart_with_a_clock_set_back_refutes_its_old_entry():
-    sim, names = chain(3)
-    sim.run_until(lambda: sim.everyone_sees(names), most=20)
-    gone = names[2]
-    sim.down.add(gone)
-    sim.run_until(lambda: sim.everyone_sees([gone], "dead", names[:2]), most=40)
-    sim.down.discard(gone)
-    sim.nodes[gone] = Membership(entry(gone, incarnation=1), now=sim.now,  # same incarnation as before
-                                 suspect_after_s=SUSPECT_S, dead_after_s=DEAD_S)
-    sim.run_until(lambda: sim.everyone_sees(names), most=20)
-    assert sim.nodes[gone].refuted >= 1
+    sim, names, old = restart_the_last(3, later_by=0)
+    assert sim.nodes[names[-1]].refuted >= 1
+    assert sim.nodes[names[0]].get(names[-1]).incarnation > old.incarnation
 
 
 def test_a_node_refutes_suspicion_of_itself_by_raising_its_incarnation():
