@@ -36,6 +36,7 @@ from nodes import (
 
 from . import _autoplace, _nodes
 from ._advice import Advice, Autoplace, Work
+from ._discover import discover_node, follow_members, resolve
 from ._placement import Needs, NodeRecord, PlacementPolicy
 from ._service import PLUGIN
 from ._errors import MigrateError, UnknownNode
@@ -87,10 +88,7 @@ class Cluster:
         raise UnknownNode(f"unknown node {node!r}; known nodes: {known}")
 
     def name_of(self, address: str) -> str:
-        for name, addr in self._names.items():
-            if addr == address:
-                return name
-        return address
+        return next((name for name, addr in self._names.items() if addr == address), address)
 
     async def client(self, address: str) -> NodeClient:
         """A connected client for ``address``, reused while it works.
@@ -192,7 +190,7 @@ class Cluster:
         if on == AUTO:
             return await _nodes.spawn_auto(self, module_bytes(module), needs=needs, policy=policy, app=app,
                                            workload=workload)
-        address = self.address_of(on)
+        address = await resolve(self, on, LOCAL)
         client = await self.client(address)
         sha256 = await _nodes.upload(self, client, module_bytes(module))
         reply = await client.request(MSpawn, module_sha256=sha256, workload=workload, app=app)
@@ -354,23 +352,23 @@ async def _close_quietly(client: NodeClient) -> None:
 
 @contextlib.asynccontextmanager
 async def connect(*addresses: str, tls: Path | str | None = None, local: bool = True,
-                  data_dir: Path | str | None = None,
-                  reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
-                  local_memory_bytes: int | None = None) -> AsyncIterator[Cluster]:
-    """Open a cluster: start the local node and connect to ``addresses``.
+                  data_dir: Path | str | None = None, reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
+                  local_memory_bytes: int | None = None, discover: str | None = None) -> AsyncIterator[Cluster]:
+    """Open a cluster: start the local node and connect to ``addresses``, and to a node ``discover="mdns"``
+    finds; the nodes they know are learned from the membership (``migrate._discover``).
 
     ``tls`` is a TLS directory (``migrate-node cert issue --role node``)
     used both to reach the nodes and for the local node's own listener;
     None means plain TCP, allowed on loopback only.  A call whose node
     cannot be reached waits up to ``reconnect_timeout_s`` for it to come
     back (a node restarted with SIGTERM keeps its workloads), then fails
-    with WorkloadUnavailable.  ``local_memory_bytes`` caps each
-    workload's memory on the local node (the node default otherwise); a
-    workload that fails over or moves to "local" must fit it.  Raises
-    ConfigError, ConnectionFailed.
+    with WorkloadUnavailable.  ``local_memory_bytes`` caps each workload's
+    memory on the local node (the node default otherwise); a workload that
+    fails over or moves to "local" must fit it.  Raises ConfigError, ConnectionFailed.
     """
-    # The application's own exception reaches it as itself, not in a group.
-    with unwrap_group():
+    if discover is not None:
+        addresses = (*addresses, await discover_node(discover, tls))
+    with unwrap_group():  # the application's own exception reaches it as itself, not in a group
         async with trio.open_nursery() as nursery:
             cluster = Cluster(tls=tls, nursery=nursery, reconnect_timeout_s=reconnect_timeout_s)
             with contextlib.ExitStack() as stack:
@@ -381,11 +379,12 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
                     config = NodeConfig(name=LOCAL, role="client", listen=Address("127.0.0.1", 0),
                                         data_dir=directory, tls_dir=Path(tls) if tls else None,
                                         insecure=tls is None, join=tuple(parse_address(a) for a in addresses),
-                                        member=False, **limits)  # follows the membership; every app's is "local"
+                                        member=False, **limits)
                     bound = await nursery.start(functools.partial(serve, config, plugins=(PLUGIN,)))
                     cluster.learn(LOCAL, str(bound))
                 for address in addresses:
                     await cluster.client(str(parse_address(address)))
+                nursery.start_soon(follow_members, cluster, LOCAL)
                 try:
                     yield cluster
                 finally:

@@ -10,6 +10,7 @@ from ._authorization import role_table
 from ._client import NodeClient
 from ._config import Address, NodeConfig, parse_address, resolve_config
 from ._crash import crash_point, crash_point_async
+from ._discovery import browse_mdns
 from ._daemon import serve
 from ._switching import move_work
 from ._error_codes import code_for, error_reply
@@ -152,6 +153,7 @@ __all__ = [
     "DeadlineExceeded",
     "WorkloadTrap",
     "client_context",
+    "browse_mdns",
     "check_call_args",
     "code_for",
     "configure_logging",

@@ -120,6 +120,7 @@ class NodeConfig:
     member: bool = True              # announce this node in the membership (False: only follow it)
     mdns: bool = False               # advertise and browse _wasm-migrate._tcp.local.
     join_dns: str | None = None      # a DNS name whose A/AAAA/SRV records are join seeds
+    dns_server: Address | None = None  # the server --join-dns asks (None: /etc/resolv.conf)
     shutdown_grace_s: float = 10.0
     discard_state: bool = False      # start empty when the saved state is damaged (set aside, not deleted)
     log_level: str = "info"
@@ -257,6 +258,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mdns", _parse_bool, "advertise and discover nodes with mDNS (_wasm-migrate._tcp)"),
     Setting("join_dns", parse_dns_name, "a DNS name whose A/AAAA (or SRV) records are join seeds, "
                                         "resolved every refresh"),
+    Setting("dns_server", parse_address, "HOST:PORT of the DNS server --join-dns asks "
+                                         "(default: those of /etc/resolv.conf)"),
     Setting("shutdown_grace_s", _parse_number(float), "time allowed to checkpoint on SIGTERM"),
     Setting("discard_state", _parse_bool, "start empty if the saved checkpoint is damaged "
                                           "(it is moved aside, not deleted)"),

@@ -25,6 +25,7 @@ from ._at_rest import load_data_key
 from ._config import Address, NodeConfig
 from ._credentials import watch
 from ._errors import CheckpointFailed, ConfigError, DamagedState, UndecryptableState
+from ._discovery import run_discovery
 from ._gossip import run_membership, start_membership
 from ._hosting import Host
 from ._node import Node
@@ -160,6 +161,8 @@ async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: tri
             for address in config.join:
                 node.learn_peer(address)
             nursery.start_soon(run_membership, node)
+            if config.mdns or config.join_dns is not None:
+                nursery.start_soon(run_discovery, node)
             logger.info("listening", extra={"address": str(bound), "role": config.role,
                                             "tls": not config.insecure, "data_dir": str(config.data_path),
                                             "call_workers": config.call_workers})

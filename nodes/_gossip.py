@@ -21,6 +21,7 @@ has not gone up for ``SUSPECT_AFTER`` intervals is suspect, and after
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -32,7 +33,7 @@ from ._config import ConfigError, parse_address
 from ._errors import RemoteNodeError
 from ._features import engine_features
 from ._limits import system_memory
-from ._member_messages import BadMemberEntry, Gossip, GossipReply, MemberEntry, MemberList, Members
+from ._member_messages import BadMemberEntry, Gossip, GossipReply, MemberEntry, MemberList, MemberRecord, Members
 from ._membership import Membership
 from ._messages import ErrorCode, ErrorReply, Reply
 
@@ -85,9 +86,13 @@ async def run_membership(node: Node) -> None:
 
 
 def learn(node: Node, entries: list[MemberEntry]) -> None:
-    """Dial the live members among ``entries`` that we did not know (``learn_peer`` skips known ones)."""
+    """Dial the live members among ``entries`` that we did not know (``learn_peer`` skips known ones).
+
+    A follower (no entry of its own: an application's embedded node) dials
+    nobody for it: the members it follows dial it, having its Hello.
+    """
     for entry in entries:
-        if entry.name == node.membership.name:
+        if node.membership.name is None or entry.name == node.membership.name:
             continue
         if entry.state == "alive":
             try:
@@ -115,6 +120,8 @@ async def exchange(node: Node, client: NodeClient) -> None:
 
 
 async def _gossip(node: Node, session: Session, req: Gossip) -> Reply:
+    if node.membership is None:  # not listening yet
+        return GossipReply(id=req.id, entries=())
     try:
         won = node.membership.merge(req.entries, trio.current_time())
     except BadMemberEntry as exc:
@@ -126,7 +133,17 @@ async def _gossip(node: Node, session: Session, req: Gossip) -> Reply:
 
 
 async def _members(node: Node, session: Session, req: Members) -> Reply:
-    return MemberList(id=req.id, members=node.membership.records(trio.current_time()))
+    return MemberList(id=req.id, members=member_records(node))
+
+
+def member_records(node: Node) -> tuple[MemberRecord, ...]:
+    """The membership view: this node first (none before it listens)."""
+    return () if node.membership is None else node.membership.records(trio.current_time())
+
+
+def member_maps(node: Node) -> tuple[dict, ...]:
+    """The membership view as ``status`` carries it: one map per ``MemberRecord``."""
+    return tuple(dataclasses.asdict(r) for r in member_records(node))
 
 
 MEMBER_HANDLERS = {Gossip: _gossip, Members: _members}

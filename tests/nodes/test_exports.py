@@ -23,7 +23,7 @@ def test_export_list_is_stable():
         "ReplayUnsupported", "Reply", "Request", "RequestError", "ResourceLimitExceeded", "Session",
         "SnapshotFailed", "State", "StatusReport", "UndecryptableState", "UnknownExport", "UnknownModule", "UnknownWorkload",
         "UnsupportedImports", "WorkloadError", "WorkloadExists", "WorkloadExited", "WorkloadInfo",
-        "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "check_call_args", "client_context", "code_for",
+        "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "browse_mdns", "check_call_args", "client_context", "code_for",
         "configure_logging", "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "message", "move_work", "parse_address", "register",
         "resolve_config", "role_table", "serve", "server_context", "unwrap_group",
     ])

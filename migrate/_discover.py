@@ -1,0 +1,90 @@
+"""How an application learns nodes beyond the addresses it was given: the cluster membership, and mDNS.
+
+``follow_members`` asks a node it knows for ``Members`` every
+``MEMBERS_REFRESH_S`` and learns the name and address of every live one, so
+``spawn(on="c")`` works for a node the application was never given (a node
+that joined through another).  ``resolve`` asks at once when a name is
+not known yet.  ``discover_node`` (``connect(discover="mdns")``) browses
+mDNS for a few seconds and returns the first node that answers over TLS.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from nodes import ConfigError, ConnectionFailed, Members, NodeClient, NodeError, browse_mdns
+
+from ._errors import UnknownNode
+
+if TYPE_CHECKING:
+    from ._cluster import Cluster
+
+logger = logging.getLogger(__name__)
+
+MEMBERS_REFRESH_S = 1.0
+#: How long ``connect(discover="mdns")`` browses before trying what it found.
+BROWSE_S = 3.0
+DISCOVERY = ("mdns",)
+
+
+async def learn_members(cluster: Cluster, reserved: str) -> int:
+    """Learn the live members from the first known node that answers; return how many it listed.
+
+    ``reserved`` (the local node's name) is never taken from the membership;
+    the local node, which follows the membership a gossip round behind, is asked last.
+    """
+    local = cluster._names.get(reserved)
+    for address in sorted(cluster._seen, key=lambda a: a == local):
+        try:
+            members = (await cluster.ask(address, Members)).members
+        except (NodeError, trio.TooSlowError) as exc:
+            logger.debug("members from %s: %s", address, exc)
+            continue
+        if not members:
+            continue  # an embedded node that has not heard of anyone yet
+        for member in members:
+            if member.state == "alive" and member.name != reserved:
+                cluster.learn(member.name, member.address)
+        return len(members)
+    return 0
+
+
+async def follow_members(cluster: Cluster, reserved: str) -> None:
+    """``learn_members`` every ``MEMBERS_REFRESH_S`` until cancelled."""
+    while True:
+        await learn_members(cluster, reserved)
+        await trio.sleep(MEMBERS_REFRESH_S)
+
+
+async def resolve(cluster: Cluster, node: str, reserved: str) -> str:
+    """The address of ``node``, asking the membership once if it is not known yet.  Raises UnknownNode."""
+    try:
+        return cluster.address_of(node)
+    except UnknownNode:
+        await learn_members(cluster, reserved)
+        return cluster.address_of(node)
+
+
+async def discover_node(discover: str, tls: Path | str | None) -> str:
+    """Browse mDNS for ``BROWSE_S``; return the address of the first node found that answers (TLS checked).
+
+    Raises ConfigError for an unknown ``discover``, ConnectionFailed if no node answered.
+    """
+    if discover not in DISCOVERY:
+        raise ConfigError(f"discover must be one of {', '.join(DISCOVERY)}, not {discover!r}")
+    found = await browse_mdns(BROWSE_S)
+    for name, address in found:
+        try:
+            with trio.fail_after(5):
+                client = await NodeClient.connect(address, tls=tls)
+        except (NodeError, OSError, trio.TooSlowError) as exc:
+            logger.info("mdns: %s at %s did not answer: %s", name, address, exc)
+            continue
+        await client.aclose()
+        return str(address)
+    raise ConnectionFailed(f"no node answered on mDNS within {BROWSE_S} s "
+                           f"({len(found)} found{': ' if found else ''}{', '.join(n for n, _ in found)})")
