@@ -384,7 +384,8 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
                     cluster.learn(LOCAL, str(bound))
                 for address in addresses:
                     await cluster.client(str(parse_address(address)))
-                nursery.start_soon(follow_members, cluster, LOCAL)
+                if local:
+                    nursery.start_soon(follow_members, cluster, LOCAL)
                 try:
                     yield cluster
                 finally:

@@ -1,10 +1,10 @@
 """How an application learns nodes beyond the addresses it was given: the cluster membership, and mDNS.
 
-``follow_members`` asks a node it knows for ``Members`` every
-``MEMBERS_REFRESH_S`` and learns the name and address of every live one, so
-``spawn(on="c")`` works for a node the application was never given (a node
-that joined through another).  ``resolve`` asks at once when a name is
-not known yet.  ``discover_node`` (``connect(discover="mdns")``) browses
+``follow_members`` asks the application's embedded node (which the members
+gossip with) for ``Members`` every ``MEMBERS_REFRESH_S`` and learns the
+name and address of every live one, so ``spawn(on="c")`` works for a node
+the application was never given (a node that joined through another).
+``resolve`` asks the connected nodes at once when a name is not known yet.  ``discover_node`` (``connect(discover="mdns")``) browses
 mDNS for a few seconds and returns the first node that answers over TLS.
 """
 
@@ -31,14 +31,17 @@ BROWSE_S = 3.0
 DISCOVERY = ("mdns",)
 
 
-async def learn_members(cluster: Cluster, reserved: str) -> int:
+async def learn_members(cluster: Cluster, reserved: str, *, only_local: bool = False) -> int:
     """Learn the live members from the first known node that answers; return how many it listed.
 
-    ``reserved`` (the local node's name) is never taken from the membership;
-    the local node, which follows the membership a gossip round behind, is asked last.
+    The nodes the application connected to are asked first, then its
+    embedded node (named ``reserved``), which follows the membership a
+    gossip round behind; ``only_local`` asks the embedded node alone.
+    ``reserved`` is never taken from the membership.
     """
     local = cluster._names.get(reserved)
-    for address in sorted(cluster._seen, key=lambda a: a == local):
+    addresses = [local] if only_local else sorted(cluster._seen, key=lambda a: a == local)
+    for address in filter(None, addresses):
         try:
             members = (await cluster.ask(address, Members)).members
         except (NodeError, trio.TooSlowError) as exc:
@@ -54,9 +57,14 @@ async def learn_members(cluster: Cluster, reserved: str) -> int:
 
 
 async def follow_members(cluster: Cluster, reserved: str) -> None:
-    """``learn_members`` every ``MEMBERS_REFRESH_S`` until cancelled."""
+    """Every ``MEMBERS_REFRESH_S``, learn the members the embedded node knows, until cancelled.
+
+    Only the embedded node is asked (in-process, over loopback): the members
+    gossip with it, and the application's connections to remote nodes are
+    left idle (a node closes an idle application connection).
+    """
     while True:
-        await learn_members(cluster, reserved)
+        await learn_members(cluster, reserved, only_local=True)
         await trio.sleep(MEMBERS_REFRESH_S)
 
 

@@ -26,8 +26,6 @@ from typing import TYPE_CHECKING
 
 import dns.asyncresolver
 import dns.exception
-import dns.rdatatype
-import dns.resolver
 import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
@@ -110,7 +108,11 @@ async def resolve_seeds(name: str, default_port: int, *, nameserver: Address | N
     A name that does not resolve gives no addresses (logged at debug): DNS
     records come and go as an orchestrator scales a service.
     """
-    resolver = dns.asyncresolver.Resolver(configure=nameserver is None)
+    try:
+        resolver = dns.asyncresolver.Resolver(configure=nameserver is None)
+    except dns.exception.DNSException as exc:  # no /etc/resolv.conf, say
+        logger.warning("--join-dns %s: no resolver: %s", name, exc)
+        return []
     if nameserver is not None:
         resolver.nameservers, resolver.port = [nameserver.host], nameserver.port
     resolver.lifetime = 5.0
@@ -118,8 +120,7 @@ async def resolve_seeds(name: str, default_port: int, *, nameserver: Address | N
     async def query(qname: str, rdtype: str) -> list:
         try:
             return list(await resolver.resolve(qname, rdtype))
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers,
-                dns.exception.Timeout) as exc:
+        except dns.exception.DNSException as exc:  # NXDOMAIN, no answer, no server, timeout
             logger.debug("no %s record for %s: %s", rdtype, qname, exc)
             return []
 
@@ -148,8 +149,12 @@ async def run_discovery(node: Node) -> None:
     advert = None
     try:
         if config.mdns:
-            advert = await trio.to_thread.run_sync(MdnsAdvert, config.name, config.role, node.address)
-            logger.info("mdns advertised", extra={"service": advert.info.name})
+            try:
+                advert = await trio.to_thread.run_sync(MdnsAdvert, config.name, config.role, node.address)
+                logger.info("mdns advertised", extra={"service": advert.info.name})
+            except OSError as exc:  # no multicast here: the node runs on without it
+                node.counters["mdns_failed"] += 1
+                logger.error("--mdns: cannot advertise or browse: %s", exc)
         while True:
             if advert is not None:
                 _learn(node, [a for _, a in await trio.to_thread.run_sync(advert.seeds)])
