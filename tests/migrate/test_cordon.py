@@ -42,7 +42,7 @@ async def wait_for(cluster, name, **fields):
 async def test_cordon_stops_new_placements_and_survives_a_restart(node_procs, cluster_tls):
     edge = node_procs.start("edge-1", "edge", args=FAST)
     gpu = node_procs.start("cloud-1", "cloud", join=[edge], args=[*FAST, "--capability", "gpu=nvidia-h100"])
-    ops, tenant = cluster_tls.issue("ops", "node"), cluster_tls.issue("shop", "client")
+    ops, tenant = cluster_tls.issue("ops-node", "node"), cluster_tls.issue("shop", "client")
     async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as cluster:
         await wait_for(cluster, "cloud-1", cordoned=False)
         running = await cluster.spawn(COUNTER, on="cloud-1")
@@ -88,7 +88,7 @@ async def test_drain_without_a_target_cordons_then_places_each_workload(node_pro
     edge = node_procs.start("edge-1", "edge", args=FAST)
     node_procs.start("edge-2", "edge", join=[edge], args=FAST)
     node_procs.start("cloud-1", "cloud", join=[edge], args=FAST)
-    ops = cluster_tls.issue("ops", "node")
+    ops = cluster_tls.issue("ops-node", "node")
     async with migrate.connect(str(edge.address), tls=cluster_tls.issue("app-1", "node")) as cluster:
         await wait_for(cluster, "edge-2")
         await wait_for(cluster, "cloud-1")
