@@ -92,3 +92,22 @@ async def test_advice_stays_local_for_a_tiny_workload(chain):
         assert advice.estimates["local"].transfer_s == 0
         assert all(advice.estimates[n].transfer_s > 0 for n in ("edge-1", "cloud-1", "edge-2"))
         assert set(cluster.measurements.speed) == {"local", "edge-1", "cloud-1", "edge-2"}
+
+
+async def test_a_node_over_the_tenant_quota_refuses_and_the_next_ranked_node_takes_it(node_procs, cluster_tls):
+    quota = ["--max-workloads-per-app", "1", *FAST]
+    a = node_procs.start("edge-1", "edge", args=quota)
+    node_procs.start("edge-2", "edge", join=[a], args=quota)
+    async with migrate.connect(str(a.address), tls=cluster_tls.issue("app-1", "node")) as cluster:
+        with trio.fail_after(30):
+            while {"edge-1", "edge-2"} - {r.name for r in await cluster.nodes() if r.rtt_ms is not None}:
+                await trio.sleep(0.2)
+        first = await cluster.spawn(COUNTER, on="edge-1", app="shop")
+        second = await cluster.spawn(COUNTER, on="auto", app="shop/cart")  # edge-1's quota for shop is used up
+        assert (first.node, second.node) == ("edge-1", "edge-2")
+        with pytest.raises(NoSuitableNode) as refused:
+            await cluster.spawn(COUNTER, on="auto", app="shop")
+        for name in ("edge-1", "edge-2"):
+            assert refused.value.rejected[name] == (
+                "it refused: max_workloads_per_app exceeded: 2 requested, 1 allowed (application 'shop')",)
+        assert await first.call("incr", 1) == 1 and await second.call("incr", 1) == 1
