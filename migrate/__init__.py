@@ -7,7 +7,9 @@
         await h.call("incr", 1)
         report = await h.migrate("cloud-1", strategy="precopy")
         h.node            # "cloud-1"
-        await cluster.nodes()
+        await cluster.nodes()          # NodeRecord per node: metadata, RTT, throughput
+        h2 = await cluster.spawn(module, on="auto", needs=migrate.Needs(capabilities=["gpu"]))
+        advice = await cluster.advise(h, work=migrate.Work(units=500, calls=100))
 
 Public names are re-exported here; ``tests/migrate/test_migrate_exports.py`` guards the list.
 Public submodules: ``migrate.cli`` (the ``migrate-node`` command: a node
@@ -16,17 +18,20 @@ processes for tests, benchmarks and the demo) and ``migrate.wire`` (the
 migration protocol's messages and codes, for tools that speak it).
 """
 
-from ._cluster import LOCAL, Cluster, NodeInfo, connect
-from ._errors import MigrateError, MigrationFailed, UnknownNode, WorkloadUnavailable
+from ._advice import Advice, Autoplace, Estimate, Work
+from ._cluster import AUTO, LOCAL, Cluster, connect
+from ._errors import MigrateError, MigrationFailed, NoSuitableNode, UnknownNode, WorkloadUnavailable
 from ._handle import Handle
 from ._ledger import CallLedger, Outcome
 from ._messages import MigrationReport
+from ._placement import DefaultPolicy, Needs, NodeRecord, Placement, PlacementPolicy
 from ._precopy import Action, Decision, PrecopyConfig, PrecopyPlanner
 from ._protection import Event, FailoverFailed, Protection, ProtectionStatus
 
 __all__ = [
-    "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Event", "FailoverFailed", "Handle", "MigrateError",
+    "AUTO", "Advice", "Autoplace", "DefaultPolicy", "Estimate", "Needs", "NoSuitableNode", "NodeRecord", "Placement",
+    "PlacementPolicy", "Work", "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Event", "FailoverFailed", "Handle", "MigrateError",
     "MigrationFailed", "Protection", "ProtectionStatus",
-    "MigrationReport", "NodeInfo", "Outcome", "PrecopyConfig", "PrecopyPlanner", "UnknownNode",
+    "MigrationReport", "Outcome", "PrecopyConfig", "PrecopyPlanner", "UnknownNode",
     "WorkloadUnavailable", "connect",
 ]

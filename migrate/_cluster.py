@@ -15,7 +15,6 @@ import functools
 import logging
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -35,6 +34,10 @@ from nodes import (
     unwrap_group,
 )
 
+from . import _autoplace, _nodes
+from ._advice import Advice, Autoplace, Work
+from ._discover import discover_node, follow_members, resolve
+from ._placement import Needs, NodeRecord, PlacementPolicy
 from ._service import PLUGIN
 from ._errors import MigrateError, UnknownNode
 from ._handle import DEFAULT_RECONNECT_TIMEOUT_S, Handle, module_bytes
@@ -45,20 +48,7 @@ from ._protection import Event, FailoverFailed, Protection, ProtectionStatus
 logger = logging.getLogger(__name__)
 
 LOCAL = "local"
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """A node the application can use, as of the moment it answered."""
-
-    name: str
-    role: str
-    address: str
-    cores: int
-    memory_free_bytes: int
-    load_1m: float
-    workloads: int
-    rtt_s: float
+AUTO = "auto"
 
 
 class Cluster:
@@ -79,6 +69,7 @@ class Cluster:
         self._protectors: dict[str, Protector] = {}
         self._protect_scopes: dict[str, trio.CancelScope] = {}
         self._event_send, self._event_receive = trio.open_memory_channel(1000)
+        self.measurements = _nodes.Measurements()  # this application's throughput and speed per node
 
     # --- addresses and connections ----------------------------------------
 
@@ -97,10 +88,7 @@ class Cluster:
         raise UnknownNode(f"unknown node {node!r}; known nodes: {known}")
 
     def name_of(self, address: str) -> str:
-        for name, addr in self._names.items():
-            if addr == address:
-                return name
-        return address
+        return next((name for name, addr in self._names.items() if addr == address), address)
 
     async def client(self, address: str) -> NodeClient:
         """A connected client for ``address``, reused while it works.
@@ -179,41 +167,44 @@ class Cluster:
 
     # --- what applications call -------------------------------------------
 
-    async def nodes(self) -> list[NodeInfo]:
-        """The nodes the application can use, with fresh metadata (R3).
+    async def nodes(self) -> list[NodeRecord]:
+        """Every node in the membership view, with its metadata and this application's RTT and throughput (R3).
 
-        Nodes that do not answer are left out.
+        A node that does not answer has ``rtt_ms`` None (``_nodes``).
         """
-        out = []
-        for address in list(self._seen):
-            try:
-                client = await self.client(address)
-                with trio.fail_after(5):
-                    rtt, summary = await client.ping()
-            except (NodeError, trio.TooSlowError):
-                self.forget(address)
-                continue
-            out.append(NodeInfo(name=summary.name, role=summary.role, address=address, cores=summary.cores,
-                                memory_free_bytes=summary.memory_free_bytes, load_1m=summary.load_1m,
-                                workloads=summary.workloads, rtt_s=rtt))
-        return out
+        return await _nodes.nodes(self)
 
     async def spawn(self, module: bytes | str | Path, *, on: str = LOCAL, app: str = "",
-                    workload: str | None = None) -> Handle:
+                    workload: str | None = None, needs: Needs | None = None,
+                    policy: PlacementPolicy | None = None) -> Handle:
         """Start a workload from ``module`` (bytes or a path) on node ``on``.
 
-        Module bytes cross the network only if the node lacks them.
+        ``on="auto"`` lets ``policy`` (``DefaultPolicy``) pick the node for
+        ``needs`` (``_placement``); NoSuitableNode says why each node was
+        rejected.  Module bytes cross the network only if the node lacks them.
         ``app`` is the application it belongs to: "" for the certificate's
         own (``nodes._authorization``).
         Raises UnknownNode, ConnectionFailed and the node's errors
         (``InvalidModule``, ``ResourceLimitExceeded``...).
         """
-        address = self.address_of(on)
+        if on == AUTO:
+            return await _nodes.spawn_auto(self, module_bytes(module), needs=needs, policy=policy, app=app,
+                                           workload=workload)
+        address = await resolve(self, on, LOCAL)
         client = await self.client(address)
-        sha256 = await client.ensure_module(module_bytes(module))
+        sha256 = await _nodes.upload(self, client, module_bytes(module))
         reply = await client.request(MSpawn, module_sha256=sha256, workload=workload, app=app)
         self._modules[reply.workload] = module_bytes(module)
         return Handle(self, reply.workload, node=client.node, address=address, epoch=reply.epoch)
+
+    async def advise(self, target: Handle | bytes, work: Work | float) -> Advice:
+        """Run ``target`` (a handle, or module bytes) locally or on which node, for ``work`` (``_advice``)."""
+        return await _nodes.advise(self, module_bytes(target) if not isinstance(target, Handle) else target, work)
+
+    def autoplace(self, handle: Handle, work: Work | float, *, every_s: float = 10.0,
+                  decider: Autoplace | None = None) -> trio.CancelScope:
+        """Move ``handle`` when advice finds a clearly better node, re-evaluated every ``every_s`` (``_autoplace``)."""
+        return _autoplace.start(self, self._nursery, handle, work, every_s=every_s, decider=decider)
 
     # --- protection and events --------------------------------------------
 
@@ -361,23 +352,23 @@ async def _close_quietly(client: NodeClient) -> None:
 
 @contextlib.asynccontextmanager
 async def connect(*addresses: str, tls: Path | str | None = None, local: bool = True,
-                  data_dir: Path | str | None = None,
-                  reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
-                  local_memory_bytes: int | None = None) -> AsyncIterator[Cluster]:
-    """Open a cluster: start the local node and connect to ``addresses``.
+                  data_dir: Path | str | None = None, reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
+                  local_memory_bytes: int | None = None, discover: str | None = None) -> AsyncIterator[Cluster]:
+    """Open a cluster: start the local node and connect to ``addresses``, and to a node ``discover="mdns"``
+    finds; the nodes they know are learned from the membership (``migrate._discover``).
 
     ``tls`` is a TLS directory (``migrate-node cert issue --role node``)
     used both to reach the nodes and for the local node's own listener;
     None means plain TCP, allowed on loopback only.  A call whose node
     cannot be reached waits up to ``reconnect_timeout_s`` for it to come
     back (a node restarted with SIGTERM keeps its workloads), then fails
-    with WorkloadUnavailable.  ``local_memory_bytes`` caps each
-    workload's memory on the local node (the node default otherwise); a
-    workload that fails over or moves to "local" must fit it.  Raises
-    ConfigError, ConnectionFailed.
+    with WorkloadUnavailable.  ``local_memory_bytes`` caps each workload's
+    memory on the local node (the node default otherwise); a workload that
+    fails over or moves to "local" must fit it.  Raises ConfigError, ConnectionFailed.
     """
-    # The application's own exception reaches it as itself, not in a group.
-    with unwrap_group():
+    if discover is not None:
+        addresses = (*addresses, await discover_node(discover, tls))
+    with unwrap_group():  # the application's own exception reaches it as itself, not in a group
         async with trio.open_nursery() as nursery:
             cluster = Cluster(tls=tls, nursery=nursery, reconnect_timeout_s=reconnect_timeout_s)
             with contextlib.ExitStack() as stack:
@@ -388,11 +379,13 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
                     config = NodeConfig(name=LOCAL, role="client", listen=Address("127.0.0.1", 0),
                                         data_dir=directory, tls_dir=Path(tls) if tls else None,
                                         insecure=tls is None, join=tuple(parse_address(a) for a in addresses),
-                                        **limits)
+                                        member=False, **limits)
                     bound = await nursery.start(functools.partial(serve, config, plugins=(PLUGIN,)))
                     cluster.learn(LOCAL, str(bound))
                 for address in addresses:
                     await cluster.client(str(parse_address(address)))
+                if local:
+                    nursery.start_soon(follow_members, cluster, LOCAL)
                 try:
                     yield cluster
                 finally:

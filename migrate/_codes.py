@@ -38,6 +38,7 @@ class MigrationCode(enum.StrEnum):
     MIGRATION_BUSY = "migration_busy"       # the workload is already moving
     NOT_OWNER = "not_owner"                 # this node does not own the workload
     DIVERGED = "diverged"                   # a copy's replay differs from its source; the copy was dropped
+    CORDONED = "cordoned"                   # the node is cordoned: it takes no new workload
 
 
 MIGRATION_PHASES = ("source:before-incoming", "source:after-round", "source:frozen", "source:after-commit",

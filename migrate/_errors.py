@@ -33,3 +33,11 @@ class WorkloadUnavailable(MigrateError):
     def __init__(self, message: str, *, ran: bool | None) -> None:
         super().__init__(message)
         self.ran = ran
+
+
+class NoSuitableNode(MigrateError):
+    """No node can take a workload placed with ``on="auto"``: ``rejected`` says, per node, why not."""
+
+    def __init__(self, message: str, *, rejected: dict[str, tuple[str, ...]]) -> None:
+        super().__init__(message)
+        self.rejected = rejected

@@ -32,11 +32,13 @@ from nodes import (
     check_call_args,
 )
 
+from . import _nodes
 from ._buffers import BUFFERS, GuestBuffers
 from ._codes import MigrationCode
 from ._errors import MigrationFailed, WorkloadUnavailable
 from ._messages import MCall, MCancel, MigrationReport, MMigrate, MReport
 from ._oplog import error_outcome, log_entry, reply_outcome
+from ._placement import Needs, PlacementPolicy
 from ._protection import Protection
 
 logger = logging.getLogger(__name__)
@@ -165,13 +167,18 @@ class Handle(GuestBuffers):
     # --- moving -------------------------------------------------------------
 
     async def migrate(self, to: str, *, strategy: str = "precopy", downtime_budget_s: float = 0.03,
-                      max_rounds: int = 20) -> MigrationReport:
-        """Move the workload to node ``to`` (a name, or "local") and return the report.
+                      max_rounds: int = 20, needs: Needs | None = None,
+                      policy: PlacementPolicy | None = None) -> MigrationReport:
+        """Move the workload to node ``to`` (a name, "local", or "auto") and return the report.
 
-        Calls keep working throughout.  Raises ``UnknownNode``,
-        ``MigrationFailed`` (the workload stayed where it was) or
-        ``WorkloadUnavailable``.
+        ``"auto"``: the best other node for ``needs`` by ``policy``
+        (``_placement``); NoSuitableNode if none.  Calls keep working
+        throughout.  Raises ``UnknownNode``, ``MigrationFailed`` (the
+        workload stayed where it was) or ``WorkloadUnavailable``.
         """
+        if to == "auto":
+            return await _nodes.migrate_auto(self._cluster, self, needs=needs, policy=policy, strategy=strategy,
+                                             downtime_budget_s=downtime_budget_s, max_rounds=max_rounds)
         target = self._cluster.address_of(to)
         async with self._moving:
             started = trio.current_time()
@@ -203,6 +210,7 @@ class Handle(GuestBuffers):
                             pages_sent=0, dirty_pages_per_s=0.0, throttle=0.0, epoch=self.epoch,
                             notes=("the source node was lost after the commit; its figures are unavailable",))
             report = reply.report
+            _nodes.note_move(self._cluster, report)
             self._moved_to(report.target, target, report.epoch)
             self._cluster.publish("moved", self.workload, report.target, f"{report.strategy} from {report.source}")
             await self._cluster.after_move(self)

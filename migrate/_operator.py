@@ -1,20 +1,32 @@
-"""Operator commands: ``migrate-node migrate`` and ``migrate-node drain``.
+"""Operator commands: ``migrate-node migrate``, ``drain``, ``cordon`` and ``uncordon``.
 
 They talk to the source node as the CLI client; the node streams the state
 to the target itself.  A target may be named by node name (looked up among
-the source node's peers) or given as HOST:PORT.
+the source node's peers) or given as HOST:PORT.  ``cordon NAME`` and
+``uncordon NAME`` reach node NAME (the connected node, or a peer of it)
+and need a node certificate.  ``drain`` cordons the node first, then
+moves each workload to ``--to``, or without it to the best node the
+default placement policy finds in the node's membership view for the
+workload's memory cap (``_placement``; the operator measures no RTT, so
+nodes rank by load and free memory), trying the next when a target's
+admission refuses.  It prints a line per workload and a summary.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import os
 import sys
 from typing import Any
 
-from nodes import ConfigError, NodeClient, RemoteNodeError, parse_address
+from nodes import ConfigError, ErrorCode, NodeClient, RemoteNodeError, parse_address
 
 from ._codes import MigrationCode
+from ._cordon import MCordon, MUncordon
 from ._errors import MigrationFailed, UnknownNode
 from ._messages import MigrationReport, MMigrate
+from ._placement import DefaultPolicy, Needs, NodeRecord
 
 
 async def resolve_target(client: NodeClient, target: str) -> str:
@@ -58,24 +70,91 @@ async def migrate_command(client: NodeClient, args) -> Any:
     return report if args.json else report_line(report)
 
 
+def _tls_of(args) -> str | None:
+    """The TLS dir the command connected with (None: --insecure), to reach another node the same way."""
+    return None if args.insecure else str(args.tls_dir or os.environ.get("MIGRATE_NODE_TLS_DIR"))
+
+
+@contextlib.asynccontextmanager
+async def _node_named(client: NodeClient, name: str, args):
+    """A client for node ``name``: the connected one, or a peer it knows by that name."""
+    if name == client.node:
+        yield client
+        return
+    address = await resolve_target(client, name)
+    async with await NodeClient.connect(address, tls=_tls_of(args)) as other:
+        yield other
+
+
+async def _cordon(client: NodeClient, kind) -> str:
+    try:
+        reply = await client.request(kind)
+    except RemoteNodeError as exc:
+        if exc.code == ErrorCode.FORBIDDEN:
+            raise MigrationFailed(f"{client.node} refused to {kind.kind[2:]}: {exc} (use a node certificate)") from None
+        raise
+    what = "cordoned" if reply.cordoned else "uncordoned"
+    return f"{client.node} {what}" if reply.changed else f"{client.node} was {what} already"
+
+
+async def cordon_command(client: NodeClient, args) -> str:
+    async with _node_named(client, args.name, args) as target:
+        return await _cordon(target, MCordon)
+
+
+async def uncordon_command(client: NodeClient, args) -> str:
+    async with _node_named(client, args.name, args) as target:
+        return await _cordon(target, MUncordon)
+
+
+async def _placed(client: NodeClient, w, args) -> tuple[str, ...] | str:
+    """The targets placement ranks for workload summary ``w`` (addresses), or why there are none."""
+    records = [_operator_record(m) for m in await client.members()]
+    placement = DefaultPolicy().place(records, Needs(memory=w.memory_limit_bytes), exclude=client.node)
+    by_name = {r.name: r.address for r in records}
+    return tuple(by_name[n] for n in placement.ranked) or placement.explain()
+
+
+def _operator_record(m) -> NodeRecord:
+    """A membership record as placement takes it: the operator measures no RTT, so every live node is "reached"."""
+    return NodeRecord.of(m, rtt_ms=0.0)
+
+
+async def _drain_one(client: NodeClient, w, args) -> MigrationReport:
+    """Move ``w`` to ``--to``, or to the best node placement finds that takes it."""
+    if args.to:
+        return await move(client, w.workload_id, await resolve_target(client, args.to), args.strategy)
+    targets = await _placed(client, w, args)
+    if isinstance(targets, str):
+        raise MigrationFailed(f"no node can take it: {targets}")
+    refusals = []
+    for target in targets:
+        try:
+            return await move(client, w.workload_id, target, args.strategy)
+        except MigrationFailed as exc:
+            refusals.append(str(exc))
+    raise MigrationFailed("every node placement chose refused it: " + "; ".join(refusals))
+
+
 async def drain_command(client: NodeClient, args) -> Any:
-    """Move every workload off the node, one at a time, printing progress."""
-    target = await resolve_target(client, args.to)
+    """Cordon the node, then move every workload off it, one at a time, printing progress and a summary."""
+    print(await _cordon(client, MCordon), file=sys.stderr, flush=True)
     workloads = await client.workloads()
     reports, failures = [], []
     total = len(workloads)
     for i, w in enumerate(workloads, 1):
         try:
-            report = await move(client, w.workload_id, target, args.strategy)
+            report = await _drain_one(client, w, args)
         except MigrationFailed as exc:
             failures.append((w.workload_id, str(exc)))
             print(f"[{i}/{total}] {w.workload_id}: FAILED: {exc}", file=sys.stderr, flush=True)
             continue
         reports.append(report)
         print(f"[{i}/{total}] {report_line(report)}", file=sys.stderr, flush=True)
+    where = collections.Counter(r.target for r in reports)
+    summary = (f"drained {client.node}: {len(reports)} workloads moved"
+               + (f" ({', '.join(f'{n} to {t}' for t, n in sorted(where.items()))})" if where else "")
+               + f", {len(failures)} failed; {client.node} stays cordoned")
     if failures:
-        raise MigrationFailed(f"{len(failures)} of {total} workloads could not be moved: "
-                              + "; ".join(f"{w}: {why}" for w, why in failures))
-    if args.json:
-        return reports
-    return f"drained {client.node}: {len(reports)} workloads moved to {args.to}"
+        raise MigrationFailed(f"{summary}: " + "; ".join(f"{w}: {why}" for w, why in failures))
+    return reports if args.json else summary

@@ -28,6 +28,7 @@ from . import _hostops as ops
 from ._ledger import Outcome
 from ._messages import MCall, MCancel, MCancelled, MLocate, MProtect, MResult, MSpawn, MSpawned, MWhere
 from ._codes import MigrationCode
+from ._cordon import refusal as cordon_refusal
 from ._oplog import log_entry
 from ._ownership_events import Event, EventKind, OwnershipError
 from ._state import Owned, _moved_reply, _not_owner, service
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 
 async def on_spawn(node, session, req: MSpawn) -> MSpawned:
+    refused = cordon_refusal(node, req.id, "new workloads")
+    if refused is not None:
+        return refused
     workload = req.workload or f"w-{uuid.uuid4().hex[:12]}"
     info = await node.run_host(node.host.deploy, req.module_sha256, workload_id=workload, app=req.app)
     svc = service(node)

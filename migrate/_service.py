@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from nodes import Plugin
 
+from . import _cordon
 from . import _messages as m
 from ._codes import CRASH_PHASES
 from ._owner import on_call, on_cancel, on_locate, on_protect, on_spawn
@@ -24,16 +25,21 @@ from ._standby import on_follow, on_promote
 from ._state import PLUGIN_NAME, MigrationService, service
 from ._target import on_abort, on_align, on_chunk, on_commit, on_first_call, on_incoming, on_replay
 
+async def _resume(node) -> None:
+    _cordon.announce(node)  # a flag kept across a restart is in the node's membership record too
+    await _resume_standbys(node)
+
+
 PLUGIN = Plugin(
     name=PLUGIN_NAME,
     handlers={m.MSpawn: on_spawn, m.MCall: on_call, m.MLocate: on_locate, m.MIncoming: on_incoming,
               m.MChunk: on_chunk, m.MCommit: on_commit, m.MAbort: on_abort, m.MMigrate: on_migrate,
               m.MProtect: on_protect, m.MCheckpoint: on_checkpoint, m.MCheckpointPart: on_checkpoint_part,
               m.MReplay: on_replay, m.MAlign: on_align, m.MFollow: on_follow, m.MPromote: on_promote,
-              m.MFirstCall: on_first_call, m.MCancel: on_cancel},
+              m.MFirstCall: on_first_call, m.MCancel: on_cancel, **_cordon.HANDLERS},
     state=MigrationService,
-    status=lambda node: service(node).status(),
+    status=lambda node: service(node).status() + _cordon.status(node),
     save=_save_record, load=_load_record, save_node=_save_tombstones, load_node=_load_tombstones,
-    resume=_resume_standbys,
+    resume=_resume,
     crash_phases=CRASH_PHASES,
 )

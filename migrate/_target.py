@@ -16,13 +16,14 @@ import snapshot
 from nodes import Done, ErrorCode, ErrorReply, UnknownModule, crash_point_async, move_work
 
 from . import _hostops as ops
+from ._admission import _incoming_refused
 from ._codes import MigrationCode
+from ._cordon import refusal as cordon_refusal
 from ._ledger import CallLedger
 from ._messages import (MAbort, MAlign, MChunk, MCommit, MCommitted, MFirstCall, MFirstServed, MIncoming,
                         MReplay)
 from ._oplog import divergence, replayed_call
 from ._owner import _run
-from ._ownership import OWNING
 from ._ownership_events import Drop, Event, EventKind, OwnershipError, Peer
 from ._standby import _keep_standby, feed_kept_copy
 from ._state import (CHUNK_TURN_WAIT_S, FIRST_CALL_POLL_S, FIRST_CALL_WAIT_S, MAX_CHUNKS_AHEAD, Incoming,
@@ -60,11 +61,15 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
     a move under way.  A new standby copy is received under a staging id
     while an aligned standby copy keeps serving (MLocate, MPromote): it
     replaces that one once aligned (on_align).  The ownership table
-    decides (``_incoming_refused`` says why not).  The node's limits
-    decide too, before any chunk comes: a copy that would pass the node's
-    workload memory limit or its application's quota is refused with
-    ``ResourceLimitExceeded`` naming the limit, and nothing changes here.
+    decides (``_incoming_refused`` says why not).  So does the node, in
+    this first message of the move, before the module is looked for: a
+    cordoned node refuses a move (``cordoned``); a copy that would pass the
+    node's workload memory limit or its application's quota is refused
+    with ``ResourceLimitExceeded`` naming the limit.  Nothing changes here.
     """
+    refused = None if req.standby else cordon_refusal(node, req.id, "incoming moves")
+    if refused is not None:
+        return refused
     svc = service(node)
     owned = svc.owned.get(req.workload)
     current = svc.incoming.get(req.workload)
@@ -76,13 +81,13 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
         svc.ownership.check(req.workload, event)
     except OwnershipError as exc:
         return _incoming_refused(node, svc, req, exc)
-    if not node.host.has_module(req.module_sha256):
-        raise UnknownModule(f"module {req.module_sha256} must be stored before the workload moves in")
     # The copies this one replaces (a leftover, an older copy, a staging copy) go first: not counted.
     leaving = {staging_id(req.workload, req.epoch) if staged else req.workload}
     if req.workload in svc.staging:
         leaving.add(svc.staging[req.workload].host_id)
     node.host.registry.admit(req.app, req.memory_limit_bytes, leaving=leaving)
+    if not node.host.has_module(req.module_sha256):  # the source sends it, then asks again
+        raise UnknownModule(f"module {req.module_sha256} must be stored before the workload moves in")
     await _drop_staging(node, svc, req.workload)
     settings = {"args": tuple(req.args), "env": dict(req.env or {}), "memory_limit_bytes": req.memory_limit_bytes}
     if staged:
@@ -113,22 +118,6 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
                                           standby=req.standby, settings=settings)
     await crash_point_async("target:incoming")
     return Done(id=req.id)
-
-
-def _incoming_refused(node, svc: MigrationService, req: MIncoming, exc: OwnershipError) -> ErrorReply:
-    """The reply to an MIncoming the ownership table refuses.
-
-    MIGRATION_FAILED if this node owns the workload at the request's epoch
-    or a newer one; else MIGRATION_BUSY:
-    a copy at a newer epoch, or a move of the workload, is under way here.
-    """
-    record = svc.ownership.record(req.workload)
-    if record.state in OWNING and record.epoch >= req.epoch:
-        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
-                          message=f"{node.config.name} already owns {req.workload} at epoch {record.epoch}")
-    return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
-                      message=f"{node.config.name} is receiving or moving {req.workload} "
-                              f"({record.state.value}, epoch {record.epoch}): {exc}")
 
 
 async def _swap_in(node, svc: MigrationService, staged: Incoming) -> bool:
@@ -174,6 +163,7 @@ async def on_chunk(node, session, req: MChunk) -> Done:
     CHUNK_TURN_WAIT_S of the last progress is refused (BAD_REQUEST); a
     stream that does not decode drops the copy (MIGRATION_FAILED).
     """
+    node.counters["copy_chunks_received"] += 1  # every one that arrives, applied or refused
     svc = service(node)
     inc = _addressed(svc, req.workload, req.epoch, req.standby)
     if inc is None:

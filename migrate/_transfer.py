@@ -18,7 +18,7 @@ import msgpack
 import trio
 
 import snapshot
-from nodes import NodeError, crash_point_async
+from nodes import NodeError, UnknownModule, crash_point_async
 
 from . import _chunks
 from . import _hostops as ops
@@ -82,17 +82,28 @@ class Transfer:
         h.client_blackout_s = h.replied_s - h.last_served_s + after
 
     async def _ready_target(self, client, module: bytes, info) -> None:
-        """Have the target store the module (compiled there if new) and get ready for the copy."""
-        await client.ensure_module(module)
+        """Have the target get ready for the copy, storing the module (compiled there if new) if it lacks it.
+
+        MIncoming goes first: the target's admission (cordon, memory limit,
+        quota) refuses a move that cannot fit in the move's first message,
+        before the module or any page is sent.  A target without the module
+        answers UnknownModule; it then gets the module (its imports and
+        features are checked as it is stored) and the same MIncoming again.
+        A target that has the module is ready after one round trip, not two.
+        """
         await crash_point_async("source:before-incoming")
-        await self._incoming(client, info)
+        try:
+            await self._incoming(client, info)
+        except UnknownModule:
+            await client.ensure_module(module)
+            await self._incoming(client, info)
 
     async def _first_capture_while(self, setup, *args):
         """Start tracking and take the first round's full copy while ``setup(*args)`` readies the target.
 
         The copy took 0.2 s at 256 MiB and about 1 s at 1 GiB; readying the
-        target is two round trips (module check, MIncoming), three and a
-        compile for a module new to it (0.72 s for QuickJS): one waits for
+        target is one round trip (MIncoming), three and a compile for a
+        module new to it (0.72 s for QuickJS): one waits for
         the other instead of both in turn.  Nothing is sent before the
         target accepted the copy.  Raises setup's error first, then the
         capture's (the caller's ``run`` stops the tracking of a move that

@@ -2,7 +2,8 @@
 
     migrate-node serve --name edge-1 --role edge --listen 127.0.0.1:7401 --tls-dir tls/edge-1
     migrate-node migrate WORKLOAD --to cloud-1 [--strategy precopy|stop-copy] --node HOST:PORT
-    migrate-node drain --to cloud-1 --node HOST:PORT
+    migrate-node drain [--to cloud-1] --node HOST:PORT
+    migrate-node cordon NAME | uncordon NAME --node HOST:PORT
     migrate-node status | list | deploy | call | remove | exports | ca init | cert issue
 
 The node commands come from ``nodes.cli``; here ``serve`` runs the node
@@ -22,12 +23,14 @@ from nodes import cli as node_cli
 
 from ._cli_workloads import add_exports, add_remove, call_command, exports_command, remove_command
 from ._errors import MigrateError
-from ._operator import drain_command, migrate_command
+from ._operator import cordon_command, drain_command, migrate_command, uncordon_command
 from ._service import PLUGIN
 
 
-def _add_move_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--to", required=True, metavar="NODE", help="target node name (a peer) or HOST:PORT")
+def _add_move_options(p: argparse.ArgumentParser, *, to_required: bool = True) -> argparse.ArgumentParser:
+    p.add_argument("--to", required=to_required, metavar="NODE",
+                   help="target node name (a peer) or HOST:PORT" + ("" if to_required else
+                                                                    " (default: placement picks one per workload)"))
     p.add_argument("--strategy", choices=("precopy", "stop-copy"), default="precopy")
     node_cli.add_client_options(p)
     return p
@@ -40,7 +43,17 @@ def _add_migrate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _add_drain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    return _add_move_options(sub.add_parser("drain", help="move every workload off a node, showing progress"))
+    return _add_move_options(sub.add_parser("drain", help="cordon a node and move every workload off it, "
+                                                          "showing progress"), to_required=False)
+
+
+def _add_cordoning(verb: str, what: str):
+    def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+        p = sub.add_parser(verb, help=what)
+        p.add_argument("name", help="the node's name (the connected node or a peer of it)")
+        node_cli.add_client_options(p)
+        return p
+    return add
 
 
 _NODE_COMMANDS = node_cli.COMMANDS
@@ -54,6 +67,10 @@ COMMANDS: dict[str, node_cli.Command] = {
     "exports": (add_exports, node_cli.client_command(exports_command)),
     "migrate": (_add_migrate, node_cli.client_command(migrate_command)),
     "drain": (_add_drain, node_cli.client_command(drain_command)),
+    "cordon": (_add_cordoning("cordon", "stop new placements on a node (node certificate)"),
+               node_cli.client_command(cordon_command)),
+    "uncordon": (_add_cordoning("uncordon", "resume new placements on a node (node certificate)"),
+                 node_cli.client_command(uncordon_command)),
     "ca": _NODE_COMMANDS["ca"],
     "cert": _NODE_COMMANDS["cert"],
 }

@@ -34,7 +34,7 @@ async def run(root: Path, entries: int, callers: int) -> int:
         app_tls = lc.tls_for("demo-app", "node")
         async with migrate.connect(str(edge.address), str(cloud.address), tls=app_tls) as cluster:
             for n in await cluster.nodes():
-                print(f"[node] {n.name:8} {n.role:6} {n.address:21} cores={n.cores} rtt={n.rtt_s * 1e3:.2f} ms")
+                print(f"[node] {n.name:8} {n.role:6} {n.address:21} cores={n.cores} rtt={'-' if n.rtt_ms is None else f'{n.rtt_ms:.2f}'} ms")
             kv = await cluster.spawn(workloads.load("kvstore"), on="local")
             counter = await cluster.spawn(workloads.load("counter"), on="local")
             print(f"[app] spawned kvstore {kv.workload} and counter {counter.workload} on {kv.node}")

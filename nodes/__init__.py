@@ -10,6 +10,7 @@ from ._authorization import role_table
 from ._client import NodeClient
 from ._config import Address, NodeConfig, parse_address, resolve_config
 from ._crash import crash_point, crash_point_async
+from ._discovery import browse_mdns
 from ._daemon import serve
 from ._switching import move_work
 from ._error_codes import code_for, error_reply
@@ -63,10 +64,12 @@ from ._messages import (
     ErrorCode,
     ErrorReply,
     ExportSignature,
+    HasModule,
     Hello,
     Message,
     NodeSummary,
     PeerSummary,
+    PutModule,
     ReadMemory,
     Reply,
     Request,
@@ -75,6 +78,8 @@ from ._messages import (
     message,
     register,
 )
+from ._member_messages import BadMemberEntry, MemberEntry, MemberRecord, Members
+from ._membership import Membership
 from ._node import Node
 from ._plugin import Handler, Plugin, Session
 from ._protocol import Connection, ConnectionClosed, State
@@ -98,7 +103,7 @@ __all__ = [
     "Done",
     "EPOCH_TICK_S",
     "ErrorCode",
-    "ErrorReply",
+    "ErrorReply", "HasModule",
     "Forbidden",
     "Handler",
     "Held",
@@ -109,6 +114,11 @@ __all__ = [
     "HostStats",
     "InvalidModule",
     "Limits",
+    "BadMemberEntry",
+    "MemberEntry",
+    "MemberRecord",
+    "Members",
+    "Membership",
     "LocalProtocolError",
     "MessageFieldError",
     "Message",
@@ -120,7 +130,7 @@ __all__ = [
     "NodeShuttingDown",
     "NodeSummary",
     "PROTOCOL_VERSIONS",
-    "PeerSummary",
+    "PeerSummary", "PutModule",
     "Plugin",
     "RECEIVE_BYTES",
     "ReadMemory",
@@ -151,6 +161,7 @@ __all__ = [
     "DeadlineExceeded",
     "WorkloadTrap",
     "client_context",
+    "browse_mdns",
     "check_call_args",
     "code_for",
     "configure_logging",

@@ -13,12 +13,13 @@ The rule behind the table:
 
 * A client may do what the operator CLI and a ``NodeClient`` application
   do: store modules, deploy, call, read and write memory, read output,
-  remove, list, status, peers and ping (every request of the nodes
-  package), and start, call, locate and move migratable workloads.
+  remove, list, status, peers, members and ping (every request of the
+  nodes package but gossip), and start, call, locate and move migratable workloads.
 * Only a node may send what moves or copies state between nodes, takes or
   gives up ownership, or reads a workload's call ledger: a move's incoming
   copy, its chunks, commit, abort, alignment and replay, checkpoints,
-  recording for them, standby copies and promotion.  An application that
+  recording for them, standby copies and promotion; and gossip, which
+  adds to what a node knows of the cluster and whom it dials.  An application that
   protects its workloads does so through the node it runs itself, with a
   node certificate.
 

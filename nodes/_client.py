@@ -32,6 +32,7 @@ from ._call_args import check_call_args
 from ._config import Address, parse_address
 from ._error_codes import exception_for
 from ._errors import ConfigError, ConnectionFailed, NodeShuttingDown, RemoteProtocolError
+from ._member_messages import MemberRecord, Members
 from ._messages import (
     Call,
     Deploy,
@@ -374,6 +375,10 @@ class NodeClient:
 
     async def peers(self) -> tuple[PeerSummary, ...]:
         return (await self.request(Peers)).peers
+
+    async def members(self) -> tuple[MemberRecord, ...]:
+        """Every node the node knows (itself first), with its metadata, state and when it was last heard of."""
+        return (await self.request(Members)).members
 
     async def status(self) -> StatusReport:
         return await self.request(Status)

@@ -22,6 +22,7 @@ from typing import Any
 from ._budget import LOOKAHEAD_BYTES
 from ._errors import ConfigError
 from ._limits import Limits, system_memory
+from ._member_config import check_membership_settings, parse_capability, parse_dns_name
 from ._protocol import DEFAULT_MAX_FRAME_BYTES
 from ._tls import is_loopback
 
@@ -113,6 +114,13 @@ class NodeConfig:
     hello_timeout_s: float = 10.0    # time a new connection gets for TLS and the Hello exchange
     idle_timeout_s: float = 60.0     # a connection that stalls this long is closed (nodes._transport)
     peer_refresh_s: float = 2.0
+    # membership and discovery (nodes._gossip, nodes._discovery)
+    location: str = ""               # a label placement may match, e.g. "eu-west/rack-3"
+    capability: tuple[tuple[str, str], ...] = ()  # operator capabilities, e.g. ("gpu", "nvidia-h100")
+    member: bool = True              # announce this node in the membership (False: only follow it)
+    mdns: bool = False               # advertise and browse _wasm-migrate._tcp.local.
+    join_dns: str | None = None      # a DNS name whose A/AAAA/SRV records are join seeds
+    dns_server: Address | None = None  # the server --join-dns asks (None: /etc/resolv.conf)
     shutdown_grace_s: float = 10.0
     discard_state: bool = False      # start empty when the saved state is damaged (set aside, not deleted)
     log_level: str = "info"
@@ -141,6 +149,7 @@ class NodeConfig:
                 f"inbound_buffer_bytes ({self.inbound_buffer_bytes}) must hold max_frame_bytes "
                 f"({self.max_frame_bytes}) plus {LOOKAHEAD_BYTES} bytes for each of max_connections "
                 f"({self.max_connections}): at least {self.max_frame_bytes + reserved}")
+        check_membership_settings(self)
         refused = [why for why in map(self.dial_refusal, (self.listen, *self.join)) if why]
         if refused:
             raise ConfigError(refused[0])
@@ -241,7 +250,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hello_timeout_s", _parse_number(float), "time a new connection gets for TLS and its Hello"),
     Setting("idle_timeout_s", _parse_number(float), "close a connection idle (or stalled inside a frame, "
                                                     "or not reading) this long"),
-    Setting("peer_refresh_s", _parse_number(float), "how often peers are pinged"),
+    Setting("peer_refresh_s", _parse_number(float), "how often peers are pinged and membership gossiped"),
+    Setting("location", str, "a location label advertised to the cluster (e.g. eu-west/rack-3)"),
+    Setting("capability", parse_capability, "KEY=VALUE an operator advertises, e.g. gpu=nvidia-h100 "
+                                            "(repeatable)", repeated=True),
+    Setting("member", _parse_bool, "announce this node in the cluster membership (off: only follow it)"),
+    Setting("mdns", _parse_bool, "advertise and discover nodes with mDNS (_wasm-migrate._tcp)"),
+    Setting("join_dns", parse_dns_name, "a DNS name whose A/AAAA (or SRV) records are join seeds, "
+                                        "resolved every refresh"),
+    Setting("dns_server", parse_address, "HOST:PORT of the DNS server --join-dns asks "
+                                         "(default: those of /etc/resolv.conf)"),
     Setting("shutdown_grace_s", _parse_number(float), "time allowed to checkpoint on SIGTERM"),
     Setting("discard_state", _parse_bool, "start empty if the saved checkpoint is damaged "
                                           "(it is moved aside, not deleted)"),

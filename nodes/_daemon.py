@@ -25,6 +25,8 @@ from ._at_rest import load_data_key
 from ._config import Address, NodeConfig
 from ._credentials import watch
 from ._errors import CheckpointFailed, ConfigError, DamagedState, UndecryptableState
+from ._discovery import run_discovery
+from ._gossip import run_membership, start_membership
 from ._hosting import Host
 from ._node import Node
 from ._plugin import Plugin, load_records
@@ -142,6 +144,7 @@ async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: tri
         bound = Address(host_, port)
         async with trio.open_nursery() as nursery:
             node.serving(_advertised(bound), nursery)
+            node.membership = start_membership(node)
             accepting = trio.CancelScope()
 
             async def accept() -> None:
@@ -157,6 +160,9 @@ async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: tri
                                                      poll_s=config.tls_poll_s, requests=reload))
             for address in config.join:
                 node.learn_peer(address)
+            nursery.start_soon(run_membership, node)
+            if config.mdns or config.join_dns is not None:
+                nursery.start_soon(run_discovery, node)
             logger.info("listening", extra={"address": str(bound), "role": config.role,
                                             "tls": not config.insecure, "data_dir": str(config.data_path),
                                             "call_workers": config.call_workers})

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from . import _host_errors as he
 from ._authorization import visible
+from ._gossip import MEMBER_HANDLERS, member_maps
 from ._workload import WorkloadInfo
 from ._messages import (
     Call,
@@ -160,7 +161,7 @@ async def _status(node: Node, session: Session, req: Status) -> Reply:
     migrations = tuple(r for r in node.plugin_status() if visible(identity, str(r.get("app", ""))))
     return StatusReport(id=req.id, node=node.summary(), workloads=_visible_workloads(node, session),
                         peers=node.peers.summaries(), host=dataclasses.asdict(node.host.stats()),
-                        counters=dict(node.counters), migrations=migrations)
+                        counters=dict(node.counters), migrations=migrations, members=member_maps(node))
 
 
 HANDLERS = types.MappingProxyType({
@@ -177,4 +178,5 @@ HANDLERS = types.MappingProxyType({
     Peers: _peers,
     Ping: _ping,
     Status: _status,
+    **MEMBER_HANDLERS,
 })

@@ -326,6 +326,7 @@ class StatusReport(Reply):
     host: dict[str, Any]
     counters: dict[str, int]
     migrations: tuple[Any, ...] = ()  # filled in by the migration coordinator
+    members: tuple[Any, ...] = ()  # the membership view (nodes._gossip), as MemberRecord maps
 
 
 # --- requests -------------------------------------------------------------

@@ -3,10 +3,9 @@
 ``Node`` answers every accepted connection: it finishes TLS and the Hello
 exchange, then reads requests and answers each one in its own task.
 Workload operations run in worker threads: calls and memory reads and
-writes on the node's fair, bounded executor (``run_call``,
-``nodes._call_executor``), the rest on trio's threads (``run_host``).  The
-Host serialises calls into one workload and runs different workloads in
-parallel.
+writes on the node's fair, bounded executor (``run_call``), the rest on
+trio's threads (``run_host``).  ``membership`` is its view of the cluster
+(``nodes._gossip``), exchanged with each peer after its ping.
 
 Connections are bounded (``nodes._transport``, ``nodes._budget``): at most
 ``max_in_flight`` requests each (the reader takes no frame off the socket
@@ -58,10 +57,12 @@ from ._config import NODE_ROLES, Address, NodeConfig, parse_address
 from ._credentials import Connections, Credentials
 from ._error_codes import error_reply
 from ._errors import CheckpointFailed, ConfigError, ConnectionFailed, LocalProtocolError, RemoteProtocolError
+from ._gossip import exchange
 from ._handlers import HANDLERS
 from ._hosting import Host
 from ._limits import system_memory
 from ._messages import ErrorCode, ErrorReply, NodeSummary, Reply, Request
+from ._membership import Membership
 from ._peers import PeerTable, watch_peer
 from ._plugin import Plugin, Session, checkpoint_records, handler_table
 from ._protocol import ConnectionClosed, State
@@ -69,8 +70,7 @@ from ._transport import Channel, accept_channel
 
 logger = logging.getLogger(__name__)
 
-#: What this node's Hello advertises.
-CAPABILITIES = ("wasi", "module-cache", "checkpoint")
+CAPABILITIES = ("wasi", "module-cache", "checkpoint")  # what this node's Hello advertises
 
 
 class Node:
@@ -84,6 +84,7 @@ class Node:
         self.address: Address | None = None  # set by ``serving``
         self.counters: Counter[str] = Counter()
         self.peers = PeerTable()
+        self.membership: Membership | None = None  # made by serve once the node listens (nodes._gossip)
         self.stopping = False
         self._nursery: trio.Nursery | None = None
         # Reloaded at run time (nodes._credentials); None without TLS.
@@ -158,9 +159,8 @@ class Node:
         if address == self.address or not self.peers.add(address):
             return
         logger.info("new peer address", extra={"peer_address": str(address)})
-        self.start_soon(functools.partial(
-            watch_peer, self.peers, address, connect=self.connect_peer,
-            refresh_s=self.config.peer_refresh_s))
+        self.start_soon(functools.partial(watch_peer, self.peers, address, connect=self.connect_peer,
+                                          refresh_s=self.config.peer_refresh_s, exchange=functools.partial(exchange, self)))
 
     async def connect_peer(self, address: Address) -> NodeClient:
         """Dial a peer as this node (so it learns our name and address).

@@ -79,8 +79,12 @@ class PeerTable:
 
 
 async def watch_peer(table: PeerTable, address: Address, *,
-                     connect: Callable[[Address], Awaitable[NodeClient]], refresh_s: float) -> None:
-    """Keep ``table``'s entry for ``address`` fresh until cancelled; never raises NodeError."""
+                     connect: Callable[[Address], Awaitable[NodeClient]], refresh_s: float,
+                     exchange: Callable[[NodeClient], Awaitable[None]] | None = None) -> None:
+    """Keep ``table``'s entry for ``address`` fresh until cancelled; never raises NodeError.
+
+    ``exchange(client)`` runs after each ping (the membership's gossip, ``nodes._gossip``).
+    """
     backoff_s = refresh_s
     while True:
         try:
@@ -94,6 +98,9 @@ async def watch_peer(table: PeerTable, address: Address, *,
                     with trio.fail_after(max(refresh_s * 3, 5.0)):
                         rtt_s, summary = await client.ping()
                     table.heard(address, summary, rtt_s)
+                    if exchange is not None:
+                        with trio.fail_after(max(refresh_s * 3, 5.0)):
+                            await exchange(client)
                     await trio.sleep(refresh_s)
         except (NodeError, trio.TooSlowError) as exc:
             log = logger.info if table.lost(address) else logger.debug

@@ -2,7 +2,7 @@
 
     migrate-node serve --name edge-1 --role edge --listen 127.0.0.1:7401 --tls-dir tls/edge-1
     migrate-node status --node 127.0.0.1:7401 --tls-dir tls/app
-    migrate-node list | deploy MODULE | call WORKLOAD EXPORT [ARG...] | ca init --dir ca
+    migrate-node list | members | deploy MODULE | call WORKLOAD EXPORT [ARG...] | ca init --dir ca
     migrate-node cert issue --ca ca --name edge-1 --role node --out tls/edge-1
 
 Each command is one entry in a table (``COMMANDS``): a function that adds
@@ -39,6 +39,8 @@ from ._config import DEFAULT_PORT, SETTINGS, NodeConfig, parse_address, resolve_
 from ._errors import ConfigError, NodeError
 from ._groups import unwrap_group
 from ._logging import configure_logging
+from ._member_messages import MemberRecord
+from ._members_cli import add_members, members, members_text
 from ._messages import StatusReport
 from ._plugin import Plugin
 from ._revocation import revoke
@@ -188,7 +190,9 @@ def _jsonable(value: Any) -> Any:
 
 def _text(result: Any) -> str:
     if isinstance(result, StatusReport):
-        return _status_text(result)
+        return _status_text(result) + "\n\n" + members_text(result.members)
+    if isinstance(result, tuple) and result and isinstance(result[0], MemberRecord):
+        return members_text(result)
     if isinstance(result, tuple) and all(hasattr(w, "workload_id") for w in result):
         return _workloads_text(result) if result else "no workloads"
     if hasattr(result, "__dataclass_fields__"):
@@ -356,6 +360,7 @@ COMMANDS: Mapping[str, Command] = {
     "serve": serve_command(),
     "status": (_add_status, client_command(_status)),
     "list": (_add_list, client_command(_list)),
+    "members": (lambda sub: add_members(sub, add_client_options), client_command(members)),
     "deploy": (_add_deploy, client_command(_deploy)),
     "call": (_add_call, client_command(_call)),
     "ca": (_add_ca, _run_ca),

@@ -5,9 +5,10 @@ import migrate
 
 def test_export_list_is_stable():
     assert sorted(migrate.__all__) == sorted([
-        "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Event", "FailoverFailed", "Handle",
+        "AUTO", "Advice", "Autoplace", "DefaultPolicy", "Estimate", "Needs", "NoSuitableNode", "NodeRecord", "Placement",
+        "PlacementPolicy", "Work", "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Event", "FailoverFailed", "Handle",
         "MigrateError", "MigrationFailed", "Protection", "ProtectionStatus",
-        "MigrationReport", "NodeInfo", "Outcome", "PrecopyConfig", "PrecopyPlanner", "UnknownNode",
+        "MigrationReport", "Outcome", "PrecopyConfig", "PrecopyPlanner", "UnknownNode",
         "WorkloadUnavailable", "connect",
     ])
     for name in migrate.__all__:

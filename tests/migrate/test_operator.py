@@ -54,18 +54,27 @@ def test_migrate_one_workload_by_peer_name_keeps_its_state(pair, cluster_tls):
 
 def test_drain_moves_everything_and_shows_progress(pair, cluster_tls):
     edge, cloud, module = pair
-    tls = cluster_tls.issue("ops", "client")
+    tls = cluster_tls.issue("ops-node", "node")  # drain cordons the node first: a node certificate's right
     for i in range(3):
         assert cli("deploy", str(module), "--id", f"w{i}", "--node", str(edge.address), tls=tls).returncode == 0
         cli("call", f"w{i}", "incr", str(i + 10), "--node", str(edge.address), tls=tls)
     done = cli("drain", "--to", str(cloud.address), "--strategy", "stop-copy", "--node", str(edge.address), tls=tls)
     assert done.returncode == 0, done.stderr
     assert [line.split("]")[0] for line in done.stderr.splitlines() if line.startswith("[")] == ["[1/3", "[2/3", "[3/3"]
-    assert "drained edge-1: 3 workloads moved" in done.stdout
+    assert "drained edge-1: 3 workloads moved (3 to cloud-1), 0 failed; edge-1 stays cordoned" in done.stdout
     for i in range(3):
         assert cli("call", f"w{i}", "get", "--node", str(cloud.address), tls=tls).stdout.strip() == str(i + 10)
     listing = cli("list", "--node", str(edge.address), "--json", tls=tls)
     assert json.loads(listing.stdout) == []
+
+
+def test_a_tenant_cannot_drain_a_node(pair, cluster_tls):
+    edge, cloud, module = pair
+    tls = cluster_tls.issue("ops", "client")
+    assert cli("deploy", str(module), "--id", "c1", "--node", str(edge.address), tls=tls).returncode == 0
+    done = cli("drain", "--to", str(cloud.address), "--node", str(edge.address), tls=tls)
+    assert done.returncode == 1 and "edge-1 refused to cordon" in done.stderr
+    assert cli("call", "c1", "incr", "1", "--node", str(edge.address), tls=tls).stdout.strip() == "1"
 
 
 def test_unknown_target_is_a_clear_error(pair, cluster_tls):

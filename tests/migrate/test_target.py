@@ -21,6 +21,17 @@ MiB = 2**20
 COUNTER = workloads.load("counter")
 
 
+async def refused_move(c, app=""):
+    """Spawn a counter on edge-1, count to 5, and have its move to cloud-1 refused: (handle, the refusal)."""
+    h = await c.spawn(COUNTER, on="edge-1", app=app)
+    for _ in range(5):
+        await h.call("incr", 1)
+    with trio.fail_after(60):
+        with pytest.raises(migrate.MigrationFailed) as refused:
+            await h.migrate("cloud-1", strategy="precopy")
+    return h, refused.value
+
+
 @pytest.mark.parametrize(("limit", "flag", "neighbour_app"), [
     ("app_memory_bytes", "--app-memory-bytes", "shop/other"),  # the same tenant's budget
     ("workloads_memory_bytes", "--workloads-memory-bytes", "someone-else"),  # every tenant's
@@ -30,13 +41,8 @@ async def test_a_move_over_the_targets_limit_is_refused_before_any_chunk(edge_an
     args = ["--workload-memory-bytes", str(16 * MiB), flag, str(20 * MiB)]
     async with edge_and_cloud(args=args) as (edge, cloud, c):
         neighbour = await c.spawn(COUNTER, on="cloud-1", app=neighbour_app)  # 16 MiB of 20 reserved there
-        h = await c.spawn(COUNTER, on="edge-1", app="shop/cart")
-        for _ in range(5):
-            await h.call("incr", 1)
-        with trio.fail_after(60):
-            with pytest.raises(migrate.MigrationFailed) as refused:
-                await h.migrate("cloud-1", strategy="precopy")
-        assert f"{limit} exceeded: {32 * MiB} requested, {20 * MiB} allowed" in str(refused.value)
+        h, refused = await refused_move(c, app="shop/cart")
+        assert f"{limit} exceeded: {32 * MiB} requested, {20 * MiB} allowed" in str(refused)
 
         # the workload stays on its source, with its state, and keeps serving
         assert h.node == "edge-1"
@@ -58,3 +64,30 @@ async def test_a_move_over_the_targets_limit_is_refused_before_any_chunk(edge_an
         await h.migrate("cloud-1", strategy="precopy")
         assert h.node == "cloud-1" and await h.call("get") == 6
         assert [line for line in cloud.log_lines() if line.get("workload") == h.workload]  # now it logs it
+
+
+async def test_an_oversized_move_is_refused_in_its_first_message(node_procs, cluster_tls):
+    """cloud-1 caps each workload at 16 MiB; the workload on edge-1 has edge-1's 64 MiB cap, which travels.
+
+    cloud-1 refuses in MIncoming, the move's first message: neither the
+    module nor any chunk reaches it, and the workload serves on at its
+    source, each call counted once.
+    """
+    edge = node_procs.start("edge-1", "edge", args=["--workload-memory-bytes", str(64 * MiB)])
+    cloud = node_procs.start("cloud-1", "cloud", args=["--workload-memory-bytes", str(16 * MiB)])
+    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+        h, refused = await refused_move(c)
+        assert f"memory_bytes exceeded: {64 * MiB} requested, {16 * MiB} allowed" in str(refused)
+        assert h.node == "edge-1"
+        assert await h.call("incr", 1) == 6 and await h.call("get") == 6
+        counters = (await (await c.client(c.address_of("cloud-1"))).status()).counters
+        assert counters.get("copy_chunks_received", 0) == 0
+        assert counters.get("modules_received", 0) == 0  # refused before the module was sent
+
+        # a target with room gets the module after its first answer, then the copy
+        roomy = node_procs.start("cloud-2", "cloud", args=["--workload-memory-bytes", str(64 * MiB)])
+        await c.client(str(roomy.address))
+        await h.migrate("cloud-2", strategy="precopy")
+        assert h.node == "cloud-2" and await h.call("incr", 1) == 7
+        counters = (await (await c.client(str(roomy.address))).status()).counters
+        assert counters["modules_received"] == 1 and counters["copy_chunks_received"] >= 1

@@ -54,11 +54,12 @@ WORKLOAD = "w"  # the workload every placeholder request names
 EXPECTED_TABLE = {
     **{kind: ANY_ROLE for kind in (
         "has_module", "put_module", "deploy", "call", "read_memory", "write_memory", "output", "remove",
-        "list_workloads", "peers", "status", "ping", "exports", "m_spawn", "m_call", "m_cancel", "m_locate",
-        "m_migrate")},
+        "list_workloads", "peers", "status", "ping", "exports", "members", "m_spawn", "m_call", "m_cancel",
+        "m_locate", "m_migrate", "m_probe")},
     **{kind: NODE_ONLY for kind in (
         "m_incoming", "m_chunk", "m_commit", "m_abort", "m_protect", "m_checkpoint", "m_checkpoint_part",
-        "m_replay", "m_align", "m_follow", "m_promote", "m_first_call")},
+        "m_replay", "m_align", "m_follow", "m_promote", "m_first_call", "gossip",
+        "m_cordon", "m_uncordon")},
 }
 
 

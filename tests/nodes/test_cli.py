@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 
 import pytest
@@ -71,5 +73,12 @@ async def test_status_list_deploy_and_call_against_a_real_node(node_procs, clust
     assert "c1" in listing and "WORKLOAD" in listing
     status = (await trio.to_thread.run_sync(cli, "status")).stdout
     assert "node edge-1 (edge)" in status and "c1" in status
+    # The membership view: this node, alive, heard of just now.
+    assert re.search(rf"^edge-1 +edge +{re.escape(str(node.address))} +- +alive +0\.0 s", status, re.M), status
+    members = (await trio.to_thread.run_sync(cli, "members")).stdout
+    assert members.splitlines()[0].split()[:5] == ["NODE", "ROLE", "ADDRESS", "LOCATION", "STATE"]
+    assert re.search(r"^edge-1 +edge .* alive ", members, re.M), members
+    listed = json.loads((await trio.to_thread.run_sync(cli, "members", "--json")).stdout)
+    assert [(m["name"], m["state"]) for m in listed] == [("edge-1", "alive")]
     failed = await trio.to_thread.run_sync(cli, "call", "c1", "nope")
     assert failed.returncode == 1 and "no callable export 'nope'" in failed.stderr

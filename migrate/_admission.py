@@ -1,0 +1,27 @@
+"""Why a target refuses an incoming copy that the ownership table does not allow."""
+
+from __future__ import annotations
+
+from nodes import ErrorReply
+
+from ._codes import MigrationCode
+from ._messages import MIncoming
+from ._ownership import OWNING
+from ._ownership_events import OwnershipError
+from ._state import MigrationService
+
+
+def _incoming_refused(node, svc: MigrationService, req: MIncoming, exc: OwnershipError) -> ErrorReply:
+    """The reply to an MIncoming the ownership table refuses.
+
+    MIGRATION_FAILED if this node owns the workload at the request's epoch
+    or a newer one; else MIGRATION_BUSY:
+    a copy at a newer epoch, or a move of the workload, is under way here.
+    """
+    record = svc.ownership.record(req.workload)
+    if record.state in OWNING and record.epoch >= req.epoch:
+        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
+                          message=f"{node.config.name} already owns {req.workload} at epoch {record.epoch}")
+    return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
+                      message=f"{node.config.name} is receiving or moving {req.workload} "
+                              f"({record.state.value}, epoch {record.epoch}): {exc}")

@@ -1,0 +1,98 @@
+"""How an application learns nodes beyond the addresses it was given: the cluster membership, and mDNS.
+
+``follow_members`` asks the application's embedded node (which the members
+gossip with) for ``Members`` every ``MEMBERS_REFRESH_S`` and learns the
+name and address of every live one, so ``spawn(on="c")`` works for a node
+the application was never given (a node that joined through another).
+``resolve`` asks the connected nodes at once when a name is not known yet.  ``discover_node`` (``connect(discover="mdns")``) browses
+mDNS for a few seconds and returns the first node that answers over TLS.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from nodes import ConfigError, ConnectionFailed, Members, NodeClient, NodeError, browse_mdns
+
+from ._errors import UnknownNode
+
+if TYPE_CHECKING:
+    from ._cluster import Cluster
+
+logger = logging.getLogger(__name__)
+
+MEMBERS_REFRESH_S = 1.0
+#: How long ``connect(discover="mdns")`` browses before trying what it found.
+BROWSE_S = 3.0
+DISCOVERY = ("mdns",)
+
+
+async def learn_members(cluster: Cluster, reserved: str, *, only_local: bool = False) -> int:
+    """Learn the live members from the first known node that answers; return how many it listed.
+
+    The nodes the application connected to are asked first, then its
+    embedded node (named ``reserved``), which follows the membership a
+    gossip round behind; ``only_local`` asks the embedded node alone.
+    ``reserved`` is never taken from the membership.
+    """
+    local = cluster._names.get(reserved)
+    addresses = [local] if only_local else sorted(cluster._seen, key=lambda a: a == local)
+    for address in filter(None, addresses):
+        try:
+            members = (await cluster.ask(address, Members)).members
+        except (NodeError, trio.TooSlowError) as exc:
+            logger.debug("members from %s: %s", address, exc)
+            continue
+        if not members:
+            continue  # an embedded node that has not heard of anyone yet
+        for member in members:
+            if member.state == "alive" and member.name != reserved:
+                cluster.learn(member.name, member.address)
+        return len(members)
+    return 0
+
+
+async def follow_members(cluster: Cluster, reserved: str) -> None:
+    """Every ``MEMBERS_REFRESH_S``, learn the members the embedded node knows, until cancelled.
+
+    Only the embedded node is asked (in-process, over loopback): the members
+    gossip with it, and the application's connections to remote nodes are
+    left idle (a node closes an idle application connection).
+    """
+    while True:
+        await learn_members(cluster, reserved, only_local=True)
+        await trio.sleep(MEMBERS_REFRESH_S)
+
+
+async def resolve(cluster: Cluster, node: str, reserved: str) -> str:
+    """The address of ``node``, asking the membership once if it is not known yet.  Raises UnknownNode."""
+    try:
+        return cluster.address_of(node)
+    except UnknownNode:
+        await learn_members(cluster, reserved)
+        return cluster.address_of(node)
+
+
+async def discover_node(discover: str, tls: Path | str | None) -> str:
+    """Browse mDNS for ``BROWSE_S``; return the address of the first node found that answers (TLS checked).
+
+    Raises ConfigError for an unknown ``discover``, ConnectionFailed if no node answered.
+    """
+    if discover not in DISCOVERY:
+        raise ConfigError(f"discover must be one of {', '.join(DISCOVERY)}, not {discover!r}")
+    found = await browse_mdns(BROWSE_S)
+    for name, address in found:
+        try:
+            with trio.fail_after(5):
+                client = await NodeClient.connect(address, tls=tls)
+        except (NodeError, OSError, trio.TooSlowError) as exc:
+            logger.info("mdns: %s at %s did not answer: %s", name, address, exc)
+            continue
+        await client.aclose()
+        return str(address)
+    raise ConnectionFailed(f"no node answered on mDNS within {BROWSE_S} s "
+                           f"({len(found)} found{': ' if found else ''}{', '.join(n for n, _ in found)})")
