@@ -12,6 +12,7 @@ for its owner to come back.
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 import uuid
@@ -26,6 +27,7 @@ from ._codes import MigrationCode
 from ._errors import MigrationFailed, WorkloadUnavailable
 from ._messages import MCall, MigrationReport, MMigrate, MReport
 from ._oplog import error_outcome, log_entry, reply_outcome
+from ._progress import DEFAULT_INTERVAL_S, Callback, watch
 from ._protection import Protection
 
 logger = logging.getLogger(__name__)
@@ -140,10 +142,14 @@ class Handle:
     # --- moving -------------------------------------------------------------
 
     async def migrate(self, to: str, *, strategy: str = "precopy", downtime_budget_s: float = 0.03,
-                      max_rounds: int = 20) -> MigrationReport:
+                      max_rounds: int = 20, progress: Callback | None = None,
+                      progress_interval_s: float = DEFAULT_INTERVAL_S) -> MigrationReport:
         """Move the workload to node ``to`` (a name, or "local") and return the report.
 
-        Calls keep working throughout.  Raises ``UnknownNode``,
+        Calls keep working throughout.  ``progress``, a function or an async
+        function, gets a ``MoveProgress`` each time the source's figures
+        change (asked every ``progress_interval_s``), and last one with the
+        report's (phase "done"; ``migrate._progress``).  Raises ``UnknownNode``,
         ``MigrationFailed`` (the workload stayed where it was) or
         ``WorkloadUnavailable``.
         """
@@ -154,10 +160,12 @@ class Handle:
             while True:
                 try:
                     client = await self._cluster.client(self._address)
-                    reply: MReport = await client.request(
-                        MMigrate, workload=self.workload, target=target, strategy=strategy,
+                    request = functools.partial(
+                        _report, client, workload=self.workload, target=target, strategy=strategy,
                         downtime_budget_s=downtime_budget_s, max_rounds=max_rounds,
                         keep_standby=self._cluster.standby_here(self))
+                    report = await (request() if progress is None else
+                                    watch(client, self.workload, request, progress, progress_interval_s))
                     break
                 except RemoteNodeError as exc:
                     if exc.code == MigrationCode.NOT_OWNER:
@@ -177,7 +185,6 @@ class Handle:
                             total_s=trio.current_time() - started, frozen_s=0.0, rounds=0, bytes_sent=0,
                             pages_sent=0, dirty_pages_per_s=0.0, throttle=0.0, epoch=self.epoch,
                             notes=("the source node was lost after the commit; its figures are unavailable",))
-            report = reply.report
             self._moved_to(report.target, target, report.epoch)
             self._cluster.publish("moved", self.workload, report.target, f"{report.strategy} from {report.source}")
             await self._cluster.after_move(self)
@@ -305,3 +312,8 @@ def module_bytes(module: bytes | str | Path) -> bytes:
     if isinstance(module, (bytes, bytearray, memoryview)):
         return bytes(module)
     return Path(module).read_bytes()
+
+
+async def _report(client, **fields) -> MigrationReport:
+    reply: MReport = await client.request(MMigrate, **fields)
+    return reply.report

@@ -2,7 +2,8 @@
 
 They talk to the source node as the CLI client; the node streams the state
 to the target itself.  A target may be named by node name (looked up among
-the source node's peers) or given as HOST:PORT.
+the source node's peers) or given as HOST:PORT.  Both show the move's
+progress on stderr while it runs (``migrate._progress``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from nodes import ConfigError, NodeClient, RemoteNodeError, parse_address
 from ._codes import MigrationCode
 from ._errors import MigrationFailed, UnknownNode
 from ._messages import MigrationReport, MMigrate
+from ._progress import Callback, ProgressPrinter, watch
 
 
 async def resolve_target(client: NodeClient, target: str) -> str:
@@ -31,15 +33,18 @@ async def resolve_target(client: NodeClient, target: str) -> str:
     raise UnknownNode(f"{client.node} knows no node named {target!r}; its peers: {known}")
 
 
-async def move(client: NodeClient, workload: str, target: str, strategy: str) -> MigrationReport:
-    """Ask the connected node to move ``workload``; raises MigrationFailed."""
-    try:
-        reply = await client.request(MMigrate, workload=workload, target=target, strategy=strategy)
-    except RemoteNodeError as exc:
-        if exc.code in (MigrationCode.MIGRATION_FAILED, MigrationCode.MIGRATION_BUSY, MigrationCode.NOT_OWNER):
-            raise MigrationFailed(str(exc)) from None
-        raise
-    return reply.report
+async def move(client: NodeClient, workload: str, target: str, strategy: str,
+               progress: Callback | None = None) -> MigrationReport:
+    """Ask the connected node to move ``workload``, ``progress`` getting its figures; raises MigrationFailed."""
+    async def request() -> MigrationReport:
+        try:
+            reply = await client.request(MMigrate, workload=workload, target=target, strategy=strategy)
+        except RemoteNodeError as exc:
+            if exc.code in (MigrationCode.MIGRATION_FAILED, MigrationCode.MIGRATION_BUSY, MigrationCode.NOT_OWNER):
+                raise MigrationFailed(str(exc)) from None
+            raise
+        return reply.report
+    return await (request() if progress is None else watch(client, workload, request, progress))
 
 
 def report_line(r: MigrationReport) -> str:
@@ -52,7 +57,7 @@ def report_line(r: MigrationReport) -> str:
 
 async def migrate_command(client: NodeClient, args) -> Any:
     target = await resolve_target(client, args.to)
-    report = await move(client, args.workload, target, args.strategy)
+    report = await move(client, args.workload, target, args.strategy, progress=ProgressPrinter())
     return report if args.json else report_line(report)
 
 
@@ -64,7 +69,7 @@ async def drain_command(client: NodeClient, args) -> Any:
     total = len(workloads)
     for i, w in enumerate(workloads, 1):
         try:
-            report = await move(client, w.workload_id, target, args.strategy)
+            report = await move(client, w.workload_id, target, args.strategy, progress=ProgressPrinter())
         except MigrationFailed as exc:
             failures.append((w.workload_id, str(exc)))
             print(f"[{i}/{total}] {w.workload_id}: FAILED: {exc}", file=sys.stderr, flush=True)

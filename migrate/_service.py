@@ -17,6 +17,7 @@ from nodes import Plugin
 from . import _messages as m
 from ._codes import CRASH_PHASES
 from ._owner import on_call, on_locate, on_protect, on_spawn
+from ._metrics import collect
 from ._persist import _load_record, _load_tombstones, _resume_standbys, _save_record, _save_tombstones
 from ._serve_checkpoint import on_checkpoint, on_checkpoint_part
 from ._source import on_migrate
@@ -35,5 +36,6 @@ PLUGIN = Plugin(
     status=lambda node: service(node).status(),
     save=_save_record, load=_load_record, save_node=_save_tombstones, load_node=_load_tombstones,
     resume=_resume_standbys,
+    metrics=collect,
     crash_phases=CRASH_PHASES,
 )

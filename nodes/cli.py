@@ -92,6 +92,7 @@ def _flag(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 async def _serve_until_signalled(config: NodeConfig, plugins: Sequence[Plugin]) -> None:
     from ._daemon import freeze_startup_objects, serve  # imports wasmtime; the other commands do not need it
+    from ._health import Notifier
 
     crash.allow(phase for plugin in plugins for phase in plugin.crash_phases)
     crash.check_environment()
@@ -112,7 +113,8 @@ async def _serve_until_signalled(config: NodeConfig, plugins: Sequence[Plugin]) 
             nursery.start_soon(on_signal)
 
             async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
-                await serve(config, plugins=plugins, stop=stop, reload=reloads, task_status=task_status)
+                await serve(config, plugins=plugins, stop=stop, reload=reloads, notifier=Notifier.from_env(),
+                            task_status=task_status)
                 nursery.cancel_scope.cancel()  # stopped, the shutdown checkpoint written: end on_signal too
 
             await nursery.start(run)
@@ -234,9 +236,22 @@ def _status_text(s: StatusReport) -> str:
             lines.append(f"migration {m}")
             continue
         where = m.get("target") or m.get("source") or "?"
-        detail = ", ".join(f"{k} {m[k]}" for k in ("strategy", "rounds", "blackout_ms", "total_ms", "reason") if k in m)
+        detail = ", ".join(f"{k} {_figure(k, m[k])}" for k in _MOVE_FIELDS if m.get(k) is not None)
         lines.append(f"migration {m.get('workload')} {m.get('state')} {'->' if 'target' in m else '<-'} {where}: {detail}")
     return "\n".join(lines)
+
+
+#: The figures ``status`` shows of a move, under way (its progress) or finished.
+_MOVE_FIELDS = ("strategy", "phase", "rounds", "bytes_sent", "bytes_received", "remaining_bytes", "rate_bps",
+                "eta_s", "frozen_ms", "client_blackout_ms", "total_ms", "reason")
+
+
+def _figure(key: str, value: Any) -> str:
+    if key.endswith("bytes") or key.startswith("bytes"):
+        return _mib(value)
+    if key == "rate_bps":
+        return f"{_mib(value)}/s"
+    return f"{value:.2f} s" if key == "eta_s" else str(value)
 
 
 async def _status(client: NodeClient, args: argparse.Namespace) -> Any:
