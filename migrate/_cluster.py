@@ -20,20 +20,8 @@ from pathlib import Path
 
 import trio
 
-from nodes import (
-    Address,
-    ConnectionFailed,
-    ErrorCode,
-    HostError,
-    NodeClient,
-    NodeConfig,
-    NodeError,
-    NodeShuttingDown,
-    RemoteNodeError,
-    parse_address,
-    serve,
-    unwrap_group,
-)
+from nodes import (Address, ConnectionFailed, ErrorCode, HostError, NodeClient, NodeConfig, NodeError,
+                   NodeShuttingDown, RemoteNodeError, embedded_logging, parse_address, serve, unwrap_group)
 
 from ._service import PLUGIN
 from ._errors import MigrateError, UnknownNode
@@ -363,7 +351,7 @@ async def _close_quietly(client: NodeClient) -> None:
 async def connect(*addresses: str, tls: Path | str | None = None, local: bool = True,
                   data_dir: Path | str | None = None,
                   reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
-                  local_memory_bytes: int | None = None) -> AsyncIterator[Cluster]:
+                  local_memory_bytes: int | None = None, log_level: str | None = None) -> AsyncIterator[Cluster]:
     """Open a cluster: start the local node and connect to ``addresses``.
 
     ``tls`` is a TLS directory (``migrate-node cert issue --role node``)
@@ -373,14 +361,17 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
     back (a node restarted with SIGTERM keeps its workloads), then fails
     with WorkloadUnavailable.  ``local_memory_bytes`` caps each
     workload's memory on the local node (the node default otherwise); a
-    workload that fails over or moves to "local" must fit it.  Raises
-    ConfigError, ConnectionFailed.
+    workload that fails over or moves to "local" must fit it.  The local
+    node logs JSON lines at ``log_level`` or $MIGRATE_LOG_LEVEL, else
+    nothing of its own (``nodes.embedded_logging``).  Raises ConfigError,
+    ConnectionFailed.
     """
     # The application's own exception reaches it as itself, not in a group.
     with unwrap_group():
         async with trio.open_nursery() as nursery:
             cluster = Cluster(tls=tls, nursery=nursery, reconnect_timeout_s=reconnect_timeout_s)
             with contextlib.ExitStack() as stack:
+                stack.enter_context(embedded_logging(LOCAL, log_level))
                 if local:
                     directory = Path(data_dir) if data_dir else Path(
                         stack.enter_context(tempfile.TemporaryDirectory(prefix="wm-local-")))

@@ -51,7 +51,7 @@ from ._engine import EPOCH_TICK_S
 from ._hold import Held
 from ._hosting import Host, HostStats, WorkloadInfo
 from ._limits import Limits
-from ._logging import configure_logging
+from ._logging import configure_logging, embedded_logging
 from ._messages import (
     ANY_ROLE,
     NODE_ONLY,
@@ -146,6 +146,7 @@ __all__ = [
     "check_call_args",
     "code_for",
     "configure_logging",
+    "embedded_logging",
     "crash_point",
     "crash_point_async",
     "error_reply",

@@ -30,15 +30,16 @@ async def get(address: str, path: str) -> tuple[int, str]:
 
 
 def sample(text: str, metric: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text; 0 if it is absent."""
+    """The sum of the samples of ``metric`` with ``labels`` (and any others) in Prometheus text; 0 if none."""
+    total = 0.0
     for line in text.splitlines():
         match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
         if match is None or match[1] != metric:
             continue
         found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2] or ""))
         if all(found.get(k) == v for k, v in labels.items()):
-            return float(match[3])
-    return 0.0
+            total += float(match[3])
+    return total
 
 
 def metrics_address(node) -> str:
