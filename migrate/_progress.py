@@ -23,14 +23,15 @@ rounds carry what the workload dirtied meanwhile, decided round by round.
 from __future__ import annotations
 
 import inspect
-import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import trio
+
+from nodes import unwrap_group
 
 from ._messages import MigrationReport
 
@@ -145,9 +146,10 @@ async def watch(client, workload: str, move: Callable[[], Awaitable[MigrationRep
         report = await move()
         nursery.cancel_scope.cancel()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(poll)
-        nursery.start_soon(run_move)
+    with unwrap_group():  # what ``move`` raises leaves as itself, for the caller's except clauses
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            nursery.start_soon(run_move)
     assert report is not None
     await _deliver(progress, MoveProgress.done(report))
     return report
@@ -177,8 +179,3 @@ class ProgressPrinter:
         self.stream.flush()
         if end:
             self._width = 0
-
-
-def as_dict(event: MoveProgress) -> dict:
-    """The event as plain values (for ``--json`` output and logs); infinities become None."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(event).items()}

@@ -36,6 +36,6 @@ PLUGIN = Plugin(
     status=lambda node: service(node).status(),
     save=_save_record, load=_load_record, save_node=_save_tombstones, load_node=_load_tombstones,
     resume=_resume_standbys,
-    metrics=collect,
+    metrics=lambda node: collect(service(node)),
     crash_phases=CRASH_PHASES,
 )

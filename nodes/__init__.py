@@ -52,6 +52,8 @@ from ._hold import Held
 from ._hosting import Host, HostStats, WorkloadInfo
 from ._limits import Limits
 from ._logging import configure_logging, embedded_logging
+from ._metrics import PREFIX as METRICS_PREFIX
+from ._metrics import Buckets
 from ._messages import (
     ANY_ROLE,
     NODE_ONLY,
@@ -145,6 +147,8 @@ __all__ = [
     "client_context",
     "check_call_args",
     "code_for",
+    "Buckets",
+    "METRICS_PREFIX",
     "configure_logging",
     "embedded_logging",
     "crash_point",

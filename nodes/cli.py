@@ -91,8 +91,7 @@ def _flag(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 async def _serve_until_signalled(config: NodeConfig, plugins: Sequence[Plugin]) -> None:
-    from ._daemon import freeze_startup_objects, serve  # imports wasmtime; the other commands do not need it
-    from ._health import Notifier
+    from ._daemon import Notifier, freeze_startup_objects, serve  # imports wasmtime: only serve needs it
 
     crash.allow(phase for plugin in plugins for phase in plugin.crash_phases)
     crash.check_environment()
@@ -241,17 +240,13 @@ def _status_text(s: StatusReport) -> str:
     return "\n".join(lines)
 
 
-#: The figures ``status`` shows of a move, under way (its progress) or finished.
 _MOVE_FIELDS = ("strategy", "phase", "rounds", "bytes_sent", "bytes_received", "remaining_bytes", "rate_bps",
-                "eta_s", "frozen_ms", "client_blackout_ms", "total_ms", "reason")
+                "eta_s", "frozen_ms", "client_blackout_ms", "total_ms", "reason")  # status: a move's figures
 
 
 def _figure(key: str, value: Any) -> str:
-    if key.endswith("bytes") or key.startswith("bytes"):
-        return _mib(value)
-    if key == "rate_bps":
-        return f"{_mib(value)}/s"
-    return f"{value:.2f} s" if key == "eta_s" else str(value)
+    text = _mib(value) if "bytes" in key else f"{_mib(value)}/s" if key == "rate_bps" else str(value)
+    return f"{value:.2f} s" if key == "eta_s" else text
 
 
 async def _status(client: NodeClient, args: argparse.Namespace) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import signal
 import subprocess
 
 import migrate
@@ -78,9 +79,52 @@ def test_migrate_command_piped_prints_progress_lines_and_the_summary(node_procs,
 
     assert cli("deploy", str(module), "--id", "d1").returncode == 0
     assert cli("call", "d1", "dt_init", "16").stdout.strip() == str(16 * MIB // 4096)
+    # A move that fails while its progress is watched is still one line and status 1.
+    failed = cli("migrate", "d1", "--to", "127.0.0.1:1")
+    assert failed.returncode == 1 and "cannot reach 127.0.0.1:1" in failed.stderr.splitlines()[-1], failed.stderr
+    assert "Traceback" not in failed.stderr
     done = cli("migrate", "d1", "--to", str(cloud.address))
     assert done.returncode == 0, done.stderr
     progress = [line for line in done.stderr.splitlines() if line.startswith("progress: d1 ")]
     assert progress and progress[-1].startswith("progress: d1 done ") and "MiB sent" in progress[-1]
     assert "\r" not in done.stderr
     assert done.stdout.startswith("d1 edge-1 -> cloud-1 (precopy): ")
+
+
+async def test_status_shows_a_move_under_way_on_both_nodes_with_the_same_figures(node_procs, cluster_tls,
+                                                                                 tmp_path):
+    # The source holds its move after the first round until a SIGTERM (or 120 s).
+    edge = node_procs.start("edge-1", "edge", env={"MIGRATE_NODE_PAUSE_AT": "source:after-round",
+                                                   "MIGRATE_NODE_PAUSE_S": "120"})
+    cloud = node_procs.start("cloud-1", "cloud", join=[edge])
+    tls = cluster_tls.issue("ops", "client")
+    module = tmp_path / "dirtier.wasm"
+    module.write_bytes(workloads.load("dirtier"))
+
+    def cli(*args, node=edge):
+        return subprocess.run([*migrate_node_command(), *args, "--node", str(node.address), "--tls-dir", str(tls)],
+                              capture_output=True, text=True, env=clean_env(), timeout=120)
+
+    assert cli("deploy", str(module), "--id", "d1").returncode == 0
+    cli("call", "d1", "dt_init", "8")
+    mover = subprocess.Popen([*migrate_node_command(), "migrate", "d1", "--to", str(cloud.address), "--node",
+                              str(edge.address), "--tls-dir", str(tls)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        await edge.wait_for_log("paused at source:after-round")
+        async with await edge.client(tls) as at_edge, await cloud.client(tls) as at_cloud:
+            out = next(m for m in (await at_edge.status()).migrations if m["state"] == "outgoing")
+            into = next(m for m in (await at_cloud.status()).migrations if m["state"] == "incoming")
+        assert (out["workload"], out["phase"], out["round"], out["rounds"]) == ("d1", "send", 2, 1)
+        assert out["bytes_sent"] > 0 and out["remaining_bytes"] is None and out["rate_bps"] > 0
+        assert (into["workload"], into["rounds"], into["bytes_received"]) == ("d1", 1, out["bytes_sent"])
+        text = cli("status").stdout
+        assert f"migration d1 outgoing -> {cloud.address}: strategy precopy, phase send, rounds 1, bytes_sent " in text
+        assert "migration d1 incoming <- edge-1: rounds 1, bytes_received " in cli("status", node=cloud).stdout
+        edge.proc.send_signal(signal.SIGTERM)  # ends the pause: the move finishes, then the node stops
+    finally:
+        stdout, stderr = mover.communicate(timeout=60)
+    assert mover.returncode == 0, stderr
+    assert stdout.startswith("d1 edge-1 -> cloud-1 (precopy): ")
+    # The paused round shows as the mover polled: its bytes are the first round's.
+    assert f"progress: d1 send round 2: {out['bytes_sent'] / MIB:.1f} MiB sent" in stderr
