@@ -13,7 +13,7 @@ def test_all_names_exist_and_nothing_public_is_left_out():
 
 def test_export_list_is_stable():
     assert sorted(nodes.__all__) == sorted([
-        "ANY_ROLE", "Address", "BadArguments", "CallInputs", "CheckpointFailed", "ConfigError", "Connection",
+        "ANY_ROLE", "Address", "BadArguments", "Buckets", "CallInputs", "CheckpointFailed", "ConfigError", "Connection",
         "ConnectionClosed", "ConnectionFailed", "DamagedState", "DeadlineExceeded", "Done", "EPOCH_TICK_S", "ErrorCode",
         "ErrorReply", "Forbidden", "Handler", "Held", "Hello", "Host", "HostClosed", "HostError", "HostStats",
         "InvalidModule", "Limits", "LocalProtocolError", "Message", "NODE_ONLY", "Node", "NodeClient", "NodeConfig",
@@ -23,6 +23,6 @@ def test_export_list_is_stable():
         "SnapshotFailed", "State", "StatusReport", "UndecryptableState", "UnknownExport", "UnknownModule", "UnknownWorkload",
         "UnsupportedImports", "WorkloadError", "WorkloadExists", "WorkloadExited", "WorkloadInfo",
         "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "check_call_args", "client_context", "code_for",
-        "configure_logging", "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "message", "parse_address", "register",
+        "METRICS_PREFIX", "configure_logging", "embedded_logging", "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "message", "move_work", "parse_address", "register",
         "resolve_config", "role_table", "serve", "server_context", "unwrap_group",
     ])
