@@ -19,20 +19,8 @@ from pathlib import Path
 
 import trio
 
-from nodes import (
-    Address,
-    ConnectionFailed,
-    ErrorCode,
-    HostError,
-    NodeClient,
-    NodeConfig,
-    NodeError,
-    NodeShuttingDown,
-    RemoteNodeError,
-    parse_address,
-    serve,
-    unwrap_group,
-)
+from nodes import (Address, ConnectionFailed, ErrorCode, HostError, NodeClient, NodeConfig, NodeError,
+                   NodeShuttingDown, RemoteNodeError, embedded_logging, parse_address, serve, unwrap_group)
 
 from . import _autoplace, _nodes
 from ._advice import Advice, Autoplace, Work
@@ -353,7 +341,8 @@ async def _close_quietly(client: NodeClient) -> None:
 @contextlib.asynccontextmanager
 async def connect(*addresses: str, tls: Path | str | None = None, local: bool = True,
                   data_dir: Path | str | None = None, reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
-                  local_memory_bytes: int | None = None, discover: str | None = None) -> AsyncIterator[Cluster]:
+                  local_memory_bytes: int | None = None, discover: str | None = None,
+                  log_level: str | None = None) -> AsyncIterator[Cluster]:
     """Open a cluster: start the local node and connect to ``addresses``, and to a node ``discover="mdns"``
     finds; the nodes they know are learned from the membership (``migrate._discover``).
 
@@ -364,7 +353,9 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
     back (a node restarted with SIGTERM keeps its workloads), then fails
     with WorkloadUnavailable.  ``local_memory_bytes`` caps each workload's
     memory on the local node (the node default otherwise); a workload that
-    fails over or moves to "local" must fit it.  Raises ConfigError, ConnectionFailed.
+    fails over or moves to "local" must fit it.  The local node logs JSON
+    lines at ``log_level`` or $MIGRATE_LOG_LEVEL, else nothing of its own
+    (``nodes.embedded_logging``).  Raises ConfigError, ConnectionFailed.
     """
     if discover is not None:
         addresses = (*addresses, await discover_node(discover, tls))
@@ -372,6 +363,7 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
         async with trio.open_nursery() as nursery:
             cluster = Cluster(tls=tls, nursery=nursery, reconnect_timeout_s=reconnect_timeout_s)
             with contextlib.ExitStack() as stack:
+                stack.enter_context(embedded_logging(LOCAL, log_level))
                 if local:
                     directory = Path(data_dir) if data_dir else Path(
                         stack.enter_context(tempfile.TemporaryDirectory(prefix="wm-local-")))

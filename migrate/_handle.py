@@ -13,6 +13,7 @@ for its owner to come back.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import uuid
@@ -39,6 +40,7 @@ from ._errors import MigrationFailed, WorkloadUnavailable
 from ._messages import MCall, MCancel, MigrationReport, MMigrate, MReport
 from ._oplog import error_outcome, log_entry, reply_outcome
 from ._placement import Needs, PlacementPolicy
+from ._progress import DEFAULT_INTERVAL_S, Callback, watch
 from ._protection import Protection
 
 logger = logging.getLogger(__name__)
@@ -167,18 +169,24 @@ class Handle(GuestBuffers):
     # --- moving -------------------------------------------------------------
 
     async def migrate(self, to: str, *, strategy: str = "precopy", downtime_budget_s: float = 0.03,
-                      max_rounds: int = 20, needs: Needs | None = None,
-                      policy: PlacementPolicy | None = None) -> MigrationReport:
+                      max_rounds: int = 20, needs: Needs | None = None, policy: PlacementPolicy | None = None,
+                      progress: Callback | None = None,
+                      progress_interval_s: float = DEFAULT_INTERVAL_S) -> MigrationReport:
         """Move the workload to node ``to`` (a name, "local", or "auto") and return the report.
 
         ``"auto"``: the best other node for ``needs`` by ``policy``
         (``_placement``); NoSuitableNode if none.  Calls keep working
-        throughout.  Raises ``UnknownNode``, ``MigrationFailed`` (the
-        workload stayed where it was) or ``WorkloadUnavailable``.
+        throughout.  ``progress``, a function or an async function, gets a
+        ``MoveProgress`` each time the source's figures change (asked every
+        ``progress_interval_s``), and last one with the report's (phase
+        "done"; ``migrate._progress``).  Raises ``UnknownNode``,
+        ``MigrationFailed`` (the workload stayed where it was) or
+        ``WorkloadUnavailable``.
         """
         if to == "auto":
             return await _nodes.migrate_auto(self._cluster, self, needs=needs, policy=policy, strategy=strategy,
-                                             downtime_budget_s=downtime_budget_s, max_rounds=max_rounds)
+                                             downtime_budget_s=downtime_budget_s, max_rounds=max_rounds,
+                                             progress=progress, progress_interval_s=progress_interval_s)
         target = self._cluster.address_of(to)
         async with self._moving:
             started = trio.current_time()
@@ -186,10 +194,12 @@ class Handle(GuestBuffers):
             while True:
                 try:
                     client = await self._cluster.client(self._address)
-                    reply: MReport = await client.request(
-                        MMigrate, workload=self.workload, target=target, strategy=strategy,
+                    request = functools.partial(
+                        _report, client, workload=self.workload, target=target, strategy=strategy,
                         downtime_budget_s=downtime_budget_s, max_rounds=max_rounds,
                         keep_standby=self._cluster.standby_here(self))
+                    report = await (request() if progress is None else
+                                    watch(client, self.workload, request, progress, progress_interval_s))
                     break
                 except RemoteNodeError as exc:
                     if exc.code == MigrationCode.NOT_OWNER:
@@ -209,7 +219,6 @@ class Handle(GuestBuffers):
                             total_s=trio.current_time() - started, frozen_s=0.0, rounds=0, bytes_sent=0,
                             pages_sent=0, dirty_pages_per_s=0.0, throttle=0.0, epoch=self.epoch,
                             notes=("the source node was lost after the commit; its figures are unavailable",))
-            report = reply.report
             _nodes.note_move(self._cluster, report)
             self._moved_to(report.target, target, report.epoch)
             self._cluster.publish("moved", self.workload, report.target, f"{report.strategy} from {report.source}")
@@ -373,3 +382,8 @@ def module_bytes(module: bytes | str | Path) -> bytes:
     if isinstance(module, (bytes, bytearray, memoryview)):
         return bytes(module)
     return Path(module).read_bytes()
+
+
+async def _report(client, **fields) -> MigrationReport:
+    reply: MReport = await client.request(MMigrate, **fields)
+    return reply.report

@@ -9,24 +9,26 @@ moves each workload to ``--to``, or without it to the best node the
 default placement policy finds in the node's membership view for the
 workload's memory cap (``_placement``; the operator measures no RTT, so
 nodes rank by load and free memory), trying the next when a target's
-admission refuses.  It prints a line per workload and a summary.
+admission refuses.  It prints a line per workload and a summary.  Moves
+show their progress on stderr while they run (``migrate._progress``).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import os
 import sys
 from typing import Any
 
 from nodes import ConfigError, ErrorCode, NodeClient, RemoteNodeError, parse_address
+from nodes import cli as node_cli
 
 from ._codes import MigrationCode
 from ._cordon import MCordon, MUncordon
 from ._errors import MigrationFailed, UnknownNode
 from ._messages import MigrationReport, MMigrate
 from ._placement import DefaultPolicy, Needs, NodeRecord
+from ._progress import Callback, ProgressPrinter, watch
 
 
 async def resolve_target(client: NodeClient, target: str) -> str:
@@ -43,15 +45,18 @@ async def resolve_target(client: NodeClient, target: str) -> str:
     raise UnknownNode(f"{client.node} knows no node named {target!r}; its peers: {known}")
 
 
-async def move(client: NodeClient, workload: str, target: str, strategy: str) -> MigrationReport:
-    """Ask the connected node to move ``workload``; raises MigrationFailed."""
-    try:
-        reply = await client.request(MMigrate, workload=workload, target=target, strategy=strategy)
-    except RemoteNodeError as exc:
-        if exc.code in (MigrationCode.MIGRATION_FAILED, MigrationCode.MIGRATION_BUSY, MigrationCode.NOT_OWNER):
-            raise MigrationFailed(str(exc)) from None
-        raise
-    return reply.report
+async def move(client: NodeClient, workload: str, target: str, strategy: str,
+               progress: Callback | None = None) -> MigrationReport:
+    """Ask the connected node to move ``workload``, ``progress`` getting its figures; raises MigrationFailed."""
+    async def request() -> MigrationReport:
+        try:
+            reply = await client.request(MMigrate, workload=workload, target=target, strategy=strategy)
+        except RemoteNodeError as exc:
+            if exc.code in (MigrationCode.MIGRATION_FAILED, MigrationCode.MIGRATION_BUSY, MigrationCode.NOT_OWNER):
+                raise MigrationFailed(str(exc)) from None
+            raise
+        return reply.report
+    return await (request() if progress is None else watch(client, workload, request, progress))
 
 
 def report_line(r: MigrationReport) -> str:
@@ -66,13 +71,8 @@ async def migrate_command(client: NodeClient, args) -> Any:
     if args.to == client.node or args.to == client.hello.address:
         return f"{args.workload} is on {client.node} already: nothing to move"
     target = await resolve_target(client, args.to)
-    report = await move(client, args.workload, target, args.strategy)
+    report = await move(client, args.workload, target, args.strategy, progress=ProgressPrinter())
     return report if args.json else report_line(report)
-
-
-def _tls_of(args) -> str | None:
-    """The TLS dir the command connected with (None: --insecure), to reach another node the same way."""
-    return None if args.insecure else str(args.tls_dir or os.environ.get("MIGRATE_NODE_TLS_DIR"))
 
 
 @contextlib.asynccontextmanager
@@ -82,7 +82,7 @@ async def _node_named(client: NodeClient, name: str, args):
         yield client
         return
     address = await resolve_target(client, name)
-    async with await NodeClient.connect(address, tls=_tls_of(args)) as other:
+    async with await node_cli.connect(args, address) as other:  # the same TLS as the first
         yield other
 
 
@@ -123,14 +123,15 @@ def _operator_record(m) -> NodeRecord:
 async def _drain_one(client: NodeClient, w, args) -> MigrationReport:
     """Move ``w`` to ``--to``, or to the best node placement finds that takes it."""
     if args.to:
-        return await move(client, w.workload_id, await resolve_target(client, args.to), args.strategy)
+        return await move(client, w.workload_id, await resolve_target(client, args.to), args.strategy,
+                          progress=ProgressPrinter())
     targets = await _placed(client, w, args)
     if isinstance(targets, str):
         raise MigrationFailed(f"no node can take it: {targets}")
     refusals = []
     for target in targets:
         try:
-            return await move(client, w.workload_id, target, args.strategy)
+            return await move(client, w.workload_id, target, args.strategy, progress=ProgressPrinter())
         except MigrationFailed as exc:
             refusals.append(str(exc))
     raise MigrationFailed("every node placement chose refused it: " + "; ".join(refusals))

@@ -17,6 +17,7 @@ from nodes import Plugin
 from . import _cordon
 from . import _messages as m
 from ._codes import CRASH_PHASES
+from ._metrics import collect
 from ._owner import on_call, on_cancel, on_locate, on_protect, on_spawn
 from ._persist import _load_record, _load_tombstones, _resume_standbys, _save_record, _save_tombstones
 from ._serve_checkpoint import on_checkpoint, on_checkpoint_part
@@ -41,5 +42,6 @@ PLUGIN = Plugin(
     status=lambda node: service(node).status() + _cordon.status(node),
     save=_save_record, load=_load_record, save_node=_save_tombstones, load_node=_load_tombstones,
     resume=_resume,
+    metrics=lambda node: collect(service(node)),
     crash_phases=CRASH_PHASES,
 )

@@ -69,6 +69,7 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
     try:
         report = await migration.run()
     except MigrationError as exc:
+        svc.metrics.ended(req.strategy, "aborted", migration.bytes_sent, migration.clock() - migration.started_s)
         svc.recent.append({"workload": req.workload, "app": migration.app, "state": "aborted", "target": req.target,
                            "strategy": req.strategy, "reason": str(exc)})
         return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
@@ -83,6 +84,8 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
                                               else round(report.client_blackout_s * 1e3, 3)),
                        "total_ms": round(report.total_s * 1e3, 1)})
     node.counters["migrations_out"] += 1
+    svc.metrics.ended(report.strategy, "done", report.bytes_sent, report.total_s, report.frozen_s,
+                      report.client_blackout_s)
     return MReport(id=req.id, report=report)
 
 
@@ -272,7 +275,7 @@ class Migration(DualExecution, Transfer):
         Returns True once the target owns the workload.  Raises (and so
         aborts) if the target refuses or cannot be reached before it commits.
         """
-        owned = self.owned
+        owned, self.step = self.owned, "commit"
         await crash_point_async("source:frozen")
         t0 = self.clock()
         self.handover.last_served_s = owned.ledger.last_served_s  # frozen: the last call before the freeze

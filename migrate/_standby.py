@@ -176,6 +176,7 @@ async def on_promote(node, session, req: MPromote) -> MCommitted:
         del svc.incoming[req.workload]
         await node.run_host(ops.set_recording, node.host, req.workload, True)
     await _drop_staging(node, svc, req.workload)  # a copy the dead owner had begun to send
+    svc.metrics.failovers += 1
     logger.info("standby promoted", extra={"workload": req.workload, "epoch": req.epoch})
     return MCommitted(id=req.id, epoch=req.epoch)
 

@@ -36,9 +36,11 @@ import snapshot
 from nodes import Address, BadArguments, CancelToken, ConfigError, ErrorReply, HostError, NodeError, parse_address
 
 from . import _hostops as ops
+from . import _progress as progress
 from ._codes import MigrationCode
 from ._ledger import CallLedger
 from ._messages import MResult
+from ._metrics import MoveMetrics
 from ._oplog import entry_bytes
 from ._ownership import OWNING, Ownership, State
 from ._ownership_events import Action, Event, EventKind, Peer, Redirect
@@ -188,6 +190,8 @@ class Incoming:
     chunks: int = 0  # chunks applied: the ``seq`` of the next one
     turn: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)  # chunks awaiting theirs
     host_id: str = ""  # its id on the host: the workload's, or a staging id while it replaces a standby
+    bytes_received: int = 0  # pieces of the copy applied, for its progress (``status``)
+    started_s: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
         self.host_id = self.host_id or self.workload
@@ -220,20 +224,23 @@ class MigrationService:
         self.staging: dict[str, Incoming] = {}
         self.active: dict[str, "Migration"] = {}
         self.recent: collections.deque[dict] = collections.deque(maxlen=20)
+        self.metrics = MoveMetrics()  # read at scrape time (migrate._metrics)
 
     def status(self) -> tuple[dict, ...]:
         """Moves under way, incoming and the most recent finished ones, for ``status``.
 
         Each names the workload's ``app``: ``status`` shows a client certificate its own tenant's only.
         """
-        out = [{"workload": m.workload, "app": m.app, "state": "outgoing", "target": str(m.target),
-                "strategy": m.req.strategy, "rounds": m.rounds, "bytes_sent": m.bytes_sent}
-               for m in self.active.values()]
-        out += [{"workload": i.workload, "app": i.app, "state": "incoming", "source": i.source, "rounds": i.rounds}
-                for i in self.incoming.values()]
-        out += [{"workload": i.workload, "app": i.app, "state": "staging", "source": i.source, "rounds": i.rounds}
-                for i in self.staging.values()]
+        now = self.clock()
+        out = [progress.outgoing(m, now) for m in self.active.values()]
+        out += [progress.incoming(i, "incoming") for i in self.incoming.values()]
+        out += [progress.incoming(i, "staging") for i in self.staging.values()]
         return tuple(out) + tuple(self.recent)
+
+    def received(self, inc: Incoming, data: bytes) -> None:
+        """Count a piece of a copy applied (``inc``'s progress, and the node's total for /metrics)."""
+        inc.bytes_received += len(data)
+        self.metrics.bytes_received += len(data)
 
     @property
     def moved(self) -> dict[str, Tombstone]:

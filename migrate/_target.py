@@ -207,6 +207,7 @@ async def _take_chunk(node, svc: MigrationService, inc: Incoming, req: MChunk | 
             inc.rounds += 1
             await crash_point_async("target:after-round")
         inc.chunks += 1
+        svc.received(inc, req.data)
         inc.turn.unpark_all()
     return None
 

@@ -12,6 +12,7 @@ blackout (``MigrationReport.client_blackout_s`` says how it is estimated).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import msgpack
@@ -56,6 +57,12 @@ class Transfer:
         self.spent = {"capture": 0.0, "encode": 0.0, "send": 0.0, "commit": 0.0}  # seconds, summed
         self.handover = _Handover()
         self.window: SendWindow | None = None  # sized from the link as the first round's pieces are answered
+        # What the move does now, for its progress (migrate._progress): its step, the round being sent
+        # (encoded) and how much of it went to the link, and when its sending started.
+        self.step = "capture"
+        self.round_bytes = self.round_streamed = 0
+        self.stream_started: float | None = None
+        self.started_s = self.clock()
 
     async def _ask_first_call(self, client) -> None:
         """Ask the new owner when it served its first call, for the client blackout (after the redirect)."""
@@ -140,6 +147,7 @@ class Transfer:
     async def _capture(self, fn, *args):
         """``fn(*args)`` in the node's host thread, timed as capture."""
         t0 = self.clock()
+        self.step = "capture"
         try:
             return await self.node.run_host(fn, *args)
         finally:
@@ -160,6 +168,7 @@ class Transfer:
     async def _encode(self, client, snap: snapshot.Snapshot) -> list[bytes]:
         """``snap`` encoded in pieces that fit both nodes' frames, in a worker thread."""
         t0 = self.clock()
+        self.step = "encode"
         size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
         try:
             return await trio.to_thread.run_sync(_chunks.encode, snap, size)
@@ -167,18 +176,27 @@ class Transfer:
             self.spent["encode"] += self.clock() - t0
 
     async def _stream(self, client, chunks: list[bytes]) -> None:
-        t0 = self.clock()
+        t0 = self.stream_started = self.clock()
+        self.step, self.round_bytes, self.round_streamed = "send", sum(map(len, chunks)), 0
         try:
             if self.window is None:
                 size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
                 self.window = SendWindow(size, initial=_chunks.WINDOW_PIECES, max_pieces=max_pieces(size))
-            self.chunks_sent = await _chunks.send(client, chunks, workload=self.workload, epoch=self.epoch,
-                                                  seq=self.chunks_sent, window=self.window)
+            self.chunks_sent = await _chunks.send(client, self._counted(chunks), workload=self.workload,
+                                                  epoch=self.epoch, seq=self.chunks_sent, window=self.window)
         finally:
             self.spent["send"] += self.clock() - t0
+            self.stream_started = None
+
+    def _counted(self, chunks: list[bytes]) -> Iterator[bytes]:
+        """``chunks``, counted into ``round_streamed`` as each is taken to be sent."""
+        for piece in chunks:
+            self.round_streamed += len(piece)
+            yield piece
 
     def _sent_round(self, wire_bytes: int, pages: int) -> None:
         self.bytes_sent += wire_bytes
+        self.round_bytes = self.round_streamed = 0
         self.pages_sent += pages
         self.rounds += 1
         self.bytes_per_round.append(wire_bytes)

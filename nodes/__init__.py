@@ -55,7 +55,9 @@ from ._guest_time import CancelToken
 from ._hold import Held
 from ._hosting import Host, HostStats, WorkloadInfo
 from ._limits import Limits
-from ._logging import configure_logging
+from ._logging import configure_logging, embedded_logging
+from ._metrics import PREFIX as METRICS_PREFIX
+from ._metrics import Buckets
 from ._messages import (
     ANY_ROLE,
     NODE_ONLY,
@@ -164,7 +166,10 @@ __all__ = [
     "browse_mdns",
     "check_call_args",
     "code_for",
+    "Buckets",
+    "METRICS_PREFIX",
     "configure_logging",
+    "embedded_logging",
     "crash_point",
     "crash_point_async",
     "error_reply",

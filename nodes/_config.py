@@ -124,6 +124,8 @@ class NodeConfig:
     shutdown_grace_s: float = 10.0
     discard_state: bool = False      # start empty when the saved state is damaged (set aside, not deleted)
     log_level: str = "info"
+    metrics_listen: Address | None = None  # None: no metrics, health or readiness endpoint (nodes._health)
+    metrics_public: bool = False     # allow metrics_listen beyond loopback
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "._-" for c in self.name):
@@ -150,6 +152,9 @@ class NodeConfig:
                 f"({self.max_frame_bytes}) plus {LOOKAHEAD_BYTES} bytes for each of max_connections "
                 f"({self.max_connections}): at least {self.max_frame_bytes + reserved}")
         check_membership_settings(self)
+        if self.metrics_listen is not None and not (self.metrics_public or is_loopback(self.metrics_listen.host)):
+            raise ConfigError(f"--metrics-listen {self.metrics_listen} is not loopback: the metrics name tenants "
+                              "and peers to anyone who connects, without TLS; add --metrics-public to allow it")
         refused = [why for why in map(self.dial_refusal, (self.listen, *self.join)) if why]
         if refused:
             raise ConfigError(refused[0])
@@ -264,6 +269,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("discard_state", _parse_bool, "start empty if the saved checkpoint is damaged "
                                           "(it is moved aside, not deleted)"),
     Setting("log_level", str, "debug, info, warning or error"),
+    Setting("metrics_listen", parse_address, "HOST:PORT serving /metrics (Prometheus), /healthz and /readyz "
+                                             "over plain HTTP (default: none)"),
+    Setting("metrics_public", _parse_bool, "allow --metrics-listen beyond loopback (the metrics name "
+                                           "tenants and peers, unauthenticated)"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 assert set(_BY_NAME) == {f.name for f in dataclasses.fields(NodeConfig)}

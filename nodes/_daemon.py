@@ -27,6 +27,7 @@ from ._credentials import watch
 from ._errors import CheckpointFailed, ConfigError, DamagedState, UndecryptableState
 from ._discovery import run_discovery
 from ._gossip import run_membership, start_membership
+from ._health import Health, Notifier, lifecycle
 from ._hosting import Host
 from ._node import Node
 from ._plugin import Plugin, load_records
@@ -113,7 +114,8 @@ def _advertised(bound: Address) -> Address:
 
 
 async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: trio.Event | None = None,
-                reload: trio.abc.ReceiveChannel | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                reload: trio.abc.ReceiveChannel | None = None, notifier: Notifier | None = None,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run a node, with ``plugins`` (``nodes.Plugin``), until cancelled or until ``stop`` is set.
 
     ``task_status.started`` gets the Address the node listens on (useful with
@@ -122,7 +124,9 @@ async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: tri
     and returns; cancellation stops it without a checkpoint.  Each item
     received from ``reload`` (SIGHUP, in ``migrate-node serve``) reloads
     the certificate and the revocation list; they are also reloaded when
-    their files change (``nodes._credentials``).
+    their files change (``nodes._credentials``).  With ``metrics_listen``
+    the node serves /metrics, /healthz and /readyz, and ``notifier`` gets
+    systemd's READY, STOPPING and WATCHDOG states (``nodes._health``).
     Raises ConfigError for unusable settings or TLS material or a busy
     address or plugins that clash, DamagedState (a ConfigError) for saved
     state it will not start from, and CheckpointFailed if the shutdown
@@ -131,6 +135,12 @@ async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: tri
     if not config.insecure:
         server_context(config.tls_path)  # fail before touching the data dir
     crash.allow(phase for plugin in plugins for phase in plugin.crash_phases)
+    async with lifecycle(config, notifier) as health:
+        await _serve(config, plugins, stop, reload, task_status, health)
+
+
+async def _serve(config: NodeConfig, plugins: Sequence[Plugin], stop: trio.Event | None,
+                 reload: trio.abc.ReceiveChannel | None, task_status, health: Health) -> None:
     node, saved = await trio.to_thread.run_sync(_open_node, config, tuple(plugins))
     try:
         listeners = await _listen(config)
@@ -167,7 +177,9 @@ async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: tri
                                             "tls": not config.insecure, "data_dir": str(config.data_path),
                                             "call_workers": config.call_workers})
             task_status.started(bound)
+            health.ready(node)
             await (stop.wait() if stop is not None else trio.sleep_forever())
+            health.stop()
             accepting.cancel()
             try:
                 await node.shut_down()

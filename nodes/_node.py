@@ -25,9 +25,8 @@ one the peer's certificate covers, and a request its certificate's role
 the revocation list are reloaded at run time (``nodes._credentials``);
 ``close_revoked`` closes connections whose certificate was revoked.
 
-Requests are dispatched through one table from request class to handler:
-the node's own (``nodes._handlers``) and those of the plugins it was made
-with (``nodes._plugin``).  A plugin also keeps per-node state
+Requests are dispatched through one table of timed handlers (``nodes._metrics``):
+the node's own (``nodes._handlers``) and its plugins' (``nodes._plugin``).  A plugin also keeps per-node state
 (``plugin_state``), starts background tasks in the node's nursery
 (``start_soon``, ``start``), adds to ``status`` and saves its records of
 each workload with the shutdown checkpoint (``shut_down``).
@@ -61,10 +60,11 @@ from ._gossip import exchange
 from ._handlers import HANDLERS
 from ._hosting import Host
 from ._limits import system_memory
+from ._metrics import timed_table
 from ._messages import ErrorCode, ErrorReply, NodeSummary, Reply, Request
 from ._membership import Membership
 from ._peers import PeerTable, watch_peer
-from ._plugin import Plugin, Session, checkpoint_records, handler_table
+from ._plugin import Plugin, Session, checkpoint_records
 from ._protocol import ConnectionClosed, State
 from ._transport import Channel, accept_channel
 
@@ -80,7 +80,7 @@ class Node:
         self.config = config
         self.host = host
         self.plugins = tuple(plugins)
-        self._handlers = handler_table(HANDLERS, self.plugins)
+        self._handlers, self.request_times = timed_table(HANDLERS, self.plugins)  # timed for /metrics
         self.address: Address | None = None  # set by ``serving``
         self.counters: Counter[str] = Counter()
         self.peers = PeerTable()

@@ -25,6 +25,8 @@ migration coordinator is one).  A plugin is a frozen value:
   a whole.  ``await resume(node)`` runs once the node can start background
   tasks (``node.start``) and before it accepts requests, to start again
   background work the records describe;
+* ``metrics``: ``metrics(node)`` yields prometheus-client metric families,
+  read when the node's ``/metrics`` is scraped (``nodes._metrics``);
 * ``crash_phases``: the crash points (``nodes._crash``) its code names, so
   that crash tests may name them too.
 
@@ -79,6 +81,7 @@ class Plugin:
     save_node: Callable[[Node], dict] | None = None
     load_node: Callable[[Node, dict], None] | None = None
     resume: Callable[[Node], Awaitable[None]] | None = None
+    metrics: Callable[[Node], Iterable[Any]] | None = None
     crash_phases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

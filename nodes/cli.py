@@ -95,7 +95,7 @@ def _flag(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 async def _serve_until_signalled(config: NodeConfig, plugins: Sequence[Plugin]) -> None:
-    from ._daemon import freeze_startup_objects, serve  # imports wasmtime; the other commands do not need it
+    from ._daemon import Notifier, freeze_startup_objects, serve  # imports wasmtime: only serve needs it
 
     crash.allow(phase for plugin in plugins for phase in plugin.crash_phases)
     crash.check_environment()
@@ -116,7 +116,8 @@ async def _serve_until_signalled(config: NodeConfig, plugins: Sequence[Plugin]) 
             nursery.start_soon(on_signal)
 
             async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
-                await serve(config, plugins=plugins, stop=stop, reload=reloads, task_status=task_status)
+                await serve(config, plugins=plugins, stop=stop, reload=reloads, notifier=Notifier.from_env(),
+                            task_status=task_status)
                 nursery.cancel_scope.cancel()  # stopped, the shutdown checkpoint written: end on_signal too
 
             await nursery.start(run)
@@ -241,9 +242,18 @@ def _status_text(s: StatusReport) -> str:
             lines.append(f"migration {m}")
             continue
         where = m.get("target") or m.get("source") or "?"
-        detail = ", ".join(f"{k} {m[k]}" for k in ("strategy", "rounds", "blackout_ms", "total_ms", "reason") if k in m)
+        detail = ", ".join(f"{k} {_figure(k, m[k])}" for k in _MOVE_FIELDS if m.get(k) is not None)
         lines.append(f"migration {m.get('workload')} {m.get('state')} {'->' if 'target' in m else '<-'} {where}: {detail}")
     return "\n".join(lines)
+
+
+_MOVE_FIELDS = ("strategy", "phase", "rounds", "bytes_sent", "bytes_received", "remaining_bytes", "rate_bps",
+                "eta_s", "frozen_ms", "client_blackout_ms", "total_ms", "reason")  # status: a move's figures
+
+
+def _figure(key: str, value: Any) -> str:
+    text = _mib(value) if "bytes" in key else f"{_mib(value)}/s" if key == "rate_bps" else str(value)
+    return f"{value:.2f} s" if key == "eta_s" else text
 
 
 async def _status(client: NodeClient, args: argparse.Namespace) -> Any:

@@ -13,7 +13,7 @@ def test_all_names_exist_and_nothing_public_is_left_out():
 
 def test_export_list_is_stable():
     assert sorted(nodes.__all__) == sorted([
-        "ANY_ROLE", "Address", "BadArguments", "BadMemberEntry", "MemberEntry", "MemberRecord", "Members",
+        "ANY_ROLE", "Address", "BadArguments", "BadMemberEntry", "Buckets", "MemberEntry", "MemberRecord", "Members",
         "Membership", "CallCancelled", "CallInputs", "CancelToken", "CheckpointFailed", "ConfigError", "Connection",
         "ConnectionClosed", "ConnectionFailed", "DamagedState", "DeadlineExceeded", "Done", "EPOCH_TICK_S", "ErrorCode",
         "ErrorReply", "ExportSignature", "Forbidden", "HasModule", "Handler", "Held", "Hello", "Host", "HostClosed",
@@ -25,7 +25,7 @@ def test_export_list_is_stable():
         "SnapshotFailed", "State", "StatusReport", "UndecryptableState", "UnknownExport", "UnknownModule", "UnknownWorkload",
         "UnsupportedImports", "WorkloadError", "WorkloadExists", "WorkloadExited", "WorkloadInfo",
         "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "browse_mdns", "check_call_args", "client_context",
-        "code_for",
-        "configure_logging", "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "message", "move_work", "parse_address", "register",
+        "code_for", "METRICS_PREFIX", "configure_logging", "embedded_logging", "crash_point", "crash_point_async",
+        "error_reply", "init_ca", "issue_cert", "message", "move_work", "parse_address", "register",
         "resolve_config", "role_table", "serve", "server_context", "unwrap_group",
     ])
