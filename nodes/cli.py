@@ -26,7 +26,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +38,8 @@ from ._config import DEFAULT_PORT, SETTINGS, NodeConfig, parse_address, resolve_
 from ._errors import ConfigError, NodeError
 from ._groups import unwrap_group
 from ._logging import configure_logging
-from ._member_messages import MemberRecord
-from ._members_cli import add_members, members, members_text
-from ._messages import StatusReport
+from ._cli_text import jsonable, text
+from ._members_cli import add_members, members
 from ._plugin import Plugin
 from ._revocation import revoke
 from ._tls import CERT_ROLES, describe, init_ca, issue_cert
@@ -174,86 +172,11 @@ def client_command(run: Callable[[NodeClient, argparse.Namespace], Any]) -> Call
                 return await run(client, args)
         result = trio.run(main)
         if args.json:
-            print(json.dumps(result, default=_jsonable, indent=2))
+            print(json.dumps(result, default=jsonable, indent=2))
         elif result is not None:
-            print(_text(result))
+            print(text(result))
         return 0
     return command
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    return str(value)
-
-
-def _text(result: Any) -> str:
-    if isinstance(result, StatusReport):
-        return _status_text(result) + "\n\n" + members_text(result.members)
-    if isinstance(result, tuple) and result and isinstance(result[0], MemberRecord):
-        return members_text(result)
-    if isinstance(result, tuple) and all(hasattr(w, "workload_id") for w in result):
-        return _workloads_text(result) if result else "no workloads"
-    if hasattr(result, "__dataclass_fields__"):
-        return json.dumps(asdict(result), default=_jsonable, indent=2)
-    return str(result)
-
-
-def _mib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.1f} MiB"
-
-
-def _workloads_text(workloads: Sequence) -> str:
-    rows = [f"{'WORKLOAD':<20} {'APP':<12} {'STATE':<6} {'MEMORY':>10} {'CALLS':>8} {'TRAPS':>6}  MODULE"]
-    for w in workloads:
-        rows.append(f"{w.workload_id:<20} {w.app:<12} {w.state:<6} {_mib(w.memory_bytes):>10} "
-                    f"{w.calls:>8} {w.traps + w.timeouts:>6}  {w.module_sha256[:12]}")
-    return "\n".join(rows)
-
-
-def _status_text(s: StatusReport) -> str:
-    n = s.node
-    lines = [
-        f"node {n.name} ({n.role}) at {n.address}",
-        f"  capacity: {n.cores} cores, {_mib(n.memory_free_bytes)} free of {_mib(n.memory_total_bytes)}, "
-        f"load {n.load_1m}",
-        f"  modules: {s.host.get('modules')} loaded, {s.host.get('compiles')} compiled, "
-        f"{s.host.get('cache_hits')} cache hits",
-        "",
-        _workloads_text(s.workloads) if s.workloads else "no workloads",
-        "",
-    ]
-    if s.peers:
-        lines.append(f"{'PEER':<16} {'ROLE':<7} {'ADDRESS':<22} {'UP':<4} {'RTT':>9} {'LOAD':>6} {'FREE':>12}")
-        for p in s.peers:
-            rtt = "-" if p.rtt_s is None else f"{p.rtt_s * 1e3:.2f} ms"
-            lines.append(f"{p.name or '?':<16} {p.role or '?':<7} {p.address:<22} "
-                         f"{'yes' if p.connected else 'no':<4} {rtt:>9} {p.load_1m if p.load_1m is not None else '-':>6} "
-                         f"{_mib(p.memory_free_bytes):>12}")
-    else:
-        lines.append("no peers")
-    lines.append("")
-    if not s.migrations:
-        lines.append("no migrations")
-    for m in s.migrations:
-        if not isinstance(m, dict):
-            lines.append(f"migration {m}")
-            continue
-        where = m.get("target") or m.get("source") or "?"
-        detail = ", ".join(f"{k} {_figure(k, m[k])}" for k in _MOVE_FIELDS if m.get(k) is not None)
-        lines.append(f"migration {m.get('workload')} {m.get('state')} {'->' if 'target' in m else '<-'} {where}: {detail}")
-    return "\n".join(lines)
-
-
-_MOVE_FIELDS = ("strategy", "phase", "rounds", "bytes_sent", "bytes_received", "remaining_bytes", "rate_bps",
-                "eta_s", "frozen_ms", "client_blackout_ms", "total_ms", "reason")  # status: a move's figures
-
-
-def _figure(key: str, value: Any) -> str:
-    text = _mib(value) if "bytes" in key else f"{_mib(value)}/s" if key == "rate_bps" else str(value)
-    return f"{value:.2f} s" if key == "eta_s" else text
 
 
 async def _status(client: NodeClient, args: argparse.Namespace) -> Any:
