@@ -46,7 +46,7 @@ from ._host_errors import (
     WorkloadTrap,
 )
 from ._call_args import check_call_args
-from ._engine import EPOCH_TICK_S
+from ._engine import EPOCH_TICK_S, open_engine
 from ._hold import Held
 from ._hosting import Host, HostStats, WorkloadInfo
 from ._limits import Limits
@@ -151,6 +151,7 @@ __all__ = [
     "init_ca",
     "issue_cert",
     "message",
+    "open_engine",
     "parse_address",
     "register",
     "resolve_config",
