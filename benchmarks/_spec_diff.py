@@ -281,12 +281,16 @@ def _dispatch(run: ScriptRun, cmd) -> None:
             run.expect(cmd.line, out.status == _STATUS[cmd.kind], f"expected {cmd.kind}, got {_show(out)}")
 
 
-def run_file(path: Path, engine: wasmtime.Engine, totals: Totals) -> None:
-    """Parse and run one .wast file, adding to ``totals``."""
+def run_script(text: str, file: str, engine: wasmtime.Engine, totals: Totals) -> None:
+    """Parse and run one script, adding to ``totals`` (a script that does not parse is counted as skipped)."""
     totals.files += 1
     try:
-        commands = W.parse_script(path.read_text(encoding="utf-8"), path.name)
-    except (W.WastSyntaxError, UnicodeDecodeError) as exc:
+        commands = W.parse_script(text, file)
+    except W.WastSyntaxError as exc:
         totals.skipped[f"file does not parse: {exc}"] += 1
         return
-    run_commands(ScriptRun(engine, totals, path.name), commands)
+    run_commands(ScriptRun(engine, totals, file), commands)
+
+
+def run_file(path: Path, engine: wasmtime.Engine, totals: Totals) -> None:
+    run_script(path.read_text(encoding="utf-8", errors="replace"), path.name, engine, totals)

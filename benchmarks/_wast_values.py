@@ -98,13 +98,24 @@ def _exact(body: str, line: int) -> Fraction:
         whole, _, frac = mant.partition(".")
         if not (whole or frac) or any(c not in "0123456789abcdef" for c in whole + frac):
             raise WastSyntaxError(f"bad hex float {body!r}", line)
-        value = Fraction(int(whole + frac or "0", 16), 16 ** len(frac))
-        scale = int(exp) if exp else 0
-        return value * (Fraction(2) ** scale)
+        try:
+            value = Fraction(int(whole + frac or "0", 16), 16 ** len(frac))
+            scale = int(exp) if exp else 0
+        except ValueError:
+            raise WastSyntaxError(f"bad hex float {body!r}", line) from None
+        return value * (Fraction(2) ** _clamp(scale))
+    mant, _, exp = body.lower().partition("e")
     try:
-        return Fraction(body)
+        return Fraction(mant) * (Fraction(10) ** _clamp(int(exp) if exp else 0))
     except (ValueError, ZeroDivisionError):
         raise WastSyntaxError(f"bad float {body!r}", line) from None
+
+
+def _clamp(exponent: int) -> int:
+    # Bounding the exponent keeps a literal such as 1e999999999 from building
+    # a gigantic Fraction; only a mantissa of more than 19,000 digits could
+    # bring a clamped literal back into f64 range.
+    return max(-20000, min(20000, exponent))
 
 
 def round_float(x: Fraction, ebits: int, fbits: int) -> int:
