@@ -46,6 +46,7 @@ class Totals:
 class Pair:
     plain: Entry | None
     migrated: Entry | None
+    refused: str | None = None  # why there is no migrated instance
 
 
 _SKIPPED = ("skipped",)
@@ -82,17 +83,18 @@ class ScriptRun:
 
     # --- modules ---------------------------------------------------------
 
-    def _prepare(self, wasm: bytes, line: int) -> wasmtime.Module | None:
+    def _prepare(self, wasm: bytes, line: int) -> wasmtime.Module | str:
+        """The prepared module, or why the migrated world has none."""
         try:
             return wasmtime.Module(self.engine, snapshot.prepare(wasm))
         except snapshot.InvalidModuleError as exc:
             if "not supported" in str(exc):
                 self.t.refusals[feature_of(str(exc))] += 1
-            else:
-                self.t.mismatches.append((self.file, line, "valid module", f"prepare refused it: {exc}"))
-            return None
+                return str(exc)
+            self.t.mismatches.append((self.file, line, "valid module", f"prepare refused it: {exc}"))
+            return "prepare refused a valid module"
 
-    def _modules(self, cmd: W.Module) -> tuple[wasmtime.Module, wasmtime.Module | None] | None:
+    def _modules(self, cmd: W.Module) -> tuple[wasmtime.Module, wasmtime.Module | str] | None:
         try:
             wasm = _compile(cmd)
         except wasmtime.WasmtimeError as exc:
@@ -131,12 +133,13 @@ class ScriptRun:
         if status != "ok":
             self.t.spec_failures.append((self.file, line, f"module did not instantiate ({status}): {msg}"))
             return
-        mig = None
-        if modules[1] is not None:
+        mig, refused = None, modules[1] if isinstance(modules[1], str) else None
+        if refused is None:
             try:
                 mstatus, mig, mmsg = _instantiate(self.mig, modules[1])
             except snapshot.UnrepresentableStateError as exc:
                 self.t.refusals[feature_of(str(exc))] += 1
+                refused = str(exc)
             else:
                 if mstatus != "ok":
                     self.t.mismatches.append((self.file, line, "instantiated", f"{mstatus}: {mmsg}"))
@@ -145,7 +148,7 @@ class ScriptRun:
         for entry in (plain, mig):
             if entry is not None:
                 entry.name = name
-        self.current = Pair(plain, mig)
+        self.current = Pair(plain, mig, refused)
         if name:
             self.named[name] = self.current
         self.plain.prune({plain})
@@ -160,7 +163,7 @@ class ScriptRun:
             pair.plain.registered = True
             self.plain.registry[cmd.as_name] = pair.plain
         # A module the migrated world refused is registered as refused, so its importers are refused too.
-        mig = pair.migrated or Entry(None, [], refused="a refused module")
+        mig = pair.migrated or Entry(None, [], refused=pair.refused or "not instantiated")
         mig.registered = True
         self.mig.registry[cmd.as_name] = mig
 
@@ -226,7 +229,7 @@ class ScriptRun:
             return
         status, entry, _ = _instantiate(self.plain, modules[0])
         self.expect(cmd.line, status == want, f"expected {want}, got {status}")
-        if modules[1] is None:
+        if isinstance(modules[1], str):
             return
         try:
             mstatus, _, _ = _instantiate(self.mig, modules[1])

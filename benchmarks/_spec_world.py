@@ -41,9 +41,12 @@ class LinkError(Exception):
     """An import names a module or field that is not there."""
 
 
+_ITEM = re.compile(r"\b(table|global|memory|function|segment|element|data|tag|type|import|export) \d+\b")
+
+
 def feature_of(message: str) -> str:
     """The feature a refusal names, with item numbers folded (``table 2 holds`` -> ``table N holds``)."""
-    return re.sub(r"\b\d+\b", "N", message.split(";")[0]).strip()
+    return _ITEM.sub(r"\1 N", message.split(";")[0]).strip()
 
 
 @dataclass(eq=False)
@@ -64,13 +67,19 @@ class World:
     engine: wasmtime.Engine
     migrated: bool
     store: wasmtime.Store = None
-    host: dict = None
+    _host: dict | None = None
     entries: list = field(default_factory=list)
     registry: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.store = new_store(self.engine)
-        self.host = spectest(self.store)
+
+    @property
+    def host(self) -> dict:
+        """The spectest exports in this world's store, made when first imported."""
+        if self._host is None:
+            self._host = spectest(self.store)
+        return self._host
 
     # --- linking ---------------------------------------------------------
 
@@ -86,7 +95,8 @@ class World:
             if source is None:
                 raise LinkError(f"unknown import module {imp.module!r}")
             if source.instance is None:
-                raise snapshot.UnrepresentableStateError(f"imports from a refused instance ({source.refused})")
+                raise snapshot.UnrepresentableStateError(
+                    f"imports from a refused instance ({feature_of(source.refused)})")
             if imp.name not in source.instance.exports(self.store):
                 raise LinkError(f"unknown import {imp.module}.{imp.name}")
             out.append((source, imp.name))
@@ -137,10 +147,10 @@ class World:
                 self._refuse(e, str(exc), refusals)
                 continue
             moved.append((e, snapshot.Snapshot.from_bytes(snap.to_bytes())))
-        old_store, old_host = self.store, self.host
-        self.store = new_store(self.engine)
-        self.host = spectest(self.store)
-        _copy_memory(old_store, old_host["memory"], self.store, self.host["memory"])
+        old_store, old_host = self.store, self._host
+        self.store, self._host = new_store(self.engine), None
+        if old_host is not None:
+            _copy_memory(old_store, old_host["memory"], self.store, self.host["memory"])
         for e, snap in moved:
             try:
                 e.instance = wasmtime.Instance(self.store, e.module, self._externs(e.links))
@@ -149,12 +159,13 @@ class World:
                 errors.append(f"rebuilding an instance failed: {type(exc).__name__}: {exc}")
                 e.instance, e.refused = None, "rebuild failed"
         if len(moved) > 1:
-            _copy_memory(old_store, old_host["memory"], self.store, self.host["memory"])
+            if old_host is not None:
+                _copy_memory(old_store, old_host["memory"], self.store, self.host["memory"])
             for e, snap in moved:
                 if e.instance is not None:
                     snapshot.restore(snap, self.store, e.instance)
-        if any(_null_pattern(old_store, old_host[t]) != _null_pattern(self.store, self.host[t])
-               for t in ("table", "table64")):
+        if old_host is not None and any(_null_pattern(old_store, old_host[t]) != _null_pattern(self.store, self.host[t])
+                                        for t in ("table", "table64")):
             for e, _ in moved:
                 if e.imports_host_table and e.instance is not None:
                     self._refuse(e, "the spectest table was changed at run time (host-owned table)", refusals)

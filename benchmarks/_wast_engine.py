@@ -12,6 +12,7 @@ without describing any value type.
 from __future__ import annotations
 
 import ctypes
+import functools
 import weakref
 from dataclasses import dataclass
 
@@ -176,8 +177,7 @@ _converters: "weakref.WeakKeyDictionary[wasmtime.Store, dict]" = weakref.WeakKey
 def _convert(store: wasmtime.Store, name: str, raw: ffi.wasmtime_val_t) -> ffi.wasmtime_val_t:
     funcs = _converters.get(store)
     if funcs is None:
-        module = wasmtime.Module(store.engine, wasmtime.wat2wasm(_CONVERT_WAT))
-        funcs = _converters[store] = wasmtime.Instance(store, module, []).exports(store)
+        funcs = _converters[store] = wasmtime.Instance(store, _helper(store.engine, _CONVERT_WAT), []).exports(store)
     params = (ffi.wasmtime_val_t * 1)(raw)
     return _call_raw(store, funcs[name], params, 1, 1)[0]
 
@@ -190,16 +190,22 @@ def get_global(store: wasmtime.Store, glob: wasmtime.Global) -> Outcome:
     return Outcome("ok", (value,))
 
 
+@functools.lru_cache(maxsize=8)
+def _helper(engine: wasmtime.Engine, wat: str) -> wasmtime.Module:
+    return wasmtime.Module(engine, wasmtime.wat2wasm(wat))
+
+
+_PRINTS = (("print", ()), ("print_i32", ("i32",)), ("print_i64", ("i64",)), ("print_f32", ("f32",)),
+           ("print_f64", ("f64",)), ("print_i32_f32", ("i32", "f32")), ("print_f64_f64", ("f64", "f64")))
+_TABLE64_WAT = '(module (table (export "t") i64 10 20 funcref))'
+
+
 def spectest(store: wasmtime.Store) -> dict[str, object]:
     """The host module the spec interpreter provides, as its exports (spectest.wast's definition)."""
-    def functype(*params):
-        return wasmtime.FuncType([getattr(wasmtime.ValType, p)() for p in params], [])
-
     out: dict[str, object] = {}
-    for name, params in (("print", ()), ("print_i32", ("i32",)), ("print_i64", ("i64",)),
-                         ("print_f32", ("f32",)), ("print_f64", ("f64",)), ("print_i32_f32", ("i32", "f32")),
-                         ("print_f64_f64", ("f64", "f64"))):
-        out[name] = wasmtime.Func(store, functype(*params), lambda *a: None)
+    for name, params in _PRINTS:
+        functype = wasmtime.FuncType([getattr(wasmtime.ValType, p)() for p in params], [])
+        out[name] = wasmtime.Func(store, functype, lambda *a: None)
     for t, v in (("i32", 666), ("i64", 666), ("f32", 666.6), ("f64", 666.6)):
         vt = getattr(wasmtime.ValType, t)()
         out[f"global_{t}"] = wasmtime.Global(store, wasmtime.GlobalType(vt, False), getattr(Val, t)(v))
@@ -207,8 +213,7 @@ def spectest(store: wasmtime.Store) -> dict[str, object]:
                                   None)
     out["memory"] = wasmtime.Memory(store, wasmtime.MemoryType(wasmtime.Limits(1, 2)))
     # wasmtime-py cannot make a 64-bit table, so a one-table module in the same store provides it.
-    module = wasmtime.Module(store.engine, wasmtime.wat2wasm('(module (table (export "t") i64 10 20 funcref))'))
-    out["table64"] = wasmtime.Instance(store, module, []).exports(store)["t"]
+    out["table64"] = wasmtime.Instance(store, _helper(store.engine, _TABLE64_WAT), []).exports(store)["t"]
     return out
 
 
