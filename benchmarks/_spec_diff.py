@@ -186,7 +186,8 @@ class ScriptRun:
         self.t.actions += 1
         plain = self._run(self.plain, pair.plain, act)
         if pair.migrated is not None and pair.migrated.instance is not None:
-            self.mig.migrate(self.t.refusals, self.t.harness_errors)
+            for error in self.mig.migrate(self.t.refusals):
+                self.t.harness_errors.append((self.file, act.line, error))
             if pair.migrated.instance is not None:
                 self.t.actions_compared += 1
                 mig = self._run(self.mig, pair.migrated, act)

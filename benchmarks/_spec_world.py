@@ -131,8 +131,12 @@ class World:
         entry.refused, entry.instance = reason, None
         refusals[feature_of(reason)] += 1
 
-    def migrate(self, refusals, errors: list) -> None:
-        """Move every live instance into a fresh store through capture, encode, decode and restore."""
+    def migrate(self, refusals) -> list[str]:
+        """Move every live instance into a fresh store through capture, encode, decode and restore.
+
+        Returns what went wrong rebuilding instances (nothing, unless the snapshot package or this harness is wrong).
+        """
+        errors = []
         moved = []
         for e in self.entries:
             if e.instance is None:
@@ -152,6 +156,10 @@ class World:
         if old_host is not None:
             _copy_memory(old_store, old_host["memory"], self.store, self.host["memory"])
         for e, snap in moved:
+            if any(src is not None and src.instance is None for src, _ in e.links):
+                errors.append("an instance it imports from could not be rebuilt")
+                e.instance, e.refused = None, "rebuild failed"
+                continue
             try:
                 e.instance = wasmtime.Instance(self.store, e.module, self._externs(e.links))
                 snapshot.restore(snap, self.store, e.instance)
@@ -169,6 +177,7 @@ class World:
             for e, _ in moved:
                 if e.imports_host_table and e.instance is not None:
                     self._refuse(e, "the spectest table was changed at run time (host-owned table)", refusals)
+        return errors
 
 
 def _copy_memory(src_store, src: wasmtime.Memory, dst_store, dst: wasmtime.Memory) -> None:

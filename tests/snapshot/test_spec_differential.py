@@ -136,3 +136,24 @@ def test_refusals_are_counted_by_feature_and_invalid_modules_must_be_refused():
     assert t.refusals == {"global N holds a host externref (int)": 1}
     assert (t.actions, t.actions_compared) == (2, 1)
     assert t.refused_ok == {"invalid": 1, "malformed": 1} and t.not_refused == []
+
+
+def test_importers_of_a_refused_instance_are_refused_and_definitions_instantiate():
+    t = _run("""
+(module $a
+  (global $g (mut externref) (ref.null extern))
+  (func (export "keep") (param externref) (global.set $g (local.get 0)))
+  (func (export "two") (result i32) (i32.const 2)))
+(register "a" $a)
+(module definition $D
+  (import "a" "two" (func $two (result i32)))
+  (func (export "three") (result i32) (i32.add (call $two) (i32.const 1))))
+(module instance $I $D)
+(assert_return (invoke $I "three") (i32.const 3))
+(invoke $a "keep" (ref.extern 1))
+(assert_return (invoke $I "three") (i32.const 3))
+""")
+    assert t.refusals == {"global N holds a host externref (int)": 1,
+                          "imports from a refused instance (global N holds a host externref (int))": 1}
+    assert (t.modules, t.modules_migrated, t.actions, t.actions_compared) == (2, 2, 3, 2)
+    assert t.mismatches == [] and t.spec_failures == [] and t.harness_errors == []
