@@ -35,12 +35,13 @@ SAMPLE = ("address.wast", "bulk.wast", "call_indirect.wast", "data_drop0.wast", 
           "i31.wast", "start.wast", "traps.wast", "exports.wast")
 
 
-def suite_dir() -> Path:
+def suite_dir() -> Path | None:
+    """The spec test suite: $WASM_TESTSUITE, else a wasm-testsuite folder beside the checkout."""
     for candidate in (os.environ.get("WASM_TESTSUITE"), Path(__file__).resolve().parents[2] / "shared" / "wasm-testsuite",
                       Path("/work/shared/wasm-testsuite")):
         if candidate and Path(candidate, "address.wast").exists():
             return Path(candidate)
-    raise SystemExit("spec test suite not found (set WASM_TESTSUITE)")
+    return None
 
 
 def pick(files: list[Path], sample: int | None) -> list[Path]:
@@ -111,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the JSON report here")
     args = parser.parse_args(argv)
     root = suite_dir()
+    if root is None:
+        print("spec test suite not found (set WASM_TESTSUITE): nothing run", file=sys.stderr)
+        rep = {"totals": {}, "refusals": {}, "skipped": "spec test suite not found"}
+        write_results(args.out, "spec", args.quick, rep, "# Spec suite\n\nNot run: spec test suite not found.\n")
+        return 0
     if args.file:
         paths = [root / f for f in args.file]
     elif args.quick:
