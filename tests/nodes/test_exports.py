@@ -23,6 +23,6 @@ def test_export_list_is_stable():
         "SnapshotFailed", "State", "StatusReport", "UndecryptableState", "UnknownExport", "UnknownModule", "UnknownWorkload",
         "UnsupportedImports", "WorkloadError", "WorkloadExists", "WorkloadExited", "WorkloadInfo",
         "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "check_call_args", "client_context", "code_for",
-        "configure_logging", "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "message", "parse_address", "register",
+        "configure_logging", "crash_point", "crash_point_async", "error_reply", "init_ca", "issue_cert", "message", "open_engine", "parse_address", "register",
         "resolve_config", "role_table", "serve", "server_context", "unwrap_group",
     ])
