@@ -1,5 +1,8 @@
 """Run every benchmark: ``python -m benchmarks [--quick] [--out DIR]``; or the soak: ``--soak``.
 
+``python -m benchmarks spec [--sample N] [--file X.wast] [--json PATH]`` runs
+only the differential spec harness (``benchmarks.spec``) with its own options.
+
 Each benchmark writes NAME.json and NAME.md (NAME-quick.* in quick mode)
 and reports ratios measured in the same run.  Afterwards the JSON files are
 checked for the fields readers rely on; no timing is asserted.  The soak
@@ -31,11 +34,15 @@ SUITE = [
     ("benchmarks.bench_at_rest", "at_rest", ["results"]),
     ("benchmarks.suite.__main__", "suite", ["results", "strategies"]),
     ("benchmarks.fuzz_node", "fuzz", ["frames_tried", "node_crashes", "state_mismatches"]),
+    ("benchmarks.spec", "spec", ["totals", "refusals"]),
 ]
 SOAK = ("benchmarks.soak", "soak", ["figures", "ok"])
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["spec"]:
+        return importlib.import_module("benchmarks.spec").main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the smoke-test sizes CI uses")
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -50,7 +50,7 @@ from ._host_errors import (
     WorkloadTrap,
 )
 from ._call_args import check_call_args
-from ._engine import EPOCH_TICK_S
+from ._engine import EPOCH_TICK_S, open_engine
 from ._guest_time import CancelToken
 from ._hold import Held
 from ._hosting import Host, HostStats, WorkloadInfo
@@ -177,6 +177,7 @@ __all__ = [
     "issue_cert",
     "message",
     "move_work",
+    "open_engine",
     "parse_address",
     "register",
     "resolve_config",
