@@ -88,7 +88,9 @@ class ScriptRun:
         try:
             return wasmtime.Module(self.engine, snapshot.prepare(wasm))
         except snapshot.InvalidModuleError as exc:
-            if "not supported" in str(exc):
+            # a refusal names its feature: "... not supported", or an item that
+            # "holds GC references (...), which cannot be captured"
+            if "not supported" in str(exc) or "which cannot be captured" in str(exc):
                 self.t.refusals[feature_of(str(exc))] += 1
                 return str(exc)
             self.t.mismatches.append((self.file, line, "valid module", f"prepare refused it: {exc}"))

@@ -25,11 +25,7 @@ import wast  # noqa: E402
 
 #: Mismatches still expected, each (file, line of the command) -> why.  A
 #: listed gap that no longer mismatches fails the test: remove it then.
-KNOWN_GAPS = {
-    ("bulk.wast", 172): "memory.init of a dropped passive data segment succeeds after a move (drop not captured)",
-    ("bulk.wast", 265): "table.init of a dropped passive element segment succeeds after a move (drop not captured)",
-    ("data_drop0.wast", 22): "memory.init after data.drop succeeds after a move (drop not captured)",
-}
+KNOWN_GAPS: dict[tuple[str, int], str] = {}  # none: dropped segments travel with snapshots since format 2
 
 
 def _suite():
