@@ -31,6 +31,7 @@ from nodes import (
     RemoteNodeError,
     UnknownWorkload,
     check_call_args,
+    own_identity,
 )
 
 from . import _nodes
@@ -187,6 +188,12 @@ class Handle(GuestBuffers):
             return await _nodes.migrate_auto(self._cluster, self, needs=needs, policy=policy, strategy=strategy,
                                              downtime_budget_s=downtime_budget_s, max_rounds=max_rounds,
                                              progress=progress, progress_interval_s=progress_interval_s)
+        tls = self._cluster._tls
+        if to == "local" and isinstance(tls, (str, Path)) and own_identity(Path(tls)).role == "client":
+            raise MigrationFailed(
+                f"cannot move {self.workload} to 'local': nodes dial the application's local node with mutual TLS "
+                f"as a node, and {tls} holds a client certificate; give migrate.connect(tls=) a node certificate "
+                "(migrate-node cert issue --role node)")
         target = self._cluster.address_of(to)
         async with self._moving:
             started = trio.current_time()

@@ -86,7 +86,7 @@ from ._node import Node
 from ._plugin import Handler, Plugin, Session
 from ._protocol import Connection, ConnectionClosed, State
 from ._replay import CallInputs, ReplayDivergence, ReplayUnsupported
-from ._tls import client_context, init_ca, issue_cert, server_context
+from ._tls import client_context, init_ca, issue_cert, own_identity, server_context
 from ._transport import RECEIVE_BYTES
 
 __all__ = [
@@ -178,6 +178,7 @@ __all__ = [
     "message",
     "move_work",
     "open_engine",
+    "own_identity",
     "parse_address",
     "register",
     "resolve_config",

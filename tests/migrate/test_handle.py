@@ -305,3 +305,13 @@ async def test_dropped_segments_stay_dropped_after_moves(three_nodes, cluster_tl
         await h.migrate("edge-1", strategy=strategy)
         with pytest.raises(nodes.WorkloadTrap):
             await h.call("init_elem", 1)
+
+
+async def test_a_move_to_local_with_a_client_certificate_says_which_certificate_is_needed(three_nodes, cluster_tls):
+    _, edge, _ = three_nodes
+    async with migrate.connect(str(edge.address), tls=cluster_tls.issue("shop", "client")) as cluster:
+        h = await cluster.spawn(workloads.load("counter"), on="edge-1")
+        assert await h.call("incr", 2) == 2
+        with pytest.raises(migrate.MigrationFailed, match="client certificate.*--role node"):
+            await h.migrate("local")
+        assert await h.call("incr", 1) == 3  # it stayed where it was

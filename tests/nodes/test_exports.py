@@ -26,6 +26,6 @@ def test_export_list_is_stable():
         "UnsupportedImports", "WorkloadError", "WorkloadExists", "WorkloadExited", "WorkloadInfo",
         "WorkloadSummary", "WorkloadTimeout", "WorkloadTrap", "browse_mdns", "check_call_args", "client_context",
         "code_for", "METRICS_PREFIX", "configure_logging", "embedded_logging", "crash_point", "crash_point_async",
-        "error_reply", "init_ca", "issue_cert", "message", "move_work", "open_engine", "parse_address", "register",
+        "error_reply", "init_ca", "issue_cert", "message", "move_work", "open_engine", "own_identity", "parse_address", "register",
         "resolve_config", "role_table", "serve", "server_context", "unwrap_group",
     ])
