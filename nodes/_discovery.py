@@ -125,7 +125,8 @@ async def resolve_seeds(name: str, default_port: int, *, nameserver: Address | N
             return []
 
     async def hosts(qname: str) -> list[str]:
-        return [r.address for rdtype in ("A", "AAAA") for r in await query(qname, rdtype)]
+        # sorted: a record set has no order (dnspython may hand the same set out in any order)
+        return [address for rdtype in ("A", "AAAA") for address in sorted(r.address for r in await query(qname, rdtype))]
 
     out: list[Address] = []
     srv = await query(name, "SRV")
