@@ -87,12 +87,10 @@ class ScriptRun:
         """The prepared module, or why the migrated world has none."""
         try:
             return wasmtime.Module(self.engine, snapshot.prepare(wasm))
+        except snapshot.UnsupportedFeatureError as exc:  # a refusal, naming its feature
+            self.t.refusals[feature_of(str(exc))] += 1
+            return str(exc)
         except snapshot.InvalidModuleError as exc:
-            # a refusal names its feature: "... not supported", or an item that
-            # "holds GC references (...), which cannot be captured"
-            if "not supported" in str(exc) or "which cannot be captured" in str(exc):
-                self.t.refusals[feature_of(str(exc))] += 1
-                return str(exc)
             self.t.mismatches.append((self.file, line, "valid module", f"prepare refused it: {exc}"))
             return "prepare refused a valid module"
 

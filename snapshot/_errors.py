@@ -29,6 +29,10 @@ class InvalidModuleError(LocalSnapshotError):
     """The bytes are not a core WebAssembly module we can prepare."""
 
 
+class UnsupportedFeatureError(InvalidModuleError):
+    """A valid module that uses a feature whose state cannot be captured; the message names the item and the feature."""
+
+
 # --- capture / restore --------------------------------------------------
 
 class UnrepresentableStateError(LocalSnapshotError):

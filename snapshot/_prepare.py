@@ -40,7 +40,7 @@ from . import _refcheck as refcheck
 from . import _reftypes as rt
 from . import _segments
 from . import _wasmbin as wb
-from ._errors import InvalidModuleError
+from ._errors import InvalidModuleError, UnsupportedFeatureError
 
 PREFIX = "__wm_"
 START_EXPORT = "__wm_start"
@@ -208,11 +208,11 @@ def prepare(wasm: bytes) -> bytes:
     """Rewrite a core module so all its mutable state is host-reachable.
 
     Deterministic and idempotent: ``prepare(prepare(m)) == prepare(m)``.
-    Raises InvalidModuleError for bytes that are not a valid core module, for
-    components, for state that cannot be captured (shared memories, tables
-    and globals that can hold GC structs/arrays or exceptions: see
-    ``_reftypes``; the message names the item and the feature) and for
-    modules that already export names under the reserved ``__wm_`` prefix.
+    Raises InvalidModuleError for bytes that are not a valid core module and
+    for exports under the reserved ``__wm_`` prefix; its subclass
+    UnsupportedFeatureError for components and for state that cannot be
+    captured (shared memories, tables and globals that can hold GC
+    structs/arrays or exceptions; the message names item and feature).
     """
     if not isinstance(wasm, (bytes, bytearray, memoryview)):
         raise InvalidModuleError(f"expected module bytes, got {type(wasm).__name__}")
@@ -228,8 +228,8 @@ def prepare(wasm: bytes) -> bytes:
     refcheck.check_module(info)
     for i, limits in enumerate(info.memories):
         if limits.shared:
-            raise InvalidModuleError(f"memory {info.imported_memories + i} is shared; "
-                                     "shared memories cannot be snapshotted consistently")
+            raise UnsupportedFeatureError(f"memory {info.imported_memories + i} is shared; "
+                                          "shared memories cannot be snapshotted consistently")
 
     sections = list(info.sections)
     exports: list[bytes] = []

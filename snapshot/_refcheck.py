@@ -13,7 +13,7 @@ never in the middle of a move.
 from __future__ import annotations
 
 from . import _wasmbin as wb
-from ._errors import InvalidModuleError
+from ._errors import InvalidModuleError, UnsupportedFeatureError
 from ._leb128 import read_u
 from ._reftypes import ref_class, split
 
@@ -47,7 +47,7 @@ def check_module(info) -> None:
     for i, (reftype, _) in enumerate(info.tables):
         reason = refusal(f"table {info.imported_tables + i}", reftype, kinds)
         if reason:
-            raise InvalidModuleError(reason)
+            raise UnsupportedFeatureError(reason)
     for i, g in enumerate(info.globals):
         what = f"global {info.imported_globals + i}"
         if g.mutable:
@@ -58,11 +58,11 @@ def check_module(info) -> None:
         else:
             reason = None
         if reason:
-            raise InvalidModuleError(reason)
+            raise UnsupportedFeatureError(reason)
     if info.mutable_fields:
         for index, reftype in _passive_segments(info):
             if ref_class(reftype, kinds) == "gc":
-                raise InvalidModuleError(
+                raise UnsupportedFeatureError(
                     f"element segment {index} holds GC references ({_described(reftype, kinds)}) to objects "
                     "with mutable fields, which cannot be captured")
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-from ._errors import InvalidModuleError
+from ._errors import InvalidModuleError, UnsupportedFeatureError
 from ._leb128 import read_s, write_s
 
 #: Abstract heap types: binary code -> (name, class, nullable short name).
@@ -59,7 +59,7 @@ def read_heaptype(data: bytes, pos: int) -> tuple[str, int]:
         return HEAP_TYPES[data[pos]][0], pos + 1
     index, end = read_s(data, pos, 33)
     if index < 0:
-        raise InvalidModuleError(f"heap type 0x{data[pos]:02x} is not supported")
+        raise UnsupportedFeatureError(f"heap type 0x{data[pos]:02x} is not supported")
     return f"${index}", end
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import _reftypes as rt
-from ._errors import InvalidModuleError
+from ._errors import InvalidModuleError, UnsupportedFeatureError
 from ._leb128 import read_name, read_s, read_u, write_u, write_vec
 
 MAGIC = b"\0asm"
@@ -109,7 +109,7 @@ def _read_valtype(data: bytes, pos: int) -> tuple[str, int]:
         return VALTYPES[code], pos + 1
     ref = rt.read_reftype(data, pos)
     if ref is None:
-        raise InvalidModuleError(f"value type 0x{code:02x} is not supported")
+        raise UnsupportedFeatureError(f"value type 0x{code:02x} is not supported")
     return ref
 
 
@@ -187,8 +187,8 @@ def parse_module(data: bytes) -> ModuleInfo:
         raise InvalidModuleError("not a WebAssembly binary (bad magic number)")
     if data[4:8] != MODULE_VERSION:
         if data[6:8] == b"\x01\x00":
-            raise InvalidModuleError("this is a WebAssembly component, not a core module; "
-                                     "components are not supported")
+            raise UnsupportedFeatureError("this is a WebAssembly component, not a core module; "
+                                          "components are not supported")
         raise InvalidModuleError(f"unsupported WebAssembly binary version {data[4:8].hex()}")
     sections: list[Section] = []
     pos = 8
