@@ -4,9 +4,11 @@ A host's engine interrupts wasm at epoch deadlines (``epoch_interruption``)
 and does not count fuel: the epoch deadline bounds a call's time at the same
 cost (measured: about 3x on a tight loop for either), and a cwasm compiled
 with fuel would be refused by an engine without it.  ``fingerprint`` names
-the engine settings, the wasmtime version and the CPU architecture, which a
-compiled module must match to be loaded (a module compiled without fuel is
-refused by an engine with fuel, for example).
+the engine settings, the wasmtime version, the CPU architecture and the
+version of ``snapshot.prepare``, which a compiled module must match to be
+loaded (a module compiled without fuel is refused by an engine with fuel,
+for example, and a module prepared by other code may inject other
+accessors).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import weakref
 from collections.abc import Mapping
 
 import wasmtime
+
+import snapshot
 
 from ._limits import Limits
 
@@ -89,8 +93,13 @@ def memory_never_moves(engine: wasmtime.Engine) -> bool:
 
 
 def fingerprint(settings: Mapping[str, object]) -> str:
-    """16 hex digits naming ``settings``, the wasmtime version and the CPU architecture."""
+    """16 hex digits naming ``settings``, the wasmtime version, the CPU architecture and ``prepare``'s code.
+
+    A cwasm holds a *prepared* module, so the version of ``prepare`` that
+    made it is part of what it must match (``snapshot.preparation_id``).
+    """
     key = {
+        "preparation": snapshot.preparation_id(),
         "wasmtime": importlib.metadata.version("wasmtime"),
         "machine": platform.machine(),
         "settings": dict(settings),

@@ -40,6 +40,7 @@ from ._format import SnapshotEncoder, generate_key
 from ._instance import Layout, layout, read_dropped, read_globals, read_tables, state_id
 from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageRun, nonzero_runs
 from ._prepare import Manifest, first_boot, manifest, module_digest, prepare
+from ._preparation import preparation_id
 from ._restore import restore
 from ._session import StateTracker
 from ._snapshot import Snapshot, SnapshotAssembler, apply_delta
@@ -56,5 +57,5 @@ __all__ = [
     "PAGE_BYTES", "PageRun", "RemoteSnapshotError", "Snapshot", "SnapshotError", "TableState",
     "TruncatedSnapshotError", "UnrepresentableStateError", "UnsupportedVersionError", "WASM_PAGE_BYTES",
     "apply_delta", "capture", "capture_pages", "first_boot", "layout", "manifest", "module_digest",
-    "nonzero_runs", "prepare", "read_dropped", "read_globals", "read_tables", "restore", "state_id",
+    "nonzero_runs", "prepare", "preparation_id", "read_dropped", "read_globals", "read_tables", "restore", "state_id",
 ]
