@@ -41,7 +41,7 @@ from ._errors import MigrationFailed, WorkloadUnavailable
 from ._messages import MCall, MCancel, MigrationReport, MMigrate, MReport
 from ._oplog import error_outcome, log_entry, reply_outcome
 from ._placement import Needs, PlacementPolicy
-from ._progress import DEFAULT_INTERVAL_S, Callback, watch
+from ._progress import DEFAULT_INTERVAL_S, Callback, Moving, moving, watch
 from ._protection import Protection
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,10 @@ class Handle(GuestBuffers):
                 await self.remove()
 
     # --- moving -------------------------------------------------------------
+
+    def migrating(self, to: str, **options: object) -> contextlib.AbstractAsyncContextManager[Moving]:
+        """``migrate(to, **options)`` with its progress as an async iterator of ``MoveProgress`` (``_progress.moving``)."""
+        return moving(self.migrate, to, options)
 
     async def migrate(self, to: str, *, strategy: str = "precopy", downtime_budget_s: float = 0.03,
                       max_rounds: int = 20, needs: Needs | None = None, policy: PlacementPolicy | None = None,

@@ -14,6 +14,10 @@ source's ``status`` every ``interval_s`` while its MMigrate runs
 ``bytes_sent`` is the report's.  A move shorter than the interval shows
 that last event only.
 
+``Handle.migrating`` gives the same events as an async iterator
+(``moving``): ``async with h.migrating("cloud-1") as move: async for
+event in move: ...``; ``move.report`` is the report once the block ends.
+
 ``remaining_bytes`` and ``eta_s`` are of the round being sent (a round is
 encoded whole before it is sent, so its size is known): later pre-copy
 rounds carry what the workload dirtied meanwhile, decided round by round.
@@ -25,7 +29,8 @@ from __future__ import annotations
 import inspect
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -153,6 +158,56 @@ async def watch(client, workload: str, move: Callable[[], Awaitable[MigrationRep
     assert report is not None
     await _deliver(progress, MoveProgress.done(report))
     return report
+
+
+class Moving:
+    """A move under way (``Handle.migrating``): its ``MoveProgress`` events as an async iterator.
+
+    The events come through an unbuffered channel: the watcher waits for
+    the iterator to take each one, so a slow consumer sees fewer, fresher
+    events, never a backlog.  ``report`` is the move's report once it ended.
+    """
+
+    def __init__(self, events: trio.MemoryReceiveChannel) -> None:
+        self._events = events
+        self.report: MigrationReport | None = None
+
+    def __aiter__(self) -> Moving:
+        return self
+
+    async def __anext__(self) -> MoveProgress:
+        try:
+            return await self._events.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+@asynccontextmanager
+async def moving(migrate: Callable[..., Awaitable[MigrationReport]], to: str,
+                 options: Mapping[str, Any]) -> AsyncIterator[Moving]:
+    """Run ``migrate(to, progress=..., **options)`` while the block iterates its events.
+
+    Leaving the block waits for the move to end, taking the events nobody
+    read; what the move raises leaves the block as itself.  An exception
+    from the block cancels the move's request (the move then fails or
+    completes on the nodes as a cancelled ``Handle.migrate`` would).
+    Raises TypeError if ``options`` has its own ``progress``.
+    """
+    if "progress" in options:
+        raise TypeError("migrating() delivers progress through its iterator; do not pass progress=")
+    send, receive = trio.open_memory_channel[MoveProgress](0)
+    move = Moving(receive)
+
+    async def run() -> None:
+        async with send:
+            move.report = await migrate(to, progress=send.send, **options)
+
+    with unwrap_group():
+        async with trio.open_nursery() as nursery, receive:
+            nursery.start_soon(run)
+            yield move
+            async for _ in receive:  # the events after the block stopped reading
+                pass
 
 
 class ProgressPrinter:

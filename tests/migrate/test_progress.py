@@ -6,6 +6,8 @@ import io
 import signal
 import subprocess
 
+import pytest
+
 import migrate
 import workloads
 from migrate._progress import MoveProgress, ProgressPrinter
@@ -39,6 +41,37 @@ async def test_a_move_of_several_mib_reports_progress_to_its_callback(node_procs
     assert (last.phase, last.bytes_sent, last.round, last.remaining_bytes) == \
         ("done", report.bytes_sent, report.rounds, 0)
     assert all(e.remaining_bytes is None or e.remaining_bytes >= 0 for e in events)
+
+
+async def test_migrating_gives_the_events_as_an_async_iterator_and_errors_as_themselves(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge")
+    cloud = node_procs.start("cloud-1", "cloud", join=[edge])
+    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node"),
+                               local=False) as cluster:
+        h = await cluster.spawn(workloads.load("dirtier"), on="edge-1")
+        await h.call("dt_init", 32)
+        checksum = await h.call("dt_checksum")
+        async with h.migrating("cloud-1", progress_interval_s=0.005) as move:
+            events = [event async for event in move]
+        assert move.report is not None and h.node == "cloud-1"
+        assert len(events) >= 2 and events[-1].phase == "done"
+        assert events[-1].bytes_sent == move.report.bytes_sent
+        sent = [e.bytes_sent for e in events]
+        assert sent == sorted(sent), sent
+
+        async with h.migrating("edge-1", progress_interval_s=0.005) as back:
+            pass  # nobody reads: leaving the block still waits for the move
+        assert back.report is not None and h.node == "edge-1"
+        assert await h.call("dt_checksum") == checksum
+
+        with pytest.raises(migrate.UnknownNode):
+            async with h.migrating("nowhere-9") as lost:
+                async for _ in lost:
+                    raise AssertionError("a move to an unknown node has no events")
+        with pytest.raises(TypeError, match="progress"):
+            async with h.migrating("cloud-1", progress=print):
+                pass
+        assert h.node == "edge-1" and await h.call("dt_checksum") == checksum
 
 
 def test_progress_lines_are_rewritten_on_a_terminal_and_whole_when_piped():
