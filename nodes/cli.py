@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from . import _completion
 from . import _crash as crash
 from . import _host_errors as he
 from ._client import NodeClient
@@ -308,6 +309,7 @@ def build_parser(commands: Mapping[str, Command] = COMMANDS, *,
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add, run) in commands.items():
         add(sub).set_defaults(run=run)
+    _completion.add_command(sub, parser, prog)
     return parser
 
 
