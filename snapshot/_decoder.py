@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator, NoReturn
 
 import msgpack
 import zstandard
@@ -70,6 +70,10 @@ class End:
     pages: int
 
 
+#: What ``SnapshotDecoder.next_event`` returns.
+Event = Meta | PageBatch | End
+
+
 def _corrupt(msg: str) -> CorruptSnapshotError:
     return CorruptSnapshotError(f"corrupt snapshot: {msg}")
 
@@ -79,9 +83,10 @@ def _want(cond: bool, msg: str) -> None:
         raise _corrupt(msg)
 
 
-def _entries(items, what: str, plural: str, limit: int | None = None) -> Iterator[list]:
+def _entries(items: object, what: str, plural: str, limit: int | None = None) -> Iterator[list[Any]]:
     """The ``[index, x, y]`` entries of a META list, checked: a list of at most ``limit``, indices rising."""
-    _want(isinstance(items, list), f"bad {what} list")
+    if not isinstance(items, list):
+        raise _corrupt(f"bad {what} list")
     if limit is not None and len(items) > limit:
         raise OversizedSnapshotError(f"{len(items)} {plural} exceed the limit of {limit}")
     last = -1
@@ -92,15 +97,18 @@ def _entries(items, what: str, plural: str, limit: int | None = None) -> Iterato
         yield entry
 
 
-def _decode_value(valtype: str, value, where: str):
+def _decode_value(valtype: str, value: object, where: str) -> int | None:
     if valtype == "v128":
-        _want(isinstance(value, bytes) and len(value) == 16, f"{where} is not a v128")
+        if not (isinstance(value, bytes) and len(value) == 16):
+            raise _corrupt(f"{where} is not a v128")
         return int.from_bytes(value, "little")
     if valtype in NUMERIC_BITS:
-        _want(numeric_fits(valtype, value), f"{where} is not a valid {valtype}")
+        if not (is_int(value) and numeric_fits(valtype, value)):
+            raise _corrupt(f"{where} is not a valid {valtype}")
         return value
     _want(isinstance(valtype, str) and ref_class(valtype) is not None, f"{where} has unknown type {valtype!r}")
-    _want(value_fits(valtype, value), f"{where} is not a valid {valtype}")
+    if not (value is None or is_int(value)) or not value_fits(valtype, value):
+        raise _corrupt(f"{where} is not a valid {valtype}")
     return value
 
 
@@ -138,11 +146,11 @@ class SnapshotDecoder:
             self._fail(_corrupt("trailing bytes after the END frame"))
         self._buf += data
 
-    def _fail(self, exc: Exception):
+    def _fail(self, exc: Exception) -> NoReturn:
         self._error = exc
         raise exc
 
-    def next_event(self):
+    def next_event(self) -> Event | None:
         if self._error:
             raise self._error
         try:
@@ -150,7 +158,7 @@ class SnapshotDecoder:
         except (CorruptSnapshotError, AuthenticationError, OversizedSnapshotError, UnsupportedVersionError) as exc:
             self._fail(exc)
 
-    def _next(self):
+    def _next(self) -> Event | None:
         if self._header is None:
             if len(self._buf) < HEADER_BYTES:
                 if len(self._buf) >= len(MAGIC) and bytes(self._buf[:len(MAGIC)]) != MAGIC:
@@ -172,6 +180,7 @@ class SnapshotDecoder:
                                           "refusing unauthenticated input")
             self._header = header
             del self._buf[:HEADER_BYTES]
+        header = self._header
         if self._done:
             return None
         if len(self._buf) < FRAME_HEAD.size:
@@ -192,7 +201,7 @@ class SnapshotDecoder:
             raise _corrupt(f"checksum mismatch in frame {self._seq}")
         payload = frame[FRAME_HEAD.size:total - CRC.size]
         if self._aead is not None:
-            nonce, aad = sealing(self._header, ftype, self._seq)
+            nonce, aad = sealing(header, ftype, self._seq)
             try:
                 payload = self._aead.decrypt(nonce, payload, aad)
             except InvalidTag:
@@ -205,15 +214,15 @@ class SnapshotDecoder:
             raise _corrupt(f"frame {self._seq - 1} is not valid msgpack ({type(exc).__name__})") from None
         _want(isinstance(body, dict), "frame body is not a map")
         if ftype == META:
-            return self._on_meta(body)
+            return self._on_meta(body, header[6])
         if ftype == PAGES:
             return self._on_pages(body)
         return self._on_end(body)
 
-    def _on_meta(self, body: dict) -> Meta:
+    def _on_meta(self, body: dict[Any, Any], version: int) -> Meta:
         _want(self._meta is None, "second META frame")
         fields = {"module", "state", "base", "memories", "globals", "tables"}
-        _want(set(body) == (fields | {"dropped"} if self._header[6] == 2 else fields), "META has wrong fields")
+        _want(set(body) == (fields | {"dropped"} if version == 2 else fields), "META has wrong fields")
         module, state, base = body["module"], body["state"], body["base"]
         _want(isinstance(module, str) and len(module) == 64, "bad module digest")
         try:
@@ -253,10 +262,10 @@ class SnapshotDecoder:
         self._meta = Meta(module, state, base, tuple(memories), tuple(globals_), tuple(tables), dropped)
         return self._meta
 
-    def _dropped(self, value) -> DroppedSegments:
+    def _dropped(self, value: object) -> DroppedSegments:
         """META's "dropped": [data indices, element indices], each a rising list of u32."""
-        _want(isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) for v in value),
-              "bad dropped-segments field")
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) for v in value)):
+            raise _corrupt("bad dropped-segments field")
         limit = self._limits.max_dropped_segments
         for kind, indices in zip(("data", "element"), value):
             if len(indices) > limit:
@@ -266,14 +275,16 @@ class SnapshotDecoder:
                   f"dropped {kind} segments are not rising segment indices")
         return DroppedSegments(tuple(value[0]), tuple(value[1]))
 
-    def _on_pages(self, body: dict) -> PageBatch:
-        _want(self._meta is not None, "PAGES before META")
+    def _on_pages(self, body: dict[Any, Any]) -> PageBatch:
+        meta = self._meta
+        if meta is None:
+            raise _corrupt("PAGES before META")
         _want(set(body) == {"m", "runs", "zero", "raw", "data"}, "PAGES has wrong fields")
         index, ranges, zeros, raw, data = body["m"], body["runs"], body["zero"], body["raw"], body["data"]
         _want(is_int(index) and index in self._expected_pages, f"PAGES for unknown memory {index!r}")
         _want(isinstance(ranges, list) and isinstance(zeros, list) and is_int(raw) and isinstance(data, bytes),
               "bad PAGES body")
-        size = dict((i, s) for i, s, _ in self._meta.memories)[index]
+        size = dict((i, s) for i, s, _ in meta.memories)[index]
         cursor = self._next_page[index]
         npages = 0
         for r in ranges:
@@ -293,7 +304,7 @@ class SnapshotDecoder:
         if raw > self._limits.max_frame_bytes:
             raise OversizedSnapshotError(f"batch of {raw} raw bytes exceeds the limit")
         self._pages += npages
-        _want(self._pages <= sum(p for _, _, p in self._meta.memories), "more pages than META announced")
+        _want(self._pages <= sum(p for _, _, p in meta.memories), "more pages than META announced")
         if raw:
             try:
                 plain = self._decompressor.decompress(data, max_output_size=raw)
@@ -305,7 +316,7 @@ class SnapshotDecoder:
             plain = b""
         # A delta's zero pages overwrite, so they become zero bytes; a full
         # snapshot's zero pages are simply absent.
-        fill_zeros = self._meta.base_id is not None
+        fill_zeros = meta.base_id is not None
         joiner = RunJoiner()
 
         zi = pos = 0
@@ -329,11 +340,13 @@ class SnapshotDecoder:
         self._next_page[index] = cursor
         return PageBatch(index, joiner.runs())
 
-    def _on_end(self, body: dict) -> End:
-        _want(self._meta is not None, "END before META")
+    def _on_end(self, body: dict[Any, Any]) -> End:
+        meta = self._meta
+        if meta is None:
+            raise _corrupt("END before META")
         _want(set(body) == {"frames", "pages"}, "END has wrong fields")
         _want(body["frames"] == self._seq - 1, "frame count mismatch: frames were lost")
-        _want(body["pages"] == self._pages == sum(p for _, _, p in self._meta.memories),
+        _want(body["pages"] == self._pages == sum(p for _, _, p in meta.memories),
               "page count mismatch: pages were lost")
         self._done = True
         if self._buf:

@@ -129,7 +129,11 @@ class _Tracker(abc.ABC):
         # Given ``extent`` (read earlier, holding the store), the store is not
         # touched: the tracker can be armed while other threads run guest code.
         self._memory = memory
-        self._extent = extent if extent is not None else _Extent.of(memory, store)
+        if extent is None:
+            if store is None:
+                raise TypeError("a tracker needs the store or the memory's extent")
+            extent = _Extent.of(memory, store)
+        self._extent = extent
         self._closed = False
 
     def collect(self, store: wasmtime.Storelike) -> array:

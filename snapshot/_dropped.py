@@ -16,12 +16,16 @@ same to drop them, and a capture's worth to read what the target dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import wasmtime
 
 from ._errors import IncompatibleSnapshotError, InvalidModuleError
 from ._segments import DATA, KINDS, PROBE_AT, export_name
 from ._state import DroppedSegments, is_int
+
+if TYPE_CHECKING:
+    from wasmtime._instance import InstanceExports  # what Instance.exports returns; not re-exported
 
 _DROPPED_TRAP = {DATA: wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS, "elem": wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS}
 _NAMES = {DATA: "data segment", "elem": "element segment"}
@@ -38,14 +42,14 @@ class _Kind:
     known: tuple[int, ...] = ()  # dropped, as far as this process saw; sorted
     extent: tuple[int, int] | None = None  # (total, end), read once
 
-    def _extent(self, store) -> tuple[int, int]:
+    def _extent(self, store: wasmtime.Storelike) -> tuple[int, int]:
         if self.extent is None:
             self.extent = (self.total.value(store), self.end.value(store))
         return self.extent
 
-    def _scan(self, store, at: wasmtime.Global, lo: int, hi: int) -> list[int]:
+    def _scan(self, store: wasmtime.Storelike, at: wasmtime.Global, lo: int, hi: int) -> list[int]:
         """The segments of [lo, hi) dropped in the instance."""
-        found = []
+        found: list[int] = []
         while lo < hi:
             try:
                 self.probe(store, lo, hi)
@@ -61,10 +65,11 @@ class _Kind:
             lo = k + 1
         return found
 
-    def read(self, store, at) -> tuple[int, ...]:
+    def read(self, store: wasmtime.Storelike, at: wasmtime.Global) -> tuple[int, ...]:
         total, end = self._extent(store)
         if len(self.known) < total:  # else every probed segment is known to be dropped: nothing to ask
-            found, lo = [], 0
+            found: list[int] = []
+            lo = 0
             for k in self.known + (end,):
                 if k > lo:
                     found += self._scan(store, at, lo, k)
@@ -73,7 +78,7 @@ class _Kind:
                 self.known = tuple(sorted(self.known + tuple(found)))
         return self.known
 
-    def check(self, store, at, dropped: tuple[int, ...]) -> None:
+    def check(self, store: wasmtime.Storelike, at: wasmtime.Global, dropped: tuple[int, ...]) -> None:
         """Refuse ``dropped`` unless it names probed segments and holds every segment the instance dropped."""
         what = _NAMES[self.kind]
         if not all(is_int(k) and k >= 0 for k in dropped) or any(a >= b for a, b in zip(dropped, dropped[1:])):
@@ -92,7 +97,7 @@ class _Kind:
             raise IncompatibleSnapshotError(f"{what} {min(extra)} is dropped in the target but not in the snapshot; "
                                             "a dropped segment cannot come back (restore into a fresh instance)")
 
-    def apply(self, store, dropped: tuple[int, ...]) -> None:
+    def apply(self, store: wasmtime.Storelike, dropped: tuple[int, ...]) -> None:
         for lo, hi in _runs(dropped):
             self.drop(store, lo, hi)
         self.known = tuple(dropped)
@@ -117,24 +122,28 @@ class SegmentProbes:
     kinds: dict[str, _Kind]
 
     @classmethod
-    def find(cls, exports) -> "SegmentProbes | None":
+    def find(cls, exports: InstanceExports) -> SegmentProbes | None:
         """The probes among an instance's exports; None for a module without passive segments."""
         at = exports.get(PROBE_AT)
         if at is None:
             return None
+        if not isinstance(at, wasmtime.Global):
+            raise InvalidModuleError(f"export {PROBE_AT!r} of a prepared instance is not a global")
         kinds = {}
         for kind in KINDS:
-            funcs = [exports.get(export_name(kind, what)) for what in ("probe", "drop", "count")]
-            extent = [exports.get(export_name(kind, what)) for what in ("total", "end")]
-            if all(isinstance(f, wasmtime.Func) for f in funcs) and all(isinstance(g, wasmtime.Global) for g in extent):
-                kinds[kind] = _Kind(kind, *funcs, *extent)
+            probe, drop, count = (exports.get(export_name(kind, what)) for what in ("probe", "drop", "count"))
+            total, end = (exports.get(export_name(kind, what)) for what in ("total", "end"))
+            if (isinstance(probe, wasmtime.Func) and isinstance(drop, wasmtime.Func)
+                    and isinstance(count, wasmtime.Func)
+                    and isinstance(total, wasmtime.Global) and isinstance(end, wasmtime.Global)):
+                kinds[kind] = _Kind(kind, probe, drop, count, total, end)
         return cls(at, kinds)
 
-    def read(self, store) -> DroppedSegments:
+    def read(self, store: wasmtime.Storelike) -> DroppedSegments:
         """Which passive segments the instance has dropped now."""
         return DroppedSegments(*(self.kinds[k].read(store, self.at) if k in self.kinds else () for k in KINDS))
 
-    def check(self, store, dropped: DroppedSegments) -> None:
+    def check(self, store: wasmtime.Storelike, dropped: DroppedSegments) -> None:
         """Raise IncompatibleSnapshotError unless the instance can be given exactly ``dropped``."""
         for kind, indices in zip(KINDS, (dropped.data, dropped.elems)):
             if kind in self.kinds:
@@ -143,14 +152,14 @@ class SegmentProbes:
                 raise IncompatibleSnapshotError(f"snapshot says {_NAMES[kind]} {indices[0]} is dropped, "
                                                 f"but the module has no passive {_NAMES[kind]}s")
 
-    def apply(self, store, dropped: DroppedSegments) -> None:
+    def apply(self, store: wasmtime.Storelike, dropped: DroppedSegments) -> None:
         """Drop what ``dropped`` names (after ``check``)."""
         for kind, indices in zip(KINDS, (dropped.data, dropped.elems)):
             if kind in self.kinds:
                 self.kinds[kind].apply(store, indices)
 
 
-def check_dropped(store, probes: SegmentProbes | None, dropped: DroppedSegments) -> None:
+def check_dropped(store: wasmtime.Storelike, probes: SegmentProbes | None, dropped: DroppedSegments) -> None:
     """Raise IncompatibleSnapshotError unless an instance with ``probes`` can take ``dropped``.
 
     ``probes`` is None for a module without passive segments.

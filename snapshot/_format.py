@@ -29,14 +29,14 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import msgpack
 import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ._errors import LocalSnapshotError
-from ._pages import PAGE_BYTES, nonzero_runs
+from ._pages import PAGE_BYTES, PageRun, nonzero_runs
 
 if TYPE_CHECKING:
     from ._snapshot import Snapshot
@@ -76,13 +76,14 @@ def sealing(header: bytes, ftype: int, seq: int) -> tuple[bytes, bytes]:
     return header[8:HEADER_BYTES] + number, header + bytes([ftype]) + number
 
 
-def _encode_value(valtype: str, value):
-    if valtype == "v128":
+def _encode_value(valtype: str, value: int | None) -> int | bytes | None:
+    if valtype == "v128" and value is not None:
         return value.to_bytes(16, "little")
     return value
 
 
-def _page_batches(index: int, runs, batch_pages: int) -> Iterator[tuple[list, list, list]]:
+def _page_batches(index: int, runs: Iterable[PageRun], batch_pages: int
+                  ) -> Iterator[tuple[list[list[int]], list[list[int]], list[memoryview]]]:
     """Split runs into batches of at most ``batch_pages`` pages.
 
     Yields (ranges, zero ranges, non-zero page chunks).  Zero pages inside
@@ -91,7 +92,9 @@ def _page_batches(index: int, runs, batch_pages: int) -> Iterator[tuple[list, li
     first held the GIL for about 60% of the encode, stalling the event loop
     of a node encoding a round in a worker thread.
     """
-    ranges, zeros, chunks = [], [], []
+    ranges: list[list[int]] = []
+    zeros: list[list[int]] = []
+    chunks: list[memoryview] = []
     count = 0
     for run in runs:
         view = memoryview(run.data).cast("B")
@@ -125,7 +128,7 @@ class _Joiner:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def join(self, chunks: list) -> memoryview | bytes:
+    def join(self, chunks: list[memoryview]) -> memoryview | bytes:
         """The chunks' bytes, contiguous; valid until the next ``join``."""
         if len(chunks) == 1:
             return chunks[0]  # already contiguous: compress it in place
@@ -169,6 +172,8 @@ class SnapshotEncoder:
 
     def _frame(self, ftype: int, payload: bytes) -> bytes:
         if self._aead is not None:
+            if self._header is None:
+                raise LocalSnapshotError("write the header first")
             nonce, aad = sealing(self._header, ftype, self._seq)
             payload = self._aead.encrypt(nonce, payload, aad)
         self._seq += 1
@@ -194,7 +199,7 @@ class SnapshotEncoder:
             body["dropped"] = [list(snap.dropped.data), list(snap.dropped.elems)]
         return self._frame(META, msgpack.packb(body, use_bin_type=True))
 
-    def pages(self, index: int, runs) -> list[bytes]:
+    def pages(self, index: int, runs: Iterable[PageRun]) -> list[bytes]:
         """Encode page runs of memory ``index`` into PAGES frames."""
         out = []
         for ranges, zeros, chunks in _page_batches(index, runs, self._batch_pages):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import wasmtime
 
@@ -26,9 +27,13 @@ from ._dropped import SegmentProbes
 from ._errors import InvalidModuleError, UnrepresentableStateError
 from ._state import NUMERIC_BITS, SIGNED_TYPES, DroppedSegments, GlobalState, TableState
 
+if TYPE_CHECKING:
+    from wasmtime._instance import InstanceExports  # what Instance.exports returns; not re-exported
+
 _FUNCREF = wasmtime.ValType.funcref()
 _EXTERNREF = wasmtime.ValType.externref()
 _BY_NAME = {"i32": "i32", "i64": "i64", "f32": "f32", "f64": "f64", "v128": "v128"}
+_Item = TypeVar("_Item", wasmtime.Memory, wasmtime.Table, wasmtime.Global, wasmtime.Func)
 
 
 def _valtype_name(ty: wasmtime.ValType) -> str:
@@ -64,16 +69,22 @@ class TableSlot:
     index: int
     handle: wasmtime.Table
     reftype: str
-    funcs: dict | None = None
+    funcs: dict[str, wasmtime.Func | None] | None = None
     maximum_: int | None = None
 
-    def size(self, store) -> int:
-        return self.funcs["tsize"](store) if self.funcs else self.handle.size(store)
+    def _func(self, kind: str) -> wasmtime.Func:
+        func = self.funcs.get(kind) if self.funcs else None
+        if func is None:
+            raise InvalidModuleError(f"table {self.index} has no {ra.accessor_name(kind, self.index)} export")
+        return func
 
-    def maximum(self, store) -> int | None:
+    def size(self, store: wasmtime.Storelike) -> int:
+        return self._func("tsize")(store) if self.funcs else self.handle.size(store)
+
+    def maximum(self, store: wasmtime.Storelike) -> int | None:
         return self.maximum_ if self.funcs else self.handle.type(store).limits.max
 
-    def read(self, store, lay: "Layout") -> tuple:
+    def read(self, store: wasmtime.Store, lay: Layout) -> tuple[int | None, ...]:
         where = f"table {self.index}"
         if self.funcs is None or rt.ref_class(self.reftype) == "func":
             # Table.get reads any function reference (typed, table64) and
@@ -81,24 +92,24 @@ class TableSlot:
             reftype = "funcref" if self.funcs else self.reftype
             return tuple(_ref_to_index(store, lay, self.handle.get(store, i), reftype, where)
                          for i in range(self.size(store)))
-        get = self.funcs["tget"]
+        get = self._func("tget")
         to_index = lambda raw: _ref_to_index(store, lay, raw, "funcref", where)  # noqa: E731
         return tuple(ra.from_result(self.reftype, get(store, i), to_index, where) for i in range(self.size(store)))
 
-    def grow(self, store, count: int, fill) -> None:
+    def grow(self, store: wasmtime.Storelike, count: int, fill: int | None) -> None:
         """Grow by ``count`` elements filled with ``fill`` (a snapshot value); raises WasmtimeError."""
         if self.funcs is None:
             self.handle.grow(store, count, None)
-        elif self.funcs.get("tgrow") is None or self.funcs["tgrow"](store, count, *ra.to_args(self.reftype, fill)) < 0:
+        elif (grow := self.funcs.get("tgrow")) is None or grow(store, count, *ra.to_args(self.reftype, fill)) < 0:
             raise wasmtime.WasmtimeError(f"table.grow by {count} failed")
 
-    def write(self, store, elements: tuple, funcs: list) -> None:
+    def write(self, store: wasmtime.Store, elements: tuple[int | None, ...], funcs: list[Any]) -> None:
         """Set every element; the injected table.fill takes each run of equal elements in one call."""
         if self.funcs is None:
             for i, value in enumerate(elements):
                 self.handle.set(store, i, None if value is None else funcs[value])
             return
-        fill, start = self.funcs["tfill"], 0
+        fill, start = self._func("tfill"), 0
         for i in range(1, len(elements) + 1):
             if i == len(elements) or elements[i] != elements[start]:
                 fill(store, start, i - start, *ra.to_args(self.reftype, elements[start]))
@@ -119,7 +130,7 @@ class Layout:
     globals: list[GlobalSlot]
     functable: wasmtime.Table | None
     func_index: dict[tuple[int, int], int] | None = None
-    funcs: list | None = None
+    funcs: list[Any] | None = None  # Table.get's results: a Func, or None for null
     segments: SegmentProbes | None = None  # None: the module has no passive segments
 
 
@@ -135,6 +146,17 @@ def _suffix_index(name: str, prefix: str) -> int | None:
         if tail.isdigit():
             return int(tail)
     return None
+
+
+def _export(exports: InstanceExports, name: str, kind: type[_Item]) -> _Item:
+    item = exports[name]
+    if not isinstance(item, kind):
+        raise InvalidModuleError(f"export {name!r} of a prepared instance is not a {kind.__name__}")
+    return item
+
+
+def _optional_export(exports: InstanceExports, name: str, kind: type[_Item]) -> _Item | None:
+    return _export(exports, name, kind) if exports.get(name) is not None else None
 
 
 def layout(store: wasmtime.Store, instance: wasmtime.Instance) -> Layout:
@@ -153,31 +175,35 @@ def layout(store: wasmtime.Store, instance: wasmtime.Instance) -> Layout:
             raise InvalidModuleError("instance was not built from a prepared module; "
                                      "call snapshot.prepare() on the module first")
         digest_parts.append((g.value(store) & (2**64 - 1)).to_bytes(8, "big"))
-    memories, tables, globals_ = [], [], []
+    memories: list[tuple[int, wasmtime.Memory]] = []
+    tables: list[TableSlot] = []
+    globals_: list[GlobalSlot] = []
     names = sorted(exports.keys() if hasattr(exports, "keys") else list(exports))
-    described = {}  # ("t" | "g", index) -> descriptor fields, for items with injected accessors
+    # ("t" | "g", index) -> descriptor fields, for items with injected accessors
+    described: dict[tuple[str, int], list[str]] = {}
     for name in names:
         if (desc := ra.parse_descriptor(name)) is not None:
-            described[desc[:2]] = desc[2]
+            described[desc[0], desc[1]] = desc[2]
     for name in names:
-        item = exports[name]
         if (i := _suffix_index(name, "__wm_memory_")) is not None:
-            memories.append((i, item))
+            memories.append((i, _export(exports, name, wasmtime.Memory)))
         elif (i := _suffix_index(name, "__wm_table_")) is not None:
-            if (desc := described.get(("t", i))) is not None:
-                _, maximum, reftype = desc
-                funcs = {k: exports.get(ra.accessor_name(k, i)) for k in ra.TABLE_FUNCS}
-                tables.append(TableSlot(i, item, reftype, funcs, None if maximum == "-" else int(maximum)))
+            table = _export(exports, name, wasmtime.Table)
+            if (fields := described.get(("t", i))) is not None:
+                _, maximum, reftype = fields
+                funcs = {k: _optional_export(exports, ra.accessor_name(k, i), wasmtime.Func) for k in ra.TABLE_FUNCS}
+                tables.append(TableSlot(i, table, reftype, funcs, None if maximum == "-" else int(maximum)))
             else:
-                tables.append(TableSlot(i, item, _valtype_name(item.type(store).element)))
+                tables.append(TableSlot(i, table, _valtype_name(table.type(store).element)))
         elif (i := _suffix_index(name, "__wm_global_")) is not None:
-            getter = exports.get(P.getter_export(i))
-            setter = exports.get(P.setter_export(i))
-            if (desc := described.get(("g", i))) is not None:
-                globals_.append(GlobalSlot(i, item, desc[0], getter, setter, True,
-                                           exports.get(ra.accessor_name("gtest", i))))
+            item = _export(exports, name, wasmtime.Global)
+            getter = _optional_export(exports, P.getter_export(i), wasmtime.Func)
+            setter = _optional_export(exports, P.setter_export(i), wasmtime.Func)
+            if (fields := described.get(("g", i))) is not None:
+                globals_.append(GlobalSlot(i, item, fields[0], getter, setter, True,
+                                           _optional_export(exports, ra.accessor_name("gtest", i), wasmtime.Func)))
                 continue
-            if isinstance(getter, wasmtime.Func):
+            if getter is not None:
                 # Typed by its accessor: wasmtime-py 50 cannot even describe a
                 # v128 global's type ("support for v128 is not implemented").
                 results = [str(t) for t in getter.type(store).results]
@@ -191,14 +217,14 @@ def layout(store: wasmtime.Store, instance: wasmtime.Instance) -> Layout:
         memories=sorted(memories, key=lambda t: t[0]),
         tables=sorted(tables, key=lambda t: t.index),
         globals=sorted(globals_, key=lambda s: s.index),
-        functable=exports.get(P.FUNCTABLE_EXPORT),
+        functable=_optional_export(exports, P.FUNCTABLE_EXPORT, wasmtime.Table),
         segments=SegmentProbes.find(exports),
     )
     _layouts[instance] = found
     return found
 
 
-def memory_view(store, memory: wasmtime.Memory) -> tuple[int, int]:
+def memory_view(store: wasmtime.Storelike, memory: wasmtime.Memory) -> tuple[int, int]:
     """A memory's base address and length in bytes, now (growing may move it)."""
     return ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store)
 
@@ -211,11 +237,11 @@ def _func_key(func: wasmtime.Func) -> tuple[int, int]:
     return raw.store_id, getattr(raw, "__private")
 
 
-def func_tables(store: wasmtime.Store, lay: Layout) -> tuple[dict, list]:
+def func_tables(store: wasmtime.Store, lay: Layout) -> tuple[dict[tuple[int, int], int], list[Any]]:
     """The instance's functions: (function key -> index, index -> function), read once."""
-    if lay.func_index is None:
-        funcs = []
-        index = {}
+    if lay.func_index is None or lay.funcs is None:
+        funcs: list[Any] = []
+        index: dict[tuple[int, int], int] = {}
         if lay.functable is not None:
             for i in range(lay.functable.size(store)):
                 f = lay.functable.get(store, i)
@@ -223,14 +249,15 @@ def func_tables(store: wasmtime.Store, lay: Layout) -> tuple[dict, list]:
                 if isinstance(f, wasmtime.Func):
                     index.setdefault(_func_key(f), i)
         lay.func_index, lay.funcs = index, funcs
+        return index, funcs
     return lay.func_index, lay.funcs
 
 
-def _is_null(value) -> bool:
+def _is_null(value: object) -> bool:
     return value is None or (isinstance(value, wasmtime.Val) and value.value is None)
 
 
-def _ref_to_index(store, lay: Layout, value, reftype: str, where: str) -> int | None:
+def _ref_to_index(store: wasmtime.Store, lay: Layout, value: object, reftype: str, where: str) -> int | None:
     if _is_null(value):
         return None
     if reftype == "externref":
@@ -244,12 +271,17 @@ def _ref_to_index(store, lay: Layout, value, reftype: str, where: str) -> int | 
     raise UnrepresentableStateError(f"{where} holds a function that is not part of the module")
 
 
-def _read_global(store, lay: Layout, slot: GlobalSlot) -> GlobalState:
+def _read_global(store: wasmtime.Store, lay: Layout, slot: GlobalSlot) -> GlobalState:
     vt = slot.valtype
+    value: int | None
     if slot.injected:
         where = f"global {slot.index}"
-        to_index = lambda raw: _ref_to_index(store, lay, raw, "funcref", where)  # noqa: E731
-        value = ra.from_result(vt, slot.getter(store), to_index, where)
+        to_index: Callable[[object], int | None] = lambda raw: _ref_to_index(  # noqa: E731
+            store, lay, raw, "funcref", where)
+        getter = slot.getter
+        if getter is None:
+            raise InvalidModuleError(f"global {slot.index} has no {P.getter_export(slot.index)} export")
+        value = ra.from_result(vt, getter(store), to_index, where)
     elif slot.getter is not None:
         raw = slot.getter(store)
         if vt == "v128":

@@ -122,7 +122,7 @@ def _validate(wasm: bytes, what: str) -> None:
         raise InvalidModuleError(f"{what} is not a valid WebAssembly module: {exc}") from None
 
 
-def _accessor_bodies(index: int, valtype: str) -> tuple[bytes, bytes, tuple, tuple]:
+def _accessor_bodies(index: int, valtype: str) -> tuple[bytes, bytes, wb.Signature, wb.Signature]:
     """Return (getter body, setter body, getter sig, setter sig) for a global."""
     g = leb.write_u(index)
     if valtype == "f32":  # i32.reinterpret_f32 / f32.reinterpret_i32
@@ -140,7 +140,7 @@ def _accessor_bodies(index: int, valtype: str) -> tuple[bytes, bytes, tuple, tup
     return get, put, ((), ("i64", "i64")), (("i64", "i64"), ())
 
 
-def _functype(sig: tuple) -> bytes:
+def _functype(sig: wb.Signature) -> bytes:
     params, results = sig
     return (b"\x60" + leb.write_vec([bytes([wb.VALTYPE_CODES[t]]) for t in params])
             + leb.write_vec([bytes([wb.VALTYPE_CODES[t]]) for t in results]))
@@ -160,7 +160,7 @@ def _digest_offsets(info: wb.ModuleInfo) -> list[int] | None:
     for name in DIGEST_EXPORTS:
         exp = names.get(name)
         local = exp.index - info.imported_globals if exp else -1
-        if exp is None or exp.kind != wb.KIND_GLOBAL or not 0 <= local < len(info.globals):
+        if exp is None or exp.kind != wb.KIND_GLOBAL or not 0 <= local < len(info.globals) or section is None:
             raise InvalidModuleError(f"prepared module is damaged: export {name} is missing or wrong")
         g = info.globals[local]
         start = g.init_offset - 2  # valtype and mutability precede the init expression
@@ -239,14 +239,14 @@ def prepare(wasm: bytes) -> bytes:
     new_code: list[bytes] = []
     func_count = info.imported_funcs + info.defined_funcs
 
-    def type_index(sig: tuple) -> int:
+    def type_index(sig: wb.Signature) -> int:
         if sig in types:
             return types.index(sig)
         types.append(sig)
         new_types.append(_functype(sig))
         return len(types) - 1
 
-    def add_func(name: str, sig: tuple, code: bytes) -> None:
+    def add_func(name: str, sig: wb.Signature, code: bytes) -> None:
         new_funcs.append(leb.write_u(type_index(sig)))
         new_code.append(code)
         exports.append(_export(name, wb.KIND_FUNC, func_count + len(new_funcs) - 1))
@@ -305,18 +305,18 @@ def prepare(wasm: bytes) -> bytes:
     segments = _segments.plan(info, sections, first_func=func_count + len(new_funcs),
                               at_global=first_digest_global + len(DIGEST_EXPORTS))
     if segments is not None:
-        for name, sig, code in segments.functions:
+        for fname, sig, code in segments.functions:
             new_funcs.append(leb.write_u(type_index(sig)))
             new_code.append(leb.write_u(len(code)) + code)
-            if name is not None:
-                exports.append(_export(name, wb.KIND_FUNC, func_count + len(new_funcs) - 1))
+            if fname is not None:
+                exports.append(_export(fname, wb.KIND_FUNC, func_count + len(new_funcs) - 1))
         segments.add_sections(sections)
         exports += [_export(name, wb.KIND_GLOBAL, index) for name, index in segments.global_exports]
 
     if new_funcs:
         old = info.section(wb.TYPE)
         wb.set_section(sections, wb.TYPE, wb.append_to_vector(old.payload if old else None, new_types)
-                       if new_types else old.payload)
+                       if new_types or old is None else old.payload)
         old = info.section(wb.FUNCTION)
         wb.set_section(sections, wb.FUNCTION, wb.append_to_vector(old.payload if old else None, new_funcs))
         old = info.section(wb.CODE)
@@ -336,6 +336,8 @@ def prepare(wasm: bytes) -> bytes:
     out = wb.encode_module(sections)
     out_info = wb.parse_module(out)
     offsets = _digest_offsets(out_info)
+    if offsets is None:  # never: the digest exports were added above
+        raise InvalidModuleError("prepared output has no digest globals (this is a wasm-migrate bug)")
     digest = _hash_with_zeroed(out, offsets)
     buf = bytearray(out)
     for k, off in enumerate(offsets):
@@ -369,17 +371,14 @@ def manifest(prepared: bytes) -> Manifest:
                                         getter_export(idx) if has_acc else None,
                                         setter_export(idx) if has_acc else None))
     return Manifest(
-        module_sha256=digest,
-        memories=memories,
-        tables=tables,
-        globals=tuple(globals_),
+        module_sha256=digest, memories=memories, tables=tables, globals=tuple(globals_),
         start_export=START_EXPORT if START_EXPORT in names else None,
         functable_export=FUNCTABLE_EXPORT if FUNCTABLE_EXPORT in names else None,
         function_count=_functable_size(info, names),
     )
 
 
-def _functable_size(info: wb.ModuleInfo, names: dict) -> int:
+def _functable_size(info: wb.ModuleInfo, names: dict[str, wb.Export]) -> int:
     exp = names.get(FUNCTABLE_EXPORT)
     if exp is None:
         return 0

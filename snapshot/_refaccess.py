@@ -27,6 +27,9 @@ wasmtime 50's default engine and the product's), an i31ref as
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
+
+import wasmtime
 
 from . import _reftypes as rt
 from ._errors import IncompatibleSnapshotError, UnrepresentableStateError
@@ -79,7 +82,7 @@ def _get(p: int) -> bytes:
 def _make(valtype: str, p: int, functable: int | None) -> tuple[tuple[str, ...], bytes] | None:
     """(params, code) that push a value of ``valtype`` built from params from local ``p`` on, or None."""
     cls = rt.ref_class(valtype)
-    heap, nullable = rt.split(valtype)
+    heap, nullable = rt.ref_parts(valtype)
     ht = rt.heap_bytes(heap)
     null = b"\xd0" + ht
     if cls == "func":
@@ -112,7 +115,7 @@ def _getter(name: str, valtype: str, params: tuple[str, ...], read: bytes) -> Ac
 def _tester(name: str, valtype: str, functable: int | None) -> list[Accessor]:
     if rt.ref_class(valtype) != "func" or functable is None:
         return []
-    body = _get(0) + b"\x25" + write_u(functable) + b"\xfb\x14" + rt.heap_bytes(rt.split(valtype)[0])
+    body = _get(0) + b"\x25" + write_u(functable) + b"\xfb\x14" + rt.heap_bytes(rt.ref_parts(valtype)[0])
     return [Accessor(name, ("i32",), ("i32",), body)]
 
 
@@ -127,7 +130,10 @@ def table_accessors(index: int, reftype: str, is64: bool, functable: int | None)
         params, value = made
         out.append(Accessor(accessor_name("tfill", index), (addr, addr) + params, (),
                             _get(0) + value + _get(1) + b"\xfc\x11" + t))
-        value = _make(reftype, 1, functable)[1]
+        grow = _make(reftype, 1, functable)
+        if grow is None:  # never: whether _make gives None depends on the type and functable only
+            raise ValueError(f"no table.grow accessor for {reftype}")
+        value = grow[1]
         out.append(Accessor(accessor_name("tgrow", index), (addr,) + params, (addr,),
                             value + _get(0) + b"\xfc\x0f" + t))
     return out + _tester(accessor_name("ttest", index), reftype, functable)
@@ -155,7 +161,7 @@ def parse_descriptor(name: str) -> tuple[str, int, list[str]] | None:
     return None
 
 
-def from_result(valtype: str, raw, to_index, where: str):
+def from_result(valtype: str, raw: Any, to_index: Callable[[object], int | None], where: str) -> int | None:
     """A portable value from a getter's result (``to_index`` maps a function reference)."""
     cls = rt.ref_class(valtype)
     if cls == "func":
@@ -168,7 +174,7 @@ def from_result(valtype: str, raw, to_index, where: str):
     raise UnrepresentableStateError(f"{where} holds a host externref; only null externrefs can be captured")
 
 
-def to_args(valtype: str, value) -> tuple[int, ...]:
+def to_args(valtype: str, value: int | None) -> tuple[int, ...]:
     """A setter's arguments for a portable value (checked beforehand by ``check_value``)."""
     cls = rt.ref_class(valtype)
     if cls == "func":
@@ -178,7 +184,8 @@ def to_args(valtype: str, value) -> tuple[int, ...]:
     return ()
 
 
-def check_value(valtype: str, value, nfuncs: int, test, store, where: str) -> None:
+def check_value(valtype: str, value: int | None, nfuncs: int, test: wasmtime.Func | None,
+                store: wasmtime.Storelike, where: str) -> None:
     """Refuse a value the target cannot take, before anything is written.
 
     ``test`` is the injected ref.test for function references (None where

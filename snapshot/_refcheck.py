@@ -12,10 +12,12 @@ never in the middle of a move.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 from . import _wasmbin as wb
 from ._errors import InvalidModuleError, UnsupportedFeatureError
 from ._leb128 import read_u
-from ._reftypes import ref_class, split
+from ._reftypes import ref_class, ref_parts
 
 
 def refusal(what: str, valtype: str, kinds: list[str]) -> str | None:
@@ -31,11 +33,11 @@ def refusal(what: str, valtype: str, kinds: list[str]) -> str | None:
 
 def _described(valtype: str, kinds: list[str]) -> str:
     """``valtype``, with the kind of a concrete type: ``struct type (ref null $2)``."""
-    heap = split(valtype)[0]
+    heap = ref_parts(valtype)[0]
     return f"{kinds[int(heap[1:])]} type {valtype}" if heap.startswith("$") else valtype
 
 
-def check_module(info) -> None:
+def check_module(info: wb.ModuleInfo) -> None:
     """Refuse, naming the item and feature, a module whose tables or globals hold uncapturable references.
 
     Tables and mutable globals of a ``gc`` or ``exn`` class are refused.  An
@@ -67,7 +69,7 @@ def check_module(info) -> None:
                     "with mutable fields, which cannot be captured")
 
 
-def _passive_segments(info):
+def _passive_segments(info: wb.ModuleInfo) -> Iterator[tuple[int, str]]:
     """(segment index, reference type) of each passive element segment given by expressions.
 
     Its references are made once, at instantiation, and array.new_elem or

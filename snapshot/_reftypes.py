@@ -90,6 +90,14 @@ def split(valtype: str) -> tuple[str, bool] | None:
     return m.group(2), m.group(1) is not None
 
 
+def ref_parts(valtype: str) -> tuple[str, bool]:
+    """``split`` for a string known to be a reference type; raises ValueError for anything else."""
+    parts = split(valtype)
+    if parts is None:
+        raise ValueError(f"{valtype!r} is not a reference type")
+    return parts
+
+
 def heap_bytes(heap: str) -> bytes:
     """The binary heap type: an abstract code or the s33 type index."""
     if heap in _HEAP_BY_NAME:
@@ -99,7 +107,7 @@ def heap_bytes(heap: str) -> bytes:
 
 def encode(valtype: str) -> bytes:
     """The binary form of a canonical reference type string."""
-    heap, nullable = split(valtype)
+    heap, nullable = ref_parts(valtype)
     if nullable and heap in _HEAP_BY_NAME:
         return bytes([_HEAP_BY_NAME[heap]])
     return bytes([0x63 if nullable else 0x64]) + heap_bytes(heap)
@@ -126,10 +134,10 @@ def ref_class(valtype: str, kinds: list[str] | None = None) -> str | None:
 
 
 def nullable(valtype: str) -> bool:
-    return split(valtype)[1]
+    return ref_parts(valtype)[1]
 
 
-def value_fits(valtype: str, value) -> bool:
+def value_fits(valtype: str, value: object) -> bool:
     """True if ``value`` is a portable value of reference type ``valtype`` (as a snapshot carries it)."""
     cls = ref_class(valtype)
     if cls is None or cls in ("gc", "exn"):

@@ -11,6 +11,7 @@ written.
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import wasmtime
 
@@ -18,23 +19,23 @@ from . import _refaccess as ra
 from ._dropped import check_dropped
 from ._errors import BaseMismatchError, IncompatibleSnapshotError, ModuleMismatchError
 from ._instance import GlobalSlot, Layout, func_tables, layout, memory_view, record_state_id, state_id
-from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, nonzero_runs
+from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageData, nonzero_runs
 from ._snapshot import Snapshot
 from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, is_int, numeric_fits
 
 
-def _check(snapshot: Snapshot, store, instance, lay: Layout) -> None:
+def _check(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instance, lay: Layout) -> None:
     """Refuse a snapshot that does not fit the instance, before touching it."""
     if snapshot.module_sha256 != lay.digest:
         raise ModuleMismatchError(
             f"snapshot was taken from module {snapshot.module_sha256[:16]}…, "
             f"but the target instance runs module {lay.digest[:16]}…")
-    if snapshot.is_delta:
-        current = state_id(instance)
-        if current != snapshot.base_id:
+    if snapshot.base_id is not None:  # a delta
+        held = state_id(instance)
+        if held != snapshot.base_id:
             raise BaseMismatchError(
                 f"delta expects base state {snapshot.base_id.hex()}, the target holds "
-                f"{current.hex() if current else 'an unknown state'}")
+                f"{held.hex() if held else 'an unknown state'}")
     if [m.index for m in snapshot.memories] != [i for i, _ in lay.memories]:
         raise IncompatibleSnapshotError("snapshot and target have different memories")
     for ms, (_, memory) in zip(snapshot.memories, lay.memories):
@@ -58,9 +59,9 @@ def _check(snapshot: Snapshot, store, instance, lay: Layout) -> None:
     if [(g.index, g.valtype) for g in snapshot.globals] != [(s.index, s.valtype) for s in lay.globals]:
         raise IncompatibleSnapshotError("snapshot and target have different mutable globals")
     _, funcs = func_tables(store, lay)
-    for g, slot in zip(snapshot.globals, lay.globals):
-        if slot.injected:
-            ra.check_value(g.valtype, g.value, len(funcs), slot.test, store, f"global {g.index}")
+    for g, gslot in zip(snapshot.globals, lay.globals):
+        if gslot.injected:
+            ra.check_value(g.valtype, g.value, len(funcs), gslot.test, store, f"global {g.index}")
         else:
             _check_value(g.valtype, g.value, len(funcs), f"global {g.index}")
     if [(t.index, t.reftype) for t in snapshot.tables] != [(t.index, t.reftype) for t in lay.tables]:
@@ -85,7 +86,7 @@ def _check(snapshot: Snapshot, store, instance, lay: Layout) -> None:
     check_dropped(store, lay.segments, snapshot.dropped)
 
 
-def _check_value(valtype: str, value, nfuncs: int, where: str) -> None:
+def _check_value(valtype: str, value: object, nfuncs: int, where: str) -> None:
     if valtype in NUMERIC_BITS:
         if not numeric_fits(valtype, value):
             raise IncompatibleSnapshotError(f"{where}: {value!r} is not a valid {valtype}")
@@ -108,7 +109,7 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
     """
     lay = layout(store, instance)
     _check(snapshot, store, instance, lay)
-    old_sizes = []
+    old_sizes: list[int] = []
     for ms, (_, memory) in zip(snapshot.memories, lay.memories):
         old = memory.data_len(store)
         old_sizes.append(old)
@@ -120,14 +121,14 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
                 raise IncompatibleSnapshotError(f"target refused to grow memory {ms.index} "
                                                 f"to {ms.size_bytes} bytes: {exc}") from None
     _, funcs = func_tables(store, lay)
-    for ts, slot in zip(snapshot.tables, lay.tables):
-        current = slot.size(store)
+    for ts, tslot in zip(snapshot.tables, lay.tables):
+        current = tslot.size(store)
         grow = len(ts.elements) - current
         if grow:
             try:
                 # Filled with one of the snapshot's own elements: a
                 # non-nullable table never holds null, even for a moment.
-                slot.grow(store, grow, ts.elements[current])
+                tslot.grow(store, grow, ts.elements[current])
             except wasmtime.WasmtimeError as exc:
                 raise IncompatibleSnapshotError(f"target refused to grow table {ts.index}: {exc}") from None
     if lay.segments is not None:
@@ -151,10 +152,10 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
             src = _address(data)
             for a, b in nonzero_runs(data):
                 ctypes.memmove(base + a * PAGE_BYTES, src + a * PAGE_BYTES, (b - a) * PAGE_BYTES)
-    for gs, slot in zip(snapshot.globals, lay.globals):
-        _write_global(store, slot, gs, funcs)
-    for ts, slot in zip(snapshot.tables, lay.tables):
-        slot.write(store, ts.elements, funcs)
+    for gs, gslot in zip(snapshot.globals, lay.globals):
+        _write_global(store, gslot, gs, funcs)
+    for ts, tslot in zip(snapshot.tables, lay.tables):
+        tslot.write(store, ts.elements, funcs)
     record_state_id(instance, snapshot.state_id)
 
 
@@ -173,11 +174,12 @@ def _clear(ptr: int, start: int, end: int) -> None:
 def _address(data: bytes | bytearray) -> int:
     """The address of a bytes or bytearray's buffer (the caller keeps it alive)."""
     if isinstance(data, bytes):
-        return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+        address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+        return address or 0  # c_void_p reads a NULL pointer as None
     return ctypes.addressof((ctypes.c_char * len(data)).from_buffer(data)) if data else 0
 
 
-def _source(data):
+def _source(data: PageData) -> bytes | ctypes.Array[ctypes.c_char]:
     """Return something ctypes.memmove reads from without copying, where possible."""
     if isinstance(data, bytes):
         return data
@@ -186,17 +188,20 @@ def _source(data):
     return (ctypes.c_char * len(data)).from_buffer(data)
 
 
-def _write_global(store, slot: GlobalSlot, gs: GlobalState, funcs: list) -> None:
+def _write_global(store: wasmtime.Store, slot: GlobalSlot, gs: GlobalState, funcs: list[Any]) -> None:
     vt = gs.valtype
     if slot.injected:
         if slot.setter is not None:
             slot.setter(store, *ra.to_args(vt, gs.value))
     elif slot.setter is not None:
+        value = gs.value
+        if value is None:  # a numeric global: _check refused a null before anything was written
+            raise IncompatibleSnapshotError(f"global {gs.index}: None is not a valid {vt}")
         if vt == "v128":
-            lo, hi = gs.value & (2**64 - 1), gs.value >> 64
+            lo, hi = value & (2**64 - 1), value >> 64
             slot.setter(store, _signed(lo, 64), _signed(hi, 64))
         else:
-            slot.setter(store, _signed(gs.value, NUMERIC_BITS[vt]))
+            slot.setter(store, _signed(value, NUMERIC_BITS[vt]))
     elif vt in SIGNED_TYPES:
         slot.handle.set_value(store, gs.value)
     elif vt == "funcref":

@@ -40,6 +40,7 @@ per kind it grew faster than linearly (10,000 of each: 4.8 s, chunked
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from . import _leb128 as leb
 from . import _wasmbin as wb
@@ -132,13 +133,17 @@ def _in_range(k: int) -> bytes:
 #: Segments per generated function.  Cranelift's compile time grows faster
 #: than linearly with a function's size, so the range functions are split.
 CHUNK = 256
+#: An injected function: (export name or None, (params, results), code without its size).
+Function = tuple[str | None, wb.Signature, bytes]
 
 
-def _range_functions(kind: str, segments: list[Segment], at_global: int, first_func: int, init) -> list:
+def _range_functions(kind: str, segments: list[Segment], at_global: int, first_func: int,
+                     init: Callable[[Segment], bytes]) -> list[Function]:
     """The probe, drop and count functions of one kind, as (export name or None, signature, code)."""
-    sig, counting = (("i32", "i32"), ()), (("i32", "i32"), ("i32",))
+    sig: wb.Signature = (("i32", "i32"), ())
+    counting: wb.Signature = (("i32", "i32"), ("i32",))
     chunks = [segments[i:i + CHUNK] for i in range(0, len(segments), CHUNK)]
-    parts: dict[str, list] = {"probe": [], "drop": [], "count": []}
+    parts: dict[str, list[bytes]] = {"probe": [], "drop": [], "count": []}
     for chunk in chunks:
         probe, drop, count = [b"\x00"], [b"\x00"], [b"\x00" + _i32(0)]
         for s in chunk:
@@ -154,7 +159,7 @@ def _range_functions(kind: str, segments: list[Segment], at_global: int, first_f
     sigs = {"probe": sig, "drop": sig, "count": counting}
     if len(chunks) == 1:
         return [(names[p], sigs[p], parts[p][0]) for p in parts]
-    out = [(None, sigs[p], code) for p in parts for code in parts[p]]
+    out: list[Function] = [(None, sigs[p], code) for p in parts for code in parts[p]]
     for n, p in enumerate(parts):  # a dispatcher per function: call the chunks the range meets
         body = [b"\x00" + (_i32(0) if p == "count" else b"")]
         for c, chunk in enumerate(chunks):
@@ -171,7 +176,7 @@ def _range_functions(kind: str, segments: list[Segment], at_global: int, first_f
 class Injection:
     """What ``prepare`` adds for a module's passive segments."""
 
-    functions: list[tuple[str | None, tuple, bytes]]  # (export name or None, signature, code without its size)
+    functions: list[Function]
     tables: list[bytes]  # table types to append
     memory: bytes | None  # a memory type to add, if the module has none
     datacount: int | None  # a data count section to add, if missing and data probes need one
@@ -210,13 +215,16 @@ def plan(info: wb.ModuleInfo, sections: list[wb.Section], *, first_func: int, at
     elems = [s for s in elem_segments(elem_sec.payload) if s.passive and s.length] if elem_sec else []
     if not datas and not elems:
         return None
-    functions, tables, memory, datacount = [], [], None, None
+    functions: list[Function] = []
+    tables: list[bytes] = []
+    memory: bytes | None = None
+    datacount: int | None = None
     if datas:
         is64, memory = _memory0(info)
         dest = b"\x42\x00" if is64 else b"\x41\x00"
         functions += _range_functions(DATA, datas, at_global, first_func,
                                       lambda s: dest + b"\x41\x01\x41\x00\xfc\x08" + leb.write_u(s.index) + b"\x00")
-        if info.section(wb.DATACOUNT) is None:
+        if data_sec is not None and info.section(wb.DATACOUNT) is None:
             datacount = leb.read_u(data_sec.payload, 0)[0]
     if elems:
         table_section = next((s.payload for s in sections if s.id == wb.TABLE), b"\0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import wasmtime
 
@@ -15,6 +16,9 @@ from ._instance import layout, memory_view, read_dropped, read_globals, read_tab
 from ._pages import PAGE_BYTES, page_ranges
 from ._snapshot import Snapshot
 from ._state import DroppedSegments, GlobalState, MemoryState, TableState
+
+if TYPE_CHECKING:
+    from ._dirty import _Extent
 
 
 class StateTracker:
@@ -123,9 +127,10 @@ class StateTracker:
         """
         return self.begin_delta(store).finish()
 
-    def _pending(self, store: wasmtime.Store, dirty, base_id: bytes | None) -> "PendingCapture":
+    def _pending(self, store: wasmtime.Store, dirty: Mapping[int, Sequence[int]] | None,
+                 base_id: bytes | None) -> PendingCapture:
         lay = layout(store, self._instance)
-        regions = []
+        regions: list[tuple[int, int, int, list[tuple[int, int]] | None]] = []
         for index, memory in lay.memories:
             ptr, size = memory_view(store, memory)
             if dirty is None:
@@ -158,7 +163,7 @@ class Arming:
     """What ``StateTracker.arming`` read holding the store: the memories and where they lay."""
 
     instance: wasmtime.Instance
-    memories: list[tuple[int, wasmtime.Memory, object]]  # (memory index, memory, its extent then)
+    memories: list[tuple[int, wasmtime.Memory, _Extent]]  # (memory index, memory, its extent then)
     backend: str
 
     def arm(self) -> StateTracker:

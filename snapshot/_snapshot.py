@@ -12,8 +12,9 @@ This module also turns a snapshot into bytes and back (``_format``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from ._decoder import DecodeLimits, End, Meta, PageBatch, SnapshotDecoder
+from ._decoder import DecodeLimits, End, Event, Meta, PageBatch, SnapshotDecoder
 from ._errors import BaseMismatchError, CorruptSnapshotError, IncompatibleSnapshotError, TruncatedSnapshotError
 from ._format import encode
 from ._pages import PAGE_BYTES, PageRun, RunJoiner, nonzero_runs
@@ -37,7 +38,7 @@ class Snapshot:
     globals: tuple[GlobalState, ...] = ()
     tables: tuple[TableState, ...] = ()
     dropped: DroppedSegments = DroppedSegments()
-    extra: dict = field(default_factory=dict, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def is_delta(self) -> bool:
@@ -94,7 +95,7 @@ class Snapshot:
         return decode(data, key=key, limits=limits)
 
 
-def _content(m: MemoryState) -> tuple:
+def _content(m: MemoryState) -> tuple[int, int, tuple[PageRun, ...]]:
     """A memory's index, size and non-zero pages as maximal runs of bytes."""
     joiner = RunJoiner()
     for r in m.runs:
@@ -116,7 +117,7 @@ class SnapshotAssembler:
         self._runs: dict[int, RunJoiner] = {}
         self._ended = False
 
-    def add(self, event) -> None:
+    def add(self, event: Event) -> None:
         if isinstance(event, Meta):
             self._meta = event
             self._runs = {i: RunJoiner() for i, _, _ in event.memories}
@@ -166,7 +167,7 @@ def apply_delta(base: Snapshot, delta: Snapshot) -> Snapshot:
     """
     if base.is_delta:
         raise IncompatibleSnapshotError("the base must be a full snapshot")
-    if not delta.is_delta:
+    if delta.base_id is None:  # not a delta
         raise IncompatibleSnapshotError("the second argument must be a delta snapshot")
     if delta.base_id != base.state_id:
         raise BaseMismatchError(

@@ -9,6 +9,7 @@ whole, ``Snapshot``, is in ``_snapshot``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from ._pages import PageRun
 
@@ -18,12 +19,12 @@ NUMERIC_BITS = {"i32": 32, "i64": 64, "f32": 32, "f64": 64, "v128": 128}
 SIGNED_TYPES = frozenset({"i32", "i64"})
 
 
-def is_int(value) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     """True for an int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def numeric_fits(valtype: str, value) -> bool:
+def numeric_fits(valtype: str, value: object) -> bool:
     """True if ``value`` is a valid ``GlobalState`` value of numeric ``valtype``.
 
     i32 and i64 are signed integers of their width; f32, f64 and v128 are

@@ -38,6 +38,8 @@ KIND_FUNC, KIND_TABLE, KIND_MEMORY, KIND_GLOBAL, KIND_TAG = 0, 1, 2, 3, 4
 VALTYPES = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128",
             0x70: "funcref", 0x6F: "externref"}
 VALTYPE_CODES = {name: code for code, name in VALTYPES.items()}
+#: A function type: (parameter types, result types).
+Signature = tuple[tuple[str, ...], tuple[str, ...]]
 
 
 # --- module structure ------------------------------------------------------
@@ -77,7 +79,7 @@ class ModuleInfo:
     """The parts of a module that preparation reasons about."""
 
     sections: list[Section]
-    types: list[tuple[tuple[str, ...], tuple[str, ...]] | None] = field(default_factory=list)  # None: struct/array
+    types: list[Signature | None] = field(default_factory=list)  # None: struct/array
     type_kinds: list[str] = field(default_factory=list)  # "func", "struct" or "array" per type index
     mutable_fields: bool = False  # some struct or array type has a mutable field
     imported_funcs: int = 0
@@ -224,7 +226,8 @@ def _read_subtype(info: ModuleInfo, p: bytes, pos: int) -> int:
         raise InvalidModuleError("truncated type definition")
     form, pos = p[pos], pos + 1
     if form == 0x60:
-        params, results = [], []
+        params: list[str] = []
+        results: list[str] = []
         for out in (params, results):
             n, pos = read_u(p, pos)
             for _ in range(n):

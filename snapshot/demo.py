@@ -22,32 +22,47 @@ import snapshot
 import workloads
 
 
-def _instance(engine: wasmtime.Engine, prepared: bytes):
+class _Exports:
+    """The kvstore's exports: its functions by name, and its memory."""
+
+    def __init__(self, store: wasmtime.Store, inst: wasmtime.Instance) -> None:
+        exports = inst.exports(store)
+        self.funcs = {name: f for name in exports.keys() if isinstance(f := exports[name], wasmtime.Func)}
+        memory = exports["memory"]
+        if not isinstance(memory, wasmtime.Memory):
+            raise TypeError("the kvstore's export 'memory' is not a memory")
+        self.memory = memory
+
+    def __getitem__(self, name: str) -> wasmtime.Func:
+        return self.funcs[name]
+
+
+def _instance(engine: wasmtime.Engine, prepared: bytes) -> tuple[wasmtime.Store, wasmtime.Instance, _Exports]:
     store = wasmtime.Store(engine)
     store.set_wasi(wasmtime.WasiConfig())
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
     inst = linker.instantiate(store, wasmtime.Module(engine, prepared))
-    return store, inst, inst.exports(store)
+    return store, inst, _Exports(store, inst)
 
 
-def _put(store, ex, key: bytes, value: bytes) -> None:
+def _put(store: wasmtime.Store, ex: _Exports, key: bytes, value: bytes) -> None:
     kp, vp = ex["wm_alloc"](store, len(key)), ex["wm_alloc"](store, len(value))
-    ex["memory"].write(store, key, kp)
-    ex["memory"].write(store, value, vp)
+    ex.memory.write(store, key, kp)
+    ex.memory.write(store, value, vp)
     ex["kv_put"](store, kp, len(key), vp, len(value))
     ex["wm_free"](store, kp)
     ex["wm_free"](store, vp)
 
 
-def _get(store, ex, key: bytes) -> bytes | None:
+def _get(store: wasmtime.Store, ex: _Exports, key: bytes) -> bytes | None:
     kp = ex["wm_alloc"](store, len(key))
-    ex["memory"].write(store, key, kp)
+    ex.memory.write(store, key, kp)
     out = ex["kv_get"](store, kp, len(key))
     ex["wm_free"](store, kp)
     if not out:
         return None
-    mem = ex["memory"]
+    mem = ex.memory
     n = int.from_bytes(mem.read(store, out, out + 4), "little")
     return bytes(mem.read(store, out + 4, out + 4 + n))
 
@@ -79,7 +94,7 @@ def consume(path: Path, key: bytes, entries: int) -> None:
     print(f"[B pid {os.getpid()}] restored in {took * 1e3:.1f} ms without re-running initialisation")
     print(f"[B] kv_count={ex['kv_count'](store)} checksum={ex['kv_checksum'](store) & (2**64 - 1):#018x}")
     probe = b"user:%d" % (entries // 2)
-    print(f"[B] get {probe.decode()!r} -> {_get(store, ex, probe)[:24]!r}...")
+    print(f"[B] get {probe.decode()!r} -> {(_get(store, ex, probe) or b'')[:24]!r}...")
     _put(store, ex, b"user:new", b"written after the move")
     print(f"[B] carried on: put user:new, kv_count={ex['kv_count'](store)}, "
           f"get -> {_get(store, ex, b'user:new')!r}")
@@ -91,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--role", choices=["produce", "consume"], help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    key_hex = os.environ.get("WM_DEMO_KEY")
+    key_hex = os.environ.get("WM_DEMO_KEY", "")
     if args.role:
         (produce if args.role == "produce" else consume)(args.file, bytes.fromhex(key_hex), args.entries)
         return 0
