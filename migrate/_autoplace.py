@@ -16,6 +16,7 @@ next evaluation).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -24,12 +25,16 @@ from nodes import HostError, NodeError
 from ._advice import Autoplace, Work
 from ._errors import MigrateError
 
+if TYPE_CHECKING:
+    from ._cluster import Cluster
+    from ._handle import Handle
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_EVERY_S = 10.0
 
 
-def start(cluster, nursery: trio.Nursery, handle, work: Work | float, *, every_s: float = DEFAULT_EVERY_S,
+def start(cluster: Cluster, nursery: trio.Nursery, handle: Handle, work: Work | float, *, every_s: float = DEFAULT_EVERY_S,
           decider: Autoplace | None = None) -> trio.CancelScope:
     """Start re-evaluating ``handle``'s placement every ``every_s`` seconds; return the scope that stops it."""
     if not every_s > 0:
@@ -48,7 +53,7 @@ def start(cluster, nursery: trio.Nursery, handle, work: Work | float, *, every_s
     return scope
 
 
-async def evaluate(cluster, handle, work: Work, decider: Autoplace) -> str | None:
+async def evaluate(cluster: Cluster, handle: Handle, work: Work, decider: Autoplace) -> str | None:
     """One evaluation: the node moved to, or None."""
     try:
         advice = await cluster.advise(handle, work)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 import trio
 
 import snapshot
+from nodes import NodeClient
 
 from ._messages import MChunk
 from ._window import SendWindow
@@ -65,7 +66,7 @@ def encode(snap: snapshot.Snapshot, size: int) -> list[bytes]:
     return list(stream(snap, size))
 
 
-async def send(client, pieces: Iterable[bytes], *, workload: str, epoch: int, seq: int = 0,
+async def send(client: NodeClient, pieces: Iterable[bytes], *, workload: str, epoch: int, seq: int = 0,
                standby: bool = False, window: int | SendWindow = WINDOW_PIECES) -> int:
     """Send ``pieces`` to an incoming copy as MChunk requests numbered from ``seq``; return the next number.
 
@@ -80,7 +81,7 @@ async def send(client, pieces: Iterable[bytes], *, workload: str, epoch: int, se
                                     standby=standby)
     sent = 0
 
-    def answered(_reply) -> bool:
+    def answered(_reply: object) -> bool:
         nonlocal sent
         sent += 1
         return False
@@ -91,7 +92,7 @@ async def send(client, pieces: Iterable[bytes], *, workload: str, epoch: int, se
     return seq + sent
 
 
-async def _send_windowed(client, pieces: Iterable[bytes], window: SendWindow, *, workload: str, epoch: int,
+async def _send_windowed(client: NodeClient, pieces: Iterable[bytes], window: SendWindow, *, workload: str, epoch: int,
                          seq: int, standby: bool) -> int:
     """``send`` with the window a ``SendWindow`` measures (trio's clock times the replies)."""
     window.restart()

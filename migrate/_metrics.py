@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from nodes import METRICS_PREFIX as PREFIX
 from nodes import Buckets
+
+if TYPE_CHECKING:
+    from ._state import MigrationService
 
 #: Upper bounds (seconds) of the blackout (frozen, client) buckets: 1 ms to 10 s.
 BLACKOUT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -47,7 +51,7 @@ class MoveMetrics:
             self.client_blackout.record((strategy,), client_blackout_s)
 
 
-def collect(svc) -> Iterator[Metric]:
+def collect(svc: MigrationService) -> Iterator[Metric]:
     """The migration families of a node's MigrationService ``svc`` (its ``Plugin.metrics``)."""
     m = svc.metrics
     moves = CounterMetricFamily(PREFIX + "migrations", "Moves from this node that ended, by strategy and outcome",

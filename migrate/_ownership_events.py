@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._ownership import State
 
 
 class EventKind(enum.Enum):
@@ -176,7 +180,7 @@ class OwnershipError(Exception):
 class IllegalTransition(OwnershipError):
     """The transitions table has no entry for this event in this state."""
 
-    def __init__(self, workload: str, state, kind: EventKind) -> None:
+    def __init__(self, workload: str, state: State, kind: EventKind) -> None:
         super().__init__(f"{workload}: no transition for {kind.value} in state {state.value}")
         self.workload, self.state, self.kind = workload, state, kind
 
@@ -184,7 +188,7 @@ class IllegalTransition(OwnershipError):
 class Refused(OwnershipError):
     """The table accepts the event in this state, but its guard (epochs, a copy under way) refuses it."""
 
-    def __init__(self, workload: str, state, kind: EventKind, reason: Refusal, held: int) -> None:
+    def __init__(self, workload: str, state: State, kind: EventKind, reason: Refusal, held: int) -> None:
         super().__init__(f"{workload}: {kind.value} refused in state {state.value} at epoch {held} "
                          f"({reason.value})")
         self.workload, self.state, self.kind, self.reason, self.held = workload, state, kind, reason, held

@@ -98,7 +98,7 @@ class NodeRecord(MemberRecord):
     throughput_source: str = ""
 
     @classmethod
-    def of(cls, member: MemberRecord, **measured) -> NodeRecord:
+    def of(cls, member: MemberRecord, **measured: object) -> NodeRecord:
         """``member``'s fields (its capabilities as a plain dict) with the application's ``measured`` ones."""
         fields = {f.name: getattr(member, f.name) for f in dataclasses.fields(MemberRecord)}
         return cls(**{**fields, "capabilities": dict(member.capabilities),

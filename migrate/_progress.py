@@ -32,13 +32,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
-from nodes import unwrap_group
+from nodes import NodeClient, unwrap_group
 
 from ._messages import MigrationReport
+
+if TYPE_CHECKING:
+    from ._source import Migration
+    from ._state import Incoming
 
 #: How often a mover asks the source for the figures.
 DEFAULT_INTERVAL_S = 0.25
@@ -86,7 +90,7 @@ def _rate(sent: int, seconds: float) -> float | None:
     return sent / seconds if seconds > 0 and sent else None
 
 
-def outgoing(m, now: float) -> dict:
+def outgoing(m: Migration, now: float) -> dict:
     """The status record of the source's move ``m`` (a ``Migration``)."""
     sent = m.bytes_sent + m.round_streamed
     sending_s = m.spent["send"] + (now - m.stream_started if m.stream_started is not None else 0.0)
@@ -99,7 +103,7 @@ def outgoing(m, now: float) -> dict:
             "elapsed_s": now - m.started_s}
 
 
-def incoming(inc, state: str) -> dict:
+def incoming(inc: Incoming, state: str) -> dict:
     """The status record of a copy being received (``state`` "incoming" or "staging")."""
     elapsed = time.perf_counter() - inc.started_s
     return {"workload": inc.workload, "app": inc.app, "state": state, "source": inc.source, "rounds": inc.rounds,
@@ -116,7 +120,7 @@ async def _deliver(callback: Callback, event: MoveProgress) -> None:
         await result
 
 
-async def watch(client, workload: str, move: Callable[[], Awaitable[MigrationReport]], progress: Callback,
+async def watch(client: NodeClient, workload: str, move: Callable[[], Awaitable[MigrationReport]], progress: Callback,
                 interval_s: float = DEFAULT_INTERVAL_S) -> MigrationReport:
     """Run ``move()`` while ``progress`` gets the source's figures (from ``client``'s status) as they change.
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from nodes import cli as node_cli
 
@@ -47,7 +47,7 @@ def _add_drain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                           "showing progress"), to_required=False)
 
 
-def _add_cordoning(verb: str, what: str):
+def _add_cordoning(verb: str, what: str) -> Callable[[argparse._SubParsersAction], argparse.ArgumentParser]:
     def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=what)
         p.add_argument("name", help="the node's name (the connected node or a peer of it)")
