@@ -9,9 +9,12 @@ import pytest
 import trio
 import wasmtime
 
+import migrate
 import workloads
-from nodes import Host, Limits, ResourceLimitExceeded, SnapshotFailed
+from migrate._messages import MCall
+from nodes import Host, Limits, NodeClient, ResourceLimitExceeded, SnapshotFailed
 from nodes._hibernate import FILE, sweep
+from nodeproc import run_cli
 
 MiB = 2**20
 KEY = bytes(range(32))
@@ -146,3 +149,49 @@ async def test_the_sweeper_hibernates_idle_workloads_only(tmp_path):
             nursery.cancel_scope.cancel()
         assert host.info(never).state == host.info(default).state == "ready"
         assert os.path.exists(tmp_path / "data" / "workloads" / "idle" / FILE)
+
+
+# --- a real node ----------------------------------------------------------------------------------------------
+
+
+async def _states(node, tls) -> dict[str, str]:
+    async with await NodeClient.connect(node.address, tls=tls) as client:
+        return {w.workload_id: w.state for w in await client.workloads()}
+
+
+async def _raw_incr(node, tls, workload: str, seq: int):
+    """One MCall with a fixed (caller, seq), as a handle sends it: a retry must get the recorded outcome."""
+    async with await NodeClient.connect(node.address, tls=tls) as client:
+        return await client.request(MCall, workload=workload, op="call", caller="raw-caller", seq=seq,
+                                    export="incr", args=(10,))
+
+
+async def test_a_real_node_hibernates_wakes_and_keeps_it_hibernated_across_a_restart(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge", args=["--idle-s", "3600"])
+    tls = cluster_tls.issue("app-1", "node")
+    async with migrate.connect(str(edge.address), tls=tls, local=False) as c:
+        h = await c.spawn(workloads.load("counter"), on="edge-1", idle_s=0.2)  # sooner than the node's default
+        assert await h.call("incr", 1) == 1
+        while (await _states(edge, tls))[h.workload] != "hibernated":  # the sweeper's tick is 1 s
+            await trio.sleep(0.1)
+        first = await _raw_incr(edge, tls, h.workload, seq=0)  # wakes it; runs once
+        assert first.values == (11,) and not first.replayed
+        listing = run_cli("hibernate", h.workload, "--node", str(edge.address), "--tls-dir", str(tls)).stdout
+        assert f"hibernated {h.workload}" in listing
+        again = await _raw_incr(edge, tls, h.workload, seq=0)  # the ledger survived: no second run
+        assert again.replayed and again.values == (11,)
+        assert (await _states(edge, tls))[h.workload] == "hibernated"  # a replayed outcome does not wake it
+        other = await c.spawn(workloads.load("counter"), on="edge-1")  # the node default: never within the test
+        assert await other.call("incr", 5) == 5
+
+        assert await trio.to_thread.run_sync(edge.terminate) == 0
+        await trio.to_thread.run_sync(edge.restart)
+
+        assert await _states(edge, tls) == {h.workload: "hibernated", other.workload: "ready"}
+        listing = run_cli("list", "--node", str(edge.address), "--tls-dir", str(tls)).stdout
+        assert "hibernated" in listing
+        again = await _raw_incr(edge, tls, h.workload, seq=0)
+        assert again.replayed and again.values == (11,)  # the ledger survived the restart too
+        assert await h.call("incr", 1) == 12  # wakes it with its exact state
+        assert (await _states(edge, tls))[h.workload] == "ready"
+        assert await other.call("incr", 1) == 6
