@@ -169,7 +169,7 @@ async def _raw_incr(node, tls, workload: str, seq: int):
 async def test_a_real_node_hibernates_wakes_and_keeps_it_hibernated_across_a_restart(node_procs, cluster_tls):
     edge = node_procs.start("edge-1", "edge", args=["--idle-s", "3600"])
     tls = cluster_tls.issue("app-1", "node")
-    async with migrate.connect(str(edge.address), tls=tls, local=False) as c:
+    async with migrate.connect(str(edge.address), tls=tls) as c:
         h = await c.spawn(workloads.load("counter"), on="edge-1", idle_s=0.2)  # sooner than the node's default
         assert await h.call("incr", 1) == 1
         while (await _states(edge, tls))[h.workload] != "hibernated":  # the sweeper's tick is 1 s
@@ -195,3 +195,9 @@ async def test_a_real_node_hibernates_wakes_and_keeps_it_hibernated_across_a_res
         assert await h.call("incr", 1) == 12  # wakes it with its exact state
         assert (await _states(edge, tls))[h.workload] == "ready"
         assert await other.call("incr", 1) == 6
+
+        async with await NodeClient.connect(edge.address, tls=tls) as client:
+            await client.hibernate(h.workload)
+        assert (await _states(edge, tls))[h.workload] == "hibernated"
+        await h.migrate("local", strategy="precopy")  # the move's first step wakes it
+        assert h.node == "local" and await h.call("incr", 1) == 13
