@@ -113,7 +113,7 @@ class Hibernator:
                 why = "it was used meanwhile"
             if why is not None:
                 raise SnapshotFailed(w.workload_id, f"cannot hibernate: {why}")
-            snap = w.capture()
+            snap = w.capture(in_place=True)  # encoded straight from the memory: nothing runs meanwhile
             data = snap.to_bytes(key=self.key)
             del snap
             sleep = Sleep(self, w.directory / FILE, bytes(data[:HEADER_BYTES]), len(data),

@@ -231,9 +231,9 @@ class Workload:
         except (snapshot.SnapshotError, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise SnapshotFailed(self.workload_id, f"cannot {doing}: {exc}") from exc
 
-    def capture(self) -> snapshot.Snapshot:
+    def capture(self, in_place: bool = False) -> snapshot.Snapshot:
         with self.touching_state("capture"):
-            return snapshot.capture(self.store, self.instance)
+            return snapshot.capture(self.store, self.instance, in_place=in_place)
 
     def restore_state(self, snap: snapshot.Snapshot) -> None:
         with self.touching_state("restore"):
