@@ -7,7 +7,9 @@ an id or its directory.  ``reserve`` also admits the workload under
 caps (``workloads_memory_bytes``), and each tenant's workload count and
 memory budget (``tenant_of``: all the apps of one tenant together).  A cap
 is counted from the moment its id is claimed, so a workload being built
-counts too.  ``admit`` runs the same checks without claiming anything: a
+counts too; a hibernated one (``nodes._hibernate``) counts its file against
+``hibernated_bytes`` instead of its memory cap (``admit_sleep``,
+``admit_wake``).  ``admit`` runs the same checks without claiming anything: a
 move announces itself before its bytes come, and is refused there.
 ``owner`` says which app a workload (or a claimed id) belongs to, and
 ``serving`` makes lookups on one thread find only the workloads of the apps

@@ -72,6 +72,11 @@ def test_a_call_wakes_it_and_runs_once(tmp_path):
         host.hibernate(wid)
         with pytest.raises(SnapshotFailed, match="hibernated already"):
             host.hibernate(wid)
+        host.hold(wid).rename("renamed")  # its file moves along
+        assert host.call("renamed", "incr", [1]) == 3
+        host.hibernate("renamed")
+        host.remove("renamed")  # its file goes with it
+        assert not (tmp_path / "data" / "workloads" / "renamed").exists()
 
 
 def test_a_tampered_file_is_a_typed_error_and_loses_nothing(tmp_path):
