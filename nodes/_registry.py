@@ -199,14 +199,19 @@ class Registry:
             w.sleep.holds_memory = True
 
     def adopt(self, workload_id: str, w: Workload) -> None:
-        """Put hibernated ``w`` in the table, counting its workload but not its memory.
+        """Put hibernated ``w`` (saved at shutdown) in the table, counting its workload but not its memory.
 
+        Only the host's workload count is checked, in constant time: a start
+        adopts thousands, each admitted when it was made (a tenant over a
+        since lowered ``max_workloads_per_app`` keeps them).
         Raises ``WorkloadExists``, ``ResourceLimitExceeded`` or ``HostClosed``.
         """
         with self._lock:
             self._raise_if_closed()
             self._check_free(workload_id)
-            self._check_limits(w.app, 0, leaving=())
+            count = len(self._workloads) + len(self._pending) + 1
+            if count > self._limits.max_workloads:
+                raise ResourceLimitExceeded("max_workloads", count, self._limits.max_workloads)
             self._workloads[workload_id] = w
 
     def _check_free(self, workload_id: str) -> None:

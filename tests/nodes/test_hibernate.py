@@ -138,6 +138,13 @@ def test_a_checkpoint_keeps_it_hibernated_and_a_new_host_wakes_it(tmp_path):
         assert host.info("s").state == "hibernated" and host.stats().memory_bytes == 0
         assert host.checkpoint("s").same_state(before)
         assert host.call("s", "peek") == 5 + 9 + 9 + 2
+        host.deploy(host.add_module(STATEFUL), workload_id="t")
+        host.hibernate("t")
+        host.hibernate("s")
+        assert set(host.checkpoint_all(saved, key=KEY).done) == {"s", "t"}
+    with _host(tmp_path, max_workloads=1) as host:  # adopting counts workloads
+        report = host.restore_all(saved, key=KEY)
+        assert len(report.done) == 1 and "max_workloads" in report.failed[0][1]
 
 
 async def test_the_sweeper_hibernates_idle_workloads_only(tmp_path):
