@@ -32,6 +32,7 @@ SUITE = [
     ("benchmarks.bench_migrate", "migrate", ["results"]),
     ("benchmarks.bench_protect", "protect", ["results"]),
     ("benchmarks.bench_at_rest", "at_rest", ["results"]),
+    ("benchmarks.bench_hibernate", "hibernate", ["reference", "hibernate", "many"]),
     ("benchmarks.suite.__main__", "suite", ["results", "strategies"]),
     ("benchmarks.fuzz_node", "fuzz", ["frames_tried", "node_crashes", "state_mismatches"]),
     ("benchmarks.spec", "spec", ["totals", "refusals"]),

@@ -1,4 +1,4 @@
-"""``migrate-node call``, ``remove`` and ``exports``: one workload, wherever it moved.
+"""``migrate-node call``, ``remove``, ``hibernate`` and ``exports``: one workload, wherever it moved.
 
 A workload a node has moved away is followed to its new node, which the
 old one names (its tombstone, through ``MLocate``): at most ``MAX_HOPS``
@@ -6,7 +6,9 @@ times, each hop said on stderr.  ``call`` is the node's plain call (no
 call-ledger entry is left behind).  ``remove`` goes through the migration
 layer as a handle's does (``MCall``, a caller id of its own), so a
 migratable workload's ownership record goes with it.  ``exports`` lists a
-workload's callable exports with their signatures.
+workload's callable exports with their signatures.  ``hibernate`` writes a
+workload's state to its node's disk and frees its memory now
+(``nodes._hibernate``); its next call wakes it.
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ async def remove_command(client: NodeClient, args: argparse.Namespace) -> Any:
     return f"removed {args.workload}"
 
 
+async def hibernate_command(client: NodeClient, args: argparse.Namespace) -> Any:
+    await _follow(client, args, lambda c: c.hibernate(args.workload))
+    return f"hibernated {args.workload}"
+
+
 async def exports_command(client: NodeClient, args: argparse.Namespace) -> Any:
     exports = await client.exports(args.workload)
     if args.json:
@@ -76,6 +83,14 @@ async def exports_command(client: NodeClient, args: argparse.Namespace) -> Any:
 
 def add_remove(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("remove", help="stop a workload and free it (an orphaned one too), following moves")
+    p.add_argument("workload")
+    node_cli.add_client_options(p)
+    return p
+
+
+def add_hibernate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("hibernate", help="write a workload's state to its node's disk and free its memory; "
+                                         "its next call wakes it")
     p.add_argument("workload")
     node_cli.add_client_options(p)
     return p

@@ -164,24 +164,25 @@ class Cluster:
 
     async def spawn(self, module: bytes | str | Path, *, on: str = LOCAL, app: str = "",
                     workload: str | None = None, needs: Needs | None = None,
-                    policy: PlacementPolicy | None = None) -> Handle:
+                    policy: PlacementPolicy | None = None, idle_s: float | None = None) -> Handle:
         """Start a workload from ``module`` (bytes or a path) on node ``on``.
 
         ``on="auto"`` lets ``policy`` (``DefaultPolicy``) pick the node for
         ``needs`` (``_placement``); NoSuitableNode says why each node was
         rejected.  Module bytes cross the network only if the node lacks them.
         ``app`` is the application it belongs to: "" for the certificate's
-        own (``nodes._authorization``).
+        own (``nodes._authorization``).  Once no call used it for ``idle_s``
+        (None: the node's ``--idle-s``; 0: never) the node hibernates it; the next call wakes it.
         Raises UnknownNode, ConnectionFailed and the node's errors
         (``InvalidModule``, ``ResourceLimitExceeded``...).
         """
         if on == AUTO:
             return await _nodes.spawn_auto(self, module_bytes(module), needs=needs, policy=policy, app=app,
-                                           workload=workload)
+                                           workload=workload, idle_s=idle_s)
         address = await resolve(self, on, LOCAL)
         client = await self.client(address)
         sha256 = await _nodes.upload(self, client, module_bytes(module))
-        reply = await client.request(MSpawn, module_sha256=sha256, workload=workload, app=app)
+        reply = await client.request(MSpawn, module_sha256=sha256, workload=workload, app=app, idle_s=idle_s)
         self._modules[reply.workload] = module_bytes(module)
         return Handle(self, reply.workload, node=client.node, address=address, epoch=reply.epoch)
 

@@ -85,6 +85,7 @@ class MSpawn(Request):
     module_sha256: str
     workload: str | None = None
     app: str = ""
+    idle_s: float | None = None  # hibernate it once unused this long (None: the node's --idle-s; 0: never)
 
 
 @message("m_result")

@@ -207,11 +207,12 @@ async def _try_ranked(placement, what: str, attempt):
 
 
 async def spawn_auto(cluster, module: bytes, *, needs: Needs | None, policy: PlacementPolicy | None,
-                     app: str, workload: str | None):
+                     app: str, workload: str | None, idle_s: float | None = None):
     """Spawn on the best node the policy finds; raises NoSuitableNode."""
     placement = (policy or DefaultPolicy()).place(await nodes(cluster), needs or Needs())
     return await _try_ranked(placement, "the workload",
-                             lambda name: cluster.spawn(module, on=name, app=app, workload=workload))
+                             lambda name: cluster.spawn(module, on=name, app=app, workload=workload,
+                                                        idle_s=idle_s))
 
 
 async def migrate_auto(cluster, handle, *, needs: Needs | None, policy: PlacementPolicy | None, **options):

@@ -41,7 +41,8 @@ async def on_spawn(node, session, req: MSpawn) -> MSpawned:
     if refused is not None:
         return refused
     workload = req.workload or f"w-{uuid.uuid4().hex[:12]}"
-    info = await node.run_host(node.host.deploy, req.module_sha256, workload_id=workload, app=req.app)
+    info = await node.run_host(node.host.deploy, req.module_sha256, workload_id=workload, app=req.app,
+                               idle_s=req.idle_s)
     svc = service(node)
     try:
         svc.event(info.workload_id, Event(EventKind.SPAWN), owner=Owned(info.workload_id, epoch=1))

@@ -4,7 +4,7 @@
     migrate-node migrate WORKLOAD --to cloud-1 [--strategy precopy|stop-copy] --node HOST:PORT
     migrate-node drain [--to cloud-1] --node HOST:PORT
     migrate-node cordon NAME | uncordon NAME --node HOST:PORT
-    migrate-node status | list | deploy | call | remove | exports | ca init | cert issue
+    migrate-node status | list | deploy | call | remove | hibernate | exports | ca init | cert issue
 
 The node commands come from ``nodes.cli``; here ``serve`` runs the node
 with the migration plugin (``migrate._service.PLUGIN``), and ``migrate``
@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 
 from nodes import cli as node_cli
 
-from ._cli_workloads import add_exports, add_remove, call_command, exports_command, remove_command
+from ._cli_workloads import (add_exports, add_hibernate, add_remove, call_command, exports_command,
+                             hibernate_command, remove_command)
 from ._errors import MigrateError
 from ._operator import cordon_command, drain_command, migrate_command, uncordon_command
 from ._service import PLUGIN
@@ -64,6 +65,7 @@ COMMANDS: dict[str, node_cli.Command] = {
     "serve": node_cli.serve_command((PLUGIN,)),
     "call": (_NODE_COMMANDS["call"][0], node_cli.client_command(call_command)),  # follows moves
     "remove": (add_remove, node_cli.client_command(remove_command)),
+    "hibernate": (add_hibernate, node_cli.client_command(hibernate_command)),
     "exports": (add_exports, node_cli.client_command(exports_command)),
     "migrate": (_add_migrate, node_cli.client_command(migrate_command)),
     "drain": (_add_drain, node_cli.client_command(drain_command)),

@@ -64,6 +64,10 @@ class Checkpointed(Protocol):
 
     def restore(self, module_sha256: str, snap: snapshot.Snapshot, **settings: Any) -> WorkloadInfo: ...
 
+    def hibernated_entry(self, workload_id: str) -> dict[str, Any] | None: ...
+
+    def adopt(self, module_sha256: str, **settings: Any) -> WorkloadInfo: ...
+
 
 def snapshot_file(workload_id: str, generation: int) -> str:
     # Named by generation, so rewriting a checkpoint in place never
@@ -96,8 +100,10 @@ _ENTRY_FIELDS = {
     "memory_limit_bytes": lambda v: v is None or _count(v),
     "monotonic_ns": lambda v: v is None or _count(v),
     "extensions": lambda v: v is None or type(v) is dict,
+    "idle_s": lambda v: type(v) in (int, float) and v >= 0,
+    "hibernated": lambda v: type(v) is bytes and len(v) == SNAPSHOT_HEADER_BYTES,
 }
-_OPTIONAL_FIELDS = ("monotonic_ns", "extensions")  # absent from manifests written before they existed
+_OPTIONAL_FIELDS = ("monotonic_ns", "extensions", "idle_s", "hibernated")  # absent from manifests written before they existed
 
 
 def read_manifest(directory: Path, *, key: bytes | None = None) -> dict:
@@ -164,17 +170,20 @@ def write(host: Checkpointed, directory: Path, *, key: bytes | None = None,
     for workload_id in ids:
         _check_deadline(deadline, len(done), len(ids))
         try:
-            snap, entry = host.checkpoint_entry(workload_id)
-            data = snap.to_bytes(key=key)  # compress outside the workload's lock: it runs on
+            entry = host.hibernated_entry(workload_id)  # its file, written at hibernation, stays where it is
+            if entry is None:
+                snap, entry = host.checkpoint_entry(workload_id)
+                data = snap.to_bytes(key=key)  # compress outside the workload's lock: it runs on
         except he.UnknownWorkload:
             continue  # removed meanwhile
         except (he.HostError, snapshot.SnapshotError) as exc:
             logger.error("checkpoint failed: %s", exc, extra={"workload": workload_id})
             failed.append((workload_id, one_line(exc)))
             continue
-        write_atomically(directory / snapshot_file(workload_id, generation), data, sync_dir=False)
-        if key is not None:
-            entry["sealed"] = data[:SNAPSHOT_HEADER_BYTES]  # its random salt: binds the file to this entry
+        if "hibernated" not in entry:
+            write_atomically(directory / snapshot_file(workload_id, generation), data, sync_dir=False)
+            if key is not None:
+                entry["sealed"] = data[:SNAPSHOT_HEADER_BYTES]  # its random salt: binds the file to this entry
         if records.get(workload_id):
             entry["extensions"] = dict(records[workload_id])
         entries.append(entry)
@@ -187,7 +196,7 @@ def write(host: Checkpointed, directory: Path, *, key: bytes | None = None,
                 "failed": [list(f) for f in failed], "extensions": dict(node_records or {})}
     packed = msgpack.packb(manifest)
     write_atomically(directory / MANIFEST, at_rest.seal(key, packed, b"manifest") if key is not None else packed)
-    keep = {snapshot_file(e["id"], generation) for e in entries}
+    keep = {snapshot_file(e["id"], generation) for e in entries if "hibernated" not in e}
     for stale in directory.glob("*.snap"):
         if stale.name not in keep:
             stale.unlink(missing_ok=True)
@@ -210,6 +219,12 @@ def restore_workload(host: Checkpointed, directory: Path, generation: int, entry
     HostError, or KeyError/TypeError for a malformed entry.
     """
     workload_id = entry["id"]
+    if "hibernated" in entry:  # still hibernated: its file is in its workload directory (nodes._hibernate)
+        host.adopt(entry["module_sha256"], workload_id=workload_id, app=entry["app"], args=entry["args"],
+                   env=entry["env"], preopen=entry["preopen"], memory_limit_bytes=entry["memory_limit_bytes"],
+                   calls=entry["calls"], monotonic_ns=entry["monotonic_ns"], header=entry["hibernated"],
+                   idle_s=entry.get("idle_s"))
+        return
     data = (directory / snapshot_file(workload_id, generation)).read_bytes()
     if key is not None and data[:SNAPSHOT_HEADER_BYTES] != entry.get("sealed"):
         raise snapshot.AuthenticationError(f"the snapshot file of {workload_id} is not the one its manifest "
@@ -218,7 +233,8 @@ def restore_workload(host: Checkpointed, directory: Path, generation: int, entry
     host.restore(entry["module_sha256"], snap, workload_id=workload_id, app=entry["app"], args=entry["args"],
                  env=entry["env"], preopen={g: Path(h) for g, h in entry["preopen"].items()},
                  memory_limit_bytes=entry["memory_limit_bytes"], calls=entry["calls"],
-                 monotonic_ns=entry.get("monotonic_ns"))  # absent before replay existed
+                 monotonic_ns=entry.get("monotonic_ns"),  # absent before replay existed
+                 idle_s=entry.get("idle_s"))
 
 
 def restore_all(host: Checkpointed, directory: Path, *, key: bytes | None = None) -> BulkReport:

@@ -122,6 +122,8 @@ def _inspect(path: Path, key: bytes | None) -> tuple[str, dict]:
         return ("partial" if names else "empty"), {}
     manifest = read_manifest(path, key=key)
     for entry in manifest["workloads"]:
+        if "hibernated" in entry:
+            continue  # its file is checked when it is adopted (nodes._hibernate)
         name = snapshot_file(entry["id"], manifest["generation"])
         if name not in names:
             raise DamagedState(path / name, f"snapshot {path / name} named by {path / MANIFEST} is missing")

@@ -49,6 +49,7 @@ from ._messages import (
     Ping,
     PutModule,
     ReadMemory,
+    Hibernate,
     Remove,
     Reply,
     Request,
@@ -369,6 +370,10 @@ class NodeClient:
 
     async def remove(self, workload: str) -> None:
         await self.request(Remove, workload=workload)
+
+    async def hibernate(self, workload: str) -> None:
+        """Hibernate the workload now: its state to disk, its memory freed; its next use wakes it."""
+        await self.request(Hibernate, workload=workload)
 
     async def workloads(self) -> tuple[WorkloadSummary, ...]:
         return (await self.request(ListWorkloads)).workloads

@@ -106,6 +106,8 @@ class NodeConfig:
     call_workers: int = DEFAULT_CALL_WORKERS  # threads running calls, shared fairly by workloads
     app_memory_bytes: int | None = Limits.app_memory_bytes  # None: no per-application budget
     workloads_memory_bytes: int | None = None  # None: DEFAULT_WORKLOADS_MEMORY_SHARE of MemTotal
+    idle_s: float = 0.0              # hibernate a workload unused this long (nodes._hibernate); 0: never
+    hibernated_bytes: int | None = Limits.hibernated_bytes  # None: no cap on hibernation files
     # connections
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_in_flight: int = 16          # requests handled at once per connection
@@ -138,9 +140,11 @@ class NodeConfig:
                       "peer_refresh_s", "shutdown_grace_s", "tls_poll_s"):
             if not getattr(self, field) > 0:
                 raise ConfigError(f"{field} must be positive, got {getattr(self, field)!r}")
-        for field in ("app_memory_bytes", "workloads_memory_bytes"):
+        for field in ("app_memory_bytes", "workloads_memory_bytes", "hibernated_bytes"):
             if getattr(self, field) is not None and not getattr(self, field) > 0:
                 raise ConfigError(f"{field} must be positive, got {getattr(self, field)!r}")
+        if not self.idle_s >= 0:
+            raise ConfigError(f"idle_s must be 0 (never hibernate) or more, got {self.idle_s!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         # A reader waits for a whole frame while every other connection may hold a
@@ -199,7 +203,8 @@ class NodeConfig:
             workloads_memory = int(system_memory()[0] * DEFAULT_WORKLOADS_MEMORY_SHARE) or None
         return Limits(memory_bytes=self.workload_memory_bytes, call_timeout_s=self.call_timeout_s,
                       max_workloads=self.max_workloads, max_workloads_per_app=self.max_workloads_per_app,
-                      app_memory_bytes=self.app_memory_bytes, workloads_memory_bytes=workloads_memory)
+                      app_memory_bytes=self.app_memory_bytes, workloads_memory_bytes=workloads_memory,
+                      hibernated_bytes=self.hibernated_bytes)
 
 
 @dataclass(frozen=True)
@@ -247,6 +252,10 @@ SETTINGS: tuple[Setting, ...] = (
                                                     "(tenant's) workloads (default: no budget)"),
     Setting("workloads_memory_bytes", _parse_number(int), "sum of the memory caps of all workloads "
                                                           "(default: half of physical memory)"),
+    Setting("idle_s", _parse_number(float), "hibernate a workload no call used for this many seconds: its "
+                                            "state goes to disk, its memory is freed (default 0: never)"),
+    Setting("hibernated_bytes", _parse_number(int), "bytes of hibernation files on this node "
+                                                    "(default: no cap)"),
     Setting("max_frame_bytes", _parse_number(int), "largest frame accepted"),
     Setting("max_in_flight", _parse_number(int), "requests handled at once per connection"),
     Setting("inbound_buffer_bytes", _parse_number(int), "inbound bytes buffered at once, all connections "

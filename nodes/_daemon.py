@@ -28,6 +28,7 @@ from ._errors import CheckpointFailed, ConfigError, DamagedState, UndecryptableS
 from ._discovery import run_discovery
 from ._gossip import run_membership, start_membership
 from ._health import Health, Notifier, lifecycle
+from ._hibernate import sweep
 from ._hosting import Host
 from ._node import Node
 from ._plugin import Plugin, load_records
@@ -94,10 +95,12 @@ def _new_node(config: NodeConfig, plugins: Sequence[Plugin]) -> Node:
         raise ConfigError(f"cannot use the data directory {config.data_path}: "
                           f"{exc.filename or config.data_path}: {exc.strerror}") from None
     try:
-        return Node(config, host, plugins)
+        node = Node(config, host, plugins)
     except BaseException:
         host.close()
         raise
+    host.hibernator.key = node.data_key  # hibernation files are sealed like checkpoints
+    return node
 
 
 async def _listen(config: NodeConfig) -> list[trio.SocketListener]:
@@ -171,6 +174,7 @@ async def _serve(config: NodeConfig, plugins: Sequence[Plugin], stop: trio.Event
             for address in config.join:
                 node.learn_peer(address)
             nursery.start_soon(run_membership, node)
+            nursery.start_soon(functools.partial(sweep, node.host, config.idle_s, run=node.run_host))
             if config.mdns or config.join_dns is not None:
                 nursery.start_soon(run_discovery, node)
             logger.info("listening", extra={"address": str(bound), "role": config.role,

@@ -28,6 +28,7 @@ from ._messages import (
     Exports,
     ExportSignature,
     HasModule,
+    Hibernate,
     ListWorkloads,
     MemoryData,
     ModuleStatus,
@@ -144,6 +145,12 @@ async def _remove(node: Node, session: Session, req: Remove) -> Reply:
     return Done(id=req.id)
 
 
+async def _hibernate(node: Node, session: Session, req: Hibernate) -> Reply:
+    written = await _for_sender(node, session, node.host.hibernate, req.workload)
+    logger.info("hibernated", extra={"workload": req.workload, "peer": session.peer.name, "bytes": written})
+    return Done(id=req.id)
+
+
 async def _list(node: Node, session: Session, req: ListWorkloads) -> Reply:
     return WorkloadList(id=req.id, workloads=_visible_workloads(node, session))
 
@@ -174,6 +181,7 @@ HANDLERS = types.MappingProxyType({
     Output: _output,
     Exports: _exports,
     Remove: _remove,
+    Hibernate: _hibernate,
     ListWorkloads: _list,
     Peers: _peers,
     Ping: _ping,

@@ -290,6 +290,8 @@ class Held:
                 os.replace(w.directory, directory)
                 w.directory, w.workload_id, w.budget.inputs.workload_id = directory, new_id, new_id
                 w.stdout.path, w.stderr.path = directory / "stdout", directory / "stderr"
+                if w.sleep is not None:  # hibernated: its file moved along (nodes._hibernate)
+                    w.sleep.path = directory / w.sleep.path.name
         except BaseException:
             self._registry.put_back(w, old_id, new_id)
             raise

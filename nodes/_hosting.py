@@ -16,6 +16,7 @@ Layout of ``data_dir``::
 
     modules/                          the module cache (``nodes._modules``)
     workloads/<id>/stdout, stderr     captured guest output
+    workloads/<id>/hibernated.snap    a hibernated workload's state (``nodes._hibernate``)
     checkpoints*/                     the daemon's shutdown checkpoint (``nodes._checkpoints``)
 
 ``data_dir`` holds compiled native code that is run: only its operator may write it.
@@ -29,16 +30,16 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import wasmtime
 
 import snapshot
 
-from . import _checkpoint_format as checkpoint_format
 from ._call_args import convert_args
 from ._checkpoint_format import BulkReport
 from ._engine import EPOCH_TICK_S, EpochTicker, open_engine
+from ._hibernate import Hibernator
+from ._host_checkpoints import Checkpointing
 from ._hold import Held
 from ._host_errors import BadArguments, UnknownExport
 from ._limits import Limits
@@ -66,7 +67,7 @@ class HostStats:
     memory_bytes: int  # sum of the workloads' linear memory
 
 
-class Host:
+class Host(Checkpointing):
     """Runs sandboxed wasm workloads with a compiled-module cache on disk.
 
     Thread-safe.  Starts one daemon thread, the epoch ticker, which
@@ -96,6 +97,7 @@ class Host:
         self._guest_time = GuestTime(limits.call_timeout_s)
         self._registry = Registry(limits)
         self._ticker = EpochTicker(engine, EPOCH_TICK_S)
+        self.hibernator = Hibernator(engine, limits, self._guest_time, self._registry)  # its ``key`` seals files
 
     @property
     def limits(self) -> Limits:
@@ -167,6 +169,7 @@ class Host:
         env: Mapping[str, str] | None = None,
         preopen: Mapping[str, Path] | None = None,
         memory_limit_bytes: int | None = None,
+        idle_s: float | None = None,
     ) -> WorkloadInfo:
         """Start a new workload from a cached module and run its first boot.
 
@@ -174,7 +177,8 @@ class Host:
         ``_initialize``, within the call time budget.  The guest sees argv
         ``[workload_id, *args]``, ``env``, and the ``preopen`` directories
         (guest path -> host directory), nothing else.  ``memory_limit_bytes``
-        lowers the workload's memory cap below ``Limits.memory_bytes``.
+        lowers the workload's memory cap below ``Limits.memory_bytes``; it
+        hibernates once unused for ``idle_s`` (``nodes._hibernate.sweep``).
         Raises ``UnknownModule``, ``WorkloadExists``, ``BadArguments``,
         ``ResourceLimitExceeded``, ``WorkloadTrap`` (first boot failed) or
         ``HostClosed``.
@@ -182,7 +186,7 @@ class Host:
         workload_id = workload_id if workload_id is not None else f"w-{uuid.uuid4().hex[:12]}"
         w = self._create(module_sha256, workload_id=workload_id, app=app, args=args, env=env,
                          preopen=preopen, memory_limit_bytes=memory_limit_bytes,
-                         init=Workload.first_boot, fresh_output=True)
+                         init=Workload.first_boot, fresh_output=True, idle_s=idle_s)
         logger.info("deployed workload", extra=w.log_extra())
         return w.info()
 
@@ -199,6 +203,7 @@ class Host:
         memory_limit_bytes: int | None = None,
         calls: int = 0,
         monotonic_ns: int | None = None,
+        idle_s: float | None = None,
     ) -> WorkloadInfo:
         """Start a workload in the state ``snap`` captured, without first boot.
 
@@ -222,7 +227,7 @@ class Host:
 
         w = self._create(module_sha256, workload_id=workload_id, app=app, args=args, env=env,
                          preopen=preopen, memory_limit_bytes=memory_limit_bytes,
-                         init=init, fresh_output=False)
+                         init=init, fresh_output=False, idle_s=idle_s)
         logger.info("restored workload", extra=w.log_extra())
         return w.info()
 
@@ -242,10 +247,12 @@ class Host:
         logger.info("removed workload", extra=w.log_extra())
 
     def _create(self, module_sha256, *, workload_id, app, args, env, preopen, memory_limit_bytes,
-                init, fresh_output) -> Workload:
+                init, fresh_output, idle_s) -> Workload:
         self._registry.check_open()
         check_name("workload_id", workload_id)
         check_app(app)
+        if idle_s is not None and (type(idle_s) not in (int, float) or not idle_s >= 0):
+            raise BadArguments(f"idle_s must be a non-negative number of seconds, got {idle_s!r}")
         if not isinstance(args, Sequence) or isinstance(args, str):
             raise BadArguments("args must be a sequence of str")
         env = dict(env or {})
@@ -263,6 +270,7 @@ class Host:
                             directory=directory)
             init(w)
             w.refresh_memory_bytes()
+            w.idle_s = idle_s
         except BaseException:
             self._registry.unclaim(workload_id)
             if fresh_output:
@@ -336,41 +344,6 @@ class Host:
         w = self._registry.get(workload_id)
         with self._using(w):
             return w.capture()
-
-    def checkpoint_entry(self, workload_id: str) -> tuple[snapshot.Snapshot, dict[str, Any]]:
-        """Capture the workload between calls, with what ``restore`` needs to bring it back.
-
-        The dict (a checkpoint manifest entry) holds the module, app, args,
-        env, preopened directories, memory cap, call count and guest clock,
-        all read under the lock the capture holds.
-        Raises ``UnknownWorkload`` or ``SnapshotFailed``.
-        """
-        w = self._registry.get(workload_id)
-        with self._using(w):
-            snap = w.capture()
-            return snap, {"id": w.workload_id, "module_sha256": w.module.sha256, "app": w.app,
-                          "calls": w.calls, "args": list(w.args), "env": dict(w.env),
-                          "preopen": dict(w.preopen), "memory_limit_bytes": w.memory_limit_bytes,
-                          "monotonic_ns": w.budget.inputs.monotonic_ns()}
-
-    def checkpoint_all(self, directory: Path, *, key: bytes | None = None) -> BulkReport:
-        """Write every workload's snapshot and then a manifest into ``directory``.
-
-        ``nodes._checkpoint_format.write``: a workload that cannot be captured is
-        skipped and reported in ``failed``.  Raises ``OSError`` naming the
-        file that could not be written.
-        """
-        return checkpoint_format.write(self, Path(directory), key=key)
-
-    def restore_all(self, directory: Path, *, key: bytes | None = None) -> BulkReport:
-        """Restore every workload ``checkpoint_all`` wrote into ``directory``.
-
-        A directory without a manifest restores nothing.  A workload that
-        cannot be restored (its module is gone, its snapshot is corrupt, the
-        limits refuse it) is skipped and reported in ``failed``.
-        Raises ``SnapshotFailed`` if the manifest itself is unreadable.
-        """
-        return checkpoint_format.restore_all(self, Path(directory), key=key)
 
     # --- introspection ----------------------------------------------------
 

@@ -44,6 +44,9 @@ class Limits:
     #: Sum of the memory caps of all workloads on one host, or None for no
     #: cap (a node's default is a share of physical memory: ``nodes._config``).
     workloads_memory_bytes: int | None = None
+    #: Bytes of hibernation files (``nodes._hibernate``) on one host, or None
+    #: for no cap: what hibernated workloads count against instead of memory.
+    hibernated_bytes: int | None = None
     #: Table elements one workload may hold (``Store.set_limits``).
     table_elements: int = 100_000
     #: Native stack wasm may use (``Config.max_wasm_stack``); deeper
@@ -63,7 +66,7 @@ class Limits:
             "table_elements": self.table_elements,
             "max_wasm_stack_bytes": self.max_wasm_stack_bytes,
         }
-        for optional in ("app_memory_bytes", "workloads_memory_bytes"):
+        for optional in ("app_memory_bytes", "workloads_memory_bytes", "hibernated_bytes"):
             if getattr(self, optional) is not None:
                 positive[optional] = getattr(self, optional)
         for name, value in positive.items():

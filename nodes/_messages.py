@@ -398,6 +398,13 @@ class Remove(Request):
     workload: str
 
 
+@message("hibernate", reply=Done, roles=ANY_ROLE)
+class Hibernate(Request):
+    """Hibernate the workload now (``nodes._hibernate``): its next use wakes it."""
+
+    workload: str
+
+
 @message("list_workloads", reply=WorkloadList, roles=ANY_ROLE)
 class ListWorkloads(Request):
     pass

@@ -7,7 +7,9 @@ an id or its directory.  ``reserve`` also admits the workload under
 caps (``workloads_memory_bytes``), and each tenant's workload count and
 memory budget (``tenant_of``: all the apps of one tenant together).  A cap
 is counted from the moment its id is claimed, so a workload being built
-counts too.  ``admit`` runs the same checks without claiming anything: a
+counts too; a hibernated one (``nodes._hibernate``) counts its file against
+``hibernated_bytes`` instead of its memory cap (``admit_sleep``,
+``admit_wake``).  ``admit`` runs the same checks without claiming anything: a
 move announces itself before its bytes come, and is refused there.
 ``owner`` says which app a workload (or a claimed id) belongs to, and
 ``serving`` makes lookups on one thread find only the workloads of the apps
@@ -26,6 +28,11 @@ from dataclasses import dataclass
 from ._host_errors import BadArguments, HostClosed, ResourceLimitExceeded, UnknownWorkload, WorkloadExists
 from ._limits import Limits, tenant_of
 from ._workload import Workload
+
+
+def _memory_claim(w: Workload) -> int:
+    """A workload's memory cap counts unless it is hibernated (``nodes._hibernate``)."""
+    return w.memory_limit_bytes if w.sleep is None or w.sleep.holds_memory else 0
 
 
 @dataclass(frozen=True)
@@ -148,7 +155,7 @@ class Registry:
     def _check_limits(self, app: str, cap: int, leaving: Collection[str]) -> None:
         """Raise ``ResourceLimitExceeded`` naming the first limit one more workload would pass; under the lock."""
         limits = self._limits
-        claims = [(w.app, w.memory_limit_bytes) for i, w in self._workloads.items() if i not in leaving]
+        claims = [(w.app, _memory_claim(w)) for i, w in self._workloads.items() if i not in leaving]
         claims += [(r.app, r.memory_limit_bytes) for i, r in self._pending.items() if i not in leaving]
         if len(claims) + 1 > limits.max_workloads:
             raise ResourceLimitExceeded("max_workloads", len(claims) + 1, limits.max_workloads)
@@ -164,6 +171,48 @@ class Registry:
         if limits.app_memory_bytes is not None and sum(tenant_caps) + cap > limits.app_memory_bytes:
             raise ResourceLimitExceeded("app_memory_bytes", sum(tenant_caps) + cap,
                                         limits.app_memory_bytes, f"application {tenant!r}")
+
+    # --- hibernation (nodes._hibernate) ---------------------------------------
+
+    def admit_sleep(self, w: Workload, sleep) -> None:
+        """Count ``sleep``'s file against ``Limits.hibernated_bytes`` and make it ``w``'s.
+
+        Raises ``ResourceLimitExceeded`` (``w`` unchanged) or ``HostClosed``.
+        """
+        with self._lock:
+            self._raise_if_closed()
+            cap = self._limits.hibernated_bytes
+            used = sum(o.sleep.size_bytes for o in self._workloads.values() if o.sleep is not None)
+            if cap is not None and used + sleep.size_bytes > cap:
+                raise ResourceLimitExceeded("hibernated_bytes", used + sleep.size_bytes, cap,
+                                            "the hibernation files on this node")
+            w.sleep = sleep
+
+    def admit_wake(self, w: Workload) -> None:
+        """Count hibernated ``w``'s memory cap again, if every limit allows it.
+
+        Raises ``ResourceLimitExceeded`` or ``HostClosed``.
+        """
+        with self._lock:
+            self._raise_if_closed()
+            self._check_limits(w.app, w.memory_limit_bytes, leaving=(w.workload_id,))
+            w.sleep.holds_memory = True
+
+    def adopt(self, workload_id: str, w: Workload) -> None:
+        """Put hibernated ``w`` (saved at shutdown) in the table, counting its workload but not its memory.
+
+        Only the host's workload count is checked, in constant time: a start
+        adopts thousands, each admitted when it was made (a tenant over a
+        since lowered ``max_workloads_per_app`` keeps them).
+        Raises ``WorkloadExists``, ``ResourceLimitExceeded`` or ``HostClosed``.
+        """
+        with self._lock:
+            self._raise_if_closed()
+            self._check_free(workload_id)
+            count = len(self._workloads) + len(self._pending) + 1
+            if count > self._limits.max_workloads:
+                raise ResourceLimitExceeded("max_workloads", count, self._limits.max_workloads)
+            self._workloads[workload_id] = w
 
     def _check_free(self, workload_id: str) -> None:
         if workload_id in self._workloads or workload_id in self._pending:

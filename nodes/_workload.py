@@ -19,10 +19,12 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import wasmtime
 
@@ -77,7 +79,7 @@ class WorkloadInfo:
     workload_id: str
     module_sha256: str
     app: str
-    state: str  # "ready" or "busy" (a call, checkpoint or restore is running)
+    state: str  # "ready", "busy" (a call, checkpoint or restore is running) or "hibernated" (nodes._hibernate)
     memory_bytes: int
     memory_limit_bytes: int
     calls: int
@@ -93,7 +95,11 @@ def _set_event() -> threading.Event:
 
 @dataclass(eq=False)
 class Workload:
-    """One running workload.  Everything touching ``store`` holds ``lock``."""
+    """One workload.  Everything touching ``store`` holds ``lock``.
+
+    While hibernated (``sleep``, ``nodes._hibernate``) it has no Store or
+    instance (None); ``InUse`` wakes it.
+    """
 
     workload_id: str
     module: CachedModule
@@ -124,11 +130,14 @@ class Workload:
     memory_fixed: bool = False  # it never moves (the host's own engine): ``copying_outside``
     copies: int = 0  # copies running without ``lock``; its own lock: one ending waits for no call
     copies_done: threading.Condition = field(default_factory=threading.Condition)
+    sleep: Any = None  # a nodes._hibernate.Sleep while hibernated
+    idle_s: float | None = None  # hibernated once unused this long (None: the node's default)
+    last_used: float = field(default_factory=time.monotonic)  # when InUse last let it go
 
     def info(self) -> WorkloadInfo:
         return WorkloadInfo(
             workload_id=self.workload_id, module_sha256=self.module.sha256, app=self.app,
-            state="busy" if self.busy else "ready", memory_bytes=self.memory_bytes,
+            state="hibernated" if self.sleep is not None else "busy" if self.busy else "ready", memory_bytes=self.memory_bytes,
             memory_limit_bytes=self.memory_limit_bytes, calls=self.calls, traps=self.traps,
             timeouts=self.timeouts)
 
@@ -143,6 +152,15 @@ class Workload:
     def refresh_memory_bytes(self) -> None:
         memory = self.memory0()
         self.memory_bytes = memory.data_len(self.store) if memory is not None else 0
+
+    def settings_entry(self) -> dict[str, Any]:
+        """What ``Host.restore`` needs to bring it back (a checkpoint manifest entry), but its clock."""
+        entry = {"id": self.workload_id, "module_sha256": self.module.sha256, "app": self.app, "calls": self.calls,
+                 "args": list(self.args), "env": dict(self.env), "preopen": dict(self.preopen),
+                 "memory_limit_bytes": self.memory_limit_bytes}
+        if self.idle_s is not None:
+            entry["idle_s"] = self.idle_s
+        return entry
 
     def output(self) -> tuple[bytes, bytes]:
         """What the workload wrote to stdout and stderr; raises UnknownWorkload once ``remove`` deleted them."""
@@ -160,7 +178,8 @@ class Workload:
         self.drop_tracker()
         self.funcs.clear()
         self.memory = None
-        self.store.close()
+        if self.store is not None:  # None while hibernated
+            self.store.close()
 
     def copying_outside(self) -> contextlib.AbstractContextManager[None]:
         """Keep the memory from being freed until the returned context ends (the caller holds ``lock``).
@@ -212,9 +231,9 @@ class Workload:
         except (snapshot.SnapshotError, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise SnapshotFailed(self.workload_id, f"cannot {doing}: {exc}") from exc
 
-    def capture(self) -> snapshot.Snapshot:
+    def capture(self, in_place: bool = False) -> snapshot.Snapshot:
         with self.touching_state("capture"):
-            return snapshot.capture(self.store, self.instance)
+            return snapshot.capture(self.store, self.instance, in_place=in_place)
 
     def restore_state(self, snap: snapshot.Snapshot) -> None:
         with self.touching_state("restore"):
@@ -362,9 +381,16 @@ class InUse:
             w.lock.release()
             self._check_open()
             raise UnknownWorkload(f"no workload {w.workload_id!r} on this host")
+        if w.sleep is not None:
+            try:
+                w.sleep.wake(w)
+            except BaseException:
+                w.lock.release()
+                raise
         w.busy = True
         return w
 
     def __exit__(self, *exc_info: object) -> None:
         self._w.busy = False
+        self._w.last_used = time.monotonic()
         self._w.lock.release()

@@ -89,11 +89,14 @@ def _snapshot_of(store: wasmtime.Store, instance: wasmtime.Instance, lay: Layout
 
 
 def capture(store: wasmtime.Store, instance: wasmtime.Instance, *,
-            buffers: CaptureBuffers | None = None) -> Snapshot:
+            buffers: CaptureBuffers | None = None, in_place: bool = False) -> Snapshot:
     """Take a full snapshot of a prepared instance.
 
     Memory pages are copied out with one memmove per memory; zero pages are
-    then left out of the runs.  Raises InvalidModuleError for an unprepared
+    then left out of the runs.  With ``in_place`` nothing is copied: the
+    runs are views of the live memory, valid only until the instance runs,
+    grows or is freed, so encode the snapshot before (a workload about to
+    be dropped, held by its lock).  Raises InvalidModuleError for an unprepared
     instance and UnrepresentableStateError for state that has no portable
     form (a host externref, a foreign function in a table).
     """
@@ -101,7 +104,10 @@ def capture(store: wasmtime.Store, instance: wasmtime.Instance, *,
     memories = []
     for index, memory in lay.memories:
         ptr, size = memory_view(store, memory)
-        if buffers is not None:
+        if in_place:
+            view = memoryview((ctypes.c_char * size).from_address(ptr)).cast("B") if size else memoryview(b"")
+            runs = tuple(PageRun(a, view[a * PAGE_BYTES:b * PAGE_BYTES]) for a, b in nonzero_blocks(view))
+        elif buffers is not None:
             # Warm buffer: one memcpy, then scan the copy by offset.
             buf = buffers.get(index, size)
             if size:

@@ -54,7 +54,7 @@ WORKLOAD = "w"  # the workload every placeholder request names
 EXPECTED_TABLE = {
     **{kind: ANY_ROLE for kind in (
         "has_module", "put_module", "deploy", "call", "read_memory", "write_memory", "output", "remove",
-        "list_workloads", "peers", "status", "ping", "exports", "members", "m_spawn", "m_call", "m_cancel",
+        "hibernate", "list_workloads", "peers", "status", "ping", "exports", "members", "m_spawn", "m_call", "m_cancel",
         "m_locate", "m_migrate", "m_probe")},
     **{kind: NODE_ONLY for kind in (
         "m_incoming", "m_chunk", "m_commit", "m_abort", "m_protect", "m_checkpoint", "m_checkpoint_part",
@@ -65,7 +65,8 @@ EXPECTED_TABLE = {
 
 #: The requests open to clients that name a workload (``workload`` or
 #: ``workload_id``): refused to a client of another tenant.
-EXPECTED_PER_WORKLOAD = {"deploy", "call", "exports", "read_memory", "write_memory", "output", "remove", "m_spawn",
+EXPECTED_PER_WORKLOAD = {"deploy", "call", "exports", "read_memory", "write_memory", "output", "remove", "hibernate",
+                         "m_spawn",
                          "m_call", "m_cancel",
                          "m_locate", "m_migrate"}
 
@@ -358,6 +359,7 @@ async def test_another_tenant_can_neither_use_nor_see_a_workload(node_procs, clu
             "write": b.write_memory("a2", 0, b"\xff" * 16),
             "output": b.output("a1"),
             "remove": b.remove("a2"),
+            "hibernate": b.hibernate("a1"),
             "deploy over": b.deploy(sha256, workload_id="a1"),
             "m_call": b.request(mm.MCall, workload="m1", op="call", caller="b", seq=0, export="incr", args=(1,)),
             "m_call write": b.request(mm.MCall, workload="m1", op="write", caller="b", seq=1, offset=0, data=b"x"),

@@ -115,6 +115,20 @@ def test_zero_pages_are_elided(live):
     assert snapshot.Snapshot.from_bytes(data) == snap
 
 
+def test_an_in_place_capture_views_the_live_memory_and_encodes_the_same(live):
+    w = live(EDGE)
+    w("grow0", 50)
+    w("poke", 40 * 65536, 7)
+    copied = w.capture()
+    viewed = snapshot.capture(w.store, w.instance, in_place=True)
+    assert viewed.same_state(copied)
+    assert [(r.first_page, r.page_count) for r in viewed.memories[0].runs] == [(0, 16), (640, 16)]
+    decoded = snapshot.Snapshot.from_bytes(viewed.to_bytes())
+    assert decoded.same_state(copied)
+    w("poke", 40 * 65536, 9)  # the views see what runs after: encode before the instance runs again
+    assert not viewed.same_state(copied) and decoded.same_state(copied)
+
+
 def test_host_externref_is_refused_clearly(live):
     w = live(EDGE)
     w("set_extern", "a host object")

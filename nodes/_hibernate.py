@@ -1,0 +1,246 @@
+"""Hibernation: an idle workload's state goes to disk, encrypted, and its Store is dropped until it is used.
+
+``Hibernator.hibernate`` captures a workload between calls, writes the
+snapshot to ``workloads/<id>/hibernated.snap`` (sealed with the node's data
+key by the snapshot format, as the shutdown checkpoint is:
+``nodes._at_rest``), and closes its wasmtime Store, which frees its memory.
+The ``Workload`` stays in the host's table with a ``Sleep`` in place of its
+Store: its id, app, settings and call count stay, and so does everything
+other packages keep about it (the migration plugin's epoch and call ledger),
+so a call that wakes it runs exactly once.  ``info`` says ``hibernated``.
+
+Whatever uses the workload's Store enters ``InUse`` (``nodes._workload``),
+which wakes a sleeping workload first, under its lock: a call, a memory
+access, a checkpoint and every step of a move.  The caller only sees a
+slower first call.  Waking reads and authenticates the file, builds a new
+Store and instance and restores the snapshot; if any of that fails
+(a tampered or missing file, no memory room) the call gets a typed error
+with ``started = False`` (``SnapshotFailed`` or ``ResourceLimitExceeded``),
+and the workload stays hibernated with its file.
+
+Quotas (``nodes._registry``): a hibernated workload counts towards the
+workload counts and ``Limits.hibernated_bytes`` (its file's size), not the
+memory caps; waking admits its memory cap again.  At shutdown the
+checkpoint names the file instead of writing a snapshot
+(``nodes._checkpoint_format``), so a restarted node adopts the workload
+still hibernated (``adopt``), without reading the file.
+
+``sweep`` is the node's background task: every ``tick_s`` it hibernates the
+workloads idle for their ``idle_s`` (or the node's ``--idle-s``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+import wasmtime
+
+import snapshot
+
+from ._files import write_atomically
+from ._guest_time import GuestTime
+from ._host_errors import ResourceLimitExceeded, SnapshotFailed
+from ._limits import Limits
+from ._replay import InputGate, ReplayMode
+from ._wasi import OutputSink
+from ._wasi_inputs import CallBudget
+from ._workload import Workload, instantiate
+
+__all__ = ["FILE", "Hibernator", "Sleep", "sweep"]
+
+logger = logging.getLogger(__name__)
+
+FILE = "hibernated.snap"
+HEADER_BYTES = 16  # the snapshot format's header, with the file's random salt: binds the file to its record
+
+
+@dataclass(eq=False)
+class Sleep:
+    """What stands for a hibernated workload's Store: its file and how to wake it."""
+
+    hibernator: Hibernator
+    path: Path
+    header: bytes
+    size_bytes: int
+    monotonic_ns: int
+    holds_memory: bool = True  # its memory cap counts (its Store exists, or it is waking)
+
+    def wake(self, w: Workload) -> None:
+        self.hibernator.wake(w)
+
+
+class Hibernator:
+    """Hibernates and wakes the workloads of one host; ``key`` is the data key files are sealed with."""
+
+    def __init__(self, engine: wasmtime.Engine, limits: Limits, guest_time: GuestTime, registry: Any) -> None:
+        self._engine = engine
+        self._limits = limits
+        self._guest_time = guest_time
+        self._registry = registry
+        self.key: bytes | None = None
+
+    def refusal(self, w: Workload) -> str | None:
+        """Why ``w`` cannot hibernate now (the caller holds its lock); None if it can."""
+        if w.removed:
+            return "it was removed"
+        if w.sleep is not None:
+            return "it is hibernated already"
+        if w.tracker is not None or not w.thawed.is_set() or w.copies:
+            return "it is being moved"
+        if w.budget.inputs.mode is not ReplayMode.OFF:
+            return "its calls are recorded or replayed"
+        return None
+
+    def hibernate(self, w: Workload, idle_s: float | None = None) -> int:
+        """Write ``w``'s state to its file and drop its Store; return the file's size.
+
+        Waits for a running call to end; with ``idle_s``, only if ``w`` is
+        still unused for that long then.  Raises ``SnapshotFailed`` (it
+        cannot be captured, or hibernated now: the reason is in the
+        message), ``ResourceLimitExceeded`` (``hibernated_bytes``) or
+        OSError (the file); the workload is unchanged then.
+        """
+        with w.lock:
+            why = self.refusal(w)
+            if why is None and idle_s is not None and time.monotonic() - w.last_used < idle_s:
+                why = "it was used meanwhile"
+            if why is not None:
+                raise SnapshotFailed(w.workload_id, f"cannot hibernate: {why}")
+            snap = w.capture(in_place=True)  # encoded straight from the memory: nothing runs meanwhile
+            data = snap.to_bytes(key=self.key)
+            del snap
+            sleep = Sleep(self, w.directory / FILE, bytes(data[:HEADER_BYTES]), len(data),
+                          w.budget.inputs.monotonic_ns())
+            self._registry.admit_sleep(w, sleep)  # sets w.sleep
+            try:
+                write_atomically(sleep.path, data)
+            except BaseException:
+                w.sleep = None
+                raise
+            w.drop_tracker()
+            w.funcs.clear()
+            w.memory = None
+            w.store.close()
+            w.store = w.instance = None
+            w.memory_bytes = 0
+            sleep.holds_memory = False
+        logger.info("hibernated workload", extra={**w.log_extra(), "bytes": len(data)})
+        return len(data)
+
+    def wake(self, w: Workload) -> None:
+        """Bring ``w`` back from its file (the caller holds its lock).
+
+        Raises ``SnapshotFailed`` or ``ResourceLimitExceeded``, both with
+        ``started = False``: the workload stays hibernated, its file kept.
+        """
+        sleep = w.sleep
+        try:
+            self._registry.admit_wake(w)
+        except ResourceLimitExceeded as exc:
+            exc.started = False
+            raise
+        try:
+            fresh = self._restore(w, sleep)
+        except BaseException as exc:
+            sleep.holds_memory = False
+            if isinstance(exc, (OSError, snapshot.SnapshotError)):
+                error = SnapshotFailed(w.workload_id, f"cannot wake it from {sleep.path}: {_reason(exc)}; "
+                                                      "it stays hibernated")
+                error.started = False
+                logger.error("wake failed: %s", error, extra=w.log_extra())
+                raise error from exc
+            if isinstance(exc, (SnapshotFailed, ResourceLimitExceeded)):
+                exc.started = False
+            raise
+        w.store, w.instance, w.budget, w.interrupt = fresh.store, fresh.instance, fresh.budget, fresh.interrupt
+        w.stdout, w.stderr, w.memory_fixed = fresh.stdout, fresh.stderr, fresh.memory_fixed
+        w.funcs.clear()
+        w.memory = None
+        w.refresh_memory_bytes()
+        w.sleep = None
+        sleep.path.unlink(missing_ok=True)
+        logger.info("woke workload", extra=w.log_extra())
+
+    def _restore(self, w: Workload, sleep: Sleep) -> Workload:
+        data = sleep.path.read_bytes()
+        if data[:HEADER_BYTES] != sleep.header:
+            raise snapshot.AuthenticationError("the file is not the one this workload hibernated into "
+                                               "(replaced or swapped)")
+        snap = snapshot.Snapshot.from_bytes(data, key=self.key)
+        del data
+        fresh = instantiate(self._engine, w.module, self._limits, self._guest_time, workload_id=w.workload_id,
+                            app=w.app, memory_limit_bytes=w.memory_limit_bytes, args=w.args, env=w.env,
+                            preopen={g: Path(h) for g, h in w.preopen.items()}, directory=w.directory)
+        try:
+            fresh.load(snap, sleep.monotonic_ns)
+        except BaseException:
+            fresh.store.close()
+            raise
+        return fresh
+
+    def adopt(self, module: Any, directory: Path, *, workload_id: str, app: str, args, env, preopen,
+              memory_limit_bytes: int, calls: int, monotonic_ns: int, header: bytes,
+              idle_s: float | None) -> Workload:
+        """A hibernated workload saved at shutdown, still hibernated; its file is not read.
+
+        A missing or damaged file is found when it wakes, and only that
+        workload's wake fails (``SnapshotFailed``).
+        """
+        path = directory / FILE
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = 0
+        w = _blank(module, self._limits, self._guest_time, workload_id=workload_id, app=app, args=args, env=env,
+                  preopen=preopen, memory_limit_bytes=memory_limit_bytes, directory=directory)
+        w.calls, w.idle_s = calls, idle_s
+        w.sleep = Sleep(self, path, header, size, monotonic_ns, holds_memory=False)
+        return w
+
+
+def _blank(module: Any, limits: Limits, guest_time: GuestTime, *, workload_id: str, app: str,
+          args: Sequence[str], env: dict[str, str], preopen: Mapping[str, str], memory_limit_bytes: int,
+          directory: Path) -> Workload:
+    """A workload with no Store or instance yet: one adopted hibernated (``nodes._hibernate``)."""
+    return Workload(workload_id=workload_id, module=module, app=app, memory_limit_bytes=memory_limit_bytes,
+                    args=tuple(args), env=dict(env), preopen=dict(preopen), directory=directory,
+                    stdout=OutputSink(directory / "stdout", limits.output_bytes),
+                    stderr=OutputSink(directory / "stderr", limits.output_bytes), store=None,
+                    budget=CallBudget(InputGate(workload_id)), instance=None, guest_time=guest_time)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def idle(workloads: list[Workload], default_idle_s: float | None, now: float) -> list[tuple[Workload, float]]:
+    """The awake workloads idle for at least their ``idle_s`` (else ``default_idle_s``; 0 or None: never)."""
+    found = []
+    for w in workloads:
+        limit = w.idle_s if w.idle_s is not None else default_idle_s
+        if limit and w.sleep is None and not w.busy and now - w.last_used >= limit:
+            found.append((w, limit))
+    return found
+
+
+async def sweep(host: Any, default_idle_s: float | None, *, tick_s: float = 1.0,
+                run: Callable[..., Any] = trio.to_thread.run_sync) -> None:
+    """Hibernate idle workloads every ``tick_s``, one at a time in a worker thread, until cancelled."""
+    while True:
+        await trio.sleep(tick_s)
+        for w, limit in idle(host.registry.all(), default_idle_s, time.monotonic()):
+            try:
+                await run(host.hibernator.hibernate, w, limit)
+            except Exception as exc:  # refused now (moving, recorded, over quota): tried again when idle again
+                w.last_used = time.monotonic()
+                logger.info("not hibernated: %s", exc, extra=w.log_extra())
