@@ -84,8 +84,8 @@ from ._member_messages import BadMemberEntry, MemberEntry, MemberRecord, Members
 from ._membership import Membership
 from ._node import Node
 from ._plugin import Handler, Plugin, Session
-from ._pool import MAX_INSTANCES as MAX_POOL_INSTANCES
-from ._pool import InstancePool, PoolStats
+from ._instance_pool import MAX_INSTANCES as MAX_POOL_INSTANCES
+from ._instance_pool import InstancePool, PoolStats
 from ._protocol import Connection, ConnectionClosed, State
 from ._replay import CallInputs, ReplayDivergence, ReplayUnsupported
 from ._tls import client_context, init_ca, issue_cert, own_identity, server_context

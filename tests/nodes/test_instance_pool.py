@@ -1,4 +1,4 @@
-"""Tests of nodes._pool: pristine instances of one module on a real Host, reset after every call."""
+"""Tests of nodes._instance_pool: pristine instances of one module on a real Host, reset after every call."""
 
 from __future__ import annotations
 
