@@ -131,6 +131,8 @@ class InstancePool:
         if held is None:
             held = self._start(slot)
         w, resettable = held
+        if export not in w.funcs:  # fetched alone: wrapping every export of a large module costs ms
+            w.funcs[export] = resettable.exports[export]
         try:
             with w.lock:
                 return w.run(export, params, None, cancel)

@@ -137,15 +137,18 @@ def _suffix_index(name: str, prefix: str) -> int | None:
     return None
 
 
-def layout(store: wasmtime.Store, instance: wasmtime.Instance) -> Layout:
+def layout(store: wasmtime.Store, instance: wasmtime.Instance, exports=None) -> Layout:
     """Find (and cache) the state exports of a prepared instance.
 
+    ``exports`` stands for ``instance.exports(store)`` (something with
+    ``keys``, ``get`` and ``[]``): one that fetches only the items asked
+    for saves wrapping every export of a large module.
     Raises InvalidModuleError if the instance was not built from a prepared module.
     """
     found = _layouts.get(instance)
     if found is not None:
         return found
-    exports = instance.exports(store)
+    exports = exports if exports is not None else instance.exports(store)
     digest_parts = []
     for name in P.DIGEST_EXPORTS:
         g = exports.get(name)
@@ -160,6 +163,8 @@ def layout(store: wasmtime.Store, instance: wasmtime.Instance) -> Layout:
         if (desc := ra.parse_descriptor(name)) is not None:
             described[desc[:2]] = desc[2]
     for name in names:
+        if not name.startswith("__wm_"):
+            continue  # every state export is named __wm_...
         item = exports[name]
         if (i := _suffix_index(name, "__wm_memory_")) is not None:
             memories.append((i, item))
