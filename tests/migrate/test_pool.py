@@ -11,7 +11,8 @@ import trio
 import wasmtime
 
 import migrate
-from nodes import UnknownExport, UnsupportedImports, WorkloadTrap
+from migrate._pool_messages import UNKNOWN_POOL, MPoolCall
+from nodes import Forbidden, NodeClient, RemoteNodeError, UnknownExport, UnsupportedImports, WorkloadTrap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nodes"))
 from pool_wat import PRISTINE, pool_module  # noqa: E402
@@ -84,4 +85,11 @@ async def test_pool_errors_are_typed(node_procs, cluster_tls):
         with pytest.raises(WorkloadTrap):
             await pool.call("boom")
         assert await pool.call("bump", 2) == PRISTINE  # the trap left nothing behind
+        # another tenant reaches neither the pool by its app nor one of its own by the name
+        async with await NodeClient.connect(node.address, tls=cluster_tls.issue("app-b", "client")) as other:
+            with pytest.raises(Forbidden, match="app-b"):
+                await other.request(MPoolCall, pool=pool.name, export="bump", args=(1,), app="default")
+            with pytest.raises(RemoteNodeError) as refused:
+                await other.request(MPoolCall, pool=pool.name, export="bump", args=(1,))
+            assert refused.value.code == UNKNOWN_POOL
         await pool.close()
