@@ -26,6 +26,7 @@ SUITE = [
     ("benchmarks.bench_snapshot", "snapshot", ["results"]),
     ("benchmarks.bench_segments", "segments", ["reference", "cases"]),
     ("benchmarks.bench_dirty", "dirty", []),
+    ("benchmarks.bench_pool", "pool", ["start", "throughput", "reset"]),
     ("benchmarks.bench_hosting", "hosting", ["results"]),
     ("benchmarks.bench_node", "node", ["latency"]),
     ("benchmarks.bench_fairness", "fairness", ["phases", "long_call_s"]),

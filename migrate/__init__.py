@@ -24,6 +24,7 @@ from ._errors import MigrateError, MigrationFailed, NoSuitableNode, UnknownNode,
 from ._handle import Handle
 from ._ledger import CallLedger, Outcome
 from ._messages import MigrationReport
+from ._pool import Pool
 from ._placement import DefaultPolicy, Needs, NodeRecord, Placement, PlacementPolicy
 from ._precopy import Action, Decision, PrecopyConfig, PrecopyPlanner
 from ._protection import Event, FailoverFailed, Protection, ProtectionStatus
@@ -31,7 +32,7 @@ from ._protection import Event, FailoverFailed, Protection, ProtectionStatus
 __all__ = [
     "AUTO", "Advice", "Autoplace", "DefaultPolicy", "Estimate", "Needs", "NoSuitableNode", "NodeRecord", "Placement",
     "PlacementPolicy", "Work", "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Event", "FailoverFailed", "Handle", "MigrateError",
-    "MigrationFailed", "Protection", "ProtectionStatus",
+    "MigrationFailed", "Pool", "Protection", "ProtectionStatus",
     "MigrationReport", "Outcome", "PrecopyConfig", "PrecopyPlanner", "UnknownNode",
     "WorkloadUnavailable", "connect",
 ]

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,10 +27,11 @@ from . import _autoplace, _nodes
 from ._advice import Advice, Autoplace, Work
 from ._discover import discover_node, follow_members, resolve
 from ._placement import Needs, NodeRecord, PlacementPolicy
-from ._service import PLUGIN
+from ._service import PLUGINS
 from ._errors import MigrateError, UnknownNode
 from ._handle import DEFAULT_RECONNECT_TIMEOUT_S, Handle, module_bytes
 from ._messages import MLocate, MSpawn
+from ._pool import Pool, open_pool
 from ._protect import Protector
 from ._protection import Event, FailoverFailed, Protection, ProtectionStatus
 
@@ -185,6 +187,14 @@ class Cluster:
         reply = await client.request(MSpawn, module_sha256=sha256, workload=workload, app=app, idle_s=idle_s)
         self._modules[reply.workload] = module_bytes(module)
         return Handle(self, reply.workload, node=client.node, address=address, epoch=reply.epoch)
+
+    async def pool(self, module: bytes | str | Path, *, init: str | None = None, max_per_node: int = 2,
+                   nodes: str | list[str] = AUTO, name: str | None = None, idle_s: float = 30.0,
+                   app: str = "") -> Pool:
+        """A stateless function on ``nodes`` ("auto": every fitting node): ``init`` runs once per node,
+        then every ``Pool.call`` gets an instance reset to that state (``_pool``)."""
+        return await open_pool(self, module_bytes(module), name=name or f"p-{uuid.uuid4().hex[:12]}", init=init,
+                               max_per_node=max_per_node, idle_s=idle_s, nodes=nodes, app=app)
 
     async def advise(self, target: Handle | bytes, work: Work | float) -> Advice:
         """Run ``target`` (a handle, or module bytes) locally or on which node, for ``work`` (``_advice``)."""
@@ -373,7 +383,7 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
                                         data_dir=directory, tls_dir=Path(tls) if tls else None,
                                         insecure=tls is None, join=tuple(parse_address(a) for a in addresses),
                                         member=False, **limits)
-                    bound = await nursery.start(functools.partial(serve, config, plugins=(PLUGIN,)))
+                    bound = await nursery.start(functools.partial(serve, config, plugins=PLUGINS))
                     cluster.learn(LOCAL, str(bound))
                 for address in addresses:
                     await cluster.client(str(parse_address(address)))

@@ -18,6 +18,7 @@ from . import _cordon
 from . import _messages as m
 from ._codes import CRASH_PHASES
 from ._metrics import collect
+from ._pool_node import POOL_PLUGIN
 from ._owner import on_call, on_cancel, on_locate, on_protect, on_spawn
 from ._persist import _load_record, _load_tombstones, _resume_standbys, _save_record, _save_tombstones
 from ._serve_checkpoint import on_checkpoint, on_checkpoint_part
@@ -45,3 +46,6 @@ PLUGIN = Plugin(
     metrics=lambda node: collect(service(node)),
     crash_phases=CRASH_PHASES,
 )
+
+#: What a node of this package serves with: the migration plugin and the stateless pools (``_pool_node``).
+PLUGINS = (PLUGIN, POOL_PLUGIN)

@@ -7,7 +7,7 @@
     migrate-node status | list | deploy | call | remove | hibernate | exports | ca init | cert issue
 
 The node commands come from ``nodes.cli``; here ``serve`` runs the node
-with the migration plugin (``migrate._service.PLUGIN``), and ``migrate``
+with the migration and pool plugins (``migrate._service.PLUGINS``), and ``migrate``
 and ``drain`` ask a node to move workloads (``migrate._operator``).  This
 is the ``migrate-node`` console script; ``python -m migrate.cli`` runs it
 without the script.
@@ -25,7 +25,7 @@ from ._cli_workloads import (add_exports, add_hibernate, add_remove, call_comman
                              hibernate_command, remove_command)
 from ._errors import MigrateError
 from ._operator import cordon_command, drain_command, migrate_command, uncordon_command
-from ._service import PLUGIN
+from ._service import PLUGINS
 
 
 def _add_move_options(p: argparse.ArgumentParser, *, to_required: bool = True) -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ _NODE_COMMANDS = node_cli.COMMANDS
 #: The node commands, ``serve`` with the migration plugin, and the moving commands before ``ca`` and ``cert``.
 COMMANDS: dict[str, node_cli.Command] = {
     **{name: command for name, command in _NODE_COMMANDS.items() if name not in ("ca", "cert")},
-    "serve": node_cli.serve_command((PLUGIN,)),
+    "serve": node_cli.serve_command(PLUGINS),
     "call": (_NODE_COMMANDS["call"][0], node_cli.client_command(call_command)),  # follows moves
     "remove": (add_remove, node_cli.client_command(remove_command)),
     "hibernate": (add_hibernate, node_cli.client_command(hibernate_command)),

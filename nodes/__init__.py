@@ -84,6 +84,8 @@ from ._member_messages import BadMemberEntry, MemberEntry, MemberRecord, Members
 from ._membership import Membership
 from ._node import Node
 from ._plugin import Handler, Plugin, Session
+from ._instance_pool import MAX_INSTANCES as MAX_POOL_INSTANCES
+from ._instance_pool import InstancePool, PoolStats
 from ._protocol import Connection, ConnectionClosed, State
 from ._replay import CallInputs, ReplayDivergence, ReplayUnsupported
 from ._tls import client_context, init_ca, issue_cert, own_identity, server_context
@@ -134,6 +136,9 @@ __all__ = [
     "PROTOCOL_VERSIONS",
     "PeerSummary", "PutModule",
     "Plugin",
+    "InstancePool",
+    "MAX_POOL_INSTANCES",
+    "PoolStats",
     "RECEIVE_BYTES",
     "ReadMemory",
     "RemoteNodeError",

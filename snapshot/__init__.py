@@ -13,7 +13,8 @@ pages and runs); ``_state`` (memories, globals, tables); ``_format`` and
 preparation); ``_segments`` (what prepare adds for passive segments); ``_dropped``
 (which of them an instance dropped); ``_instance`` (a live instance's state exports); ``_capture``
 and ``_restore``; ``_uffd`` and ``_dirty`` (dirty-page tracking);
-``_session`` (full captures followed by deltas).
+``_session`` (full captures followed by deltas); ``_pristine`` (instances started in a
+captured state and reset to it after each use).
 """
 
 from ._capture import CaptureBuffers, capture, capture_pages, pages_digest
@@ -41,6 +42,7 @@ from ._instance import Layout, layout, read_dropped, read_globals, read_tables, 
 from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageRun, nonzero_runs
 from ._prepare import Manifest, first_boot, manifest, module_digest, prepare
 from ._preparation import preparation_id
+from ._pristine import NotResettable, Pristine, Reset, Resettable
 from ._restore import restore
 from ._session import StateTracker
 from ._snapshot import Snapshot, SnapshotAssembler, apply_delta
@@ -50,7 +52,7 @@ from ._uffd import uffd_available
 __all__ = [
     "CompareDirtyTracker", "DecodeLimits", "DirtyTracker", "End", "Meta", "PageBatch",
     "SnapshotAssembler", "SnapshotDecoder", "SnapshotEncoder", "StateTracker", "UffdDirtyTracker", "generate_key",
-    "open_tracker", "pages_digest", "uffd_available",
+    "open_tracker", "pages_digest", "uffd_available", "NotResettable", "Pristine", "Reset", "Resettable",
     "AuthenticationError", "BaseMismatchError", "CaptureBuffers", "CorruptSnapshotError",
     "DirtyTrackingError", "DroppedSegments", "GlobalState", "IncompatibleSnapshotError", "InvalidModuleError", "UnsupportedFeatureError",
     "Layout", "LocalSnapshotError", "Manifest", "MemoryState", "ModuleMismatchError", "OversizedSnapshotError",

@@ -25,7 +25,7 @@ from ._segments import DATA, KINDS, PROBE_AT, export_name
 from ._state import DroppedSegments, is_int
 
 if TYPE_CHECKING:
-    from wasmtime._instance import InstanceExports  # what Instance.exports returns; not re-exported
+    from ._instance import ExportLookup
 
 _DROPPED_TRAP = {DATA: wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS, "elem": wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS}
 _NAMES = {DATA: "data segment", "elem": "element segment"}
@@ -122,7 +122,7 @@ class SegmentProbes:
     kinds: dict[str, _Kind]
 
     @classmethod
-    def find(cls, exports: InstanceExports) -> SegmentProbes | None:
+    def find(cls, exports: ExportLookup) -> SegmentProbes | None:
         """The probes among an instance's exports; None for a module without passive segments."""
         at = exports.get(PROBE_AT)
         if at is None:

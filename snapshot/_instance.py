@@ -16,7 +16,7 @@ from __future__ import annotations
 import ctypes
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, Protocol, TypeVar
 
 import wasmtime
 
@@ -27,13 +27,18 @@ from ._dropped import SegmentProbes
 from ._errors import InvalidModuleError, UnrepresentableStateError
 from ._state import NUMERIC_BITS, SIGNED_TYPES, DroppedSegments, GlobalState, TableState
 
-if TYPE_CHECKING:
-    from wasmtime._instance import InstanceExports  # what Instance.exports returns; not re-exported
-
 _FUNCREF = wasmtime.ValType.funcref()
 _EXTERNREF = wasmtime.ValType.externref()
 _BY_NAME = {"i32": "i32", "i64": "i64", "f32": "f32", "f64": "f64", "v128": "v128"}
 _Item = TypeVar("_Item", wasmtime.Memory, wasmtime.Table, wasmtime.Global, wasmtime.Func)
+
+
+class ExportLookup(Protocol):
+    """What ``layout`` reads exports through: ``instance.exports(store)``, or a lazy view of it."""
+
+    def keys(self) -> Iterable[str]: ...
+    def get(self, name: str) -> Any: ...
+    def __getitem__(self, name: str) -> Any: ...
 
 
 def _valtype_name(ty: wasmtime.ValType) -> str:
@@ -148,26 +153,29 @@ def _suffix_index(name: str, prefix: str) -> int | None:
     return None
 
 
-def _export(exports: InstanceExports, name: str, kind: type[_Item]) -> _Item:
+def _export(exports: ExportLookup, name: str, kind: type[_Item]) -> _Item:
     item = exports[name]
     if not isinstance(item, kind):
         raise InvalidModuleError(f"export {name!r} of a prepared instance is not a {kind.__name__}")
     return item
 
 
-def _optional_export(exports: InstanceExports, name: str, kind: type[_Item]) -> _Item | None:
+def _optional_export(exports: ExportLookup, name: str, kind: type[_Item]) -> _Item | None:
     return _export(exports, name, kind) if exports.get(name) is not None else None
 
 
-def layout(store: wasmtime.Store, instance: wasmtime.Instance) -> Layout:
+def layout(store: wasmtime.Store, instance: wasmtime.Instance, exports: ExportLookup | None = None) -> Layout:
     """Find (and cache) the state exports of a prepared instance.
 
+    ``exports`` stands for ``instance.exports(store)`` (something with
+    ``keys``, ``get`` and ``[]``): one that fetches only the items asked
+    for saves wrapping every export of a large module.
     Raises InvalidModuleError if the instance was not built from a prepared module.
     """
     found = _layouts.get(instance)
     if found is not None:
         return found
-    exports = instance.exports(store)
+    exports = exports if exports is not None else instance.exports(store)
     digest_parts = []
     for name in P.DIGEST_EXPORTS:
         g = exports.get(name)
@@ -178,13 +186,15 @@ def layout(store: wasmtime.Store, instance: wasmtime.Instance) -> Layout:
     memories: list[tuple[int, wasmtime.Memory]] = []
     tables: list[TableSlot] = []
     globals_: list[GlobalSlot] = []
-    names = sorted(exports.keys() if hasattr(exports, "keys") else list(exports))
+    names = sorted(exports.keys())
     # ("t" | "g", index) -> descriptor fields, for items with injected accessors
     described: dict[tuple[str, int], list[str]] = {}
     for name in names:
         if (desc := ra.parse_descriptor(name)) is not None:
             described[desc[0], desc[1]] = desc[2]
     for name in names:
+        if not name.startswith("__wm_"):
+            continue  # every state export is named __wm_...
         if (i := _suffix_index(name, "__wm_memory_")) is not None:
             memories.append((i, _export(exports, name, wasmtime.Memory)))
         elif (i := _suffix_index(name, "__wm_table_")) is not None:

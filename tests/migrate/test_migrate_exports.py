@@ -7,7 +7,7 @@ def test_export_list_is_stable():
     assert sorted(migrate.__all__) == sorted([
         "AUTO", "Advice", "Autoplace", "DefaultPolicy", "Estimate", "Needs", "NoSuitableNode", "NodeRecord", "Placement",
         "PlacementPolicy", "Work", "LOCAL", "Action", "CallLedger", "Cluster", "Decision", "Event", "FailoverFailed", "Handle",
-        "MigrateError", "MigrationFailed", "Protection", "ProtectionStatus",
+        "MigrateError", "MigrationFailed", "Pool", "Protection", "ProtectionStatus",
         "MigrationReport", "Outcome", "PrecopyConfig", "PrecopyPlanner", "UnknownNode",
         "WorkloadUnavailable", "connect",
     ])

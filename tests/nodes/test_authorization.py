@@ -55,7 +55,7 @@ EXPECTED_TABLE = {
     **{kind: ANY_ROLE for kind in (
         "has_module", "put_module", "deploy", "call", "read_memory", "write_memory", "output", "remove",
         "hibernate", "list_workloads", "peers", "status", "ping", "exports", "members", "m_spawn", "m_call", "m_cancel",
-        "m_locate", "m_migrate", "m_probe")},
+        "m_locate", "m_migrate", "m_probe", "p_open", "p_call", "p_stats", "p_close")},
     **{kind: NODE_ONLY for kind in (
         "m_incoming", "m_chunk", "m_commit", "m_abort", "m_protect", "m_checkpoint", "m_checkpoint_part",
         "m_replay", "m_align", "m_follow", "m_promote", "m_first_call", "gossip",

@@ -19,7 +19,7 @@ def test_export_list_is_stable():
         "ErrorReply", "ExportSignature", "Forbidden", "HasModule", "Handler", "Held", "Hello", "Host", "HostClosed",
         "HostError", "HostStats", "InvalidModule", "Limits", "LocalProtocolError", "Message", "MessageFieldError",
         "NODE_ONLY", "Node", "NodeClient", "NodeConfig",
-        "NodeError", "NodeShuttingDown", "NodeSummary", "PROTOCOL_VERSIONS", "PeerSummary", "Plugin", "PutModule",
+        "NodeError", "NodeShuttingDown", "NodeSummary", "PROTOCOL_VERSIONS", "PeerSummary", "Plugin", "InstancePool", "MAX_POOL_INSTANCES", "PoolStats", "PutModule",
         "RECEIVE_BYTES", "ReadMemory", "RemoteNodeError", "RemoteProtocolError", "ReplayDivergence",
         "ReplayUnsupported", "Reply", "Request", "RequestError", "ResourceLimitExceeded", "Session",
         "SnapshotFailed", "State", "StatusReport", "UndecryptableState", "UnknownExport", "UnknownModule", "UnknownWorkload",
