@@ -178,38 +178,44 @@ async def _raw_incr(node, tls, workload: str, seq: int):
                                     export="incr", args=(10,))
 
 
+async def _until_hibernated(edge, tls, workload):
+    while (await _states(edge, tls))[workload] != "hibernated":
+        await trio.sleep(0.1)
+
+
 async def test_a_real_node_hibernates_wakes_and_keeps_it_hibernated_across_a_restart(node_procs, cluster_tls):
     edge = node_procs.start("edge-1", "edge", args=["--idle-s", "3600"])
     tls = cluster_tls.issue("app-1", "node")
     async with migrate.connect(str(edge.address), tls=tls) as c:
-        h = await c.spawn(workloads.load("counter"), on="edge-1", idle_s=0.2)  # sooner than the node's default
+        # Sooner than the node's default, but long enough that the sweeper
+        # (its tick is 1 s) does not hibernate it between two steps below.
+        h = await c.spawn(workloads.load("counter"), on="edge-1", idle_s=1.0)
         assert await h.call("incr", 1) == 1
-        while (await _states(edge, tls))[h.workload] != "hibernated":  # the sweeper's tick is 1 s
-            await trio.sleep(0.1)
+        await _until_hibernated(edge, tls, h.workload)
         first = await _raw_incr(edge, tls, h.workload, seq=0)  # wakes it; runs once
         assert first.values == (11,) and not first.replayed
-        listing = run_cli("hibernate", h.workload, "--node", str(edge.address), "--tls-dir", str(tls)).stdout
-        assert f"hibernated {h.workload}" in listing
+        await _until_hibernated(edge, tls, h.workload)  # idle again
         again = await _raw_incr(edge, tls, h.workload, seq=0)  # the ledger survived: no second run
         assert again.replayed and again.values == (11,)
         assert (await _states(edge, tls))[h.workload] == "hibernated"  # a replayed outcome does not wake it
         other = await c.spawn(workloads.load("counter"), on="edge-1")  # the node default: never within the test
         assert await other.call("incr", 5) == 5
+        listing = run_cli("hibernate", other.workload, "--node", str(edge.address), "--tls-dir", str(tls)).stdout
+        assert f"hibernated {other.workload}" in listing
 
         assert await trio.to_thread.run_sync(edge.terminate) == 0
         await trio.to_thread.run_sync(edge.restart)
 
-        assert await _states(edge, tls) == {h.workload: "hibernated", other.workload: "ready"}
+        assert await _states(edge, tls) == {h.workload: "hibernated", other.workload: "hibernated"}
         listing = run_cli("list", "--node", str(edge.address), "--tls-dir", str(tls)).stdout
         assert "hibernated" in listing
         again = await _raw_incr(edge, tls, h.workload, seq=0)
         assert again.replayed and again.values == (11,)  # the ledger survived the restart too
         assert await h.call("incr", 1) == 12  # wakes it with its exact state
         assert (await _states(edge, tls))[h.workload] == "ready"
-        assert await other.call("incr", 1) == 6
-
         async with await NodeClient.connect(edge.address, tls=tls) as client:
-            await client.hibernate(h.workload)
+            await client.hibernate(h.workload)  # at once, well within its idle_s
+        assert await other.call("incr", 1) == 6  # wakes it
         assert (await _states(edge, tls))[h.workload] == "hibernated"
         await h.migrate("local", strategy="precopy")  # the move's first step wakes it
         assert h.node == "local" and await h.call("incr", 1) == 13
