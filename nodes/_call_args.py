@@ -39,8 +39,11 @@ _WIDEST = INT_BITS["i64"]
 
 
 class _Signature(Protocol):
-    params: tuple[str, ...]
-    results: tuple[str, ...]
+    @property
+    def params(self) -> tuple[str, ...]: ...
+
+    @property
+    def results(self) -> tuple[str, ...]: ...
 
 
 def check_call_args(args: Sequence[object]) -> tuple[int | float, ...]:
@@ -51,12 +54,14 @@ def check_call_args(args: Sequence[object]) -> tuple[int | float, ...]:
     """
     if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
         raise TypeError(f"call arguments must be a sequence of numbers, got {type(args).__name__}")
+    numbers: list[int | float] = []
     for i, value in enumerate(args):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"argument {i} must be an int or a float, got {type(value).__name__}")
         if isinstance(value, int) and not _fits(value, _WIDEST):
             raise BadArguments(f"argument {i} does not fit in any wasm integer type: {value}")
-    return tuple(args)
+        numbers.append(value)
+    return tuple(numbers)
 
 
 def convert_args(export: str, signature: _Signature, args: Sequence[int | float]) -> list[int | float]:

@@ -28,7 +28,7 @@ Other blocking host work (deploys, checkpoints, a migration's host steps
 through ``Host.hold``) does not use these workers: it runs on trio's own
 thread limiter (``Node.run_host``).  That keeps a migration's ``thaw`` from
 waiting behind a call that waits for that very thaw: a call into a paused
-workload holds its worker until the pause ends (``nodes._workload.InUse``),
+workload holds its worker until the pause ends (``nodes._in_use.InUse``),
 and only the migration step that ends the pause can free it.
 """
 

@@ -168,6 +168,7 @@ def find(data_dir: Path, *, key: bytes | None = None) -> Saved:
         raise DamagedState(interrupted, f"{interrupted} is an incomplete checkpoint (no {MANIFEST}: the node "
                                         "stopped while saving it), and there is no complete one")
     for entry in manifest.get("workloads", []):
+        assert checkpoint is not None  # the manifest is empty unless a checkpoint was found
         module = module_file(data_dir, str(entry.get("module_sha256")))
         if not module.is_file():
             raise DamagedState(module, f"module {module} of workload {entry['id']} (checkpoint "

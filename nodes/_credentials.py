@@ -44,7 +44,7 @@ _Stamp = tuple[tuple[int, int, int] | None, ...]
 
 def _stamp(paths: tuple[Path, ...]) -> _Stamp:
     """What tells a file was replaced or changed: (inode, size, mtime in ns) each, None if absent."""
-    out = []
+    out: list[tuple[int, int, int] | None] = []
     for path in paths:
         try:
             st = os.stat(path)
@@ -172,6 +172,8 @@ class Connections:
         """
         closed = 0
         for scope, identity in list(self._served.items()):
+            if identity is None:
+                continue  # a connection without TLS: no certificate to revoke
             reason = revoked.refusal(identity)
             if reason is not None:
                 logger.warning("closing a connection: %s", reason, extra={"certificate": identity.name})

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +48,8 @@ from ._registry import Registry
 from ._replay import CallInputs
 from ._wasi_inputs import make_linker
 from ._guest_time import CancelToken, GuestTime
-from ._workload import InUse, Workload, WorkloadInfo, check_app, check_name, instantiate
+from ._in_use import InUse
+from ._workload import Workload, WorkloadInfo, check_app, check_name, instantiate
 
 __all__ = ["Host", "WorkloadInfo", "HostStats", "BulkReport", "EPOCH_TICK_S"]
 
@@ -246,8 +247,9 @@ class Host(Checkpointing):
             self._registry.unclaim(workload_id)
         logger.info("removed workload", extra=w.log_extra())
 
-    def _create(self, module_sha256, *, workload_id, app, args, env, preopen, memory_limit_bytes,
-                init, fresh_output, idle_s) -> Workload:
+    def _create(self, module_sha256: str, *, workload_id: str, app: str, args: Sequence[str],
+                env: Mapping[str, str] | None, preopen: Mapping[str, Path] | None, memory_limit_bytes: int | None,
+                init: Callable[[Workload], None], fresh_output: bool, idle_s: float | None) -> Workload:
         self._registry.check_open()
         check_name("workload_id", workload_id)
         check_app(app)
