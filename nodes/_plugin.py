@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _host_errors as he
 from ._errors import ConfigError, DamagedState
-from ._messages import Reply, Request
+from ._messages import Hello, Reply, Request
 from ._transport import Channel
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class Session:
     channel: Channel
 
     @property
-    def peer(self):
+    def peer(self) -> Hello:
         return self.channel.peer
 
 
@@ -110,19 +110,19 @@ def handler_table(own: Mapping[type[Request], Handler],
 def checkpoint_records(node: Node, plugins: Iterable[Plugin],
                        workloads: Iterable[str]) -> tuple[dict[str, dict], set[str], dict[str, dict]]:
     """Ask every plugin for its records: (per workload, workloads left out, the node's)."""
-    savers = [p for p in plugins if p.save is not None]
+    savers = [(p.name, p.save) for p in plugins if p.save is not None]
     records: dict[str, dict] = {}
     leave_out: set[str] = set()
     for workload in workloads:
-        for plugin in savers:
-            record = plugin.save(node, workload)
+        for name, save in savers:
+            record = save(node, workload)
             if record is None:
                 leave_out.add(workload)
                 logger.info("not checkpointed: this node does not own it",
-                            extra={"workload": workload, "extension": plugin.name})
+                            extra={"workload": workload, "extension": name})
                 break
             if record:
-                records.setdefault(workload, {})[plugin.name] = record
+                records.setdefault(workload, {})[name] = record
     node_records = {p.name: p.save_node(node) for p in plugins if p.save_node is not None}
     return records, leave_out, node_records
 
