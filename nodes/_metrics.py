@@ -26,12 +26,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from ._error_codes import code_for
 from ._host_errors import HostError
-from ._messages import ErrorReply, Request
+from ._messages import ErrorReply, Reply, Request
 from ._plugin import Plugin, handler_table
 
 if TYPE_CHECKING:
     from ._node import Node
-    from ._plugin import Handler
+    from ._plugin import Handler, Session
 
 PREFIX = "migrate_node_"
 #: Upper bounds (seconds) of the request-latency buckets: a node call on
@@ -101,7 +101,7 @@ def _timed(handler: Handler, kind: str, times: RequestTimes) -> Handler:
     clock = time.perf_counter
 
     @functools.wraps(handler)
-    async def run(node, session, request):
+    async def run(node: Node, session: Session, request: Request) -> Reply:
         started = clock()
         try:
             reply = await handler(node, session, request)

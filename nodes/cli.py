@@ -35,7 +35,7 @@ from . import _completion
 from . import _crash as crash
 from . import _host_errors as he
 from ._client import NodeClient
-from ._config import DEFAULT_PORT, SETTINGS, NodeConfig, parse_address, resolve_config
+from ._config import DEFAULT_PORT, SETTINGS, Address, NodeConfig, parse_address, resolve_config
 from ._errors import ConfigError, NodeError
 from ._groups import unwrap_group
 from ._logging import configure_logging
@@ -114,7 +114,7 @@ async def _serve_until_signalled(config: NodeConfig, plugins: Sequence[Plugin]) 
 
             nursery.start_soon(on_signal)
 
-            async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            async def run(task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
                 await serve(config, plugins=plugins, stop=stop, reload=reloads, notifier=Notifier.from_env(),
                             task_status=task_status)
                 nursery.cancel_scope.cancel()  # stopped, the shutdown checkpoint written: end on_signal too
@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None, *, commands: Mapping[str, Command] =
     except (ConfigError, UsageError) as exc:
         print(f"{prog} {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (NodeError, he.HostError, trio.TooSlowError, *failures) as exc:
+    except (NodeError, he.HostError, trio.TooSlowError) + failures as exc:  # mypy reads no *unpacking here
         print(f"{prog} {args.command}: {exc or 'timed out'}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
