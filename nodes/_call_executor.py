@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextvars
 import functools
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import outcome
 import trio
@@ -45,6 +45,10 @@ import trio
 from ._fair_queue import FairQueue
 
 __all__ = ["CallExecutor"]
+
+#: A function's parameters and result, for the methods that run one (here and ``Node.run_host``).
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class _Job:
@@ -77,7 +81,7 @@ class CallExecutor:
         """How many workers run a call now."""
         return len(self._queue.running)
 
-    async def run(self, key: Hashable, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run(self, key: Hashable, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Wait for ``key``'s turn, run ``func(*args, **kwargs)`` in a worker thread, return what it returns.
 
         Cancelled while waiting, the call is taken out of the queue; once

@@ -34,10 +34,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 import wasmtime
@@ -54,6 +54,9 @@ from ._replay import InputGate, ReplayMode
 from ._wasi import OutputSink
 from ._wasi_inputs import CallBudget
 from ._workload import Workload, instantiate
+
+if TYPE_CHECKING:
+    from ._hosting import Host
 
 __all__ = ["FILE", "Hibernator", "Sleep", "sweep"]
 
@@ -236,8 +239,8 @@ def idle(workloads: list[Workload], default_idle_s: float | None, now: float) ->
     return found
 
 
-async def sweep(host: Any, default_idle_s: float | None, *, tick_s: float = 1.0,
-                run: Callable[..., Any] = trio.to_thread.run_sync) -> None:
+async def sweep(host: Host, default_idle_s: float | None, *, tick_s: float = 1.0,
+                run: Callable[..., Awaitable[object]] = trio.to_thread.run_sync) -> None:
     """Hibernate idle workloads every ``tick_s``, one at a time in a worker thread, until cancelled."""
     while True:
         await trio.sleep(tick_s)

@@ -143,12 +143,12 @@ def register(kind: str, *, reply: type[Reply] | None = None,
 
 @dataclass_transform(frozen_default=True, kw_only_default=True)
 def message(kind: str, *, reply: type[Reply] | None = None,
-            roles: frozenset[str] | None = None) -> Callable[[type], Any]:
+            roles: frozenset[str] | None = None) -> Callable[[type[M]], type[M]]:
     """Declare a wire message: make the class a frozen, keyword-only, slotted dataclass and ``register`` it.
 
     Raises what ``register`` raises.
     """
-    def declare(cls: type) -> Any:
+    def declare(cls: type[M]) -> type[M]:
         return register(kind, reply=reply, roles=roles)(dataclass(frozen=True, kw_only=True, slots=True)(cls))
     return declare
 

@@ -49,7 +49,7 @@ from . import _host_errors as he
 from ._at_rest import load_data_key
 from ._authorization import authorize, hello_refusal
 from ._budget import ByteBudget
-from ._call_executor import CallExecutor
+from ._call_executor import CallExecutor, P, T
 from ._checkpoint_format import BulkReport
 from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
@@ -346,11 +346,11 @@ class Node:
             return ErrorReply(id=request.id, code=ErrorCode.INTERNAL,
                               message=f"internal error on {self.config.name}: {type(exc).__name__}")
 
-    async def run_host(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run_host(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking Host method in a worker thread."""
         return await trio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
 
-    async def run_call(self, workload: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run_call(self, workload: str, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking use of ``workload``'s guest (a call, a memory read or write) on the fair executor."""
         return await self.calls.run(workload, func, *args, **kwargs)
 
