@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from ._host_errors import BadArguments
 
@@ -36,6 +36,10 @@ __all__ = ["INT_BITS", "FLOAT_TYPES", "convert_args", "check_call_args"]
 INT_BITS = {"i32": 32, "i64": 64}
 FLOAT_TYPES = frozenset({"f32", "f64"})
 _WIDEST = INT_BITS["i64"]
+
+
+#: What a call returns: None, one value, or a tuple of several.
+CallResults: TypeAlias = int | float | tuple[int | float, ...] | None
 
 
 class _Signature(Protocol):

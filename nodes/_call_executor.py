@@ -107,13 +107,13 @@ class CallExecutor:
             # unnamed: a name costs two pthread_setname_np calls per job
             trio.lowlevel.start_thread_soon(job.func, functools.partial(_deliver, self, job))
 
-    def _done(self, job: _Job, result: outcome.Outcome) -> None:
+    def _done(self, job: _Job, result: outcome.Outcome[object]) -> None:
         """In the event loop: the worker finished ``job``; start what may start, wake its caller."""
         self._start(self._queue.finish(job.key))
         trio.lowlevel.reschedule(job.task, result)
 
 
-def _deliver(executor: CallExecutor, job: _Job, result: outcome.Outcome) -> None:
+def _deliver(executor: CallExecutor, job: _Job, result: outcome.Outcome[object]) -> None:
     """In the worker thread: hand ``result`` back to the event loop (one wake-up)."""
     try:
         job.token.run_sync_soon(executor._done, job, result)

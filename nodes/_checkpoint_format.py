@@ -109,7 +109,7 @@ _ENTRY_FIELDS = {
 _OPTIONAL_FIELDS = ("monotonic_ns", "extensions", "idle_s", "hibernated")  # absent from manifests written before they existed
 
 
-def read_manifest(directory: Path, *, key: bytes | None = None) -> dict:
+def read_manifest(directory: Path, *, key: bytes | None = None) -> dict[str, Any]:
     """Read a checkpoint manifest, sealed with ``key`` if given; an absent one reads as empty.
 
     Raises DamagedState if it cannot be read, does not parse, or is not a

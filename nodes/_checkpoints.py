@@ -92,7 +92,7 @@ class Saved:
 
     data_dir: Path
     checkpoint: Path | None = None
-    manifest: dict = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
     leftovers: tuple[Path, ...] = ()  # superseded or empty directories, removed by ``retire``
 
 
@@ -106,7 +106,7 @@ class Restored:
     manifest_path: Path | None = None
 
 
-def _inspect(path: Path, key: bytes | None) -> tuple[str, dict]:
+def _inspect(path: Path, key: bytes | None) -> tuple[str, dict[str, Any]]:
     """Classify a checkpoint directory: ("complete", manifest), ("partial", {}) or ("empty", {}).
 
     "partial" means files but no manifest.  Raises DamagedState when it

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ._call_args import check_call_args
+from ._call_args import CallResults, check_call_args
 from ._config import Address, parse_address
 from ._error_codes import exception_for
 from ._errors import ConfigError, ConnectionFailed, NodeShuttingDown, RemoteProtocolError
@@ -328,7 +328,7 @@ class NodeClient:
                                    args=tuple(args), env=env)
         return reply.workload
 
-    async def call(self, workload: str, export: str, *args: int | float) -> None | int | float | tuple:
+    async def call(self, workload: str, export: str, *args: int | float) -> CallResults:
         """Call an export; return None, one value, or a tuple of values (as the host does).
 
         Raises ``TypeError`` or ``BadArguments`` (a ``ValueError``) before

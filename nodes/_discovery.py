@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dns.asyncresolver
 import dns.exception
@@ -118,7 +118,7 @@ async def resolve_seeds(name: str, default_port: int, *, nameserver: Address | N
         resolver.nameservers, resolver.port = [nameserver.host], nameserver.port
     resolver.lifetime = 5.0
 
-    async def query(qname: str, rdtype: str) -> list:
+    async def query(qname: str, rdtype: str) -> list[Any]:
         try:
             return list(await resolver.resolve(qname, rdtype))
         except dns.exception.DNSException as exc:  # NXDOMAIN, no answer, no server, timeout

@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -57,7 +57,7 @@ def own_entry(node: Node, *, incarnation: int) -> MemberEntry:
                        memory_limit_bytes=config.limits().workloads_memory_bytes, **_load(node))
 
 
-def _load(node: Node) -> dict:
+def _load(node: Node) -> dict[str, Any]:
     """What changes from one refresh to the next: free memory, load, workloads."""
     return {"cores": os.cpu_count() or 1, "memory_free_bytes": system_memory()[1],
             "load": round(os.getloadavg()[0], 2), "workloads": node.host.stats().workloads}
@@ -141,7 +141,7 @@ def member_records(node: Node) -> tuple[MemberRecord, ...]:
     return () if node.membership is None else node.membership.records(trio.current_time())
 
 
-def member_maps(node: Node) -> tuple[dict, ...]:
+def member_maps(node: Node) -> tuple[dict[str, Any], ...]:
     """The membership view as ``status`` carries it: one map per ``MemberRecord``."""
     return tuple(dataclasses.asdict(r) for r in member_records(node))
 

@@ -23,8 +23,8 @@ from typing import Any, Literal, Protocol, overload
 import snapshot
 
 from ._host_errors import BadArguments, SnapshotFailed, UnknownWorkload
-from ._registry import Registry
 from ._in_use import InUse
+from ._registry import Registry
 from ._replay import CallInputs, ReplayMode, ReplayUnsupported, state_hash
 from ._workload import Workload, check_name
 

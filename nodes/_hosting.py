@@ -35,7 +35,7 @@ import wasmtime
 
 import snapshot
 
-from ._call_args import convert_args
+from ._call_args import CallResults, convert_args
 from ._checkpoint_format import BulkReport
 from ._engine import EPOCH_TICK_S, EpochTicker, open_engine
 from ._hibernate import Hibernator
@@ -284,7 +284,7 @@ class Host(Checkpointing):
     # --- using a workload -------------------------------------------------
 
     def call(self, workload_id: str, export: str, args: Sequence[int | float] = (), *,
-             inputs: CallInputs | None = None, cancel: CancelToken | None = None) -> None | int | float | tuple:
+             inputs: CallInputs | None = None, cancel: CancelToken | None = None) -> CallResults:
         """Call an exported function and return its result.
 
         Returns None, one value, or a tuple for several results (arguments:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import snapshot
 
-from ._call_args import convert_args
+from ._call_args import CallResults, convert_args
 from ._guest_time import CancelToken
 from ._host_errors import InvalidModule, SnapshotFailed, UnknownExport, WorkloadError
 from ._workload import Workload, instantiate
@@ -123,7 +123,7 @@ class InstancePool:
         return convert_args(export, signature, args)
 
     def call(self, slot: int, export: str, params: list[int | float],
-             cancel: CancelToken | None = None) -> None | int | float | tuple:
+             cancel: CancelToken | None = None) -> CallResults:
         """Run one call on the instance in ``slot`` (starting one if it has none), then reset it.
 
         The caller runs one call per slot at a time.  Raises what a call

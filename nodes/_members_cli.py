@@ -37,7 +37,7 @@ def members_text(members: Sequence[Any]) -> str:
     return "\n".join(rows)
 
 
-def add_members(sub: argparse._SubParsersAction,
+def add_members(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                 add_client_options: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
     p = sub.add_parser("members", help="every node the node knows: role, location, state, when last heard")
     add_client_options(p)

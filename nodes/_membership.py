@@ -41,7 +41,7 @@ from ._member_messages import MAX_ENTRIES, MemberEntry, MemberRecord, check_entr
 MAX_MEMBERS = 1024
 
 
-def _order(entry: MemberEntry) -> tuple:
+def _order(entry: MemberEntry) -> tuple[tuple[int, int, int], str]:
     """The total order of entries of one name: the key, then the contents (a fixed tie-break)."""
     e = entry
     return e.key, repr((e.address, e.role, e.location, e.cores, e.memory_free_bytes, e.memory_limit_bytes,

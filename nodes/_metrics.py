@@ -41,7 +41,7 @@ REQUEST_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 
 
 def histogram(name: str, doc: str, labels: Iterable[str], bounds: tuple[float, ...],
-              series: Mapping[tuple[str, ...], list]) -> HistogramMetricFamily:
+              series: Mapping[tuple[str, ...], list[Any]]) -> HistogramMetricFamily:
     """A histogram family from per-label-set bucket counts (one per bound, then +Inf) and sums."""
     family = HistogramMetricFamily(name, doc, labels=list(labels))
     for label_values, (counts, total) in sorted(series.items()):
@@ -62,7 +62,7 @@ class Buckets:
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        self.series: dict[tuple[str, ...], list] = {}  # labels -> [counts (one per bound, then +Inf), sum]
+        self.series: dict[tuple[str, ...], list[Any]] = {}  # labels -> [counts (one per bound, then +Inf), sum]
 
     def record(self, labels: tuple[str, ...], value: float) -> None:
         entry = self.series.get(labels)
@@ -123,7 +123,7 @@ class NodeCollector:
         self.node = node
         self.memory_budget = node.config.limits().workloads_memory_bytes
 
-    def describe(self) -> list:
+    def describe(self) -> list[Metric]:
         return []  # nothing is read at registration; the families appear at the first scrape
 
     def collect(self) -> Iterator[Metric]:

@@ -116,7 +116,7 @@ class Node:
         except KeyError:
             raise KeyError(f"{self.config.name} has no state of a plugin {name!r}") from None
 
-    def plugin_status(self) -> tuple:
+    def plugin_status(self) -> tuple[dict[str, Any], ...]:
         """What every plugin adds to ``status``, in the order of the plugins."""
         return tuple(item for p in self.plugins if p.status is not None for item in p.status(self))
 

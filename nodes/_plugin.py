@@ -40,7 +40,7 @@ import logging
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from . import _host_errors as he
 from ._errors import ConfigError, DamagedState
@@ -66,6 +66,8 @@ class Session:
 
 
 Handler = Callable[["Node", Session, Any], Awaitable[Reply]]
+#: A plugin's checkpoint record of one workload, or of the node: plain msgpack data.
+Record: TypeAlias = dict[str, Any]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -75,11 +77,11 @@ class Plugin:
     name: str
     handlers: Mapping[type[Request], Handler] = field(default_factory=dict)
     state: Callable[[Node], Any] | None = None
-    status: Callable[[Node], tuple] | None = None
-    save: Callable[[Node, str], dict | None] | None = None
-    load: Callable[[Node, str, dict], None] | None = None
-    save_node: Callable[[Node], dict] | None = None
-    load_node: Callable[[Node, dict], None] | None = None
+    status: Callable[[Node], tuple[dict[str, Any], ...]] | None = None
+    save: Callable[[Node, str], Record | None] | None = None
+    load: Callable[[Node, str, Record], None] | None = None
+    save_node: Callable[[Node], Record] | None = None
+    load_node: Callable[[Node, Record], None] | None = None
     resume: Callable[[Node], Awaitable[None]] | None = None
     metrics: Callable[[Node], Iterable[Any]] | None = None
     crash_phases: tuple[str, ...] = ()
@@ -108,10 +110,10 @@ def handler_table(own: Mapping[type[Request], Handler],
 
 
 def checkpoint_records(node: Node, plugins: Iterable[Plugin],
-                       workloads: Iterable[str]) -> tuple[dict[str, dict], set[str], dict[str, dict]]:
+                       workloads: Iterable[str]) -> tuple[dict[str, dict[str, Record]], set[str], dict[str, Record]]:
     """Ask every plugin for its records: (per workload, workloads left out, the node's)."""
     savers = [(p.name, p.save) for p in plugins if p.save is not None]
-    records: dict[str, dict] = {}
+    records: dict[str, dict[str, Record]] = {}
     leave_out: set[str] = set()
     for workload in workloads:
         for name, save in savers:

@@ -33,7 +33,7 @@ import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -231,7 +231,7 @@ def client_context(tls_dir: Path) -> ssl.SSLContext:
     return ctx
 
 
-def certificate_subject(cert: dict | None) -> dict[str, str]:
+def certificate_subject(cert: dict[str, Any] | None) -> dict[str, str]:
     """Return the subject of a certificate as ``SSLSocket.getpeercert()`` gives it, by attribute.
 
     Our certificates carry ``commonName`` (the holder's name) and
@@ -257,7 +257,7 @@ class Identity:
         return self.names[0] if self.names else ""
 
 
-def peer_identity(cert: dict | None) -> Identity:
+def peer_identity(cert: dict[str, Any] | None) -> Identity:
     """The Identity of a certificate as ``SSLSocket.getpeercert()`` gives it."""
     subject = certificate_subject(cert)
     role = subject.get("organizationalUnitName", "")

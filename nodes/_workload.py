@@ -31,6 +31,7 @@ import wasmtime
 import snapshot
 
 from . import _switching
+from ._call_args import CallResults
 from ._engine import memory_never_moves
 from ._guest_time import CallInterrupt, CancelToken, GuestTime
 from ._host_errors import (
@@ -275,7 +276,7 @@ class Workload:
         self.restore_state(snap)
 
     def run(self, export: str, params: list[int | float], inputs: CallInputs | None,
-            token: CancelToken | None = None) -> None | int | float | tuple:
+            token: CancelToken | None = None) -> CallResults:
         """Run one call of ``export`` (the caller holds ``lock``), counting it and its trap or timeout.
 
         Raises a ``WorkloadError`` (``CallCancelled`` if ``token`` was
