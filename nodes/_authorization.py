@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from ._limits import tenant_of
 from ._messages import ErrorCode, ErrorReply, Hello, Request, message_class, registered_kinds
@@ -156,15 +157,16 @@ def authorize(request: Request, identity: Identity | None,
         workload = getattr(request, field, None)
         if isinstance(workload, str):
             owner = owner_of(workload)
-            if owner is not None and not visible(identity, owner):
+            if owner is not None and identity is not None and not visible(identity, owner):
                 return _forbidden(request, identity, f"the client certificate {identity.name!r} may not send "
                                                      f"{request.kind!r} for workload {workload!r}: it belongs "
                                                      "to another application")
     app = getattr(request, "app", None)
     if app == "":
-        client = identity is not None and identity.role == "client"
-        return dataclasses.replace(request, app=identity.name if client else DEFAULT_APP)
-    if isinstance(app, str) and not visible(identity, app):
+        filled: dict[str, Any] = {"app": identity.name if identity is not None and identity.role == "client"
+                                  else DEFAULT_APP}  # a field of some request classes, not of Request
+        return dataclasses.replace(request, **filled)
+    if isinstance(app, str) and identity is not None and not visible(identity, app):
         return _forbidden(request, identity, f"the client certificate {identity.name!r} may not send "
                                              f"{request.kind!r} for the application {app!r}: it acts for "
                                              f"{identity.name!r} and {identity.name + '/NAME'!r} only")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from ._host_errors import BadArguments
 
@@ -38,9 +38,16 @@ FLOAT_TYPES = frozenset({"f32", "f64"})
 _WIDEST = INT_BITS["i64"]
 
 
+#: What a call returns: None, one value, or a tuple of several.
+CallResults: TypeAlias = int | float | tuple[int | float, ...] | None
+
+
 class _Signature(Protocol):
-    params: tuple[str, ...]
-    results: tuple[str, ...]
+    @property
+    def params(self) -> tuple[str, ...]: ...
+
+    @property
+    def results(self) -> tuple[str, ...]: ...
 
 
 def check_call_args(args: Sequence[object]) -> tuple[int | float, ...]:
@@ -51,12 +58,14 @@ def check_call_args(args: Sequence[object]) -> tuple[int | float, ...]:
     """
     if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
         raise TypeError(f"call arguments must be a sequence of numbers, got {type(args).__name__}")
+    numbers: list[int | float] = []
     for i, value in enumerate(args):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"argument {i} must be an int or a float, got {type(value).__name__}")
         if isinstance(value, int) and not _fits(value, _WIDEST):
             raise BadArguments(f"argument {i} does not fit in any wasm integer type: {value}")
-    return tuple(args)
+        numbers.append(value)
+    return tuple(numbers)
 
 
 def convert_args(export: str, signature: _Signature, args: Sequence[int | float]) -> list[int | float]:

@@ -28,7 +28,7 @@ Other blocking host work (deploys, checkpoints, a migration's host steps
 through ``Host.hold``) does not use these workers: it runs on trio's own
 thread limiter (``Node.run_host``).  That keeps a migration's ``thaw`` from
 waiting behind a call that waits for that very thaw: a call into a paused
-workload holds its worker until the pause ends (``nodes._workload.InUse``),
+workload holds its worker until the pause ends (``nodes._in_use.InUse``),
 and only the migration step that ends the pause can free it.
 """
 
@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextvars
 import functools
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import outcome
 import trio
@@ -45,6 +45,10 @@ import trio
 from ._fair_queue import FairQueue
 
 __all__ = ["CallExecutor"]
+
+#: A function's parameters and result, for the methods that run one (here and ``Node.run_host``).
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class _Job:
@@ -77,7 +81,7 @@ class CallExecutor:
         """How many workers run a call now."""
         return len(self._queue.running)
 
-    async def run(self, key: Hashable, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run(self, key: Hashable, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Wait for ``key``'s turn, run ``func(*args, **kwargs)`` in a worker thread, return what it returns.
 
         Cancelled while waiting, the call is taken out of the queue; once
@@ -103,13 +107,13 @@ class CallExecutor:
             # unnamed: a name costs two pthread_setname_np calls per job
             trio.lowlevel.start_thread_soon(job.func, functools.partial(_deliver, self, job))
 
-    def _done(self, job: _Job, result: outcome.Outcome) -> None:
+    def _done(self, job: _Job, result: outcome.Outcome[object]) -> None:
         """In the event loop: the worker finished ``job``; start what may start, wake its caller."""
         self._start(self._queue.finish(job.key))
         trio.lowlevel.reschedule(job.task, result)
 
 
-def _deliver(executor: CallExecutor, job: _Job, result: outcome.Outcome) -> None:
+def _deliver(executor: CallExecutor, job: _Job, result: outcome.Outcome[object]) -> None:
     """In the worker thread: hand ``result`` back to the event loop (one wake-up)."""
     try:
         job.token.run_sync_soon(executor._done, job, result)

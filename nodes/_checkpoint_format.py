@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,7 +62,10 @@ class Checkpointed(Protocol):
 
     def checkpoint_entry(self, workload_id: str) -> tuple[snapshot.Snapshot, dict[str, Any]]: ...
 
-    def restore(self, module_sha256: str, snap: snapshot.Snapshot, **settings: Any) -> WorkloadInfo: ...
+    def restore(self, module_sha256: str, snap: snapshot.Snapshot, *, workload_id: str, app: str,
+                args: Sequence[str], env: Mapping[str, str] | None, preopen: Mapping[str, Path] | None,
+                memory_limit_bytes: int | None, calls: int, monotonic_ns: int | None,
+                idle_s: float | None) -> WorkloadInfo: ...
 
     def hibernated_entry(self, workload_id: str) -> dict[str, Any] | None: ...
 
@@ -106,7 +109,7 @@ _ENTRY_FIELDS = {
 _OPTIONAL_FIELDS = ("monotonic_ns", "extensions", "idle_s", "hibernated")  # absent from manifests written before they existed
 
 
-def read_manifest(directory: Path, *, key: bytes | None = None) -> dict:
+def read_manifest(directory: Path, *, key: bytes | None = None) -> dict[str, Any]:
     """Read a checkpoint manifest, sealed with ``key`` if given; an absent one reads as empty.
 
     Raises DamagedState if it cannot be read, does not parse, or is not a
@@ -166,7 +169,9 @@ def write(host: Checkpointed, directory: Path, *, key: bytes | None = None,
     generation = read_manifest(directory, key=key).get("generation", 0) + 1
     records = records or {}
     ids = [info.workload_id for info in host.workloads() if info.workload_id not in leave_out]
-    entries, done, failed = [], [], []
+    entries: list[dict[str, Any]] = []
+    done: list[str] = []
+    failed: list[tuple[str, str]] = []
     for workload_id in ids:
         _check_deadline(deadline, len(done), len(ids))
         try:

@@ -92,7 +92,7 @@ class Saved:
 
     data_dir: Path
     checkpoint: Path | None = None
-    manifest: dict = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
     leftovers: tuple[Path, ...] = ()  # superseded or empty directories, removed by ``retire``
 
 
@@ -106,7 +106,7 @@ class Restored:
     manifest_path: Path | None = None
 
 
-def _inspect(path: Path, key: bytes | None) -> tuple[str, dict]:
+def _inspect(path: Path, key: bytes | None) -> tuple[str, dict[str, Any]]:
     """Classify a checkpoint directory: ("complete", manifest), ("partial", {}) or ("empty", {}).
 
     "partial" means files but no manifest.  Raises DamagedState when it
@@ -168,6 +168,7 @@ def find(data_dir: Path, *, key: bytes | None = None) -> Saved:
         raise DamagedState(interrupted, f"{interrupted} is an incomplete checkpoint (no {MANIFEST}: the node "
                                         "stopped while saving it), and there is no complete one")
     for entry in manifest.get("workloads", []):
+        assert checkpoint is not None  # the manifest is empty unless a checkpoint was found
         module = module_file(data_dir, str(entry.get("module_sha256")))
         if not module.is_file():
             raise DamagedState(module, f"module {module} of workload {entry['id']} (checkpoint "

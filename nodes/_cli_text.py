@@ -41,7 +41,7 @@ def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:.1f} MiB"
 
 
-def _workloads_text(workloads: Sequence) -> str:
+def _workloads_text(workloads: Sequence[Any]) -> str:
     rows = [f"{'WORKLOAD':<20} {'APP':<12} {'STATE':<6} {'MEMORY':>10} {'CALLS':>8} {'TRAPS':>6}  MODULE"]
     for w in workloads:
         rows.append(f"{w.workload_id:<20} {w.app:<12} {w.state:<6} {_mib(w.memory_bytes):>10} "

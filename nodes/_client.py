@@ -24,48 +24,28 @@ import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
-from ._call_args import check_call_args
+from ._call_args import CallResults, check_call_args
 from ._config import Address, parse_address
 from ._error_codes import exception_for
 from ._errors import ConfigError, ConnectionFailed, NodeShuttingDown, RemoteProtocolError
-from ._member_messages import MemberRecord, Members
-from ._messages import (
-    Call,
-    Deploy,
-    ErrorCode,
-    ErrorReply,
-    Exports,
-    ExportSignature,
-    HasModule,
-    ListWorkloads,
-    NodeSummary,
-    Output,
-    PeerSummary,
-    Peers,
-    Ping,
-    PutModule,
-    ReadMemory,
-    Hibernate,
-    Remove,
-    Reply,
-    Request,
-    Status,
-    StatusReport,
-    WorkloadSummary,
-    WriteMemory,
-)
+from ._member_messages import MemberList, MemberRecord, Members
+from ._messages import (Call, CallResult, Deploy, Deployed, ErrorCode, ErrorReply, ExportList, Exports,
+    ExportSignature, HasModule, Hello, Hibernate, ListWorkloads, MemoryData, ModuleStatus, ModuleStored, NodeSummary,
+    Output, OutputData, PeerList, Peers, PeerSummary, Ping, Pong, PutModule, ReadMemory, Remove, Reply,
+    Request, Status, StatusReport, WorkloadList, WorkloadSummary, WriteMemory)
 from ._protocol import ConnectionClosed
-from ._tls import client_context, is_loopback, own_identity
+from ._tls import Identity, client_context, is_loopback, own_identity
 from ._transport import Channel, open_channel
 
 
 #: How long an idle client reads what the node sent unasked before a
 #: request (a Goodbye is a few dozen bytes, already received).
 GOODBYE_READ_S = 0.5
+R = TypeVar("R", bound=Reply)
 
 
 @dataclass(eq=False)
@@ -109,6 +89,7 @@ class PendingReply:
         if self._waiter.error is not None:
             raise self._waiter.error
         reply = self._waiter.reply
+        assert reply is not None  # done is set with a reply or an error
         if isinstance(reply, ErrorReply):
             raise exception_for(reply)
         return reply
@@ -165,12 +146,12 @@ class NodeClient:
         return self._channel.connection.peer_max_frame_bytes
 
     @property
-    def hello(self):
+    def hello(self) -> Hello:
         """The connected node's Hello: name, role, capabilities, address."""
         return self._channel.peer
 
     @property
-    def node_certificate(self):
+    def node_certificate(self) -> Identity | None:
         """The node's certificate as the TLS handshake showed it: ``role``, ``names``, ``serial``; None without TLS."""
         return self._channel.peer_identity
 
@@ -204,6 +185,13 @@ class NodeClient:
         """
         pending = await self.send_request(kind, **fields)
         return await pending.reply()
+
+    async def ask(self, kind: type[Request], answer: type[R], **fields: Any) -> R:
+        """``request``, for a ``kind`` whose reply class is ``answer`` (the connection checks replies' classes)."""
+        reply = await self.request(kind, **fields)
+        if not isinstance(reply, answer):
+            raise RemoteProtocolError(f"{kind.__name__} answered by {type(reply).__name__}")
+        return reply
 
     async def send_request(self, kind: type[Request], **fields: Any) -> PendingReply:
         """Send a ``kind`` request and return without waiting for its reply.
@@ -310,7 +298,7 @@ class NodeClient:
         elif isinstance(event, Request):  # clients serve nothing
             await self._channel.send(ErrorReply(id=event.id, code=ErrorCode.UNSUPPORTED,
                                                 message="this party serves no requests"))
-        else:
+        elif isinstance(event, Reply):  # the Connection lets no Hello through once the handshake is done
             waiter = self._waiters.get(event.id)
             if waiter is not None:  # else its caller was cancelled; drop the reply
                 waiter.reply = event
@@ -321,8 +309,8 @@ class NodeClient:
     async def ensure_module(self, wasm: bytes) -> str:
         """Make sure the node holds ``wasm``, sending it only if the node lacks it; return its sha256."""
         sha256 = hashlib.sha256(wasm).hexdigest()
-        if not (await self.request(HasModule, sha256=sha256)).present:
-            stored = await self.request(PutModule, wasm=bytes(wasm))
+        if not (await self.ask(HasModule, ModuleStatus, sha256=sha256)).present:
+            stored = await self.ask(PutModule, ModuleStored, wasm=bytes(wasm))
             if stored.sha256 != sha256:
                 raise ConnectionFailed(f"{self.node} stored the module as {stored.sha256}, not {sha256}")
         return sha256
@@ -336,11 +324,11 @@ class NodeClient:
         N/NAME.
         """
         sha256 = module if isinstance(module, str) else await self.ensure_module(module)
-        reply = await self.request(Deploy, sha256=sha256, workload_id=workload_id, app=app,
+        reply = await self.ask(Deploy, Deployed, sha256=sha256, workload_id=workload_id, app=app,
                                    args=tuple(args), env=env)
         return reply.workload
 
-    async def call(self, workload: str, export: str, *args: int | float) -> None | int | float | tuple:
+    async def call(self, workload: str, export: str, *args: int | float) -> CallResults:
         """Call an export; return None, one value, or a tuple of values (as the host does).
 
         Raises ``TypeError`` or ``BadArguments`` (a ``ValueError``) before
@@ -348,24 +336,24 @@ class NodeClient:
         and the node's errors: ``BadArguments`` for ones this export cannot.
         """
         args = check_call_args(args)
-        values = (await self.request(Call, workload=workload, export=export, args=args)).values
+        values = (await self.ask(Call, CallResult, workload=workload, export=export, args=args)).values
         if not values:
             return None
         return values[0] if len(values) == 1 else values
 
     async def exports(self, workload: str) -> tuple[ExportSignature, ...]:
         """The workload's callable exports: name, parameter and result types, sorted by name."""
-        return (await self.request(Exports, workload=workload)).exports
+        return (await self.ask(Exports, ExportList, workload=workload)).exports
 
     async def read_memory(self, workload: str, offset: int, length: int) -> bytes:
-        return (await self.request(ReadMemory, workload=workload, offset=offset, length=length)).data
+        return (await self.ask(ReadMemory, MemoryData, workload=workload, offset=offset, length=length)).data
 
     async def write_memory(self, workload: str, offset: int, data: bytes) -> None:
         await self.request(WriteMemory, workload=workload, offset=offset, data=bytes(data))
 
     async def output(self, workload: str) -> tuple[bytes, bytes]:
         """Return the workload's captured (stdout, stderr)."""
-        reply = await self.request(Output, workload=workload)
+        reply = await self.ask(Output, OutputData, workload=workload)
         return reply.stdout, reply.stderr
 
     async def remove(self, workload: str) -> None:
@@ -376,20 +364,20 @@ class NodeClient:
         await self.request(Hibernate, workload=workload)
 
     async def workloads(self) -> tuple[WorkloadSummary, ...]:
-        return (await self.request(ListWorkloads)).workloads
+        return (await self.ask(ListWorkloads, WorkloadList)).workloads
 
     async def peers(self) -> tuple[PeerSummary, ...]:
-        return (await self.request(Peers)).peers
+        return (await self.ask(Peers, PeerList)).peers
 
     async def members(self) -> tuple[MemberRecord, ...]:
         """Every node the node knows (itself first), with its metadata, state and when it was last heard of."""
-        return (await self.request(Members)).members
+        return (await self.ask(Members, MemberList)).members
 
     async def status(self) -> StatusReport:
-        return await self.request(Status)
+        return await self.ask(Status, StatusReport)
 
     async def ping(self) -> tuple[float, NodeSummary]:
         """Return the round-trip time in seconds and the node's current summary."""
         start = trio.current_time()
-        reply = await self.request(Ping)
+        reply = await self.ask(Ping, Pong)
         return trio.current_time() - start, reply.node

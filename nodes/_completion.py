@@ -105,7 +105,8 @@ def bash_script(parser: argparse.ArgumentParser, prog: str) -> str:
     return "\n".join(lines) + _FUNCTION.format(name=name, prog=shlex.quote(prog))
 
 
-def add_command(sub: argparse._SubParsersAction, parser: argparse.ArgumentParser, prog: str) -> None:
+def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                parser: argparse.ArgumentParser, prog: str) -> None:
     """Add ``completion SHELL`` to ``sub``: it prints the script for ``parser`` (which holds ``sub``)."""
     command = sub.add_parser("completion", help="print a shell completion script",
                              description=f'Print a completion script; in ~/.bashrc: eval "$({prog} completion bash)"')

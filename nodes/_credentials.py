@@ -27,7 +27,7 @@ import logging
 import os
 import ssl
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import trio
@@ -44,7 +44,7 @@ _Stamp = tuple[tuple[int, int, int] | None, ...]
 
 def _stamp(paths: tuple[Path, ...]) -> _Stamp:
     """What tells a file was replaced or changed: (inode, size, mtime in ns) each, None if absent."""
-    out = []
+    out: list[tuple[int, int, int] | None] = []
     for path in paths:
         try:
             st = os.stat(path)
@@ -114,7 +114,7 @@ class Credentials:
 
 
 async def watch(credentials: Credentials, *, on_revoked: Callable[[], None], poll_s: float,
-                requests: trio.abc.ReceiveChannel | None = None) -> None:
+                requests: trio.abc.ReceiveChannel[object] | None = None) -> None:
     """Reload ``credentials`` on each item from ``requests`` (forced) and every ``poll_s`` if the files changed.
 
     ``on_revoked`` runs after the revocation list changed.  Runs until cancelled.
@@ -164,7 +164,7 @@ class Connections:
         self._dialled.add(client)
 
     def close_revoked(self, revoked: revocation.Revocations,
-                      start_soon: Callable[[Callable[[], object]], None]) -> int:
+                      start_soon: Callable[[Callable[[], Awaitable[object]]], object]) -> int:
         """Close every connection whose certificate ``revoked`` names; return how many.
 
         Served connections are cancelled; dialled ones are closed in tasks
@@ -172,6 +172,8 @@ class Connections:
         """
         closed = 0
         for scope, identity in list(self._served.items()):
+            if identity is None:
+                continue  # a connection without TLS: no certificate to revoke
             reason = revoked.refusal(identity)
             if reason is not None:
                 logger.warning("closing a connection: %s", reason, extra={"certificate": identity.name})

@@ -117,8 +117,8 @@ def _advertised(bound: Address) -> Address:
 
 
 async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: trio.Event | None = None,
-                reload: trio.abc.ReceiveChannel | None = None, notifier: Notifier | None = None,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
+                reload: trio.abc.ReceiveChannel[object] | None = None, notifier: Notifier | None = None,
+                task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
     """Run a node, with ``plugins`` (``nodes.Plugin``), until cancelled or until ``stop`` is set.
 
     ``task_status.started`` gets the Address the node listens on (useful with
@@ -143,7 +143,8 @@ async def serve(config: NodeConfig, *, plugins: Sequence[Plugin] = (), stop: tri
 
 
 async def _serve(config: NodeConfig, plugins: Sequence[Plugin], stop: trio.Event | None,
-                 reload: trio.abc.ReceiveChannel | None, task_status, health: Health) -> None:
+                 reload: trio.abc.ReceiveChannel[object] | None, task_status: trio.TaskStatus[Address],
+                 health: Health) -> None:
     node, saved = await trio.to_thread.run_sync(_open_node, config, tuple(plugins))
     try:
         listeners = await _listen(config)
@@ -157,7 +158,7 @@ async def _serve(config: NodeConfig, plugins: Sequence[Plugin], stop: trio.Event
         bound = Address(host_, port)
         async with trio.open_nursery() as nursery:
             node.serving(_advertised(bound), nursery)
-            node.membership = start_membership(node)
+            node.membership = members = start_membership(node)
             accepting = trio.CancelScope()
 
             async def accept() -> None:
@@ -173,7 +174,7 @@ async def _serve(config: NodeConfig, plugins: Sequence[Plugin], stop: trio.Event
                                                      poll_s=config.tls_poll_s, requests=reload))
             for address in config.join:
                 node.learn_peer(address)
-            nursery.start_soon(run_membership, node)
+            nursery.start_soon(run_membership, node, members)
             nursery.start_soon(functools.partial(sweep, node.host, config.idle_s, run=node.run_host))
             if config.mdns or config.join_dns is not None:
                 nursery.start_soon(run_discovery, node)

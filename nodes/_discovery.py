@@ -22,12 +22,12 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dns.asyncresolver
 import dns.exception
 import trio
-from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
+from zeroconf import InterfaceChoice, IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 from ._config import Address
 from ._tls import is_loopback
@@ -47,7 +47,8 @@ class MdnsAdvert:
 
     def __init__(self, name: str, role: str, address: Address) -> None:
         loopback = is_loopback(address.host)
-        self.zeroconf = Zeroconf(interfaces=["127.0.0.1"] if loopback else None, ip_version=IPVersion.V4Only)
+        self.zeroconf = Zeroconf(interfaces=["127.0.0.1"] if loopback else InterfaceChoice.All,
+                                 ip_version=IPVersion.V4Only)
         host = "127.0.0.1" if address.host == "localhost" else address.host
         try:
             addresses = [socket.inet_aton(host)]
@@ -77,11 +78,11 @@ class MdnsAdvert:
 
 def _resolved(zeroconf: Zeroconf, services: Iterable[str]) -> list[tuple[str, Address]]:
     """(advertised node name, address) of each service; those that do not answer in time are left out."""
-    out = []
+    out: list[tuple[str, Address]] = []
     for service in sorted(services):
         info = zeroconf.get_service_info(SERVICE_TYPE, service, timeout=RESOLVE_TIMEOUT_MS)
         if info is not None and info.port:
-            node = (info.properties or {}).get(b"name", b"").decode(errors="replace")
+            node = ((info.properties or {}).get(b"name") or b"").decode(errors="replace")
             out.extend((node, Address(host, info.port)) for host in info.parsed_addresses(IPVersion.V4Only))
     return out
 
@@ -117,7 +118,7 @@ async def resolve_seeds(name: str, default_port: int, *, nameserver: Address | N
         resolver.nameservers, resolver.port = [nameserver.host], nameserver.port
     resolver.lifetime = 5.0
 
-    async def query(qname: str, rdtype: str) -> list:
+    async def query(qname: str, rdtype: str) -> list[Any]:
         try:
             return list(await resolver.resolve(qname, rdtype))
         except dns.exception.DNSException as exc:  # NXDOMAIN, no answer, no server, timeout
@@ -146,12 +147,13 @@ def _learn(node: Node, seeds: Iterable[Address]) -> None:
 
 async def run_discovery(node: Node) -> None:
     """Advertise and browse mDNS (``--mdns``) and resolve ``--join-dns``, every refresh; runs until cancelled."""
-    config = node.config
+    config, address = node.config, node.address
+    assert address is not None  # serve starts discovery once the node listens
     advert = None
     try:
         if config.mdns:
             try:
-                advert = await trio.to_thread.run_sync(MdnsAdvert, config.name, config.role, node.address)
+                advert = await trio.to_thread.run_sync(MdnsAdvert, config.name, config.role, address)
                 logger.info("mdns advertised", extra={"service": advert.info.name})
             except OSError as exc:  # no multicast here: the node runs on without it
                 node.counters["mdns_failed"] += 1
@@ -160,7 +162,7 @@ async def run_discovery(node: Node) -> None:
             if advert is not None:
                 _learn(node, [a for _, a in await trio.to_thread.run_sync(advert.seeds)])
             if config.join_dns is not None:
-                _learn(node, await resolve_seeds(config.join_dns, node.address.port,
+                _learn(node, await resolve_seeds(config.join_dns, address.port,
                                                  nameserver=config.dns_server))
             await trio.sleep(config.peer_refresh_s)
     finally:

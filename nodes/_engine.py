@@ -114,9 +114,10 @@ def require_epoch_interruption(engine: wasmtime.Engine) -> None:
     function traps with INTERRUPT at once.
     Raises ``ValueError`` if it does not.
     """
-    module = wasmtime.Module(engine, wasmtime.wat2wasm('(module (func (export "f")))'))
+    module = wasmtime.Module(engine, '(module (func (export "f")))')
     store = wasmtime.Store(engine)
     func = wasmtime.Instance(store, module, []).exports(store)["f"]
+    assert isinstance(func, wasmtime.Func)  # the module above exports "f" as a function
     try:
         func(store)
     except wasmtime.Trap as exc:

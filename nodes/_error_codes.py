@@ -18,7 +18,9 @@ from ._messages import ErrorCode, ErrorReply
 from ._replay import ReplayDivergence, ReplayUnsupported
 from ._wire import FieldError, check_plain
 
-_CLASS_FOR_CODE: dict[ErrorCode, type[Exception]] = {
+# Keyed by str: a reply's code is an ErrorCode or another package's plain
+# string (``Code``), and an ErrorCode (a StrEnum) is found by its string.
+_CLASS_FOR_CODE: dict[str, type[Exception]] = {
     ErrorCode.HOST_ERROR: he.HostError,
     ErrorCode.HOST_CLOSED: he.HostClosed,
     ErrorCode.BAD_REQUEST: he.RequestError,
@@ -40,7 +42,7 @@ _CLASS_FOR_CODE: dict[ErrorCode, type[Exception]] = {
     ErrorCode.REPLAY_DIVERGED: ReplayDivergence,
     ErrorCode.REPLAY_UNSUPPORTED: ReplayUnsupported,
 }
-_CODE_FOR_CLASS = {cls: code for code, cls in _CLASS_FOR_CODE.items()}
+_CODE_FOR_CLASS = {cls: ErrorCode(code) for code, cls in _CLASS_FOR_CODE.items()}
 
 
 def code_for(exc: BaseException) -> ErrorCode:

@@ -34,7 +34,7 @@ PROBES: dict[str, str] = {
 
 @functools.cache
 def _probe_bytes(name: str) -> bytes:
-    return wasmtime.wat2wasm(PROBES[name])
+    return bytes(wasmtime.wat2wasm(PROBES[name]))
 
 
 def engine_features(engine: wasmtime.Engine) -> tuple[str, ...]:

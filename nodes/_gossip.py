@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -35,12 +35,12 @@ from ._features import engine_features
 from ._limits import system_memory
 from ._member_messages import BadMemberEntry, Gossip, GossipReply, MemberEntry, MemberList, MemberRecord, Members
 from ._membership import Membership
-from ._messages import ErrorCode, ErrorReply, Reply
+from ._messages import ErrorCode, ErrorReply, Reply, Request
 
 if TYPE_CHECKING:
     from ._client import NodeClient
     from ._node import Node
-    from ._plugin import Session
+    from ._plugin import Handler, Session
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def own_entry(node: Node, *, incarnation: int) -> MemberEntry:
                        memory_limit_bytes=config.limits().workloads_memory_bytes, **_load(node))
 
 
-def _load(node: Node) -> dict:
+def _load(node: Node) -> dict[str, Any]:
     """What changes from one refresh to the next: free memory, load, workloads."""
     return {"cores": os.cpu_count() or 1, "memory_free_bytes": system_memory()[1],
             "load": round(os.getloadavg()[0], 2), "workloads": node.host.stats().workloads}
@@ -73,9 +73,8 @@ def start_membership(node: Node) -> Membership:
                       dead_after_s=DEAD_AFTER * refresh_s)
 
 
-async def run_membership(node: Node) -> None:
+async def run_membership(node: Node, members: Membership) -> None:
     """Every refresh interval: refresh our metadata, beat, and note members gone silent.  Runs until cancelled."""
-    members = node.membership
     while True:
         if members.me is not None:
             members.update_self(**_load(node))
@@ -91,8 +90,9 @@ def learn(node: Node, entries: list[MemberEntry]) -> None:
     A follower (no entry of its own: an application's embedded node) dials
     nobody for it: the members it follows dial it, having its Hello.
     """
+    own = node.membership.name if node.membership is not None else None
     for entry in entries:
-        if node.membership.name is None or entry.name == node.membership.name:
+        if own is None or entry.name == own:
             continue
         if entry.state == "alive":
             try:
@@ -112,7 +112,7 @@ async def exchange(node: Node, client: NodeClient) -> None:
     if node.membership is None or (identity is not None and identity.role != "node"):
         return
     try:
-        reply = await client.request(Gossip, entries=node.membership.outgoing())
+        reply = await client.ask(Gossip, GossipReply, entries=node.membership.outgoing())
         learn(node, node.membership.merge(reply.entries, trio.current_time()))
     except (BadMemberEntry, RemoteNodeError) as exc:
         node.counters["gossip_refused"] += 1
@@ -141,9 +141,9 @@ def member_records(node: Node) -> tuple[MemberRecord, ...]:
     return () if node.membership is None else node.membership.records(trio.current_time())
 
 
-def member_maps(node: Node) -> tuple[dict, ...]:
+def member_maps(node: Node) -> tuple[dict[str, Any], ...]:
     """The membership view as ``status`` carries it: one map per ``MemberRecord``."""
     return tuple(dataclasses.asdict(r) for r in member_records(node))
 
 
-MEMBER_HANDLERS = {Gossip: _gossip, Members: _members}
+MEMBER_HANDLERS: dict[type[Request], Handler] = {Gossip: _gossip, Members: _members}

@@ -68,7 +68,8 @@ class CallInterrupt:
         self.ticks_left, self.token, self.ended = ticks, token, None
         store.set_epoch_deadline(1)
 
-    def _on_deadline(self, context, data, delta, kind) -> int:
+    def _on_deadline(self, context: ctypes._Pointer[ffi.wasmtime_context_t], data: int | None,
+                     delta: ctypes._Pointer[ctypes.c_uint64], kind: ctypes._Pointer[ctypes.c_uint8]) -> int:
         # Runs on the thread running the guest, at each tick; must not raise.
         try:
             token = self.token

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import types
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
 from . import _host_errors as he
 from ._authorization import visible
@@ -43,13 +44,14 @@ from ._messages import (
     ReadMemory,
     Remove,
     Reply,
+    Request,
     Status,
     StatusReport,
     WorkloadList,
     WorkloadSummary,
     WriteMemory,
 )
-from ._plugin import Session
+from ._plugin import Handler, Session
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -58,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 #: Room a MemoryData reply needs beyond its data (kind, id, field names).
 _REPLY_OVERHEAD_BYTES = 1024
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 def _summary(info: WorkloadInfo) -> WorkloadSummary:
@@ -70,7 +75,8 @@ def _visible_workloads(node: Node, session: Session) -> tuple[WorkloadSummary, .
     return tuple(_summary(info) for info in node.host.workloads() if visible(identity, info.app))
 
 
-async def _for_sender(node: Node, session: Session, func, *args, guest: str | None = None):
+async def _for_sender(node: Node, session: Session, func: Callable[[*Ts], T], *args: *Ts,
+                      guest: str | None = None) -> T:
     """Run a Host method about one workload in a worker thread, finding only workloads the sender may use.
 
     ``authorize`` checked the workload's owner when the request came; this
@@ -80,7 +86,7 @@ async def _for_sender(node: Node, session: Session, func, *args, guest: str | No
     """
     identity = session.channel.peer_identity
 
-    def run():
+    def run() -> T:
         with node.host.registry.serving(lambda app: visible(identity, app)):
             return func(*args)
 
@@ -171,7 +177,7 @@ async def _status(node: Node, session: Session, req: Status) -> Reply:
                         counters=dict(node.counters), migrations=migrations, members=member_maps(node))
 
 
-HANDLERS = types.MappingProxyType({
+HANDLERS: Mapping[type[Request], Handler] = types.MappingProxyType({
     HasModule: _has_module,
     PutModule: _put_module,
     Deploy: _deploy,

@@ -29,14 +29,18 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ._config import NodeConfig
 from ._errors import ConfigError
 from ._groups import unwrap_group
 from ._metrics import node_registry
+
+if TYPE_CHECKING:
+    from ._node import Node
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +86,9 @@ class Health:
         self.notifier = notifier
         self.is_ready = False
         self.stopping = False
-        self.registry = None
+        self.registry: CollectorRegistry | None = None
 
-    def ready(self, node) -> None:
+    def ready(self, node: Node) -> None:
         """The node restored its workloads and accepts connections."""
         self.registry = node_registry(node)
         self.is_ready = True
@@ -153,10 +157,10 @@ async def _serve_http(health: Health, stream: trio.SocketStream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-async def _watchdog(notifier: Notifier) -> None:
+async def _watchdog(notifier: Notifier, interval_s: float) -> None:
     while True:
         notifier.notify("WATCHDOG=1")
-        await trio.sleep(notifier.watchdog_s)
+        await trio.sleep(interval_s)
 
 
 @contextlib.asynccontextmanager
@@ -167,8 +171,8 @@ async def lifecycle(config: NodeConfig, notifier: Notifier | None = None) -> Asy
     Raises ConfigError if the metrics address cannot be listened on.
     """
     health = Health(notifier)
-    watchdog = notifier is not None and notifier.watchdog_s
-    if config.metrics_listen is None and not watchdog:
+    watchdog_s = notifier.watchdog_s if notifier is not None else None
+    if config.metrics_listen is None and not watchdog_s:
         yield health
         return
     listeners = []
@@ -185,8 +189,8 @@ async def lifecycle(config: NodeConfig, notifier: Notifier | None = None) -> Asy
             if listeners:
                 nursery.start_soon(functools.partial(
                     trio.serve_listeners, functools.partial(_serve_http, health), listeners))
-            if watchdog:
-                nursery.start_soon(_watchdog, notifier)
+            if notifier is not None and watchdog_s:
+                nursery.start_soon(_watchdog, notifier, watchdog_s)
             try:
                 yield health
             finally:

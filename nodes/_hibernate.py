@@ -9,7 +9,7 @@ Store: its id, app, settings and call count stay, and so does everything
 other packages keep about it (the migration plugin's epoch and call ledger),
 so a call that wakes it runs exactly once.  ``info`` says ``hibernated``.
 
-Whatever uses the workload's Store enters ``InUse`` (``nodes._workload``),
+Whatever uses the workload's Store enters ``InUse`` (``nodes._in_use``),
 which wakes a sleeping workload first, under its lock: a call, a memory
 access, a checkpoint and every step of a move.  The caller only sees a
 slower first call.  Waking reads and authenticates the file, builds a new
@@ -34,10 +34,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 import wasmtime
@@ -48,10 +48,15 @@ from ._files import write_atomically
 from ._guest_time import GuestTime
 from ._host_errors import ResourceLimitExceeded, SnapshotFailed
 from ._limits import Limits
+from ._modules import CachedModule
+from ._registry import Registry
 from ._replay import InputGate, ReplayMode
 from ._wasi import OutputSink
 from ._wasi_inputs import CallBudget
 from ._workload import Workload, instantiate
+
+if TYPE_CHECKING:
+    from ._hosting import Host
 
 __all__ = ["FILE", "Hibernator", "Sleep", "sweep"]
 
@@ -79,7 +84,7 @@ class Sleep:
 class Hibernator:
     """Hibernates and wakes the workloads of one host; ``key`` is the data key files are sealed with."""
 
-    def __init__(self, engine: wasmtime.Engine, limits: Limits, guest_time: GuestTime, registry: Any) -> None:
+    def __init__(self, engine: wasmtime.Engine, limits: Limits, guest_time: GuestTime, registry: Registry) -> None:
         self._engine = engine
         self._limits = limits
         self._guest_time = guest_time
@@ -127,7 +132,7 @@ class Hibernator:
             w.drop_tracker()
             w.funcs.clear()
             w.memory = None
-            w.store.close()
+            w.awake()[0].close()
             w.store = w.instance = None
             w.memory_bytes = 0
             sleep.holds_memory = False
@@ -141,6 +146,7 @@ class Hibernator:
         ``started = False``: the workload stays hibernated, its file kept.
         """
         sleep = w.sleep
+        assert sleep is not None  # InUse wakes only a hibernated workload
         try:
             self._registry.admit_wake(w)
         except ResourceLimitExceeded as exc:
@@ -181,13 +187,13 @@ class Hibernator:
         try:
             fresh.load(snap, sleep.monotonic_ns)
         except BaseException:
-            fresh.store.close()
+            fresh.awake()[0].close()
             raise
         return fresh
 
-    def adopt(self, module: Any, directory: Path, *, workload_id: str, app: str, args, env, preopen,
-              memory_limit_bytes: int, calls: int, monotonic_ns: int, header: bytes,
-              idle_s: float | None) -> Workload:
+    def adopt(self, module: CachedModule, directory: Path, *, workload_id: str, app: str, args: Sequence[str],
+              env: dict[str, str], preopen: Mapping[str, str], memory_limit_bytes: int, calls: int,
+              monotonic_ns: int, header: bytes, idle_s: float | None) -> Workload:
         """A hibernated workload saved at shutdown, still hibernated; its file is not read.
 
         A missing or damaged file is found when it wakes, and only that
@@ -206,7 +212,7 @@ class Hibernator:
         return w
 
 
-def _blank(module: Any, limits: Limits, guest_time: GuestTime, *, workload_id: str, app: str,
+def _blank(module: CachedModule, limits: Limits, guest_time: GuestTime, *, workload_id: str, app: str,
           args: Sequence[str], env: dict[str, str], preopen: Mapping[str, str], memory_limit_bytes: int,
           directory: Path) -> Workload:
     """A workload with no Store or instance yet: one adopted hibernated (``nodes._hibernate``)."""
@@ -233,8 +239,8 @@ def idle(workloads: list[Workload], default_idle_s: float | None, now: float) ->
     return found
 
 
-async def sweep(host: Any, default_idle_s: float | None, *, tick_s: float = 1.0,
-                run: Callable[..., Any] = trio.to_thread.run_sync) -> None:
+async def sweep(host: Host, default_idle_s: float | None, *, tick_s: float = 1.0,
+                run: Callable[..., Awaitable[object]] = trio.to_thread.run_sync) -> None:
     """Hibernate idle workloads every ``tick_s``, one at a time in a worker thread, until cancelled."""
     while True:
         await trio.sleep(tick_s)

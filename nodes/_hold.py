@@ -18,18 +18,25 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, overload
 
 import snapshot
 
 from ._host_errors import BadArguments, SnapshotFailed, UnknownWorkload
+from ._in_use import InUse
 from ._registry import Registry
 from ._replay import CallInputs, ReplayMode, ReplayUnsupported, state_hash
-from ._workload import InUse, Workload, check_name
+from ._workload import Workload, check_name
 
 __all__ = ["Held"]
 
 logger = logging.getLogger(__name__)
+
+
+class _Pending(Protocol):
+    """A capture begun under the workload's lock, its pages copied by ``finish`` (``StateTracker``)."""
+
+    def finish(self) -> snapshot.Snapshot: ...
 
 
 class Held:
@@ -89,7 +96,7 @@ class Held:
         with self._using() as w:
             w.drop_tracker()
             with w.touching_state("start tracking"):
-                arming = snapshot.StateTracker.arming(w.store, w.instance, backend=backend)
+                arming = snapshot.StateTracker.arming(*w.awake(), backend=backend)
                 if not w.memory_fixed:  # it may move when it grows: arm and copy holding it
                     w.track(arming.arm())
             if not w.memory_fixed:
@@ -114,12 +121,22 @@ class Held:
         with copying:
             return pending.finish()
 
+    @overload
     @staticmethod
-    def _begin_capture(w: Workload, finish: bool = True):
+    def _begin_capture(w: Workload) -> snapshot.Snapshot: ...
+
+    @overload
+    @staticmethod
+    def _begin_capture(w: Workload, finish: Literal[False]) -> _Pending: ...
+
+    @staticmethod
+    def _begin_capture(w: Workload, finish: bool = True) -> snapshot.Snapshot | _Pending:
         """Start the tracker's first epoch and read globals, tables and extents (the caller holds ``lock``)."""
+        tracker = w.tracker
+        assert tracker is not None  # the caller has just tracked it
         try:
             with w.touching_state("start tracking"):
-                pending = w.tracker.begin_capture(w.store)
+                pending = tracker.begin_capture(w.awake()[0])
                 return pending.finish() if finish else pending
         except SnapshotFailed:
             w.drop_tracker()
@@ -141,7 +158,7 @@ class Held:
             if w.tracker is None:
                 raise SnapshotFailed(w.workload_id, "dirty tracking was not started")
             with w.touching_state("capture a delta"):
-                pending = w.tracker.begin_delta(w.store)
+                pending = w.tracker.begin_delta(w.awake()[0])
                 if consistent or not self._copies_while_running(w):
                     return pending.finish()
             copying = w.copying_outside()
@@ -231,7 +248,7 @@ class Held:
         like a capture.  Raises ``UnknownWorkload`` or ``SnapshotFailed``.
         """
         with self._using() as w, w.touching_state("hash state"):
-            return state_hash(w.store, w.instance)
+            return state_hash(*w.awake())
 
     def pages_digest(self, pages: Mapping[int, Sequence[int]]) -> str:
         """Digest the given 4 KiB pages of each memory, with memory sizes and globals.
@@ -240,7 +257,7 @@ class Held:
         they last agreed.  Raises ``UnknownWorkload`` or ``SnapshotFailed``.
         """
         with self._using() as w, w.touching_state("digest pages"):
-            return snapshot.pages_digest(w.store, w.instance, {i: list(p) for i, p in pages.items()})
+            return snapshot.pages_digest(*w.awake(), {i: list(p) for i, p in pages.items()})
 
     # --- the guest clock and settings -------------------------------------
 

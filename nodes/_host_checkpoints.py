@@ -10,23 +10,29 @@ and adopts the second, still hibernated (``adopt``).  Hibernation itself is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import snapshot
 
 from . import _checkpoint_format as checkpoint_format
-from ._checkpoint_format import BulkReport
-from ._workload import WorkloadInfo, check_name
+from ._checkpoint_format import BulkReport, Checkpointed
+from ._hibernate import Hibernator
+from ._in_use import InUse
+from ._modules import ModuleCache
+from ._registry import Registry
+from ._workload import Workload, WorkloadInfo, check_name
 
 
 class Checkpointing:
     """The checkpoint and hibernation methods of ``Host`` (which provides the attributes used here)."""
 
-    _registry: Any
-    _modules: Any
+    _registry: Registry
+    _modules: ModuleCache
     _workloads_dir: Path
-    hibernator: Any
+    hibernator: Hibernator
+    _using: Callable[[Workload], InUse]
 
     def checkpoint_entry(self, workload_id: str) -> tuple[snapshot.Snapshot, dict[str, Any]]:
         """Capture the workload between calls, with what ``restore`` needs to bring it back.
@@ -71,7 +77,7 @@ class Checkpointing:
         self._registry.adopt(w.workload_id, w)
         return w.info()
 
-    def checkpoint_all(self, directory: Path, *, key: bytes | None = None) -> BulkReport:
+    def checkpoint_all(self: Checkpointed, directory: Path, *, key: bytes | None = None) -> BulkReport:
         """Write every workload's snapshot and then a manifest into ``directory``.
 
         ``nodes._checkpoint_format.write``: a workload that cannot be captured is
@@ -80,7 +86,7 @@ class Checkpointing:
         """
         return checkpoint_format.write(self, Path(directory), key=key)
 
-    def restore_all(self, directory: Path, *, key: bytes | None = None) -> BulkReport:
+    def restore_all(self: Checkpointed, directory: Path, *, key: bytes | None = None) -> BulkReport:
         """Restore every workload ``checkpoint_all`` wrote into ``directory``.
 
         A directory without a manifest restores nothing.  A workload that

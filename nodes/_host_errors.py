@@ -110,8 +110,11 @@ class ResourceLimitExceeded(HostError):
     """The request would exceed one of the host's ``Limits``.
 
     ``limit`` names the ``Limits`` field, ``requested`` and ``allowed`` give
-    the figures.
+    the figures.  ``started`` is False when the operation it stopped had
+    not begun (a wake refused: the workload stays hibernated).
     """
+
+    started: bool = True
 
     def __init__(self, limit: str, requested: int | float, allowed: int | float, detail: str = "") -> None:
         self.limit = limit
@@ -178,8 +181,12 @@ class WorkloadExited(WorkloadTrap):
 class SnapshotFailed(HostError):
     """Capturing or restoring a workload's state failed.
 
-    ``__cause__`` is the underlying ``snapshot.SnapshotError``.
+    ``__cause__`` is the underlying ``snapshot.SnapshotError``.  ``started``
+    is False when the operation it stopped had not begun (a wake that
+    failed: the workload stays hibernated).
     """
+
+    started: bool = True
 
     def __init__(self, workload_id: str, message: str) -> None:
         self.workload_id = workload_id

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,7 @@ import wasmtime
 
 import snapshot
 
-from ._call_args import convert_args
+from ._call_args import CallResults, convert_args
 from ._checkpoint_format import BulkReport
 from ._engine import EPOCH_TICK_S, EpochTicker, open_engine
 from ._hibernate import Hibernator
@@ -48,7 +48,8 @@ from ._registry import Registry
 from ._replay import CallInputs
 from ._wasi_inputs import make_linker
 from ._guest_time import CancelToken, GuestTime
-from ._workload import InUse, Workload, WorkloadInfo, check_app, check_name, instantiate
+from ._in_use import InUse
+from ._workload import Workload, WorkloadInfo, check_app, check_name, instantiate
 
 __all__ = ["Host", "WorkloadInfo", "HostStats", "BulkReport", "EPOCH_TICK_S"]
 
@@ -246,8 +247,9 @@ class Host(Checkpointing):
             self._registry.unclaim(workload_id)
         logger.info("removed workload", extra=w.log_extra())
 
-    def _create(self, module_sha256, *, workload_id, app, args, env, preopen, memory_limit_bytes,
-                init, fresh_output, idle_s) -> Workload:
+    def _create(self, module_sha256: str, *, workload_id: str, app: str, args: Sequence[str],
+                env: Mapping[str, str] | None, preopen: Mapping[str, Path] | None, memory_limit_bytes: int | None,
+                init: Callable[[Workload], None], fresh_output: bool, idle_s: float | None) -> Workload:
         self._registry.check_open()
         check_name("workload_id", workload_id)
         check_app(app)
@@ -282,7 +284,7 @@ class Host(Checkpointing):
     # --- using a workload -------------------------------------------------
 
     def call(self, workload_id: str, export: str, args: Sequence[int | float] = (), *,
-             inputs: CallInputs | None = None, cancel: CancelToken | None = None) -> None | int | float | tuple:
+             inputs: CallInputs | None = None, cancel: CancelToken | None = None) -> CallResults:
         """Call an exported function and return its result.
 
         Returns None, one value, or a tuple for several results (arguments:

@@ -27,13 +27,17 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import snapshot
 
-from ._call_args import convert_args
+from ._call_args import CallResults, convert_args
 from ._guest_time import CancelToken
 from ._host_errors import InvalidModule, SnapshotFailed, UnknownExport, WorkloadError
 from ._workload import Workload, instantiate
+
+if TYPE_CHECKING:
+    from ._hosting import Host
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ class InstancePool:
     non-function references) or ``BadArguments``.
     """
 
-    def __init__(self, host, module_sha256: str, *, name: str, init: str | None, max_instances: int,
+    def __init__(self, host: Host, module_sha256: str, *, name: str, init: str | None, max_instances: int,
                  idle_s: float) -> None:
         self.module = module = host._modules.get(module_sha256)
         self.name = name
@@ -114,13 +118,12 @@ class InstancePool:
 
     def check_call(self, export: object, args: Sequence[int | float]) -> list[int | float]:
         """The call's parameters, converted.  Raises ``UnknownExport`` or ``BadArguments``."""
-        signature = self.module.signatures.get(export) if isinstance(export, str) else None
-        if signature is None:
+        if not isinstance(export, str) or (signature := self.module.signatures.get(export)) is None:
             raise UnknownExport(f"pool {self.name} has no callable export {export!r}")
         return convert_args(export, signature, args)
 
     def call(self, slot: int, export: str, params: list[int | float],
-             cancel: CancelToken | None = None) -> None | int | float | tuple:
+             cancel: CancelToken | None = None) -> CallResults:
         """Run one call on the instance in ``slot`` (starting one if it has none), then reset it.
 
         The caller runs one call per slot at a time.  Raises what a call
@@ -143,7 +146,7 @@ class InstancePool:
         w = self._instantiate(f"slot{slot}")
         try:
             with w.touching_state("start from the pool's state"):
-                resettable = snapshot.Resettable(self.pristine, w.store, w.instance)
+                resettable = snapshot.Resettable(self.pristine, *w.awake())
         except BaseException:
             w.release()
             raise

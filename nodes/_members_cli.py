@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from ._client import NodeClient
+from ._member_messages import MemberRecord
 
 
 def _gib(n: int | None) -> str:
@@ -36,11 +37,12 @@ def members_text(members: Sequence[Any]) -> str:
     return "\n".join(rows)
 
 
-def add_members(sub: argparse._SubParsersAction, add_client_options) -> argparse.ArgumentParser:
+def add_members(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                add_client_options: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
     p = sub.add_parser("members", help="every node the node knows: role, location, state, when last heard")
     add_client_options(p)
     return p
 
 
-async def members(client: NodeClient, args: argparse.Namespace) -> Any:
+async def members(client: NodeClient, args: argparse.Namespace) -> tuple[MemberRecord, ...]:
     return await client.members()

@@ -41,7 +41,7 @@ from ._member_messages import MAX_ENTRIES, MemberEntry, MemberRecord, check_entr
 MAX_MEMBERS = 1024
 
 
-def _order(entry: MemberEntry) -> tuple:
+def _order(entry: MemberEntry) -> tuple[tuple[int, int, int], str]:
     """The total order of entries of one name: the key, then the contents (a fixed tie-break)."""
     e = entry
     return e.key, repr((e.address, e.role, e.location, e.cores, e.memory_free_bytes, e.memory_limit_bytes,
@@ -59,7 +59,7 @@ class Membership:
                  max_members: int = MAX_MEMBERS) -> None:
         if not 0 < suspect_after_s < dead_after_s:
             raise ValueError(f"need 0 < suspect_after_s < dead_after_s, got {suspect_after_s}, {dead_after_s}")
-        self.name = me and me.name
+        self.name = me.name if me is not None else None
         self.suspect_after_s = suspect_after_s
         self.dead_after_s = dead_after_s
         self.max_members = max_members
@@ -142,7 +142,7 @@ class Membership:
         for entry in entries:
             if entry.name == self.name:
                 if self._refute(entry):
-                    won.append(self._entries[self.name])
+                    won.append(self._entries[entry.name])
                 continue
             current = self._entries.get(entry.name)
             if current is None:
@@ -159,10 +159,11 @@ class Membership:
         return won
 
     def _refute(self, said: MemberEntry) -> bool:
-        me = self._entries[self.name]
+        """``said`` is about us (its name is ours)."""
+        me = self._entries[said.name]
         if said == me or _order(said) < _order(me):
             return False
-        self._entries[self.name] = dataclasses.replace(
+        self._entries[said.name] = dataclasses.replace(
             me, incarnation=max(me.incarnation, said.incarnation) + 1, version=me.version + 1)
         self.refuted += 1
         return True

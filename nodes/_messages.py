@@ -106,10 +106,11 @@ class Request(Message):
 
 _REGISTRY: dict[str, type[Message]] = {}
 
-M = TypeVar("M", bound=type[Message])
+M = TypeVar("M", bound=Message)
 
 
-def register(kind: str, *, reply: type[Reply] | None = None, roles: frozenset[str] | None = None):
+def register(kind: str, *, reply: type[Reply] | None = None,
+             roles: frozenset[str] | None = None) -> Callable[[type[M]], type[M]]:
     """Register a message class under ``kind`` (and, for requests, its reply class and ``roles``).
 
     A request names the certificate roles that may send it (``ANY_ROLE``,
@@ -117,7 +118,7 @@ def register(kind: str, *, reply: type[Reply] | None = None, roles: frozenset[st
     if ``kind`` is taken, the class is not a Message, or a request lacks
     its reply class or its roles (or another message has them).
     """
-    def decorate(cls: M) -> M:
+    def decorate(cls: type[M]) -> type[M]:
         if kind in _REGISTRY:
             raise LocalProtocolError(f"message kind {kind!r} is already registered")
         if not issubclass(cls, Message):
@@ -132,9 +133,8 @@ def register(kind: str, *, reply: type[Reply] | None = None, roles: frozenset[st
                                      f"got {sorted(roles)!r}")
         schema_for(cls)  # fail now, not on first use, if a field has no wire form
         cls.kind = kind
-        if reply is not None:
+        if issubclass(cls, Request) and reply is not None and roles is not None:  # all or none: checked above
             cls.reply = reply
-        if roles is not None:
             cls.roles = frozenset(roles)
         _REGISTRY[kind] = cls
         return cls
@@ -143,12 +143,12 @@ def register(kind: str, *, reply: type[Reply] | None = None, roles: frozenset[st
 
 @dataclass_transform(frozen_default=True, kw_only_default=True)
 def message(kind: str, *, reply: type[Reply] | None = None,
-            roles: frozenset[str] | None = None) -> Callable[[type], Any]:
+            roles: frozenset[str] | None = None) -> Callable[[type[M]], type[M]]:
     """Declare a wire message: make the class a frozen, keyword-only, slotted dataclass and ``register`` it.
 
     Raises what ``register`` raises.
     """
-    def declare(cls: type) -> Any:
+    def declare(cls: type[M]) -> type[M]:
         return register(kind, reply=reply, roles=roles)(dataclass(frozen=True, kw_only=True, slots=True)(cls))
     return declare
 

@@ -26,12 +26,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from ._error_codes import code_for
 from ._host_errors import HostError
-from ._messages import ErrorReply, Request
+from ._messages import ErrorReply, Reply, Request
 from ._plugin import Plugin, handler_table
 
 if TYPE_CHECKING:
     from ._node import Node
-    from ._plugin import Handler
+    from ._plugin import Handler, Session
 
 PREFIX = "migrate_node_"
 #: Upper bounds (seconds) of the request-latency buckets: a node call on
@@ -41,7 +41,7 @@ REQUEST_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 
 
 def histogram(name: str, doc: str, labels: Iterable[str], bounds: tuple[float, ...],
-              series: Mapping[tuple[str, ...], list]) -> HistogramMetricFamily:
+              series: Mapping[tuple[str, ...], list[Any]]) -> HistogramMetricFamily:
     """A histogram family from per-label-set bucket counts (one per bound, then +Inf) and sums."""
     family = HistogramMetricFamily(name, doc, labels=list(labels))
     for label_values, (counts, total) in sorted(series.items()):
@@ -62,7 +62,7 @@ class Buckets:
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        self.series: dict[tuple[str, ...], list] = {}  # labels -> [counts (one per bound, then +Inf), sum]
+        self.series: dict[tuple[str, ...], list[Any]] = {}  # labels -> [counts (one per bound, then +Inf), sum]
 
     def record(self, labels: tuple[str, ...], value: float) -> None:
         entry = self.series.get(labels)
@@ -101,7 +101,7 @@ def _timed(handler: Handler, kind: str, times: RequestTimes) -> Handler:
     clock = time.perf_counter
 
     @functools.wraps(handler)
-    async def run(node, session, request):
+    async def run(node: Node, session: Session, request: Request) -> Reply:
         started = clock()
         try:
             reply = await handler(node, session, request)
@@ -123,7 +123,7 @@ class NodeCollector:
         self.node = node
         self.memory_budget = node.config.limits().workloads_memory_bytes
 
-    def describe(self) -> list:
+    def describe(self) -> list[Metric]:
         return []  # nothing is read at registration; the families appear at the first scrape
 
     def collect(self) -> Iterator[Metric]:

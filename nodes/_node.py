@@ -49,7 +49,7 @@ from . import _host_errors as he
 from ._at_rest import load_data_key
 from ._authorization import authorize, hello_refusal
 from ._budget import ByteBudget
-from ._call_executor import CallExecutor
+from ._call_executor import CallExecutor, P, T
 from ._checkpoint_format import BulkReport
 from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
@@ -116,7 +116,7 @@ class Node:
         except KeyError:
             raise KeyError(f"{self.config.name} has no state of a plugin {name!r}") from None
 
-    def plugin_status(self) -> tuple:
+    def plugin_status(self) -> tuple[dict[str, Any], ...]:
         """What every plugin adds to ``status``, in the order of the plugins."""
         return tuple(item for p in self.plugins if p.status is not None for item in p.status(self))
 
@@ -173,8 +173,8 @@ class Node:
             self.counters["peers_refused"] += 1
             raise ConnectionFailed(refused)
         client = await NodeClient.connect(
-            address, tls=self.credentials and self.credentials.client, name=self._dial_name, role=self.config.role,
-            capabilities=CAPABILITIES, advertise=str(self.address),
+            address, tls=self.credentials.client if self.credentials else None, name=self._dial_name,
+            role=self.config.role, capabilities=CAPABILITIES, advertise=str(self.address),
             max_frame_bytes=self.config.max_frame_bytes)
         if self.credentials is not None:
             revoked = self.credentials.revoked.refusal(client.node_certificate)
@@ -205,7 +205,7 @@ class Node:
         config = self.config
         try:
             with trio.fail_after(config.hello_timeout_s):
-                channel = await accept_channel(tcp, ssl_context=self.credentials and self.credentials.server,
+                channel = await accept_channel(tcp, ssl_context=self.credentials.server if self.credentials else None,
                                                hello=self.hello_fields(), max_frame_bytes=config.max_frame_bytes,
                                                vet=self._vet, budget=self.inbound, timeout_s=config.idle_timeout_s)
         except (ConnectionFailed, RemoteProtocolError, trio.TooSlowError) as exc:
@@ -232,9 +232,9 @@ class Node:
         revoked = None
         try:
             with self.connections.served(channel.peer_identity,  # cancelled by close_revoked
-                                         self.credentials and self.credentials.revoked) as scope:
+                                         self.credentials.revoked if self.credentials else None) as scope:
                 await self._read_requests(session)
-            if scope.cancelled_caught:
+            if scope.cancelled_caught and self.credentials is not None:  # only a revocation cancels it
                 reason = revoked = self.credentials.revoked.refusal(channel.peer_identity) or "certificate revoked"
         except RemoteProtocolError as exc:
             self.counters["protocol_errors"] += 1
@@ -288,8 +288,7 @@ class Node:
                     break
                 if self.inbound.peak > self.counters["inbound_peak_bytes"]:
                     self.counters["inbound_peak_bytes"] = self.inbound.peak
-                # The protocol lets only Requests through here: we never send
-                # requests on an accepted connection, so any Reply is refused.
+                assert isinstance(event, Request)  # we send no requests here: the protocol refuses any Reply
                 self._in_flight += 1
                 in_flight = limit - slots.value
                 if in_flight > self.counters["peak_requests_in_flight"]:
@@ -347,11 +346,11 @@ class Node:
             return ErrorReply(id=request.id, code=ErrorCode.INTERNAL,
                               message=f"internal error on {self.config.name}: {type(exc).__name__}")
 
-    async def run_host(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run_host(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking Host method in a worker thread."""
         return await trio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
 
-    async def run_call(self, workload: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run_call(self, workload: str, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking use of ``workload``'s guest (a call, a memory read or write) on the fair executor."""
         return await self.calls.run(workload, func, *args, **kwargs)
 

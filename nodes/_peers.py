@@ -71,9 +71,9 @@ class PeerTable:
             s = peer.summary
             out.append(PeerSummary(
                 address=str(peer.address), connected=peer.connected,
-                name=s and s.name, role=s and s.role, cores=s and s.cores,
-                memory_free_bytes=s and s.memory_free_bytes, load_1m=s and s.load_1m,
-                workloads=s and s.workloads, rtt_s=peer.rtt_s,
+                name=s.name if s else None, role=s.role if s else None, cores=s.cores if s else None,
+                memory_free_bytes=s.memory_free_bytes if s else None, load_1m=s.load_1m if s else None,
+                workloads=s.workloads if s else None, rtt_s=peer.rtt_s,
                 last_seen_s_ago=None if peer.last_seen is None else round(now - peer.last_seen, 3)))
         return tuple(out)
 

@@ -40,11 +40,11 @@ import logging
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from . import _host_errors as he
 from ._errors import ConfigError, DamagedState
-from ._messages import Reply, Request
+from ._messages import Hello, Reply, Request
 from ._transport import Channel
 
 if TYPE_CHECKING:
@@ -61,11 +61,13 @@ class Session:
     channel: Channel
 
     @property
-    def peer(self):
+    def peer(self) -> Hello:
         return self.channel.peer
 
 
 Handler = Callable[["Node", Session, Any], Awaitable[Reply]]
+#: A plugin's checkpoint record of one workload, or of the node: plain msgpack data.
+Record: TypeAlias = dict[str, Any]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -75,11 +77,11 @@ class Plugin:
     name: str
     handlers: Mapping[type[Request], Handler] = field(default_factory=dict)
     state: Callable[[Node], Any] | None = None
-    status: Callable[[Node], tuple] | None = None
-    save: Callable[[Node, str], dict | None] | None = None
-    load: Callable[[Node, str, dict], None] | None = None
-    save_node: Callable[[Node], dict] | None = None
-    load_node: Callable[[Node, dict], None] | None = None
+    status: Callable[[Node], tuple[dict[str, Any], ...]] | None = None
+    save: Callable[[Node, str], Record | None] | None = None
+    load: Callable[[Node, str, Record], None] | None = None
+    save_node: Callable[[Node], Record] | None = None
+    load_node: Callable[[Node, Record], None] | None = None
     resume: Callable[[Node], Awaitable[None]] | None = None
     metrics: Callable[[Node], Iterable[Any]] | None = None
     crash_phases: tuple[str, ...] = ()
@@ -108,21 +110,21 @@ def handler_table(own: Mapping[type[Request], Handler],
 
 
 def checkpoint_records(node: Node, plugins: Iterable[Plugin],
-                       workloads: Iterable[str]) -> tuple[dict[str, dict], set[str], dict[str, dict]]:
+                       workloads: Iterable[str]) -> tuple[dict[str, dict[str, Record]], set[str], dict[str, Record]]:
     """Ask every plugin for its records: (per workload, workloads left out, the node's)."""
-    savers = [p for p in plugins if p.save is not None]
-    records: dict[str, dict] = {}
+    savers = [(p.name, p.save) for p in plugins if p.save is not None]
+    records: dict[str, dict[str, Record]] = {}
     leave_out: set[str] = set()
     for workload in workloads:
-        for plugin in savers:
-            record = plugin.save(node, workload)
+        for name, save in savers:
+            record = save(node, workload)
             if record is None:
                 leave_out.add(workload)
                 logger.info("not checkpointed: this node does not own it",
-                            extra={"workload": workload, "extension": plugin.name})
+                            extra={"workload": workload, "extension": name})
                 break
             if record:
-                records.setdefault(workload, {})[plugin.name] = record
+                records.setdefault(workload, {})[name] = record
     node_records = {p.name: p.save_node(node) for p in plugins if p.save_node is not None}
     return records, leave_out, node_records
 

@@ -28,7 +28,7 @@ import enum
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal, NoReturn
 
 import msgpack
 
@@ -110,13 +110,15 @@ _TRANSITIONS: dict[tuple[State, _Side, _Kind], State] = {
 }
 
 
-class _NeedData:
+class _NeedData(enum.Enum):
+    NEED_DATA = "NEED_DATA"  # an enum member, so that ``is NEED_DATA`` narrows a type
+
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
 #: Returned by ``next_event`` when a whole frame has not arrived yet.
-NEED_DATA: Any = _NeedData()
+NEED_DATA: Final = _NeedData.NEED_DATA
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +247,7 @@ class Connection:
             self._fail(f"unexpected {what} in state {self.state.name}")
         self.state = new
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str) -> NoReturn:
         self.state = State.ERROR
         raise RemoteProtocolError(reason)
 
@@ -297,7 +299,7 @@ class Connection:
 
     # --- receiving ------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Add bytes read from the peer; ``b""`` means the peer closed its side."""
         if self._eof:
             if data:
@@ -308,7 +310,7 @@ class Connection:
         else:
             self._eof = True
 
-    def next_event(self) -> Message | ConnectionClosed | Any:
+    def next_event(self) -> Message | ConnectionClosed | Literal[_NeedData.NEED_DATA]:
         """Return the next Hello, Request, Reply or ConnectionClosed, or NEED_DATA.
 
         Raises RemoteProtocolError (state becomes ERROR) if the peer broke the protocol.

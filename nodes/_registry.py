@@ -24,10 +24,14 @@ import contextlib
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ._host_errors import BadArguments, HostClosed, ResourceLimitExceeded, UnknownWorkload, WorkloadExists
 from ._limits import Limits, tenant_of
 from ._workload import Workload
+
+if TYPE_CHECKING:
+    from ._hibernate import Sleep
 
 
 def _memory_claim(w: Workload) -> int:
@@ -174,7 +178,7 @@ class Registry:
 
     # --- hibernation (nodes._hibernate) ---------------------------------------
 
-    def admit_sleep(self, w: Workload, sleep) -> None:
+    def admit_sleep(self, w: Workload, sleep: Sleep) -> None:
         """Count ``sleep``'s file against ``Limits.hibernated_bytes`` and make it ``w``'s.
 
         Raises ``ResourceLimitExceeded`` (``w`` unchanged) or ``HostClosed``.
@@ -196,6 +200,7 @@ class Registry:
         with self._lock:
             self._raise_if_closed()
             self._check_limits(w.app, w.memory_limit_bytes, leaving=(w.workload_id,))
+            assert w.sleep is not None  # the caller wakes a hibernated workload
             w.sleep.holds_memory = True
 
     def adopt(self, workload_id: str, w: Workload) -> None:

@@ -131,7 +131,7 @@ class CallInputs:
     args: tuple[int | float, ...]
     entries: tuple[Entry, ...] = ()
 
-    def to_wire(self) -> list:
+    def to_wire(self) -> list[Any]:
         """Return the inputs as plain msgpack data: ``[call_index, export, args, entries]``."""
         return [self.call_index, self.export, list(self.args), [list(e) for e in self.entries]]
 
@@ -202,7 +202,7 @@ class InputGate:
         # A new workload's clock starts near 0, as wasmtime's own does.
         self._offset_ns = -monotonic()
         self._floor_ns = 0  # the latest monotonic reading the guest has seen
-        self._call: tuple[int, str, tuple] | None = None
+        self._call: tuple[int, str, tuple[int | float, ...]] | None = None
         self._entries: list[Entry] = []
         self._replaying: tuple[Entry, ...] = ()
         self._position = 0

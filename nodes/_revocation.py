@@ -69,7 +69,8 @@ def entry(text: str) -> tuple[str, int | str]:
 
 def parse(text: str, source: str = "the revocation list") -> Revocations:
     """Parse a revocation list.  Raises ConfigError naming ``source`` and the line."""
-    serials, names = set(), set()
+    serials: set[int] = set()
+    names: set[str] = set()
     for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -78,7 +79,10 @@ def parse(text: str, source: str = "the revocation list") -> Revocations:
             kind, value = entry(line)
         except ConfigError as exc:
             raise ConfigError(f"{source} line {number}: {exc}") from None
-        (serials if kind == "serial" else names).add(value)
+        if isinstance(value, int):  # entry gives ("serial", an int) or ("name", a str)
+            serials.add(value)
+        else:
+            names.add(value)
     return Revocations(frozenset(serials), frozenset(names))
 
 

@@ -33,11 +33,12 @@ import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeAlias
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ._errors import ConfigError
@@ -103,7 +104,11 @@ def init_ca(directory: Path, *, common_name: str = "wasm-migrate cluster CA") ->
     return directory / CA_FILE
 
 
-def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+#: The CA keys that sign with SHA-256 (``ca init`` makes an EC one).
+_CaKey: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | dsa.DSAPrivateKey
+
+
+def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, _CaKey]:
     try:
         cert = x509.load_pem_x509_certificate((ca_dir / CA_FILE).read_bytes())
         key = serialization.load_pem_private_key((ca_dir / CA_KEY_FILE).read_bytes(), password=None)
@@ -112,6 +117,8 @@ def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
                           f"create one with `migrate-node ca init --dir {ca_dir}`") from None
     except ValueError as exc:
         raise ConfigError(f"the CA in {ca_dir} is unreadable: {exc}") from None
+    if not isinstance(key, _CaKey):
+        raise ConfigError(f"the CA key in {ca_dir} is a {type(key).__name__}; it must be an EC, RSA or DSA key")
     return cert, key
 
 
@@ -224,7 +231,7 @@ def client_context(tls_dir: Path) -> ssl.SSLContext:
     return ctx
 
 
-def certificate_subject(cert: dict | None) -> dict[str, str]:
+def certificate_subject(cert: dict[str, Any] | None) -> dict[str, str]:
     """Return the subject of a certificate as ``SSLSocket.getpeercert()`` gives it, by attribute.
 
     Our certificates carry ``commonName`` (the holder's name) and
@@ -250,7 +257,7 @@ class Identity:
         return self.names[0] if self.names else ""
 
 
-def peer_identity(cert: dict | None) -> Identity:
+def peer_identity(cert: dict[str, Any] | None) -> Identity:
     """The Identity of a certificate as ``SSLSocket.getpeercert()`` gives it."""
     subject = certificate_subject(cert)
     role = subject.get("organizationalUnitName", "")

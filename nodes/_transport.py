@@ -26,6 +26,7 @@ when it accepts less than ``RECEIVE_BYTES`` of ours in ``timeout_s``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import ssl
 from collections.abc import Callable
@@ -98,9 +99,7 @@ class Channel:
     @property
     def peer_certificate(self) -> dict[str, str] | None:
         """The subject of the peer's TLS certificate (commonName, organizationalUnitName...), None without TLS."""
-        if isinstance(self.stream, trio.SSLStream):
-            return certificate_subject(self.stream.getpeercert())
-        return None
+        return certificate_subject(self.stream.getpeercert()) if isinstance(self.stream, trio.SSLStream) else None
 
     @property
     def peer_identity(self) -> Identity | None:
@@ -122,7 +121,7 @@ class Channel:
             finally:
                 self._send_lock.release()
         finally:
-            if claim:
+            if claim and self.budget is not None:  # claims are taken only with a budget
                 self.budget.release(claim)
         if isinstance(message, Reply) and self.connection.their_requests_pending == 0:
             self._progress()  # owed nothing more: the idle time starts now
@@ -160,6 +159,7 @@ class Channel:
 
     async def _wait_writable(self, sock: Any) -> None:
         """Wait until the socket takes bytes again: at most until ``timeout_s`` after the mark."""
+        assert self._ready is not None and self.timeout_s is not None  # installed only then (``__init__``)
         when, sent = self._send_mark
         if when == math.inf or self._ready.sent_bytes - sent >= RECEIVE_BYTES:
             self._send_mark = when, sent = trio.current_time(), self._ready.sent_bytes
@@ -172,7 +172,7 @@ class Channel:
         """True if the peer sent bytes (or closed) that nobody has read yet; one poll, no waiting."""
         return has_unread(self.stream.transport_stream if isinstance(self.stream, trio.SSLStream) else self.stream)
 
-    async def receive(self) -> Any:
+    async def receive(self) -> Message | ConnectionClosed:
         """Return the next Hello, Request, Reply or ConnectionClosed from the peer.
 
         Raises RemoteProtocolError or ConnectionFailed.
@@ -186,7 +186,7 @@ class Channel:
                 raise
             if event is not NEED_DATA:
                 if self.budget is not None:
-                    self._took(event)
+                    self._took(event, self.budget)
                 if conn.last_frame_bytes:
                     self._progress()  # a whole frame arrived
                 return event
@@ -236,20 +236,20 @@ class Channel:
             raise ConnectionFailed(self._stall())
         return data
 
-    async def _receive_some(self, size: int) -> bytes:
+    async def _receive_some(self, size: int) -> bytes | bytearray:
         try:
             return await self.stream.receive_some(size)
         except _BROKEN as exc:
             raise ConnectionFailed(f"connection to {self.remote} broke: {exc or type(exc).__name__}") from exc
 
-    def _took(self, event: Any) -> None:
+    def _took(self, event: Message | ConnectionClosed, budget: ByteBudget) -> None:
         """Move the bytes of the frame just read from the buffer's share of the budget to its event."""
         size = self.connection.last_frame_bytes
         self._held -= size
         if isinstance(event, Request):
             self._claims[event.id] = size  # given back when the reply is sent
         elif size:
-            self.budget.release(size)
+            budget.release(size)
 
     def release_budget(self) -> None:
         """Give back every byte this channel holds of the budget (it is closing)."""
@@ -308,15 +308,14 @@ class Channel:
         if isinstance(event, ConnectionClosed):
             raise ConnectionFailed(f"{self.remote} closed the connection during the handshake"
                                    + (f": {event.reason}" if event.reason else ""))
-        return event  # the Connection lets nothing but a Hello through here
+        assert isinstance(event, Hello)  # the Connection lets nothing but a Hello through here
+        return event
 
     async def _goodbye(self, code: ErrorCode | None, reason: str) -> None:
         """Tell the peer why we close, if it is still listening; never raises."""
         with trio.move_on_after(_GOODBYE_TIMEOUT_S):
-            try:
+            with contextlib.suppress(Exception):
                 await self.send(Goodbye(code=code, reason=reason[:400]))
-            except Exception:
-                pass
 
     async def aclose(self, *, reason: str = "", code: ErrorCode | None = None) -> None:
         """Say Goodbye (when the connection is still open), close the stream and give back its budget."""
@@ -333,7 +332,7 @@ def _connection(max_frame_bytes: int | None) -> Connection:
     return Connection() if max_frame_bytes is None else Connection(max_frame_bytes=max_frame_bytes)
 
 
-async def open_channel(address: Address, *, ssl_context: ssl.SSLContext | None, hello: dict,
+async def open_channel(address: Address, *, ssl_context: ssl.SSLContext | None, hello: dict[str, Any],
                        max_frame_bytes: int | None = None) -> Channel:
     """Connect to a node, finish TLS and the Hello exchange; return the Channel.
 
@@ -366,7 +365,7 @@ async def open_channel(address: Address, *, ssl_context: ssl.SSLContext | None, 
 
 
 async def accept_channel(tcp: trio.SocketStream, *, ssl_context: ssl.SSLContext | None,
-                         hello: dict, max_frame_bytes: int | None = None,
+                         hello: dict[str, Any], max_frame_bytes: int | None = None,
                          vet: Callable[[Channel], str | None] = lambda channel: None,
                          budget: ByteBudget | None = None, timeout_s: float | None = None) -> Channel:
     """Answer a connection a listener accepted: TLS, then the Hello exchange.

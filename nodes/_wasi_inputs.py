@@ -21,8 +21,9 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeAlias
 
 import wasmtime
 from wasmtime import _ffi as ffi
@@ -35,6 +36,12 @@ __all__ = ["CallBudget", "make_linker"]
 logger = logging.getLogger(__name__)
 
 _current = threading.local()  # .budget: the CallBudget of guest code running on this thread
+
+if TYPE_CHECKING:  # ctypes._Pointer cannot be subscripted at run time
+    _Caller: TypeAlias = ctypes._Pointer[ffi.wasmtime_caller_t]
+    _Vals: TypeAlias = ctypes._Pointer[ffi.wasmtime_val_raw_t]
+    #: A WASI function in Python: ``impl(budget, caller, vals)`` returns the errno.
+    _Impl: TypeAlias = Callable[["CallBudget", _Caller, _Vals], int]
 
 
 class CallBudget:
@@ -106,7 +113,7 @@ class _GuestMemory:
 
     __slots__ = ("_item", "_context", "_address", "base", "size")
 
-    def __init__(self, caller: ctypes._Pointer) -> None:
+    def __init__(self, caller: _Caller) -> None:
         self._item = ffi.wasmtime_extern_t()
         if (not ffi.wasmtime_caller_export_get(caller, _MEMORY_NAME, len(_MEMORY_NAME), ctypes.byref(self._item))
                 or self._item.kind != _EXTERN_MEMORY):
@@ -116,7 +123,7 @@ class _GuestMemory:
         self.base = self.size = -1
 
     @staticmethod
-    def of(caller: ctypes._Pointer, budget: CallBudget) -> _GuestMemory:
+    def of(caller: _Caller, budget: CallBudget) -> _GuestMemory:
         """The calling guest's memory, refreshed.  Traps if it exports none."""
         memory = budget.memory
         if memory is None:
@@ -140,10 +147,11 @@ class _GuestMemory:
 
 def _trap_pointer(message: str) -> int:
     text = message.encode()
-    return ctypes.cast(ffi.wasmtime_trap_new(text, len(text)), ctypes.c_void_p).value
+    return ctypes.cast(ffi.wasmtime_trap_new(text, len(text)), ctypes.c_void_p).value or 0
 
 
-def _wasi_function(name: str, params: Sequence[wasmtime.ValType]):
+
+def _wasi_function(name: str, params: Sequence[wasmtime.ValType]) -> Callable[[_Impl], _Impl]:
     """Wrap ``impl(budget, caller, vals)`` as an unchecked host callback for ``name``.
 
     ``impl`` reads its arguments from ``vals`` and returns the errno, which
@@ -152,8 +160,8 @@ def _wasi_function(name: str, params: Sequence[wasmtime.ValType]):
     ``Host.call`` to raise.  Nothing may escape a C callback, so anything
     else is logged and traps.
     """
-    def wrap(impl):
-        def callback(env, caller, vals, nvals):
+    def wrap(impl: _Impl) -> _Impl:
+        def callback(env: int | None, caller: _Caller, vals: _Vals, nvals: int) -> int:
             budget = getattr(_current, "budget", None) or _NO_BUDGET
             try:
                 vals[0].i32 = impl(budget, caller, vals)
@@ -182,7 +190,7 @@ def _clock_id(raw: int) -> int:
 
 
 @_wasi_function("clock_time_get", [_i32, _i64, _i32])
-def _clock_time_get(budget: CallBudget, caller, vals) -> int:
+def _clock_time_get(budget: CallBudget, caller: _Caller, vals: _Vals) -> int:
     clock = _clock_id(vals[0].i32)
     if clock > _CLOCK_MONOTONIC:
         return _ERRNO_BADF  # CPU-time clocks: wasmtime has none either
@@ -192,7 +200,7 @@ def _clock_time_get(budget: CallBudget, caller, vals) -> int:
 
 
 @_wasi_function("clock_res_get", [_i32, _i32])
-def _clock_res_get(budget: CallBudget, caller, vals) -> int:
+def _clock_res_get(budget: CallBudget, caller: _Caller, vals: _Vals) -> int:
     clock = _clock_id(vals[0].i32)
     if clock > _CLOCK_MONOTONIC:
         return _ERRNO_BADF
@@ -202,7 +210,7 @@ def _clock_res_get(budget: CallBudget, caller, vals) -> int:
 
 
 @_wasi_function("random_get", [_i32, _i32])
-def _random_get(budget: CallBudget, caller, vals) -> int:
+def _random_get(budget: CallBudget, caller: _Caller, vals: _Vals) -> int:
     length = vals[1].i32 & _MASK32
     address = _GuestMemory.of(caller, budget).check(vals[0].i32 & _MASK32, length)
     if length:
@@ -219,7 +227,7 @@ _SUBCLOCK_ABSTIME = 1
 
 
 @_wasi_function("poll_oneoff", [_i32] * 4)
-def _poll_oneoff(budget: CallBudget, caller, vals) -> int:
+def _poll_oneoff(budget: CallBudget, caller: _Caller, vals: _Vals) -> int:
     """wasi_snapshot_preview1.poll_oneoff, refusing to sleep past the budget.
 
     A sandboxed guest's descriptors (stdin without data, stdout, stderr,

@@ -1,11 +1,11 @@
-"""One hosted workload: its record, what runs on it, the guard every use takes, its guest's time budget.
+"""One hosted workload: its record, what runs on it, its guest's time budget.
 
 A ``Workload`` (built by ``instantiate``) owns a wasmtime Store, its
 instance, its WASI output files and its ``CallBudget`` (with the
 ``InputGate`` of ``nodes._replay``), and runs what touches them: first boot,
 a call, memory reads and writes, captures and restores.  A Store is used
 by one thread at a time: everything touching it holds the workload's lock,
-through ``InUse``.  Guest code (a call, first boot, and the accessor
+through ``InUse`` (``nodes._in_use``).  Guest code (a call, first boot, and the accessor
 functions a capture, restore or hash may run) runs under ``GuestTime``: the
 engine's epoch deadline, and the same budget for sleeps in WASI functions;
 ``GuestTime.error`` translates what a guest raised into a ``WorkloadError``.
@@ -20,17 +20,18 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
 import snapshot
 
 from . import _switching
+from ._call_args import CallResults
 from ._engine import memory_never_moves
 from ._guest_time import CallInterrupt, CancelToken, GuestTime
 from ._host_errors import (
@@ -50,6 +51,9 @@ from ._modules import CachedModule
 from ._replay import CallInputs, InputGate, ReplayDivergence
 from ._wasi import OutputSink, wasi_config
 from ._wasi_inputs import CallBudget
+
+if TYPE_CHECKING:
+    from ._hibernate import Sleep
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +115,9 @@ class Workload:
     directory: Path
     stdout: OutputSink
     stderr: OutputSink
-    store: wasmtime.Store
+    store: wasmtime.Store | None  # None while hibernated
     budget: CallBudget
-    instance: wasmtime.Instance
+    instance: wasmtime.Instance | None  # None while hibernated
     guest_time: GuestTime
     lock: threading.Lock = field(default_factory=threading.Lock)
     funcs: dict[str, wasmtime.Func] = field(default_factory=dict)
@@ -130,7 +134,7 @@ class Workload:
     memory_fixed: bool = False  # it never moves (the host's own engine): ``copying_outside``
     copies: int = 0  # copies running without ``lock``; its own lock: one ending waits for no call
     copies_done: threading.Condition = field(default_factory=threading.Condition)
-    sleep: Any = None  # a nodes._hibernate.Sleep while hibernated
+    sleep: Sleep | None = None  # while hibernated
     idle_s: float | None = None  # hibernated once unused this long (None: the node's default)
     last_used: float = field(default_factory=time.monotonic)  # when InUse last let it go
 
@@ -144,14 +148,23 @@ class Workload:
     def log_extra(self) -> dict[str, str]:
         return {"workload": self.workload_id, "app": self.app, "module_sha256": self.module.sha256}
 
+    def awake(self) -> tuple[wasmtime.Store, wasmtime.Instance]:
+        """Its Store and instance; ``InUse`` wakes a hibernated workload before any use."""
+        if self.store is None or self.instance is None:
+            raise RuntimeError(f"workload {self.workload_id} is hibernated")
+        return self.store, self.instance
+
     def memory0(self) -> wasmtime.Memory | None:
         if self.memory is None and self.module.memory0_export is not None:
-            self.memory = self.instance.exports(self.store)[self.module.memory0_export]
+            store, instance = self.awake()
+            memory = instance.exports(store)[self.module.memory0_export]
+            assert isinstance(memory, wasmtime.Memory)  # memory0_export names memory index 0
+            self.memory = memory
         return self.memory
 
     def refresh_memory_bytes(self) -> None:
         memory = self.memory0()
-        self.memory_bytes = memory.data_len(self.store) if memory is not None else 0
+        self.memory_bytes = memory.data_len(self.awake()[0]) if memory is not None else 0
 
     def settings_entry(self) -> dict[str, Any]:
         """What ``Host.restore`` needs to bring it back (a checkpoint manifest entry), but its clock."""
@@ -213,7 +226,7 @@ class Workload:
 
     def running(self, token: CancelToken | None = None) -> contextlib.AbstractContextManager[None]:
         """Give guest code of this workload about to run on this thread its time budget (and ``token``)."""
-        return self.guest_time.running(self.store, self.budget, self.interrupt, token)
+        return self.guest_time.running(self.awake()[0], self.budget, self.interrupt, token)
 
     def guest_error(self, exc: Exception) -> WorkloadError:
         return self.guest_time.error(self.workload_id, exc, self.budget, self.interrupt)
@@ -233,17 +246,17 @@ class Workload:
 
     def capture(self, in_place: bool = False) -> snapshot.Snapshot:
         with self.touching_state("capture"):
-            return snapshot.capture(self.store, self.instance, in_place=in_place)
+            return snapshot.capture(*self.awake(), in_place=in_place)
 
     def restore_state(self, snap: snapshot.Snapshot) -> None:
         with self.touching_state("restore"):
-            snapshot.restore(snap, self.store, self.instance)
+            snapshot.restore(snap, *self.awake())
 
     def first_boot(self) -> None:
         """Run the module's start function and a reactor's ``_initialize``.  Raises a ``WorkloadError``."""
         try:
             with self.running():
-                snapshot.first_boot(self.store, self.instance)
+                snapshot.first_boot(*self.awake())
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise self.guest_error(exc) from exc
 
@@ -263,7 +276,7 @@ class Workload:
         self.restore_state(snap)
 
     def run(self, export: str, params: list[int | float], inputs: CallInputs | None,
-            token: CancelToken | None = None) -> None | int | float | tuple:
+            token: CancelToken | None = None) -> CallResults:
         """Run one call of ``export`` (the caller holds ``lock``), counting it and its trap or timeout.
 
         Raises a ``WorkloadError`` (``CallCancelled`` if ``token`` was
@@ -271,14 +284,17 @@ class Workload:
         """
         if token is not None and token.cancelled:
             raise CallCancelled(self.workload_id, started=False)
+        store, instance = self.awake()
         func = self.funcs.get(export)
         if func is None:
-            func = self.funcs[export] = self.instance.exports(self.store)[export]
+            found = instance.exports(store)[export]
+            assert isinstance(found, wasmtime.Func)  # Host.call checked that it names a function
+            func = self.funcs[export] = found
         gate = self.budget.inputs
         gate.begin_call(self.calls, export, params, inputs)
         try:
             with self.running(token):
-                result = func(self.store, *params)
+                result = func(store, *params)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             error = gate.end_call() or self.guest_error(exc)
             if isinstance(error, WorkloadTimeout):
@@ -321,10 +337,11 @@ class Workload:
         for name, value in (("offset", offset), ("length", length)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise BadArguments(f"{name} must be a non-negative int, got {value!r}")
-        size = memory.data_len(self.store)
+        store = self.awake()[0]
+        size = memory.data_len(store)
         if offset + length > size:
             raise BadArguments(f"[{offset}, {offset + length}) is outside memory of {size} bytes")
-        return ctypes.addressof(memory.data_ptr(self.store).contents) + offset
+        return ctypes.addressof(memory.data_ptr(store).contents) + offset
 
 
 def instantiate(engine: wasmtime.Engine, module: CachedModule, limits: Limits, guest_time: GuestTime, *,
@@ -354,43 +371,3 @@ def instantiate(engine: wasmtime.Engine, module: CachedModule, limits: Limits, g
                     directory=directory, stdout=stdout, stderr=stderr, store=store,
                     budget=budget, instance=instance, guest_time=guest_time, interrupt=interrupt,
                     memory_fixed=memory_never_moves(engine))
-
-
-class InUse:
-    """Holds a workload's lock and marks it busy; refuses a removed one.
-
-    With ``guest=True`` (calls and memory access) it also waits out a
-    pause, checking under the lock, so nothing runs between a migration's
-    final capture and the commit.  ``check_open`` raises ``HostClosed`` if
-    the host closed (a removed workload is then reported as that).
-    """
-
-    def __init__(self, check_open: Callable[[], None], w: Workload, guest: bool = False) -> None:
-        self._check_open = check_open
-        self._w = w
-        self._guest = guest
-
-    def __enter__(self) -> Workload:
-        w = self._w
-        w.lock.acquire()
-        while self._guest and not w.thawed.is_set() and not w.removed:
-            w.lock.release()
-            w.thawed.wait()
-            w.lock.acquire()
-        if w.removed:
-            w.lock.release()
-            self._check_open()
-            raise UnknownWorkload(f"no workload {w.workload_id!r} on this host")
-        if w.sleep is not None:
-            try:
-                w.sleep.wake(w)
-            except BaseException:
-                w.lock.release()
-                raise
-        w.busy = True
-        return w
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._w.busy = False
-        self._w.last_used = time.monotonic()
-        self._w.lock.release()

@@ -27,7 +27,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import trio
 
@@ -35,7 +35,7 @@ from . import _completion
 from . import _crash as crash
 from . import _host_errors as he
 from ._client import NodeClient
-from ._config import DEFAULT_PORT, SETTINGS, NodeConfig, parse_address, resolve_config
+from ._config import DEFAULT_PORT, SETTINGS, Address, NodeConfig, parse_address, resolve_config
 from ._errors import ConfigError, NodeError
 from ._groups import unwrap_group
 from ._logging import configure_logging
@@ -58,14 +58,15 @@ class UsageError(Exception):
     """Bad command-line usage (exit status 2)."""
 
 
+#: What a command adds its parser to (a string: argparse's class is not subscriptable at run time).
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 #: A command: the function that adds its subparser, and the function that runs it (returns the exit status).
-Command = tuple[Callable[[argparse._SubParsersAction], argparse.ArgumentParser],
-                Callable[[argparse.Namespace], int]]
+Command = tuple[Callable[[SubParsers], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]
 
 
 # --- serve ------------------------------------------------------------------
 
-def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def _add_serve(sub: SubParsers) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run a node",
                        description="Run a node. Settings come from flags, then MIGRATE_NODE_* "
                                    "environment variables, then --config, then defaults.")
@@ -114,7 +115,7 @@ async def _serve_until_signalled(config: NodeConfig, plugins: Sequence[Plugin]) 
 
             nursery.start_soon(on_signal)
 
-            async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            async def run(task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
                 await serve(config, plugins=plugins, stop=stop, reload=reloads, notifier=Notifier.from_env(),
                             task_status=task_status)
                 nursery.cancel_scope.cancel()  # stopped, the shutdown checkpoint written: end on_signal too
@@ -210,19 +211,19 @@ def _number(text: str) -> int | float:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
-def _add_status(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def _add_status(sub: SubParsers) -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="a node's role, capacity, workloads, peers and migrations")
     add_client_options(p)
     return p
 
 
-def _add_list(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def _add_list(sub: SubParsers) -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="a node's workloads")
     add_client_options(p)
     return p
 
 
-def _add_deploy(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def _add_deploy(sub: SubParsers) -> argparse.ArgumentParser:
     p = sub.add_parser("deploy", help="start a workload from a .wasm file")
     p.add_argument("module", help="path of a .wasm module")
     p.add_argument("--id", default=None, help="workload id (default: generated)")
@@ -232,7 +233,7 @@ def _add_deploy(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _add_call(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def _add_call(sub: SubParsers) -> argparse.ArgumentParser:
     p = sub.add_parser("call", help="call a workload's export with numbers")
     p.add_argument("workload")
     p.add_argument("export")
@@ -243,7 +244,7 @@ def _add_call(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 # --- certificates -------------------------------------------------------------------
 
-def _add_ca(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def _add_ca(sub: SubParsers) -> argparse.ArgumentParser:
     p = sub.add_parser("ca", help="the cluster's certificate authority")
     ca_sub = p.add_subparsers(dest="ca_command", required=True, metavar="init")
     init = ca_sub.add_parser("init", help="create a cluster CA")
@@ -257,7 +258,7 @@ def _run_ca(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_cert(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def _add_cert(sub: SubParsers) -> argparse.ArgumentParser:
     p = sub.add_parser("cert", help="node and client certificates")
     cert_sub = p.add_subparsers(dest="cert_command", required=True, metavar="issue|show|revoke")
     issue = cert_sub.add_parser("issue", help="issue a key and certificate signed by the cluster CA")
@@ -333,7 +334,7 @@ def main(argv: Sequence[str] | None = None, *, commands: Mapping[str, Command] =
     except (ConfigError, UsageError) as exc:
         print(f"{prog} {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (NodeError, he.HostError, trio.TooSlowError, *failures) as exc:
+    except (NodeError, he.HostError, trio.TooSlowError) + failures as exc:  # mypy reads no *unpacking here
         print(f"{prog} {args.command}: {exc or 'timed out'}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from nodes.cli import COMMANDS, build_parser
+from nodes.cli import COMMANDS, EXIT_FAILED, build_parser, main
 from nodeproc import run_cli
 
 
@@ -33,6 +33,24 @@ def test_user_errors(args, status, message):
     assert "Traceback" not in done.stderr
     # The error is one line (argparse's own errors come after the usage text).
     assert message in done.stderr.splitlines()[-1], done.stderr
+
+
+class ToolError(Exception):
+    """An error class of a package that runs ``main`` with its own commands."""
+
+
+@pytest.mark.parametrize("raised, status", [(ToolError("the tool failed"), EXIT_FAILED), (LookupError("bug"), None)])
+def test_a_callers_failure_classes_exit_with_status_1_and_others_propagate(capsys, raised, status):
+    def run(args):
+        raise raised
+
+    commands = {"go": (lambda sub: sub.add_parser("go"), run)}
+    if status is None:  # not one of ``failures``: a bug, with its traceback
+        with pytest.raises(LookupError):
+            main(["go"], commands=commands, failures=(ToolError,), prog="tool")
+        return
+    assert main(["go"], commands=commands, failures=(ToolError,), prog="tool") == status
+    assert capsys.readouterr().err == "tool go: the tool failed\n"
 
 
 def test_serve_on_a_busy_port_is_one_line_with_status_2(tmp_path):

@@ -9,15 +9,18 @@ the real one, only the server is ours.
 
 from __future__ import annotations
 
+import socket
+
 import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
 import trio
+from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
 from nodes import ConfigError, NodeClient, resolve_config
 from nodes._config import Address
-from nodes._discovery import browse_mdns, resolve_seeds
+from nodes._discovery import SERVICE_TYPE, MdnsAdvert, _resolved, browse_mdns, resolve_seeds
 
 #: Seen as a test's limit for a few refresh intervals of 0.3 s, on a loaded 2-core machine.
 WAIT_S = 30
@@ -45,6 +48,31 @@ async def test_two_nodes_find_each_other_by_mdns(node_procs):
     # An application browsing finds both, by the names in their TXT records.
     found = dict(await browse_mdns(2.0))
     assert found.get("mdns-a") == a.address and found.get("mdns-b") == b.address
+
+
+def test_an_advert_of_an_address_that_is_not_loopback_uses_every_interface():
+    # A node listening on 0.0.0.0 advertises its host name: zeroconf then
+    # binds every interface, as for any address but loopback.
+    advert = MdnsAdvert("wide", "node", Address(socket.gethostname(), 7401))
+    try:
+        assert advert.info.name.endswith(SERVICE_TYPE) and advert.info.port == 7401
+        assert advert.zeroconf.engine.protocols  # it listens
+    finally:
+        advert.close()
+
+
+def test_a_service_whose_name_property_has_no_value_is_found_without_a_name():
+    # Another program on the network may advertise the service type with a
+    # valueless "name" TXT key; browsing takes its address, with name "".
+    zeroconf = Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    info = ServiceInfo(SERVICE_TYPE, f"odd.{SERVICE_TYPE}", addresses=[socket.inet_aton("127.0.0.1")], port=7409,
+                       properties={"name": None}, server="odd.local.")
+    zeroconf.register_service(info)
+    try:
+        assert _resolved(zeroconf, [info.name]) == [("", Address("127.0.0.1", 7409))]
+    finally:
+        zeroconf.unregister_service(info)
+        zeroconf.close()
 
 
 class DnsServer:

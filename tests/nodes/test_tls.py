@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from nodes import ConfigError, client_context, init_ca, issue_cert, server_context
@@ -69,6 +70,14 @@ def test_issue_refuses_bad_input(ca, tmp_path):
     issue_cert(ca, name="x", role="node", out_dir=tmp_path / "d")
     with pytest.raises(ConfigError, match="refusing to overwrite"):
         issue_cert(ca, name="x", role="node", out_dir=tmp_path / "d")
+
+
+def test_issue_refuses_a_ca_key_that_cannot_sign_with_sha256(ca, tmp_path):
+    key = ed25519.Ed25519PrivateKey.generate()
+    (ca / "ca-key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+    with pytest.raises(ConfigError, match="is a .*Ed25519PrivateKey; it must be an EC, RSA or DSA key"):
+        issue_cert(ca, name="x", role="node", out_dir=tmp_path / "x")
 
 
 def test_contexts_require_certificates_both_ways(ca, tmp_path):

@@ -1,0 +1,49 @@
+"""The guard every use of a workload takes: ``InUse`` holds its lock, waits out a pause and wakes it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ._host_errors import UnknownWorkload
+from ._workload import Workload
+
+
+class InUse:
+    """Holds a workload's lock and marks it busy; refuses a removed one.
+
+    With ``guest=True`` (calls and memory access) it also waits out a
+    pause, checking under the lock, so nothing runs between a migration's
+    final capture and the commit.  ``check_open`` raises ``HostClosed`` if
+    the host closed (a removed workload is then reported as that).
+    """
+
+    def __init__(self, check_open: Callable[[], None], w: Workload, guest: bool = False) -> None:
+        self._check_open = check_open
+        self._w = w
+        self._guest = guest
+
+    def __enter__(self) -> Workload:
+        w = self._w
+        w.lock.acquire()
+        while self._guest and not w.thawed.is_set() and not w.removed:
+            w.lock.release()
+            w.thawed.wait()
+            w.lock.acquire()
+        if w.removed:
+            w.lock.release()
+            self._check_open()
+            raise UnknownWorkload(f"no workload {w.workload_id!r} on this host")
+        if w.sleep is not None:
+            try:
+                w.sleep.wake(w)
+            except BaseException:
+                w.lock.release()
+                raise
+        w.busy = True
+        return w
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._w.busy = False
+        self._w.last_used = time.monotonic()
+        self._w.lock.release()
