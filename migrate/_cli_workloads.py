@@ -17,19 +17,22 @@ import argparse
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from nodes import NodeClient, RemoteNodeError, UnknownWorkload, parse_address
+from nodes import ExportSignature, NodeClient, RemoteNodeError, UnknownWorkload, parse_address
 from nodes import cli as node_cli
 
 from ._codes import MigrationCode
-from ._messages import MCall, MLocate
+from ._messages import MCall, MLocate, MResult, MWhere
+from ._replies import expect
 
 #: How many moves a command follows before giving up.
 MAX_HOPS = 5
 
+T = TypeVar("T")
 
-async def _follow(client: NodeClient, args: argparse.Namespace, operate: Callable[[NodeClient], Awaitable[Any]]):
+
+async def _follow(client: NodeClient, args: argparse.Namespace, operate: Callable[[NodeClient], Awaitable[T]]) -> T:
     """Run ``operate(client)`` on ``args.workload``'s node, following the workload where it moved; its result."""
     opened: list[NodeClient] = []
     try:
@@ -39,7 +42,7 @@ async def _follow(client: NodeClient, args: argparse.Namespace, operate: Callabl
             except (UnknownWorkload, RemoteNodeError) as exc:
                 if isinstance(exc, RemoteNodeError) and exc.code != MigrationCode.NOT_OWNER:
                     raise
-                where = await client.request(MLocate, workload=args.workload)
+                where = expect(MWhere, await client.request(MLocate, workload=args.workload))
                 if where.status != "moved" or not where.to_address:
                     raise UnknownWorkload(f"{client.node} has no workload {args.workload!r} "
                                           "and knows of no node it moved to") from None
@@ -53,15 +56,15 @@ async def _follow(client: NodeClient, args: argparse.Namespace, operate: Callabl
             await other.aclose()
 
 
-async def call_command(client: NodeClient, args: argparse.Namespace) -> Any:
+async def call_command(client: NodeClient, args: argparse.Namespace) -> None | int | float | tuple[Any, ...]:
     return await _follow(client, args, lambda c: c.call(args.workload, args.export, *args.args))
 
 
-async def remove_command(client: NodeClient, args: argparse.Namespace) -> Any:
+async def remove_command(client: NodeClient, args: argparse.Namespace) -> str:
     caller = f"cli-{uuid.uuid4().hex}"
 
     async def remove(c: NodeClient) -> None:
-        reply = await c.request(MCall, workload=args.workload, caller=caller, seq=0, op="remove")
+        reply = expect(MResult, await c.request(MCall, workload=args.workload, caller=caller, seq=0, op="remove"))
         if reply.moved_to is not None:  # it left while we asked: look it up as for any other move
             raise UnknownWorkload(f"{args.workload} moved to {reply.moved_to}")
 
@@ -69,12 +72,12 @@ async def remove_command(client: NodeClient, args: argparse.Namespace) -> Any:
     return f"removed {args.workload}"
 
 
-async def hibernate_command(client: NodeClient, args: argparse.Namespace) -> Any:
+async def hibernate_command(client: NodeClient, args: argparse.Namespace) -> str:
     await _follow(client, args, lambda c: c.hibernate(args.workload))
     return f"hibernated {args.workload}"
 
 
-async def exports_command(client: NodeClient, args: argparse.Namespace) -> Any:
+async def exports_command(client: NodeClient, args: argparse.Namespace) -> tuple[ExportSignature, ...] | str:
     exports = await client.exports(args.workload)
     if args.json:
         return exports

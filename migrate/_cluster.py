@@ -11,29 +11,33 @@ other move.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from nodes import (Address, ConnectionFailed, ErrorCode, HostError, NodeClient, NodeConfig, NodeError,
-                   NodeShuttingDown, RemoteNodeError, embedded_logging, parse_address, serve, unwrap_group)
+                   NodeShuttingDown, RemoteNodeError, Reply, Request, embedded_logging, parse_address, serve,
+                   unwrap_group)
 
 from . import _autoplace, _nodes
 from ._advice import Advice, Autoplace, Work
 from ._discover import discover_node, follow_members, resolve
 from ._placement import Needs, NodeRecord, PlacementPolicy
 from ._service import PLUGINS
-from ._errors import MigrateError, UnknownNode
+from ._errors import MigrateError, UnknownNode, WorkloadUnavailable
 from ._handle import DEFAULT_RECONNECT_TIMEOUT_S, Handle, module_bytes
-from ._messages import MLocate, MSpawn
+from ._messages import MLocate, MSpawn, MSpawned, MWhere
 from ._pool import Pool, open_pool
 from ._protect import Protector
 from ._protection import Event, FailoverFailed, Protection, ProtectionStatus
+from ._replies import expect
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class Cluster:
         self._modules: dict[str, bytes] = {}  # workload -> module bytes, for failover
         self._protectors: dict[str, Protector] = {}
         self._protect_scopes: dict[str, trio.CancelScope] = {}
-        self._event_send, self._event_receive = trio.open_memory_channel(1000)
+        self._event_send, self._event_receive = trio.open_memory_channel[Event](1000)
         self.measurements = _nodes.Measurements()  # this application's throughput and speed per node
 
     # --- addresses and connections ----------------------------------------
@@ -130,7 +134,7 @@ class Cluster:
         if announces_shutdown(exc):
             self.shutting_down(address, self.reconnect_timeout_s)
 
-    async def ask(self, address: str, kind, *, timeout_s: float = 2.0, **fields):
+    async def ask(self, address: str, kind: type[Request], *, timeout_s: float = 2.0, **fields: Any) -> Reply:
         """Send an idempotent request to ``address``; once more on a new connection if the kept one was dead.
 
         A connection kept across the node's restart fails on first use;
@@ -184,7 +188,8 @@ class Cluster:
         address = await resolve(self, on, LOCAL)
         client = await self.client(address)
         sha256 = await _nodes.upload(self, client, module_bytes(module))
-        reply = await client.request(MSpawn, module_sha256=sha256, workload=workload, app=app, idle_s=idle_s)
+        reply = expect(MSpawned, await client.request(MSpawn, module_sha256=sha256, workload=workload, app=app,
+                                                     idle_s=idle_s))
         self._modules[reply.workload] = module_bytes(module)
         return Handle(self, reply.workload, node=client.node, address=address, epoch=reply.epoch)
 
@@ -207,7 +212,7 @@ class Cluster:
 
     # --- protection and events --------------------------------------------
 
-    def events(self) -> trio.MemoryReceiveChannel:
+    def events(self) -> trio.MemoryReceiveChannel[Event]:
         """A channel of ``Event``: workloads moved, failed over or diverged.
 
         Each call returns a new receiver; events are dropped, not buffered
@@ -272,7 +277,7 @@ class Cluster:
         """True if this application logs the workload's operations for failover."""
         return workload in self._protectors
 
-    def log_operation(self, workload: str, entry: dict | None) -> None:
+    def log_operation(self, workload: str, entry: dict[str, Any] | None) -> None:
         """Add an operation's log entry (``_oplog.log_entry``) to the workload's protector."""
         protector = self._protectors.get(workload)
         if protector is not None:
@@ -305,8 +310,6 @@ class Cluster:
         """
         found = await self.locate(workload)
         if found is None:
-            from ._errors import WorkloadUnavailable
-
             raise WorkloadUnavailable(f"no known node owns workload {workload!r}", ran=False)
         name, address, epoch = found
         return Handle(self, workload, node=name, address=address, epoch=epoch)
@@ -326,7 +329,7 @@ class Cluster:
                 continue
             asked.add(address)
             try:
-                where = await self.ask(address, MLocate, workload=workload)
+                where = expect(MWhere, await self.ask(address, MLocate, workload=workload))
             except (NodeError, trio.TooSlowError) as exc:
                 self.lost(address, exc)
                 continue
@@ -378,11 +381,12 @@ async def connect(*addresses: str, tls: Path | str | None = None, local: bool = 
                 if local:
                     directory = Path(data_dir) if data_dir else Path(
                         stack.enter_context(tempfile.TemporaryDirectory(prefix="wm-local-")))
-                    limits = {"workload_memory_bytes": local_memory_bytes} if local_memory_bytes is not None else {}
                     config = NodeConfig(name=LOCAL, role="client", listen=Address("127.0.0.1", 0),
                                         data_dir=directory, tls_dir=Path(tls) if tls else None,
                                         insecure=tls is None, join=tuple(parse_address(a) for a in addresses),
-                                        member=False, **limits)
+                                        member=False)
+                    if local_memory_bytes is not None:
+                        config = dataclasses.replace(config, workload_memory_bytes=local_memory_bytes)
                     bound = await nursery.start(functools.partial(serve, config, plugins=PLUGINS))
                     cluster.learn(LOCAL, str(bound))
                 for address in addresses:

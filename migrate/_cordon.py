@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-from nodes import ANY_ROLE, NODE_ONLY, BadArguments, Done, ErrorReply, Reply, Request, message
+from nodes import ANY_ROLE, NODE_ONLY, BadArguments, Done, ErrorReply, Node, Reply, Request, Session, message
 
 from ._codes import MigrationCode
+from ._replies import error
 
 logger = logging.getLogger(__name__)
 
@@ -54,30 +56,29 @@ class MProbe(Request):
     data: bytes
 
 
-def cordon_path(node) -> Path:
-    return Path(node.config.data_dir) / CORDON_FILE
+def cordon_path(node: Node) -> Path:
+    return node.config.data_path / CORDON_FILE
 
 
-def is_cordoned(node) -> bool:
+def is_cordoned(node: Node) -> bool:
     return cordon_path(node).exists()
 
 
-def refusal(node, request_id: int, what: str) -> ErrorReply | None:
+def refusal(node: Node, request_id: int, what: str) -> ErrorReply | None:
     """The ``cordoned`` reply to a new placement on a cordoned node; None if the node takes it."""
     if not is_cordoned(node):
         return None
-    return ErrorReply(id=request_id, code=MigrationCode.CORDONED,
-                      message=f"{node.config.name} is cordoned: it takes no {what}")
+    return error(request_id, MigrationCode.CORDONED, f"{node.config.name} is cordoned: it takes no {what}")
 
 
-def announce(node) -> None:
+def announce(node: Node) -> None:
     """Put the flag in the node's own membership record, if the node keeps one (its peers learn it)."""
     membership = node.membership
     if membership is not None and membership.me is not None:  # an application's node has no entry
         membership.update_self(cordoned=is_cordoned(node))
 
 
-async def _set(node, cordoned: bool) -> bool:
+async def _set(node: Node, cordoned: bool) -> bool:
     path = cordon_path(node)
     if path.exists() == cordoned:
         return False
@@ -90,21 +91,21 @@ async def _set(node, cordoned: bool) -> bool:
     return True
 
 
-async def on_cordon(node, session, req: MCordon) -> MCordonState:
+async def on_cordon(node: Node, session: Session, req: MCordon) -> MCordonState:
     return MCordonState(id=req.id, cordoned=True, changed=await _set(node, True))
 
 
-async def on_uncordon(node, session, req: MUncordon) -> MCordonState:
+async def on_uncordon(node: Node, session: Session, req: MUncordon) -> MCordonState:
     return MCordonState(id=req.id, cordoned=False, changed=await _set(node, False))
 
 
-async def on_probe(node, session, req: MProbe) -> Done:
+async def on_probe(node: Node, session: Session, req: MProbe) -> Done:
     if len(req.data) > MAX_PROBE_BYTES:
         raise BadArguments(f"a probe carries at most {MAX_PROBE_BYTES} bytes, got {len(req.data)}")
     return Done(id=req.id)
 
 
-def status(node) -> tuple[dict, ...]:
+def status(node: Node) -> tuple[dict[str, Any], ...]:
     return ({"node": node.config.name, "state": "cordoned"},) if is_cordoned(node) else ()
 
 

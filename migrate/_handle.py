@@ -20,29 +20,27 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from nodes import (
-    ConnectionFailed,
-    ErrorCode,
-    ExportSignature,
-    NodeShuttingDown,
-    RemoteNodeError,
-    UnknownWorkload,
-    check_call_args,
-    own_identity,
-)
+from nodes import (ConnectionFailed, ErrorCode, ExportSignature, NodeClient, NodeShuttingDown, RemoteNodeError,
+                   RemoteProtocolError, UnknownWorkload, check_call_args, own_identity)
 
 from . import _nodes
 from ._buffers import BUFFERS, GuestBuffers
 from ._codes import MigrationCode
 from ._errors import MigrationFailed, WorkloadUnavailable
-from ._messages import MCall, MCancel, MigrationReport, MMigrate, MReport
+from ._ledger import Outcome
+from ._messages import MCall, MCancel, MCancelled, MigrationReport, MMigrate, MReport, MResult
 from ._oplog import error_outcome, log_entry, reply_outcome
 from ._placement import Needs, PlacementPolicy
 from ._progress import DEFAULT_INTERVAL_S, Callback, Moving, moving, watch
 from ._protection import Protection
+from ._replies import expect
+
+if TYPE_CHECKING:
+    from ._cluster import Cluster
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ CANCEL_NOTICE_S = 2.0
 class Handle(GuestBuffers):
     """A migratable workload, wherever it runs.  Created by ``Cluster.spawn``."""
 
-    def __init__(self, cluster, workload: str, *, node: str, address: str, epoch: int) -> None:
+    def __init__(self, cluster: Cluster, workload: str, *, node: str, address: str, epoch: int) -> None:
         self._cluster = cluster
         self.workload = workload
         self._node = node
@@ -85,7 +83,7 @@ class Handle(GuestBuffers):
     # --- operations ---------------------------------------------------------
 
     async def call(self, export: str, *args: int | float | bytes | str,
-                   timeout: float | None = None) -> None | int | float | tuple:
+                   timeout: float | None = None) -> None | int | float | tuple[int | float, ...]:
         """Call an export; return None, one value or a tuple.
 
         Arguments are numbers; ``bytes`` and ``str`` (as UTF-8) are passed as
@@ -249,7 +247,7 @@ class Handle(GuestBuffers):
             self._ack += 1
             self._done.discard(self._ack)
 
-    async def _invoke(self, **fields):
+    async def _invoke(self, **fields: Any) -> MResult:
         seq = self._next_seq
         self._next_seq += 1
         try:
@@ -258,7 +256,7 @@ class Handle(GuestBuffers):
             await self._cancel(seq, fields)
             raise
 
-    async def _cancel(self, seq: int, fields: dict) -> None:
+    async def _cancel(self, seq: int, fields: dict[str, Any]) -> None:
         """The caller gave up on ``seq``: tell its owner to stop it (at most CANCEL_NOTICE_S, shielded).
 
         The owner records an outcome for it whatever it finds (or refuses it
@@ -270,7 +268,8 @@ class Handle(GuestBuffers):
         with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_NOTICE_S):
             try:
                 client = await self._cluster.client(self._address)
-                found = await client.request(MCancel, workload=self.workload, caller=self._caller, seq=seq)
+                found = expect(MCancelled, await client.request(MCancel, workload=self.workload, caller=self._caller,
+                                                                seq=seq))
                 logger.debug("cancelled call %s of %s: %s", seq, self.workload, found.state)
             except Exception as exc:  # the owner moved or is unreachable: the call stays at most once
                 logger.info("could not stop cancelled call %s of %s on %s: %s", seq, self.workload, self._node, exc)
@@ -279,14 +278,14 @@ class Handle(GuestBuffers):
         else:
             self._finish(seq)
 
-    async def _collect(self, seq: int, fields: dict) -> None:
+    async def _collect(self, seq: int, fields: dict[str, Any]) -> None:
         """Take a cancelled call's recorded outcome, so it is logged (``_invoke_seq``) and acknowledged."""
         try:
             await self._invoke_seq(seq, fields)
         except Exception as exc:  # its outcome, an error: logged (or not an operation) already
             logger.debug("cancelled call %s of %s ended with %s", seq, self.workload, exc)
 
-    async def _invoke_seq(self, seq: int, fields: dict):
+    async def _invoke_seq(self, seq: int, fields: dict[str, Any]) -> MResult:
         deadline = _Deadline(trio.current_time() + self.retry_s, self.reconnect_timeout_s)
         # Whether a node may have run the call without our learning its
         # outcome: only a request whose connection broke leaves that doubt.
@@ -301,8 +300,8 @@ class Handle(GuestBuffers):
                 await self._relocate(deadline.at, ran=None if maybe_ran else False)
                 continue
             try:
-                reply = await client.request(MCall, workload=self.workload, caller=self._caller, seq=seq,
-                                             ack=self._ack, **fields)
+                reply = expect(MResult, await client.request(MCall, workload=self.workload, caller=self._caller,
+                                                             seq=seq, ack=self._ack, **fields))
             except ConnectionFailed as exc:
                 maybe_ran = True
                 self._cluster.forget(self._address)
@@ -322,6 +321,8 @@ class Handle(GuestBuffers):
                 self._log(seq, fields, error_outcome(exc))
                 raise
             if reply.moved_to is not None:
+                if reply.moved_address is None:
+                    raise RemoteProtocolError(f"{self._node} said {self.workload} moved to {reply.moved_to}, not where")
                 self._moved_to(reply.moved_to, reply.moved_address, reply.epoch)
                 continue
             self._finish(seq)
@@ -329,7 +330,7 @@ class Handle(GuestBuffers):
             self._log(seq, fields, reply_outcome(reply))
             return reply
 
-    def _log(self, seq: int, fields: dict, outcome) -> None:
+    def _log(self, seq: int, fields: dict[str, Any], outcome: Outcome) -> None:
         """Log a state-changing operation's outcome if this application protects the workload."""
         if self._cluster.protects(self.workload):
             call = MCall(id=0, workload=self.workload, caller=self._caller, seq=seq, **fields)
@@ -395,6 +396,5 @@ def module_bytes(module: bytes | str | Path) -> bytes:
     return Path(module).read_bytes()
 
 
-async def _report(client, **fields) -> MigrationReport:
-    reply: MReport = await client.request(MMigrate, **fields)
-    return reply.report
+async def _report(client: NodeClient, **fields: Any) -> MigrationReport:
+    return expect(MReport, await client.request(MMigrate, **fields)).report

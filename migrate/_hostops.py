@@ -11,12 +11,14 @@ only caller of them in migrate.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from nodes import HostClosed, UnknownWorkload
+import snapshot
+from nodes import CallInputs, Host, HostClosed, UnknownWorkload, WorkloadInfo
 
 
-def thaw(host, workload: str) -> None:
+def thaw(host: Host, workload: str) -> None:
     """Let held calls run again; a workload gone (moved, removed, or its host closed) has none."""
     try:
         held = host.hold(workload)
@@ -25,27 +27,27 @@ def thaw(host, workload: str) -> None:
     held.resume()
 
 
-def freeze(host, workload: str) -> None:
+def freeze(host: Host, workload: str) -> None:
     """Hold every call (handle and raw) until ``thaw``."""
     host.hold(workload).pause()
 
 
-def start_tracking(host, workload: str):
+def start_tracking(host: Host, workload: str) -> snapshot.Snapshot:
     """Start tracking written pages; the full snapshot the first round sends."""
     return host.hold(workload).start_tracking()
 
 
-def capture_delta(host, workload: str):
+def capture_delta(host: Host, workload: str) -> snapshot.Snapshot:
     """The pages written since the last capture: a pre-copy round, or the final one (frozen)."""
     return host.hold(workload).capture_delta(consistent=False)
 
 
-def capture_all(host, workload: str):
+def capture_all(host: Host, workload: str) -> snapshot.Snapshot:
     """A full snapshot (stop-and-copy)."""
     return host.checkpoint(workload)
 
 
-def stop_tracking(host, workload: str) -> None:
+def stop_tracking(host: Host, workload: str) -> None:
     """Stop tracking written pages; a workload gone (moved, removed, or its host closed) tracks none."""
     try:
         held = host.hold(workload)
@@ -54,33 +56,33 @@ def stop_tracking(host, workload: str) -> None:
     held.stop_tracking()
 
 
-def apply(host, workload: str, snap) -> None:
+def apply(host: Host, workload: str, snap: snapshot.Snapshot) -> None:
     """Apply a received round to a copy being built."""
     host.hold(workload).apply(snap)
 
 
-def set_recording(host, workload: str, record: bool) -> None:
+def set_recording(host: Host, workload: str, record: bool) -> None:
     """Record the nondeterministic inputs calls consume (protected or followed), or stop."""
     host.hold(workload).set_replay_mode("record" if record else "off")
 
 
-def last_inputs(host, workload: str):
+def last_inputs(host: Host, workload: str) -> CallInputs:
     """The inputs the last recorded call consumed."""
     return host.hold(workload).last_inputs()
 
 
-def pages_digest(host, workload: str, pages) -> str:
+def pages_digest(host: Host, workload: str, pages: Mapping[int, Sequence[int]]) -> str:
     return host.hold(workload).pages_digest(pages)
 
 
-def remove_quietly(host, workload: str) -> None:
+def remove_quietly(host: Host, workload: str) -> None:
     try:
         host.remove(workload)
     except UnknownWorkload:
         pass
 
 
-def keep_as_standby(host, workload: str) -> None:
+def keep_as_standby(host: Host, workload: str) -> None:
     """Make a move's committed copy (frozen, tracked) a standby that replays the new owner's operations."""
     held = host.hold(workload)
     held.stop_tracking()
@@ -88,31 +90,32 @@ def keep_as_standby(host, workload: str) -> None:
     held.resume()
 
 
-def replace_workload(host, staged_id: str, workload: str, drop: bool) -> None:
+def replace_workload(host: Host, staged_id: str, workload: str, drop: bool) -> None:
     """Rename ``staged_id`` to ``workload``, removing the one it replaces first if ``drop``."""
     if drop:
         remove_quietly(host, workload)
     host.hold(staged_id).rename(workload)
 
 
-def describe(host, workload: str) -> tuple[Any, bytes, dict[str, Any]]:
+def describe(host: Host, workload: str) -> tuple[WorkloadInfo, bytes, dict[str, Any]]:
     """What a target needs to get ready for a copy: (info, module bytes, launch settings)."""
     info = host.info(workload)
     return info, host.module_bytes(info.module_sha256), host.hold(workload).launch_settings()
 
 
-def freeze_then(capture, host, workload: str):
+def freeze_then(capture: Callable[[Host, str], snapshot.Snapshot], host: Host, workload: str) -> snapshot.Snapshot:
     """Freeze the workload (holding raw calls too), then return ``capture(host, workload)``."""
     freeze(host, workload)
     return capture(host, workload)
 
 
-def commit_facts(host, workload: str) -> tuple[int, int]:
+def commit_facts(host: Host, workload: str) -> tuple[int, int]:
     """The call count and the guest's monotonic clock (ns) a new owner continues from."""
     return host.info(workload).calls, host.hold(workload).clock_state()
 
 
-def consistent_copy(host, workload: str, *, start_recording: bool = False):
+def consistent_copy(host: Host, workload: str, *,
+                    start_recording: bool = False) -> tuple[snapshot.Snapshot, WorkloadInfo, int, dict[str, Any]]:
     """A checkpoint with the info, clock (ns) and launch settings of the same moment.
 
     With ``start_recording`` the workload records its calls' inputs from
@@ -125,7 +128,7 @@ def consistent_copy(host, workload: str, *, start_recording: bool = False):
     return snap, host.info(workload), held.clock_state(), held.launch_settings()
 
 
-def cut(host, workload: str):
+def cut(host: Host, workload: str) -> tuple[snapshot.Snapshot, int]:
     """The dual cut: start recording and capture what changed since the last round; (delta, call count)."""
     held = host.hold(workload)
     held.set_replay_mode("record")
@@ -133,7 +136,7 @@ def cut(host, workload: str):
     return delta, host.info(workload).calls
 
 
-def seal(host, workload: str, keep_recording: bool) -> tuple[dict[int, list[int]], str]:
+def seal(host: Host, workload: str, keep_recording: bool) -> tuple[dict[int, list[int]], str]:
     """The pages written since the cut and their digest; stops recording unless ``keep_recording``."""
     held = host.hold(workload)
     since_cut = held.capture_delta()
@@ -144,7 +147,7 @@ def seal(host, workload: str, keep_recording: bool) -> tuple[dict[int, list[int]
     return pages, digest
 
 
-def align(host, workload: str, calls: int, monotonic_ns: int | None) -> None:
+def align(host: Host, workload: str, calls: int, monotonic_ns: int | None) -> None:
     """Set a received copy to replay from the owner's call count and clock."""
     held = host.hold(workload)
     held.set_call_count(calls)
@@ -153,7 +156,7 @@ def align(host, workload: str, calls: int, monotonic_ns: int | None) -> None:
         held.continue_clock(monotonic_ns)
 
 
-def take_over(host, workload: str, record: bool, calls: int, monotonic_ns: int | None) -> None:
+def take_over(host: Host, workload: str, record: bool, calls: int, monotonic_ns: int | None) -> None:
     """Make a committed copy run as the owner's did: recording or not, its call count and clock."""
     held = host.hold(workload)
     held.set_replay_mode("record" if record else "off")

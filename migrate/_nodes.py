@@ -34,19 +34,26 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import trio
 
 import workloads
-from nodes import HasModule, NodeError, PutModule, RemoteNodeError, ResourceLimitExceeded
+from nodes import (HasModule, MemberRecord, NodeClient, NodeError, NodeSummary, PutModule, RemoteNodeError,
+                   ResourceLimitExceeded)
 
 from . import _advice
 from ._codes import MigrationCode
 from ._cordon import MProbe
 from ._errors import MigrateError, MigrationFailed, NoSuitableNode
-from ._placement import DefaultPolicy, Needs, NodeRecord, PlacementPolicy
+from ._placement import DefaultPolicy, Needs, NodeRecord, Placement, PlacementPolicy
+
+if TYPE_CHECKING:
+    from ._cluster import Cluster
+    from ._handle import Handle
+    from ._messages import MigrationReport
 
 PING_TIMEOUT_S = 2.0
 RTT_PINGS = 3
@@ -57,6 +64,20 @@ CALIBRATION_RUNS = 3
 CALIBRATION_IMAGE = 256
 CALIBRATION_RADIUS = 4
 LOCAL = "local"
+
+T = TypeVar("T")
+
+
+class _ModuleStatus(Protocol):
+    """The reply to ``HasModule`` (its class is private to nodes)."""
+
+    present: bool
+
+
+class _ModuleStored(Protocol):
+    """The reply to ``PutModule`` (its class is private to nodes)."""
+
+    sha256: str
 
 
 @dataclass
@@ -77,28 +98,28 @@ class Measurements:
         self.throughput[node] = (rate, source)
 
 
-async def upload(cluster, client, module: bytes) -> str:
+async def upload(cluster: Cluster, client: NodeClient, module: bytes) -> str:
     """``client.ensure_module``, timing an upload as a throughput sample; return the sha256."""
     sha256 = hashlib.sha256(module).hexdigest()
     t0 = time.perf_counter()
-    if (await client.request(HasModule, sha256=sha256)).present:
+    if cast(_ModuleStatus, await client.request(HasModule, sha256=sha256)).present:
         return sha256
     rtt = time.perf_counter() - t0
     t1 = time.perf_counter()
-    stored = await client.request(PutModule, wasm=bytes(module))
+    stored = cast(_ModuleStored, await client.request(PutModule, wasm=bytes(module)))
     if stored.sha256 != sha256:
         raise NodeError(f"{client.node} stored the module as {stored.sha256}, not {sha256}")
     cluster.measurements.transferred(client.node, len(module), time.perf_counter() - t1, rtt, "modules")
     return sha256
 
 
-def _newness(m) -> tuple[int, int]:
+def _newness(m: MemberRecord) -> tuple[int, int]:
     return m.incarnation, m.version
 
 
-async def _view(cluster) -> dict:
+async def _view(cluster: Cluster) -> dict[str, MemberRecord]:
     """Every node's membership record, as the nodes the application knows see it."""
-    best: dict = {}
+    best: dict[str, MemberRecord] = {}
     own: set[str] = set()
     for address in list(cluster._seen):
         try:
@@ -119,14 +140,14 @@ async def _view(cluster) -> dict:
     return best
 
 
-async def _ping(client) -> tuple[float, object]:
+async def _ping(client: NodeClient) -> tuple[float, NodeSummary]:
     """The lowest of ``RTT_PINGS`` pings (one slow answer is the machine's noise, not the link) and the summary."""
     with trio.fail_after(PING_TIMEOUT_S):
         answers = [await client.ping() for _ in range(RTT_PINGS)]
     return min(rtt for rtt, _ in answers), answers[-1][1]
 
 
-async def _rtt(cluster, address: str) -> float | None:
+async def _rtt(cluster: Cluster, address: str) -> float | None:
     try:
         rtt, _ = await _ping(await cluster.client(address))
     except (NodeError, trio.TooSlowError) as exc:
@@ -135,7 +156,7 @@ async def _rtt(cluster, address: str) -> float | None:
     return rtt
 
 
-async def _probe(cluster, name: str, address: str, rtt_s: float) -> None:
+async def _probe(cluster: Cluster, name: str, address: str, rtt_s: float) -> None:
     try:
         client = await cluster.client(address)
         with trio.fail_after(PING_TIMEOUT_S * 10):
@@ -146,7 +167,7 @@ async def _probe(cluster, name: str, address: str, rtt_s: float) -> None:
         cluster.lost(address, exc)
 
 
-async def _local(cluster) -> NodeRecord | None:
+async def _local(cluster: Cluster) -> NodeRecord | None:
     """The application's own node, which follows the membership without an entry: from its ping."""
     try:
         address = cluster.address_of(LOCAL)
@@ -159,7 +180,7 @@ async def _local(cluster) -> NodeRecord | None:
                       wasm_features=(), capabilities={}, cordoned=False, rtt_ms=rtt * 1e3)
 
 
-async def nodes(cluster) -> list[NodeRecord]:
+async def nodes(cluster: Cluster) -> list[NodeRecord]:
     """Every node in the application's view, with its metadata and the application's measurements.
 
     The application's own node ("local") comes first when it runs one.
@@ -192,7 +213,7 @@ def _refusal(exc: BaseException) -> str | None:
     return None
 
 
-async def _try_ranked(placement, what: str, attempt):
+async def _try_ranked(placement: Placement, what: str, attempt: Callable[[str], Awaitable[T]]) -> T:
     rejected = dict(placement.rejected)
     for name in placement.ranked:
         try:
@@ -206,8 +227,8 @@ async def _try_ranked(placement, what: str, attempt):
     raise NoSuitableNode(f"no node can take {what}: {lines}", rejected=rejected)
 
 
-async def spawn_auto(cluster, module: bytes, *, needs: Needs | None, policy: PlacementPolicy | None,
-                     app: str, workload: str | None, idle_s: float | None = None):
+async def spawn_auto(cluster: Cluster, module: bytes, *, needs: Needs | None, policy: PlacementPolicy | None,
+                     app: str, workload: str | None, idle_s: float | None = None) -> Handle:
     """Spawn on the best node the policy finds; raises NoSuitableNode."""
     placement = (policy or DefaultPolicy()).place(await nodes(cluster), needs or Needs())
     return await _try_ranked(placement, "the workload",
@@ -215,14 +236,15 @@ async def spawn_auto(cluster, module: bytes, *, needs: Needs | None, policy: Pla
                                                         idle_s=idle_s))
 
 
-async def migrate_auto(cluster, handle, *, needs: Needs | None, policy: PlacementPolicy | None, **options):
+async def migrate_auto(cluster: Cluster, handle: Handle, *, needs: Needs | None, policy: PlacementPolicy | None,
+                       **options: Any) -> MigrationReport:
     """Move ``handle``'s workload to the best other node the policy finds; raises NoSuitableNode."""
     placement = (policy or DefaultPolicy()).place(await nodes(cluster), needs or Needs(), exclude=handle.node)
     return await _try_ranked(placement, f"workload {handle.workload}",
                              lambda name: handle.migrate(name, **options))
 
 
-async def calibrate(cluster, name: str) -> float:
+async def calibrate(cluster: Cluster, name: str) -> float:
     """The benchmark units per second node ``name`` runs (cached; module docstring)."""
     speed = cluster.measurements.speed.get(name)
     if speed is not None:
@@ -230,6 +252,8 @@ async def calibrate(cluster, name: str) -> float:
     h = await cluster.spawn(workloads.load("imgfilter"), on=name)
     try:
         img = await h.call("img_new", CALIBRATION_IMAGE, CALIBRATION_IMAGE)
+        if not isinstance(img, int):
+            raise MigrateError(f"calibrating {name}: img_new returned {img!r}, not an image pointer")
         client = await cluster.client(cluster.address_of(name))
         best = math.inf
         for _ in range(CALIBRATION_RUNS):
@@ -243,7 +267,7 @@ async def calibrate(cluster, name: str) -> float:
     return speed
 
 
-async def _state_bytes(cluster, target) -> tuple[int, str | None]:
+async def _state_bytes(cluster: Cluster, target: Handle | bytes | bytearray) -> tuple[int, str | None]:
     """What must cross to run ``target`` elsewhere (its memory, or the module), and where it is now."""
     if isinstance(target, bytes | bytearray):
         return len(target), None
@@ -254,7 +278,7 @@ async def _state_bytes(cluster, target) -> tuple[int, str | None]:
     return 0, target.node
 
 
-async def advise(cluster, target, work: _advice.Work | float,
+async def advise(cluster: Cluster, target: Handle | bytes, work: _advice.Work | float,
                  candidates: Sequence[NodeRecord] | None = None) -> _advice.Advice:
     """Run ``target`` (a Handle, or module bytes) here or on which node (``_advice``)."""
     if not isinstance(work, _advice.Work):
@@ -280,7 +304,7 @@ async def advise(cluster, target, work: _advice.Work | float,
     return _advice.advise(here, others, work, state_bytes)
 
 
-def note_move(cluster, report) -> None:
+def note_move(cluster: Cluster, report: MigrationReport) -> None:
     """A move out of the application's own node is a throughput sample of the link to its target."""
     measurements = getattr(cluster, "measurements", None)
     if measurements is not None and report.source == LOCAL and report.send_s > 0:

@@ -15,20 +15,22 @@ show their progress on stderr while they run (``migrate._progress``).
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
 import sys
-from typing import Any
+from collections.abc import AsyncIterator
 
-from nodes import ConfigError, ErrorCode, NodeClient, RemoteNodeError, parse_address
+from nodes import ConfigError, ErrorCode, MemberRecord, NodeClient, RemoteNodeError, WorkloadSummary, parse_address
 from nodes import cli as node_cli
 
 from ._codes import MigrationCode
-from ._cordon import MCordon, MUncordon
+from ._cordon import MCordon, MCordonState, MUncordon
 from ._errors import MigrationFailed, UnknownNode
-from ._messages import MigrationReport, MMigrate
+from ._messages import MigrationReport, MMigrate, MReport
 from ._placement import DefaultPolicy, Needs, NodeRecord
 from ._progress import Callback, ProgressPrinter, watch
+from ._replies import expect
 
 
 async def resolve_target(client: NodeClient, target: str) -> str:
@@ -50,7 +52,8 @@ async def move(client: NodeClient, workload: str, target: str, strategy: str,
     """Ask the connected node to move ``workload``, ``progress`` getting its figures; raises MigrationFailed."""
     async def request() -> MigrationReport:
         try:
-            reply = await client.request(MMigrate, workload=workload, target=target, strategy=strategy)
+            reply = expect(MReport, await client.request(MMigrate, workload=workload, target=target,
+                                                         strategy=strategy))
         except RemoteNodeError as exc:
             if exc.code in (MigrationCode.MIGRATION_FAILED, MigrationCode.MIGRATION_BUSY, MigrationCode.NOT_OWNER):
                 raise MigrationFailed(str(exc)) from None
@@ -67,7 +70,7 @@ def report_line(r: MigrationReport) -> str:
             f"client blackout {client}, frozen {r.frozen_s * 1e3:.2f} ms, total {r.total_s * 1e3:.1f} ms")
 
 
-async def migrate_command(client: NodeClient, args) -> Any:
+async def migrate_command(client: NodeClient, args: argparse.Namespace) -> MigrationReport | str:
     if args.to == client.node or args.to == client.hello.address:
         return f"{args.workload} is on {client.node} already: nothing to move"
     target = await resolve_target(client, args.to)
@@ -76,7 +79,7 @@ async def migrate_command(client: NodeClient, args) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def _node_named(client: NodeClient, name: str, args):
+async def _node_named(client: NodeClient, name: str, args: argparse.Namespace) -> AsyncIterator[NodeClient]:
     """A client for node ``name``: the connected one, or a peer it knows by that name."""
     if name == client.node:
         yield client
@@ -86,9 +89,9 @@ async def _node_named(client: NodeClient, name: str, args):
         yield other
 
 
-async def _cordon(client: NodeClient, kind) -> str:
+async def _cordon(client: NodeClient, kind: type[MCordon] | type[MUncordon]) -> str:
     try:
-        reply = await client.request(kind)
+        reply = expect(MCordonState, await client.request(kind))
     except RemoteNodeError as exc:
         if exc.code == ErrorCode.FORBIDDEN:
             raise MigrationFailed(f"{client.node} refused to {kind.kind[2:]}: {exc} (use a node certificate)") from None
@@ -97,17 +100,17 @@ async def _cordon(client: NodeClient, kind) -> str:
     return f"{client.node} {what}" if reply.changed else f"{client.node} was {what} already"
 
 
-async def cordon_command(client: NodeClient, args) -> str:
+async def cordon_command(client: NodeClient, args: argparse.Namespace) -> str:
     async with _node_named(client, args.name, args) as target:
         return await _cordon(target, MCordon)
 
 
-async def uncordon_command(client: NodeClient, args) -> str:
+async def uncordon_command(client: NodeClient, args: argparse.Namespace) -> str:
     async with _node_named(client, args.name, args) as target:
         return await _cordon(target, MUncordon)
 
 
-async def _placed(client: NodeClient, w, args) -> tuple[str, ...] | str:
+async def _placed(client: NodeClient, w: WorkloadSummary) -> tuple[str, ...] | str:
     """The targets placement ranks for workload summary ``w`` (addresses), or why there are none."""
     records = [_operator_record(m) for m in await client.members()]
     placement = DefaultPolicy().place(records, Needs(memory=w.memory_limit_bytes), exclude=client.node)
@@ -115,17 +118,17 @@ async def _placed(client: NodeClient, w, args) -> tuple[str, ...] | str:
     return tuple(by_name[n] for n in placement.ranked) or placement.explain()
 
 
-def _operator_record(m) -> NodeRecord:
+def _operator_record(m: MemberRecord) -> NodeRecord:
     """A membership record as placement takes it: the operator measures no RTT, so every live node is "reached"."""
     return NodeRecord.of(m, rtt_ms=0.0)
 
 
-async def _drain_one(client: NodeClient, w, args) -> MigrationReport:
+async def _drain_one(client: NodeClient, w: WorkloadSummary, args: argparse.Namespace) -> MigrationReport:
     """Move ``w`` to ``--to``, or to the best node placement finds that takes it."""
     if args.to:
         return await move(client, w.workload_id, await resolve_target(client, args.to), args.strategy,
                           progress=ProgressPrinter())
-    targets = await _placed(client, w, args)
+    targets = await _placed(client, w)
     if isinstance(targets, str):
         raise MigrationFailed(f"no node can take it: {targets}")
     refusals = []
@@ -137,11 +140,12 @@ async def _drain_one(client: NodeClient, w, args) -> MigrationReport:
     raise MigrationFailed("every node placement chose refused it: " + "; ".join(refusals))
 
 
-async def drain_command(client: NodeClient, args) -> Any:
+async def drain_command(client: NodeClient, args: argparse.Namespace) -> list[MigrationReport] | str:
     """Cordon the node, then move every workload off it, one at a time, printing progress and a summary."""
     print(await _cordon(client, MCordon), file=sys.stderr, flush=True)
     workloads = await client.workloads()
-    reports, failures = [], []
+    reports: list[MigrationReport] = []
+    failures: list[tuple[str, str]] = []
     total = len(workloads)
     for i, w in enumerate(workloads, 1):
         try:

@@ -18,8 +18,11 @@ from nodes import (
     Done,
     ErrorCode,
     ErrorReply,
+    Host,
     HostError,
+    Node,
     RequestError,
+    Session,
     code_for,
     error_reply,
 )
@@ -31,12 +34,13 @@ from ._codes import MigrationCode
 from ._cordon import refusal as cordon_refusal
 from ._oplog import log_entry
 from ._ownership_events import Event, EventKind, OwnershipError
+from ._replies import error
 from ._state import Owned, _moved_reply, _not_owner, service
 
 logger = logging.getLogger(__name__)
 
 
-async def on_spawn(node, session, req: MSpawn) -> MSpawned:
+async def on_spawn(node: Node, session: Session, req: MSpawn) -> MSpawned | ErrorReply:
     refused = cordon_refusal(node, req.id, "new workloads")
     if refused is not None:
         return refused
@@ -48,15 +52,14 @@ async def on_spawn(node, session, req: MSpawn) -> MSpawned:
         svc.event(info.workload_id, Event(EventKind.SPAWN), owner=Owned(info.workload_id, epoch=1))
     except OwnershipError as exc:  # a copy of it is being received here
         await node.run_host(ops.remove_quietly, node.host, info.workload_id)
-        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY, message=str(exc))
+        return error(req.id, MigrationCode.MIGRATION_BUSY, str(exc))
     logger.info("spawned migratable workload", extra={"workload": info.workload_id, "app": req.app})
     return MSpawned(id=req.id, workload=info.workload_id, epoch=1)
 
 
-def _result(request_id: int, outcome: Outcome, epoch: int, replayed: bool):
+def _result(request_id: int, outcome: Outcome, epoch: int, replayed: bool) -> MResult | ErrorReply:
     if not outcome.ok:
-        return ErrorReply(id=request_id, code=outcome.code, message=outcome.message,
-                          details=outcome.value or None)
+        return error(request_id, outcome.code, outcome.message, outcome.value or None)
     values, data, index, inputs = outcome.value
     return MResult(id=request_id, values=tuple(values), data=data, epoch=epoch, replayed=replayed,
                    index=index, inputs=inputs)
@@ -86,7 +89,7 @@ class _Held:
         self.lock.release()
 
 
-async def on_call(node, session, req: MCall):
+async def on_call(node: Node, session: Session, req: MCall) -> MResult | ErrorReply:
     svc = service(node)
     owned = svc.owner_of(req.workload)
     if owned is None:
@@ -137,14 +140,14 @@ async def on_call(node, session, req: MCall):
 class _Ran:
     """What one operation did in its worker-thread trip."""
 
-    values: list
+    values: list[int | float]
     data: bytes
     error: HostError | None = None
     inputs: Any = None  # the inputs a recorded call consumed, in wire form
     inputs_error: HostError | None = None  # reading them failed
 
 
-def _operate(host, req: MCall, replay, record: bool, cancel: CancelToken | None) -> _Ran:
+def _operate(host: Host, req: MCall, replay: Any, record: bool, cancel: CancelToken | None) -> _Ran:
     """Run one operation and, if ``record``, read the inputs a call consumed: one worker-thread trip.
 
     ``replay`` is the wire form of the inputs to replay a call with, or
@@ -176,7 +179,7 @@ def _operate(host, req: MCall, replay, record: bool, cancel: CancelToken | None)
     return ran
 
 
-async def _run(node, req: MCall, owned: Owned, inputs=None, cancel: CancelToken | None = None) -> Outcome:
+async def _run(node: Node, req: MCall, owned: Owned, inputs: Any = None, cancel: CancelToken | None = None) -> Outcome:
     """Run one operation; a state-changing one takes the next index.
 
     ``inputs`` replays recorded nondeterministic inputs (a follower or a
@@ -208,7 +211,7 @@ async def _run(node, req: MCall, owned: Owned, inputs=None, cancel: CancelToken 
     return Outcome(True, (ran.values, ran.data, owned.index if mutating else 0, ran.inputs))
 
 
-async def on_cancel(node, session, req: MCancel) -> MCancelled:
+async def on_cancel(node: Node, session: Session, req: MCancel) -> MCancelled | ErrorReply:
     """Stop call (caller, seq) if it runs or waits here; make sure it never starts if it has not arrived.
 
     Its outcome is recorded either way, so a retry of the same seq gets
@@ -236,7 +239,7 @@ async def on_cancel(node, session, req: MCancel) -> MCancelled:
     return MCancelled(id=req.id, state="withheld")
 
 
-async def on_locate(node, session, req: MLocate) -> MWhere:
+async def on_locate(node: Node, session: Session, req: MLocate) -> MWhere:
     """What this node knows of a workload: "owner", "incoming", "moved" or "unknown".
 
     An incoming copy (a move under way, or a hot standby) is reported before
@@ -245,20 +248,20 @@ async def on_locate(node, session, req: MLocate) -> MWhere:
     """
     svc = service(node)
     stone = svc.tombstone(req.workload)
-    forward = {"to_name": stone.to_name, "to_address": stone.to_address} if stone is not None else {}
+    to_name, to_address = (stone.to_name, stone.to_address) if stone is not None else (None, None)
     owned = svc.owner_of(req.workload)
     if owned is not None and owned.moved is None:
         return MWhere(id=req.id, status="owner", epoch=owned.epoch, index=owned.index)
     incoming = svc.incoming.get(req.workload)
     if incoming is not None:
         return MWhere(id=req.id, status="incoming", epoch=incoming.epoch, index=incoming.index,
-                      standby=incoming.standby, **forward)
+                      standby=incoming.standby, to_name=to_name, to_address=to_address)
     if stone is not None:
-        return MWhere(id=req.id, status="moved", epoch=stone.epoch, **forward)
+        return MWhere(id=req.id, status="moved", epoch=stone.epoch, to_name=to_name, to_address=to_address)
     return MWhere(id=req.id, status="unknown")
 
 
-async def on_protect(node, session, req: MProtect) -> Done:
+async def on_protect(node: Node, session: Session, req: MProtect) -> Done | ErrorReply:
     owned = service(node).owner_of(req.workload)
     if owned is None or owned.moved is not None:
         return _not_owner(req.id, node, req.workload)

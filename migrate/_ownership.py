@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from ._ownership_events import (
     Abort,
@@ -92,6 +93,8 @@ from ._ownership_events import (
 
 #: Seconds a commit asked for may go unanswered before the ``TIMEOUT`` timer is due.
 COMMIT_TIMEOUT_S = 10.0
+
+T = TypeVar("T")
 
 
 class State(enum.Enum):
@@ -261,15 +264,22 @@ def _guard(old: Record, ev: Event) -> Refusal | None:
     if k in (E.SWAP_IN, E.DROP_STAGING):
         return None if old.staging is not None else Refusal.NO_STAGING
     if k in (E.ABORT, E.COMMIT, E.COMMITTED):
-        held = old.move.epoch if k is E.COMMITTED else old.epoch
+        held = _known(old.move, "a frozen record's move").epoch if k is E.COMMITTED else old.epoch
         return None if ev.epoch == held else Refusal.STALE
     if k in (E.COMMIT_STANDBY, E.PROMOTE):
         return None if ev.epoch >= old.epoch else Refusal.STALE
     if k in (E.SUPERSEDED, E.KEEP_STANDBY):
         return None if ev.epoch > old.epoch else Refusal.STALE
     if k is E.TIMEOUT:
-        return None if ev.now >= old.deadline else Refusal.NOT_DUE
+        return None if ev.now >= _known(old.deadline, "a frozen record's deadline") else Refusal.NOT_DUE
     return None
+
+
+def _known(value: T | None, what: str) -> T:
+    """``value``, which the table's states or ``Event`` (``NEEDS_PEER``) guarantee is there."""
+    if value is None:
+        raise AssertionError(f"{what} is missing")
+    return value
 
 
 def _effect(old: Record, ev: Event, to: State) -> tuple[Record, tuple[Action, ...]]:
@@ -281,14 +291,16 @@ def _effect(old: Record, ev: Event, to: State) -> tuple[Record, tuple[Action, ..
         # Not asked again: the target is asked whether it committed (COMMITTED), else the timer aborts.
         return Record(to, ev.epoch, move=ev.peer, deadline=ev.now + COMMIT_TIMEOUT_S, asked=True), ()
     if k is E.LOAD_TOMBSTONE:
-        return Record(to, ev.peer.epoch, forward=ev.peer), ()
+        forward = _known(ev.peer, "a load_tombstone event's peer")
+        return Record(to, forward.epoch, forward=forward), ()
     if k is E.REMOVE:
         return ABSENT, ()
     if k is E.BEGIN_MOVE:
-        move = replace(ev.peer, epoch=old.epoch + 1)
+        move = replace(_known(ev.peer, "a begin_move event's peer"), epoch=old.epoch + 1)
         return Record(to, old.epoch, move=move), (Send(move),)
     if k is E.FREEZE:
-        return replace(old, state=to, deadline=ev.now + COMMIT_TIMEOUT_S, asked=True), (Commit(old.move),)
+        return (replace(old, state=to, deadline=ev.now + COMMIT_TIMEOUT_S, asked=True),
+                (Commit(_known(old.move, "a sending record's move")),))
     if k is E.THAW:
         return replace(old, state=to, deadline=None), ()
     if k in (E.MOVE_ABORTED, E.TIMEOUT):
@@ -296,17 +308,19 @@ def _effect(old: Record, ev: Event, to: State) -> tuple[Record, tuple[Action, ..
             return ABSENT, (Abort(ev.peer),) if ev.peer is not None else ()
         # Fence: a target asked to commit may have done so unseen, at move.epoch; this
         # node now outranks it.  A target never asked cannot own it: the epoch stays.
-        epoch = max(old.epoch, old.move.epoch + 1) if old.asked else old.epoch
-        return Record(to, epoch), (Abort(old.move),)
+        move = _known(old.move, "a moving record's move")
+        epoch = max(old.epoch, move.epoch + 1) if old.asked else old.epoch
+        return Record(to, epoch), (Abort(move),)
     if k is E.COMMITTED:  # ``peer`` may name the target now that it answered
-        forward = replace(ev.peer, epoch=old.move.epoch) if ev.peer is not None else old.move
+        move = _known(old.move, "a frozen record's move")
+        forward = replace(ev.peer, epoch=move.epoch) if ev.peer is not None else move
         return Record(to, forward.epoch, forward=forward), (Redirect(forward), Drop())
     if k is E.COPY_REMOVED:
         return replace(old, state=to), ()
     if k is E.KEEP_STANDBY:  # the copy the commit's Drop named stays, at the new owner's feed epoch
         return Record(to, ev.epoch, forward=old.forward), ()
     if k is E.SUPERSEDED:
-        forward = replace(ev.peer, epoch=ev.epoch)
+        forward = replace(_known(ev.peer, "a superseded event's peer"), epoch=ev.epoch)
         return Record(to, ev.epoch, forward=forward), (Redirect(forward), Drop())
     if k in (E.INCOMING_MOVE, E.INCOMING_STANDBY):
         if k is E.INCOMING_STANDBY and ev.staged and old.state is S.STANDBY:
@@ -315,7 +329,7 @@ def _effect(old: Record, ev: Event, to: State) -> tuple[Record, tuple[Action, ..
         drop = (Drop(),) if old.state in OWNING or old.state in HOLDING else ()
         return Record(to, ev.epoch, forward=old.forward), drop
     if k is E.SWAP_IN:
-        return replace(old, epoch=old.staging, staging=None), ()
+        return replace(old, epoch=_known(old.staging, "a standby's staged epoch"), staging=None), ()
     if k is E.DROP_STAGING:
         return replace(old, staging=None), ()
     if k in (E.ABORT, E.DROP):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -35,7 +36,11 @@ from . import _nodes
 from ._discover import resolve
 from ._errors import WorkloadUnavailable
 from ._placement import DefaultPolicy, Needs
-from ._pool_messages import UNKNOWN_POOL, MPoolCall, MPoolClose, MPoolInfo, MPoolOpen, MPoolStats
+from ._pool_messages import UNKNOWN_POOL, MPoolCall, MPoolClose, MPoolInfo, MPoolOpen, MPoolResult, MPoolStats
+from ._replies import expect
+
+if TYPE_CHECKING:
+    from ._cluster import Cluster
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +52,7 @@ _FAILED = (ConnectionFailed, NodeShuttingDown, OSError)
 class Pool:
     """A stateless function served by pristine instances on several nodes; made by ``Cluster.pool``."""
 
-    def __init__(self, cluster, *, name: str, module: bytes, init: str, max_per_node: int, idle_s: float,
+    def __init__(self, cluster: Cluster, *, name: str, module: bytes, init: str, max_per_node: int, idle_s: float,
                  app: str) -> None:
         self._cluster = cluster
         self.name = name
@@ -80,7 +85,7 @@ class Pool:
             live = [n for n in self.nodes if n not in tried]
         return min(live, key=lambda n: self._in_flight[n], default=None)
 
-    async def call(self, export: str, *args: int | float) -> None | int | float | tuple:
+    async def call(self, export: str, *args: int | float) -> None | int | float | tuple[int | float, ...]:
         """Run ``export(*args)`` on a pristine instance of any of the pool's nodes.
 
         Returns None, one value or a tuple, as ``Handle.call``.  Raises the
@@ -116,23 +121,26 @@ class Pool:
             values = reply.values
             return None if not values else values[0] if len(values) == 1 else tuple(values)
 
-    async def _send(self, node: str, address: str, export: str, args: Sequence[int | float]):
+    async def _send(self, node: str, address: str, export: str, args: Sequence[int | float]) -> MPoolResult:
         client = await self._cluster.client(address)
         try:
-            return await client.request(MPoolCall, pool=self.name, export=export, args=tuple(args), app=self._app)
+            return expect(MPoolResult, await client.request(MPoolCall, pool=self.name, export=export,
+                                                            args=tuple(args), app=self._app))
         except RemoteNodeError as exc:
             if exc.code != UNKNOWN_POOL:
                 raise
         await self.open_on(node)  # it restarted: nothing ran there
         client = await self._cluster.client(address)
-        return await client.request(MPoolCall, pool=self.name, export=export, args=tuple(args), app=self._app)
+        return expect(MPoolResult, await client.request(MPoolCall, pool=self.name, export=export, args=tuple(args),
+                                                        app=self._app))
 
     async def stats(self) -> dict[str, MPoolInfo]:
         """Each open node's counters (instances, calls, left_state ...); nodes that do not answer are left out."""
         out = {}
         for node, address in list(self.nodes.items()):
             try:
-                out[node] = await self._cluster.ask(address, MPoolStats, pool=self.name, app=self._app)
+                out[node] = expect(MPoolInfo, await self._cluster.ask(address, MPoolStats, pool=self.name,
+                                                                      app=self._app))
             except (*_FAILED, RemoteNodeError, trio.TooSlowError):
                 continue
         return out
@@ -147,7 +155,7 @@ class Pool:
         self.nodes.clear()
 
 
-async def open_pool(cluster, module: bytes, *, name: str, init: str | None, max_per_node: int, idle_s: float,
+async def open_pool(cluster: Cluster, module: bytes, *, name: str, init: str | None, max_per_node: int, idle_s: float,
                     nodes: str | Sequence[str], app: str) -> Pool:
     """Open a pool on ``nodes`` (names, or "auto": every node placement finds fit).
 

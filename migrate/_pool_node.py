@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from nodes import (BadArguments, Done, ErrorReply, InstancePool, MAX_POOL_INSTANCES, Plugin,
-                   ResourceLimitExceeded)
+from nodes import (BadArguments, Done, ErrorReply, InstancePool, MAX_POOL_INSTANCES, Node, Plugin,
+                   ResourceLimitExceeded, Session)
 
 from ._pool_messages import UNKNOWN_POOL, MPoolCall, MPoolClose, MPoolInfo, MPoolOpen, MPoolResult, MPoolStats
+from ._replies import error
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class PoolService:
     opening: trio.Lock = field(default_factory=trio.Lock)
 
 
-def _service(node) -> PoolService:
+def _service(node: Node) -> PoolService:
     return node.plugin_state(PLUGIN_NAME)
 
 
@@ -63,11 +64,11 @@ def _info(request_id: int, entry: _Entry) -> MPoolInfo:
     return MPoolInfo(id=request_id, max_instances=entry.pool.max_instances, **dataclasses.asdict(entry.pool.stats()))
 
 
-def _unknown(request_id: int, node, app: str, pool: str) -> ErrorReply:
-    return ErrorReply(id=request_id, code=UNKNOWN_POOL, message=f"{node.config.name} has no pool {pool!r} of {app!r}")
+def _unknown(request_id: int, node: Node, app: str, pool: str) -> ErrorReply:
+    return error(request_id, UNKNOWN_POOL, f"{node.config.name} has no pool {pool!r} of {app!r}")
 
 
-async def on_open(node, session, req: MPoolOpen) -> MPoolInfo:
+async def on_open(node: Node, session: Session, req: MPoolOpen) -> MPoolInfo:
     if not isinstance(req.max_instances, int) or not 1 <= req.max_instances <= MAX_POOL_INSTANCES:
         raise BadArguments(f"max_instances must be 1 to {MAX_POOL_INSTANCES}, got {req.max_instances!r}")
     if not isinstance(req.idle_s, (int, float)) or not 0 < req.idle_s <= _MAX_IDLE_S or math.isnan(req.idle_s):
@@ -90,7 +91,7 @@ async def on_open(node, session, req: MPoolOpen) -> MPoolInfo:
     return _info(req.id, entry)
 
 
-async def on_call(node, session, req: MPoolCall):
+async def on_call(node: Node, session: Session, req: MPoolCall) -> MPoolResult | ErrorReply:
     entry = _service(node).pools.get((req.app, req.pool))
     if entry is None:
         return _unknown(req.id, node, req.app, req.pool)
@@ -108,12 +109,12 @@ async def on_call(node, session, req: MPoolCall):
     return MPoolResult(id=req.id, values=values)
 
 
-async def on_stats(node, session, req: MPoolStats):
+async def on_stats(node: Node, session: Session, req: MPoolStats) -> MPoolInfo | ErrorReply:
     entry = _service(node).pools.get((req.app, req.pool))
     return _unknown(req.id, node, req.app, req.pool) if entry is None else _info(req.id, entry)
 
 
-async def on_close(node, session, req: MPoolClose):
+async def on_close(node: Node, session: Session, req: MPoolClose) -> Done | ErrorReply:
     svc = _service(node)
     entry = svc.pools.pop((req.app, req.pool), None)
     if entry is None:
@@ -125,7 +126,7 @@ async def on_close(node, session, req: MPoolClose):
     return Done(id=req.id)
 
 
-async def _trim(node) -> None:
+async def _trim(node: Node) -> None:
     """Drop instances idle past their pool's ``idle_s``, taking their slots while doing so."""
     svc = _service(node)
     while True:
@@ -143,7 +144,7 @@ async def _trim(node) -> None:
                 entry.free[:0] = idle  # least recently used: taken last
 
 
-async def _resume(node) -> None:
+async def _resume(node: Node) -> None:
     node.start_soon(_trim, node)
 
 

@@ -27,6 +27,13 @@ def _mib(n: int) -> str:
     return f"{n / 2**10:.0f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
 
 
+def _one_int(result: object) -> int:
+    """The result of an export that returns one i32 (``Handle.call`` returns None, a number or a tuple)."""
+    if not isinstance(result, int):
+        raise TypeError(f"expected one integer result, got {result!r}")
+    return result
+
+
 async def run(root: Path, entries: int, callers: int) -> int:
     with LocalCluster(root) as lc:
         edge = lc.start("edge-1", "edge")
@@ -47,7 +54,7 @@ async def run(root: Path, entries: int, callers: int) -> int:
 
             async def caller() -> None:
                 while not stop.is_set():
-                    results.append(await counter.call("incr", 1))
+                    results.append(_one_int(await counter.call("incr", 1)))
 
             async with trio.open_nursery() as nursery:
                 for _ in range(callers):
@@ -66,11 +73,11 @@ async def run(root: Path, entries: int, callers: int) -> int:
 
             ok = len(results) == len(set(results)) == await counter.call("get")
             ok &= sorted(results) == list(range(1, len(results) + 1))
-            probe = await kv.read_prefixed(await kv.call_with_bytes("kv_get", b"user:%d" % (entries // 2)))
+            probe = await kv.read_prefixed(_one_int(await kv.call_with_bytes("kv_get", b"user:%d" % (entries // 2))))
             ok &= probe == b"session %d " % (entries // 2) * 6 and await kv.call("kv_count") == entries
             print(f"[app] {len(results)} calls from {callers} tasks, each ran exactly once: {ok}")
             print(f"[app] kvstore intact on {kv.node}: kv_count={await kv.call('kv_count')}, "
-                  f"user:{entries // 2} -> {probe[:24]!r}...")
+                  f"user:{entries // 2} -> {probe[:24] if probe is not None else 'missing'!r}...")
             return 0 if ok else 1
 
 

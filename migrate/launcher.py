@@ -28,6 +28,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -52,7 +53,7 @@ def node_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``migrate-node ARGS`` to completion and return it.  Raises NodeError if ``check`` and it failed."""
     done = subprocess.run([*migrate_node_command(), *args], capture_output=True, text=True, env=node_env(),
                           stdin=subprocess.DEVNULL, timeout=120)
@@ -80,9 +81,9 @@ def listening_address(log_text: str) -> str | None:
     return None
 
 
-def log_records(log_text: str) -> list[dict]:
+def log_records(log_text: str) -> list[dict[str, Any]]:
     """The JSON log records in ``log_text``; other lines are kept as ``{"raw": line}``."""
-    out = []
+    out: list[dict[str, Any]] = []
     for line in log_text.splitlines():
         try:
             record = json.loads(line)
@@ -138,7 +139,7 @@ class NodeProcess:
     args: Sequence[str] = ()
     join: Sequence[str] = ()       # addresses of peers to join
     env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     address: Address | None = None
     _log_offset: int = 0
 
@@ -155,33 +156,47 @@ class NodeProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0  # a restart appends
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=node_env(self.env))
+            self.proc = proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                env=node_env(self.env))
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             address = listening_address(self.log_text())
             if address is not None:
                 self.address = parse_address(address)
                 return self
-            if self.proc.poll() is not None:
-                raise NodeError(f"node {self.name} exited with {self.proc.returncode}:\n{self.log_text()}")
+            if proc.poll() is not None:
+                raise NodeError(f"node {self.name} exited with {proc.returncode}:\n{self.log_text()}")
             time.sleep(0.02)
         self.kill()
         raise NodeError(f"node {self.name} did not start listening within {START_TIMEOUT_S} s:\n{self.log_text()}")
 
     def restart(self) -> NodeProcess:
         """Start the node again on its port and data dir (after it exited).  Raises NodeError."""
-        return self.start(port=self.address.port)
+        return self.start(port=self.listening.port)
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The process of the current (or last) run; raises NodeError if the node was never started."""
+        if self.proc is None:
+            raise NodeError(f"node {self.name} was never started")
+        return self.proc
+
+    @property
+    def listening(self) -> Address:
+        """The address the node listens on; raises NodeError if it never did."""
+        if self.address is None:
+            raise NodeError(f"node {self.name} never listened")
+        return self.address
 
     def log_text(self) -> str:
         """The log of the current run."""
         return self.log_path.read_text(errors="replace")[self._log_offset:] if self.log_path.exists() else ""
 
-    def log_lines(self) -> list[dict]:
+    def log_lines(self) -> list[dict[str, Any]]:
         """The JSON log records of the current run (non-JSON lines are kept under "raw")."""
         return log_records(self.log_text())
 
-    async def wait_for_log(self, msg: str, timeout_s: float = START_TIMEOUT_S) -> dict:
+    async def wait_for_log(self, msg: str, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
         """Wait, without blocking the event loop, for a log record of the current run saying ``msg``.
 
         Raises NodeError if the node exits first or the time runs out.
@@ -191,25 +206,26 @@ class NodeProcess:
                 for line in self.log_lines():
                     if line.get("msg") == msg:
                         return line
-                if self.proc.poll() is not None:
-                    raise NodeError(f"node {self.name} exited with {self.proc.returncode} before logging "
+                if self.process.poll() is not None:
+                    raise NodeError(f"node {self.name} exited with {self.process.returncode} before logging "
                                     f"{msg!r}:\n{self.log_text()}")
                 await trio.sleep(0.01)
         raise NodeError(f"node {self.name} did not log {msg!r} within {timeout_s} s:\n{self.log_text()}")
 
     def terminate(self, timeout_s: float = 60.0) -> int:
         """SIGTERM the node, wait for it to exit, and return its exit status.  Raises TimeoutExpired."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout_s)
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM the node if it runs, SIGKILL it after ``timeout_s``; return its exit status."""
-        if self.proc.poll() is None:
+        proc = self.process
+        if proc.poll() is None:
             try:
                 return self.terminate(timeout_s)
             except subprocess.TimeoutExpired:
                 self.kill()
-        return self.proc.returncode
+        return proc.returncode
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -218,11 +234,11 @@ class NodeProcess:
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.process.pid
 
-    async def client(self, tls: Path | None, **kwargs) -> NodeClient:
-        """Connect a NodeClient to this node (plain TCP when ``tls`` is None)."""
-        return await NodeClient.connect(self.address, tls=tls, **kwargs)
+    async def client(self, tls: Path | None, **kwargs: Any) -> NodeClient:
+        """Connect a NodeClient to this node (plain TCP when ``tls`` is None); ``kwargs`` go to ``NodeClient.connect``."""
+        return await NodeClient.connect(self.listening, tls=tls, **kwargs)
 
 
 @dataclass
@@ -247,7 +263,11 @@ class LocalCluster:
 
     def tls_for(self, name: str, role: str = "node") -> Path | None:
         """The TLS dir of ``name`` (issued on first use); None without TLS."""
-        return self.ca.issue(name, role) if self.tls else None
+        if not self.tls:
+            return None
+        if self.ca is None:  # made by __post_init__; made again here if set to None since
+            self.ca = ClusterTLS(self.root)
+        return self.ca.issue(name, role)
 
     def start(self, name: str, role: str = "edge", *, join: Sequence[NodeProcess] = (), args: Sequence[str] = (),
               env: Mapping[str, str] | None = None, insecure: bool = False) -> NodeProcess:

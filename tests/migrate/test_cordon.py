@@ -1,6 +1,7 @@
 """Cordon on real nodes: ``migrate-node cordon/uncordon NAME``, kept across a restart, refused to tenants,
 seen by placement; ``drain`` cordons first and places each workload when ``--to`` is not given."""
 
+import functools
 import json
 import subprocess
 
@@ -10,8 +11,10 @@ import trio
 import migrate
 import workloads
 from migrate import Needs, NoSuitableNode
+from migrate._cordon import MCordon
+from migrate._service import PLUGINS
 from migrate.wire import MigrationCode
-from nodes import RemoteNodeError
+from nodes import Address, NodeConfig, RemoteNodeError, serve
 
 from nodeproc import clean_env, migrate_node_command
 
@@ -112,3 +115,18 @@ async def test_drain_without_a_target_cordons_then_places_each_workload(node_pro
             assert await h.call("incr", 1) == i + 11  # exactly once, wherever it went
             assert h.node in ("edge-2", "cloud-1")
         assert (await wait_for(cluster, "edge-1")).cordoned
+
+
+async def test_a_node_without_data_dir_checks_its_cordon_in_the_default_directory(tmp_path, monkeypatch, nursery):
+    """``--data-dir`` unset: the node's data (and the cordon flag) is under $XDG_DATA_HOME/migrate-node/NAME."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    config = NodeConfig(name="edge-9", listen=Address("127.0.0.1", 0), insecure=True)
+    bound = await nursery.start(functools.partial(serve, config, plugins=PLUGINS))
+    async with migrate.connect(str(bound), local=False) as cluster:
+        h = await cluster.spawn(COUNTER, on="edge-9")
+        assert await h.call("incr", 1) == 1
+        client = await cluster.client(str(bound))
+        assert (await client.request(MCordon)).cordoned
+        assert (tmp_path / "migrate-node" / "edge-9" / "cordoned").exists()
+        with pytest.raises(RemoteNodeError, match="cordoned"):
+            await cluster.spawn(COUNTER, on="edge-9")

@@ -2,7 +2,10 @@
 
 from pathlib import Path
 
-from migrate.launcher import listening_address, log_records, migrate_node_command, serve_command
+import pytest
+
+from migrate.launcher import NodeProcess, listening_address, log_records, migrate_node_command, serve_command
+from nodes import NodeError
 
 
 def test_listening_address_reads_the_first_listening_line():
@@ -29,3 +32,12 @@ def test_serve_command_runs_migrate_node_serve_with_tls_or_on_plain_tcp():
 def test_without_the_script_the_command_is_the_migrate_cli_module(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     assert migrate_node_command()[1:] == ["-m", "migrate.cli"]
+
+
+def test_a_node_never_started_says_so(tmp_path):
+    node = NodeProcess("edge-1", "edge", data_dir=tmp_path / "edge-1", tls_dir=None)
+    for use in (lambda: node.pid, node.stop, node.terminate):
+        with pytest.raises(NodeError, match="edge-1 was never started"):
+            use()
+    with pytest.raises(NodeError, match="edge-1 never listened"):
+        node.restart()
