@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 #: Schedules a workload may have, at most.
 MAX_SCHEDULES = 16
@@ -175,7 +176,7 @@ def _unique(schedules: list[Schedule]) -> None:
         raise LifecycleError("two schedules call the same export")
 
 
-def _number(value: object) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

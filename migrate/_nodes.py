@@ -36,6 +36,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -207,12 +208,12 @@ async def _try_ranked(placement, what: str, attempt):
 
 
 async def spawn_auto(cluster, module: bytes, *, needs: Needs | None, policy: PlacementPolicy | None,
-                     app: str, workload: str | None, idle_s: float | None = None):
-    """Spawn on the best node the policy finds; raises NoSuitableNode."""
+                     app: str, workload: str | None, idle_s: float | None = None, lifecycle: Any = None):
+    """Spawn on the best node the policy finds, with ``lifecycle`` (``_keeper.lifecycle_spec``); raises NoSuitableNode."""
     placement = (policy or DefaultPolicy()).place(await nodes(cluster), needs or Needs())
     return await _try_ranked(placement, "the workload",
-                             lambda name: cluster.spawn(module, on=name, app=app, workload=workload,
-                                                        idle_s=idle_s))
+                             lambda name: cluster.spawn_on(name, module, app=app, workload=workload,
+                                                           idle_s=idle_s, lifecycle=lifecycle))
 
 
 async def migrate_auto(cluster, handle, *, needs: Needs | None, policy: PlacementPolicy | None, **options):
