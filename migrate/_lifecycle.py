@@ -9,7 +9,7 @@ A workload spawned with a name (``Cluster.spawn(..., name=)``) carries a
   application's grace period as its lease; a ``detached`` one its ``ttl``,
   or none (it lives until removed);
 * ``schedules``: exports the owner calls every so many seconds, whether
-  an application is connected or not (``_keeper``).
+  an application is connected or not (``_life_node``).
 
 The owner keeps times on a monotonic clock; the wire form (an MCommit to a
 new owner, the shutdown checkpoint) holds wall-clock times instead, so a

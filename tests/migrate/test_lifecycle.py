@@ -103,3 +103,17 @@ def test_every_valid_record_round_trips(detached, lease, every, now, wall):
     assert back.detached == life.detached and back.lease_s == life.lease_s
     assert back.seen == pytest.approx(life.seen, abs=1e-3)
     assert [(s.export, s.every_s) for s in back.schedules] == [(s.export, s.every_s) for s in life.schedules]
+
+
+_specs = st.dictionaries(st.sampled_from(["detached", "lease_s", "every"]), _values, min_size=2, max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_values, _specs))
+def test_the_spec_decoder_refuses_anything_malformed_with_its_typed_error(data):
+    try:
+        life = Lifecycle.from_spec(data, 0.0)
+    except LifecycleError:
+        return
+    assert isinstance(life.detached, bool) and len(life.schedules) <= MAX_SCHEDULES
+    assert all(s.every_s > 0 and s.due == s.every_s for s in life.schedules)
