@@ -72,8 +72,10 @@ class Keeper:
         self._running = False
 
     def hold(self, handle: Handle, lease_s: float | None = None) -> None:
-        """Renew ``handle``'s workload's lease from now on, until the cluster closes."""
-        self._held.setdefault(handle.workload, handle)
+        """Renew ``handle``'s workload's lease from now on (a first renewal at once), until the cluster closes."""
+        if handle.workload not in self._held:
+            self._held[handle.workload] = handle
+            self._changed.set()
         self._shorten(lease_s)
         if not self._running:
             self._running = True
@@ -86,9 +88,9 @@ class Keeper:
 
     async def _run(self) -> None:
         while True:
-            self._changed = trio.Event()
             with trio.move_on_after(self._period):
                 await self._changed.wait()
+            self._changed = trio.Event()
             for handle in list(self._held.values()):
                 await self.touch(handle)
 
