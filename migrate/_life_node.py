@@ -86,10 +86,18 @@ def from_spec(spec: object) -> Lifecycle | None:
         raise BadArguments(f"lifecycle: {exc}") from None
 
 
-def to_wire(owned: Owned) -> dict[str, Any] | None:
-    """What a move's commit or the shutdown checkpoint carries of ``owned``'s lifecycle (None: unmanaged)."""
+def to_wire(owned: Owned, *, saved: bool = False) -> dict[str, Any] | None:
+    """What a move's commit or (``saved``) the shutdown checkpoint carries of ``owned``'s lifecycle (None: unmanaged).
+
+    A move freezes the workload, so a firing under way either ran before
+    (its outcome is in the ledger the commit carries) or gets the "moved"
+    answer and the new owner fires it.  The shutdown checkpoint does not
+    wait for firings: it counts one under way as done, so after the restart
+    it is not run again (it ran once, or, if it had not started before the
+    capture, not at all).
+    """
     life = owned.lifecycle
-    return None if life is None else life.to_wire(now(), time.time())
+    return None if life is None else life.to_wire(now(), time.time(), settle=saved)
 
 
 def from_wire(data: object) -> Lifecycle | None:
@@ -202,8 +210,11 @@ async def run(node: Node) -> None:
 async def _fire(node: Node, owned: Owned, life: Lifecycle, schedule: Schedule, firing: set[tuple[str, str]],
                 key: tuple[str, str]) -> None:
     """Call the schedule's export once, exactly once per firing count, through the ledgered call path."""
+    schedule.running = True
     try:
         seq = schedule.fired
+        if node.stopping:
+            return
         req = MCall(id=0, workload=owned.workload, op="call", caller=f"every:{schedule.export}", seq=seq,
                     ack=seq - 1, export=schedule.export)
         reply = await on_call(node, None, req)
@@ -217,6 +228,7 @@ async def _fire(node: Node, owned: Owned, life: Lifecycle, schedule: Schedule, f
         if schedule.fired == seq and owned.lifecycle is life:
             life.fired(schedule, now())
     finally:
+        schedule.running = False
         firing.discard(key)
         service(node).lifecycle_waker.set()
 

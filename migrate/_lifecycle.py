@@ -48,6 +48,7 @@ class Schedule:
     every_s: float
     due: float
     fired: int = 0
+    running: bool = field(default=False, compare=False)  # a firing is under way (not part of the wire form)
 
 
 @dataclass
@@ -105,11 +106,16 @@ class Lifecycle:
 
     # --- wire forms ----------------------------------------------------------
 
-    def to_wire(self, now: float, wall: float) -> dict:
-        """The msgpack-able record, times on the wall clock (``wall`` is the wall time at ``now``)."""
+    def to_wire(self, now: float, wall: float, *, settle: bool = False) -> dict:
+        """The msgpack-able record, times on the wall clock (``wall`` is the wall time at ``now``).
+
+        ``settle`` counts a firing under way as done (for a record that
+        outlives this process: that firing is not run again from it).
+        """
         return {"detached": self.detached, "lease_s": self.lease_s, "seen_at": wall + (self.seen - now),
                 "gone": self.gone,
-                "schedules": [[s.export, s.every_s, wall + (s.due - now), s.fired] for s in self.schedules]}
+                "schedules": [[s.export, s.every_s, wall + (s.due - now), s.fired + (settle and s.running)]
+                              for s in self.schedules]}
 
     @classmethod
     def from_wire(cls, data: object, now: float, wall: float) -> Lifecycle:

@@ -39,7 +39,7 @@ def _save_record(node, workload: str) -> dict | None:
         return None
     standby = owned.standby.target if owned.standby is not None else owned.resume_standby
     return {"epoch": owned.epoch, "index": owned.index, "record": owned.record, "ledger": owned.ledger.to_wire(),
-            "standby": str(standby) if standby is not None else "", "lifecycle": life_wire(owned)}
+            "standby": str(standby) if standby is not None else "", "lifecycle": life_wire(owned, saved=True)}
 
 
 def _load_record(node, workload: str, record: dict) -> None:

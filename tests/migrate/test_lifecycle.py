@@ -117,3 +117,13 @@ def test_the_spec_decoder_refuses_anything_malformed_with_its_typed_error(data):
         return
     assert isinstance(life.detached, bool) and len(life.schedules) <= MAX_SCHEDULES
     assert all(s.every_s > 0 and s.due == s.every_s for s in life.schedules)
+
+
+def test_a_saved_record_counts_a_firing_under_way_as_done_and_a_moved_one_does_not():
+    life = Lifecycle.from_spec(spec(detached=True, lease_s=None, every={"tick": 1.0}), 0.0)
+    (tick,) = life.schedules
+    tick.fired, tick.running = 7, True
+    assert Lifecycle.from_wire(life.to_wire(0.0, 0.0), 0.0, 0.0).schedules[0].fired == 7
+    assert Lifecycle.from_wire(life.to_wire(0.0, 0.0, settle=True), 0.0, 0.0).schedules[0].fired == 8
+    tick.running = False
+    assert Lifecycle.from_wire(life.to_wire(0.0, 0.0, settle=True), 0.0, 0.0).schedules[0].fired == 7
