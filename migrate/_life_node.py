@@ -113,10 +113,30 @@ def restarted(life: Lifecycle | None) -> Lifecycle | None:
     return life
 
 
+def taken_over(life: Lifecycle | None) -> Lifecycle | None:
+    """A promoted standby's lifecycle, as it was at the copy: renewals since were not forwarded to the
+    standby, so its lease runs again from now."""
+    if life is not None:
+        life.touch(now())
+    return life
+
+
 def managed(node: Node, owned: Owned) -> None:
-    """``owned`` has a lifecycle now: wake the lifecycle task so its first deadline counts."""
-    if owned.lifecycle is not None:
+    """``owned`` has a lifecycle now: catch its schedules up with its ledger, and wake the lifecycle task.
+
+    A firing the ledger holds (a standby replayed it, or it ran just before
+    a move's freeze) counts as fired, so it is not asked again.
+    """
+    life = owned.lifecycle
+    if life is not None:
+        for schedule in life.schedules:
+            schedule.fired = max(schedule.fired, owned.ledger.next_seq(caller_of(schedule)))
         service(node).lifecycle_waker.set()
+
+
+def caller_of(schedule: Schedule) -> str:
+    """The caller id of a schedule's firings in the workload's ledger."""
+    return f"every:{schedule.export}"
 
 
 async def on_touch(node: Node, session: Session, req: MTouch) -> MTouched | ErrorReply:
@@ -215,7 +235,7 @@ async def _fire(node: Node, owned: Owned, life: Lifecycle, schedule: Schedule, f
         seq = schedule.fired
         if node.stopping:
             return
-        req = MCall(id=0, workload=owned.workload, op="call", caller=f"every:{schedule.export}", seq=seq,
+        req = MCall(id=0, workload=owned.workload, op="call", caller=caller_of(schedule), seq=seq,
                     ack=seq - 1, export=schedule.export)
         reply = await on_call(node, None, req)
         if isinstance(reply, MResult) and reply.moved_to is not None:

@@ -400,6 +400,7 @@ class MAlign(_ToCopy):
     index: int
     ledger: Any = None  # a standby's starting ledger
     monotonic_ns: int | None = None
+    lifecycle: Any = None  # a standby's: the owner's lifecycle at the copy (``_lifecycle``), taken on at promotion
 
 
 @message("m_follow", reply=Done, roles=NODE_ONLY)

@@ -189,6 +189,7 @@ class Incoming:
     settings: dict = field(default_factory=dict)  # args, env, memory cap
     standby: bool = False  # a hot standby copy, not a move under way
     ledger: CallLedger | None = None  # a standby's: the owner's at the copy, plus replayed outcomes
+    lifecycle: "Lifecycle | None" = None  # a standby's: the owner's at the copy (taken on at promotion)
     chunks: int = 0  # chunks applied: the ``seq`` of the next one
     turn: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)  # chunks awaiting theirs
     host_id: str = ""  # its id on the host: the workload's, or a staging id while it replaces a standby

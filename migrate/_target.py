@@ -286,9 +286,10 @@ async def on_align(node, session, req: MAlign) -> Done:
         await node.run_host(ops.align, node.host, inc.host_id, req.calls, req.monotonic_ns)
         try:
             ledger = CallLedger.from_wire(req.ledger) if req.ledger is not None else inc.ledger
+            life = life_from_wire(req.lifecycle) if req.lifecycle is not None else inc.lifecycle
         except ValueError as exc:
             return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
-        inc.index, inc.ledger = req.index, ledger
+        inc.index, inc.ledger, inc.lifecycle = req.index, ledger, life
         if inc.host_id != inc.workload and not await _swap_in(node, svc, inc):
             await _drop_incoming(node, svc, inc)
             return _no_incoming(req.id, req.workload, req.epoch, req.standby)

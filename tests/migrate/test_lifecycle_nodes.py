@@ -195,3 +195,22 @@ async def test_lifecycle_options_are_checked_before_anything_starts(node_procs, 
         with pytest.raises(ValueError, match="differ"):
             await c.spawn(WATCH, on="edge-1", name="x", workload="y")
         assert await workload_ids(edge, app) == set()
+
+
+async def test_a_promoted_standby_takes_the_lifecycle_and_schedule_on(node_procs, cluster_tls):
+    edge, cloud = node_procs.start("edge-1", "edge"), node_procs.start("cloud-1", "cloud")
+    app = cluster_tls.issue("app-1", "node")
+    async with migrate.connect(str(edge.address), str(cloud.address), tls=app) as c:
+        h = await c.spawn(WATCH, on="edge-1", name="camera-watch", detached=True, ttl=3600.0, every={"tick": 0.1})
+        await h.protect("standby", to="cloud-1")
+        before = await until(lambda: _fired_beyond(edge, app, 5), "ticks on the owner")
+        edge.kill()
+        assert await h.call("ticks") >= before  # the handle fails over: the standby is promoted
+        assert h.node == "cloud-1"
+        record = await lifecycle_of(cloud, "camera-watch", app)
+        assert record["detached"] and record["schedules"]["tick"]["fired"] >= before
+        later = await until(lambda: _fired_beyond(cloud, app, record["schedules"]["tick"]["fired"] + 3),
+                            "ticks after the promotion")
+        ticks = await h.call("ticks")
+        after = (await lifecycle_of(cloud, "camera-watch", app))["schedules"]["tick"]["fired"]
+        assert later <= ticks <= after + 1  # no firing ran twice: the standby's replayed ones are in its ledger
