@@ -127,11 +127,15 @@ def managed(node: Node, owned: Owned) -> None:
     A firing the ledger holds (a standby replayed it, or it ran just before
     a move's freeze) counts as fired, so it is not asked again.
     """
-    life = owned.lifecycle
-    if life is not None:
-        for schedule in life.schedules:
-            schedule.fired = max(schedule.fired, owned.ledger.next_seq(caller_of(schedule)))
+    if owned.lifecycle is not None:
+        caught_up(owned)
         service(node).lifecycle_waker.set()
+
+
+def caught_up(owned: Owned) -> None:
+    """Count the firings ``owned``'s ledger holds as fired (``managed``; no I/O, any thread)."""
+    for schedule in owned.lifecycle.schedules if owned.lifecycle is not None else ():
+        schedule.fired = max(schedule.fired, owned.ledger.next_seq(caller_of(schedule)))
 
 
 def caller_of(schedule: Schedule) -> str:

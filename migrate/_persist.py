@@ -11,7 +11,7 @@ from nodes import Address, NodeError, parse_address
 from . import _hostops as ops
 from ._ledger import CallLedger
 from ._life_node import from_wire as life_from_wire
-from ._life_node import restarted
+from ._life_node import caught_up, restarted
 from ._life_node import to_wire as life_wire
 from ._messages import MLocate
 from ._standby import _keep_standby
@@ -57,6 +57,7 @@ def _load_record(node, workload: str, record: dict) -> None:
     owned = Owned(workload, epoch=epoch, ledger=CallLedger.from_wire(record.get("ledger")), index=index,
                   record=bool(record.get("record")), resume_standby=resume,
                   lifecycle=restarted(life_from_wire(record.get("lifecycle"))))
+    caught_up(owned)
     if owned.record:  # a protected workload: calls report the inputs they consumed
         ops.set_recording(node.host, workload, True)
     try:
