@@ -42,8 +42,6 @@ MIN_RENEW_S = 0.05
 DEFAULT_GRACE_S = 30.0
 #: How long closing the cluster waits for each goodbye.
 GOODBYE_S = 1.0
-#: How long a renewal looks for a workload that moved.
-FIND_S = 5.0
 
 
 def lifecycle_spec(*, name: str | None, detached: bool | None, ttl: float | None,
@@ -81,6 +79,10 @@ class Keeper:
             self._running = True
             self._cluster._nursery.start_soon(self._run)
 
+    def holds(self, workload: str) -> bool:
+        """True while this application renews ``workload``'s lease."""
+        return workload in self._held
+
     def _shorten(self, lease_s: float | None) -> None:
         if lease_s is not None and lease_s / 3 < self._period:
             self._period = max(MIN_RENEW_S, lease_s / 3)
@@ -97,8 +99,10 @@ class Keeper:
     async def touch(self, handle: Handle, *, goodbye: bool = False, timeout_s: float = 2.0) -> MTouched | None:
         """Renew (or end, ``goodbye``) the lease of ``handle``'s workload at its owner, finding it if it moved.
 
-        None if it could not be reached, or no node owns it any more (it
-        is no longer held then).
+        None if it could not be reached (it is tried again next time), or
+        its owner said it no longer has it and no node does (it was removed:
+        it is no longer held).  The owner is looked for once, without
+        waiting: a node that is down (restarting) is asked again next time.
         """
         for attempt in range(2):
             try:
@@ -110,14 +114,17 @@ class Keeper:
                 if exc.code != MigrationCode.NOT_OWNER or attempt:
                     logger.warning("lease renewal of %s failed: %s", handle.workload, exc)
                     return None
+                denied = True
             except (ConnectionFailed, NodeError, trio.TooSlowError) as exc:
                 logger.info("lease renewal of %s: owner unreachable: %s", handle.workload, exc)
                 if attempt:
                     return None
+                denied = False
             try:
-                await handle._relocate(trio.current_time() + (timeout_s if goodbye else FIND_S))
-            except WorkloadUnavailable:
-                if not goodbye:
+                await handle._relocate(trio.current_time())
+            except (WorkloadUnavailable, NodeError) as exc:  # NodeError: Forbidden (the id is another tenant's now)
+                if denied and not goodbye:
+                    logger.info("%s is no longer held: %s", handle.workload, exc)
                     self._held.pop(handle.workload, None)
                 return None
         return None

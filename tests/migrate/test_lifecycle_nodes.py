@@ -214,3 +214,22 @@ async def test_a_promoted_standby_takes_the_lifecycle_and_schedule_on(node_procs
         ticks = await h.call("ticks")
         after = (await lifecycle_of(cloud, "camera-watch", app))["schedules"]["tick"]["fired"]
         assert later <= ticks <= after + 1  # no firing ran twice: the standby's replayed ones are in its ledger
+
+
+async def test_a_held_workload_is_renewed_across_its_node_restart_and_dropped_once_removed(node_procs, cluster_tls):
+    edge = node_procs.start("edge-1", "edge")
+    app = cluster_tls.issue("app-1", "node")
+    async with migrate.connect(str(edge.address), tls=app) as c:
+        h = await c.spawn(WATCH, on="edge-1", name="session", detached=False, grace_s=2.0)
+        assert await trio.to_thread.run_sync(edge.terminate) == 0
+        await trio.sleep(1.0)  # renewals fail while the node is down: the workload stays held
+        await trio.to_thread.run_sync(edge.restart)
+        await trio.sleep(6.0)  # three grace periods after the restart: the keeper renews meanwhile
+        assert "session" in await workload_ids(edge, app)
+        assert await h.call("tick") == 1
+        await h.remove()
+        await until(lambda: _not_held(c, "session"), "the keeper dropping a removed workload")
+
+
+async def _not_held(cluster, workload: str) -> bool:
+    return not cluster.keeper.holds(workload)
