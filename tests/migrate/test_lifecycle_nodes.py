@@ -157,9 +157,9 @@ async def test_a_held_workload_lives_while_its_application_does_and_is_removed_a
     edge = node_procs.start("edge-1", "edge")
     app = cluster_tls.issue("app-1", "node")
     async with migrate.connect(str(edge.address), tls=app) as c:
-        held = await c.spawn(WATCH, on="edge-1", name="session", detached=False, grace_s=1.0)
+        held = await c.spawn(WATCH, on="edge-1", name="session", detached=False, grace_s=2.0)
         plain = await c.spawn(WATCH, on="edge-1")  # no lifecycle: never removed by the node
-        await trio.sleep(3.0)  # three grace periods: the keeper renews the lease meanwhile
+        await trio.sleep(6.0)  # three grace periods: the keeper renews the lease meanwhile
         assert await held.call("tick") == 1
         assert (await lifecycle_of(edge, "session", app))["lifecycle"] == "running"
         assert await lifecycle_of(edge, plain.workload, app) is None
