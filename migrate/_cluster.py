@@ -28,12 +28,13 @@ from nodes import (Address, ConnectionFailed, ErrorCode, HostError, NodeClient, 
 
 from . import _autoplace, _nodes
 from ._advice import Advice, Autoplace, Work
-from ._discover import discover_node, follow_members, resolve
+from ._discover import discover_node, follow_members, locate, resolve
 from ._placement import Needs, NodeRecord, PlacementPolicy
 from ._service import PLUGINS
 from ._errors import MigrateError, UnknownNode, WorkloadUnavailable
 from ._handle import DEFAULT_RECONNECT_TIMEOUT_S, Handle, module_bytes
-from ._messages import MLocate, MSpawn, MSpawned, MWhere
+from ._keeper import DEFAULT_GRACE_S, Keeper, lifecycle_spec
+from ._messages import MSpawn, MSpawned
 from ._pool import Pool, open_pool
 from ._protect import Protector
 from ._protection import Event, FailoverFailed, Protection, ProtectionStatus
@@ -64,6 +65,7 @@ class Cluster:
         self._protect_scopes: dict[str, trio.CancelScope] = {}
         self._event_send, self._event_receive = trio.open_memory_channel[Event](1000)
         self.measurements = _nodes.Measurements()  # this application's throughput and speed per node
+        self.keeper = Keeper(self)  # the leases of the workloads it holds, and its posts
 
     # --- addresses and connections ----------------------------------------
 
@@ -155,6 +157,7 @@ class Cluster:
             return await client.request(kind, **fields)
 
     async def aclose(self) -> None:
+        await self.keeper.goodbye()
         for client in list(self._clients.values()):
             await _close_quietly(client)
         self._clients.clear()
@@ -162,15 +165,14 @@ class Cluster:
     # --- what applications call -------------------------------------------
 
     async def nodes(self) -> list[NodeRecord]:
-        """Every node in the membership view, with its metadata and this application's RTT and throughput (R3).
-
-        A node that does not answer has ``rtt_ms`` None (``_nodes``).
-        """
+        """Every node in the membership view, with metadata and this application's RTT (None: no answer) and throughput."""
         return await _nodes.nodes(self)
 
     async def spawn(self, module: bytes | str | Path, *, on: str = LOCAL, app: str = "",
                     workload: str | None = None, needs: Needs | None = None,
-                    policy: PlacementPolicy | None = None, idle_s: float | None = None) -> Handle:
+                    policy: PlacementPolicy | None = None, idle_s: float | None = None, name: str | None = None,
+                    detached: bool | None = None, ttl: float | None = None, every: dict[str, float] | None = None,
+                    grace_s: float = DEFAULT_GRACE_S) -> Handle:
         """Start a workload from ``module`` (bytes or a path) on node ``on``.
 
         ``on="auto"`` lets ``policy`` (``DefaultPolicy``) pick the node for
@@ -179,19 +181,36 @@ class Cluster:
         ``app`` is the application it belongs to: "" for the certificate's
         own (``nodes._authorization``).  Once no call used it for ``idle_s``
         (None: the node's ``--idle-s``; 0: never) the node hibernates it; the next call wakes it.
-        Raises UnknownNode, ConnectionFailed and the node's errors
-        (``InvalidModule``, ``ResourceLimitExceeded``...).
+        ``name`` (or ``workload``), ``detached``, ``ttl``, ``every``, ``grace_s``: its lifecycle (``_keeper``).
+        Raises UnknownNode, ConnectionFailed and the node's errors (``InvalidModule``, ``ResourceLimitExceeded``...).
         """
+        if name is not None and workload not in (None, name):
+            raise ValueError(f"name {name!r} and workload {workload!r} differ: name is the workload's id")
+        life = lifecycle_spec(name=name, detached=detached, ttl=ttl, every=every, grace_s=grace_s)
+        workload = name or workload
         if on == AUTO:
             return await _nodes.spawn_auto(self, module_bytes(module), needs=needs, policy=policy, app=app,
-                                           workload=workload, idle_s=idle_s)
+                                           workload=workload, idle_s=idle_s, lifecycle=life)
+        return await self.spawn_on(on, module_bytes(module), app=app, workload=workload, idle_s=idle_s,
+                                   lifecycle=life)
+
+    async def spawn_on(self, on: str, module: bytes, *, app: str, workload: str | None, idle_s: float | None,
+                       lifecycle: dict[str, Any] | None) -> Handle:
+        """``spawn`` on node ``on``, with ``lifecycle`` (``_keeper.lifecycle_spec``): held if it has one."""
         address = await resolve(self, on, LOCAL)
         client = await self.client(address)
-        sha256 = await _nodes.upload(self, client, module_bytes(module))
+        sha256 = await _nodes.upload(self, client, module)
         reply = expect(MSpawned, await client.request(MSpawn, module_sha256=sha256, workload=workload, app=app,
-                                                     idle_s=idle_s))
-        self._modules[reply.workload] = module_bytes(module)
-        return Handle(self, reply.workload, node=client.node, address=address, epoch=reply.epoch)
+                                                     idle_s=idle_s, lifecycle=lifecycle))
+        self._modules[reply.workload] = module
+        handle = Handle(self, reply.workload, node=client.node, address=address, epoch=reply.epoch)
+        if lifecycle is not None:
+            self.keeper.hold(handle, lifecycle["lease_s"])
+        return handle
+
+    async def post(self, name: str, export: str, *args: int | float | bytes | str) -> Any:
+        """Deliver an event to workload ``name``: call its ``export`` with ``args`` exactly once, wherever it runs."""
+        return await self.keeper.post(name, export, *args)
 
     async def pool(self, module: bytes | str | Path, *, init: str | None = None, max_per_node: int = 2,
                    nodes: str | list[str] = AUTO, name: str | None = None, idle_s: float = 30.0,
@@ -304,41 +323,22 @@ class Cluster:
         return name, address, new_epoch
 
     async def attach(self, workload: str) -> Handle:
-        """A new handle (a new caller) to an existing workload, found by id.
+        """A new handle (a new caller) to an existing workload, found by id (its name), wherever it moved.
 
-        Raises WorkloadUnavailable if no known node owns it.
+        Its lease is renewed while this cluster is open.  Raises
+        WorkloadUnavailable if no known node owns it, Forbidden if it is another tenant's.
         """
         found = await self.locate(workload)
         if found is None:
             raise WorkloadUnavailable(f"no known node owns workload {workload!r}", ran=False)
         name, address, epoch = found
-        return Handle(self, workload, node=name, address=address, epoch=epoch)
+        handle = Handle(self, workload, node=name, address=address, epoch=epoch)
+        self.keeper.hold(handle)  # its lease is renewed until this cluster closes
+        return handle
 
     async def locate(self, workload: str) -> tuple[str, str, int] | None:
-        """Ask every known node about ``workload``; return its owner (name, address, epoch).
-
-        The owner with the highest epoch wins: a fenced-off former owner
-        never outranks the current one.
-        """
-        best: tuple[str, str, int] | None = None
-        pending = list(self._seen)
-        asked: set[str] = set()
-        while pending:
-            address = pending.pop(0)
-            if address in asked:
-                continue
-            asked.add(address)
-            try:
-                where = expect(MWhere, await self.ask(address, MLocate, workload=workload))
-            except (NodeError, trio.TooSlowError) as exc:
-                self.lost(address, exc)
-                continue
-            if where.status == "owner" and (best is None or where.epoch > best[2]):
-                best = (self.name_of(address), address, where.epoch)
-            if where.to_address:  # a tombstone: ask where it points too
-                self.learn(where.to_name or where.to_address, where.to_address)
-                pending.append(where.to_address)
-        return best
+        """Ask every known node about ``workload``; return its owner (name, address, epoch) (``_discover.locate``)."""
+        return await locate(self, workload)
 
 
 def announces_shutdown(exc: BaseException | None) -> bool:

@@ -4,7 +4,8 @@
 gossip with) for ``Members`` every ``MEMBERS_REFRESH_S`` and learns the
 name and address of every live one, so ``spawn(on="c")`` works for a node
 the application was never given (a node that joined through another).
-``resolve`` asks the connected nodes at once when a name is not known yet.  ``discover_node`` (``connect(discover="mdns")``) browses
+``resolve`` asks the connected nodes at once when a name is not known yet;
+``locate`` asks every known node where a workload is.  ``discover_node`` (``connect(discover="mdns")``) browses
 mDNS for a few seconds and returns the first node that answers over TLS.
 """
 
@@ -16,9 +17,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from nodes import ConfigError, ConnectionFailed, Members, NodeClient, NodeError, browse_mdns
+from nodes import ConfigError, ConnectionFailed, Forbidden, Members, NodeClient, NodeError, browse_mdns
 
 from ._errors import UnknownNode
+from ._messages import MLocate
 
 if TYPE_CHECKING:
     from ._cluster import Cluster
@@ -96,3 +98,32 @@ async def discover_node(discover: str, tls: Path | str | None) -> str:
         return str(address)
     raise ConnectionFailed(f"no node answered on mDNS within {BROWSE_S} s "
                            f"({len(found)} found{': ' if found else ''}{', '.join(n for n, _ in found)})")
+
+
+async def locate(cluster: Cluster, workload: str) -> tuple[str, str, int] | None:
+    """Ask every known node about ``workload``; return its owner (name, address, epoch).
+
+    The owner with the highest epoch wins: a fenced-off former owner
+    never outranks the current one.
+    """
+    best: tuple[str, str, int] | None = None
+    pending = list(cluster._seen)
+    asked: set[str] = set()
+    while pending:
+        address = pending.pop(0)
+        if address in asked:
+            continue
+        asked.add(address)
+        try:
+            where = await cluster.ask(address, MLocate, workload=workload)
+        except Forbidden:  # another tenant's: final, not a node to skip
+            raise
+        except (NodeError, trio.TooSlowError) as exc:
+            cluster.lost(address, exc)
+            continue
+        if where.status == "owner" and (best is None or where.epoch > best[2]):
+            best = (cluster.name_of(address), address, where.epoch)
+        if where.to_address:  # a tombstone: ask where it points too
+            cluster.learn(where.to_name or where.to_address, where.to_address)
+            pending.append(where.to_address)
+    return best

@@ -84,6 +84,10 @@ class CallLedger:
             for seq in [s for s in entries if s <= upto]:
                 del entries[seq]
 
+    def next_seq(self, caller: str) -> int:
+        """One past the highest seq of ``caller`` recorded or acknowledged here; 0 if none."""
+        return max([self._acked.get(caller, -1), *self._by_caller.get(caller, {})]) + 1
+
     def __len__(self) -> int:
         return sum(len(e) for e in self._by_caller.values())
 

@@ -86,6 +86,7 @@ class MSpawn(Request):
     workload: str | None = None
     app: str = ""
     idle_s: float | None = None  # hibernate it once unused this long (None: the node's --idle-s; 0: never)
+    lifecycle: Any = None  # lease and schedules (``_lifecycle.spec``); None: never removed by the node
 
 
 @message("m_result")
@@ -297,6 +298,8 @@ class MCommit(_AtEpoch):
     data: bytes = b""
     seq: int = 0
     entries: tuple[Any, ...] = ()
+    #: the workload's lease and schedules (``_lifecycle.Lifecycle.to_wire``), None if unmanaged
+    lifecycle: Any = None
 
 
 @message("m_first_served")
@@ -397,6 +400,7 @@ class MAlign(_ToCopy):
     index: int
     ledger: Any = None  # a standby's starting ledger
     monotonic_ns: int | None = None
+    lifecycle: Any = None  # a standby's: the owner's lifecycle at the copy (``_lifecycle``), taken on at promotion
 
 
 @message("m_follow", reply=Done, roles=NODE_ONLY)

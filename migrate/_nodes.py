@@ -228,12 +228,13 @@ async def _try_ranked(placement: Placement, what: str, attempt: Callable[[str], 
 
 
 async def spawn_auto(cluster: Cluster, module: bytes, *, needs: Needs | None, policy: PlacementPolicy | None,
-                     app: str, workload: str | None, idle_s: float | None = None) -> Handle:
-    """Spawn on the best node the policy finds; raises NoSuitableNode."""
+                     app: str, workload: str | None, idle_s: float | None = None,
+                     lifecycle: dict[str, Any] | None = None) -> Handle:
+    """Spawn on the best node the policy finds, with ``lifecycle`` (``_keeper.lifecycle_spec``); raises NoSuitableNode."""
     placement = (policy or DefaultPolicy()).place(await nodes(cluster), needs or Needs())
     return await _try_ranked(placement, "the workload",
-                             lambda name: cluster.spawn(module, on=name, app=app, workload=workload,
-                                                        idle_s=idle_s))
+                             lambda name: cluster.spawn_on(name, module, app=app, workload=workload,
+                                                           idle_s=idle_s, lifecycle=lifecycle))
 
 
 async def migrate_auto(cluster: Cluster, handle: Handle, *, needs: Needs | None, policy: PlacementPolicy | None,

@@ -10,6 +10,9 @@ from nodes import Address, NodeError, parse_address
 
 from . import _hostops as ops
 from ._ledger import CallLedger
+from ._life_node import from_wire as life_from_wire
+from ._life_node import caught_up, restarted
+from ._life_node import to_wire as life_wire
 from ._messages import MLocate
 from ._standby import _keep_standby
 from ._ownership import State
@@ -36,7 +39,7 @@ def _save_record(node, workload: str) -> dict | None:
         return None
     standby = owned.standby.target if owned.standby is not None else owned.resume_standby
     return {"epoch": owned.epoch, "index": owned.index, "record": owned.record, "ledger": owned.ledger.to_wire(),
-            "standby": str(standby) if standby is not None else ""}
+            "standby": str(standby) if standby is not None else "", "lifecycle": life_wire(owned, saved=True)}
 
 
 def _load_record(node, workload: str, record: dict) -> None:
@@ -52,7 +55,9 @@ def _load_record(node, workload: str, record: dict) -> None:
     except NodeError as exc:
         raise ValueError(f"standby {standby!r}: {exc}") from None
     owned = Owned(workload, epoch=epoch, ledger=CallLedger.from_wire(record.get("ledger")), index=index,
-                  record=bool(record.get("record")), resume_standby=resume)
+                  record=bool(record.get("record")), resume_standby=resume,
+                  lifecycle=restarted(life_from_wire(record.get("lifecycle"))))
+    caught_up(owned)
     if owned.record:  # a protected workload: calls report the inputs they consumed
         ops.set_recording(node.host, workload, True)
     try:

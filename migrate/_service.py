@@ -15,11 +15,12 @@ from __future__ import annotations
 from nodes import Plugin
 
 from . import _cordon
+from . import _life_node as life
 from . import _messages as m
 from ._codes import CRASH_PHASES
 from ._metrics import collect
 from ._pool_node import POOL_PLUGIN
-from ._owner import on_call, on_cancel, on_locate, on_protect, on_spawn
+from ._owner import on_cancel, on_locate, on_protect
 from ._persist import _load_record, _load_tombstones, _resume_standbys, _save_record, _save_tombstones
 from ._serve_checkpoint import on_checkpoint, on_checkpoint_part
 from ._source import on_migrate
@@ -30,17 +31,19 @@ from ._target import on_abort, on_align, on_chunk, on_commit, on_first_call, on_
 async def _resume(node) -> None:
     _cordon.announce(node)  # a flag kept across a restart is in the node's membership record too
     await _resume_standbys(node)
+    node.start_soon(life.run, node)
 
 
 PLUGIN = Plugin(
     name=PLUGIN_NAME,
-    handlers={m.MSpawn: on_spawn, m.MCall: on_call, m.MLocate: on_locate, m.MIncoming: on_incoming,
+    handlers={m.MSpawn: life.on_app_spawn, m.MCall: life.on_app_call, life.MTouch: life.on_touch,
+              m.MLocate: on_locate, m.MIncoming: on_incoming,
               m.MChunk: on_chunk, m.MCommit: on_commit, m.MAbort: on_abort, m.MMigrate: on_migrate,
               m.MProtect: on_protect, m.MCheckpoint: on_checkpoint, m.MCheckpointPart: on_checkpoint_part,
               m.MReplay: on_replay, m.MAlign: on_align, m.MFollow: on_follow, m.MPromote: on_promote,
               m.MFirstCall: on_first_call, m.MCancel: on_cancel, **_cordon.HANDLERS},
     state=MigrationService,
-    status=lambda node: service(node).status() + _cordon.status(node),
+    status=lambda node: service(node).status() + _cordon.status(node) + life.status(node),
     save=_save_record, load=_load_record, save_node=_save_tombstones, load_node=_load_tombstones,
     resume=_resume,
     metrics=lambda node: collect(service(node)),

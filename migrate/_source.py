@@ -27,6 +27,7 @@ from . import _hostops as ops
 from ._codes import MigrationCode
 from ._messages import MAbort, MCommit, MLocate, MMigrate, MigrationReport, MReport
 from ._dual import DualExecution
+from ._life_node import to_wire as life_wire
 from ._ownership import State
 from ._ownership_events import Abort, Event, EventKind, OwnershipError, Peer
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
@@ -291,7 +292,8 @@ class Migration(DualExecution, Transfer):
                                      digest=digest[1] if digest else None, monotonic_ns=clock,
                                      from_standby=from_standby, data=final, seq=self.chunks_sent,
                                      entries=entries,
-                                     standby=self._standby_after(feed, from_standby), standby_kept=self.keep)
+                                     standby=self._standby_after(feed, from_standby), standby_kept=self.keep,
+                                     lifecycle=life_wire(owned))
             except ConnectionFailed:
                 # In doubt: the commit may have landed before the link broke.
                 if not await self._target_owns():

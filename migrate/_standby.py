@@ -17,6 +17,8 @@ from ._messages import MAbort, MAlign, MCommitted, MFollow, MIncoming, MLocate, 
 from ._oplog import batches, entry_bytes
 from ._ownership_events import Event, EventKind, OwnershipError
 from ._ledger import CallLedger
+from ._life_node import managed, taken_over
+from ._life_node import to_wire as life_wire
 from ._state import (
     Incoming,
     MigrationError,
@@ -137,14 +139,14 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
                                                                   start_recording=not owned.record)
                     owned.record = True
                     calls = at_copy.calls
-                    ledger, index = owned.ledger.to_wire(), owned.index
+                    ledger, index, life = owned.ledger.to_wire(), owned.index, life_wire(owned)
                     feed.send = send
                 size = _chunks.chunk_bytes(node.config.max_frame_bytes, client.peer_max_frame_bytes)
                 await _chunks.send(client, await trio.to_thread.run_sync(_chunks.encode, snap, size),
                                    workload=workload, epoch=feed.epoch, standby=True)
                 del snap
                 await client.request(MAlign, workload=workload, epoch=feed.epoch, calls=calls, index=index,
-                                     ledger=ledger, monotonic_ns=clock, standby=True)
+                                     ledger=ledger, monotonic_ns=clock, standby=True, lifecycle=life)
             except (NodeError, HostError, OSError) as exc:
                 raise MigrationError(f"cannot start a standby of {workload} on {target}: {exc}") from None
             task_status.started()
@@ -168,13 +170,15 @@ async def on_promote(node, session, req: MPromote) -> MCommitted:
         if svc.incoming.get(req.workload) is not inc:
             return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                               message=f"the standby of {req.workload} on {node.config.name} was replaced")
-        owned = Owned(req.workload, epoch=req.epoch, ledger=inc.ledger, index=inc.index, record=True)
+        owned = Owned(req.workload, epoch=req.epoch, ledger=inc.ledger, index=inc.index, record=True,
+                      lifecycle=taken_over(inc.lifecycle))
         try:
             svc.event(req.workload, Event(EventKind.PROMOTE, req.epoch), owner=owned)
         except OwnershipError as exc:
             return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
         del svc.incoming[req.workload]
         await node.run_host(ops.set_recording, node.host, req.workload, True)
+    managed(node, owned)
     await _drop_staging(node, svc, req.workload)  # a copy the dead owner had begun to send
     svc.metrics.failovers += 1
     logger.info("standby promoted", extra={"workload": req.workload, "epoch": req.epoch})

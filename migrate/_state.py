@@ -47,6 +47,7 @@ from ._ownership_events import Action, Event, EventKind, Peer, Redirect
 from ._parts import PartQueue
 
 if TYPE_CHECKING:
+    from ._lifecycle import Lifecycle
     from ._source import Migration
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class Owned:
     resume_standby: "Address | None" = None  # fed before a restart: feed it again once serving
     committed_s: float | None = None  # when (time.perf_counter) this node answered a move's commit
     running: "tuple[str, int, CancelToken] | None" = None  # the call that holds ``lock``: caller, seq, token
+    lifecycle: "Lifecycle | None" = None  # lease and schedules of a named or detached workload (_life_node)
 
     def forward(self, entry: dict | None) -> None:
         """Hand a logged operation to the dual-execution follower and the standby, if any."""
@@ -187,6 +189,7 @@ class Incoming:
     settings: dict = field(default_factory=dict)  # args, env, memory cap
     standby: bool = False  # a hot standby copy, not a move under way
     ledger: CallLedger | None = None  # a standby's: the owner's at the copy, plus replayed outcomes
+    lifecycle: "Lifecycle | None" = None  # a standby's: the owner's at the copy (taken on at promotion)
     chunks: int = 0  # chunks applied: the ``seq`` of the next one
     turn: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)  # chunks awaiting theirs
     host_id: str = ""  # its id on the host: the workload's, or a staging id while it replaces a standby
@@ -225,6 +228,7 @@ class MigrationService:
         self.active: dict[str, "Migration"] = {}
         self.recent: collections.deque[dict] = collections.deque(maxlen=20)
         self.metrics = MoveMetrics()  # read at scrape time (migrate._metrics)
+        self.lifecycle_waker = trio.Event()  # set when a lifecycle deadline may have come closer (_life_node)
 
     def status(self) -> tuple[dict, ...]:
         """Moves under way, incoming and the most recent finished ones, for ``status``.

@@ -20,6 +20,8 @@ from ._admission import _incoming_refused
 from ._codes import MigrationCode
 from ._cordon import refusal as cordon_refusal
 from ._ledger import CallLedger
+from ._life_node import from_wire as life_from_wire
+from ._life_node import managed
 from ._messages import (MAbort, MAlign, MChunk, MCommit, MCommitted, MFirstCall, MFirstServed, MIncoming,
                         MReplay)
 from ._oplog import divergence, replayed_call
@@ -284,9 +286,10 @@ async def on_align(node, session, req: MAlign) -> Done:
         await node.run_host(ops.align, node.host, inc.host_id, req.calls, req.monotonic_ns)
         try:
             ledger = CallLedger.from_wire(req.ledger) if req.ledger is not None else inc.ledger
+            life = life_from_wire(req.lifecycle) if req.lifecycle is not None else inc.lifecycle
         except ValueError as exc:
             return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
-        inc.index, inc.ledger = req.index, ledger
+        inc.index, inc.ledger, inc.lifecycle = req.index, ledger, life
         if inc.host_id != inc.workload and not await _swap_in(node, svc, inc):
             await _drop_incoming(node, svc, inc)
             return _no_incoming(req.id, req.workload, req.epoch, req.standby)
@@ -325,7 +328,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
                           message=f"no complete {what} of {req.workload} to commit at epoch {req.epoch}"
                                   f" and operation {req.index}")
     try:
-        ledger = CallLedger.from_wire(req.ledger)
+        ledger, life = CallLedger.from_wire(req.ledger), life_from_wire(req.lifecycle)
     except ValueError as exc:
         return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
     await crash_point_async("target:before-commit")
@@ -346,7 +349,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
             return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
                               message=f"the incoming copy of {req.workload} was replaced")
         owned = Owned(req.workload, epoch=req.epoch, ledger=ledger, index=max(req.index, inc.index),
-                      record=req.record)
+                      record=req.record, lifecycle=life)
         kind = EventKind.COMMIT_STANDBY if req.from_standby else EventKind.COMMIT
         try:
             svc.event(req.workload, Event(kind, req.epoch), owner=owned)
@@ -356,6 +359,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
         if standby is not None and req.standby_kept:
             feed_kept_copy(node, owned, standby)  # before any operation runs here
         await node.run_host(ops.take_over, node.host, req.workload, req.record, req.calls, req.monotonic_ns)
+    managed(node, owned)
     await _drop_staging(node, svc, req.workload)
     await crash_point_async("target:after-commit")
     logger.info("took ownership", extra={"workload": req.workload, "epoch": req.epoch, "peer": inc.source})

@@ -5,7 +5,10 @@ Starts two real ``migrate-node`` processes on this machine, ``edge-1`` and
 process) is the client node.  It starts a key-value store locally, fills
 it, and keeps calling it from several tasks while the store moves
 local -> edge-1 -> cloud-1 -> local.  At the end it checks that every call
-ran exactly once and that the state is exact.  Run ``python -m migrate.demo``.
+ran exactly once and that the state is exact.  Then a background workload:
+a detached, named workload with a schedule keeps running on edge-1 while
+no application is connected, an operator moves it to cloud-1, and a new
+application attaches it by name there.  Run ``python -m migrate.demo``.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import tempfile
 from pathlib import Path
 
 import trio
+import wasmtime
 
 import migrate
 import workloads
-from nodes import unwrap_group
-from migrate.launcher import LocalCluster
+from nodes import NodeClient, unwrap_group
+from migrate._messages import MMigrate, MReport
+from migrate.launcher import LocalCluster, NodeProcess
 
 
 def _mib(n: int) -> str:
@@ -78,7 +83,46 @@ async def run(root: Path, entries: int, callers: int) -> int:
             print(f"[app] {len(results)} calls from {callers} tasks, each ran exactly once: {ok}")
             print(f"[app] kvstore intact on {kv.node}: kv_count={await kv.call('kv_count')}, "
                   f"user:{entries // 2} -> {probe[:24] if probe is not None else 'missing'!r}...")
-            return 0 if ok else 1
+        ok &= await background(edge, cloud, app_tls)
+        return 0 if ok else 1
+
+
+#: The background workload: ``tick`` (its schedule) and ``on_frame(ptr, len)`` (its events) count, in memory.
+WATCH = """
+(module
+  (memory (export "memory") 1)
+  (func $bump (param $at i32) (result i64)
+    (i64.store (local.get $at) (i64.add (i64.load (local.get $at)) (i64.const 1))) (i64.load (local.get $at)))
+  (func (export "tick") (result i64) (call $bump (i32.const 0)))
+  (func (export "on_frame") (param $ptr i32) (param $len i32) (result i64) (call $bump (i32.const 8)))
+  (func (export "ticks") (result i64) (i64.load (i32.const 0)))
+  (func (export "frames") (result i64) (i64.load (i32.const 8)))
+  (func (export "wm_alloc") (param $n i32) (result i32) (i32.const 4096))
+  (func (export "wm_free") (param $p i32)))
+"""
+
+
+async def background(edge: NodeProcess, cloud: NodeProcess, app_tls: Path | None) -> bool:
+    """A detached workload ticks with no application connected, moves, and is attached again by name."""
+    addresses = (str(edge.address), str(cloud.address))
+    async with migrate.connect(*addresses, tls=app_tls) as app:
+        await app.spawn(bytes(wasmtime.wat2wasm(WATCH)), on="edge-1", name="camera-watch", detached=True, ttl=600.0,
+                        every={"tick": 0.05})
+        await app.post("camera-watch", "on_frame", b"frame 1")
+        print("[bg] camera-watch: detached on edge-1, tick() every 50 ms, one frame posted; the app disconnects")
+    await trio.sleep(0.5)
+    async with await NodeClient.connect(addresses[0], tls=app_tls) as operator:
+        reply = await operator.request(MMigrate, workload="camera-watch", target=addresses[1])
+        report = reply.report if isinstance(reply, MReport) else None
+    print(f"[bg] an operator moved it {report and report.source} -> {report and report.target} with no app connected")
+    async with migrate.connect(*addresses, tls=app_tls) as app:
+        h = await app.attach("camera-watch")
+        await app.post("camera-watch", "on_frame", b"frame 2")
+        ticks, frames = await h.call("ticks"), await h.call("frames")
+        print(f"[bg] a new app attached camera-watch by name on {h.node}: {ticks} ticks ran meanwhile, "
+              f"{frames} frames, each once")
+        await h.remove()
+    return h.node == "cloud-1" and isinstance(ticks, int) and ticks > 0 and frames == 2
 
 
 def main(argv: list[str] | None = None) -> int:

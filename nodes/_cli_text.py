@@ -77,10 +77,21 @@ def _status_text(s: StatusReport) -> str:
         if not isinstance(m, dict):
             lines.append(f"migration {m}")
             continue
+        if "lifecycle" in m:  # a named or detached workload's lifecycle (migrate._life_node)
+            lines.append(_lifecycle_text(m))
+            continue
         where = m.get("target") or m.get("source") or "?"
         detail = ", ".join(f"{k} {_figure(k, m[k])}" for k in _MOVE_FIELDS if m.get(k) is not None)
         lines.append(f"migration {m.get('workload')} {m.get('state')} {'->' if 'target' in m else '<-'} {where}: {detail}")
     return "\n".join(lines)
+
+
+def _lifecycle_text(m: dict[str, Any]) -> str:
+    state = f"expiring at {m.get('expires_at')}" if m.get("lifecycle") == "expiring" else m.get("lifecycle")
+    every = ", ".join(f"{name} every {s.get('every_s')} s (fired {s.get('fired')})"
+                      for name, s in dict(m.get("schedules") or {}).items())
+    return (f"workload {m.get('workload')} {state}{' detached' if m.get('detached') else ''}"
+            f"{': ' + every if every else ''}")
 
 
 _MOVE_FIELDS = ("strategy", "phase", "rounds", "bytes_sent", "bytes_received", "remaining_bytes", "rate_bps",

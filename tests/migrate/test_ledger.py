@@ -45,3 +45,12 @@ def test_a_flooding_caller_is_bounded(monkeypatch):
     for seq in range(25):
         ledger.record("x", seq, Outcome(True, seq))
     assert len(ledger) == 10 and ledger.was_forgotten("x", 14) and ledger.lookup("x", 24) is not None
+
+
+def test_next_seq_is_one_past_what_was_recorded_or_acknowledged():
+    ledger = CallLedger()
+    assert ledger.next_seq("every:tick") == 0
+    ledger.record("every:tick", 4, Outcome(True, 1))
+    assert ledger.next_seq("every:tick") == 5 and ledger.next_seq("other") == 0
+    ledger.acknowledge("every:tick", 9)
+    assert ledger.next_seq("every:tick") == 10

@@ -23,6 +23,7 @@ import pytest
 import trio
 
 import migrate._messages as mm  # registers migrate's requests
+from migrate._life_node import MTouch
 import workloads
 from nodes import (
     ANY_ROLE,
@@ -55,7 +56,7 @@ EXPECTED_TABLE = {
     **{kind: ANY_ROLE for kind in (
         "has_module", "put_module", "deploy", "call", "read_memory", "write_memory", "output", "remove",
         "hibernate", "list_workloads", "peers", "status", "ping", "exports", "members", "m_spawn", "m_call", "m_cancel",
-        "m_locate", "m_migrate", "m_probe", "p_open", "p_call", "p_stats", "p_close")},
+        "m_locate", "m_migrate", "m_probe", "m_touch", "p_open", "p_call", "p_stats", "p_close")},
     **{kind: NODE_ONLY for kind in (
         "m_incoming", "m_chunk", "m_commit", "m_abort", "m_protect", "m_checkpoint", "m_checkpoint_part",
         "m_replay", "m_align", "m_follow", "m_promote", "m_first_call", "gossip",
@@ -68,7 +69,7 @@ EXPECTED_TABLE = {
 EXPECTED_PER_WORKLOAD = {"deploy", "call", "exports", "read_memory", "write_memory", "output", "remove", "hibernate",
                          "m_spawn",
                          "m_call", "m_cancel",
-                         "m_locate", "m_migrate"}
+                         "m_locate", "m_migrate", "m_touch"}
 
 
 def _request_kinds() -> list[str]:
@@ -368,6 +369,7 @@ async def test_another_tenant_can_neither_use_nor_see_a_workload(node_procs, clu
             "m_locate": b.request(mm.MLocate, workload="m1"),
             "migrate": b.request(mm.MMigrate, workload="m1", target=str(cloud.address)),
             "protect": b.request(mm.MProtect, workload="m1", record=True),
+            "touch": b.request(MTouch, workload="m1", goodbye=True),
         }
         for what, attempt in attempts.items():
             with pytest.raises(Forbidden) as refused:
