@@ -27,6 +27,7 @@ from ._codes import MigrationCode
 from ._errors import WorkloadUnavailable
 from ._life_node import MTouch, MTouched
 from ._lifecycle import spec
+from ._replies import expect
 
 if TYPE_CHECKING:
     from ._cluster import Cluster
@@ -106,8 +107,8 @@ class Keeper:
         """
         for attempt in range(2):
             try:
-                reply = await self._cluster.ask(handle._address, MTouch, workload=handle.workload,
-                                                goodbye=goodbye, timeout_s=timeout_s)
+                reply = expect(MTouched, await self._cluster.ask(handle._address, MTouch, workload=handle.workload,
+                                                                 goodbye=goodbye, timeout_s=timeout_s))
                 self._shorten(reply.lease_s)
                 return reply
             except RemoteNodeError as exc:

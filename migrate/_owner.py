@@ -89,7 +89,8 @@ class _Held:
         self.lock.release()
 
 
-async def on_call(node: Node, session: Session, req: MCall) -> MResult | ErrorReply:
+async def on_call(node: Node, session: Session | None, req: MCall) -> MResult | ErrorReply:
+    """Run (or replay) one ledgered call; ``session`` is None for the node's own calls (schedules, expiry)."""
     svc = service(node)
     owned = svc.owner_of(req.workload)
     if owned is None:

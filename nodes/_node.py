@@ -39,7 +39,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 import trio
@@ -350,8 +350,8 @@ class Node:
         """Run a blocking Host method in a worker thread."""
         return await trio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
 
-    async def run_call(self, workload: str, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a blocking use of ``workload``'s guest (a call, a memory read or write) on the fair executor."""
+    async def run_call(self, workload: Hashable, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking use of a guest on the fair executor, keyed by ``workload`` (or a pool's instance slot)."""
         return await self.calls.run(workload, func, *args, **kwargs)
 
     # --- shutdown -------------------------------------------------------
