@@ -177,25 +177,45 @@ def _wall(at: float | None) -> float | None:
     return None if at is None else wall_at(at)
 
 
+def _shown(node: Node, owned: Owned) -> tuple[Lifecycle, str, str] | None:
+    """A managed workload's lifecycle, its state ("running", "hibernated" or "expiring") and app;
+    None for an unmanaged one, or one that left or was removed."""
+    life = owned.lifecycle
+    if life is None or owned.moved is not None:
+        return None
+    try:
+        info = node.host.info(owned.workload)
+    except HostError:  # removed meanwhile
+        return None
+    state = life.state(now())
+    return life, "hibernated" if state == "running" and info.state == "hibernated" else state, info.app
+
+
 def status(node: Node) -> tuple[dict[str, Any], ...]:
     """One record per managed workload: its state ("running", "hibernated" or "expiring"), expiry and schedules."""
     out = []
     for owned in list(service(node).owned.values()):
-        life = owned.lifecycle
-        if life is None or owned.moved is not None:
+        if (shown := _shown(node, owned)) is None:
             continue
-        try:
-            info = node.host.info(owned.workload)
-        except HostError:  # removed meanwhile
-            continue
-        state = life.state(now())
-        if state == "running" and info.state == "hibernated":
-            state = "hibernated"
+        life, state, app = shown
         expires = _wall(life.expires)
-        out.append({"workload": owned.workload, "app": info.app, "lifecycle": state, "detached": life.detached,
+        out.append({"workload": owned.workload, "app": app, "lifecycle": state, "detached": life.detached,
                     "expires_at": None if expires is None else _iso(expires),
                     "schedules": {s.export: {"every_s": s.every_s, "fired": s.fired} for s in life.schedules}})
     return tuple(out)
+
+
+def describe(node: Node, workload: str) -> str | None:
+    """What ``list`` shows of a managed workload: its state or "expiring at TIME", "detached", its schedules."""
+    owned = service(node).owned.get(workload)
+    if owned is None or (shown := _shown(node, owned)) is None:
+        return None
+    life, state, _ = shown
+    expires = _wall(life.expires)
+    words = [f"expiring at {_iso(expires)}" if state == "expiring" and expires is not None else state]
+    words += ["detached"] if life.detached else []
+    words += [f"{s.export} every {s.every_s:g} s" for s in life.schedules]
+    return ", ".join(words)
 
 
 def _iso(wall: float) -> str:

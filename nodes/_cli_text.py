@@ -42,10 +42,11 @@ def _mib(n: int | None) -> str:
 
 
 def _workloads_text(workloads: Sequence[Any]) -> str:
-    rows = [f"{'WORKLOAD':<20} {'APP':<12} {'STATE':<6} {'MEMORY':>10} {'CALLS':>8} {'TRAPS':>6}  MODULE"]
+    rows = [f"{'WORKLOAD':<20} {'APP':<12} {'STATE':<10} {'MEMORY':>10} {'CALLS':>8} {'TRAPS':>6}  {'MODULE':<12}"
+            "  LIFECYCLE"]
     for w in workloads:
-        rows.append(f"{w.workload_id:<20} {w.app:<12} {w.state:<6} {_mib(w.memory_bytes):>10} "
-                    f"{w.calls:>8} {w.traps + w.timeouts:>6}  {w.module_sha256[:12]}")
+        rows.append(f"{w.workload_id:<20} {w.app:<12} {w.state:<10} {_mib(w.memory_bytes):>10} "
+                    f"{w.calls:>8} {w.traps + w.timeouts:>6}  {w.module_sha256[:12]:<12}  {w.lifecycle or '-'}")
     return "\n".join(rows)
 
 

@@ -65,14 +65,16 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 
-def _summary(info: WorkloadInfo) -> WorkloadSummary:
-    return WorkloadSummary(**dataclasses.asdict(info))
+def _summary(info: WorkloadInfo, lifecycle: str = "") -> WorkloadSummary:
+    return WorkloadSummary(**dataclasses.asdict(info), lifecycle=lifecycle)
 
 
 def _visible_workloads(node: Node, session: Session) -> tuple[WorkloadSummary, ...]:
-    """The workloads the sender may see: a client certificate sees its own tenant's only."""
+    """The workloads the sender may see (a client certificate: its own tenant's only), as plugins describe them."""
     identity = session.channel.peer_identity
-    return tuple(_summary(info) for info in node.host.workloads() if visible(identity, info.app))
+    describers = [p.describe for p in node.plugins if p.describe is not None]
+    return tuple(_summary(info, "; ".join(filter(None, (d(node, info.workload_id) for d in describers))))
+                 for info in node.host.workloads() if visible(identity, info.app))
 
 
 async def _for_sender(node: Node, session: Session, func: Callable[[*Ts], T], *args: *Ts,

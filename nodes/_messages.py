@@ -215,6 +215,7 @@ class WorkloadSummary:
     calls: int
     traps: int
     timeouts: int
+    lifecycle: str = ""  # what plugins say of it (``Plugin.describe``): "expiring at ...", "detached"...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

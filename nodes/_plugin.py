@@ -25,6 +25,9 @@ migration coordinator is one).  A plugin is a frozen value:
   a whole.  ``await resume(node)`` runs once the node can start background
   tasks (``node.start``) and before it accepts requests, to start again
   background work the records describe;
+* ``describe``: ``describe(node, workload_id)`` returns a few words on
+  the workload that ``list`` shows in its LIFECYCLE column (None or ""
+  for nothing to say);
 * ``metrics``: ``metrics(node)`` yields prometheus-client metric families,
   read when the node's ``/metrics`` is scraped (``nodes._metrics``);
 * ``crash_phases``: the crash points (``nodes._crash``) its code names, so
@@ -84,6 +87,7 @@ class Plugin:
     load_node: Callable[[Node, Record], None] | None = None
     resume: Callable[[Node], Awaitable[None]] | None = None
     metrics: Callable[[Node], Iterable[Any]] | None = None
+    describe: Callable[[Node, str], str | None] | None = None
     crash_phases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

@@ -124,6 +124,10 @@ async def test_lifecycle_and_schedule_survive_a_node_restart(node_procs, cluster
     shown = (await trio.to_thread.run_sync(lambda: run_cli("status", "--node", str(edge.address),
                                                            "--tls-dir", str(app)))).stdout
     assert f"workload camera-watch expiring at {expires} detached: tick every 0.1 s" in shown
+    listed = (await trio.to_thread.run_sync(lambda: run_cli("list", "--node", str(edge.address),
+                                                            "--tls-dir", str(app)))).stdout
+    row = next(line for line in listed.splitlines() if line.startswith("camera-watch "))
+    assert row.endswith(f"  expiring at {expires}, detached, tick every 0.1 s"), row
     assert record["schedules"]["tick"]["fired"] >= before
     await until(lambda: _fired_beyond(edge, app, before + 3), "ticks after the restart")
     async with migrate.connect(str(edge.address), tls=app) as c:
@@ -163,6 +167,9 @@ async def test_a_held_workload_lives_while_its_application_does_and_is_removed_a
         assert await held.call("tick") == 1
         assert (await lifecycle_of(edge, "session", app))["lifecycle"] == "running"
         assert await lifecycle_of(edge, plain.workload, app) is None
+        async with await NodeClient.connect(edge.address, tls=app) as client:
+            listed = {w.workload_id: w.lifecycle for w in await client.workloads()}
+        assert listed == {"session": "running", plain.workload: ""}
     await until(lambda: _gone(edge, app, "session"), "removal after the grace period")
     assert (await counters_of(edge, app))["workloads_abandoned"] == 1
     assert plain.workload in await workload_ids(edge, app)
