@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 import trio
 
-from nodes import ConfigError, ConnectionFailed, Members, NodeClient, NodeError, browse_mdns
+from nodes import ConfigError, ConnectionFailed, MemberRecord, Members, NodeClient, NodeError, browse_mdns
 
 from ._errors import UnknownNode
 
@@ -31,6 +31,12 @@ BROWSE_S = 3.0
 DISCOVERY = ("mdns",)
 
 
+class _MemberList(Protocol):
+    """The reply to ``Members`` (its class is private to nodes; the connection checks a reply's class)."""
+
+    members: tuple[MemberRecord, ...]
+
+
 async def learn_members(cluster: Cluster, reserved: str, *, only_local: bool = False) -> int:
     """Learn the live members from the first known node that answers; return how many it listed.
 
@@ -43,7 +49,7 @@ async def learn_members(cluster: Cluster, reserved: str, *, only_local: bool = F
     addresses = [local] if only_local else sorted(cluster._seen, key=lambda a: a == local)
     for address in filter(None, addresses):
         try:
-            members = (await cluster.ask(address, Members)).members
+            members = cast(_MemberList, await cluster.ask(address, Members)).members
         except (NodeError, trio.TooSlowError) as exc:
             logger.debug("members from %s: %s", address, exc)
             continue
