@@ -186,7 +186,7 @@ class Incoming:
     created: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
     index: int = 0  # last operation replayed into it
-    settings: dict = field(default_factory=dict)  # args, env, memory cap
+    settings: dict[str, Any] = field(default_factory=dict)  # args, env, memory cap
     standby: bool = False  # a hot standby copy, not a move under way
     ledger: CallLedger | None = None  # a standby's: the owner's at the copy, plus replayed outcomes
     chunks: int = 0  # chunks applied: the ``seq`` of the next one
@@ -225,10 +225,10 @@ class MigrationService:
         # ``incoming`` keeps serving: it replaces that one once aligned.
         self.staging: dict[str, Incoming] = {}
         self.active: dict[str, "Migration"] = {}
-        self.recent: collections.deque[dict] = collections.deque(maxlen=20)
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
         self.metrics = MoveMetrics()  # read at scrape time (migrate._metrics)
 
-    def status(self) -> tuple[dict, ...]:
+    def status(self) -> tuple[dict[str, Any], ...]:
         """Moves under way, incoming and the most recent finished ones, for ``status``.
 
         Each names the workload's ``app``: ``status`` shows a client certificate its own tenant's only.
