@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import struct
+from typing import TYPE_CHECKING
 
 import trio
 
-from nodes import check_call_args
+from nodes import ExportSignature, check_call_args
 
 logger = logging.getLogger(__name__)
 
@@ -28,15 +29,29 @@ class GuestBuffers:
 
     _allocates: bool | None = None  # has wm_alloc and wm_free (asked once)
 
+    if TYPE_CHECKING:  # what ``Handle`` provides
+        workload: str
+
+        async def call(self, export: str, *args: int | float | bytes | str,
+                       timeout: float | None = None) -> None | int | float | tuple[int | float, ...]: ...
+
+        async def exports(self) -> tuple[ExportSignature, ...]: ...
+
+        async def read_memory(self, offset: int, length: int) -> bytes: ...
+
+        async def write_memory(self, offset: int, data: bytes) -> None: ...
+
     async def put_bytes(self, data: bytes) -> int:
         """Copy ``data`` into a guest buffer from ``wm_alloc``; return its address.
 
         Free it with ``call("wm_free", ptr)``.  Raises MemoryError if the
-        guest could not allocate.
+        guest could not allocate, TypeError if its wm_alloc returns no address (an i32).
         """
         ptr = await self.call("wm_alloc", len(data))
         if not ptr:
             raise MemoryError(f"workload {self.workload} could not allocate {len(data)} bytes")
+        if not isinstance(ptr, int):
+            raise TypeError(f"wm_alloc of workload {self.workload} returned {ptr!r}, not an address")
         await self.write_memory(ptr, data)
         return ptr
 

@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from nodes import ANY_ROLE, NODE_ONLY, BadArguments, Done, ErrorReply, Node, Reply, Request, Session, message
+from nodes import ANY_ROLE, NODE_ONLY, BadArguments, Done, ErrorReply, Handler, Node, Reply, Request, Session, message
 
 from ._codes import MigrationCode
 from ._replies import error
@@ -109,4 +109,4 @@ def status(node: Node) -> tuple[dict[str, Any], ...]:
     return ({"node": node.config.name, "state": "cordoned"},) if is_cordoned(node) else ()
 
 
-HANDLERS = {MCordon: on_cordon, MUncordon: on_uncordon, MProbe: on_probe}
+HANDLERS: dict[type[Request], Handler] = {MCordon: on_cordon, MUncordon: on_uncordon, MProbe: on_probe}

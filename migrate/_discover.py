@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 import trio
 
-from nodes import ConfigError, ConnectionFailed, Forbidden, Members, NodeClient, NodeError, browse_mdns
+from nodes import (ConfigError, ConnectionFailed, Forbidden, MemberRecord, Members, NodeClient, NodeError,
+                   browse_mdns)
 
 from ._errors import UnknownNode
-from ._messages import MLocate
+from ._messages import MLocate, MWhere
+from ._replies import expect
 
 if TYPE_CHECKING:
     from ._cluster import Cluster
@@ -31,6 +33,12 @@ MEMBERS_REFRESH_S = 1.0
 #: How long ``connect(discover="mdns")`` browses before trying what it found.
 BROWSE_S = 3.0
 DISCOVERY = ("mdns",)
+
+
+class _MemberList(Protocol):
+    """The reply to ``Members`` (its class is private to nodes; the connection checks a reply's class)."""
+
+    members: tuple[MemberRecord, ...]
 
 
 async def learn_members(cluster: Cluster, reserved: str, *, only_local: bool = False) -> int:
@@ -45,7 +53,7 @@ async def learn_members(cluster: Cluster, reserved: str, *, only_local: bool = F
     addresses = [local] if only_local else sorted(cluster._seen, key=lambda a: a == local)
     for address in filter(None, addresses):
         try:
-            members = (await cluster.ask(address, Members)).members
+            members = cast(_MemberList, await cluster.ask(address, Members)).members
         except (NodeError, trio.TooSlowError) as exc:
             logger.debug("members from %s: %s", address, exc)
             continue
@@ -115,7 +123,7 @@ async def locate(cluster: Cluster, workload: str) -> tuple[str, str, int] | None
             continue
         asked.add(address)
         try:
-            where = await cluster.ask(address, MLocate, workload=workload)
+            where = expect(MWhere, await cluster.ask(address, MLocate, workload=workload))
         except Forbidden:  # another tenant's: final, not a node to skip
             raise
         except (NodeError, trio.TooSlowError) as exc:

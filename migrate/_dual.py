@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import trio
 
-from nodes import RemoteNodeError
+import snapshot
+from nodes import NodeClient, RemoteNodeError, WorkloadInfo
 
 from . import _chunks
 from . import _hostops as ops
@@ -21,15 +23,29 @@ from ._codes import MigrationCode
 from ._dual_plan import DualConfig, DualPlanner, DualStep
 from ._messages import MAlign, MReplay
 from ._oplog import batches, entry_bytes
-from ._state import _drain
+from ._state import Owned, _drain
+from ._transfer import Transfer
 
 logger = logging.getLogger(__name__)
 
 
-class DualExecution:
+class DualExecution(Transfer):
     """The dual-execution flow of a ``Migration`` (mixed into it; uses its rounds, sends, commit and clock)."""
 
-    async def _dual(self, client, target_name: str, info) -> bool:
+    # The move's, set by ``Migration``:
+    owned: Owned
+    _first: snapshot.Snapshot | None  # the first round's full copy, until it is sent
+
+    if TYPE_CHECKING:  # the steps ``Migration`` defines
+        async def _rounds(self, client: NodeClient) -> None: ...
+
+        async def _precopy(self, client: NodeClient, target_name: str) -> bool: ...
+
+        async def _commit(self, client: NodeClient, target_name: str, *,
+                          digest: tuple[dict[int, list[int]], str] | None = None, from_standby: bool = False,
+                          final: bytes = b"", entries: tuple[dict[str, Any], ...] = ()) -> bool: ...
+
+    async def _dual(self, client: NodeClient, target_name: str, info: WorkloadInfo) -> bool:
         """Hand over without freezing for a page transfer (issue 5's "dual").
 
         1. Pre-copy rounds while the workload runs.
@@ -49,7 +65,7 @@ class DualExecution:
         plan = DualPlanner(DualConfig())
         await self._rounds(client)
         was_record = owned.record
-        send, receive = trio.open_memory_channel(math.inf)
+        send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
         async with owned.lock:
             t0 = self.clock()
             cut, calls_at_cut = await self._capture(ops.cut, host, self.workload)
@@ -100,7 +116,8 @@ class DualExecution:
         finally:
             owned.follow = None
 
-    async def _replay_but_last(self, client, entries: list[dict], pages: dict) -> tuple[dict, ...]:
+    async def _replay_but_last(self, client: NodeClient, entries: list[dict[str, Any]],
+                               pages: dict[int, list[int]]) -> tuple[dict[str, Any], ...]:
         """Replay ``entries`` on the target but for a last batch that fits the commit's frame; return that batch.
 
         The commit carries it (with the ledger and the page list), so the
@@ -116,10 +133,10 @@ class DualExecution:
             await self._replay_batch(client, part)
         return parts[-1]
 
-    async def _replay(self, client, entries: list[dict]) -> None:
+    async def _replay(self, client: NodeClient, entries: list[dict[str, Any]]) -> None:
         """Have the target replay logged operations, in batches that fit its frames."""
         for batch in batches(entries, client.peer_max_frame_bytes - _chunks.FRAME_OVERHEAD_BYTES):
             await self._replay_batch(client, batch)
 
-    async def _replay_batch(self, client, batch: tuple[dict, ...]) -> None:
+    async def _replay_batch(self, client: NodeClient, batch: tuple[dict[str, Any], ...]) -> None:
         await client.request(MReplay, workload=self.workload, epoch=self.epoch, entries=batch)

@@ -97,7 +97,7 @@ class CallLedger:
                 "acked": dict(self._acked)}
 
     @classmethod
-    def from_wire(cls, data: dict) -> "CallLedger":
+    def from_wire(cls, data: Any) -> "CallLedger":
         """Rebuild a ledger; raises ValueError on a malformed encoding."""
         try:
             ledger = cls()

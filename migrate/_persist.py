@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, TypeGuard
 
 import trio
 
-from nodes import Address, NodeError, parse_address
+from nodes import Address, Node, NodeError, parse_address
 
 from . import _hostops as ops
 from ._ledger import CallLedger
 from ._life_node import from_wire as life_from_wire
 from ._life_node import caught_up, restarted
 from ._life_node import to_wire as life_wire
-from ._messages import MLocate
+from ._messages import MLocate, MWhere
 from ._standby import _keep_standby
 from ._ownership import State
 from ._ownership_events import Event, EventKind, OwnershipError, Peer
+from ._replies import expect
 from ._state import Owned, service
 
 logger = logging.getLogger(__name__)
 
 
-def _save_record(node, workload: str) -> dict | None:
+def _save_record(node: Node, workload: str) -> dict[str, Any] | None:
     """What SIGTERM's checkpoint keeps of a workload's ownership: epoch, operation index, call ledger, standby.
 
     Workloads this node holds without owning them -- a standby copy (or a
@@ -42,7 +44,7 @@ def _save_record(node, workload: str) -> dict | None:
             "standby": str(standby) if standby is not None else "", "lifecycle": life_wire(owned, saved=True)}
 
 
-def _load_record(node, workload: str, record: dict) -> None:
+def _load_record(node: Node, workload: str, record: dict[str, Any]) -> None:
     """Make this node the workload's owner again, as it was at shutdown.  Raises ValueError."""
     epoch, index = record.get("epoch"), record.get("index")
     if not _is_count(epoch) or epoch < 1 or not _is_count(index):
@@ -66,7 +68,7 @@ def _load_record(node, workload: str, record: dict) -> None:
         raise ValueError(str(exc)) from None
 
 
-async def _resume_standbys(node) -> None:
+async def _resume_standbys(node: Node) -> None:
     """Feed again, with a fresh copy, the standbys restored workloads had before the restart.
 
     Returns once each of them holds its calls until its standby node is asked.
@@ -77,7 +79,8 @@ async def _resume_standbys(node) -> None:
             await node.start(_resume_standby, node, owned, target)
 
 
-async def _resume_standby(node, owned: Owned, target: Address, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def _resume_standby(node: Node, owned: Owned, target: Address, *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """With calls held, ask the standby node whether it took over while this node was down; then feed it.
 
     If it did (it owns the workload, or moved it on, at a higher epoch),
@@ -88,12 +91,13 @@ async def _resume_standby(node, owned: Owned, target: Address, *, task_status=tr
     svc, workload = service(node), owned.workload
     async with owned.lock:
         task_status.started()
-        where, name = None, ""
+        where: MWhere | None = None
+        name = ""
         try:
             with trio.fail_after(5.0):
                 client = await node.connect_peer(target)
                 try:
-                    where, name = await client.request(MLocate, workload=workload), client.node
+                    where, name = expect(MWhere, await client.request(MLocate, workload=workload)), client.node
                 finally:
                     await client.aclose()
         except (NodeError, OSError, trio.TooSlowError) as exc:
@@ -106,20 +110,19 @@ async def _resume_standby(node, owned: Owned, target: Address, *, task_status=tr
                 svc.event(workload, Event(EventKind.SUPERSEDED, where.epoch, peer))  # sets owned.moved
             except OwnershipError:  # removed (or moved on) meanwhile
                 return
-            stone = owned.moved
             await node.run_host(ops.remove_quietly, node.host, workload)
             svc.event(workload, Event(EventKind.COPY_REMOVED))
-            logger.warning("superseded while this node was down: %s owns it at epoch %d", stone.to_name,
-                           stone.epoch, extra={"workload": workload, "epoch": owned.epoch})
+            logger.warning("superseded while this node was down: %s owns it at epoch %d", peer.name,
+                           where.epoch, extra={"workload": workload, "epoch": owned.epoch})
             return
     await _keep_standby(node, owned, target)
 
 
-def _save_tombstones(node) -> dict:
+def _save_tombstones(node: Node) -> dict[str, Any]:
     return {"moved": {w: [t.to_name, t.to_address, t.epoch] for w, t in service(node).moved.items()}}
 
 
-def _load_tombstones(node, record: dict) -> None:
+def _load_tombstones(node: Node, record: dict[str, Any]) -> None:
     """Remember where workloads went, so late calls are still redirected.  Raises ValueError."""
     moved = record.get("moved")
     if not isinstance(moved, dict):
@@ -133,5 +136,5 @@ def _load_tombstones(node, record: dict) -> None:
             svc.event(str(workload), Event(EventKind.LOAD_TOMBSTONE, stone[2], Peer(*stone)))
 
 
-def _is_count(value) -> bool:
+def _is_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -38,11 +38,11 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from nodes import HostError, NodeError, RemoteNodeError, ReplayDivergence
+from nodes import HostError, NodeClient, NodeError, RemoteNodeError, ReplayDivergence, Reply
 
 from ._chunks import FRAME_OVERHEAD_BYTES, WINDOW_PIECES, chunk_bytes, recut
 from ._chunks import send as send_chunks
@@ -62,9 +62,15 @@ from ._messages import (
     MPromote,
     MProtect,
     MReplay,
+    MWhere,
 )
 from ._oplog import batches, entry_bytes, entry_outcome
 from ._protection import FailoverFailed, Protection, ProtectionStatus
+from ._replies import expect
+
+if TYPE_CHECKING:
+    from ._cluster import Cluster
+    from ._handle import Handle
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +103,8 @@ class Checkpoint:
         return sum(len(p) for p in self.parts)
 
 
-async def fetch_parts(client, workload: str, token: str, *, window: int = WINDOW_PIECES) -> tuple[bytes, ...]:
+async def fetch_parts(client: NodeClient, workload: str, token: str, *,
+                      window: int = WINDOW_PIECES) -> tuple[bytes, ...]:
     """The parts of checkpoint ``token`` of ``workload``, ``window`` of them asked for at once.
 
     Parts are taken in order; up to ``window`` - 1 are asked for past the
@@ -105,10 +112,12 @@ async def fetch_parts(client, workload: str, token: str, *, window: int = WINDOW
     refused or the connection lost: no parts are returned), and
     FailoverFailed past MAX_CHECKPOINT_BYTES.
     """
-    parts, size = [], 0
+    parts: list[bytes] = []
+    size = 0
 
-    def take(piece: MCheckpointBytes) -> bool:
+    def take(reply: Reply) -> bool:
         nonlocal size
+        piece = expect(MCheckpointBytes, reply)
         size += len(piece.data)
         if size > MAX_CHECKPOINT_BYTES:
             raise FailoverFailed(f"the checkpoint of {workload} exceeds {MAX_CHECKPOINT_BYTES} bytes")
@@ -128,12 +137,12 @@ _EXPECTED = (NodeError, HostError, MigrateError, trio.TooSlowError)
 class Protector:
     """The application-side record that lets a workload survive its node."""
 
-    cluster: Any
+    cluster: Cluster
     workload: str
     module: bytes
     protection: Protection
     checkpoint: Checkpoint | None = None
-    log: dict[int, dict] = field(default_factory=dict)
+    log: dict[int, dict[str, Any]] = field(default_factory=dict)
     log_bytes: int = 0
     failovers: int = 0
     owner: str = ""  # the address the workload was last seen at
@@ -145,7 +154,7 @@ class Protector:
 
     # --- the log ------------------------------------------------------------
 
-    def record(self, entry: dict | None) -> None:
+    def record(self, entry: dict[str, Any] | None) -> None:
         """Log a state-changing operation's entry (None, for other operations, is ignored)."""
         if entry is None or entry["index"] <= (self.checkpoint.index if self.checkpoint else self._trimmed):
             return
@@ -181,7 +190,7 @@ class Protector:
 
     # --- starting and the background rounds -----------------------------------
 
-    async def start(self, handle) -> None:
+    async def start(self, handle: Handle) -> None:
         """Begin protecting: a standby at the owner, or recording and a first checkpoint.
 
         Raises node errors (the protection is not in place then).
@@ -250,7 +259,7 @@ class Protector:
         """Trim the log to what the standby has replayed; start a standby again if it has none."""
         standby = self.cluster.address_of(self.protection.to)
         client = await self.cluster.client(standby)
-        where = await client.request(MLocate, workload=self.workload)
+        where = expect(MWhere, await client.request(MLocate, workload=self.workload))
         if where.status == "owner" or (where.status == "incoming" and where.standby):
             self.trim(where.index)
             return
@@ -274,7 +283,7 @@ class Protector:
         MAX_CHECKPOINT_BYTES.
         """
         client = await self.cluster.client(owner)
-        meta = await client.request(MCheckpoint, workload=self.workload)
+        meta = expect(MCheckpointData, await client.request(MCheckpoint, workload=self.workload))
         ckpt = Checkpoint(meta, await fetch_parts(client, self.workload, meta.token, window=self.window))
         async with self._lock:
             current = self.checkpoint
@@ -348,7 +357,7 @@ class Protector:
         """
         address = self.cluster.address_of(self.protection.to)
         client = await self.cluster.client(address)
-        where = await client.request(MLocate, workload=self.workload)
+        where = expect(MWhere, await client.request(MLocate, workload=self.workload))
         if where.status != "incoming" or not where.standby:
             raise FailoverFailed(f"{self.protection.to} holds no standby of {self.workload} ({where.status})")
         await self._replay(client, where.epoch, self._entries_after(where.index), standby=True)
@@ -356,11 +365,11 @@ class Protector:
         await client.request(MPromote, workload=self.workload, epoch=new_epoch)
         return client.node, address, new_epoch
 
-    async def _replay(self, client, epoch: int, entries: list[dict], *, standby: bool) -> None:
+    async def _replay(self, client: NodeClient, epoch: int, entries: list[dict[str, Any]], *, standby: bool) -> None:
         for batch in batches(entries, client.peer_max_frame_bytes - FRAME_OVERHEAD_BYTES):
             await client.request(MReplay, workload=self.workload, epoch=epoch, entries=batch, standby=standby)
 
-    def _entries_after(self, index: int) -> list[dict]:
+    def _entries_after(self, index: int) -> list[dict[str, Any]]:
         """The logged operations after ``index``, in order; FailoverFailed on a gap.
 
         A gap is an operation the lost node answered whose outcome never

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import trio
 
-from nodes import ErrorCode, ErrorReply
+from nodes import ErrorCode, ErrorReply, Node, Session
 
 from . import _chunks
 from . import _hostops as ops
@@ -17,7 +17,7 @@ from ._parts import PartRefused
 from ._state import MAX_PENDING_CHECKPOINTS, PendingCheckpoint, _not_owner, service
 
 
-async def on_checkpoint(node, session, req: MCheckpoint) -> MCheckpointData:
+async def on_checkpoint(node: Node, session: Session, req: MCheckpoint) -> MCheckpointData | ErrorReply:
     """Take a consistent checkpoint; the application fetches its bytes with MCheckpointPart.
 
     The snapshot is taken between calls, with the index and ledger of that
@@ -45,7 +45,7 @@ async def on_checkpoint(node, session, req: MCheckpoint) -> MCheckpointData:
                                      "memory_limit_bytes": settings["memory_limit_bytes"]})
 
 
-async def on_checkpoint_part(node, session, req: MCheckpointPart) -> MCheckpointBytes:
+async def on_checkpoint_part(node: Node, session: Session, req: MCheckpointPart) -> MCheckpointBytes | ErrorReply:
     """A part of a checkpoint; the last one frees it.
 
     Parts may be asked for several at once (and served in any order):
@@ -66,6 +66,8 @@ async def on_checkpoint_part(node, session, req: MCheckpointPart) -> MCheckpoint
         if queue.wanted(req.part):
             async with pending.lock:
                 if wanted := queue.wanted(req.part):
+                    # ``parts`` is None only once the queue is exhausted, when nothing is wanted.
+                    assert pending.parts is not None
                     # Encoding (zstd) runs in a worker thread, up to the part
                     # after this one, so the reply knows whether it is the last.
                     queue.add(await trio.to_thread.run_sync(_take, pending.parts, wanted), wanted)

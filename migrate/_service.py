@@ -12,7 +12,7 @@ ownership state or epoch goes through the table of ``_ownership``.
 
 from __future__ import annotations
 
-from nodes import Plugin
+from nodes import Node, Plugin
 
 from . import _cordon
 from . import _life_node as life
@@ -28,7 +28,8 @@ from ._standby import on_follow, on_promote
 from ._state import PLUGIN_NAME, MigrationService, service
 from ._target import on_abort, on_align, on_chunk, on_commit, on_first_call, on_incoming, on_replay
 
-async def _resume(node) -> None:
+
+async def _resume(node: Node) -> None:
     _cordon.announce(node)  # a flag kept across a restart is in the node's membership record too
     await _resume_standbys(node)
     node.start_soon(life.run, node)

@@ -11,26 +11,35 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any, NoReturn
 
 import trio
 
+import snapshot
 from nodes import (
+    Address,
     BadArguments,
     ConnectionFailed,
     ErrorReply,
+    Host,
     HostError,
+    Node,
+    NodeClient,
     NodeError,
+    Session,
+    WorkloadInfo,
     crash_point_async,
 )
 
 from . import _hostops as ops
 from ._codes import MigrationCode
-from ._messages import MAbort, MCommit, MLocate, MMigrate, MigrationReport, MReport
+from ._messages import MAbort, MCommit, MLocate, MMigrate, MigrationReport, MReport, MWhere
 from ._dual import DualExecution
 from ._life_node import to_wire as life_wire
 from ._ownership import State
 from ._ownership_events import Abort, Event, EventKind, OwnershipError, Peer
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
+from ._replies import error, expect
 from ._standby import _keep_standby, _stop_standby, keep_as_standby
 from ._transfer import Transfer, _fits_commit, free_in_thread
 from ._state import (
@@ -48,7 +57,7 @@ from ._state import (
 logger = logging.getLogger(__name__)
 
 
-async def on_migrate(node, session, req: MMigrate) -> MReport:
+async def on_migrate(node: Node, session: Session, req: MMigrate) -> MReport | ErrorReply:
     svc = service(node)
     owned = svc.owner_of(req.workload)
     if owned is None or owned.moved is not None:
@@ -59,12 +68,12 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
     try:
         svc.ownership.check(req.workload, begin)
     except OwnershipError:
-        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_BUSY,
-                          message=f"workload {req.workload} is already moving")
+        return error(req.id, MigrationCode.MIGRATION_BUSY,
+                     f"workload {req.workload} is already moving")
     target = peer_address(req.target, "target")
     if target == node.address:
-        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
-                          message=f"workload {req.workload} is already on {node.config.name}")
+        return error(req.id, MigrationCode.MIGRATION_FAILED,
+                     f"workload {req.workload} is already on {node.config.name}")
     svc.event(req.workload, begin)
     migration = svc.active[req.workload] = Migration(node, svc, owned, target, req, clock=svc.clock)
     try:
@@ -73,7 +82,7 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
         svc.metrics.ended(req.strategy, "aborted", migration.bytes_sent, migration.clock() - migration.started_s)
         svc.recent.append({"workload": req.workload, "app": migration.app, "state": "aborted", "target": req.target,
                            "strategy": req.strategy, "reason": str(exc)})
-        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
+        return error(req.id, MigrationCode.MIGRATION_FAILED, str(exc))
     finally:
         svc.active.pop(req.workload, None)
         migration.ended()
@@ -93,18 +102,20 @@ async def on_migrate(node, session, req: MMigrate) -> MReport:
 class Migration(DualExecution, Transfer):
     """One outgoing move, driven from the source node."""
 
-    def __init__(self, node, svc: MigrationService, owned: Owned, target, req: MMigrate, *,
+    def __init__(self, node: Node, svc: MigrationService, owned: Owned, target: Address, req: MMigrate, *,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.node, self.svc, self.owned, self.target, self.req = node, svc, owned, target, req
         self.clock = clock  # seconds, for the blackout, the report and the planners
         self.workload = owned.workload
         self.app = node.host.registry.owner(owned.workload) or ""  # whose: ``status`` shows it to them only
-        self.epoch = svc.ownership.record(owned.workload).move.epoch  # BEGIN_MOVE gave the move its epoch
+        move = svc.ownership.record(owned.workload).move
+        assert move is not None  # BEGIN_MOVE (``on_migrate``) gave the move its epoch
+        self.epoch = move.epoch
         self._start_figures()
         self.notes: list[str] = []
-        self.settings: dict = {}  # the workload's launch settings, for MIncoming
-        self.info = None  # the workload's host info (module, app), once the move describes it
-        self._first = None  # the first round's full copy, until it is sent
+        self.settings = {}
+        self.info: WorkloadInfo | None = None  # the workload's host info (module, app), once the move describes it
+        self._first = None
         self.keep = False  # this node's copy stays as the standby after the commit (MMigrate.keep_standby)
         self.planner = PrecopyPlanner(PrecopyConfig(downtime_budget_s=req.downtime_budget_s,
                                                     max_rounds=max(1, req.max_rounds)))
@@ -126,7 +137,7 @@ class Migration(DualExecution, Transfer):
                 # This node holds the standby (it has no feed of its own): its copy stays as the standby.
                 self.keep = self.req.keep_standby and feed is None
                 try:
-                    if onto_standby and feed.send is not None:
+                    if feed is not None and onto_standby and feed.send is not None:
                         committed = await self._standby_handover(client, target_name, feed)
                     else:
                         if onto_standby:
@@ -135,7 +146,7 @@ class Migration(DualExecution, Transfer):
                 except (NodeError, HostError, OSError) as exc:
                     await self._abort(client, f"{type(exc).__name__}: {exc}")
         finally:
-            if committed and self.keep and await keep_as_standby(
+            if committed and self.keep and self.info is not None and await keep_as_standby(
                     node, self.svc, self.owned, self.epoch + 1, target_name, self.info, self.settings):
                 self.notes.append("the copy left here is the workload's standby")
             elif committed:
@@ -153,7 +164,7 @@ class Migration(DualExecution, Transfer):
                 await client.aclose()
         return self._report(target_name, total_s)
 
-    async def _move(self, client, target_name: str) -> bool:
+    async def _move(self, client: NodeClient, target_name: str) -> bool:
         """Copy the workload to the target with the requested strategy and commit."""
         info, module, self.settings = await self.node.run_host(ops.describe, self.node.host, self.workload)
         self.info = info
@@ -165,7 +176,7 @@ class Migration(DualExecution, Transfer):
             return await self._dual(client, target_name, info)
         return await self._precopy(client, target_name)
 
-    async def _standby_handover(self, client, target_name: str, feed: Standby) -> bool:
+    async def _standby_handover(self, client: NodeClient, target_name: str, feed: Standby) -> bool:
         """Move onto the node that holds the hot standby: commit the standby's copy.
 
         With calls held, the feed forwards what it still has queued and
@@ -179,6 +190,9 @@ class Migration(DualExecution, Transfer):
             await node.run_host(ops.freeze, host, self.workload)
             committed = False
             try:
+                # The feed may have ended while calls ran (its standby lost, or too far behind).
+                if feed.send is None:
+                    raise MigrationError(f"the standby on {target_name} was lost before the handover")
                 feed.send.close()  # the feed drains what is queued, then ends
                 feed.send = None
                 with trio.move_on_after(HANDOVER_FLUSH_S):
@@ -197,13 +211,14 @@ class Migration(DualExecution, Transfer):
                 if not committed:
                     await node.run_host(ops.thaw, host, self.workload)
 
-    async def _rounds(self, client) -> None:
+    async def _rounds(self, client: NodeClient) -> None:
         """Send pre-copy rounds until the planner says the rest fits the budget.
 
         The last delta, captured while running, is sent too; what changed
         after it is left for the caller's final, frozen round.
         """
-        full, self._first = [self._first], None  # taken while the target got ready
+        assert self._first is not None  # taken while the target got ready (``_first_capture_while``)
+        full, self._first = [self._first], None
         sent_before = self.bytes_sent
         took = await self._send(client, full[0])
         last_pages, last_bytes = full[0].page_count, self.bytes_sent - sent_before
@@ -224,14 +239,15 @@ class Migration(DualExecution, Transfer):
         await self._send(client, delta)
         self.owned.throttle = 0.0
 
-    async def _precopy(self, client, target_name: str) -> bool:
+    async def _precopy(self, client: NodeClient, target_name: str) -> bool:
         await self._rounds(client)
         return await self._final_round(client, target_name, ops.capture_delta)
 
-    async def _stop_and_copy(self, client, target_name: str) -> bool:
+    async def _stop_and_copy(self, client: NodeClient, target_name: str) -> bool:
         return await self._final_round(client, target_name, ops.capture_all)
 
-    async def _final_round(self, client, target_name: str, capture) -> bool:
+    async def _final_round(self, client: NodeClient, target_name: str,
+                           capture: Callable[[Host, str], snapshot.Snapshot]) -> bool:
         """Freeze, send ``capture(workload)`` and commit; the frozen time is ``frozen_s``.
 
         The commit carries the round's last piece (the only one, for a
@@ -265,8 +281,9 @@ class Migration(DualExecution, Transfer):
                 # Committed: the old copy stays frozen until run() removes it,
                 # after the queued handle calls have been redirected.
 
-    async def _commit(self, client, target_name: str, *, digest=None, from_standby: bool = False,
-                      final: bytes = b"", entries: tuple = ()) -> bool:
+    async def _commit(self, client: NodeClient, target_name: str, *,
+                      digest: tuple[dict[int, list[int]], str] | None = None, from_standby: bool = False,
+                      final: bytes = b"", entries: tuple[dict[str, Any], ...] = ()) -> bool:
         """Hand ownership over; called with the workload frozen.
 
         ``final``, the last piece of the final round, and ``entries``, the
@@ -329,7 +346,7 @@ class Migration(DualExecution, Transfer):
                 with trio.fail_after(2.0):
                     client = await self.node.connect_peer(self.target)
                     try:
-                        where = await client.request(MLocate, workload=self.workload)
+                        where = expect(MWhere, await client.request(MLocate, workload=self.workload))
                     finally:
                         await client.aclose()
                 return where.status == "owner" and where.epoch == self.epoch
@@ -340,10 +357,10 @@ class Migration(DualExecution, Transfer):
     def ended(self) -> None:
         """End the ownership record's move if nothing else did (the target was never reached, a cancellation)."""
         record = self.svc.ownership.record(self.workload)
-        if record.state is State.SENDING and record.move.epoch == self.epoch:
+        if record.state is State.SENDING and record.move is not None and record.move.epoch == self.epoch:
             self.svc.event(self.workload, Event(EventKind.MOVE_ABORTED, peer=record.move))
 
-    async def _abort(self, client, why: str) -> None:
+    async def _abort(self, client: NodeClient, why: str) -> NoReturn:
         # MOVE_ABORTED fences: if the target was asked to commit and did,
         # unseen, its epoch is self.epoch; ours now outranks it, so handles
         # that look the workload up pick this node.

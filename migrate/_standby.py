@@ -5,23 +5,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from typing import Any
 
 import trio
 
-from nodes import BadArguments, Done, ErrorReply, HostError, NodeError, crash_point_async
+from nodes import (Address, BadArguments, Done, ErrorReply, HostError, Node, NodeClient, NodeError, Session,
+                   WorkloadInfo, crash_point_async)
 
 from . import _chunks
 from . import _hostops as ops
 from ._codes import MigrationCode
-from ._messages import MAbort, MAlign, MCommitted, MFollow, MIncoming, MLocate, MPromote, MReplay
+from ._messages import MAbort, MAlign, MCommitted, MFollow, MIncoming, MLocate, MPromote, MReplay, MWhere
 from ._oplog import batches, entry_bytes
 from ._ownership_events import Event, EventKind, OwnershipError
 from ._ledger import CallLedger
 from ._life_node import managed, taken_over
 from ._life_node import to_wire as life_wire
+from ._replies import error, expect
 from ._state import (
     Incoming,
     MigrationError,
+    MigrationService,
     Owned,
     Standby,
     _drain,
@@ -34,7 +38,7 @@ from ._state import (
 logger = logging.getLogger(__name__)
 
 
-async def on_follow(node, session, req: MFollow) -> Done:
+async def on_follow(node: Node, session: Session, req: MFollow) -> Done | ErrorReply:
     """Start (or stop, for "") a hot standby copy of a workload this node owns.
 
     Replies once the standby holds a consistent copy; a request for the
@@ -66,17 +70,17 @@ async def on_follow(node, session, req: MFollow) -> Done:
             try:
                 await node.start(_follow, node, owned, target)
             except MigrationError as exc:
-                return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
+                return error(req.id, MigrationCode.MIGRATION_FAILED, str(exc))
     return Done(id=req.id)
 
 
-async def _standby_holds_copy(node, feed: Standby, workload: str) -> bool:
+async def _standby_holds_copy(node: Node, feed: Standby, workload: str) -> bool:
     """True if the standby node holds the copy ``feed`` keeps; False if it lost it or cannot be asked."""
     try:
         with trio.fail_after(2.0):
             client = await node.connect_peer(feed.target)
             try:
-                where = await client.request(MLocate, workload=workload)
+                where = expect(MWhere, await client.request(MLocate, workload=workload))
             finally:
                 await client.aclose()
     except (NodeError, OSError, trio.TooSlowError):
@@ -84,7 +88,7 @@ async def _standby_holds_copy(node, feed: Standby, workload: str) -> bool:
     return _holds(where, feed.epoch)
 
 
-def _holds(where, epoch: int) -> bool:
+def _holds(where: MWhere, epoch: int) -> bool:
     """True if an MLocate answer says the node holds a standby copy at ``epoch``."""
     return where.status == "incoming" and where.standby and where.epoch == epoch
 
@@ -97,7 +101,7 @@ async def _stop_standby(owned: Owned) -> None:
         await feed.done.wait()
 
 
-async def _keep_standby(node, owned: Owned, target) -> None:
+async def _keep_standby(node: Node, owned: Owned, target: Address) -> None:
     """Start feeding a standby on ``target`` in the background (after a move); log a failure."""
     async with owned.standby_lock:
         if service(node).owned.get(owned.workload) is not owned or owned.moved is not None:
@@ -110,7 +114,8 @@ async def _keep_standby(node, owned: Owned, target) -> None:
             logger.warning("%s", exc, extra={"workload": owned.workload})
 
 
-async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def _follow(node: Node, owned: Owned, target: Address, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Feed a standby: a consistent copy, then every logged operation, until stopped.
 
     Reports started once the standby holds the copy.  Raises
@@ -122,8 +127,9 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
     """
     host, workload = node.host, owned.workload
     feed = owned.standby = Standby(target, owned.epoch + 1)
-    send, receive = trio.open_memory_channel(math.inf)  # bounded by STANDBY_BACKLOG_BYTES in forward()
-    client = None
+    # bounded by STANDBY_BACKLOG_BYTES in forward()
+    send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
+    client: NodeClient | None = None
     started = False
     try:
         with feed.scope:
@@ -159,23 +165,23 @@ async def _follow(node, owned: Owned, target, *, task_status=trio.TASK_STATUS_IG
         raise MigrationError(f"the standby of {workload} on {target} was stopped before it was ready")
 
 
-async def on_promote(node, session, req: MPromote) -> MCommitted:
+async def on_promote(node: Node, session: Session, req: MPromote) -> MCommitted | ErrorReply:
     """Make a standby the owner (its owner is gone)."""
     svc = service(node)
     inc = svc.incoming.get(req.workload)
     if inc is None or not inc.standby or inc.ledger is None or not inc.created or req.epoch < inc.epoch:
-        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
-                          message=f"{node.config.name} holds no standby of {req.workload}")
+        return error(req.id, MigrationCode.MIGRATION_FAILED,
+                     f"{node.config.name} holds no standby of {req.workload}")
     async with inc.lock:
         if svc.incoming.get(req.workload) is not inc:
-            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
-                              message=f"the standby of {req.workload} on {node.config.name} was replaced")
+            return error(req.id, MigrationCode.MIGRATION_FAILED,
+                         f"the standby of {req.workload} on {node.config.name} was replaced")
         owned = Owned(req.workload, epoch=req.epoch, ledger=inc.ledger, index=inc.index, record=True,
                       lifecycle=taken_over(inc.lifecycle))
         try:
             svc.event(req.workload, Event(EventKind.PROMOTE, req.epoch), owner=owned)
         except OwnershipError as exc:
-            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
+            return error(req.id, MigrationCode.MIGRATION_FAILED, str(exc))
         del svc.incoming[req.workload]
         await node.run_host(ops.set_recording, node.host, req.workload, True)
     managed(node, owned)
@@ -185,7 +191,8 @@ async def on_promote(node, session, req: MPromote) -> MCommitted:
     return MCommitted(id=req.id, epoch=req.epoch)
 
 
-async def _forward(client, workload: str, feed: Standby, receive) -> None:
+async def _forward(client: NodeClient, workload: str, feed: Standby,
+                   receive: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
     """Send the standby every operation the owner logs, in batches, until the feed is stopped or fails."""
     room = client.peer_max_frame_bytes - _chunks.FRAME_OVERHEAD_BYTES
     try:
@@ -200,7 +207,7 @@ async def _forward(client, workload: str, feed: Standby, receive) -> None:
         logger.exception("standby feed failed", extra={"workload": workload})
 
 
-async def _end_feed(node, owned: Owned, feed: Standby, client) -> None:
+async def _end_feed(node: Node, owned: Owned, feed: Standby, client: NodeClient | None) -> None:
     """A feed's end: forget it, drop the standby's copy unless it must stay, close the link."""
     if owned.standby is feed:
         owned.standby = None
@@ -223,7 +230,8 @@ async def _end_feed(node, owned: Owned, feed: Standby, client) -> None:
 KEPT_COPY_WAIT_S = 5.0
 
 
-async def keep_as_standby(node, svc, owned: Owned, epoch: int, new_owner: str, info, settings: dict) -> bool:
+async def keep_as_standby(node: Node, svc: MigrationService, owned: Owned, epoch: int, new_owner: str,
+                          info: WorkloadInfo, settings: dict[str, Any]) -> bool:
     """After a commit, keep this node's copy as the new owner's hot standby at ``epoch``.
 
     The node holds the workload's standby (its application said so with
@@ -249,7 +257,7 @@ async def keep_as_standby(node, svc, owned: Owned, epoch: int, new_owner: str, i
     return True
 
 
-def feed_kept_copy(node, owned: Owned, target) -> None:
+def feed_kept_copy(node: Node, owned: Owned, target: Address) -> None:
     """Feed the standby the source of this move kept on ``target``: every operation from the first on.
 
     Runs synchronously in the commit, before this node serves the
@@ -257,20 +265,22 @@ def feed_kept_copy(node, owned: Owned, target) -> None:
     background once the source says it holds the copy.
     """
     feed = owned.standby = Standby(target, owned.epoch + 1)
-    send, receive = trio.open_memory_channel(math.inf)  # bounded by STANDBY_BACKLOG_BYTES in forward()
+    # bounded by STANDBY_BACKLOG_BYTES in forward()
+    send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
     feed.send = send
     node.start_soon(_feed_kept, node, owned, feed, receive)
 
 
-async def _feed_kept(node, owned: Owned, feed: Standby, receive) -> None:
-    client = None
+async def _feed_kept(node: Node, owned: Owned, feed: Standby,
+                     receive: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
+    client: NodeClient | None = None
     try:
         with feed.scope:
             try:
                 client = await node.connect_peer(feed.target)
                 with trio.fail_after(KEPT_COPY_WAIT_S):
                     while True:  # the source converts its copy once it has seen MCommitted
-                        where = await client.request(MLocate, workload=owned.workload)
+                        where = expect(MWhere, await client.request(MLocate, workload=owned.workload))
                         if _holds(where, feed.epoch):
                             break
                         await trio.sleep(0.01)

@@ -28,12 +28,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 import snapshot
-from nodes import Address, BadArguments, CancelToken, ConfigError, ErrorReply, HostError, NodeError, parse_address
+from nodes import (Address, BadArguments, CancelToken, ConfigError, ErrorReply, HostError, Node, NodeError,
+                   parse_address)
 
 from . import _hostops as ops
 from . import _progress as progress
@@ -45,6 +46,7 @@ from ._oplog import entry_bytes
 from ._ownership import OWNING, Ownership, State
 from ._ownership_events import Action, Event, EventKind, Peer, Redirect
 from ._parts import PartQueue
+from ._replies import error
 
 if TYPE_CHECKING:
     from ._lifecycle import Lifecycle
@@ -101,7 +103,7 @@ class Owned:
     moved: "Tombstone | None" = None
     index: int = 0        # state-changing operations run so far, in order
     record: bool = False  # record nondeterministic inputs (protected or followed)
-    follow: "trio.MemorySendChannel | None" = None  # dual execution: entries for the follower
+    follow: "trio.MemorySendChannel[dict[str, Any]] | None" = None  # dual execution: entries for the follower
     standby: "Standby | None" = None  # the feed of a hot standby copy
     standby_lock: trio.Lock = field(default_factory=trio.Lock)  # starting, stopping, moving
     checkpoints: "collections.OrderedDict[str, PendingCheckpoint]" = field(
@@ -111,7 +113,7 @@ class Owned:
     running: "tuple[str, int, CancelToken] | None" = None  # the call that holds ``lock``: caller, seq, token
     lifecycle: "Lifecycle | None" = None  # lease and schedules of a named or detached workload (_life_node)
 
-    def forward(self, entry: dict | None) -> None:
+    def forward(self, entry: dict[str, Any] | None) -> None:
         """Hand a logged operation to the dual-execution follower and the standby, if any."""
         if entry is None:
             return
@@ -141,7 +143,7 @@ class Standby:
     epoch: int
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
-    send: "trio.MemorySendChannel | None" = None
+    send: "trio.MemorySendChannel[dict[str, Any]] | None" = None
     queued_bytes: int = 0  # of the entries sent to ``send`` and not yet forwarded
     flushed: bool = False  # ended because its channel was closed, after forwarding everything
 
@@ -186,7 +188,7 @@ class Incoming:
     created: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
     index: int = 0  # last operation replayed into it
-    settings: dict = field(default_factory=dict)  # args, env, memory cap
+    settings: dict[str, Any] = field(default_factory=dict)  # args, env, memory cap
     standby: bool = False  # a hot standby copy, not a move under way
     ledger: CallLedger | None = None  # a standby's: the owner's at the copy, plus replayed outcomes
     lifecycle: "Lifecycle | None" = None  # a standby's: the owner's at the copy (taken on at promotion)
@@ -216,7 +218,7 @@ class MigrationService:
     (throttling, blackouts, the planners' rates); a test may pass its own.
     """
 
-    def __init__(self, node, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, node: Node, clock: Callable[[], float] = time.perf_counter) -> None:
         self.node = node
         self.clock = clock
         self.ownership = Ownership()
@@ -226,11 +228,11 @@ class MigrationService:
         # ``incoming`` keeps serving: it replaces that one once aligned.
         self.staging: dict[str, Incoming] = {}
         self.active: dict[str, "Migration"] = {}
-        self.recent: collections.deque[dict] = collections.deque(maxlen=20)
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
         self.metrics = MoveMetrics()  # read at scrape time (migrate._metrics)
         self.lifecycle_waker = trio.Event()  # set when a lifecycle deadline may have come closer (_life_node)
 
-    def status(self) -> tuple[dict, ...]:
+    def status(self) -> tuple[dict[str, Any], ...]:
         """Moves under way, incoming and the most recent finished ones, for ``status``.
 
         Each names the workload's ``app``: ``status`` shows a client certificate its own tenant's only.
@@ -325,7 +327,7 @@ class MigrationService:
         return owned
 
 
-def service(node) -> MigrationService:
+def service(node: Node) -> MigrationService:
     """The node's MigrationService: the migration plugin's per-node state."""
     return node.plugin_state(PLUGIN_NAME)
 
@@ -342,13 +344,12 @@ def _moved_reply(request_id: int, workload: str, stone: Tombstone) -> MResult:
     return MResult(id=request_id, epoch=stone.epoch, moved_to=stone.to_name, moved_address=stone.to_address)
 
 
-def _not_owner(request_id: int, node, workload: str) -> ErrorReply:
-    return ErrorReply(id=request_id, code=MigrationCode.NOT_OWNER,
-                      message=f"{node.config.name} does not own workload {workload!r}",
-                      details={"workload_id": workload})
+def _not_owner(request_id: int, node: Node, workload: str) -> ErrorReply:
+    return error(request_id, MigrationCode.NOT_OWNER, f"{node.config.name} does not own workload {workload!r}",
+                 details={"workload_id": workload})
 
 
-async def _drop_incoming(node, svc: MigrationService, inc: Incoming, kind: EventKind = EventKind.DROP) -> None:
+async def _drop_incoming(node: Node, svc: MigrationService, inc: Incoming, kind: EventKind = EventKind.DROP) -> None:
     """Forget an incoming (or staging) copy and free its workload (called holding ``inc.lock``).
 
     ``kind`` is the ownership event: a local DROP, or the source's ABORT.
@@ -361,7 +362,7 @@ async def _drop_incoming(node, svc: MigrationService, inc: Incoming, kind: Event
         await node.run_host(ops.remove_quietly, node.host, inc.host_id)
 
 
-async def _drop_staging(node, svc: MigrationService, workload: str) -> None:
+async def _drop_staging(node: Node, svc: MigrationService, workload: str) -> None:
     """Forget the new standby copy being received for ``workload``, if any (called holding no copy's lock)."""
     staged = svc.staging.get(workload)
     if staged is not None:
@@ -369,9 +370,9 @@ async def _drop_staging(node, svc: MigrationService, workload: str) -> None:
             await _drop_incoming(node, svc, staged)
 
 
-def _drain(receive: trio.MemoryReceiveChannel) -> list[dict]:
+def _drain(receive: trio.MemoryReceiveChannel[dict[str, Any]]) -> list[dict[str, Any]]:
     """What ``receive`` holds now, without waiting; an empty list once it is closed and empty."""
-    batch = []
+    batch: list[dict[str, Any]] = []
     while True:
         try:
             batch.append(receive.receive_nowait())

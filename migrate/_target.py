@@ -13,7 +13,7 @@ import time
 import trio
 
 import snapshot
-from nodes import Done, ErrorCode, ErrorReply, UnknownModule, crash_point_async, move_work
+from nodes import Done, ErrorCode, ErrorReply, Node, Session, UnknownModule, crash_point_async, move_work
 
 from . import _hostops as ops
 from ._admission import _incoming_refused
@@ -27,6 +27,7 @@ from ._messages import (MAbort, MAlign, MChunk, MCommit, MCommitted, MFirstCall,
 from ._oplog import divergence, replayed_call
 from ._owner import _run
 from ._ownership_events import Drop, Event, EventKind, OwnershipError, Peer
+from ._replies import error
 from ._standby import _keep_standby, feed_kept_copy
 from ._state import (CHUNK_TURN_WAIT_S, FIRST_CALL_POLL_S, FIRST_CALL_WAIT_S, MAX_CHUNKS_AHEAD, Incoming,
                      MigrationService, Owned, _drop_incoming, _drop_staging, peer_address, service, staging_id)
@@ -52,11 +53,11 @@ def _addressed(svc: MigrationService, workload: str, epoch: int, standby: bool) 
 
 def _no_incoming(request_id: int, workload: str, epoch: int, standby: bool) -> ErrorReply:
     what = "standby copy" if standby else "incoming move"
-    return ErrorReply(id=request_id, code=MigrationCode.MIGRATION_FAILED,
-                      message=f"no {what} of {workload} at epoch {epoch}")
+    return error(request_id, MigrationCode.MIGRATION_FAILED,
+                 f"no {what} of {workload} at epoch {epoch}")
 
 
-async def on_incoming(node, session, req: MIncoming) -> Done:
+async def on_incoming(node: Node, session: Session, req: MIncoming) -> Done | ErrorReply:
     """Get ready to receive a workload (a move, a failover or a standby copy).
 
     A new copy replaces an older one, except that a standby never replaces
@@ -122,7 +123,7 @@ async def on_incoming(node, session, req: MIncoming) -> Done:
     return Done(id=req.id)
 
 
-async def _swap_in(node, svc: MigrationService, staged: Incoming) -> bool:
+async def _swap_in(node: Node, svc: MigrationService, staged: Incoming) -> bool:
     """Make an aligned staging copy the standby in place of the one that served meanwhile.
 
     Called holding ``staged.lock``; False if either copy was dropped or
@@ -155,7 +156,7 @@ async def _swap_in(node, svc: MigrationService, staged: Incoming) -> bool:
     return True
 
 
-async def on_chunk(node, session, req: MChunk) -> Done:
+async def on_chunk(node: Node, session: Session, req: MChunk) -> Done | ErrorReply:
     """Apply chunk ``seq`` of an incoming copy's snapshot stream, after the chunks before it.
 
     Senders keep several chunks in flight and the node serves them
@@ -173,9 +174,9 @@ async def on_chunk(node, session, req: MChunk) -> Done:
     return await _take_chunk(node, svc, inc, req) or Done(id=req.id)
 
 
-async def _take_chunk(node, svc: MigrationService, inc: Incoming, req: MChunk | MCommit) -> ErrorReply | None:
+async def _take_chunk(node: Node, svc: MigrationService, inc: Incoming, req: MChunk | MCommit) -> ErrorReply | None:
     """Apply ``req.data`` as chunk ``req.seq`` of ``inc`` in its turn; the refusal if not (see ``on_chunk``)."""
-    standby = getattr(req, "standby", False)
+    standby = _of_standby(req)
     await crash_point_async("target:chunk")
     if not inc.chunks <= req.seq <= inc.chunks + MAX_CHUNKS_AHEAD:
         return _out_of_turn(req, inc)
@@ -194,8 +195,8 @@ async def _take_chunk(node, svc: MigrationService, inc: Incoming, req: MChunk | 
                 snap = await trio.to_thread.run_sync(_decode_into, inc, req.data)
             except snapshot.SnapshotError as exc:
                 await _drop_incoming(node, svc, inc)
-                return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
-                                  message=f"bad snapshot stream: {exc}")
+                return error(req.id, MigrationCode.MIGRATION_FAILED,
+                             f"bad snapshot stream: {exc}")
             if snap is not None:
                 inc.decoder = snapshot.SnapshotDecoder()
                 inc.assembler = snapshot.SnapshotAssembler()
@@ -212,6 +213,14 @@ async def _take_chunk(node, svc: MigrationService, inc: Incoming, req: MChunk | 
         svc.received(inc, req.data)
         inc.turn.unpark_all()
     return None
+
+
+def _of_standby(req: MChunk | MReplay | MCommit) -> bool:
+    """Whether ``req`` addresses a standby copy; a commit's chunk or calls go to an incoming move.
+
+    (An MCommit's ``standby`` is the address of the standby the new owner feeds.)
+    """
+    return False if isinstance(req, MCommit) else req.standby
 
 
 def _out_of_turn(req: MChunk | MCommit, inc: Incoming) -> ErrorReply:
@@ -232,7 +241,7 @@ def _decode_into(inc: Incoming, data: bytes) -> snapshot.Snapshot | None:
     return inc.assembler.snapshot() if inc.assembler.complete else None
 
 
-async def on_replay(node, session, req: MReplay) -> Done:
+async def on_replay(node: Node, session: Session, req: MReplay) -> Done | ErrorReply:
     """Re-run logged operations on an incoming copy; refuse, and drop the copy, on divergence."""
     svc = service(node)
     inc = _incoming(svc, req.workload, req.epoch, req.standby)
@@ -241,14 +250,15 @@ async def on_replay(node, session, req: MReplay) -> Done:
     return await _replay(node, svc, inc, req) or Done(id=req.id)
 
 
-async def _replay(node, svc: MigrationService, inc: Incoming, req: MReplay | MCommit) -> ErrorReply | None:
+async def _replay(node: Node, svc: MigrationService, inc: Incoming, req: MReplay | MCommit) -> ErrorReply | None:
     """Re-run ``req.entries`` on ``inc`` in order; the refusal if the copy is gone or the replay diverged."""
-    standby = getattr(req, "standby", False)
+    standby = _of_standby(req)
     async with inc.lock:
         if svc.incoming.get(req.workload) is not inc:
             return _no_incoming(req.id, req.workload, req.epoch, standby)
         shadow = Owned(req.workload, epoch=req.epoch, index=inc.index)
         for entry in req.entries:
+            why: str | None
             try:
                 op = replayed_call(req.workload, entry)
                 if entry["index"] != shadow.index + 1:
@@ -263,13 +273,13 @@ async def _replay(node, svc: MigrationService, inc: Incoming, req: MReplay | MCo
             if why is not None:
                 await _drop_incoming(node, svc, inc)
                 logger.warning("replay diverged: %s", why, extra={"workload": req.workload})
-                return ErrorReply(id=req.id, code=MigrationCode.DIVERGED,
-                                  message=f"replay of {req.workload} diverged: {why}")
+                return error(req.id, MigrationCode.DIVERGED,
+                             f"replay of {req.workload} diverged: {why}")
             inc.index = shadow.index
     return None
 
 
-async def on_align(node, session, req: MAlign) -> Done:
+async def on_align(node: Node, session: Session, req: MAlign) -> Done | ErrorReply:
     """Set a received copy's call count, clock, operation index and ledger to the owner's at the copy.
 
     A staging standby copy then takes the place of the standby that
@@ -288,7 +298,7 @@ async def on_align(node, session, req: MAlign) -> Done:
             ledger = CallLedger.from_wire(req.ledger) if req.ledger is not None else inc.ledger
             life = life_from_wire(req.lifecycle) if req.lifecycle is not None else inc.lifecycle
         except ValueError as exc:
-            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
+            return error(req.id, MigrationCode.MIGRATION_FAILED, str(exc))
         inc.index, inc.ledger, inc.lifecycle = req.index, ledger, life
         if inc.host_id != inc.workload and not await _swap_in(node, svc, inc):
             await _drop_incoming(node, svc, inc)
@@ -296,7 +306,7 @@ async def on_align(node, session, req: MAlign) -> Done:
     return Done(id=req.id)
 
 
-async def on_commit(node, session, req: MCommit) -> MCommitted:
+async def on_commit(node: Node, session: Session, req: MCommit) -> MCommitted | ErrorReply:
     """Take ownership of an incoming copy: a move's, or (``from_standby``) the standby's.
 
     A standby is committed only at or above its epoch and only if it has
@@ -322,39 +332,39 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
                  and inc.index == req.index)
     else:
         ready = inc is not None and not inc.standby and inc.created and inc.epoch == req.epoch
-    if not ready:
+    if inc is None or not ready:  # ``ready`` implies an ``inc``
         what = "standby copy" if req.from_standby else "incoming move"
-        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
-                          message=f"no complete {what} of {req.workload} to commit at epoch {req.epoch}"
-                                  f" and operation {req.index}")
+        return error(req.id, MigrationCode.MIGRATION_FAILED,
+                     f"no complete {what} of {req.workload} to commit at epoch {req.epoch}"
+                     f" and operation {req.index}")
     try:
         ledger, life = CallLedger.from_wire(req.ledger), life_from_wire(req.lifecycle)
     except ValueError as exc:
-        return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
+        return error(req.id, MigrationCode.MIGRATION_FAILED, str(exc))
     await crash_point_async("target:before-commit")
     if req.digest is not None:
         try:
             pages = {int(k): [int(p) for p in v] for k, v in dict(req.pages or {}).items()}
         except (TypeError, ValueError):
-            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message="malformed page list")
+            return error(req.id, MigrationCode.MIGRATION_FAILED, "malformed page list")
         ours = await node.run_host(ops.pages_digest, node.host, req.workload, pages)
         if ours != req.digest:
             async with inc.lock:
                 await _drop_incoming(node, svc, inc)
-            return ErrorReply(id=req.id, code=MigrationCode.DIVERGED,
-                              message=f"replay of {req.workload} diverged: the state written since the cut "
-                                      "differs from the source's")
+            return error(req.id, MigrationCode.DIVERGED,
+                         f"replay of {req.workload} diverged: the state written since the cut "
+                         "differs from the source's")
     async with inc.lock:
         if svc.incoming.get(req.workload) is not inc:
-            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED,
-                              message=f"the incoming copy of {req.workload} was replaced")
+            return error(req.id, MigrationCode.MIGRATION_FAILED,
+                         f"the incoming copy of {req.workload} was replaced")
         owned = Owned(req.workload, epoch=req.epoch, ledger=ledger, index=max(req.index, inc.index),
                       record=req.record, lifecycle=life)
         kind = EventKind.COMMIT_STANDBY if req.from_standby else EventKind.COMMIT
         try:
             svc.event(req.workload, Event(kind, req.epoch), owner=owned)
         except OwnershipError as exc:
-            return ErrorReply(id=req.id, code=MigrationCode.MIGRATION_FAILED, message=str(exc))
+            return error(req.id, MigrationCode.MIGRATION_FAILED, str(exc))
         del svc.incoming[req.workload]
         if standby is not None and req.standby_kept:
             feed_kept_copy(node, owned, standby)  # before any operation runs here
@@ -369,7 +379,7 @@ async def on_commit(node, session, req: MCommit) -> MCommitted:
     return MCommitted(id=req.id, epoch=req.epoch)
 
 
-async def on_first_call(node, session, req: MFirstCall) -> MFirstServed:
+async def on_first_call(node: Node, session: Session, req: MFirstCall) -> MFirstServed:
     """How long after the commit at ``epoch`` this node served its first call, waiting up to ``wait_s`` for one.
 
     ``after_s`` is None if no call came in time, or if this node does not
@@ -385,7 +395,7 @@ async def on_first_call(node, session, req: MFirstCall) -> MFirstServed:
     return MFirstServed(id=req.id, after_s=None if first is None else first - owned.committed_s)
 
 
-async def on_abort(node, session, req: MAbort) -> Done:
+async def on_abort(node: Node, session: Session, req: MAbort) -> Done:
     svc = service(node)
     inc = _addressed(svc, req.workload, req.epoch, req.standby)
     if inc is not None:

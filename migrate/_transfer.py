@@ -12,20 +12,26 @@ blackout (``MigrationReport.client_blackout_s`` says how it is estimated).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar, TypeVarTuple
 
 import msgpack
 import trio
 
 import snapshot
-from nodes import NodeError, UnknownModule, crash_point_async
+from nodes import Node, NodeClient, NodeError, UnknownModule, WorkloadInfo, crash_point_async
 
 from . import _chunks
 from . import _hostops as ops
-from ._messages import MFirstCall, MIncoming, MigrationReport
+from ._messages import MFirstCall, MFirstServed, MIncoming, MigrationReport, MMigrate
+from ._precopy import PrecopyPlanner
+from ._replies import expect
 from ._state import FIRST_CALL_WAIT_S
 from ._window import SendWindow, max_pieces
+
+_R = TypeVar("_R")
+_Args = TypeVarTuple("_Args")
 
 
 @dataclass
@@ -38,13 +44,23 @@ class _Handover:
     client_blackout_s: float | None = None
 
 
-def _fits_commit(piece: bytes, ledger_wire, *frame_limits: int) -> bool:
+def _fits_commit(piece: bytes, ledger_wire: dict[str, Any], *frame_limits: int) -> bool:
     """Whether an MCommit carrying ``piece`` and the ledger fits a frame under every limit."""
     return len(piece) + len(msgpack.packb(ledger_wire)) + _chunks.FRAME_OVERHEAD_BYTES <= min(frame_limits)
 
 
 class Transfer:
     """Rounds sent and what they cost; ``Migration`` sets the fields (``_start_figures``)."""
+
+    # The move's, set by ``Migration``:
+    node: Node
+    workload: str
+    epoch: int
+    req: MMigrate
+    planner: PrecopyPlanner
+    clock: Callable[[], float]
+    notes: list[str]
+    settings: dict[str, Any]  # the workload's launch settings, for MIncoming
 
     def _start_figures(self) -> None:
         self.bytes_sent = 0
@@ -64,7 +80,7 @@ class Transfer:
         self.stream_started: float | None = None
         self.started_s = self.clock()
 
-    async def _ask_first_call(self, client) -> None:
+    async def _ask_first_call(self, client: NodeClient) -> None:
         """Ask the new owner when it served its first call, for the client blackout (after the redirect)."""
         h = self.handover
         if h.waiting == 0:
@@ -76,8 +92,8 @@ class Transfer:
         after = None
         with trio.move_on_after(FIRST_CALL_WAIT_S + 1.0):
             try:
-                after = (await client.request(MFirstCall, workload=self.workload, epoch=self.epoch,
-                                              wait_s=FIRST_CALL_WAIT_S)).after_s
+                after = expect(MFirstServed, await client.request(MFirstCall, workload=self.workload, epoch=self.epoch,
+                                                                 wait_s=FIRST_CALL_WAIT_S)).after_s
             except (NodeError, OSError) as exc:
                 self.notes.append(f"the target did not say when it served its first call ({exc}): "
                                   "no client blackout to report")
@@ -88,7 +104,7 @@ class Transfer:
             return
         h.client_blackout_s = h.replied_s - h.last_served_s + after
 
-    async def _ready_target(self, client, module: bytes, info) -> None:
+    async def _ready_target(self, client: NodeClient, module: bytes, info: WorkloadInfo) -> None:
         """Have the target get ready for the copy, storing the module (compiled there if new) if it lacks it.
 
         MIncoming goes first: the target's admission (cordon, memory limit,
@@ -105,7 +121,8 @@ class Transfer:
             await client.ensure_module(module)
             await self._incoming(client, info)
 
-    async def _first_capture_while(self, setup, *args):
+    async def _first_capture_while(self, setup: Callable[[*_Args], Awaitable[None]],
+                                   *args: *_Args) -> snapshot.Snapshot:
         """Start tracking and take the first round's full copy while ``setup(*args)`` readies the target.
 
         The copy took 0.2 s at 256 MiB and about 1 s at 1 GiB; readying the
@@ -117,7 +134,7 @@ class Transfer:
         does not commit).
         """
         failures: list[Exception] = []
-        snap = None
+        snap: snapshot.Snapshot | None = None
 
         async def ready() -> None:
             try:
@@ -136,15 +153,16 @@ class Transfer:
                 nursery.cancel_scope.cancel()
         if failures:
             raise failures[0]
+        assert snap is not None  # nothing failed: the capture returned
         return snap
 
-    async def _incoming(self, client, info) -> None:
+    async def _incoming(self, client: NodeClient, info: WorkloadInfo) -> None:
         """Have the target get ready for a fresh copy; its chunks are numbered from 0."""
         await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
                              app=info.app, epoch=self.epoch, source=self.node.config.name, **self.settings)
         self.chunks_sent = 0
 
-    async def _capture(self, fn, *args):
+    async def _capture(self, fn: Callable[[*_Args], _R], *args: *_Args) -> _R:
         """``fn(*args)`` in the node's host thread, timed as capture."""
         t0 = self.clock()
         self.step = "capture"
@@ -153,7 +171,7 @@ class Transfer:
         finally:
             self.spent["capture"] += self.clock() - t0
 
-    async def _send(self, client, snap: snapshot.Snapshot) -> float:
+    async def _send(self, client: NodeClient, snap: snapshot.Snapshot) -> float:
         """Stream one snapshot to the target as a round; return the seconds it took.
 
         Encoding (zstd) runs in a worker thread, so the node keeps answering
@@ -165,7 +183,7 @@ class Transfer:
         self._sent_round(sum(len(chunk) for chunk in chunks), snap.page_count)
         return self.clock() - t0
 
-    async def _encode(self, client, snap: snapshot.Snapshot) -> list[bytes]:
+    async def _encode(self, client: NodeClient, snap: snapshot.Snapshot) -> list[bytes]:
         """``snap`` encoded in pieces that fit both nodes' frames, in a worker thread."""
         t0 = self.clock()
         self.step = "encode"
@@ -175,7 +193,7 @@ class Transfer:
         finally:
             self.spent["encode"] += self.clock() - t0
 
-    async def _stream(self, client, chunks: list[bytes]) -> None:
+    async def _stream(self, client: NodeClient, chunks: list[bytes]) -> None:
         t0 = self.stream_started = self.clock()
         self.step, self.round_bytes, self.round_streamed = "send", sum(map(len, chunks)), 0
         try:
@@ -213,7 +231,7 @@ class Transfer:
             capture_s=spent["capture"], encode_s=spent["encode"], send_s=spent["send"], commit_s=spent["commit"])
 
 
-async def free_in_thread(holder: list) -> None:
+async def free_in_thread(holder: list[snapshot.Snapshot]) -> None:
     """Empty ``holder``, the only reference to a snapshot, in a worker thread.
 
     A full capture's memory is in anonymous mmaps; unmapping them took 13 to

@@ -180,6 +180,13 @@ SPIN = (b'(module (global $n (mut i32) (i32.const 0)) (func (export "spin") (loo
         b' (global.set $n (i32.add (global.get $n) (i32.const 1))) (global.get $n)))')
 
 
+#: A module whose wm_alloc returns an f64, not an address.
+FLOAT_ALLOC = (b'(module (memory (export "memory") 1)'
+               b' (func (export "wm_alloc") (param i32) (result f64) (f64.const 1024))'
+               b' (func (export "wm_free") (param i32))'
+               b' (func (export "take") (param i32 i32) (result i32) (local.get 1)))')
+
+
 async def _summary(address, tls, workload):
     async with await nodes.NodeClient.connect(address, tls=tls) as client:
         return next(w for w in await client.workloads() if w.workload_id == workload)
@@ -262,6 +269,9 @@ async def test_exports_bytes_and_str_arguments_and_removal_at_the_end_of_a_block
             await plain.call("incr", b"bytes")
         with pytest.raises(TypeError):
             await plain.call("incr", [1])
+        floating = await cluster.spawn(wasmtime.wat2wasm(FLOAT_ALLOC), on="edge-1")
+        with pytest.raises(TypeError, match="returned 1024.0, not an address"):
+            await floating.call("take", b"bytes")
         async with plain.removing():
             assert await plain.call("incr") == 1
         async with await nodes.NodeClient.connect(str(edge.address), tls=tls) as client:

@@ -23,6 +23,7 @@ import snapshot
 import workloads
 from migrate import _chunks
 from migrate import _protect
+from migrate._ledger import CallLedger
 from migrate._messages import MAlign, MCheckpoint, MCheckpointPart, MChunk, MCommit, MIncoming
 from migrate._state import MAX_CHUNKS_AHEAD, MAX_PARTS_AHEAD
 from nodes import NodeError
@@ -161,6 +162,24 @@ async def test_a_stream_that_does_not_decode_drops_the_copy(node_procs, cluster_
             await _chunks.send(target, [b"not a snapshot" * 100, b"more"], workload="copy-1", epoch=1)
         with pytest.raises(NodeError, match="no incoming move"):
             await target.request(MChunk, workload="copy-1", epoch=1, data=b"x", seq=2)
+
+
+async def test_a_commit_whose_copy_is_dropped_while_it_waits_is_refused_as_a_moves(node_procs, cluster_tls):
+    """A commit carrying the final round's last piece waits for the chunk before it; that chunk does not
+    decode, which drops the copy, so the commit is refused: for an incoming move, not a standby copy
+    (an MCommit's ``standby`` names the node the new owner would feed)."""
+    node_procs.start("edge-1", "edge")
+    async with _connect(node_procs, cluster_tls) as c:
+        target = await c.client(c.address_of("edge-1"))
+        sha = await target.ensure_module(workloads.load("kvstore"))
+        await target.request(MIncoming, workload="copy-1", module_sha256=sha, app="default", epoch=1, source="test")
+        commit = await target.send_request(MCommit, workload="copy-1", epoch=1, ledger=CallLedger().to_wire(),
+                                           calls=0, data=b"the last piece", seq=1, standby="127.0.0.1:9")
+        await target.ping()  # answered after the commit was served up to its wait for chunk 0
+        with pytest.raises(NodeError, match="bad snapshot stream"):
+            await target.request(MChunk, workload="copy-1", epoch=1, data=b"not a snapshot" * 100, seq=0)
+        with pytest.raises(NodeError, match="no incoming move of copy-1 at epoch 1"):
+            await commit.reply()
 
 
 async def test_a_fetch_refused_mid_stream_keeps_the_previous_checkpoint(node_procs, cluster_tls, monkeypatch):
