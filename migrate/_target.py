@@ -20,10 +20,8 @@ from ._admission import _incoming_refused
 from ._codes import MigrationCode
 from ._cordon import refusal as cordon_refusal
 from ._ledger import CallLedger
-from ._life_node import from_wire as life_from_wire
-from ._life_node import managed
-from ._messages import (MAbort, MAlign, MChunk, MCommit, MCommitted, MFirstCall, MFirstServed, MIncoming,
-                        MReplay)
+from ._life_node import from_wire as life_from_wire, managed
+from ._messages import MAbort, MAlign, MChunk, MCommit, MCommitted, MFirstCall, MFirstServed, MIncoming, MReplay
 from ._oplog import divergence, replayed_call
 from ._owner import _run
 from ._ownership_events import Drop, Event, EventKind, OwnershipError, Peer
@@ -217,9 +215,7 @@ async def _take_chunk(node: Node, svc: MigrationService, inc: Incoming, req: MCh
 
 def _of_standby(req: MChunk | MReplay | MCommit) -> bool:
     """Whether ``req`` addresses a standby copy; a commit's chunk or calls go to an incoming move.
-
-    (An MCommit's ``standby`` is the address of the standby the new owner feeds.)
-    """
+    (An MCommit's ``standby`` is the address of the standby the new owner feeds.)"""
     return False if isinstance(req, MCommit) else req.standby
 
 
