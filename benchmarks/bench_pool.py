@@ -188,7 +188,7 @@ def measure_throughput(seconds: float) -> dict[str, object]:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as data, Host(Path(data), limits=Limits(call_timeout_s=10.0)) as host:
         sha = host.add_module(wasmtime.wat2wasm(_SPIN_WAT))
-        pool = InstancePool(host, sha, name="bench", init=None, max_instances=cores, idle_s=3600)
+        pool = InstancePool(host, sha, name="bench", app="bench", init=None, max_instances=cores, idle_s=3600)
         params = pool.check_call("spin", (SPIN,))
         for slot in range(cores):
             pool.call(slot, "spin", params)  # start every instance before timing

@@ -11,7 +11,9 @@ to ``max_per_node``, and drops them when idle.
 
 Retries.  A call is sent again, to another node, when its node fails
 before answering: the connection could not be made or broke, or the node
-said it is shutting down.  The first node may have run the call; running
+said it is shutting down, or when its node refused it for a quota
+(``ResourceLimitExceeded``: the instance it needed would pass the node's
+or the tenant's limits there; nothing ran).  The first node may have run the call; running
 it again cannot apply it twice, because everything a pool call can change
 is its instance's state, and that instance is reset or dropped before any
 other call uses it: nothing of the first run survives it.  A node that
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from nodes import ConnectionFailed, NodeShuttingDown, RemoteNodeError, check_call_args
+from nodes import ConnectionFailed, NodeShuttingDown, RemoteNodeError, ResourceLimitExceeded, check_call_args
 
 from . import _nodes
 from ._discover import resolve
@@ -90,19 +92,25 @@ class Pool:
 
         Returns None, one value or a tuple, as ``Handle.call``.  Raises the
         call's own errors (``WorkloadTrap``, ``UnknownExport``,
-        ``BadArguments``, ``DeadlineExceeded``) and ``WorkloadUnavailable``
-        (``ran`` None: a node may have run it) when every node failed.
+        ``BadArguments``, ``DeadlineExceeded``), ``ResourceLimitExceeded``
+        when every node refused it for a quota (nothing ran), and
+        ``WorkloadUnavailable`` (``ran`` None: a node may have run it) when
+        every node failed.
         """
         if not isinstance(export, str):
             raise TypeError(f"export must be a str, got {type(export).__name__}")
         check_call_args(args)
         tried: set[str] = set()
         failures: list[str] = []
+        refusal: ResourceLimitExceeded | None = None
         while True:
             node = self._pick(tried)
+            if node is None and refusal is not None and not failures:
+                raise refusal  # every node refused it: nothing ran anywhere
             if node is None:
+                why = failures + ([f"refused: {refusal}"] if refusal is not None else [])
                 raise WorkloadUnavailable(f"no node of pool {self.name!r} answered {export!r}: "
-                                          f"{'; '.join(failures) or 'it is open on no node'}", ran=None)
+                                          f"{'; '.join(why) or 'it is open on no node'}", ran=None)
             address = self.nodes[node]
             self._in_flight[node] += 1
             try:
@@ -114,6 +122,11 @@ class Pool:
                 failures.append(f"{node}: {exc}")
                 self.retries += 1
                 logger.info("pool call failed on %s, retrying elsewhere: %s", node, exc)
+                continue
+            except ResourceLimitExceeded as exc:  # that node is full for this tenant: nothing ran
+                tried.add(node)
+                refusal = exc
+                logger.info("pool call refused on %s, trying elsewhere: %s", node, exc)
                 continue
             finally:
                 self._in_flight[node] -= 1

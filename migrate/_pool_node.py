@@ -83,7 +83,7 @@ async def on_open(node: Node, session: Session, req: MPoolOpen) -> MPoolInfo:
             return _info(req.id, entry)
         if len(svc.pools) >= MAX_POOLS:
             raise ResourceLimitExceeded("pools", len(svc.pools) + 1, MAX_POOLS, f"pools on {node.config.name}")
-        pool = await node.run_host(InstancePool, node.host, req.module_sha256, name=req.pool,
+        pool = await node.run_host(InstancePool, node.host, req.module_sha256, name=req.pool, app=req.app,
                                    init=req.init or None, max_instances=req.max_instances, idle_s=req.idle_s)
         entry = svc.pools[key] = _Entry(pool, req.module_sha256, req.init, list(range(req.max_instances))[::-1],
                                         trio.Semaphore(req.max_instances))

@@ -14,6 +14,13 @@ was dropped, the tracker failed) is dropped; the slot's next call starts
 a fresh one.  ``trim`` drops the instances idle longer than ``idle_s``:
 a pool nobody calls holds no instance, only the captured state.
 
+Each instance, while it exists (the two made to initialise the pool too),
+counts against the host's limits as a workload of the pool's ``app``
+does: the workload counts and the memory caps of the node and of the
+tenant (``nodes._registry``).  A call that would pass one is refused with
+``ResourceLimitExceeded`` before anything runs; idle instances trimmed
+give their room back.
+
 The caller runs one call per slot at a time (the node keys its fair
 executor by slot); different slots run in parallel.
 """
@@ -73,10 +80,11 @@ class InstancePool:
     non-function references) or ``BadArguments``.
     """
 
-    def __init__(self, host: Host, module_sha256: str, *, name: str, init: str | None, max_instances: int,
-                 idle_s: float) -> None:
+    def __init__(self, host: Host, module_sha256: str, *, name: str, app: str, init: str | None,
+                 max_instances: int, idle_s: float) -> None:
         self.module = module = host._modules.get(module_sha256)
         self.name = name
+        self.app = app
         self.max_instances = max_instances
         self.idle_s = idle_s
         self._host = host
@@ -90,7 +98,12 @@ class InstancePool:
         if init is not None and init not in module.signatures:
             raise UnknownExport(f"module {module_sha256[:16]}… has no callable export {init!r} to initialise with")
         fresh = self._instantiate("fresh")
-        booted = self._instantiate("init")
+        try:
+            booted = self._instantiate("init")
+        except BaseException:
+            self._release(fresh, "fresh")
+            shutil.rmtree(self._directory, ignore_errors=True)
+            raise
         try:
             booted.first_boot()
             if init is not None:
@@ -105,16 +118,30 @@ class InstancePool:
             shutil.rmtree(self._directory, ignore_errors=True)
             raise
         finally:
-            for w in (fresh, booted):
-                w.release()
+            self._release(fresh, "fresh")
+            self._release(booted, "init")
+
+    def _claim(self, label: str) -> str:
+        """The registry id an instance's claim is kept under: no workload id has a ':'."""
+        return f"pool:{self._directory.name}:{label}"
 
     def _instantiate(self, label: str) -> Workload:
+        """A new instance, claimed under the host's and tenant's limits.  Raises ``ResourceLimitExceeded``."""
         directory = self._directory / label
         directory.mkdir(parents=True, exist_ok=True)
         host = self._host
-        return instantiate(host.engine, self.module, host.limits, host._guest_time,
-                           workload_id=f"{self.name}.{label}", app="pool", memory_limit_bytes=self._cap,
-                           args=(), env={}, preopen=None, directory=directory)
+        host.registry.reserve(self._claim(label), self.app, self._cap)
+        try:
+            return instantiate(host.engine, self.module, host.limits, host._guest_time,
+                               workload_id=f"{self.name}.{label}", app=self.app, memory_limit_bytes=self._cap,
+                               args=(), env={}, preopen=None, directory=directory)
+        except BaseException:
+            host.registry.unclaim(self._claim(label))
+            raise
+
+    def _release(self, w: Workload, label: str) -> None:
+        w.release()
+        self._host.registry.unclaim(self._claim(label))
 
     def check_call(self, export: object, args: Sequence[int | float]) -> list[int | float]:
         """The call's parameters, converted.  Raises ``UnknownExport`` or ``BadArguments``."""
@@ -148,7 +175,7 @@ class InstancePool:
             with w.touching_state("start from the pool's state"):
                 resettable = snapshot.Resettable(self.pristine, *w.awake())
         except BaseException:
-            w.release()
+            self._release(w, f"slot{slot}")
             raise
         with self._lock:
             self._slots[slot] = (w, resettable)
@@ -179,7 +206,7 @@ class InstancePool:
             w, resettable = held
             resettable.close()
             with w.lock:
-                w.release()
+                self._release(w, f"slot{slot}")
 
     def idle_slots(self, now: float) -> list[int]:
         """The slots whose instance has been idle longer than ``idle_s`` (at ``now``, time.monotonic)."""

@@ -12,7 +12,9 @@ import wasmtime
 
 import migrate
 from migrate._pool_messages import UNKNOWN_POOL, MPoolCall
-from nodes import Forbidden, NodeClient, RemoteNodeError, UnknownExport, UnsupportedImports, WorkloadTrap
+import workloads
+from nodes import (Forbidden, NodeClient, RemoteNodeError, ResourceLimitExceeded, UnknownExport, UnsupportedImports,
+                   WorkloadTrap)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nodes"))
 from pool_wat import PRISTINE, pool_module  # noqa: E402
@@ -93,3 +95,35 @@ async def test_pool_errors_are_typed(node_procs, cluster_tls):
                 await other.request(MPoolCall, pool=pool.name, export="bump", args=(1,))
             assert refused.value.code == UNKNOWN_POOL
         await pool.close()
+
+
+async def test_a_node_at_its_quota_sends_pool_calls_elsewhere_and_a_full_cluster_refuses(node_procs, cluster_tls):
+    quota = ["--max-workloads-per-app", "2"]  # every pool instance counts as a workload of its app
+    edge = node_procs.start("edge-1", "edge", args=quota)
+    cloud = node_procs.start("cloud-1", "cloud", args=quota)
+    async with migrate.connect(str(edge.address), str(cloud.address), tls=cluster_tls.issue("app-1", "node")) as c:
+        pool = await c.pool(pool_module(), init="init", max_per_node=2, nodes=["edge-1", "cloud-1"], idle_s=0.5)
+        alone = await c.pool(pool_module(), init="init", max_per_node=2, nodes=["edge-1"])
+        plain = await c.spawn(workloads.load("counter"), on="edge-1")  # edge-1 has room for one instance now
+        answered: list[int] = []
+
+        async def caller() -> None:
+            for _ in range(5):
+                answered.append(await pool.call("spin", SPIN))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(caller)
+        assert answered == [SPIN] * 20  # none lost to a refusal: refused calls ran on the other node
+        stats = await pool.stats()
+        assert stats["edge-1"].instances <= 1 and stats["cloud-1"].calls > 0
+        assert stats["edge-1"].calls + stats["cloud-1"].calls == 20
+
+        with trio.fail_after(10):
+            while (await pool.stats())["edge-1"].instances:  # idle: its instance gives its room back
+                await trio.sleep(0.2)
+        await c.spawn(workloads.load("counter"), on="edge-1")  # edge-1 is full now
+        with pytest.raises(ResourceLimitExceeded, match="max_workloads_per_app"):
+            await alone.call("bump", 1)  # its only node refused it: nothing ran
+        assert (await alone.stats())["edge-1"].calls == 0
+        assert await plain.call("incr", 1) == 1

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from nodes import BadArguments, Host, InstancePool, InvalidModule, Limits, UnknownExport, WorkloadTrap
+from nodes import (BadArguments, Host, InstancePool, InvalidModule, Limits, ResourceLimitExceeded, UnknownExport,
+                   WorkloadTrap)
 from pool_wat import PRISTINE, pool_module
 
 FAST = Limits(call_timeout_s=5.0)
@@ -25,8 +26,8 @@ def sha(host):
 
 
 def _pool(host, sha, **kw):
-    return InstancePool(host, sha, name="p", init=kw.pop("init", "init"), max_instances=kw.pop("max_instances", 2),
-                        idle_s=kw.pop("idle_s", 30.0))
+    return InstancePool(host, sha, name="p", app=kw.pop("app", "app-1"), init=kw.pop("init", "init"),
+                        max_instances=kw.pop("max_instances", 2), idle_s=kw.pop("idle_s", 30.0))
 
 
 def test_every_call_sees_the_state_init_left_and_nothing_a_call_left(host, sha):
@@ -99,3 +100,35 @@ def test_tables_of_other_references_cannot_be_pooled(host):
     wasm = wasmtime.wat2wasm('(module (table 1 externref) (func (export "f")))')
     with pytest.raises(InvalidModule, match="cannot be pooled"):
         _pool(host, host.add_module(wasm), init=None)
+
+
+def test_instances_count_against_the_tenant_and_node_limits(tmp_path):
+    """Each instance is a workload of the pool's app for the quotas: a call past one is refused before it runs."""
+    limits = Limits(call_timeout_s=5.0, max_workloads_per_app=3, memory_bytes=16 << 20,
+                    workloads_memory_bytes=80 << 20)
+    with Host(tmp_path, limits=limits) as h:
+        sha = h.add_module(pool_module())
+        h.deploy(sha, workload_id="plain", app="app-1")
+        h.deploy(sha, workload_id="plain-2", app="app-1")
+        with pytest.raises(ResourceLimitExceeded, match="max_workloads_per_app"):
+            _pool(h, sha, max_instances=4)  # initialising takes two instances at once: 2 + 2 > 3
+        h.deploy(sha, workload_id="plain-3", app="app-1")  # the refused pool kept no claim
+    with Host(tmp_path / "2", limits=limits) as h:
+        sha = h.add_module(pool_module())
+        pool = _pool(h, sha, max_instances=4)  # init's two instances are given back
+        h.deploy(sha, workload_id="plain", app="app-1")
+        bump = pool.check_call("bump", (1,))
+        assert pool.call(0, "bump", bump) == PRISTINE and pool.call(1, "bump", bump) == PRISTINE
+        with pytest.raises(ResourceLimitExceeded, match="max_workloads_per_app"):
+            pool.call(2, "bump", bump)  # plain + two instances: the tenant's three
+        assert pool.stats().calls == 2 and not pool.has_instance(2)
+        other = _pool(h, sha, app="app-2", max_instances=1)  # another tenant has its own count
+        assert other.call(0, "bump", bump) == PRISTINE  # 4 x 16 MiB claimed now
+        h.deploy(sha, workload_id="big", app="app-3")
+        with pytest.raises(ResourceLimitExceeded, match="workloads_memory_bytes"):
+            h.deploy(sha, workload_id="big-2", app="app-3")  # 6 x 16 MiB > 80 MiB
+        pool.trim([0, 1])  # idle instances give their room back
+        assert pool.call(2, "bump", bump) == PRISTINE
+        h.deploy(sha, workload_id="big-2", app="app-3")
+        other.close()
+        pool.close()
