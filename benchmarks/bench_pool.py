@@ -5,9 +5,15 @@ Three phases, each with its reference measured in the same run:
 * **Start.** QuickJS-NG's reactor (the test dependency
   ``qjs-wasi-reactor.wasm``), whose init is the JS runtime's start-up
   (``_initialize`` then ``qjs_init``).  Cold: instantiate, first boot,
-  ``qjs_init``.  From the pool's state: instantiate, then
-  ``snapshot.Resettable`` writes the pages, globals and tables init
-  changed and arms the dirty tracker.  Same engine settings as a node.
+  ``qjs_init``.  Two ways a pool gets a pristine instance for a call,
+  each against that cold reference: a new instance from the pool's state
+  (instantiate, then ``snapshot.Resettable`` writes the pages, globals and
+  tables init changed and arms the dirty tracker), and the reset of a used
+  one after a small JS eval (what a warm pool does before each call).
+  Both with the module given to ``Pristine`` (its tables, which QuickJS's
+  code never writes, are then neither read at a start nor compared at a
+  reset) and, as the reference for that, without.  Same engine settings
+  as a node.
 * **Throughput.** A CPU-bound call (a loop of ``SPIN`` iterations) through
   ``nodes.InstancePool.call``, reset included, from 1 thread on 1 slot
   (the reference) and from ``cores`` threads on as many slots.
@@ -87,7 +93,8 @@ class _Module:
         self.engine = engine
         linker = wasmtime.Linker(engine)
         linker.define_wasi()
-        self.pre = linker.instantiate_pre(wasmtime.Module(engine, snapshot.prepare(wasm)))
+        self.prepared = snapshot.prepare(wasm)
+        self.pre = linker.instantiate_pre(wasmtime.Module(engine, self.prepared))
 
     def instance(self) -> tuple[wasmtime.Store, wasmtime.Instance]:
         store = wasmtime.Store(self.engine)
@@ -115,12 +122,16 @@ def measure_start(engine: wasmtime.Engine, rounds: int) -> dict[str, object]:
     store, instance = cold()
     after_init = snapshot.capture(store, instance)
     store, instance = qjs.instance()
-    pristine = snapshot.Pristine(after_init, snapshot.capture(store, instance))
-    cold_s, cold_wrapped_s, pooled_s = [], [], []
+    fresh = snapshot.capture(store, instance)
+    pristine = snapshot.Pristine(after_init, fresh, module=qjs.prepared)
+    compared = snapshot.Pristine(after_init, fresh)  # every table read at a start, compared at a reset
+    cold_s, cold_wrapped_s, pooled_s, compared_s = [], [], [], []
     for _ in range(rounds):
         store, instance = qjs.instance()
-        resettable = snapshot.Resettable(pristine, store, instance)  # learns the export positions once
-        resettable.close()
+        snapshot.Resettable(pristine, store, instance).close()  # learns the export names once
+        # Each timed region starts with no instance of the previous one left
+        # to drop: freeing a used instance is not part of starting one.
+        store = instance = None
         t0 = time.perf_counter()
         store, instance = qjs.instance()
         snapshot.first_boot(store, instance)
@@ -128,23 +139,32 @@ def measure_start(engine: wasmtime.Engine, rounds: int) -> dict[str, object]:
         if init(store) != 0:
             raise RuntimeError("qjs_init failed")
         cold_s.append(time.perf_counter() - t0)
+        store = instance = init = None
         t0 = time.perf_counter()
         cold()
         cold_wrapped_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        store, instance = qjs.instance()
-        started = snapshot.Resettable(pristine, store, instance)
-        pooled_s.append(time.perf_counter() - t0)
-        assert started.exports["qjs_get_context"](store) != 0  # the JS context init made is there
-        started.close()
+        for which, samples in ((pristine, pooled_s), (compared, compared_s)):
+            t0 = time.perf_counter()
+            store, instance = qjs.instance()
+            started = snapshot.Resettable(which, store, instance)
+            samples.append(time.perf_counter() - t0)
+            assert started.exports["qjs_get_context"](store) != 0  # the JS context init made is there
+            started.close()
+            store = instance = started = None
     reset_s, _ = _after_eval(qjs, pristine, rounds, items=10)
+    reset_compared_s, _ = _after_eval(qjs, compared, rounds, items=10)
     grown_s, dropped = _after_eval(qjs, pristine, rounds, items=1000)
     cold_ms, pooled_ms, reset_ms = _median_ms(cold_s), _median_ms(pooled_s), _median_ms(reset_s)
     wrapped_ms = _median_ms(cold_wrapped_s)
+    compared.close()
     return {"module_bytes": path.stat().st_size, "memory_bytes": pristine.memory_bytes,
             "pages_written_at_start": sum(len(p) for p in pristine.start_pages),
+            "table_elements_never_compared": sum(len(t.elements) for t in after_init.tables
+                                                 if t.index in pristine.fixed_tables),
             "cold_instantiate_and_init_ms": cold_ms, "cold_with_every_export_wrapped_ms": wrapped_ms,
             "start_from_pool_state_ms": pooled_ms, "reset_after_small_js_eval_ms": reset_ms,
+            "start_tables_compared_ms": _median_ms(compared_s),
+            "reset_tables_compared_ms": _median_ms(reset_compared_s),
             "after_large_js_eval_ms": _median_ms(grown_s), "large_eval_instances_dropped": dropped,
             "start_speedup": round(cold_ms / pooled_ms, 1), "reset_speedup": round(cold_ms / reset_ms, 1),
             "start_speedup_vs_wrapped": round(wrapped_ms / pooled_ms, 1), "rounds": rounds}
@@ -271,13 +291,19 @@ def markdown(result: dict[str, object]) -> str:
         lines.append(f"| start | skipped: {start['skipped']} | | |")
     else:
         cold = f"cold instantiate + init {start['cold_instantiate_and_init_ms']} ms"
+        skipped = f"{start['table_elements_never_compared']} table elements never read"
         lines += [
-            f"| QuickJS instance from the pool's state ({start['pages_written_at_start']} pages written) "
+            f"| a pristine QuickJS instance for a call: a new one from the pool's state "
+            f"({start['pages_written_at_start']} pages written, {skipped}) "
             f"| {start['start_from_pool_state_ms']} ms | {cold} | {start['start_speedup']}x faster |",
             f"| the same | | cold, every export wrapped (wasmtime-py's `exports()`) "
             f"{start['cold_with_every_export_wrapped_ms']} ms | {start['start_speedup_vs_wrapped']}x faster |",
-            f"| QuickJS reset after a small JS eval (10 objects) | {start['reset_after_small_js_eval_ms']} ms | {cold} "
+            f"| the same, tables read (no module given to `Pristine`) | {start['start_tables_compared_ms']} ms | | |",
+            f"| a pristine QuickJS instance for a call: the reset of a used one, after a small JS eval "
+            f"(10 objects; {skipped}) | {start['reset_after_small_js_eval_ms']} ms | {cold} "
             f"| {start['reset_speedup']}x faster |",
+            f"| the same, tables compared (no module given to `Pristine`) | {start['reset_tables_compared_ms']} ms "
+            f"| | |",
             f"| QuickJS after a JS eval of 1,000 objects (memory grew: {start['large_eval_instances_dropped']} of "
             f"{start['rounds']} instances dropped and started again) | {start['after_large_js_eval_ms']} ms | | |"]
     lines.append(f"| calls/s on {tp['cores']} slots ({tp['cores']} threads) | {tp['all_slots_calls_per_s']} "

@@ -111,7 +111,8 @@ class InstancePool:
                     booted.run(init, convert_args(init, module.signatures[init], ()), None)
             captured = booted.capture()
             try:
-                self.pristine = snapshot.Pristine(captured, fresh.capture())
+                self.pristine = snapshot.Pristine(captured, fresh.capture(),
+                                                  module=host._modules.wasm_bytes(module_sha256))
             except snapshot.SnapshotError as exc:
                 raise InvalidModule(f"module {module_sha256[:16]}… cannot be pooled: {exc}") from exc
         except BaseException:

@@ -14,7 +14,11 @@ running the initialisation again, and goes back to it after each call.
   each use wrote; ``reset`` copies exactly those back from the pristine
   image, so its cost follows the pages written, not the memory size.
   Globals are compared and rewritten, tables compared element by element
-  (raw references, no Python objects) and rewritten if they differ.
+  (raw references, no Python objects) and rewritten if they differ.  Given
+  the module's bytes, ``Pristine`` finds the tables no instruction of the
+  module writes and that it does not export (``_tablewrites``): those keep
+  their elements for the instance's life, so neither a start nor a reset
+  reads them.  (The host must not write them either; the pool never does.)
   What cannot be undone in place (a memory or table that grew, a passive
   segment dropped) raises ``NotResettable``: the instance is to be dropped
   and a fresh one started.
@@ -27,6 +31,7 @@ freed heap blocks) counts as changed pages too.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import mmap
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -40,9 +45,11 @@ from ._dirty import DirtyTracker, open_tracker
 from ._errors import LocalSnapshotError, ModuleMismatchError
 from ._instance import func_tables, layout, memory_view, read_dropped, read_globals, record_state_id
 from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, page_ranges
+from ._prepare import PREFIX, module_digest, prepare
 from ._restore import _write_global
 from ._snapshot import Snapshot
 from ._state import NUMERIC_BITS
+from ._tablewrites import fixed_tables
 
 __all__ = ["NotResettable", "Pristine", "Reset", "Resettable"]
 
@@ -86,6 +93,27 @@ def _differing_pages(a: mmap.mmap, b: Snapshot, index: int, size: int) -> list[i
         other.close()
 
 
+#: sha256 of module bytes given to a Pristine -> (the prepared module's digest, its fixed tables):
+#: preparing and scanning QuickJS's 1.5 MB takes about 80 ms, hashing it 1 ms.
+_scanned: dict[str, tuple[str, frozenset[int]]] = {}
+_SCANNED_MAX = 64
+
+
+def _fixed(module: bytes, digest: str) -> frozenset[int]:
+    """The tables of ``module`` (original or prepared, of digest ``digest``) that nothing can write."""
+    key = hashlib.sha256(module).hexdigest()
+    found = _scanned.get(key)
+    if found is None:
+        prepared = prepare(module)  # a prepared module comes back as it is
+        found = (module_digest(prepared), fixed_tables(prepared))
+        if len(_scanned) >= _SCANNED_MAX:
+            _scanned.clear()
+        _scanned[key] = found
+    if found[0] != digest:
+        raise ModuleMismatchError("the module given is not the one the snapshots are of")
+    return found[1]
+
+
 def _export_indices(store: wasmtime.Store, instance: wasmtime.Instance) -> dict[str, int]:
     """Each export's name and position; the same for every instance of one module."""
     out: dict[str, int] = {}
@@ -100,27 +128,33 @@ def _export_indices(store: wasmtime.Store, instance: wasmtime.Instance) -> dict[
 
 
 class _Exports:
-    """An instance's exports fetched one by one, by position: what ``layout`` and a call need.
+    """An instance's exports fetched one by one, by name: what ``layout`` and a call need.
 
     ``instance.exports(store)`` wraps every export first: 3 ms for QuickJS's
-    298, more than starting the instance from the pristine state.
+    298, more than starting the instance from the pristine state.  By name,
+    not by position: wasmtime finds the n-th export by walking the n before
+    it (16 us for QuickJS's last export, against 1.4 us by name).  ``keys``
+    names only the exports ``prepare`` added (``__wm_``), the only ones
+    ``layout`` looks for, so that it does not go through all 298 names.
     """
 
-    def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance, indices: dict[str, int]) -> None:
-        self._store, self._instance, self._indices = store, instance, indices
+    def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance, pristine: Pristine) -> None:
+        if pristine.export_indices is None:
+            pristine.export_indices = _export_indices(store, instance)
+            pristine.state_exports = tuple(n for n in pristine.export_indices if n.startswith(PREFIX))
+        self._store, self._instance = store, instance
+        self._indices, self._names = pristine.export_indices, pristine.state_exports
 
     def keys(self) -> Iterable[str]:
-        return self._indices.keys()
+        return self._names
 
     def get(self, name: str, default: Any = None) -> Any:
-        index = self._indices.get(name)
-        if index is None:
+        if name not in self._indices:
             return default
         item = ffi.wasmtime_extern_t()
-        name_ptr = ctypes.POINTER(ctypes.c_char)()
-        name_len = ctypes.c_size_t(0)
-        if not ffi.wasmtime_instance_export_nth(self._store._context(), ctypes.byref(self._instance._instance), index,
-                                                ctypes.byref(name_ptr), ctypes.byref(name_len), ctypes.byref(item)):
+        raw = name.encode()
+        if not ffi.wasmtime_instance_export_get(self._store._context(), ctypes.byref(self._instance._instance),
+                                                raw, len(raw), ctypes.byref(item)):
             return default
         return wrap_extern(item)
 
@@ -134,12 +168,15 @@ class _Exports:
 class Pristine:
     """The state pristine instances start in and return to.
 
-    Raises ModuleMismatchError if the snapshots are of different modules,
-    and NotResettable if a snapshot is a delta or holds tables of other
-    than function references (their raw values cannot be compared).
+    ``module``: the bytes of the module both snapshots are of, original or
+    prepared (None: every table is compared at each reset).
+    Raises ModuleMismatchError if the snapshots (or ``module``) are of
+    different modules, and NotResettable if a snapshot is a delta or holds
+    tables of other than function references (their raw values cannot be
+    compared).
     """
 
-    def __init__(self, after_init: Snapshot, fresh: Snapshot) -> None:
+    def __init__(self, after_init: Snapshot, fresh: Snapshot, *, module: bytes | None = None) -> None:
         if after_init.is_delta or fresh.is_delta:
             raise NotResettable("pristine states are full snapshots, not deltas")
         if after_init.module_sha256 != fresh.module_sha256:
@@ -152,9 +189,13 @@ class Pristine:
         self.sizes = [m.size_bytes for m in after_init.memories]
         self.start_pages = [_differing_pages(img, fresh, i, size)
                             for i, (img, size) in enumerate(zip(self.images, self.sizes))]
+        self._start_ranges = [page_ranges(pages) for pages in self.start_pages]
         self.export_indices: dict[str, int] | None = None  # learnt from the first instance
+        self.state_exports: tuple[str, ...] = ()  # the __wm_ names among them
         self.tables_from_init = after_init.tables != fresh.tables
         self.dropped_by_init = after_init.dropped != fresh.dropped
+        #: Tables nothing can write once the instance exists: never read by a start or a reset.
+        self.fixed_tables = frozenset() if module is None else _fixed(module, after_init.module_sha256)
 
     @property
     def memory_bytes(self) -> int:
@@ -178,25 +219,27 @@ class Resettable:
         self._p = pristine
         self._store = store
         self._instance = instance
-        if pristine.export_indices is None:
-            pristine.export_indices = _export_indices(store, instance)
-        self.exports = _Exports(store, instance, pristine.export_indices)
+        self.exports = _Exports(store, instance, pristine)
         self._lay = lay = layout(store, instance, self.exports)
         if lay.digest != pristine.snapshot.module_sha256:
             raise ModuleMismatchError("the instance runs another module than the pristine state")
         snap = pristine.snapshot
-        for (_, memory), size, image, pages in zip(lay.memories, pristine.sizes, pristine.images,
-                                                   pristine.start_pages):
+        for (_, memory), size, image, ranges in zip(lay.memories, pristine.sizes, pristine.images,
+                                                    pristine._start_ranges):
             grow = (size - memory.data_len(store)) // WASM_PAGE_BYTES
             if grow:
                 memory.grow(store, grow)
-            self._write_pages(memory, image, pages)
+            ptr, _ = memory_view(store, memory)
+            src = ctypes.addressof(ctypes.c_char.from_buffer(image))
+            for a, b in ranges:  # every one differs from a fresh instance's: copied without comparing
+                ctypes.memmove(ptr + a * PAGE_BYTES, src + a * PAGE_BYTES, (b - a) * PAGE_BYTES)
         self._write_globals()
         if lay.segments is not None and pristine.dropped_by_init:
             lay.segments.apply(store, snap.dropped)
         if pristine.tables_from_init:
             self._write_tables()
         record_state_id(instance, snap.state_id)
+        self._watched = [slot for slot in lay.tables if slot.index not in pristine.fixed_tables]
         self._tables = self._raw_tables()
         self._trackers: list[DirtyTracker] = []
         try:
@@ -217,9 +260,7 @@ class Resettable:
     @staticmethod
     def fetch_export(pristine: Pristine, store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> Any:
         """Export ``name`` of an instance of the pristine module, fetched alone (after one ``Resettable`` was made)."""
-        if pristine.export_indices is None:
-            pristine.export_indices = _export_indices(store, instance)
-        return _Exports(store, instance, pristine.export_indices)[name]
+        return _Exports(store, instance, pristine)[name]
 
     def _write_pages(self, memory: wasmtime.Memory, image: mmap.mmap, pages: Iterable[int]) -> tuple[int, int]:
         """Copy ``pages`` (sorted) from ``image`` into ``memory``; return (pages written, pages that differed)."""
@@ -251,12 +292,15 @@ class Resettable:
             slot.write(self._store, ts.elements, funcs)
 
     def _raw_tables(self) -> list[bytes]:
-        """Each table's elements as raw references: 17 bytes each, the same for the same function."""
+        """Each table's elements as raw references: 17 bytes each, the same for the same function.
+
+        Only the tables something may write (not in ``Pristine.fixed_tables``).
+        """
         out = []
         raw = ffi.wasmtime_val_t()
         get, ref = ffi.wasmtime_table_get, ctypes.byref(raw)
         context = self._store._context()
-        for slot in self._lay.tables:
+        for slot in self._watched:
             table = ctypes.byref(slot.handle._table)
             parts = bytearray()
             for i in range(slot.handle.size(self._store)):

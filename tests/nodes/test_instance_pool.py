@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import wasmtime
 
 from nodes import (BadArguments, Host, InstancePool, InvalidModule, Limits, ResourceLimitExceeded, UnknownExport,
                    WorkloadTrap)
@@ -36,6 +37,25 @@ def test_every_call_sees_the_state_init_left_and_nothing_a_call_left(host, sha):
     assert [pool.call(0, "bump", bump) for _ in range(4)] == [PRISTINE] * 4
     stats = pool.stats()
     assert stats.calls == 4 and stats.started == 1 and stats.left_state == 4 and stats.discarded == 0
+    assert 0 not in pool.pristine.fixed_tables  # "bump" writes the table: it is compared at every reset
+    pool.close()
+
+
+def test_a_table_the_code_never_writes_is_not_compared_and_calls_still_see_it(host):
+    sha = host.add_module(wasmtime.wat2wasm("""
+      (module
+        (memory (export "memory") 1)
+        (table $t 2 funcref)
+        (elem (table $t) (i32.const 0) func $one $two)
+        (func $one (result i32) (i32.const 1))
+        (func $two (result i32) (i32.const 2))
+        (func (export "init") (i32.store (i32.const 0) (i32.const 40)))
+        (func (export "call") (param i32) (result i32)
+          (i32.store (i32.const 0) (i32.add (i32.load (i32.const 0)) (call_indirect (result i32) (local.get 0))))
+          (i32.load (i32.const 0))))"""))
+    pool = _pool(host, sha)
+    assert 0 in pool.pristine.fixed_tables
+    assert [pool.call(0, "call", [k % 2]) for k in range(4)] == [41, 42, 41, 42]
     pool.close()
 
 
