@@ -141,13 +141,14 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
             # zero (the runs then overwrite their own pages).
             if old:
                 _clear(ptr, 0, old)
+        if snapshot.is_delta or ms.zero_free:
+            for r in ms.runs:
+                ctypes.memmove(ptr + r.first_page * PAGE_BYTES, _source(r.data), len(r.data))
+            continue
         for r in ms.runs:
-            base = ptr + r.first_page * PAGE_BYTES
-            if snapshot.is_delta:
-                ctypes.memmove(base, _source(r.data), len(r.data))
-                continue
             # Zero pages of a full snapshot are already zero in the target
             # (cleared above or fresh); writing them would fault in pages.
+            base = ptr + r.first_page * PAGE_BYTES
             data = r.data if isinstance(r.data, (bytes, bytearray)) else bytes(r.data)
             src = _address(data)
             for a, b in nonzero_runs(data):
