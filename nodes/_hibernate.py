@@ -179,13 +179,11 @@ class Hibernator:
         if data[:HEADER_BYTES] != sleep.header:
             raise snapshot.AuthenticationError("the file is not the one this workload hibernated into "
                                                "(replaced or swapped)")
-        snap = snapshot.Snapshot.from_bytes(data, key=self.key)
-        del data
         fresh = instantiate(self._engine, w.module, self._limits, self._guest_time, workload_id=w.workload_id,
                             app=w.app, memory_limit_bytes=w.memory_limit_bytes, args=w.args, env=w.env,
                             preopen={g: Path(h) for g, h in w.preopen.items()}, directory=w.directory)
         try:
-            fresh.load(snap, sleep.monotonic_ns)
+            fresh.load_encoded(data, self.key, sleep.monotonic_ns)
         except BaseException:
             fresh.awake()[0].close()
             raise

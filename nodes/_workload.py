@@ -275,6 +275,29 @@ class Workload:
             self.budget.inputs.continue_from(monotonic_ns)
         self.restore_state(snap)
 
+    def load_encoded(self, data: bytes, key: bytes | None, monotonic_ns: int | None) -> None:
+        """``load(Snapshot.from_bytes(data, key=key), monotonic_ns)`` for a fresh workload, decoded straight into it.
+
+        A bad file raises what ``from_bytes`` raises (a ``RemoteSnapshotError``),
+        anything else what ``load`` raises.  After an error the workload may
+        hold part of the snapshot (``snapshot.restore_encoded``): discard it.
+        """
+        def accept(head: snapshot.Snapshot) -> None:
+            largest = max((m.size_bytes for m in head.memories), default=0)
+            if largest > self.memory_limit_bytes:
+                raise ResourceLimitExceeded("memory_bytes", largest, self.memory_limit_bytes, "the snapshot's memory")
+
+        bad_file: snapshot.RemoteSnapshotError | None = None
+        with self.touching_state("restore"):
+            try:
+                snapshot.restore_encoded(data, *self.awake(), key=key, accept=accept)
+            except snapshot.RemoteSnapshotError as exc:
+                bad_file = exc
+        if bad_file is not None:
+            raise bad_file
+        if monotonic_ns is not None:
+            self.budget.inputs.continue_from(monotonic_ns)
+
     def run(self, export: str, params: list[int | float], inputs: CallInputs | None,
             token: CancelToken | None = None) -> CallResults:
         """Run one call of ``export`` (the caller holds ``lock``), counting it and its trap or timeout.

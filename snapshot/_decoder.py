@@ -122,10 +122,13 @@ class SnapshotDecoder:
     ``feed(data)`` buffers input; ``next_event()`` returns a ``Meta``,
     ``PageBatch`` or ``End``, or None when more bytes are needed.  Any
     malformed input raises a ``RemoteSnapshotError`` subclass and the decoder
-    stays broken: every later call raises the same error.
+    stays broken: every later call raises the same error.  With
+    ``reuse_buffer`` every batch is decompressed into the same buffer, so a
+    ``PageBatch``'s runs hold only until the next call.
     """
 
-    def __init__(self, *, key: bytes | None = None, limits: DecodeLimits | None = None) -> None:
+    def __init__(self, *, key: bytes | None = None, limits: DecodeLimits | None = None,
+                 reuse_buffer: bool = False) -> None:
         self._aead = check_key(key)
         self._limits = limits or DecodeLimits()
         self._buf = bytearray()
@@ -138,6 +141,10 @@ class SnapshotDecoder:
         self._decompressor = zstandard.ZstdDecompressor()
         self._expected_pages: dict[int, int] = {}
         self._next_page: dict[int, int] = {}
+        # With reuse_buffer, every batch is decompressed into this one
+        # buffer: a PageBatch's runs are then valid only until the next event.
+        self._reuse = reuse_buffer
+        self._scratch = bytearray()
 
     @property
     def finished(self) -> bool:
@@ -313,7 +320,7 @@ class SnapshotDecoder:
             plain = self._decompress(data, raw)
         else:
             _want(data == b"", "zero-only batch carries data")
-            plain = bytearray()
+            plain = b""
         # A delta's zero pages overwrite, so they become zero bytes; a full
         # snapshot's zero pages are simply absent.  The runs are views into
         # the decompressed batch: slicing out copies cost a third of a decode.
@@ -343,9 +350,14 @@ class SnapshotDecoder:
         self._next_page[index] = cursor
         return PageBatch(index, tuple(runs))
 
-    def _decompress(self, data: bytes, raw: int) -> bytearray:
-        """Decompress a batch's page data of exactly ``raw`` bytes into a new bytearray."""
-        plain = bytearray(raw)
+    def _decompress(self, data: bytes, raw: int) -> bytearray | memoryview:
+        """Decompress a batch's page data of exactly ``raw`` bytes into a new buffer (or the reused one)."""
+        if not self._reuse:
+            plain: bytearray | memoryview = bytearray(raw)
+        else:
+            if len(self._scratch) < raw:
+                self._scratch = bytearray(raw)
+            plain = memoryview(self._scratch)[:raw]
         view = memoryview(plain)
         got = 0
         try:

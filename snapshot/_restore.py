@@ -11,7 +11,7 @@ written.
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import wasmtime
 
@@ -19,9 +19,10 @@ from . import _refaccess as ra
 from ._dropped import check_dropped
 from ._errors import BaseMismatchError, IncompatibleSnapshotError, ModuleMismatchError
 from ._instance import GlobalSlot, Layout, func_tables, layout, memory_view, record_state_id, state_id
-from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageData, nonzero_runs
+from ._decoder import DecodeLimits, End, Meta, PageBatch, SnapshotDecoder
+from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageData, PageRun, nonzero_runs
 from ._snapshot import Snapshot
-from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, is_int, numeric_fits
+from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, MemoryState, is_int, numeric_fits
 
 
 def _check(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instance, lay: Layout) -> None:
@@ -109,6 +110,72 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
     """
     lay = layout(store, instance)
     _check(snapshot, store, instance, lay)
+    ptrs, funcs = _open(snapshot, store, lay)
+    for ms, ptr in zip(snapshot.memories, ptrs):
+        if snapshot.is_delta or ms.zero_free:
+            _write(ptr, ms.runs)
+            continue
+        for r in ms.runs:
+            # Zero pages of a full snapshot are already zero in the target
+            # (cleared in _open, or fresh); writing them would fault in pages.
+            base = ptr + r.first_page * PAGE_BYTES
+            data = r.data if isinstance(r.data, (bytes, bytearray)) else bytes(r.data)
+            src = _address(data)
+            for a, b in nonzero_runs(data):
+                ctypes.memmove(base + a * PAGE_BYTES, src + a * PAGE_BYTES, (b - a) * PAGE_BYTES)
+    _close(snapshot, store, instance, lay, funcs)
+
+
+def restore_encoded(data: bytes, store: wasmtime.Store, instance: wasmtime.Instance, *, key: bytes | None = None,
+                    limits: DecodeLimits | None = None, accept: Callable[[Snapshot], None] | None = None) -> None:
+    """Decode an encoded full snapshot straight into a fresh instance, batch by batch.
+
+    ``restore(Snapshot.from_bytes(data, key=key), ...)`` without holding
+    the decompressed pages: each batch is decompressed into one reused
+    buffer and copied into the instance's memory, so the pages are faulted
+    in once, in the instance, rather than also in the snapshot's buffers.
+    ``accept`` is called with the snapshot's META (a ``Snapshot`` without
+    pages) before the instance is touched, and may raise to refuse it.
+
+    Unlike ``restore``, a frame found corrupt, forged or missing after the
+    first page batch leaves the instance partly written: the caller
+    discards the instance on any error.  A delta is decoded whole and
+    restored by ``restore``.  Raises what ``Snapshot.from_bytes`` and
+    ``restore`` raise.
+    """
+    decoder = SnapshotDecoder(key=key, limits=limits, reuse_buffer=True)
+    decoder.feed(data)
+    meta = decoder.next_event()
+    if meta is None:
+        decoder.close()  # raises TruncatedSnapshotError
+    assert isinstance(meta, Meta)  # the decoder returns META first or raises
+    head = Snapshot(module_sha256=meta.module_sha256, state_id=meta.state_id, base_id=meta.base_id,
+                    memories=tuple(MemoryState(i, size, zero_free=True) for i, size, _ in meta.memories),
+                    globals=meta.globals, tables=meta.tables, dropped=meta.dropped)
+    if head.is_delta:
+        snap = Snapshot.from_bytes(data, key=key, limits=limits)
+        if accept is not None:
+            accept(snap)
+        restore(snap, store, instance)
+        return
+    if accept is not None:
+        accept(head)
+    lay = layout(store, instance)
+    _check(head, store, instance, lay)
+    ptrs, funcs = _open(head, store, lay)
+    where = {ms.index: ptr for ms, ptr in zip(head.memories, ptrs)}
+    while not isinstance(event := decoder.next_event(), End):
+        if event is None:
+            decoder.close()  # raises TruncatedSnapshotError
+        assert isinstance(event, PageBatch)  # a second META is refused by the decoder
+        _write(where[event.memory_index], event.runs)
+    decoder.close()
+    _close(head, store, instance, lay, funcs)
+
+
+def _open(snapshot: Snapshot, store: wasmtime.Store, lay: Layout) -> tuple[list[int], list[Any]]:
+    """Grow the target's memories and tables, drop the snapshot's dropped segments, clear a full
+    snapshot's memories; return each memory's address and the function table."""
     old_sizes: list[int] = []
     for ms, (_, memory) in zip(snapshot.memories, lay.memories):
         old = memory.data_len(store)
@@ -133,26 +200,27 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
                 raise IncompatibleSnapshotError(f"target refused to grow table {ts.index}: {exc}") from None
     if lay.segments is not None:
         lay.segments.apply(store, snapshot.dropped)
-    for ms, (_, memory), old in zip(snapshot.memories, lay.memories, old_sizes):
+    ptrs = []
+    for (_, memory), old in zip(lay.memories, old_sizes):
         ptr, _ = memory_view(store, memory)
-        if not snapshot.is_delta:
-            # Pages past the old size are fresh zeros.  Below it, data
-            # segments or earlier calls may have written: zero what is not
-            # zero (the runs then overwrite their own pages).
-            if old:
-                _clear(ptr, 0, old)
-        if snapshot.is_delta or ms.zero_free:
-            for r in ms.runs:
-                ctypes.memmove(ptr + r.first_page * PAGE_BYTES, _source(r.data), len(r.data))
-            continue
-        for r in ms.runs:
-            # Zero pages of a full snapshot are already zero in the target
-            # (cleared above or fresh); writing them would fault in pages.
-            base = ptr + r.first_page * PAGE_BYTES
-            data = r.data if isinstance(r.data, (bytes, bytearray)) else bytes(r.data)
-            src = _address(data)
-            for a, b in nonzero_runs(data):
-                ctypes.memmove(base + a * PAGE_BYTES, src + a * PAGE_BYTES, (b - a) * PAGE_BYTES)
+        # Pages past the old size are fresh zeros.  Below it, data segments
+        # or earlier calls may have written: zero what is not zero (the
+        # runs then overwrite their own pages).
+        if old and not snapshot.is_delta:
+            _clear(ptr, 0, old)
+        ptrs.append(ptr)
+    return ptrs, funcs
+
+
+def _write(ptr: int, runs: Iterable[PageRun]) -> None:
+    """Copy the runs, whole, into the memory at ``ptr``."""
+    for r in runs:
+        ctypes.memmove(ptr + r.first_page * PAGE_BYTES, _source(r.data), len(r.data))
+
+
+def _close(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instance, lay: Layout,
+           funcs: list[Any]) -> None:
+    """Set the globals and table entries and record the state id: the last step of a restore."""
     for gs, gslot in zip(snapshot.globals, lay.globals):
         _write_global(store, gslot, gs, funcs)
     for ts, tslot in zip(snapshot.tables, lay.tables):
