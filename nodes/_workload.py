@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import wasmtime
 
@@ -275,8 +275,9 @@ class Workload:
             self.budget.inputs.continue_from(monotonic_ns)
         self.restore_state(snap)
 
-    def load_encoded(self, data: bytes, key: bytes | None, monotonic_ns: int | None) -> None:
-        """``load(Snapshot.from_bytes(data, key=key), monotonic_ns)`` for a fresh workload, decoded straight into it.
+    def load_encoded(self, source: bytes | BinaryIO, key: bytes | None, monotonic_ns: int | None) -> None:
+        """``load(Snapshot.from_bytes(data, key=key), monotonic_ns)`` for a fresh workload, decoded straight into it
+        from the bytes or a binary file (``snapshot.restore_encoded``).
 
         A bad file raises what ``from_bytes`` raises (a ``RemoteSnapshotError``),
         anything else what ``load`` raises.  After an error the workload may
@@ -290,7 +291,7 @@ class Workload:
         bad_file: snapshot.RemoteSnapshotError | None = None
         with self.touching_state("restore"):
             try:
-                snapshot.restore_encoded(data, *self.awake(), key=key, accept=accept)
+                snapshot.restore_encoded(source, *self.awake(), key=key, accept=accept)
             except snapshot.RemoteSnapshotError as exc:
                 bad_file = exc
         if bad_file is not None:

@@ -11,7 +11,7 @@ written.
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import wasmtime
 
@@ -19,10 +19,12 @@ from . import _refaccess as ra
 from ._dropped import check_dropped
 from ._errors import BaseMismatchError, IncompatibleSnapshotError, ModuleMismatchError
 from ._instance import GlobalSlot, Layout, func_tables, layout, memory_view, record_state_id, state_id
-from ._decoder import DecodeLimits, End, Meta, PageBatch, SnapshotDecoder
+from ._decoder import DecodeLimits, End, Event, Meta, PageBatch, SnapshotDecoder
 from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageData, PageRun, nonzero_runs
-from ._snapshot import Snapshot
+from ._snapshot import Snapshot, SnapshotAssembler
 from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, MemoryState, is_int, numeric_fits
+
+_CHUNK_BYTES = 1 << 20  # what restore_encoded reads of a file at a time
 
 
 def _check(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instance, lay: Layout) -> None:
@@ -126,51 +128,77 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
     _close(snapshot, store, instance, lay, funcs)
 
 
-def restore_encoded(data: bytes, store: wasmtime.Store, instance: wasmtime.Instance, *, key: bytes | None = None,
-                    limits: DecodeLimits | None = None, accept: Callable[[Snapshot], None] | None = None) -> None:
+def restore_encoded(source: bytes | BinaryIO, store: wasmtime.Store, instance: wasmtime.Instance, *,
+                    key: bytes | None = None, limits: DecodeLimits | None = None,
+                    accept: Callable[[Snapshot], None] | None = None) -> None:
     """Decode an encoded full snapshot straight into a fresh instance, batch by batch.
 
-    ``restore(Snapshot.from_bytes(data, key=key), ...)`` without holding
-    the decompressed pages: each batch is decompressed into one reused
-    buffer and copied into the instance's memory, so the pages are faulted
-    in once, in the instance, rather than also in the snapshot's buffers.
+    ``restore(Snapshot.from_bytes(data, key=key), ...)`` without holding the
+    input or the decompressed pages: ``source`` is the encoded bytes or a
+    binary file read a MiB at a time, and each batch is decompressed into
+    one of two reused buffers and copied into the instance's memory, so
+    pages are faulted in once, in the instance, not also in fresh buffers.
     ``accept`` is called with the snapshot's META (a ``Snapshot`` without
     pages) before the instance is touched, and may raise to refuse it.
 
     Unlike ``restore``, a frame found corrupt, forged or missing after the
     first page batch leaves the instance partly written: the caller
-    discards the instance on any error.  A delta is decoded whole and
+    discards the instance on any error.  A delta is assembled whole and
     restored by ``restore``.  Raises what ``Snapshot.from_bytes`` and
-    ``restore`` raise.
+    ``restore`` raise, and OSError from reading ``source``.
     """
-    decoder = SnapshotDecoder(key=key, limits=limits, reuse_buffer=True)
-    decoder.feed(data)
-    meta = decoder.next_event()
-    if meta is None:
-        decoder.close()  # raises TruncatedSnapshotError
+    events = _events(SnapshotDecoder(key=key, limits=limits, reuse_buffer=True), source)
+    meta = next(events)
     assert isinstance(meta, Meta)  # the decoder returns META first or raises
     head = Snapshot(module_sha256=meta.module_sha256, state_id=meta.state_id, base_id=meta.base_id,
                     memories=tuple(MemoryState(i, size, zero_free=True) for i, size, _ in meta.memories),
                     globals=meta.globals, tables=meta.tables, dropped=meta.dropped)
-    if head.is_delta:
-        snap = Snapshot.from_bytes(data, key=key, limits=limits)
-        if accept is not None:
-            accept(snap)
-        restore(snap, store, instance)
-        return
+    if head.is_delta:  # the runs are copied out of the reused buffers
+        assembler = SnapshotAssembler()
+        assembler.add(meta)
+        for event in events:
+            if isinstance(event, PageBatch):
+                event = PageBatch(event.memory_index, tuple(PageRun(r.first_page, bytes(r.data)) for r in event.runs))
+            assembler.add(event)
+        head = assembler.snapshot()
     if accept is not None:
         accept(head)
+    if head.is_delta:
+        restore(head, store, instance)
+        return
     lay = layout(store, instance)
     _check(head, store, instance, lay)
     ptrs, funcs = _open(head, store, lay)
     where = {ms.index: ptr for ms, ptr in zip(head.memories, ptrs)}
-    while not isinstance(event := decoder.next_event(), End):
-        if event is None:
-            decoder.close()  # raises TruncatedSnapshotError
-        assert isinstance(event, PageBatch)  # a second META is refused by the decoder
-        _write(where[event.memory_index], event.runs)
-    decoder.close()
+    for event in events:
+        if isinstance(event, PageBatch):  # else the END, which ends the events
+            _write(where[event.memory_index], event.runs)
     _close(head, store, instance, lay, funcs)
+
+
+def _events(decoder: SnapshotDecoder, source: bytes | BinaryIO) -> Iterator[Event]:
+    """The decoder's events up to END, fed ``source`` whole or a MiB at a time.
+
+    Raises TruncatedSnapshotError if the input ends first, and
+    CorruptSnapshotError if bytes follow the END frame.
+    """
+    read: Callable[[int], bytes] = source.read if not isinstance(source, bytes) else _nothing
+    if isinstance(source, bytes):
+        decoder.feed(source)
+    while not isinstance(event := decoder.next_event(), End):
+        if event is not None:
+            yield event
+            continue
+        chunk = read(_CHUNK_BYTES)
+        if not chunk:
+            decoder.close()  # raises TruncatedSnapshotError
+        decoder.feed(chunk)
+    decoder.feed(read(1))  # anything after END is refused
+    yield event
+
+
+def _nothing(_: int) -> bytes:
+    return b""
 
 
 def _open(snapshot: Snapshot, store: wasmtime.Store, lay: Layout) -> tuple[list[int], list[Any]]:
@@ -248,13 +276,17 @@ def _address(data: bytes | bytearray) -> int:
     return ctypes.addressof((ctypes.c_char * len(data)).from_buffer(data)) if data else 0
 
 
-def _source(data: PageData) -> bytes | ctypes.Array[ctypes.c_char]:
-    """Return something ctypes.memmove reads from without copying, where possible."""
+def _source(data: PageData) -> bytes | int:
+    """Return something ctypes.memmove reads from without copying, where possible.
+
+    A writable buffer gives its address (through a one-byte ctypes view:
+    a ctypes array type per length cost twice as much per run).
+    """
     if isinstance(data, bytes):
         return data
     if isinstance(data, memoryview) and data.readonly:
         return bytes(data)
-    return (ctypes.c_char * len(data)).from_buffer(data)
+    return ctypes.addressof(ctypes.c_char.from_buffer(data)) if len(data) else 0
 
 
 def _write_global(store: wasmtime.Store, slot: GlobalSlot, gs: GlobalState, funcs: list[Any]) -> None:
