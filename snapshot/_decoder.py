@@ -10,7 +10,7 @@ key).  Its events, ``Meta``, ``PageBatch`` and ``End``, become a
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import msgpack
@@ -61,12 +61,14 @@ class Meta:
 class PageBatch:
     """One PAGES frame, decompressed: runs of one memory, a delta's zero pages filled in.
 
-    Runs may touch (``SnapshotAssembler`` joins them); a full snapshot's runs
-    are views into the batch's decompressed bytes.
+    Runs may touch (``SnapshotAssembler`` joins them).  A full snapshot's
+    runs are consecutive views into ``data``, the batch's decompressed bytes
+    (None for a delta).
     """
 
     memory_index: int
     runs: tuple[PageRun, ...]
+    data: memoryview | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -335,7 +337,7 @@ class SnapshotDecoder:
                     p = nxt
         _want(zi == len(zeros), "zero ranges lie outside the batch's runs")
         self._next_page[index] = cursor
-        return PageBatch(index, tuple(runs))
+        return PageBatch(index, tuple(runs), None if fill_zeros else view)
 
     def _decompress(self, data: bytes, raw: int) -> bytearray | memoryview:
         """Decompress a batch's page data of exactly ``raw`` bytes into a new buffer (or the reused one)."""

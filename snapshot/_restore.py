@@ -11,6 +11,9 @@ written.
 from __future__ import annotations
 
 import ctypes
+import os
+from array import array
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import wasmtime
@@ -25,6 +28,12 @@ from ._snapshot import Snapshot, SnapshotAssembler
 from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, MemoryState, is_int, numeric_fits
 
 _CHUNK_BYTES = 1 << 20  # what restore_encoded reads of a file at a time
+_IOV_MAX = 1024  # Linux's limit on the iovecs of one call
+_vm_readv = getattr(ctypes.CDLL(None, use_errno=True), "process_vm_readv", None)
+if _vm_readv is not None:
+    _vm_readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
+                          ctypes.c_ulong]
+    _vm_readv.restype = ctypes.c_ssize_t
 
 
 def _check(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instance, lay: Layout) -> None:
@@ -170,9 +179,19 @@ def restore_encoded(source: bytes | BinaryIO, store: wasmtime.Store, instance: w
     _check(head, store, instance, lay)
     ptrs, funcs = _open(head, store, lay)
     where = {ms.index: ptr for ms, ptr in zip(head.memories, ptrs)}
-    for event in events:
-        if isinstance(event, PageBatch):  # else the END, which ends the events
-            _write(where[event.memory_index], event.runs)
+    # A worker thread copies batch k with one system call, GIL released,
+    # while this thread decodes batch k + 1 into the decoder's other buffer.
+    # Leaving the block waits for the worker, also on an error.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore") as worker:
+        copying: Future[None] | None = None
+        for event in events:
+            if isinstance(event, PageBatch):  # else the END, which ends the events
+                copy = _scatter_copy(where[event.memory_index], event)
+                if copying is not None:
+                    copying.result()  # its buffer is the next one the decoder fills
+                copying = worker.submit(copy)
+        if copying is not None:
+            copying.result()
     _close(head, store, instance, lay, funcs)
 
 
@@ -195,6 +214,29 @@ def _events(decoder: SnapshotDecoder, source: bytes | BinaryIO) -> Iterator[Even
         decoder.feed(chunk)
     decoder.feed(read(1))  # anything after END is refused
     yield event
+
+
+def _scatter_copy(ptr: int, batch: PageBatch) -> Callable[[], None]:
+    """A function that copies ``batch``'s runs to their pages of the memory at ``ptr``.
+
+    With ``process_vm_readv`` on this process, the runs go with one system
+    call that holds no GIL (the destination pages are listed as an iovec
+    array, the source is the batch's decompressed bytes, in which the runs
+    follow each other); otherwise, or if that call copies less, with one
+    memmove per run.
+    """
+    data = batch.data
+    runs = batch.runs
+    if _vm_readv is None or data is None or not 0 < len(runs) <= _IOV_MAX:
+        return lambda: _write(ptr, runs)
+    local = array("Q", [x for r in runs for x in (ptr + r.first_page * PAGE_BYTES, len(r.data))])
+    remote = array("Q", (ctypes.addressof(ctypes.c_char.from_buffer(data)), len(data)))
+    pid = os.getpid()
+
+    def copy() -> None:
+        if _vm_readv(pid, local.buffer_info()[0], len(runs), remote.buffer_info()[0], 1, 0) != len(data):
+            _write(ptr, runs)
+    return copy
 
 
 def _nothing(_: int) -> bytes:
