@@ -5,7 +5,10 @@ memories and tables grow, the passive segments the snapshot names are
 dropped, pages are written, and globals and table entries are set.
 Writing into cold pages is what a restore costs (1.1 to 2.2 GB/s into a
 fresh instance here), so pages that are zero on both sides are never
-written.
+written.  ``restore_encoded`` decodes an encoded full snapshot straight
+into a fresh instance, copying each batch in a worker thread while the
+next one decodes; it checks META before touching the instance, but a bad
+frame found later leaves the instance partly written (discard it).
 """
 
 from __future__ import annotations
