@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +171,7 @@ class Hibernator:
         w.memory = None
         w.refresh_memory_bytes()
         w.sleep = None
-        _discard(sleep.path)
+        sleep.path.unlink(missing_ok=True)
         logger.info("woke workload", extra=w.log_extra())
 
     def _restore(self, w: Workload, sleep: Sleep) -> Workload:
@@ -222,31 +220,6 @@ def _blank(module: CachedModule, limits: Limits, guest_time: GuestTime, *, workl
                     stdout=OutputSink(directory / "stdout", limits.output_bytes),
                     stderr=OutputSink(directory / "stderr", limits.output_bytes), store=None,
                     budget=CallBudget(InputGate(workload_id)), instance=None, guest_time=guest_time)
-
-
-def _discard(path: Path) -> None:
-    """Remove a woken workload's file without waiting for its blocks to be freed.
-
-    Unlinking the 7.7 MiB file of a 64 MiB workload took 2.2 to 3 ms on the
-    path of the call that woke it.  The file is renamed aside at once (its
-    name is then free for the next hibernation) and a short-lived thread
-    unlinks it; a node stopped meanwhile leaves it in the workload's
-    directory, which goes with the workload.
-    """
-    aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}.woken")
-    try:
-        path.rename(aside)
-    except OSError:
-        path.unlink(missing_ok=True)
-        return
-    threading.Thread(target=_unlink_quietly, args=(aside,), name="unlink-woken", daemon=True).start()
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:
-        logger.warning("cannot remove %s: %s", path, _reason(exc))
 
 
 def _reason(exc: BaseException) -> str:
