@@ -288,6 +288,8 @@ class Workload:
             if largest > self.memory_limit_bytes:
                 raise ResourceLimitExceeded("memory_bytes", largest, self.memory_limit_bytes, "the snapshot's memory")
 
+        if monotonic_ns is not None:
+            self.budget.inputs.continue_from(monotonic_ns)
         bad_file: snapshot.RemoteSnapshotError | None = None
         with self.touching_state("restore"):
             try:
@@ -296,8 +298,6 @@ class Workload:
                 bad_file = exc
         if bad_file is not None:
             raise bad_file
-        if monotonic_ns is not None:
-            self.budget.inputs.continue_from(monotonic_ns)
 
     def run(self, export: str, params: list[int | float], inputs: CallInputs | None,
             token: CancelToken | None = None) -> CallResults:
