@@ -175,20 +175,19 @@ class Hibernator:
         logger.info("woke workload", extra=w.log_extra())
 
     def _restore(self, w: Workload, sleep: Sleep) -> Workload:
-        data = sleep.path.read_bytes()
-        if data[:HEADER_BYTES] != sleep.header:
-            raise snapshot.AuthenticationError("the file is not the one this workload hibernated into "
-                                               "(replaced or swapped)")
-        snap = snapshot.Snapshot.from_bytes(data, key=self.key)
-        del data
-        fresh = instantiate(self._engine, w.module, self._limits, self._guest_time, workload_id=w.workload_id,
-                            app=w.app, memory_limit_bytes=w.memory_limit_bytes, args=w.args, env=w.env,
-                            preopen={g: Path(h) for g, h in w.preopen.items()}, directory=w.directory)
-        try:
-            fresh.load(snap, sleep.monotonic_ns)
-        except BaseException:
-            fresh.awake()[0].close()
-            raise
+        with sleep.path.open("rb") as file:  # read a MiB at a time as it is decoded
+            if file.read(HEADER_BYTES) != sleep.header:
+                raise snapshot.AuthenticationError("the file is not the one this workload hibernated into "
+                                                   "(replaced or swapped)")
+            file.seek(0)
+            fresh = instantiate(self._engine, w.module, self._limits, self._guest_time, workload_id=w.workload_id,
+                                app=w.app, memory_limit_bytes=w.memory_limit_bytes, args=w.args, env=w.env,
+                                preopen={g: Path(h) for g, h in w.preopen.items()}, directory=w.directory)
+            try:
+                fresh.load_encoded(file, self.key, sleep.monotonic_ns)
+            except BaseException:
+                fresh.awake()[0].close()
+                raise
         return fresh
 
     def adopt(self, module: CachedModule, directory: Path, *, workload_id: str, app: str, args: Sequence[str],

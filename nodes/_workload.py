@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import wasmtime
 
@@ -274,6 +274,30 @@ class Workload:
         if monotonic_ns is not None:
             self.budget.inputs.continue_from(monotonic_ns)
         self.restore_state(snap)
+
+    def load_encoded(self, source: bytes | BinaryIO, key: bytes | None, monotonic_ns: int | None) -> None:
+        """``load(Snapshot.from_bytes(data, key=key), monotonic_ns)`` for a fresh workload, decoded straight into it
+        from the bytes or a binary file (``snapshot.restore_encoded``).
+
+        A bad file raises what ``from_bytes`` raises (a ``RemoteSnapshotError``),
+        anything else what ``load`` raises.  After an error the workload may
+        hold part of the snapshot (``snapshot.restore_encoded``): discard it.
+        """
+        def accept(head: snapshot.Snapshot) -> None:
+            largest = max((m.size_bytes for m in head.memories), default=0)
+            if largest > self.memory_limit_bytes:
+                raise ResourceLimitExceeded("memory_bytes", largest, self.memory_limit_bytes, "the snapshot's memory")
+
+        if monotonic_ns is not None:
+            self.budget.inputs.continue_from(monotonic_ns)
+        bad_file: snapshot.RemoteSnapshotError | None = None
+        with self.touching_state("restore"):
+            try:
+                snapshot.restore_encoded(source, *self.awake(), key=key, accept=accept)
+            except snapshot.RemoteSnapshotError as exc:
+                bad_file = exc
+        if bad_file is not None:
+            raise bad_file
 
     def run(self, export: str, params: list[int | float], inputs: CallInputs | None,
             token: CancelToken | None = None) -> CallResults:

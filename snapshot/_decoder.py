@@ -10,8 +10,8 @@ key).  Its events, ``Meta``, ``PageBatch`` and ``End``, become a
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
-from typing import Any, Iterator, NoReturn
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import msgpack
 import zstandard
@@ -26,9 +26,10 @@ from ._errors import (
 )
 from ._format import (CRC, END, FLAG_ENCRYPTED, FRAME_HEAD, HEADER_BYTES, MAGIC, META, PAGES, VERSION, VERSIONS,
                       check_key, sealing)
-from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageRun, RunJoiner
-from ._reftypes import ref_class, value_fits
-from ._state import NUMERIC_BITS, DroppedSegments, GlobalState, TableState, is_int, numeric_fits
+from ._fields import corrupt as _corrupt, decode_value as _decode_value, entries as _entries, want as _want
+from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageRun
+from ._reftypes import ref_class
+from ._state import DroppedSegments, GlobalState, TableState, is_int
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,16 @@ class Meta:
 
 @dataclass(frozen=True)
 class PageBatch:
-    """One PAGES frame, decompressed: runs of one memory, zero pages filled in."""
+    """One PAGES frame, decompressed: runs of one memory, a delta's zero pages filled in.
+
+    Runs may touch (``SnapshotAssembler`` joins them).  A full snapshot's
+    runs are consecutive views into ``data``, the batch's decompressed bytes
+    (None for a delta).
+    """
 
     memory_index: int
     runs: tuple[PageRun, ...]
+    data: memoryview | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -74,57 +81,23 @@ class End:
 Event = Meta | PageBatch | End
 
 
-def _corrupt(msg: str) -> CorruptSnapshotError:
-    return CorruptSnapshotError(f"corrupt snapshot: {msg}")
-
-
-def _want(cond: bool, msg: str) -> None:
-    if not cond:
-        raise _corrupt(msg)
-
-
-def _entries(items: object, what: str, plural: str, limit: int | None = None) -> Iterator[list[Any]]:
-    """The ``[index, x, y]`` entries of a META list, checked: a list of at most ``limit``, indices rising."""
-    if not isinstance(items, list):
-        raise _corrupt(f"bad {what} list")
-    if limit is not None and len(items) > limit:
-        raise OversizedSnapshotError(f"{len(items)} {plural} exceed the limit of {limit}")
-    last = -1
-    for entry in items:
-        _want(isinstance(entry, list) and len(entry) == 3 and is_int(entry[0]) and entry[0] > last,
-              f"bad {what} entry")
-        last = entry[0]
-        yield entry
-
-
-def _decode_value(valtype: str, value: object, where: str) -> int | None:
-    if valtype == "v128":
-        if not (isinstance(value, bytes) and len(value) == 16):
-            raise _corrupt(f"{where} is not a v128")
-        return int.from_bytes(value, "little")
-    if valtype in NUMERIC_BITS:
-        if not (is_int(value) and numeric_fits(valtype, value)):
-            raise _corrupt(f"{where} is not a valid {valtype}")
-        return value
-    _want(isinstance(valtype, str) and ref_class(valtype) is not None, f"{where} has unknown type {valtype!r}")
-    if not (value is None or is_int(value)) or not value_fits(valtype, value):
-        raise _corrupt(f"{where} is not a valid {valtype}")
-    return value
-
-
 class SnapshotDecoder:
     """Turn bytes into snapshot events (sans-IO: feed bytes, pull events).
 
     ``feed(data)`` buffers input; ``next_event()`` returns a ``Meta``,
     ``PageBatch`` or ``End``, or None when more bytes are needed.  Any
     malformed input raises a ``RemoteSnapshotError`` subclass and the decoder
-    stays broken: every later call raises the same error.
+    stays broken: every later call raises the same error.  With
+    ``reuse_buffer`` batches are decompressed into two buffers in turn, so a
+    ``PageBatch``'s runs hold only until the second ``next_event`` after it.
     """
 
-    def __init__(self, *, key: bytes | None = None, limits: DecodeLimits | None = None) -> None:
+    def __init__(self, *, key: bytes | None = None, limits: DecodeLimits | None = None,
+                 reuse_buffer: bool = False) -> None:
         self._aead = check_key(key)
         self._limits = limits or DecodeLimits()
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = bytearray()
+        self._off = 0  # where the unread input starts in _buf
         self._header: bytes | None = None
         self._seq = 0
         self._pages = 0
@@ -134,6 +107,10 @@ class SnapshotDecoder:
         self._decompressor = zstandard.ZstdDecompressor()
         self._expected_pages: dict[int, int] = {}
         self._next_page: dict[int, int] = {}
+        # With reuse_buffer, batches are decompressed into these two buffers
+        # in turn: a PageBatch's runs hold until the second event after it.
+        self._reuse = reuse_buffer
+        self._scratch = [bytearray(), bytearray()]
 
     @property
     def finished(self) -> bool:
@@ -144,6 +121,14 @@ class SnapshotDecoder:
             raise self._error
         if self._done and data:
             self._fail(_corrupt("trailing bytes after the END frame"))
+        if self._off == len(self._buf) and type(data) is bytes:
+            self._buf, self._off = data, 0  # nothing pending: read the caller's bytes in place, uncopied
+            return
+        if isinstance(self._buf, bytes):
+            self._buf = bytearray(memoryview(self._buf)[self._off:])
+        else:
+            del self._buf[:self._off]
+        self._off = 0
         self._buf += data
 
     def _fail(self, exc: Exception) -> NoReturn:
@@ -159,12 +144,13 @@ class SnapshotDecoder:
             self._fail(exc)
 
     def _next(self) -> Event | None:
+        buf, off = self._buf, self._off
         if self._header is None:
-            if len(self._buf) < HEADER_BYTES:
-                if len(self._buf) >= len(MAGIC) and bytes(self._buf[:len(MAGIC)]) != MAGIC:
+            if len(buf) - off < HEADER_BYTES:
+                if len(buf) - off >= len(MAGIC) and bytes(buf[off:off + len(MAGIC)]) != MAGIC:
                     raise _corrupt("not a wasm-migrate snapshot (bad magic)")
                 return None
-            header = bytes(self._buf[:HEADER_BYTES])
+            header = bytes(buf[off:off + HEADER_BYTES])
             if header[:6] != MAGIC:
                 raise _corrupt("not a wasm-migrate snapshot (bad magic)")
             if header[6] not in VERSIONS:
@@ -179,34 +165,23 @@ class SnapshotDecoder:
                 raise AuthenticationError("a key was given but the snapshot is not encrypted; "
                                           "refusing unauthenticated input")
             self._header = header
-            del self._buf[:HEADER_BYTES]
+            off = self._off = off + HEADER_BYTES
         header = self._header
         if self._done:
             return None
-        if len(self._buf) < FRAME_HEAD.size:
+        if len(buf) - off < FRAME_HEAD.size:
             return None
-        ftype, length = FRAME_HEAD.unpack_from(self._buf)
+        ftype, length = FRAME_HEAD.unpack_from(buf, off)
         if ftype not in (META, PAGES, END):
             raise _corrupt(f"unknown frame type {ftype}")
         if length > self._limits.max_frame_bytes:
             raise OversizedSnapshotError(f"frame of {length} bytes exceeds the limit of "
                                          f"{self._limits.max_frame_bytes}")
         total = FRAME_HEAD.size + length + CRC.size
-        if len(self._buf) < total:
+        if len(buf) - off < total:
             return None
-        frame = bytes(self._buf[:total])
-        del self._buf[:total]
-        (crc,) = CRC.unpack_from(frame, total - CRC.size)
-        if zlib.crc32(frame[:total - CRC.size]) != crc:
-            raise _corrupt(f"checksum mismatch in frame {self._seq}")
-        payload = frame[FRAME_HEAD.size:total - CRC.size]
-        if self._aead is not None:
-            nonce, aad = sealing(header, ftype, self._seq)
-            try:
-                payload = self._aead.decrypt(nonce, payload, aad)
-            except InvalidTag:
-                raise AuthenticationError(f"frame {self._seq} failed authentication: "
-                                          "wrong key, or the snapshot was tampered with") from None
+        self._off = off + total
+        payload = self._open_frame(buf, off, total, ftype)
         self._seq += 1
         try:
             body = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
@@ -218,6 +193,26 @@ class SnapshotDecoder:
         if ftype == PAGES:
             return self._on_pages(body)
         return self._on_end(body)
+
+    def _open_frame(self, buf: bytes | bytearray, off: int, total: int, ftype: int) -> bytes:
+        """The checked (and decrypted) payload of the frame of ``total`` bytes at ``off``.
+
+        It is read through a view that is released before returning, so the
+        input is not copied and ``feed`` can still resize the buffer.
+        """
+        with memoryview(buf) as whole, whole[off:off + total] as frame, \
+                frame[FRAME_HEAD.size:total - CRC.size] as payload:
+            (crc,) = CRC.unpack_from(frame, total - CRC.size)
+            if zlib.crc32(frame[:total - CRC.size]) != crc:
+                raise _corrupt(f"checksum mismatch in frame {self._seq}")
+            if self._aead is None:
+                return bytes(payload)
+            nonce, aad = sealing(self._header or b"", ftype, self._seq)
+            try:
+                return self._aead.decrypt(nonce, payload, aad)
+            except InvalidTag:
+                raise AuthenticationError(f"frame {self._seq} failed authentication: "
+                                          "wrong key, or the snapshot was tampered with") from None
 
     def _on_meta(self, body: dict[Any, Any], version: int) -> Meta:
         _want(self._meta is None, "second META frame")
@@ -287,17 +282,20 @@ class SnapshotDecoder:
         size = dict((i, s) for i, s, _ in meta.memories)[index]
         cursor = self._next_page[index]
         npages = 0
+        # Checked with plain comparisons, not helpers: a 64 MiB memory's
+        # batches hold thousands of ranges (msgpack makes plain ints).
         for r in ranges:
-            _want(isinstance(r, list) and len(r) == 2 and is_int(r[0]) and is_int(r[1]) and r[1] > 0,
-                  "bad page run")
-            _want(r[0] >= cursor, "page runs overlap or are out of order")
+            if not (type(r) is list and len(r) == 2 and type(r[0]) is int and type(r[1]) is int and r[1] > 0):
+                raise _corrupt("bad page run")
+            if r[0] < cursor:
+                raise _corrupt("page runs overlap or are out of order")
             cursor = r[0] + r[1]
-            _want(cursor * PAGE_BYTES <= size, f"page {cursor - 1} lies outside memory {index}")
             npages += r[1]
+        _want(cursor * PAGE_BYTES <= size, f"page {cursor - 1} lies outside memory {index}")
         zero_pages = 0
         for z in zeros:
-            _want(isinstance(z, list) and len(z) == 2 and is_int(z[0]) and is_int(z[1]) and z[1] > 0,
-                  "bad zero-page range")
+            if not (type(z) is list and len(z) == 2 and type(z[0]) is int and type(z[1]) is int and z[1] > 0):
+                raise _corrupt("bad zero-page range")
             zero_pages += z[1]
         nonzero = npages - zero_pages
         _want(nonzero >= 0 and raw == nonzero * PAGE_BYTES, "raw length does not match the page runs")
@@ -306,39 +304,61 @@ class SnapshotDecoder:
         self._pages += npages
         _want(self._pages <= sum(p for _, _, p in meta.memories), "more pages than META announced")
         if raw:
-            try:
-                plain = self._decompressor.decompress(data, max_output_size=raw)
-            except zstandard.ZstdError as exc:
-                raise _corrupt(f"page data does not decompress ({exc})") from None
-            _want(len(plain) == raw, "page data has the wrong length")
+            plain = self._decompress(data, raw)
         else:
             _want(data == b"", "zero-only batch carries data")
-            plain = b""
+            plain = bytearray()
         # A delta's zero pages overwrite, so they become zero bytes; a full
-        # snapshot's zero pages are simply absent.
+        # snapshot's zero pages are simply absent.  The runs are views into
+        # the decompressed batch: slicing out copies cost a third of a decode.
         fill_zeros = meta.base_id is not None
-        joiner = RunJoiner()
-
+        view = memoryview(plain)
+        runs: list[PageRun] = []
+        nzeros = len(zeros)
         zi = pos = 0
         for first, count in ranges:
             p, end = first, first + count
             while p < end:
-                if zi < len(zeros) and zeros[zi][0] == p:
+                if zi < nzeros and zeros[zi][0] == p:
                     z_count = zeros[zi][1]
-                    _want(p + z_count <= end, "zero range crosses a run boundary")
+                    if p + z_count > end:
+                        raise _corrupt("zero range crosses a run boundary")
                     if fill_zeros:
-                        joiner.add(p, bytes(z_count * PAGE_BYTES))
+                        runs.append(PageRun(p, bytes(z_count * PAGE_BYTES)))
                     p += z_count
                     zi += 1
                 else:
-                    nxt = zeros[zi][0] if zi < len(zeros) and zeros[zi][0] < end else end
-                    _want(nxt > p, "zero ranges overlap or are out of order")
-                    joiner.add(p, plain[pos:pos + (nxt - p) * PAGE_BYTES])
-                    pos += (nxt - p) * PAGE_BYTES
+                    nxt = zeros[zi][0] if zi < nzeros and zeros[zi][0] < end else end
+                    if nxt <= p:
+                        raise _corrupt("zero ranges overlap or are out of order")
+                    size = (nxt - p) * PAGE_BYTES
+                    runs.append(PageRun(p, view[pos:pos + size]))
+                    pos += size
                     p = nxt
         _want(zi == len(zeros), "zero ranges lie outside the batch's runs")
         self._next_page[index] = cursor
-        return PageBatch(index, joiner.runs())
+        return PageBatch(index, tuple(runs), None if fill_zeros else view)
+
+    def _decompress(self, data: bytes, raw: int) -> bytearray | memoryview:
+        """Decompress a batch's page data of exactly ``raw`` bytes into a new buffer (or the reused one)."""
+        if not self._reuse:
+            plain: bytearray | memoryview = bytearray(raw)
+        else:
+            if len(self._scratch[0]) < raw:
+                self._scratch[0] = bytearray(raw)
+            plain = memoryview(self._scratch[0])[:raw]
+            self._scratch.reverse()
+        view = memoryview(plain)
+        got = 0
+        try:
+            with self._decompressor.stream_reader(data) as reader:
+                while got < raw and (n := reader.readinto(view[got:])):
+                    got += n
+                extra = reader.read(1)
+        except zstandard.ZstdError as exc:
+            raise _corrupt(f"page data does not decompress ({exc})") from None
+        _want(got == raw and not extra, "page data has the wrong length")
+        return plain
 
     def _on_end(self, body: dict[Any, Any]) -> End:
         meta = self._meta
@@ -349,7 +369,7 @@ class SnapshotDecoder:
         _want(body["pages"] == self._pages == sum(p for _, _, p in meta.memories),
               "page count mismatch: pages were lost")
         self._done = True
-        if self._buf:
+        if len(self._buf) > self._off:
             raise _corrupt("trailing bytes after the END frame")
         return End(body["frames"], body["pages"])
 

@@ -5,13 +5,19 @@ memories and tables grow, the passive segments the snapshot names are
 dropped, pages are written, and globals and table entries are set.
 Writing into cold pages is what a restore costs (1.1 to 2.2 GB/s into a
 fresh instance here), so pages that are zero on both sides are never
-written.
+written.  ``restore_encoded`` decodes an encoded full snapshot straight
+into a fresh instance, copying each batch in a worker thread while the
+next one decodes; it checks META before touching the instance, but a bad
+frame found later leaves the instance partly written (discard it).
 """
 
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+import os
+from array import array
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import wasmtime
 
@@ -19,9 +25,18 @@ from . import _refaccess as ra
 from ._dropped import check_dropped
 from ._errors import BaseMismatchError, IncompatibleSnapshotError, ModuleMismatchError
 from ._instance import GlobalSlot, Layout, func_tables, layout, memory_view, record_state_id, state_id
-from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageData, nonzero_runs
-from ._snapshot import Snapshot
-from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, is_int, numeric_fits
+from ._decoder import DecodeLimits, End, Event, Meta, PageBatch, SnapshotDecoder
+from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageData, PageRun, nonzero_runs
+from ._snapshot import Snapshot, SnapshotAssembler
+from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, MemoryState, is_int, numeric_fits
+
+_CHUNK_BYTES = 1 << 20  # what restore_encoded reads of a file at a time
+_IOV_MAX = 1024  # Linux's limit on the iovecs of one call
+_vm_readv = getattr(ctypes.CDLL(None, use_errno=True), "process_vm_readv", None)
+if _vm_readv is not None:
+    _vm_readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
+                          ctypes.c_ulong]
+    _vm_readv.restype = ctypes.c_ssize_t
 
 
 def _check(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instance, lay: Layout) -> None:
@@ -109,6 +124,131 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
     """
     lay = layout(store, instance)
     _check(snapshot, store, instance, lay)
+    ptrs, funcs = _open(snapshot, store, lay)
+    for ms, ptr in zip(snapshot.memories, ptrs):
+        if snapshot.is_delta or ms.zero_free:
+            _write(ptr, ms.runs)
+            continue
+        for r in ms.runs:
+            # Zero pages of a full snapshot are already zero in the target
+            # (cleared in _open, or fresh); writing them would fault in pages.
+            base = ptr + r.first_page * PAGE_BYTES
+            data = r.data if isinstance(r.data, (bytes, bytearray)) else bytes(r.data)
+            src = _address(data)
+            for a, b in nonzero_runs(data):
+                ctypes.memmove(base + a * PAGE_BYTES, src + a * PAGE_BYTES, (b - a) * PAGE_BYTES)
+    _close(snapshot, store, instance, lay, funcs)
+
+
+def restore_encoded(source: bytes | BinaryIO, store: wasmtime.Store, instance: wasmtime.Instance, *,
+                    key: bytes | None = None, limits: DecodeLimits | None = None,
+                    accept: Callable[[Snapshot], None] | None = None) -> None:
+    """Decode an encoded full snapshot straight into a fresh instance, batch by batch.
+
+    ``restore(Snapshot.from_bytes(data, key=key), ...)`` without holding the
+    input or the decompressed pages: ``source`` is the encoded bytes or a
+    binary file read a MiB at a time, and each batch is decompressed into
+    one of two reused buffers and copied into the instance's memory, so
+    pages are faulted in once, in the instance, not also in fresh buffers.
+    ``accept`` is called with the snapshot's META (a ``Snapshot`` without
+    pages) before the instance is touched, and may raise to refuse it.
+
+    Unlike ``restore``, a frame found corrupt, forged or missing after the
+    first page batch leaves the instance partly written: the caller
+    discards the instance on any error.  A delta is assembled whole and
+    restored by ``restore``.  Raises what ``Snapshot.from_bytes`` and
+    ``restore`` raise, and OSError from reading ``source``.
+    """
+    events = _events(SnapshotDecoder(key=key, limits=limits, reuse_buffer=True), source)
+    meta = next(events)
+    assert isinstance(meta, Meta)  # the decoder returns META first or raises
+    head = Snapshot(module_sha256=meta.module_sha256, state_id=meta.state_id, base_id=meta.base_id,
+                    memories=tuple(MemoryState(i, size, zero_free=True) for i, size, _ in meta.memories),
+                    globals=meta.globals, tables=meta.tables, dropped=meta.dropped)
+    if head.is_delta:  # the runs are copied out of the reused buffers
+        assembler = SnapshotAssembler()
+        assembler.add(meta)
+        for event in events:
+            if isinstance(event, PageBatch):
+                event = PageBatch(event.memory_index, tuple(PageRun(r.first_page, bytes(r.data)) for r in event.runs))
+            assembler.add(event)
+        head = assembler.snapshot()
+    if accept is not None:
+        accept(head)
+    if head.is_delta:
+        restore(head, store, instance)
+        return
+    lay = layout(store, instance)
+    _check(head, store, instance, lay)
+    ptrs, funcs = _open(head, store, lay)
+    where = {ms.index: ptr for ms, ptr in zip(head.memories, ptrs)}
+    # A worker thread copies batch k with one system call, GIL released,
+    # while this thread decodes batch k + 1 into the decoder's other buffer.
+    # Leaving the block waits for the worker, also on an error.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore") as worker:
+        copying: Future[None] | None = None
+        for event in events:
+            if isinstance(event, PageBatch):  # else the END, which ends the events
+                copy = _scatter_copy(where[event.memory_index], event)
+                if copying is not None:
+                    copying.result()  # its buffer is the next one the decoder fills
+                copying = worker.submit(copy)
+        if copying is not None:
+            copying.result()
+    _close(head, store, instance, lay, funcs)
+
+
+def _events(decoder: SnapshotDecoder, source: bytes | BinaryIO) -> Iterator[Event]:
+    """The decoder's events up to END, fed ``source`` whole or a MiB at a time.
+
+    Raises TruncatedSnapshotError if the input ends first, and
+    CorruptSnapshotError if bytes follow the END frame.
+    """
+    read: Callable[[int], bytes] = source.read if not isinstance(source, bytes) else _nothing
+    if isinstance(source, bytes):
+        decoder.feed(source)
+    while not isinstance(event := decoder.next_event(), End):
+        if event is not None:
+            yield event
+            continue
+        chunk = read(_CHUNK_BYTES)
+        if not chunk:
+            decoder.close()  # raises TruncatedSnapshotError
+        decoder.feed(chunk)
+    decoder.feed(read(1))  # anything after END is refused
+    yield event
+
+
+def _scatter_copy(ptr: int, batch: PageBatch) -> Callable[[], None]:
+    """A function that copies ``batch``'s runs to their pages of the memory at ``ptr``.
+
+    With ``process_vm_readv`` on this process, the runs go with one system
+    call that holds no GIL (the destination pages are listed as an iovec
+    array, the source is the batch's decompressed bytes, in which the runs
+    follow each other); otherwise, or if that call copies less, with one
+    memmove per run.
+    """
+    data = batch.data
+    runs = batch.runs
+    if _vm_readv is None or data is None or not 0 < len(runs) <= _IOV_MAX:
+        return lambda: _write(ptr, runs)
+    local = array("Q", [x for r in runs for x in (ptr + r.first_page * PAGE_BYTES, len(r.data))])
+    remote = array("Q", (ctypes.addressof(ctypes.c_char.from_buffer(data)), len(data)))
+    pid = os.getpid()
+
+    def copy() -> None:
+        if _vm_readv(pid, local.buffer_info()[0], len(runs), remote.buffer_info()[0], 1, 0) != len(data):
+            _write(ptr, runs)
+    return copy
+
+
+def _nothing(_: int) -> bytes:
+    return b""
+
+
+def _open(snapshot: Snapshot, store: wasmtime.Store, lay: Layout) -> tuple[list[int], list[Any]]:
+    """Grow the target's memories and tables, drop the snapshot's dropped segments, clear a full
+    snapshot's memories; return each memory's address and the function table."""
     old_sizes: list[int] = []
     for ms, (_, memory) in zip(snapshot.memories, lay.memories):
         old = memory.data_len(store)
@@ -133,25 +273,27 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
                 raise IncompatibleSnapshotError(f"target refused to grow table {ts.index}: {exc}") from None
     if lay.segments is not None:
         lay.segments.apply(store, snapshot.dropped)
-    for ms, (_, memory), old in zip(snapshot.memories, lay.memories, old_sizes):
+    ptrs = []
+    for (_, memory), old in zip(lay.memories, old_sizes):
         ptr, _ = memory_view(store, memory)
-        if not snapshot.is_delta:
-            # Pages past the old size are fresh zeros.  Below it, data
-            # segments or earlier calls may have written: zero what is not
-            # zero (the runs then overwrite their own pages).
-            if old:
-                _clear(ptr, 0, old)
-        for r in ms.runs:
-            base = ptr + r.first_page * PAGE_BYTES
-            if snapshot.is_delta:
-                ctypes.memmove(base, _source(r.data), len(r.data))
-                continue
-            # Zero pages of a full snapshot are already zero in the target
-            # (cleared above or fresh); writing them would fault in pages.
-            data = r.data if isinstance(r.data, (bytes, bytearray)) else bytes(r.data)
-            src = _address(data)
-            for a, b in nonzero_runs(data):
-                ctypes.memmove(base + a * PAGE_BYTES, src + a * PAGE_BYTES, (b - a) * PAGE_BYTES)
+        # Pages past the old size are fresh zeros.  Below it, data segments
+        # or earlier calls may have written: zero what is not zero (the
+        # runs then overwrite their own pages).
+        if old and not snapshot.is_delta:
+            _clear(ptr, 0, old)
+        ptrs.append(ptr)
+    return ptrs, funcs
+
+
+def _write(ptr: int, runs: Iterable[PageRun]) -> None:
+    """Copy the runs, whole, into the memory at ``ptr``."""
+    for r in runs:
+        ctypes.memmove(ptr + r.first_page * PAGE_BYTES, _source(r.data), len(r.data))
+
+
+def _close(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instance, lay: Layout,
+           funcs: list[Any]) -> None:
+    """Set the globals and table entries and record the state id: the last step of a restore."""
     for gs, gslot in zip(snapshot.globals, lay.globals):
         _write_global(store, gslot, gs, funcs)
     for ts, tslot in zip(snapshot.tables, lay.tables):
@@ -179,13 +321,17 @@ def _address(data: bytes | bytearray) -> int:
     return ctypes.addressof((ctypes.c_char * len(data)).from_buffer(data)) if data else 0
 
 
-def _source(data: PageData) -> bytes | ctypes.Array[ctypes.c_char]:
-    """Return something ctypes.memmove reads from without copying, where possible."""
+def _source(data: PageData) -> bytes | int:
+    """Return something ctypes.memmove reads from without copying, where possible.
+
+    A writable buffer gives its address (through a one-byte ctypes view:
+    a ctypes array type per length cost twice as much per run).
+    """
     if isinstance(data, bytes):
         return data
     if isinstance(data, memoryview) and data.readonly:
         return bytes(data)
-    return (ctypes.c_char * len(data)).from_buffer(data)
+    return ctypes.addressof(ctypes.c_char.from_buffer(data)) if len(data) else 0
 
 
 def _write_global(store: wasmtime.Store, slot: GlobalSlot, gs: GlobalState, funcs: list[Any]) -> None:

@@ -137,7 +137,8 @@ class SnapshotAssembler:
         if not self._ended or self._meta is None:
             raise TruncatedSnapshotError("snapshot ends before its END frame (truncated)")
         meta = self._meta
-        memories = tuple(MemoryState(i, size, self._runs[i].runs()) for i, size, _ in meta.memories)
+        full = meta.base_id is None  # the encoder left every zero page out
+        memories = tuple(MemoryState(i, size, self._runs[i].runs(), zero_free=full) for i, size, _ in meta.memories)
         return Snapshot(module_sha256=meta.module_sha256, state_id=meta.state_id, base_id=meta.base_id,
                         memories=memories, globals=meta.globals, tables=meta.tables, dropped=meta.dropped)
 

@@ -8,7 +8,7 @@ whole, ``Snapshot``, is in ``_snapshot``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeGuard
 
 from ._pages import PageRun
@@ -37,11 +37,19 @@ def numeric_fits(valtype: str, value: object) -> bool:
 
 @dataclass(frozen=True)
 class MemoryState:
-    """One linear memory: its size and the pages the snapshot carries."""
+    """One linear memory: its size and the pages the snapshot carries.
+
+    ``zero_free`` says that no run holds a zero page (a decoded full
+    snapshot: the encoder leaves zero pages out), so a restore writes the
+    runs without looking for zero pages in them.  It is only a hint for
+    speed: a zero page written into a fresh instance's zero page is still
+    exact.
+    """
 
     index: int
     size_bytes: int
     runs: tuple[PageRun, ...] = ()
+    zero_free: bool = field(default=False, compare=False)
 
     @property
     def page_count(self) -> int:
