@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def write_atomically(path: Path, data: bytes | bytearray, *, sync_dir: bool = True) -> None:
@@ -16,10 +19,20 @@ def write_atomically(path: Path, data: bytes | bytearray, *, sync_dir: bool = Tr
     Raises OSError whose ``filename`` is ``path`` (a failed ``write``, such
     as ENOSPC, names no file by itself).
     """
+    with atomic_file(path, sync_dir=sync_dir) as f:
+        f.write(data)
+
+
+@contextmanager
+def atomic_file(path: Path, *, sync_dir: bool = True) -> Iterator[BinaryIO]:
+    """A new file to write; it replaces ``path`` when the block ends, as ``write_atomically`` does.
+
+    If the block raises, ``path`` is left as it was and the new file is deleted.
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

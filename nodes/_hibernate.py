@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ import wasmtime
 
 import snapshot
 
-from ._files import write_atomically
+from ._files import atomic_file
 from ._guest_time import GuestTime
 from ._host_errors import ResourceLimitExceeded, SnapshotFailed
 from ._limits import Limits
@@ -64,6 +65,10 @@ logger = logging.getLogger(__name__)
 
 FILE = "hibernated.snap"
 HEADER_BYTES = 16  # the snapshot format's header, with the file's random salt: binds the file to its record
+# zstd level -1 rather than the format's default 1: hibernating is on a caller's path and the file is local.
+# Measured on the 64 MiB dirtier (25 MiB of non-zero pages), encode + seal: 22.3 ms against 30.3 ms at
+# level 1, for a file 0.6% larger (7.97 against 7.92 MiB); level -5 was no faster (21.4 ms) and 5% larger.
+LEVEL = -1
 
 
 @dataclass(eq=False)
@@ -119,25 +124,26 @@ class Hibernator:
             if why is not None:
                 raise SnapshotFailed(w.workload_id, f"cannot hibernate: {why}")
             snap = w.capture(in_place=True)  # encoded straight from the memory: nothing runs meanwhile
-            data = snap.to_bytes(key=self.key)
-            del snap
-            sleep = Sleep(self, w.directory / FILE, bytes(data[:HEADER_BYTES]), len(data),
-                          w.budget.inputs.monotonic_ns())
-            self._registry.admit_sleep(w, sleep)  # sets w.sleep
+            path = w.directory / FILE
             try:
-                write_atomically(sleep.path, data)
+                with atomic_file(path) as file:
+                    written = snapshot.write_encoded(snap, file, key=self.key, level=LEVEL)
+                    sleep = Sleep(self, path, written.header, written.size_bytes, w.budget.inputs.monotonic_ns())
+                    self._registry.admit_sleep(w, sleep)  # sets w.sleep; the file is kept only if admitted
             except BaseException:
                 w.sleep = None
                 raise
+            del snap
+            store = w.awake()[0]
             w.drop_tracker()
             w.funcs.clear()
             w.memory = None
-            w.awake()[0].close()
             w.store = w.instance = None
             w.memory_bytes = 0
             sleep.holds_memory = False
-        logger.info("hibernated workload", extra={**w.log_extra(), "bytes": len(data)})
-        return len(data)
+        _free_in_thread(store)
+        logger.info("hibernated workload", extra={**w.log_extra(), "bytes": sleep.size_bytes})
+        return sleep.size_bytes
 
     def wake(self, w: Workload) -> None:
         """Bring ``w`` back from its file (the caller holds its lock).
@@ -209,6 +215,17 @@ class Hibernator:
         w.calls, w.idle_s = calls, idle_s
         w.sleep = Sleep(self, path, header, size, monotonic_ns, holds_memory=False)
         return w
+
+
+def _free_in_thread(store: wasmtime.Store) -> None:
+    """Close ``store`` in a thread of its own, so that the caller's reply does not wait for it.
+
+    Nothing else holds the Store any more.  Closing it unmaps the
+    workload's memory: 3.5 ms for 64 MiB with 25 MiB touched, which the
+    hibernate request no longer waits for.  wasmtime's Store is not tied
+    to the thread that made it, and the close runs in C without the GIL.
+    """
+    threading.Thread(target=store.close, name="wasm-store-free").start()
 
 
 def _blank(module: CachedModule, limits: Limits, guest_time: GuestTime, *, workload_id: str, app: str,

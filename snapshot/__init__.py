@@ -48,6 +48,7 @@ from ._session import StateTracker
 from ._snapshot import Snapshot, SnapshotAssembler, apply_delta
 from ._state import DroppedSegments, GlobalState, MemoryState, TableState
 from ._uffd import uffd_available
+from ._write import Written, write_encoded
 
 __all__ = [
     "CompareDirtyTracker", "DecodeLimits", "DirtyTracker", "End", "Meta", "PageBatch",
@@ -60,4 +61,5 @@ __all__ = [
     "TruncatedSnapshotError", "UnrepresentableStateError", "UnsupportedVersionError", "WASM_PAGE_BYTES",
     "apply_delta", "capture", "capture_pages", "first_boot", "layout", "manifest", "module_digest",
     "nonzero_runs", "prepare", "preparation_id", "read_dropped", "read_globals", "read_tables", "restore", "restore_encoded", "state_id",
+    "Written", "write_encoded",
 ]

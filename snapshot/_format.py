@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple
 
 import msgpack
 import zstandard
@@ -123,24 +123,41 @@ def _page_batches(index: int, runs: Iterable[PageRun], batch_pages: int
 
 
 class _Joiner:
-    """Joins a batch's chunks into one reused buffer (one copy, no allocation per batch)."""
+    """Joins a batch's chunks into one of ``buffers`` reused buffers, in turn (one copy, no allocation per batch).
 
-    def __init__(self) -> None:
-        self._buffer = bytearray()
+    With more than one buffer, a joined batch stays valid while the next
+    ``buffers - 1`` are joined: ``write_encoded`` compresses one batch in a
+    helper thread while the next is joined.
+    """
+
+    def __init__(self, buffers: int = 1) -> None:
+        self._buffers = [bytearray() for _ in range(buffers)]
+        self._turn = 0
 
     def join(self, chunks: list[memoryview]) -> memoryview | bytes:
-        """The chunks' bytes, contiguous; valid until the next ``join``."""
+        """The chunks' bytes, contiguous; valid until ``buffers`` more joins."""
         if len(chunks) == 1:
             return chunks[0]  # already contiguous: compress it in place
         total = sum(len(c) for c in chunks)
-        if len(self._buffer) < total:
-            self._buffer = bytearray(total)
-        out = memoryview(self._buffer)
+        turn = self._turn
+        self._turn = (turn + 1) % len(self._buffers)
+        if len(self._buffers[turn]) < total:
+            self._buffers[turn] = bytearray(total)
+        out = memoryview(self._buffers[turn])
         pos = 0
         for chunk in chunks:
             out[pos:pos + len(chunk)] = chunk
             pos += len(chunk)
         return out[:pos]
+
+
+class Gathered(NamedTuple):
+    """Up to a frame's worth of pages of memory number ``memory``, gathered: ``raw`` is its non-zero pages, joined."""
+
+    memory: int
+    ranges: list[list[int]]
+    zeros: list[list[int]]
+    raw: memoryview | bytes
 
 
 class SnapshotEncoder:
@@ -151,12 +168,12 @@ class SnapshotEncoder:
     """
 
     def __init__(self, *, key: bytes | None = None, level: int = 1,
-                 batch_pages: int = BATCH_PAGES) -> None:
+                 batch_pages: int = BATCH_PAGES, buffers: int = 1) -> None:
         self._aead = check_key(key)
         self._salt = os.urandom(8) if self._aead else bytes(8)
         self._header: bytes | None = None
         self._compressor = zstandard.ZstdCompressor(level=level)
-        self._joiner = _Joiner()
+        self._joiner = _Joiner(buffers)
         self._batch_pages = batch_pages
         self._seq = 0
         self._pages = 0
@@ -201,16 +218,26 @@ class SnapshotEncoder:
 
     def pages(self, index: int, runs: Iterable[PageRun]) -> list[bytes]:
         """Encode page runs of memory ``index`` into PAGES frames."""
-        out = []
+        return [self.batch_frame(batch) for batch in self.batches(index, runs)]
+
+    def batches(self, index: int, runs: Iterable[PageRun]) -> Iterator[Gathered]:
+        """The batches ``pages`` makes frames of, one by one; ``batch_frame`` each, in order, to get the frames.
+
+        A batch's ``raw`` is valid until ``buffers`` more are gathered.
+        The work here (the zero scan, the joining) holds the GIL; the work
+        of ``batch_frame`` (zstd, AES-GCM) mostly does not.
+        """
         for ranges, zeros, chunks in _page_batches(index, runs, self._batch_pages):
-            raw = self._joiner.join(chunks) if chunks else b""
             npages = sum(n for _, n in ranges)
             self._pages += npages
             self.raw_bytes += npages * PAGE_BYTES
-            body = {"m": index, "runs": ranges, "zero": zeros, "raw": len(raw),
-                    "data": self._compressor.compress(raw) if raw else b""}
-            out.append(self._frame(PAGES, msgpack.packb(body, use_bin_type=True)))
-        return out
+            yield Gathered(index, ranges, zeros, self._joiner.join(chunks) if chunks else b"")
+
+    def batch_frame(self, batch: Gathered) -> bytes:
+        """The PAGES frame of ``batch``: frames are numbered, so make them in the order of ``batches``."""
+        body = {"m": batch.memory, "runs": batch.ranges, "zero": batch.zeros, "raw": len(batch.raw),
+                "data": self._compressor.compress(batch.raw) if batch.raw else b""}
+        return self._frame(PAGES, msgpack.packb(body, use_bin_type=True))
 
     def end(self) -> bytes:
         return self._frame(END, msgpack.packb({"frames": self._seq, "pages": self._pages}))

@@ -122,6 +122,7 @@ def test_hibernated_workloads_count_against_disk_not_memory(tmp_path):
         with pytest.raises(ResourceLimitExceeded, match="hibernated_bytes"):
             host.hibernate(wid)
         assert host.info(wid).state == "ready" and host.call(wid, "incr", [1]) == 1
+        assert not list((tmp_path / "small").rglob(f"*{FILE}*"))  # the refused file was written, then deleted
 
 
 def test_a_checkpoint_keeps_it_hibernated_and_a_new_host_wakes_it(tmp_path):
