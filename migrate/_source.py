@@ -146,23 +146,38 @@ class Migration(DualExecution, Transfer):
                 except (NodeError, HostError, OSError) as exc:
                     await self._abort(client, f"{type(exc).__name__}: {exc}")
         finally:
-            if committed and self.keep and self.info is not None and await keep_as_standby(
-                    node, self.svc, self.owned, self.epoch + 1, target_name, self.info, self.settings):
-                self.notes.append("the copy left here is the workload's standby")
-            elif committed:
-                await node.run_host(ops.remove_quietly, host, self.workload)
-                self.svc.event(self.workload, Event(EventKind.COPY_REMOVED))
-            else:
-                await node.run_host(ops.stop_tracking, host, self.workload)
-                if onto_standby:  # the workload stays here: so does its standby
-                    node.start_soon(_keep_standby, node, self.owned, self.target)
-            total_s = self.clock() - started
             try:
-                if committed:
+                if committed and self.keep and self.info is not None and await keep_as_standby(
+                        node, self.svc, self.owned, self.epoch + 1, target_name, self.info, self.settings):
+                    self.notes.append("the copy left here is the workload's standby")
+                    total_s = self.clock() - started
                     await self._ask_first_call(client)
+                elif committed:
+                    total_s = self.clock() - started
+                    await self._remove_after_first_call(client)
+                else:
+                    await node.run_host(ops.stop_tracking, host, self.workload)
+                    if onto_standby:  # the workload stays here: so does its standby
+                        node.start_soon(_keep_standby, node, self.owned, self.target)
+                    total_s = self.clock() - started
             finally:
                 await client.aclose()
         return self._report(target_name, total_s)
+
+    async def _remove_after_first_call(self, client: NodeClient) -> None:
+        """Remove the committed copy here once the target served its first call (or said none came).
+
+        Removing 256 MiB takes about 30 ms of kernel work (unmapping it, the
+        userfaultfd); done at the commit, on two cores, it held the redirect
+        and the client's first call at the target back by 3-4 ms each.  The
+        copy is frozen meanwhile, and stays at most ``FIRST_CALL_WAIT_S``
+        plus a second.
+        """
+        try:
+            await self._ask_first_call(client)
+        finally:
+            await self.node.run_host(ops.remove_quietly, self.node.host, self.workload)
+            self.svc.event(self.workload, Event(EventKind.COPY_REMOVED))
 
     async def _move(self, client: NodeClient, target_name: str) -> bool:
         """Copy the workload to the target with the requested strategy and commit."""

@@ -236,6 +236,13 @@ async def free_in_thread(holder: list[snapshot.Snapshot]) -> None:
 
     A full capture's memory is in anonymous mmaps; unmapping them took 13 to
     17 ms for 256 MiB and 55 to 73 ms for 1 GiB, a stall of the event loop
-    (every call waits) when the snapshot was dropped there.
+    (every call waits) when the snapshot was dropped there.  In a thread,
+    one munmap still held the process's mmap lock throughout, and the
+    loop's own allocations waited for it: the pages are given back in
+    pieces first (``snapshot.release_copies``).
     """
-    await trio.to_thread.run_sync(holder.clear)
+    def release() -> None:
+        for snap in holder:
+            snapshot.release_copies(snap)
+        holder.clear()
+    await trio.to_thread.run_sync(release)

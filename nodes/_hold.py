@@ -113,7 +113,7 @@ class Held:
                 w.track(tracker)
                 if not self._copies_while_running(w):
                     return self._begin_capture(w)
-                pending = self._begin_capture(w, finish=False)
+                pending = self._begin_capture(w, finish=False, forget_writes=False)  # armed just now
                 copying = w.copying_outside()
         except BaseException:
             tracker.close()  # closing it twice (once as the workload's) is harmless
@@ -127,16 +127,19 @@ class Held:
 
     @overload
     @staticmethod
-    def _begin_capture(w: Workload, finish: Literal[False]) -> _Pending: ...
+    def _begin_capture(w: Workload, finish: Literal[False], forget_writes: bool = True) -> _Pending: ...
 
     @staticmethod
-    def _begin_capture(w: Workload, finish: bool = True) -> snapshot.Snapshot | _Pending:
-        """Start the tracker's first epoch and read globals, tables and extents (the caller holds ``lock``)."""
+    def _begin_capture(w: Workload, finish: bool = True, forget_writes: bool = True) -> snapshot.Snapshot | _Pending:
+        """Start the tracker's first epoch and read globals, tables and extents (the caller holds ``lock``).
+
+        ``forget_writes=False``: see ``StateTracker.begin_capture``.
+        """
         tracker = w.tracker
         assert tracker is not None  # the caller has just tracked it
         try:
             with w.touching_state("start tracking"):
-                pending = tracker.begin_capture(w.awake()[0])
+                pending = tracker.begin_capture(w.awake()[0], forget_writes=forget_writes)
                 return pending.finish() if finish else pending
         except SnapshotFailed:
             w.drop_tracker()

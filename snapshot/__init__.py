@@ -17,7 +17,7 @@ and ``_restore``; ``_uffd`` and ``_dirty`` (dirty-page tracking);
 captured state and reset to it after each use).
 """
 
-from ._capture import CaptureBuffers, capture, capture_pages, pages_digest
+from ._capture import CaptureBuffers, capture, capture_pages, pages_digest, release_copies
 from ._decoder import DecodeLimits, End, Meta, PageBatch, SnapshotDecoder
 from ._dirty import CompareDirtyTracker, DirtyTracker, UffdDirtyTracker, open_tracker
 from ._errors import (
@@ -61,5 +61,5 @@ __all__ = [
     "TruncatedSnapshotError", "UnrepresentableStateError", "UnsupportedVersionError", "WASM_PAGE_BYTES",
     "apply_delta", "capture", "capture_pages", "first_boot", "layout", "manifest", "module_digest",
     "nonzero_runs", "prepare", "preparation_id", "read_dropped", "read_globals", "read_tables", "restore", "restore_encoded", "state_id",
-    "Written", "write_encoded",
+    "Written", "write_encoded", "release_copies",
 ]

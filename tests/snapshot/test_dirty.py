@@ -406,3 +406,29 @@ def test_random_operations_match_the_model(engine, module, backend: str, operati
         for operation in operations:
             _run(guest, tracker, model, backend, operation)
         model.check(list(tracker.collect(guest.store)), backend)
+
+
+@UFFD_SKIP
+@settings(max_examples=30, deadline=None)
+@given(st.sets(st.integers(0, 40 * 256 - 1), max_size=40))
+def test_the_watch_arms_and_scans_in_pieces_without_losing_a_page(pages):
+    """A 40 MiB range spans three 16 MiB pieces: pages on either side of each boundary are reported once."""
+    import mmap
+
+    from snapshot._uffd import PROTECT_PIECE_BYTES, WriteWatch
+    size = 40 << 20
+    assert size > 2 * PROTECT_PIECE_BYTES
+    edges = {PROTECT_PIECE_BYTES // 4096 - 1, PROTECT_PIECE_BYTES // 4096, 2 * PROTECT_PIECE_BYTES // 4096}
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    watch = WriteWatch(regions_per_scan=4)  # a small vector: scans resume inside pieces too
+    try:
+        watch.protect(base, size)
+        for page in pages | edges:
+            ctypes.memset(base + page * 4096 + 7, 1, 1)
+        assert watch.take_written(base, base + size).tolist() == sorted(pages | edges)
+        assert watch.take_written(base, base + size).tolist() == []
+    finally:
+        watch.close()
+        del base
+        region.close()

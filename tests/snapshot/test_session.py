@@ -138,11 +138,13 @@ def _raw_writer(memory, store, writes, armed):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("forget_writes", [True, False])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(writes=st.lists(st.tuples(st.integers(0, 2 * 65536 - 1), st.integers(0, 255)), min_size=1, max_size=30),
        grow=st.integers(0, 2), after=st.lists(st.tuples(st.integers(0, 4 * 65536 - 1), st.integers(0, 255)),
                                                max_size=10))
-def test_arming_while_memory_is_written_and_grown_keeps_the_chain_exact(live, backend, writes, grow, after):
+def test_arming_while_memory_is_written_and_grown_keeps_the_chain_exact(live, backend, forget_writes, writes, grow,
+                                                                      after):
     """``arming`` holds the store; ``arm`` runs while another thread writes the memory (a call running);
     the memory grows before the first capture begins.  The first round, copied while writes go on, plus a
     delta taken with nothing running, restore the memory exactly."""
@@ -162,7 +164,7 @@ def test_arming_while_memory_is_written_and_grown_keeps_the_chain_exact(live, ba
     assert passes[0] >= 1
     with tracker:
         src("grow", grow)  # grown after arming: the first capture must arm and carry it
-        pending = tracker.begin_capture(src.store)
+        pending = tracker.begin_capture(src.store, forget_writes=forget_writes)  # False: what a node does
         again = threading.Event()
         writer, _ = _raw_writer(memory, src.store, writes, again)
         if tracker.copies_while_running:  # (compare copies with calls held: it may miss a torn page)
