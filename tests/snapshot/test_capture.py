@@ -350,3 +350,29 @@ def test_every_edge_case_round_trips_across_processes(live):
     assert target("f32bits") & 0xFFFFFFFF == 0x7FA00001
     assert target("call", 2) == 11 and target("callfr") == 33
     assert (target.memory(0), target.memory(1)) == (w.memory(0), w.memory(1))
+
+
+def test_release_copies_gives_back_a_large_copy_and_leaves_small_ones():
+    """Pages copied into an mmap (1 MiB and more) read as zeros after, and RSS falls; small runs stay as they were."""
+    import ctypes
+
+    from snapshot._capture import copy_runs
+    from snapshot._state import MemoryState
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    source = bytearray(b"\x5a" * (40 << 20))
+    address = ctypes.addressof((ctypes.c_char * len(source)).from_buffer(source))
+    big_pages = (40 << 20) // snapshot.PAGE_BYTES
+    runs = copy_runs(address, [(0, big_pages)]) + copy_runs(address, [(0, 2)])  # 40 MiB in an mmap, 8 KiB not
+    snap = snapshot.Snapshot(module_sha256="00" * 32, state_id=bytes(16), base_id=None,
+                             memories=(MemoryState(0, len(source), runs),), globals=(), tables=())
+    before = rss()
+    snapshot.release_copies(snap)
+    assert before - rss() >= 32 << 20
+    big, small = runs
+    assert big.data[:4096] == bytes(4096) and big.data[-1] == 0  # given back: zero-fill on the next read
+    assert bytes(small.data) == b"\x5a" * 8192
+    snapshot.release_copies(snap)  # twice is harmless
