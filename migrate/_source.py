@@ -283,9 +283,10 @@ class Migration(DualExecution, Transfer):
                                     client.peer_max_frame_bytes):
                     chunks.append(last)
                     last = b""
+                wire_bytes = sum(len(chunk) for chunk in chunks) + len(last)
                 if chunks:
                     await self._stream(client, chunks)
-                self._sent_round(sum(len(chunk) for chunk in chunks) + len(last), snap.page_count)
+                self._sent_round(wire_bytes, snap.page_count)
                 self.final_round_bytes = self.bytes_per_round[-1]
                 committed = await self._commit(client, target_name, final=last)
                 return committed

@@ -179,8 +179,9 @@ class Transfer:
         """
         t0 = self.clock()
         chunks = await self._encode(client, snap)
-        await self._stream(client, chunks)
-        self._sent_round(sum(len(chunk) for chunk in chunks), snap.page_count)
+        wire_bytes = sum(len(chunk) for chunk in chunks)
+        await self._stream(client, chunks)  # empties ``chunks``
+        self._sent_round(wire_bytes, snap.page_count)
         return self.clock() - t0
 
     async def _encode(self, client: NodeClient, snap: snapshot.Snapshot) -> list[bytes]:
@@ -194,6 +195,13 @@ class Transfer:
             self.spent["encode"] += self.clock() - t0
 
     async def _stream(self, client: NodeClient, chunks: list[bytes]) -> None:
+        """Send ``chunks`` as the round's pieces, taking each out of the list as it goes.
+
+        A piece sent is let go at once, so the round's memory is freed a
+        piece at a time: dropping a 1 GiB round's 126 pieces together, on
+        the event loop, was one 15-17 ms step (126 munmaps with the GIL
+        held), and every call waited for it.
+        """
         t0 = self.stream_started = self.clock()
         self.step, self.round_bytes, self.round_streamed = "send", sum(map(len, chunks)), 0
         try:
@@ -207,10 +215,13 @@ class Transfer:
             self.stream_started = None
 
     def _counted(self, chunks: list[bytes]) -> Iterator[bytes]:
-        """``chunks``, counted into ``round_streamed`` as each is taken to be sent."""
-        for piece in chunks:
+        """``chunks``, taken out of the list one by one and counted into ``round_streamed``."""
+        chunks.reverse()
+        while chunks:
+            piece = chunks.pop()
             self.round_streamed += len(piece)
             yield piece
+            del piece
 
     def _sent_round(self, wire_bytes: int, pages: int) -> None:
         self.bytes_sent += wire_bytes

@@ -17,8 +17,12 @@ import sys
 import threading
 from collections.abc import Iterator
 
-#: The switch interval while a move is in flight.
-MOVING_SWITCH_INTERVAL_S = 0.0005
+#: The switch interval while a move is in flight.  0.5 ms left calls of a
+#: 1 GiB dual move waiting 15-73 ms while its first round was encoded: a
+#: call takes the GIL back after each of its many ctypes calls into
+#: wasmtime, and each time waited out the encoder's interval (a 0.2 ms
+#: call took 16 ms).  At 0.1 ms the largest gaps were 9-12 ms there.
+MOVING_SWITCH_INTERVAL_S = 0.0001
 
 _lock = threading.Lock()
 _moves = 0
