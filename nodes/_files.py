@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +46,38 @@ def atomic_file(path: Path, *, sync_dir: bool = True) -> Iterator[BinaryIO]:
         raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: A leftover of ``atomic_file`` untouched this long belongs to no live writer (a write takes milliseconds).
+LEFTOVER_AGE_S = 60.0
+
+
+def sweep_leftovers(root: Path, *, older_than_s: float = LEFTOVER_AGE_S) -> list[Path]:
+    """Delete the new files ``atomic_file`` left under ``root`` when its process died mid-write; return them.
+
+    They are named ``.NAME.HEX.tmp`` beside the file they would have
+    replaced, which is intact.  A node killed while it hibernated a
+    workload or wrote a checkpoint leaves one; the node sweeps them when it
+    starts.  Only files untouched for ``older_than_s`` go, so a writer
+    that shares the directory keeps its file.  Raises OSError only if
+    ``root`` cannot be listed.
+    """
+    now = time.time()
+    removed = []
+    for path in root.rglob(".*.tmp"):
+        if not _LEFTOVER.fullmatch(path.name):
+            continue
+        try:
+            if now - path.lstat().st_mtime < older_than_s:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
+
+
+_LEFTOVER = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")
 
 
 def fsync_dir(directory: Path) -> None:

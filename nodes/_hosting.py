@@ -38,6 +38,7 @@ import snapshot
 from ._call_args import CallResults, convert_args
 from ._checkpoint_format import BulkReport
 from ._engine import EPOCH_TICK_S, EpochTicker, open_engine
+from ._files import sweep_leftovers
 from ._hibernate import Hibernator
 from ._host_checkpoints import Checkpointing
 from ._hold import Held
@@ -95,6 +96,8 @@ class Host(Checkpointing):
         self._modules = ModuleCache(self._data_dir / MODULES_DIR, engine, linker, engine_id)
         self._workloads_dir = self._data_dir / "workloads"
         self._workloads_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in sweep_leftovers(self._data_dir):  # a killed node's half-written hibernation or checkpoint
+            logger.warning("deleted a partly written file", extra={"path": str(leftover)})
         self._guest_time = GuestTime(limits.call_timeout_s)
         self._registry = Registry(limits)
         self._ticker = EpochTicker(engine, EPOCH_TICK_S)

@@ -220,3 +220,25 @@ async def test_a_real_node_hibernates_wakes_and_keeps_it_hibernated_across_a_res
         assert (await _states(edge, tls))[h.workload] == "hibernated"
         await h.migrate("local", strategy="precopy")  # the move's first step wakes it
         assert h.node == "local" and await h.call("incr", 1) == 13
+
+
+def test_a_new_host_sweeps_the_half_written_files_a_killed_one_left(tmp_path, caplog):
+    """``.NAME.HEX.tmp`` files an ``atomic_file`` never finished: old ones go at start, a fresh one (a live
+    writer's) and anything else stay; the files they would have replaced are untouched."""
+    data = tmp_path / "data"
+    home = data / "workloads" / "w1"
+    home.mkdir(parents=True)
+    (home / FILE).write_bytes(b"the last complete file")
+    old = home / f".{FILE}.{'ab' * 16}.tmp"
+    fresh = home / f".{FILE}.{'cd' * 16}.tmp"
+    other = home / ".notes.tmp"
+    for path in (old, fresh, other):
+        path.write_bytes(b"partial")
+    long_ago = os.path.getmtime(old) - 3600
+    os.utime(old, (long_ago, long_ago))
+    os.utime(other, (long_ago, long_ago))
+    with caplog.at_level("WARNING", logger="nodes._hosting"), _host(tmp_path):
+        pass
+    assert not old.exists() and fresh.exists() and other.exists()
+    assert (home / FILE).read_bytes() == b"the last complete file"
+    assert any(getattr(r, "path", None) == str(old) for r in caplog.records)
