@@ -108,9 +108,13 @@ class StateTracker:
         the reset's walk of the whole memory (a PAGEMAP_SCAN of 256 MiB:
         1 ms alone, 10 ms measured in a node sharing two cores with a
         compile), which runs with the store held, so calls wait for it.
+        Only trackers that report writes (uffd) keep them: the compare
+        backend reports pages that differ from its shadow, which must be
+        what this capture copies, so it is reset regardless (a page written
+        back to its old value after an earlier shadow would be missed).
         """
-        if forget_writes:
-            for tracker in self._trackers.values():
+        for tracker in self._trackers.values():
+            if forget_writes or not isinstance(tracker, UffdDirtyTracker):
                 tracker.reset(store)
         return self._pending(store, None, None)
 
