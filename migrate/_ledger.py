@@ -17,12 +17,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 #: Outcomes kept per caller beyond its acknowledgement, at most.  A handle
 #: has at most a few calls in flight; this bounds what a misbehaving caller
 #: can make a node remember.
 MAX_UNACKED_PER_CALLER = 4096
+#: Callers one ledger keeps.  Every handle that ever called the workload is
+#: one (a new id per application start), and the ledger travels in every
+#: commit and checkpoint, so a client minting ids must not grow it forever.
+MAX_CALLERS = 10_000
+#: A caller silent this long may be forgotten to make room for a new one.
+#: Forgetting it is safe: only a retry of one of its old calls could run
+#: twice, and no handle retries a call for anything near an hour.
+IDLE_CALLER_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,39 @@ class CallLedger:
     #: before the freeze, the new owner's first after the commit)
     first_served_s: float | None = field(default=None, compare=False)
     last_served_s: float | None = field(default=None, compare=False)
+    #: when (``time.monotonic``, this process) each caller last called or
+    #: acknowledged; not carried on the wire: a new owner starts them at its now
+    _active: dict[str, float] = field(default_factory=dict, compare=False)
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
+
+    def admits(self, caller: str) -> bool:
+        """Whether a call from ``caller`` may run: it is known, or there is room for it.
+
+        Room is made by forgetting the callers silent for ``IDLE_CALLER_S``,
+        longest silent first.  False means the ledger holds ``MAX_CALLERS``
+        callers all heard from within the hour: refuse the call, unrun.
+        """
+        now = self.clock()
+        if caller in self._active:
+            return True
+        if len(self._active) < MAX_CALLERS:
+            return True
+        idle = sorted((t, c) for c, t in self._active.items() if now - t >= IDLE_CALLER_S)
+        for _, old in idle[:max(1, len(idle) // 2)]:  # half of them at once: the sort is paid rarely
+            self._forget_caller(old)
+        return len(self._active) < MAX_CALLERS
+
+    def callers(self) -> int:
+        """How many callers this ledger remembers."""
+        return len(self._active)
+
+    def _forget_caller(self, caller: str) -> None:
+        self._active.pop(caller, None)
+        self._by_caller.pop(caller, None)
+        self._acked.pop(caller, None)
+
+    def _touch(self, caller: str) -> None:
+        self._active[caller] = self.clock()
 
     def lookup(self, caller: str, seq: int) -> Outcome | None:
         """The recorded outcome of (caller, seq), or None if it never ran here."""
@@ -67,6 +108,7 @@ class CallLedger:
         self.last_served_s = time.perf_counter()
         if self.first_served_s is None:
             self.first_served_s = self.last_served_s
+        self._touch(caller)
         entries = self._by_caller.setdefault(caller, {})
         entries[seq] = outcome
         if len(entries) > MAX_UNACKED_PER_CALLER:
@@ -78,6 +120,9 @@ class CallLedger:
         """Forget the caller's outcomes with seq <= upto: it has seen them."""
         if upto <= self._acked.get(caller, -1):
             return
+        if caller not in self._active and len(self._active) >= MAX_CALLERS:
+            return  # a caller this ledger has no room for: nothing of it to forget
+        self._touch(caller)
         self._acked[caller] = upto
         entries = self._by_caller.get(caller)
         if entries:
@@ -104,6 +149,8 @@ class CallLedger:
             for caller, items in data["outcomes"].items():
                 ledger._by_caller[str(caller)] = {int(s): Outcome.from_wire(o) for s, o in items}
             ledger._acked = {str(c): int(s) for c, s in data["acked"].items()}
+            now = ledger.clock()
+            ledger._active = {c: now for c in (*ledger._by_caller, *ledger._acked)}
             return ledger
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed call ledger: {exc}") from None

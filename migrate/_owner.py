@@ -22,13 +22,14 @@ from nodes import (
     HostError,
     Node,
     RequestError,
+    ResourceLimitExceeded,
     Session,
     code_for,
     error_reply,
 )
 
 from . import _hostops as ops
-from ._ledger import Outcome
+from ._ledger import IDLE_CALLER_S, MAX_CALLERS, Outcome
 from ._messages import MCall, MCancel, MCancelled, MLocate, MProtect, MResult, MSpawn, MSpawned, MWhere
 from ._codes import MigrationCode
 from ._cordon import refusal as cordon_refusal
@@ -107,6 +108,11 @@ async def on_call(node: Node, session: Session | None, req: MCall) -> MResult | 
             # sender was never authorized for.
             return _not_owner(req.id, node, req.workload)
         ledger = owned.ledger
+        if not ledger.admits(req.caller):
+            full = ResourceLimitExceeded("ledger_callers", ledger.callers() + 1, MAX_CALLERS,
+                                         f"callers of {req.workload} heard from within {IDLE_CALLER_S:g} s")
+            full.started = False
+            return error_reply(req.id, full)
         if req.ack >= 0:
             ledger.acknowledge(req.caller, req.ack)
         previous = ledger.lookup(req.caller, req.seq)

@@ -54,3 +54,57 @@ def test_next_seq_is_one_past_what_was_recorded_or_acknowledged():
     assert ledger.next_seq("every:tick") == 5 and ledger.next_seq("other") == 0
     ledger.acknowledge("every:tick", 9)
     assert ledger.next_seq("every:tick") == 10
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_callers_are_bounded_and_only_long_silent_ones_are_forgotten(monkeypatch):
+    monkeypatch.setattr(_ledger, "MAX_CALLERS", 3)
+    clock = _Clock()
+    ledger = CallLedger(clock=clock)
+    for caller in "abc":
+        assert ledger.admits(caller)
+        ledger.record(caller, 0, Outcome(True, caller))
+        clock.now += 1
+    assert not ledger.admits("d") and ledger.admits("a")  # full of callers heard from within the hour
+    ledger.acknowledge("d", 5)  # no room: an unknown caller's acknowledgement is not kept
+    assert ledger.callers() == 3 and not ledger.was_forgotten("d", 5)
+    clock.now += _ledger.IDLE_CALLER_S - 1.5  # a: silent 1 h + 0.5 s, b and c less than an hour
+    ledger.record("c", 1, Outcome(True, "c1"))
+    assert ledger.admits("d")
+    assert ledger.lookup("a", 0) is None and ledger.lookup("b", 0) == Outcome(True, "b")
+    ledger.record("d", 0, Outcome(True, "d"))
+    assert ledger.callers() == 3
+    again = CallLedger.from_wire(ledger.to_wire())  # a new owner hears them all now
+    assert again.callers() == 3 and again.lookup("d", 0) == Outcome(True, "d")
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.floats(0, 2000)), max_size=80))
+def test_admitted_callers_never_exceed_the_bound_nor_lose_a_recent_caller(calls):
+    limit = 4
+    clock = _Clock()
+    ledger = CallLedger(clock=clock)
+    seen: dict[str, float] = {}
+    original = _ledger.MAX_CALLERS
+    _ledger.MAX_CALLERS = limit
+    try:
+        for n, (who, wait) in enumerate(calls):
+            clock.now += wait
+            caller = f"c{who}"
+            recent = {c for c, t in seen.items() if clock.now - t < _ledger.IDLE_CALLER_S}
+            if ledger.admits(caller):
+                ledger.record(caller, n, Outcome(True, n))
+                seen[caller] = clock.now
+            else:
+                assert len(recent) >= limit  # refused only when every remembered caller is recent
+            assert ledger.callers() <= limit
+            for c in recent:  # a caller heard from within the hour keeps its outcomes
+                assert ledger.callers() and c in ledger._active
+    finally:
+        _ledger.MAX_CALLERS = original
