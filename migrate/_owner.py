@@ -137,10 +137,19 @@ async def on_call(node: Node, session: Session | None, req: MCall) -> MResult | 
             if owned.standby is not None:
                 owned.standby.scope.cancel()  # drops the standby copy too
         if owned.throttle:
-            # Auto-converge: hold the workload idle for a share of its time.
-            took = svc.clock() - started
-            await trio.sleep(took * owned.throttle / (1 - owned.throttle))
+            await idle_throttled(owned, svc.clock() - started)
         return _result(req.id, outcome, owned.epoch, replayed=False)
+
+
+async def idle_throttled(owned: Owned, took_s: float) -> None:
+    """Auto-converge: hold the workload (its ``lock``, which the caller holds) idle for a share of its time.
+
+    A call that ran ``took_s`` is followed by ``took_s * t / (1 - t)`` of
+    idleness at throttle ``t``, ended early by ``Owned.stop_throttle``.
+    """
+    with trio.move_on_after(took_s * owned.throttle / (1 - owned.throttle)) as owned.throttling:
+        await trio.sleep_forever()
+    owned.throttling = None
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ async def on_migrate(node: Node, session: Session, req: MMigrate) -> MReport | E
     finally:
         svc.active.pop(req.workload, None)
         migration.ended()
-        owned.throttle = 0.0
+        owned.stop_throttle()
     svc.recent.append({"workload": report.workload, "app": migration.app, "state": "done", "target": report.target,
                        "strategy": report.strategy, "rounds": report.rounds,
                        "frozen_ms": round(report.frozen_s * 1e3, 3),
@@ -252,7 +252,7 @@ class Migration(DualExecution, Transfer):
             took = await self._send(client, delta)
             last_pages, last_bytes = delta.page_count, self.bytes_sent - sent_before
         await self._send(client, delta)
-        self.owned.throttle = 0.0
+        self.owned.stop_throttle()  # the freeze comes next
 
     async def _precopy(self, client: NodeClient, target_name: str) -> bool:
         await self._rounds(client)

@@ -100,6 +100,7 @@ class Owned:
     ledger: CallLedger = field(default_factory=CallLedger)
     lock: trio.Lock = field(default_factory=trio.Lock)  # FIFO: calls run in arrival order
     throttle: float = 0.0
+    throttling: trio.CancelScope | None = None  # the idle time a call holds ``lock`` for, while throttled
     moved: "Tombstone | None" = None
     index: int = 0        # state-changing operations run so far, in order
     record: bool = False  # record nondeterministic inputs (protected or followed)
@@ -112,6 +113,17 @@ class Owned:
     committed_s: float | None = None  # when (time.perf_counter) this node answered a move's commit
     running: "tuple[str, int, CancelToken] | None" = None  # the call that holds ``lock``: caller, seq, token
     lifecycle: "Lifecycle | None" = None  # lease and schedules of a named or detached workload (_life_node)
+
+    def stop_throttle(self) -> None:
+        """Throttle no more, and end the idle time a call holds ``lock`` for now, if any.
+
+        A move does this before it freezes the workload: the freeze takes
+        ``lock``, and at the throttle's top step (0.95) a call held it for
+        19 times its own run time.
+        """
+        self.throttle = 0.0
+        if self.throttling is not None:
+            self.throttling.cancel()
 
     def forward(self, entry: dict[str, Any] | None) -> None:
         """Hand a logged operation to the dual-execution follower and the standby, if any."""

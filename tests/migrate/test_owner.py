@@ -9,6 +9,7 @@ perhaps another tenant's): it is answered ``not_owner``.
 
 import pytest
 import trio
+import trio.testing
 
 import workloads
 from migrate._codes import MigrationCode
@@ -64,3 +65,27 @@ async def test_a_workload_remembers_a_bounded_number_of_callers(node_procs, clus
             again = await b.request(MCall, workload="w", op="call", caller="minted-7", seq=1, export="incr", args=(1,))
     assert refused.value.limit == "ledger_callers" and refused.value.started is False
     assert known.values == (MAX_CALLERS + 1,) and again.values == known.values  # the refused call never ran
+
+
+async def test_a_freeze_ends_the_idle_time_of_a_throttled_call():
+    """At the top throttle step a call holds the workload idle for 19 times its run time; the move's
+    ``stop_throttle`` before its freeze ends that at once, so the freeze gets the lock."""
+    from migrate._owner import idle_throttled
+    from migrate._state import Owned
+    owned = Owned("w", epoch=1, throttle=0.95)
+    idled = trio.Event()
+
+    async def a_throttled_call() -> None:
+        async with owned.lock:
+            await idle_throttled(owned, took_s=60.0)  # 19 minutes of idleness
+        idled.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a_throttled_call)
+        await trio.testing.wait_all_tasks_blocked()
+        assert owned.lock.locked() and owned.throttling is not None
+        owned.stop_throttle()
+        with trio.fail_after(30):  # a liveness bound, not a timing: the idle time left is 19 minutes
+            async with owned.lock:
+                assert owned.throttle == 0.0 and owned.throttling is None
+        await idled.wait()
