@@ -27,6 +27,7 @@ instances get none) would break this; pools give it no such access.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -87,7 +88,8 @@ class Pool:
             live = [n for n in self.nodes if n not in tried]
         return min(live, key=lambda n: self._in_flight[n], default=None)
 
-    async def call(self, export: str, *args: int | float) -> None | int | float | tuple[int | float, ...]:
+    async def call(self, export: str, *args: int | float,
+                   timeout: float | None = None) -> None | int | float | tuple[int | float, ...]:
         """Run ``export(*args)`` on a pristine instance of any of the pool's nodes.
 
         Returns None, one value or a tuple, as ``Handle.call``.  Raises the
@@ -96,7 +98,20 @@ class Pool:
         when every node refused it for a quota (nothing ran), and
         ``WorkloadUnavailable`` (``ran`` None: a node may have run it) when
         every node failed.
+
+        ``timeout`` bounds the wait in seconds, retries on other nodes
+        included: past it, ``trio.TooSlowError``.  The node is not told; the
+        call runs on there until it ends or reaches the node's per-call
+        deadline, and its result is dropped.  A pool call leaves no state
+        behind (its instance is reset or dropped), so nothing of it stays.
         """
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        with trio.fail_after(math.inf if timeout is None else timeout):
+            return await self._call(export, args)
+
+    async def _call(self, export: str, args: tuple[int | float, ...]) -> None | int | float | tuple[int | float, ...]:
         if not isinstance(export, str):
             raise TypeError(f"export must be a str, got {type(export).__name__}")
         check_call_args(args)

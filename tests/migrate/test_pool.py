@@ -127,3 +127,16 @@ async def test_a_node_at_its_quota_sends_pool_calls_elsewhere_and_a_full_cluster
             await alone.call("bump", 1)  # its only node refused it: nothing ran
         assert (await alone.stats())["edge-1"].calls == 0
         assert await plain.call("incr", 1) == 1
+
+
+async def test_a_pool_call_past_its_timeout_raises_and_the_pool_serves_on(node_procs, cluster_tls):
+    node = node_procs.start("edge-1", "edge")
+    async with migrate.connect(str(node.address), tls=cluster_tls.issue("app-1", "node")) as c:
+        pool = await c.pool(pool_module(), init="init", nodes="edge-1")
+        for bad in (0, -1, "1", True):
+            with pytest.raises(ValueError, match="timeout"):
+                await pool.call("bump", 1, timeout=bad)
+        with pytest.raises(trio.TooSlowError):
+            await pool.call("spin", 2_000_000_000, timeout=0.05)  # seconds of counting: far past 50 ms
+        assert await pool.call("bump", 2, timeout=30) == PRISTINE  # pristine, on this instance or another
+        await pool.close()
