@@ -349,6 +349,9 @@ class MCheckpointData(Reply):
     app: str
     monotonic_ns: int
     settings: Any = None
+    #: the workload's lease and schedules (``_lifecycle.Lifecycle.to_wire``), None if unmanaged: a failover
+    #: from this checkpoint commits them with the restored copy
+    lifecycle: Any = None
 
 
 @message("m_checkpoint", reply=MCheckpointData, roles=NODE_ONLY)

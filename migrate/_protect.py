@@ -345,7 +345,8 @@ class Protector:
             ledger.record(e["caller"], e["seq"], entry_outcome(e))
         await client.request(MCommit, workload=self.workload, epoch=new_epoch, ledger=ledger.to_wire(),
                              calls=meta.calls + sum(e["op"] == "call" for e in entries),
-                             index=ckpt.index + len(entries), record=True, monotonic_ns=meta.monotonic_ns)
+                             index=ckpt.index + len(entries), record=True, monotonic_ns=meta.monotonic_ns,
+                             lifecycle=meta.lifecycle)
         return client.node, address, new_epoch
 
     async def _promote(self, epoch: int) -> tuple[str, str, int]:

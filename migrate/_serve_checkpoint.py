@@ -12,6 +12,7 @@ from nodes import ErrorCode, ErrorReply, Node, Session
 
 from . import _chunks
 from . import _hostops as ops
+from ._life_node import to_wire as life_wire
 from ._messages import MCheckpoint, MCheckpointBytes, MCheckpointData, MCheckpointPart
 from ._parts import PartRefused
 from ._state import MAX_PENDING_CHECKPOINTS, PendingCheckpoint, _not_owner, service
@@ -33,7 +34,7 @@ async def on_checkpoint(node: Node, session: Session, req: MCheckpoint) -> MChec
         if owned.moved is not None or svc.owned.get(req.workload) is not owned:
             return _not_owner(req.id, node, req.workload)  # it moved or was removed meanwhile
         snap, info, clock, settings = await node.run_host(ops.consistent_copy, node.host, req.workload)
-        index, ledger, epoch = owned.index, owned.ledger.to_wire(), owned.epoch
+        index, ledger, epoch, life = owned.index, owned.ledger.to_wire(), owned.epoch, life_wire(owned)
     size = _chunks.chunk_bytes(node.config.max_frame_bytes, session.channel.connection.peer_max_frame_bytes)
     token = uuid.uuid4().hex
     owned.checkpoints[token] = PendingCheckpoint(_chunks.stream(snap, size))
@@ -42,7 +43,7 @@ async def on_checkpoint(node: Node, session: Session, req: MCheckpoint) -> MChec
     return MCheckpointData(id=req.id, token=token, index=index, epoch=epoch, ledger=ledger, calls=info.calls,
                            module_sha256=info.module_sha256, app=info.app, monotonic_ns=clock,
                            settings={"args": list(settings["args"]), "env": settings["env"],
-                                     "memory_limit_bytes": settings["memory_limit_bytes"]})
+                                     "memory_limit_bytes": settings["memory_limit_bytes"]}, lifecycle=life)
 
 
 async def on_checkpoint_part(node: Node, session: Session, req: MCheckpointPart) -> MCheckpointBytes | ErrorReply:

@@ -240,3 +240,25 @@ async def test_a_held_workload_is_renewed_across_its_node_restart_and_dropped_on
 
 async def _not_held(cluster, workload: str) -> bool:
     return not cluster.keeper.holds(workload)
+
+
+async def test_a_checkpoint_failover_takes_the_lifecycle_and_schedule_on(node_procs, cluster_tls):
+    """Checkpoint protection: the owner is killed, the application restores its last checkpoint on cloud-1,
+    and the restored copy is still detached, keeps its lease and goes on firing its schedule there."""
+    edge, cloud = node_procs.start("edge-1", "edge"), node_procs.start("cloud-1", "cloud")
+    app = cluster_tls.issue("app-1", "node")
+    async with migrate.connect(str(edge.address), str(cloud.address), tls=app) as c:
+        h = await c.spawn(WATCH, on="edge-1", name="camera-watch", detached=True, ttl=3600.0, every={"tick": 0.1})
+        await h.protect("checkpoint", interval_s=0.05, to="cloud-1")
+        await until(lambda: _fired_beyond(edge, app, 5), "ticks on the owner")
+        with trio.fail_after(WAIT_S):  # a checkpoint taken after some firings
+            while c.protection(h.workload).checkpoint_index < 3:
+                await trio.sleep(0.02)
+        edge.kill()
+        ticks = await h.call("ticks")  # the handle fails over: the checkpoint is restored on cloud-1
+        assert h.node == "cloud-1" and ticks >= 3
+        record = await lifecycle_of(cloud, "camera-watch", app)
+        assert record is not None and record["detached"] and "tick" in record["schedules"]
+        fired = record["schedules"]["tick"]["fired"]
+        await until(lambda: _fired_beyond(cloud, app, fired + 3), "ticks after the failover")
+        assert await h.call("ticks") > ticks  # the restored copy's own schedule ran it
