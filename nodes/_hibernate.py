@@ -35,6 +35,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,7 @@ class Hibernator:
         w.memory = None
         w.refresh_memory_bytes()
         w.sleep = None
-        sleep.path.unlink(missing_ok=True)
+        _delete_in_thread(sleep.path)
         logger.info("woke workload", extra=w.log_extra())
 
     def _restore(self, w: Workload, sleep: Sleep) -> Workload:
@@ -215,6 +216,21 @@ class Hibernator:
         w.calls, w.idle_s = calls, idle_s
         w.sleep = Sleep(self, path, header, size, monotonic_ns, holds_memory=False)
         return w
+
+
+def _delete_in_thread(path: Path) -> None:
+    """Delete a woken workload's file without making the waking call wait: 2.0-2.3 ms for 8 MiB here.
+
+    The file is renamed first (at once, and a later hibernation may write
+    ``path`` again meanwhile), to a name the sweep of a starting node
+    deletes if this process dies before the thread does (``_files``).
+    """
+    doomed = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return
+    threading.Thread(target=doomed.unlink, kwargs={"missing_ok": True}, name="hibernation-file-delete").start()
 
 
 def _free_in_thread(store: wasmtime.Store) -> None:

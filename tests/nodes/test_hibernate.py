@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import pytest
 import trio
@@ -60,6 +61,10 @@ def test_hibernate_then_wake_keeps_the_exact_state(tmp_path):
         assert host.checkpoint(wid).same_state(before)  # the capture wakes it: memory, globals, tables identical
         assert host.info(wid).state == "ready" and not path.exists()
         assert host.call(wid, "peek") == 5 + 41 + 41 + 2
+        for thread in threading.enumerate():  # the renamed file is deleted in a thread of its own
+            if thread.name == "hibernation-file-delete":
+                thread.join()
+        assert not [p.name for p in path.parent.iterdir() if FILE in p.name]
 
 
 def test_a_call_wakes_it_and_runs_once(tmp_path):
