@@ -31,7 +31,7 @@ def atomic_file(path: Path, *, sync_dir: bool = True) -> Iterator[BinaryIO]:
 
     If the block raises, ``path`` is left as it was and the new file is deleted.
     """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = scratch_path(path)
     try:
         with open(tmp, "wb") as f:
             yield f
@@ -46,6 +46,11 @@ def atomic_file(path: Path, *, sync_dir: bool = True) -> Iterator[BinaryIO]:
         raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def scratch_path(path: Path) -> Path:
+    """A new name beside ``path`` (``.NAME.HEX.tmp``) that ``sweep_leftovers`` deletes when a node starts."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
 #: A leftover of ``atomic_file`` untouched this long belongs to no live writer (a write takes milliseconds).

@@ -35,7 +35,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ import wasmtime
 
 import snapshot
 
-from ._files import atomic_file
+from ._files import atomic_file, scratch_path
 from ._guest_time import GuestTime
 from ._host_errors import ResourceLimitExceeded, SnapshotFailed
 from ._limits import Limits
@@ -225,7 +224,7 @@ def _delete_in_thread(path: Path) -> None:
     ``path`` again meanwhile), to a name the sweep of a starting node
     deletes if this process dies before the thread does (``_files``).
     """
-    doomed = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    doomed = scratch_path(path)
     try:
         os.rename(path, doomed)
     except FileNotFoundError:

@@ -19,7 +19,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-from ._format import BATCH_PAGES, HEADER_BYTES, Gathered, SnapshotEncoder
+from ._format import BATCH_PAGES, Gathered, SnapshotEncoder
 
 if TYPE_CHECKING:
     from ._snapshot import Snapshot
@@ -53,26 +53,22 @@ def write_encoded(snap: Snapshot, file: BinaryIO, *, key: bytes | None = None, l
     def frame_and_write(gathered: Gathered) -> None:
         file.write(encoder.batch_frame(gathered))
 
+    batches = (gathered for memory in snap.memories for gathered in encoder.batches(memory.index, memory.runs))
     if sum(r.page_count for m in snap.memories for r in m.runs) <= batch_pages:  # one batch: nothing to overlap
-        for memory in snap.memories:
-            for gathered in encoder.batches(memory.index, memory.runs):
-                frame_and_write(gathered)
-        file.write(encoder.end())
-        return Written(header, encoder.wire_bytes)
-
-    pending: deque[Future[None]] = deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="snapshot-write") as helper:
-        try:
-            for memory in snap.memories:
-                for gathered in encoder.batches(memory.index, memory.runs):
+        for gathered in batches:
+            frame_and_write(gathered)
+    else:
+        pending: deque[Future[None]] = deque()
+        with ThreadPoolExecutor(1, thread_name_prefix="snapshot-write") as helper:
+            try:
+                for gathered in batches:
                     while len(pending) >= IN_FLIGHT:  # its buffer is about to be reused
                         pending.popleft().result()
                     pending.append(helper.submit(frame_and_write, gathered))
-            while pending:
-                pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+                while pending:
+                    pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
     file.write(encoder.end())
-    assert len(header) == HEADER_BYTES
     return Written(header, encoder.wire_bytes)
