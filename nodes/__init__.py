@@ -54,6 +54,7 @@ from ._engine import EPOCH_TICK_S, open_engine
 from ._guest_time import CancelToken
 from ._hold import Held
 from ._hosting import Host, HostStats, WorkloadInfo
+from ._in_use import NOT_NOW, NotNow
 from ._limits import Limits
 from ._logging import configure_logging, embedded_logging
 from ._metrics import PREFIX as METRICS_PREFIX
@@ -92,6 +93,8 @@ from ._tls import client_context, init_ca, issue_cert, own_identity, server_cont
 from ._transport import RECEIVE_BYTES
 
 __all__ = [
+    "NOT_NOW",
+    "NotNow",
     "CallCancelled",
     "CancelToken",
     "ANY_ROLE",

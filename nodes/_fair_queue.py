@@ -63,6 +63,10 @@ class FairQueue(Generic[T]):
         """How many of ``key``'s items wait."""
         return len(self._waiting.get(key, ()))
 
+    def idle(self, key: Hashable) -> bool:
+        """True if ``key`` has no item running or waiting."""
+        return key not in self._running and key not in self._waiting
+
     def submit(self, key: Hashable, item: T) -> list[tuple[Hashable, T]]:
         """Queue ``item`` behind ``key``'s other items; return the items to start now."""
         queue = self._waiting.get(key)

@@ -46,10 +46,10 @@ from ._host_errors import BadArguments, UnknownExport
 from ._limits import Limits
 from ._modules import MODULES_DIR, ModuleCache
 from ._registry import Registry
-from ._replay import CallInputs
+from ._replay import CallInputs, ReplayMode
 from ._wasi_inputs import make_linker
 from ._guest_time import CancelToken, GuestTime
-from ._in_use import InUse
+from ._in_use import NOT_NOW, InUse, NotNow
 from ._workload import Workload, WorkloadInfo, check_app, check_name, instantiate
 
 __all__ = ["Host", "WorkloadInfo", "HostStats", "BulkReport", "EPOCH_TICK_S"]
@@ -309,6 +309,28 @@ class Host(Checkpointing):
         params = convert_args(export, signature, args)
         with self._using(w, guest=True):
             return w.run(export, params, inputs, cancel)
+
+    def call_now(self, workload_id: str, export: str, args: Sequence[int | float] = (), *,
+                 cancel: CancelToken | None = None) -> CallResults | NotNow:
+        """``call`` on this thread (an event loop's), if ``export`` provably ends fast and can start at once.
+
+        ``export`` must be in the module's ``bounded`` (``snapshot.bounded_exports``), and the workload
+        not in use, paused, hibernated, recording or replaying.  Else returns ``NOT_NOW``, having run
+        nothing: the caller uses ``call`` on a worker thread.  Raises what ``call`` raises.
+        """
+        w = self._registry.get(workload_id)
+        if export not in w.module.bounded:
+            return NOT_NOW
+        params = convert_args(export, w.module.signatures[export], args)
+        use = self._using(w, guest=True)
+        if not use.enter_now():
+            return NOT_NOW
+        try:
+            if w.budget.inputs.mode is not ReplayMode.OFF:
+                return NOT_NOW
+            return w.run(export, params, None, cancel)
+        finally:
+            use.__exit__()
 
     def read_memory(self, workload_id: str, offset: int, length: int) -> bytes:
         """Copy ``length`` bytes out of the workload's memory 0.

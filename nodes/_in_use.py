@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable
 
 from ._host_errors import UnknownWorkload
 from ._workload import Workload
+
+
+class NotNow(enum.Enum):
+    """The type of ``NOT_NOW``."""
+
+    NOT_NOW = "not now"
+
+
+#: What ``Host.call_now`` returns when the call cannot run at once on the calling thread.
+NOT_NOW = NotNow.NOT_NOW
 
 
 class InUse:
@@ -42,6 +53,22 @@ class InUse:
                 raise
         w.busy = True
         return w
+
+    def enter_now(self) -> bool:
+        """``__enter__`` without waiting or waking: False, holding nothing, unless it can start at once.
+
+        It cannot if another thread holds the lock, or the workload is
+        paused, removed or hibernated (waking it reads a file).  Leave with
+        ``__exit__`` after True.
+        """
+        w = self._w
+        if not w.lock.acquire(blocking=False):
+            return False
+        if not (w.thawed.is_set() and not w.removed and w.sleep is None):
+            w.lock.release()
+            return False
+        w.busy = True
+        return True
 
     def __exit__(self, *exc_info: object) -> None:
         self._w.busy = False

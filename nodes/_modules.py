@@ -72,9 +72,13 @@ class CachedModule:
     memory0_export: str | None
     min_memory_bytes: int  # of the largest memory
     min_table_elements: int  # of all tables
+    #: Callable exports that provably finish within ``snapshot.DEFAULT_MAX_INSTRUCTIONS`` instructions
+    #: (``snapshot.bounded_exports``): a node may run them on its event loop.
+    bounded: frozenset[str] = frozenset()
 
     @classmethod
-    def build(cls, sha256: str, module: wasmtime.Module, pre: wasmtime.InstancePre) -> CachedModule:
+    def build(cls, sha256: str, module: wasmtime.Module, pre: wasmtime.InstancePre, wasm: bytes) -> CachedModule:
+        """The cache entry of ``module``, compiled from the prepared form of ``wasm``."""
         signatures: dict[str, Signature] = {}
         memories: list[str] = []
         min_memory_bytes = min_table_elements = 0
@@ -92,7 +96,8 @@ class CachedModule:
             elif isinstance(ty, wasmtime.TableType) and export.name.startswith(_RESERVED_PREFIX):
                 min_table_elements += ty.limits.min
         memory0 = _MEMORY0_EXPORT if _MEMORY0_EXPORT in memories else (memories[0] if memories else None)
-        return cls(sha256, module, pre, signatures, memory0, min_memory_bytes, min_table_elements)
+        bounded = frozenset(snapshot.bounded_exports(wasm)) & signatures.keys()
+        return cls(sha256, module, pre, signatures, memory0, min_memory_bytes, min_table_elements, bounded)
 
     def check_fits(self, memory_limit_bytes: int, table_elements: int) -> None:
         """Raises ``ResourceLimitExceeded`` if the module's initial memory or tables exceed the limits."""
@@ -182,7 +187,8 @@ class ModuleCache:
         if cwasm.exists():
             try:
                 module = wasmtime.Module.deserialize_file(self._engine, os.fspath(cwasm))
-                cached = CachedModule.build(sha256, module, self._linker.instantiate_pre(module))
+                cached = CachedModule.build(sha256, module, self._linker.instantiate_pre(module),
+                                            self._wasm_path(sha256).read_bytes())
                 with self._lock:
                     self.deserializations += 1
             except wasmtime.WasmtimeError as exc:
@@ -214,4 +220,4 @@ class ModuleCache:
             self.compiles += 1
         write_atomically(self._cwasm_path(sha256), module.serialize())
         logger.info("compiled module", extra={"module_sha256": sha256})
-        return CachedModule.build(sha256, module, pre)
+        return CachedModule.build(sha256, module, pre, wasm)

@@ -79,6 +79,15 @@ class ReadyStream(trio.abc.HalfCloseableStream):
             except OSError as exc:
                 raise _translate(exc) from exc
 
+    def send_nowait(self, data: bytes) -> int:
+        """Write what the socket takes of ``data`` now, without waiting; return how much (0 when closed or full)."""
+        try:
+            wrote = os.write(self._fd(), data) if data else 0
+        except (OSError, trio.ClosedResourceError):
+            return 0
+        self.sent_bytes += wrote
+        return wrote
+
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
 

@@ -1,6 +1,6 @@
 """Moving protocol bytes over trio streams: TLS, framing and back-pressure.
 
-``Channel`` wraps one trio stream (a ``trio.SSLStream`` over TCP, or plain
+``Channel`` wraps one trio stream (a ``TLSStream`` over TCP, or plain
 TCP on loopback with ``--insecure``) and drives a sans-IO ``Connection``:
 it only moves bytes.  ``open_channel`` dials and ``accept_channel`` answers;
 both finish the TLS handshake and the Hello exchange before returning, so
@@ -41,6 +41,7 @@ from ._messages import ErrorCode, Goodbye, Hello, Message, Reply, Request
 from ._protocol import NEED_DATA, Connection, ConnectionClosed, State
 from ._socket_stream import ReadyStream, has_unread, ssl_reason
 from ._tls import Identity, certificate_subject, peer_identity
+from ._tls_stream import TLSStream
 
 #: Bytes asked of the socket per read: large enough that a 64 MiB page batch
 #: takes a few hundred reads, small enough that a read never holds much more
@@ -84,7 +85,7 @@ class Channel:
         self._read_since = 0.0
         self._read_scope: trio.CancelScope | None = None
         # Over a ReadyStream the stall clocks run only while a read or send waits on the socket.
-        base = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        base = stream.transport_stream if isinstance(stream, TLSStream) else stream
         self._ready = base if isinstance(base, ReadyStream) and timeout_s is not None else None
         if self._ready is not None:
             self._ready.wait_readable, self._ready.wait_writable = self._wait_readable, self._wait_writable
@@ -99,12 +100,12 @@ class Channel:
     @property
     def peer_certificate(self) -> dict[str, str] | None:
         """The subject of the peer's TLS certificate (commonName, organizationalUnitName...), None without TLS."""
-        return certificate_subject(self.stream.getpeercert()) if isinstance(self.stream, trio.SSLStream) else None
+        return certificate_subject(self.stream.getpeercert()) if isinstance(self.stream, TLSStream) else None
 
     @property
     def peer_identity(self) -> Identity | None:
         """The role and names the peer's TLS certificate gives it; None without TLS."""
-        if self._identity is None and isinstance(self.stream, trio.SSLStream):
+        if self._identity is None and isinstance(self.stream, TLSStream):
             self._identity = peer_identity(self.stream.getpeercert())
         return self._identity
 
@@ -170,7 +171,7 @@ class Channel:
 
     def has_unread(self) -> bool:
         """True if the peer sent bytes (or closed) that nobody has read yet; one poll, no waiting."""
-        return has_unread(self.stream.transport_stream if isinstance(self.stream, trio.SSLStream) else self.stream)
+        return has_unread(self.stream.transport_stream if isinstance(self.stream, TLSStream) else self.stream)
 
     async def receive(self) -> Message | ConnectionClosed:
         """Return the next Hello, Request, Reply or ConnectionClosed from the peer.
@@ -347,11 +348,10 @@ async def open_channel(address: Address, *, ssl_context: ssl.SSLContext | None, 
         # trio wraps the per-address failures; the first one says why (refused, unreachable)
         why = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
         raise ConnectionFailed(f"cannot connect to {remote}: {why.strerror or why}") from exc
-    stream: trio.abc.Stream = ReadyStream(tcp)
+    stream: trio.abc.Stream = (ready := ReadyStream(tcp))
     try:
         if ssl_context is not None:
-            stream = trio.SSLStream(stream, ssl_context, server_hostname=address.host,
-                                    https_compatible=False)
+            stream = TLSStream(ready, ssl_context, server_side=False, server_hostname=address.host)
             await stream.do_handshake()
         channel = Channel(stream, _connection(max_frame_bytes), remote=remote)
         await channel.handshake(channel.connection.hello(**hello))
@@ -382,9 +382,9 @@ async def accept_channel(tcp: trio.SocketStream, *, ssl_context: ssl.SSLContext 
         remote = str(Address(host, port))
     except OSError:
         remote = "unknown"
-    stream: trio.abc.Stream = ReadyStream(tcp)
+    stream: trio.abc.Stream = (ready := ReadyStream(tcp))
     if ssl_context is not None:
-        stream = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=False)
+        stream = TLSStream(ready, ssl_context, server_side=True)
         try:
             await stream.do_handshake()
         except _BROKEN as exc:

@@ -14,9 +14,12 @@ preparation); ``_segments`` (what prepare adds for passive segments); ``_dropped
 (which of them an instance dropped); ``_instance`` (a live instance's state exports); ``_capture``
 and ``_restore``; ``_uffd`` and ``_dirty`` (dirty-page tracking);
 ``_session`` (full captures followed by deltas); ``_pristine`` (instances started in a
-captured state and reset to it after each use).
+captured state and reset to it after each use); ``_tablewrites`` (an instruction decoder: which
+tables code writes) and ``_bounded`` (which exports provably finish within a bounded number of
+instructions).
 """
 
+from ._bounded import DEFAULT_MAX_INSTRUCTIONS, bounded_exports
 from ._capture import CaptureBuffers, capture, capture_pages, pages_digest, release_copies
 from ._decoder import DecodeLimits, End, Meta, PageBatch, SnapshotDecoder
 from ._dirty import CompareDirtyTracker, DirtyTracker, UffdDirtyTracker, open_tracker
@@ -61,5 +64,5 @@ __all__ = [
     "TruncatedSnapshotError", "UnrepresentableStateError", "UnsupportedVersionError", "WASM_PAGE_BYTES",
     "apply_delta", "capture", "capture_pages", "first_boot", "layout", "manifest", "module_digest",
     "nonzero_runs", "prepare", "preparation_id", "read_dropped", "read_globals", "read_tables", "restore", "restore_encoded", "state_id",
-    "Written", "write_encoded", "release_copies",
+    "Written", "write_encoded", "release_copies", "DEFAULT_MAX_INSTRUCTIONS", "bounded_exports",
 ]

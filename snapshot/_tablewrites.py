@@ -64,6 +64,17 @@ _SIMD_LANE = frozenset(range(0x15, 0x23))
 _SIMD_LAST = 0x113  # the last relaxed SIMD instruction
 _ATOMIC_LAST = 0x4E
 
+#: In a ``calls`` list (``_scan_body``): the body has an instruction whose running time no bound of
+#: the body's size gives: ``loop``, a call whose callee is not a constant, ``memory.grow``, a bulk
+#: memory or table instruction, or an atomic wait.
+UNBOUNDED = -1
+_CALL, _RETURN_CALL = 0x10, 0x12
+#: ``loop``, ``call_indirect``, ``return_call_indirect``, ``call_ref``, ``return_call_ref``, ``memory.grow``.
+_UNBOUNDED_OPS = frozenset({0x03, 0x11, 0x13, 0x14, 0x15, 0x40})
+_WATCHED_OPS = _UNBOUNDED_OPS | {_CALL, _RETURN_CALL}
+_FC_UNBOUNDED = frozenset({8, 10, 11, 12, 14, 15, 17})  # memory.init/copy/fill, table.init/copy/grow/fill
+_FE_UNBOUNDED = frozenset({1, 2})  # memory.atomic.wait32/64
+
 
 def _skip_leb(code: bytes, pos: int) -> int:
     while code[pos] & 0x80:
@@ -90,9 +101,11 @@ def _skip_blocktype(code: bytes, pos: int) -> int:
     return _skip_leb(code, pos)  # a type index (s33, non-negative)
 
 
-def _prefixed(code: bytes, op: int, pos: int, written: set[int]) -> int | None:
+def _prefixed(code: bytes, op: int, pos: int, written: set[int], calls: list[int] | None) -> int | None:
     """Skip the rest of a prefixed instruction; None if it is not one the decoder knows."""
     sub, pos = read_u(code, pos)
+    if calls is not None and sub in (_FC_UNBOUNDED if op == 0xFC else _FE_UNBOUNDED if op == 0xFE else ()):
+        calls.append(UNBOUNDED)
     if op == 0xFC:
         if sub not in _FC:
             return None
@@ -117,8 +130,13 @@ def _prefixed(code: bytes, op: int, pos: int, written: set[int]) -> int | None:
     return pos + 1 if sub == 0x03 else _skip_memarg(code, pos)  # atomic.fence takes one zero byte
 
 
-def _scan_body(code: bytes, pos: int, end: int, written: set[int]) -> bool:
-    """Add the tables the body in ``code[pos:end]`` writes to ``written``; False if unsure."""
+def _scan_body(code: bytes, pos: int, end: int, written: set[int], calls: list[int] | None = None) -> bool:
+    """Add the tables the body in ``code[pos:end]`` writes to ``written``; False if unsure.
+
+    With ``calls``, also append the index each ``call`` or ``return_call``
+    names, and ``UNBOUNDED`` for each instruction that makes the body's
+    running time unbounded.
+    """
     kinds = _KINDS
     groups, pos = read_u(code, pos)
     for _ in range(groups):  # locals: (count, value type)
@@ -129,6 +147,12 @@ def _scan_body(code: bytes, pos: int, end: int, written: set[int]) -> bool:
         kind = kinds[op]
         if kind == _NONE:
             continue
+        if calls is not None and op in _WATCHED_OPS:
+            if op in (_CALL, _RETURN_CALL):
+                callee, pos = read_u(code, pos)
+                calls.append(callee)
+                continue
+            calls.append(UNBOUNDED)
         if kind == _LEB:
             while code[pos] & 0x80:
                 pos += 1
@@ -143,7 +167,7 @@ def _scan_body(code: bytes, pos: int, end: int, written: set[int]) -> bool:
             table, pos = read_u(code, pos)
             written.add(table)
         elif kind == _PREFIX:
-            after = _prefixed(code, op, pos, written)
+            after = _prefixed(code, op, pos, written, calls)
             if after is None:
                 return False
             pos = after

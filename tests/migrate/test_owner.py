@@ -88,3 +88,46 @@ async def test_a_freeze_ends_the_idle_time_of_a_throttled_call():
         await trio.testing.wait_all_tasks_blocked()  # without the cancel, the call would idle on for 19 minutes
         assert idled.is_set() and not owned.lock.locked()
         assert owned.throttle == 0.0 and owned.throttling is None
+
+
+async def test_short_calls_run_on_the_event_loop_unless_the_workload_records_them(edge_and_cloud, cluster_tls):
+    """Calls of a provably short export (counter's incr) run on the owner's event loop (``calls_inline``);
+    a loop (trap's spin) and the calls of a protected workload (its inputs are recorded) go to a worker.
+    Through a move, every call runs once."""
+    async with edge_and_cloud() as (edge, cloud, cluster):
+        h = await cluster.spawn(workloads.load("counter"), on="edge-1")
+        looping = await cluster.spawn(workloads.load("trap"), on="edge-1")
+
+        async def inline(node) -> int:
+            async with await node.client(cluster_tls.app) as client:
+                return (await client.status()).counters.get("calls_inline", 0)
+
+        for i in range(1, 21):
+            assert await h.call("incr", 1) == i
+        assert await looping.call("spin", 5) == 5
+        assert await inline(edge) == 20
+        async with await edge.client(cluster_tls.app) as client:  # a node client's call, too
+            wid = (await client.deploy(workloads.load("counter"))).workload_id
+            assert await client.call(wid, "incr", 3) == 3
+        assert await inline(edge) == 21
+
+        answers = []
+        moved = trio.Event()
+
+        async def hammer() -> None:
+            while not moved.is_set():
+                answers.append(await h.call("incr", 1))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hammer)
+            await h.migrate("cloud-1")
+            moved.set()
+        assert answers == list(range(21, 21 + len(answers)))
+        assert await h.call("get") == 20 + len(answers)
+        at_cloud = await inline(cloud)
+        assert at_cloud >= 1
+
+        await h.protect("standby", to="edge-1")
+        for i in range(21 + len(answers), 31 + len(answers)):
+            assert await h.call("incr", 1) == i
+        assert await inline(cloud) == at_cloud

@@ -174,3 +174,34 @@ async def test_a_cancelled_caller_does_not_start_its_call():
         scope.cancel()
         await executor.run("a", ran.append, 1)
     assert ran == [] and executor.busy() == 0
+
+
+async def test_now_runs_on_this_thread_only_while_nothing_of_the_key_runs_or_waits():
+    """In process: ``now`` keeps a key's order: NOT_NOW while one of its calls runs or waits, even
+    for a function that would run; another key runs at once, on the event loop's thread."""
+    import threading
+
+    from nodes import NOT_NOW
+    from nodes._call_executor import CallExecutor
+
+    executor = CallExecutor(1)
+    release = threading.Event()
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    def here(value):
+        threads.append(threading.get_ident())
+        return value
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(executor.run, "a", release.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert executor.now("a", here, 1) is NOT_NOW  # "a" runs
+        nursery.start_soon(executor.run, "b", here, 2)  # waits for the one worker
+        await trio.testing.wait_all_tasks_blocked()
+        assert executor.now("b", here, 3) is NOT_NOW  # "b" waits
+        assert executor.now("c", here, 4) == 4
+        assert executor.now("c", lambda: NOT_NOW) is NOT_NOW  # the function's own refusal passes through
+        release.set()
+    assert executor.now("a", here, 5) == 5
+    assert threads[0] == loop_thread and threads[-1] == loop_thread and len(threads) == 3

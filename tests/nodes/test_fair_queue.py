@@ -86,6 +86,7 @@ class Model:
             # per-key FIFO: the started items are the first of those submitted, in order
             assert self.started[key] == self.order[key][:len(self.started[key])]
             assert q.waiting(key) == sum(1 for k in self.waiting.values() if k == key)
+            assert q.idle(key) == (key not in self.running and key not in self.waiting.values())
         assert set(q.ready) == {k for k in self.waiting.values() if k not in self.running}
         assert len(q.ready) == len(set(q.ready))
         if len(self.running) < self.workers:

@@ -12,7 +12,7 @@ import wasmtime
 
 import snapshot
 import workloads
-from nodes import (BadArguments, Host, HostClosed, InvalidModule, Limits, ResourceLimitExceeded, SnapshotFailed,
+from nodes import (NOT_NOW, BadArguments, Host, HostClosed, InvalidModule, Limits, ResourceLimitExceeded, SnapshotFailed,
                    UnknownExport, UnknownModule, UnknownWorkload, UnsupportedImports, WorkloadExists, WorkloadExited,
                    WorkloadTimeout, WorkloadTrap)
 
@@ -733,3 +733,65 @@ def test_pause_holds_guest_calls_until_resume_and_remove_releases_them(tmp_path)
         host.remove("w")                                # the workload moved away
         t.join(5)
         assert len(errors) == 1                         # the held call never ran here
+
+
+# --- calls run on the calling thread (Host.call_now) ----------------------------------------------
+
+
+def test_a_provably_short_export_runs_now_and_counts_as_a_call(host):
+    wid = deploy(host, "counter")
+    assert host.info(wid).calls == 0
+    assert host.call_now(wid, "incr", [40]) == 40
+    assert host.call_now(wid, "get") == 40
+    assert host.call(wid, "get") == 40
+    assert host.info(wid).calls == 3
+
+
+def test_an_export_without_a_bound_is_not_run_now(host):
+    wid = deploy(host, "trap")
+    assert host.call_now(wid, "spin", [3]) is NOT_NOW  # a loop
+    assert host.info(wid).calls == 0
+    assert host.call(wid, "spin", [3]) == 3
+
+
+def test_a_short_call_that_traps_raises_as_call_does(host):
+    wid = deploy(host, "trap")
+    with pytest.raises(WorkloadTrap):
+        host.call_now(wid, "boom")
+    assert (host.info(wid).calls, host.info(wid).traps) == (1, 1)
+    with pytest.raises(BadArguments):
+        host.call_now(wid, "boom", [1])
+    with pytest.raises(UnknownWorkload):
+        host.call_now("nobody", "boom")
+
+
+def test_a_workload_in_use_paused_recording_or_hibernated_is_not_run_now(host):
+    wid = deploy(host, "counter")
+    host.call(wid, "incr", [1])
+    taken, release = threading.Event(), threading.Event()
+
+    def busy() -> None:  # another thread holds the workload's lock (as a worker running a call would)
+        with host._using(host._registry.get(wid)):
+            taken.set()
+            release.wait()
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    taken.wait()
+    try:
+        assert host.call_now(wid, "incr", [1]) is NOT_NOW
+    finally:
+        release.set()
+        thread.join()
+    held = host.hold(wid)
+    held.pause()
+    assert host.call_now(wid, "incr", [1]) is NOT_NOW
+    held.resume()
+    held.set_replay_mode("record")
+    assert host.call_now(wid, "incr", [1]) is NOT_NOW
+    held.set_replay_mode("off")
+    host.hibernate(wid)
+    assert host.call_now(wid, "incr", [1]) is NOT_NOW
+    assert host.info(wid).state == "hibernated"  # not woken
+    assert host.call(wid, "get") == 1  # nothing above ran
+    assert host.call_now(wid, "incr", [1]) == 2
