@@ -267,35 +267,36 @@ class Node:
                                                                                    self.start_soon)
 
     async def _read_requests(self, session: Session) -> None:
-        limit = self.config.max_in_flight
-        slots = trio.Semaphore(limit)
-        # Receive errors leave the nursery as themselves, not wrapped in an
-        # ExceptionGroup (trio 0.25+ wraps what the nursery body raises), so
-        # handle_connection's except clauses see them.
-        failure: Exception | None = None
+        # The task that reads a request serves it, once it has started the task that reads the next: a
+        # call is served without a pass through the scheduler first (25 us of a 240 us call through a
+        # handle).  Receive errors leave as themselves, not in an ExceptionGroup, for handle_connection.
+        failure: list[Exception] = []
         async with trio.open_nursery() as nursery:
-            while True:
-                try:  # back-pressure: no free slot, no read
-                    slots.acquire_nowait()  # the common case, without a trip through the scheduler
-                except trio.WouldBlock:
-                    await slots.acquire()
-                try:
-                    event = await session.channel.receive()
-                except (ConnectionFailed, RemoteProtocolError) as exc:
-                    failure = exc
-                    break
-                if isinstance(event, ConnectionClosed):
-                    break
-                if self.inbound.peak > self.counters["inbound_peak_bytes"]:
-                    self.counters["inbound_peak_bytes"] = self.inbound.peak
-                assert isinstance(event, Request)  # we send no requests here: the protocol refuses any Reply
-                self._in_flight += 1
-                in_flight = limit - slots.value
-                if in_flight > self.counters["peak_requests_in_flight"]:
-                    self.counters["peak_requests_in_flight"] = in_flight
-                nursery.start_soon(self._serve_request, session, event, slots)
-        if failure is not None:
-            raise failure
+            await self._read_next(session, trio.Semaphore(self.config.max_in_flight), nursery, failure)
+        if failure:
+            raise failure[0]
+
+    async def _read_next(self, session: Session, slots: trio.Semaphore, nursery: trio.Nursery,
+                         failure: list[Exception]) -> None:
+        try:  # back-pressure: no free slot, no read
+            slots.acquire_nowait()  # the common case, without a trip through the scheduler
+        except trio.WouldBlock:
+            await slots.acquire()
+        try:
+            event = await session.channel.receive()
+        except (ConnectionFailed, RemoteProtocolError) as exc:
+            failure.append(exc)
+            return
+        if isinstance(event, ConnectionClosed):
+            return
+        assert isinstance(event, Request)  # we send no requests here: the protocol refuses any Reply
+        if self.inbound.peak > self.counters["inbound_peak_bytes"]:
+            self.counters["inbound_peak_bytes"] = self.inbound.peak
+        self._in_flight += 1
+        if (in_flight := self.config.max_in_flight - slots.value) > self.counters["peak_requests_in_flight"]:
+            self.counters["peak_requests_in_flight"] = in_flight
+        nursery.start_soon(self._read_next, session, slots, nursery, failure)
+        await self._serve_request(session, event, slots)
 
     async def _serve_request(self, session: Session, request: Request, slots: trio.Semaphore) -> None:
         try:
