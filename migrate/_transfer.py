@@ -20,7 +20,7 @@ import msgpack
 import trio
 
 import snapshot
-from nodes import Node, NodeClient, NodeError, UnknownModule, WorkloadInfo, crash_point_async
+from nodes import Node, NodeClient, NodeError, UnknownModule, WorkloadInfo, crash_point_async, run_bulk
 
 from . import _chunks
 from . import _hostops as ops
@@ -174,8 +174,8 @@ class Transfer:
     async def _send(self, client: NodeClient, snap: snapshot.Snapshot) -> float:
         """Stream one snapshot to the target as a round; return the seconds it took.
 
-        Encoding (zstd) runs in a worker thread, so the node keeps answering
-        calls meanwhile.
+        Encoding (zstd) runs on the node's bulk thread, at a lower CPU priority
+        (``nodes.run_bulk``), so the node keeps answering calls meanwhile.
         """
         t0 = self.clock()
         chunks = await self._encode(client, snap)
@@ -190,7 +190,7 @@ class Transfer:
         self.step = "encode"
         size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
         try:
-            return await trio.to_thread.run_sync(_chunks.encode, snap, size)
+            return await run_bulk(_chunks.encode, snap, size)
         finally:
             self.spent["encode"] += self.clock() - t0
 

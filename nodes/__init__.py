@@ -54,6 +54,7 @@ from ._engine import EPOCH_TICK_S, open_engine
 from ._guest_time import CancelToken
 from ._hold import Held
 from ._hosting import Host, HostStats, WorkloadInfo
+from ._bulk import BULK_NICE, run_bulk
 from ._in_use import NOT_NOW, NotNow
 from ._limits import Limits
 from ._logging import configure_logging, embedded_logging
@@ -95,6 +96,8 @@ from ._transport import RECEIVE_BYTES
 __all__ = [
     "NOT_NOW",
     "NotNow",
+    "BULK_NICE",
+    "run_bulk",
     "CallCancelled",
     "CancelToken",
     "ANY_ROLE",

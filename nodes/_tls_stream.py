@@ -67,14 +67,17 @@ class TLSStream(trio.abc.Stream):
         return trio.BrokenResourceError(f"TLS failed: {exc}")
 
     async def do_handshake(self) -> None:
-        """Finish the TLS handshake.  Raises ``trio.BrokenResourceError`` if it fails or the peer leaves."""
+        """Finish the TLS handshake.  Raises ``trio.BrokenResourceError`` if it fails or the peer leaves.
+
+        Each step runs in a worker thread: its signatures and key exchange
+        take 2-5 ms of CPU, and a node's calls waited that long behind each
+        connection it opened or accepted (a migration's first call to its
+        target, for one).  The SSL object is used by one thread at a time.
+        """
         self._check()
         while True:
             try:
-                self._ssl.do_handshake()
-                done = True
-            except ssl.SSLWantReadError:
-                done = False
+                done = await trio.to_thread.run_sync(self._handshake_step)
             except (ssl.SSLError, ssl.CertificateError) as exc:
                 await self._flush_quietly()  # the alert tells the peer why
                 raise self._fail(exc) from exc
@@ -84,6 +87,14 @@ class TLSStream(trio.abc.Stream):
             if not await self._fill():
                 closed = ConnectionResetError("the peer closed the connection during the TLS handshake")
                 raise self._fail(closed) from closed
+
+    def _handshake_step(self) -> bool:
+        """One step of the handshake; True once it is done, False when it needs the peer's next bytes."""
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        return True
 
     async def _fill(self) -> bool:
         """Read what the socket has into the SSL object; False at the end of the stream."""

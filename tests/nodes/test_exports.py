@@ -14,7 +14,7 @@ def test_all_names_exist_and_nothing_public_is_left_out():
 def test_export_list_is_stable():
     assert sorted(nodes.__all__) == sorted([
         "ANY_ROLE", "Address", "BadArguments", "BadMemberEntry", "Buckets", "MemberEntry", "MemberRecord", "Members",
-        "Membership", "NOT_NOW", "NotNow", "CallCancelled", "CallInputs", "CancelToken", "CheckpointFailed", "ConfigError", "Connection",
+        "Membership", "NOT_NOW", "NotNow", "BULK_NICE", "run_bulk", "CallCancelled", "CallInputs", "CancelToken", "CheckpointFailed", "ConfigError", "Connection",
         "ConnectionClosed", "ConnectionFailed", "DamagedState", "DeadlineExceeded", "Done", "EPOCH_TICK_S", "ErrorCode",
         "ErrorReply", "ExportSignature", "Forbidden", "HasModule", "Handler", "Held", "Hello", "Host", "HostClosed",
         "HostError", "HostStats", "InvalidModule", "Limits", "LocalProtocolError", "Message", "MessageFieldError",
