@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -104,7 +103,8 @@ class Handle(GuestBuffers):
         it has run at most once, and it is never retried.  A workload whose
         operations are replayed elsewhere (protected) lets it finish instead.
         """
-        with trio.fail_after(math.inf if timeout is None else timeout):
+        # No cancel scope without a timeout: entering and leaving one costs 4 µs of a 230 µs call.
+        with trio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
             if any(isinstance(a, BUFFERS) for a in args):
                 return await self._call_with_buffers(export, args)
             reply = await self._invoke(op="call", export=export, args=check_call_args(args))
