@@ -13,7 +13,7 @@ import time
 import trio
 
 import snapshot
-from nodes import Done, ErrorCode, ErrorReply, Node, Session, UnknownModule, crash_point_async, move_work, run_bulk
+from nodes import Done, ErrorCode, ErrorReply, Node, Session, UnknownModule, crash_point_async, move_work
 
 from . import _hostops as ops
 from ._admission import _incoming_refused
@@ -188,9 +188,9 @@ async def _take_chunk(node: Node, svc: MigrationService, inc: Incoming, req: MCh
             return _no_incoming(req.id, req.workload, req.epoch, standby)
         if req.seq != inc.chunks:
             return _out_of_turn(req, inc)
-        with move_work():  # decoding (bulk thread), joining and restoring a round run off the loop
+        with move_work():  # decoding, joining and restoring a round run in worker threads
             try:
-                snap = await run_bulk(_decode_into, inc, req.data)
+                snap = await trio.to_thread.run_sync(_decode_into, inc, req.data)
             except snapshot.SnapshotError as exc:
                 await _drop_incoming(node, svc, inc)
                 return error(req.id, MigrationCode.MIGRATION_FAILED,

@@ -178,19 +178,26 @@ class Transfer:
         (``nodes.run_bulk``), so the node keeps answering calls meanwhile.
         """
         t0 = self.clock()
-        chunks = await self._encode(client, snap)
+        chunks = await self._encode(client, snap, bulk=True)
         wire_bytes = sum(len(chunk) for chunk in chunks)
         await self._stream(client, chunks)  # empties ``chunks``
         self._sent_round(wire_bytes, snap.page_count)
         return self.clock() - t0
 
-    async def _encode(self, client: NodeClient, snap: snapshot.Snapshot) -> list[bytes]:
-        """``snap`` encoded in pieces that fit both nodes' frames, in a worker thread."""
+    async def _encode(self, client: NodeClient, snap: snapshot.Snapshot, *, bulk: bool = False) -> list[bytes]:
+        """``snap`` encoded in pieces that fit both nodes' frames, in a worker thread.
+
+        ``bulk``: a round sent while the workload runs, on the bulk thread
+        (``nodes.run_bulk``); a final round, sent while calls wait, is not
+        made to wait for the CPU.
+        """
         t0 = self.clock()
         self.step = "encode"
         size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
         try:
-            return await run_bulk(_chunks.encode, snap, size)
+            if bulk:
+                return await run_bulk(_chunks.encode, snap, size)
+            return await trio.to_thread.run_sync(_chunks.encode, snap, size)
         finally:
             self.spent["encode"] += self.clock() - t0
 
