@@ -19,6 +19,11 @@ Crash phases of a live migration, in the order a move reaches them
 ``target:before-commit``    the commit request arrived; the target does not own the workload yet
 ``target:after-commit``     the target owns the workload; the source does not know yet
 
+And one that is only paused at, not part of the crash matrix:
+
+``source:before-freeze``    the pre-copy rounds are sent and the workload runs; the source
+                            has not yet checked what it wrote since (a test writes a burst here)
+
 And of protection:
 
 ``standby:copying``
@@ -45,4 +50,4 @@ MIGRATION_PHASES = ("source:before-incoming", "source:after-round", "source:froz
                     "target:incoming", "target:chunk", "target:after-round", "target:before-commit",
                     "target:after-commit")
 #: Every crash phase of the migration plugin (``Plugin.crash_phases``).
-CRASH_PHASES = (*MIGRATION_PHASES, "standby:copying")
+CRASH_PHASES = (*MIGRATION_PHASES, "source:before-freeze", "standby:copying")

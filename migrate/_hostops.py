@@ -42,6 +42,11 @@ def capture_delta(host: Host, workload: str) -> snapshot.Snapshot:
     return host.hold(workload).capture_delta(consistent=False)
 
 
+def dirty_now(host: Host, workload: str) -> int | None:
+    """How many pages a delta taken now would carry; None if the tracking cannot tell without taking it."""
+    return host.hold(workload).dirty_now()
+
+
 def capture_all(host: Host, workload: str) -> snapshot.Snapshot:
     """A full snapshot (stop-and-copy)."""
     return host.checkpoint(workload)

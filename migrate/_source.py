@@ -252,6 +252,8 @@ class Migration(DualExecution, Transfer):
             took = await self._send(client, delta)
             last_pages, last_bytes = delta.page_count, self.bytes_sent - sent_before
         await self._send(client, delta)
+        await crash_point_async("source:before-freeze")
+        await self._keep_bursts_out(client, delta.page_count)
         self.owned.stop_throttle()  # the freeze comes next
 
     async def _precopy(self, client: NodeClient, target_name: str) -> bool:

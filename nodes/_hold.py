@@ -168,6 +168,11 @@ class Held:
         with copying:
             return pending.finish()
 
+    def dirty_now(self) -> int | None:
+        """How many pages a delta taken now would carry; None if tracking cannot tell (or was not started)."""
+        with self._using() as w:
+            return None if w.tracker is None or w.store is None else w.tracker.dirty_now(w.store)
+
     @staticmethod
     def _copies_while_running(w: Workload) -> bool:
         # The pages are read at the addresses read under the lock: the memory

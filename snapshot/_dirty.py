@@ -62,6 +62,9 @@ class DirtyTracker(Protocol):
     def collect(self, store: wasmtime.Storelike) -> array:
         """Return sorted page indices dirtied since the last epoch (array 'Q') and start a new one."""
 
+    def peek(self, store: wasmtime.Storelike) -> int | None:
+        """How many pages ``collect`` would report now, without starting a new epoch; None if unknown."""
+
     def close(self) -> None:
         """Release file descriptors, registrations and shadow copies."""
 
@@ -164,6 +167,10 @@ class _Tracker(abc.ABC):
         """
         self.collect(store)
 
+    def peek(self, store: wasmtime.Storelike) -> int | None:
+        """None: only trackers that read the kernel's bits (uffd) can tell without a collect."""
+        return None
+
     @abc.abstractmethod
     def _collect(self, old: _Extent, new: _Extent) -> array:
         """Return the pages written in ``old`` plus those ``new`` adds (each backend's own way)."""
@@ -245,6 +252,18 @@ class UffdDirtyTracker(_Tracker):
                 f"lost track of writes to the memory at {new.base:#x}: {exc}; "
                 "the next collect reports every page") from exc
         return _with_grown(written, _grown_pages(old, new))
+
+    def peek(self, store: wasmtime.Storelike) -> int | None:
+        if self._closed or self._watch is None:
+            return None
+        new, old = _Extent.of(self._memory, store), self._extent
+        if new.base != old.base or new.length_bytes < old.length_bytes:
+            return None  # the next collect reports every page (or fails)
+        try:
+            written = self._watch.count_written(new.base, new.base + old.page_bytes)
+        except OSError:
+            return None
+        return written + len(_grown_pages(old, new))
 
     def close(self) -> None:
         """Close the userfaultfd and pagemap fds; the kernel drops the protection."""

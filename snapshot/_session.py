@@ -76,6 +76,16 @@ class StateTracker:
         self._last_id = snap.state_id
         return snap
 
+    def dirty_now(self, store: wasmtime.Store) -> int | None:
+        """How many pages the next delta would carry if taken now (nothing is reset); None if a tracker cannot tell."""
+        total = 0
+        for tracker in self._trackers.values():
+            pages = tracker.peek(store)
+            if pages is None:
+                return None
+            total += pages
+        return total
+
     @property
     def copies_while_running(self) -> bool:
         """Whether ``PendingCapture.finish`` may copy while the instance runs.

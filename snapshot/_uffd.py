@@ -23,6 +23,7 @@ import platform
 import sys
 import weakref
 from array import array
+from collections.abc import Iterator
 
 from ._pages import PAGE_BYTES, PAGE_SHIFT
 
@@ -136,6 +137,10 @@ class WriteWatch:
             category_mask=_PAGE_IS_WRITTEN,
             return_mask=_PAGE_IS_WRITTEN,
         )
+        # The same scan without re-arming: it only reads the bits (``count_written``).
+        self._peek = _PmScanArg(size=ctypes.sizeof(_PmScanArg), flags=_PM_SCAN_CHECK_WPASYNC,
+                                vec=self._scan.vec, vec_len=regions_per_scan, category_mask=_PAGE_IS_WRITTEN,
+                                return_mask=_PAGE_IS_WRITTEN)
 
     def protect(self, start: int, length: int) -> None:
         """Register ``[start, start+length)`` for write-protect and arm it.
@@ -166,21 +171,31 @@ class WriteWatch:
         lost track).
         """
         pages = array("Q")
-        scan = self._scan
+        for first, last in self._regions(self._scan, start, end):
+            pages.extend(range((first - start) >> PAGE_SHIFT, (last - start) >> PAGE_SHIFT))
+        return pages
+
+    def count_written(self, start: int, end: int) -> int:
+        """How many pages of ``[start, end)`` were written since the last ``take_written``; nothing re-armed.
+
+        Raises OSError as ``take_written`` does.
+        """
+        return sum((last - first) >> PAGE_SHIFT for first, last in self._regions(self._peek, start, end))
+
+    def _regions(self, scan: _PmScanArg, start: int, end: int) -> Iterator[tuple[int, int]]:
+        """The written regions of ``[start, end)`` as ``scan`` reports them, one ioctl per piece (or more)."""
         for piece in range(start, end, PROTECT_PIECE_BYTES):  # in pieces, as ``protect`` arms
             scan.start, scan.end = piece, min(piece + PROTECT_PIECE_BYTES, end)
             while True:
                 count = fcntl.ioctl(self._pagemap, _PAGEMAP_SCAN, scan)
                 words = self._vector[: _PAGE_REGION_WORDS * count]
-                for first, last in zip(words[0::3], words[1::3]):
-                    pages.extend(range((first - start) >> PAGE_SHIFT, (last - start) >> PAGE_SHIFT))
+                yield from zip(words[0::3], words[1::3])
                 if scan.walk_end >= scan.end:
                     break
                 if scan.walk_end <= scan.start:
                     raise OSError(errno.EIO, f"PAGEMAP_SCAN stopped at {scan.walk_end:#x}")
                 # The vector filled up: continue where the walk stopped.
                 scan.start = scan.walk_end
-        return pages
 
     def close(self) -> None:
         """Close both fds; the kernel drops the registrations with the userfaultfd."""

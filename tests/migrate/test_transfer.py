@@ -236,3 +236,29 @@ async def test_the_pipeline_stops_at_the_first_failed_reply(node_procs, cluster_
         assert len(list(taken)) == len(asks) - 6
         with trio.fail_after(10):
             assert (await client.request(ReadMemory, workload=h.workload, offset=0, length=8)).data
+
+
+async def test_a_burst_written_just_before_the_freeze_goes_in_a_round_of_its_own(edge_and_cloud):
+    """The source pauses after its last pre-copy round (``source:before-freeze``); the application writes
+    4 MiB meanwhile.  The source sees the burst without taking it, sends it while the workload runs,
+    and the frozen round carries only what came after: the state arrives exact."""
+    env = {"MIGRATE_NODE_PAUSE_AT": "source:before-freeze", "MIGRATE_NODE_PAUSE_S": "3"}
+    async with edge_and_cloud(edge_env=env) as (edge, cloud, cluster):
+        h = await cluster.spawn(workloads.load("dirtier"), on="edge-1")
+        assert await h.call("dt_init", 16) == 4096
+        reports = []
+
+        async def move() -> None:
+            reports.append(await h.migrate("cloud-1", strategy="precopy"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(move)
+            await edge.wait_for_log("paused at source:before-freeze")
+            await h.call("dt_dirty", 1024, 7)  # served at the source, which waits to freeze
+            expected = await h.call("dt_checksum")
+        report = reports[0]
+        assert h.node == "cloud-1" and await h.call("dt_checksum") == expected
+        bursts = [note for note in report.notes if "one more round before the freeze" in note]
+        assert len(bursts) == 1 and int(bursts[0].split()[0]) >= 1024  # the burst's pages, and others
+        assert report.final_round_bytes < 64 * 1024  # the burst was sent before the freeze
+        assert report.rounds == len(report.bytes_per_round) >= 4

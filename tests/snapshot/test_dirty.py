@@ -334,6 +334,7 @@ _operations = st.lists(st.one_of(
     st.tuples(st.just("grow_and_store"), st.integers(0, WASM_PAGE - 1), _values),
     st.tuples(st.just("collect")),
     st.tuples(st.just("reset")),
+    st.tuples(st.just("peek")),
 ), max_size=40)
 
 
@@ -350,6 +351,15 @@ class _Model:
 
     def wrote(self, address: int, length: int) -> None:
         self.written.update(range(address // PAGE_SIZE, (address + length - 1) // PAGE_SIZE + 1))
+
+    def peeked(self, count: int | None, backend: str) -> None:
+        """``peek`` says how many pages the next collect reports (uffd), or that it cannot tell; nothing resets."""
+        if backend != "uffd":
+            assert count is None
+            return
+        old_pages = len(self.baseline) // PAGE_SIZE
+        grown = len(self.guest.snapshot()) // PAGE_SIZE - old_pages
+        assert count == len({p for p in self.written if p < old_pages}) + grown
 
     def check(self, reported: list[int], backend: str) -> None:
         now = self.guest.snapshot()
@@ -394,6 +404,8 @@ def _run(guest: Guest, tracker, model: _Model, backend: str, operation: tuple) -
     elif kind == "reset":
         tracker.reset(guest.store)
         model.new_epoch()
+    elif kind == "peek":
+        model.peeked(tracker.peek(guest.store), backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -426,7 +438,9 @@ def test_the_watch_arms_and_scans_in_pieces_without_losing_a_page(pages):
         watch.protect(base, size)
         for page in pages | edges:
             ctypes.memset(base + page * 4096 + 7, 1, 1)
+        assert watch.count_written(base, base + size) == len(pages | edges)  # counts, re-arms nothing
         assert watch.take_written(base, base + size).tolist() == sorted(pages | edges)
+        assert watch.count_written(base, base + size) == 0
         assert watch.take_written(base, base + size).tolist() == []
     finally:
         watch.close()
