@@ -204,6 +204,8 @@ def crash_phases(w: World, n: Node):
         yield "source:before-incoming"
     if n.pc in ("wait_round", "ready") and rec.state is State.SENDING:
         yield "source:after-round"
+    if n.pc == "ready" and rec.state is State.SENDING:  # the rounds are sent, the freeze not begun
+        yield "source:before-freeze"
     if n.pc == "frozen":
         yield "source:frozen"
     if n.pending and n.pending[0] == "committed":
