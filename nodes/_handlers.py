@@ -9,6 +9,7 @@ fair executor); a HostError they raise is answered by the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import types
@@ -78,6 +79,12 @@ def _visible_workloads(node: Node, session: Session) -> tuple[WorkloadSummary, .
                  for info in node.host.workloads() if visible(identity, info.app))
 
 
+def _serving(node: Node, session: Session) -> contextlib.AbstractContextManager[None]:
+    """Within it, on this thread, only workloads the sender may use are found (``Registry.serving``)."""
+    identity = session.channel.peer_identity
+    return node.host.registry.serving(lambda app: visible(identity, app))
+
+
 async def _for_sender(node: Node, session: Session, func: Callable[[*Ts], T], *args: *Ts,
                       guest: str | None = None) -> T:
     """Run a Host method about one workload in a worker thread, finding only workloads the sender may use.
@@ -87,10 +94,8 @@ async def _for_sender(node: Node, session: Session, func: Callable[[*Ts], T], *a
     A use of workload ``guest``'s guest (a call, a memory read or write) runs
     on the node's fair call executor; anything else on a plain worker thread.
     """
-    identity = session.channel.peer_identity
-
     def run() -> T:
-        with node.host.registry.serving(lambda app: visible(identity, app)):
+        with _serving(node, session):
             return func(*args)
 
     return await (node.run_host(run) if guest is None else node.run_call(guest, run))
@@ -115,8 +120,7 @@ async def _deploy(node: Node, session: Session, req: Deploy) -> Reply:
 
 
 async def _call(node: Node, session: Session, req: Call) -> Reply:
-    identity = session.channel.peer_identity
-    with node.host.registry.serving(lambda app: visible(identity, app)):  # a provably short call: here and now
+    with _serving(node, session):  # a provably short call: here and now
         now = node.calls.now(req.workload, node.host.call_now, req.workload, req.export, req.args)
     if now is NOT_NOW:
         result = await _for_sender(node, session, node.host.call, req.workload, req.export, req.args,

@@ -171,7 +171,7 @@ class Held:
     def dirty_now(self) -> int | None:
         """How many pages a delta taken now would carry; None if tracking cannot tell (or was not started)."""
         with self._using() as w:
-            return None if w.tracker is None or w.store is None else w.tracker.dirty_now(w.store)
+            return None if w.tracker is None else w.tracker.dirty_now(w.awake()[0])
 
     @staticmethod
     def _copies_while_running(w: Workload) -> bool:
