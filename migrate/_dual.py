@@ -1,8 +1,8 @@
 """The dual-execution handover of a move (strategy "dual"): the target follows the source's log, then switches.
 
 The flow does the I/O; ``_dual_plan.DualPlanner`` decides when to replay
-and when to switch, and accounts for the time calls were held.  Each step
-(the cut, the freeze, the seal at the switch) is one worker-thread trip.
+and when to switch, and accounts for the time calls were held.  The cut is
+one worker-thread trip, and so is the switch (freeze, seal, commit facts).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class DualExecution(Transfer):
 
         async def _commit(self, client: NodeClient, target_name: str, *,
                           digest: tuple[dict[int, list[int]], str] | None = None, from_standby: bool = False,
-                          final: bytes = b"", entries: tuple[dict[str, Any], ...] = ()) -> bool: ...
+                          final: bytes = b"", entries: tuple[dict[str, Any], ...] = (),
+                          facts: tuple[int, int] | None = None) -> bool: ...
 
     async def _dual(self, client: NodeClient, target_name: str, info: WorkloadInfo) -> bool:
         """Hand over without freezing for a page transfer (issue 5's "dual").
@@ -84,14 +85,14 @@ class DualExecution(Transfer):
                     continue
                 async with owned.lock:  # the switch
                     frozen = self.clock()
-                    await node.run_host(ops.freeze, host, self.workload)
                     committed = False
-                    try:
-                        batch += _drain(receive)
-                        pages, digest = await node.run_host(ops.seal, host, self.workload, was_record)
+                    try:  # one worker-thread trip freezes, seals and reads the commit's facts
+                        pages, digest, facts = await node.run_host(ops.switch, host, self.workload, was_record)
+                        batch += _drain(receive)  # the calls logged before the freeze
                         owned.record, owned.follow = was_record, None
                         last = await self._replay_but_last(client, batch, pages)
-                        committed = await self._commit(client, target_name, digest=(pages, digest), entries=last)
+                        committed = await self._commit(client, target_name, digest=(pages, digest), entries=last,
+                                                       facts=facts)
                         plan.replayed(len(batch))
                         self.notes.append(f"target replayed {plan.forwarded} calls after the cut")
                         return committed

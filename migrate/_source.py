@@ -277,9 +277,9 @@ class Migration(DualExecution, Transfer):
             frozen = self.clock()
             committed = False
             try:
-                # Freezing holds raw (non-handle) calls too; the capture follows in the same trip.
-                snap = await self._capture(ops.freeze_then, capture, host, self.workload)
-                chunks = await self._encode(client, snap)
+                # Freezing holds raw (non-handle) calls too; the capture and encoding follow in the same trip.
+                made = await self._frozen_round(client, capture)
+                chunks = made.pieces
                 last = chunks.pop()
                 if not _fits_commit(last, self.owned.ledger.to_wire(), self.node.config.max_frame_bytes,
                                     client.peer_max_frame_bytes):
@@ -288,9 +288,9 @@ class Migration(DualExecution, Transfer):
                 wire_bytes = sum(len(chunk) for chunk in chunks) + len(last)
                 if chunks:
                     await self._stream(client, chunks)
-                self._sent_round(wire_bytes, snap.page_count)
+                self._sent_round(wire_bytes, made.pages)
                 self.final_round_bytes = self.bytes_per_round[-1]
-                committed = await self._commit(client, target_name, final=last)
+                committed = await self._commit(client, target_name, final=last, facts=made.facts)
                 return committed
             finally:
                 self.frozen_s = self.clock() - frozen
@@ -301,12 +301,14 @@ class Migration(DualExecution, Transfer):
 
     async def _commit(self, client: NodeClient, target_name: str, *,
                       digest: tuple[dict[int, list[int]], str] | None = None, from_standby: bool = False,
-                      final: bytes = b"", entries: tuple[dict[str, Any], ...] = ()) -> bool:
+                      final: bytes = b"", entries: tuple[dict[str, Any], ...] = (),
+                      facts: tuple[int, int] | None = None) -> bool:
         """Hand ownership over; called with the workload frozen.
 
         ``final``, the last piece of the final round, and ``entries``, the
         last logged calls of a dual handover, travel in the commit; the
-        target applies them first.
+        target applies them first.  ``facts`` are ``ops.commit_facts`` if
+        read already, in the trip that froze the workload.
 
         Returns True once the target owns the workload.  Raises (and so
         aborts) if the target refuses or cannot be reached before it commits.
@@ -315,7 +317,8 @@ class Migration(DualExecution, Transfer):
         await crash_point_async("source:frozen")
         t0 = self.clock()
         self.handover.last_served_s = owned.ledger.last_served_s  # frozen: the last call before the freeze
-        calls, clock = await self.node.run_host(ops.commit_facts, self.node.host, self.workload)
+        calls, clock = facts if facts is not None else await self.node.run_host(ops.commit_facts, self.node.host,
+                                                                                 self.workload)
         feed = owned.standby
         self.svc.event(self.workload, Event(EventKind.FREEZE, now=self.clock()))  # Commit: the MCommit below
         try:
