@@ -201,7 +201,10 @@ def _context(purpose: ssl.Purpose, tls_dir: Path) -> ssl.SSLContext:
         raise ConfigError(f"TLS dir {tls_dir} lacks {', '.join(missing)}; create it with "
                           "`migrate-node cert issue --ca CA_DIR --name NAME --role node|client "
                           f"--out {tls_dir}`")
-    ctx = ssl.create_default_context(purpose)
+    # Not ``ssl.create_default_context``: for a client it also trusts the
+    # machine's CAs, so a certificate any public or company CA signed for
+    # the name dialled would pass for a node.  Only the cluster's CA counts.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT if purpose is ssl.Purpose.SERVER_AUTH else ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     try:
         ctx.load_cert_chain(tls_dir / CERT_FILE, tls_dir / KEY_FILE)

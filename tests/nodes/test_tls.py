@@ -165,6 +165,32 @@ async def test_node_refuses_a_client_certificate_another_ca_signed(cluster, tmp_
     assert isinstance(client, Exception)
 
 
+@pytest.fixture
+def rogue_ca_trusted_by_the_system(cluster, tmp_path, monkeypatch):
+    """The rogue CA in the system's default trust store (OpenSSL reads ``SSL_CERT_FILE`` for it)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "rogue-ca" / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-dir"))
+    assert ssl.get_default_verify_paths().cafile == str(tmp_path / "rogue-ca" / "ca.pem")
+
+
+async def test_node_trusts_only_the_cluster_ca_not_the_systems(cluster, tmp_path, rogue_ca_trusted_by_the_system):
+    """A certificate from a CA the machine trusts (a public or a company CA) is no cluster member."""
+    impostor = tmp_path / "impostor"
+    impostor.mkdir()
+    for name in ("cert.pem", "key.pem"):
+        (impostor / name).write_bytes((cluster["rogue"] / name).read_bytes())
+    (impostor / "ca.pem").write_bytes((cluster["app"] / "ca.pem").read_bytes())
+    server, client = await handshake(cluster["edge-1"], impostor)
+    assert isinstance(server, trio.BrokenResourceError)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(server.__cause__)
+
+
+async def test_client_trusts_only_the_cluster_ca_not_the_systems(cluster, rogue_ca_trusted_by_the_system):
+    server, client = await handshake(cluster["rogue-node"], cluster["app"])
+    assert isinstance(client, trio.BrokenResourceError)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(client.__cause__)
+
+
 async def test_client_refuses_a_node_another_ca_signed(cluster):
     server, client = await handshake(cluster["rogue-node"], cluster["app"])
     assert isinstance(client, trio.BrokenResourceError)
