@@ -280,12 +280,17 @@ async def on_locate(node: Node, session: Session, req: MLocate) -> MWhere:
 
     An incoming copy (a move under way, or a hot standby) is reported before
     a tombstone: a node the workload left may hold its standby later.  The
-    tombstone's forwarding address comes along either way.
+    tombstone's forwarding address comes along either way.  A node back from
+    a restart answers for a workload once it has asked the workload's standby
+    whether it took over meanwhile.
     """
     svc = service(node)
+    owned = svc.owner_of(req.workload)
+    if owned is not None and owned.resumed is not None:
+        await owned.resumed.wait()  # a restarted owner still asking its standby (for at most 5 s)
+        owned = svc.owner_of(req.workload)
     stone = svc.tombstone(req.workload)
     to_name, to_address = (stone.to_name, stone.to_address) if stone is not None else (None, None)
-    owned = svc.owner_of(req.workload)
     if owned is not None and owned.moved is None:
         return MWhere(id=req.id, status="owner", epoch=owned.epoch, index=owned.index)
     incoming = svc.incoming.get(req.workload)

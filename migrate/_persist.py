@@ -89,32 +89,36 @@ async def _resume_standby(node: Node, owned: Owned, target: Address, *,
     state.  If the standby node cannot be asked, the workload is served.
     """
     svc, workload = service(node), owned.workload
-    async with owned.lock:
-        task_status.started()
-        where: MWhere | None = None
-        name = ""
-        try:
-            with trio.fail_after(5.0):
-                client = await node.connect_peer(target)
-                try:
-                    where, name = expect(MWhere, await client.request(MLocate, workload=workload)), client.node
-                finally:
-                    await client.aclose()
-        except (NodeError, OSError, trio.TooSlowError) as exc:
-            logger.warning("cannot ask the standby on %s whether it took over: %s", target, exc,
-                           extra={"workload": workload})
-        if where is not None and where.status in ("owner", "moved") and where.epoch > owned.epoch:
-            peer = (Peer(name, str(target), where.epoch) if where.status == "owner"
-                    else Peer(where.to_name or "", where.to_address or "", where.epoch))
+    owned.resumed = resumed = trio.Event()  # MLocate waits for this check: it may end in "moved"
+    try:
+        async with owned.lock:
+            task_status.started()
+            where: MWhere | None = None
+            name = ""
             try:
-                svc.event(workload, Event(EventKind.SUPERSEDED, where.epoch, peer))  # sets owned.moved
-            except OwnershipError:  # removed (or moved on) meanwhile
+                with trio.fail_after(5.0):
+                    client = await node.connect_peer(target)
+                    try:
+                        where, name = expect(MWhere, await client.request(MLocate, workload=workload)), client.node
+                    finally:
+                        await client.aclose()
+            except (NodeError, OSError, trio.TooSlowError) as exc:
+                logger.warning("cannot ask the standby on %s whether it took over: %s", target, exc,
+                               extra={"workload": workload})
+            if where is not None and where.status in ("owner", "moved") and where.epoch > owned.epoch:
+                peer = (Peer(name, str(target), where.epoch) if where.status == "owner"
+                        else Peer(where.to_name or "", where.to_address or "", where.epoch))
+                try:
+                    svc.event(workload, Event(EventKind.SUPERSEDED, where.epoch, peer))  # sets owned.moved
+                except OwnershipError:  # removed (or moved on) meanwhile
+                    return
+                await node.run_host(ops.remove_quietly, node.host, workload)
+                svc.event(workload, Event(EventKind.COPY_REMOVED))
+                logger.warning("superseded while this node was down: %s owns it at epoch %d", peer.name,
+                               where.epoch, extra={"workload": workload, "epoch": owned.epoch})
                 return
-            await node.run_host(ops.remove_quietly, node.host, workload)
-            svc.event(workload, Event(EventKind.COPY_REMOVED))
-            logger.warning("superseded while this node was down: %s owns it at epoch %d", peer.name,
-                           where.epoch, extra={"workload": workload, "epoch": owned.epoch})
-            return
+    finally:
+        resumed.set()
     await _keep_standby(node, owned, target)
 
 

@@ -110,6 +110,7 @@ class Owned:
     checkpoints: "collections.OrderedDict[str, PendingCheckpoint]" = field(
         default_factory=collections.OrderedDict)
     resume_standby: "Address | None" = None  # fed before a restart: feed it again once serving
+    resumed: trio.Event | None = None  # set once a restarted owner asked that standby whether it took over
     committed_s: float | None = None  # when (time.perf_counter) this node answered a move's commit
     running: "tuple[str, int, CancelToken] | None" = None  # the call that holds ``lock``: caller, seq, token
     lifecycle: "Lifecycle | None" = None  # lease and schedules of a named or detached workload (_life_node)
