@@ -30,6 +30,7 @@ SUITE = [
     ("benchmarks.bench_hosting", "hosting", ["results"]),
     ("benchmarks.bench_node", "node", ["latency"]),
     ("benchmarks.bench_fairness", "fairness", ["phases", "long_call_s"]),
+    ("benchmarks.bench_contention", "contention", ["results"]),
     ("benchmarks.bench_migrate", "migrate", ["results"]),
     ("benchmarks.bench_protect", "protect", ["results"]),
     ("benchmarks.bench_at_rest", "at_rest", ["results"]),
