@@ -35,6 +35,7 @@ if __package__ in (None, ""):
 import migrate  # noqa: E402
 import workloads  # noqa: E402
 from benchmarks._measure import argument_parser, table_head, write_results  # noqa: E402
+from benchmarks.suite._metrics import percentile  # noqa: E402
 from migrate.launcher import LocalCluster  # noqa: E402
 
 #: The load: this many busy processes (more than this machine's CPUs, so every CPU it may use is busy).
@@ -43,11 +44,6 @@ CALL_EVERY_S = 0.002
 #: Each phase's load runs this long; calls in its first SETTLE_S are left out (the processes start).
 LOAD_S = 0.4
 SETTLE_S = 0.05
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _hog_command(nice: int, cpus: set[int] | None) -> list[str]:
@@ -87,7 +83,7 @@ async def one_phase(handle: migrate.Handle, nice: int | None, cpus: set[int] | N
         stop.set()
     quiet = [f - s for s, f in calls if f < began]
     loaded = [f - s for s, f in calls if s >= began + SETTLE_S and f <= ended]
-    p99 = _percentile(quiet, 0.99)
+    p99 = percentile(quiet, 0.99)
     return {"quiet_p50_s": statistics.median(quiet), "quiet_p99_s": p99, "calls": len(loaded),
             "p50_s": statistics.median(loaded), "max_s": max(loaded), "max_over_quiet_p99": max(loaded) / p99}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 
@@ -26,16 +25,9 @@ def host(tmp_path):
         yield h
 
 
-def _held_call(host: Host, wid: str) -> tuple[threading.Thread, threading.Event]:
-    """A call of ``wid`` in a thread; its event is set when the call has returned."""
-    done = threading.Event()
-
-    def run() -> None:
-        host.call(wid, "dt_pages")
-        done.set()
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, done
+def _frozen(host: Host, wid: str) -> bool:
+    """Whether calls to ``wid`` are held (``ops.freeze``) until ``ops.thaw``."""
+    return not host.hold(wid)._w.thawed.is_set()
 
 
 def test_switch_freezes_seals_and_reads_the_commit_facts(host):
@@ -52,11 +44,9 @@ def test_switch_freezes_seals_and_reads_the_commit_facts(host):
     assert digest == held.pages_digest(pages)
     assert facts[0] == calls_before == host.info(wid).calls
     assert clock_before <= facts[1] <= held.clock_state()
-    thread, done = _held_call(host, wid)
-    assert not done.wait(0.2), "a call ran while the workload was frozen"
+    assert _frozen(host, wid), "the switch left the workload running"
     ops.thaw(host, wid)
-    thread.join()
-    assert done.is_set()
+    assert not _frozen(host, wid)
     assert _mode(host, wid) is ReplayMode.OFF  # ``keep_recording`` False: recording ends with the switch
 
 
@@ -90,15 +80,13 @@ def test_frozen_round_rebuilds_the_workload_and_carries_the_commit_facts(host, t
     assert clock_before <= made.facts[1] <= clock  # the guest's clock at the freeze: what it saw last, or later
     assert made.pages >= 40
     assert made.capture_s >= 0 and made.encode_s >= 0
-    thread, done = _held_call(host, wid)
-    assert not done.wait(0.2), "a call ran while the workload was frozen"
+    assert _frozen(host, wid), "the round left the workload running"
     with Host(tmp_path / "target", limits=FAST) as target:
         sha = target.add_module(host.module_bytes(host.info(wid).module_sha256))
         target.restore(sha, base, workload_id=wid, **held.launch_settings())
         target.hold(wid).apply(decode(b"".join(made.pieces)), monotonic_ns=made.facts[1])
         assert state_of(target, wid) == state_of(host, wid)
     ops.thaw(host, wid)
-    thread.join()
 
 
 def test_frozen_round_raises_what_the_capture_raises_and_leaves_the_thaw_to_the_caller(host):
@@ -106,8 +94,6 @@ def test_frozen_round_raises_what_the_capture_raises_and_leaves_the_thaw_to_the_
     host.call(wid, "dt_init", [1])
     with pytest.raises(SnapshotFailed, match="not started"):
         frozen_round(ops.capture_delta, host, wid, 1 << 20)  # no tracking: no delta
-    thread, done = _held_call(host, wid)
-    assert not done.wait(0.2), "the failed round thawed the workload itself"
+    assert _frozen(host, wid), "the failed round thawed the workload itself"
     ops.thaw(host, wid)
-    thread.join()
-    assert done.is_set()
+    assert not _frozen(host, wid)
