@@ -10,12 +10,13 @@ travel ``WINDOW_PIECES`` at a time (``send``, ``NodeClient.pipeline``).
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Iterator
+import itertools
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
 
 import trio
 
 import snapshot
-from nodes import NodeClient
+from nodes import NodeClient, run_bulk
 
 from ._messages import MChunk
 from ._window import SendWindow
@@ -39,7 +40,7 @@ def chunk_bytes(*frame_limits: int) -> int:
     return max(1, min(CHUNK_BYTES, *(limit - FRAME_OVERHEAD_BYTES for limit in frame_limits)))
 
 
-def recut(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+def recut(pieces: Iterable[bytes], size: int) -> Generator[bytes, None, None]:
     """The bytes of ``pieces``, in order, in pieces of exactly ``size`` (the last may be shorter)."""
     pending = b""
     for piece in pieces:
@@ -56,9 +57,12 @@ def recut(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
         yield pending
 
 
-def stream(snap: snapshot.Snapshot, size: int) -> Iterator[bytes]:
-    """Encode ``snap`` lazily, in pieces of ``size`` bytes (compression runs as pieces are taken)."""
-    return recut(snapshot.SnapshotEncoder().encode(snap), size)
+def stream(snap: snapshot.Snapshot, size: int, encoder: snapshot.SnapshotEncoder | None = None) -> Generator[bytes, None, None]:
+    """Encode ``snap`` lazily, in pieces of ``size`` bytes (compression runs as pieces are taken).
+
+    Give an ``encoder`` to read its byte counts as the pieces are taken.
+    """
+    return recut((encoder or snapshot.SnapshotEncoder()).encode(snap), size)
 
 
 def encode(snap: snapshot.Snapshot, size: int) -> list[bytes]:
@@ -66,19 +70,88 @@ def encode(snap: snapshot.Snapshot, size: int) -> list[bytes]:
     return list(stream(snap, size))
 
 
-async def send(client: NodeClient, pieces: Iterable[bytes], *, workload: str, epoch: int, seq: int = 0,
-               standby: bool = False, window: int | SendWindow = WINDOW_PIECES) -> int:
+#: A round is encoded on the bulk thread this many pieces per job, at most ``AHEAD_JOBS`` jobs ahead
+#: of the link (``made_ahead``): 16 MiB of 1 MiB pieces, twice the first window, so the link never
+#: waits for the encoder while it is faster.
+PIECES_PER_JOB = 4
+AHEAD_JOBS = 4
+
+
+async def made_ahead(pieces: Generator[bytes, None, None], send: Callable[[AsyncIterator[bytes]], Awaitable[None]],
+                     spent: dict[str, float], on_job: Callable[[], None]) -> None:
+    """``send`` the ``pieces`` of a lazy encoding (``stream``) as the bulk thread makes them, a few jobs ahead.
+
+    The encoding runs on the node's bulk thread (``nodes.run_bulk``),
+    ``PIECES_PER_JOB`` pieces per job and at most ``AHEAD_JOBS`` jobs
+    ahead of ``send``, its seconds added to ``spent["encode"]``;
+    ``on_job()`` runs as each job's pieces start to go.  The pieces are
+    made in memory the ones sent have just freed.  Encoding a 1 GiB round
+    whole first held 1 GiB of pieces, each copied with the GIL held into
+    memory the process had never touched; on a VM whose host backs guest
+    memory lazily such a copy took milliseconds, and the node's calls
+    waited for the GIL meanwhile.  An encoding failure ends the pieces at
+    a piece's end (never mid-frame) and is raised after ``send`` returns.
+    """
+    jobs, made = trio.open_memory_channel[list[bytes]](AHEAD_JOBS - 1)
+    failures: list[Exception] = []
+
+    async def encode() -> None:
+        async with jobs:
+            while True:
+                t0 = trio.current_time()
+                try:
+                    batch = await run_bulk(_take, pieces, PIECES_PER_JOB)
+                except Exception as exc:
+                    failures.append(exc)
+                    return
+                finally:
+                    spent["encode"] += trio.current_time() - t0
+                if not batch:
+                    return
+                await jobs.send(batch)
+
+    async def each() -> AsyncIterator[bytes]:
+        async with made:
+            async for batch in made:
+                on_job()
+                batch.reverse()
+                while batch:
+                    yield batch.pop()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(encode)
+            try:
+                await send(each())
+            except Exception as exc:  # re-raised below, not as an exception group
+                failures.insert(0, exc)
+                nursery.cancel_scope.cancel()
+    finally:
+        pieces.close()  # the bulk thread is done with it: the nursery waited for its last job
+    if failures:
+        raise failures[0]
+
+
+def _take(pieces: Iterator[bytes], count: int) -> list[bytes]:
+    """The next ``count`` items of ``pieces``, fewer at its end."""
+    return list(itertools.islice(pieces, count))
+
+
+async def send(client: NodeClient, pieces: Iterable[bytes] | AsyncIterable[bytes], *, workload: str, epoch: int,
+               seq: int = 0, standby: bool = False, window: int | SendWindow = WINDOW_PIECES) -> int:
     """Send ``pieces`` to an incoming copy as MChunk requests numbered from ``seq``; return the next number.
 
     Up to ``window`` pieces are unanswered at a time (a ``SendWindow``
-    sizes it as the replies come); the target applies them in order of
+    sizes it as the replies come, and only it takes ``pieces`` as they are
+    made, from an async iterable); the target applies them in order of
     their numbers.  Raises what ``NodeClient.request`` raises for the first
     piece refused; the replies to pieces already sent after it are dropped
     and no more are sent.
     """
     if isinstance(window, SendWindow):
-        return await _send_windowed(client, pieces, window, workload=workload, epoch=epoch, seq=seq,
-                                    standby=standby)
+        return await _send_windowed(client, pieces if isinstance(pieces, AsyncIterable) else _async(pieces), window,
+                                    workload=workload, epoch=epoch, seq=seq, standby=standby)
+    assert not isinstance(pieces, AsyncIterable), "pieces made as they go need a SendWindow"
     sent = 0
 
     def answered(_reply: object) -> bool:
@@ -92,14 +165,19 @@ async def send(client: NodeClient, pieces: Iterable[bytes], *, workload: str, ep
     return seq + sent
 
 
-async def _send_windowed(client: NodeClient, pieces: Iterable[bytes], window: SendWindow, *, workload: str, epoch: int,
-                         seq: int, standby: bool) -> int:
+async def _async(pieces: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+async def _send_windowed(client: NodeClient, pieces: AsyncIterable[bytes], window: SendWindow, *, workload: str,
+                         epoch: int, seq: int, standby: bool) -> int:
     """``send`` with the window a ``SendWindow`` measures (trio's clock times the replies)."""
     window.restart()
     unanswered: collections.deque = collections.deque()
     n = seq
     try:
-        for piece in pieces:
+        async for piece in pieces:
             while len(unanswered) >= window.pieces:
                 await unanswered.popleft().reply()
                 window.answered(trio.current_time())

@@ -37,6 +37,11 @@ def start_tracking(host: Host, workload: str) -> snapshot.Snapshot:
     return host.hold(workload).start_tracking()
 
 
+def start_tracking_live(host: Host, workload: str) -> tuple[snapshot.Snapshot, Callable[[], None]]:
+    """``start_tracking`` with the first round left in the live memory, and the ``done`` that lets it go."""
+    return host.hold(workload).start_tracking_live()
+
+
 def capture_delta(host: Host, workload: str) -> snapshot.Snapshot:
     """The pages written since the last capture: a pre-copy round, or the final one (frozen)."""
     return host.hold(workload).capture_delta(consistent=False)

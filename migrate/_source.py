@@ -41,7 +41,7 @@ from ._ownership_events import Abort, Event, EventKind, OwnershipError, Peer
 from ._precopy import Action, PrecopyConfig, PrecopyPlanner
 from ._replies import error, expect
 from ._standby import _keep_standby, _stop_standby, keep_as_standby
-from ._transfer import Transfer, _fits_commit, free_in_thread
+from ._transfer import Transfer, _fits_commit
 from ._state import (
     HANDOVER_FLUSH_S,
     MigrationError,
@@ -146,6 +146,7 @@ class Migration(DualExecution, Transfer):
                 except (NodeError, HostError, OSError) as exc:
                     await self._abort(client, f"{type(exc).__name__}: {exc}")
         finally:
+            self._drop_first()  # a move ended before its first round was sent
             try:
                 if committed and self.keep and self.info is not None and await keep_as_standby(
                         node, self.svc, self.owned, self.epoch + 1, target_name, self.info, self.settings):
@@ -232,12 +233,7 @@ class Migration(DualExecution, Transfer):
         The last delta, captured while running, is sent too; what changed
         after it is left for the caller's final, frozen round.
         """
-        assert self._first is not None  # taken while the target got ready (``_first_capture_while``)
-        full, self._first = [self._first], None
-        sent_before = self.bytes_sent
-        took = await self._send(client, full[0])
-        last_pages, last_bytes = full[0].page_count, self.bytes_sent - sent_before
-        await free_in_thread(full)
+        took, last_pages, last_bytes = await self._send_first(client)
         await crash_point_async("source:after-round")
         while True:
             delta = await self._capture(ops.capture_delta, self.node.host, self.workload)

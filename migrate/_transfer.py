@@ -1,9 +1,10 @@
 """The sending half of a move, mixed into ``Migration``: capture, encode, stream, account, and the report.
 
-``_first_capture_while`` takes the first round's full copy while the
-target gets ready (module, MIncoming), so the two overlap.
-Every round goes through ``_send`` (or, the final one, ``frozen_round``
-and ``_stream`` beside the commit); the figures they keep are the report's
+``_first_capture_while`` starts tracking and takes the first round, its
+pages left in the live memory, while the target gets ready (module,
+MIncoming), so the two overlap.  Every round goes through ``_send``,
+encoded as it is sent (or, the final one, ``frozen_round`` and
+``_stream`` beside the commit); the figures they keep are the report's
 (``_report``): rounds and their bytes, and the seconds spent capturing,
 encoding, sending and committing.  After the commit, ``_ask_first_call``
 asks the new owner when it served its first call, for the client
@@ -13,7 +14,7 @@ blackout (``MigrationReport.client_blackout_s`` says how it is estimated).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar, TypeVarTuple
 
@@ -21,7 +22,7 @@ import msgpack
 import trio
 
 import snapshot
-from nodes import Host, Node, NodeClient, NodeError, UnknownModule, WorkloadInfo, crash_point_async, run_bulk
+from nodes import Host, Node, NodeClient, NodeError, UnknownModule, WorkloadInfo, crash_point_async
 
 from . import _chunks
 from . import _hostops as ops
@@ -76,6 +77,10 @@ def frozen_round(capture: Callable[[Host, str], snapshot.Snapshot], host: Host, 
     return FrozenRound(pieces, snap.page_count, facts, t1 - t0, time.perf_counter() - t1)
 
 
+def _nothing() -> None:
+    pass
+
+
 def _fits_commit(piece: bytes, ledger_wire: dict[str, Any], *frame_limits: int) -> bool:
     """Whether an MCommit carrying ``piece`` and the ledger fits a frame under every limit."""
     return len(piece) + len(msgpack.packb(ledger_wire)) + _chunks.FRAME_OVERHEAD_BYTES <= min(frame_limits)
@@ -93,6 +98,7 @@ class Transfer:
     clock: Callable[[], float]
     notes: list[str]
     settings: dict[str, Any]  # the workload's launch settings, for MIncoming
+    _first: snapshot.Snapshot | None  # the first round, until it is sent
 
     def _start_figures(self) -> None:
         self.bytes_sent = 0
@@ -111,6 +117,7 @@ class Transfer:
         self.round_bytes = self.round_streamed = 0
         self.stream_started: float | None = None
         self.started_s = self.clock()
+        self._first_done: Callable[[], None] = _nothing  # ends the first round's hold on the live memory
 
     async def _ask_first_call(self, client: NodeClient) -> None:
         """Ask the new owner when it served its first call, for the client blackout (after the redirect)."""
@@ -155,7 +162,10 @@ class Transfer:
 
     async def _first_capture_while(self, setup: Callable[[*_Args], Awaitable[None]],
                                    *args: *_Args) -> snapshot.Snapshot:
-        """Start tracking and take the first round's full copy while ``setup(*args)`` readies the target.
+        """Start tracking and take the first round while ``setup(*args)`` readies the target.
+
+        The round's runs view the live memory (``ops.start_tracking_live``):
+        send it with ``_send(..., live=True)``, then ``_drop_first``.
 
         The copy took 0.2 s at 256 MiB and about 1 s at 1 GiB; readying the
         target is one round trip (MIncoming), three and a compile for a
@@ -179,14 +189,20 @@ class Transfer:
             nursery.start_soon(ready)
             self.planner.start(self.clock())
             try:
-                snap = await self._capture(ops.start_tracking, self.node.host, self.workload)
+                snap, self._first_done = await self._capture(ops.start_tracking_live, self.node.host, self.workload)
             except Exception as exc:
                 failures.append(exc)
                 nursery.cancel_scope.cancel()
         if failures:
+            self._drop_first()
             raise failures[0]
         assert snap is not None  # nothing failed: the capture returned
         return snap
+
+    def _drop_first(self) -> None:
+        """Let the first round's views of the live memory go (``ops.start_tracking_live``); again does nothing."""
+        done, self._first_done = self._first_done, _nothing
+        done()
 
     async def _incoming(self, client: NodeClient, info: WorkloadInfo) -> None:
         """Have the target get ready for a fresh copy; its chunks are numbered from 0."""
@@ -228,33 +244,40 @@ class Transfer:
         finally:
             self.spent["capture"] += self.clock() - t0
 
-    async def _send(self, client: NodeClient, snap: snapshot.Snapshot) -> float:
-        """Stream one snapshot to the target as a round; return the seconds it took.
-
-        Encoding (zstd) runs on the node's bulk thread, at a lower CPU priority
-        (``nodes.run_bulk``), so the node keeps answering calls meanwhile.
-        """
-        t0 = self.clock()
-        chunks = await self._encode(client, snap)
-        wire_bytes = sum(len(chunk) for chunk in chunks)
-        await self._stream(client, chunks)  # empties ``chunks``
-        self._sent_round(wire_bytes, snap.page_count)
-        return self.clock() - t0
-
-    async def _encode(self, client: NodeClient, snap: snapshot.Snapshot) -> list[bytes]:
-        """``snap``, a round sent while the workload runs, in pieces that fit both nodes' frames.
-
-        The encoding runs on the bulk thread (``nodes.run_bulk``); a final
-        round, sent while calls wait, is made in ``_frozen_round`` instead,
-        not made to wait for the CPU.
-        """
-        t0 = self.clock()
-        self.step = "encode"
-        size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
+    async def _send_first(self, client: NodeClient) -> tuple[float, int, int]:
+        """Send the first round (``_first_capture_while``'s) and let it go; its seconds, pages and wire bytes."""
+        assert self._first is not None  # taken while the target got ready
+        full, self._first = [self._first], None
+        sent_before = self.bytes_sent
         try:
-            return await run_bulk(_chunks.encode, snap, size)
+            took = await self._send(client, full[0], live=True)
+            pages = full[0].page_count
+            await free_in_thread(full)  # a copy, where the memory could not be read live
         finally:
-            self.spent["encode"] += self.clock() - t0
+            self._drop_first()
+        return took, pages, self.bytes_sent - sent_before
+
+    async def _send(self, client: NodeClient, snap: snapshot.Snapshot, *, live: bool = False) -> float:
+        """Stream one snapshot to the target as a round, encoding it as it goes; return the seconds it took.
+
+        The pieces are made on the node's bulk thread, at a lower CPU
+        priority, a few jobs ahead of the link (``_chunks.made_ahead``), so
+        the node keeps answering calls and a round never sits encoded
+        whole in memory.  ``live``: the runs view memory calls may write.
+        """
+        t0 = self.clock()
+        size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
+        encoder = snapshot.SnapshotEncoder(copy_pages=live)
+        raw_total = snap.page_count * snapshot.PAGE_BYTES
+
+        def estimate() -> None:  # the bytes encoded, plus the pages left at the round's ratio so far
+            done, wire = encoder.raw_bytes, encoder.wire_bytes
+            self.round_bytes = wire + ((raw_total - done) * wire // done if done else raw_total)
+
+        await _chunks.made_ahead(_chunks.stream(snap, size, encoder), lambda pieces: self._stream(client, pieces),
+                                 self.spent, estimate)
+        self._sent_round(encoder.wire_bytes, snap.page_count)
+        return self.clock() - t0
 
     async def _frozen_round(self, client: NodeClient,
                             capture: Callable[[Host, str], snapshot.Snapshot]) -> FrozenRound:
@@ -265,16 +288,18 @@ class Transfer:
         self.spent["encode"] += made.encode_s
         return made
 
-    async def _stream(self, client: NodeClient, chunks: list[bytes]) -> None:
-        """Send ``chunks`` as the round's pieces, taking each out of the list as it goes.
+    async def _stream(self, client: NodeClient, chunks: list[bytes] | AsyncIterator[bytes]) -> None:
+        """Send ``chunks`` as the round's pieces, letting each go as it is sent.
 
-        A piece sent is let go at once, so the round's memory is freed a
-        piece at a time: dropping a 1 GiB round's 126 pieces together, on
-        the event loop, was one 15-17 ms step (126 munmaps with the GIL
-        held), and every call waited for it.
+        A list (a final round, encoded whole while calls wait) is emptied
+        as it goes, so the round's memory is freed a piece at a time:
+        dropping a 1 GiB round's pieces together, on the event loop, was one
+        15-17 ms step, and every call waited for it.
         """
         t0 = self.stream_started = self.clock()
-        self.step, self.round_bytes, self.round_streamed = "send", sum(map(len, chunks)), 0
+        self.step, self.round_streamed = "send", 0
+        if isinstance(chunks, list):
+            self.round_bytes = sum(map(len, chunks))
         try:
             if self.window is None:
                 size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
@@ -285,11 +310,17 @@ class Transfer:
             self.spent["send"] += self.clock() - t0
             self.stream_started = None
 
-    def _counted(self, chunks: list[bytes]) -> Iterator[bytes]:
-        """``chunks``, taken out of the list one by one and counted into ``round_streamed``."""
-        chunks.reverse()
-        while chunks:
-            piece = chunks.pop()
+    async def _counted(self, chunks: list[bytes] | AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``chunks`` one by one (a list is emptied as it goes), counted into ``round_streamed``."""
+        if isinstance(chunks, list):
+            chunks.reverse()
+            while chunks:
+                piece = chunks.pop()
+                self.round_streamed += len(piece)
+                yield piece
+                del piece
+            return
+        async for piece in chunks:
             self.round_streamed += len(piece)
             yield piece
             del piece

@@ -13,10 +13,11 @@ undo and return.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, overload
 
@@ -34,9 +35,28 @@ logger = logging.getLogger(__name__)
 
 
 class _Pending(Protocol):
-    """A capture begun under the workload's lock, its pages copied by ``finish`` (``StateTracker``)."""
+    """A capture begun under the workload's lock, its pages copied by ``finish`` or viewed by ``views`` (``StateTracker``)."""
 
     def finish(self) -> snapshot.Snapshot: ...
+
+    def views(self) -> snapshot.Snapshot: ...
+
+
+def _nothing() -> None:
+    pass
+
+
+class _Copying:
+    """The workload's memory kept from being freed (``Workload.copying_outside``) until ``done``, from any thread."""
+
+    def __init__(self, w: Workload) -> None:
+        self._ends: contextlib.AbstractContextManager[None] | None = w.copying_outside()
+        self._ends.__enter__()
+
+    def done(self) -> None:
+        ends, self._ends = self._ends, None
+        if ends is not None:
+            ends.__exit__(None, None, None)
 
 
 class Held:
@@ -93,6 +113,25 @@ class Held:
         again.  The result is a base for deltas, not a consistent snapshot
         on its own.  Raises ``UnknownWorkload`` or ``SnapshotFailed``.
         """
+        snap, done = self._start_tracking(backend, live=False)
+        done()
+        return snap
+
+    def start_tracking_live(self, *, backend: str = "auto") -> tuple[snapshot.Snapshot, Callable[[], None]]:
+        """``start_tracking`` without the copy, where calls may go on during it: the runs view the live memory.
+
+        Returns the snapshot and ``done``, to call once nothing reads its
+        runs any more (more calls do nothing): until then the memory is not
+        freed (removing the workload waits), and a page the views read torn
+        is dirty, so the next delta sends it again.  Encode it with
+        ``SnapshotEncoder(copy_pages=True)``.  Where calls could not go on
+        during a copy (a memory that moves, a tracker that compares), the
+        snapshot is a copy and ``done`` does nothing.  So a 1 GiB first
+        round needs no 1 GiB of new memory on the source.
+        """
+        return self._start_tracking(backend, live=True)
+
+    def _start_tracking(self, backend: str, *, live: bool) -> tuple[snapshot.Snapshot, Callable[[], None]]:
         with self._using() as w:
             w.drop_tracker()
             with w.touching_state("start tracking"):
@@ -100,7 +139,7 @@ class Held:
                 if not w.memory_fixed:  # it may move when it grows: arm and copy holding it
                     w.track(arming.arm())
             if not w.memory_fixed:
-                return self._begin_capture(w)
+                return self._begin_capture(w), _nothing
             keeping = w.copying_outside()  # the memory is not freed while it is armed
         with keeping:
             try:
@@ -112,14 +151,20 @@ class Held:
                 w.drop_tracker()  # another start_tracking's, armed meanwhile
                 w.track(tracker)
                 if not self._copies_while_running(w):
-                    return self._begin_capture(w)
+                    return self._begin_capture(w), _nothing
                 pending = self._begin_capture(w, finish=False, forget_writes=False)  # armed just now
-                copying = w.copying_outside()
+                copying = _Copying(w)
         except BaseException:
             tracker.close()  # closing it twice (once as the workload's) is harmless
             raise
-        with copying:
-            return pending.finish()
+        try:
+            snap = pending.views() if live else pending.finish()
+        except BaseException:
+            copying.done()
+            raise
+        if not live:
+            copying.done()
+        return snap, copying.done
 
     @overload
     @staticmethod

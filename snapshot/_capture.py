@@ -104,6 +104,20 @@ def copy_nonzero(address: int, size: int) -> tuple[PageRun, ...]:
     return copy_runs(address, nonzero_blocks((ctypes.c_char * size).from_address(address)) if size else [])
 
 
+def live_runs(address: int, size: int, ranges: list[tuple[int, int]] | None = None) -> tuple[PageRun, ...]:
+    """Runs over the memory of ``size`` bytes at ``address`` itself, nothing copied: its non-zero 64 KiB blocks, or the [start, end) page ``ranges``.
+
+    The views read the memory when they are read: it must neither move
+    nor be freed until the last read, and what it holds then may be torn
+    by a write in progress (copy a piece before compressing it).
+    """
+    if not size:
+        return ()
+    view = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+    return tuple(PageRun(a, view[a * PAGE_BYTES:b * PAGE_BYTES])
+                 for a, b in (nonzero_blocks(view) if ranges is None else ranges))
+
+
 def _snapshot_of(store: wasmtime.Store, instance: wasmtime.Instance, lay: Layout, memories: list[MemoryState],
                  base_id: bytes | None = None) -> Snapshot:
     """A new state id for ``memories`` plus the globals and tables read now; the instance holds it."""
@@ -131,8 +145,7 @@ def capture(store: wasmtime.Store, instance: wasmtime.Instance, *,
     for index, memory in lay.memories:
         ptr, size = memory_view(store, memory)
         if in_place:
-            view = memoryview((ctypes.c_char * size).from_address(ptr)).cast("B") if size else memoryview(b"")
-            runs = tuple(PageRun(a, view[a * PAGE_BYTES:b * PAGE_BYTES]) for a, b in nonzero_blocks(view))
+            runs = live_runs(ptr, size)
         elif buffers is not None:
             # Warm buffer: one memcpy, then scan the copy by offset.
             buf = buffers.get(index, size)

@@ -130,13 +130,14 @@ class _Joiner:
     helper thread while the next is joined.
     """
 
-    def __init__(self, buffers: int = 1) -> None:
+    def __init__(self, buffers: int = 1, *, always: bool = False) -> None:
         self._buffers = [bytearray() for _ in range(buffers)]
         self._turn = 0
+        self._always = always  # copy a single chunk too: it may be live memory that changes under zstd
 
     def join(self, chunks: list[memoryview]) -> memoryview | bytes:
         """The chunks' bytes, contiguous; valid until ``buffers`` more joins."""
-        if len(chunks) == 1:
+        if len(chunks) == 1 and not self._always:
             return chunks[0]  # already contiguous: compress it in place
         total = sum(len(c) for c in chunks)
         turn = self._turn
@@ -165,15 +166,18 @@ class SnapshotEncoder:
 
     Use ``header()``, ``meta(snap)``, ``pages(index, runs)`` (any number of
     times) and ``end()``; or ``encode(snap)`` for all of them in order.
+    ``copy_pages`` copies each frame's pages into a buffer of the encoder's
+    before compressing them, for runs that view memory a running instance
+    may write meanwhile: zstd then reads bytes that hold still.
     """
 
     def __init__(self, *, key: bytes | None = None, level: int = 1,
-                 batch_pages: int = BATCH_PAGES, buffers: int = 1) -> None:
+                 batch_pages: int = BATCH_PAGES, buffers: int = 1, copy_pages: bool = False) -> None:
         self._aead = check_key(key)
         self._salt = os.urandom(8) if self._aead else bytes(8)
         self._header: bytes | None = None
         self._compressor = zstandard.ZstdCompressor(level=level)
-        self._joiner = _Joiner(buffers)
+        self._joiner = _Joiner(buffers, always=copy_pages)
         self._batch_pages = batch_pages
         self._seq = 0
         self._pages = 0

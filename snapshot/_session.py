@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import wasmtime
 
-from ._capture import CaptureBuffers, capture, copy_nonzero, copy_runs
+from ._capture import CaptureBuffers, capture, copy_nonzero, copy_runs, live_runs
 from ._dirty import DirtyTracker, UffdDirtyTracker, extent_of, open_tracker
 from ._errors import LocalSnapshotError
 from ._instance import layout, memory_view, read_dropped, read_globals, read_tables, record_state_id
@@ -220,5 +220,20 @@ class PendingCapture:
         memories = tuple(MemoryState(index, size, copy_nonzero(ptr, size) if ranges is None
                                      else copy_runs(ptr, ranges))
                          for index, ptr, size, ranges in self.regions)
+        return self._with(memories)
+
+    def views(self) -> Snapshot:
+        """What ``finish`` would copy, left in the memory: runs that are views of it (``live_runs``).
+
+        For a round encoded as it is sent, without a copy of the whole
+        memory first (``SnapshotEncoder(copy_pages=True)`` copies each piece
+        before compressing it).  Valid while the memory neither moves nor is
+        freed; what a write changes before a page is read is sent again by
+        the next delta, as for ``finish`` while the instance runs.
+        """
+        return self._with(tuple(MemoryState(index, size, live_runs(ptr, size, ranges))
+                                for index, ptr, size, ranges in self.regions))
+
+    def _with(self, memories: tuple[MemoryState, ...]) -> Snapshot:
         return Snapshot(module_sha256=self.module_sha256, state_id=self.state_id, base_id=self.base_id,
                         memories=memories, globals=self.globals, tables=self.tables, dropped=self.dropped)

@@ -8,6 +8,7 @@ import threading
 import pytest
 import wasmtime
 
+import snapshot
 from nodes import Host, HostClosed, SnapshotFailed, UnknownWorkload, _switching
 
 from test_hosting import FAST, deploy, state_of
@@ -131,6 +132,50 @@ def test_remove_waits_for_a_copy_running_outside_the_lock(host):
     assert removed.is_set()
     with pytest.raises(UnknownWorkload):
         held.capture_delta(consistent=False)
+
+
+def test_a_live_first_round_encoded_while_calls_write_then_rounds_restore_exactly(host, tmp_path):
+    """``start_tracking_live``: the first round views the memory, encoded while calls write it.
+
+    The memory stays held (removal would wait) until ``done``; the rounds
+    after carry the pages written meanwhile, so the copy is identical.
+    """
+    wid = deploy(host, "dirtier")
+    host.call(wid, "dt_init", [16])
+    held = host.hold(wid)
+    stop, failures = threading.Event(), []
+    writer = _writing(host, wid, stop, failures)
+    try:
+        base, done = held.start_tracking_live()
+        assert held._w.copies == 1  # the views keep the memory from being freed
+        assert all(isinstance(run.data, memoryview) for m in base.memories for run in m.runs)
+        encoded = b"".join(snapshot.SnapshotEncoder(copy_pages=True).encode(base))
+        done()
+        done()  # again: nothing
+        assert held._w.copies == 0
+        deltas = [held.capture_delta(consistent=False) for _ in range(3)]
+    finally:
+        stop.set()
+        writer.join()
+    assert not failures
+    _rebuild_exactly(host, held, snapshot.Snapshot.from_bytes(encoded), deltas, tmp_path)
+
+
+def test_removing_a_workload_waits_for_its_live_first_round_to_be_let_go(host):
+    wid = deploy(host, "dirtier")
+    host.call(wid, "dt_init", [4])
+    held = host.hold(wid)
+    base, done = held.start_tracking_live()
+    remover = threading.Thread(target=host.remove, args=(wid,))
+    remover.start()
+    while not held._w.removed:  # release() began: it waits for the views to be let go
+        threading.Event().wait(0.001)
+    assert held._w.memory0().data_len(held._w.store) > 0  # the store is still open: the views are readable
+    assert b"".join(snapshot.SnapshotEncoder(copy_pages=True).encode(base))
+    done()
+    remover.join()
+    with pytest.raises(UnknownWorkload):
+        held.start_tracking_live()
 
 
 def test_removing_a_workload_while_rounds_are_copied_raises_unknown_workload_or_completes(host):

@@ -197,3 +197,47 @@ def test_kept_writes_never_hide_a_page_written_back_to_its_armed_value(live, bac
         target.restore(first)
         target.restore(tracker.capture_delta(src.store))
     assert target.memory(0) == src.memory(0)
+
+
+@pytest.mark.skipif(not snapshot.uffd_available(), reason="views are read while calls run only with uffd tracking")
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(st.tuples(st.integers(0, 2 * 65536 - 1), st.integers(0, 255)), min_size=1, max_size=30),
+       before=st.lists(st.tuples(st.integers(0, 2 * 65536 - 1), st.integers(1, 255)), max_size=10))
+def test_a_first_round_of_live_views_encoded_while_written_plus_a_delta_is_exact(live, writes, before):
+    """``views`` copies nothing: the encoder (``copy_pages``) reads the memory while another thread writes it.
+    The decoded round plus a delta taken with nothing running restore the memory exactly."""
+    src = live(WAT)
+    src("grow", 1)
+    for offset, value in before:
+        src("poke", offset, value)
+    target = src.fresh()
+    memory = src.exports["__wm_memory_0"]
+    with snapshot.StateTracker(src.store, src.instance, backend="uffd") as tracker:
+        first = tracker.begin_capture(src.store, forget_writes=False).views()
+        assert all(isinstance(run.data, memoryview) for m in first.memories for run in m.runs)
+        stop = threading.Event()
+        writer, passes = _raw_writer(memory, src.store, writes, stop)
+        writer.start()  # writes while the views are encoded: torn pages are dirty again
+        try:
+            encoded = b"".join(snapshot.SnapshotEncoder(copy_pages=True).encode(first))
+        finally:
+            stop.set()
+            writer.join()
+        assert passes[0] >= 1
+        target.restore(snapshot.Snapshot.from_bytes(encoded))
+        target.restore(tracker.capture_delta(src.store))
+    assert target.memory(0) == src.memory(0) and target.capture().same_state(src.capture())
+
+
+def test_live_views_of_a_quiet_memory_restore_it_whole(live):
+    src = live(WAT)
+    src("grow", 3)
+    for offset in (5, 70000, 3 * 65536):
+        src("poke", offset, 9)
+    src("poke_n", 100, 7)
+    with snapshot.StateTracker(src.store, src.instance) as tracker:
+        views = tracker.begin_capture(src.store).views()
+        copied = snapshot.Snapshot.from_bytes(b"".join(snapshot.SnapshotEncoder(copy_pages=True).encode(views)))
+    target = src.fresh()
+    target.restore(copied)
+    assert target.memory(0) == src.memory(0) and target.memory(1) == src.memory(1)
