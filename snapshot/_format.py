@@ -26,6 +26,7 @@ in ``_decoder``.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
 import zlib
@@ -122,6 +123,12 @@ def _page_batches(index: int, runs: Iterable[PageRun], batch_pages: int
         yield ranges, zeros, chunks
 
 
+#: Chunks this large are joined with ctypes.memmove, which lets go of the GIL while it copies: a
+#: slice assignment holds it throughout (about 0.3 ms per 4 MiB frame), and a node's event loop,
+#: sending the round meanwhile, waits for it.
+_MEMMOVE_BYTES = 64 << 10
+
+
 class _Joiner:
     """Joins a batch's chunks into one of ``buffers`` reused buffers, in turn (one copy, no allocation per batch).
 
@@ -144,11 +151,16 @@ class _Joiner:
         self._turn = (turn + 1) % len(self._buffers)
         if len(self._buffers[turn]) < total:
             self._buffers[turn] = bytearray(total)
-        out = memoryview(self._buffers[turn])
+        buf = self._buffers[turn]
+        out, base = memoryview(buf), ctypes.addressof(ctypes.c_char.from_buffer(buf))
         pos = 0
         for chunk in chunks:
-            out[pos:pos + len(chunk)] = chunk
-            pos += len(chunk)
+            n = len(chunk)
+            if n >= _MEMMOVE_BYTES and not chunk.readonly:  # live memory, a capture's mmap: no GIL held
+                ctypes.memmove(base + pos, ctypes.addressof(ctypes.c_char.from_buffer(chunk)), n)
+            else:
+                out[pos:pos + n] = chunk
+            pos += n
         return out[:pos]
 
 
