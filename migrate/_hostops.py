@@ -32,13 +32,8 @@ def freeze(host: Host, workload: str) -> None:
     host.hold(workload).pause()
 
 
-def start_tracking(host: Host, workload: str) -> snapshot.Snapshot:
-    """Start tracking written pages; the full snapshot the first round sends."""
-    return host.hold(workload).start_tracking()
-
-
 def start_tracking_live(host: Host, workload: str) -> tuple[snapshot.Snapshot, Callable[[], None]]:
-    """``start_tracking`` with the first round left in the live memory, and the ``done`` that lets it go."""
+    """Start tracking written pages; the first round, left in the live memory, and the ``done`` that lets it go."""
     return host.hold(workload).start_tracking_live()
 
 
