@@ -17,7 +17,7 @@ The thread is one per process, started on first use and kept: a thread's
 nice value can be raised without privilege but not lowered again, so work
 that must not wait (calls, a migration's freeze and commit) never runs on
 it.  Jobs run one at a time, in the order given; a job cannot be cancelled
-once it is queued (it is short: one round's encoding, or one chunk's
+once it is queued (it is short: a few pieces of a round's encoding, or one chunk's
 decoding), and cancellation reaches the caller when it ends.
 """
 
