@@ -23,6 +23,7 @@ decoding), and cancellation reaches the caller when it ends.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import queue
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 BULK_NICE = 10
 
 T = TypeVar("T")
+_PR_SET_NAME = 15  # prctl(2)
 
 _Job = tuple[Callable[[], Any], trio.lowlevel.TrioToken, trio.lowlevel.Task]
 _jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
@@ -50,6 +52,7 @@ _thread: threading.Thread | None = None
 
 def _serve() -> None:
     tid = threading.get_native_id()
+    _name_thread(b"wm-bulk")
     try:  # never above the priority the process runs at (a nice node stays as nice)
         os.setpriority(os.PRIO_PROCESS, tid, max(BULK_NICE, os.getpriority(os.PRIO_PROCESS, tid)))  # this thread
     except OSError as exc:  # a container may forbid it: the work still runs, at the usual priority
@@ -62,6 +65,14 @@ def _serve() -> None:
         except trio.RunFinishedError:  # the run ended under the job: nobody waits for it
             pass
         del func, result
+
+
+def _name_thread(name: bytes) -> None:
+    """Give the calling thread ``name`` in the kernel too (top -H, perf, /proc/.../comm), where Linux allows it."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the Python name still shows in logs
+        pass
 
 
 def _ensure_thread() -> None:

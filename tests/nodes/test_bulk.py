@@ -28,6 +28,13 @@ async def test_a_job_runs_on_a_lower_priority_thread_and_returns_its_result():
     assert (await run_bulk(threading.get_ident)) == where[0]  # one thread, kept
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="thread names in /proc are Linux's")
+async def test_the_thread_is_named_for_operators_in_the_kernel_too():
+    tid = await run_bulk(threading.get_native_id)
+    with open(f"/proc/self/task/{tid}/comm") as comm:
+        assert comm.read().strip() == "wm-bulk"
+
+
 async def test_an_error_is_raised_to_the_caller_and_the_thread_goes_on():
     def boom() -> None:
         raise ValueError("bad round")
