@@ -57,7 +57,8 @@ def recut(pieces: Iterable[bytes], size: int) -> Generator[bytes, None, None]:
         yield pending
 
 
-def stream(snap: snapshot.Snapshot, size: int, encoder: snapshot.SnapshotEncoder | None = None) -> Generator[bytes, None, None]:
+def stream(snap: snapshot.Snapshot, size: int,
+           encoder: snapshot.SnapshotEncoder | None = None) -> Generator[bytes, None, None]:
     """Encode ``snap`` lazily, in pieces of ``size`` bytes (compression runs as pieces are taken).
 
     Give an ``encoder`` to read its byte counts as the pieces are taken.

@@ -27,6 +27,7 @@ from nodes import (
     NodeClient,
     NodeError,
     Session,
+    UnknownWorkload,
     WorkloadInfo,
     crash_point_async,
 )
@@ -144,7 +145,7 @@ class Migration(DualExecution, Transfer):
                             await _stop_standby(self.owned)  # the move's copy replaces the standby's
                         committed = await self._move(client, target_name)
                 except (NodeError, HostError, OSError) as exc:
-                    await self._abort(client, f"{type(exc).__name__}: {exc}")
+                    await self._abort(client, f"{type(exc).__name__}: {exc}", gone=isinstance(exc, UnknownWorkload))
         finally:
             self._drop_first()  # a move ended before its first round was sent
             try:
@@ -377,7 +378,7 @@ class Migration(DualExecution, Transfer):
         if record.state is State.SENDING and record.move is not None and record.move.epoch == self.epoch:
             self.svc.event(self.workload, Event(EventKind.MOVE_ABORTED, peer=record.move))
 
-    async def _abort(self, client: NodeClient, why: str) -> NoReturn:
+    async def _abort(self, client: NodeClient, why: str, gone: bool = False) -> NoReturn:
         # MOVE_ABORTED fences: if the target was asked to commit and did,
         # unseen, its epoch is self.epoch; ours now outranks it, so handles
         # that look the workload up pick this node.
@@ -391,5 +392,6 @@ class Migration(DualExecution, Transfer):
                     await client.request(MAbort, workload=self.workload, epoch=self.epoch)
                 except (NodeError, HostError, OSError):
                     pass
+        where = "it was removed from" if gone else "it keeps running on"  # gone: removed while it moved
         raise MigrationError(f"migration of {self.workload} to {self.target} aborted ({why}); "
-                             f"it keeps running on {self.node.config.name}")
+                             f"{where} {self.node.config.name}")

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 class _Pending(Protocol):
-    """A capture begun under the workload's lock, its pages copied by ``finish`` or viewed by ``views`` (``StateTracker``)."""
+    """A capture begun under the workload's lock (``StateTracker``): ``finish`` copies its pages, ``views`` does not."""
 
     def finish(self) -> snapshot.Snapshot: ...
 

@@ -105,11 +105,12 @@ def copy_nonzero(address: int, size: int) -> tuple[PageRun, ...]:
 
 
 def live_runs(address: int, size: int, ranges: list[tuple[int, int]] | None = None) -> tuple[PageRun, ...]:
-    """Runs over the memory of ``size`` bytes at ``address`` itself, nothing copied: its non-zero 64 KiB blocks, or the [start, end) page ``ranges``.
+    """Runs that view ``size`` bytes of memory at ``address``, nothing copied.
 
-    The views read the memory when they are read: it must neither move
-    nor be freed until the last read, and what it holds then may be torn
-    by a write in progress (copy a piece before compressing it).
+    They cover its non-zero 64 KiB blocks, or the [start, end) page
+    ``ranges``.  The views read the memory when they are read: it must
+    neither move nor be freed until the last read, and what it holds then
+    may be torn by a write in progress (copy a piece before compressing it).
     """
     if not size:
         return ()

@@ -28,7 +28,7 @@ from migrate._messages import MAlign, MCheckpoint, MCheckpointPart, MChunk, MCom
 from migrate._state import MAX_CHUNKS_AHEAD, MAX_PARTS_AHEAD
 from nodes import NodeError
 from nodes import _host_errors as he
-from nodes._messages import ReadMemory
+from nodes._messages import ReadMemory, Remove
 
 #: Frames of 256 KiB make a few MiB of random memory travel in dozens of parts.
 SMALL_FRAMES = ["--max-frame-bytes", str(256 * 1024)]
@@ -262,3 +262,35 @@ async def test_a_burst_written_just_before_the_freeze_goes_in_a_round_of_its_own
         assert len(bursts) == 1 and int(bursts[0].split()[0]) >= 1024  # the burst's pages, and others
         assert report.final_round_bytes < 64 * 1024  # the burst was sent before the freeze
         assert report.rounds == len(report.bytes_per_round) >= 4
+
+
+async def test_a_workload_removed_while_its_live_first_round_is_sent_ends_the_move_with_the_node_serving(
+        edge_and_cloud, cluster_tls):
+    """The first round is read from the live memory while it is sent.  The target pauses at its first chunk
+    (``target:chunk``), so the round is in flight when the application removes the workload at the source.
+    The removal waits for the round (the memory is not freed under the encoder); the move then fails with a
+    typed error, the workload is gone from both nodes, and the source serves on."""
+    env = {"MIGRATE_NODE_PAUSE_AT": "target:chunk", "MIGRATE_NODE_PAUSE_S": "2"}
+    async with edge_and_cloud(cloud_env=env) as (edge, cloud, cluster):
+        h = await cluster.spawn(workloads.load("dirtier"), on="edge-1")
+        await h.call("dt_init", 64)
+        failures: list[Exception] = []
+
+        async def move() -> None:
+            try:
+                await h.migrate("cloud-1", strategy="precopy")
+            except migrate.MigrationFailed as exc:
+                failures.append(exc)
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(move)
+                await cloud.wait_for_log("paused at target:chunk")
+                client = await cluster.client(str(edge.address))
+                await client.request(Remove, workload=h.workload)  # waits for the round, then removes
+        assert len(failures) == 1 and "it was removed from edge-1" in str(failures[0]), failures
+        for node in (edge, cloud):
+            peer = await cluster.client(str(node.address))
+            assert h.workload not in [w.workload_id for w in (await peer.status()).workloads]
+        other = await cluster.spawn(workloads.load("counter"), on="edge-1")
+        assert await other.call("incr", 2) == 2
