@@ -47,6 +47,7 @@ PLUGIN = Plugin(
     status=lambda node: service(node).status() + _cordon.status(node) + life.status(node),
     save=_save_record, load=_load_record, save_node=_save_tombstones, load_node=_load_tombstones,
     resume=_resume,
+    stopping=lambda node: service(node).stop_moves(),
     metrics=lambda node: collect(service(node)),
     describe=life.describe,
     crash_phases=CRASH_PHASES,

@@ -188,7 +188,8 @@ class Migration(DualExecution, Transfer):
         if self.req.strategy == "stop-copy":
             await self._ready_target(client, module, info)
             return await self._stop_and_copy(client, target_name)
-        self._first = await self._first_capture_while(self._ready_target, client, module, info)
+        with self._stoppable():
+            self._first = await self._first_capture_while(self._ready_target, client, module, info)
         if self.req.strategy == "dual":
             return await self._dual(client, target_name, info)
         return await self._precopy(client, target_name)
@@ -234,24 +235,25 @@ class Migration(DualExecution, Transfer):
         The last delta, captured while running, is sent too; what changed
         after it is left for the caller's final, frozen round.
         """
-        took, last_pages, last_bytes = await self._send_first(client)
-        await crash_point_async("source:after-round")
-        while True:
-            delta = await self._capture(ops.capture_delta, self.node.host, self.workload)
-            decision = self.planner.round_sent(pages=last_pages, wire_bytes=last_bytes, duration_s=took,
-                                               dirty_after=delta.page_count, now=self.clock())
-            self.owned.throttle = decision.throttle
-            if decision.action is Action.STOP_AND_COPY:
-                # The rounds that follow (this delta, then the frozen one) are counted in ``rounds``.
-                self.notes.append(f"pre-copy converged: {decision.reason}")
-                break
-            sent_before = self.bytes_sent
-            took = await self._send(client, delta)
-            last_pages, last_bytes = delta.page_count, self.bytes_sent - sent_before
-        await self._send(client, delta)
-        await crash_point_async("source:before-freeze")
-        await self._keep_bursts_out(client, delta.page_count)
-        self.owned.stop_throttle()  # the freeze comes next
+        with self._stoppable():  # a shutdown stops the move here (``Transfer.stop``)
+            took, last_pages, last_bytes = await self._send_first(client)
+            await crash_point_async("source:after-round")
+            while True:
+                delta = await self._capture(ops.capture_delta, self.node.host, self.workload)
+                decision = self.planner.round_sent(pages=last_pages, wire_bytes=last_bytes, duration_s=took,
+                                                   dirty_after=delta.page_count, now=self.clock())
+                self.owned.throttle = decision.throttle
+                if decision.action is Action.STOP_AND_COPY:
+                    # The rounds that follow (this delta, then the frozen one) are counted in ``rounds``.
+                    self.notes.append(f"pre-copy converged: {decision.reason}")
+                    break
+                sent_before = self.bytes_sent
+                took = await self._send(client, delta)
+                last_pages, last_bytes = delta.page_count, self.bytes_sent - sent_before
+            await self._send(client, delta)
+            await crash_point_async("source:before-freeze")
+            await self._keep_bursts_out(client, delta.page_count)
+            self.owned.stop_throttle()  # the freeze comes next
 
     async def _precopy(self, client: NodeClient, target_name: str) -> bool:
         await self._rounds(client)

@@ -245,6 +245,11 @@ class MigrationService:
         self.metrics = MoveMetrics()  # read at scrape time (migrate._metrics)
         self.lifecycle_waker = trio.Event()  # set when a lifecycle deadline may have come closer (_life_node)
 
+    def stop_moves(self) -> None:
+        """The node is stopping: abort the outgoing moves not yet in their final round (``Transfer.stop``)."""
+        for move in list(self.active.values()):
+            move.stop()
+
     def status(self) -> tuple[dict[str, Any], ...]:
         """Moves under way, incoming and the most recent finished ones, for ``status``.
 

@@ -13,8 +13,9 @@ blackout (``MigrationReport.client_blackout_s`` says how it is estimated).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar, TypeVarTuple
 
@@ -22,7 +23,8 @@ import msgpack
 import trio
 
 import snapshot
-from nodes import Host, Node, NodeClient, NodeError, UnknownModule, WorkloadInfo, crash_point_async
+from nodes import (ConnectionFailed, Host, Node, NodeClient, NodeError, UnknownModule, WorkloadInfo,
+                   crash_point_async)
 
 from . import _chunks
 from . import _hostops as ops
@@ -118,6 +120,8 @@ class Transfer:
         self.stream_started: float | None = None
         self.started_s = self.clock()
         self._first_done: Callable[[], None] = _nothing  # ends the first round's hold on the live memory
+        self._stop_asked = False
+        self._stop_scope: trio.CancelScope | None = None
 
     async def _ask_first_call(self, client: NodeClient) -> None:
         """Ask the new owner when it served its first call, for the client blackout (after the redirect)."""
@@ -198,6 +202,35 @@ class Transfer:
             raise failures[0]
         assert snap is not None  # nothing failed: the capture returned
         return snap
+
+    def stop(self) -> None:
+        """Abort the move if it has not begun its final round (``_stoppable``): its node is shutting down.
+
+        A node stopping waits for its requests before it checkpoints its
+        workloads.  A move whose target hangs (it stopped answering
+        mid-round) never ends by itself, and the stopping node saved
+        nothing at all: every workload it held was lost.  Stopped here, the
+        move aborts as for a lost target and the workload stays, to be
+        checkpointed.  A final round runs to its end (its commit may have
+        reached the target).
+        """
+        self._stop_asked = True
+        if self._stop_scope is not None:
+            self._stop_scope.cancel()
+
+    @contextlib.contextmanager
+    def _stoppable(self) -> Iterator[None]:
+        """A part of the move before the final round, which ``stop`` ends with ConnectionFailed."""
+        with trio.CancelScope() as scope:
+            if self._stop_asked:
+                scope.cancel()
+            self._stop_scope = scope
+            try:
+                yield
+            finally:
+                self._stop_scope = None
+        if scope.cancelled_caught:
+            raise ConnectionFailed(f"the move was stopped: {self.node.config.name} is shutting down")
 
     def _drop_first(self) -> None:
         """Let the first round's views of the live memory go (``ops.start_tracking_live``); again does nothing."""

@@ -37,14 +37,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 import trio
 
-from . import _checkpoints as checkpoints
 from . import _host_errors as he
 from ._at_rest import load_data_key
 from ._authorization import authorize, hello_refusal
@@ -55,16 +53,17 @@ from ._client import NodeClient
 from ._config import NODE_ROLES, Address, NodeConfig, parse_address
 from ._credentials import Connections, Credentials
 from ._error_codes import error_reply
-from ._errors import CheckpointFailed, ConfigError, ConnectionFailed, LocalProtocolError, RemoteProtocolError
+from ._errors import ConfigError, ConnectionFailed, LocalProtocolError, RemoteProtocolError
 from ._gossip import exchange
 from ._handlers import HANDLERS
+from ._shutdown import shut_down
 from ._hosting import Host
 from ._limits import system_memory
 from ._metrics import timed_table
 from ._messages import ErrorCode, ErrorReply, NodeSummary, Reply, Request
 from ._membership import Membership
 from ._peers import PeerTable, watch_peer
-from ._plugin import Plugin, Session, checkpoint_records
+from ._plugin import Plugin, Session
 from ._protocol import ConnectionClosed, State
 from ._transport import Channel, accept_channel
 
@@ -357,39 +356,19 @@ class Node:
 
     # --- shutdown -------------------------------------------------------
 
-    async def shut_down(self) -> BulkReport:
-        """Refuse new requests, let running ones finish, checkpoint every workload.
+    async def requests_done(self) -> None:
+        """Return once no request is running (new ones may start meanwhile unless ``stopping``)."""
+        while self._in_flight:
+            self._idle = trio.Event()
+            await self._idle.wait()
 
-        Everything must fit in ``shutdown_grace_s``.  The checkpoint replaces
-        the previous one only once it is complete (``nodes._checkpoints``).
-        Raises CheckpointFailed, saying what failed and where, when no
-        checkpoint was saved or some workloads could not be captured.
-        """
-        self.stopping = True
-        grace_s = self.config.shutdown_grace_s
-        deadline = time.monotonic() + grace_s
-        with trio.move_on_after(grace_s):
-            while self._in_flight:
-                self._idle = trio.Event()
-                await self._idle.wait()
-        if self._in_flight:
-            raise checkpoints.failure(self.config.data_path, f"{self._in_flight} requests were still running "
-                                                             f"after the {grace_s} s grace period")
-        records, leave_out, node_records = checkpoint_records(
-            self, self.plugins, [info.workload_id for info in self.host.workloads()])
-        report = await trio.to_thread.run_sync(functools.partial(
-            checkpoints.save, self.host, self.config.data_path, records=records, leave_out=leave_out,
-            node_records=node_records, deadline=deadline, key=self.data_key))
-        for workload, why in report.failed:
-            logger.error("workload not checkpointed: %s", why, extra={"workload": workload})
-        logger.info("checkpointed %d workloads", len(report.done),
-                    extra={"directory": str(self.config.checkpoint_path)})
-        if report.failed:
-            raise CheckpointFailed(
-                f"the shutdown checkpoint {self.config.checkpoint_path} left out {len(report.failed)} workloads "
-                f"it could not capture ({', '.join(w for w, _ in report.failed)}); the other "
-                f"{len(report.done)} are saved")
-        return report
+    @property
+    def requests_in_flight(self) -> int:
+        return self._in_flight
+
+    async def shut_down(self) -> BulkReport:
+        """Refuse new requests, let running ones finish, checkpoint every workload (``nodes._shutdown``)."""
+        return await shut_down(self)
 
 
 def _remote(tcp: trio.SocketStream) -> str:

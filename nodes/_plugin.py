@@ -86,6 +86,9 @@ class Plugin:
     save_node: Callable[[Node], Record] | None = None
     load_node: Callable[[Node, Record], None] | None = None
     resume: Callable[[Node], Awaitable[None]] | None = None
+    #: The node is stopping and half its grace went by with requests still running: end those that can end
+    #: without losing anything (the migration plugin aborts moves not yet in their final round).
+    stopping: Callable[[Node], None] | None = None
     metrics: Callable[[Node], Iterable[Any]] | None = None
     describe: Callable[[Node, str], str | None] | None = None
     crash_phases: tuple[str, ...] = ()

@@ -30,6 +30,8 @@ from nodes import NodeError
 from nodes import _host_errors as he
 from nodes._messages import ReadMemory, Remove
 
+from moves import interrupted_move
+
 #: Frames of 256 KiB make a few MiB of random memory travel in dozens of parts.
 SMALL_FRAMES = ["--max-frame-bytes", str(256 * 1024)]
 BLOB_BYTES = 4 * 2**20
@@ -274,20 +276,12 @@ async def test_a_workload_removed_while_its_live_first_round_is_sent_ends_the_mo
     async with edge_and_cloud(cloud_env=env) as (edge, cloud, cluster):
         h = await cluster.spawn(workloads.load("dirtier"), on="edge-1")
         await h.call("dt_init", 64)
-        failures: list[Exception] = []
 
-        async def move() -> None:
-            try:
-                await h.migrate("cloud-1", strategy="precopy")
-            except migrate.MigrationFailed as exc:
-                failures.append(exc)
+        async def remove_at_the_source() -> None:
+            client = await cluster.client(str(edge.address))
+            await client.request(Remove, workload=h.workload)  # waits for the round, then removes
 
-        with trio.fail_after(120):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(move)
-                await cloud.wait_for_log("paused at target:chunk")
-                client = await cluster.client(str(edge.address))
-                await client.request(Remove, workload=h.workload)  # waits for the round, then removes
+        failures = await interrupted_move(h, "cloud-1", cloud, remove_at_the_source)
         assert len(failures) == 1 and "it was removed from edge-1" in str(failures[0]), failures
         for node in (edge, cloud):
             peer = await cluster.client(str(node.address))
