@@ -95,6 +95,7 @@ class Node:
             self._dial_name = self.credentials.identity.name
         self.data_key = load_data_key(config.data_key_path)  # checkpoints are sealed with it
         self._in_flight = 0
+        self._busy: Counter[str] = Counter()  # requests running, by the workload they name ("" for none)
         self._idle = trio.Event()
         self.calls = CallExecutor(config.call_workers)
         self.inbound = ByteBudget(config.inbound_buffer_bytes)
@@ -298,6 +299,9 @@ class Node:
         await self._serve_request(session, event, slots)
 
     async def _serve_request(self, session: Session, request: Request, slots: trio.Semaphore) -> None:
+        named = getattr(request, "workload", "")
+        busy = named if isinstance(named, str) else ""
+        self._busy[busy] += 1
         try:
             reply = await self._answer(session, request)
             try:
@@ -316,6 +320,9 @@ class Node:
                 pass  # the reader sees the broken connection and ends it
         finally:
             slots.release()
+            self._busy[busy] -= 1
+            if not self._busy[busy]:
+                del self._busy[busy]
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
@@ -365,6 +372,11 @@ class Node:
     @property
     def requests_in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def busy_workloads(self) -> set[str] | None:
+        """The workloads running requests name; None if one running names none (it may touch any)."""
+        return None if "" in self._busy else set(self._busy)
 
     async def shut_down(self) -> BulkReport:
         """Refuse new requests, let running ones finish, checkpoint every workload (``nodes._shutdown``)."""

@@ -10,7 +10,7 @@ import trio
 
 import migrate
 import workloads
-from migrate._messages import MCall, MLocate
+from migrate._messages import MCall, MLocate, MSpawn
 from nodes import NodeClient
 
 from moves import interrupted_move
@@ -183,3 +183,33 @@ async def test_a_node_stopped_while_its_move_waits_on_a_hung_target_aborts_it_an
         with trio.fail_after(30):
             assert await moving.call("dt_checksum") == checksum
             assert await bystander.call("get") == 41
+
+
+async def test_a_call_still_running_after_the_grace_costs_only_its_own_workload(node_procs, cluster_tls):
+    """A call that outlasts the shutdown grace (a spin stopped only by the 5 s call timeout) may be half-way
+    through, so its workload is not saved, and the failure names it; the node's other workload is saved and
+    comes back with its state.  Before, one running request meant nothing was saved at all."""
+    edge = node_procs.start("edge-1", "edge", args=["--shutdown-grace-s", "2", "--call-timeout-s", "5"])
+    tls = cluster_tls.issue("app-1", "client")
+    async with await NodeClient.connect(edge.address, tls=tls) as client:
+        for name, module in (("spinner", workloads.load("trap")), ("kept", COUNTER)):
+            await client.request(MSpawn, module_sha256=await client.ensure_module(module), workload=name)
+        kept = await client.request(MCall, workload="kept", op="call", caller="c", seq=0, export="incr", args=(41,))
+        assert kept.values == (41,)
+        spin = await client.send_request(MCall, workload="spinner", op="call", caller="c", seq=1, export="spin",
+                                          args=(-1,))
+        with trio.fail_after(30):
+            await client.status()  # answered once the node has read the spin, which is running then
+            status = await trio.to_thread.run_sync(edge.terminate)
+        spin.discard()
+    assert status != 0
+    lines = edge.log_lines()
+    assert any(line.get("msg", "").startswith("not checkpointed: a request on it was still running")
+               and line.get("workload") == "spinner" for line in lines), edge.log_text()
+    assert any("left out 1 workloads it could not capture (spinner); the other 1 are saved" in line.get("msg", "")
+               for line in lines), edge.log_text()
+    await trio.to_thread.run_sync(edge.restart)
+    assert (await where(edge, tls, "kept")).status == "owner"
+    assert (await where(edge, tls, "spinner")).status == "unknown"
+    again = await raw_call(edge, tls, "kept", "c", 2, 1)
+    assert again.values == (42,)
