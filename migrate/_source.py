@@ -186,7 +186,8 @@ class Migration(DualExecution, Transfer):
         info, module, self.settings = await self.node.run_host(ops.describe, self.node.host, self.workload)
         self.info = info
         if self.req.strategy == "stop-copy":
-            await self._ready_target(client, module, info)
+            with self._stoppable():
+                await self._ready_target(client, module, info)
             return await self._stop_and_copy(client, target_name)
         with self._stoppable():
             self._first = await self._first_capture_while(self._ready_target, client, module, info)
