@@ -19,10 +19,12 @@ Crash phases of a live migration, in the order a move reaches them
 ``target:before-commit``    the commit request arrived; the target does not own the workload yet
 ``target:after-commit``     the target owns the workload; the source does not know yet
 
-And one that is only paused at, not part of the crash matrix:
+And two that are only paused or crashed at, not part of the crash matrix (its moves are pre-copy):
 
 ``source:before-freeze``    the pre-copy rounds are sent and the workload runs; the source
                             has not yet checked what it wrote since (a test writes a burst here)
+``target:align``            a dual move's cut round arrived and its MAlign came; the source
+                            records the calls since the cut for the target to replay
 
 And of protection:
 
@@ -50,4 +52,4 @@ MIGRATION_PHASES = ("source:before-incoming", "source:after-round", "source:froz
                     "target:incoming", "target:chunk", "target:after-round", "target:before-commit",
                     "target:after-commit")
 #: Every crash phase of the migration plugin (``Plugin.crash_phases``).
-CRASH_PHASES = (*MIGRATION_PHASES, "source:before-freeze", "standby:copying")
+CRASH_PHASES = (*MIGRATION_PHASES, "source:before-freeze", "target:align", "standby:copying")

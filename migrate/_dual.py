@@ -66,10 +66,12 @@ class DualExecution(Transfer):
         plan = DualPlanner(DualConfig())
         await self._rounds(client)
         was_record = owned.record
+        cut_records = False  # this move's cut turned recording on: a failure before the switch turns it off
         send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
         async with owned.lock:
             t0 = self.clock()
             cut, calls_at_cut = await self._capture(ops.cut, host, self.workload)
+            cut_records = not was_record
             index_at_cut = owned.index
             owned.record, owned.follow = True, send
             plan.cut_taken(held_from_s=t0, held_until_s=self.clock())
@@ -88,6 +90,7 @@ class DualExecution(Transfer):
                     committed = False
                     try:  # one worker-thread trip freezes, seals and reads the commit's facts
                         pages, digest, facts = await node.run_host(ops.switch, host, self.workload, was_record)
+                        cut_records = False  # the switch set recording back as it was
                         batch += _drain(receive)  # the calls logged before the freeze
                         owned.record, owned.follow = was_record, None
                         last = await self._replay_but_last(client, batch, pages)
@@ -109,6 +112,7 @@ class DualExecution(Transfer):
             # Fall back: the target dropped its copy; send it again, pre-copy.
             if not was_record:
                 await node.run_host(ops.set_recording, host, self.workload, False)
+            cut_records = False
             self.notes.append(f"diverged ({exc}); fell back to precopy")
             logger.warning("dual handover diverged, falling back to pre-copy: %s", exc,
                            extra={"workload": self.workload})
@@ -116,6 +120,10 @@ class DualExecution(Transfer):
             return await self._precopy(client, target_name)
         finally:
             owned.follow = None
+            if cut_records:  # failed between the cut and the switch (the target lost, say): record nothing again
+                owned.record = False  # left on, every call recorded its inputs and none ran on the event loop
+                with trio.CancelScope(shield=True):
+                    await node.run_host(ops.stop_recording, host, self.workload)
 
     async def _replay_but_last(self, client: NodeClient, entries: list[dict[str, Any]],
                                pages: dict[int, list[int]]) -> tuple[dict[str, Any], ...]:

@@ -71,6 +71,15 @@ def set_recording(host: Host, workload: str, record: bool) -> None:
     host.hold(workload).set_replay_mode("record" if record else "off")
 
 
+def stop_recording(host: Host, workload: str) -> None:
+    """Stop recording call inputs (a dual move failed after its cut); a workload gone records none."""
+    try:
+        held = host.hold(workload)
+    except (UnknownWorkload, HostClosed):
+        return
+    held.set_replay_mode("off")
+
+
 def last_inputs(host: Host, workload: str) -> CallInputs:
     """The inputs the last recorded call consumed."""
     return host.hold(workload).last_inputs()

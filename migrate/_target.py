@@ -193,8 +193,7 @@ async def _take_chunk(node: Node, svc: MigrationService, inc: Incoming, req: MCh
                 snap = await trio.to_thread.run_sync(_decode_into, inc, req.data)
             except snapshot.SnapshotError as exc:
                 await _drop_incoming(node, svc, inc)
-                return error(req.id, MigrationCode.MIGRATION_FAILED,
-                             f"bad snapshot stream: {exc}")
+                return error(req.id, MigrationCode.MIGRATION_FAILED, f"bad snapshot stream: {exc}")
             if snap is not None:
                 inc.decoder = snapshot.SnapshotDecoder()
                 inc.assembler = snapshot.SnapshotAssembler()
@@ -282,6 +281,7 @@ async def on_align(node: Node, session: Session, req: MAlign) -> Done | ErrorRep
     served meanwhile.  Replies MIGRATION_FAILED if the copy is gone or
     the ledger is malformed.
     """
+    await crash_point_async("target:align")
     svc = service(node)
     inc = _addressed(svc, req.workload, req.epoch, req.standby)
     if inc is None or not inc.created:

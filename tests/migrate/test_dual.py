@@ -3,6 +3,7 @@
 import pytest
 import trio
 
+import migrate
 import nodes
 import workloads
 
@@ -85,3 +86,27 @@ async def test_a_nondeterministic_workload_is_detected_and_falls_back_to_precopy
         assert any("diverged" in n and "fell back to precopy" in n for n in report.notes), report.notes
         before = await h.call("ground")
         assert before > 0 and timeouts >= 1
+
+
+async def test_a_dual_move_that_fails_after_its_cut_stops_recording_calls(edge_and_cloud):
+    """The target dies when the source aligns it (right after the cut, which turned recording on).
+
+    The move fails and the workload stays.  Its calls must stop recording their inputs: left on, none of
+    them ran on the event loop any more, for as long as the workload lived."""
+    async with edge_and_cloud(cloud_env={"MIGRATE_NODE_CRASH_AT": "target:align"}) as (edge, cloud, c):
+        h = await c.spawn(workloads.load("counter"), on="edge-1")
+        client = await c.client(str(edge.address))
+
+        async def inline_after(calls: int) -> int:
+            before = (await client.status()).counters.get("calls_inline", 0)
+            for _ in range(calls):
+                await h.call("incr", 1)
+            return (await client.status()).counters.get("calls_inline", 0) - before
+
+        assert await inline_after(5) == 5  # a workload that records nothing: its short calls run inline
+        with trio.fail_after(60), pytest.raises(migrate.MigrationFailed):
+            await h.migrate("cloud-1", strategy="dual")
+        await trio.to_thread.run_sync(cloud.proc.wait, 30)
+        assert h.node == "edge-1"
+        assert await inline_after(5) == 5
+        assert await h.call("get") == 10
