@@ -65,13 +65,10 @@ class DualExecution(Transfer):
         node, host, owned = self.node, self.node.host, self.owned
         plan = DualPlanner(DualConfig())
         await self._rounds(client)
-        was_record = owned.record
-        cut_records = False  # this move's cut turned recording on: a failure before the switch turns it off
         send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
         async with owned.lock:
             t0 = self.clock()
             cut, calls_at_cut = await self._capture(ops.cut, host, self.workload)
-            cut_records = not was_record
             index_at_cut = owned.index
             owned.record, owned.follow = True, send
             plan.cut_taken(held_from_s=t0, held_until_s=self.clock())
@@ -89,10 +86,10 @@ class DualExecution(Transfer):
                     frozen = self.clock()
                     committed = False
                     try:  # one worker-thread trip freezes, seals and reads the commit's facts
-                        pages, digest, facts = await node.run_host(ops.switch, host, self.workload, was_record)
-                        cut_records = False  # the switch set recording back as it was
+                        keep = bool(owned.protected) or owned.standby is not None  # recording, past the follow
+                        pages, digest, facts = await node.run_host(ops.switch, host, self.workload, keep)
                         batch += _drain(receive)  # the calls logged before the freeze
-                        owned.record, owned.follow = was_record, None
+                        owned.record, owned.follow = keep, None
                         last = await self._replay_but_last(client, batch, pages)
                         committed = await self._commit(client, target_name, digest=(pages, digest), entries=last,
                                                        facts=facts)
@@ -105,14 +102,12 @@ class DualExecution(Transfer):
                         if not committed:
                             await node.run_host(ops.thaw, host, self.workload)
         except RemoteNodeError as exc:
-            owned.record, owned.follow = was_record, None
             if exc.code != MigrationCode.DIVERGED:
                 raise
             plan.diverged()
             # Fall back: the target dropped its copy; send it again, pre-copy.
-            if not was_record:
-                await node.run_host(ops.set_recording, host, self.workload, False)
-            cut_records = False
+            owned.follow = None
+            await self._stop_recording_unless_wanted()
             self.notes.append(f"diverged ({exc}); fell back to precopy")
             logger.warning("dual handover diverged, falling back to pre-copy: %s", exc,
                            extra={"workload": self.workload})
@@ -120,10 +115,20 @@ class DualExecution(Transfer):
             return await self._precopy(client, target_name)
         finally:
             owned.follow = None
-            if cut_records:  # failed between the cut and the switch (the target lost, say): record nothing again
-                owned.record = False  # left on, every call recorded its inputs and none ran on the event loop
+            if owned.moved is None:  # failed after the cut (the target lost, say), or protection went off
                 with trio.CancelScope(shield=True):
-                    await node.run_host(ops.stop_recording, host, self.workload)
+                    await self._stop_recording_unless_wanted()
+
+    async def _stop_recording_unless_wanted(self) -> None:
+        """Stop recording call inputs if nothing wants them any more (``Owned.wants_record``).
+
+        The cut turns recording on.  Left on after a failed move, every
+        later call recorded its inputs and none ran on the event loop.
+        """
+        owned = self.owned
+        if owned.record and not owned.wants_record():
+            owned.record = False
+            await self.node.run_host(ops.stop_recording, self.node.host, self.workload)
 
     async def _replay_but_last(self, client: NodeClient, entries: list[dict[str, Any]],
                                pages: dict[int, list[int]]) -> tuple[dict[str, Any], ...]:

@@ -306,7 +306,9 @@ async def on_protect(node: Node, session: Session, req: MProtect) -> Done | Erro
     owned = service(node).owner_of(req.workload)
     if owned is None or owned.moved is not None:
         return _not_owner(req.id, node, req.workload)
-    async with owned.lock:
-        await node.run_host(ops.set_recording, node.host, req.workload, req.record)
-        owned.record = req.record
+    async with owned.lock:  # off keeps recording while a standby is fed or a dual move's target follows
+        owned.protected = req.record
+        record = owned.wants_record()
+        await node.run_host(ops.set_recording, node.host, req.workload, record)
+        owned.record = record
     return Done(id=req.id)

@@ -204,14 +204,19 @@ class Protector:
         await self.take_checkpoint(self.owner)
 
     async def stop(self) -> None:
-        """Stop a standby feed at the owner (protection turned off or changed); best effort."""
-        if self.protection.mode != "standby" or self.owner == self.cluster.address_of(self.protection.to):
-            return
+        """Stop protecting at the owner (protection turned off or changed); best effort.
+
+        The standby feed ends, and the owner stops recording the inputs
+        calls consume (unless a dual move's target follows them): left on,
+        none of the workload's calls ran on the event loop any more.
+        """
         try:
             client = await self.cluster.client(self.owner)
-            await client.request(MFollow, workload=self.workload, standby="")
+            if self.protection.mode == "standby" and self.owner != self.cluster.address_of(self.protection.to):
+                await client.request(MFollow, workload=self.workload, standby="")
+            await client.request(MProtect, workload=self.workload, record=False)
         except _EXPECTED as exc:
-            logger.info("could not stop the standby of %s: %s", self.workload, exc)
+            logger.info("could not stop protecting %s: %s", self.workload, exc)
 
     async def follow(self, owner: str) -> None:
         """Ask the owner at ``owner`` to keep a hot standby on ``to`` (a no-op if it already does)."""

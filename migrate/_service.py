@@ -35,6 +35,12 @@ async def _resume(node: Node) -> None:
     node.start_soon(life.run, node)
 
 
+def _stop_moves(node: Node) -> None:
+    """The node is stopping: abort the outgoing moves not yet in their final round (``Transfer.stop``)."""
+    for move in list(service(node).active.values()):
+        move.stop()
+
+
 PLUGIN = Plugin(
     name=PLUGIN_NAME,
     handlers={m.MSpawn: life.on_app_spawn, m.MCall: life.on_app_call, life.MTouch: life.on_touch,
@@ -47,7 +53,7 @@ PLUGIN = Plugin(
     status=lambda node: service(node).status() + _cordon.status(node) + life.status(node),
     save=_save_record, load=_load_record, save_node=_save_tombstones, load_node=_load_tombstones,
     resume=_resume,
-    stopping=lambda node: service(node).stop_moves(),
+    stopping=_stop_moves,
     metrics=lambda node: collect(service(node)),
     describe=life.describe,
     crash_phases=CRASH_PHASES,

@@ -58,9 +58,8 @@ logger = logging.getLogger(__name__)
 PLUGIN_NAME = "migrate"
 
 STRATEGIES = ("precopy", "stop-copy", "dual")
-#: Checkpoints of one workload kept ready for fetching at once; a newer one
-#: drops the oldest.  Each holds a copy of the workload's state until its
-#: last part is fetched.
+#: Checkpoints of one workload kept ready for fetching at once; a newer one drops the oldest.
+#: Each holds a copy of the workload's state until its last part is fetched.
 MAX_PENDING_CHECKPOINTS = 2
 #: How far past the parts fetched so far a checkpoint part may be asked for
 #: (the application asks for ``_chunks.WINDOW_PIECES`` at once); parts
@@ -103,7 +102,8 @@ class Owned:
     throttling: trio.CancelScope | None = None  # the idle time a call holds ``lock`` for, while throttled
     moved: "Tombstone | None" = None
     index: int = 0        # state-changing operations run so far, in order
-    record: bool = False  # record nondeterministic inputs (protected or followed)
+    record: bool = False  # record nondeterministic inputs (protected or followed): ``wants_record``
+    protected: bool | None = None  # the application's protection asks for ``record`` (MProtect); None: as record
     follow: "trio.MemorySendChannel[dict[str, Any]] | None" = None  # dual execution: entries for the follower
     standby: "Standby | None" = None  # the feed of a hot standby copy
     standby_lock: trio.Lock = field(default_factory=trio.Lock)  # starting, stopping, moving
@@ -114,6 +114,13 @@ class Owned:
     committed_s: float | None = None  # when (time.perf_counter) this node answered a move's commit
     running: "tuple[str, int, CancelToken] | None" = None  # the call that holds ``lock``: caller, seq, token
     lifecycle: "Lifecycle | None" = None  # lease and schedules of a named or detached workload (_life_node)
+
+    def __post_init__(self) -> None:  # a copy taken over recording (a move, a promotion, a restart) stays so
+        self.protected = self.record if self.protected is None else self.protected
+
+    def wants_record(self) -> bool:
+        """Whether calls must record their inputs: protection asks, a standby is fed, or a dual move's target follows."""
+        return bool(self.protected) or self.standby is not None or self.follow is not None
 
     def stop_throttle(self) -> None:
         """Throttle no more, and end the idle time a call holds ``lock`` for now, if any.
@@ -244,11 +251,6 @@ class MigrationService:
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
         self.metrics = MoveMetrics()  # read at scrape time (migrate._metrics)
         self.lifecycle_waker = trio.Event()  # set when a lifecycle deadline may have come closer (_life_node)
-
-    def stop_moves(self) -> None:
-        """The node is stopping: abort the outgoing moves not yet in their final round (``Transfer.stop``)."""
-        for move in list(self.active.values()):
-            move.stop()
 
     def status(self) -> tuple[dict[str, Any], ...]:
         """Moves under way, incoming and the most recent finished ones, for ``status``.

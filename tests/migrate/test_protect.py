@@ -314,3 +314,31 @@ async def test_sigkill_of_the_source_while_a_move_streams_pages(node_procs, clus
         await bench.verify()
         assert b"".join([await bench.kv.read_memory(ptr + off, 4 * 2**20)
                          for off in range(0, len(big), 4 * 2**20)]) == big
+
+
+async def _inline_calls(c, h, calls: int) -> int:
+    """How many of ``calls`` counter calls ran on the owner's event loop (a workload that records nothing)."""
+    client = await c.client(h._address)
+    before = (await client.status()).counters.get("calls_inline", 0)
+    for _ in range(calls):
+        await h.call("incr", 1)
+    return (await client.status()).counters.get("calls_inline", 0) - before
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("moved_first", [False, True], ids=["in-place", "after-a-dual-move"])
+async def test_protection_turned_off_stops_recording_inputs(node_procs, cluster_tls, mode, moved_first):
+    """Protected, a workload's calls record their inputs and none runs on the event loop; ``protect("off")``
+    (on its first owner, or on the one a dual move made) stops that, and a call runs there again."""
+    nodes, to = _nodes(node_procs, mode)
+    async with _connect(node_procs, cluster_tls) as c:
+        h = await c.spawn(workloads.load("counter"), on="edge-1")
+        assert await _inline_calls(c, h, 3) == 3
+        await h.protect(mode, interval_s=3600, to=to)
+        assert await _inline_calls(c, h, 3) == 0
+        if moved_first:
+            await h.migrate("edge-2", strategy="dual")
+            assert h.node == "edge-2" and await _inline_calls(c, h, 3) == 0  # still protected
+        await h.protect("off")
+        assert await _inline_calls(c, h, 3) == 3
+        assert await h.call("get") == (12 if moved_first else 9)
