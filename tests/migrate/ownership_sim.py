@@ -216,6 +216,7 @@ def crash_phases(w: World, n: Node):
         yield "target:chunk"
     if rec.state is State.RECEIVING and n.copy is not None and n.pending is None:
         yield "target:after-round"
+        yield "target:align"  # a dual move's MAlign arrives in the same ownership state
     if n.pending and n.pending[0] == "commit":
         yield "target:before-commit"
     if n.reply and n.reply[0] == "committed":
