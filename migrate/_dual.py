@@ -73,13 +73,15 @@ class DualExecution(Transfer):
             owned.record, owned.follow = True, send
             plan.cut_taken(held_from_s=t0, held_until_s=self.clock())
         try:
-            await self._send(client, cut)
-            await client.request(MAlign, workload=self.workload, epoch=self.epoch, calls=calls_at_cut,
-                                 index=index_at_cut)
+            with self._stoppable():  # a shutdown stops the move up to its switch (``Transfer.stop``)
+                await self._send(client, cut)
+                await client.request(MAlign, workload=self.workload, epoch=self.epoch, calls=calls_at_cut,
+                                     index=index_at_cut)
             while True:  # dual execution: the target follows the log
                 batch = _drain(receive)
                 if plan.backlog(len(batch)).step is DualStep.REPLAY:
-                    await self._replay(client, batch)
+                    with self._stoppable():
+                        await self._replay(client, batch)
                     plan.replayed(len(batch))
                     continue
                 async with owned.lock:  # the switch

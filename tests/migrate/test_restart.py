@@ -151,17 +151,18 @@ async def test_a_call_waits_for_the_node_for_reconnect_timeout_not_retry(node_pr
         assert info.value.ran is not True
 
 
+@pytest.mark.parametrize("strategy,phase", [("precopy", "target:chunk"), ("dual", "target:align")])
 async def test_a_node_stopped_while_its_move_waits_on_a_hung_target_aborts_it_and_saves_every_workload(
-        node_procs, cluster_tls):
-    """The target stops answering at its first chunk (paused at ``target:chunk``); the source is SIGTERMed.
+        node_procs, cluster_tls, strategy, phase):
+    """The target stops answering (paused at its first chunk, or at a dual move's MAlign, after the cut);
+    the source is SIGTERMed.
 
-    Half its grace later the source aborts the move (its first round still in flight), checkpoints both
-    its workloads, the moving one and a bystander, and exits 0.  Before, the move's request ran through
-    the whole grace and the node saved nothing: both were lost.  After the restart both are back, owned
-    by the source, with their state."""
+    Half its grace later the source aborts the move, checkpoints both its workloads, the moving one and
+    a bystander, and exits 0.  Before, the move's request ran through the whole grace and the node saved
+    nothing: both were lost.  After the restart both are back, owned by the source, with their state."""
     edge = node_procs.start("edge-1", "edge", args=["--shutdown-grace-s", "6"])
     cloud = node_procs.start("cloud-1", "cloud", join=[edge],
-                             env={"MIGRATE_NODE_PAUSE_AT": "target:chunk", "MIGRATE_NODE_PAUSE_S": "120"})
+                             env={"MIGRATE_NODE_PAUSE_AT": phase, "MIGRATE_NODE_PAUSE_S": "120"})
     tls = cluster_tls.issue("app-1", "node")
     async with migrate.connect(str(edge.address), str(cloud.address), tls=tls, local=False) as c:
         moving = await c.spawn(workloads.load("dirtier"), on="edge-1")
@@ -173,7 +174,8 @@ async def test_a_node_stopped_while_its_move_waits_on_a_hung_target_aborts_it_an
         async def stop_the_source() -> None:
             assert await trio.to_thread.run_sync(edge.terminate) == 0, edge.log_text()
 
-        failures = await interrupted_move(moving, "cloud-1", cloud, stop_the_source, timeout_s=60)
+        failures = await interrupted_move(moving, "cloud-1", cloud, stop_the_source, strategy=strategy, phase=phase,
+                                          timeout_s=60)
         assert len(failures) == 1 and "shutting down" in str(failures[0]), failures
         assert any(line.get("msg") == "checkpointed 2 workloads" for line in edge.log_lines())
         await trio.to_thread.run_sync(edge.restart)
