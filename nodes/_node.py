@@ -94,7 +94,6 @@ class Node:
         if self.credentials is not None and config.name not in self.credentials.identity.names:
             self._dial_name = self.credentials.identity.name
         self.data_key = load_data_key(config.data_key_path)  # checkpoints are sealed with it
-        self._in_flight = 0
         self._busy: Counter[str] = Counter()  # requests running, by the workload they name ("" for none)
         self._idle = trio.Event()
         self.calls = CallExecutor(config.call_workers)
@@ -292,7 +291,6 @@ class Node:
         assert isinstance(event, Request)  # we send no requests here: the protocol refuses any Reply
         if self.inbound.peak > self.counters["inbound_peak_bytes"]:
             self.counters["inbound_peak_bytes"] = self.inbound.peak
-        self._in_flight += 1
         if (in_flight := self.config.max_in_flight - slots.value) > self.counters["peak_requests_in_flight"]:
             self.counters["peak_requests_in_flight"] = in_flight
         nursery.start_soon(self._read_next, session, slots, nursery, failure)
@@ -323,9 +321,8 @@ class Node:
             self._busy[busy] -= 1
             if not self._busy[busy]:
                 del self._busy[busy]
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+                if not self._busy:
+                    self._idle.set()
 
     async def _answer(self, session: Session, request: Request) -> Reply:
         self.counters["requests"] += 1
@@ -365,13 +362,13 @@ class Node:
 
     async def requests_done(self) -> None:
         """Return once no request is running (new ones may start meanwhile unless ``stopping``)."""
-        while self._in_flight:
+        while self._busy:
             self._idle = trio.Event()
             await self._idle.wait()
 
     @property
     def requests_in_flight(self) -> int:
-        return self._in_flight
+        return sum(self._busy.values())
 
     @property
     def busy_workloads(self) -> set[str] | None:
