@@ -41,20 +41,30 @@ def chunk_bytes(*frame_limits: int) -> int:
 
 
 def recut(pieces: Iterable[bytes], size: int) -> Generator[bytes, None, None]:
-    """The bytes of ``pieces``, in order, in pieces of exactly ``size`` (the last may be shorter)."""
-    pending = b""
+    """The bytes of ``pieces``, in order, in pieces of exactly ``size`` (the last may be shorter).
+
+    Each byte is copied once, by the join that makes its piece (none when
+    a piece is already cut to size).  Appending each frame to the pending
+    bytes and slicing pieces off them copied every byte three to four
+    times with the GIL held, on the bulk thread a node's calls share it with.
+    """
+    parts: list[memoryview] = []
+    held = 0
     for piece in pieces:
-        if not pending and len(piece) == size:
+        if not parts and len(piece) == size:
             yield piece  # already cut to size: no copy
             continue
-        data = pending + piece if pending else piece
-        view, pos = memoryview(data), 0
-        while len(data) - pos >= size:
-            yield bytes(view[pos:pos + size])
-            pos += size
-        pending = bytes(view[pos:])
-    if pending:
-        yield pending
+        view = memoryview(piece)
+        while held + len(view) >= size:
+            take = size - held
+            parts.append(view[:take])
+            yield b"".join(parts)
+            parts, held, view = [], 0, view[take:]
+        if view:
+            parts.append(view)
+            held += len(view)
+    if parts:
+        yield b"".join(parts)
 
 
 def stream(snap: snapshot.Snapshot, size: int,

@@ -262,7 +262,8 @@ class SnapshotEncoder:
         yield self.header(snap)
         yield self.meta(snap)
         for m in snap.memories:
-            yield from self.pages(m.index, m.runs)
+            for batch in self.batches(m.index, m.runs):
+                yield self.batch_frame(batch)
         yield self.end()
 
 

@@ -24,6 +24,7 @@ from snapshot import (
     TruncatedSnapshotError,
     UnsupportedVersionError,
 )
+from snapshot._format import BATCH_PAGES
 from snapshot._state import DroppedSegments, GlobalState, MemoryState, TableState
 
 from damage import EDITS, damage
@@ -406,3 +407,20 @@ def test_decoding_refuses_reference_types_and_values_no_capture_makes(valtype, v
                  Snapshot(module_sha256="ab" * 32, state_id=b"s" * 16, tables=(TableState(0, valtype, (value,)),))):
         with pytest.raises(CorruptSnapshotError):
             Snapshot.from_bytes(snap.to_bytes())
+
+
+def test_encoding_is_lazy_a_frame_of_pages_at_a_time():
+    # A move streams a round as it is encoded: taking the first PAGES frame
+    # must not encode the whole memory (a 256 MiB round held all 31 MiB of
+    # its frames, and an incompressible one would hold as much as the memory).
+    pages = 4 * BATCH_PAGES
+    data = random.Random(7).randbytes(pages * PAGE)
+    snap = Snapshot(module_sha256="ab" * 32, state_id=b"s" * 16,
+                    memories=(MemoryState(0, pages * PAGE, (PageRun(0, data),)),))
+    encoder = SnapshotEncoder()
+    frames = encoder.encode(snap)
+    taken = [next(frames) for _ in range(3)]  # the header, META and the first PAGES frame
+    assert encoder.raw_bytes == BATCH_PAGES * PAGE
+    rest = list(frames)
+    assert encoder.raw_bytes == pages * PAGE and len(rest) == 4  # three more PAGES frames and END
+    assert Snapshot.from_bytes(b"".join(taken + rest)).memories[0].runs[0].data == data
