@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from ._metrics import ClientBlackout, Floor, LatencyStats
+from ._reference import CpuReference
 from ._run import MoveResult
 
 logger = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ def markdown(data: dict) -> str:
             "", "## Every move", "", "| link | workload | strategy " + _HEADER, "|---|---|---" + "|---" * 14 + "|"]
     for r in data["results"]:
         out.append(f"| {r['link']} | {r['label']} | {r['strategy']} | " + " | ".join(_row_cells(r)) + " |")
+    out += worst_calls(data)
     sizes = snapshot_sizes(data)
     if sizes:
         out += ["", "## Snapshot size against raw memory", "",
@@ -155,6 +157,29 @@ def markdown(data: dict) -> str:
     else:
         out.append(f"No plots: {data['plots']}.")
     return "\n".join(out) + "\n"
+
+
+def worst_calls(data: dict) -> list[str]:
+    """The worst call of each move beside its references: the steady p99, and the same CPU use without a move."""
+    rows = [r for r in data["results"] if not r["error"] and r["latency_reference"] and r["latency_during"]]
+    if not rows:
+        return []
+    out = ["", "## Worst calls against their references", "",
+           "After each move's tail, a window as long as the move (at most 5 s) runs without a move while one "
+           "burner process per CPU, none of it this project's code, is busy for the share of the time that the "
+           "move added to the machine's busy share (/proc/stat, move against the steady stream before it). "
+           "Its worst call is what that much unrelated CPU work costs the call stream on this machine.", "",
+           "| link | workload | strategy | steady p99 / max ms | worst during move ms | × steady p99 "
+           "| machine busy steady / move | burners × duty, s | worst in reference ms | × steady p99 |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        steady, during, ref = r["latency_steady"], r["latency_during"], r["reference"]
+        out.append(f"| {r['link']} | {r['label']} | {r['strategy']} | {_ms(steady['p99_s'], 2)} / "
+                   f"{_ms(steady['max_s'])} | {_ms(during['max_s'])} | {_x(r['worst_to_steady_p99'])} "
+                   f"| {ref['steady_busy']:.2f} / {ref['move_busy']:.2f} | {ref['processes']} × {ref['duty']:.2f}, "
+                   f"{ref['seconds']:.2f} | {_ms(r['latency_reference']['max_s'])} "
+                   f"| {_x(r['reference_worst_to_steady_p99'])} |")
+    return out
 
 
 def snapshot_sizes(data: dict) -> list[dict]:
@@ -286,8 +311,9 @@ def _row_problems(r: dict) -> list[str]:
         problems.append("final dirty bytes are not dirty rate x RTT")
     if r["blackout_to_floor"] is None or not _close(r["blackout_to_floor"], c["blackout_s"] / f["floor_s"]):
         problems.append("ratio to the floor is not client blackout / floor")
+    problems += _reference_problems(r)
     lat_fields = {f.name for f in dataclasses.fields(LatencyStats)}
-    for key in ("latency_steady", "latency_during"):
+    for key in ("latency_steady", "latency_during", "latency_reference"):
         s = r[key]
         if s is None:
             continue
@@ -301,4 +327,21 @@ def _row_problems(r: dict) -> list[str]:
         problems.append("rounds, bytes or times out of range")
     if r["state_ok"] is not True:
         problems.append("the workload's state after the move is not exact")
+    return problems
+
+
+def _reference_problems(r: dict) -> list[str]:
+    """The CPU reference's duty and worst-call ratios against the numbers they come from."""
+    problems = []
+    ref, steady = r["reference"], r["latency_steady"]
+    fields = {f.name for f in dataclasses.fields(CpuReference)}
+    if not isinstance(ref, dict) or set(ref) != fields:
+        return [f"reference should have the fields {sorted(fields)}"]
+    if not _close(ref["duty"], round(max(0.0, ref["move_busy"] - ref["steady_busy"]), 3)):
+        problems.append("reference duty is not the move's busy share less the steady one")
+    for ratio_key, key in (("worst_to_steady_p99", "latency_during"), ("reference_worst_to_steady_p99", "latency_reference")):
+        want = None if not r[key] or not steady or steady["p99_s"] <= 0 else r[key]["max_s"] / steady["p99_s"]
+        got = r[ratio_key]
+        if (got is None) != (want is None) or (got is not None and not _close(got, want)):
+            problems.append(f"{ratio_key} is not the worst of {key} over the steady p99")
     return problems

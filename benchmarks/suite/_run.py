@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import os
+import math
 import platform
 import subprocess
 import sys
@@ -38,6 +38,7 @@ from ._drivers import driver_for
 from ._links import LinkFigures, link_figures
 from ._metrics import (CallSample, ClientBlackout, Floor, LatencyStats, calls_during, client_blackout,
                        latency_stats, physical_floor, ratio)
+from ._reference import CpuReference, burn, busy_fraction, cpus, read_cpu_counters, reference_for
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,12 @@ class MoveResult:
     client: ClientBlackout | None = None
     latency_steady: LatencyStats | None = None
     latency_during: LatencyStats | None = None
+    #: the move's CPU reference (``_reference``): calls in a window without a move while burners use the CPU it used
+    reference: CpuReference | None = None
+    latency_reference: LatencyStats | None = None
+    #: the worst call during the move, and in the reference window, over the steady p99
+    worst_to_steady_p99: float | None = None
+    reference_worst_to_steady_p99: float | None = None
     dirty_bytes_per_s: float | None = None
     floor: Floor | None = None
     blackout_to_floor: float | None = None
@@ -160,6 +167,10 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
     dirtied: list[int] = []
     errors: list[str] = []  # caught inside the nursery, so no exception group has to be taken apart
     stop = trio.Event()
+    counters: list[tuple[int, ...]] = []  # the machine's CPU counters as the stream, the move and the tail start
+    reference: CpuReference | None = None
+    window: tuple[float, float] | None = None  # the CPU reference's, after the tail
+    tail_ended = math.inf
 
     async def stream(t0: float) -> None:
         next_at = t0
@@ -180,9 +191,11 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
             row = dataclasses.replace(row, raw_memory_bytes=await _raw_memory_bytes(cluster, h))
         async with trio.open_nursery() as nursery:
             t0 = trio.current_time()
+            counters.append(read_cpu_counters())
             nursery.start_soon(stream, t0)
             await trio.sleep(cfg.steady_s)
             began = trio.current_time()
+            counters.append(read_cpu_counters())
             try:
                 with trio.fail_after(cfg.move_timeout_s):
                     report = await h.migrate(TARGET, strategy=strategy, downtime_budget_s=cfg.downtime_budget_s,
@@ -192,8 +205,13 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
             except MOVE_ERRORS as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
             ended = trio.current_time()
+            counters.append(read_cpu_counters())
             if not errors:
                 await trio.sleep(cfg.tail_s)
+                tail_ended = trio.current_time()
+                reference = reference_for(busy_fraction(*counters[:2]), busy_fraction(*counters[1:]),
+                                          ended - began, cpus())
+                window = await burn(reference)
             stop.set()
             # A call held by a broken move would keep the stream, and the suite, waiting.
             nursery.cancel_scope.deadline = trio.current_time() + STREAM_GRACE_S
@@ -210,20 +228,31 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
         logger.warning("move failed: %s", errors[0])
         return dataclasses.replace(row, error="; ".join(errors), calls=len(calls))
 
+    ref_calls = [] if window is None else calls_during(calls, *window)
+    calls = [c for c in calls if c.finished_s < tail_ended]  # the move's figures end with the tail
     steady = [c for c in calls if c.finished_s < began][1:]  # the first call pays for warming up
     dirty_rate = sum(d for c, d in zip(calls, dirtied) if c.finished_s < began) / (began - t0)
     client = client_blackout(calls, began, ended, source=SOURCE, target=TARGET)
     floor = physical_floor(dirty_bytes_per_s=dirty_rate, rtt_s=figures.rtt_s,
                            bandwidth_bytes_per_s=figures.bandwidth_bytes_per_s)
+    lat_steady = latency_stats([c.latency_s for c in steady])
+    lat_during = latency_stats([c.latency_s for c in calls_during(calls, began, ended)])
+    lat_ref = latency_stats([c.latency_s for c in ref_calls])
+    p99 = lat_steady and lat_steady.p99_s
     return dataclasses.replace(
         row, total_s=report.total_s, node_blackout_s=report.client_blackout_s, frozen_s=report.frozen_s,
         final_round_bytes=report.final_round_bytes, rounds=report.rounds,
         bytes_sent=report.bytes_sent, pages_sent=report.pages_sent, throttle=report.throttle,
         notes=tuple(report.notes), calls=len(calls), client=client,
-        latency_steady=latency_stats([c.latency_s for c in steady]),
-        latency_during=latency_stats([c.latency_s for c in calls_during(calls, began, ended)]),
+        latency_steady=lat_steady, latency_during=lat_during, reference=reference, latency_reference=lat_ref,
+        worst_to_steady_p99=ratio(lat_during and lat_during.max_s, p99),
+        reference_worst_to_steady_p99=ratio(lat_ref and lat_ref.max_s, p99),
         dirty_bytes_per_s=dirty_rate, floor=floor, blackout_to_floor=ratio(client.blackout_s, floor.floor_s),
         state_ok=state_ok)
+
+
+def _worst(stats: LatencyStats | None) -> float | None:
+    return None if stats is None else stats.max_s
 
 
 def _ms_or_na(seconds: float | None) -> str:
@@ -252,7 +281,8 @@ class Progress:
                  f"(handover {_ms_or_na(row.client.handover_s)}, node {_ms_or_na(row.node_blackout_s)}, "
                  f"frozen {row.frozen_s * 1e3:.1f} ms, "
                  f"{row.blackout_to_floor:.1f}x floor), "
-                 f"total {row.total_s:.2f} s, {row.rounds} rounds")
+                 f"total {row.total_s:.2f} s, {row.rounds} rounds; worst call {_ms_or_na(_worst(row.latency_during))}, "
+                 f"same CPU without a move {_ms_or_na(_worst(row.latency_reference))}")
 
 
 async def _measure_link(deployment: Deployment, cfg: SuiteConfig, strategies: list[str] | None,
@@ -346,7 +376,7 @@ def run_suite(cfg: SuiteConfig, root: Path, *, progress: Progress | None = None)
     return {
         "suite": "handover", "config": cfg.to_json(),
         "environment": {"python": platform.python_version(), "machine": platform.machine(),
-                        "kernel": platform.release(), "cpus": _cpus(), **checkout,
+                        "kernel": platform.release(), "cpus": cpus(), **checkout,
                         "emulation": "namespaces" if not why_not else f"unavailable: {why_not}"},
         "links": link_info, "skipped_links": skipped,
         "strategies": strategies or [], "unavailable_strategies": unavailable, "abandoned_strategies": {k: v for k, v in abandoned.items() if v},
@@ -366,7 +396,3 @@ def _checkout() -> dict:
         return {"commit": None, "uncommitted": []}
     changed = [line[3:] for line in status.splitlines() if not line[3:].startswith(("benchmarks/", "tests/"))]
     return {"commit": head, "uncommitted": changed}
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

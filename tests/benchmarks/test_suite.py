@@ -119,6 +119,25 @@ def test_the_check_catches_a_ratio_that_does_not_add_up(tiny_run):
     assert any("out of range" in p for p in check_results(data))
 
 
+def test_every_move_has_its_cpu_reference_and_the_check_holds_it_to_its_numbers(tiny_run):
+    data = copy.deepcopy(tiny_run[0])
+    ok = [r for r in data["results"] if not r["error"]]
+    for r in ok:
+        ref = r["reference"]
+        assert ref["processes"] >= 1 and 0 <= ref["steady_busy"] <= 1 and 0 <= ref["move_busy"] <= 1
+        assert r["latency_reference"]["count"] >= 1  # the stream went on through the window
+    md = markdown(data)
+    table = md.split("## Worst calls against their references", 1)[1].split("\n## ", 1)[0]
+    assert len([line for line in table.splitlines() if line.startswith("| ") and "| link" not in line]) == len(ok)
+    ok[0]["reference"]["duty"] += 0.5
+    ok[-1]["reference_worst_to_steady_p99"] = (ok[-1]["reference_worst_to_steady_p99"] or 1) * 2
+    del ok[1]["reference"]["seconds"]
+    problems = check_results(data)
+    assert any("reference duty" in p for p in problems)
+    assert any("reference_worst_to_steady_p99" in p for p in problems)
+    assert any("reference should have the fields" in p for p in problems)
+
+
 def test_the_command_runs_loopback_only_and_writes_where_told(tmp_path, capsys):
     rc = cli.main(["--quick", "--links", "loopback", "--strategies", "stop-copy,no-such-strategy",
                    "--out", str(tmp_path)])
