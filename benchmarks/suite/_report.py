@@ -168,7 +168,9 @@ def worst_calls(data: dict) -> list[str]:
            "After each move's tail, a window as long as the move (at most 5 s) runs without a move while one "
            "burner process per CPU, none of it this project's code, is busy for the share of the time that the "
            "move added to the machine's busy share (/proc/stat, move against the steady stream before it). "
-           "Its worst call is what that much unrelated CPU work costs the call stream on this machine.", "",
+           "Its worst call is what that much unrelated CPU work costs the call stream on this machine. The window "
+           "follows the move, so its calls go to cloud-1: over an emulated link they take the longer client-cloud "
+           "path, and only loopback rows compare it with the steady p99 (calls to edge-1).", "",
            "| link | workload | strategy | steady p99 / max ms | worst during move ms | × steady p99 "
            "| machine busy steady / move | burners × duty, s | worst in reference ms | × steady p99 |",
            "|---|---|---|---|---|---|---|---|---|---|"]
