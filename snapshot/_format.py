@@ -234,7 +234,11 @@ class SnapshotEncoder:
 
     def pages(self, index: int, runs: Iterable[PageRun]) -> list[bytes]:
         """Encode page runs of memory ``index`` into PAGES frames."""
-        return [self.batch_frame(batch) for batch in self.batches(index, runs)]
+        return list(self._frames(index, runs))
+
+    def _frames(self, index: int, runs: Iterable[PageRun]) -> Iterator[bytes]:
+        """``pages``, a frame at a time: each batch is gathered and compressed only when its frame is taken."""
+        return map(self.batch_frame, self.batches(index, runs))
 
     def batches(self, index: int, runs: Iterable[PageRun]) -> Iterator[Gathered]:
         """The batches ``pages`` makes frames of, one by one; ``batch_frame`` each, in order, to get the frames.
@@ -262,8 +266,7 @@ class SnapshotEncoder:
         yield self.header(snap)
         yield self.meta(snap)
         for m in snap.memories:
-            for batch in self.batches(m.index, m.runs):
-                yield self.batch_frame(batch)
+            yield from self._frames(m.index, m.runs)
         yield self.end()
 
 
