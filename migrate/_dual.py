@@ -22,8 +22,8 @@ from . import _hostops as ops
 from ._codes import MigrationCode
 from ._dual_plan import DualConfig, DualPlanner, DualStep
 from ._messages import MAlign, MReplay
-from ._oplog import batches, entry_bytes
-from ._state import Owned, _drain
+from ._oplog import _drain, batches, entry_bytes
+from ._state import Owned
 from ._transfer import Transfer
 
 logger = logging.getLogger(__name__)

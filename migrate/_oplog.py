@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import trio
+
 from nodes import code_for
 
 from ._ledger import Outcome
@@ -140,3 +142,13 @@ def _size(value: Any) -> int:
     if isinstance(value, (list, tuple)):
         return sum(_size(v) for v in value) + 5
     return 9
+
+
+def _drain(receive: trio.MemoryReceiveChannel[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What ``receive`` holds now, without waiting; an empty list once it is closed and empty."""
+    batch: list[dict[str, Any]] = []
+    while True:
+        try:
+            batch.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):  # a closed channel: the reader's loop ends next
+            return batch

@@ -16,7 +16,7 @@ from . import _chunks
 from . import _hostops as ops
 from ._codes import MigrationCode
 from ._messages import MAbort, MAlign, MCommitted, MFollow, MIncoming, MLocate, MPromote, MReplay, MWhere
-from ._oplog import batches, entry_bytes
+from ._oplog import _drain, batches, entry_bytes
 from ._ownership_events import Event, EventKind, OwnershipError
 from ._ledger import CallLedger
 from ._life_node import managed, taken_over
@@ -28,7 +28,6 @@ from ._state import (
     MigrationService,
     Owned,
     Standby,
-    _drain,
     _drop_staging,
     _not_owner,
     peer_address,

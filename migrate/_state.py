@@ -16,8 +16,7 @@ Per node, ``MigrationService`` keeps:
 * ``staging``: a new standby copy received while the aligned one keeps serving.
 
 Also here: the limits the handlers share, the replies every handler may
-give (not the owner, moved), dropping a received copy, and draining a log
-channel.
+give (not the owner, moved), and dropping a received copy.
 """
 
 from __future__ import annotations
@@ -33,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 import snapshot
-from nodes import (Address, BadArguments, CancelToken, ConfigError, ErrorReply, HostError, Node, NodeError,
-                   parse_address)
+from nodes import (Address, BadArguments, CancelToken, ConfigError, ErrorReply, FedWorkload, HostError, Node,
+                   NodeError, parse_address)
 
 from . import _hostops as ops
 from . import _progress as progress
@@ -205,7 +204,8 @@ class Incoming:
     decoder: snapshot.SnapshotDecoder = field(default_factory=snapshot.SnapshotDecoder)
     assembler: snapshot.SnapshotAssembler = field(default_factory=snapshot.SnapshotAssembler)
     rounds: int = 0
-    created: bool = False
+    created: bool = False  # its first round is in, published on the host (as ``host_id``)
+    fed: FedWorkload | None = None  # while its first round is decoded into a new workload, unpublished
     lock: trio.Lock = field(default_factory=trio.Lock)
     index: int = 0  # last operation replayed into it
     settings: dict[str, Any] = field(default_factory=dict)  # args, env, memory cap
@@ -378,6 +378,14 @@ async def _drop_incoming(node: Node, svc: MigrationService, inc: Incoming, kind:
         del svc.holder(inc)[inc.workload]
         svc.forget(inc, kind)
     inc.turn.unpark_all()  # chunks waiting for their turn find it gone
+    await free_copy(node, inc)
+
+
+async def free_copy(node: Node, inc: Incoming) -> None:
+    """Free the workload a copy being forgotten holds: its first round half restored, or the copy (holding ``inc.lock``)."""
+    fed, inc.fed = inc.fed, None
+    if fed is not None:
+        await node.run_host(fed.abort)
     if inc.created:
         await node.run_host(ops.remove_quietly, node.host, inc.host_id)
 
@@ -388,13 +396,3 @@ async def _drop_staging(node: Node, svc: MigrationService, workload: str) -> Non
     if staged is not None:
         async with staged.lock:
             await _drop_incoming(node, svc, staged)
-
-
-def _drain(receive: trio.MemoryReceiveChannel[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What ``receive`` holds now, without waiting; an empty list once it is closed and empty."""
-    batch: list[dict[str, Any]] = []
-    while True:
-        try:
-            batch.append(receive.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):  # a closed channel: the reader's loop ends next
-            return batch

@@ -25,10 +25,12 @@ from ._messages import MAbort, MAlign, MChunk, MCommit, MCommitted, MFirstCall, 
 from ._oplog import divergence, replayed_call
 from ._owner import _run
 from ._ownership_events import Drop, Event, EventKind, OwnershipError, Peer
+from ._receive import apply_chunk
 from ._replies import error
 from ._standby import _keep_standby, feed_kept_copy
 from ._state import (CHUNK_TURN_WAIT_S, FIRST_CALL_POLL_S, FIRST_CALL_WAIT_S, MAX_CHUNKS_AHEAD, Incoming,
-                     MigrationService, Owned, _drop_incoming, _drop_staging, peer_address, service, staging_id)
+                     MigrationService, Owned, _drop_incoming, _drop_staging, free_copy, peer_address, service,
+                     staging_id)
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +113,7 @@ async def on_incoming(node: Node, session: Session, req: MIncoming) -> Done | Er
             if svc.incoming.get(req.workload) is current:
                 del svc.incoming[req.workload]
             current.turn.unpark_all()
-            if current.created:
-                await node.run_host(ops.remove_quietly, node.host, req.workload)
+            await free_copy(node, current)
     if owned is not None and any(isinstance(action, Drop) for action in actions):
         await node.run_host(ops.remove_quietly, node.host, req.workload)
     svc.incoming[req.workload] = Incoming(req.workload, req.module_sha256, req.app, req.epoch, req.source,
@@ -188,22 +189,13 @@ async def _take_chunk(node: Node, svc: MigrationService, inc: Incoming, req: MCh
             return _no_incoming(req.id, req.workload, req.epoch, standby)
         if req.seq != inc.chunks:
             return _out_of_turn(req, inc)
-        with move_work():  # decoding, joining and restoring a round run in worker threads
+        with move_work():  # decoding and restoring a round run in worker threads
             try:
-                snap = await trio.to_thread.run_sync(_decode_into, inc, req.data)
+                completed = await apply_chunk(node, inc, req.data)
             except snapshot.SnapshotError as exc:
                 await _drop_incoming(node, svc, inc)
                 return error(req.id, MigrationCode.MIGRATION_FAILED, f"bad snapshot stream: {exc}")
-            if snap is not None:
-                inc.decoder = snapshot.SnapshotDecoder()
-                inc.assembler = snapshot.SnapshotAssembler()
-                if not inc.created:
-                    await node.run_host(node.host.restore, inc.module_sha256, snap, workload_id=inc.host_id,
-                                        app=inc.app, **inc.settings)
-                    inc.created = True
-                else:
-                    await node.run_host(ops.apply, node.host, inc.host_id, snap)
-        if snap is not None:
+        if completed:
             inc.rounds += 1
             await crash_point_async("target:after-round")
         inc.chunks += 1
@@ -222,18 +214,6 @@ def _out_of_turn(req: MChunk | MCommit, inc: Incoming) -> ErrorReply:
     return ErrorReply(id=req.id, code=ErrorCode.BAD_REQUEST,
                       message=f"chunk {req.seq} of {req.workload} is out of turn: the next to apply is "
                               f"{inc.chunks} (at most {MAX_CHUNKS_AHEAD} may wait ahead of it)")
-
-
-def _decode_into(inc: Incoming, data: bytes) -> snapshot.Snapshot | None:
-    """Feed ``data`` to the round's decoder; the round's snapshot once it is complete, else None.
-
-    Assembling joins the round's pages into runs: for a 1 GiB first round
-    that held the target's event loop for 66-101 ms when it ran there.
-    """
-    inc.decoder.feed(data)
-    while (event := inc.decoder.next_event()) is not None:
-        inc.assembler.add(event)
-    return inc.assembler.snapshot() if inc.assembler.complete else None
 
 
 async def on_replay(node: Node, session: Session, req: MReplay) -> Done | ErrorReply:

@@ -53,6 +53,7 @@ from ._call_args import check_call_args
 from ._engine import EPOCH_TICK_S, open_engine
 from ._guest_time import CancelToken
 from ._hold import Held
+from ._fed_workload import FedWorkload
 from ._hosting import Host, HostStats, WorkloadInfo
 from ._bulk import BULK_NICE, run_bulk
 from ._in_use import NOT_NOW, NotNow
@@ -118,6 +119,7 @@ __all__ = [
     "Handler",
     "Held",
     "Hello",
+    "FedWorkload",
     "Host",
     "HostClosed",
     "HostError",

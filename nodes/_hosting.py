@@ -28,7 +28,6 @@ import logging
 import shutil
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
@@ -38,13 +37,14 @@ import snapshot
 from ._call_args import CallResults, convert_args
 from ._checkpoint_format import BulkReport
 from ._engine import EPOCH_TICK_S, EpochTicker, open_engine
+from ._fed_workload import FedWorkload
 from ._files import sweep_leftovers
 from ._hibernate import Hibernator
 from ._host_checkpoints import Checkpointing
 from ._hold import Held
 from ._host_errors import BadArguments, UnknownExport
 from ._limits import Limits
-from ._modules import MODULES_DIR, ModuleCache
+from ._modules import MODULES_DIR, HostStats, ModuleCache
 from ._registry import Registry
 from ._replay import CallInputs, ReplayMode
 from ._wasi_inputs import make_linker
@@ -55,18 +55,6 @@ from ._workload import Workload, WorkloadInfo, check_app, check_name, instantiat
 __all__ = ["Host", "WorkloadInfo", "HostStats", "BulkReport", "EPOCH_TICK_S"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HostStats:
-    """Counters of one ``Host``: modules, compilation and workloads."""
-
-    modules: int  # compiled modules loaded in this process
-    compiles: int  # modules compiled from wasm
-    deserializations: int  # modules loaded from a cwasm on disk
-    cache_hits: int  # add_module() calls that found the module already cached
-    workloads: int
-    memory_bytes: int  # sum of the workloads' linear memory
 
 
 class Host(Checkpointing):
@@ -194,21 +182,10 @@ class Host(Checkpointing):
         logger.info("deployed workload", extra=w.log_extra())
         return w.info()
 
-    def restore(
-        self,
-        module_sha256: str,
-        snap: snapshot.Snapshot,
-        *,
-        workload_id: str,
-        app: str = "default",
-        args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-        preopen: Mapping[str, Path] | None = None,
-        memory_limit_bytes: int | None = None,
-        calls: int = 0,
-        monotonic_ns: int | None = None,
-        idle_s: float | None = None,
-    ) -> WorkloadInfo:
+    def restore(self, module_sha256: str, snap: snapshot.Snapshot, *, workload_id: str, app: str = "default",
+                args: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                preopen: Mapping[str, Path] | None = None, memory_limit_bytes: int | None = None, calls: int = 0,
+                monotonic_ns: int | None = None, idle_s: float | None = None) -> WorkloadInfo:
         """Start a workload in the state ``snap`` captured, without first boot.
 
         ``calls`` carries the call count over from where the snapshot was
@@ -235,6 +212,19 @@ class Host(Checkpointing):
         logger.info("restored workload", extra=w.log_extra())
         return w.info()
 
+    def restore_fed(self, module_sha256: str, *, workload_id: str, app: str = "default", args: Sequence[str] = (),
+                    env: Mapping[str, str] | None = None, memory_limit_bytes: int | None = None,
+                    idle_s: float | None = None) -> FedWorkload:
+        """``restore`` of a snapshot that arrives encoded, in pieces: ``feed`` the returned ``FedWorkload`` each.
+
+        The workload is published once its snapshot is complete; until then
+        its id is claimed and nothing sees it.  Raises what ``deploy`` raises.
+        """
+        w = self._create(module_sha256, workload_id=workload_id, app=app, args=args, env=env, preopen=None,
+                         memory_limit_bytes=memory_limit_bytes, init=_nothing, fresh_output=False, idle_s=idle_s,
+                         publish=False)
+        return FedWorkload(w, self._registry, idle_s)
+
     def remove(self, workload_id: str) -> None:
         """Stop a workload and delete its output files.
 
@@ -252,7 +242,8 @@ class Host(Checkpointing):
 
     def _create(self, module_sha256: str, *, workload_id: str, app: str, args: Sequence[str],
                 env: Mapping[str, str] | None, preopen: Mapping[str, Path] | None, memory_limit_bytes: int | None,
-                init: Callable[[Workload], None], fresh_output: bool, idle_s: float | None) -> Workload:
+                init: Callable[[Workload], None], fresh_output: bool, idle_s: float | None,
+                publish: bool = True) -> Workload:
         self._registry.check_open()
         check_name("workload_id", workload_id)
         check_app(app)
@@ -274,6 +265,8 @@ class Host(Checkpointing):
                             app=app, memory_limit_bytes=cap, args=args, env=env, preopen=preopen,
                             directory=directory)
             init(w)
+            if not publish:  # a FedWorkload publishes it
+                return w
             w.refresh_memory_bytes()
             w.idle_s = idle_s
         except BaseException:
@@ -398,3 +391,7 @@ class Host(Checkpointing):
 
     def _using(self, w: Workload, *, guest: bool = False) -> InUse:
         return InUse(self._registry.check_open, w, guest)
+
+
+def _nothing(_: Workload) -> None:
+    pass

@@ -58,6 +58,18 @@ def module_file(data_dir: Path, sha256: str) -> Path:
 
 
 @dataclass(frozen=True)
+class HostStats:
+    """Counters of one ``Host``: modules, compilation and workloads."""
+
+    modules: int  # compiled modules loaded in this process
+    compiles: int  # modules compiled from wasm
+    deserializations: int  # modules loaded from a cwasm on disk
+    cache_hits: int  # add_module() calls that found the module already cached
+    workloads: int
+    memory_bytes: int  # sum of the workloads' linear memory
+
+
+@dataclass(frozen=True)
 class Signature:
     params: tuple[str, ...]
     results: tuple[str, ...]

@@ -33,12 +33,12 @@ import snapshot
 from . import _switching
 from ._call_args import CallResults
 from ._engine import memory_never_moves
+from ._fed_workload import memory_fits
 from ._guest_time import CallInterrupt, CancelToken, GuestTime
 from ._host_errors import (
     BadArguments,
     CallCancelled,
     DeadlineExceeded,
-    ResourceLimitExceeded,
     SnapshotFailed,
     UnknownWorkload,
     WorkloadError,
@@ -268,9 +268,7 @@ class Workload:
         ``ResourceLimitExceeded`` (the snapshot's memory is over the cap) or
         ``SnapshotFailed``.
         """
-        largest = max((m.size_bytes for m in snap.memories), default=0)
-        if largest > self.memory_limit_bytes:
-            raise ResourceLimitExceeded("memory_bytes", largest, self.memory_limit_bytes, "the snapshot's memory")
+        memory_fits(self.memory_limit_bytes)(snap)
         if monotonic_ns is not None:
             self.budget.inputs.continue_from(monotonic_ns)
         self.restore_state(snap)
@@ -283,17 +281,12 @@ class Workload:
         anything else what ``load`` raises.  After an error the workload may
         hold part of the snapshot (``snapshot.restore_encoded``): discard it.
         """
-        def accept(head: snapshot.Snapshot) -> None:
-            largest = max((m.size_bytes for m in head.memories), default=0)
-            if largest > self.memory_limit_bytes:
-                raise ResourceLimitExceeded("memory_bytes", largest, self.memory_limit_bytes, "the snapshot's memory")
-
         if monotonic_ns is not None:
             self.budget.inputs.continue_from(monotonic_ns)
         bad_file: snapshot.RemoteSnapshotError | None = None
         with self.touching_state("restore"):
             try:
-                snapshot.restore_encoded(source, *self.awake(), key=key, accept=accept)
+                snapshot.restore_encoded(source, *self.awake(), key=key, accept=memory_fits(self.memory_limit_bytes))
             except snapshot.RemoteSnapshotError as exc:
                 bad_file = exc
         if bad_file is not None:

@@ -46,7 +46,8 @@ from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageRun, nonzero_runs
 from ._prepare import Manifest, first_boot, manifest, module_digest, prepare
 from ._preparation import preparation_id
 from ._pristine import NotResettable, Pristine, Reset, Resettable
-from ._restore import restore, restore_encoded
+from ._fed_restore import FedRestore, restore_encoded
+from ._restore import restore
 from ._session import StateTracker
 from ._snapshot import Snapshot, SnapshotAssembler, apply_delta
 from ._state import DroppedSegments, GlobalState, MemoryState, TableState
@@ -63,6 +64,6 @@ __all__ = [
     "PAGE_BYTES", "PageRun", "RemoteSnapshotError", "Snapshot", "SnapshotError", "TableState",
     "TruncatedSnapshotError", "UnrepresentableStateError", "UnsupportedVersionError", "WASM_PAGE_BYTES",
     "apply_delta", "capture", "capture_pages", "first_boot", "layout", "manifest", "module_digest",
-    "nonzero_runs", "prepare", "preparation_id", "read_dropped", "read_globals", "read_tables", "restore", "restore_encoded", "state_id",
+    "nonzero_runs", "prepare", "preparation_id", "read_dropped", "read_globals", "read_tables", "restore", "restore_encoded", "FedRestore", "state_id",
     "Written", "write_encoded", "release_copies", "DEFAULT_MAX_INSTRUCTIONS", "bounded_exports",
 ]

@@ -5,10 +5,8 @@ memories and tables grow, the passive segments the snapshot names are
 dropped, pages are written, and globals and table entries are set.
 Writing into cold pages is what a restore costs (1.1 to 2.2 GB/s into a
 fresh instance here), so pages that are zero on both sides are never
-written.  ``restore_encoded`` decodes an encoded full snapshot straight
-into a fresh instance, copying each batch in a worker thread while the
-next one decodes; it checks META before touching the instance, but a bad
-frame found later leaves the instance partly written (discard it).
+written.  ``_fed_restore`` decodes an encoded snapshot straight into an instance
+with the helpers here (``_check``, ``_open``, ``_scatter_copy``, ``_close``).
 """
 
 from __future__ import annotations
@@ -16,8 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 from array import array
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import wasmtime
 
@@ -25,12 +22,11 @@ from . import _refaccess as ra
 from ._dropped import check_dropped
 from ._errors import BaseMismatchError, IncompatibleSnapshotError, ModuleMismatchError
 from ._instance import GlobalSlot, Layout, func_tables, layout, memory_view, record_state_id, state_id
-from ._decoder import DecodeLimits, End, Event, Meta, PageBatch, SnapshotDecoder
+from ._decoder import PageBatch
 from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageData, PageRun, nonzero_runs
-from ._snapshot import Snapshot, SnapshotAssembler
-from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, MemoryState, is_int, numeric_fits
+from ._snapshot import Snapshot
+from ._state import NUMERIC_BITS, SIGNED_TYPES, GlobalState, is_int, numeric_fits
 
-_CHUNK_BYTES = 1 << 20  # what restore_encoded reads of a file at a time
 _IOV_MAX = 1024  # Linux's limit on the iovecs of one call
 _vm_readv = getattr(ctypes.CDLL(None, use_errno=True), "process_vm_readv", None)
 if _vm_readv is not None:
@@ -140,85 +136,6 @@ def restore(snapshot: Snapshot, store: wasmtime.Store, instance: wasmtime.Instan
     _close(snapshot, store, instance, lay, funcs)
 
 
-def restore_encoded(source: bytes | BinaryIO, store: wasmtime.Store, instance: wasmtime.Instance, *,
-                    key: bytes | None = None, limits: DecodeLimits | None = None,
-                    accept: Callable[[Snapshot], None] | None = None) -> None:
-    """Decode an encoded full snapshot straight into a fresh instance, batch by batch.
-
-    ``restore(Snapshot.from_bytes(data, key=key), ...)`` without holding the
-    input or the decompressed pages: ``source`` is the encoded bytes or a
-    binary file read a MiB at a time, and each batch is decompressed into
-    one of two reused buffers and copied into the instance's memory, so
-    pages are faulted in once, in the instance, not also in fresh buffers.
-    ``accept`` is called with the snapshot's META (a ``Snapshot`` without
-    pages) before the instance is touched, and may raise to refuse it.
-
-    Unlike ``restore``, a frame found corrupt, forged or missing after the
-    first page batch leaves the instance partly written: the caller
-    discards the instance on any error.  A delta is assembled whole and
-    restored by ``restore``.  Raises what ``Snapshot.from_bytes`` and
-    ``restore`` raise, and OSError from reading ``source``.
-    """
-    events = _events(SnapshotDecoder(key=key, limits=limits, reuse_buffer=True), source)
-    meta = next(events)
-    assert isinstance(meta, Meta)  # the decoder returns META first or raises
-    head = Snapshot(module_sha256=meta.module_sha256, state_id=meta.state_id, base_id=meta.base_id,
-                    memories=tuple(MemoryState(i, size, zero_free=True) for i, size, _ in meta.memories),
-                    globals=meta.globals, tables=meta.tables, dropped=meta.dropped)
-    if head.is_delta:  # the runs are copied out of the reused buffers
-        assembler = SnapshotAssembler()
-        assembler.add(meta)
-        for event in events:
-            if isinstance(event, PageBatch):
-                event = PageBatch(event.memory_index, tuple(PageRun(r.first_page, bytes(r.data)) for r in event.runs))
-            assembler.add(event)
-        head = assembler.snapshot()
-    if accept is not None:
-        accept(head)
-    if head.is_delta:
-        restore(head, store, instance)
-        return
-    lay = layout(store, instance)
-    _check(head, store, instance, lay)
-    ptrs, funcs = _open(head, store, lay)
-    where = {ms.index: ptr for ms, ptr in zip(head.memories, ptrs)}
-    # A worker thread copies batch k with one system call, GIL released,
-    # while this thread decodes batch k + 1 into the decoder's other buffer.
-    # Leaving the block waits for the worker, also on an error.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore") as worker:
-        copying: Future[None] | None = None
-        for event in events:
-            if isinstance(event, PageBatch):  # else the END, which ends the events
-                copy = _scatter_copy(where[event.memory_index], event)
-                if copying is not None:
-                    copying.result()  # its buffer is the next one the decoder fills
-                copying = worker.submit(copy)
-        if copying is not None:
-            copying.result()
-    _close(head, store, instance, lay, funcs)
-
-
-def _events(decoder: SnapshotDecoder, source: bytes | BinaryIO) -> Iterator[Event]:
-    """The decoder's events up to END, fed ``source`` whole or a MiB at a time.
-
-    Raises TruncatedSnapshotError if the input ends first, and
-    CorruptSnapshotError if bytes follow the END frame.
-    """
-    read: Callable[[int], bytes] = source.read if not isinstance(source, bytes) else _nothing
-    if isinstance(source, bytes):
-        decoder.feed(source)
-    while not isinstance(event := decoder.next_event(), End):
-        if event is not None:
-            yield event
-            continue
-        chunk = read(_CHUNK_BYTES)
-        if not chunk:
-            decoder.close()  # raises TruncatedSnapshotError
-        decoder.feed(chunk)
-    decoder.feed(read(1))  # anything after END is refused
-    yield event
-
-
 def _scatter_copy(ptr: int, batch: PageBatch) -> Callable[[], None]:
     """A function that copies ``batch``'s runs to their pages of the memory at ``ptr``.
 
@@ -240,10 +157,6 @@ def _scatter_copy(ptr: int, batch: PageBatch) -> Callable[[], None]:
         if _vm_readv(pid, local.buffer_info()[0], len(runs), remote.buffer_info()[0], 1, 0) != len(data):
             _write(ptr, runs)
     return copy
-
-
-def _nothing(_: int) -> bytes:
-    return b""
 
 
 def _open(snapshot: Snapshot, store: wasmtime.Store, lay: Layout) -> tuple[list[int], list[Any]]:

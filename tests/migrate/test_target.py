@@ -12,8 +12,11 @@ import pytest
 import trio
 
 import migrate
+import snapshot
 import workloads
-from migrate._messages import MLocate
+from migrate._messages import MAbort, MChunk, MIncoming, MLocate
+from migrate.wire import MigrationCode
+from nodes import Host, RemoteNodeError
 
 pytestmark = pytest.mark.trio
 
@@ -91,3 +94,55 @@ async def test_an_oversized_move_is_refused_in_its_first_message(node_procs, clu
         assert h.node == "cloud-2" and await h.call("incr", 1) == 7
         counters = (await (await c.client(str(roomy.address))).status()).counters
         assert counters["modules_received"] == 1 and counters["copy_chunks_received"] >= 1
+
+
+async def test_a_first_round_that_goes_bad_midway_leaves_nothing_and_frees_its_id(edge_and_cloud, tmp_path):
+    """A first round is decoded into an unpublished workload as its chunks arrive (``Host.restore_fed``).
+
+    A chunk that does not decode drops the copy and gives that workload up:
+    nothing is listed, and a new copy under the same id is received whole
+    (a leaked claim would refuse it: the id would still be taken).  So does
+    a copy aborted or replaced halfway.  A real move to the same node then
+    lands.
+    """
+    with Host(tmp_path / "local") as local:
+        sha = local.add_module(COUNTER)
+        local.deploy(sha, workload_id="ghost")
+        for _ in range(7):
+            local.call("ghost", "incr", [1])
+        data = b"".join(snapshot.SnapshotEncoder(batch_pages=1).encode(local.checkpoint("ghost")))
+    pieces = [data[i:i + 64] for i in range(0, len(data), 64)]
+    assert len(pieces) >= 4
+    bad = bytearray(pieces[-2])
+    bad[10] ^= 0xFF
+    async with edge_and_cloud() as (edge, cloud, c):
+        target = await c.client(c.address_of("cloud-1"))
+        await target.ensure_module(COUNTER)
+
+        async def offer(epoch, chunks):
+            await target.request(MIncoming, workload="ghost", module_sha256=sha, app="counter", epoch=epoch,
+                                 source="edge-1")
+            for seq, piece in enumerate(chunks):
+                await target.request(MChunk, workload="ghost", epoch=epoch, data=piece, seq=seq)
+
+        with pytest.raises(RemoteNodeError, match="bad snapshot stream") as refused:
+            await offer(50, [*pieces[:-2], bytes(bad), pieces[-1]])
+        assert refused.value.code == MigrationCode.MIGRATION_FAILED
+        status = await target.status()
+        assert not status.workloads and [m for m in status.migrations if m["workload"] == "ghost"] == []
+        await offer(51, pieces)  # the whole round, under the same id: received
+        assert (await target.request(MLocate, workload="ghost")).status != "unknown"
+        await target.request(MAbort, workload="ghost", epoch=51)
+        # a copy aborted, or replaced by a newer one, halfway through its first round frees the id too
+        await offer(52, pieces[:2])
+        await target.request(MAbort, workload="ghost", epoch=52)
+        await offer(53, pieces[:2])
+        await offer(54, pieces)
+        await target.request(MAbort, workload="ghost", epoch=54)
+        assert not (await target.status()).workloads
+
+        h = await c.spawn(COUNTER, on="edge-1")
+        await h.call("incr", 4)
+        with trio.fail_after(60):
+            await h.migrate("cloud-1", strategy="precopy")
+        assert h.node == "cloud-1" and await h.call("get") == 4

@@ -1,4 +1,4 @@
-"""restore_encoded: an encoded snapshot decoded straight into a fresh instance, from bytes or a file."""
+"""FedRestore and restore_encoded: an encoded snapshot decoded straight into a fresh instance, fed in pieces, from bytes or a file."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import snapshot
 from snapshot import SnapshotEncoder
@@ -59,7 +60,7 @@ def test_decoding_into_the_instance_gives_the_state_a_restore_of_the_decoded_sna
     snap = w.capture()
     data = _encoded(snap, key)
     if chunk is not None:
-        monkeypatch.setattr(snapshot._restore, "_CHUNK_BYTES", chunk)
+        monkeypatch.setattr(snapshot._fed_restore, "_CHUNK_BYTES", chunk)
     if not system_call:  # as where process_vm_readv is missing: one memmove per run
         monkeypatch.setattr(snapshot._restore, "_vm_readv", None)
     else:
@@ -110,7 +111,7 @@ def test_damaged_truncated_or_extended_input_is_a_typed_error(live, monkeypatch,
     w = _busy(live)
     data = _encoded(w.capture(), KEY)
     if chunk is not None:  # a file read in small pieces, or in one piece that ends right after END
-        monkeypatch.setattr(snapshot._restore, "_CHUNK_BYTES", len(data) if chunk == "whole" else chunk)
+        monkeypatch.setattr(snapshot._fed_restore, "_CHUNK_BYTES", len(data) if chunk == "whole" else chunk)
     rng = random.Random(3)
     inputs = [data[:n] for n in range(0, len(data), max(1, len(data) // 60))] + [data + b"\0"]
     for _ in range(60):
@@ -122,3 +123,51 @@ def test_damaged_truncated_or_extended_input_is_a_typed_error(live, monkeypatch,
         target = w.fresh()
         with pytest.raises(snapshot.RemoteSnapshotError):
             snapshot.restore_encoded(io.BytesIO(bad) if as_file else bad, target.store, target.instance, key=KEY)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(min_value=0, max_value=10**9), max_size=12), key=st.sampled_from([None, KEY]))
+def test_fed_in_any_pieces_it_completes_on_the_last_one_with_the_restored_state(live, cuts, key):
+    w = _busy(live)
+    snap = w.capture()
+    data = _encoded(snap, key)
+    bounds = sorted({c % len(data) for c in cuts} | {0, len(data)})
+    target = w.fresh()
+    fed = snapshot.FedRestore(target.store, target.instance, key=key)
+    pieces = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    assert [fed.feed(p) for p in pieces] == [False] * (len(pieces) - 1) + [True]
+    assert fed.done
+    fed.close()  # complete: no TruncatedSnapshotError
+    assert target.capture().same_state(snap)
+    assert target("getg") == -2**40
+
+
+def test_fed_a_piece_short_it_is_truncated_and_fed_more_it_is_corrupt(live):
+    w = _busy(live)
+    data = _encoded(w.capture(), KEY)
+    target = w.fresh()
+    fed = snapshot.FedRestore(target.store, target.instance, key=KEY)
+    assert not fed.feed(data[:-1])
+    with pytest.raises(snapshot.TruncatedSnapshotError):
+        fed.close()
+    other = w.fresh()
+    again = snapshot.FedRestore(other.store, other.instance, key=KEY)
+    with pytest.raises(snapshot.CorruptSnapshotError, match="trailing bytes"):
+        again.feed(data + b"\0")
+
+
+def test_fed_a_delta_it_applies_it_at_its_end_onto_the_base(live):
+    w = _busy(live)
+    with snapshot.StateTracker(w.store, w.instance) as tracker:
+        base = tracker.capture(w.store)
+        w("poke", 7 * 4096 + 1, 33)
+        w("setg", 12)
+        delta = tracker.capture_delta(w.store)
+    target = w.fresh()
+    target.restore(base)
+    fed = snapshot.FedRestore(target.store, target.instance)
+    data = _encoded(delta, None)
+    assert not fed.feed(data[:len(data) // 2])
+    assert target("getg") == -2**40  # nothing of a delta is applied before its END
+    assert fed.feed(data[len(data) // 2:])
+    assert target.memory(0) == w.memory(0) and target("getg") == 12
