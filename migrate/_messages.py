@@ -244,6 +244,9 @@ class MIncoming(_ToCopy):
     args: tuple[str, ...] = ()
     env: dict[str, str] | None = None
     memory_limit_bytes: int | None = None
+    #: The workload runs on at the source while the first round comes (pre-copy, dual, a standby's feed):
+    #: no call waits for it, so the target decodes it at the bulk work's lower CPU priority.
+    live: bool = False
 
 
 @message("m_chunk", reply=Done, roles=NODE_ONLY)

@@ -6,8 +6,11 @@ arrives, which is published only once the round is complete.  Decoding a
 first round whole and then restoring it faulted every page in twice (in the
 round's buffers, then in the instance), held the round twice (938 MiB at
 its peak on the target of a 1 GiB move) and copied it in one 0.4-0.7 s
-step at the round's end.  Later rounds are deltas onto a live copy: small,
-assembled whole and applied in one host step.
+step at the round's end.  A first round sent while the workload runs at
+the source (``Incoming.live``) is decoded on the node's bulk thread, at a
+lower CPU priority: the source's calls compete with it for the CPU.  Later
+rounds are deltas onto a live copy: small, assembled whole and applied in
+one host step, at the usual priority (calls wait for the final one).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import trio
 
 import snapshot
-from nodes import Node
+from nodes import Node, run_bulk
 
 from . import _hostops as ops
 from ._state import Incoming
@@ -42,7 +45,7 @@ async def apply_chunk(node: Node, inc: Incoming, data: bytes) -> bool:
                                       app=inc.app, **inc.settings)
     fed = inc.fed
     try:
-        done = await trio.to_thread.run_sync(fed.feed, data)
+        done = await (run_bulk if inc.live else trio.to_thread.run_sync)(fed.feed, data)
     finally:
         if fed.ended:  # published, or given up on an error
             inc.fed = None

@@ -137,7 +137,7 @@ async def _follow(node: Node, owned: Owned, target: Address, *,
                 info, module, settings = await node.run_host(ops.describe, host, workload)
                 await client.ensure_module(module)
                 await client.request(MIncoming, workload=workload, module_sha256=info.module_sha256, app=info.app,
-                                     epoch=feed.epoch, source=node.config.name, standby=True, **settings)
+                                     epoch=feed.epoch, source=node.config.name, standby=True, live=True, **settings)
                 await crash_point_async("standby:copying")
                 async with owned.lock:  # a consistent cut: the copy plus everything after it
                     snap, at_copy, clock, _ = await node.run_host(ops.consistent_copy, host, workload,

@@ -206,6 +206,7 @@ class Incoming:
     rounds: int = 0
     created: bool = False  # its first round is in, published on the host (as ``host_id``)
     fed: FedWorkload | None = None  # while its first round is decoded into a new workload, unpublished
+    live: bool = False  # MIncoming.live: its first round is decoded on the bulk thread
     lock: trio.Lock = field(default_factory=trio.Lock)
     index: int = 0  # last operation replayed into it
     settings: dict[str, Any] = field(default_factory=dict)  # args, env, memory cap

@@ -101,7 +101,7 @@ async def on_incoming(node: Node, session: Session, req: MIncoming) -> Done | Er
         except OwnershipError as exc:
             return _incoming_refused(node, svc, req, exc)
         svc.staging[req.workload] = Incoming(req.workload, req.module_sha256, req.app, req.epoch, req.source,
-                                             standby=True, settings=settings, host_id=host_id)
+                                             standby=True, settings=settings, host_id=host_id, live=req.live)
         await crash_point_async("target:incoming")
         return Done(id=req.id)
     try:
@@ -117,7 +117,7 @@ async def on_incoming(node: Node, session: Session, req: MIncoming) -> Done | Er
     if owned is not None and any(isinstance(action, Drop) for action in actions):
         await node.run_host(ops.remove_quietly, node.host, req.workload)
     svc.incoming[req.workload] = Incoming(req.workload, req.module_sha256, req.app, req.epoch, req.source,
-                                          standby=req.standby, settings=settings)
+                                          standby=req.standby, settings=settings, live=req.live)
     await crash_point_async("target:incoming")
     return Done(id=req.id)
 

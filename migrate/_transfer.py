@@ -239,8 +239,9 @@ class Transfer:
 
     async def _incoming(self, client: NodeClient, info: WorkloadInfo) -> None:
         """Have the target get ready for a fresh copy; its chunks are numbered from 0."""
-        await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256,
-                             app=info.app, epoch=self.epoch, source=self.node.config.name, **self.settings)
+        await client.request(MIncoming, workload=self.workload, module_sha256=info.module_sha256, app=info.app,
+                             epoch=self.epoch, source=self.node.config.name, live=self.req.strategy != "stop-copy",
+                             **self.settings)
         self.chunks_sent = 0
 
     async def _keep_bursts_out(self, client: NodeClient, last_pages: int) -> None:

@@ -10,8 +10,11 @@ loopback), the largest gap between an application's calls was 9.4-48.3 ms
 and 5.8-10.2 ms (median 7.3) with them on a thread at nice 10, which gets
 the CPU only when the loops and the callers' threads leave it.  Only work
 no caller waits for belongs here: the source's rounds sent while the
-workload runs use it; a final round (calls held) and the target's decoding
-(which cannot tell a final round's chunks from others) do not.
+workload runs use it, and so does the target's decoding of a first round
+sent while the workload runs (``MIncoming.live``: pre-copy, dual, a
+standby's feed); a final round (calls held), the target's later rounds
+(it cannot tell the final one's chunks from others) and a stop-copy
+move's only round do not.
 
 The thread is one per process, started on first use and kept: a thread's
 nice value can be raised without privilege but not lowered again, so work

@@ -8,6 +8,8 @@ on its source with its state and keeps serving, and the target holds
 nothing of it (no workload, no incoming record, nothing restored).
 """
 
+from pathlib import Path
+
 import pytest
 import trio
 
@@ -146,3 +148,34 @@ async def test_a_first_round_that_goes_bad_midway_leaves_nothing_and_frees_its_i
         with trio.fail_after(60):
             await h.migrate("cloud-1", strategy="precopy")
         assert h.node == "cloud-1" and await h.call("get") == 4
+
+
+def _threads(pid: int) -> list[str]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out.append((task / "comm").read_text().strip())
+        except OSError:
+            continue
+    return out
+
+
+@pytest.mark.parametrize("strategy, on_bulk", [("stop-copy", False), ("precopy", True)])
+async def test_a_first_round_that_comes_while_the_workload_runs_is_decoded_at_the_bulk_priority(
+        edge_and_cloud, strategy, on_bulk):
+    """The target decodes a first round on its bulk thread (nice 10) when calls do not wait for it.
+
+    Pre-copy and dual send the first round while the workload serves calls
+    at the source, and the target's decoding competes with those calls
+    for the CPU.  A stop-copy round is the frozen one: calls wait for it,
+    and it keeps the usual priority.  A fresh target has no bulk thread
+    until a job needs it.
+    """
+    async with edge_and_cloud() as (edge, cloud, c):
+        h = await c.spawn(workloads.load("dirtier"), on="edge-1")
+        await h.call("dt_init", 4)
+        assert "wm-bulk" not in _threads(cloud.pid)
+        with trio.fail_after(60):
+            await h.migrate("cloud-1", strategy=strategy)
+        assert h.node == "cloud-1"
+        assert ("wm-bulk" in _threads(cloud.pid)) is on_bulk
