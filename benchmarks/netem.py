@@ -151,6 +151,10 @@ class EmulatedSites:
 
         return ClusterTLS(self.root).issue(name, "node", san=[san] if san else [])
 
+    def pid_of(self, name: str) -> int:
+        """The process id of node ``name`` (``ip netns exec`` runs the node in its own process)."""
+        return next(p.proc.pid for p in self.processes if p.name == name)
+
     def start_node(self, name: str, role: str, *, args: Sequence[str] = ()) -> str:
         """Start ``migrate-node serve`` in ``role``'s namespace behind its proxy; return the proxied address.
 

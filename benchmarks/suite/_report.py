@@ -142,6 +142,7 @@ def markdown(data: dict) -> str:
     for r in data["results"]:
         out.append(f"| {r['link']} | {r['label']} | {r['strategy']} | " + " | ".join(_row_cells(r)) + " |")
     out += worst_calls(data)
+    out += node_memory(data)
     sizes = snapshot_sizes(data)
     if sizes:
         out += ["", "## Snapshot size against raw memory", "",
@@ -181,6 +182,29 @@ def worst_calls(data: dict) -> list[str]:
                    f"| {ref['steady_busy']:.2f} / {ref['move_busy']:.2f} | {ref['processes']} × {ref['duty']:.2f}, "
                    f"{ref['seconds']:.2f} | {_ms(r['latency_reference']['max_s'])} "
                    f"| {_x(r['reference_worst_to_steady_p99'])} |")
+    return out
+
+
+def node_memory(data: dict) -> list[str]:
+    """Each node's resident set as the move began and its peak during it, against the workload's memory."""
+    rows = [r for r in data["results"] if not r["error"] and r["memory"] and r["raw_memory_bytes"]]
+    if not rows:
+        return []
+    out = ["", "## Node memory over the move", "",
+           "Each node's resident set (VmRSS) as the move began, and its peak (VmHWM, reset then) until it ended. "
+           "**Target growth** is the target's peak less its resident set before, over the workload's linear "
+           "memory (the same row's raw memory): zero pages are never sent, so a target that holds the workload "
+           "once grows by its non-zero pages, less than 1.", "",
+           "| link | workload | strategy | workload memory MiB | edge-1 before / peak MiB "
+           "| cloud-1 before / peak MiB | target growth / workload memory |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mem = r["memory"]
+        cells = [f"{_mib(mem[n]['before_bytes'])} / {_mib(mem[n]['peak_bytes'])}" if n in mem else "n/a"
+                 for n in ("edge-1", "cloud-1")]
+        target = mem.get("cloud-1")
+        growth = None if target is None else (target["peak_bytes"] - target["before_bytes"]) / r["raw_memory_bytes"]
+        out.append(f"| {r['link']} | {r['label']} | {r['strategy']} | {_mib(r['raw_memory_bytes'])} | "
+                   f"{cells[0]} | {cells[1]} | {_x(growth)} |")
     return out
 
 
@@ -327,6 +351,9 @@ def _row_problems(r: dict) -> list[str]:
             or (r["node_blackout_s"] is not None and r["node_blackout_s"] < 0)
             or not 0 <= r["final_round_bytes"] <= r["bytes_sent"]):
         problems.append("rounds, bytes or times out of range")
+    for name, m in (r["memory"] or {}).items():
+        if set(m) != {"before_bytes", "peak_bytes"} or not 0 < m["before_bytes"] <= m["peak_bytes"]:
+            problems.append(f"memory of {name}: not a resident set and a peak at least as large")
     if r["state_ok"] is not True:
         problems.append("the workload's state after the move is not exact")
     return problems

@@ -21,7 +21,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,18 +31,18 @@ import migrate
 import nodes
 import workloads
 from benchmarks import netem
-from migrate.launcher import LocalCluster
 
 from ._config import SuiteConfig, WorkloadSpec, spec_params
+from ._deploy import SOURCE, TARGET, Deployment, client_side, deploy
 from ._drivers import driver_for
 from ._links import LinkFigures, link_figures
+from ._memory import NodeMemory, after_move, before_move
 from ._metrics import (CallSample, ClientBlackout, Floor, LatencyStats, calls_during, client_blackout,
                        latency_stats, physical_floor, ratio)
 from ._reference import CpuReference, burn, busy_fraction, cpus, read_cpu_counters, reference_for
 
 logger = logging.getLogger(__name__)
 
-SOURCE, TARGET = "edge-1", "cloud-1"
 #: How long the call stream may take to stop after a move, and a state check to answer.
 STREAM_GRACE_S = 30.0
 #: Errors that mean a move (or a probe) failed rather than the suite.
@@ -82,46 +82,11 @@ class MoveResult:
     worst_to_steady_p99: float | None = None
     reference_worst_to_steady_p99: float | None = None
     dirty_bytes_per_s: float | None = None
+    memory: dict[str, NodeMemory] | None = None  # each node's resident set as the move began, and its peak
     floor: Floor | None = None
     blackout_to_floor: float | None = None
     state_ok: bool | None = None
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """edge-1 and cloud-1 running for one link, and how the client reaches them."""
-
-    profile: netem.LinkProfile
-    edge: str
-    cloud: str
-    tls: Path
-    client_namespace: str | None
-
-
-@contextlib.contextmanager
-def deploy(profile: netem.LinkProfile, root: Path, memory_limit_bytes: int) -> Iterator[Deployment]:
-    """Start edge-1 and cloud-1 for ``profile``; stop them (and delete any namespaces) on exit.
-
-    Raises NetemError or NodeError when they cannot start.
-    """
-    args = ["--workload-memory-bytes", str(memory_limit_bytes)]
-    if profile.emulated:
-        with netem.EmulatedSites(profile, root / profile.name) as sites:
-            edge = sites.start_node(SOURCE, "edge", args=args)
-            cloud = sites.start_node(TARGET, "cloud", args=args)
-            yield Deployment(profile, edge, cloud, sites.tls_for("bench"), sites.namespace("client"))
-    else:
-        with LocalCluster(root / profile.name) as lc:
-            edge = lc.start(SOURCE, "edge", args=args)
-            cloud = lc.start(TARGET, "cloud", args=args)
-            yield Deployment(profile, str(edge.address), str(cloud.address), lc.tls_for("bench", "node"), None)
-
-
-def _client_side(deployment: Deployment):
-    if deployment.client_namespace is None:
-        return contextlib.nullcontext()
-    return netem.entered(deployment.client_namespace)
 
 
 async def _remove_quietly(h) -> None:
@@ -154,7 +119,7 @@ async def _raw_memory_bytes(cluster, h) -> int | None:
 
 
 async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadSpec, strategy: str,
-                       cfg: SuiteConfig) -> MoveResult:
+                       cfg: SuiteConfig, pids: dict[str, int] | None = None) -> MoveResult:
     """Move one workload from edge-1 to cloud-1 under a steady stream of calls; return its row."""
     driver = driver_for(spec)
     row = MoveResult(link=link, workload=spec.kind, label=spec.label, params=spec_params(spec), strategy=strategy)
@@ -170,6 +135,7 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
     counters: list[tuple[int, ...]] = []  # the machine's CPU counters as the stream, the move and the tail start
     reference: CpuReference | None = None
     window: tuple[float, float] | None = None  # the CPU reference's, after the tail
+    memory: dict[str, NodeMemory] = {}
     tail_ended = math.inf
 
     async def stream(t0: float) -> None:
@@ -194,6 +160,7 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
             counters.append(read_cpu_counters())
             nursery.start_soon(stream, t0)
             await trio.sleep(cfg.steady_s)
+            resident = before_move(pids or {})
             began = trio.current_time()
             counters.append(read_cpu_counters())
             try:
@@ -206,6 +173,7 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
                 errors.append(f"{type(exc).__name__}: {exc}")
             ended = trio.current_time()
             counters.append(read_cpu_counters())
+            memory = after_move(pids or {}, resident)
             if not errors:
                 await trio.sleep(cfg.tail_s)
                 tail_ended = trio.current_time()
@@ -247,8 +215,8 @@ async def measure_move(cluster, link: str, figures: LinkFigures, spec: WorkloadS
         latency_steady=lat_steady, latency_during=lat_during, reference=reference, latency_reference=lat_ref,
         worst_to_steady_p99=ratio(lat_during and lat_during.max_s, p99),
         reference_worst_to_steady_p99=ratio(lat_ref and lat_ref.max_s, p99),
-        dirty_bytes_per_s=dirty_rate, floor=floor, blackout_to_floor=ratio(client.blackout_s, floor.floor_s),
-        state_ok=state_ok)
+        dirty_bytes_per_s=dirty_rate, memory=memory or None, floor=floor,
+        blackout_to_floor=ratio(client.blackout_s, floor.floor_s), state_ok=state_ok)
 
 
 def _worst(stats: LatencyStats | None) -> float | None:
@@ -318,7 +286,7 @@ async def _measure_link(deployment: Deployment, cfg: SuiteConfig, strategies: li
                                      strategy=strategy, error=f"not run: {abandoned[strategy]}")
                 else:
                     progress.say(f"{name} {spec.label} {strategy} ...")
-                    row = await measure_move(cluster, name, figures, spec, strategy, cfg)
+                    row = await measure_move(cluster, name, figures, spec, strategy, cfg, deployment.pids)
                     if row.error and row.error.startswith("TooSlowError"):
                         # One hung move costs minutes; the next ones on this link would most likely hang too.
                         abandoned[strategy] = f"it hung on {spec.label}"
@@ -360,7 +328,7 @@ def run_suite(cfg: SuiteConfig, root: Path, *, progress: Progress | None = None)
     for profile in links:
         figures = link_figures(profile)
         try:
-            with deploy(profile, root, cfg.node_memory_limit_bytes()) as deployment, _client_side(deployment):
+            with deploy(profile, root, cfg.node_memory_limit_bytes()) as deployment, client_side(deployment):
                 progress.say(f"link {profile.name}: edge-1 {deployment.edge}, cloud-1 {deployment.cloud}")
                 got = trio.run(_measure_link, deployment, cfg, strategies, unavailable,
                                abandoned.setdefault(profile.name, {}), figures, progress)

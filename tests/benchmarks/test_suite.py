@@ -161,3 +161,20 @@ def test_failed_moves_are_reported_not_hidden(tiny_run):
     assert "| failed: TooSlowError: the move took longer than 20 s |" in md
     assert "| not run: it hung / twice |" in md
     assert f"Strategy **{victim['strategy']}** on {victim['link']}: later moves on this link not run" in md
+
+
+def test_every_move_has_both_nodes_memory_and_the_check_holds_the_peak_to_it(tiny_run):
+    data = copy.deepcopy(tiny_run[0])
+    ok = [r for r in data["results"] if not r["error"]]
+    for r in ok:
+        assert set(r["memory"]) == {"edge-1", "cloud-1"}  # both nodes run on this machine
+        for m in r["memory"].values():
+            assert 0 < m["before_bytes"] <= m["peak_bytes"]
+    md = markdown(data)
+    table = md.split("## Node memory over the move", 1)[1].split("\n## ", 1)[0]
+    assert len([line for line in table.splitlines() if line.startswith("| ") and "| link" not in line]) == len(
+        [r for r in ok if r["raw_memory_bytes"]])
+    ok[0]["memory"]["cloud-1"]["peak_bytes"] = ok[0]["memory"]["cloud-1"]["before_bytes"] - 1
+    del ok[-1]["memory"]["edge-1"]["before_bytes"]
+    problems = check_results(data)
+    assert any("memory of cloud-1" in p for p in problems) and any("memory of edge-1" in p for p in problems)
