@@ -16,7 +16,7 @@ def test_export_list_is_stable():
         "ANY_ROLE", "Address", "BadArguments", "BadMemberEntry", "Buckets", "MemberEntry", "MemberRecord", "Members",
         "Membership", "NOT_NOW", "NotNow", "BULK_NICE", "run_bulk", "CallCancelled", "CallInputs", "CancelToken", "CheckpointFailed", "ConfigError", "Connection",
         "ConnectionClosed", "ConnectionFailed", "DamagedState", "DeadlineExceeded", "Done", "EPOCH_TICK_S", "ErrorCode",
-        "ErrorReply", "ExportSignature", "Forbidden", "HasModule", "Handler", "Held", "Hello", "Host", "HostClosed",
+        "ErrorReply", "ExportSignature", "FedWorkload", "Forbidden", "HasModule", "Handler", "Held", "Hello", "Host", "HostClosed",
         "HostError", "HostStats", "InvalidModule", "Limits", "LocalProtocolError", "Message", "MessageFieldError",
         "NODE_ONLY", "Node", "NodeClient", "NodeConfig",
         "NodeError", "NodeShuttingDown", "NodeSummary", "PROTOCOL_VERSIONS", "PeerSummary", "Plugin", "InstancePool", "MAX_POOL_INSTANCES", "PoolStats", "PutModule",
