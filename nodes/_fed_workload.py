@@ -12,6 +12,7 @@ call, checkpoint or listing sees it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from ._workload import Workload
 
 __all__ = ["FedWorkload", "memory_fits"]
+
+logger = logging.getLogger(__name__)
 
 
 def memory_fits(limit_bytes: int) -> Callable[[snapshot.Snapshot], None]:
@@ -77,6 +80,7 @@ class FedWorkload:
                 w.idle_s = self._idle_s
                 self.ended = True
                 self._registry.publish(w.workload_id, w, "restoring")  # frees it if the host closed
+                logger.info("restored workload", extra=w.log_extra())  # as Host.restore says it
         except BaseException:
             self.abort()
             raise

@@ -96,3 +96,16 @@ def test_an_abort_midway_frees_the_id_and_a_closed_host_publishes_nothing(hosts)
     with pytest.raises(Exception, match="closed"):
         late.feed(data[100:])
     assert late.ended
+
+
+def test_the_published_workload_is_logged_as_a_restore_is(hosts, caplog):
+    source, target = hosts
+    sha, data = _kept(source)
+    target.add_module(KVSTORE)
+    fed = target.restore_fed(sha, workload_id="kv")
+    with caplog.at_level("INFO", logger="nodes"):
+        assert not fed.feed(data[:64])
+        assert not [r for r in caplog.records if r.getMessage() == "restored workload"]
+        assert fed.feed(data[64:])
+    [logged] = [r for r in caplog.records if r.getMessage() == "restored workload"]
+    assert logged.workload == "kv"
