@@ -217,7 +217,6 @@ async def _run(node: Node, req: MCall, owned: Owned, inputs: Any = None, cancel:
     trip as the call.  A call of a provably short export of a workload that
     records nothing runs on the event loop when it can start at once.
     """
-    mutating = req.op in ("call", "write")
     now = (node.calls.now(req.workload, _call_now, node.host, req, cancel)
            if req.op == "call" and inputs is None and not owned.record else NOT_NOW)
     if isinstance(now, _Ran):
@@ -226,6 +225,16 @@ async def _run(node: Node, req: MCall, owned: Owned, inputs: Any = None, cancel:
     else:
         ran = await node.run_call(req.workload, _operate, node.host, req, inputs, owned.record and inputs is None,
                                   cancel)
+    return _outcome(ran, req, owned)
+
+
+def _outcome(ran: _Ran, req: MCall, owned: Owned) -> Outcome:
+    """What ``req`` did as ``ran`` reports it; a state-changing operation takes ``owned``'s next index.
+
+    Raises ``ran.inputs_error`` when the inputs a recorded call consumed
+    could not be read (the call ran, but cannot be replayed).
+    """
+    mutating = req.op in ("call", "write")
     exc = ran.error
     if exc is not None:
         reply = error_reply(0, exc)

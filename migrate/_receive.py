@@ -10,7 +10,8 @@ step at the round's end.  A first round sent while the workload runs at
 the source (``Incoming.live``) is decoded on the node's bulk thread, at a
 lower CPU priority: the source's calls compete with it for the CPU.  Later
 rounds are deltas onto a live copy: small, assembled whole and applied in
-one host step, at the usual priority (calls wait for the final one).
+the worker-thread trip that decodes their last chunk, at the usual
+priority (calls wait for the final one).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import trio
 
 import snapshot
-from nodes import Node, run_bulk
+from nodes import Host, Node, run_bulk
 
 from . import _hostops as ops
 from ._state import Incoming
@@ -33,13 +34,7 @@ async def apply_chunk(node: Node, inc: Incoming, data: bytes) -> bool:
     up (the copy stays uncreated).
     """
     if inc.created:
-        snap = await trio.to_thread.run_sync(_decode_into, inc, data)
-        if snap is None:
-            return False
-        inc.decoder = snapshot.SnapshotDecoder()
-        inc.assembler = snapshot.SnapshotAssembler()
-        await node.run_host(ops.apply, node.host, inc.host_id, snap)
-        return True
+        return await node.run_host(_decode_apply, node.host, inc, data)
     if inc.fed is None:
         inc.fed = await node.run_host(node.host.restore_fed, inc.module_sha256, workload_id=inc.host_id,
                                       app=inc.app, **inc.settings)
@@ -51,6 +46,22 @@ async def apply_chunk(node: Node, inc: Incoming, data: bytes) -> bool:
             inc.fed = None
     inc.created = done
     return done
+
+
+def _decode_apply(host: Host, inc: Incoming, data: bytes) -> bool:
+    """Decode chunk ``data`` of a later round and, if it completes the round, apply it: one worker-thread trip.
+
+    A final round's last piece travels in the commit, and the switch waits
+    for it: as two trips (decode, then apply) each was a wait of its own
+    for a worker thread while both nodes were busy.
+    """
+    snap = _decode_into(inc, data)
+    if snap is None:
+        return False
+    inc.decoder = snapshot.SnapshotDecoder()
+    inc.assembler = snapshot.SnapshotAssembler()
+    ops.apply(host, inc.host_id, snap)
+    return True
 
 
 def _decode_into(inc: Incoming, data: bytes) -> snapshot.Snapshot | None:

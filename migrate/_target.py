@@ -22,10 +22,9 @@ from ._cordon import refusal as cordon_refusal
 from ._ledger import CallLedger
 from ._life_node import from_wire as life_from_wire, managed
 from ._messages import MAbort, MAlign, MChunk, MCommit, MCommitted, MFirstCall, MFirstServed, MIncoming, MReplay
-from ._oplog import divergence, replayed_call
-from ._owner import _run
 from ._ownership_events import Drop, Event, EventKind, OwnershipError, Peer
 from ._receive import apply_chunk
+from ._replaying import REPLAY_PER_TRIP, replay_trip
 from ._replies import error
 from ._standby import _keep_standby, feed_kept_copy
 from ._state import (CHUNK_TURN_WAIT_S, FIRST_CALL_POLL_S, FIRST_CALL_WAIT_S, MAX_CHUNKS_AHEAD, Incoming,
@@ -222,36 +221,37 @@ async def on_replay(node: Node, session: Session, req: MReplay) -> Done | ErrorR
     inc = _incoming(svc, req.workload, req.epoch, req.standby)
     if inc is None or not inc.created:
         return _no_incoming(req.id, req.workload, req.epoch, req.standby)
-    return await _replay(node, svc, inc, req) or Done(id=req.id)
+    return (await _replay(node, svc, inc, req))[0] or Done(id=req.id)
 
 
-async def _replay(node: Node, svc: MigrationService, inc: Incoming, req: MReplay | MCommit) -> ErrorReply | None:
-    """Re-run ``req.entries`` on ``inc`` in order; the refusal if the copy is gone or the replay diverged."""
+async def _replay(node: Node, svc: MigrationService, inc: Incoming, req: MReplay | MCommit,
+                  pages: dict[int, list[int]] | None = None) -> tuple[ErrorReply | None, str | None]:
+    """Re-run ``req.entries`` on ``inc`` in order; the refusal if the copy is gone or the replay diverged.
+
+    The entries run ``REPLAY_PER_TRIP`` to a worker-thread trip
+    (``replay_trip``).  With ``pages``, the digest of those pages after
+    the last entry comes back too, read in the last trip (None without).
+    """
     standby = _of_standby(req)
     async with inc.lock:
         if svc.incoming.get(req.workload) is not inc:
-            return _no_incoming(req.id, req.workload, req.epoch, standby)
+            return _no_incoming(req.id, req.workload, req.epoch, standby), None
         shadow = Owned(req.workload, epoch=req.epoch, index=inc.index)
-        for entry in req.entries:
-            why: str | None
-            try:
-                op = replayed_call(req.workload, entry)
-                if entry["index"] != shadow.index + 1:
-                    raise ValueError(f"log has a gap before operation {entry['index']} (at {shadow.index})")
-                got = await _run(node, op, shadow, inputs=entry.get("inputs"))
-            except (KeyError, TypeError, ValueError) as exc:
-                why = f"bad log entry: {exc}"
-            else:
-                why = divergence(entry, got)
-                if why is None and inc.ledger is not None:
+        entries, digest = list(req.entries), None
+        for start in range(0, len(entries), REPLAY_PER_TRIP):
+            part = entries[start:start + REPLAY_PER_TRIP]
+            last = start + REPLAY_PER_TRIP >= len(entries)
+            trip = await node.run_call(req.workload, replay_trip, node.host, req.workload, part, shadow,
+                                       pages if last else None)
+            if inc.ledger is not None:
+                for op, got in trip.done:
                     inc.ledger.record(op.caller, op.seq, got)
-            if why is not None:
+            if trip.why is not None:  # the copy goes: its index no longer matters
                 await _drop_incoming(node, svc, inc)
-                logger.warning("replay diverged: %s", why, extra={"workload": req.workload})
-                return error(req.id, MigrationCode.DIVERGED,
-                             f"replay of {req.workload} diverged: {why}")
-            inc.index = shadow.index
-    return None
+                logger.warning("replay diverged: %s", trip.why, extra={"workload": req.workload})
+                return error(req.id, MigrationCode.DIVERGED, f"replay of {req.workload} diverged: {trip.why}"), None
+            inc.index, digest = shadow.index, trip.digest
+    return None, digest
 
 
 async def on_align(node: Node, session: Session, req: MAlign) -> Done | ErrorReply:
@@ -292,6 +292,13 @@ async def on_commit(node: Node, session: Session, req: MCommit) -> MCommitted | 
     svc = service(node)
     standby = peer_address(req.standby, "standby") if req.standby else None  # before anything changes
     standby = standby if standby != node.address else None
+    pages: dict[int, list[int]] | None = None
+    if req.digest is not None:
+        try:
+            pages = {int(k): [int(p) for p in v] for k, v in dict(req.pages or {}).items()}
+        except (TypeError, ValueError):
+            return error(req.id, MigrationCode.MIGRATION_FAILED, "malformed page list")
+    ours: str | None = None  # the digest of ``pages`` here, once read
     inc = svc.incoming.get(req.workload)
     if (req.data or req.entries) and not req.from_standby:
         # The final round's last piece, or a dual handover's last calls, travel in the commit: apply them first.
@@ -300,7 +307,7 @@ async def on_commit(node: Node, session: Session, req: MCommit) -> MCommitted | 
             return _no_incoming(req.id, req.workload, req.epoch, False)
         refused = await _take_chunk(node, svc, inc, req) if req.data else None
         if refused is None and req.entries and inc.created:
-            refused = await _replay(node, svc, inc, req)
+            refused, ours = await _replay(node, svc, inc, req, pages)  # the digest read in the same trip
         if refused is not None:
             return refused
     if req.from_standby:
@@ -318,12 +325,9 @@ async def on_commit(node: Node, session: Session, req: MCommit) -> MCommitted | 
     except ValueError as exc:
         return error(req.id, MigrationCode.MIGRATION_FAILED, str(exc))
     await crash_point_async("target:before-commit")
-    if req.digest is not None:
-        try:
-            pages = {int(k): [int(p) for p in v] for k, v in dict(req.pages or {}).items()}
-        except (TypeError, ValueError):
-            return error(req.id, MigrationCode.MIGRATION_FAILED, "malformed page list")
-        ours = await node.run_host(ops.pages_digest, node.host, req.workload, pages)
+    if pages is not None:
+        if ours is None:
+            ours = await node.run_host(ops.pages_digest, node.host, req.workload, pages)
         if ours != req.digest:
             async with inc.lock:
                 await _drop_incoming(node, svc, inc)
