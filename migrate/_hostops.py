@@ -12,10 +12,12 @@ only caller of them in migrate.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import snapshot
 from nodes import CallInputs, Host, HostClosed, UnknownWorkload, WorkloadInfo
+
+T = TypeVar("T")
 
 
 def thaw(host: Host, workload: str) -> None:
@@ -45,11 +47,6 @@ def capture_delta(host: Host, workload: str) -> snapshot.Snapshot:
 def dirty_now(host: Host, workload: str) -> int | None:
     """How many pages a delta taken now would carry; None if the tracking cannot tell without taking it."""
     return host.hold(workload).dirty_now()
-
-
-def capture_all(host: Host, workload: str) -> snapshot.Snapshot:
-    """A full snapshot (stop-and-copy)."""
-    return host.checkpoint(workload)
 
 
 def stop_tracking(host: Host, workload: str) -> None:
@@ -117,10 +114,9 @@ def describe(host: Host, workload: str) -> tuple[WorkloadInfo, bytes, dict[str, 
     return info, host.module_bytes(info.module_sha256), host.hold(workload).launch_settings()
 
 
-def freeze_then(capture: Callable[[Host, str], snapshot.Snapshot], host: Host, workload: str) -> snapshot.Snapshot:
-    """Freeze the workload (holding raw calls too), then return ``capture(host, workload)``."""
-    freeze(host, workload)
-    return capture(host, workload)
+def read_paused(host: Host, workload: str, read: Callable[[snapshot.Snapshot], T], delta: bool) -> T:
+    """``read`` on the frozen workload's final round, its pages left in the memory (``Held.read_paused``)."""
+    return host.hold(workload).read_paused(read, delta=delta)
 
 
 def commit_facts(host: Host, workload: str) -> tuple[int, int]:

@@ -15,13 +15,11 @@ from typing import Any, NoReturn
 
 import trio
 
-import snapshot
 from nodes import (
     Address,
     BadArguments,
     ConnectionFailed,
     ErrorReply,
-    Host,
     HostError,
     Node,
     NodeClient,
@@ -258,14 +256,13 @@ class Migration(DualExecution, Transfer):
 
     async def _precopy(self, client: NodeClient, target_name: str) -> bool:
         await self._rounds(client)
-        return await self._final_round(client, target_name, ops.capture_delta)
+        return await self._final_round(client, target_name, delta=True)
 
     async def _stop_and_copy(self, client: NodeClient, target_name: str) -> bool:
-        return await self._final_round(client, target_name, ops.capture_all)
+        return await self._final_round(client, target_name, delta=False)
 
-    async def _final_round(self, client: NodeClient, target_name: str,
-                           capture: Callable[[Host, str], snapshot.Snapshot]) -> bool:
-        """Freeze, send ``capture(workload)`` and commit; the frozen time is ``frozen_s``.
+    async def _final_round(self, client: NodeClient, target_name: str, *, delta: bool) -> bool:
+        """Freeze, send the final round (``delta``, or the whole state) and commit; the frozen time is ``frozen_s``.
 
         The commit carries the round's last piece (the only one, for a
         small delta): the target applies it, then commits, in one round
@@ -278,7 +275,7 @@ class Migration(DualExecution, Transfer):
             committed = False
             try:
                 # Freezing holds raw (non-handle) calls too; the capture and encoding follow in the same trip.
-                made = await self._frozen_round(client, capture)
+                made = await self._frozen_round(client, delta)
                 chunks = made.pieces
                 last = chunks.pop()
                 if not _fits_commit(last, self.owned.ledger.to_wire(), self.node.config.max_frame_bytes,

@@ -90,9 +90,42 @@ def release_copies(snap: Snapshot) -> None:
                     _madvise(address + offset, min(RELEASE_PIECE_BYTES, len(region) - offset), mmap.MADV_DONTNEED)
 
 
+#: Runs shorter than this (a wasm page) are copied into shared buffers of this size.
+_SHARED_COPY_BYTES = 64 << 10
+#: The size of each shared buffer.
+_SHARED_BUFFER_BYTES = 256 << 10
+
+
 def copy_runs(address: int, ranges: list[tuple[int, int]]) -> tuple[PageRun, ...]:
-    """Copy the [start, end) page ranges of the memory at ``address`` out into runs."""
-    return tuple(PageRun(a, copy_out(address + a * PAGE_BYTES, (b - a) * PAGE_BYTES)) for a, b in ranges)
+    """Copy the [start, end) page ranges of the memory at ``address`` out into runs.
+
+    A delta round is mostly short runs (a dirtier writing 3,000 random pages
+    of 256 MiB gave 2,871 runs): one bytearray, one ctypes array and one
+    memmove each cost 6.3 µs a run on the 2-CPU machine (a slow day),
+    and the final round is copied while calls wait.  Runs under 64 KiB are
+    copied by slice assignment (the GIL held a few µs) into shared 256 KiB
+    buffers, each run a view of its part (1.8 µs a run); longer ones, such
+    as the 64 KiB blocks of ``copy_nonzero``, still go through ``copy_out``,
+    whose copy lets go of the GIL.
+    """
+    if not ranges:
+        return ()
+    lo, hi = min(a for a, _ in ranges), max(b for _, b in ranges)
+    view = memoryview((ctypes.c_char * ((hi - lo) * PAGE_BYTES)).from_address(address + lo * PAGE_BYTES)).cast("B")
+    runs: list[PageRun] = []
+    shared, used = memoryview(bytearray()), 0
+    for a, b in ranges:
+        n = (b - a) * PAGE_BYTES
+        if n >= _SHARED_COPY_BYTES:
+            runs.append(PageRun(a, copy_out(address + a * PAGE_BYTES, n)))
+            continue
+        if used + n > len(shared):
+            shared, used = memoryview(bytearray(_SHARED_BUFFER_BYTES)), 0
+        start = (a - lo) * PAGE_BYTES
+        shared[used:used + n] = view[start:start + n]
+        runs.append(PageRun(a, shared[used:used + n]))
+        used += n
+    return tuple(runs)
 
 
 def copy_nonzero(address: int, size: int) -> tuple[PageRun, ...]:

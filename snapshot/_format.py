@@ -37,7 +37,7 @@ import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ._errors import LocalSnapshotError
-from ._pages import PAGE_BYTES, PageRun, nonzero_runs
+from ._pages import PAGE_BYTES, ZERO_PAGE, PageRun, nonzero_runs
 
 if TYPE_CHECKING:
     from ._snapshot import Snapshot
@@ -106,14 +106,20 @@ def _page_batches(index: int, runs: Iterable[PageRun], batch_pages: int
             ranges.append([page, take])
             off = (page - run.first_page) * PAGE_BYTES
             piece = view[off:off + take * PAGE_BYTES]
-            cursor = 0
-            for a, b in nonzero_runs(piece):
-                if a > cursor:
-                    zeros.append([page + cursor, a - cursor])
-                chunks.append(piece if (a, b) == (0, take) else piece[a * PAGE_BYTES:b * PAGE_BYTES])
-                cursor = b
-            if cursor < take:
-                zeros.append([page + cursor, take - cursor])
+            if take == 1:  # a delta's usual run, one page: tested in place, without ``nonzero_runs``'s setup
+                if ZERO_PAGE.startswith(piece):
+                    zeros.append([page, 1])
+                else:
+                    chunks.append(piece)
+            else:
+                cursor = 0
+                for a, b in nonzero_runs(piece):
+                    if a > cursor:
+                        zeros.append([page + cursor, a - cursor])
+                    chunks.append(piece if (a, b) == (0, take) else piece[a * PAGE_BYTES:b * PAGE_BYTES])
+                    cursor = b
+                if cursor < take:
+                    zeros.append([page + cursor, take - cursor])
             count += take
             page += take
             if count == batch_pages:

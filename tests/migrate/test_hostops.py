@@ -72,7 +72,7 @@ def test_frozen_round_rebuilds_the_workload_and_carries_the_commit_facts(host, t
     host.call(wid, "dt_dirty", [40, 3])
     size = 16 * 1024
     clock_before = held.clock_state()
-    made = frozen_round(ops.capture_delta, host, wid, size)
+    made = frozen_round(True, host, wid, size)
 
     assert made.pieces and all(len(piece) <= size for piece in made.pieces)
     calls, clock = ops.commit_facts(host, wid)
@@ -93,7 +93,38 @@ def test_frozen_round_raises_what_the_capture_raises_and_leaves_the_thaw_to_the_
     wid = deploy(host, "dirtier")
     host.call(wid, "dt_init", [1])
     with pytest.raises(SnapshotFailed, match="not started"):
-        frozen_round(ops.capture_delta, host, wid, 1 << 20)  # no tracking: no delta
+        frozen_round(True, host, wid, 1 << 20)  # no tracking: no delta
     assert _frozen(host, wid), "the failed round thawed the workload itself"
     ops.thaw(host, wid)
     assert not _frozen(host, wid)
+
+
+def test_a_stop_copy_frozen_round_is_encoded_from_the_memory_in_place_and_restores_exactly(host, tmp_path):
+    """The whole state, read from the frozen memory without a copy: it restores the workload on another host."""
+    wid = deploy(host, "dirtier")
+    host.call(wid, "dt_init", [2])
+    host.call(wid, "dt_dirty", [40, 3])
+    made = frozen_round(False, host, wid, 16 * 1024)
+    assert _frozen(host, wid)
+    assert made.pages >= 40
+    with Host(tmp_path / "target", limits=FAST) as target:
+        sha = target.add_module(host.module_bytes(host.info(wid).module_sha256))
+        target.restore(sha, decode(b"".join(made.pieces)), workload_id=wid, **host.hold(wid).launch_settings(),
+                       calls=made.facts[0], monotonic_ns=made.facts[1])
+        assert state_of(target, wid) == state_of(host, wid)
+    ops.thaw(host, wid)
+
+
+def test_pages_are_read_in_place_only_while_the_workload_is_paused(host):
+    wid = deploy(host, "dirtier")
+    host.call(wid, "dt_init", [1])
+    host.hold(wid).start_tracking()
+    host.call(wid, "dt_dirty", [5, 1])
+    for delta in (False, True):
+        with pytest.raises(SnapshotFailed, match="only while it is paused"):
+            ops.read_paused(host, wid, lambda snap: snap.page_count, delta)
+    ops.freeze(host, wid)
+    assert ops.read_paused(host, wid, lambda snap: snap.page_count, True) >= 5  # the refused reads took no delta
+    assert ops.read_paused(host, wid, lambda snap: snap.page_count, True) == 0  # nothing written since
+    assert ops.read_paused(host, wid, lambda snap: snap.page_count, False) > 0
+    ops.thaw(host, wid)

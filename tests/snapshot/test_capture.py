@@ -1,5 +1,6 @@
 """Capture and restore: every value type and edge case, byte for byte."""
 
+import random
 import struct
 import subprocess
 import sys
@@ -7,6 +8,8 @@ import textwrap
 
 import pytest
 import wasmtime
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import snapshot
 import workloads
@@ -376,3 +379,26 @@ def test_release_copies_gives_back_a_large_copy_and_leaves_small_ones():
     assert big.data[:4096] == bytes(4096) and big.data[-1] == 0  # given back: zero-fill on the next read
     assert bytes(small.data) == b"\x5a" * 8192
     snapshot.release_copies(snap)  # twice is harmless
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(1, 24)), max_size=30))
+def test_copy_runs_copies_short_and_long_runs_exactly(spans):
+    """Runs under 64 KiB share buffers, longer ones get their own: every run holds its pages, and is a copy."""
+    import ctypes
+
+    from snapshot._capture import copy_runs
+
+    page = snapshot.PAGE_BYTES
+    memory = bytearray(random.Random(len(spans)).randbytes(400 * page))
+    address = ctypes.addressof((ctypes.c_char * len(memory)).from_buffer(memory))
+    ranges, end = [], 0
+    for gap, length in spans:  # sorted, disjoint [start, end) ranges, as page_ranges makes them
+        ranges.append((end + gap, end + gap + length))
+        end += gap + length
+    ranges = [(a, b) for a, b in ranges if b <= 400]
+    runs = copy_runs(address, ranges)
+    assert [(r.first_page, r.end_page) for r in runs] == ranges
+    expected = [bytes(memory[a * page:b * page]) for a, b in ranges]
+    memory[:] = bytes(len(memory))  # the copies must not follow the memory
+    assert [bytes(r.data) for r in runs] == expected
