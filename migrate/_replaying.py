@@ -47,9 +47,11 @@ def replay_trip(host: Host, workload: str, entries: Sequence[dict[str, Any]], sh
     """Run ``entries`` on ``workload`` with their recorded inputs; ``shadow.index`` follows each.
 
     Stops at the first entry that is malformed, out of order (its index
-    is not the next) or whose outcome differs from the logged one
-    (``divergence``); with ``pages``, and if every entry matched, reads
-    their digest (``ops.pages_digest``) in the same trip.
+    is not the next), whose outcome differs from the logged one
+    (``divergence``) or whose replay raised; the entries before it ran,
+    so a caller given a ``why`` drops the copy.  With ``pages``, and if
+    every entry matched, reads their digest (``ops.pages_digest``) in the
+    same trip.
     """
     out = Replayed()
     for entry in entries:
@@ -58,10 +60,13 @@ def replay_trip(host: Host, workload: str, entries: Sequence[dict[str, Any]], sh
             if entry["index"] != shadow.index + 1:
                 raise ValueError(f"log has a gap before operation {entry['index']} (at {shadow.index})")
             got = _outcome(_operate(host, op, entry.get("inputs"), False, None), op, shadow)
+            why = divergence(entry, got)
         except (KeyError, TypeError, ValueError) as exc:
             out.why = f"bad log entry: {exc}"
             return out
-        why = divergence(entry, got)
+        except Exception as exc:  # noqa: BLE001 - the entries before it ran: the caller must drop the copy, not raise
+            out.why = f"replay failed: {type(exc).__name__}: {exc}"
+            return out
         if why is not None:
             out.why = why
             return out

@@ -92,3 +92,12 @@ def test_a_malformed_entry_is_a_bad_entry(host):
     trip = replay_trip(host, follower, [entry], Owned(follower, epoch=1))
     assert trip.why is not None and trip.why.startswith("bad log entry")
     assert trip.done == []
+
+
+def test_a_logged_outcome_without_its_fields_is_a_bad_entry_after_the_entries_before_it(host):
+    leader, follower = _pair(host)
+    entries = _logged(host, leader, [1, 2])
+    entries[1] = {k: v for k, v in entries[1].items() if k != "ok"}
+    trip = replay_trip(host, follower, entries, Owned(follower, epoch=1))
+    assert trip.why is not None and trip.why.startswith("bad log entry")
+    assert [op.seq for op, _ in trip.done] == [1]
