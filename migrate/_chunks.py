@@ -89,11 +89,12 @@ AHEAD_JOBS = 4
 
 
 async def made_ahead(pieces: Generator[bytes, None, None], send: Callable[[AsyncIterator[bytes]], Awaitable[None]],
-                     spent: dict[str, float], on_job: Callable[[], None]) -> None:
+                     spent: dict[str, float], on_job: Callable[[], None], *, bulk: bool = True) -> None:
     """``send`` the ``pieces`` of a lazy encoding (``stream``) as the bulk thread makes them, a few jobs ahead.
 
-    The encoding runs on the node's bulk thread (``nodes.run_bulk``),
-    ``PIECES_PER_JOB`` pieces per job and at most ``AHEAD_JOBS`` jobs
+    The encoding runs on the node's bulk thread (``nodes.run_bulk``; a
+    worker thread at the usual priority unless ``bulk``: a frozen round,
+    which calls wait for), ``PIECES_PER_JOB`` pieces per job and at most ``AHEAD_JOBS`` jobs
     ahead of ``send``, its seconds added to ``spent["encode"]``;
     ``on_job()`` runs as each job's pieces start to go.  The pieces are
     made in memory the ones sent have just freed.  Encoding a 1 GiB round
@@ -111,7 +112,7 @@ async def made_ahead(pieces: Generator[bytes, None, None], send: Callable[[Async
             while True:
                 t0 = trio.current_time()
                 try:
-                    batch = await run_bulk(_take, pieces, PIECES_PER_JOB)
+                    batch = await (run_bulk if bulk else trio.to_thread.run_sync)(_take, pieces, PIECES_PER_JOB)
                 except Exception as exc:
                     failures.append(exc)
                     return

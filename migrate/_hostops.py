@@ -114,6 +114,13 @@ def describe(host: Host, workload: str) -> tuple[WorkloadInfo, bytes, dict[str, 
     return info, host.module_bytes(info.module_sha256), host.hold(workload).launch_settings()
 
 
+def freeze_view(host: Host, workload: str) -> tuple[snapshot.Snapshot, Callable[[], None], tuple[int, int]] | None:
+    """Freeze; the state left in the memory, its ``done`` and ``commit_facts`` (None: ``Held.view_paused``)."""
+    freeze(host, workload)
+    viewed = host.hold(workload).view_paused()
+    return None if viewed is None else (*viewed, commit_facts(host, workload))
+
+
 def read_paused(host: Host, workload: str, read: Callable[[snapshot.Snapshot], T], delta: bool) -> T:
     """``read`` on the frozen workload's final round, its pages left in the memory (``Held.read_paused``)."""
     return host.hold(workload).read_paused(read, delta=delta)

@@ -265,15 +265,18 @@ class Migration(DualExecution, Transfer):
         """Freeze, send the final round (``delta``, or the whole state) and commit; the frozen time is ``frozen_s``.
 
         The commit carries the round's last piece (the only one, for a
-        small delta): the target applies it, then commits, in one round
-        trip instead of two.  A piece that would not fit the commit's frame
-        beside the ledger goes ahead as a chunk of its own.
-        """
+        small delta): the target applies it, then commits, in one round trip
+        instead of two; one that would not fit the commit's frame beside the
+        ledger goes ahead as a chunk.  A whole state streams where it can."""
         node, host = self.node, self.node.host
         async with self.owned.lock:
             frozen = self.clock()
             committed = False
             try:
+                if not delta and (facts := await self._frozen_whole(client)) is not None:
+                    self.final_round_bytes = self.bytes_per_round[-1]
+                    committed = await self._commit(client, target_name, facts=facts)
+                    return committed
                 # Freezing holds raw (non-handle) calls too; the capture and encoding follow in the same trip.
                 made = await self._frozen_round(client, delta)
                 chunks = made.pieces

@@ -4,7 +4,7 @@
 pages left in the live memory, while the target gets ready (module,
 MIncoming), so the two overlap.  Every round goes through ``_send``,
 encoded as it is sent (or, the final one, ``frozen_round`` and
-``_stream`` beside the commit); the figures they keep are the report's
+``_stream`` beside the commit, or ``_frozen_whole``); the figures they keep are the report's
 (``_report``): rounds and their bytes, and the seconds spent capturing,
 encoding, sending and committing.  After the commit, ``_ask_first_call``
 asks the new owner when it served its first call, for the client
@@ -14,20 +14,20 @@ blackout (``MigrationReport.client_blackout_s`` says how it is estimated).
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple
 
 import msgpack
 import trio
 
 import snapshot
-from nodes import (ConnectionFailed, Host, Node, NodeClient, NodeError, UnknownModule, WorkloadInfo,
+from nodes import (ConnectionFailed, Node, NodeClient, NodeError, UnknownModule, WorkloadInfo,
                    crash_point_async)
 
 from . import _chunks
 from . import _hostops as ops
+from ._frozen import FrozenRound, frozen_round
 from ._messages import MFirstCall, MFirstServed, MIncoming, MigrationReport, MMigrate
 from ._precopy import PrecopyPlanner
 from ._replies import expect
@@ -49,40 +49,6 @@ class _Handover:
     replied_s: float = 0.0  # the commit's reply received
     waiting: int = 0  # calls waiting on the workload at the commit, which the redirect answers
     client_blackout_s: float | None = None
-
-
-class FrozenRound(NamedTuple):
-    """A final round as ``frozen_round`` makes it: its pieces, pages and commit facts, and the seconds each part took."""
-
-    pieces: list[bytes]
-    pages: int
-    facts: tuple[int, int]  # ``ops.commit_facts``
-    capture_s: float
-    encode_s: float
-
-
-def frozen_round(delta: bool, host: Host, workload: str, size: int) -> FrozenRound:
-    """Freeze, read the commit's facts and encode the final round in ``size`` pieces, in one thread trip.
-
-    The round is what changed since the last (``delta``: pre-copy) or the
-    whole state (stop-copy), encoded from the frozen memory in place
-    (``Held.read_paused``): copying it out first cost a 256 MiB stop-copy
-    round 187-216 ms while calls waited.  Calls wait until the commit, and
-    each trip to a worker thread and back is a wait of its own (0.1-0.5 ms
-    on an idle 2-CPU node, over 2 ms while both nodes stream a round).
-    Raises what the capture raises, frozen or not: the caller thaws.
-    """
-    t0 = time.perf_counter()
-    ops.freeze(host, workload)
-    facts = ops.commit_facts(host, workload)
-    captured: list[float] = []
-
-    def encode(snap: snapshot.Snapshot) -> tuple[list[bytes], int]:
-        captured.append(time.perf_counter())
-        return _chunks.encode(snap, size), snap.page_count
-
-    pieces, pages = ops.read_paused(host, workload, encode, delta)
-    return FrozenRound(pieces, pages, facts, captured[0] - t0, time.perf_counter() - captured[0])
 
 
 def _nothing() -> None:
@@ -297,14 +263,14 @@ class Transfer:
             self._drop_first()
         return took, pages, self.bytes_sent - sent_before
 
-    async def _send(self, client: NodeClient, snap: snapshot.Snapshot, *, live: bool = False) -> float:
+    async def _send(self, client: NodeClient, snap: snapshot.Snapshot, *, live: bool = False,
+                    frozen: bool = False) -> float:
         """Stream one snapshot to the target as a round, encoding it as it goes; return the seconds it took.
 
-        The pieces are made on the node's bulk thread, at a lower CPU
-        priority, a few jobs ahead of the link (``_chunks.made_ahead``), so
-        the node keeps answering calls and a round never sits encoded
-        whole in memory.  ``live``: the runs view memory calls may write.
-        """
+        The pieces are made a few jobs ahead of the link (``made_ahead``)
+        on the node's bulk thread, at a lower priority (the usual one if
+        ``frozen``: calls wait), so a round never sits encoded whole in
+        memory.  ``live``: the runs view memory calls may write."""
         t0 = self.clock()
         size = _chunks.chunk_bytes(self.node.config.max_frame_bytes, client.peer_max_frame_bytes)
         encoder = snapshot.SnapshotEncoder(copy_pages=live)
@@ -315,9 +281,27 @@ class Transfer:
             self.round_bytes = wire + ((raw_total - done) * wire // done if done else raw_total)
 
         await _chunks.made_ahead(_chunks.stream(snap, size, encoder), lambda pieces: self._stream(client, pieces),
-                                 self.spent, estimate)
+                                 self.spent, estimate, bulk=not frozen)
         self._sent_round(encoder.wire_bytes, snap.page_count)
         return self.clock() - t0
+
+    async def _frozen_whole(self, client: NodeClient) -> tuple[int, int] | None:
+        """Freeze, then stream the whole state as it is encoded from the memory in place; the commit's facts.
+
+        Encoding a stop-copy round whole before sending it put the encoding,
+        the transfer and the target's decoding one after another while calls
+        waited.  None, with nothing sent and the workload frozen, where the
+        memory may move (``Held.view_paused``): ``_frozen_round`` then.
+        """
+        viewed = await self._capture(ops.freeze_view, self.node.host, self.workload)
+        if viewed is None:
+            return None
+        snap, done, facts = viewed
+        try:
+            await self._send(client, snap, frozen=True)
+        finally:
+            done()  # before any thaw: the views must not outlive the pause
+        return facts
 
     async def _frozen_round(self, client: NodeClient, delta: bool) -> FrozenRound:
         """``frozen_round`` in a worker thread, in pieces that fit both nodes' frames; its seconds are counted."""

@@ -13,7 +13,6 @@ undo and return.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -24,7 +23,7 @@ from typing import Any, Literal, Protocol, TypeVar, overload
 import snapshot
 
 from ._host_errors import BadArguments, SnapshotFailed, UnknownWorkload
-from ._in_use import InUse
+from ._in_use import Copying, InUse
 from ._registry import Registry
 from ._replay import CallInputs, ReplayMode, ReplayUnsupported, state_hash
 from ._workload import Workload, check_name
@@ -46,19 +45,6 @@ class _Pending(Protocol):
 
 def _nothing() -> None:
     pass
-
-
-class _Copying:
-    """The workload's memory kept from being freed (``Workload.copying_outside``) until ``done``, from any thread."""
-
-    def __init__(self, w: Workload) -> None:
-        self._ends: contextlib.AbstractContextManager[None] | None = w.copying_outside()
-        self._ends.__enter__()
-
-    def done(self) -> None:
-        ends, self._ends = self._ends, None
-        if ends is not None:
-            ends.__exit__(None, None, None)
 
 
 class Held:
@@ -155,7 +141,7 @@ class Held:
                 if not self._copies_while_running(w):
                     return self._begin_capture(w), _nothing
                 pending = self._begin_capture(w, finish=False, forget_writes=False)  # armed just now
-                copying = _Copying(w)
+                copying = Copying(w)
         except BaseException:
             tracker.close()  # closing it twice (once as the workload's) is harmless
             raise
@@ -216,23 +202,18 @@ class Held:
             return pending.finish()
 
     def read_paused(self, read: Callable[[snapshot.Snapshot], T], *, delta: bool = False) -> T:
-        """``read(snap)`` on the paused workload's state, its pages left in the memory; what ``read`` returns.
+        """``read(snap)`` on the paused workload's state (or, ``delta``, what changed since the last capture).
 
-        ``snap`` is the whole state, or (``delta``) what changed since the
-        previous capture, as ``capture_delta`` gives it; its runs are views
-        of the memory, nothing copied, valid only inside ``read``.  ``read``
-        runs holding the workload's lock while it is paused (``pause``), so
-        no call, removal or growth reaches the memory meanwhile.  For a
-        migration's final round, encoded while calls wait: copying the
-        pages out first cost a stop-copy round of a 256 MiB dirtier
-        187-216 ms before its encoding began (2-CPU machine, a slow day).
-        Raises ``UnknownWorkload``, ``SnapshotFailed`` (the workload is not
-        paused; for a delta, tracking was not started) and what ``read``
-        raises.
+        ``snap``'s runs are views of the memory, valid only inside ``read``,
+        which runs holding the lock while the workload is paused: no call,
+        removal or growth reaches the memory.  For a final round encoded
+        while calls wait: copying it out first cost a 256 MiB stop-copy
+        round 187-216 ms (2-CPU machine, a slow day).  Raises
+        ``UnknownWorkload``, ``SnapshotFailed`` (not paused; for a delta,
+        not tracking) and what ``read`` raises.
         """
         with self._using() as w:
-            if w.thawed.is_set():
-                raise SnapshotFailed(w.workload_id, "its pages are read in place only while it is paused")
+            self._check_paused(w)
             if delta and w.tracker is None:
                 raise SnapshotFailed(w.workload_id, "dirty tracking was not started")
             with w.touching_state("capture"):
@@ -240,6 +221,28 @@ class Held:
                     assert w.tracker is not None  # checked above
                     return read(w.tracker.begin_delta(w.awake()[0]).views())
                 return read(snapshot.capture(*w.awake(), in_place=True))
+
+    def view_paused(self) -> tuple[snapshot.Snapshot, Callable[[], None]] | None:
+        """``read_paused``'s whole state for a round encoded over many trips, and the ``done`` that lets it go.
+
+        Until ``done`` (any thread; more calls do nothing) removing the
+        workload waits; resume it only after.  None where the memory may
+        move (``read_paused`` then).  Raises ``UnknownWorkload`` or
+        ``SnapshotFailed`` (not paused).
+        """
+        with self._using() as w:
+            self._check_paused(w)
+            if not w.memory_fixed:
+                return None
+            with w.touching_state("capture"):
+                snap = snapshot.capture(*w.awake(), in_place=True)
+            copying = Copying(w)
+        return snap, copying.done
+
+    @staticmethod
+    def _check_paused(w: Workload) -> None:
+        if w.thawed.is_set():
+            raise SnapshotFailed(w.workload_id, "its pages are read in place only while it is paused")
 
     def dirty_now(self) -> int | None:
         """How many pages a delta taken now would carry; None if tracking cannot tell (or was not started)."""

@@ -1,7 +1,8 @@
-"""The guard every use of a workload takes: ``InUse`` holds its lock, waits out a pause and wakes it."""
+"""Guards on a workload's use: ``InUse`` holds its lock, waits out a pause and wakes it; ``Copying`` keeps its memory."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 from collections.abc import Callable
@@ -74,3 +75,16 @@ class InUse:
         self._w.busy = False
         self._w.last_used = time.monotonic()
         self._w.lock.release()
+
+
+class Copying:
+    """The workload's memory kept from being freed (``Workload.copying_outside``) until ``done``, from any thread."""
+
+    def __init__(self, w: Workload) -> None:
+        self._ends: contextlib.AbstractContextManager[None] | None = w.copying_outside()
+        self._ends.__enter__()
+
+    def done(self) -> None:
+        ends, self._ends = self._ends, None
+        if ends is not None:
+            ends.__exit__(None, None, None)

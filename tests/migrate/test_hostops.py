@@ -7,7 +7,7 @@ import pytest
 
 from snapshot._snapshot import decode
 from migrate import _hostops as ops
-from migrate._transfer import frozen_round
+from migrate._frozen import frozen_round
 from nodes import Host, SnapshotFailed
 from nodes._replay import ReplayMode
 

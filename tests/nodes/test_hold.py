@@ -312,3 +312,38 @@ def test_tracking_a_memory_that_may_move_holds_it_and_restores_exactly(tmp_path)
         host.call(wid, "dt_init", [9])  # a larger region: the memory grows
         host.call(wid, "dt_dirty", [30, 5])
         _rebuild_exactly(host, held, base, [held.capture_delta(consistent=False)], tmp_path)
+
+
+def test_a_paused_workload_is_viewed_in_place_and_its_removal_waits_for_done(host, tmp_path):
+    """``view_paused``: the views encode the whole state (it restores exactly), and a removal waits for ``done``."""
+    wid = deploy(host, "dirtier")
+    host.call(wid, "dt_init", [4])
+    host.call(wid, "dt_dirty", [30, 2])
+    held = host.hold(wid)
+    with pytest.raises(SnapshotFailed, match="only while it is paused"):
+        held.view_paused()
+    held.pause()
+    copied = host.checkpoint(wid)  # the same state, copied out
+    viewed = held.view_paused()
+    assert viewed is not None  # the host's own engine: the memory never moves
+    snap, done = viewed
+    remover = threading.Thread(target=host.remove, args=(wid,))
+    remover.start()
+    while not held._w.removed:  # release() began: it waits for the views to be let go
+        threading.Event().wait(0.001)
+    encoded = b"".join(snapshot.SnapshotEncoder().encode(snap))
+    expected = snapshot.Snapshot.from_bytes(encoded)
+    done()
+    done()  # twice does nothing
+    remover.join()
+    def memories(snap: snapshot.Snapshot) -> list[bytes]:
+        out = []
+        for m in snap.memories:
+            flat = bytearray(m.size_bytes)
+            for r in m.runs:
+                flat[r.first_page * snapshot.PAGE_BYTES:r.end_page * snapshot.PAGE_BYTES] = r.data
+            out.append(bytes(flat))
+        return out
+
+    assert memories(expected) == memories(copied) and expected.globals == copied.globals
+    assert any(memories(copied)[0][4096 * p:4096 * (p + 1)] != bytes(4096) for p in range(16))
