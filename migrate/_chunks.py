@@ -92,10 +92,10 @@ async def made_ahead(pieces: Generator[bytes, None, None], send: Callable[[Async
                      spent: dict[str, float], on_job: Callable[[], None], *, bulk: bool = True) -> None:
     """``send`` the ``pieces`` of a lazy encoding (``stream``) as the bulk thread makes them, a few jobs ahead.
 
-    The encoding runs on the node's bulk thread (``nodes.run_bulk``; a
-    worker thread at the usual priority unless ``bulk``: a frozen round,
-    which calls wait for), ``PIECES_PER_JOB`` pieces per job and at most ``AHEAD_JOBS`` jobs
-    ahead of ``send``, its seconds added to ``spent["encode"]``;
+    The encoding runs on the node's bulk thread (``nodes.run_bulk``), or
+    with ``bulk=False`` (a frozen round: calls wait for it) on a worker
+    thread at the usual priority, ``PIECES_PER_JOB`` pieces per job and at
+    most ``AHEAD_JOBS`` jobs ahead of ``send``, its seconds added to ``spent["encode"]``;
     ``on_job()`` runs as each job's pieces start to go.  The pieces are
     made in memory the ones sent have just freed.  Encoding a 1 GiB round
     whole first held 1 GiB of pieces, each copied with the GIL held into

@@ -4,11 +4,12 @@
 pages left in the live memory, while the target gets ready (module,
 MIncoming), so the two overlap.  Every round goes through ``_send``,
 encoded as it is sent (or, the final one, ``frozen_round`` and
-``_stream`` beside the commit, or ``_frozen_whole``); the figures they keep are the report's
-(``_report``): rounds and their bytes, and the seconds spent capturing,
-encoding, sending and committing.  After the commit, ``_ask_first_call``
-asks the new owner when it served its first call, for the client
-blackout (``MigrationReport.client_blackout_s`` says how it is estimated).
+``_stream`` beside the commit, or a stop-copy round ``_frozen_whole``);
+the figures they keep are the report's (``_report``): rounds and their
+bytes, and the seconds spent capturing, encoding, sending and
+committing.  After the commit, ``_ask_first_call`` asks the new owner
+when it served its first call, for the client blackout
+(``MigrationReport.client_blackout_s`` says how it is estimated).
 """
 
 from __future__ import annotations
