@@ -273,24 +273,22 @@ class Migration(DualExecution, Transfer):
             frozen = self.clock()
             committed = False
             try:
-                if not delta and (facts := await self._frozen_whole(client)) is not None:
-                    self.final_round_bytes = self.bytes_per_round[-1]
-                    committed = await self._commit(client, target_name, facts=facts)
-                    return committed
-                # Freezing holds raw (non-handle) calls too; the capture and encoding follow in the same trip.
-                made = await self._frozen_round(client, delta)
-                chunks = made.pieces
-                last = chunks.pop()
-                if not _fits_commit(last, self.owned.ledger.to_wire(), self.node.config.max_frame_bytes,
-                                    client.peer_max_frame_bytes):
-                    chunks.append(last)
-                    last = b""
-                wire_bytes = sum(len(chunk) for chunk in chunks) + len(last)
-                if chunks:
-                    await self._stream(client, chunks)
-                self._sent_round(wire_bytes, made.pages)
+                last = b""
+                facts = await self._frozen_whole(client) if not delta else None
+                if facts is None:
+                    # Freezing holds raw (non-handle) calls too; the capture and encoding follow in the same trip.
+                    made = await self._frozen_round(client, delta)
+                    chunks, facts = made.pieces, made.facts
+                    last = chunks.pop()
+                    if not _fits_commit(last, self.owned.ledger.to_wire(), self.node.config.max_frame_bytes,
+                                        client.peer_max_frame_bytes):
+                        chunks.append(last)
+                        last = b""
+                    if chunks:
+                        await self._stream(client, chunks)
+                    self._sent_round(sum(len(chunk) for chunk in chunks) + len(last), made.pages)
                 self.final_round_bytes = self.bytes_per_round[-1]
-                committed = await self._commit(client, target_name, final=last, facts=made.facts)
+                committed = await self._commit(client, target_name, final=last, facts=facts)
                 return committed
             finally:
                 self.frozen_s = self.clock() - frozen

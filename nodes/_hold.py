@@ -234,8 +234,7 @@ class Held:
             self._check_paused(w)
             if not w.memory_fixed:
                 return None
-            with w.touching_state("capture"):
-                snap = snapshot.capture(*w.awake(), in_place=True)
+            snap = w.capture(in_place=True)
             copying = Copying(w)
         return snap, copying.done
 
