@@ -20,13 +20,13 @@ from typing import Any
 from nodes import Host
 
 from . import _hostops as ops
-from ._ledger import Outcome
+from ._ledger import CallLedger, Outcome
 from ._messages import MCall
 from ._oplog import divergence, replayed_call
 from ._owner import _operate, _outcome
 from ._state import Owned
 
-__all__ = ["REPLAY_PER_TRIP", "Replayed", "replay_trip"]
+__all__ = ["REPLAY_PER_TRIP", "Replayed", "already_run", "replay_trip"]
 
 #: Entries replayed in one worker-thread trip: a trip holds a worker (and the workload) until its
 #: last call ends, so a long log goes in several, each a chance for cancellation and other work.
@@ -40,6 +40,40 @@ class Replayed:
     done: list[tuple[MCall, Outcome]] = field(default_factory=list)
     why: str | None = None  # the first entry's fault (malformed, out of order, diverged); None if all matched
     digest: str | None = None  # of ``pages`` after the last entry, when asked and all matched
+
+
+def already_run(entries: Sequence[dict[str, Any]], index: int, ledger: CallLedger | None) -> tuple[int, str | None]:
+    """How many of ``entries``, from the first, a copy at operation ``index`` has run already; or why one contradicts it.
+
+    A standby is fed by its owner without waiting, so when the owner dies
+    a failover may read the standby's index, then send the application's
+    log from there while the owner's last forwards are still being
+    replayed: the standby is past the first entries when they arrive.  It
+    skips them rather than calling them a gap (which dropped the only copy
+    left).  An entry it skips must agree with the outcome the copy's
+    ``ledger`` recorded for its call, where the ledger still has it.
+    Returns (count, None), or (count, why) for the first skipped entry
+    that disagrees; a malformed entry ends the count (``replay_trip``
+    reports it).
+    """
+    count = 0
+    for entry in entries:
+        at = entry.get("index") if isinstance(entry, dict) else None
+        if type(at) is not int or at > index:
+            break
+        seen = None
+        caller, seq = entry.get("caller"), entry.get("seq")
+        if ledger is not None and isinstance(caller, str) and type(seq) is int:
+            seen = ledger.lookup(caller, seq)
+        if seen is not None:
+            try:
+                why = divergence(entry, seen)
+            except (KeyError, TypeError, ValueError) as exc:
+                why = f"bad log entry: {exc}"
+            if why is not None:
+                return count, f"operation {at} already ran here, differently: {why}"
+        count += 1
+    return count, None
 
 
 def replay_trip(host: Host, workload: str, entries: Sequence[dict[str, Any]], shadow: Owned,

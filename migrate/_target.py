@@ -24,7 +24,7 @@ from ._life_node import from_wire as life_from_wire, managed
 from ._messages import MAbort, MAlign, MChunk, MCommit, MCommitted, MFirstCall, MFirstServed, MIncoming, MReplay
 from ._ownership_events import Drop, Event, EventKind, OwnershipError, Peer
 from ._receive import apply_chunk
-from ._replaying import REPLAY_PER_TRIP, replay_trip
+from ._replaying import REPLAY_PER_TRIP, already_run, replay_trip
 from ._replies import error
 from ._standby import _keep_standby, feed_kept_copy
 from ._state import (CHUNK_TURN_WAIT_S, FIRST_CALL_POLL_S, FIRST_CALL_WAIT_S, MAX_CHUNKS_AHEAD, Incoming,
@@ -237,7 +237,12 @@ async def _replay(node: Node, svc: MigrationService, inc: Incoming, req: MReplay
         if svc.incoming.get(req.workload) is not inc:
             return _no_incoming(req.id, req.workload, req.epoch, standby), None
         shadow = Owned(req.workload, epoch=req.epoch, index=inc.index)
-        entries, digest = list(req.entries), None
+        skipped, why = already_run(req.entries, inc.index, inc.ledger)
+        if why is not None:
+            await _drop_incoming(node, svc, inc)
+            logger.warning("replay diverged: %s", why, extra={"workload": req.workload})
+            return error(req.id, MigrationCode.DIVERGED, f"replay of {req.workload} diverged: {why}"), None
+        entries, digest = list(req.entries[skipped:]), None
         for start in range(0, len(entries), REPLAY_PER_TRIP):
             part = entries[start:start + REPLAY_PER_TRIP]
             last = start + REPLAY_PER_TRIP >= len(entries)

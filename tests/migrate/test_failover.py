@@ -1,10 +1,16 @@
 """Protection and failover back to the client, with real nodes killed with SIGKILL."""
 
+import contextlib
+
 import pytest
 import trio
 
 import migrate
 import workloads
+from migrate._messages import MLocate, MReplay, MWhere
+from migrate._replies import expect
+from migrate.wire import MigrationCode
+from nodes import Done, RemoteNodeError
 
 
 async def test_kill_9_of_the_edge_mid_stream_fails_over_to_the_client_with_exact_state(node_procs, cluster_tls):
@@ -104,3 +110,54 @@ async def test_a_standby_follows_the_workload_through_a_move(node_procs, cluster
         edge2.kill()
         assert await h.call("incr", 1) == 26
         assert h.node == "cloud-1"
+
+
+
+
+@contextlib.asynccontextmanager
+async def _standby_with_a_log(node_procs, cluster_tls, calls: int):
+    """A counter on edge-1 with a standby on cloud-1 that has run the application's ``calls`` increments.
+
+    Yields (cluster, handle, edge-1's process, the standby's node client, its MWhere, the
+    application's logged operations in order).
+    """
+    edge = node_procs.start("edge-1", "edge")
+    cloud = node_procs.start("cloud-1", "cloud")
+    async with migrate.connect(str(edge.address), str(cloud.address),
+                               tls=cluster_tls.issue("app-1", "node")) as c:
+        h = await c.spawn(workloads.load("counter"), on="edge-1")
+        await h.protect("standby", to="cloud-1", interval_s=60.0)  # no protection round trims the log meanwhile
+        for n in range(1, calls + 1):
+            assert await h.call("incr", 1) == n
+        log = c._protectors[h.workload].log
+        standby = await c.client(c.address_of("cloud-1"))
+        with trio.fail_after(10):
+            while (where := expect(MWhere, await standby.request(MLocate, workload=h.workload))).index < max(log):
+                await trio.sleep(0.01)
+        yield c, h, edge, standby, where, [log[i] for i in sorted(log)]
+
+
+async def test_a_failover_that_resends_operations_the_standby_already_ran_keeps_it_and_runs_none_twice(
+        node_procs, cluster_tls):
+    """The owner feeds its standby without waiting, so a failover that read the standby's index just
+    before the owner's last forwards were replayed sends some of them again.  They are skipped when
+    the standby's ledger agrees; before, the standby (the only copy left) was dropped as a log gap."""
+    async with _standby_with_a_log(node_procs, cluster_tls, 6) as (c, h, edge, standby, where, entries):
+        reply = await standby.request(MReplay, workload=h.workload, epoch=where.epoch,
+                                      entries=tuple(entries[-3:]), standby=True)
+        assert isinstance(reply, Done)
+        after = expect(MWhere, await standby.request(MLocate, workload=h.workload))
+        assert (after.status, after.standby, after.index) == ("incoming", True, where.index)
+        edge.kill()
+        assert await h.call("incr", 1) == 7  # the three resent ran once, on the standby, before the kill
+        assert h.node == "cloud-1"
+        assert await h.call("get") == 7
+
+
+async def test_a_resent_operation_that_contradicts_what_the_standby_ran_is_refused(node_procs, cluster_tls):
+    async with _standby_with_a_log(node_procs, cluster_tls, 4) as (c, h, edge, standby, where, entries):
+        told = {**entries[-2], "values": [entries[-2]["values"][0] + 100]}
+        with pytest.raises(RemoteNodeError, match="already ran here, differently") as info:
+            await standby.request(MReplay, workload=h.workload, epoch=where.epoch, entries=(told,), standby=True)
+        assert info.value.code == MigrationCode.DIVERGED
+        assert await h.call("incr", 1) == 5  # the owner is untouched

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import workloads
 from migrate import _hostops as ops
+from migrate._ledger import CallLedger
 from migrate._messages import MCall
 from migrate._oplog import log_entry
 from migrate._owner import _operate, _outcome
-from migrate._replaying import replay_trip
+from migrate._replaying import already_run, replay_trip
 from migrate._state import Owned
 from nodes._hosting import Host
 
@@ -101,3 +104,57 @@ def test_a_logged_outcome_without_its_fields_is_a_bad_entry_after_the_entries_be
     trip = replay_trip(host, follower, entries, Owned(follower, epoch=1))
     assert trip.why is not None and trip.why.startswith("bad log entry")
     assert [op.seq for op, _ in trip.done] == [1]
+
+
+def _replayed(host: Host, follower: str, entries: list[dict]) -> CallLedger:
+    """Replay ``entries`` on the follower as a target does, and return its ledger of their outcomes."""
+    ledger = CallLedger()
+    trip = replay_trip(host, follower, entries, Owned(follower, epoch=1))
+    assert trip.why is None
+    for op, got in trip.done:
+        ledger.record(op.caller, op.seq, got)
+    return ledger
+
+
+def test_entries_a_copy_already_ran_are_counted_when_its_ledger_agrees(host):
+    leader, follower = _pair(host)
+    entries = _logged(host, leader, [1, 2, 3, 4])
+    ledger = _replayed(host, follower, entries[:3])
+    assert already_run(entries[1:], 3, ledger) == (2, None)  # operations 2 and 3 ran here, 4 did not
+    assert already_run(entries, 3, None) == (3, None)  # no ledger: the index alone decides
+    assert already_run(entries[3:], 3, ledger) == (0, None)
+    assert already_run([], 3, ledger) == (0, None)
+
+
+@given(adds=st.lists(st.integers(1, 50), min_size=1, max_size=6), data=st.data())
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_replaying_a_log_from_any_earlier_point_ends_where_the_leader_is(host, adds, data):
+    leader, follower = _pair(host)
+    entries = _logged(host, leader, adds)
+    ran = data.draw(st.integers(0, len(adds)), label="ran")
+    ledger = _replayed(host, follower, entries[:ran]) if ran else CallLedger()
+    start = data.draw(st.integers(0, ran), label="resent from")
+    skipped, why = already_run(entries[start:], ran, ledger)
+    assert why is None and skipped == ran - start
+    trip = replay_trip(host, follower, entries[start + skipped:], Owned(follower, epoch=1, index=ran), PAGES)
+    assert trip.why is None
+    assert trip.digest == ops.pages_digest(host, leader, PAGES)
+    assert _count(host, follower) == sum(adds)
+
+
+def test_an_entry_the_copy_ran_with_another_outcome_is_a_contradiction(host):
+    leader, follower = _pair(host)
+    entries = _logged(host, leader, [1, 2, 3])
+    ledger = _replayed(host, follower, entries)
+    told = [entries[0], {**entries[1], "values": [99]}, entries[2]]
+    count, why = already_run(told, 3, ledger)
+    assert count == 1 and why is not None
+    assert why.startswith("operation 2 already ran here, differently") and "returned [3]" in why
+
+
+def test_a_malformed_entry_ends_the_count_for_replay_trip_to_report(host):
+    leader, follower = _pair(host)
+    entries = _logged(host, leader, [1, 2])
+    ledger = _replayed(host, follower, entries)
+    assert already_run([entries[0], {"index": "2"}, entries[1]], 2, ledger) == (1, None)
+    assert already_run(["not a dict"], 2, ledger) == (0, None)  # type: ignore[list-item]
