@@ -51,7 +51,8 @@ def already_run(entries: Sequence[dict[str, Any]], index: int, ledger: CallLedge
     replayed: the standby is past the first entries when they arrive.  It
     skips them rather than calling them a gap (which dropped the only copy
     left).  An entry it skips must agree with the outcome the copy's
-    ``ledger`` recorded for its call, where the ledger still has it.
+    ``ledger`` recorded for its call, where the ledger still has it: the
+    same result, as the same operation.
     Returns (count, None), or (count, why) for the first skipped entry
     that disagrees; a malformed entry ends the count (``replay_trip``
     reports it).
@@ -67,13 +68,19 @@ def already_run(entries: Sequence[dict[str, Any]], index: int, ledger: CallLedge
             seen = ledger.lookup(caller, seq)
         if seen is not None:
             try:
-                why = divergence(entry, seen)
-            except (KeyError, TypeError, ValueError) as exc:
+                why = divergence(entry, seen) or _ran_elsewhere(at, seen)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
                 why = f"bad log entry: {exc}"
             if why is not None:
                 return count, f"operation {at} already ran here, differently: {why}"
         count += 1
     return count, None
+
+
+def _ran_elsewhere(at: int, seen: Outcome) -> str | None:
+    """Why the call ``seen`` records is not operation ``at`` here (it ran as another), or None."""
+    ran_at = seen.value[2] if seen.ok else dict(seen.value or {}).get("op_index")
+    return None if ran_at == at else f"its call ran here as operation {ran_at}"
 
 
 def replay_trip(host: Host, workload: str, entries: Sequence[dict[str, Any]], shadow: Owned,

@@ -150,6 +150,9 @@ def test_an_entry_the_copy_ran_with_another_outcome_is_a_contradiction(host):
     count, why = already_run(told, 3, ledger)
     assert count == 1 and why is not None
     assert why.startswith("operation 2 already ran here, differently") and "returned [3]" in why
+    moved = {**entries[0], "index": 2}  # call 1, its own outcome, told as operation 2
+    assert already_run([moved], 3, ledger) == (0, "operation 2 already ran here, differently: "
+                                                  "its call ran here as operation 1")
 
 
 def test_a_malformed_entry_ends_the_count_for_replay_trip_to_report(host):
