@@ -44,17 +44,22 @@ def log_entry(call: MCall, outcome: Outcome) -> dict | None:
     """The log entry of ``call`` with ``outcome``; None if it changed no state (index 0)."""
     base = {"op": call.op, "export": call.export, "args": list(call.args), "offset": call.offset,
             "payload": call.data if call.op == "write" else b"", "caller": call.caller, "seq": call.seq}
+    index = outcome_index(outcome)
+    if not index:
+        return None
     if outcome.ok:
-        values, result, index, inputs = outcome.value
-        if not index:
-            return None
+        values, result, _, inputs = outcome.value
         return {**base, "index": index, "inputs": inputs, "ok": True, "values": list(values),
                 "result": bytes(result)}
-    details = outcome.value or {}
-    if not details.get("op_index"):
-        return None
-    return {**base, "index": details["op_index"], "inputs": details.get("op_inputs"), "ok": False,
+    return {**base, "index": index, "inputs": (outcome.value or {}).get("op_inputs"), "ok": False,
             "code": outcome.code, "message": outcome.message}
+
+
+def outcome_index(outcome: Outcome) -> int:
+    """The operation index a state-changing call ran as (its outcome records it); 0 if it changed no state."""
+    if outcome.ok:
+        return outcome.value[2]
+    return dict(outcome.value or {}).get("op_index") or 0
 
 
 def reply_outcome(reply: MResult) -> Outcome:

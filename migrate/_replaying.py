@@ -22,7 +22,7 @@ from nodes import Host
 from . import _hostops as ops
 from ._ledger import CallLedger, Outcome
 from ._messages import MCall
-from ._oplog import divergence, replayed_call
+from ._oplog import divergence, outcome_index, replayed_call
 from ._owner import _operate, _outcome
 from ._state import Owned
 
@@ -79,7 +79,7 @@ def already_run(entries: Sequence[dict[str, Any]], index: int, ledger: CallLedge
 
 def _ran_elsewhere(at: int, seen: Outcome) -> str | None:
     """Why the call ``seen`` records is not operation ``at`` here (it ran as another), or None."""
-    ran_at = seen.value[2] if seen.ok else dict(seen.value or {}).get("op_index")
+    ran_at = outcome_index(seen)
     return None if ran_at == at else f"its call ran here as operation {ran_at}"
 
 

@@ -237,12 +237,8 @@ async def _replay(node: Node, svc: MigrationService, inc: Incoming, req: MReplay
         if svc.incoming.get(req.workload) is not inc:
             return _no_incoming(req.id, req.workload, req.epoch, standby), None
         shadow = Owned(req.workload, epoch=req.epoch, index=inc.index)
-        skipped, why = already_run(req.entries, inc.index, inc.ledger)
-        if why is not None:
-            await _drop_incoming(node, svc, inc)
-            logger.warning("replay diverged: %s", why, extra={"workload": req.workload})
-            return error(req.id, MigrationCode.DIVERGED, f"replay of {req.workload} diverged: {why}"), None
-        entries, digest = list(req.entries[skipped:]), None
+        skipped, why = already_run(req.entries, inc.index, inc.ledger)  # resent entries the copy ran
+        entries, digest = list(req.entries[skipped:]) if why is None else [], None
         for start in range(0, len(entries), REPLAY_PER_TRIP):
             part = entries[start:start + REPLAY_PER_TRIP]
             last = start + REPLAY_PER_TRIP >= len(entries)
@@ -251,11 +247,14 @@ async def _replay(node: Node, svc: MigrationService, inc: Incoming, req: MReplay
             if inc.ledger is not None:
                 for op, got in trip.done:
                     inc.ledger.record(op.caller, op.seq, got)
-            if trip.why is not None:  # the copy goes: its index no longer matters
-                await _drop_incoming(node, svc, inc)
-                logger.warning("replay diverged: %s", trip.why, extra={"workload": req.workload})
-                return error(req.id, MigrationCode.DIVERGED, f"replay of {req.workload} diverged: {trip.why}"), None
+            why = trip.why
+            if why is not None:
+                break
             inc.index, digest = shadow.index, trip.digest
+        if why is not None:  # the copy goes: its index no longer matters
+            await _drop_incoming(node, svc, inc)
+            logger.warning("replay diverged: %s", why, extra={"workload": req.workload})
+            return error(req.id, MigrationCode.DIVERGED, f"replay of {req.workload} diverged: {why}"), None
     return None, digest
 
 

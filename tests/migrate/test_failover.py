@@ -112,8 +112,6 @@ async def test_a_standby_follows_the_workload_through_a_move(node_procs, cluster
         assert h.node == "cloud-1"
 
 
-
-
 @contextlib.asynccontextmanager
 async def _standby_with_a_log(node_procs, cluster_tls, calls: int):
     """A counter on edge-1 with a standby on cloud-1 that has run the application's ``calls`` increments.
