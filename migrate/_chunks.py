@@ -73,7 +73,7 @@ def stream(snap: snapshot.Snapshot, size: int,
 
     Give an ``encoder`` to read its byte counts as the pieces are taken.
     """
-    return recut((encoder or snapshot.SnapshotEncoder()).encode(snap), size)
+    return recut((encoder or snapshot.SnapshotEncoder()).encode_pieces(snap), size)
 
 
 def encode(snap: snapshot.Snapshot, size: int) -> list[bytes]:

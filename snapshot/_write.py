@@ -51,7 +51,8 @@ def write_encoded(snap: Snapshot, file: BinaryIO, *, key: bytes | None = None, l
     file.write(encoder.meta(snap))
 
     def frame_and_write(gathered: Gathered) -> None:
-        file.write(encoder.batch_frame(gathered))
+        for piece in encoder.batch_frame_parts(gathered):
+            file.write(piece)
 
     batches = (gathered for memory in snap.memories for gathered in encoder.batches(memory.index, memory.runs))
     if sum(r.page_count for m in snap.memories for r in m.runs) <= batch_pages:  # one batch: nothing to overlap

@@ -424,3 +424,44 @@ def test_encoding_is_lazy_a_frame_of_pages_at_a_time():
     rest = list(frames)
     assert encoder.raw_bytes == pages * PAGE and len(rest) == 4  # three more PAGES frames and END
     assert Snapshot.from_bytes(b"".join(taken + rest)).memories[0].runs[0].data == data
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(snapshots(), st.booleans(), st.integers(1, 5))
+def test_pieces_join_to_the_whole_encoding(snap, encrypt, batch_pages):
+    """``encode_pieces`` writes the bytes ``encode`` does, and a frame's parts join to ``batch_frame``."""
+    salt = bytes(range(8))
+    whole = SnapshotEncoder(key=KEY if encrypt else None, batch_pages=batch_pages)
+    pieces = SnapshotEncoder(key=KEY if encrypt else None, batch_pages=batch_pages)
+    whole._salt = pieces._salt = salt  # the same nonces, so the same sealed bytes
+    data = b"".join(pieces.encode_pieces(snap))
+    assert data == b"".join(whole.encode(snap))
+    assert pieces.wire_bytes == whole.wire_bytes == len(data)
+    assert Snapshot.from_bytes(data, key=KEY if encrypt else None) == snap
+
+
+def test_a_frames_compressed_pages_are_a_part_of_their_own():
+    # The PAGES frame's compressed pages travel as the very bytes zstd made,
+    # between the head and the checksum: no copy of them is made to frame them.
+    pages = BATCH_PAGES
+    data = random.Random(3).randbytes(pages * PAGE)
+    snap = Snapshot(module_sha256="ab" * 32, state_id=b"s" * 16,
+                    memories=(MemoryState(0, pages * PAGE, (PageRun(0, data),)),))
+    pieces = list(SnapshotEncoder().encode_pieces(snap))
+    assert len(pieces) == 2 + 4 + 1  # header, META, a PAGES frame in four parts, END
+    frame_head, head, compressed, crc = pieces[2:6]
+    assert frame_head == struct.pack(">BI", 2, len(head) + len(compressed))
+    assert len(compressed) > len(data) // 2 and head[-5:-4] == b"\xc6"  # a bin32 header ends the head
+    assert crc == struct.pack(">I", zlib.crc32(compressed, zlib.crc32(head, zlib.crc32(frame_head))))
+
+
+@pytest.mark.parametrize("buffers", [1, 3])
+def test_a_joiner_past_its_small_size_takes_a_whole_batch_of_zeroed_memory(buffers):
+    joiner = snapshot._format._Joiner(buffers, always=True, largest=64 * PAGE)
+    rng = random.Random(5)
+    for pages in (1, 2, 70, 80, 64, 3):  # 70 and 80 pages are past ``largest``: a buffer that fits them
+        chunks = [memoryview(rng.randbytes(PAGE * n)) for n in (pages // 2, pages - pages // 2) if n]
+        assert bytes(joiner.join(chunks)) == b"".join(chunks)
+    # small joins keep small bytearrays; a large one takes at least ``largest`` of zeroed memory
+    assert all(isinstance(b, mmap.mmap) and len(b) >= 64 * PAGE if len(b) > 2 * PAGE else isinstance(b, bytearray)
+               for b in joiner._buffers)
