@@ -9,6 +9,7 @@ key).  Its events, ``Meta``, ``PageBatch`` and ``End``, become a
 
 from __future__ import annotations
 
+import mmap
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -27,6 +28,7 @@ from ._errors import (
 from ._format import (CRC, END, FLAG_ENCRYPTED, FRAME_HEAD, HEADER_BYTES, MAGIC, META, PAGES, VERSION, VERSIONS,
                       check_key, sealing)
 from ._fields import corrupt as _corrupt, decode_value as _decode_value, entries as _entries, want as _want
+from ._memory import decompressor, zeroed
 from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageRun
 from ._reftypes import ref_class
 from ._state import DroppedSegments, GlobalState, TableState, is_int
@@ -81,6 +83,12 @@ class End:
 Event = Meta | PageBatch | End
 
 
+#: A reused buffer grown to this size or more is fresh anonymous memory, which zstd faults in without the
+#: GIL (``bytearray(n)`` zero-fills with the GIL held).  A batch decoded into a buffer of its own keeps a
+#: bytearray: malloc may hand back memory already faulted in, and a new mapping for each batch never is.
+_MMAP_BYTES = 256 << 10
+
+
 class SnapshotDecoder:
     """Turn bytes into snapshot events (sans-IO: feed bytes, pull events).
 
@@ -104,13 +112,12 @@ class SnapshotDecoder:
         self._meta: Meta | None = None
         self._done = False
         self._error: Exception | None = None
-        self._decompressor = zstandard.ZstdDecompressor()
         self._expected_pages: dict[int, int] = {}
         self._next_page: dict[int, int] = {}
         # With reuse_buffer, batches are decompressed into these two buffers
         # in turn: a PageBatch's runs hold until the second event after it.
         self._reuse = reuse_buffer
-        self._scratch = [bytearray(), bytearray()]
+        self._scratch: list[bytearray | mmap.mmap] = [bytearray(), bytearray()]
 
     @property
     def finished(self) -> bool:
@@ -345,13 +352,13 @@ class SnapshotDecoder:
             plain: bytearray | memoryview = bytearray(raw)
         else:
             if len(self._scratch[0]) < raw:
-                self._scratch[0] = bytearray(raw)
+                self._scratch[0] = bytearray(raw) if raw < _MMAP_BYTES else zeroed(raw, fault_in=False)
             plain = memoryview(self._scratch[0])[:raw]
             self._scratch.reverse()
         view = memoryview(plain)
         got = 0
         try:
-            with self._decompressor.stream_reader(data) as reader:
+            with decompressor().stream_reader(data) as reader:
                 while got < raw and (n := reader.readinto(view[got:])):
                     got += n
                 extra = reader.read(1)

@@ -34,10 +34,10 @@ import zlib
 from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple
 
 import msgpack
-import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ._errors import LocalSnapshotError
+from ._memory import compressor, zeroed
 from ._pages import PAGE_BYTES, ZERO_PAGE, PageRun, nonzero_runs
 
 if TYPE_CHECKING:
@@ -136,23 +136,8 @@ def _page_batches(index: int, runs: Iterable[PageRun], batch_pages: int
 _MEMMOVE_BYTES = 64 << 10
 
 
-#: A joining buffer this large or larger is allocated at a whole batch's size, as ``_zeroed`` memory.
+#: A joining buffer this large or larger is ``zeroed`` memory, at least twice its last size (at most a batch's).
 _MMAP_JOIN_BYTES = 256 << 10
-
-
-def _zeroed(size: int) -> mmap.mmap:
-    """``size`` bytes of new zeroed memory, every page already faulted in, without holding the GIL.
-
-    ``bytearray(size)`` zero-fills its memory with the GIL held, and each
-    page touched for the first time faults: a node's bulk thread growing a
-    4 MiB buffer at the start of a round held the GIL for 22 ms in that
-    memset (traced with uprobes on take_gil/drop_gil), and the event loop,
-    serving the workload's calls, waited for it.  An anonymous mmap is
-    zeroed by the kernel, and ``ctypes.memset`` faults it in without the GIL.
-    """
-    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(region)), 0, size)
-    return region
 
 
 class _Joiner:
@@ -160,8 +145,10 @@ class _Joiner:
 
     With more than one buffer, a joined batch stays valid while the next
     ``buffers - 1`` are joined: ``write_encoded`` compresses one batch in a
-    helper thread while the next is joined.  A buffer grows at most twice:
-    to a small batch's size, then to ``largest``, the size of a whole batch.
+    helper thread while the next is joined.  A buffer that grows past 256 KiB
+    at least doubles, up to ``largest``, the size of a whole batch: a first
+    round's batches grow it a few times, and a final round's 0.5 MiB (made
+    while calls wait) faults in no more memory than it needs.
     """
 
     def __init__(self, buffers: int = 1, *, always: bool = False, largest: int = BATCH_PAGES * PAGE_BYTES) -> None:
@@ -178,8 +165,8 @@ class _Joiner:
         turn = self._turn
         self._turn = (turn + 1) % len(self._buffers)
         if len(self._buffers[turn]) < total:
-            big = max(total, self._largest)
-            self._buffers[turn] = bytearray(total) if total < _MMAP_JOIN_BYTES else _zeroed(big)
+            grown = max(total, min(2 * len(self._buffers[turn]), self._largest))
+            self._buffers[turn] = bytearray(total) if total < _MMAP_JOIN_BYTES else zeroed(grown)
         buf = self._buffers[turn]
         out, base = memoryview(buf), ctypes.addressof(ctypes.c_char.from_buffer(buf))
         pos = 0
@@ -194,12 +181,17 @@ class _Joiner:
 
 
 class Gathered(NamedTuple):
-    """Up to a frame's worth of pages of memory number ``memory``, gathered: ``raw`` is its non-zero pages, joined."""
+    """Up to a frame's worth of pages of memory number ``memory``, gathered: ``raw`` is its non-zero pages.
+
+    ``raw`` is one buffer, or the pieces of an encoder that copies nothing
+    (pages that hold still): joining them cost a final round, made while
+    calls wait, a copy into memory faulted in for it (5-20 µs a page here).
+    """
 
     memory: int
     ranges: list[list[int]]
     zeros: list[list[int]]
-    raw: memoryview | bytes
+    raw: memoryview | bytes | tuple[memoryview, ...]
 
 
 def _bin_header(n: int) -> bytes:
@@ -226,9 +218,11 @@ class SnapshotEncoder:
         self._aead = check_key(key)
         self._salt = os.urandom(8) if self._aead else bytes(8)
         self._header: bytes | None = None
-        self._compressor = zstandard.ZstdCompressor(level=level)
+        self._level = level
+        compressor(level)  # a bad level fails here, as the encoder is made
         self._joiner = _Joiner(buffers, always=copy_pages, largest=batch_pages * PAGE_BYTES)
         self._batch_pages = batch_pages
+        self._copy_pages = copy_pages
         self._seq = 0
         self._pages = 0
         self.raw_bytes = 0  # page bytes handed in, zero pages included
@@ -300,7 +294,10 @@ class SnapshotEncoder:
             npages = sum(n for _, n in ranges)
             self._pages += npages
             self.raw_bytes += npages * PAGE_BYTES
-            yield Gathered(index, ranges, zeros, self._joiner.join(chunks) if chunks else b"")
+            if len(chunks) > 1 and not self._copy_pages:  # pages that hold still: compressed in place, in turn
+                yield Gathered(index, ranges, zeros, tuple(chunks))
+            else:
+                yield Gathered(index, ranges, zeros, self._joiner.join(chunks) if chunks else b"")
 
     def batch_frame(self, batch: Gathered) -> bytes:
         """The PAGES frame of ``batch``: frames are numbered, so make them in the order of ``batches``."""
@@ -317,11 +314,17 @@ class SnapshotEncoder:
         copied them again, both with the GIL held, on the bulk thread a
         node's event loop shares the GIL with.
         """
-        data = self._compressor.compress(batch.raw) if batch.raw else b""
-        head = msgpack.packb({"m": batch.memory, "runs": batch.ranges, "zero": batch.zeros, "raw": len(batch.raw),
+        raw, zstd = batch.raw, compressor(self._level)
+        if isinstance(raw, tuple):  # pages not joined: one zstd frame over them, as ``compress`` of them joined
+            size = sum(len(piece) for piece in raw)
+            stream = zstd.compressobj(size=size)
+            data = [out for out in (*map(stream.compress, raw), stream.flush()) if out]
+        else:
+            size, data = len(raw), [zstd.compress(raw)] if raw else []
+        head = msgpack.packb({"m": batch.memory, "runs": batch.ranges, "zero": batch.zeros, "raw": size,
                               "data": b""}, use_bin_type=True)
-        head = head[:-2] + _bin_header(len(data))  # the empty data's bin header, b"\xc4\x00", is last
-        return self._frame_parts(PAGES, (head, data))
+        head = head[:-2] + _bin_header(sum(len(out) for out in data))  # the empty data's bin header, c4 00, is last
+        return self._frame_parts(PAGES, (head, *data))
 
     def end(self) -> bytes:
         return self._frame(END, msgpack.packb({"frames": self._seq, "pages": self._pages}))

@@ -456,12 +456,38 @@ def test_a_frames_compressed_pages_are_a_part_of_their_own():
 
 
 @pytest.mark.parametrize("buffers", [1, 3])
-def test_a_joiner_past_its_small_size_takes_a_whole_batch_of_zeroed_memory(buffers):
-    joiner = snapshot._format._Joiner(buffers, always=True, largest=64 * PAGE)
+def test_a_joiner_past_its_small_size_takes_zeroed_memory(buffers):
+    joiner = snapshot._format._Joiner(buffers, always=True, largest=256 * PAGE)
     rng = random.Random(5)
-    for pages in (1, 2, 70, 80, 64, 3):  # 70 and 80 pages are past ``largest``: a buffer that fits them
+    for pages in (1, 2, 70, 71, 300, 64, 3):
         chunks = [memoryview(rng.randbytes(PAGE * n)) for n in (pages // 2, pages - pages // 2) if n]
         assert bytes(joiner.join(chunks)) == b"".join(chunks)
-    # small joins keep small bytearrays; a large one takes at least ``largest`` of zeroed memory
-    assert all(isinstance(b, mmap.mmap) and len(b) >= 64 * PAGE if len(b) > 2 * PAGE else isinstance(b, bytearray)
-               for b in joiner._buffers)
+    # small joins keep small bytearrays; large ones take zeroed memory
+    assert all(isinstance(b, mmap.mmap) if len(b) > 2 * PAGE else isinstance(b, bytearray) for b in joiner._buffers)
+    if buffers == 1:  # 70 pages, then 71 doubled it (within ``largest``), then 300 went past ``largest``
+        assert len(joiner._buffers[0]) == 300 * PAGE
+        joiner = snapshot._format._Joiner(1, always=True, largest=256 * PAGE)
+        for pages in (70, 71):
+            joiner.join([memoryview(bytes(PAGE * pages))])
+        assert len(joiner._buffers[0]) == 140 * PAGE
+
+
+def test_a_batch_of_many_runs_is_compressed_in_place_and_decodes_as_a_copy_does():
+    # A final round is many single pages: compressed in turn, in place (one
+    # zstd frame streamed over them), they decode to the pages a copy holds.
+    # The zstd frames need not be the same bytes.
+    rng = random.Random(11)
+    pages = sorted(rng.sample(range(4 * BATCH_PAGES), BATCH_PAGES + 300))
+    runs = tuple(PageRun(p, rng.randbytes(PAGE // 4) + bytes(PAGE - PAGE // 4)) for p in pages)
+    snap = Snapshot(module_sha256="ab" * 32, state_id=b"s" * 16, base_id=b"b" * 16,
+                    memories=(MemoryState(0, 4 * BATCH_PAGES * PAGE, runs),))
+    in_place, copying = SnapshotEncoder(), SnapshotEncoder(copy_pages=True)
+    batches = list(in_place.batches(0, runs))
+    assert [type(b.raw) for b in batches] == [tuple] * len(batches)  # nothing joined
+    assert [len(b"".join(b.raw)) for b in batches] == [len(b.raw) for b in copying.batches(0, runs)]
+    data = b"".join(SnapshotEncoder().encode_pieces(snap))
+    copied = b"".join(SnapshotEncoder(copy_pages=True).encode(snap))
+    decoded = Snapshot.from_bytes(data)
+    assert decoded == Snapshot.from_bytes(copied)
+    assert {r.first_page + i: bytes(r.data[i * PAGE:(i + 1) * PAGE])
+            for r in decoded.memories[0].runs for i in range(r.page_count)} == {r.first_page: r.data for r in runs}
