@@ -88,3 +88,33 @@ async def test_a_cancelled_caller_gets_its_jobs_result_and_then_the_cancellation
             scope.cancel()
             release.set()
     assert scope.cancelled_caught and got == ["done"]
+
+
+async def test_a_jobs_end_takes_no_lock_of_the_run(monkeypatch):
+    # The thread runs at nice 10: taking the run's entry-queue lock
+    # (``run_sync_soon``) and losing the CPU before letting it go blocked
+    # every other thread reporting back to the run, a call's worker among
+    # them.  Its jobs end through their own pipes instead.
+    entry_queue = type(trio.lowlevel.current_trio_token()._reentry_queue)
+    entered: list[str] = []
+    original = entry_queue.run_sync_soon
+
+    def watched(self, *args, **kwargs):
+        entered.append(threading.current_thread().name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(entry_queue, "run_sync_soon", watched)
+    assert [await run_bulk(lambda i=i: i * i) for i in range(5)] == [0, 1, 4, 9, 16]
+    await trio.to_thread.run_sync(lambda: None)  # a thread that does report through the run's queue
+    assert entered and "wm-bulk" not in entered
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="open files are listed in /proc on Linux")
+async def test_jobs_leave_no_file_open():
+    await run_bulk(lambda: None)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        await run_bulk(lambda: None)
+    with pytest.raises(ValueError):
+        await run_bulk(int, "not a number")
+    assert len(os.listdir("/proc/self/fd")) == before
