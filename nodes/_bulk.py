@@ -59,7 +59,6 @@ T = TypeVar("T")
 _PR_SET_NAME = 15  # prctl(2)
 
 
-
 class _Job:
     """A function for the bulk thread, its outcome once run, and the write end of the pipe its caller waits on."""
 

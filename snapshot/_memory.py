@@ -2,14 +2,14 @@
 
 A node encodes and decodes on threads its event loop shares the GIL with,
 and the memory they touch for the first time costs a page fault each:
-3.2-3.6 µs of CPU on the 2-CPU machine here, 10.5 µs on memory the
-machine has not touched since boot.
+3.2-3.6 µs of CPU on the 2-CPU machine here, and 5-20 µs on memory
+freed before (it goes back to the host) or not touched since boot.
 
-- A zstd context holds its tables for as long as it lives.  A move's final
-  round, made while the workload's calls wait, made a new compressor for
-  its 0.1 MiB: its encoding took 3.5-5.4 ms in a 1 GiB pre-copy move,
-  against 0.2-0.8 ms with a warm one.  Contexts are not safe to share
-  between threads, so each thread keeps its own.
+- A zstd context holds its tables for as long as it lives; a new one for
+  each round, or each decoder, allocated and faulted them in again.  A
+  move's final round is encoded while the workload's calls wait.
+  Contexts are not safe to share between threads, so each thread keeps
+  its own.
 - ``bytearray(n)`` zero-fills its memory with the GIL held.  Growing a
   4 MiB joining buffer that way held the GIL for 22 ms in a bulk thread
   (uprobes on libpython's take_gil/drop_gil) while the event loop waited.
