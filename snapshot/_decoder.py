@@ -28,7 +28,7 @@ from ._errors import (
 from ._format import (CRC, END, FLAG_ENCRYPTED, FRAME_HEAD, HEADER_BYTES, MAGIC, META, PAGES, VERSION, VERSIONS,
                       check_key, sealing)
 from ._fields import corrupt as _corrupt, decode_value as _decode_value, entries as _entries, want as _want
-from ._memory import decompressor, zeroed
+from ._memory import buffer, decompressor
 from ._pages import PAGE_BYTES, WASM_PAGE_BYTES, PageRun
 from ._reftypes import ref_class
 from ._state import DroppedSegments, GlobalState, TableState, is_int
@@ -81,12 +81,6 @@ class End:
 
 #: What ``SnapshotDecoder.next_event`` returns.
 Event = Meta | PageBatch | End
-
-
-#: A reused buffer grown to this size or more is fresh anonymous memory, which zstd faults in without the
-#: GIL (``bytearray(n)`` zero-fills with the GIL held).  A batch decoded into a buffer of its own keeps a
-#: bytearray: malloc may hand back memory already faulted in, and a new mapping for each batch never is.
-_MMAP_BYTES = 256 << 10
 
 
 class SnapshotDecoder:
@@ -352,7 +346,9 @@ class SnapshotDecoder:
             plain: bytearray | memoryview = bytearray(raw)
         else:
             if len(self._scratch[0]) < raw:
-                self._scratch[0] = bytearray(raw) if raw < _MMAP_BYTES else zeroed(raw, fault_in=False)
+                # large: fresh memory zstd faults in without the GIL (a batch in a buffer of its own keeps
+                # a bytearray: malloc may hand back memory already faulted in, a new mapping never is)
+                self._scratch[0] = buffer(raw, fault_in=False)
             plain = memoryview(self._scratch[0])[:raw]
             self._scratch.reverse()
         view = memoryview(plain)

@@ -37,7 +37,7 @@ import msgpack
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ._errors import LocalSnapshotError
-from ._memory import compressor, zeroed
+from ._memory import ZEROED_FROM, buffer, compressor
 from ._pages import PAGE_BYTES, ZERO_PAGE, PageRun, nonzero_runs
 
 if TYPE_CHECKING:
@@ -136,10 +136,6 @@ def _page_batches(index: int, runs: Iterable[PageRun], batch_pages: int
 _MEMMOVE_BYTES = 64 << 10
 
 
-#: A joining buffer this large or larger is ``zeroed`` memory, at least twice its last size (at most a batch's).
-_MMAP_JOIN_BYTES = 256 << 10
-
-
 class _Joiner:
     """Joins a batch's chunks into one of ``buffers`` reused buffers, in turn (one copy, no allocation per batch).
 
@@ -165,8 +161,8 @@ class _Joiner:
         turn = self._turn
         self._turn = (turn + 1) % len(self._buffers)
         if len(self._buffers[turn]) < total:
-            grown = max(total, min(2 * len(self._buffers[turn]), self._largest))
-            self._buffers[turn] = bytearray(total) if total < _MMAP_JOIN_BYTES else zeroed(grown)
+            grown = max(total, min(2 * len(self._buffers[turn]), self._largest))  # large: doubled, up to a batch
+            self._buffers[turn] = buffer(total if total < ZEROED_FROM else grown)
         buf = self._buffers[turn]
         out, base = memoryview(buf), ctypes.addressof(ctypes.c_char.from_buffer(buf))
         pos = 0

@@ -26,9 +26,13 @@ import threading
 
 import zstandard
 
-__all__ = ["compressor", "decompressor", "zeroed"]
+__all__ = ["ZEROED_FROM", "buffer", "compressor", "decompressor", "zeroed"]
 
 _contexts = threading.local()
+
+#: Buffers this large or larger are ``zeroed`` memory (``buffer``); smaller ones are bytearrays, whose
+#: zero-fill with the GIL held is short and whose memory malloc may hand back already faulted in.
+ZEROED_FROM = 256 << 10
 
 
 def compressor(level: int) -> zstandard.ZstdCompressor:
@@ -61,3 +65,8 @@ def zeroed(size: int, *, fault_in: bool = True) -> mmap.mmap:
     if fault_in and size:
         ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(region)), 0, size)
     return region
+
+
+def buffer(size: int, *, fault_in: bool = True) -> bytearray | mmap.mmap:
+    """A new zeroed buffer of ``size`` bytes: a bytearray below ``ZEROED_FROM``, ``zeroed`` memory from it on."""
+    return bytearray(size) if size < ZEROED_FROM else zeroed(size, fault_in=fault_in)
